@@ -1,0 +1,113 @@
+"""Base config models that connector modules extend: instances, sources and targets."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from conveyor.config.types import AfterAction, ConfigModel, Duration, MoveAction
+
+
+class InstanceConfig(ConfigModel):
+    """A named connection to one external system. Subclasses set ``type: Literal[...]``."""
+
+    type: str
+
+    def describe(self) -> str:
+        """A loggable address such as ``user@host:port``, never a secret."""
+        return self.type
+
+    def secrets(self) -> list[str]:
+        """Every secret value in this instance, so logs can redact them."""
+        out = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                out.append(value.get_secret_value())
+            elif isinstance(value, ConfigModel):
+                out.extend(_nested_secrets(value))
+        return [s for s in out if s]
+
+
+def _nested_secrets(model: ConfigModel) -> list[str]:
+    out = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            out.append(value.get_secret_value())
+        elif isinstance(value, ConfigModel):
+            out.extend(_nested_secrets(value))
+    return out
+
+
+class SourceConfig(ConfigModel):
+    """What a flow reads from its instance."""
+
+    instance: str = Field(description="name of the instance to read from")
+
+
+class FileSourceConfig(SourceConfig):
+    """A folder (or one exact file) on a file instance: local, sftp, ftp."""
+
+    path: str = Field("", description="folder to list, relative to the instance root; or one exact file")
+    pattern: str | None = Field(None, description="glob on the file name, e.g. '*.csv' (default: every file)")
+    regex: str | None = Field(None, description="regular expression on the file name; instead of pattern")
+    recursive: bool = Field(False, description="also list sub-folders")
+    poll_interval: Duration = Field(30.0, description="time between listings")
+    min_age: Duration = Field(
+        10.0, description="a file must keep the same size and mtime for this long before it is taken"
+    )
+    after: AfterAction = Field("keep", description="delete | keep (remembered in the state store) | {move: dir}")
+    on_failure: MoveAction | None = Field(
+        None, description="move a file whose delivery failed for good; default: leave it, remembered as failed"
+    )
+    max_files_per_poll: int = Field(10_000, ge=1, description="at most this many files are taken per listing")
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> FileSourceConfig:
+        if self.pattern is not None and self.regex is not None:
+            raise ValueError("give either pattern or regex, not both")
+        return self
+
+    def matches(self, name: str) -> bool:
+        """Whether a file name is one this source takes."""
+        if self.regex is not None:
+            return re.search(self.regex, name) is not None
+        return fnmatch.fnmatchcase(name, self.pattern or "*")
+
+
+class MessageSourceConfig(SourceConfig):
+    """A queue or subscription on a broker instance."""
+
+    max_attempts: int = Field(5, ge=1, description="deliveries of one message before it is rejected (dead-lettered)")
+
+
+class FileTargetConfig(ConfigModel):
+    """Upload to a file instance (local, sftp, ftp): temp name, then rename."""
+
+    instance: str = Field(description="name of the instance to upload to")
+    path: str = Field("", description="folder relative to the instance root")
+    filename: str = Field("{name}", description="template over {id} {name} {flow} {stem} {ext}")
+    exists: Literal["replace", "fail", "skip"] = Field("replace", description="when the file is already there")
+    chmod: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$", description="octal mode for the uploaded file")
+    timeout: Duration | None = Field(None, description="a delivery taking longer counts as stuck")
+
+
+class MessageTargetConfig(ConfigModel):
+    """Publish to a broker instance."""
+
+    instance: str = Field(description="name of the instance to publish to")
+    timeout: Duration | None = Field(None, description="a delivery taking longer counts as stuck")

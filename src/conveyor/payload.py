@@ -1,0 +1,269 @@
+"""Payloads: body bytes plus metadata, with large bodies streamed through the spool on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from conveyor.errors import NoSpace, Transient
+
+CHUNK = 1024 * 1024
+
+
+def utc_iso(ts: float | datetime | None = None) -> str:
+    """An RFC 3339 UTC timestamp with milliseconds, as the metadata carries them."""
+    dt = ts if isinstance(ts, datetime) else datetime.fromtimestamp(ts if ts is not None else _now(), UTC)
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+class Body:
+    """The bytes of one payload: held in memory when small, a file on disk otherwise.
+
+    ``owned`` files (spool files) are deleted by :meth:`release`; a file that belongs to
+    someone else (a local source file read in place) is left alone.
+    """
+
+    def __init__(
+        self, *, data: bytes | None = None, path: Path | None = None, size: int, sha256: str | None, owned: bool
+    ) -> None:
+        self._data = data
+        self.path = path
+        self.size = size
+        self._sha256 = sha256
+        self._owned = owned
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Body:
+        """A body held in memory (messages, small files)."""
+        return cls(data=data, size=len(data), sha256=None, owned=False)
+
+    @classmethod
+    def from_file(cls, path: Path, *, owned: bool, sha256: str | None = None) -> Body:
+        """A body read from a file on disk; ``owned`` means release() deletes it."""
+        return cls(path=path, size=path.stat().st_size, sha256=sha256, owned=owned)
+
+    @property
+    def in_memory(self) -> bool:
+        """True when the whole body is in memory."""
+        return self._data is not None
+
+    def bytes(self) -> bytes:
+        """The whole body; only for bodies in memory (the caller checks :attr:`in_memory`)."""
+        if self._data is None:
+            raise RuntimeError("body is on disk; stream it with chunks()")
+        return self._data
+
+    async def digest(self) -> str:
+        """SHA-256 hex of the body, computed once (in a thread for files)."""
+        if self._sha256 is None:
+            if self._data is not None:
+                self._sha256 = hashlib.sha256(self._data).hexdigest()
+            else:
+                assert self.path is not None
+                self._sha256 = await asyncio.to_thread(_hash_file, self.path)
+        return self._sha256
+
+    async def chunks(self, size: int = CHUNK) -> AsyncIterator[bytes]:
+        """The body in chunks; file reads happen in a thread so the loop never blocks on disk."""
+        if self._data is not None:
+            view = memoryview(self._data)
+            for i in range(0, len(view), size):
+                yield bytes(view[i : i + size])
+            return
+        assert self.path is not None
+        with open(self.path, "rb") as f:  # noqa: ASYNC230 (reads below go through a thread)
+            while chunk := await asyncio.to_thread(f.read, size):
+                yield chunk
+
+    def release(self) -> None:
+        """Free the body: delete its spool file if it owns one."""
+        if self._owned and self.path is not None:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        self._data = None
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Spool:
+    """The folder where bodies above ``threshold`` bytes are written while they travel.
+
+    ``max_bytes`` caps what the spool may hold at once: past it, writers raise
+    :class:`NoSpace` and intake pauses rather than filling the disk.
+    """
+
+    def __init__(self, directory: Path, threshold: int = 8 * 1024 * 1024, max_bytes: int | None = None) -> None:
+        self.directory = directory
+        self.threshold = threshold
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def prepare(self) -> None:
+        """Create the spool folder and remove what a crashed run left behind.
+
+        Anything in the spool at start-up belongs to a payload that was never confirmed,
+        so its source still has it and will hand it over again.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for p in self.directory.glob("*.spool"):
+            p.unlink(missing_ok=True)
+
+    def writer(self) -> SpoolWriter:
+        """A new writer that keeps small bodies in memory and spills large ones to disk."""
+        return SpoolWriter(self)
+
+    def new_path(self) -> Path:
+        """A fresh file name in the spool."""
+        return self.directory / f"{uuid.uuid4().hex}.spool"
+
+
+class SpoolWriter:
+    """Collects a body as it arrives, hashing on the way; spills to the spool past the threshold.
+
+    Writes append, so a download that resumes after a dropped connection continues at
+    :attr:`size` and the hash stays correct.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self._buf: bytearray | None = bytearray()
+        self._file: Any = None
+        self.path: Path | None = None
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._reserved = 0
+
+    def write(self, data: bytes) -> None:
+        """Append bytes; raises NoSpace when the spool is full or its limit is reached."""
+        if not data:
+            return
+        self._hash.update(data)
+        self.size += len(data)
+        if self._buf is not None:
+            self._buf += data
+            if len(self._buf) <= self._spool.threshold:
+                return
+            data, self._buf = bytes(self._buf), None
+            self.path = self._spool.new_path()
+            self._file = open(self.path, "wb")  # noqa: SIM115 (closed in finish/abort)
+        self._reserve(len(data))
+        try:
+            self._file.write(data)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise NoSpace(f"spool disk full at {self._spool.directory}") from None
+            raise Transient(f"spool write failed: {e.strerror}") from None
+
+    def _reserve(self, n: int) -> None:
+        sp = self._spool
+        if sp.max_bytes is not None and sp.used + n > sp.max_bytes:
+            raise NoSpace(f"spool limit reached ({sp.used} of {sp.max_bytes} bytes in use)")
+        sp.used += n
+        self._reserved += n
+
+    def finish(self) -> Body:
+        """Close the writer and hand over the body."""
+        digest = self._hash.hexdigest()
+        if self._buf is not None:
+            body = Body(data=bytes(self._buf), size=self.size, sha256=digest, owned=False)
+            self._buf = None
+            return body
+        self._file.flush()
+        self._file.close()
+        assert self.path is not None
+        body = _SpoolBody(self._spool, self._reserved, path=self.path, size=self.size, sha256=digest)
+        self._reserved = 0
+        return body
+
+    def abort(self) -> None:
+        """Drop what was written (download failed for good)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+        self._spool.used -= self._reserved
+        self._reserved = 0
+        self._buf = None
+
+
+class _SpoolBody(Body):
+    """A body in a spool file; releasing it gives its bytes back to the spool's budget."""
+
+    def __init__(self, spool: Spool, reserved: int, **kw: Any) -> None:
+        super().__init__(owned=True, **kw)
+        self._spool_ref = spool
+        self._reserved = reserved
+
+    def release(self) -> None:
+        super().release()
+        self._spool_ref.used -= self._reserved
+        self._reserved = 0
+
+
+@dataclass
+class Payload:
+    """One file or message moving through a flow."""
+
+    id: str
+    flow: str
+    source_instance: str
+    source_type: str
+    body: Body
+    name: str | None = None
+    file: dict[str, Any] | None = None
+    message: dict[str, Any] | None = None
+    received_at: str = field(default_factory=utc_iso)
+    content_type: str = "application/octet-stream"
+
+    async def metadata(self) -> dict[str, Any]:
+        """The metadata document of SPEC section 5."""
+        return {
+            "id": self.id,
+            "flow": self.flow,
+            "source": {"instance": self.source_instance, "type": self.source_type},
+            "received_at": self.received_at,
+            "size": self.body.size,
+            "sha256": await self.body.digest(),
+            "name": self.name,
+            "file": self.file,
+            "message": self.message,
+        }
+
+
+def stable_id(*parts: object) -> str:
+    """A 32-hex-digit id derived from the parts (file id: instance, path, size, mtime)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def disk_full(e: OSError) -> bool:
+    """Whether an OSError means the disk is full."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+__all__ = ["Body", "Payload", "Spool", "SpoolWriter", "stable_id", "utc_iso", "disk_full", "CHUNK"]

@@ -1,0 +1,188 @@
+"""The status board: what every instance and flow is doing, for /status, /readyz and metrics.
+
+Connectors and the flow runtime report events here; they never format status themselves.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from conveyor.redact import redact
+
+InstanceState = Literal["up", "connecting", "down"]
+
+
+@dataclass
+class InstanceStatus:
+    """One instance's connection state."""
+
+    name: str
+    type: str
+    address: str = ""
+    state: InstanceState = "connecting"
+    since: float = field(default_factory=time.time)
+    last_error: str | None = None
+    permanent: bool = False
+    """The last error was permanent (auth, host key): retried only after a long backoff."""
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FlowStatus:
+    """One flow's progress."""
+
+    name: str
+    state: str = "starting"
+    delivered: int = 0
+    failed: int = 0
+    skipped: int = 0
+    retried: int = 0
+    bytes: int = 0
+    in_flight: int = 0
+    last_delivery: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_poll: float | None = None
+    poll_interval: float | None = None
+    delivery_timeout: float | None = None
+    oldest_in_flight: dict[str, float] = field(default_factory=dict)
+    """payload id -> time its delivery started, to spot stuck deliveries."""
+
+
+def _ts(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+class StatusBoard:
+    """Every instance's and flow's status; the single place metrics are updated from."""
+
+    def __init__(self) -> None:
+        self.instances: dict[str, InstanceStatus] = {}
+        self.flows: dict[str, FlowStatus] = {}
+        self.started = time.time()
+        self.observers: list[Any] = []
+        """Objects with ``on_event(kind, **fields)``: the metrics exporter, the systemd notifier."""
+
+    # -- instances ---------------------------------------------------------
+    def add_instance(self, name: str, type_: str, address: str) -> InstanceStatus:
+        """Register an instance (keeps its history across a reload)."""
+        st = self.instances.get(name)
+        if st is None or st.type != type_:
+            st = self.instances[name] = InstanceStatus(name, type_, address)
+        st.address = address
+        return st
+
+    def instance_state(self, name: str, state: InstanceState, error: BaseException | str | None = None,
+                       *, permanent: bool = False) -> None:
+        """Record a connection state change (``up`` clears the last error)."""
+        st = self.instances.get(name) or self.add_instance(name, "?", "")
+        if st.state != state:
+            st.since = time.time()
+        st.state = state
+        if error is not None:
+            st.last_error = redact(str(error))
+            st.permanent = permanent
+        elif state == "up":
+            st.permanent = False
+        self._emit("instance_state", instance=name, state=state)
+
+    def connect_attempt(self, name: str, ok: bool) -> None:
+        """Count one connection attempt."""
+        self._emit("connect_attempt", instance=name, outcome="ok" if ok else "error")
+
+    # -- flows -------------------------------------------------------------
+    def add_flow(self, name: str) -> FlowStatus:
+        """Register a flow; a restarted flow starts a fresh record."""
+        st = self.flows[name] = FlowStatus(name)
+        return st
+
+    def remove_flow(self, name: str) -> None:
+        """Forget a flow that a reload removed."""
+        self.flows.pop(name, None)
+
+    def flow_error(self, name: str, error: BaseException | str) -> None:
+        """Record a flow-level error (source or target trouble)."""
+        st = self.flows.get(name)
+        if st is not None:
+            st.last_error = redact(str(error))
+            st.last_error_at = time.time()
+
+    def polled(self, name: str) -> None:
+        """A file source completed a listing."""
+        st = self.flows.get(name)
+        if st is not None:
+            st.last_poll = time.time()
+
+    def delivery_started(self, name: str, payload_id: str) -> None:
+        """A payload entered delivery."""
+        st = self.flows.get(name)
+        if st is not None:
+            st.in_flight += 1
+            st.oldest_in_flight[payload_id] = time.time()
+            self._emit("in_flight", flow=name, value=st.in_flight)
+
+    def delivery_ended(self, name: str, payload_id: str, outcome: str, size: int = 0, seconds: float = 0.0) -> None:
+        """A payload left delivery: outcome is delivered | failed | skipped | released."""
+        st = self.flows.get(name)
+        if st is None:
+            return
+        st.in_flight = max(0, st.in_flight - 1)
+        st.oldest_in_flight.pop(payload_id, None)
+        if outcome == "delivered":
+            st.delivered += 1
+            st.bytes += size
+            st.last_delivery = time.time()
+        elif outcome == "failed":
+            st.failed += 1
+        elif outcome == "skipped":
+            st.skipped += 1
+        self._emit("in_flight", flow=name, value=st.in_flight)
+        self._emit("payload", flow=name, outcome=outcome, size=size, seconds=seconds)
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        for obs in self.observers:
+            obs.on_event(kind, **fields)
+
+    # -- views -------------------------------------------------------------
+    def stalled_reasons(self, now: float | None = None) -> dict[str, str]:
+        """Flows that are not progressing, with the reason (for /readyz)."""
+        now = now or time.time()
+        out: dict[str, str] = {}
+        for f in self.flows.values():
+            if f.state in ("stopped", "disabled"):
+                continue
+            if f.poll_interval is not None:
+                ref = f.last_poll or self.started
+                if now - ref > 3 * f.poll_interval + 5:
+                    out[f.name] = f"stalled: last completed poll {now - ref:.0f}s ago (poll_interval {f.poll_interval:g}s)"
+                    continue
+            if f.delivery_timeout and f.oldest_in_flight:
+                oldest = min(f.oldest_in_flight.values())
+                if now - oldest > f.delivery_timeout:
+                    out[f.name] = f"stalled: a delivery has been in flight {now - oldest:.0f}s (timeout {f.delivery_timeout:g}s)"
+                    continue
+            if f.state not in ("running",):
+                out[f.name] = f"{f.state}: {f.last_error or 'not running'}"
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """The /status document."""
+        return {
+            "started": _ts(self.started),
+            "instances": {
+                n: {"type": i.type, "address": i.address, "state": i.state, "since": _ts(i.since),
+                    "last_error": i.last_error, "permanent_error": i.permanent, "warnings": i.warnings}
+                for n, i in self.instances.items()
+            },
+            "flows": {
+                n: {"state": f.state, "delivered": f.delivered, "failed": f.failed, "skipped": f.skipped,
+                    "retried": f.retried, "bytes": f.bytes, "in_flight": f.in_flight,
+                    "last_delivery": _ts(f.last_delivery), "last_poll": _ts(f.last_poll),
+                    "last_error": f.last_error, "last_error_at": _ts(f.last_error_at)}
+                for n, f in self.flows.items()
+            },
+        }
