@@ -1,0 +1,60 @@
+"""What the shared behaviour suite needs from each connector's test backend.
+
+A backend starts (or reuses) a real server, and gives the suite an instance config plus
+a side door to put and inspect files or messages without going through conveyor.
+Each connector registers its backends in ``tests/backends/__init__.py``'s ``FILE_BACKENDS`` /
+``MESSAGE_BACKENDS`` via ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class FileBackend(Protocol):
+    """A real file server (or local folder) the suite can drop files on."""
+
+    name: str
+    """e.g. 'local', 'sftp-asyncssh', 'sftp-openssh', 'ftp-pyftpdlib', 'ftps-explicit-vsftpd'."""
+
+    def instance_config(self) -> dict[str, Any]:
+        """The `instances.<name>` mapping for a conveyor config (type, host, port, credentials, root...)."""
+        ...
+
+    def put(self, path: str, data: bytes, mtime: float | None = None) -> None:
+        """Create a file at `path` (relative to the instance root), making folders as needed."""
+        ...
+
+    def exists(self, path: str) -> bool:
+        """Whether a file exists at `path` (relative to the root)."""
+        ...
+
+    def read(self, path: str) -> bytes:
+        """The content of a file (relative to the root)."""
+        ...
+
+    def names(self, path: str) -> list[str]:
+        """File names in a folder (relative to the root); [] if the folder is missing."""
+        ...
+
+
+class MessageBackend(Protocol):
+    """A real broker the suite can publish to and inspect."""
+
+    name: str
+
+    def instance_config(self) -> dict[str, Any]:
+        """The `instances.<name>` mapping for a conveyor config."""
+        ...
+
+    def source_config(self) -> dict[str, Any]:
+        """The flow `source` mapping minus `instance` (queue or subscription, prefetch, max_attempts)."""
+        ...
+
+    async def publish(self, bodies: list[bytes]) -> None:
+        """Publish messages onto what `source_config` consumes."""
+        ...
+
+    async def pending(self) -> int:
+        """Messages still waiting (not acked) on the queue/subscription; 0 when all were consumed."""
+        ...
