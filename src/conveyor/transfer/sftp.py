@@ -1,0 +1,330 @@
+"""The sftp connector: a :class:`~conveyor.interfaces.FileSystem` over asyncssh.
+
+Paths are relative to the instance's ``root``. Every operation runs under ``timeout``
+(for transfers: no progress for ``timeout``) and maps asyncssh errors once, here, onto
+conveyor's error tree. Transfers keep several SFTP requests outstanding, as OpenSSH's
+``sftp`` does, and write them in order, so a resumed download continues at ``sink.size``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+import stat as stat_mod
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any, NoReturn, TypeVar
+
+import asyncssh
+
+from conveyor.errors import ConveyorError, NoSpace, NotFound, Permanent, Rejected, Transient
+from conveyor.interfaces import Context, RemoteFile
+from conveyor.payload import Body, SpoolWriter
+from conveyor.transfer.sftp_config import SftpConfig
+from conveyor.transfer.sftp_pool import Session, SftpPool, is_connection_error, temp_name
+
+log = logging.getLogger("conveyor.sftp")
+
+BLOCK = 256 * 1024
+"""Bytes per SFTP read/write request (capped by the server's advertised limits)."""
+WINDOW = 32
+"""SFTP requests kept outstanding per transfer."""
+
+T = TypeVar("T")
+
+
+class SftpInstance:
+    """A live sftp instance: pooled sessions plus the FileSystem operations."""
+
+    def __init__(self, name: str, config: SftpConfig, ctx: Context | None) -> None:
+        self.name = name
+        self.config = config
+        self.pool = SftpPool(name, config, ctx.status if ctx is not None else None)
+        self._root = "/" + config.root.strip("/") if config.root.strip("/") else "/"
+
+    # -- InstanceRuntime ---------------------------------------------------
+    async def check(self) -> str:
+        """Connect and log in now: ``user@host:port (key type, fingerprint)``."""
+        async with self._op("") as s:
+            await s.sftp.stat(self._root)
+            return f"{self.config.describe()} ({s.keytype}, {s.fingerprint})"
+
+    async def close(self) -> None:
+        """Close every session."""
+        await self.pool.close()
+
+    # -- paths and errors --------------------------------------------------
+    def _abs(self, path: str) -> str:
+        rel = path.strip("/")
+        return posixpath.join(self._root, rel) if rel else self._root
+
+    def _rel(self, abspath: str) -> str:
+        return posixpath.relpath(abspath, self._root) if abspath != self._root else ""
+
+    def _map(self, e: BaseException, path: str) -> ConveyorError:
+        """One place where asyncssh and OS errors become conveyor errors."""
+        if isinstance(e, ConveyorError):
+            return e
+        kw: dict[str, Any] = {"instance": self.name, "path": path or "/"}
+        reason = getattr(e, "reason", None) or str(e) or type(e).__name__
+        if isinstance(e, (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath)):
+            return NotFound(f"no such file or folder: {reason}", **kw)
+        if isinstance(e, asyncssh.SFTPPermissionDenied):
+            return Permanent(f"permission denied: {reason}", **kw)
+        if isinstance(e, (asyncssh.SFTPNoSpaceOnFilesystem, asyncssh.SFTPQuotaExceeded)):
+            return NoSpace(f"server out of space: {reason}", **kw)
+        if isinstance(e, asyncssh.SFTPOpUnsupported):
+            return Permanent(f"server does not support this: {reason}", **kw)
+        if isinstance(e, TimeoutError):
+            return Transient(f"no answer within {self.config.timeout:g}s", **kw)
+        if isinstance(e, asyncssh.SFTPError) and not isinstance(e, asyncssh.SFTPConnectionLost):
+            return Transient(f"server error: {reason}", **kw)
+        return Transient(f"connection lost: {reason}", **kw)
+
+    @asynccontextmanager
+    async def _op(self, path: str) -> AsyncIterator[Session]:
+        """A pooled session for one operation under ``timeout``, with errors mapped."""
+        try:
+            async with self.pool.session() as s:
+                async with asyncio.timeout(self.config.timeout):
+                    yield s
+        except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
+            raise self._map(e, path) from None
+
+    async def _call(self, path: str, fn: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
+        async with self._op(path) as s:
+            return await fn(s.sftp)
+
+    # -- FileSystem: reading -----------------------------------------------
+    async def stat(self, path: str) -> RemoteFile | None:
+        """The regular file at ``path``, or None (missing, or a folder)."""
+        try:
+            attrs = await self._call(path, lambda sftp: sftp.stat(self._abs(path)))
+        except NotFound:
+            return None
+        if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR and not stat_mod.S_ISREG(attrs.permissions or 0):
+            return None
+        return RemoteFile(path.strip("/"), attrs.size or 0, float(attrs.mtime or 0))
+
+    async def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is an existing folder."""
+        try:
+            return await self._call(path, lambda sftp: sftp.isdir(self._abs(path)))
+        except NotFound:
+            return False
+
+    async def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
+        """Regular files under ``path``, streamed from readdir. When the server refuses to list
+        ``path`` but it is a file (servers with "private visibility"), yield just that file."""
+        folders = deque([self._abs(path)])
+        first, yielded = True, False
+        while folders:
+            folder = folders.popleft()
+            try:
+                async for f, sub in self._scan(folder):
+                    if sub is not None:
+                        if recursive:
+                            folders.append(sub)
+                    elif f is not None:
+                        yielded = True
+                        yield f
+            except ConveyorError:
+                if not first or yielded:
+                    raise
+                one = await self.stat(path)  # not a folder, or listing forbidden: maybe one exact file
+                if one is None:
+                    raise
+                yield one
+            first = False
+
+    async def _scan(self, folder: str) -> AsyncIterator[tuple[RemoteFile | None, str | None]]:
+        rel = self._rel(folder)
+        try:
+            async with self.pool.session() as s:
+                it = s.sftp.scandir(folder).__aiter__()
+                while True:
+                    async with asyncio.timeout(self.config.timeout):
+                        try:
+                            entry = await it.__anext__()
+                        except StopAsyncIteration:
+                            return
+                    name = entry.filename
+                    if name in (".", ".."):
+                        continue
+                    assert isinstance(name, str)
+                    full = posixpath.join(folder, name)
+                    attrs = entry.attrs
+                    if attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK:
+                        async with asyncio.timeout(self.config.timeout):
+                            try:
+                                attrs = await s.sftp.stat(full)
+                            except asyncssh.SFTPError:
+                                continue  # a dangling link is not a file to take
+                    if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+                        yield None, full
+                    elif attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
+                        yield RemoteFile(self._rel(full), attrs.size or 0, float(attrs.mtime or 0)), None
+        except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
+            raise self._map(e, rel) from None
+
+    async def download(self, f: RemoteFile, sink: SpoolWriter) -> None:
+        """Stream the file from ``sink.size`` to its listed size with pipelined reads.
+
+        A size different from the listing means the file changed: Transient, so it is
+        listed and checked for stability again.
+        """
+        offset = sink.size
+        try:
+            async with self.pool.session() as s, asyncio.timeout(self.config.timeout) as deadline:
+                fh = await s.sftp.open(self._abs(f.path), "rb", block_size=0)
+                try:
+                    attrs = await fh.stat()
+                    if attrs.size is not None and attrs.size != f.size:
+                        self._changed(f, attrs.size)
+                    block = min(BLOCK, s.sftp.limits.max_read_len or BLOCK)
+                    await self._read_into(fh, f, offset, block, sink, deadline)
+                finally:
+                    await _close_quietly(fh)
+        except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
+            raise self._map(e, f.path) from None
+
+    async def _read_into(self, fh: asyncssh.SFTPClientFile, f: RemoteFile, offset: int, block: int,
+                         sink: SpoolWriter, deadline: asyncio.Timeout) -> None:
+        loop = asyncio.get_running_loop()
+        pending: deque[tuple[int, int, asyncio.Task[bytes]]] = deque()
+        nxt = offset
+        try:
+            while pending or nxt < f.size:
+                while len(pending) < WINDOW and nxt < f.size:
+                    n = min(block, f.size - nxt)
+                    pending.append((nxt, n, asyncio.ensure_future(fh.read(n, nxt))))
+                    nxt += n
+                off, n, task = pending.popleft()
+                data = await task
+                while len(data) < n:  # a short read: fetch the rest of this block in order
+                    more: bytes = await fh.read(n - len(data), off + len(data))
+                    if not more:
+                        self._changed(f, off + len(data))
+                    data += more
+                sink.write(data)
+                deadline.reschedule(loop.time() + self.config.timeout)  # the timeout is for no progress
+        finally:
+            for _, _, t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*(t for _, _, t in pending), return_exceptions=True)
+
+    def _changed(self, f: RemoteFile, size: int) -> NoReturn:
+        raise Transient(f"file changed while being read (size {size}, listed {f.size})",
+                        instance=self.name, path=f.path)
+
+    # -- FileSystem: writing -----------------------------------------------
+    async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
+        """Upload under a hidden temp name in the same folder, then rename into place."""
+        dst = self._abs(path)
+        folder, name = posixpath.split(dst)
+        tmp = posixpath.join(folder, temp_name(name))
+        try:
+            async with self.pool.session() as s, asyncio.timeout(self.config.timeout) as deadline:
+                sftp = s.sftp
+                if exists != "replace" and await sftp.exists(dst):
+                    if exists == "skip":
+                        return False
+                    raise Rejected("file already exists (exists: fail)", instance=self.name, path=path)
+                await sftp.makedirs(folder, exist_ok=True)
+                try:
+                    fh = await sftp.open(tmp, "wb", block_size=0)
+                    try:
+                        block = min(BLOCK, sftp.limits.max_write_len or BLOCK)
+                        await self._write_from(fh, body, block, deadline)
+                    finally:
+                        await _close_quietly(fh)
+                    if chmod is not None:
+                        await sftp.chmod(tmp, chmod)
+                    await self._put_in_place(s, tmp, dst, exists, path)
+                except BaseException:
+                    await _remove_quietly(sftp, tmp)
+                    raise
+                return True
+        except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
+            raise self._map(e, path) from None
+
+    async def _write_from(self, fh: asyncssh.SFTPClientFile, body: Body, block: int,
+                          deadline: asyncio.Timeout) -> None:
+        loop = asyncio.get_running_loop()
+        pending: deque[asyncio.Task[int]] = deque()
+        offset = 0
+        try:
+            async for chunk in body.chunks(block * 8):
+                view = memoryview(chunk)
+                for i in range(0, len(view), block):
+                    piece = bytes(view[i : i + block])
+                    pending.append(asyncio.ensure_future(fh.write(piece, offset)))
+                    offset += len(piece)
+                    while len(pending) >= WINDOW:
+                        await pending.popleft()
+                        deadline.reschedule(loop.time() + self.config.timeout)
+            while pending:
+                await pending.popleft()
+        finally:
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _put_in_place(self, s: Session, tmp: str, dst: str, exists: str, path: str) -> None:
+        sftp = s.sftp
+        if exists == "fail":
+            # Plain SFTPv3 rename refuses to overwrite: no window where another writer is clobbered.
+            try:
+                await sftp.rename(tmp, dst)
+            except asyncssh.SFTPFailure:
+                if await sftp.exists(dst):
+                    raise Rejected("file already exists (exists: fail)", instance=self.name, path=path) from None
+                raise
+            return
+        await self._replace(s, tmp, dst)
+
+    async def _replace(self, s: Session, src: str, dst: str) -> None:
+        """Rename replacing ``dst``: atomic posix-rename when the server has it, else remove + rename."""
+        if s.posix_rename:
+            try:
+                await s.sftp.posix_rename(src, dst)
+                return
+            except asyncssh.SFTPOpUnsupported:
+                s.posix_rename = False
+        with suppress(asyncssh.SFTPNoSuchFile):
+            await s.sftp.remove(dst)
+        await s.sftp.rename(src, dst)
+
+    async def remove(self, path: str) -> None:
+        """Delete a file; one already gone is fine."""
+        with suppress(NotFound):
+            await self._call(path, lambda sftp: sftp.remove(self._abs(path)))
+
+    async def rename(self, src: str, dst: str) -> None:
+        """Move a file, creating the destination folder and replacing what is there."""
+        async with self._op(src) as s:
+            await s.sftp.makedirs(posixpath.dirname(self._abs(dst)), exist_ok=True)
+            await self._replace(s, self._abs(src), self._abs(dst))
+
+
+async def _close_quietly(fh: asyncssh.SFTPClientFile) -> None:
+    try:
+        async with asyncio.timeout(5):
+            await fh.close()
+    except (asyncssh.Error, OSError, TimeoutError):
+        pass
+
+
+async def _remove_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:
+    try:
+        async with asyncio.timeout(5):
+            await sftp.remove(path)
+    except (asyncssh.Error, OSError, TimeoutError):
+        pass
+
+
+__all__ = ["SftpInstance", "is_connection_error"]

@@ -1,0 +1,113 @@
+"""Config model of the ``sftp`` instance type (pydantic only; asyncssh lives in sftp.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
+from conveyor.config.types import Duration, Secret
+from conveyor.registry import ConnectorSpec, register
+from conveyor.transfer.hostkeys import Fingerprint, parse_fingerprint
+
+
+class SftpConfig(InstanceConfig):
+    """An SFTP server: the fields a Patchworks SFTP instance has, plus known_hosts and pooling."""
+
+    type: Literal["sftp"]
+    host: str = Field(min_length=1, description="server host name or address")
+    port: int = Field(22, ge=1, le=65535, description="SSH port")
+    username: str = Field(min_length=1, description="login name")
+    password: Secret | None = Field(None, description="password (user/pass auth); or use a private key")
+    private_key: Secret | None = Field(
+        None, description="private key text (RSA PEM or OpenSSH: ed25519, ecdsa, rsa); or private_key_file"
+    )
+    private_key_file: Path | None = Field(None, description="path of the private key file")
+    passphrase: Secret | None = Field(None, description="passphrase of an encrypted private key")
+    host_fingerprint: list[str] | None = Field(
+        None,
+        description="the server's host key fingerprint, or a list of them (key rotation): SHA256:<base64>, "
+        "MD5 hex (colons and MD5: prefix optional) or SHA512 hex of the key blob",
+    )
+    known_hosts: Path | None = Field(None, description="an OpenSSH known_hosts file to check the host key against")
+    host_key_check: Literal["on", "off"] = Field(
+        "on", description="off skips host key verification (a warning on every connect and in /status)"
+    )
+    root: str = Field("/", description="every path of this instance is relative to this folder")
+    timeout: Duration = Field(10.0, gt=0, description="connect timeout, and the limit for every operation")
+    max_connection_attempts: int = Field(3, ge=1, description="attempts per connect before the instance is down")
+    max_connections: int = Field(4, ge=1, le=64, description="SSH connections (SFTP sessions) kept to this server")
+    keepalive: Duration = Field(30.0, description="SSH keepalive interval on idle connections (0: none)")
+
+    @field_validator("host_fingerprint", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [v]
+        return v
+
+    @field_validator("host_fingerprint")
+    @classmethod
+    def _fingerprints_parse(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("host_fingerprint is an empty list: give at least one fingerprint")
+            for fp in v:
+                parse_fingerprint(fp)  # raises ValueError naming the accepted forms
+        return v
+
+    @field_validator("host_key_check", mode="before")
+    @classmethod
+    def _yaml_bool(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as False; accept booleans as on/off.
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        return v
+
+    @field_validator("private_key")
+    @classmethod
+    def _looks_like_key(cls, v: Any) -> Any:
+        if v is not None and "-----BEGIN" not in v.get_secret_value():
+            raise ValueError("private_key must be the key text (-----BEGIN ... PRIVATE KEY-----); "
+                             "for a path use private_key_file")
+        return v
+
+    @model_validator(mode="after")
+    def _auth_and_host_key(self) -> SftpConfig:
+        keys = [n for n in ("private_key", "private_key_file") if getattr(self, n) is not None]
+        if len(keys) == 2:
+            raise ValueError("give either private_key or private_key_file, not both")
+        if self.password is not None and keys:
+            raise ValueError(f"give either password or {keys[0]}, not both")
+        if self.password is None and not keys:
+            raise ValueError("no credentials: set password, or private_key / private_key_file")
+        if self.passphrase is not None and not keys:
+            raise ValueError("passphrase is set but there is no private key to decrypt")
+        if self.host_key_check == "on" and not self.host_fingerprint and self.known_hosts is None:
+            raise ValueError(
+                "no way to verify the host key: set host_fingerprint or known_hosts (or host_key_check: off); "
+                "`conveyor fingerprint HOST[:PORT]` prints the server's fingerprints"
+            )
+        return self
+
+    def fingerprints(self) -> list[Fingerprint]:
+        """The pinned fingerprints, parsed."""
+        return [parse_fingerprint(f) for f in self.host_fingerprint or []]
+
+    def describe(self) -> str:
+        """``user@host:port``."""
+        return f"{self.username}@{self.host}:{self.port}"
+
+
+register(
+    ConnectorSpec(
+        type="sftp",
+        kind="file",
+        instance_model=SftpConfig,
+        source_model=FileSourceConfig,
+        target_model=FileTargetConfig,
+        factory="conveyor.transfer.sftp:SftpInstance",
+    )
+)

@@ -1,0 +1,330 @@
+"""SSH connections for the sftp connector: host-key checking, login, and a small session pool.
+
+One SSH connection carries one SFTP session; SFTP multiplexes requests, so a session may be
+shared when all ``max_connections`` are busy (a listing and a download never deadlock each
+other). Broken sessions are dropped and the next use reconnects. Only the
+``max_connection_attempts`` loop of one connect lives here; all other retrying is the
+supervisor's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from conveyor.errors import AuthError, ConveyorError, HostKeyError, Permanent, Transient
+from conveyor.transfer.hostkeys import KEY_FAMILIES, describe_key, family_of, server_key_families, sha256_fp
+from conveyor.transfer.sftp_config import SftpConfig
+
+if TYPE_CHECKING:
+    from conveyor.status import StatusBoard
+
+log = logging.getLogger("conveyor.sftp")
+
+# Bigger SSH channel packets and window than asyncssh's defaults (32 KiB / 2 MiB): a 256 KiB
+# SFTP read then travels in few SSH packets, which is where the Python-side time goes.
+WINDOW = 16 * 1024 * 1024
+MAX_PKTSIZE = 256 * 1024
+PAUSE_BETWEEN_ATTEMPTS = 0.5
+
+
+class _Client(asyncssh.SSHClient):
+    """Checks the host key against the configured fingerprints; records what was offered."""
+
+    def __init__(self, verify: Any) -> None:
+        self._verify = verify
+        self.offered: list[tuple[str, bytes]] = []
+        self.lost = False
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        blob = key.public_data
+        self.offered.append((key.get_algorithm(), blob))
+        return bool(self._verify(blob)) if self._verify is not None else False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+@dataclass
+class Session:
+    """One SSH connection and its SFTP session."""
+
+    conn: asyncssh.SSHClientConnection
+    sftp: asyncssh.SFTPClient
+    client: _Client
+    keytype: str
+    fingerprint: str
+    users: int = 0
+    broken: bool = False
+    posix_rename: bool = field(default=True)
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection dropped or an operation left it in doubt."""
+        return not self.broken and not self.client.lost
+
+    async def close(self) -> None:
+        """Close the SFTP session and the connection, quietly."""
+        try:
+            self.sftp.exit()
+            self.conn.close()
+            async with asyncio.timeout(2):
+                await self.conn.wait_closed()
+        except (Exception, TimeoutError):  # closing a dead connection may fail in many ways
+            pass
+
+
+class _Mismatch(Exception):
+    """The server presented a host key that matches nothing configured."""
+
+
+def is_connection_error(e: BaseException) -> bool:
+    """Errors after which a session cannot be trusted any more (vs an SFTP status reply)."""
+    if isinstance(e, asyncssh.SFTPError):
+        return isinstance(e, asyncssh.SFTPConnectionLost)
+    return isinstance(e, (OSError, TimeoutError, asyncssh.Error, asyncio.CancelledError, EOFError))
+
+
+class SftpPool:
+    """Up to ``max_connections`` SFTP sessions to one server, opened lazily and reused."""
+
+    def __init__(self, name: str, config: SftpConfig, status: StatusBoard | None) -> None:
+        self.name = name
+        self.cfg = config
+        self.status = status
+        self.handshakes = 0
+        """SSH handshakes completed (tests use it to check sessions are reused)."""
+        self._sessions: list[Session] = []
+        self._connect_lock = asyncio.Lock()
+        self._family: str | None = None
+        """The host-key family that matched last time, so a reconnect is one handshake."""
+        self._keys: list[asyncssh.SSHKey] | None = None
+        self._fps = config.fingerprints()
+
+    # -- pool --------------------------------------------------------------
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        """A session for one operation; a connection error drops it from the pool."""
+        s = await self._acquire()
+        s.users += 1
+        try:
+            yield s
+        except BaseException as e:
+            if is_connection_error(e):
+                s.broken = True
+            raise
+        finally:
+            s.users -= 1
+            if not s.alive:
+                if s in self._sessions:
+                    self._sessions.remove(s)
+                if s.users == 0:
+                    await s.close()
+
+    def _pick(self) -> Session | None:
+        self._sessions = [s for s in self._sessions if s.alive]
+        idle = [s for s in self._sessions if s.users == 0]
+        if idle:
+            return idle[0]
+        if len(self._sessions) >= self.cfg.max_connections:
+            return min(self._sessions, key=lambda s: s.users)
+        return None
+
+    async def _acquire(self) -> Session:
+        s = self._pick()
+        if s is not None:
+            return s
+        async with self._connect_lock:
+            s = self._pick()  # another task may have connected while we waited
+            if s is not None:
+                return s
+            s = await self.connect()
+            self._sessions.append(s)
+            return s
+
+    async def close(self) -> None:
+        """Close every session."""
+        sessions, self._sessions = self._sessions, []
+        for s in sessions:
+            await s.close()
+
+    # -- connecting --------------------------------------------------------
+    async def connect(self) -> Session:
+        """Open one session, trying up to ``max_connection_attempts`` times on network trouble."""
+        attempts = self.cfg.max_connection_attempts
+        if self.status is not None and not self._sessions:
+            self.status.instance_state(self.name, "connecting")
+        last: ConveyorError | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                async with asyncio.timeout(self.cfg.timeout * 3):  # probe, handshakes, login
+                    s = await self._connect_once()
+            except Permanent as e:
+                self._attempt(False)
+                self._down(e, permanent=True)
+                raise
+            except Transient as e:
+                last = e
+            except TimeoutError:
+                last = Transient(f"connection to {self.cfg.describe()} timed out", instance=self.name)
+            else:
+                self._attempt(True)
+                if self.status is not None:
+                    self.status.instance_state(self.name, "up")
+                return s
+            self._attempt(False)
+            log.info("sftp %s: connect attempt %d/%d failed: %s", self.name, attempt, attempts, last)
+            if attempt < attempts:
+                await asyncio.sleep(PAUSE_BETWEEN_ATTEMPTS)
+        assert last is not None
+        self._down(last, permanent=False)
+        raise last
+
+    def _attempt(self, ok: bool) -> None:
+        if self.status is not None:
+            self.status.connect_attempt(self.name, ok)
+
+    def _down(self, e: ConveyorError, *, permanent: bool) -> None:
+        if self.status is not None and not any(s.alive for s in self._sessions):
+            self.status.instance_state(self.name, "down", e, permanent=permanent)
+
+    async def _connect_once(self) -> Session:
+        cfg = self.cfg
+        if cfg.host_key_check == "off":
+            msg = f"host key of {cfg.describe()} NOT verified (host_key_check: off)"
+            log.warning("sftp %s: %s", self.name, msg)
+            st = self.status.instances.get(self.name) if self.status is not None else None
+            if st is not None and msg not in st.warnings:
+                st.warnings.append(msg)
+            return await self._login(None, known_hosts=None)
+        if cfg.known_hosts is not None:
+            try:
+                known = asyncssh.read_known_hosts(str(cfg.known_hosts))
+            except (OSError, ValueError) as e:
+                raise Permanent(f"cannot read known_hosts file {cfg.known_hosts}: {e}", instance=self.name) from None
+            try:
+                return await self._login(None, known_hosts=known)
+            except _Mismatch as e:
+                raise HostKeyError(f"host key not in known_hosts {cfg.known_hosts}; the server offered: {e}",
+                                   instance=self.name) from None
+        # Pinned fingerprints: try the family that matched last time, else every family the
+        # server has, ed25519 first, until one of its keys matches.
+        families = [self._family] if self._family else await self._families()
+        offered: list[str] = []
+        for fam in families:
+            try:
+                s = await self._login(KEY_FAMILIES[fam] if fam else None, known_hosts=([], [], []))
+            except _Mismatch as e:
+                offered.append(str(e))
+                continue
+            except ConnectionResetError:
+                continue  # OpenSSH resets when it has no key of the asked type
+            self._family = family_of(s.keytype) or fam
+            return s
+        if self._family:  # the cached type no longer matches (rotation): look at every type once
+            self._family = None
+            return await self._connect_once()
+        pinned = ", ".join(cfg.host_fingerprint or [])
+        raise HostKeyError(
+            f"host key of {cfg.host}:{cfg.port} matches no configured host_fingerprint ({pinned}); "
+            f"the server offered: {'; '.join(offered) or 'no key'}",
+            instance=self.name,
+        )
+
+    async def _families(self) -> list[str | None]:
+        try:
+            fams: list[str | None] = list(await server_key_families(self.cfg.host, self.cfg.port, self.cfg.timeout))
+        except (OSError, asyncio.IncompleteReadError) as e:
+            raise Transient(f"cannot reach {self.cfg.host}:{self.cfg.port}: {e or type(e).__name__}",
+                            instance=self.name) from None
+        except ValueError as e:
+            raise Permanent(f"{self.cfg.host}:{self.cfg.port}: {e}", instance=self.name) from None
+        return fams or [None]
+
+    def _verify(self, blob: bytes) -> bool:
+        return any(fp.matches(blob) for fp in self._fps)
+
+    async def _login(self, algs: list[str] | None, *, known_hosts: Any) -> Session:
+        cfg = self.cfg
+        keys = self._load_keys()
+        client = _Client(self._verify if self._fps and cfg.host_key_check == "on" else None)
+        opts: dict[str, Any] = {}
+        if algs is not None:
+            opts["server_host_key_algs"] = algs
+        try:
+            conn, _ = await asyncssh.create_connection(
+                lambda: client, cfg.host, cfg.port,
+                username=cfg.username,
+                password=cfg.password.get_secret_value() if cfg.password else None,
+                client_keys=keys, known_hosts=known_hosts, config=None, agent_path=None,
+                preferred_auth="publickey" if keys else "password,keyboard-interactive",
+                gss_auth=False, host_based_auth=False, x509_trusted_certs=None,
+                connect_timeout=cfg.timeout, login_timeout=cfg.timeout,
+                keepalive_interval=cfg.keepalive or None, keepalive_count_max=3,
+                window=WINDOW, max_pktsize=MAX_PKTSIZE, **opts,
+            )
+        except asyncssh.HostKeyNotVerifiable as e:
+            if client.offered:
+                raise _Mismatch("; ".join(describe_key(t, b) for t, b in client.offered)) from None
+            raise HostKeyError(f"host key not accepted: {e.reason}", instance=self.name) from None
+        except asyncssh.PermissionDenied:
+            raise AuthError(self._auth_message(), instance=self.name) from None
+        except asyncssh.DisconnectError as e:
+            raise Transient(f"{cfg.host}:{cfg.port} closed the connection: {e.reason}", instance=self.name) from None
+        except ConnectionResetError:
+            raise
+        except OSError as e:
+            raise Transient(f"cannot connect to {cfg.host}:{cfg.port}: {e.strerror or e}", instance=self.name) from None
+        self.handshakes += 1
+        keytype, blob = client.offered[-1] if client.offered else ("?", b"")
+        try:
+            sftp = await conn.start_sftp_client()
+        except (asyncssh.Error, OSError) as e:
+            conn.close()
+            raise Transient(f"SFTP subsystem refused on {cfg.describe()}: {e}", instance=self.name) from None
+        log.info("sftp %s: connected to %s (%s)", self.name, cfg.describe(), keytype)
+        return Session(conn, sftp, client, keytype, sha256_fp(blob) if blob else "not verified")
+
+    def _auth_message(self) -> str:
+        cfg = self.cfg
+        if cfg.password is not None:
+            return f"login refused for user '{cfg.username}': wrong username or password"
+        keys = self._keys or []
+        desc = ", ".join(f"{k.get_algorithm()} {sha256_fp(k.public_data)}" for k in keys)
+        return f"login refused for user '{cfg.username}': the server did not accept the private key ({desc})"
+
+    def _load_keys(self) -> list[asyncssh.SSHKey] | None:
+        cfg = self.cfg
+        if cfg.private_key is None and cfg.private_key_file is None:
+            return None
+        if self._keys is None:
+            passphrase = cfg.passphrase.get_secret_value() if cfg.passphrase else None
+            where = f"private key file {cfg.private_key_file}" if cfg.private_key_file else "private_key"
+            try:
+                if cfg.private_key_file is not None:
+                    key = asyncssh.read_private_key(str(cfg.private_key_file), passphrase)
+                else:
+                    assert cfg.private_key is not None
+                    key = asyncssh.import_private_key(cfg.private_key.get_secret_value(), passphrase)
+            except OSError as e:
+                raise Permanent(f"cannot read {where}: {e.strerror or e}", instance=self.name) from None
+            except asyncssh.KeyEncryptionError:
+                raise AuthError(f"cannot decrypt {where}: wrong passphrase", instance=self.name) from None
+            except asyncssh.KeyImportError as e:
+                if "passphrase" in str(e).lower():
+                    raise AuthError(f"{where} is encrypted: set passphrase", instance=self.name) from None
+                raise AuthError(f"{where} is not a usable private key: {e}", instance=self.name) from None
+            self._keys = [key]
+        return self._keys
+
+
+def temp_name(name: str) -> str:
+    """A hidden temporary name beside ``name`` for uploads (``.name.conveyor-<rand>.tmp``)."""
+    return f".{name}.conveyor-{secrets.token_hex(4)}.tmp"

@@ -1,0 +1,172 @@
+"""OpenSSH sshd for tests: a private sshd on a random loopback port, its own host keys and config.
+
+Needs root and Debian's ``openssh-server`` (``/usr/sbin/sshd``). Logins go to a system user
+``conveyor-test`` (created with useradd if missing, password set with chpasswd each session),
+because sshd will not let root log in to a password/SFTP test safely and ``UsePAM no``
+checks the real shadow password. ``Subsystem sftp internal-sftp``; no PAM, no chroot.
+The served folder is a fresh directory under /tmp owned by that user; tests use its absolute
+path as the instance ``root``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers.ssh_keys import KeySet, make_host_keys
+
+SSHD = "/usr/sbin/sshd"
+USER = "conveyor-test"
+PASSWORD = "conveyor-Test-pw1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_user() -> pwd.struct_passwd:
+    """Create the test user if missing and (re)set its password."""
+    try:
+        pw = pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--shell", "/bin/sh", "--no-create-home", USER],
+                       check=True, capture_output=True)
+        pw = pwd.getpwnam(USER)
+    subprocess.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n", text=True, check=True, capture_output=True)
+    return pw
+
+
+@dataclass
+class Sshd:
+    """A running sshd; files live under ``root`` (also the instance root)."""
+
+    base: Path
+    root: Path
+    port: int
+    host_keys: dict[str, Path]
+    keys: KeySet
+    proc: subprocess.Popen[bytes]
+    uid: int
+    gid: int
+
+    def host_pub_blob(self, keytype: str) -> bytes:
+        """The base64-decoded public host key of one type ('ed25519' or 'rsa')."""
+        import base64
+
+        return base64.b64decode(Path(str(self.host_keys[keytype]) + ".pub").read_text().split()[1])
+
+    def chown(self, path: Path) -> None:
+        """Give a file or folder made by the tests to the sftp user."""
+        os.chown(path, self.uid, self.gid)
+
+    def instance_config(self, **over: Any) -> dict[str, Any]:
+        """An sftp instance mapping (password auth, ed25519 fingerprint pinned) with overrides."""
+        from conveyor.transfer.hostkeys import sha256_fp
+
+        cfg: dict[str, Any] = {
+            "type": "sftp", "host": "127.0.0.1", "port": self.port, "username": USER, "password": PASSWORD,
+            "host_fingerprint": sha256_fp(self.host_pub_blob("ed25519")), "root": str(self.root),
+            "timeout": "5s", "max_connection_attempts": 1,
+        }
+        cfg.update(over)
+        return {k: v for k, v in cfg.items() if v is not None}
+
+    def stop(self) -> None:
+        """Stop sshd (the listener and its session children)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def sshd_available() -> str | None:
+    """Why sshd tests cannot run here, or None when they can."""
+    if not Path(SSHD).exists():
+        return f"{SSHD} missing: apt-get install -y openssh-server"
+    if os.geteuid() != 0:
+        return "the sshd fixture needs root (it creates a test user and runs sshd)"
+    return None
+
+
+def start_sshd(keys: KeySet, host_key_types: tuple[str, ...] = ("ed25519", "rsa")) -> Sshd:
+    """Start sshd with fresh host keys; raise if it does not come up."""
+    pw = ensure_user()
+    base = Path(tempfile.mkdtemp(prefix="conveyor-sshd-"))
+    base.chmod(0o755)  # the sftp user must traverse it to reach root/
+    host_keys = make_host_keys(base / "hostkeys", host_key_types)
+    root = base / "data"
+    root.mkdir()
+    os.chown(root, pw.pw_uid, pw.pw_gid)
+    auth = base / "authorized_keys"
+    auth.write_text(keys.authorized_keys())
+    auth.chmod(0o644)
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
+    port = _free_port()
+    config = base / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1",
+        *[f"HostKey {p}" for p in host_keys.values()],
+        f"PidFile {base}/sshd.pid", "UsePAM no", "PasswordAuthentication yes",
+        "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", "PermitRootLogin no",
+        f"AllowUsers {USER}", f"AuthorizedKeysFile {auth}", "StrictModes no",
+        "Subsystem sftp internal-sftp", "LogLevel INFO", "MaxStartups 100:30:200", "MaxSessions 50",
+        "UseDNS no", "",
+    ]))
+    log = open(base / "sshd.log", "wb")  # noqa: SIM115 (kept open for the life of sshd)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sshd exited: {(base / 'sshd.log').read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                if s.recv(4).startswith(b"SSH-"):
+                    break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        raise RuntimeError("sshd did not start listening")
+    return Sshd(base, root, port, host_keys, keys, proc, pw.pw_uid, pw.pw_gid)
+
+
+@pytest.fixture(scope="session")
+def sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:
+    """One OpenSSH sshd for the test session (skips when not root or sshd is missing)."""
+    why = sshd_available()
+    if why:
+        pytest.skip(why)
+    server = start_sshd(ssh_client_keys)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.base, ignore_errors=True)
+
+
+@pytest.fixture
+def sshd_dir(sshd: Sshd, tmp_path: Path) -> Iterator[Path]:
+    """A fresh folder (relative name returned as absolute path) under the sshd root, cleaned after."""
+    d = Path(tempfile.mkdtemp(dir=sshd.root))
+    d.chmod(0o755)
+    sshd.chown(d)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
