@@ -6,3 +6,4 @@ runtime modules, when a config uses them.
 
 import conveyor.transfer.local_config  # noqa: F401
 import conveyor.transfer.sftp_config  # noqa: F401
+import conveyor.brokers.rabbitmq_config  # noqa: F401

@@ -1,0 +1,1 @@
+"""Broker connectors: RabbitMQ, Google Cloud Pub/Sub."""

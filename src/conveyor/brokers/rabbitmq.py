@@ -1,0 +1,217 @@
+"""The ``rabbitmq`` instance: one AMQP connection (aio-pika) shared by the flows' channels.
+
+Reconnection is deliberately *not* aio-pika's ``connect_robust``: conveyor's supervisor owns
+every retry and backoff, and a robust connection would silently re-create consumers behind
+its back (and redeliver into a flow that already gave up on the old channel). So the
+connection here is plain: the first connect fails fast with a clear error (wrong password →
+:class:`AuthError`, missing vhost → :class:`NotFound`); a connection lost later makes the
+sources' ``run`` raise :class:`Transient` and targets' ``deliver`` raise :class:`Transient`,
+and the next call connects again.
+
+Errors from aio-pika/aiormq are mapped once, in :func:`map_error`::
+
+    ProbableAuthenticationError, AuthenticationError  → AuthError
+    Connection.Close 530 at Connection.Open (vhost)   → NotFound
+    ChannelNotFoundEntity (404: queue, exchange)       → NotFound
+    ChannelAccessRefused (403)                         → AuthError
+    ChannelPreconditionFailed (406: inequivalent arg)  → Permanent
+    TLS certificate verification failure               → Permanent
+    everything else (sockets, timeouts, closed
+    channels and connections)                          → Transient
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import aiormq.exceptions as amqp_errors
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from yarl import URL
+
+from conveyor.brokers.rabbitmq_config import RabbitConfig, RabbitSourceConfig, RabbitTargetConfig
+from conveyor.errors import AuthError, ConveyorError, NotFound, Permanent, Transient
+
+if TYPE_CHECKING:
+    from conveyor.brokers.rabbitmq_source import RabbitSource
+    from conveyor.brokers.rabbitmq_target import RabbitTarget
+    from conveyor.config.base import SourceConfig
+    from conveyor.interfaces import Context
+
+log = logging.getLogger("conveyor.rabbitmq")
+
+
+def _reply_text(e: BaseException) -> str:
+    """The broker's reply text from an aiormq channel/connection error, without the class boilerplate."""
+    args = [a for a in e.args if isinstance(a, str)]
+    return args[-1] if args else (str(e) or type(e).__name__)
+
+
+def map_error(e: BaseException, *, instance: str, address: str, path: str | None = None,
+              connecting: bool = False) -> ConveyorError:
+    """Map an aio-pika/aiormq/socket exception to conveyor's error tree (see the module docstring)."""
+    if isinstance(e, ConveyorError):
+        return e
+    if isinstance(e, (amqp_errors.ProbableAuthenticationError, amqp_errors.AuthenticationError)):
+        return AuthError(f"login refused for {address}", instance=instance)
+    if isinstance(e, amqp_errors.ConnectionNotAllowed) or (
+        connecting and isinstance(e, amqp_errors.InvalidFrameError) and "Connection.Close" in str(e)
+    ):
+        # aiormq reports the broker's 530 NOT_ALLOWED at Connection.Open as an unexpected frame.
+        vhost = address.split("/", 1)[1] if "/" in address else ""
+        return NotFound(f"vhost '{vhost or '/'}' does not exist or the user may not use it ({address})",
+                        instance=instance)
+    if isinstance(e, amqp_errors.ChannelNotFoundEntity):
+        return NotFound(_reply_text(e), instance=instance, path=path)
+    if isinstance(e, amqp_errors.ChannelAccessRefused):
+        return AuthError(_reply_text(e), instance=instance, path=path)
+    if isinstance(e, amqp_errors.ChannelPreconditionFailed):
+        return Permanent(_reply_text(e), instance=instance, path=path)
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return Permanent(f"TLS certificate of {address} not trusted: {e.verify_message}", instance=instance)
+    if isinstance(e, TimeoutError):
+        return Transient(f"timed out talking to {address}", instance=instance, path=path)
+    if isinstance(e, amqp_errors.ChannelClosed):
+        return Transient(f"channel closed by the broker: {_reply_text(e)}", instance=instance, path=path)
+    if isinstance(e, (amqp_errors.AMQPError, amqp_errors.ChannelInvalidStateError, ConnectionError, OSError,
+                      RuntimeError)):
+        return Transient(f"connection to {address} lost: {e!r}", instance=instance, path=path)
+    return Transient(f"unexpected error talking to {address}: {e!r}", instance=instance, path=path)
+
+
+class RabbitInstance:
+    """A live ``rabbitmq`` instance: lazily connects, shares one connection, makes sources and targets."""
+
+    def __init__(self, name: str, config: RabbitConfig, ctx: Context) -> None:
+        self.name = name
+        self.config = config
+        self.ctx = ctx
+        self.address = config.describe()
+        self._conn: AbstractConnection | None = None
+        self._lock = asyncio.Lock()
+        self._closing = False
+        ctx.status.add_instance(name, "rabbitmq", self.address)
+
+    # -- connection --------------------------------------------------------------
+    def _url(self) -> URL:
+        cfg = self.config
+        query = {"heartbeat": str(max(0, round(cfg.heartbeat)))}
+        if cfg.url is not None:
+            url = URL(cfg.url.get_secret_value())
+            if cfg.tls and url.scheme == "amqp":
+                url = url.with_scheme("amqps")
+            return url.update_query(query)
+        host, port, user, vhost = cfg.address()
+        return URL.build(
+            scheme="amqps" if cfg.use_tls else "amqp", host=host, port=port, user=user,
+            password=cfg.password.get_secret_value() if cfg.password is not None else "guest",
+            path="/" + vhost, query=query,
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if not cfg.use_tls:
+            return None
+        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        if cfg.cert_file is not None and cfg.key_file is not None:
+            ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+        return ctx
+
+    async def connection(self) -> AbstractConnection:
+        """The shared connection, connecting first if there is none (or it was lost)."""
+        conn = self._conn
+        if conn is not None and not conn.is_closed:
+            return conn
+        async with self._lock:
+            conn = self._conn
+            if conn is not None and not conn.is_closed:
+                return conn
+            if self._closing:
+                raise Transient("instance is shutting down", instance=self.name)
+            return await self._connect()
+
+    async def _connect(self) -> AbstractConnection:
+        status = self.ctx.status
+        status.instance_state(self.name, "connecting")
+        cfg = self.config
+        try:
+            ssl_context = self._ssl_context()
+            async with asyncio.timeout(cfg.timeout):
+                conn = await aio_pika.connect(
+                    self._url(), timeout=cfg.timeout, ssl_context=ssl_context,
+                    client_properties={"connection_name": cfg.connection_name or f"conveyor {self.name}"},
+                )
+        except (OSError, ValueError) as e:
+            if isinstance(e, (ssl.SSLError, FileNotFoundError)) and not isinstance(e, ssl.SSLCertVerificationError):
+                err: ConveyorError = Permanent(f"TLS setup failed: {e}", instance=self.name)
+            else:
+                err = map_error(e, instance=self.name, address=self.address, connecting=True)
+            self._failed(err)
+            raise err from None
+        except Exception as e:
+            err = map_error(e, instance=self.name, address=self.address, connecting=True)
+            self._failed(err)
+            raise err from None
+        conn.close_callbacks.add(self._on_close)
+        self._conn = conn
+        status.instance_state(self.name, "up")
+        status.connect_attempt(self.name, True)
+        log.info("connected to %s", self.address)
+        return conn
+
+    def _failed(self, err: ConveyorError) -> None:
+        self.ctx.status.instance_state(self.name, "down", err, permanent=isinstance(err, Permanent))
+        self.ctx.status.connect_attempt(self.name, False)
+        log.warning("cannot connect to %s: %s", self.address, err.message)
+
+    def _on_close(self, conn: Any, exc: BaseException | None) -> None:
+        if conn is not self._conn or self._closing:
+            return
+        why = f"connection lost: {exc!r}" if exc is not None else "connection closed"
+        log.warning("%s: %s", self.address, why)
+        self.ctx.status.instance_state(self.name, "down", why)
+
+    async def channel(self, *, confirms: bool, path: str | None = None) -> AbstractChannel:
+        """A new channel on the shared connection (errors mapped)."""
+        conn = await self.connection()
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                ch = conn.channel(publisher_confirms=confirms)
+                await ch.initialize()
+            return ch
+        except Exception as e:
+            raise map_error(e, instance=self.name, address=self.address, path=path) from None
+
+    # -- InstanceRuntime / BrokerInstance -----------------------------------------
+    async def check(self) -> str:
+        """Connect, open a channel, close it; the address logged in to."""
+        ch = await self.channel(confirms=False)
+        await ch.close()
+        return self.address
+
+    def source(self, flow: str, config: SourceConfig) -> RabbitSource:
+        """A consumer of ``config.queue`` for one flow."""
+        from conveyor.brokers.rabbitmq_source import RabbitSource
+
+        assert isinstance(config, RabbitSourceConfig)
+        return RabbitSource(self, flow, config)
+
+    def target(self, flow: str, config: Any) -> RabbitTarget:
+        """A publisher (with confirms) for one flow."""
+        from conveyor.brokers.rabbitmq_target import RabbitTarget
+
+        assert isinstance(config, RabbitTargetConfig)
+        return RabbitTarget(self, flow, config)
+
+    async def close(self) -> None:
+        """Close the connection; the broker requeues every message not yet acked."""
+        self._closing = True
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed:
+            try:
+                await asyncio.wait_for(conn.close(), self.config.timeout)
+            except Exception as e:
+                log.debug("closing %s: %r", self.address, e)

@@ -1,0 +1,332 @@
+"""Consume a RabbitMQ queue into a flow: manual acks, prefetch, settle-once, no ack on a dead channel.
+
+The hot path talks to aiormq's channel under aio-pika directly: one small record per message
+(no aio-pika ``IncomingMessage`` wrapper, no extra task per message beyond aiormq's own), and
+acks are queued for the writer without waiting for the socket drain. An ack for a message whose
+channel has closed is dropped (the broker redelivers it, and the state store recognises the id):
+an ack sent on any other channel would be a protocol error or, worse, ack someone else's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import aiormq
+from aiormq.abc import DeliveredMessage
+
+from conveyor.brokers.rabbitmq_config import RabbitSourceConfig
+from conveyor.errors import ConveyorError, Transient
+from conveyor.interfaces import Inbound
+from conveyor.payload import Body, Payload, stable_id, utc_iso
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractChannel
+
+    from conveyor.brokers.rabbitmq import RabbitInstance
+
+log = logging.getLogger("conveyor.rabbitmq")
+
+# Headers the broker adds or changes on redelivery / dead-lettering: never part of a message's identity.
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count", "x-received-from")
+
+
+def _broker_added(name: str) -> bool:
+    return name.startswith(_BROKER_HEADERS)
+
+
+def json_safe(value: Any) -> Any:
+    """An AMQP field value as JSON: tables and arrays recursed, bytes as text (or base64), times as ISO."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(raw).decode()
+    if isinstance(value, datetime):
+        return utc_iso(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    return str(value)
+
+
+class _Delivery:
+    """One delivered message's settle callbacks: settled at most once, only on its own channel."""
+
+    __slots__ = ("_channel", "_source", "_tag", "settled")
+
+    def __init__(self, source: RabbitSource, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
+        self._source = source
+        self._channel = channel
+        self._tag = tag
+        self.settled = False
+
+    async def ack(self) -> None:
+        """Acknowledge: the broker forgets the message."""
+        if self._settle("ack"):
+            try:
+                await self._channel.basic_ack(self._tag, wait=False)
+            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError) as e:
+                log.debug("ack of delivery %d not sent (%r): the broker will redeliver it", self._tag, e)
+
+    async def nack(self, requeue: bool) -> None:
+        """Return the message to the queue (``requeue``), or reject it so the queue's dead-letter exchange
+        takes it."""
+        if self._settle("nack"):
+            try:
+                await self._channel.basic_reject(self._tag, requeue=requeue, wait=False)
+            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError) as e:
+                log.debug("nack of delivery %d not sent (%r): the broker will redeliver it", self._tag, e)
+
+    def _settle(self, what: str) -> bool:
+        if self.settled:
+            log.debug("%s of delivery %d ignored: already settled", what, self._tag)
+            return False
+        self.settled = True
+        self._source._settled()
+        if self._channel.is_closed:
+            # An ack on a dead channel is not an ack: the broker has already put the message back.
+            log.debug("%s of delivery %d dropped: its channel is closed", what, self._tag)
+            return False
+        return True
+
+
+class _Stop:
+    """Inbox marker: stop_intake() was called."""
+
+
+class _Drained:
+    """Inbox marker: every emitted message has been settled."""
+
+
+class RabbitSource:
+    """A consumer of one queue for one flow (:class:`conveyor.interfaces.MessageSource`)."""
+
+    def __init__(self, instance: RabbitInstance, flow: str, config: RabbitSourceConfig) -> None:
+        self.instance = instance
+        self.flow = flow
+        self.config = config
+        self._inbox: asyncio.Queue[DeliveredMessage | BaseException | _Stop | _Drained] = asyncio.Queue()
+        self._raw: aiormq.abc.AbstractChannel | None = None
+        self._tag: str | None = None
+        self._stopping = False
+        self._outstanding = 0
+        self._run_task: asyncio.Task[Any] | None = None
+        self._emitting = False
+        self._interrupted = False
+
+    def _error(self, e: BaseException) -> ConveyorError:
+        from conveyor.brokers.rabbitmq import map_error
+
+        return map_error(e, instance=self.instance.name, address=self.instance.address, path=self.config.queue)
+
+    async def _setup(self) -> AbstractChannel:
+        """Open the channel, check or declare the queue, bind it, set the prefetch."""
+        cfg = self.config
+        inst = self.instance
+        ch = await inst.channel(confirms=False, path=cfg.queue)
+        try:
+            async with asyncio.timeout(inst.config.timeout):
+                await ch.set_qos(prefetch_count=cfg.prefetch)
+                if cfg.declare is None:
+                    queue = await ch.declare_queue(cfg.queue, passive=True)
+                else:
+                    args = dict(cfg.declare.arguments)
+                    if cfg.declare.type == "quorum":
+                        args["x-queue-type"] = "quorum"
+                    queue = await ch.declare_queue(cfg.queue, durable=cfg.declare.durable, arguments=args or None)
+                for b in cfg.bindings:
+                    for key in b.routing_key:
+                        await queue.bind(b.exchange, routing_key=key)
+        except BaseException as e:
+            if not ch.is_closed:
+                await _close_quietly(ch)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            err = self._error(e)
+            if "NOT_FOUND" in err.message and cfg.declare is None and "queue" in err.message:
+                err.message += " (the queue is checked, not created: add `declare:` to create it)"
+            raise err from None
+        return ch
+
+    async def run(self, emit: Callable[[Inbound], Awaitable[None]]) -> None:
+        """Consume until the connection or consumer is lost (Transient), the task is cancelled (the channel
+        closes: unacked messages return to the queue), or stop_intake() was called and every emitted
+        message has been settled (the channel closes, run returns)."""
+        inbox: asyncio.Queue[DeliveredMessage | BaseException | _Stop | _Drained] = asyncio.Queue()
+        self._inbox = inbox
+        self._stopping = False
+        self._outstanding = 0
+        self._run_task = asyncio.current_task()
+        ch = await self._setup()
+        raw = await ch.get_underlay_channel()
+        self._raw = raw
+        cfg = self.config
+        queue = cfg.queue
+
+        def on_close(fut: asyncio.Future[Any]) -> None:
+            exc = None if fut.cancelled() else fut.exception()
+            inbox.put_nowait(Transient(f"channel to queue '{queue}' closed: {exc!r}", instance=self.instance.name,
+                                       path=queue))
+
+        def on_cancel(frame: Any) -> None:
+            inbox.put_nowait(Transient(f"the broker cancelled the consumer of queue '{queue}' "
+                                       "(queue deleted, or its node went away)", instance=self.instance.name,
+                                       path=queue))
+
+        async def on_message(msg: DeliveredMessage) -> None:
+            inbox.put_nowait(msg)
+
+        raw.closing.add_done_callback(on_close)
+        raw.on_consumer_cancel_callbacks.add(on_cancel)
+        try:
+            try:
+                ok = await raw.basic_consume(queue, on_message, no_ack=False,
+                                             timeout=self.instance.config.timeout)
+            except Exception as e:
+                raise self._error(e) from None
+            self._tag = ok.consumer_tag
+            log.info("flow %s: consuming queue '%s' on %s (prefetch %d)", self.flow, queue, self.instance.address,
+                     cfg.prefetch)
+            await self._consume(inbox, raw, emit)
+        finally:
+            self._tag = None
+            self._raw = None
+            raw.on_consumer_cancel_callbacks.discard(on_cancel)
+            if not raw.is_closed:
+                # Closing the channel hands every unacked (prefetched or in-flight) message back to the queue.
+                await _close_quietly(ch)
+
+    async def _consume(self, inbox: asyncio.Queue[Any], raw: aiormq.abc.AbstractChannel,
+                       emit: Callable[[Inbound], Awaitable[None]]) -> None:
+        make = self._inbound
+        while True:
+            item = await inbox.get()
+            if isinstance(item, DeliveredMessage):
+                if raw.is_closed:
+                    continue  # the close marker follows; this one is back on the queue already
+                if self._stopping:
+                    # Prefetched but never handed to the flow: give it back now.
+                    self._outstanding += 1  # balanced by the _settled() inside nack
+                    await _Delivery(self, raw, item.delivery.delivery_tag).nack(True)  # type: ignore[union-attr,arg-type]
+                    continue
+                inbound = make(raw, item)
+                self._outstanding += 1
+                self._emitting = True
+                try:
+                    await emit(inbound)
+                except asyncio.CancelledError:
+                    if not self._take_interrupt():
+                        raise
+                    # stop_intake() interrupted an emit the flow had not accepted: give the message back.
+                    await inbound.nack(True)
+                finally:
+                    self._emitting = False
+            elif isinstance(item, BaseException):
+                raise item
+            elif isinstance(item, (_Stop, _Drained)) and self._stopping and self._outstanding == 0:
+                log.info("flow %s: stopped consuming queue '%s'", self.flow, self.config.queue)
+                return
+
+    def _take_interrupt(self) -> bool:
+        """Whether a CancelledError came from stop_intake() alone (then it is absorbed), not a real cancel."""
+        if not self._interrupted:
+            return False
+        self._interrupted = False
+        task = asyncio.current_task()
+        return task is not None and task.uncancel() == 0
+
+    def _settled(self) -> None:
+        self._outstanding -= 1
+        if self._stopping and self._outstanding == 0:
+            self._inbox.put_nowait(_Drained())
+
+    def _inbound(self, raw: aiormq.abc.AbstractChannel, msg: DeliveredMessage) -> Inbound:
+        """The payload and settle callbacks of one delivery."""
+        props = msg.header.properties
+        deliver = msg.delivery
+        tag: int = deliver.delivery_tag  # type: ignore[union-attr,assignment]
+        headers = props.headers or {}
+        queue = self.config.queue
+        redelivered = bool(getattr(deliver, "redelivered", False))
+        count = headers.get("x-delivery-count")
+        # A delivery not flagged redelivered is the first one, whatever the queue type. Quorum queues count the
+        # earlier deliveries that were returned in x-delivery-count; classic queues only say "redelivered".
+        delivery_count = 1 if not redelivered else int(count) + 1 if isinstance(count, int) else None
+        body = msg.body
+        if props.message_id:
+            pid = props.message_id
+        else:
+            own = sorted((k, repr(json_safe(v))) for k, v in headers.items() if not _broker_added(k))
+            pid = stable_id(queue, body, own)
+        payload = Payload(
+            id=pid,
+            flow=self.flow,
+            source_instance=self.instance.name,
+            source_type="rabbitmq",
+            body=self._body(body),
+            message={
+                "id": props.message_id,
+                "queue": queue,
+                "headers": json_safe(headers),
+                "exchange": msg.exchange,
+                "routing_key": msg.routing_key,
+                "redelivered": redelivered,
+                "publish_time": utc_iso(props.timestamp) if props.timestamp else None,
+                "delivery_attempt": delivery_count,
+                "correlation_id": props.correlation_id,
+                "type": props.message_type,
+                "app_id": props.app_id,
+            },
+            content_type=props.content_type or "application/octet-stream",
+        )
+        d = _Delivery(self, raw, tag)
+        return Inbound(payload, d.ack, d.nack, delivery_count)
+
+    def _body(self, data: bytes) -> Body:
+        spool = self.instance.ctx.spool
+        if len(data) <= spool.threshold:
+            return Body.from_bytes(data)
+        w = spool.writer()
+        try:
+            w.write(data)
+        except BaseException:
+            w.abort()
+            raise
+        return w.finish()
+
+    async def stop_intake(self) -> None:
+        """Stop new deliveries (basic.cancel). Messages prefetched but not accepted by ``emit`` (including one
+        that ``emit`` is blocked on) go back to the queue; run() returns once every accepted message has been
+        acked or nacked, then closes its channel."""
+        self._stopping = True
+        raw, tag = self._raw, self._tag
+        if raw is not None and tag is not None and not raw.is_closed:
+            try:
+                await raw.basic_cancel(tag, timeout=self.instance.config.timeout)
+            except Exception as e:
+                log.debug("basic.cancel on queue '%s' failed: %r", self.config.queue, e)
+        self._inbox.put_nowait(_Stop())
+        if self._emitting and self._run_task is not None and not self._interrupted:
+            # run() is blocked handing a message to a full flow; that message was never taken, so
+            # interrupt the hand-over (run absorbs this one cancellation) and return it to the queue.
+            self._interrupted = True
+            self._run_task.cancel()
+
+
+async def _close_quietly(ch: AbstractChannel) -> None:
+    try:
+        await asyncio.wait_for(ch.close(), 5)
+    except Exception as e:
+        log.debug("closing channel: %r", e)

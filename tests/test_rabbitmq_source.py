@@ -1,0 +1,291 @@
+"""The rabbitmq source against the real broker, in its own vhost: consume, ack, nack, reject, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from conveyor.brokers.rabbitmq_config import RabbitSourceConfig
+from conveyor.errors import AuthError, NotFound, Transient
+from conveyor.interfaces import Inbound
+from tests.servers.rabbitmq import (
+    Vhost,
+    declare,
+    drain,
+    make_instance,
+    publish,
+    rabbit_vhost,  # noqa: F401  (fixture)
+    ready_count,
+)
+
+
+class Collector:
+    """An emit that records each inbound and settles it with ``action`` (or leaves it unsettled)."""
+
+    def __init__(self, want: int, action: Callable[[Inbound], Any] | None = None, block: bool = False) -> None:
+        self.items: list[Inbound] = []
+        self.want = want
+        self.action = action
+        self.block = block
+        """Once ``want`` arrived, block further emits forever (a full flow)."""
+        self.done = asyncio.Event()
+
+    async def emit(self, inbound: Inbound) -> None:
+        if self.block and len(self.items) >= self.want:
+            await asyncio.Event().wait()
+        self.items.append(inbound)
+        if self.action is not None:
+            await self.action(inbound)
+        if len(self.items) >= self.want:
+            self.done.set()
+
+    async def wait(self, seconds: float = 10.0) -> None:
+        await asyncio.wait_for(self.done.wait(), seconds)
+
+
+def src_cfg(queue: str, **kw: Any) -> RabbitSourceConfig:
+    return RabbitSourceConfig.model_validate({"instance": "mq", "queue": queue, **kw})
+
+
+async def run_until(source: Any, col: Collector, seconds: float = 10.0) -> asyncio.Task[None]:
+    """Start source.run(col.emit) and wait until the collector has what it wants; returns the task."""
+    task = asyncio.create_task(source.run(col.emit))
+    done = asyncio.create_task(col.wait(seconds))
+    await asyncio.wait({task, done}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        done.cancel()
+        task.result()  # raises what run raised
+        raise AssertionError("run returned before the messages arrived")
+    await done
+    return task
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+async def ack(i: Inbound) -> None:
+    await i.ack()
+
+
+async def test_consume_and_ack(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    v = rabbit_vhost
+    q = v.q("plain")
+    await declare(v, q)
+    await publish(v, q, [b"with-id"], message_id="m-1", headers={"k": "v"}, content_type="text/plain")
+    await publish(v, q, [f"body {i}".encode() for i in range(30)], headers={"n": 1})
+    inst = make_instance(v, tmp_path)
+    col = Collector(31, ack)
+    task = await run_until(inst.source("f", src_cfg(q, prefetch=10)), col)
+    await stop(task)
+    first = col.items[0].payload
+    assert first.id == "m-1"
+    assert first.content_type == "text/plain"
+    assert first.body.bytes() == b"with-id"
+    msg = first.message
+    assert msg is not None
+    assert msg["headers"] == {"k": "v"} and msg["exchange"] == "" and msg["routing_key"] == q
+    assert msg["redelivered"] is False and msg["id"] == "m-1" and msg["delivery_attempt"] == 1
+    assert col.items[0].delivery_count == 1
+    ids = {i.payload.id for i in col.items[1:]}
+    assert len(ids) == 30 and all(len(x) == 32 for x in ids)
+    assert (await first.metadata())["source"] == {"instance": "mq", "type": "rabbitmq"}
+    assert v.counts().get(q) == 0  # acked, not merely delivered: unacked ones would be back after the close
+    assert inst.ctx.status.instances["mq"].state == "up"
+    await inst.close()
+
+
+async def test_nack_requeue_redelivers_same_id(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    v = rabbit_vhost
+    q = v.q("requeue")
+    await declare(v, q)
+    await publish(v, q, [b"again"], headers={"a": 1})
+    inst = make_instance(v, tmp_path)
+
+    async def nack_first(i: Inbound) -> None:
+        await (i.ack() if i.payload.message and i.payload.message["redelivered"] else i.nack(True))
+
+    col = Collector(2, nack_first)
+    task = await run_until(inst.source("f", src_cfg(q)), col)
+    await stop(task)
+    a, b = col.items
+    assert a.payload.id == b.payload.id
+    assert b.payload.message and b.payload.message["redelivered"] is True
+    assert (a.delivery_count, b.delivery_count) == (1, None)  # a classic queue does not count
+    assert v.counts().get(q) == 0
+    await inst.close()
+
+
+async def test_reject_goes_to_dead_letter_queue(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    v = rabbit_vhost
+    q, dlq = v.q("work"), v.q("work.dlq")
+    await declare(v, dlq)
+    inst = make_instance(v, tmp_path)
+    cfg = src_cfg(q, declare={"arguments": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}})
+
+    async def reject(i: Inbound) -> None:
+        await i.nack(False)
+
+    # declare through the source first (run creates the queue), then publish
+    col = Collector(1, reject)
+    task = asyncio.create_task(inst.source("f", cfg).run(col.emit))
+    for _ in range(50):
+        if q in v.counts():
+            break
+        await asyncio.sleep(0.1)
+    await publish(v, q, [b"poison"], message_id="p-1")
+    await col.wait()
+    await stop(task)
+    dead = await drain(v, dlq)
+    assert [m.body for m in dead] == [b"poison"]
+    assert dead[0].message_id == "p-1"
+    assert v.counts().get(q) == 0
+    await inst.close()
+
+
+async def test_quorum_delivery_count(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    v = rabbit_vhost
+    q = v.q("quorum")
+    await declare(v, q, arguments={"x-queue-type": "quorum"})
+    await publish(v, q, [b"q"])
+    inst = make_instance(v, tmp_path)
+
+    async def nack_twice(i: Inbound) -> None:
+        await (i.nack(True) if (i.delivery_count or 0) < 3 else i.ack())
+
+    col = Collector(3, nack_twice)
+    task = await run_until(inst.source("f", src_cfg(q, declare={"type": "quorum"})), col)
+    await stop(task)
+    assert [i.delivery_count for i in col.items] == [1, 2, 3]
+    assert len({i.payload.id for i in col.items}) == 1  # x-delivery-count is not part of the id
+    assert col.items[2].payload.message and col.items[2].payload.message["delivery_attempt"] == 3
+    await inst.close()
+
+
+async def test_passive_declare_of_missing_queue_is_not_found(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    inst = make_instance(rabbit_vhost, tmp_path)
+    with pytest.raises(NotFound) as e:
+        await inst.source("f", src_cfg("no-such-queue")).run(Collector(1).emit)
+    assert "no-such-queue" in str(e.value) and "declare" in str(e.value)
+    # the shared connection survives a channel error
+    assert inst._conn is not None and not inst._conn.is_closed
+    await inst.close()
+
+
+async def test_wrong_password_fails_fast(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    inst = make_instance(rabbit_vhost, tmp_path, password="wrong-secret")
+    t0 = time.monotonic()
+    with pytest.raises(AuthError) as e:
+        await inst.check()
+    assert time.monotonic() - t0 < 3
+    assert str(e.value) == f"instance 'mq': login refused for guest@127.0.0.1:5672/{rabbit_vhost.name}"
+    assert "wrong-secret" not in repr(e.value)
+    st = inst.ctx.status.instances["mq"]
+    assert st.state == "down" and st.permanent
+    await inst.close()
+
+
+async def test_missing_vhost_is_not_found(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    inst = make_instance(rabbit_vhost, tmp_path, vhost="no-such-vhost")
+    with pytest.raises(NotFound, match="vhost 'no-such-vhost' does not exist"):
+        await inst.check()
+    await inst.close()
+
+
+async def test_check_describes_the_login(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    inst = make_instance(rabbit_vhost, tmp_path)
+    assert await inst.check() == f"guest@127.0.0.1:5672/{rabbit_vhost.name}"
+    await inst.close()
+
+
+async def test_large_body_goes_through_the_spool(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    v = rabbit_vhost
+    q = v.q("big")
+    await declare(v, q)
+    await publish(v, q, [b"x" * 5000])
+    inst = make_instance(v, tmp_path / "spool", threshold=1024)
+    col = Collector(1, ack)
+    task = await run_until(inst.source("f", src_cfg(q)), col)
+    await stop(task)
+    body = col.items[0].payload.body
+    assert not body.in_memory and body.path is not None and body.path.parent == tmp_path / "spool"
+    assert body.size == 5000
+    body.release()
+    await inst.close()
+
+
+async def test_ack_on_dead_channel_is_not_sent_on_the_new_one(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    v = rabbit_vhost
+    q = v.q("deadack")
+    await declare(v, q)
+    await publish(v, q, [b"held"])
+    inst = make_instance(v, tmp_path)
+    source = inst.source("f", src_cfg(q))
+    col = Collector(1)  # holds the message, unsettled
+    task = await run_until(source, col)
+    old = col.items[0]
+    await inst._conn.close()  # the connection drops under the consumer
+    with pytest.raises(Transient):
+        await asyncio.wait_for(task, 5)
+    assert inst.ctx.status.instances["mq"].state == "down"
+    col2 = Collector(1)
+    task = await run_until(source, col2)  # reconnects; the broker redelivers on a new channel
+    new = col2.items[0]
+    assert new.payload.id == old.payload.id and new.payload.message and new.payload.message["redelivered"]
+    await old.ack()  # same delivery tag number as `new`: must not be sent on the new channel
+    await old.nack(False)  # settled already: ignored
+    await asyncio.sleep(0.2)
+    await stop(task)  # new is not acked: it returns to the queue
+    assert await ready_count(v, q) == 1
+    await inst.close()
+
+
+async def test_stop_intake_drains_then_returns(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    v = rabbit_vhost
+    q = v.q("drain")
+    await declare(v, q)
+    await publish(v, q, [f"{i}".encode() for i in range(20)])
+    inst = make_instance(v, tmp_path)
+    source = inst.source("f", src_cfg(q, prefetch=10))
+    col = Collector(3, block=True)  # three in flight, unsettled; then the flow is full
+    task = await run_until(source, col)
+    await asyncio.sleep(0.2)
+    await source.stop_intake()
+    await asyncio.sleep(0.3)
+    assert not task.done()  # three emitted messages still in flight
+    for i in col.items[:3]:
+        await i.ack()
+    await asyncio.wait_for(task, 5)  # returns by itself once they are settled
+    acked = {int(i.payload.body.bytes()) for i in col.items[:3]}
+    # everything else (emitted after stop or prefetched) is back on the queue, nothing lost
+    assert v.counts().get(q) == 20 - len(acked)
+    await inst.close()
+
+
+async def test_queue_deleted_under_the_consumer(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    import aio_pika
+
+    v = rabbit_vhost
+    q = v.q("doomed")
+    await declare(v, q)
+    await publish(v, q, [b"1"])
+    inst = make_instance(v, tmp_path)
+    source = inst.source("f", src_cfg(q))
+    col = Collector(1, ack)
+    task = await run_until(source, col)
+    async with await aio_pika.connect(v.url) as conn:
+        ch = await conn.channel()
+        await ch.queue_delete(q)
+    with pytest.raises(Transient, match="cancelled the consumer"):
+        await asyncio.wait_for(task, 5)
+    with pytest.raises(NotFound):  # the supervisor's restart then finds the queue gone
+        await asyncio.wait_for(source.run(col.emit), 5)
+    await inst.close()
