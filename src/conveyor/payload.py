@@ -56,6 +56,11 @@ class Body:
         return cls(path=path, size=path.stat().st_size, sha256=sha256, owned=owned)
 
     @property
+    def owned(self) -> bool:
+        """True for spool files, which conveyor may link, move or delete."""
+        return self._owned and self.path is not None
+
+    @property
     def in_memory(self) -> bool:
         """True when the whole body is in memory."""
         return self._data is not None
@@ -266,4 +271,4 @@ def disk_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-__all__ = ["Body", "Payload", "Spool", "SpoolWriter", "stable_id", "utc_iso", "disk_full", "CHUNK"]
+__all__ = ["CHUNK", "Body", "Payload", "Spool", "SpoolWriter", "disk_full", "stable_id", "utc_iso"]

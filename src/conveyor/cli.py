@@ -1,0 +1,220 @@
+"""The ``conveyor`` command line.
+
+Exit codes: 0 success (``run``: a clean drain after SIGTERM/SIGINT), 1 a fatal error,
+2 an invalid config (or, for ``check --connect``, an instance that cannot be reached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from conveyor import __version__
+
+EXAMPLE = Path("config") / "conveyor.example.yaml"
+
+
+def default_config() -> Path:
+    """``./conveyor.yaml`` when present, else the example shipped in ``config/``."""
+    here = Path("conveyor.yaml")
+    if here.exists():
+        return here
+    if EXAMPLE.exists():
+        return EXAMPLE
+    repo = Path(__file__).resolve().parents[2] / EXAMPLE  # a source checkout, run from elsewhere
+    return repo if repo.exists() else here
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="conveyor",
+        description="Move files and messages from SFTP, FTP(S), RabbitMQ, Pub/Sub and local folders into flows, "
+                    "losing nothing.",
+        epilog="Without -c, ./conveyor.yaml is used, else the example in config/. "
+               "Exit codes: 0 ok, 1 fatal error, 2 invalid config or unreachable instance.",
+    )
+    p.add_argument("--version", action="version", version=f"conveyor {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cfg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", type=Path, help="config file (.yaml, .yml or .toml)")
+
+    r = sub.add_parser("run", help="run the daemon (stops cleanly on SIGTERM/SIGINT, reloads on SIGHUP)")
+    cfg(r)
+    c = sub.add_parser("check", help="validate a config; with --connect also log in to every instance")
+    cfg(c)
+    c.add_argument("--connect", action="store_true", help="connect and log in to every instance")
+    f = sub.add_parser("fingerprint", help="print every host key an SSH server offers, in every accepted form")
+    f.add_argument("target", metavar="HOST[:PORT]")
+    ls = sub.add_parser("ls", help="list a folder of a file instance as the daemon sees it")
+    cfg(ls)
+    ls.add_argument("instance")
+    ls.add_argument("path", nargs="?", default="")
+    ls.add_argument("-r", "--recursive", action="store_true")
+    st = sub.add_parser("status", help="show a running daemon's instances and flows")
+    st.add_argument("--url", default=None, help="health endpoint (default: from the config, else 127.0.0.1:8470)")
+    cfg(st)
+    lg = sub.add_parser("ledger", help="list or act on a flow's items in a running daemon")
+    lg.add_argument("flow")
+    lg.add_argument("--url", default=None, help="health endpoint (default: from the config, else 127.0.0.1:8470)")
+    lg.add_argument("--state", choices=["pending", "in_flight", "delivered", "failed"])
+    lg.add_argument("--retry", metavar="ID", help="deliver a failed item again")
+    lg.add_argument("--forget", metavar="ID", help="forget a delivered item so its file is taken again")
+    lg.add_argument("--limit", type=int, default=100)
+    cfg(lg)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = _parser().parse_args(argv)
+    try:
+        handler = _COMMANDS[args.command]
+        return int(handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from conveyor.config import load_config
+    from conveyor.errors import ConfigError
+
+    path = args.config or default_config()
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``conveyor run``."""
+    config = _load(args)
+    if config is None:
+        return 2
+    from conveyor.daemon import Daemon
+    from conveyor.logs import setup_logging
+
+    setup_logging(config.log.level, config.log.format)
+    try:
+        return asyncio.run(Daemon(config).run())
+    except Exception as e:
+        import logging
+
+        from conveyor.redact import redact
+
+        logging.getLogger("conveyor").critical("fatal: %s", redact(f"{type(e).__name__}: {e}"), exc_info=True)
+        return 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``conveyor check``."""
+    config = _load(args)
+    if config is None:
+        return 2
+    print(f"{config.path}: OK ({len(config.instances)} instances, {len(config.flows)} flows)")
+    if not args.connect:
+        return 0
+    return asyncio.run(_connect_all(config))
+
+
+async def _connect_all(config: Any) -> int:
+    from conveyor.interfaces import Context
+    from conveyor.payload import Spool
+    from conveyor.redact import redact, register_secrets
+    from conveyor.registry import all_specs
+    from conveyor.status import StatusBoard
+
+    register_secrets(config.secrets())
+    ctx = Context(spool=Spool(Path(config.spool_dir)), status=StatusBoard())
+    failures = 0
+    for name, icfg in config.instances.items():
+        rt = all_specs()[icfg.type].load_factory()(name, icfg, ctx)
+        try:
+            desc = await rt.check()
+            print(f"  ok    {name} ({icfg.type}): {desc}")
+        except Exception as e:
+            failures += 1
+            print(f"  FAIL  {name} ({icfg.type}): {redact(str(e))}")
+        finally:
+            try:
+                await rt.close()
+            except Exception:
+                pass
+    return 2 if failures else 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """``conveyor ls``."""
+    config = _load(args)
+    if config is None:
+        return 2
+    if args.instance not in config.instances:
+        print(f"no instance named '{args.instance}'", file=sys.stderr)
+        return 2
+    return asyncio.run(_ls(config, args.instance, args.path, args.recursive))
+
+
+async def _ls(config: Any, name: str, path: str, recursive: bool) -> int:
+    import time
+
+    from conveyor.interfaces import Context, FileSystem
+    from conveyor.payload import Spool
+    from conveyor.redact import redact, register_secrets
+    from conveyor.registry import all_specs
+    from conveyor.status import StatusBoard
+
+    register_secrets(config.secrets())
+    icfg = config.instances[name]
+    spec = all_specs()[icfg.type]
+    if spec.kind != "file":
+        print(f"'{name}' is a {icfg.type} instance; ls lists file instances", file=sys.stderr)
+        return 2
+    rt: FileSystem = spec.load_factory()(name, icfg, Context(spool=Spool(Path(config.spool_dir)),
+                                                             status=StatusBoard()))
+    try:
+        single = await rt.stat(path.strip("/")) if path.strip("/") else None
+        files = [single] if single else [f async for f in rt.list(path.strip("/"), recursive)]
+        for f in files:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(f.mtime))
+            # repr() for names with control characters, so a hostile name cannot rewrite the terminal
+            shown = f.path if f.path.isprintable() else repr(f.path)
+            print(f"{f.size:>14,}  {stamp}Z  {shown}")
+        print(f"{len(files)} files", file=sys.stderr)
+        return 0
+    except Exception as e:
+        print(f"{name}: {redact(str(e))}", file=sys.stderr)
+        return 1
+    finally:
+        await rt.close()  # type: ignore[attr-defined]
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    """``conveyor fingerprint HOST[:PORT]``."""
+    from conveyor.transfer.hostkeys import fingerprint_main
+
+    return int(fingerprint_main(args.target))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``conveyor status``."""
+    from conveyor.remote import status_main
+
+    return status_main(args)
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """``conveyor ledger``."""
+    from conveyor.remote import ledger_main
+
+    return ledger_main(args)
+
+
+_COMMANDS = {"run": cmd_run, "check": cmd_check, "ls": cmd_ls, "fingerprint": cmd_fingerprint,
+             "status": cmd_status, "ledger": cmd_ledger}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Loading a config: parse, interpolate, validate in two phases, cross-check; report every problem.
+
+Phase 1 validates the file against the top-level schema (instances by their ``type``).
+Phase 2 validates each flow's ``source`` with the source model of its instance's type and
+its ``target`` with the directory/http model or its instance's target model — a ``queue``
+on an sftp instance is an error there. Cross-checks follow. All problems are collected and
+raised together as one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from conveyor.config.base import FileSourceConfig, InstanceConfig, SourceConfig
+from conveyor.config.interpolate import Interpolator, dotted
+from conveyor.config.parse import Lines, line_for, parse_file
+from conveyor.config.schema import NAME_PATTERN, Config, Flow, FlowConfig, raw_model
+from conveyor.config.types import MoveAction
+from conveyor.errors import ConfigError, Problem
+from conveyor.registry import all_specs
+
+_BUILTIN_TARGETS = ("directory", "http")
+
+
+class _Collector:
+    def __init__(self, lines: Lines) -> None:
+        self.lines = lines
+        self.problems: list[Problem] = []
+
+    def add(self, path: tuple[Any, ...], message: str) -> None:
+        self.problems.append(Problem(dotted(path), message, line_for(self.lines, path)))
+
+    def pydantic(self, err: ValidationError, prefix: tuple[Any, ...], context: str = "") -> None:
+        for e in err.errors():
+            loc = _clean_loc(prefix, tuple(e["loc"]))
+            self.add(loc, _message(e, context))
+
+
+def _clean_loc(prefix: tuple[Any, ...], loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Discriminated unions put the tag in the location ('instances', 'x', 'sftp', 'host'): drop it.
+    if len(loc) >= 3 and loc[0] == "instances" and isinstance(loc[2], str) and loc[2] in all_specs():
+        loc = loc[:2] + loc[3:]
+    # Validators on a union member name the member ('function-after[...]'): drop those too.
+    loc = tuple(p for p in loc if not (isinstance(p, str) and (("[" in p and "]" in p) or p in ("str", "int"))))
+    return prefix + loc
+
+
+def _message(e: Any, context: str) -> str:
+    kind, msg = e["type"], e["msg"]
+    if kind == "extra_forbidden":
+        return f"unknown key{context}"
+    if kind == "missing":
+        return "missing required key"
+    if kind == "union_tag_invalid":
+        tags = ", ".join(sorted(all_specs()))
+        return f"unknown instance type {e['ctx']['tag']!r} (expected one of: {tags})"
+    if kind == "union_tag_not_found":
+        return f"missing 'type' (one of: {', '.join(sorted(all_specs()))})"
+    if kind == "value_error":
+        return str(msg).removeprefix("Value error, ")
+    if kind == "literal_error":
+        return f"must be {e['ctx']['expected']}"
+    return str(msg)
+
+
+def default_paths() -> tuple[str, str]:
+    """Default state file and spool folder: under $STATE_DIRECTORY (systemd) or ./var."""
+    base = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "var"
+    return str(Path(base) / "state.db"), str(Path(base) / "spool")
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem."""
+    path = Path(path)
+    data, lines, parse_problems = parse_file(path)
+    if data is None:
+        raise ConfigError(parse_problems, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("", "the config must be a mapping of keys to values")], str(path))
+    col = _Collector(lines)
+    col.problems.extend(parse_problems)
+    interp = Interpolator(env)
+    data = interp.walk(data)
+    for p, msg in interp.problems:
+        col.add(p, msg)
+    raw: Any = None
+    try:
+        raw = raw_model().model_validate(data)
+    except ValidationError as e:
+        col.pydantic(e, ())
+    instances: dict[str, InstanceConfig] = dict(raw.instances) if raw is not None else _salvage_instances(data)
+    flows: dict[str, Flow] = {}
+    for name in (data.get("instances") or {}) if isinstance(data.get("instances"), dict) else {}:
+        if not re.match(NAME_PATTERN, str(name)):
+            col.add(("instances", name), "instance names use letters, digits, '.', '_' and '-' (at most 64)")
+    raw_flows = data.get("flows") or {}
+    if isinstance(raw_flows, dict):
+        for name, fdata in raw_flows.items():
+            if not re.match(NAME_PATTERN, str(name)):
+                col.add(("flows", name), "flow names use letters, digits, '.', '_' and '-' (at most 64)")
+            flow = _resolve_flow(str(name), fdata, instances, col)
+            if flow is not None:
+                flows[flow.name] = flow
+    if col.problems:
+        raise ConfigError(_dedupe(col.problems), str(path))
+    state_default, spool_default = default_paths()
+    return Config(
+        path=str(path), state=raw.state or state_default, spool_dir=raw.spool_dir or spool_default,
+        spool_threshold=raw.spool_threshold, spool_max=raw.spool_max, shutdown_timeout=raw.shutdown_timeout,
+        replica=raw.replica, retention=raw.retention, health=raw.health, log=raw.log, instances=instances,
+        flows=flows, sensitive=tuple(interp.sensitive),
+    )
+
+
+def _salvage_instances(data: dict[str, Any]) -> dict[str, InstanceConfig]:
+    """Instances that validate on their own, so flow checks still run when something else is wrong."""
+    out: dict[str, InstanceConfig] = {}
+    specs = all_specs()
+    raw = data.get("instances")
+    if not isinstance(raw, dict):
+        return out
+    for name, idata in raw.items():
+        if isinstance(idata, dict) and idata.get("type") in specs:
+            try:
+                out[name] = specs[idata["type"]].instance_model.model_validate(idata)
+            except ValidationError:
+                out[name] = _Unvalidated(type=idata["type"])
+    return out
+
+
+class _Unvalidated(InstanceConfig):
+    """Stands in for an instance whose own fields are invalid (already reported)."""
+
+    type: str
+
+
+def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], col: _Collector) -> Flow | None:
+    base = ("flows", name)
+    try:
+        flow = FlowConfig.model_validate(fdata)
+    except ValidationError as e:
+        col.pydantic(e, base)
+        return None
+    source = _resolve_source(flow.source, instances, col, (*base, "source"))
+    target, kind = _resolve_target(flow.target, instances, col, (*base, "target"))
+    if source is None or target is None or kind is None:
+        return None
+    if isinstance(source, FileSourceConfig):
+        _check_moves(source, col, (*base, "source"))
+    return Flow(name, source, target, kind, flow.retry, flow.max_in_flight, flow.enabled)
+
+
+def _lookup(iname: Any, instances: dict[str, InstanceConfig], col: _Collector, path: tuple[Any, ...]) -> str | None:
+    if not isinstance(iname, str):
+        col.add(path, "missing required key" if iname is None else "must be an instance name")
+        return None
+    if iname not in instances:
+        close = difflib.get_close_matches(iname, list(instances), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        col.add(path, f"no instance named '{iname}'{hint}")
+        return None
+    return instances[iname].type
+
+
+def _resolve_source(data: dict[str, Any], instances: dict[str, InstanceConfig], col: _Collector,
+                    path: tuple[Any, ...]) -> SourceConfig | None:
+    itype = _lookup(data.get("instance"), instances, col, (*path, "instance"))
+    if itype is None:
+        return None
+    spec = all_specs()[itype]
+    if spec.source_model is None:
+        col.add(path, f"a {itype} instance cannot be a source")
+        return None
+    return _validate(spec.source_model, data, col, path, f" for a {itype} source (instance '{data['instance']}')")
+
+
+def _resolve_target(data: dict[str, Any], instances: dict[str, InstanceConfig], col: _Collector,
+                    path: tuple[Any, ...]) -> tuple[Any, Any]:
+    from conveyor.targets.config import DirectoryTargetConfig, HttpTargetConfig
+
+    has_type, has_instance = "type" in data, "instance" in data
+    if has_type == has_instance:
+        col.add(path, "give either 'type: directory|http' or 'instance: NAME'" if has_type else
+                "missing 'type' (directory or http) or 'instance'")
+        return None, None
+    if has_type:
+        models: dict[str, type[BaseModel]] = {"directory": DirectoryTargetConfig, "http": HttpTargetConfig}
+        model = models.get(data["type"])
+        if model is None:
+            col.add((*path, "type"), f"unknown target type {data['type']!r} (expected directory or http; "
+                                     "to write to an instance use 'instance: NAME')")
+            return None, None
+        return _validate(model, data, col, path, f" for a {data['type']} target"), data["type"]
+    itype = _lookup(data.get("instance"), instances, col, (*path, "instance"))
+    if itype is None:
+        return None, None
+    spec = all_specs()[itype]
+    if spec.target_model is None:
+        col.add(path, f"a {itype} instance cannot be a target")
+        return None, None
+    return _validate(spec.target_model, data, col, path, f" for a {itype} target (instance '{data['instance']}')"), \
+        "instance"
+
+
+def _validate(model: type[Any], data: dict[str, Any], col: _Collector, path: tuple[Any, ...], context: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        col.pydantic(e, path, context)
+        return None
+
+
+def _check_moves(src: FileSourceConfig, col: _Collector, path: tuple[Any, ...]) -> None:
+    watched = src.path.strip("/")
+    for key, action in (("after", src.after), ("on_failure", src.on_failure)):
+        if not isinstance(action, MoveAction):
+            continue
+        dest = action.move.strip("/")
+        inside = dest == watched or (src.recursive and (watched == "" or dest.startswith(watched + "/")))
+        if inside:
+            col.add((*path, key, "move"), f"folder '{action.move}' is inside the watched path '{src.path or '/'}'"
+                    f"{' (recursive)' if src.recursive else ''}: moved files would be taken again")
+        if ".." in dest.split("/"):
+            col.add((*path, key, "move"), "the move folder must stay under the instance root (no '..')")
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in problems:
+        if (p.path, p.message) not in seen:
+            seen.add((p.path, p.message))
+            out.append(p)
+    return out

@@ -1,0 +1,131 @@
+"""The config schema: top-level settings, flows, and the instance union built from the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, create_model
+
+from conveyor.config.base import InstanceConfig, SourceConfig
+from conveyor.config.types import ConfigModel, Duration, Secret, Size
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class HealthConfig(ConfigModel):
+    """The health/status/metrics HTTP server."""
+
+    listen: str | None = Field("127.0.0.1:8470", description="host:port to listen on; null turns it off")
+    token: Secret | None = Field(None, description="bearer token for mutating ledger calls from other hosts")
+
+
+class LogConfig(ConfigModel):
+    """Logging to stderr."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="least severe level logged")
+    format: Literal["json", "text"] = Field("json", description="one JSON object per line, or readable text")
+
+
+class RetryConfig(ConfigModel):
+    """How often a delivery is tried before the item is ``failed``."""
+
+    attempts: int = Field(10, ge=1, description="tries per delivery, the first included")
+    backoff: Duration = Field(1.0, description="wait after the first failure; doubles each time")
+    max_backoff: Duration = Field(300.0, description="longest wait between tries")
+
+
+class FlowConfig(ConfigModel):
+    """A flow as written; ``source`` and ``target`` are checked against their instance's type."""
+
+    source: dict[str, Any] = Field(description="instance + what to read from it")
+    target: dict[str, Any] = Field(description="type: directory | http, or instance + where to write")
+    retry: RetryConfig = Field(default_factory=RetryConfig)  # type: ignore[arg-type]
+    max_in_flight: int = Field(16, ge=1, le=10_000, description="payloads in delivery at once (backpressure)")
+    enabled: bool = Field(True, description="false keeps the flow in the file but does not run it")
+    description: str | None = Field(None, description="free text for operators")
+
+
+@cache
+def raw_model() -> type[ConfigModel]:
+    """The top-level model, with ``instances`` a discriminated union of every registered type."""
+    from conveyor.registry import all_specs
+
+    models = tuple(s.instance_model for s in all_specs().values())
+    union = Annotated[Union[models], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
+    model: type[ConfigModel] = create_model(
+        "ConveyorConfig",
+        __base__=ConfigModel,
+        state=(str | None, Field(None, description="SQLite file path or postgresql:// URL")),
+        spool_dir=(str | None, Field(None, description="where large bodies are written while they travel")),
+        spool_threshold=(Size, Field(8 * 1024 * 1024, description="bodies larger than this go to the spool")),
+        spool_max=(Size | None, Field(None, description="most bytes the spool may hold; intake pauses past it")),
+        shutdown_timeout=(Duration, Field(30.0, description="how long SIGTERM waits for deliveries in flight")),
+        replica=(str | None, Field(None, description="this replica's name in a shared store (default host:pid)")),
+        retention=(Duration, Field(30 * 86400.0, description="settled ledger rows are pruned after this")),
+        health=(HealthConfig, Field(default_factory=HealthConfig)),
+        log=(LogConfig, Field(default_factory=LogConfig)),
+        instances=(dict[str, union], Field(default_factory=dict)),  # type: ignore[valid-type]
+        flows=(dict[str, FlowConfig], Field(default_factory=dict)),
+    )
+    return model
+
+
+TargetKind = Literal["directory", "http", "instance"]
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A flow after both phases of validation."""
+
+    name: str
+    source: SourceConfig
+    target: Any
+    target_kind: TargetKind
+    retry: RetryConfig
+    max_in_flight: int
+    enabled: bool
+
+    @property
+    def target_instance(self) -> str | None:
+        """The instance the target writes to, if any."""
+        return getattr(self.target, "instance", None) if self.target_kind == "instance" else None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, valid config."""
+
+    path: str
+    state: str
+    spool_dir: str
+    spool_threshold: int
+    spool_max: int | None
+    shutdown_timeout: float
+    replica: str | None
+    retention: float
+    health: HealthConfig
+    log: LogConfig
+    instances: dict[str, InstanceConfig]
+    flows: dict[str, Flow]
+    sensitive: tuple[str, ...] = ()
+    """Values read through ${file:...}: redacted wherever they might show."""
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the config."""
+        out = list(self.sensitive)
+        for inst in self.instances.values():
+            out.extend(inst.secrets())
+        if self.health.token is not None:
+            out.append(self.health.token.get_secret_value())
+        for flow in self.flows.values():
+            headers = getattr(flow.target, "headers", None)
+            if isinstance(headers, dict):
+                out.extend(v for k, v in headers.items() if isinstance(v, str) and _secret_header(k))
+        return [s for s in out if s]
+
+
+def _secret_header(name: str) -> bool:
+    n = name.lower()
+    return any(w in n for w in ("auth", "token", "key", "secret", "cookie", "pass"))

@@ -1,0 +1,263 @@
+"""The daemon: instances, flows under one TaskGroup, signals, reload, two-phase shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from conveyor.config import Config, Flow, load_config
+from conveyor.errors import ConfigError
+from conveyor.flows.delivery import Deliverer
+from conveyor.flows.filesource import FileSource
+from conveyor.flows.runner import FlowRunner
+from conveyor.interfaces import Context, Target
+from conveyor.payload import Spool
+from conveyor.redact import redact, register_secrets
+from conveyor.registry import all_specs
+from conveyor.state import StateStore, open_store
+from conveyor.status import StatusBoard
+from conveyor.supervisor import Backoff
+
+log = logging.getLogger("conveyor.daemon")
+
+
+class Addon(Protocol):
+    """Something that lives as long as the daemon: the health server, the systemd notifier."""
+
+    async def start(self, daemon: Daemon) -> None:
+        """Start; called before flows start."""
+        ...
+
+    async def ready(self) -> None:
+        """Every flow has started."""
+        ...
+
+    async def stop(self) -> None:
+        """The daemon is stopping (called before the drain)."""
+        ...
+
+
+def make_addons(config: Config) -> list[Addon]:
+    """The add-ons a config asks for."""
+    return []
+
+
+class Daemon:
+    """Runs every enabled flow of a config until SIGTERM/SIGINT; SIGHUP reloads."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.status = StatusBoard()
+        self.spool = Spool(Path(config.spool_dir), config.spool_threshold, config.spool_max)
+        self.owner = config.replica or f"{socket.gethostname()}:{os.getpid()}"
+        self.store: StateStore = open_store(config.state, self.owner)
+        self.ctx = Context(spool=self.spool, status=self.status)
+        self.instances: dict[str, Any] = {}
+        self.flows: dict[str, tuple[FlowRunner, asyncio.Task[None]]] = {}
+        self.addons: list[Addon] = make_addons(config)
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._signals = 0
+
+    # -- life cycle ---------------------------------------------------------------
+    async def run(self) -> int:
+        """Run until stopped; returns the exit code (0 after a clean drain)."""
+        register_secrets(self.config.secrets())
+        self.spool.prepare()
+        await self.store.open()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        try:
+            for addon in self.addons:
+                await addon.start(self)
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for flow in self.config.flows.values():
+                    if flow.enabled:
+                        self._start_flow(flow)
+                housekeeping = tg.create_task(self._housekeeping(), name="housekeeping")
+                log.info("conveyor started: %d flows, %d instances, state %s", len(self.flows),
+                         len(self.config.instances), redact(self.config.state))
+                for addon in self.addons:
+                    await addon.ready()
+                await self._wait_for_stop()
+                for addon in self.addons:
+                    await addon.stop()
+                await self._shutdown()
+                housekeeping.cancel()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self._close_instances(list(self.instances))
+            await self.store.close()
+        log.info("conveyor stopped")
+        return 0
+
+    def request_stop(self) -> None:
+        """Begin the two-phase shutdown (what SIGTERM does)."""
+        self._stop.set()
+
+    def _on_stop_signal(self) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second stop signal: not waiting for deliveries any longer")
+            for runner, task in self.flows.values():
+                task.cancel()
+        self._stop.set()
+
+    async def _wait_for_stop(self) -> None:
+        while not self._stop.is_set():
+            stop = asyncio.ensure_future(self._stop.wait())
+            reload = asyncio.ensure_future(self._reload.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                await self.reload()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                n = await self.store.prune(time.time() - self.config.retention)
+                if n:
+                    log.info("pruned %d settled ledger rows older than the retention", n)
+            except Exception as e:
+                log.warning("pruning the ledger failed: %s", redact(str(e)))
+
+    async def _shutdown(self) -> None:
+        log.info("stopping: draining %d flows (up to %.0fs)", len(self.flows), self.config.shutdown_timeout)
+        await asyncio.gather(*(self._stop_flow(name) for name in list(self.flows)))
+
+    # -- instances and flows --------------------------------------------------------
+    def instance(self, name: str) -> Any:
+        """The live instance of that name, created on first use."""
+        rt = self.instances.get(name)
+        if rt is None:
+            cfg = self.config.instances[name]
+            spec = all_specs()[cfg.type]
+            self.status.add_instance(name, cfg.type, cfg.describe())
+            rt = self.instances[name] = spec.load_factory()(name, cfg, self.ctx)
+        return rt
+
+    def _target(self, flow: Flow) -> Target:
+        if flow.target_kind == "directory":
+            from conveyor.targets.directory import DirectoryTarget
+
+            return DirectoryTarget(flow.name, flow.target)
+        if flow.target_kind == "http":
+            from conveyor.targets.http import HttpTarget
+
+            return HttpTarget(flow.name, flow.target)
+        iname = flow.target.instance
+        rt = self.instance(iname)
+        if all_specs()[self.config.instances[iname].type].kind == "file":
+            from conveyor.targets.upload import UploadTarget
+
+            return UploadTarget(flow.name, flow.target, rt)
+        target: Target = rt.target(flow.name, flow.target)
+        return target
+
+    def build_flow(self, flow: Flow) -> FlowRunner:
+        """Wire a flow's source, deliverer and target."""
+        src = flow.source
+        icfg = self.config.instances[src.instance]
+        spec = all_specs()[icfg.type]
+        source_rt = self.instance(src.instance)
+        target = self._target(flow)
+        timeout = getattr(flow.target, "timeout", None)
+        deliverer = Deliverer(flow.name, target, self.store, self.status, attempts=flow.retry.attempts,
+                              backoff=Backoff(flow.retry.backoff or 0.1, flow.retry.max_backoff),
+                              timeout=timeout if flow.target_kind != "http" else None,
+                              lease=max(300.0, 2 * (timeout or 0)))
+        st = self.status.add_flow(flow.name)
+        st.delivery_timeout = timeout
+        msg_source = source_rt.source(flow.name, src) if spec.kind == "message" else None
+        runner = FlowRunner(flow.name, max_in_flight=flow.max_in_flight, status=self.status, deliverer=deliverer,
+                            source_run=_unset, message_source=msg_source,
+                            message_config=src if msg_source is not None else None,  # type: ignore[arg-type]
+                            on_close=target.close)
+        if msg_source is not None:
+            runner.source_run = lambda: msg_source.run(runner.on_message)
+        else:
+            fsrc = FileSource(flow.name, src.instance, icfg.type, source_rt, src, deliverer,  # type: ignore[arg-type]
+                              self.store, self.spool, self.status, runner.submit)
+            st.poll_interval = fsrc.config.poll_interval
+            runner.source_run = fsrc.run
+        return runner
+
+    def _start_flow(self, flow: Flow) -> None:
+        assert self._tg is not None
+        runner = self.build_flow(flow)
+        task = self._tg.create_task(runner.run(), name=f"flow:{flow.name}")
+        self.flows[flow.name] = (runner, task)
+        log.info("flow started", extra={"flow": flow.name})
+
+    async def _stop_flow(self, name: str) -> None:
+        runner, task = self.flows.pop(name)
+        await runner.drain(self.config.shutdown_timeout)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        try:
+            await runner.close()
+        except Exception as e:
+            log.warning("closing target: %s", redact(str(e)), extra={"flow": name})
+        log.info("flow stopped", extra={"flow": name})
+
+    async def _close_instances(self, names: list[str]) -> None:
+        for name in names:
+            rt = self.instances.pop(name, None)
+            if rt is not None:
+                try:
+                    await rt.close()
+                except Exception as e:
+                    log.warning("closing instance: %s", redact(str(e)), extra={"instance": name})
+
+    # -- reload ----------------------------------------------------------------------
+    async def reload(self) -> bool:
+        """Re-read the config: start added flows, stop removed ones, restart changed ones."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config.path)
+        except ConfigError as e:
+            log.error("reload refused, the running config is kept: %s", redact(str(e)))
+            return False
+        old = self.config
+        changed = {n for n, c in old.instances.items() if new.instances.get(n) != c}
+
+        def uses_changed(f: Flow) -> bool:
+            return f.source.instance in changed or (f.target_instance or "") in changed
+
+        stop = [n for n, f in old.flows.items()
+                if n in self.flows and (new.flows.get(n) != f or uses_changed(f) or not new.flows[n].enabled)]
+        await asyncio.gather(*(self._stop_flow(n) for n in stop))
+        for n in stop:
+            if n not in new.flows:
+                self.status.remove_flow(n)
+        await self._close_instances([n for n in changed if n in self.instances])
+        self.config = new
+        register_secrets(new.secrets())
+        started = []
+        for name, flow in new.flows.items():
+            if flow.enabled and name not in self.flows:
+                self._start_flow(flow)
+                started.append(name)
+        log.info("reloaded: %d flows stopped, %d started, %d untouched", len(stop), len(started),
+                 len(self.flows) - len(started))
+        return True
+
+
+async def _unset() -> None:
+    raise RuntimeError("flow source not wired")

@@ -1,0 +1,1 @@
+"""Flow runtime: sources feeding payloads through delivery into targets."""

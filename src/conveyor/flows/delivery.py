@@ -1,0 +1,169 @@
+"""Delivering one payload: claim it in the store, hand it to the target with retries, record
+the outcome, then complete it at the source (after action or ack) — in that order, always.
+
+The order is the guarantee: the source-side completion runs only after the target confirmed
+and the store recorded ``delivered``. A crash anywhere leaves the item either undelivered
+(the source hands it over again) or delivered-but-unsettled (completion is redone, delivery
+is not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.errors import ConveyorError, Permanent, RetryAfter
+from conveyor.interfaces import Target
+from conveyor.payload import Payload
+from conveyor.redact import redact
+from conveyor.state.base import StateStore
+from conveyor.status import StatusBoard
+from conveyor.supervisor import Backoff
+
+log = logging.getLogger("conveyor.flow")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a delivery ended."""
+
+    delivered: bool
+    final: bool = False
+    """For a failure: no more automatic attempts (permanent error, or attempts used up)."""
+    error: str | None = None
+
+
+class Deliverer:
+    """Delivers payloads of one flow to its target, with the flow's retry policy."""
+
+    def __init__(self, flow: str, target: Target, store: StateStore, status: StatusBoard, *,
+                 attempts: int, backoff: Backoff, timeout: float | None, lease: float) -> None:
+        self.flow = flow
+        self.target = target
+        self.store = store
+        self.status = status
+        self.attempts = attempts
+        self.backoff = backoff
+        self.timeout = timeout
+        self.lease = lease
+
+    async def send(self, payload: Payload) -> Outcome:
+        """Try the target up to ``attempts`` times; Permanent errors end at once."""
+        extra = {"flow": self.flow, "payload_id": payload.id}
+        for n in range(1, self.attempts + 1):
+            started = time.monotonic()
+            try:
+                if self.timeout:
+                    async with asyncio.timeout(self.timeout):
+                        await self.target.deliver(payload)
+                else:
+                    await self.target.deliver(payload)
+                log.debug("delivered %s in %.3fs", payload.name or payload.id, time.monotonic() - started,
+                          extra=extra)
+                return Outcome(True)
+            except asyncio.CancelledError:
+                raise
+            except Permanent as e:
+                msg = redact(str(e))
+                log.error("delivery of %s failed for good: %s", payload.name or payload.id, msg, extra=extra)
+                return Outcome(False, True, msg)
+            except Exception as e:
+                msg = redact(_describe(e))
+                if n == self.attempts:
+                    log.error("delivery of %s failed after %d attempts: %s", payload.name or payload.id, n, msg,
+                              extra=extra)
+                    return Outcome(False, False, msg)
+                delay = self.backoff.delay(n)
+                if isinstance(e, RetryAfter):
+                    delay = max(delay, e.delay)
+                log.warning("delivery of %s failed (attempt %d of %d): %s; retrying in %.1fs",
+                            payload.name or payload.id, n, self.attempts, msg, delay, extra=extra)
+                self.status.flow_error(self.flow, msg)
+                fs = self.status.flows.get(self.flow)
+                if fs is not None:
+                    fs.retried += 1
+                await asyncio.sleep(delay)
+        return Outcome(False, False, "no attempts configured")
+
+    async def process(
+        self,
+        payload: Payload,
+        info: dict[str, Any],
+        *,
+        complete: Callable[[], Awaitable[None]],
+        give_up: Callable[[bool], Awaitable[None]],
+        max_attempts: int | None = None,
+        broker_count: int | None = None,
+        settle_after_complete: bool = True,
+    ) -> str:
+        """The whole life of one payload. Returns delivered | failed | skipped | released.
+
+        ``complete`` is the source-side completion (after action, ack); ``give_up(final)``
+        returns the item to its source (requeue) or, when final, rejects / sets it aside.
+        ``max_attempts`` (broker sources) turns a non-final failure into a final one once
+        the item was tried that many times.
+        """
+        item = await self.store.claim(self.flow, payload.id, info, self.lease)
+        if item is None:
+            known = (await self.store.get_many(self.flow, [payload.id])).get(payload.id)
+            if known is not None and known.state == "delivered":
+                await complete()  # delivered before, its completion was lost: finish it now
+                if settle_after_complete:
+                    await self.store.settled(self.flow, payload.id)
+                return "skipped"
+            if known is not None and known.state == "failed":
+                await give_up(True)
+                return "skipped"
+            await give_up(False)  # another replica holds it
+            return "skipped"
+        self.status.delivery_started(self.flow, payload.id)
+        started = time.monotonic()
+        outcome = "released"
+        try:
+            result = await self.send(payload)
+            if result.delivered:
+                await self.store.delivered(self.flow, payload.id)
+                outcome = "delivered"
+                await complete()
+                if settle_after_complete:
+                    await self.store.settled(self.flow, payload.id)
+                return outcome
+            final = result.final
+            tries = max(item.attempts, broker_count or 0)
+            if max_attempts is not None and not final and tries >= max_attempts:
+                final = True
+            if max_attempts is None:
+                final = True  # file sources: the flow's retry policy is the whole budget
+            await self.store.failed(self.flow, payload.id, result.error or "failed", final=final)
+            self.status.flow_error(self.flow, result.error or "failed")
+            outcome = "failed" if final else "released"
+            await give_up(final)
+            return outcome
+        except asyncio.CancelledError:
+            # Shutdown deadline passed: give the item back so it is delivered after restart.
+            if outcome == "released":
+                await asyncio.shield(self._release(payload, give_up))
+            raise
+        finally:
+            self.status.delivery_ended(self.flow, payload.id, outcome, payload.body.size,
+                                       time.monotonic() - started)
+
+    async def _release(self, payload: Payload, give_up: Callable[[bool], Awaitable[None]]) -> None:
+        try:
+            await self.store.release(self.flow, payload.id)
+            await give_up(False)
+        except Exception as e:
+            log.warning("could not release %s: %s", payload.id, redact(str(e)),
+                        extra={"flow": self.flow, "payload_id": payload.id})
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, ConveyorError):
+        return str(e)
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return f"{type(e).__name__}: {e}"

@@ -1,0 +1,212 @@
+"""The generic file source: list → match → wait for stability → claim → fetch → deliver → after.
+
+It drives any :class:`~conveyor.interfaces.FileSystem` (local, sftp, ftp). Stability is
+judged by observation, not by the clock: a file is taken once its size and mtime were
+the same in listings ``min_age`` apart — copies keep old mtimes, so comparing mtime to
+now would take a file still being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from conveyor.config.base import FileSourceConfig
+from conveyor.config.types import MoveAction
+from conveyor.errors import Transient
+from conveyor.flows.delivery import Deliverer
+from conveyor.interfaces import FileSystem, RemoteFile
+from conveyor.names import unsafe_path
+from conveyor.payload import Body, Payload, Spool, stable_id, utc_iso
+from conveyor.redact import redact
+from conveyor.state.base import StateStore
+from conveyor.status import StatusBoard
+from conveyor.supervisor import Backoff
+
+log = logging.getLogger("conveyor.files")
+_CHUNK = 500
+_RESUMES = 5
+
+
+class FileSource:
+    """Polls one folder (or one exact file) of a file instance for a flow."""
+
+    def __init__(self, flow: str, instance: str, instance_type: str, fs: FileSystem, config: FileSourceConfig,
+                 deliverer: Deliverer, store: StateStore, spool: Spool, status: StatusBoard,
+                 submit: Callable[[str, Callable[[], Awaitable[None]]], Awaitable[bool]]) -> None:
+        self.flow = flow
+        self.instance = instance
+        self.instance_type = instance_type
+        self.fs = fs
+        self.config = config
+        self.deliverer = deliverer
+        self.store = store
+        self.spool = spool
+        self.status = status
+        self.submit = submit
+        self._seen: dict[str, tuple[int, float, float]] = {}
+        """path -> (size, mtime, first time seen with that size and mtime)"""
+        self._reported: set[str] = set()
+        self.root = config.path.strip("/")
+        skip = [a.move for a in (config.after, config.on_failure) if isinstance(a, MoveAction)]
+        self._skip_dirs = [s.strip("/") for s in skip]
+
+    async def run(self) -> None:
+        """Poll forever; the poll cadence sleep is here, retries are the supervisor's."""
+        while True:
+            await self.poll()
+            self.status.polled(self.flow)
+            fs = self.status.flows.get(self.flow)
+            if fs is not None:
+                fs.state = "running"
+            await asyncio.sleep(self.config.poll_interval)
+
+    async def poll(self) -> None:
+        """One listing: take every stable, matching file not yet delivered."""
+        now = time.monotonic()
+        present: set[str] = set()
+        ready: list[RemoteFile] = []
+        taken = 0
+        async for f in self._entries():
+            present.add(f.path)
+            if not self._stable(f, now):
+                continue
+            ready.append(f)
+            if len(ready) >= _CHUNK:
+                taken += await self._take(ready)
+                ready = []
+            if taken >= self.config.max_files_per_poll:
+                break
+        if ready:
+            await self._take(ready)
+        # Forget files that disappeared, so the stability table stays as big as the folder.
+        for path in [p for p in self._seen if p not in present]:
+            del self._seen[path]
+
+    async def _entries(self) -> Any:
+        single = await self.fs.stat(self.root) if self.root else None
+        if single is not None:
+            if self._acceptable(single):
+                yield single
+            return
+        async for f in self.fs.list(self.root, self.config.recursive):
+            if self._acceptable(f):
+                yield f
+
+    def _acceptable(self, f: RemoteFile) -> bool:
+        rel = f.path
+        why = unsafe_path(rel)
+        if why:
+            if rel not in self._reported:
+                self._reported.add(rel)
+                log.error("skipping %r: %s; it is never written anywhere", rel, why,
+                          extra={"flow": self.flow, "instance": self.instance})
+            return False
+        if any(rel == d or rel.startswith(d + "/") for d in self._skip_dirs):
+            return False
+        name = f.name
+        if name.startswith(".") and name.endswith(".tmp"):
+            return False  # someone's upload in progress (ours look like this too)
+        return self.config.matches(name)
+
+    def _stable(self, f: RemoteFile, now: float) -> bool:
+        prev = self._seen.get(f.path)
+        if prev is None or prev[0] != f.size or prev[1] != f.mtime:
+            self._seen[f.path] = (f.size, f.mtime, now)
+            return self.config.min_age <= 0
+        return now - prev[2] >= self.config.min_age
+
+    def file_id(self, f: RemoteFile) -> str:
+        """Stable id from instance, path, size and mtime."""
+        return stable_id(self.instance, f.path, f.size, round(f.mtime, 3))
+
+    async def _take(self, files: list[RemoteFile]) -> int:
+        ids = {self.file_id(f): f for f in files}
+        known = await self.store.get_many(self.flow, list(ids))
+        n = 0
+        for pid, f in ids.items():
+            item = known.get(pid)
+            if item is not None and item.state == "failed":
+                continue  # set aside until someone retries it through the ledger
+            if item is not None and item.state == "delivered" and (item.settled or self.config.after == "keep"):
+                continue
+            accepted = await self.submit(pid, lambda f=f, pid=pid: self._handle(f, pid))
+            if not accepted:
+                break  # flow is stopping
+            n += 1
+        return n
+
+    async def _handle(self, f: RemoteFile, pid: str) -> None:
+        info = {"name": f.name, "path": f.path, "size": f.size, "mtime": f.mtime}
+        body: Body | None = None
+        try:
+            known = (await self.store.get_many(self.flow, [pid])).get(pid)
+            if known is not None and known.state == "delivered":
+                await self._after(f)  # delivered before a crash; only the after action was missing
+                await self._settle(pid)
+                return
+            body = await self._fetch(f)
+            payload = Payload(
+                id=pid, flow=self.flow, source_instance=self.instance, source_type=self.instance_type, body=body,
+                name=f.name, file={"path": f.path, "mtime": utc_iso(f.mtime)},
+            )
+
+            async def complete() -> None:
+                await self._after(f)
+
+            async def give_up(final: bool) -> None:
+                if final and self.config.on_failure is not None:
+                    await self.fs.rename(f.path, self._moved(self.config.on_failure.move, f.path))
+
+            await self.deliverer.process(payload, info, complete=complete, give_up=give_up,
+                                         settle_after_complete=self.config.after != "keep")
+        finally:
+            if body is not None:
+                body.release()
+
+    async def _settle(self, pid: str) -> None:
+        if self.config.after != "keep":
+            await self.store.settled(self.flow, pid)
+
+    async def _fetch(self, f: RemoteFile) -> Body:
+        in_place = getattr(self.fs, "open_in_place", None)
+        if in_place is not None:
+            body: Body = in_place(f)
+            return body
+        sink = self.spool.writer()
+        backoff = Backoff(0.5, 10.0)
+        try:
+            for attempt in range(1, _RESUMES + 1):
+                try:
+                    await self.fs.download(f, sink)
+                    break
+                except Transient as e:
+                    # A dropped connection mid-file: resume at the offset we have, not from zero.
+                    if attempt == _RESUMES:
+                        raise
+                    log.warning("download of %s interrupted at %d bytes: %s; resuming", f.path, sink.size,
+                                redact(str(e)), extra={"flow": self.flow, "instance": self.instance})
+                    await asyncio.sleep(backoff.delay(attempt))
+            if sink.size != f.size:
+                raise Transient(f"{f.path} changed while downloading ({sink.size} bytes, listed {f.size})",
+                                instance=self.instance, path=f.path)
+            return sink.finish()
+        except BaseException:
+            sink.abort()
+            raise
+
+    def _moved(self, folder: str, path: str) -> str:
+        rel = path[len(self.root) + 1:] if self.root and path.startswith(self.root + "/") else posixpath.basename(path)
+        return posixpath.join(folder.strip("/"), rel)
+
+    async def _after(self, f: RemoteFile) -> None:
+        after = self.config.after
+        if after == "delete":
+            await self.fs.remove(f.path)
+        elif isinstance(after, MoveAction):
+            await self.fs.rename(f.path, self._moved(after.move, f.path))
+        self._seen.pop(f.path, None)

@@ -1,0 +1,131 @@
+"""One flow at run time: its source under the supervisor, its deliveries bounded and drained."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from conveyor.config.base import MessageSourceConfig
+from conveyor.flows.delivery import Deliverer
+from conveyor.interfaces import Inbound, MessageSource
+from conveyor.redact import redact
+from conveyor.status import StatusBoard
+from conveyor.supervisor import Backoff, supervise
+
+log = logging.getLogger("conveyor.flow")
+
+
+class FlowRunner:
+    """Runs one flow until stopped.
+
+    At most ``max_in_flight`` payloads are in delivery at once; a source that has more
+    waits (backpressure), so a slow target slows intake instead of filling memory.
+    """
+
+    def __init__(self, name: str, *, max_in_flight: int, status: StatusBoard, deliverer: Deliverer,
+                 source_run: Callable[[], Awaitable[None]], message_source: MessageSource | None = None,
+                 message_config: MessageSourceConfig | None = None, on_close: Callable[[], Awaitable[None]]) -> None:
+        self.name = name
+        self.status = status
+        self.deliverer = deliverer
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = True
+        self.source_run = source_run
+        self.message_source = message_source
+        self.message_config = message_config
+        self._on_close = on_close
+
+    async def run(self) -> None:
+        """Run the source under the supervisor until cancelled."""
+        st = self.status.flows[self.name]
+        st.state = "running"
+
+        def on_error(e: BaseException, delay: float) -> None:
+            st.state = "backoff"
+            self.status.flow_error(self.name, e)
+
+        def on_recover() -> None:
+            st.state = "running"
+
+        try:
+            await supervise(f"flow {self.name}", self.source_run, backoff=Backoff(1.0, 300.0),
+                            on_error=on_error, on_recover=on_recover)
+        finally:
+            st.state = "stopped"
+
+    async def submit(self, key: str, work: Callable[[], Awaitable[None]]) -> bool:
+        """Start one delivery when a slot is free; False once the flow is stopping."""
+        if not self._accepting:
+            return False
+        await self._slots.acquire()
+        if not self._accepting:
+            self._slots.release()
+            return False
+        task = asyncio.create_task(self._guard(key, work), name=f"{self.name}:{key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _guard(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # The item stays as the store has it; the source offers it again later.
+            log.warning("%s: %s", key, redact(str(e)), extra={"flow": self.name, "payload_id": key})
+            self.status.flow_error(self.name, e)
+        finally:
+            self._slots.release()
+
+    async def on_message(self, inbound: Inbound) -> None:
+        """The emit callback for broker sources."""
+        assert self.message_config is not None
+        cfg = self.message_config
+
+        async def give_up(final: bool) -> None:
+            await inbound.nack(not final)
+
+        async def work() -> None:
+            try:
+                await self.deliverer.process(
+                    inbound.payload, {"name": inbound.payload.name}, complete=inbound.ack, give_up=give_up,
+                    max_attempts=cfg.max_attempts, broker_count=inbound.delivery_count,
+                )
+            finally:
+                inbound.payload.body.release()
+
+        if not await self.submit(inbound.payload.id, work):
+            await inbound.nack(True)  # stopping: hand it straight back to the broker
+
+    async def drain(self, timeout: float) -> None:
+        """Two-phase stop: take no new work and let deliveries finish for ``timeout`` seconds,
+        then cancel what remains (those items are released for redelivery)."""
+        self._accepting = False
+        if self.message_source is not None:
+            try:
+                await asyncio.wait_for(self.message_source.stop_intake(), timeout=min(timeout, 10.0))
+            except Exception as e:
+                log.warning("stopping intake: %s", redact(str(e)), extra={"flow": self.name})
+        pending = set(self._tasks)
+        if pending:
+            log.info("waiting up to %.0fs for %d deliveries", timeout, len(pending), extra={"flow": self.name})
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            for t in still:
+                t.cancel()
+            if still:
+                log.warning("%d deliveries did not finish in time; released for redelivery", len(still),
+                            extra={"flow": self.name})
+                await asyncio.wait(still, timeout=10.0)
+
+    async def close(self) -> None:
+        """Release the target."""
+        await self._on_close()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries under way."""
+        return len(self._tasks)
+

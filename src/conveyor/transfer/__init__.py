@@ -1,0 +1,1 @@
+"""File connectors: local folders, SFTP, FTP/FTPS."""

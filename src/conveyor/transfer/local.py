@@ -1,0 +1,193 @@
+"""The ``local`` instance: a folder on this machine, as a FileSystem."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+from conveyor.errors import NoSpace, NotFound, Permanent, Rejected, Transient
+from conveyor.interfaces import Context, RemoteFile
+from conveyor.payload import Body, SpoolWriter, disk_full
+from conveyor.transfer.local_config import LocalConfig
+
+_BATCH = 1000
+
+
+class LocalInstance:
+    """A local folder. Reads hand the file over in place (no spool copy)."""
+
+    def __init__(self, name: str, config: LocalConfig, ctx: Context) -> None:
+        self.name = name
+        self.config = config
+        self.root = Path(config.root)
+        ctx.status.add_instance(name, "local", config.root)
+        self._status = ctx.status
+
+    def _abs(self, path: str) -> Path:
+        p = (self.root / path) if path else self.root
+        # Config paths are trusted, remote names are checked by the core; this is the last guard.
+        if ".." in Path(path).parts:
+            raise Permanent(f"path {path!r} leaves the instance root", instance=self.name, path=path)
+        return p
+
+    def _error(self, e: OSError, path: str) -> Exception:
+        if isinstance(e, FileNotFoundError):
+            return NotFound(f"no such file or folder: {self._abs(path)}", instance=self.name, path=path)
+        if isinstance(e, PermissionError):
+            return Permanent(f"permission denied: {self._abs(path)}", instance=self.name, path=path)
+        if disk_full(e):
+            return NoSpace(f"disk full under {self.root}", instance=self.name, path=path)
+        return Transient(f"{e.strerror or e}", instance=self.name, path=path)
+
+    async def check(self) -> str:
+        """The root folder must exist (or is created when ``create`` is set)."""
+        if self.config.create:
+            await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+        if not await asyncio.to_thread(self.root.is_dir):
+            self._status.instance_state(self.name, "down", f"folder {self.root} does not exist", permanent=True)
+            raise NotFound(f"folder {self.root} does not exist", instance=self.name)
+        self._status.instance_state(self.name, "up")
+        return f"local folder {self.root}"
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    async def stat(self, path: str) -> RemoteFile | None:
+        """The file at ``path`` or None."""
+        try:
+            st = await asyncio.to_thread(os.stat, self._abs(path))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise self._error(e, path) from None
+        if not _is_file(st.st_mode):
+            return None
+        return RemoteFile(path, st.st_size, st.st_mtime)
+
+    async def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a folder."""
+        return await asyncio.to_thread(self._abs(path).is_dir)
+
+    async def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
+        """Regular files under ``path`` in batches read on a thread (symlinks are not followed)."""
+        if self._status.instances[self.name].state != "up":
+            await self.check()
+        pending = [path]
+        while pending:
+            folder = pending.pop()
+            if self.config.create and folder == path:
+                await asyncio.to_thread(self._abs(folder).mkdir, parents=True, exist_ok=True)
+            try:
+                it = await asyncio.to_thread(os.scandir, self._abs(folder))
+            except OSError as e:
+                raise self._error(e, folder) from None
+            with it:
+                while batch := await asyncio.to_thread(_take, it, _BATCH):
+                    for name, is_dir, size, mtime in batch:
+                        rel = f"{folder}/{name}" if folder else name
+                        if is_dir:
+                            if recursive:
+                                pending.append(rel)
+                        elif size >= 0:
+                            yield RemoteFile(rel, size, mtime)
+
+    def open_in_place(self, f: RemoteFile) -> Body:
+        """The file itself as a body: no copy into the spool."""
+        return Body.from_file(self._abs(f.path), owned=False)
+
+    async def download(self, f: RemoteFile, sink: SpoolWriter) -> None:
+        """Copy the file into a spool writer (used when in-place reading is not wanted)."""
+        try:
+            with open(self._abs(f.path), "rb") as fh:  # noqa: ASYNC230 (reads go through a thread)
+                fh.seek(sink.size)
+                while chunk := await asyncio.to_thread(fh.read, 1 << 20):
+                    sink.write(chunk)
+        except OSError as e:
+            raise self._error(e, f.path) from None
+
+    async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
+        """Write under a temp name, fsync, rename."""
+        try:
+            return await asyncio.to_thread(self._upload, body, path, exists, chmod)
+        except OSError as e:
+            raise self._error(e, path) from None
+
+    def _upload(self, body: Body, path: str, exists: str, chmod: int | None) -> bool:
+        dest = self._abs(path)
+        if exists != "replace" and dest.exists():
+            if exists == "fail":
+                raise Rejected(f"{dest} already exists", instance=self.name, path=path)
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name[:200]}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            if body.in_memory:
+                with open(tmp, "wb") as out:
+                    out.write(body.bytes())
+                    out.flush()
+                    os.fsync(out.fileno())
+            else:
+                assert body.path is not None
+                shutil.copyfile(body.path, tmp)
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if chmod is not None:
+                os.chmod(tmp, chmod)
+            os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
+    async def remove(self, path: str) -> None:
+        """Delete; already gone is fine."""
+        try:
+            await asyncio.to_thread(self._abs(path).unlink, missing_ok=True)
+        except OSError as e:
+            raise self._error(e, path) from None
+
+    async def rename(self, src: str, dst: str) -> None:
+        """Move, creating the destination folder."""
+        def mv() -> None:
+            target = self._abs(dst)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._abs(src), target)
+            _fsync_dir(target.parent)
+        try:
+            await asyncio.to_thread(mv)
+        except OSError as e:
+            raise self._error(e, src) from None
+
+
+def _take(it: Iterator[os.DirEntry[str]], n: int) -> list[tuple[str, bool, int, float]]:
+    out: list[tuple[str, bool, int, float]] = []
+    for entry in it:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                out.append((entry.name, True, 0, 0.0))
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                out.append((entry.name, False, st.st_size, st.st_mtime))
+        except FileNotFoundError:
+            continue  # removed while listing
+        if len(out) >= n:
+            break
+    return out
+
+
+def _is_file(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
