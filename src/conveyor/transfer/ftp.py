@@ -1,0 +1,294 @@
+"""The ``ftp`` instance: an FTP or FTPS server as a :class:`~conveyor.interfaces.FileSystem`.
+
+The protocol client is :mod:`conveyor.transfer.ftp_client` (why conveyor has its own rather than
+aioftp is explained there), TLS session reuse is :mod:`conveyor.transfer.ftp_tls`, listings are
+parsed by :mod:`conveyor.transfer.ftp_listing` and connections pooled by
+:mod:`conveyor.transfer.ftp_pool`. This module maps FTP operations onto the FileSystem seam and
+every failure onto conveyor's error tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import posixpath
+import ssl
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from conveyor.errors import (
+    AuthError,
+    ConveyorError,
+    NoSpace,
+    NotFound,
+    Permanent,
+    Rejected,
+    Transient,
+)
+from conveyor.interfaces import Context, RemoteFile
+from conveyor.payload import Body, SpoolWriter
+from conveyor.transfer.ftp_client import DataProtocol, FtpConnection, FtpReplyError
+from conveyor.transfer.ftp_config import FtpConfig
+from conveyor.transfer.ftp_listing import Entry, parse_list_line, parse_mlsd_line, parse_mlsx_time
+from conveyor.transfer.ftp_pool import FtpPool
+from conveyor.transfer.ftp_tls import describe_verify_error
+
+log = logging.getLogger("conveyor.ftp")
+
+SEND_BLOCK = 2 * 1024 * 1024
+"""Upload block: each must leave within ``timeout`` (a transfer slower than 200 KiB/s at 10s is stalled)."""
+
+_NOT_FOUND_COMMANDS = {"RETR", "SIZE", "MDTM", "MLST", "MLSD", "LIST", "NLST", "CWD", "DELE", "RNFR"}
+
+
+class FtpInstance:
+    """A live ``ftp`` instance: pooled connections and the FileSystem operations over them."""
+
+    def __init__(self, name: str, config: FtpConfig, ctx: Context) -> None:
+        self.name = name
+        self.config = config
+        self._status = ctx.status
+        st = ctx.status.add_instance(name, "ftp", config.describe())
+        if config.tls != "none" and not config.tls_verify and config.tls_fingerprint is None:
+            warning = "tls_verify is off: the server certificate is not checked"
+            if warning not in st.warnings:
+                st.warnings.append(warning)
+        self.pool = FtpPool(name, config, ctx.status, self._map)
+        self._made_dirs: set[str] = set()
+
+    # -- errors and paths ----------------------------------------------------
+    def _map(self, e: BaseException, path: str) -> ConveyorError:
+        """One exception from the client, as conveyor's error tree (with instance and path)."""
+        kw: dict[str, Any] = {"instance": self.name, "path": path or None}
+        if isinstance(e, ConveyorError):
+            e.instance = e.instance or self.name
+            e.path = e.path or kw["path"]
+            return e
+        if isinstance(e, FtpReplyError):
+            code, text = e.reply.code, e.reply.text.splitlines()[0] if e.reply.text else ""
+            msg = f"{e.command} refused: {code} {text}" if e.command != "connect" else f"server said {code} {text}"
+            if code == 530 or (e.command in ("USER", "PASS") and code // 100 == 5):
+                return AuthError(f"login refused for {self.config.username}@{self.config.host}: {code} {text}", **kw)
+            if code in (452, 552):
+                return NoSpace(msg, **kw)
+            if code // 100 == 4:
+                return Transient(msg, **kw)
+            if code == 550 and e.command in _NOT_FOUND_COMMANDS:
+                return NotFound(msg, **kw)
+            if code == 553 and e.command in ("STOR", "RNTO"):
+                return Rejected(msg, **kw)
+            if code == 522:
+                return Permanent(msg + " (the server requires TLS session reuse on data channels)", **kw)
+            if code // 100 == 5:
+                return Permanent(msg, **kw)
+            return Transient(f"unexpected reply: {msg}", **kw)
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return Permanent(describe_verify_error(e, self.config), **kw)
+        if isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return Transient(f"TLS connection closed: {e.reason or e}", **kw)
+        if isinstance(e, ssl.SSLError):
+            hint = " (is this an FTPS port? check tls: explicit or implicit)" if "WRONG_VERSION" in str(e) else ""
+            return Permanent(f"TLS failed: {e.reason or e}{hint}", **kw)
+        if isinstance(e, TimeoutError):
+            return Transient(f"timed out after {self.config.timeout:g}s ({self.config.host})", **kw)
+        if isinstance(e, OSError):
+            return Transient(f"{self.config.host}:{self.config.effective_port}: {e.strerror or e}", **kw)
+        if isinstance(e, ValueError):
+            return Permanent(str(e), **kw)
+        return Transient(f"{type(e).__name__}: {e}", **kw)
+
+    def _abs(self, path: str) -> str:
+        """The absolute server path of a path relative to the instance root."""
+        if ".." in path.split("/"):
+            raise Permanent(f"path {path!r} leaves the instance root", instance=self.name, path=path)
+        root = self.pool.root or "/"
+        return posixpath.normpath(posixpath.join(root, path.strip("/"))) if path.strip("/") else root
+
+    # -- InstanceRuntime -----------------------------------------------------
+    async def check(self) -> str:
+        """Log in and make sure the root folder exists; a one-line description."""
+        async def op(c: FtpConnection) -> str:
+            await c.command(f"CWD {self._abs('')}", (2,))
+            listing = "MLSD" if "MLST" in c.features else "LIST"
+            return f"{self.config.describe()} logged in, {c.tls_version or 'no TLS'}, root {self._abs('')}, {listing}"
+        return await self.pool.run(op, "")
+
+    async def close(self) -> None:
+        """Log out of every connection."""
+        await self.pool.close()
+
+    # -- FileSystem ----------------------------------------------------------
+    async def _stat(self, c: FtpConnection, full: str) -> Entry | None:
+        if "MLST" in c.features:
+            reply = await c.command(f"MLST {full}")
+            if reply.code // 100 != 2:
+                if reply.code // 100 == 5:
+                    return None
+                raise FtpReplyError("MLST", reply)
+            for line in reply.text.splitlines()[1:]:
+                entry = parse_mlsd_line(line.strip())
+                if entry is not None:
+                    return entry
+            return None
+        size = await c.command(f"SIZE {full}")
+        if size.code // 100 == 5:
+            return None  # missing, or a folder
+        if size.code != 213:
+            raise FtpReplyError("SIZE", size)
+        mdtm = await c.command(f"MDTM {full}")
+        if mdtm.code // 100 == 5:
+            return None
+        if mdtm.code != 213:
+            raise FtpReplyError("MDTM", mdtm)
+        return Entry(posixpath.basename(full), "file", int(size.text.strip()), parse_mlsx_time(mdtm.text))
+
+    async def stat(self, path: str) -> RemoteFile | None:
+        """The file at ``path`` via MLST, or SIZE + MDTM (works where listing is forbidden)."""
+        async def op(c: FtpConnection) -> RemoteFile | None:
+            e = await self._stat(c, self._abs(path))
+            return RemoteFile(path, e.size, e.mtime) if e is not None and e.kind == "file" else None
+        return await self.pool.run(op, path)
+
+    async def is_dir(self, path: str) -> bool:
+        """Whether CWD into ``path`` succeeds."""
+        async def op(c: FtpConnection) -> bool:
+            return (await c.command(f"CWD {self._abs(path)}")).code // 100 == 2
+        return await self.pool.run(op, path)
+
+    async def _listdir(self, c: FtpConnection, folder: str) -> list[Entry]:
+        # CWD then a bare MLSD/LIST: servers read a LIST argument as options or a glob.
+        await c.command(f"CWD {self._abs(folder)}", (2,))
+        raw = bytearray()
+        mlsd = "MLST" in c.features
+        await c.transfer("MLSD" if mlsd else "LIST", on_data=raw.extend)
+        parse = parse_mlsd_line if mlsd else parse_list_line
+        out = []
+        for line in raw.decode("utf-8", "surrogateescape").splitlines():
+            entry = parse(line)
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    async def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
+        """Regular files under ``path``. Each folder's listing is read whole, then the connection is
+        released before entries are yielded, so a caller may download while iterating."""
+        pending = [path.strip("/")]
+        while pending:
+            folder = pending.pop()
+            entries = await self.pool.run(lambda c, f=folder: self._listdir(c, f), folder)  # type: ignore[misc]
+            for e in entries:
+                rel = f"{folder}/{e.name}" if folder else e.name
+                if e.kind == "dir":
+                    if recursive:
+                        pending.append(rel)
+                elif e.kind == "file":
+                    yield RemoteFile(rel, e.size, e.mtime)
+                elif e.kind == "link":
+                    target = await self.stat(rel)  # a link to a file is taken as that file
+                    if target is not None:
+                        yield target
+
+    async def download(self, f: RemoteFile, sink: SpoolWriter) -> None:
+        """RETR into ``sink`` from offset ``sink.size`` (REST), then check the size."""
+        async def op(c: FtpConnection) -> None:
+            start = sink.size
+            if f.size >= 0 and start >= f.size and start > 0:
+                return
+            # The sink accepts any buffer; handing it the receive buffer's view avoids a copy.
+            await c.transfer(f"RETR {self._abs(f.path)}", on_data=cast(Any, sink.write), rest=start)
+        await self.pool.run(op, f.path)
+        if f.size >= 0 and sink.size != f.size:
+            raise Transient(f"size mismatch: read {sink.size} bytes, the listing said {f.size}",
+                            instance=self.name, path=f.path)
+
+    async def _mkdirs(self, c: FtpConnection, folder: str) -> None:
+        if folder in self._made_dirs or folder == "/":
+            return
+        if (await c.command(f"CWD {folder}")).code // 100 != 2:
+            parts = folder.strip("/").split("/")
+            for i in range(1, len(parts) + 1):
+                await c.command("MKD /" + "/".join(parts[:i]))  # an existing level answers 550: fine
+            await c.command(f"CWD {folder}", (2,))
+        self._made_dirs.add(folder)
+
+    async def _send_body(self, body: Body, proto: DataProtocol) -> None:
+        loop = asyncio.get_running_loop()
+        t = self.config.timeout
+        transport = proto.transport
+        if body.in_memory:
+            transport.write(body.bytes())
+        elif self.config.tls == "none":
+            assert body.path is not None
+            with open(body.path, "rb") as fh:  # noqa: ASYNC230 (sendfile below never blocks the loop)
+                offset = 0
+                while offset < body.size:
+                    async with asyncio.timeout(t):
+                        offset += await loop.sendfile(transport, fh, offset, SEND_BLOCK)
+        else:
+            async for chunk in body.chunks(SEND_BLOCK):
+                transport.write(chunk)
+                async with asyncio.timeout(t):
+                    await proto.drain()
+        async with asyncio.timeout(t):
+            await proto.drain()
+        transport.close()  # EOF (and TLS close_notify): the server answers 226 once it has it all
+
+    async def _rename(self, c: FtpConnection, src: str, dst: str, replace: bool) -> None:
+        await c.command(f"RNFR {src}", (3,))
+        try:
+            await c.command(f"RNTO {dst}", (2,))
+        except FtpReplyError as e:
+            if not replace or e.reply.code // 100 != 5:
+                raise
+            # Some servers (IIS, FileZilla) refuse to rename over an existing file.
+            await c.command(f"DELE {dst}")
+            await c.command(f"RNFR {src}", (3,))
+            await c.command(f"RNTO {dst}", (2,))
+
+    async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
+        """STOR under a temporary name in the target folder, then RNFR/RNTO into place."""
+        full = self._abs(path)
+        folder, name = posixpath.split(full)
+
+        async def op(c: FtpConnection) -> bool:
+            if exists != "replace" and await self._stat(c, full) is not None:
+                if exists == "fail":
+                    raise Rejected(f"{full} already exists", instance=self.name, path=path)
+                return False
+            await self._mkdirs(c, folder)
+            tmp = posixpath.join(folder, f".{name[:200]}.{uuid.uuid4().hex[:12]}.tmp")
+            try:
+                await c.transfer(f"STOR {tmp}", send=lambda proto: self._send_body(body, proto))
+                if chmod is not None:
+                    reply = await c.command(f"SITE CHMOD {chmod:o} {tmp}")
+                    if reply.code // 100 != 2:
+                        log.warning("instance '%s': SITE CHMOD refused for %s: %d %s",
+                                    self.name, path, reply.code, reply.text)
+                await self._rename(c, tmp, full, replace=exists == "replace")
+            except BaseException:
+                self._made_dirs.discard(folder)
+                if not c.broken:
+                    with contextlib.suppress(Exception):  # best effort; the original error matters
+                        await c.command(f"DELE {tmp}")
+                raise
+            return True
+
+        return await self.pool.run(op, path)
+
+    async def remove(self, path: str) -> None:
+        """DELE; a file already gone is fine."""
+        async def op(c: FtpConnection) -> None:
+            reply = await c.command(f"DELE {self._abs(path)}")
+            if reply.code // 100 != 2 and (reply.code // 100 != 5 or await self._stat(c, self._abs(path))):
+                raise FtpReplyError("DELE", reply)
+        await self.pool.run(op, path)
+
+    async def rename(self, src: str, dst: str) -> None:
+        """RNFR/RNTO, creating the destination folder and replacing what is there."""
+        async def op(c: FtpConnection) -> None:
+            full = self._abs(dst)
+            await self._mkdirs(c, posixpath.dirname(full))
+            await self._rename(c, self._abs(src), full, replace=True)
+        await self.pool.run(op, src)

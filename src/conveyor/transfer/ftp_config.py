@@ -1,0 +1,125 @@
+"""Config model of the ``ftp`` instance type: FTP and FTPS (pydantic only; the client lives in ftp.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
+from conveyor.config.types import Duration, Secret
+from conveyor.registry import ConnectorSpec, register
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_tls_fingerprint(value: str) -> str:
+    """Normalise a SHA-256 certificate fingerprint to 64 lower-case hex digits.
+
+    Accepts ``AB:CD:...`` (as ``openssl x509 -fingerprint -sha256`` prints it, optionally
+    prefixed ``sha256:`` or ``SHA256 Fingerprint=``), or bare hex.
+    """
+    v = value.strip()
+    for prefix in ("sha256 fingerprint=", "sha256:", "sha256="):
+        if v.lower().startswith(prefix):
+            v = v[len(prefix):]
+    v = v.replace(":", "").replace(" ", "").lower()
+    if not _HEX64.match(v):
+        raise ValueError(
+            "tls_fingerprint must be the SHA-256 of the server certificate (DER): 64 hex digits, "
+            "colons optional, e.g. as `openssl x509 -noout -fingerprint -sha256` prints it"
+        )
+    return v
+
+
+class FtpConfig(InstanceConfig):
+    """An FTP or FTPS server: the fields a Patchworks FTP instance has, plus TLS details and pooling."""
+
+    type: Literal["ftp"]
+    host: str = Field(min_length=1, description="server host name or address")
+    port: int | None = Field(None, ge=1, le=65535, description="control port (default 21; 990 with tls: implicit)")
+    username: str = Field("anonymous", min_length=1, description="login name")
+    password: Secret | None = Field(None, description="password")
+    tls: Literal["none", "explicit", "implicit"] = Field(
+        "none",
+        description="none | explicit (AUTH TLS on the control port, the seed's `SSL: true`) | "
+        "implicit (TLS from the first byte, usually port 990); data channels are encrypted too (PROT P)",
+    )
+    tls_verify: bool = Field(
+        True, description="verify the server certificate (false: a warning on every connect and in /status)"
+    )
+    ca_file: Path | None = Field(None, description="PEM file of CA certificates to trust instead of the system's")
+    tls_fingerprint: str | None = Field(
+        None,
+        description="SHA-256 of the server certificate (DER, hex, colons optional): pins a self-signed "
+        "certificate; chain and host name are then not checked",
+    )
+    tls_max_version: Literal["1.2", "1.3"] | None = Field(
+        None, description="highest TLS version to offer (1.2 for servers whose TLS 1.3 session reuse is broken)"
+    )
+    passive: bool = Field(True, description="passive mode (EPSV, then PASV); false: active mode (EPRT/PORT)")
+    ignore_passive_address: bool = Field(
+        False,
+        description="connect passive data channels to `host` rather than the address in the PASV reply "
+        "(for servers behind NAT that announce a private address); EPSV replies carry no address anyway",
+    )
+    root: str = Field("/", description="every path of this instance is relative to this folder")
+    timeout: Duration = Field(10.0, gt=0, description="connect timeout, and the limit for every operation "
+                              "(for transfers: the longest time without progress)")
+    max_connections: int = Field(2, ge=1, le=32, description="control connections kept to this server")
+    keepalive: Duration = Field(60.0, description="send NOOP on connections idle this long (0: never)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_ssl_flag(cls, data: Any) -> Any:
+        # The seed's FTP instance has `SSL: true`: accept `ssl: true|false` as tls explicit|none.
+        if isinstance(data, dict) and "ssl" in data:
+            data = dict(data)
+            ssl = data.pop("ssl")
+            if not isinstance(ssl, bool):
+                raise ValueError("ssl must be true or false (or use tls: none | explicit | implicit)")
+            if "tls" in data:
+                raise ValueError("give either tls or ssl, not both")
+            data["tls"] = "explicit" if ssl else "none"
+        return data
+
+    @field_validator("tls_fingerprint")
+    @classmethod
+    def _fingerprint_parses(cls, v: str | None) -> str | None:
+        return parse_tls_fingerprint(v) if v is not None else None
+
+    @model_validator(mode="after")
+    def _tls_options_need_tls(self) -> FtpConfig:
+        if self.tls == "none":
+            for name in ("ca_file", "tls_fingerprint", "tls_max_version"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is set but tls is none: set tls: explicit or implicit")
+        if self.tls_fingerprint is not None and self.ca_file is not None:
+            raise ValueError("give either ca_file or tls_fingerprint, not both")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        """The configured port, or the default for the TLS mode."""
+        if self.port is not None:
+            return self.port
+        return 990 if self.tls == "implicit" else 21
+
+    def describe(self) -> str:
+        """``user@host:port``, with the TLS mode when there is one."""
+        scheme = "ftp" if self.tls == "none" else f"ftps-{self.tls}"
+        return f"{scheme}://{self.username}@{self.host}:{self.effective_port}"
+
+
+register(
+    ConnectorSpec(
+        type="ftp",
+        kind="file",
+        instance_model=FtpConfig,
+        source_model=FileSourceConfig,
+        target_model=FileTargetConfig,
+        factory="conveyor.transfer.ftp:FtpInstance",
+    )
+)
