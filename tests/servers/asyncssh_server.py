@@ -7,6 +7,7 @@ It has its own ed25519 and RSA host keys, accepts a password and the client keys
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ class AsyncsshSftpServer:
     port: int = 0
     refuse_listing: bool = False
     handshakes: int = 0
+    """TCP connections accepted (the host-key probe counts too)."""
+    logins: int = 0
+    """Authentication attempts (password or public key) the server has seen."""
     server: Any = None
     conns: list[Any] = field(default_factory=list)
 
@@ -46,10 +50,23 @@ class AsyncsshSftpServer:
         """The host key of one type ('ssh-ed25519' or 'ssh-rsa')."""
         return next(k for k in self.host_keys if k.get_algorithm() == algorithm)
 
+    def host_blob(self, kind: str) -> bytes:
+        """The public host key blob of one type: 'ed25519' or 'rsa'."""
+        return self.host_key({"ed25519": "ssh-ed25519", "rsa": "ssh-rsa"}[kind]).public_data
+
+    def put(self, path: str, data: bytes, mtime: float | None = None) -> Path:
+        """Create a file under the served folder, making folders as needed."""
+        p = self.root / path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        if mtime is not None:
+            os.utime(p, (mtime, mtime))
+        return p
+
     async def start(self) -> None:
         """Listen on a random loopback port."""
         outer = self
-        authorized = [asyncssh.import_public_key(Path(str(p) + ".pub").read_text())
+        authorized = [asyncssh.import_public_key(Path(str(p) + ".pub").read_text())  # noqa: ASYNC240
                       for n, p in self.keys.keys.items() if n != "stranger"]
 
         class Server(asyncssh.SSHServer):
@@ -64,12 +81,14 @@ class AsyncsshSftpServer:
                 return True
 
             def validate_password(self, username: str, password: str) -> bool:
+                outer.logins += 1
                 return username == USERNAME and password == PASSWORD
 
             def public_key_auth_supported(self) -> bool:
                 return True
 
             def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+                outer.logins += 1
                 return username == USERNAME and any(key.public_data == k.public_data for k in authorized)
 
         class Sftp(asyncssh.SFTPServer):

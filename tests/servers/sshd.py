@@ -10,6 +10,7 @@ path as the instance ``root``.
 
 from __future__ import annotations
 
+import base64
 import os
 import pwd
 import shutil
@@ -62,15 +63,26 @@ class Sshd:
     uid: int
     gid: int
 
-    def host_pub_blob(self, keytype: str) -> bytes:
+    def host_blob(self, keytype: str) -> bytes:
         """The base64-decoded public host key of one type ('ed25519' or 'rsa')."""
-        import base64
-
         return base64.b64decode(Path(str(self.host_keys[keytype]) + ".pub").read_text().split()[1])
 
     def chown(self, path: Path) -> None:
         """Give a file or folder made by the tests to the sftp user."""
         os.chown(path, self.uid, self.gid)
+
+    def put(self, path: str, data: bytes, mtime: float | None = None) -> Path:
+        """Create a file under the served folder (owned by the sftp user), making folders as needed."""
+        p = self.root / path
+        missing = [d for d in reversed(p.parents) if d.is_relative_to(self.root) and not d.exists()]
+        p.parent.mkdir(parents=True, exist_ok=True)
+        for d in missing:
+            self.chown(d)
+        p.write_bytes(data)
+        self.chown(p)
+        if mtime is not None:
+            os.utime(p, (mtime, mtime))
+        return p
 
     def instance_config(self, **over: Any) -> dict[str, Any]:
         """An sftp instance mapping (password auth, ed25519 fingerprint pinned) with overrides."""
@@ -78,7 +90,7 @@ class Sshd:
 
         cfg: dict[str, Any] = {
             "type": "sftp", "host": "127.0.0.1", "port": self.port, "username": USER, "password": PASSWORD,
-            "host_fingerprint": sha256_fp(self.host_pub_blob("ed25519")), "root": str(self.root),
+            "host_fingerprint": sha256_fp(self.host_blob("ed25519")), "root": str(self.root),
             "timeout": "5s", "max_connection_attempts": 1,
         }
         cfg.update(over)
@@ -158,15 +170,3 @@ def sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:
     finally:
         server.stop()
         shutil.rmtree(server.base, ignore_errors=True)
-
-
-@pytest.fixture
-def sshd_dir(sshd: Sshd, tmp_path: Path) -> Iterator[Path]:
-    """A fresh folder (relative name returned as absolute path) under the sshd root, cleaned after."""
-    d = Path(tempfile.mkdtemp(dir=sshd.root))
-    d.chmod(0o755)
-    sshd.chown(d)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)

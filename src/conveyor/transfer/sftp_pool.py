@@ -283,14 +283,16 @@ class SftpPool:
         except OSError as e:
             raise Transient(f"cannot connect to {cfg.host}:{cfg.port}: {e.strerror or e}", instance=self.name) from None
         self.handshakes += 1
-        keytype, blob = client.offered[-1] if client.offered else ("?", b"")
+        key = conn.get_server_host_key()
+        keytype, blob = (key.get_algorithm(), key.public_data) if key is not None else ("?", b"")
+        verified = cfg.host_key_check == "on"
         try:
             sftp = await conn.start_sftp_client()
         except (asyncssh.Error, OSError) as e:
             conn.close()
             raise Transient(f"SFTP subsystem refused on {cfg.describe()}: {e}", instance=self.name) from None
         log.info("sftp %s: connected to %s (%s)", self.name, cfg.describe(), keytype)
-        return Session(conn, sftp, client, keytype, sha256_fp(blob) if blob else "not verified")
+        return Session(conn, sftp, client, keytype, sha256_fp(blob) + ("" if verified else " NOT VERIFIED"))
 
     def _auth_message(self) -> str:
         cfg = self.cfg
@@ -315,9 +317,13 @@ class SftpPool:
                     key = asyncssh.import_private_key(cfg.private_key.get_secret_value(), passphrase)
             except OSError as e:
                 raise Permanent(f"cannot read {where}: {e.strerror or e}", instance=self.name) from None
-            except asyncssh.KeyEncryptionError:
+            except asyncssh.KeyEncryptionError as e:
+                if "bcrypt" in str(e):  # an install problem, not the user's passphrase
+                    raise Permanent(f"cannot decrypt {where}: {e} (pip install bcrypt)", instance=self.name) from None
                 raise AuthError(f"cannot decrypt {where}: wrong passphrase", instance=self.name) from None
             except asyncssh.KeyImportError as e:
+                if "decrypt" in str(e).lower() and passphrase is not None:  # PKCS#1/#8 with a wrong passphrase
+                    raise AuthError(f"cannot decrypt {where}: wrong passphrase", instance=self.name) from None
                 if "passphrase" in str(e).lower():
                     raise AuthError(f"{where} is encrypted: set passphrase", instance=self.name) from None
                 raise AuthError(f"{where} is not a usable private key: {e}", instance=self.name) from None

@@ -1,0 +1,104 @@
+"""SFTP backends for the shared behaviour suite (and the sftp tests): asyncssh and OpenSSH servers.
+
+Both servers serve a folder on local disk, so the side door (put/exists/read/names) works
+on that folder directly. Fixtures: ``sftp_asyncssh_backend`` (a fresh in-process server per
+test) and ``sftp_openssh_backend`` (a fresh folder on the session's sshd).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers.asyncssh_server import AsyncsshSftpServer, asyncssh_server, ssh_client_keys
+from tests.servers.sshd import Sshd, sshd
+
+__all__ = ["SftpBackend", "asyncssh_server", "sftp_asyncssh_backend", "sftp_openssh_backend", "ssh_client_keys",
+           "sshd"]
+
+
+class SftpBackend:
+    """A real SFTP server and the local folder behind one instance's root."""
+
+    def __init__(self, name: str, server: AsyncsshSftpServer | Sshd, folder: Path, root: str) -> None:
+        self.name = name
+        self.server = server
+        self.folder = folder
+        """The local folder the instance's ``root`` points at."""
+        self.root = root
+        self._owner = (server.uid, server.gid) if isinstance(server, Sshd) else None
+
+    @property
+    def port(self) -> int:
+        """The server's port."""
+        return self.server.port
+
+    def host_blob(self, kind: str) -> bytes:
+        """The server's public host key blob: 'ed25519' or 'rsa'."""
+        return self.server.host_blob(kind)
+
+    def instance_config(self, **over: Any) -> dict[str, Any]:
+        """``instances.<name>`` mapping: password auth, ed25519 SHA256 pinned; ``over`` replaces keys
+        (a None value removes one)."""
+        return self.server.instance_config(**{"root": self.root, **over})
+
+    def _chown(self, p: Path) -> None:
+        if self._owner is not None:
+            os.chown(p, *self._owner)
+
+    def put(self, path: str, data: bytes, mtime: float | None = None) -> None:
+        """Create a file at ``path`` (relative to the root), making folders as needed."""
+        p = self.folder / path
+        missing = [d for d in reversed(p.parents) if d.is_relative_to(self.folder) and not d.exists()]
+        p.parent.mkdir(parents=True, exist_ok=True)
+        for d in missing:
+            self._chown(d)
+        p.write_bytes(data)
+        self._chown(p)
+        if mtime is not None:
+            os.utime(p, (mtime, mtime))
+
+    def mkdir(self, path: str, mode: int = 0o755) -> Path:
+        """Create a folder (relative to the root) owned by the server's user."""
+        p = self.folder / path
+        p.mkdir(parents=True, exist_ok=True)
+        p.chmod(mode)
+        self._chown(p)
+        return p
+
+    def exists(self, path: str) -> bool:
+        """Whether a file exists at ``path``."""
+        return (self.folder / path).is_file()
+
+    def read(self, path: str) -> bytes:
+        """A file's content."""
+        return (self.folder / path).read_bytes()
+
+    def names(self, path: str) -> list[str]:
+        """File names in a folder; [] when it is missing."""
+        d = self.folder / path
+        return sorted(p.name for p in d.iterdir() if p.is_file()) if d.is_dir() else []
+
+
+@pytest.fixture
+async def sftp_asyncssh_backend(asyncssh_server: AsyncsshSftpServer) -> AsyncIterator[SftpBackend]:
+    """A fresh in-process asyncssh SFTP server; the instance root is its whole folder."""
+    yield SftpBackend("sftp-asyncssh", asyncssh_server, asyncssh_server.root, "/")
+
+
+@pytest.fixture
+def sftp_openssh_backend(sshd: Sshd) -> Iterator[SftpBackend]:
+    """A fresh folder on the session's OpenSSH sshd, used as the instance root."""
+    d = Path(tempfile.mkdtemp(dir=sshd.root))
+    d.chmod(0o755)
+    sshd.chown(d)
+    try:
+        yield SftpBackend("sftp-openssh", sshd, d, str(d))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
