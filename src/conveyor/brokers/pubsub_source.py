@@ -1,0 +1,320 @@
+"""Streaming pull from a Pub/Sub subscription, bridged from the client library's threads into asyncio.
+
+How the two sides meet:
+
+- The library calls our callback on its scheduler's thread pool (bounded). The callback only
+  posts the message to the event loop (``call_soon_threadsafe``) and returns, so the pool
+  never blocks and the library's lease management (its own leaser thread) keeps running.
+- The loop-side queue is bounded by flow control: the library hands us at most
+  ``max_messages`` / ``max_bytes`` not-yet-settled messages, and holds the rest (leased) itself.
+  ``emit`` blocking (backpressure) therefore stops intake after that many, with no unbounded buffer.
+- Leases of every message handed to us are extended by the library until it is acked or nacked,
+  up to ``max_lease_duration``, so a slow delivery is not redelivered meanwhile.
+- With message ordering, the library hands over the next message of an ordering key only
+  after the previous one is settled; the queue is FIFO and ``run`` emits in arrival order.
+
+Stream errors: the library reopens the stream once after a retryable error (Pub/Sub closes
+streams routinely); a second retryable error within the instance ``timeout`` ends the stream
+and ``run`` raises Transient, so the supervisor backs off and /status shows it. NotFound,
+PermissionDenied and credential errors end it at once (Permanent).
+
+Settling after the stream ended (``stop_intake``, an error): the library's dispatcher is gone,
+so ack/nack go out as unary Acknowledge / ModifyAckDeadline(0) calls with the message's ack id.
+Leases are no longer extended then: an ack that arrives after the lease lapsed is ignored by
+Pub/Sub and the message comes again, with the same id, which the state store skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc  # type: ignore[import-untyped]
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1.subscriber import futures as sub_futures
+
+from conveyor.brokers.pubsub_auth import map_error, short_error
+from conveyor.brokers.pubsub_config import PubsubSourceConfig
+from conveyor.errors import ConveyorError, NotFound, Transient
+from conveyor.interfaces import Inbound
+from conveyor.payload import Body, Payload, utc_iso
+
+try:  # a private module: without it the library's own recovery is used and status sees less
+    from google.cloud.pubsub_v1.subscriber._protocol.streaming_pull_manager import StreamingPullManager
+except ImportError:  # pragma: no cover
+    StreamingPullManager = None
+
+if TYPE_CHECKING:
+    from conveyor.brokers.pubsub import PubsubInstance
+
+log = logging.getLogger("conveyor.pubsub")
+_END = object()
+
+
+class _Stream:
+    """One streaming pull: its future, whether it still settles messages, and its error history."""
+
+    def __init__(self, source: PubsubSource, loop: asyncio.AbstractEventLoop) -> None:
+        self.source = source
+        self.loop = loop
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()  # bounded by flow control, see module doc
+        self.future: Any = None
+        self.open = True
+        self.last_error = 0.0
+        self.last_exc: BaseException | None = None
+        self._lock = threading.Lock()
+
+    # -- library threads ------------------------------------------------------------------------
+    def on_message(self, message: Any) -> None:
+        """The subscriber callback: hand over to the loop and return at once."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
+        except RuntimeError:  # the loop is closed: give the message back now
+            message.nack()
+
+    def on_done(self, _future: Any) -> None:
+        self.open = False
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, _END)
+
+    def should_recover(self, error: BaseException) -> bool:
+        """Reopen after one retryable error; a second one within ``timeout`` gives up to the supervisor."""
+        if isinstance(error, grpc.RpcError):
+            error = gexc.from_grpc_error(error)
+        self.last_exc = error
+        now = time.monotonic()
+        with self._lock:
+            recent = now - self.last_error < self.source.instance.config.timeout
+            self.last_error = now
+        inst = self.source.instance
+        text = short_error(error)
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(inst.ctx.status.flow_error, self.source.flow, f"stream error: {text}")
+        if recent:
+            log.warning("%s: streaming pull failed again (%s): ending the stream for a backoff", inst.name, text)
+            return False
+        log.info("%s: streaming pull interrupted (%s): reopening", inst.name, text)
+        return True
+
+
+if StreamingPullManager is not None:
+
+    class _Manager(StreamingPullManager):  # type: ignore[misc]
+        """The library's manager, asking our stream whether to reopen after a retryable error."""
+
+        stream: _Stream
+
+        def _should_recover(self, exception: BaseException) -> bool:
+            return bool(super()._should_recover(exception)) and self.stream.should_recover(exception)
+
+
+class PubsubSource:
+    """A streaming-pull consumer on one subscription for one flow."""
+
+    def __init__(self, instance: PubsubInstance, flow: str, cfg: PubsubSourceConfig) -> None:
+        self.instance = instance
+        self.flow = flow
+        self.cfg = cfg
+        self.path = instance.subscription_path(cfg.subscription)
+        self._streams: set[_Stream] = set()
+        self._stopping = False
+        self.exactly_once = False
+        self.dead_letter = False
+
+    async def run(self, emit: Callable[[Inbound], Awaitable[None]]) -> None:
+        """Pull and emit until cancelled, stopped or the stream fails (then Transient/Permanent)."""
+        inst = self.instance
+        self._stopping = False
+        client = await inst.subscriber()
+        try:
+            if self.cfg.create_subscription is not None:
+                await self._ensure_subscription(client)
+            sub = await inst.call(client.get_subscription, request={"subscription": self.path}, path=self.path)
+        except ConveyorError as e:
+            self._report(e)
+            raise
+        self.exactly_once = bool(sub.enable_exactly_once_delivery)
+        self.dead_letter = bool(sub.dead_letter_policy.dead_letter_topic)
+        stream = _Stream(self, asyncio.get_running_loop())
+        self._streams.add(stream)
+        try:
+            stream.future = self._subscribe(client, stream)
+            stream.future.add_done_callback(stream.on_done)
+            inst.report(None)
+            log.info("%s: pulling %s for flow %s", inst.name, self.path, self.flow)
+            while True:
+                item = await stream.queue.get()
+                if item is _END:
+                    break
+                if self._stopping:
+                    await self._release(stream, item)
+                    continue
+                await emit(self._inbound(stream, item))
+        finally:
+            self._streams.discard(stream)
+            stream.open = False
+            if stream.future is not None and not stream.future.done():
+                stream.future.cancel()  # non-blocking: the library shuts down in its own thread
+            await self._release_queued(stream)
+        self._raise_stream_end(stream)
+
+    def _subscribe(self, client: Any, stream: _Stream) -> Any:
+        flow_control = pubsub_v1.types.FlowControl(
+            max_messages=self.cfg.max_messages, max_bytes=self.cfg.max_bytes,
+            max_lease_duration=int(self.cfg.max_lease_duration),
+        )
+        if StreamingPullManager is None:  # pragma: no cover
+            return client.subscribe(self.path, stream.on_message, flow_control=flow_control)
+        # What SubscriberClient.subscribe does, with our manager subclass so stream errors reach us.
+        manager = _Manager(client, self.path, flow_control=flow_control)
+        manager.stream = stream
+        future = sub_futures.StreamingPullFuture(manager)
+        manager.open(callback=stream.on_message, on_callback_error=future.set_exception)
+        return future
+
+    def _raise_stream_end(self, stream: _Stream) -> None:
+        future = stream.future
+        if future is None or not future.done() or self._stopping or future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            return
+        if type(error) is Exception and not any(error.args):
+            # The library wraps "no exception" as Exception(None) when a reopen fails: use the stream's last error.
+            error = stream.last_exc or Transient("streaming pull ended unexpectedly")
+        err = map_error(self.instance.name, error, path=self.path)
+        if isinstance(err, NotFound) and self.cfg.create_subscription is not None:
+            # The subscription vanished under us (an emulator restart): the next run re-creates it.
+            err = Transient(f"subscription disappeared: {err.message}", instance=self.instance.name, path=self.path)
+        self._report(err)
+        raise err from None
+
+    def _report(self, err: ConveyorError) -> None:
+        """A missing subscription is the flow's problem (the server answered); anything else the instance's."""
+        if isinstance(err, NotFound):
+            self.instance.report(None)
+            self.instance.ctx.status.flow_error(self.flow, err)
+        else:
+            self.instance.report(err)
+
+    def _inbound(self, stream: _Stream, message: Any) -> Inbound:
+        attrs = dict(message.attributes)
+        meta = {
+            "id": message.message_id,
+            "attributes": attrs,
+            "publish_time": utc_iso(message.publish_time),
+            "ordering_key": message.ordering_key or None,
+            "delivery_attempt": message.delivery_attempt,
+        }
+        payload = Payload(
+            id=message.message_id, flow=self.flow, source_instance=self.instance.name, source_type="pubsub",
+            body=Body.from_bytes(message.data), name=_safe_name(attrs.get("name")), message=meta,
+            content_type=attrs.get("content_type") or attrs.get("content-type") or "application/octet-stream",
+        )
+
+        async def ack() -> None:
+            await self._ack(stream, message)
+
+        async def nack(requeue: bool) -> None:
+            await self._nack(stream, message, requeue)
+
+        return Inbound(payload=payload, ack=ack, nack=nack, delivery_count=message.delivery_attempt)
+
+    async def _ack(self, stream: _Stream, message: Any) -> None:
+        if not stream.open:
+            client = await self.instance.subscriber()
+            await self.instance.call(client.acknowledge, subscription=self.path, ack_ids=[message.ack_id],
+                                     path=self.path)
+        elif self.exactly_once:
+            # Only exactly-once subscriptions confirm acks; there, a failed ack means a redelivery.
+            try:
+                await asyncio.wrap_future(message.ack_with_response())
+            except Exception as e:
+                raise map_error(self.instance.name, e, path=self.path) from None
+        else:
+            message.ack()
+
+    async def _nack(self, stream: _Stream, message: Any, requeue: bool) -> None:
+        if not requeue and not self.dead_letter:
+            # Pub/Sub has no reject: without a dead-letter policy a nack would come back forever.
+            # Like a RabbitMQ reject on a queue without DLX, the message is dropped (the ledger keeps it failed).
+            log.warning("%s: message %s rejected and the subscription %s has no dead-letter policy: acking it "
+                        "so it is not redelivered forever", self.instance.name, message.message_id, self.path)
+            await self._ack(stream, message)
+            return
+        await self._release(stream, message)
+
+    async def _release(self, stream: _Stream, message: Any) -> None:
+        """Give a message back for redelivery (nack: ack deadline 0)."""
+        if stream.open:
+            message.nack()
+            return
+        await self._release_ids([message.ack_id])
+
+    async def _release_queued(self, stream: _Stream) -> None:
+        ids = []
+        while not stream.queue.empty():
+            item = stream.queue.get_nowait()
+            if item is not _END:
+                ids.append(item.ack_id)
+        if ids:
+            try:
+                await self._release_ids(ids)
+            except Exception as e:  # their leases lapse anyway; redelivery just comes later
+                log.debug("%s: releasing %d queued messages failed: %s", self.instance.name, len(ids), e)
+
+    async def _release_ids(self, ack_ids: list[str]) -> None:
+        client = await self.instance.subscriber()
+        await self.instance.call(client.modify_ack_deadline, subscription=self.path, ack_ids=ack_ids,
+                                 ack_deadline_seconds=0, path=self.path)
+
+    async def _ensure_subscription(self, client: Any) -> None:
+        cs = self.cfg.create_subscription
+        assert cs is not None
+        inst = self.instance
+        admin = await inst.admin()
+        topic = inst.topic_path(cs.topic)
+        request: dict[str, Any] = {"name": self.path, "topic": topic, "ack_deadline_seconds": int(cs.ack_deadline),
+                                   "enable_message_ordering": cs.enable_message_ordering}
+        if cs.dead_letter_topic:
+            request["dead_letter_policy"] = {"dead_letter_topic": inst.topic_path(cs.dead_letter_topic),
+                                             "max_delivery_attempts": cs.max_delivery_attempts or 5}
+
+        def create(timeout: float) -> None:
+            for name in [topic, *([inst.topic_path(cs.dead_letter_topic)] if cs.dead_letter_topic else [])]:
+                with contextlib.suppress(gexc.AlreadyExists):
+                    admin.create_topic(name=name, timeout=timeout)
+            try:
+                client.create_subscription(request=request, timeout=timeout)
+                log.info("%s: created subscription %s on %s", inst.name, self.path, topic)
+            except gexc.AlreadyExists:
+                pass
+
+        await inst.call(create, path=self.path)
+
+    async def stop_intake(self) -> None:
+        """Stop pulling; messages already emitted still settle (by unary calls, see the module doc)."""
+        self._stopping = True
+        for stream in list(self._streams):
+            # Give back what was handed over but not emitted while the dispatcher still runs.
+            while not stream.queue.empty():
+                item = stream.queue.get_nowait()
+                if item is _END:
+                    stream.queue.put_nowait(_END)
+                    break
+                item.nack()
+            if stream.future is not None:
+                stream.future.cancel()
+
+
+def _safe_name(name: str | None) -> str | None:
+    """A producer's ``name`` attribute, only when it is a plain file name."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or any(ord(c) < 32 for c in name):
+        return None
+    return name[:255]
