@@ -5,7 +5,6 @@ runtime modules, when a config uses them.
 """
 
 import conveyor.brokers.pubsub_config
-import conveyor.brokers.pubsub_config
 import conveyor.brokers.rabbitmq_config
 import conveyor.transfer.ftp_config
 import conveyor.transfer.local_config
