@@ -145,6 +145,7 @@ def start_pyftpd(
         dtp = type("CutDTP", (_CutDTP, TLS_DTPHandler if tls != "none" else DTPHandler),
                    {"cut_after": cut_after, "cuts_left": [1]})
         attrs["dtp_handler"] = dtp
+        attrs["use_sendfile"] = False  # sendfile() would bypass the cutting send()
     handler = type("TestHandler", (base,), attrs)
     server = FTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())  # own loop: one server per thread
     port = server.address[1]

@@ -1,0 +1,120 @@
+"""Unit tests of the FTP listing/reply parsers and the ftp config model (no server needed)."""
+
+from __future__ import annotations
+
+import calendar
+
+import pytest
+from pydantic import ValidationError
+
+from conveyor.transfer.ftp_config import FtpConfig
+from conveyor.transfer.ftp_listing import (
+    parse_epsv,
+    parse_list_line,
+    parse_mlsd_line,
+    parse_mlsx_time,
+    parse_pasv,
+)
+
+NOW = calendar.timegm((2026, 11, 27, 1, 0, 0, 0, 0, 0))  # 2026-11-27 01:00 UTC
+
+
+def ts(*parts: int) -> float:
+    return float(calendar.timegm((*parts, 0, 0, 0)[:9]))
+
+
+@pytest.mark.parametrize(("line", "name", "kind", "size", "mtime"), [
+    ("-rw-r--r--    1 1000     1000        18234 Nov 26 22:39 ORD_1001.csv",
+     "ORD_1001.csv", "file", 18234, ts(2026, 11, 26, 22, 39, 0)),
+    ("-rw-r--r-- 1 owner group 5 Nov 26 22:39 name with  two spaces.txt",
+     "name with  two spaces.txt", "file", 5, ts(2026, 11, 26, 22, 39, 0)),
+    # year-less date later in the year than now: last year
+    ("-rw-r--r--   1 ftp ftp   77 Dec 24 10:00 xmas.csv", "xmas.csv", "file", 77, ts(2025, 12, 24, 10, 0, 0)),
+    # explicit year
+    ("-rw-r--r--   1 ftp ftp   12 Mar  3  2024 old.csv", "old.csv", "file", 12, ts(2024, 3, 3, 0, 0, 0)),
+    ("drwxr-xr-x    2 1000     1000         4096 Nov 20 09:00 sub dir", "sub dir", "dir", 4096,
+     ts(2026, 11, 20, 9, 0, 0)),
+    ("lrwxrwxrwx    1 0        0              11 Nov 20 09:00 link name -> target.csv", "link name", "link", 11,
+     ts(2026, 11, 20, 9, 0, 0)),
+    # no group column (some embedded servers), ACL marker
+    ("-rw-r--r--+ 1 user 3 Nov 26 22:39 acl.txt", "acl.txt", "file", 3, ts(2026, 11, 26, 22, 39, 0)),
+    # Windows / IIS
+    ("11-26-26  10:39PM                18234 ORD 1001.csv", "ORD 1001.csv", "file", 18234,
+     ts(2026, 11, 26, 22, 39, 0)),
+    ("01-02-2026  12:05AM       <DIR>          archive", "archive", "dir", -1, ts(2026, 1, 2, 0, 5, 0)),
+    ("11-26-2026  09:15                    10 noampm.txt", "noampm.txt", "file", 10, ts(2026, 11, 26, 9, 15, 0)),
+])
+def test_list_lines(line: str, name: str, kind: str, size: int, mtime: float) -> None:
+    e = parse_list_line(line, now=NOW)
+    assert e is not None
+    assert (e.name, e.kind, e.size, e.mtime) == (name, kind, size, mtime)
+
+
+@pytest.mark.parametrize("line", ["total 12", "", "drwxr-xr-x 2 a b 4096 Nov 20 09:00 .",
+                                  "drwxr-xr-x 2 a b 4096 Nov 20 09:00 ..", "garbage line"])
+def test_list_lines_skipped(line: str) -> None:
+    assert parse_list_line(line, now=NOW) is None
+
+
+def test_yearless_feb_29_resolves_to_a_leap_year() -> None:
+    e = parse_list_line("-rw-r--r-- 1 a b 1 Feb 29 12:00 leap", now=ts(2029, 1, 10, 0, 0, 0))
+    assert e is not None and e.mtime == ts(2028, 2, 29, 12, 0, 0)
+
+
+def test_mlsd() -> None:
+    e = parse_mlsd_line("type=file;size=18234;modify=20261126223951.123;UNIX.mode=0644; ORD 1001.csv")
+    assert e is not None and (e.name, e.kind, e.size) == ("ORD 1001.csv", "file", 18234)
+    assert e.mtime == pytest.approx(ts(2026, 11, 26, 22, 39, 51) + 0.123)
+    assert parse_mlsd_line("type=cdir;modify=20261126223951; .") is None
+    assert parse_mlsd_line("type=pdir;modify=20261126223951; ..") is None
+    d = parse_mlsd_line("Type=dir;Modify=20261126223951; sub")
+    assert d is not None and d.kind == "dir"
+    link = parse_mlsd_line("type=OS.unix=slink:/x;size=3; l")
+    assert link is not None and link.kind == "link"
+    assert parse_mlsx_time("20261126223951") == ts(2026, 11, 26, 22, 39, 51)
+
+
+def test_pasv_and_epsv() -> None:
+    assert parse_pasv("227 Entering Passive Mode (10,255,255,1,195,80).") == ("10.255.255.1", 50000)
+    assert parse_pasv("Entering Passive Mode 127,0,0,1,4,1") == ("127.0.0.1", 1025)
+    assert parse_epsv("Entering Extended Passive Mode (|||6446|)") == 6446
+    with pytest.raises(ValueError):
+        parse_pasv("227 nonsense")
+    with pytest.raises(ValueError):
+        parse_pasv("227 (300,1,1,1,1,1)")
+
+
+def cfg(**kw: object) -> FtpConfig:
+    return FtpConfig.model_validate({"type": "ftp", "host": "ftp.example", **kw})
+
+
+def test_config_defaults_and_ports() -> None:
+    c = cfg()
+    assert (c.effective_port, c.username, c.tls, c.passive, c.ignore_passive_address) == (21, "anonymous", "none",
+                                                                                          True, False)
+    assert cfg(tls="implicit").effective_port == 990
+    assert cfg(tls="implicit", port=2990).effective_port == 2990
+    assert cfg(ssl=True).tls == "explicit"
+    assert cfg(ssl=False).tls == "none"
+    assert cfg(username="acme", password="pw", tls="explicit").describe() == "ftps-explicit://acme@ftp.example:21"
+    assert "pw" not in repr(cfg(password="pw"))
+
+
+def test_config_fingerprints() -> None:
+    hexfp = "ab" * 32
+    assert cfg(tls="explicit", tls_fingerprint=":".join(["AB"] * 32)).tls_fingerprint == hexfp
+    assert cfg(tls="explicit", tls_fingerprint="SHA256:" + hexfp.upper()).tls_fingerprint == hexfp
+    with pytest.raises(ValidationError, match="64 hex digits"):
+        cfg(tls="explicit", tls_fingerprint="abcd")
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"ca_file": "/tmp/ca.pem"}, "tls is none"),
+    ({"tls": "explicit", "ca_file": "/tmp/ca.pem", "tls_fingerprint": "ab" * 32}, "not both"),
+    ({"ssl": True, "tls": "explicit"}, "not both"),
+    ({"timeout": 10}, "unit"),
+    ({"tls": "sometimes"}, "tls"),
+])
+def test_config_errors(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        cfg(**kw)
