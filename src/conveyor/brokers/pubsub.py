@@ -54,7 +54,7 @@ class PubsubInstance:
         ctx.status.add_instance(name, "pubsub", config.describe())
 
     # -- clients ---------------------------------------------------------------------------------------
-    async def _connect(self) -> None:
+    async def connect(self) -> None:
         """Build (and for OAuth / service accounts, refresh) the credentials once."""
         async with self._lock:
             if self._ready:
@@ -84,21 +84,21 @@ class PubsubInstance:
 
     async def subscriber(self) -> Any:
         """The SubscriberClient shared by this instance's sources."""
-        await self._connect()
+        await self.connect()
         if self._subscriber is None:
             self._subscriber = pubsub_v1.SubscriberClient(**self.client_kwargs("subscriber"))
         return self._subscriber
 
     async def admin(self) -> Any:
         """A PublisherClient for topic administration (check, create_subscription)."""
-        await self._connect()
+        await self.connect()
         if self._admin is None:
             self._admin = pubsub_v1.PublisherClient(**self.client_kwargs("publisher"))
         return self._admin
 
     async def publisher(self, cfg: PubsubTargetConfig) -> Any:
         """A new PublisherClient with the target's batching (and ordering when it sets ordering_key)."""
-        await self._connect()
+        await self.connect()
         b = cfg.batch
         client = pubsub_v1.PublisherClient(
             batch_settings=pubsub_v1.types.BatchSettings(
