@@ -39,6 +39,8 @@ class _Collector:
     def pydantic(self, err: ValidationError, prefix: tuple[Any, ...], context: str = "") -> None:
         for e in err.errors():
             loc = _clean_loc(prefix, tuple(e["loc"]))
+            if e["type"] == "union_tag_invalid":
+                loc = (*loc, "type")
             self.add(loc, _message(e, context))
 
 
@@ -149,10 +151,10 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
         return None
     source = _resolve_source(flow.source, instances, col, (*base, "source"))
     target, kind = _resolve_target(flow.target, instances, col, (*base, "target"))
-    if source is None or target is None or kind is None:
-        return None
     if isinstance(source, FileSourceConfig):
         _check_moves(source, col, (*base, "source"))
+    if source is None or target is None or kind is None:
+        return None
     return Flow(name, source, target, kind, flow.retry, flow.max_in_flight, flow.enabled)
 
 

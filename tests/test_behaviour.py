@@ -1,0 +1,207 @@
+"""The shared behaviour suite: written once, run over every connector on real servers.
+
+File backends: every file delivered exactly once, after actions, min_age, kill -9 mid-delivery,
+hostile names. Message backends: every message delivered once and acked, kill -9 mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import FILE_BACKENDS, MESSAGE_BACKENDS
+from tests.harness import DaemonProcess, bodies, running, sidecars, wait_for, write_config
+
+
+@pytest.fixture(params=FILE_BACKENDS)
+def fb(request: pytest.FixtureRequest) -> Any:
+    """Each file backend in turn."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(params=MESSAGE_BACKENDS or [pytest.param(None, marks=pytest.mark.skip(reason="none registered"))])
+def mb(request: pytest.FixtureRequest) -> Any:
+    """Each message backend in turn."""
+    return request.getfixturevalue(request.param)
+
+
+def file_flow(out: Path, **source: Any) -> dict[str, Any]:
+    src = {"instance": "remote", "path": "in", "poll_interval": "200ms", "min_age": "0s", "after": "delete"}
+    src.update(source)
+    return {"source": src, "target": {"type": "directory", "path": str(out)}, "retry": {"attempts": 3,
+            "backoff": "100ms", "max_backoff": "1s"}}
+
+
+def expected(files: dict[str, bytes]) -> set[str]:
+    return {hashlib.sha256(v).hexdigest() for v in files.values()}
+
+
+async def test_every_file_delivered_once(fb: Any, tmp_path: Path) -> None:
+    files = {f"in/f{i:03}.csv": os.urandom(random.randint(0, 5000)) for i in range(30)}
+    files["in/sub/not-recursive.csv"] = b"stays"
+    for p, data in files.items():
+        fb.put(p, data)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, {"remote": fb.instance_config()}, {"f": file_flow(out, pattern="*.csv")})
+    async with running(cfg):
+        await wait_for(lambda: len(bodies(out)) == 30, 60)
+        await wait_for(lambda: fb.names("in") == [], 20)
+    got = bodies(out)
+    assert len(got) == 30
+    want = {k: v for k, v in files.items() if "/sub/" not in k}
+    assert {hashlib.sha256(v).hexdigest() for v in got.values()} == expected(want)
+    metas = sidecars(out)
+    assert len(metas) == 30 and len({m["id"] for m in metas}) == 30
+    by_name = {m["name"]: m for m in metas}
+    assert by_name["f000.csv"]["sha256"] == hashlib.sha256(files["in/f000.csv"]).hexdigest()
+    assert by_name["f000.csv"]["file"]["path"] == "in/f000.csv"
+    assert by_name["f000.csv"]["source"]["instance"] == "remote"
+    assert fb.exists("in/sub/not-recursive.csv")
+
+
+async def test_after_keep_is_remembered_and_move_creates_folder(fb: Any, tmp_path: Path) -> None:
+    fb.put("in/a.txt", b"a" * 100)
+    fb.put("in/b.txt", b"b" * 200)
+    fb.put("mv/c.txt", b"c")
+    out_keep, out_move = tmp_path / "keep", tmp_path / "move"
+    flows = {
+        "keep": file_flow(out_keep, after="keep"),
+        "move": file_flow(out_move, path="mv", after={"move": "done/today"}),
+    }
+    cfg = write_config(tmp_path, {"remote": fb.instance_config()}, flows)
+    async with running(cfg):
+        await wait_for(lambda: len(bodies(out_keep)) == 2 and len(bodies(out_move)) == 1, 60)
+        await wait_for(lambda: fb.exists("done/today/c.txt"), 20)
+        await asyncio.sleep(1.0)  # several more polls: kept files are not taken again
+    assert fb.names("in") == ["a.txt", "b.txt"]
+    assert fb.names("mv") == []
+    # A restart remembers what `keep` already took.
+    async with running(cfg):
+        await asyncio.sleep(1.0)
+    assert len(sidecars(out_keep)) == 2
+    # A changed file is a new file.
+    fb.put("in/a.txt", b"changed", mtime=time.time() + 5)
+    async with running(cfg):
+        await wait_for(lambda: len(sidecars(out_keep)) == 3, 30)
+
+
+async def test_min_age_holds_back_a_growing_file(fb: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, {"remote": fb.instance_config()},
+                       {"f": file_flow(out, min_age="1500ms", poll_interval="200ms")})
+    data = b""
+    fb.put("in/growing.bin", data)
+    async with running(cfg):
+        for i in range(12):  # grows for ~3 s, longer than min_age
+            data += os.urandom(1000)
+            # Keep the same mtime: copies keep old mtimes, so only the size may change.
+            fb.put("in/growing.bin", data, mtime=1_000_000_000)
+            await asyncio.sleep(0.25)
+            assert bodies(out) == {}, f"taken while still growing (step {i})"
+        got = await wait_for(lambda: bodies(out), 30)
+    assert list(got.values()) == [data]
+
+
+async def test_hostile_names_never_escape(fb: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    hostile = ["line\nbreak.txt", "tab\there.txt", "esc\x1b[31m.txt", "-rf", "..dots..", " spaced name .txt"]
+    placed = []
+    for name in hostile:
+        try:
+            fb.put(f"in/{name}", name.encode())
+            placed.append(name)
+        except (OSError, ValueError):
+            pass  # the server's file system refuses it: fine
+    fb.put("in/normal.txt", b"ok")
+    cfg = write_config(tmp_path, {"remote": fb.instance_config()},
+                       {"f": {**file_flow(out, after="keep"), "target": {"type": "directory", "path": str(out),
+                                                                           "filename": "{name}"}}})
+    async with running(cfg):
+        await wait_for(lambda: "normal.txt" in bodies(out), 30)
+        await asyncio.sleep(1.0)
+    written = set(bodies(out))
+    for name in written:
+        assert "/" not in name and "\n" not in name and "\x1b" not in name
+    # Control characters are refused at intake; the rest arrive under their own name.
+    assert {"-rf", "..dots..", "normal.txt"} <= written | {n for n in placed if n not in ("-rf", "..dots..")}
+    assert not any(p.name.startswith("line") for p in tmp_path.rglob("*") if p.parent != tmp_path / "remote" / "in")
+    outside = [p for p in tmp_path.iterdir() if p.name not in ("out", "remote", "spool", "conveyor.yaml")
+               and not p.name.startswith(("state.db", "daemon-"))]
+    assert outside == [] or all(p.name in ("sshd", "ftp") for p in outside)
+
+
+@pytest.mark.fault
+async def test_kill9_mid_delivery_loses_and_duplicates_nothing(fb: Any, tmp_path: Path) -> None:
+    files = {f"in/k{i:03}.bin": os.urandom(20_000 + i) for i in range(60)}
+    for p, data in files.items():
+        fb.put(p, data)
+    out = tmp_path / "out"
+    flow = file_flow(out)
+    flow["max_in_flight"] = 4
+    cfg = write_config(tmp_path, {"remote": fb.instance_config()}, {"f": flow})
+    for _ in range(3):
+        d = DaemonProcess(cfg).start()
+        # Kill at a random point once deliveries are under way.
+        deadline = time.monotonic() + 30
+        while len(bodies(out)) < random.randint(3, 25) and time.monotonic() < deadline and d.proc.poll() is None:
+            await asyncio.sleep(0.01)
+        d.kill9()
+        if len(bodies(out)) == len(files):
+            break
+    d = DaemonProcess(cfg).start()
+    try:
+        await wait_for(lambda: len(bodies(out)) == len(files) and fb.names("in") == [], 90)
+    finally:
+        assert d.stop() == 0
+    got = bodies(out)
+    assert len(got) == len(files)
+    assert {hashlib.sha256(v).hexdigest() for v in got.values()} == expected(files)
+    assert len(sidecars(out)) == len(files)
+    assert not list((tmp_path / "spool").glob("*.spool"))
+
+
+async def test_every_message_delivered_once(mb: Any, tmp_path: Path) -> None:
+    msgs = [os.urandom(50) + str(i).encode() for i in range(50)]
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, {"broker": mb.instance_config()},
+                       {"m": {"source": {"instance": "broker", **mb.source_config()},
+                              "target": {"type": "directory", "path": str(out)}}})
+    async with running(cfg):
+        await mb.publish(msgs)
+        await wait_for(lambda: len(bodies(out)) == len(msgs), 60)
+        await wait_for(lambda: _pending_zero(mb), 30)
+    assert {hashlib.sha256(v).hexdigest() for v in bodies(out).values()} == {hashlib.sha256(m).hexdigest()
+                                                                            for m in msgs}
+
+
+async def _pending_zero(mb: Any) -> bool:
+    return bool(await mb.pending() == 0)
+
+
+@pytest.mark.fault
+async def test_kill9_mid_stream_loses_and_duplicates_nothing(mb: Any, tmp_path: Path) -> None:
+    msgs = [os.urandom(100) + str(i).encode() for i in range(200)]
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, {"broker": mb.instance_config()},
+                       {"m": {"source": {"instance": "broker", **mb.source_config()},
+                              "target": {"type": "directory", "path": str(out)}}})
+    await mb.publish(msgs)
+    d = DaemonProcess(cfg).start()
+    deadline = time.monotonic() + 60
+    while len(bodies(out)) < random.randint(10, 100) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    d.kill9()
+    d = DaemonProcess(cfg).start()
+    try:
+        await wait_for(lambda: len(bodies(out)) == len(msgs), 120)
+        await wait_for(lambda: _pending_zero(mb), 60)
+    finally:
+        assert d.stop() == 0
+    assert len(sidecars(out)) == len(msgs)
