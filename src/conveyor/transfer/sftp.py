@@ -35,6 +35,14 @@ WINDOW = 32
 T = TypeVar("T")
 
 
+class _Unlistable(Exception):
+    """The server refused to list a path (it may be a file, or listing is forbidden)."""
+
+    def __init__(self, error: ConveyorError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class SftpInstance:
     """A live sftp instance: pooled sessions plus the FileSystem operations."""
 
@@ -119,7 +127,7 @@ class SftpInstance:
         """Regular files under ``path``, streamed from readdir. When the server refuses to list
         ``path`` but it is a file (servers with "private visibility"), yield just that file."""
         folders = deque([self._abs(path)])
-        first, yielded = True, False
+        first = True
         while folders:
             folder = folders.popleft()
             try:
@@ -128,19 +136,17 @@ class SftpInstance:
                         if recursive:
                             folders.append(sub)
                     elif f is not None:
-                        yielded = True
                         yield f
-            except ConveyorError:
-                if not first or yielded:
-                    raise
-                one = await self.stat(path)  # not a folder, or listing forbidden: maybe one exact file
+            except _Unlistable as e:
+                one = await self.stat(path) if first else None  # maybe one exact file
                 if one is None:
-                    raise
+                    raise e.error from None
                 yield one
             first = False
 
     async def _scan(self, folder: str) -> AsyncIterator[tuple[RemoteFile | None, str | None]]:
         rel = self._rel(folder)
+        started = False
         try:
             async with self.pool.session() as s:
                 it = s.sftp.scandir(folder).__aiter__()
@@ -150,6 +156,7 @@ class SftpInstance:
                             entry = await it.__anext__()
                         except StopAsyncIteration:
                             return
+                    started = True
                     name = entry.filename
                     if name in (".", ".."):
                         continue
@@ -166,6 +173,11 @@ class SftpInstance:
                         yield None, full
                     elif attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
                         yield RemoteFile(self._rel(full), attrs.size or 0, float(attrs.mtime or 0)), None
+        except asyncssh.SFTPError as e:
+            if not started and not isinstance(e, asyncssh.SFTPConnectionLost):
+                # The server answered but will not list this: not a folder, or listing forbidden.
+                raise _Unlistable(self._map(e, rel)) from None
+            raise self._map(e, rel) from None
         except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
             raise self._map(e, rel) from None
 

@@ -241,6 +241,9 @@ class SftpPool:
     async def _families(self) -> list[str | None]:
         try:
             fams: list[str | None] = list(await server_key_families(self.cfg.host, self.cfg.port, self.cfg.timeout))
+        except TimeoutError:
+            raise Transient(f"{self.cfg.host}:{self.cfg.port} did not answer within {self.cfg.timeout:g}s",
+                            instance=self.name) from None
         except (OSError, asyncio.IncompleteReadError) as e:
             raise Transient(f"cannot reach {self.cfg.host}:{self.cfg.port}: {e or type(e).__name__}",
                             instance=self.name) from None
@@ -280,6 +283,9 @@ class SftpPool:
             raise Transient(f"{cfg.host}:{cfg.port} closed the connection: {e.reason}", instance=self.name) from None
         except ConnectionResetError:
             raise
+        except TimeoutError:
+            raise Transient(f"{cfg.host}:{cfg.port} did not complete the SSH handshake within {cfg.timeout:g}s",
+                            instance=self.name) from None
         except OSError as e:
             raise Transient(f"cannot connect to {cfg.host}:{cfg.port}: {e.strerror or e}", instance=self.name) from None
         self.handshakes += 1

@@ -1,0 +1,164 @@
+"""The sftp connector under faults: connections cut mid-download, stalls, restarts, a 1 GiB file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.errors import Transient
+from conveyor.payload import Spool, SpoolWriter
+from conveyor.status import StatusBoard
+from conveyor.transfer.sftp import SftpInstance
+from conveyor.transfer.sftp_config import SftpConfig
+from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
+from tests.backends.sftp import SftpBackend
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.fault
+
+
+@pytest.fixture(params=["asyncssh", "openssh"])
+def backend(request: pytest.FixtureRequest) -> SftpBackend:
+    """Each test runs against both servers."""
+    b: SftpBackend = request.getfixturevalue(f"sftp_{request.param}_backend")
+    return b
+
+
+def make(backend: SftpBackend, **over: Any) -> tuple[SftpInstance, StatusBoard]:
+    from conveyor.interfaces import Context
+
+    cfg = SftpConfig.model_validate(backend.instance_config(**over))
+    board = StatusBoard()
+    board.add_instance("partner", "sftp", cfg.describe())
+    return SftpInstance("partner", cfg, Context(spool=Spool(Path("/nonexistent")), status=board)), board
+
+
+def pattern_file(backend: SftpBackend, path: str, size: int) -> str:
+    """Write a file of ``size`` bytes (a random 1 MiB block repeated); return its sha256."""
+    block = os.urandom(1 << 20)
+    h = hashlib.sha256()
+    backend.put(path, b"")
+    with open(backend.folder / path, "wb") as f:
+        left = size
+        while left:
+            piece = block[: min(left, len(block))]
+            f.write(piece)
+            h.update(piece)
+            left -= len(piece)
+    return h.hexdigest()
+
+
+async def test_cut_mid_download_resumes(backend: SftpBackend, tmp_path: Path) -> None:
+    size = 24 * 1024 * 1024
+    digest = pattern_file(backend, "big.bin", size)
+    async with TcpProxy("127.0.0.1", backend.port) as proxy:
+        inst, board = make(backend, port=proxy.port)
+        try:
+            f = await inst.stat("big.bin")
+            assert f is not None
+            spool = Spool(tmp_path / "spool", threshold=1 << 20)
+            spool.prepare()
+            w: SpoolWriter = spool.writer()
+            proxy.cut_after(6 * 1024 * 1024)
+            with pytest.raises(Transient):
+                await inst.download(f, w)
+            assert 0 < w.size < size, "some bytes arrived before the cut"
+            resumed_at = w.size
+            await inst.download(f, w)  # the supervisor's retry: resumes at w.size on a new connection
+            body = w.finish()
+            assert body.size == size and await body.digest() == digest
+            assert proxy.connections >= 3  # probe, first session, the reconnect
+            assert resumed_at % 1024 == 0 or resumed_at > 0
+            body.release()
+        finally:
+            await inst.close()
+    assert board.instances["partner"].state == "up"
+
+
+async def test_stall_times_out(sftp_asyncssh_backend: SftpBackend, tmp_path: Path) -> None:
+    b = sftp_asyncssh_backend
+    b.put("in/a.csv", b"a")
+    async with TcpProxy("127.0.0.1", b.port) as proxy:
+        inst, _ = make(b, port=proxy.port, timeout="1s")
+        try:
+            assert [x.path async for x in inst.list("in", False)] == ["in/a.csv"]
+            proxy.pause()
+            t0 = time.monotonic()
+            with pytest.raises(Transient, match="no answer within 1s"):
+                [x async for x in inst.list("in", False)]
+            assert time.monotonic() - t0 < 3
+            proxy.resume()
+            proxy.cut()
+            # the stalled session was dropped: the next poll reconnects and works
+            assert [x.path async for x in inst.list("in", False)] == ["in/a.csv"]
+            assert inst.pool.handshakes == 2
+        finally:
+            await inst.close()
+
+
+async def test_server_restart_between_polls(sftp_asyncssh_backend: SftpBackend, tmp_path: Path) -> None:
+    """The server drops every connection (a restart): one poll fails Transient, the next reconnects."""
+    b = sftp_asyncssh_backend
+    b.put("in/a.csv", b"a")
+    inst, board = make(b)
+    try:
+        assert len([x async for x in inst.list("in", False)]) == 1
+        b.server.drop_all()  # type: ignore[union-attr]
+        ok = False
+        for _ in range(2):
+            try:
+                assert len([x async for x in inst.list("in", False)]) == 1
+                ok = True
+                break
+            except Transient:
+                continue
+        assert ok
+        assert board.instances["partner"].state == "up"
+    finally:
+        await inst.close()
+
+
+async def test_refused_connection_then_recovery(sftp_asyncssh_backend: SftpBackend) -> None:
+    b = sftp_asyncssh_backend
+    async with TcpProxy("127.0.0.1", b.port) as proxy:
+        proxy.refuse = True
+        inst, board = make(b, port=proxy.port, max_connection_attempts=2)
+        try:
+            with pytest.raises(Transient):
+                await inst.check()
+            assert board.instances["partner"].state == "down"
+            proxy.refuse = False
+            await inst.check()
+            assert board.instances["partner"].state == "up"
+        finally:
+            await inst.close()
+
+
+@pytest.mark.slow
+async def test_one_gib_download(sftp_openssh_backend: SftpBackend, tmp_path: Path) -> None:
+    b = sftp_openssh_backend
+    size = 1 << 30
+    digest = pattern_file(b, "huge.bin", size)
+    inst, _ = make(b)
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    try:
+        f = await inst.stat("huge.bin")
+        assert f is not None and f.size == size
+        w = spool.writer()
+        t0 = time.monotonic()
+        await inst.download(f, w)
+        took = time.monotonic() - t0
+        body = w.finish()
+        assert body.size == size and await body.digest() == digest
+        body.release()
+    finally:
+        await inst.close()
+        (b.folder / "huge.bin").unlink()
+    print(f"1 GiB download: {took:.1f}s, {size / took / 2**20:.0f} MiB/s")
+    assert took < 30
