@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ from tests.servers.rabbitmq import (
     drain,
     make_instance,
     publish,
-    rabbit_vhost,  # noqa: F401  (fixture)
+    rabbit_vhost_fixture,  # noqa: F401  (the rabbit_vhost fixture)
     ready_count,
 )
 
@@ -66,10 +67,8 @@ async def run_until(source: Any, col: Collector, seconds: float = 10.0) -> async
 
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
 
 
 async def ack(i: Inbound) -> None:

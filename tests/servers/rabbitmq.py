@@ -118,8 +118,8 @@ def delete_vhost(v: Vhost) -> None:
         _ctl("delete_vhost", v.name)
 
 
-@pytest.fixture(scope="module")
-def rabbit_vhost() -> Iterator[Vhost]:
+@pytest.fixture(scope="module", name="rabbit_vhost")
+def rabbit_vhost_fixture() -> Iterator[Vhost]:
     """A fresh vhost on the real broker for one test module."""
     v = create_vhost()
     try:

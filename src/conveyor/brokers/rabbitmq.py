@@ -82,6 +82,12 @@ def map_error(e: BaseException, *, instance: str, address: str, path: str | None
     return Transient(f"unexpected error talking to {address}: {e!r}", instance=instance, path=path)
 
 
+def _alive(conn: AbstractConnection) -> bool:
+    # aio-pika's plain Connection.is_closed only turns true on close(); a dropped socket shows in aiormq's.
+    t = conn.transport
+    return t is not None and not t.connection.is_closed and not conn.is_closed
+
+
 class RabbitInstance:
     """A live ``rabbitmq`` instance: lazily connects, shares one connection, makes sources and targets."""
 
@@ -123,11 +129,11 @@ class RabbitInstance:
     async def connection(self) -> AbstractConnection:
         """The shared connection, connecting first if there is none (or it was lost)."""
         conn = self._conn
-        if conn is not None and not conn.is_closed:
+        if conn is not None and _alive(conn):
             return conn
         async with self._lock:
             conn = self._conn
-            if conn is not None and not conn.is_closed:
+            if conn is not None and _alive(conn):
                 return conn
             if self._closing:
                 raise Transient("instance is shutting down", instance=self.name)
@@ -170,6 +176,7 @@ class RabbitInstance:
     def _on_close(self, conn: Any, exc: BaseException | None) -> None:
         if conn is not self._conn or self._closing:
             return
+        self._conn = None
         why = f"connection lost: {exc!r}" if exc is not None else "connection closed"
         log.warning("%s: %s", self.address, why)
         self.ctx.status.instance_state(self.name, "down", why)
