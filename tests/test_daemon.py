@@ -1,0 +1,172 @@
+"""The daemon's life cycle: SIGHUP reload, SIGTERM drain, backpressure, the spool."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conveyor.config import load_config
+from conveyor.daemon import Daemon
+from conveyor.payload import Payload
+from tests.harness import DaemonProcess, bodies, running, wait_for, write_config
+
+
+def local_flow(src: str, out: Path, **over: Any) -> dict[str, Any]:
+    flow: dict[str, Any] = {
+        "source": {"instance": "disk", "path": src, "poll_interval": "100ms", "min_age": "0s", "after": "delete"},
+        "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+    }
+    flow.update(over)
+    return flow
+
+
+def started(d: DaemonProcess, flow: str) -> int:
+    return sum(1 for r in d.logs() if r.get("msg") == "flow started" and r.get("flow") == flow)
+
+
+async def test_sighup_reload_keeps_untouched_flows_running(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    for d in ("a", "b", "c"):
+        (disk / d).mkdir(parents=True)
+    inst = {"disk": {"type": "local", "root": str(disk)}}
+    flows = {"keep": local_flow("a", tmp_path / "out-a"), "change": local_flow("b", tmp_path / "out-b"),
+             "remove": local_flow("c", tmp_path / "out-c")}
+    cfg = write_config(tmp_path, inst, flows)
+    d = DaemonProcess(cfg).start()
+    try:
+        await wait_for(lambda: all(started(d, f) == 1 for f in flows), 20)
+        (disk / "a" / "1").write_bytes(b"1")
+        await wait_for(lambda: "1" in bodies(tmp_path / "out-a"), 20)
+        # An invalid config is refused and everything keeps running.
+        good = cfg.read_text()
+        cfg.write_text(good + "\nbogus: true\n")
+        d.signal(signal.SIGHUP)
+        await wait_for(lambda: any("reload refused" in r.get("msg", "") for r in d.logs()), 20)
+        assert "bogus" in d.text() and "unknown key" in d.text()
+        # A real change: flow 'change' gets a new target, 'remove' goes, 'added' arrives.
+        doc = yaml.safe_load(good)
+        doc["flows"]["change"]["target"]["path"] = str(tmp_path / "out-b2")
+        del doc["flows"]["remove"]
+        (disk / "d").mkdir()
+        doc["flows"]["added"] = local_flow("d", tmp_path / "out-d")
+        cfg.write_text(yaml.safe_dump(doc))
+        d.signal(signal.SIGHUP)
+        await wait_for(lambda: started(d, "added") == 1 and started(d, "change") == 2, 20)
+        (disk / "a" / "2").write_bytes(b"2")
+        (disk / "b" / "3").write_bytes(b"3")
+        (disk / "c" / "4").write_bytes(b"4")
+        (disk / "d" / "5").write_bytes(b"5")
+        await wait_for(lambda: "2" in bodies(tmp_path / "out-a") and "3" in bodies(tmp_path / "out-b2")
+                       and "5" in bodies(tmp_path / "out-d"), 20)
+        await asyncio.sleep(0.5)
+        assert started(d, "keep") == 1, "the untouched flow was restarted"
+        assert (disk / "c" / "4").exists(), "the removed flow is still running"
+    finally:
+        assert d.stop() == 0
+
+
+class SlowTarget:
+    """A target that takes its time, to hold deliveries in flight."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.active = 0
+        self.peak = 0
+        self.done: list[str] = []
+
+    async def deliver(self, payload: Payload) -> None:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await asyncio.sleep(self.delay)
+            self.done.append(payload.id)
+        finally:
+            self.active -= 1
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_backpressure_bounds_in_flight_and_drain_finishes_them(tmp_path: Path, monkeypatch: Any) -> None:
+    disk = tmp_path / "disk" / "in"
+    disk.mkdir(parents=True)
+    for i in range(40):
+        (disk / f"f{i}").write_bytes(b"x" * 10)
+    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}},
+                       {"slow": local_flow("in", tmp_path / "out", max_in_flight=3)})
+    slow = SlowTarget(0.3)
+    monkeypatch.setattr(Daemon, "_target", lambda self, flow: slow)
+    async with running(cfg) as daemon:
+        await wait_for(lambda: len(slow.done) >= 4, 20)
+        assert daemon.status.flows["slow"].in_flight <= 3
+    # The drain let the three in flight finish; their files are gone, the rest wait.
+    assert slow.peak == 3
+    left = len(list(disk.iterdir()))
+    assert left == 40 - len(slow.done)
+
+
+async def test_drain_deadline_releases_unfinished_deliveries(tmp_path: Path, monkeypatch: Any) -> None:
+    disk = tmp_path / "disk" / "in"
+    disk.mkdir(parents=True)
+    (disk / "f").write_bytes(b"x")
+    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}},
+                       {"slow": local_flow("in", tmp_path / "out")}, shutdown_timeout="500ms")
+    slow = SlowTarget(60)
+    monkeypatch.setattr(Daemon, "_target", lambda self, flow: slow)
+    async with running(cfg) as daemon:
+        await wait_for(lambda: slow.active == 1, 20)
+        store = daemon.store
+    assert (disk / "f").exists()
+    # After the deadline the item went back to pending: a restart delivers it.
+    cfg2 = load_config(cfg)
+    d2 = Daemon(cfg2)
+    await d2.store.open()
+    items = await d2.store.list("slow", None)
+    await d2.store.close()
+    assert [i.state for i in items] == ["pending"]
+    assert store is not None
+
+
+async def test_large_body_goes_through_the_spool(tmp_path: Path) -> None:
+    """A file bigger than the spool threshold is copied via disk, never held whole in memory."""
+    from conveyor.payload import Spool
+
+    spool = Spool(tmp_path / "spool", threshold=1024)
+    spool.prepare()
+    w = spool.writer()
+    data = os.urandom(10_000)
+    for i in range(0, len(data), 700):
+        w.write(data[i : i + 700])
+    body = w.finish()
+    assert not body.in_memory and body.path is not None and body.path.parent == tmp_path / "spool"
+    assert await body.digest() == hashlib.sha256(data).hexdigest()
+    assert b"".join([c async for c in body.chunks(999)]) == data
+    body.release()
+    assert not list((tmp_path / "spool").iterdir()) and spool.used == 0
+
+
+async def test_spool_limit_pauses_and_nothing_is_lost(tmp_path: Path) -> None:
+    from conveyor.errors import NoSpace
+    from conveyor.payload import Spool
+
+    spool = Spool(tmp_path / "spool", threshold=100, max_bytes=1000)
+    spool.prepare()
+    w = spool.writer()
+    w.write(b"x" * 900)
+    try:
+        w.write(b"x" * 200)
+        raise AssertionError("limit not enforced")
+    except NoSpace as e:
+        assert "spool limit" in str(e)
+    w.abort()
+    assert spool.used == 0
+    w2 = spool.writer()
+    w2.write(b"y" * 1000)
+    w2.finish().release()
+    assert spool.used == 0
