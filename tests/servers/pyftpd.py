@@ -119,7 +119,7 @@ def start_pyftpd(
     auth.add_user(USER, PASSWORD, str(root), perm="elradfmwMT")
     base: type[Any] = FTPHandler if tls == "none" else TLS_FTPHandler
     attrs: dict[str, Any] = {"authorizer": auth, "banner": "pyftpdlib test server", "passive_ports": None,
-                             "permit_foreign_addresses": False}
+                             "permit_foreign_addresses": False, "auth_failed_timeout": 0.1}
     cmds = dict(base.proto_cmds)
     if not mlsd:
         cmds.pop("MLSD", None)

@@ -84,16 +84,20 @@ class Vsftpd:
         os.chown(path, self.uid, self.gid)
 
     def session_pids(self) -> list[int]:
-        """vsftpd's per-session processes (children of the listener we started)."""
-        out = []
+        """vsftpd's per-session processes: every descendant of the listener we started."""
+        parents: dict[int, int] = {}
         for p in Path("/proc").iterdir():
             if p.name.isdigit():
                 try:
-                    fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
+                    parents[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
                     continue
-                if int(fields[1]) == self.proc.pid:
-                    out.append(int(p.name))
+        out: list[int] = []
+        frontier = {self.proc.pid}
+        while frontier:
+            children = {pid for pid, ppid in parents.items() if ppid in frontier}
+            out.extend(children)
+            frontier = children
         return out
 
     def stop(self) -> None:

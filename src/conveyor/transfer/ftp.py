@@ -59,8 +59,12 @@ class FtpInstance:
         self._made_dirs: set[str] = set()
 
     # -- errors and paths ----------------------------------------------------
-    def _map(self, e: BaseException, path: str) -> ConveyorError:
-        """One exception from the client, as conveyor's error tree (with instance and path)."""
+    def _map(self, e: BaseException, path: str, connecting: bool = False) -> ConveyorError:
+        """One exception from the client, as conveyor's error tree (with instance and path).
+
+        ``connecting``: raised while connecting and logging in, where a TLS failure means the
+        settings do not fit the server; later, a TLS error is a broken connection like any other.
+        """
         kw: dict[str, Any] = {"instance": self.name, "path": path or None}
         if isinstance(e, ConveyorError):
             e.instance = e.instance or self.name
@@ -88,6 +92,8 @@ class FtpInstance:
             return Permanent(describe_verify_error(e, self.config), **kw)
         if isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
             return Transient(f"TLS connection closed: {e.reason or e}", **kw)
+        if isinstance(e, ssl.SSLError) and not connecting:
+            return Transient(f"TLS connection failed: {e.reason or e}", **kw)
         if isinstance(e, ssl.SSLError):
             hint = " (is this an FTPS port? check tls: explicit or implicit)" if "WRONG_VERSION" in str(e) else ""
             return Permanent(f"TLS failed: {e.reason or e}{hint}", **kw)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -352,7 +353,14 @@ class FtpConnection:
                 assert isinstance(transport, asyncio.Transport)
                 tls_task = loop.create_task(
                     start_data_tls(transport, proto, self._tls, self.session, self.cfg.host, t))
-                transport = proto.transport = await tls_task
+                try:
+                    transport = proto.transport = await tls_task
+                except (OSError, ssl.SSLError) as e:
+                    # The server usually says why on the control channel (522 session reuse required).
+                    why = await self._reply_if_any(1.0)
+                    if why is not None and why.code >= 400:
+                        raise FtpReplyError(command.split(" ", 1)[0], why) from e
+                    raise
                 check_peer(transport.get_extra_info("ssl_object"), self.cfg, "")
             if send is not None:
                 await send(proto)
@@ -378,6 +386,14 @@ class FtpConnection:
                 proto.transport.abort()
             elif transport is not None:
                 transport.abort()
+
+    async def _reply_if_any(self, wait: float) -> Reply | None:
+        """A reply that arrives within ``wait`` seconds, or None."""
+        try:
+            async with asyncio.timeout(wait):
+                return await self._read_reply()
+        except (OSError, TimeoutError, ConnectionError):
+            return None
 
     async def _wait_done(self, proto: DataProtocol) -> None:
         """Wait for the end of a download; fail after ``timeout`` seconds without a byte."""

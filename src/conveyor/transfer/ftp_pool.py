@@ -24,7 +24,7 @@ class FtpPool:
     """At most ``max_connections`` logged-in connections; idle ones are kept for the next operation."""
 
     def __init__(self, name: str, cfg: FtpConfig, status: StatusBoard,
-                 map_error: Callable[[BaseException, str], ConveyorError]) -> None:
+                 map_error: Callable[[BaseException, str, bool], ConveyorError]) -> None:
         self.name = name
         self.cfg = cfg
         self._status = status
@@ -57,7 +57,7 @@ class FtpPool:
         except Exception as e:
             if conn is not None:
                 conn.abort()
-            err = self._map(e, "")
+            err = self._map(e, "", True)
             self._status.connect_attempt(self.name, False)
             self._status.instance_state(self.name, "down", err, permanent=isinstance(err, Permanent))
             raise err from None
@@ -108,13 +108,13 @@ class FtpPool:
                     log.debug("instance '%s': idle connection was closed by the server (%s); reconnecting",
                               self.name, e)
                     if fresh:
-                        raise self._map(ConnectionResetError(str(e)), path) from None
+                        raise self._map(ConnectionResetError(str(e)), path, False) from None
                     self._drop_idle()
                     fresh = True
                     continue
                 except Exception as e:
                     self._release(conn)
-                    raise self._map(e, path) from None
+                    raise self._map(e, path, False) from None
                 except BaseException:
                     conn.abort()
                     raise

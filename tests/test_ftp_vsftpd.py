@@ -1,0 +1,193 @@
+"""The ftp connector against Debian's vsftpd (started per test on loopback), FTPS with its default
+``require_ssl_reuse=YES``: TLS 1.2 and 1.3, explicit and implicit, a killed session mid-download,
+idle 421 closes, and a 1 GiB file."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.errors import AuthError, Permanent, Rejected, Transient
+from conveyor.payload import Body, SpoolWriter
+from tests.backends.ftp import ftp_instance
+from tests.servers.pyftpd import make_certs
+from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
+
+__all__ = ["vsftpd_certs", "vsftpd_factory"]
+
+
+def put(srv: Any, rel: str, data: bytes) -> Path:
+    p = srv.root / rel
+    for d in reversed([*p.parents]):
+        if d.is_relative_to(srv.root) and not d.exists():
+            d.mkdir()
+            srv.own(d)
+    p.write_bytes(data)
+    srv.own(p)
+    return p
+
+
+@pytest.mark.parametrize(("tls", "version", "passive"), [
+    ("none", None, True), ("none", None, False), ("explicit", "1.2", True), ("explicit", "1.3", True),
+    ("explicit", "1.3", False), ("implicit", "1.2", True), ("implicit", "1.3", True),
+])
+async def test_roundtrip(vsftpd_factory: Any, tmp_path: Path, tls: str, version: str | None, passive: bool) -> None:
+    srv = vsftpd_factory(tls)
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    put(srv, "in/sub dir/ORD 1.csv", b"a,b\n")
+    put(srv, "in/big.bin", data)
+    over: dict[str, Any] = {"passive": passive}
+    if version == "1.2":
+        over["tls_max_version"] = "1.2"
+    inst, _, spool = ftp_instance(srv.config(**over), tmp_path / "spool")
+    try:
+        line = await inst.check()
+        if tls != "none":
+            assert f"TLSv{version}" in line  # and vsftpd accepted the resumed session on every data channel
+        files = {f.path: f async for f in inst.list("in", True)}
+        assert {p: f.size for p, f in files.items()} == {"in/sub dir/ORD 1.csv": 4, "in/big.bin": len(data)}
+        w = spool.writer()
+        await inst.download(files["in/big.bin"], w)
+        body = w.finish()
+        assert await body.digest() == hashlib.sha256(data).hexdigest()
+        assert await inst.upload(body, "out/new/big.bin", exists="replace", chmod=0o640)
+        body.release()
+        assert (srv.root / "out/new/big.bin").read_bytes() == data
+        assert (srv.root / "out/new/big.bin").stat().st_mode & 0o777 == 0o640
+        exact = await inst.stat("out/new/big.bin")  # SIZE + MDTM: vsftpd has no MLST
+        assert exact is not None and exact.size == len(data)
+        assert abs(exact.mtime - (srv.root / "out/new/big.bin").stat().st_mtime) < 1.5
+        await inst.rename("in/sub dir/ORD 1.csv", "archive/ORD 1.csv")
+        await inst.remove("archive/ORD 1.csv")
+        await inst.remove("archive/ORD 1.csv")
+        assert os.listdir(srv.root / "archive") == []
+        assert inst.pool.connects == 1
+    finally:
+        await inst.close()
+
+
+async def test_upload_exists_modes(vsftpd_factory: Any, tmp_path: Path) -> None:
+    srv = vsftpd_factory("explicit")
+    inst, _, _ = ftp_instance(srv.config(), tmp_path / "spool")
+    try:
+        assert await inst.upload(Body.from_bytes(b"1"), "o/x.txt", exists="fail", chmod=None)
+        assert await inst.upload(Body.from_bytes(b"2"), "o/x.txt", exists="replace", chmod=None)
+        assert not await inst.upload(Body.from_bytes(b"3"), "o/x.txt", exists="skip", chmod=None)
+        with pytest.raises(Rejected, match="already exists"):
+            await inst.upload(Body.from_bytes(b"4"), "o/x.txt", exists="fail", chmod=None)
+        assert (srv.root / "o/x.txt").read_bytes() == b"2"
+        assert os.listdir(srv.root / "o") == ["x.txt"]
+    finally:
+        await inst.close()
+
+
+async def test_wrong_password(vsftpd_factory: Any, tmp_path: Path) -> None:
+    srv = vsftpd_factory("explicit")
+    inst, status, _ = ftp_instance(srv.config(password="not-it"), tmp_path / "spool")
+    with pytest.raises(AuthError, match="530"):
+        await inst.check()
+    assert status.instances["ftp-test"].permanent
+    await inst.close()
+
+
+async def test_untrusted_certificate_and_pinning(vsftpd_factory: Any, tmp_path: Path, vsftpd_certs: Any) -> None:
+    srv = vsftpd_factory("explicit")
+    other = make_certs(tmp_path / "other")
+    inst, _, _ = ftp_instance(srv.config(ca_file=str(other.ca_file)), tmp_path / "spool")
+    with pytest.raises(Permanent, match="not trusted"):
+        await inst.check()
+    await inst.close()
+    put(srv, "f.txt", b"pinned")
+    inst, _, spool = ftp_instance(srv.config(ca_file=None, tls_fingerprint=vsftpd_certs.fingerprint),
+                                  tmp_path / "spool")
+    try:
+        f = await inst.stat("f.txt")
+        w = spool.writer()
+        await inst.download(f, w)
+        assert w.finish().bytes() == b"pinned"
+    finally:
+        await inst.close()
+
+
+class _KillingSink(SpoolWriter):
+    """Kills the vsftpd session process once ``after`` bytes have arrived: a dropped connection."""
+
+    def __init__(self, spool: Any, srv: Any, after: int) -> None:
+        super().__init__(spool)
+        self._srv, self._after, self.killed = srv, after, False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if not self.killed and self.size >= self._after:
+            self.killed = True
+            for pid in self._srv.session_pids():
+                os.kill(pid, 9)
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("tls", ["none", "explicit"])
+async def test_resume_after_dropped_session(vsftpd_factory: Any, tmp_path: Path, tls: str) -> None:
+    srv = vsftpd_factory(tls)
+    data = os.urandom(64 * 1024 * 1024)
+    put(srv, "big.bin", data)
+    inst, _, spool = ftp_instance(srv.config(), tmp_path / "spool")
+    try:
+        f = await inst.stat("big.bin")
+        w = _KillingSink(spool, srv, after=8 * 1024 * 1024)
+        with pytest.raises(Transient):
+            await inst.download(f, w)
+        assert w.killed and 0 < w.size < len(data)
+        await inst.download(f, w)  # a new connection, REST at w.size
+        body = w.finish()
+        assert body.size == len(data) and await body.digest() == hashlib.sha256(data).hexdigest()
+        body.release()
+        assert inst.pool.connects == 2
+    finally:
+        await inst.close()
+
+
+async def test_idle_close_421(vsftpd_factory: Any, tmp_path: Path) -> None:
+    srv = vsftpd_factory("explicit", idle_timeout=1)
+    put(srv, "f.txt", b"x")
+    inst, status, _ = ftp_instance(srv.config(keepalive="0s"), tmp_path / "spool")
+    try:
+        assert await inst.stat("f.txt") is not None
+        await asyncio.sleep(2.2)  # vsftpd: "421 Timeout." and close
+        assert await inst.stat("f.txt") is not None
+        assert inst.pool.connects == 2 and status.instances["ftp-test"].last_error is None
+    finally:
+        await inst.close()
+
+
+@pytest.mark.slow
+async def test_one_gib_file(vsftpd_factory: Any, tmp_path: Path) -> None:
+    srv = vsftpd_factory("explicit")
+    block = os.urandom(1024 * 1024)
+    h = hashlib.sha256()
+    p = srv.root / "1g.bin"
+    with open(p, "wb") as out:
+        for i in range(1024):
+            chunk = block[i:] + block[:i]
+            h.update(chunk)
+            out.write(chunk)
+    srv.own(p)
+    inst, _, spool = ftp_instance(srv.config(), tmp_path / "spool")
+    try:
+        t0 = time.monotonic()
+        f = await inst.stat("1g.bin")
+        w = spool.writer()
+        await inst.download(f, w)
+        body = w.finish()
+        took = time.monotonic() - t0
+        assert body.size == 1 << 30 and await body.digest() == h.hexdigest()
+        assert took < 30, f"1 GiB over FTPS took {took:.1f}s"
+        body.release()
+    finally:
+        await inst.close()
+        p.unlink()
