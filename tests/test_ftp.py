@@ -30,7 +30,7 @@ async def fetch(inst: Any, spool: Any, path: str) -> bytes:
     w = spool.writer()
     await inst.download(f, w)
     body = w.finish()
-    data = body.bytes() if body.in_memory else Path(body.path).read_bytes()
+    data = body.bytes() if body.in_memory else Path(body.path).read_bytes()  # noqa: ASYNC240 (test)
     assert await body.digest() == sha(data)
     body.release()
     return data
@@ -119,7 +119,7 @@ async def test_untrusted_certificate(pyftpd_factory: Any, tmp_path: Path) -> Non
     other = make_certs(tmp_path / "other")
     for over in ({"ca_file": str(other.ca_file)}, {"ca_file": None}):  # a foreign CA; the system CAs
         inst, status, _ = ftp_instance(srv.config(**over), tmp_path / "spool")
-        with pytest.raises(Permanent, match="certificate .* not trusted") as e:
+        with pytest.raises(Permanent, match=r"certificate .* not trusted") as e:
             await inst.check()
         assert not isinstance(e.value, AuthError)
         assert status.instances["ftp-test"].permanent

@@ -171,12 +171,16 @@ async def test_one_gib_file(vsftpd_factory: Any, tmp_path: Path) -> None:
     block = os.urandom(1024 * 1024)
     h = hashlib.sha256()
     p = srv.root / "1g.bin"
-    with open(p, "wb") as out:
-        for i in range(1024):
-            chunk = block[i:] + block[:i]
-            h.update(chunk)
-            out.write(chunk)
-    srv.own(p)
+
+    def make() -> None:
+        with open(p, "wb") as out:
+            for i in range(1024):
+                chunk = block[i:] + block[:i]
+                h.update(chunk)
+                out.write(chunk)
+        srv.own(p)
+
+    await asyncio.to_thread(make)
     inst, _, spool = ftp_instance(srv.config(), tmp_path / "spool")
     try:
         t0 = time.monotonic()

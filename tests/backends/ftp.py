@@ -18,9 +18,18 @@ import pytest
 from tests.servers.pyftpd import PyFtpd, ftp_certs, pyftpd_factory
 from tests.servers.vsftpd import Vsftpd, vsftpd_certs, vsftpd_factory
 
-__all__ = ["FtpBackend", "ftp_instance", "ftp_certs", "ftp_pyftpdlib_backend", "ftps_explicit_pyftpdlib_backend",
-           "ftps_explicit_vsftpd_backend", "ftps_implicit_pyftpdlib_backend", "pyftpd_factory", "vsftpd_certs",
-           "vsftpd_factory"]
+__all__ = [
+    "FtpBackend",
+    "ftp_certs",
+    "ftp_instance",
+    "ftp_pyftpdlib_backend",
+    "ftps_explicit_pyftpdlib_backend",
+    "ftps_explicit_vsftpd_backend",
+    "ftps_implicit_pyftpdlib_backend",
+    "pyftpd_factory",
+    "vsftpd_certs",
+    "vsftpd_factory",
+]
 
 
 class FtpBackend:

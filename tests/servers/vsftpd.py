@@ -9,6 +9,7 @@ vsftpd 3.0.3 has no ``ssl_tlsv1_2``/``ssl_tlsv1_3`` switches: it offers TLS 1.2 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -103,10 +104,8 @@ class Vsftpd:
     def stop(self) -> None:
         """Stop the listener (its sessions die with it) and remove the folders."""
         for pid in self.session_pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
         self.proc.terminate()
         try:
             self.proc.wait(5)
