@@ -42,10 +42,23 @@ class Addon(Protocol):
         """The daemon is stopping (called before the drain)."""
         ...
 
+    async def close(self) -> None:
+        """The drain is over (or start failed): release everything."""
+        ...
+
 
 def make_addons(config: Config) -> list[Addon]:
-    """The add-ons a config asks for."""
-    return []
+    """The add-ons a config asks for: the health server (unless ``health.listen`` is null) and
+    the systemd notifier (a no-op without ``$NOTIFY_SOCKET``)."""
+    from conveyor.systemd import SystemdNotifier
+
+    addons: list[Addon] = []
+    if config.health.listen:
+        from conveyor.health import HealthServer
+
+        addons.append(HealthServer(config.health.listen))
+    addons.append(SystemdNotifier())
+    return addons
 
 
 class Daemon:
@@ -76,9 +89,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        started: list[Addon] = []
         try:
             for addon in self.addons:
                 await addon.start(self)
+                started.append(addon)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 for flow in self.config.flows.values():
@@ -98,6 +113,8 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self._close_instances(list(self.instances))
+            for addon in reversed(started):
+                await addon.close()
             await self.store.close()
         log.info("conveyor stopped")
         return 0

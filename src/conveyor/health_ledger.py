@@ -1,0 +1,130 @@
+"""The ledger endpoints: list a flow's items, retry a failed one, forget one.
+
+Mutating calls are allowed from 127.0.0.1 / ::1, or from anywhere with
+``Authorization: Bearer <health.token>`` (compared in constant time).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from conveyor.daemon import Daemon
+
+STATES = ("pending", "in_flight", "delivered", "failed")
+MAX_LIMIT = 1000
+
+
+def _daemon(request: web.Request) -> Daemon:
+    from conveyor.health import DAEMON_KEY
+
+    return request.app[DAEMON_KEY]
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    from conveyor.health import json_response
+
+    return json_response(doc, status)
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _flow(request: web.Request) -> str:
+    name = request.match_info["flow"]
+    if name not in _daemon(request).config.flows:
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no flow named {name!r}"}), content_type="application/json")
+    return name
+
+
+def _int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"{key} must be an integer"}),
+                                 content_type="application/json") from None
+    return max(lo, min(hi, v))
+
+
+def authorised(request: web.Request) -> bool:
+    """Loopback peer, or the configured bearer token."""
+    from conveyor.health import peer_is_local
+
+    if peer_is_local(request.remote):
+        return True
+    token = _daemon(request).config.health.token
+    header = request.headers.get("Authorization", "")
+    if token is None or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[7:].strip().encode(), token.get_secret_value().encode())
+
+
+def item_doc(item: Any) -> dict[str, Any]:
+    """An item as the ledger shows it (epoch seconds plus readable UTC times)."""
+    doc: dict[str, Any] = item.as_dict()
+    doc["first_seen_at"] = _iso(item.first_seen)
+    doc["updated_at"] = _iso(item.updated)
+    return doc
+
+
+async def list_items(request: web.Request) -> web.Response:
+    """GET /flows/{flow}/items?state=&limit=&offset=."""
+    flow = _flow(request)
+    state = request.query.get("state") or None
+    if state is not None and state not in STATES:
+        return _json({"error": f"state must be one of {', '.join(STATES)}"}, 400)
+    limit = _int(request, "limit", 100, 1, MAX_LIMIT)
+    offset = _int(request, "offset", 0, 0, 1 << 62)
+    items = await _daemon(request).store.list(flow, state, limit, offset)
+    return _json({"flow": flow, "state": state, "limit": limit, "offset": offset,
+                  "items": [item_doc(i) for i in items]})
+
+
+async def _act(request: web.Request, action: str) -> web.Response:
+    flow = _flow(request)
+    if not authorised(request):
+        return _json({"error": "mutating ledger calls need a loopback peer (127.0.0.1, ::1) or "
+                               "'Authorization: Bearer <health.token>'"}, 403)
+    pid = request.match_info["id"]
+    store = _daemon(request).store
+    item = (await store.get_many(flow, [pid])).get(pid)
+    if item is None:
+        return _json({"error": f"flow {flow} has no item {pid}"}, 404)
+    if action == "retry":
+        if item.state != "failed":
+            return _json({"error": f"item {pid} is {item.state}; only failed items can be retried"}, 409)
+        await store.retry(flow, pid)
+    else:
+        if item.state == "in_flight":
+            return _json({"error": f"item {pid} is being delivered right now; forget it once it settled"}, 409)
+        await store.forget(flow, pid)
+    after = (await store.get_many(flow, [pid])).get(pid)
+    return _json({"flow": flow, "id": pid, "action": action, "item": item_doc(after) if after else None})
+
+
+async def retry_item(request: web.Request) -> web.Response:
+    """POST /flows/{flow}/items/{id}/retry: a failed item becomes pending (attempts reset)."""
+    return await _act(request, "retry")
+
+
+async def forget_item(request: web.Request) -> web.Response:
+    """POST /flows/{flow}/items/{id}/forget: drop the row, so the source offers the item again."""
+    return await _act(request, "forget")
+
+
+def add_ledger_routes(app: web.Application) -> None:
+    """Register the ledger routes."""
+    app.router.add_get("/flows/{flow}/items", list_items)
+    app.router.add_post("/flows/{flow}/items/{id}/retry", retry_item)
+    app.router.add_post("/flows/{flow}/items/{id}/forget", forget_item)

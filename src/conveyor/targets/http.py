@@ -1,0 +1,190 @@
+"""The ``http`` target: one POST per payload, the body streamed from memory or the spool.
+
+Status classes (SPEC section 2)::
+
+    2xx                 delivered
+    408, 429, 5xx       Transient (RetryAfter when the server sent Retry-After)
+    network, timeout    Transient
+    anything else       Rejected (a permanent failure of this payload), with the status
+                        and a short, redacted excerpt of the response body
+
+``timeout`` is an inactivity limit, not a cap on the whole request: connecting, each
+chunk of the body being taken by the socket, and the wait for the response must each
+happen within it, so a 4 GiB upload is not cut off while a stalled server still is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import mimetypes
+import ssl
+import time
+from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from conveyor import __version__
+from conveyor.errors import Rejected, RetryAfter, Transient
+from conveyor.payload import Payload
+from conveyor.redact import redact
+from conveyor.targets.config import HttpTargetConfig
+
+log = logging.getLogger("conveyor.http")
+
+_EXCERPT = 200
+MAX_RETRY_AFTER = 3600.0
+"""A Retry-After beyond an hour is taken as an hour: the item is not parked for days."""
+
+
+class HttpRejected(Rejected):
+    """The server answered with a status that retrying will not change."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HttpTarget:
+    """POSTs each payload of one flow to ``config.url``; one pooled client session per target."""
+
+    def __init__(self, flow: str, config: HttpTargetConfig) -> None:
+        self.flow = flow
+        self.config = config
+        self.url = URL(config.url)
+        # Errors name the endpoint without credentials or query string (tokens live there).
+        self.where = str(self.url.with_user(None).with_password(None).with_query(None).with_fragment(None))
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self.config.tls_verify:
+            return False
+        return ssl.create_default_context(cafile=self.config.ca_file)
+
+    def session(self) -> aiohttp.ClientSession:
+        """The target's client session, created on first use (inside the running loop)."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl() if self.url.scheme == "https" else False, limit=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None),
+                headers={"User-Agent": f"conveyor/{__version__}"},
+            )
+        return self._session
+
+    async def headers(self, payload: Payload) -> dict[str, str]:
+        """The request headers for one payload."""
+        meta = await payload.metadata()
+        ctype = self.config.content_type
+        if ctype is None and payload.name:
+            ctype = mimetypes.guess_type(payload.name)[0]
+        h = {"Content-Type": ctype or payload.content_type}
+        h.update(self.config.headers)
+        h.update({
+            "Idempotency-Key": payload.id,
+            "X-Conveyor-Flow": self.flow,
+            "X-Conveyor-Meta": base64.urlsafe_b64encode(
+                json.dumps(meta, separators=(",", ":"), ensure_ascii=True).encode()).decode("ascii"),
+            "Content-Length": str(payload.body.size),
+        })
+        return h
+
+    async def deliver(self, payload: Payload) -> None:
+        """POST the payload; returns on 2xx, raises Transient/RetryAfter/Rejected otherwise."""
+        headers = await self.headers(payload)
+        limit = self.config.timeout
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                data: bytes | AsyncIterator[bytes]
+                if payload.body.in_memory:
+                    data = payload.body.bytes()
+                else:
+                    data = _paced(payload.body.chunks(), deadline, limit, loop)
+                async with self.session().post(self.url, data=data, headers=headers, allow_redirects=False) as resp:
+                    deadline.reschedule(loop.time() + limit)
+                    if 200 <= resp.status < 300:
+                        await resp.read()  # drain, so the connection goes back to the pool
+                        log.debug("POST %s: %d in %.3fs", self.where, resp.status, time.monotonic() - started,
+                                  extra={"flow": self.flow, "payload_id": payload.id})
+                        return
+                    excerpt = await _excerpt(resp)
+                    raise _status_error(self.where, resp.status, resp.reason or "", excerpt,
+                                        resp.headers.get("Retry-After"))
+        except (Transient, Rejected):
+            raise
+        except TimeoutError:
+            raise Transient(f"POST {self.where}: no progress for {limit:g}s (timeout)") from None
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise Transient(f"POST {self.where}: TLS certificate not trusted: {redact(str(e.certificate_error))}") \
+                from None
+        except aiohttp.ClientConnectorError as e:
+            raise Transient(f"POST {self.where}: cannot connect: {redact(str(e.os_error.strerror or e))}") from None
+        except aiohttp.ServerDisconnectedError:
+            raise Transient(f"POST {self.where}: the server closed the connection without answering") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise Transient(f"POST {self.where}: {type(e).__name__}: {redact(str(e))}") from None
+
+    async def close(self) -> None:
+        """Close the pooled connections."""
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+async def _paced(chunks: AsyncIterator[bytes], deadline: asyncio.Timeout, limit: float,
+                 loop: asyncio.AbstractEventLoop) -> AsyncIterator[bytes]:
+    """The body's chunks, pushing the deadline back each time the socket took one."""
+    async for chunk in chunks:
+        deadline.reschedule(loop.time() + limit)
+        yield chunk
+
+
+async def _excerpt(resp: aiohttp.ClientResponse) -> str:
+    try:
+        raw = await resp.content.read(1024)
+    except (aiohttp.ClientError, OSError):
+        return ""
+    text = " ".join(raw.decode("utf-8", "replace").split())
+    if len(text) > _EXCERPT:
+        text = text[:_EXCERPT] + "…"
+    return redact(text)
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP-date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return min(max(0.0, when.timestamp() - (now if now is not None else time.time())), MAX_RETRY_AFTER)
+
+
+def _status_error(where: str, status: int, reason: str, excerpt: str, retry_header: str | None) -> Exception:
+    msg = f"POST {where}: HTTP {status} {reason}".rstrip() + (f": {excerpt}" if excerpt else "")
+    if status in (408, 429) or status >= 500:
+        delay = retry_after(retry_header)
+        if delay is not None:
+            return RetryAfter(msg + f" (Retry-After {delay:g}s)", delay)
+        return Transient(msg)
+    if 300 <= status < 400:
+        msg += " (redirects are not followed: point url at the final address)"
+    return HttpRejected(msg, status)
+
+
+def meta_header(value: str) -> dict[str, Any]:
+    """Decode an ``X-Conveyor-Meta`` header (for receivers written in Python, and the tests)."""
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(value.encode("ascii")))
+    return decoded
