@@ -126,6 +126,7 @@ class PubsubSource:
         self._stopping = False
         self.exactly_once = False
         self.dead_letter = False
+        self.ack_deadline = 10
 
     async def run(self, emit: Callable[[Inbound], Awaitable[None]]) -> None:
         """Pull and emit until cancelled, stopped or the stream fails (then Transient/Permanent)."""
@@ -141,6 +142,7 @@ class PubsubSource:
             raise
         self.exactly_once = bool(sub.enable_exactly_once_delivery)
         self.dead_letter = bool(sub.dead_letter_policy.dead_letter_topic)
+        self.ack_deadline = max(10, int(sub.ack_deadline_seconds or 10))
         stream = _Stream(self, asyncio.get_running_loop())
         self._streams.add(stream)
         try:
@@ -168,6 +170,9 @@ class PubsubSource:
         flow_control = pubsub_v1.types.FlowControl(
             max_messages=self.cfg.max_messages, max_bytes=self.cfg.max_bytes,
             max_lease_duration=int(self.cfg.max_lease_duration),
+            # Leases are extended in steps of the subscription's ack deadline (the library's default is 60 s):
+            # after a crash, what we held comes back after that deadline, as the subscription promises.
+            max_duration_per_lease_extension=self.ack_deadline,
         )
         if StreamingPullManager is None:  # pragma: no cover
             return client.subscribe(self.path, stream.on_message, flow_control=flow_control)

@@ -1,0 +1,97 @@
+"""Pub/Sub through the whole daemon on the emulator: the shared message tests, a target slower than
+the ack deadline, and a pubsub-to-pubsub relay.
+
+The shared behaviour suite's message tests are imported here with ``mb`` bound to the pubsub
+backend, so they run over Pub/Sub before (and regardless of) registration in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.payload import Payload
+from conveyor.targets.directory import DirectoryTarget
+from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
+from tests.harness import bodies, running, sidecars, wait_for, write_config
+from tests.test_behaviour import test_every_message_delivered_once, test_kill9_mid_stream_loses_and_duplicates_nothing
+
+__all__ = ["pubsub_backend", "pubsub_emulator", "test_every_message_delivered_once",
+           "test_kill9_mid_stream_loses_and_duplicates_nothing"]
+
+
+@pytest.fixture
+def mb(pubsub_backend: PubsubBackend) -> PubsubBackend:
+    """The shared suite's message backend, here always Pub/Sub."""
+    return pubsub_backend
+
+
+async def test_slow_target_past_ack_deadline_delivers_once(
+    pubsub_backend: PubsubBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each delivery takes 13 s against a 10 s ack deadline: leases are extended, nothing is delivered
+    twice, everything is acked."""
+    calls: Counter[str] = Counter()
+    real = DirectoryTarget.deliver
+
+    async def slow(self: DirectoryTarget, payload: Payload) -> None:
+        calls[payload.id] += 1
+        await asyncio.sleep(13)
+        await real(self, payload)
+
+    monkeypatch.setattr(DirectoryTarget, "deliver", slow)
+    msgs = [f"slow {i}".encode() for i in range(5)]
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, {"gcp": pubsub_backend.instance_config()},
+                       {"s": {"source": {"instance": "gcp", **pubsub_backend.source_config()},
+                              "target": {"type": "directory", "path": str(out)}}})
+    async with running(cfg):
+        await pubsub_backend.publish(msgs)
+        await wait_for(lambda: len(bodies(out)) == len(msgs), 60)
+        await asyncio.sleep(3)  # a lapsed lease would have brought a redelivery by now
+    assert sorted(bodies(out).values()) == sorted(msgs)
+    assert len(calls) == 5 and set(calls.values()) == {1}, calls
+    metas = sidecars(out)
+    assert {m["id"] for m in metas} == set(calls)
+    assert all(m["message"]["id"] == m["id"] and m["source"]["type"] == "pubsub" for m in metas)
+    assert await pubsub_backend.pending() == 0
+
+
+async def test_relay_pubsub_to_pubsub(pubsub_backend: PubsubBackend, tmp_path: Path) -> None:
+    """subscription -> conveyor -> topic, read back with a plain pull: bodies, ids and source attributes."""
+    emu = pubsub_backend.emu
+    out_topic, out_sub = f"{pubsub_backend.topic}-out", f"{pubsub_backend.topic}-out-sub"
+    emu.create(out_topic, out_sub)
+    cfg = write_config(tmp_path, {"gcp": pubsub_backend.instance_config()},
+                       {"r": {"source": {"instance": "gcp", **pubsub_backend.source_config()},
+                              "target": {"instance": "gcp", "topic": out_topic}}})
+    msgs = [f"relay {i}".encode() for i in range(20)]
+    got: dict[bytes, Any] = {}
+
+    def pull() -> None:
+        with emu.subscriber() as client:
+            path = client.subscription_path(emu.project, out_sub)
+            resp = client.pull(request={"subscription": path, "max_messages": 100}, timeout=5)
+            if resp.received_messages:
+                client.acknowledge(request={"subscription": path,
+                                            "ack_ids": [m.ack_id for m in resp.received_messages]})
+            for m in resp.received_messages:
+                got[m.message.data] = m.message
+
+    async with running(cfg):
+        await pubsub_backend.publish(msgs)
+
+        async def all_relayed() -> bool:
+            await asyncio.to_thread(pull)
+            return len(got) >= len(msgs)
+
+        await wait_for(all_relayed, 60)
+    assert sorted(got) == sorted(msgs)
+    m = got[b"relay 3"]
+    assert m.attributes["conveyor_flow"] == "r" and m.attributes["conveyor_source"] == "pubsub:gcp"
+    assert len(m.attributes["conveyor_id"]) > 0
+
