@@ -86,7 +86,7 @@ class _Stream:
     def should_recover(self, error: BaseException) -> bool:
         """Reopen after one retryable error; a second one within ``timeout`` gives up to the supervisor."""
         if isinstance(error, grpc.RpcError):
-            error = gexc.from_grpc_error(error)
+            error = gexc.from_grpc_error(error)  # type: ignore[no-untyped-call]
         self.last_exc = error
         now = time.monotonic()
         with self._lock:
