@@ -233,10 +233,19 @@ class FtpInstance:
                     async with asyncio.timeout(t):
                         offset += await loop.sendfile(transport, fh, offset, SEND_BLOCK)
         else:
-            async for chunk in body.chunks(SEND_BLOCK):
-                transport.write(chunk)
-                async with asyncio.timeout(t):
-                    await proto.drain()
+            # TLS: read the next block (in a thread) while this one is encrypted and sent.
+            assert body.path is not None
+            with open(body.path, "rb") as fh:  # noqa: ASYNC230 (reads go through a thread)
+                ahead = asyncio.ensure_future(asyncio.to_thread(fh.read, SEND_BLOCK))
+                try:
+                    while chunk := await ahead:
+                        ahead = asyncio.ensure_future(asyncio.to_thread(fh.read, SEND_BLOCK))
+                        transport.write(chunk)
+                        async with asyncio.timeout(t):
+                            await proto.drain()
+                finally:
+                    if not ahead.done():
+                        await asyncio.wait({ahead})  # the thread still holds the file
         async with asyncio.timeout(t):
             await proto.drain()
         transport.close()  # EOF (and TLS close_notify): the server answers 226 once it has it all

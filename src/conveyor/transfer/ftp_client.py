@@ -39,6 +39,8 @@ log = logging.getLogger("conveyor.ftp")
 
 BUFFER = 1024 * 1024
 """Receive buffer of a data channel: big reads keep the per-block Python overhead negligible."""
+WRITE_HIGH = 4 * 1024 * 1024
+"""Write buffer high-water mark of an upload's data channel."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,9 @@ class Stale(Exception):
 class DataProtocol(asyncio.BufferedProtocol):
     """One data channel. Received blocks go to ``on_data`` as they arrive; ``done`` resolves at EOF."""
 
-    def __init__(self, on_data: Callable[[memoryview], None] | None) -> None:
+    def __init__(self, on_data: Callable[[memoryview], None] | None, buffer: memoryview) -> None:
         self._on_data = on_data
-        self._buf = bytearray(BUFFER)
-        self._view = memoryview(self._buf)
+        self._view = buffer
         self.transport: Any = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.received = 0
@@ -146,6 +147,9 @@ class FtpConnection:
         self.last_used = 0.0
         self.tls_version: str | None = None
         self._epsv = True
+        self._rx: memoryview | None = None
+        """The receive buffer, reused by every transfer of this connection: allocating 1 MiB per
+        transfer fragments the heap (RSS grew by 50 MiB over 200 small FTPS downloads)."""
 
     # -- control channel -----------------------------------------------------
     async def connect(self, password: str) -> Reply:
@@ -327,7 +331,9 @@ class FtpConnection:
         """
         loop = asyncio.get_running_loop()
         t = self.cfg.timeout
-        proto = DataProtocol(on_data)
+        if self._rx is None:
+            self._rx = memoryview(bytearray(BUFFER))
+        proto = DataProtocol(on_data, self._rx)
         transport: Any = None
         listener: socket.socket | None = None
         tls_task: asyncio.Task[asyncio.Transport] | None = None
@@ -363,6 +369,11 @@ class FtpConnection:
                     raise
                 check_peer(transport.get_extra_info("ssl_object"), self.cfg, "")
             if send is not None:
+                # Deep write buffers: the next block is encrypted while the kernel still sends the last.
+                raw = transport.get_extra_info("socket")
+                transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
+                if raw is not None:
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WRITE_HIGH)
                 await send(proto)
             else:
                 await self._wait_done(proto)
