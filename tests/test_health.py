@@ -1,0 +1,216 @@
+"""The health endpoint over real HTTP: /healthz, /readyz (including stalls), /status, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import conveyor.health
+from tests.servers.ops import (
+    CONVEYOR,
+    daemon_in_process,
+    delayed,
+    free_port,
+    get_json,
+    http_sink,
+    local_flow,
+    wait_for,
+    write_config,
+)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@contextlib.asynccontextmanager
+async def blackhole() -> AsyncIterator[int]:
+    """A TCP server that accepts connections and never says a word (a hung FTP server)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_endpoints_on_a_moving_flow(tmp_path: Path) -> None:
+    inst, flow = local_flow(tmp_path, {"type": "directory", "path": str(tmp_path / "out"), "fsync": False})
+    config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"}, "replica": "r1",
+                                                 "instances": {"box": inst}, "flows": {"f": flow}})
+    for i in range(3):
+        (tmp_path / "in" / f"{i}.csv").write_text("x" * (10 + i))
+    async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
+        base = d.health.url
+        await wait_for(lambda: d.status.flows["f"].delivered == 3)
+        code, doc = await get_json(s, base + "/healthz")
+        assert code == 200 and doc["status"] == "ok" and doc["problems"] == []
+        code, doc = await wait_for(lambda: _ready(s, base))
+        assert code == 200 and doc == {"ready": True, "reasons": {}}
+        code, doc = await get_json(s, base + "/status")
+        assert code == 200
+        assert doc["replica"] == "r1" and doc["config"].endswith("c.yaml") and doc["version"]
+        assert doc["instances"]["box"]["state"] == "up"
+        f = doc["flows"]["f"]
+        assert f["delivered"] == 3 and f["bytes"] == 33 and f["in_flight"] == 0 and f["last_delivery"]
+        async with s.get(base + "/metrics") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+            m = samples(await r.text())
+        assert m[("conveyor_payloads_total", (("flow", "f"), ("outcome", "delivered")))] == 3
+        assert m[("conveyor_payload_bytes_total", (("flow", "f"),))] == 33
+        assert m[("conveyor_delivery_seconds_count", (("flow", "f"),))] == 3
+        assert m[("conveyor_instance_up", (("instance", "box"),))] == 1
+        assert m[("conveyor_in_flight", (("flow", "f"),))] == 0
+        code, doc = await get_json(s, base + "/flows/nope/items")
+        assert code == 404 and "nope" in doc["error"]
+        code, doc = await get_json(s, base + "/flows/f/items?state=bogus")
+        assert code == 400
+        async with s.get(base + "/nothing-here") as r:
+            assert r.status == 404
+
+
+async def _ready(s: aiohttp.ClientSession, base: str) -> tuple[int, dict[str, object]] | None:
+    code, doc = await get_json(s, base + "/readyz")
+    return (code, doc) if code == 200 else None
+
+
+async def test_readyz_stalled_file_sources_and_connect_metrics(tmp_path: Path) -> None:
+    """A poll that hangs (a server that accepts and never answers) and a poll that keeps
+    failing (the local folder was removed) both turn into `stalled` after 3 x poll_interval
+    (plus the status board's 5 s grace)."""
+    async with blackhole() as port:
+        inst, flow = local_flow(tmp_path / "box", {"type": "directory", "path": str(tmp_path / "out")},
+                                poll_interval="1s")
+        inst["create"] = False  # else the folder removed below is simply made again
+        closed = free_port()
+        config = write_config(tmp_path / "c.yaml", {
+            "health": {"listen": "127.0.0.1:0"},
+            "instances": {
+                "box": inst,
+                "hung": {"type": "ftp", "host": "127.0.0.1", "port": port, "password": "pw", "timeout": "60s"},
+                "refused": {"type": "ftp", "host": "127.0.0.1", "port": closed, "password": "pw", "timeout": "2s"},
+            },
+            "flows": {
+                "local": flow,
+                "hung": {"source": {"instance": "hung", "path": "out", "poll_interval": "1s"},
+                         "target": {"type": "directory", "path": str(tmp_path / "out2")}},
+                "refused": {"source": {"instance": "refused", "path": "out", "poll_interval": "1s"},
+                            "target": {"type": "directory", "path": str(tmp_path / "out3")}},
+            },
+        })
+        async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
+            base = d.health.url
+            await wait_for(lambda: d.status.flows["local"].last_poll)
+            shutil.rmtree(tmp_path / "box")
+            started = time.monotonic()
+
+            async def stalled() -> dict[str, str] | None:
+                code, doc = await get_json(s, base + "/readyz")
+                assert code == 503
+                flows = doc["reasons"].get("flows", {})
+                ok = all(flows.get(n, "").startswith("stalled") for n in ("hung", "local"))
+                return flows if ok else None
+
+            flows = await wait_for(stalled, 20, 0.5)
+            took = time.monotonic() - started
+            assert "last completed poll" in flows["hung"] and "poll_interval 1s" in flows["hung"]
+            assert took >= 3.0
+            code, doc = await get_json(s, base + "/readyz")
+            inst_reasons = doc["reasons"]["instances"]
+            assert inst_reasons["hung"].startswith("connecting") and inst_reasons["refused"].startswith("down")
+            code, doc = await get_json(s, base + "/healthz")
+            assert code == 200  # not ready, but alive: restarting would not help
+            async with s.get(base + "/metrics") as r:
+                m = samples(await r.text())
+            assert m[("conveyor_connect_attempts_total", (("instance", "refused"), ("outcome", "error")))] >= 1
+            assert m[("conveyor_instance_up", (("instance", "refused"),))] == 0
+            assert m[("conveyor_instance_up", (("instance", "hung"),))] == 0
+
+
+async def test_readyz_stalled_by_a_delivery_past_its_timeout(tmp_path: Path) -> None:
+    async with http_sink(plan=[delayed(4.0)]) as sink:
+        inst, flow = local_flow(tmp_path, {"type": "http", "url": sink.url, "timeout": "1s"}, poll_interval="30s")
+        flow["retry"] = {"attempts": 3, "backoff": "3s", "max_backoff": "3s"}
+        config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"},
+                                                     "instances": {"box": inst}, "flows": {"f": flow}})
+        (tmp_path / "in" / "a.txt").write_text("slow")
+        async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
+            base = d.health.url
+
+            async def stuck() -> str | None:
+                code, doc = await get_json(s, base + "/readyz")
+                reason = doc["reasons"].get("flows", {}).get("f", "")
+                return reason if code == 503 and reason.startswith("stalled") else None
+
+            reason = await wait_for(stuck, 10, 0.1)
+            assert "in flight" in reason and "timeout 1s" in reason
+            await wait_for(lambda: d.status.flows["f"].delivered == 1, 15)
+            await wait_for(lambda: _ready(s, base), 5)
+
+
+async def test_healthz_reports_a_blocked_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conveyor.health, "LAG_MEMORY", 1.5)
+    inst, flow = local_flow(tmp_path, {"type": "directory", "path": str(tmp_path / "out")})
+    config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"},
+                                                 "instances": {"box": inst}, "flows": {"f": flow}})
+    async with daemon_in_process(config, stall_after=0.5) as d, aiohttp.ClientSession() as s:
+        base = d.health.url
+        code, _ = await get_json(s, base + "/healthz")
+        assert code == 200
+        asyncio.get_running_loop().call_soon(time.sleep, 1.2)  # a blocking call in the loop
+        await asyncio.sleep(0.1)
+        code, doc = await get_json(s, base + "/healthz")
+        assert code == 503 and "event loop blocked" in doc["problems"][0]
+        await asyncio.sleep(2.0)
+        code, doc = await get_json(s, base + "/healthz")
+        assert code == 200, doc
+
+
+async def test_readyz_during_the_drain(tmp_path: Path) -> None:
+    async with http_sink(plan=[delayed(1.5)]) as sink:
+        inst, flow = local_flow(tmp_path, {"type": "http", "url": sink.url}, poll_interval="30s")
+        config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"},
+                                                     "instances": {"box": inst}, "flows": {"f": flow}})
+        (tmp_path / "in" / "a.txt").write_text("x")
+        async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
+            base = d.health.url
+            await wait_for(lambda: d.status.flows["f"].in_flight == 1)
+            d.request_stop()
+            await asyncio.sleep(0.3)
+            code, doc = await get_json(s, base + "/readyz")
+            assert code == 503 and doc["reasons"]["daemon"] == "stopping"
+            await wait_for(lambda: d.status.flows["f"].delivered == 1, 5)
+
+
+def test_busy_health_port_is_a_fatal_start_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        inst, flow = local_flow(tmp_path, {"type": "directory", "path": str(tmp_path / "out")})
+        config = write_config(tmp_path / "c.yaml", {"health": {"listen": f"127.0.0.1:{port}"},
+                                                     "instances": {"box": inst}, "flows": {"f": flow}})
+        p = subprocess.run([*CONVEYOR, "run", "-c", str(config)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    assert f"health endpoint cannot listen on 127.0.0.1:{port}" in p.stderr
