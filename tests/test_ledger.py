@@ -1,0 +1,170 @@
+"""The ledger over HTTP and through `conveyor ledger` / `conveyor status` against a running daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.servers.ops import (
+    CONVEYOR,
+    DaemonProcess,
+    daemon_in_process,
+    free_port,
+    get_json,
+    http_sink,
+    local_flow,
+    status,
+    wait_for,
+    write_config,
+)
+
+
+def _config(tmp_path: Path, url: str, listen: str, **extra: Any) -> Path:
+    inst, flow = local_flow(tmp_path, {"type": "http", "url": url}, poll_interval="300ms", after="keep")
+    return write_config(tmp_path / "c.yaml", {"health": {"listen": listen, **extra},
+                                              "instances": {"box": inst}, "flows": {"f": flow}})
+
+
+async def test_list_retry_forget_over_http(tmp_path: Path) -> None:
+    async with http_sink(plan=[status(422, "no")]) as sink:
+        config = _config(tmp_path, sink.url, "127.0.0.1:0")
+        (tmp_path / "in" / "a.csv").write_text("a")
+        async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
+            base = d.health.url + "/flows/f/items"
+            await wait_for(lambda: d.status.flows["f"].failed == 1)
+            code, doc = await get_json(s, base + "?state=failed")
+            assert code == 200 and [i["name"] for i in doc["items"]] == ["a.csv"]
+            item = doc["items"][0]
+            pid = item["id"]
+            assert item["attempts"] == 1 and "HTTP 422" in item["last_error"] and item["updated_at"]
+            code, doc = await get_json(s, base + "?state=delivered")
+            assert doc["items"] == []
+            # Not yet retried: polls go by and the failed file stays set aside.
+            await asyncio.sleep(0.8)
+            assert len(sink.received) == 1
+
+            code, doc = await get_json(s, f"{base}/{pid}/retry", method="POST")
+            assert code == 200 and doc["item"]["state"] == "pending" and doc["item"]["attempts"] == 0
+            await wait_for(lambda: d.status.flows["f"].delivered == 1)
+            code, doc = await get_json(s, base)
+            assert [(i["id"], i["state"]) for i in doc["items"]] == [(pid, "delivered")]
+            code, doc = await get_json(s, f"{base}/{pid}/retry", method="POST")
+            assert code == 409 and "delivered" in doc["error"]
+
+            # after: keep remembers the file; forgetting it makes the source take it again.
+            code, doc = await get_json(s, f"{base}/{pid}/forget", method="POST")
+            assert code == 200 and doc["item"] is None
+            await wait_for(lambda: d.status.flows["f"].delivered == 2)
+            assert [r.headers["Idempotency-Key"] for r in sink.received] == [pid] * 3
+
+            for action in ("retry", "forget"):
+                code, doc = await get_json(s, f"{base}/{'0' * 32}/{action}", method="POST")
+                assert code == 404 and "no item" in doc["error"]
+                code, doc = await get_json(s, f"{d.health.url}/flows/nope/items/{pid}/{action}", method="POST")
+                assert code == 404 and "nope" in doc["error"]
+            code, doc = await get_json(s, base + "?limit=1&offset=1")
+            assert code == 200 and doc["items"] == []
+
+
+async def test_mutating_calls_from_another_address_need_the_token(tmp_path: Path) -> None:
+    """The peer rule admits 127.0.0.1 and ::1 only, so a client bound to 127.0.0.2 is a real
+    non-loopback peer as far as the rule is concerned — the same path a remote host takes."""
+    token = "tok-" + os.urandom(8).hex()
+    async with http_sink(default=status(400)) as sink:
+        config = _config(tmp_path, sink.url, "127.0.0.1:0", token=token)
+        (tmp_path / "in" / "a.csv").write_text("a")
+        async with daemon_in_process(config) as d:
+            await wait_for(lambda: d.status.flows["f"].failed == 1)
+            pid = (await d.store.list("f", "failed"))[0].id
+            url = f"{d.health.url}/flows/f/items/{pid}/retry"
+            conn = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+            async with aiohttp.ClientSession(connector=conn) as other:
+                code, doc = await get_json(other, d.health.url + "/flows/f/items")
+                assert code == 200  # reading the ledger is allowed from anywhere the port is reachable
+                code, doc = await get_json(other, url, method="POST")
+                assert code == 403 and "token" in doc["error"]
+                code, _ = await get_json(other, url, method="POST", headers={"Authorization": "Bearer wrong"})
+                assert code == 403
+                code, _ = await get_json(other, url, method="POST", headers={"Authorization": token})
+                assert code == 403  # not a bearer credential
+                assert (await d.store.list("f", "failed"))[0].id == pid
+                code, doc = await get_json(other, url, method="POST", headers={"Authorization": f"Bearer {token}"})
+                assert code == 200 and doc["item"]["state"] in ("pending", "in_flight", "failed")
+
+
+async def test_no_token_configured_refuses_other_peers(tmp_path: Path) -> None:
+    async with http_sink(default=status(400)) as sink:
+        config = _config(tmp_path, sink.url, "127.0.0.1:0")
+        (tmp_path / "in" / "a.csv").write_text("a")
+        async with daemon_in_process(config) as d:
+            await wait_for(lambda: d.status.flows["f"].failed == 1)
+            pid = (await d.store.list("f", "failed"))[0].id
+            conn = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+            async with aiohttp.ClientSession(connector=conn) as other:
+                code, _ = await get_json(other, f"{d.health.url}/flows/f/items/{pid}/forget", method="POST",
+                                         headers={"Authorization": "Bearer "})
+                assert code == 403
+
+
+async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    p = await asyncio.create_subprocess_exec(*CONVEYOR, *args, stdout=asyncio.subprocess.PIPE,
+                                             stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
+    out, err = await asyncio.wait_for(p.communicate(), 30)
+    assert p.returncode is not None
+    return p.returncode, out.decode(), err.decode()
+
+
+async def test_cli_against_a_daemon_subprocess(tmp_path: Path) -> None:
+    async with http_sink(plan=[status(400, "bad row")]) as sink:
+        port = free_port()
+        config = _config(tmp_path, sink.url, f"127.0.0.1:{port}")
+        (tmp_path / "in" / "a.csv").write_text("a")
+        d = DaemonProcess(config, port).start()
+        try:
+            await d.wait_listening()
+            await wait_for(lambda: sink.received, 15)
+            await asyncio.sleep(0.3)
+
+            code, out, err = await _cli("status", "-c", str(config))
+            assert code == 0, err
+            lines = out.splitlines()
+            assert any(line.split()[:3] == ["box", "local", "up"] for line in lines), out
+            flow_line = next(line for line in lines if line.startswith("f "))
+            assert flow_line.split()[1:4] == ["running", "0", "1"], out
+
+            code, out, err = await _cli("ledger", "-c", str(config), "f", "--state", "failed")
+            assert code == 0, err
+            row = next(line for line in out.splitlines() if "a.csv" in line)
+            pid, state, attempts = row.split()[:3]
+            assert state == "failed" and attempts == "1" and "HTTP 400" in row and "bad row" in row
+
+            code, out, err = await _cli("ledger", "--url", d.url, "f", "--retry", pid)
+            assert code == 0 and "delivered again" in out, err
+            await wait_for(lambda: len(sink.received) == 2, 10)
+            code, out, _ = await _cli("ledger", "--url", d.url, "f", "--state", "delivered")
+            assert await _eventually_delivered(d.url, pid)
+
+            code, out, err = await _cli("ledger", "--url", d.url, "f", "--forget", pid)
+            assert code == 0 and "forgotten" in out, err
+            await wait_for(lambda: len(sink.received) == 3, 10)
+
+            code, out, err = await _cli("ledger", "--url", d.url, "nope")
+            assert code == 1 and "no flow named" in err
+            code, out, err = await _cli("ledger", "--url", d.url, "f", "--retry", "0" * 32)
+            assert code == 1 and "HTTP 404" in err
+        finally:
+            assert d.stop() == 0
+    code, out, err = await _cli("status", "--url", f"127.0.0.1:{port}")
+    assert code == 1 and "cannot reach the daemon" in err
+
+
+async def _eventually_delivered(url: str, pid: str) -> bool:
+    async with aiohttp.ClientSession() as s:
+        async def check() -> bool:
+            _, doc = await get_json(s, f"{url}/flows/f/items?state=delivered")
+            return any(i["id"] == pid for i in doc["items"])
+        return bool(await wait_for(check, 10))
