@@ -21,6 +21,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 
 from conveyor.brokers.rabbitmq_config import RabbitSourceConfig
+from conveyor.brokers.rabbitmq_settle import Acker
 from conveyor.errors import ConveyorError, Transient
 from conveyor.interfaces import Inbound
 from conveyor.payload import Body, Payload, stable_id, utc_iso
@@ -59,47 +60,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     return str(value)
-
-
-class _Delivery:
-    """One delivered message's settle callbacks: settled at most once, only on its own channel."""
-
-    __slots__ = ("_channel", "_source", "_tag", "settled")
-
-    def __init__(self, source: RabbitSource, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
-        self._source = source
-        self._channel = channel
-        self._tag = tag
-        self.settled = False
-
-    async def ack(self) -> None:
-        """Acknowledge: the broker forgets the message."""
-        if self._settle("ack"):
-            try:
-                await self._channel.basic_ack(self._tag, wait=False)
-            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError) as e:
-                log.debug("ack of delivery %d not sent (%r): the broker will redeliver it", self._tag, e)
-
-    async def nack(self, requeue: bool) -> None:
-        """Return the message to the queue (``requeue``), or reject it so the queue's dead-letter exchange
-        takes it."""
-        if self._settle("nack"):
-            try:
-                await self._channel.basic_reject(self._tag, requeue=requeue, wait=False)
-            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError) as e:
-                log.debug("nack of delivery %d not sent (%r): the broker will redeliver it", self._tag, e)
-
-    def _settle(self, what: str) -> bool:
-        if self.settled:
-            log.debug("%s of delivery %d ignored: already settled", what, self._tag)
-            return False
-        self.settled = True
-        self._source._settled()
-        if self._channel.is_closed:
-            # An ack on a dead channel is not an ack: the broker has already put the message back.
-            log.debug("%s of delivery %d dropped: its channel is closed", what, self._tag)
-            return False
-        return True
 
 
 class _Stop:
@@ -172,6 +132,7 @@ class RabbitSource:
         ch = await self._setup()
         raw = await ch.get_underlay_channel()
         self._raw = raw
+        acker = Acker(raw, self._settled)
         cfg = self.config
         queue = cfg.queue
 
@@ -186,6 +147,7 @@ class RabbitSource:
                                        path=queue))
 
         async def on_message(msg: DeliveredMessage) -> None:
+            acker.received(msg.delivery.delivery_tag)  # type: ignore[union-attr,arg-type]
             inbox.put_nowait(msg)
 
         raw.closing.add_done_callback(on_close)
@@ -199,18 +161,20 @@ class RabbitSource:
             self._tag = ok.consumer_tag
             log.info("flow %s: consuming queue '%s' on %s (prefetch %d)", self.flow, queue, self.instance.address,
                      cfg.prefetch)
-            await self._consume(inbox, raw, emit)
+            await self._consume(inbox, acker, emit)
         finally:
             self._tag = None
             self._raw = None
             raw.on_consumer_cancel_callbacks.discard(on_cancel)
             if not raw.is_closed:
+                await acker.flush()  # acks made this very turn go out before the channel closes
                 # Closing the channel hands every unacked (prefetched or in-flight) message back to the queue.
                 await _close_quietly(ch)
 
-    async def _consume(self, inbox: asyncio.Queue[Any], raw: aiormq.abc.AbstractChannel,
+    async def _consume(self, inbox: asyncio.Queue[Any], acker: Acker,
                        emit: Callable[[Inbound], Awaitable[None]]) -> None:
         make = self._inbound
+        raw = acker.channel
         while True:
             item = await inbox.get()
             if isinstance(item, DeliveredMessage):
@@ -219,9 +183,9 @@ class RabbitSource:
                 if self._stopping:
                     # Prefetched but never handed to the flow: give it back now.
                     self._outstanding += 1  # balanced by the _settled() inside nack
-                    await _Delivery(self, raw, item.delivery.delivery_tag).nack(True)  # type: ignore[union-attr,arg-type]
+                    await acker.delivery(item.delivery.delivery_tag).nack(True)  # type: ignore[union-attr,arg-type]
                     continue
-                inbound = make(raw, item)
+                inbound = make(acker, item)
                 self._outstanding += 1
                 self._emitting = True
                 try:
@@ -252,7 +216,7 @@ class RabbitSource:
         if self._stopping and self._outstanding == 0:
             self._inbox.put_nowait(_Drained())
 
-    def _inbound(self, raw: aiormq.abc.AbstractChannel, msg: DeliveredMessage) -> Inbound:
+    def _inbound(self, acker: Acker, msg: DeliveredMessage) -> Inbound:
         """The payload and settle callbacks of one delivery."""
         props = msg.header.properties
         deliver = msg.delivery
@@ -291,7 +255,7 @@ class RabbitSource:
             },
             content_type=props.content_type or "application/octet-stream",
         )
-        d = _Delivery(self, raw, tag)
+        d = acker.delivery(tag)
         return Inbound(payload, d.ack, d.nack, delivery_count)
 
     def _body(self, data: bytes) -> Body:
