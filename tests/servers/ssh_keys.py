@@ -29,6 +29,8 @@ CLIENT_KEYS: dict[str, list[str]] = {
 
 def keygen(path: Path, args: list[str], passphrase: str = "") -> Path:
     """Run ssh-keygen quietly; returns the private key path (the .pub is beside it)."""
+    path.unlink(missing_ok=True)  # ssh-keygen would ask before overwriting
+    Path(str(path) + ".pub").unlink(missing_ok=True)
     subprocess.run(["ssh-keygen", "-q", *args, "-N", passphrase, "-C", path.name, "-f", str(path)],
                    check=True, capture_output=True)
     return path

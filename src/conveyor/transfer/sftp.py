@@ -29,7 +29,7 @@ log = logging.getLogger("conveyor.sftp")
 
 BLOCK = 256 * 1024
 """Bytes per SFTP read/write request (capped by the server's advertised limits)."""
-WINDOW = 32
+WINDOW = 64
 """SFTP requests kept outstanding per transfer."""
 
 T = TypeVar("T")
