@@ -27,6 +27,7 @@ Pub/Sub and the message comes again, with the same id, which the state store ski
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -57,13 +58,60 @@ log = logging.getLogger("conveyor.pubsub")
 _END = object()
 
 
+class _Handoff:
+    """Library threads put, the event loop gets, in order. Unbounded in type, bounded by flow control.
+
+    A thread wakes the loop only when the loop may be waiting (one ``call_soon_threadsafe`` per
+    burst, not per message): under load the loop drains many messages per wake-up.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: collections.deque[Any] = collections.deque()
+        self._ready = asyncio.Event()
+        self._signalled = False
+
+    def put(self, item: Any) -> None:
+        """From any thread; raises RuntimeError when the loop is closed."""
+        self._items.append(item)
+        if not self._signalled:
+            self._signalled = True
+            self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def get(self) -> Any:
+        """The next item, waiting for one."""
+        while True:
+            if self._items:
+                return self._items.popleft()
+            self._signalled = False
+            if self._items:  # appended between the check and the reset: no wake-up was scheduled
+                continue
+            self._ready.clear()
+            if self._items:
+                continue
+            await self._ready.wait()
+
+    def empty(self) -> bool:
+        """Nothing waiting."""
+        return not self._items
+
+    def get_nowait(self) -> Any:
+        """The next item; IndexError when empty."""
+        return self._items.popleft()
+
+    def put_nowait(self, item: Any) -> None:
+        """From the loop."""
+        self._items.append(item)
+        self._ready.set()
+
+
 class _Stream:
     """One streaming pull: its future, whether it still settles messages, and its error history."""
 
     def __init__(self, source: PubsubSource, loop: asyncio.AbstractEventLoop) -> None:
         self.source = source
         self.loop = loop
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()  # bounded by flow control, see module doc
+        self.queue = _Handoff(loop)  # bounded by flow control, see module doc
         self.future: Any = None
         self.open = True
         self.last_error = 0.0
@@ -74,14 +122,14 @@ class _Stream:
     def on_message(self, message: Any) -> None:
         """The subscriber callback: hand over to the loop and return at once."""
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
+            self.queue.put(message)
         except RuntimeError:  # the loop is closed: give the message back now
             message.nack()
 
     def on_done(self, _future: Any) -> None:
         self.open = False
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, _END)
+            self.queue.put(_END)
 
     def should_recover(self, error: BaseException) -> bool:
         """Reopen after one retryable error; a second one within ``timeout`` gives up to the supervisor."""

@@ -1,0 +1,182 @@
+"""Pub/Sub on the emulator, side by side in one run: N messages of 1 KiB pulled by
+
+1. a plain google-cloud-pubsub subscriber whose callback acks (a child process),
+2. conveyor's daemon (``conveyor run``) into a directory target,
+3. conveyor's daemon into a pubsub target (a second topic on the same emulator),
+
+each from its own subscription of one topic (published once, batched), reporting msgs/s and
+each process's peak RSS. The emulator's streaming pull is the bottleneck (about 2k msgs/s here
+whatever the flow control), and two cores are shared with other work: numbers are noisy.
+
+    python bench/bench_pubsub.py [--messages 50000] [--max-in-flight 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers.pubsub_emulator
+
+from tests.servers.pubsub_emulator import PubsubEmulator, free_port
+
+from common import Daemon, table, wait_until, write_config
+
+
+def publish(emu: PubsubEmulator, topic: str, n: int, size: int) -> float:
+    """Publish ``n`` messages of ``size`` bytes in large batches; returns seconds taken."""
+    from google.cloud import pubsub_v1
+
+    pub = emu.publisher(batch_settings=pubsub_v1.types.BatchSettings(
+        max_messages=1000, max_bytes=9_000_000, max_latency=0.05))
+    path = pub.topic_path(emu.project, topic)
+    body = os.urandom(size)
+    start = time.monotonic()
+    futures = [pub.publish(path, body, n=str(i)) for i in range(n)]
+    for f in futures:
+        f.result(timeout=600)
+    pub.stop()
+    return time.monotonic() - start
+
+
+def plain_child(host: str, project: str, subscription: str, n: int) -> None:
+    """The reference: SubscriberClient.subscribe with a callback that acks; prints a JSON result."""
+    import threading
+
+    os.environ["PUBSUB_EMULATOR_HOST"] = host
+    from google.cloud import pubsub_v1
+
+    client = pubsub_v1.SubscriberClient()
+    path = client.subscription_path(project, subscription)
+    lock = threading.Lock()
+    count = 0
+    first = 0.0
+    done = threading.Event()
+
+    def callback(message: Any) -> None:
+        nonlocal count, first
+        message.ack()
+        with lock:
+            count += 1
+            if count == 1:
+                first = time.monotonic()
+            if count >= n:
+                done.set()
+
+    start = time.monotonic()
+    future = client.subscribe(path, callback)
+    done.wait(1800)
+    end = time.monotonic()
+    future.cancel()
+    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    print(json.dumps({"count": count, "seconds": end - start, "steady": end - first, "hwm_kib": hwm}))
+
+
+def run_plain(emu: PubsubEmulator, subscription: str, n: int) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--child", emu.host, emu.project, subscription, str(n)],
+                         capture_output=True, text=True, check=True, timeout=1900)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def delivered(port: int, flow: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
+            return int(json.load(r)["flows"][flow]["delivered"])
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def run_daemon(base: Path, emu: PubsubEmulator, subscription: str, target: dict[str, Any], n: int,
+               max_in_flight: int) -> dict[str, Any]:
+    """The daemon on one subscription until /status counts ``n`` delivered; peak RSS sampled meanwhile."""
+    base.mkdir(parents=True)
+    port = free_port()
+    cfg = write_config(base, {"gcp": {"type": "pubsub", "project": emu.project, "emulator_host": emu.host}},
+                       {"b": {"source": {"instance": "gcp", "subscription": subscription, "max_messages": 1000},
+                              "target": target, "max_in_flight": max_in_flight}},
+                       health={"listen": f"127.0.0.1:{port}"})
+    d = Daemon(cfg)
+    start = time.monotonic()
+    first = 0.0
+    peak = 0
+
+    def finished() -> bool:
+        nonlocal first, peak
+        peak = max(peak, d.status("VmHWM"))
+        got = delivered(port, "b")
+        if got and not first:
+            first = time.monotonic()
+        if d.proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {d.proc.returncode}; see {base / 'daemon.log'}")
+        return got >= n
+
+    try:
+        wait_until(finished, 1800, interval=0.5)
+        end = time.monotonic()
+        cpu = d.cpu_seconds()
+    finally:
+        d.stop()
+    return {"count": n, "seconds": end - start, "steady": end - (first or start), "hwm_kib": peak, "cpu": cpu}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=50_000)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--max-in-flight", type=int, default=256)
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        host, project, sub, n = args.child
+        plain_child(host, project, sub, int(n))
+        return
+    n = args.messages
+    with tempfile.TemporaryDirectory(prefix="bench-pubsub-") as tmp:
+        base = Path(tmp)
+        emu = PubsubEmulator(base)
+        emu.start()
+        try:
+            subs = {"plain": "bench-plain", "dir": "bench-dir", "pubsub": "bench-pubsub"}
+            emu.create("bench-in")
+            emu.create("bench-out")
+            for s in subs.values():
+                with emu.subscriber() as c:
+                    c.create_subscription(request={"name": c.subscription_path(emu.project, s),
+                                                   "topic": f"projects/{emu.project}/topics/bench-in",
+                                                   "ack_deadline_seconds": 60})
+            took = publish(emu, "bench-in", n, args.size)
+            print(f"published {n} x {args.size} B in {took:.1f}s ({n / took:.0f} msgs/s) to 3 subscriptions",
+                  flush=True)
+            results = {"plain google-cloud-pubsub subscriber (callback acks)": run_plain(emu, subs["plain"], n)}
+            print("plain done", flush=True)
+            results["conveyor -> directory"] = run_daemon(
+                base / "dir", emu, subs["dir"], {"type": "directory", "path": str(base / "out")}, n,
+                args.max_in_flight)
+            print("directory done", flush=True)
+            results["conveyor -> pubsub topic"] = run_daemon(
+                base / "ps", emu, subs["pubsub"], {"instance": "gcp", "topic": "bench-out"}, n, args.max_in_flight)
+        finally:
+            emu.stop()
+    ref = results["plain google-cloud-pubsub subscriber (callback acks)"]["count"] / \
+        results["plain google-cloud-pubsub subscriber (callback acks)"]["seconds"]
+    rows = [("run", "msgs", "seconds", "msgs/s", "vs plain", "steady msgs/s", "peak RSS MiB")]
+    for name, r in results.items():
+        rate = r["count"] / r["seconds"]
+        rows.append((name, str(r["count"]), f"{r['seconds']:.1f}", f"{rate:.0f}", f"{rate / ref:.2f}x",
+                     f"{r['count'] / r['steady']:.0f}", f"{r['hwm_kib'] / 1024:.0f}"))
+    print(table(rows))
+    print(f"({n} messages of {args.size} B; conveyor: max_messages 1000, max_in_flight {args.max_in_flight}, "
+          "directory target with fsync; msgs/s counts from process start, steady from the first delivery)")
+
+
+if __name__ == "__main__":
+    main()
