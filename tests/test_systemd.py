@@ -1,0 +1,143 @@
+"""sd_notify against a real AF_UNIX datagram socket, and the unit file under systemd-analyze."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.systemd import notify_address, sd_notify, watchdog_interval
+from tests.servers.ops import DaemonProcess, free_port, local_flow, write_config
+
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "conveyor.service"
+
+
+class Listener:
+    """A bound SOCK_DGRAM socket standing in for the service manager."""
+
+    def __init__(self, address: str | bytes) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+
+    def collect(self, until: float) -> None:
+        while time.monotonic() < until:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def wait(self, pred: str, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if any(pred in m for _, m in self.messages):
+                return
+            self.collect(min(deadline, time.monotonic() + 0.2))
+        raise AssertionError(f"no {pred!r} within {limit}s; got {self.messages}")
+
+    def lines(self) -> list[str]:
+        return [line for _, m in self.messages for line in m.splitlines()]
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[Listener]:
+    lst = Listener(str(tmp_path / "notify.sock"))
+    yield lst
+    lst.sock.close()
+
+
+def test_notify_path_and_abstract_socket(listener: Listener) -> None:
+    path = listener.sock.getsockname()
+    assert sd_notify("STATUS=hello", notify_address(path))
+    listener.collect(time.monotonic() + 0.3)
+    assert listener.lines() == ["STATUS=hello"]
+
+    name = f"conveyor-test-{os.getpid()}-{time.monotonic_ns()}"
+    abstract = Listener(b"\0" + name.encode())
+    try:
+        assert notify_address("@" + name) == b"\0" + name.encode()
+        assert sd_notify("READY=1", notify_address("@" + name))
+        abstract.collect(time.monotonic() + 0.3)
+        assert abstract.lines() == ["READY=1"]
+    finally:
+        abstract.sock.close()
+    assert notify_address("") is None and notify_address("relative/path") is None
+
+
+def test_watchdog_interval_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert watchdog_interval() == 0.5
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert watchdog_interval() is None  # meant for another process
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert watchdog_interval() == 0.5
+    monkeypatch.setenv("WATCHDOG_USEC", "0")
+    assert watchdog_interval() is None
+
+
+def test_daemon_notifies_ready_status_watchdog_stopping(tmp_path: Path, listener: Listener) -> None:
+    port = free_port()
+    inst, flow = local_flow(tmp_path, {"type": "directory", "path": str(tmp_path / "out")})
+    config = write_config(tmp_path / "c.yaml", {"health": {"listen": f"127.0.0.1:{port}"},
+                                                 "instances": {"box": inst}, "flows": {"f": flow}})
+    env = {"NOTIFY_SOCKET": listener.sock.getsockname(), "WATCHDOG_USEC": "1000000"}
+    d = DaemonProcess(config, port, env=env)
+    d.env.pop("WATCHDOG_PID", None)  # set by systemd for the service's own pid only
+    d.start()
+    try:
+        listener.wait("READY=1", 20)
+        ready_at = next(t for t, m in listener.messages if "READY=1" in m)
+        (tmp_path / "in" / "a.txt").write_text("x")
+        listener.collect(time.monotonic() + 6.0)
+        assert d.proc is not None and d.proc.poll() is None
+        d.proc.send_signal(15)
+        listener.wait("STOPPING=1", 20)
+        assert d.proc.wait(30) == 0
+    finally:
+        d.stop()
+    lines = listener.lines()
+    assert lines[0] == "STATUS=starting"
+    assert lines.index("READY=1") < lines.index("STOPPING=1")
+    ready_status = lines[lines.index("READY=1") + 1]
+    assert ready_status.startswith("STATUS=") and "flows running" in ready_status
+    pings = [t for t, m in listener.messages if "WATCHDOG=1" in m and t > ready_at]
+    assert len(pings) >= 8, pings  # every 0.5 s for 6 s
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert max(gaps) < 1.0, gaps  # never as late as WATCHDOG_USEC
+    # The summary changed after the delivery, and was sent again.
+    assert any(line.startswith("STATUS=") and "1 delivered" in line for line in lines), lines
+
+
+def test_no_notify_socket_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify_address() is None
+    assert sd_notify("READY=1") is False
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_unit_file_verifies(tmp_path: Path) -> None:
+    # verify insists that ExecStart= exists: point it at this venv's conveyor.
+    exe = Path(sys.executable).parent / "conveyor"
+    unit = tmp_path / "conveyor.service"
+    unit.write_text(UNIT.read_text().replace("/usr/bin/conveyor", str(exe)))
+    p = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "conveyor.service" not in p.stderr, p.stderr
+    text = UNIT.read_text()
+    for directive in ("Type=notify", "WatchdogSec=", "StateDirectory=conveyor", "LoadCredential=",
+                      "DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
+                      "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "ExecReload=/bin/kill -HUP $MAINPID",
+                      "ExecStart=/usr/bin/conveyor run -c /etc/conveyor/conveyor.yaml"):
+        assert directive in text, directive
