@@ -71,6 +71,15 @@ class Body:
             raise RuntimeError("body is on disk; stream it with chunks()")
         return self._data
 
+    @property
+    def known_digest(self) -> str | None:
+        """The SHA-256 if it was already computed (while downloading, say)."""
+        return self._sha256
+
+    def set_digest(self, sha256: str) -> None:
+        """Record a digest computed elsewhere (while copying the body)."""
+        self._sha256 = sha256
+
     async def digest(self) -> str:
         """SHA-256 hex of the body, computed once (in a thread for files)."""
         if self._sha256 is None:
@@ -244,13 +253,17 @@ class Payload:
 
     async def metadata(self) -> dict[str, Any]:
         """The metadata document of SPEC section 5."""
+        return self.metadata_with(await self.body.digest())
+
+    def metadata_with(self, sha256: str) -> dict[str, Any]:
+        """The metadata document, given the body's digest (for callers that hash while copying)."""
         return {
             "id": self.id,
             "flow": self.flow,
             "source": {"instance": self.source_instance, "type": self.source_type},
             "received_at": self.received_at,
             "size": self.body.size,
-            "sha256": await self.body.digest(),
+            "sha256": sha256,
             "name": self.name,
             "file": self.file,
             "message": self.message,

@@ -51,6 +51,8 @@ class FileSource:
         self._seen: dict[str, tuple[int, float, float]] = {}
         """path -> (size, mtime, first time seen with that size and mtime)"""
         self._reported: set[str] = set()
+        self._active: set[str] = set()
+        """ids being fetched or delivered now: the next listing must not take them again."""
         self.root = config.path.strip("/")
         skip = [a.move for a in (config.after, config.on_failure) if isinstance(a, MoveAction)]
         self._skip_dirs = [s.strip("/") for s in skip]
@@ -129,23 +131,27 @@ class FileSource:
         known = await self.store.get_many(self.flow, list(ids))
         n = 0
         for pid, f in ids.items():
+            if pid in self._active:
+                continue
             item = known.get(pid)
             if item is not None and item.state == "failed":
                 continue  # set aside until someone retries it through the ledger
             if item is not None and item.state == "delivered" and (item.settled or self.config.after == "keep"):
                 continue
-            accepted = await self.submit(pid, lambda f=f, pid=pid: self._handle(f, pid))
+            redo_after = item is not None and item.state == "delivered"
+            self._active.add(pid)
+            accepted = await self.submit(pid, lambda f=f, pid=pid, r=redo_after: self._handle(f, pid, r))
             if not accepted:
+                self._active.discard(pid)
                 break  # flow is stopping
             n += 1
         return n
 
-    async def _handle(self, f: RemoteFile, pid: str) -> None:
+    async def _handle(self, f: RemoteFile, pid: str, redo_after: bool) -> None:
         info = {"name": f.name, "path": f.path, "size": f.size, "mtime": f.mtime}
         body: Body | None = None
         try:
-            known = (await self.store.get_many(self.flow, [pid])).get(pid)
-            if known is not None and known.state == "delivered":
+            if redo_after:
                 await self._after(f)  # delivered before a crash; only the after action was missing
                 await self._settle(pid)
                 return
@@ -165,6 +171,7 @@ class FileSource:
             await self.deliverer.process(payload, info, complete=complete, give_up=give_up,
                                          settle_after_complete=self.config.after != "keep")
         finally:
+            self._active.discard(pid)
             if body is not None:
                 body.release()
 
@@ -175,7 +182,7 @@ class FileSource:
     async def _fetch(self, f: RemoteFile) -> Body:
         in_place = getattr(self.fs, "open_in_place", None)
         if in_place is not None:
-            body: Body = in_place(f)
+            body: Body = await in_place(f, self.spool.threshold)
             return body
         sink = self.spool.writer()
         backoff = Backoff(0.5, 10.0)

@@ -39,7 +39,9 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 """
 
 _COLS = "flow, id, state, attempts, last_error, settled, name, path, size, mtime, owner, first_seen, updated"
-_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]
+_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], int]
+_READ, _WRITE, _DURABLE = 0, 1, 2
+"""A read; a write whose caller may go on before the commit; a write that must be on disk first."""
 
 
 def _item(row: tuple[Any, ...]) -> Item:
@@ -97,39 +99,46 @@ class SqliteStore:
                     batch.append(self._jobs.get_nowait())
                 except queue.Empty:
                     break
-            results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            writes = any(j is not None and j[2] for j in batch)
+            early: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            durable: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            writes = any(j is not None and j[2] != _READ for j in batch)
             if writes:
                 db.execute("BEGIN")
             for job in batch:
                 if job is None:
                     stop = True
                     continue
-                fn, fut, _ = job
+                fn, fut, kind = job
                 try:
-                    results.append((fut, fn(db), None))
+                    result: tuple[asyncio.Future[Any], Any, BaseException | None] = (fut, fn(db), None)
                 except BaseException as e:
-                    results.append((fut, None, e))
+                    result = (fut, None, e)
+                (durable if kind == _DURABLE else early).append(result)
+            if early:
+                # Reads and non-durable writes need not wait for the fsync of the commit:
+                # a claim lost in a crash only loses an attempt count.
+                self._loop.call_soon_threadsafe(_resolve, early)
             if writes:
                 try:
                     db.execute("COMMIT")
                 except BaseException as e:
-                    results = [(f, None, e) for f, _, _ in results]
-            self._loop.call_soon_threadsafe(_resolve, results)
+                    durable = [(f, None, e) for f, _, _ in durable]
+            if durable:
+                self._loop.call_soon_threadsafe(_resolve, durable)
         db.close()
 
-    def _submit(self, fn: Callable[[sqlite3.Connection], Any], write: bool) -> asyncio.Future[Any]:
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any], kind: int) -> asyncio.Future[Any]:
         if self._thread is None or self._loop is None:
             raise RuntimeError("state store is not open")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._jobs.put((fn, fut, write))
+        self._jobs.put((fn, fut, kind))
         return fut
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        return await self._submit(fn, True)
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = True) -> Any:
+        return await self._submit(fn, _DURABLE if durable else _WRITE)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        return await self._submit(fn, False)
+        return await self._submit(fn, _READ)
 
     # -- the StateStore interface ---------------------------------------------
     async def get_many(self, flow: str, ids: list[str]) -> dict[str, Item]:
@@ -157,8 +166,8 @@ class SqliteStore:
                 state, owner, until = row
                 if state in ("delivered", "failed"):
                     return None
-                if state == "in_flight" and owner not in (None, self.owner) and (until or 0) > now:
-                    return None
+                if state == "in_flight" and (until or 0) > now:
+                    return None  # being delivered right now (here, or by a replica whose lease runs)
                 db.execute(
                     "UPDATE items SET state='in_flight', attempts=attempts+1, owner=?, lease_until=?, updated=?,"
                     " name=coalesce(?, name), path=coalesce(?, path), size=coalesce(?, size),"
@@ -174,7 +183,7 @@ class SqliteStore:
             r = db.execute(f"SELECT {_COLS} FROM items WHERE flow=? AND id=?", (flow, id)).fetchone()
             return _item(r)
 
-        result: Item | None = await self._write(q)
+        result: Item | None = await self._write(q, durable=False)
         return result
 
     def _set(self, sql: str, *args: Any) -> Callable[[sqlite3.Connection], int]:
@@ -190,20 +199,21 @@ class SqliteStore:
 
     async def settled(self, flow: str, id: str) -> None:
         """The after action / ack is done."""
+        # Not awaited to disk: if lost, the completion (delete, move, ack) is simply redone.
         await self._write(self._set("UPDATE items SET settled=1, updated=? WHERE flow=? AND id=?",
-                                    time.time(), flow, id))
+                                    time.time(), flow, id), durable=False)
 
     async def failed(self, flow: str, id: str, error: str, *, final: bool) -> None:
         """Record a failed attempt."""
         await self._write(self._set(
             "UPDATE items SET state=?, last_error=?, owner=NULL, lease_until=NULL, updated=? WHERE flow=? AND id=?",
-            "failed" if final else "pending", error[:2000], time.time(), flow, id))
+            "failed" if final else "pending", error[:2000], time.time(), flow, id), durable=final)
 
     async def release(self, flow: str, id: str) -> None:
         """Give an in-flight item back."""
         await self._write(self._set(
             "UPDATE items SET state='pending', owner=NULL, lease_until=NULL, updated=?"
-            " WHERE flow=? AND id=? AND state='in_flight'", time.time(), flow, id))
+            " WHERE flow=? AND id=? AND state='in_flight'", time.time(), flow, id), durable=False)
 
     async def list(self, flow: str, state: str | None, limit: int = 100, offset: int = 0) -> list[Item]:
         """Items of a flow, newest first."""

@@ -1,23 +1,24 @@
 """The ``directory`` target: body, then ``<name>.meta.json``, each appearing atomically.
 
-Order of a delivery: both written under temporary names → one (group) sync so the bytes
-are durable → rename the body, then the sidecar → one (group) sync so the names are
-durable → delivered. A reader that sees the sidecar may read the body. A payload id that
-is already there (its sidecar names the same id) is not written again.
+Order of a delivery: both written under temporary names (one thread hop: check, copy while
+hashing, sidecar) → one (group) sync so the bytes are durable → rename the body, then the
+sidecar → one (group) sync so the names are durable → delivered. A reader that sees the
+sidecar may read the body. A payload id that is already there (its sidecar names the same
+id) is not written again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
 from conveyor.errors import NoSpace, Permanent, Rejected, Transient
 from conveyor.names import name_fields, render, sanitise
-from conveyor.payload import Payload, disk_full
+from conveyor.payload import CHUNK, Body, Payload, disk_full
 from conveyor.targets.config import DirectoryTargetConfig
 from conveyor.targets.fsync import GroupSync
 
@@ -59,47 +60,61 @@ class DirectoryTarget:
             raise Transient(f"writing into {self.folder} failed: {e.strerror or e}", path=str(self.folder)) from None
 
     async def _deliver(self, payload: Payload) -> None:
-        if not self._ready:
-            await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
-            self._ready = True
         name = self.file_name(payload)
-        dest = self.folder / name
-        meta_path = self.folder / f"{name}.meta.json"
-        if self.config.sidecar:
-            existing = await asyncio.to_thread(_sidecar_id, meta_path)
-            if existing == payload.id and dest.exists():
-                return  # already delivered: the same id written twice leaves one copy
-            if existing is not None and existing != payload.id:
-                if self.config.exists == "fail":
-                    raise Rejected(f"{name} already holds payload {existing}", path=str(dest))
-                if self.config.exists == "skip":
-                    return
-        elif dest.exists() and self.config.exists != "replace":
-            if self.config.exists == "fail":
-                raise Rejected(f"{name} already exists", path=str(dest))
-            return
         tag = uuid.uuid4().hex[:12]
         tmp_body = self.folder / f".{name[:200]}.{tag}.tmp"
         tmp_meta = self.folder / f".{name[:200]}.{tag}.meta.tmp"
         try:
-            # Copy and hash at once: both read the same (cached) bytes.
-            _, meta = await asyncio.gather(asyncio.to_thread(_write_body, payload, tmp_body), payload.metadata())
-            await asyncio.to_thread(tmp_meta.write_bytes, json.dumps(meta, indent=2).encode() + b"\n")
+            staged = await asyncio.to_thread(self._stage, payload, name, tmp_body, tmp_meta)
+            if not staged:
+                return
             sync = _group_sync(self.folder) if self.config.fsync else None
             if sync:
                 await sync.sync()
-            await asyncio.to_thread(os.replace, tmp_body, dest)
-            if self.config.sidecar:
-                await asyncio.to_thread(os.replace, tmp_meta, meta_path)
+            await asyncio.to_thread(self._publish, name, tmp_body, tmp_meta)
             if sync:
                 await sync.sync()
-        finally:
-            for p in (tmp_body, tmp_meta):
-                if p.exists():
-                    p.unlink(missing_ok=True)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(_remove, tmp_body, tmp_meta))
+            raise
+
+    def _stage(self, payload: Payload, name: str, tmp_body: Path, tmp_meta: Path) -> bool:
+        """On a worker thread: decide, write the body while hashing it, write the sidecar.
+        False when nothing needs writing."""
+        if not self._ready:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._ready = True
+        dest = self.folder / name
+        if self.config.sidecar:
+            existing = _sidecar_id(self.folder / f"{name}.meta.json")
+            if existing == payload.id and dest.exists():
+                return False  # already delivered: the same id written twice leaves one copy
+            if existing is not None and existing != payload.id and self.config.exists != "replace":
+                if self.config.exists == "fail":
+                    raise Rejected(f"{name} already holds payload {existing}", path=str(dest))
+                return False
+        elif self.config.exists != "replace" and dest.exists():
+            if self.config.exists == "fail":
+                raise Rejected(f"{name} already exists", path=str(dest))
+            return False
+        sha = _write_body(payload.body, tmp_body)
+        payload.body.set_digest(sha)
+        if self.config.sidecar:
+            tmp_meta.write_bytes(json.dumps(payload.metadata_with(sha), indent=2).encode() + b"\n")
+        return True
+
+    def _publish(self, name: str, tmp_body: Path, tmp_meta: Path) -> None:
+        os.replace(tmp_body, self.folder / name)
+        if self.config.sidecar:
+            os.replace(tmp_meta, self.folder / f"{name}.meta.json")
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _remove(*paths: Path) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
 
 
 def _sidecar_id(path: Path) -> str | None:
@@ -111,19 +126,25 @@ def _sidecar_id(path: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _write_body(payload: Payload, dest: Path) -> None:
-    body = payload.body
+def _write_body(body: Body, dest: Path) -> str:
+    """Write the body to ``dest``; returns its SHA-256 (computed on the way unless known)."""
     if body.in_memory:
-        dest.write_bytes(body.bytes())
-        return
+        data = body.bytes()
+        dest.write_bytes(data)
+        return body.known_digest or hashlib.sha256(data).hexdigest()
     assert body.path is not None
-    if body.owned:
+    if body.owned and body.known_digest:
         # A spool file is ours alone: on the same file system a hard link costs nothing,
         # whatever the size. (Never for a source file read in place: a later write to it
         # would change the delivered copy too.)
         try:
             os.link(body.path, dest)
-            return
+            return body.known_digest
         except OSError:
             pass
-    shutil.copyfile(body.path, dest)  # uses sendfile/copy_file_range: no user-space copies
+    h = hashlib.sha256()
+    with open(body.path, "rb") as src, open(dest, "wb") as out:
+        while chunk := src.read(CHUNK):
+            h.update(chunk)
+            out.write(chunk)
+    return h.hexdigest()

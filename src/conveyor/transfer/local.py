@@ -95,9 +95,16 @@ class LocalInstance:
                         elif size >= 0:
                             yield RemoteFile(rel, size, mtime)
 
-    def open_in_place(self, f: RemoteFile) -> Body:
-        """The file itself as a body: no copy into the spool."""
-        return Body.from_file(self._abs(f.path), owned=False)
+    async def open_in_place(self, f: RemoteFile, threshold: int) -> Body:
+        """The file as a body with no copy into the spool: read into memory when small,
+        else handed over by path."""
+        path = self._abs(f.path)
+        try:
+            if f.size <= min(threshold, 1 << 20):
+                return Body.from_bytes(await asyncio.to_thread(path.read_bytes))
+            return Body.from_file(path, owned=False)
+        except OSError as e:
+            raise self._error(e, f.path) from None
 
     async def download(self, f: RemoteFile, sink: SpoolWriter) -> None:
         """Copy the file into a spool writer (used when in-place reading is not wanted)."""
