@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -140,10 +141,8 @@ async def _connect_all(config: Any) -> int:
             failures += 1
             print(f"  FAIL  {name} ({icfg.type}): {redact(str(e))}")
         finally:
-            try:
+            with contextlib.suppress(Exception):
                 await rt.close()
-            except Exception:
-                pass
     return 2 if failures else 0
 
 

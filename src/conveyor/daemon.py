@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -127,7 +128,7 @@ class Daemon:
         self._signals += 1
         if self._signals > 1:
             log.warning("second stop signal: not waiting for deliveries any longer")
-            for runner, task in self.flows.values():
+            for _, task in self.flows.values():
                 task.cancel()
         self._stop.set()
 
@@ -224,10 +225,8 @@ class Daemon:
         runner, task = self.flows.pop(name)
         await runner.drain(self.config.shutdown_timeout)
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
         try:
             await runner.close()
         except Exception as e:

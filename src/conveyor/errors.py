@@ -97,4 +97,5 @@ class ConfigError(ConveyorError):
         self.source = source
         head = f"{source}: " if source else ""
         n = len(problems)
-        super().__init__(f"{head}{n} problem{'s' if n != 1 else ''} in config\n" + "\n".join(f"  {p}" for p in problems))
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{head}{n} problem{'s' if n != 1 else ''} in config\n{lines}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import errno
 import hashlib
 import uuid
@@ -65,7 +66,7 @@ class Body:
         """True when the whole body is in memory."""
         return self._data is not None
 
-    def bytes(self) -> bytes:
+    def bytes(self) -> builtins.bytes:
         """The whole body; only for bodies in memory (the caller checks :attr:`in_memory`)."""
         if self._data is None:
             raise RuntimeError("body is on disk; stream it with chunks()")
@@ -90,7 +91,7 @@ class Body:
                 self._sha256 = await asyncio.to_thread(_hash_file, self.path)
         return self._sha256
 
-    async def chunks(self, size: int = CHUNK) -> AsyncIterator[bytes]:
+    async def chunks(self, size: int = CHUNK) -> AsyncIterator[builtins.bytes]:
         """The body in chunks; file reads happen in a thread so the loop never blocks on disk."""
         if self._data is not None:
             view = memoryview(self._data)
@@ -105,10 +106,7 @@ class Body:
     def release(self) -> None:
         """Free the body: delete its spool file if it owns one."""
         if self._owned and self.path is not None:
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
+            self.path.unlink(missing_ok=True)
         self._data = None
 
 

@@ -7,6 +7,7 @@ config without Pub/Sub never pays for importing google-cloud.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,9 +23,9 @@ class ConnectorSpec:
 
     type: str
     kind: Literal["file", "message"]
-    instance_model: type[InstanceConfig]
-    source_model: type[SourceConfig] | None
-    target_model: type[Any] | None
+    instance_model: builtins.type[InstanceConfig]
+    source_model: builtins.type[SourceConfig] | None
+    target_model: builtins.type[Any] | None
     factory: str
     """``module:callable``; the callable takes (name, config, context) and returns the runtime instance."""
 

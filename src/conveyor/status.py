@@ -158,12 +158,14 @@ class StatusBoard:
             if f.poll_interval is not None:
                 ref = f.last_poll or self.started
                 if now - ref > 3 * f.poll_interval + 5:
-                    out[f.name] = f"stalled: last completed poll {now - ref:.0f}s ago (poll_interval {f.poll_interval:g}s)"
+                    out[f.name] = (f"stalled: last completed poll {now - ref:.0f}s ago"
+                                   f" (poll_interval {f.poll_interval:g}s)")
                     continue
             if f.delivery_timeout and f.oldest_in_flight:
                 oldest = min(f.oldest_in_flight.values())
                 if now - oldest > f.delivery_timeout:
-                    out[f.name] = f"stalled: a delivery has been in flight {now - oldest:.0f}s (timeout {f.delivery_timeout:g}s)"
+                    out[f.name] = (f"stalled: a delivery has been in flight {now - oldest:.0f}s"
+                                   f" (timeout {f.delivery_timeout:g}s)")
                     continue
             if f.state not in ("running",):
                 out[f.name] = f"{f.state}: {f.last_error or 'not running'}"

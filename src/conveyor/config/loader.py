@@ -179,7 +179,9 @@ def _resolve_source(data: dict[str, Any], instances: dict[str, InstanceConfig], 
     if spec.source_model is None:
         col.add(path, f"a {itype} instance cannot be a source")
         return None
-    return _validate(spec.source_model, data, col, path, f" for a {itype} source (instance '{data['instance']}')")
+    source: SourceConfig | None = _validate(spec.source_model, data, col, path,
+                                            f" for a {itype} source (instance '{data['instance']}')")
+    return source
 
 
 def _resolve_target(data: dict[str, Any], instances: dict[str, InstanceConfig], col: _Collector,

@@ -41,7 +41,7 @@ class FlowConfig(ConfigModel):
 
     source: dict[str, Any] = Field(description="instance + what to read from it")
     target: dict[str, Any] = Field(description="type: directory | http, or instance + where to write")
-    retry: RetryConfig = Field(default_factory=RetryConfig)  # type: ignore[arg-type]
+    retry: RetryConfig = Field(default_factory=RetryConfig)
     max_in_flight: int = Field(16, ge=1, le=10_000, description="payloads in delivery at once (backpressure)")
     enabled: bool = Field(True, description="false keeps the flow in the file but does not run it")
     description: str | None = Field(None, description="free text for operators")
@@ -66,7 +66,7 @@ def raw_model() -> type[ConfigModel]:
         retention=(Duration, Field(30 * 86400.0, description="settled ledger rows are pruned after this")),
         health=(HealthConfig, Field(default_factory=HealthConfig)),
         log=(LogConfig, Field(default_factory=LogConfig)),
-        instances=(dict[str, union], Field(default_factory=dict)),  # type: ignore[valid-type]
+        instances=(dict[str, union], Field(default_factory=dict)),
         flows=(dict[str, FlowConfig], Field(default_factory=dict)),
     )
     return model

@@ -9,6 +9,7 @@ now would take a file still being written.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import posixpath
 import time
@@ -140,7 +141,7 @@ class FileSource:
                 continue
             redo_after = item is not None and item.state == "delivered"
             self._active.add(pid)
-            accepted = await self.submit(pid, lambda f=f, pid=pid, r=redo_after: self._handle(f, pid, r))
+            accepted = await self.submit(pid, functools.partial(self._handle, f, pid, redo_after))
             if not accepted:
                 self._active.discard(pid)
                 break  # flow is stopping

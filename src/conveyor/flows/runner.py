@@ -100,7 +100,7 @@ class FlowRunner:
         if not await self.submit(inbound.payload.id, work):
             await inbound.nack(True)  # stopping: hand it straight back to the broker
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (a deadline, not a cancel scope)
         """Two-phase stop: take no new work and let deliveries finish for ``timeout`` seconds,
         then cancel what remains (those items are released for redelivery)."""
         self._accepting = False

@@ -163,7 +163,7 @@ class SqliteStore:
         def q(db: sqlite3.Connection) -> Item | None:
             row = db.execute("SELECT state, owner, lease_until FROM items WHERE flow=? AND id=?", (flow, id)).fetchone()
             if row is not None:
-                state, owner, until = row
+                state, _owner, until = row
                 if state in ("delivered", "failed"):
                     return None
                 if state == "in_flight" and (until or 0) > now:

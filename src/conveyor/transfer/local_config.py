@@ -15,7 +15,9 @@ class LocalConfig(InstanceConfig):
 
     type: Literal["local"]
     root: str = Field(description="the folder every path of this instance is relative to")
-    create: bool = Field(False, description="create the root folder if it is missing (default: a missing root is an error)")
+    create: bool = Field(
+        False, description="create the root folder if it is missing (default: a missing root is an error)"
+    )
 
     def describe(self) -> str:
         """The folder."""
