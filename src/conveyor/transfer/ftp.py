@@ -214,9 +214,12 @@ class FtpInstance:
             return
         if (await c.command(f"CWD {folder}")).code // 100 != 2:
             parts = folder.strip("/").split("/")
+            mkd = None
             for i in range(1, len(parts) + 1):
-                await c.command("MKD /" + "/".join(parts[:i]))  # an existing level answers 550: fine
-            await c.command(f"CWD {folder}", (2,))
+                mkd = await c.command("MKD /" + "/".join(parts[:i]))  # an existing level answers 550: fine
+            if (await c.command(f"CWD {folder}")).code // 100 != 2:
+                why = f": {mkd.code} {mkd.text}" if mkd is not None else ""
+                raise Permanent(f"cannot create folder {folder}{why}", instance=self.name, path=folder)
         self._made_dirs.add(folder)
 
     async def _send_body(self, body: Body, proto: DataProtocol) -> None:

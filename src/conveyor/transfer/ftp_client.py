@@ -350,7 +350,11 @@ class FtpConnection:
                 await self._expect(command.split(" ", 1)[0], (1,))
                 if accept is not None:
                     async with asyncio.timeout(t):
-                        conn, _ = await accept
+                        conn, addr = await accept
+                    assert self._writer is not None
+                    if addr[0] != self._writer.get_extra_info("peername")[0]:  # port theft (RFC 2577)
+                        conn.close()
+                        raise ConnectionError(f"active data connection came from {addr[0]}, not the server")
                     transport, _ = await loop.connect_accepted_socket(lambda: proto, conn)
             finally:
                 if accept is not None and not accept.done():
