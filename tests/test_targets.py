@@ -1,0 +1,94 @@
+"""The directory target and uploads to a local instance: atomic, idempotent, contained."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from conveyor.config.base import FileTargetConfig
+from conveyor.errors import Rejected
+from conveyor.interfaces import Context
+from conveyor.payload import Body, Payload, Spool
+from conveyor.status import StatusBoard
+from conveyor.targets.config import DirectoryTargetConfig
+from conveyor.targets.directory import DirectoryTarget
+from conveyor.targets.upload import UploadTarget
+from conveyor.transfer.local import LocalInstance
+from conveyor.transfer.local_config import LocalConfig
+
+
+def payload(pid: str, data: bytes, name: str | None = "x.csv") -> Payload:
+    return Payload(id=pid, flow="f", source_instance="i", source_type="local", body=Body.from_bytes(data), name=name)
+
+
+async def test_same_id_twice_leaves_one_copy(tmp_path: Path) -> None:
+    t = DirectoryTarget("f", DirectoryTargetConfig(type="directory", path=str(tmp_path)))
+    await t.deliver(payload("abc", b"1"))
+    first = (tmp_path / "abc").stat().st_mtime_ns
+    await t.deliver(payload("abc", b"1"))
+    assert sorted(os.listdir(tmp_path)) == ["abc", "abc.meta.json"]
+    assert (tmp_path / "abc").stat().st_mtime_ns == first, "rewritten"
+    meta = json.loads((tmp_path / "abc.meta.json").read_text())
+    assert meta["id"] == "abc" and meta["size"] == 1 and len(meta["sha256"]) == 64
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "..", "a/b/c", "evil\nname", "\x00nul", "...", "con\\x"])
+async def test_templated_names_stay_inside(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out"
+    t = DirectoryTarget("f", DirectoryTargetConfig(type="directory", path=str(out), filename="{flow}-{name}"))
+    await t.deliver(payload("id1", b"data", name=name))
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(p.parent == out for p in files), files
+    assert len(files) == 2
+    body = next(p for p in files if not p.name.endswith(".meta.json"))
+    assert "/" not in body.name and "\n" not in body.name and "\x00" not in body.name
+
+
+async def test_exists_policy_for_a_different_payload(tmp_path: Path) -> None:
+    cfg = DirectoryTargetConfig(type="directory", path=str(tmp_path), filename="{name}", exists="fail")
+    t = DirectoryTarget("f", cfg)
+    await t.deliver(payload("one", b"1"))
+    with pytest.raises(Rejected, match="already holds payload one"):
+        await t.deliver(payload("two", b"2"))
+    skip = DirectoryTarget("f", cfg.model_copy(update={"exists": "skip"}))
+    await skip.deliver(payload("two", b"2"))
+    assert (tmp_path / "x.csv").read_bytes() == b"1"
+    replace = DirectoryTarget("f", cfg.model_copy(update={"exists": "replace"}))
+    await replace.deliver(payload("two", b"2"))
+    assert (tmp_path / "x.csv").read_bytes() == b"2"
+
+
+async def test_spooled_body_is_linked_not_copied(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", threshold=10)
+    spool.prepare()
+    w = spool.writer()
+    w.write(b"z" * 5000)
+    body = w.finish()
+    p = Payload(id="big", flow="f", source_instance="i", source_type="sftp", body=body, name="big.bin")
+    t = DirectoryTarget("f", DirectoryTargetConfig(type="directory", path=str(tmp_path / "out")))
+    await t.deliver(p)
+    body.release()
+    assert (tmp_path / "out" / "big").read_bytes() == b"z" * 5000
+    assert not list((tmp_path / "spool").iterdir())
+
+
+async def test_upload_to_a_local_instance(tmp_path: Path) -> None:
+    inst = LocalInstance("dst", LocalConfig(type="local", root=str(tmp_path)),
+                         Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()))
+    cfg = FileTargetConfig(instance="dst", path="inbound/today", filename="{stem}-{id}.{ext}", chmod="0640")
+    t = UploadTarget("f", cfg, inst)
+    await t.deliver(payload("p1", b"hello", name="order.csv"))
+    dest = tmp_path / "inbound" / "today" / "order-p1.csv"
+    assert dest.read_bytes() == b"hello"
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o640
+    assert [p.name for p in dest.parent.iterdir()] == ["order-p1.csv"]  # no temp file left
+    fail = UploadTarget("f", cfg.model_copy(update={"exists": "fail"}), inst)
+    with pytest.raises(Rejected):
+        await fail.deliver(payload("p1", b"again", name="order.csv"))
+    skip = UploadTarget("f", cfg.model_copy(update={"exists": "skip"}), inst)
+    await skip.deliver(payload("p1", b"again", name="order.csv"))
+    assert dest.read_bytes() == b"hello"
