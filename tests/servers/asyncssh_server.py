@@ -155,8 +155,9 @@ def ssh_client_keys(tmp_path_factory: pytest.TempPathFactory) -> KeySet:
 
 @pytest.fixture
 async def asyncssh_server(tmp_path: Path, ssh_client_keys: KeySet) -> AsyncIterator[AsyncsshSftpServer]:
-    """A fresh in-process asyncssh SFTP server serving ``tmp_path / 'srv'``."""
-    root = tmp_path / "srv"
+    """A fresh in-process asyncssh SFTP server serving ``tmp_path / 'remote'`` (where the shared
+    suite expects a source's files, as with the local backend)."""
+    root = tmp_path / "remote"
     root.mkdir()
     srv = AsyncsshSftpServer(root, ssh_client_keys, host_keys())
     await srv.start()
