@@ -169,8 +169,11 @@ class FileSource:
                 if final and self.config.on_failure is not None:
                     await self.fs.rename(f.path, self._moved(self.config.on_failure.move, f.path))
 
-            await self.deliverer.process(payload, info, complete=complete, give_up=give_up,
-                                         settle_after_complete=self.config.after != "keep")
+            outcome = await self.deliverer.process(payload, info, complete=complete, give_up=give_up,
+                                                   settle_after_complete=self.config.after != "keep")
+            if outcome == "delivered":
+                log.info("delivered %s (%d bytes)", f.path, f.size,
+                         extra={"flow": self.flow, "instance": self.instance, "payload_id": pid})
         finally:
             self._active.discard(pid)
             if body is not None:
