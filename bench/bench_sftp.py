@@ -72,7 +72,7 @@ async def _worker(a: argparse.Namespace) -> dict[str, float]:
             for conc in (1, 4):
                 sem = asyncio.Semaphore(conc)
 
-                async def one(f: Any) -> None:
+                async def one(f: Any, sem: asyncio.Semaphore = sem) -> None:
                     async with sem:
                         w = spool.writer()
                         await inst.download(f, w)
@@ -117,6 +117,39 @@ def _openssh(port: int, key: str, user: str, batch: str) -> float:
     return time.perf_counter() - t  # includes the ssh handshake (~tens of ms)
 
 
+def _daemon_idle(work: Path, instance: dict[str, Any], seconds: float) -> dict[str, float]:
+    """CPU % of one core used by `conveyor run` with 100 sftp flows polling an empty folder every 5 s."""
+    import yaml
+
+    d = work / "daemon"
+    d.mkdir()
+    flows = {f"idle{i:03}": {"source": {"instance": "partner", "path": "empty", "poll_interval": "5s"},
+                             "target": {"type": "directory", "path": str(d / "out")}} for i in range(100)}
+    doc = {"state": str(d / "state.db"), "spool_dir": str(d / "spool"), "health": {"listen": None},
+           "log": {"level": "warning", "format": "text"}, "instances": {"partner": instance}, "flows": flows}
+    (d / "conveyor.yaml").write_text(yaml.safe_dump(doc))
+    conveyor = str(Path(sys.executable).parent / "conveyor")
+    with open(d / "log", "wb") as log:
+        proc = subprocess.Popen([conveyor, "run", "-c", str(d / "conveyor.yaml")], stderr=log)
+    try:
+        time.sleep(10)  # start-up and the first poll of every flow
+        if proc.poll() is not None:
+            raise SystemExit(f"conveyor run exited: {(d / 'log').read_text()}")
+
+        def cpu() -> float:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        c0, t0 = cpu(), time.monotonic()
+        time.sleep(seconds)
+        used = cpu() - c0
+        rss = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+        return {"cpu_percent": 100 * used / (time.monotonic() - t0), "maxrss_mib": rss}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -131,9 +164,10 @@ def main() -> None:
         print(json.dumps(asyncio.run(_worker(a))))
         return
 
-    from conveyor.transfer.hostkeys import sha256_fp
     from tests.servers.ssh_keys import make_client_keys
     from tests.servers.sshd import USER, start_sshd
+
+    from conveyor.transfer.hostkeys import sha256_fp
 
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     keys = make_client_keys(work / "keys")
@@ -174,6 +208,9 @@ def main() -> None:
             rss.append(r["maxrss_mib"])
         small_r = _conveyor(base, "small", path="small")
         idle_r = _conveyor(base, "idle", path="empty", idle_seconds=a.idle_seconds)
+        inst_cfg = {"type": "sftp", "host": "127.0.0.1", "port": srv.port, "username": USER, "private_key_file": key,
+                    "host_fingerprint": sha256_fp(srv.host_blob("ed25519")), "root": str(srv.root)}
+        daemon_r = _daemon_idle(work, inst_cfg, a.idle_seconds)
 
         def best(k: str) -> float:
             return max(rows[k]) / MIB
@@ -188,6 +225,8 @@ def main() -> None:
         print(f"{'':<38}{'':>14}{small_r['files_per_s_4']:>12.0f}  (4 at once)")
         print(f"{'100 idle pollers every 5 s, CPU %':<38}{'':>14}{idle_r['cpu_percent']:>12.2f}  "
               f"(connector only, {a.idle_seconds:g}s)")
+        print(f"{'':<38}{'':>14}{daemon_r['cpu_percent']:>12.2f}  (conveyor run, 100 flows, {a.idle_seconds:g}s; "
+              f"RSS {daemon_r['maxrss_mib']:.0f} MiB)")
         print("all rounds MiB/s:", {k: [round(v / MIB) for v in vs] for k, vs in rows.items()})
     finally:
         srv.stop()
