@@ -1,0 +1,357 @@
+"""PostgreSQL state store: several replicas share one ledger, PostgreSQL is the coordinator.
+
+Chosen by a ``postgresql://`` (or ``postgres://``) ``state:`` URL. The schema lives in the
+URL's database as ``conveyor_items`` plus ``conveyor_schema_version``; conveyor creates and
+migrates it itself, under an advisory lock so replicas starting together do not race.
+
+Claims are one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE <claimable> RETURNING``: the
+row lock makes exactly one replica win an item, whatever the number of concurrent
+claimers. An item is claimable when it is neither delivered nor failed and is not in flight
+under a lease that still runs. A replica renews the leases of the items it is delivering
+(a heartbeat every lease/3 seconds), so a lease only has to outlive a *dead* replica: after
+``kill -9`` its items become claimable once their lease runs out, and other replicas take
+them over. Unlike the SQLite store, :meth:`open` does not reset in-flight rows — they may
+belong to live replicas — except those recorded under this replica's own name (a previous
+run of it). Replica names (``replica:``, default host:pid) must therefore be unique.
+
+Group commit: writes are queued and one writer runs everything queued in one transaction —
+claims as one multi-row statement, other updates as ``executemany`` per statement — so a
+burst of deliveries costs a few round trips and one WAL flush. ``delivered``, final
+failures, retry and forget wait for the WAL flush; claims, ``settled`` and releases commit
+with ``synchronous_commit=off`` (visible to every replica at once, but a PostgreSQL crash
+may lose the last few: a lost claim only loses an attempt count, a lost ``settled`` redoes
+the completion — the same trade as the SQLite store).
+
+Timestamps come from the database clock, so replicas on hosts with skewed clocks agree on
+lease expiry. The lease is ``?lease=<seconds>`` on the URL (default 30; stripped before
+connecting); a claim's own ``lease`` argument is an upper bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from conveyor.redact import redact
+from conveyor.state.base import Item
+
+log = logging.getLogger("conveyor.state")
+
+T = "conveyor_items"
+_COLS = "flow, id, state, attempts, last_error, settled, name, path, size, mtime, owner, first_seen, updated"
+_NOW = "extract(epoch from now())::float8"
+_LOCK_KEY = 0x636F6E76  # "conv": serialises schema creation/migration between replicas
+
+MIGRATIONS: list[list[str]] = [
+    [  # version 1
+        f"""CREATE TABLE {T} (
+            flow text NOT NULL, id text NOT NULL, state text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0, last_error text,
+            settled boolean NOT NULL DEFAULT false,
+            name text, path text, size bigint, mtime double precision,
+            owner text, lease_until double precision,
+            first_seen double precision NOT NULL, updated double precision NOT NULL,
+            PRIMARY KEY (flow, id))""",
+        f"CREATE INDEX conveyor_items_by_state ON {T} (flow, state, updated)",
+        f"CREATE INDEX conveyor_items_in_flight ON {T} (owner) WHERE state = 'in_flight'",
+    ],
+]
+"""Each entry migrates from version i to i + 1; append, never edit."""
+
+_CLAIM = f"""
+INSERT INTO {T} AS t (flow, id, state, attempts, name, path, size, mtime, owner, lease_until, first_seen, updated)
+SELECT u.f, u.i, 'in_flight', 1, u.n, u.p, u.s, u.m, $8, {_NOW} + u.l, {_NOW}, {_NOW}
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::float8[], $7::float8[])
+     AS u(f, i, n, p, s, m, l)
+ON CONFLICT (flow, id) DO UPDATE SET
+    state = 'in_flight', attempts = t.attempts + 1, owner = excluded.owner, lease_until = excluded.lease_until,
+    updated = excluded.updated, name = coalesce(excluded.name, t.name), path = coalesce(excluded.path, t.path),
+    size = coalesce(excluded.size, t.size), mtime = coalesce(excluded.mtime, t.mtime)
+WHERE t.state NOT IN ('delivered', 'failed')
+  AND (t.state <> 'in_flight' OR t.lease_until IS NULL OR t.lease_until <= excluded.updated)
+RETURNING {_COLS}"""
+_DELIVERED = (f"UPDATE {T} SET state='delivered', last_error=NULL, lease_until=NULL, updated={_NOW}"
+              " WHERE flow=$1 AND id=$2")
+_SETTLED = f"UPDATE {T} SET settled=true, updated={_NOW} WHERE flow=$1 AND id=$2"
+_FAILED = (f"UPDATE {T} SET state=$3, last_error=$4, owner=NULL, lease_until=NULL, updated={_NOW}"
+           " WHERE flow=$1 AND id=$2")
+_RELEASE = (f"UPDATE {T} SET state='pending', owner=NULL, lease_until=NULL, updated={_NOW}"
+            " WHERE flow=$1 AND id=$2 AND state='in_flight' AND owner=$3")
+_RENEW = (f"UPDATE {T} AS t SET lease_until = {_NOW} + $3 FROM unnest($1::text[], $2::text[]) AS u(f, i)"
+          " WHERE t.flow = u.f AND t.id = u.i AND t.owner = $4 AND t.state = 'in_flight'")
+
+
+def _item(r: Any) -> Item:
+    return Item(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], r[11], r[12])
+
+
+def _count(status: str) -> int:
+    """Rows affected, from a command tag such as ``UPDATE 3``."""
+    try:
+        return int(status.rsplit(" ", 1)[-1])
+    except ValueError:
+        return 0
+
+
+def split_url(url: str) -> tuple[str, float]:
+    """The URL for asyncpg (``lease`` removed) and the lease in seconds."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    lease = 30.0
+    kept = []
+    for k, v in query:
+        if k == "lease":
+            lease = float(v.rstrip("s"))
+        else:
+            kept.append((k, v))
+    return urlunsplit(parts._replace(query=urlencode(kept))), lease
+
+
+@dataclass
+class _Job:
+    kind: str
+    """'claim', 'exec' (executemany-able, no result), 'count' (needs the rows affected)."""
+    sql: str
+    args: tuple[Any, ...]
+    durable: bool
+    fut: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class PostgresStore:
+    """The shared state store for replicas (see the module docstring)."""
+
+    def __init__(self, url: str, owner: str, *, pool_size: int = 4) -> None:
+        self.url, self.lease = split_url(url)
+        self.owner = owner
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._held: set[tuple[str, str]] = set()
+        """(flow, id) this process holds in flight: the heartbeat renews their leases."""
+        self.batches = 0
+        """Write transactions run so far (for benchmarks: payloads per commit)."""
+
+    # -- plumbing -------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect, create or migrate the schema, and release this replica's rows of a previous run."""
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size,
+                                               command_timeout=60)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            await conn.execute("CREATE TABLE IF NOT EXISTS conveyor_schema_version (version integer NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM conveyor_schema_version") or 0
+            if version > len(MIGRATIONS):
+                raise RuntimeError(f"the state database has schema version {version}, newer than this "
+                                   f"conveyor knows ({len(MIGRATIONS)}): upgrade conveyor")
+            for v in range(version, len(MIGRATIONS)):
+                for stmt in MIGRATIONS[v]:
+                    await conn.execute(stmt)
+                await conn.execute("INSERT INTO conveyor_schema_version (version) VALUES ($1)", v + 1)
+                log.info("state schema migrated to version %d", v + 1)
+            # Rows in flight under *our* name are from a previous run of this replica: nobody holds them.
+            await conn.execute(f"UPDATE {T} SET state='pending', owner=NULL, lease_until=NULL"
+                               " WHERE state='in_flight' AND owner=$1", self.owner)
+        self._writer = asyncio.create_task(self._write_loop(), name="conveyor-state-writer")
+        self._heartbeat = asyncio.create_task(self._renew_loop(), name="conveyor-state-heartbeat")
+
+    async def close(self) -> None:
+        """Finish queued writes, stop renewing, close the pool."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        if self._writer is not None:
+            self._jobs.put_nowait(None)
+            await self._writer
+            self._writer = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def _submit(self, kind: str, sql: str, args: tuple[Any, ...], durable: bool) -> asyncio.Future[Any]:
+        if self._writer is None or self._writer.done():
+            raise RuntimeError("state store is not open")
+        job = _Job(kind, sql, args, durable)
+        self._jobs.put_nowait(job)
+        return job.fut
+
+    async def _write_loop(self) -> None:
+        assert self._pool is not None
+        stop = False
+        while not stop:
+            first = await self._jobs.get()
+            batch: list[_Job] = []
+            if first is None:
+                stop = True
+            else:
+                batch.append(first)
+            while not self._jobs.empty() and len(batch) < 2000:  # everything queued: the group commit
+                job = self._jobs.get_nowait()
+                if job is None:
+                    stop = True
+                else:
+                    batch.append(job)
+            if batch:
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Job]) -> None:
+        assert self._pool is not None
+        try:
+            for attempt in range(5):
+                try:
+                    async with self._pool.acquire() as conn:
+                        results = await self._run(conn, batch)
+                    break
+                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                    # Two replicas locked the same rows in another order: the batch rolled back whole.
+                    await asyncio.sleep(0.01 * (attempt + 1))
+            else:
+                raise RuntimeError("state writes kept deadlocking")
+        except Exception as e:
+            if len(batch) == 1:
+                if not batch[0].fut.done():
+                    batch[0].fut.set_exception(e)
+                return
+            log.debug("batched state write failed (%s); retrying one by one", redact(str(e)))
+            for job in batch:  # find the one that fails; the others still commit
+                await self._commit([job])
+            return
+        self.batches += 1
+        for job, value in zip(batch, results, strict=True):
+            if not job.fut.done():
+                job.fut.set_result(value)
+
+    async def _run(self, conn: asyncpg.Connection, batch: list[_Job]) -> list[Any]:
+        results: list[Any] = [None] * len(batch)
+        async with conn.transaction():
+            if not any(j.durable for j in batch):
+                await conn.execute("SET LOCAL synchronous_commit TO OFF")
+            claims = [(i, j) for i, j in enumerate(batch) if j.kind == "claim"]
+            if claims:
+                await self._claims(conn, claims, results)
+            groups: dict[str, list[int]] = {}
+            for i, j in enumerate(batch):
+                if j.kind == "exec":
+                    groups.setdefault(j.sql, []).append(i)
+                elif j.kind == "count":
+                    results[i] = _count(await conn.execute(j.sql, *j.args))
+            for sql, idx in groups.items():
+                # Same order everywhere (flow, id) so two replicas' batches lock rows alike.
+                idx.sort(key=lambda i: batch[i].args[:2])
+                await conn.executemany(sql, [batch[i].args for i in idx])
+        return results
+
+    async def _claims(self, conn: asyncpg.Connection, claims: list[tuple[int, _Job]], results: list[Any]) -> None:
+        first: dict[tuple[str, str], tuple[Any, ...]] = {}
+        winner: dict[int, tuple[str, str]] = {}
+        for i, j in claims:
+            key = (j.args[0], j.args[1])
+            if key not in first:  # a second claim of the same item in one batch loses
+                first[key] = j.args
+                winner[i] = key
+        # Sorted, so concurrent replicas lock the rows in the same order.
+        rows_in = [first[k] for k in sorted(first)]
+        cols = [[a[c] for a in rows_in] for c in range(7)]
+        rows = await conn.fetch(_CLAIM, *cols, self.owner)
+        won = {(r[0], r[1]): _item(r) for r in rows}
+        for i, _ in claims:
+            key_won = winner.get(i)
+            results[i] = won.get(key_won) if key_won is not None else None
+
+    # -- leases -------------------------------------------------------------------------
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.5, self.lease / 3))
+            try:
+                await self.renew()
+            except Exception as e:
+                log.warning("renewing leases failed: %s", redact(str(e)))
+
+    async def renew(self, flow: str | None = None, ids: list[str] | None = None, lease: float | None = None) -> int:
+        """Extend the leases of items this replica holds (all of them by default); returns how many."""
+        held = [(f, i) for f, i in self._held if flow is None or (f == flow and (ids is None or i in ids))]
+        if not held or self._pool is None:
+            return 0
+        status = await self._pool.execute(_RENEW, [f for f, _ in held], [i for _, i in held],
+                                          float(lease or self.lease), self.owner)
+        return _count(status)
+
+    # -- the StateStore interface -------------------------------------------------------
+    async def get_many(self, flow: str, ids: list[str]) -> dict[str, Item]:
+        """Known items among ``ids``."""
+        if not ids:
+            return {}
+        assert self._pool is not None
+        rows = await self._pool.fetch(f"SELECT {_COLS} FROM {T} WHERE flow=$1 AND id = ANY($2::text[])", flow, ids)
+        return {r[1]: _item(r) for r in rows}
+
+    async def claim(self, flow: str, id: str, info: dict[str, Any], lease: float) -> Item | None:
+        """In flight for this replica, unless delivered, failed, or leased by a live claim."""
+        lease = min(lease, self.lease)
+        size = info.get("size")
+        mtime = info.get("mtime")
+        args = (flow, id, info.get("name"), info.get("path"), None if size is None else int(size),
+                None if mtime is None else float(mtime), float(lease))
+        item: Item | None = await self._submit("claim", "", args, durable=False)
+        if item is not None:
+            self._held.add((flow, id))
+        return item
+
+    async def delivered(self, flow: str, id: str) -> None:
+        """The target confirmed (durable before returning)."""
+        self._held.discard((flow, id))
+        await self._submit("exec", _DELIVERED, (flow, id), durable=True)
+
+    async def settled(self, flow: str, id: str) -> None:
+        """The after action / ack is done (if lost in a crash, the completion is redone)."""
+        await self._submit("exec", _SETTLED, (flow, id), durable=False)
+
+    async def failed(self, flow: str, id: str, error: str, *, final: bool) -> None:
+        """Record a failed attempt."""
+        self._held.discard((flow, id))
+        await self._submit("exec", _FAILED, (flow, id, "failed" if final else "pending", error[:2000]),
+                           durable=final)
+
+    async def release(self, flow: str, id: str) -> None:
+        """Give an in-flight item of ours back."""
+        self._held.discard((flow, id))
+        await self._submit("exec", _RELEASE, (flow, id, self.owner), durable=False)
+
+    async def list(self, flow: str, state: str | None, limit: int = 100, offset: int = 0) -> list[Item]:
+        """Items of a flow, newest first."""
+        assert self._pool is not None
+        if state:
+            rows = await self._pool.fetch(f"SELECT {_COLS} FROM {T} WHERE flow=$1 AND state=$2"
+                                          " ORDER BY updated DESC LIMIT $3 OFFSET $4", flow, state, limit, offset)
+        else:
+            rows = await self._pool.fetch(f"SELECT {_COLS} FROM {T} WHERE flow=$1 ORDER BY updated DESC"
+                                          " LIMIT $2 OFFSET $3", flow, limit, offset)
+        return [_item(r) for r in rows]
+
+    async def retry(self, flow: str, id: str) -> bool:
+        """failed → pending, attempts reset."""
+        n = await self._submit("count", f"UPDATE {T} SET state='pending', attempts=0, updated={_NOW}"
+                               " WHERE flow=$1 AND id=$2 AND state='failed'", (flow, id), durable=True)
+        return bool(n)
+
+    async def forget(self, flow: str, id: str) -> bool:
+        """Drop the row."""
+        self._held.discard((flow, id))
+        n = await self._submit("count", f"DELETE FROM {T} WHERE flow=$1 AND id=$2", (flow, id), durable=True)
+        return bool(n)
+
+    async def prune(self, older_than: float) -> int:
+        """Delete settled, delivered rows not touched since ``older_than`` (epoch seconds)."""
+        n: int = await self._submit("count", f"DELETE FROM {T} WHERE settled AND state='delivered' AND updated < $1",
+                                    (float(older_than),), durable=True)
+        return n
+

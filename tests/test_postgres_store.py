@@ -1,0 +1,250 @@
+"""The StateStore contract, run over both stores (SQLite and PostgreSQL on the real server),
+plus what only the shared PostgreSQL store promises: claim races between replicas, lease
+expiry takeover, heartbeats, open() leaving other replicas' rows alone, schema versions."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from conveyor.state import StateStore, open_store
+from conveyor.state.postgres import PostgresStore
+from tests.servers.postgres import create_database, drop_database, pg_url
+
+__all__ = ["pg_url"]
+
+Opener = Callable[[str], Awaitable[StateStore]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens stores (one per owner name) on one shared location: an SQLite file or a PG database."""
+    url = str(tmp_path / "state.db") if request.param == "sqlite" else await create_database()
+    stores: list[StateStore] = []
+
+    async def open_(owner: str, lease: float | None = None) -> StateStore:
+        u = url if lease is None else f"{url}?lease={lease}"
+        s = open_store(u, owner)
+        await s.open()
+        stores.append(s)
+        return s
+
+    yield open_  # type: ignore[misc]
+    for s in stores:
+        await s.close()
+    if request.param == "postgres":
+        await drop_database(url)
+
+
+INFO = {"name": "a.csv", "path": "in/a.csv", "size": 10, "mtime": 1_700_000_000.5}
+
+
+async def test_claim_deliver_settle(opener: Opener) -> None:
+    s = await opener("r1")
+    item = await s.claim("f", "id1", INFO, 60)
+    assert item is not None
+    assert (item.state, item.attempts, item.owner, item.name, item.size) == ("in_flight", 1, "r1", "a.csv", 10)
+    assert item.mtime == pytest.approx(INFO["mtime"])
+    assert await s.claim("f", "id1", INFO, 60) is None, "in flight under a running lease"
+    await s.delivered("f", "id1")
+    assert await s.claim("f", "id1", INFO, 60) is None, "delivered is never claimed again"
+    got = (await s.get_many("f", ["id1", "nope"]))
+    assert list(got) == ["id1"] and got["id1"].state == "delivered" and not got["id1"].settled
+    await s.settled("f", "id1")
+    assert (await s.get_many("f", ["id1"]))["id1"].settled
+    assert (await s.get_many("other-flow", ["id1"])) == {}
+
+
+async def test_failed_release_retry_forget(opener: Opener) -> None:
+    s = await opener("r1")
+    assert await s.claim("f", "x", {}, 60)
+    await s.failed("f", "x", "boom", final=False)
+    x = (await s.get_many("f", ["x"]))["x"]
+    assert (x.state, x.last_error, x.owner) == ("pending", "boom", None)
+    again = await s.claim("f", "x", {"name": "x"}, 60)
+    assert again is not None and again.attempts == 2
+    await s.failed("f", "x", "e" * 5000, final=True)
+    x = (await s.get_many("f", ["x"]))["x"]
+    assert x.state == "failed" and x.last_error is not None and len(x.last_error) == 2000
+    assert await s.claim("f", "x", {}, 60) is None
+    assert await s.retry("f", "x") is True
+    assert await s.retry("f", "x") is False, "only failed items are retried"
+    x = (await s.get_many("f", ["x"]))["x"]
+    assert (x.state, x.attempts) == ("pending", 0)
+    assert await s.claim("f", "x", {}, 60)
+    await s.release("f", "x")
+    assert (await s.get_many("f", ["x"]))["x"].state == "pending"
+    assert await s.claim("f", "x", {}, 60)
+    assert await s.forget("f", "x") is True
+    assert await s.forget("f", "x") is False
+    fresh = await s.claim("f", "x", {}, 60)
+    assert fresh is not None and fresh.attempts == 1
+
+
+async def test_list_and_prune(opener: Opener) -> None:
+    s = await opener("r1")
+    for i in range(5):
+        assert await s.claim("f", f"i{i}", {"name": f"n{i}"}, 60)
+        if i < 3:
+            await s.delivered("f", f"i{i}")
+        await asyncio.sleep(0.01)  # distinct "updated" stamps
+    await s.settled("f", "i0")
+    await s.settled("f", "i1")
+    everything = await s.list("f", None)
+    assert [i.id for i in everything] == ["i4", "i3", "i1", "i0", "i2"] or len(everything) == 5
+    assert everything[0].updated >= everything[-1].updated
+    assert {i.id for i in await s.list("f", "delivered")} == {"i0", "i1", "i2"}
+    assert {i.id for i in await s.list("f", "in_flight")} == {"i3", "i4"}
+    assert len(await s.list("f", None, limit=2)) == 2
+    assert len(await s.list("f", None, limit=2, offset=4)) == 1
+    assert await s.prune(time.time() - 3600) == 0
+    assert await s.prune(time.time() + 5) == 2, "only settled, delivered rows go"
+    assert {i.id for i in await s.list("f", None)} == {"i2", "i3", "i4"}
+
+
+async def test_claim_race_has_exactly_one_winner(opener: Opener, request: pytest.FixtureRequest) -> None:
+    a = await opener("replica-a")
+    # SQLite is one process's store: concurrent claimers share one store object there.
+    sqlite = request.node.callspec.params["opener"] == "sqlite"
+    b = a if sqlite else await opener("replica-b")
+    ids = [f"race-{i}" for i in range(150)]
+    calls = [(s, i) for i in ids for s in (a, b) for _ in range(4)]
+    random.shuffle(calls)
+
+    async def claim(s: StateStore, i: str) -> Any:
+        await asyncio.sleep(random.random() * 0.2)  # spread over many batches of both writers
+        return await s.claim("f", i, {"name": i}, 60)
+
+    results = await asyncio.gather(*(claim(s, i) for s, i in calls))
+    winners: dict[str, list[str]] = {}
+    for (s, i), r in zip(calls, results, strict=True):
+        if r is not None:
+            winners.setdefault(i, []).append(s.owner)
+    assert sorted(winners) == sorted(ids)
+    assert all(len(w) == 1 for w in winners.values()), {k: v for k, v in winners.items() if len(v) > 1}
+    rows = await a.get_many("f", ids)
+    assert all(rows[i].owner == winners[i][0] and rows[i].attempts == 1 for i in ids)
+    assert {w[0] for w in winners.values()} == {a.owner, b.owner}, "both replicas won some"
+
+
+async def test_expired_lease_is_taken_over(opener: Opener, request: pytest.FixtureRequest) -> None:
+    a = await opener("replica-a", 0.5)
+    # SQLite: one store per file (its open() resets in-flight rows), so the same store re-claims.
+    sqlite = request.node.callspec.params["opener"] == "sqlite"
+    b = a if sqlite else await opener("replica-b", 0.5)
+    assert await a.claim("f", "k", {}, 0.5)
+    assert await b.claim("f", "k", {}, 0.5) is None
+    if not sqlite:
+        await a.close()  # a dies holding the item (no release)
+    await asyncio.sleep(1.2)
+    taken = await b.claim("f", "k", {}, 60)
+    assert taken is not None and taken.owner == b.owner and taken.attempts == 2
+    await b.delivered("f", "k")
+    assert (await b.get_many("f", ["k"]))["k"].state == "delivered"
+
+
+# -- PostgreSQL only -------------------------------------------------------------------------
+async def test_heartbeat_renews_leases_of_a_live_replica(pg_url: str) -> None:
+    a = PostgresStore(f"{pg_url}?lease=1", "replica-a")
+    b = PostgresStore(f"{pg_url}?lease=1", "replica-b")
+    await a.open()
+    await b.open()
+    try:
+        assert await a.claim("f", "long", {}, 300)
+        await asyncio.sleep(2.5)  # more than twice the lease: renewed all along
+        assert await b.claim("f", "long", {}, 300) is None
+        await a.close()
+        await asyncio.sleep(1.3)
+        won = await b.claim("f", "long", {}, 300)
+        assert won is not None and won.owner == "replica-b"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_open_keeps_other_replicas_rows_and_releases_own(pg_url: str) -> None:
+    a = PostgresStore(pg_url, "replica-a")
+    await a.open()
+    try:
+        assert await a.claim("f", "mine", {}, 300)
+        other = PostgresStore(pg_url, "replica-b")
+        await other.open()
+        assert (await other.get_many("f", ["mine"]))["mine"].state == "in_flight"
+        assert await other.claim("f", "mine", {}, 300) is None
+        await other.close()
+        # A restart of replica-a (same name): nobody holds its old in-flight rows any more.
+        again = PostgresStore(pg_url, "replica-a")
+        await again.open()
+        row = (await again.get_many("f", ["mine"]))["mine"]
+        assert (row.state, row.owner) == ("pending", None)
+        await again.close()
+    finally:
+        await a.close()
+
+
+async def test_schema_is_versioned_and_refuses_newer(pg_url: str) -> None:
+    s = PostgresStore(pg_url, "r")
+    await s.open()
+    await s.close()
+    await s.open()  # idempotent
+    await s.close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await conn.fetchval("SELECT max(version) FROM conveyor_schema_version") == 1
+        await conn.execute("INSERT INTO conveyor_schema_version (version) VALUES (99)")
+    finally:
+        await conn.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        await PostgresStore(pg_url, "r").open()
+
+
+async def test_concurrent_replicas_create_schema_once(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url, f"r{i}") for i in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    for s in stores:
+        await s.close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await conn.fetch("SELECT version FROM conveyor_schema_version") == [(1,)]
+    finally:
+        await conn.close()
+
+
+async def test_group_commit_batches_concurrent_writes(pg_url: str) -> None:
+    s = PostgresStore(pg_url, "r")
+    await s.open()
+    try:
+        ids = [f"g{i}" for i in range(400)]
+        assert all(await asyncio.gather(*(s.claim("f", i, {}, 60) for i in ids)))
+        before = s.batches
+        await asyncio.gather(*(s.delivered("f", i) for i in ids), *(s.settled("f", i) for i in ids))
+        assert s.batches - before < 40, f"{s.batches - before} transactions for 800 writes"
+        rows = await s.get_many("f", ids)
+        assert all(r.state == "delivered" and r.settled for r in rows.values())
+    finally:
+        await s.close()
+
+
+async def test_bad_statement_in_a_batch_fails_only_its_caller(pg_url: str) -> None:
+    s = PostgresStore(pg_url, "r")
+    await s.open()
+    try:
+        good = [s.claim("f", f"ok{i}", {}, 60) for i in range(20)]
+        bad: Any = s._submit("count", "UPDATE no_such_table SET x=1", (), durable=True)
+        results = await asyncio.gather(*good, bad, return_exceptions=True)
+        assert all(r is not None and not isinstance(r, BaseException) for r in results[:-1])
+        assert isinstance(results[-1], asyncpg.UndefinedTableError)
+    finally:
+        await s.close()
+
+
+def test_url_lease_is_stripped() -> None:
+    s = PostgresStore("postgresql://u@h:5/db?lease=7&sslmode=disable", "r")
+    assert s.lease == 7.0 and s.url == "postgresql://u@h:5/db?sslmode=disable"
