@@ -118,3 +118,12 @@ def test_config_fingerprints() -> None:
 def test_config_errors(kw: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         cfg(**kw)
+
+
+def test_fragments_of_names_with_line_breaks() -> None:
+    from conveyor.transfer.ftp_listing import is_fragment
+
+    assert is_fragment("break.txt", mlsd=True) and is_fragment("break.txt", mlsd=False)
+    assert not is_fragment("type=file;size=1; ok", mlsd=True)
+    assert not is_fragment("drwxr-xr-x 2 a b 4096 Nov 20 09:00 .", mlsd=False)
+    assert not is_fragment("total 8", mlsd=False) and not is_fragment("", mlsd=False)

@@ -181,7 +181,8 @@ def pyftpd_factory(tmp_path: Path, ftp_certs: Certs) -> Iterator[Any]:
     servers: list[PyFtpd] = []
 
     def make(tls: str = "none", **kw: Any) -> PyFtpd:
-        root = kw.pop("root", tmp_path / f"served{len(servers)}")
+        # The first serves tmp_path/remote, where the shared suite expects a backend's files.
+        root = kw.pop("root", tmp_path / ("remote" if not servers else f"remote{len(servers)}"))
         srv = start_pyftpd(root, tls=tls, certs=ftp_certs if tls != "none" else None, **kw)
         servers.append(srv)
         return srv

@@ -31,7 +31,7 @@ from conveyor.interfaces import Context, RemoteFile
 from conveyor.payload import Body, SpoolWriter
 from conveyor.transfer.ftp_client import DataProtocol, FtpConnection, FtpReplyError
 from conveyor.transfer.ftp_config import FtpConfig
-from conveyor.transfer.ftp_listing import Entry, parse_list_line, parse_mlsd_line, parse_mlsx_time
+from conveyor.transfer.ftp_listing import Entry, is_fragment, parse_list_line, parse_mlsd_line, parse_mlsx_time
 from conveyor.transfer.ftp_pool import FtpPool
 from conveyor.transfer.ftp_tls import describe_verify_error
 
@@ -57,6 +57,8 @@ class FtpInstance:
                 st.warnings.append(warning)
         self.pool = FtpPool(name, config, ctx.status, self._map)
         self._made_dirs: set[str] = set()
+        self._list_a = True
+        self._warned: set[str] = set()
 
     # -- errors and paths ----------------------------------------------------
     def _map(self, e: BaseException, path: str, connecting: bool = False) -> ConveyorError:
@@ -168,13 +170,32 @@ class FtpInstance:
         await c.command(f"CWD {self._abs(folder)}", (2,))
         raw = bytearray()
         mlsd = "MLST" in c.features
-        await c.transfer("MLSD" if mlsd else "LIST", on_data=raw.extend)
+        if mlsd:
+            await c.transfer("MLSD", on_data=raw.extend)
+        else:
+            try:
+                # Unix servers hide dot-files from a bare LIST; -a shows them (names like '..x' are files too).
+                await c.transfer("LIST -a" if c.unix and self._list_a else "LIST", on_data=raw.extend)
+            except FtpReplyError as e:
+                if e.reply.code // 100 != 5 or not (c.unix and self._list_a):
+                    raise
+                self._list_a = False
+                raw.clear()
+                await c.transfer("LIST", on_data=raw.extend)
         parse = parse_mlsd_line if mlsd else parse_list_line
-        out = []
-        for line in raw.decode("utf-8", "surrogateescape").splitlines():
+        out: list[Entry] = []
+        last_parsed = False
+        for line in raw.decode("utf-8", "surrogateescape").split("\r\n" if b"\r\n" in raw else "\n"):
             entry = parse(line)
             if entry is not None:
                 out.append(entry)
+            elif last_parsed and is_fragment(line, mlsd):
+                # A name with a line break spills onto the next line: the entry before is a fragment.
+                if folder not in self._warned:
+                    self._warned.add(folder)
+                    log.warning("instance '%s': skipping a name with a line break in folder %r", self.name, folder)
+                out.pop()
+            last_parsed = entry is not None
         return out
 
     async def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:

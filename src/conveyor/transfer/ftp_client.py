@@ -146,6 +146,8 @@ class FtpConnection:
         """Taken from the pool: a 421/EOF on its first reply means the server closed it while idle."""
         self.last_used = 0.0
         self.tls_version: str | None = None
+        self.unix = False
+        """SYST says UNIX: LIST takes ``-a``."""
         self._epsv = True
         self._rx: memoryview | None = None
         """The receive buffer, reused by every transfer of this connection: allocating 1 MiB per
@@ -187,6 +189,7 @@ class FtpConnection:
             if "UTF8" in self.features:
                 await self.command("OPTS UTF8 ON")
             await self.command("TYPE I", (2,))
+            self.unix = "UNIX" in (await self.command("SYST")).text.upper()
             pwd = await self.command("PWD")
             if pwd.code == 257 and pwd.text.count('"') >= 2:
                 self.home = pwd.text.split('"', 1)[1].rsplit('"', 1)[0].replace('""', '"') or "/"

@@ -147,6 +147,16 @@ def parse_list_line(line: str, now: float | None = None) -> Entry | None:
     return None
 
 
+def is_fragment(line: str, mlsd: bool) -> bool:
+    """Whether a non-empty listing line is not an entry at all: the tail of a name that had a line break."""
+    if not line.strip():
+        return False
+    if mlsd:
+        facts, sep, _ = line.partition(" ")
+        return not sep or "=" not in facts
+    return not (line.lower().startswith("total") or _UNIX.match(line) or _WINDOWS.match(line))
+
+
 _PASV = re.compile(r"(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3})")
 _EPSV = re.compile(r"\((.)\1\1(\d{1,5})\1\)")
 
