@@ -256,3 +256,19 @@ async def test_connection_refused_is_transient(tmp_path: Path) -> None:
     with pytest.raises(Transient):
         await inst.check()
     assert status.instances["ftp-test"].state == "down" and not status.instances["ftp-test"].permanent
+
+
+async def test_replace_when_rename_does_not_overwrite(pyftpd_factory: Any, tmp_path: Path) -> None:
+    srv = pyftpd_factory("none", rename_overwrites=False)
+    inst, _, _ = ftp_instance(srv.config(), tmp_path / "spool")
+    try:
+        assert await inst.upload(Body.from_bytes(b"one"), "o/x.txt", exists="replace", chmod=None)
+        assert await inst.upload(Body.from_bytes(b"two"), "o/x.txt", exists="replace", chmod=None)
+        assert (srv.root / "o/x.txt").read_bytes() == b"two" and os.listdir(srv.root / "o") == ["x.txt"]
+        (srv.root / "m").mkdir()
+        (srv.root / "m/y.txt").write_bytes(b"old")
+        (srv.root / "y.txt").write_bytes(b"new")
+        await inst.rename("y.txt", "m/y.txt")
+        assert (srv.root / "m/y.txt").read_bytes() == b"new"
+    finally:
+        await inst.close()

@@ -7,6 +7,7 @@ unroutable address, a short idle timeout (421), and a data channel cut after N b
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 from collections.abc import Iterator
@@ -112,6 +113,7 @@ def start_pyftpd(
     idle_timeout: float | None = None,
     cut_after: int | None = None,
     tls_max: str | None = None,
+    rename_overwrites: bool = True,
 ) -> PyFtpd:
     """Start a server in a thread; call ``stop()`` when done."""
     root.mkdir(parents=True, exist_ok=True)
@@ -146,6 +148,8 @@ def start_pyftpd(
                    {"cut_after": cut_after, "cuts_left": [1]})
         attrs["dtp_handler"] = dtp
         attrs["use_sendfile"] = False  # sendfile() would bypass the cutting send()
+    if not rename_overwrites:
+        attrs["ftp_RNTO"] = _rnto_refusing_overwrite
     handler = type("TestHandler", (base,), attrs)
     server = FTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())  # own loop: one server per thread
     port = server.address[1]
@@ -161,6 +165,15 @@ def start_pyftpd(
     thread = threading.Thread(target=serve, name=f"pyftpd-{port}", daemon=True)
     thread.start()
     return PyFtpd(root, port, tls, certs, handler, server, thread, stop)
+
+
+def _rnto_refusing_overwrite(self: Any, path: str) -> None:
+    # Like IIS and FileZilla Server: no rename onto an existing file.
+    if os.path.exists(path):
+        self._rnfr = None
+        self.respond("550 File exists.")
+        return
+    FTPHandler.ftp_RNTO(self, path)
 
 
 def _implicit_handle(self: Any) -> None:

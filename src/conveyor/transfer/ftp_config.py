@@ -35,7 +35,12 @@ def parse_tls_fingerprint(value: str) -> str:
 
 
 class FtpConfig(InstanceConfig):
-    """An FTP or FTPS server: the fields a Patchworks FTP instance has, plus TLS details and pooling."""
+    """An FTP or FTPS server: the fields a Patchworks FTP instance has, plus TLS details and pooling.
+
+    ``ignore_passive_address`` defaults to false, unlike the seed's form (whose text says "true means
+    active mode" and mixes two settings): here passive mode is ``passive``, and
+    ``ignore_passive_address: true`` only replaces the address a PASV reply announces with ``host``.
+    """
 
     type: Literal["ftp"]
     host: str = Field(min_length=1, description="server host name or address")
