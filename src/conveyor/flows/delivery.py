@@ -20,7 +20,7 @@ from conveyor.errors import ConveyorError, Permanent, RetryAfter
 from conveyor.interfaces import Target
 from conveyor.payload import Payload
 from conveyor.redact import redact
-from conveyor.state.base import StateStore
+from conveyor.state.base import Item, StateStore
 from conveyor.status import StatusBoard
 from conveyor.supervisor import Backoff
 
@@ -99,6 +99,7 @@ class Deliverer:
         max_attempts: int | None = None,
         broker_count: int | None = None,
         settle_after_complete: bool = True,
+        claimed: Item | None = None,
     ) -> str:
         """The whole life of one payload. Returns delivered | failed | skipped | released.
 
@@ -107,19 +108,10 @@ class Deliverer:
         ``max_attempts`` (broker sources) turns a non-final failure into a final one once
         the item was tried that many times.
         """
-        item = await self.store.claim(self.flow, payload.id, info, self.lease)
+        item = claimed or await self.store.claim(self.flow, payload.id, info, self.lease)
         if item is None:
-            known = (await self.store.get_many(self.flow, [payload.id])).get(payload.id)
-            if known is not None and known.state == "delivered":
-                await complete()  # delivered before, its completion was lost: finish it now
-                if settle_after_complete:
-                    await self.store.settled(self.flow, payload.id)
-                return "skipped"
-            if known is not None and known.state == "failed":
-                await give_up(True)
-                return "skipped"
-            await give_up(False)  # another replica holds it
-            return "skipped"
+            return await self.unclaimed(payload.id, complete=complete, give_up=give_up,
+                                        settle_after_complete=settle_after_complete)
         self.status.delivery_started(self.flow, payload.id)
         started = time.monotonic()
         outcome = "released"
@@ -151,6 +143,22 @@ class Deliverer:
         finally:
             self.status.delivery_ended(self.flow, payload.id, outcome, payload.body.size,
                                        time.monotonic() - started)
+
+    async def unclaimed(self, id: str, *, complete: Callable[[], Awaitable[None]],
+                        give_up: Callable[[bool], Awaitable[None]], settle_after_complete: bool = True) -> str:
+        """The claim of ``id`` was refused: finish a lost completion, set a failed item aside, or
+        leave it to the replica that holds it. Returns "skipped"."""
+        known = (await self.store.get_many(self.flow, [id])).get(id)
+        if known is not None and known.state == "delivered":
+            await complete()  # delivered before, its completion was lost: finish it now
+            if settle_after_complete:
+                await self.store.settled(self.flow, id)
+            return "skipped"
+        if known is not None and known.state == "failed":
+            await give_up(True)
+            return "skipped"
+        await give_up(False)  # another replica holds it
+        return "skipped"
 
     async def _release(self, payload: Payload, give_up: Callable[[bool], Awaitable[None]]) -> None:
         try:

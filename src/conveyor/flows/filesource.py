@@ -9,6 +9,7 @@ now would take a file still being written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import posixpath
@@ -156,11 +157,6 @@ class FileSource:
                 await self._after(f)  # delivered before a crash; only the after action was missing
                 await self._settle(pid)
                 return
-            body = await self._fetch(f)
-            payload = Payload(
-                id=pid, flow=self.flow, source_instance=self.instance, source_type=self.instance_type, body=body,
-                name=f.name, file={"path": f.path, "mtime": utc_iso(f.mtime)},
-            )
 
             async def complete() -> None:
                 await self._after(f)
@@ -169,8 +165,24 @@ class FileSource:
                 if final and self.config.on_failure is not None:
                     await self.fs.rename(f.path, self._moved(self.config.on_failure.move, f.path))
 
+            # Claim before downloading: with replicas on one store, only the winner fetches the file.
+            settle = self.config.after != "keep"
+            item = await self.store.claim(self.flow, pid, info, self.deliverer.lease)
+            if item is None:
+                await self.deliverer.unclaimed(pid, complete=complete, give_up=give_up, settle_after_complete=settle)
+                return
+            try:
+                body = await self._fetch(f)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.store.release(self.flow, pid))
+                raise
+            payload = Payload(
+                id=pid, flow=self.flow, source_instance=self.instance, source_type=self.instance_type, body=body,
+                name=f.name, file={"path": f.path, "mtime": utc_iso(f.mtime)},
+            )
             outcome = await self.deliverer.process(payload, info, complete=complete, give_up=give_up,
-                                                   settle_after_complete=self.config.after != "keep")
+                                                   settle_after_complete=settle, claimed=item)
             if outcome == "delivered":
                 log.info("delivered %s (%d bytes)", f.path, f.size,
                          extra={"flow": self.flow, "instance": self.instance, "payload_id": pid})
