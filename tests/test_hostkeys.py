@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import subprocess
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,27 @@ def test_fingerprint_main_unreachable(capsys: pytest.CaptureFixture[str]) -> Non
     assert fingerprint_main(f"127.0.0.1:{free_port()}") == 1
     assert "cannot read host keys from 127.0.0.1" in capsys.readouterr().err
     assert fingerprint_main("host:notaport") == 2
+
+
+async def test_ecdsa_only_server(ssh_client_keys: Any) -> None:
+    """A server with one ecdsa host key: scanned, and pinned by its SHA512 (Patchworks' non-RSA form)."""
+    import asyncio
+
+    from conveyor.transfer.sftp import SftpInstance
+    from conveyor.transfer.sftp_config import SftpConfig
+    from tests.servers.sshd import sshd_available, start_sshd
+
+    if sshd_available():
+        pytest.skip(str(sshd_available()))
+    srv = await asyncio.to_thread(start_sshd, ssh_client_keys, ("ecdsa",))
+    try:
+        keys = await scan("127.0.0.1", srv.port, 5)
+        assert [k[0] for k in keys] == ["ecdsa-sha2-nistp256"]
+        inst = SftpInstance("p", SftpConfig.model_validate(srv.instance_config(
+            host_fingerprint=sha512_fp(srv.host_blob("ecdsa")))), None)
+        try:
+            assert "(ecdsa-sha2-nistp256," in await inst.check()
+        finally:
+            await inst.close()
+    finally:
+        srv.stop()

@@ -147,10 +147,19 @@ def host_keys() -> list[asyncssh.SSHKey]:
     return _HOST_KEYS
 
 
+_CLIENT_KEYS: list[KeySet] = []
+
+
 @pytest.fixture(scope="session")
 def ssh_client_keys(tmp_path_factory: pytest.TempPathFactory) -> KeySet:
-    """Client keys in every format, shared by both SFTP servers."""
-    return make_client_keys(tmp_path_factory.mktemp("ssh-client-keys"))
+    """Client keys in every format, shared by both SFTP servers.
+
+    Made once per process: test modules import this fixture, which gives each module its own
+    session-scoped copy, and RSA key generation is slow enough to matter.
+    """
+    if not _CLIENT_KEYS:
+        _CLIENT_KEYS.append(make_client_keys(tmp_path_factory.mktemp("ssh-client-keys")))
+    return _CLIENT_KEYS[0]
 
 
 @pytest.fixture

@@ -90,7 +90,8 @@ class Sshd:
 
         cfg: dict[str, Any] = {
             "type": "sftp", "host": "127.0.0.1", "port": self.port, "username": USER, "password": PASSWORD,
-            "host_fingerprint": sha256_fp(self.host_blob("ed25519")), "root": str(self.root),
+            "host_fingerprint": over.get("host_fingerprint") or sha256_fp(self.host_blob("ed25519")),
+            "root": str(self.root),
             "timeout": "5s", "max_connection_attempts": 1,
         }
         cfg.update(over)
@@ -158,13 +159,22 @@ def start_sshd(keys: KeySet, host_key_types: tuple[str, ...] = ("ed25519", "rsa"
     return Sshd(base, root, port, host_keys, keys, proc, pw.pw_uid, pw.pw_gid)
 
 
+_RUNNING: list[Sshd] = []
+
+
 @pytest.fixture(scope="session")
 def sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:
-    """One OpenSSH sshd for the test session (skips when not root or sshd is missing)."""
+    """One OpenSSH sshd for the test session (skips when not root or sshd is missing).
+
+    Shared by every module that imports this fixture (each import is its own session-scoped
+    fixture to pytest), stopped when the session ends.
+    """
     why = sshd_available()
     if why:
         pytest.skip(why)
-    server = start_sshd(ssh_client_keys)
+    if not _RUNNING or _RUNNING[0].proc.poll() is not None:
+        _RUNNING[:] = [start_sshd(ssh_client_keys)]
+    server = _RUNNING[0]
     try:
         yield server
     finally:

@@ -222,6 +222,7 @@ class SftpPool:
         # server has, ed25519 first, until one of its keys matches.
         families = [self._family] if self._family else await self._families()
         offered: list[str] = []
+        resets = 0
         for fam in families:
             try:
                 s = await self._login(KEY_FAMILIES[fam] if fam else None, known_hosts=([], [], []))
@@ -229,12 +230,15 @@ class SftpPool:
                 offered.append(str(e))
                 continue
             except ConnectionResetError:
-                continue  # OpenSSH resets when it has no key of the asked type
+                resets += 1  # OpenSSH resets when it has no key of the asked type
+                continue
             self._family = family_of(s.keytype) or fam
             return s
         if self._family:  # the cached type no longer matches (rotation): look at every type once
             self._family = None
             return await self._connect_once()
+        if resets and not offered:  # nothing was compared: a network problem, not a mismatch
+            raise Transient(f"{cfg.host}:{cfg.port} reset the connection during the handshake", instance=self.name)
         pinned = ", ".join(cfg.host_fingerprint or [])
         raise HostKeyError(
             f"host key of {cfg.host}:{cfg.port} matches no configured host_fingerprint ({pinned}); "
