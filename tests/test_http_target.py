@@ -203,8 +203,7 @@ async def test_config_rejects_non_http_url() -> None:
 # -- through the daemon --------------------------------------------------------------------
 async def test_retries_honour_retry_after_then_delivers(tmp_path: Path) -> None:
     async with http_sink(plan=[status(503, headers={"Retry-After": "1"}), status(500)]) as sink:
-        # A long poll_interval: the file source must not offer the file again while it is
-        # still being retried (see the report: the core re-submits in-flight files).
+        # One poll takes the file; a long poll_interval keeps the request count exact.
         inst, flow = local_flow(tmp_path, {"type": "http", "url": sink.url}, poll_interval="10s")
         flow["retry"] = {"attempts": 5, "backoff": "50ms", "max_backoff": "100ms"}
         config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"},

@@ -1,0 +1,198 @@
+"""local→http payloads/s against a plain aiohttp client loop posting the same bodies, same run.
+
+A sink (an aiohttp server in its own process) counts requests and bytes. First a plain
+aiohttp client reads each file and POSTs it with the same concurrency as the flow's
+``max_in_flight``; then the daemon delivers the same files from a local folder to the same
+sink. The daemon does more per payload (state store claim/deliver/settle, SHA-256 for
+X-Conveyor-Meta, the after action), which is what the ratio prices.
+
+    python bench/bench_http.py [--files 5000] [--size 4096] [--concurrency 32] [--dir /var/tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from common import Daemon, table, write_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def sink_main(port: int) -> None:
+    """The sink process: POST anything counts; GET /count reports."""
+    from aiohttp import web
+
+    counts = {"n": 0, "bytes": 0}
+
+    async def post(request: web.Request) -> web.Response:
+        n = 0
+        async for chunk in request.content.iter_any():
+            n += len(chunk)
+        counts["n"] += 1
+        counts["bytes"] += n
+        return web.Response(status=201)
+
+    async def count(_r: web.Request) -> web.Response:
+        return web.json_response(counts)
+
+    app = web.Application(client_max_size=1 << 40)
+    app.router.add_post("/hook", post)
+    app.router.add_get("/count", count)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def sink_count(s: aiohttp.ClientSession, url: str) -> int:
+    async with s.get(url + "/count") as r:
+        return int((await r.json())["n"])
+
+
+async def plain_client(files: list[Path], url: str, concurrency: int) -> float:
+    """The reference: read each file, POST it, `concurrency` at a time; seconds taken."""
+    queue: asyncio.Queue[Path] = asyncio.Queue()
+    for f in files:
+        queue.put_nowait(f)
+
+    async def worker(s: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            f = queue.get_nowait()
+            data = await asyncio.to_thread(f.read_bytes)
+            async with s.post(url + "/hook", data=data, headers={"Content-Type": "application/octet-stream"}) as r:
+                await r.read()
+                assert r.status == 201
+
+    t0 = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        await asyncio.gather(*(worker(s) for _ in range(concurrency)))
+    return time.monotonic() - t0
+
+
+async def target_alone(files: list[Path], url: str, concurrency: int) -> float:
+    """conveyor's HttpTarget on its own (bodies read into memory, as the local source does for
+    small files): the target's share of the cost, without state store and file handling."""
+    from conveyor.payload import Body, Payload
+    from conveyor.targets.config import HttpTargetConfig
+    from conveyor.targets.http import HttpTarget
+
+    target = HttpTarget("bench", HttpTargetConfig.model_validate({"type": "http", "url": url + "/hook"}))
+    queue: asyncio.Queue[Path] = asyncio.Queue()
+    for f in files:
+        queue.put_nowait(f)
+
+    async def worker() -> None:
+        while not queue.empty():
+            f = queue.get_nowait()
+            data = await asyncio.to_thread(f.read_bytes)
+            p = Payload(id=f.name, flow="bench", source_instance="disk", source_type="local",
+                        body=Body.from_bytes(data), name=f.name)
+            await target.deliver(p)
+
+    t0 = time.monotonic()
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        await target.close()
+    return time.monotonic() - t0
+
+
+async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str, ...]]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    sink = subprocess.Popen([sys.executable, __file__, "--sink", str(port)])  # noqa: ASYNC220 (started once)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(200):
+                try:
+                    await sink_count(s, url)
+                    break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+            staging = base / "disk" / "staging"
+            staging.mkdir(parents=True)
+            body = os.urandom(size)
+            files = []
+            for i in range(n):
+                p = staging / f"f{i:06}.dat"
+                p.write_bytes(body)
+                files.append(p)
+            plain_s = await plain_client(files, url, concurrency)
+            assert await sink_count(s, url) == n
+            alone_s = await target_alone(files, url, concurrency)
+            assert await sink_count(s, url) == 2 * n
+
+            src = base / "disk" / "in"
+            src.mkdir()
+            flows = {"http": {"source": {"instance": "disk", "path": "in", "poll_interval": "100ms",
+                                         "min_age": "0s", "after": "delete"},
+                              "target": {"type": "http", "url": url + "/hook"},
+                              "max_in_flight": concurrency}}
+            cfg = write_config(base, {"disk": {"type": "local", "root": str(base / "disk")}}, flows)
+            d = Daemon(cfg)
+            try:
+                await asyncio.sleep(1.5)  # started and idle
+                t0 = time.monotonic()
+                for f in files:
+                    os.rename(f, src / f.name)
+                while await sink_count(s, url) < 3 * n:
+                    if time.monotonic() - t0 > 600:
+                        raise TimeoutError("daemon did not deliver everything in 10 minutes")
+                    await asyncio.sleep(0.02)
+                daemon_s = time.monotonic() - t0
+                rss = d.status("VmHWM")
+            finally:
+                d.stop()
+    finally:
+        sink.terminate()
+        sink.wait(10)
+    plain = n / plain_s
+    conv = n / daemon_s
+    alone = n / alone_s
+    return [
+        ("measure", "payloads/s", "seconds", "ratio"),
+        (f"plain aiohttp client, {n} x {size} B, {concurrency} at a time", f"{plain:,.0f}", f"{plain_s:.1f}", "1.00"),
+        ("conveyor HttpTarget alone, same bodies, same concurrency", f"{alone:,.0f}", f"{alone_s:.1f}",
+         f"{alone / plain:.2f}"),
+        (f"conveyor local->http, same files, max_in_flight {concurrency}", f"{conv:,.0f}", f"{daemon_s:.1f}",
+         f"{conv / plain:.2f}"),
+        ("daemon peak RSS", f"{rss / 1024:.0f} MB", "", ""),
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=5000)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--dir", default=None)
+    ap.add_argument("--sink", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.sink:
+        sink_main(args.sink)
+        return
+    base = Path(tempfile.mkdtemp(prefix="conveyor-bench-http-", dir=args.dir))
+    try:
+        rows = asyncio.run(run(base, args.files, args.size, args.concurrency))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(table(rows))
+    print(json.dumps({"note": "2 shared cores; numbers are noisy"}))
+
+
+if __name__ == "__main__":
+    main()
