@@ -158,7 +158,7 @@ async def daemon_in_process(config_path: Path, **health: Any) -> AsyncIterator[A
         if task.done():
             await task
         await asyncio.sleep(0.02)
-    daemon.health = server
+    daemon.health = server  # type: ignore[attr-defined]  # for the tests: the server of this daemon
     try:
         yield daemon
     finally:
