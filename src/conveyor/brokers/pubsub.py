@@ -133,8 +133,10 @@ class PubsubInstance:
         """Record a connection outcome on the status board."""
         st = self.ctx.status
         if error is None:
-            if st.instances.get(self.name) is None or st.instances[self.name].state != "up":
-                st.connect_attempt(self.name, True)
+            current = st.instances.get(self.name)
+            if current is not None and current.state == "up":
+                return  # the common case, once per delivery: nothing changed
+            st.connect_attempt(self.name, True)
             st.instance_state(self.name, "up")
         else:
             st.connect_attempt(self.name, False)
