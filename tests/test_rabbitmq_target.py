@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from conveyor.brokers.rabbitmq_config import RabbitConfig, RabbitTargetConfig
-from conveyor.errors import NotFound, Rejected
+from conveyor.errors import NotFound, Rejected, Transient
 from conveyor.payload import Body, Payload
 from tests.servers.rabbitmq import (
     Vhost,
@@ -94,6 +94,21 @@ async def test_missing_exchange_is_not_found(rabbit_vhost: Vhost, tmp_path: Any)
     target = inst.target("f", tgt_cfg(exchange="no-such-exchange", routing_key="k"))
     with pytest.raises(NotFound, match="no-such-exchange"):
         await target.deliver(payload(1))
+    await inst.close()
+
+
+async def test_broker_nack_is_transient(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    v = rabbit_vhost
+    q = v.q("full")
+    # a full queue with reject-publish overflow makes the broker nack further publishes
+    await declare(v, q, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    inst = make_instance(v, tmp_path)
+    target = inst.target("f", tgt_cfg(routing_key=q))
+    await target.deliver(payload(1))
+    with pytest.raises(Transient, match="did not take"):
+        await target.deliver(payload(2))
+    assert [m.message_id for m in await drain(v, q)] == ["id-1"]
+    await target.deliver(payload(3))  # room again: the same channel goes on
     await inst.close()
 
 

@@ -15,6 +15,7 @@ Errors from aio-pika/aiormq are mapped once, in :func:`map_error`::
     ChannelNotFoundEntity (404: queue, exchange)       → NotFound
     ChannelAccessRefused (403)                         → AuthError
     ChannelPreconditionFailed (406: inequivalent arg)  → Permanent
+    DeliveryError (publish nacked by the broker)       → Transient
     TLS certificate verification failure               → Permanent
     everything else (sockets, timeouts, closed
     channels and connections)                          → Transient
@@ -74,6 +75,9 @@ def map_error(e: BaseException, *, instance: str, address: str, path: str | None
         return Permanent(f"TLS certificate of {address} not trusted: {e.verify_message}", instance=instance)
     if isinstance(e, TimeoutError):
         return Transient(f"timed out talking to {address}", instance=instance, path=path)
+    if isinstance(e, amqp_errors.DeliveryError):
+        return Transient(f"the broker did not take the message ({e}): a full queue (x-overflow reject-publish) "
+                         "or a broker-side error", instance=instance, path=path)
     if isinstance(e, amqp_errors.ChannelClosed):
         return Transient(f"channel closed by the broker: {_reply_text(e)}", instance=instance, path=path)
     if isinstance(e, (amqp_errors.AMQPError, amqp_errors.ChannelInvalidStateError, ConnectionError, OSError,

@@ -124,9 +124,10 @@ class RabbitSource:
         """Consume until the connection or consumer is lost (Transient), the task is cancelled (the channel
         closes: unacked messages return to the queue), or stop_intake() was called and every emitted
         message has been settled (the channel closes, run returns)."""
+        if self._stopping:
+            return  # stop_intake() came first: a stopped source stays stopped
         inbox: asyncio.Queue[DeliveredMessage | BaseException | _Stop | _Drained] = asyncio.Queue()
         self._inbox = inbox
-        self._stopping = False
         self._outstanding = 0
         self._run_task = asyncio.current_task()
         ch = await self._setup()
