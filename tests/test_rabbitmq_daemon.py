@@ -90,6 +90,48 @@ async def test_directory_target_gets_message_metadata(rabbit_vhost: Vhost, tmp_p
     assert meta["source"] == {"instance": "mq", "type": "rabbitmq"}
 
 
+async def test_graceful_stop_acks_in_flight_and_returns_the_rest(rabbit_vhost: Vhost, tmp_path: Path) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    v = rabbit_vhost
+    q = v.q("graceful")
+    await declare(v, q)
+    n = 40
+    await publish(v, q, [f"{i}".encode() for i in range(n)])
+    got: list[bytes] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        body = await request.read()
+        await asyncio.sleep(0.3)  # deliveries are in flight when the stop comes
+        got.append(body)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    flows = {"g": {"source": {"instance": "mq", "queue": q, "prefetch": 20},
+                   "target": {"type": "http", "url": f"http://127.0.0.1:{port}/"}, "max_in_flight": 4}}
+    cfg = write_config(tmp_path, {"mq": v.instance_config()}, flows)
+    try:
+        async with running(cfg):
+            await wait_for(lambda: len(got) >= 6, 30)
+        # running() has drained and stopped the daemon (exit code 0)
+        delivered = len(got)
+        assert delivered < n
+        # every delivered message was acked, everything else is back on the queue: nothing lost or doubled
+        assert v.counts().get(q) == n - delivered
+        left = {int(m.body) for m in await drain(v, q)}
+        assert left | {int(b) for b in got} == set(range(n)) and not left & {int(b) for b in got}
+    finally:
+        await runner.cleanup()
+
+
 def _check(cfg: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "conveyor", "check", "-c", str(cfg), "--connect"],
                           capture_output=True, text=True, timeout=60, check=False)
