@@ -51,6 +51,21 @@ def _reply_text(e: BaseException) -> str:
     return args[-1] if args else (str(e) or type(e).__name__)
 
 
+def _cert_error(e: BaseException) -> str | None:
+    """The reason when ``e`` is (or wraps: aiormq re-raises it as a connection error) a failed certificate check."""
+    seen: BaseException | None = e
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(e)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return text.split("] ", 1)[-1].split(" (_ssl", 1)[0]
+    return None
+
+
 def map_error(e: BaseException, *, instance: str, address: str, path: str | None = None,
               connecting: bool = False) -> ConveyorError:
     """Map an aio-pika/aiormq/socket exception to conveyor's error tree (see the module docstring)."""
@@ -71,8 +86,9 @@ def map_error(e: BaseException, *, instance: str, address: str, path: str | None
         return AuthError(_reply_text(e), instance=instance, path=path)
     if isinstance(e, amqp_errors.ChannelPreconditionFailed):
         return Permanent(_reply_text(e), instance=instance, path=path)
-    if isinstance(e, ssl.SSLCertVerificationError):
-        return Permanent(f"TLS certificate of {address} not trusted: {e.verify_message}", instance=instance)
+    cert_error = _cert_error(e)
+    if cert_error is not None:
+        return Permanent(f"TLS certificate of {address} not trusted: {cert_error}", instance=instance)
     if isinstance(e, TimeoutError):
         return Transient(f"timed out talking to {address}", instance=instance, path=path)
     if isinstance(e, amqp_errors.DeliveryError):
