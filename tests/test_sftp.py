@@ -389,3 +389,22 @@ async def test_listing_refused_openssh(sftp_openssh_backend: SftpBackend, tmp_pa
         assert await download(inst, "private/ORD_1.csv", tmp_path) == b"order"
     finally:
         await inst.close()
+
+
+async def test_replace_without_posix_rename(sftp_asyncssh_backend: SftpBackend,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server without the posix-rename extension: replace falls back to remove + rename."""
+    import asyncssh.sftp
+
+    exts = [e for e in asyncssh.sftp.SFTPServerHandler._extensions if e[0] != b"posix-rename@openssh.com"]
+    monkeypatch.setattr(asyncssh.sftp.SFTPServerHandler, "_extensions", exts)
+    b = sftp_asyncssh_backend
+    b.put("out/x.txt", b"old")
+    inst = instance(b)
+    try:
+        assert await inst.upload(Body.from_bytes(b"new"), "out/x.txt", exists="replace", chmod=None)
+        await inst.rename("out/x.txt", "out/y.txt")
+        assert not inst.pool._sessions[0].posix_rename
+    finally:
+        await inst.close()
+    assert b.names("out") == ["y.txt"] and b.read("out/y.txt") == b"new"
