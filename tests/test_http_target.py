@@ -124,7 +124,7 @@ async def test_429_retry_after_seconds_and_date() -> None:
 
 
 async def test_slow_server_times_out_and_dropped_connection_is_transient() -> None:
-    async with http_sink(plan=[delayed(3.0), drop()]) as sink:
+    async with http_sink(plan=[delayed(1.5), drop()]) as sink:
         t = HttpTarget("f", cfg(sink.url, timeout="500ms"))
         try:
             started = time.monotonic()
