@@ -168,3 +168,37 @@ async def _eventually_delivered(url: str, pid: str) -> bool:
             _, doc = await get_json(s, f"{url}/flows/f/items?state=delivered")
             return any(i["id"] == pid for i in doc["items"])
         return bool(await wait_for(check, 10))
+
+
+def test_cli_url_from_config_and_rendering(tmp_path: Path) -> None:
+    import argparse
+
+    from conveyor.remote import base_url, render_status
+
+    def url_for(listen: str | None, **kw: Any) -> str:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("health:\n  listen: " + (listen or "null") + "\n" if listen is not None else "instances: {}\n")
+        return base_url(argparse.Namespace(config=cfg, url=kw.get("url")))
+
+    assert url_for("127.0.0.1:9001") == "http://127.0.0.1:9001"
+    assert url_for("0.0.0.0:9002") == "http://127.0.0.1:9002"
+    assert url_for('"[::]:9003"') == "http://[::1]:9003"
+    assert url_for(None) == "http://127.0.0.1:8470"  # health.listen's default
+    assert url_for("127.0.0.1:9001", url="10.1.2.3:8470") == "http://10.1.2.3:8470"
+    os.environ["CONVEYOR_TEST_PORT"] = "9004"
+    try:
+        assert url_for('"127.0.0.1:${CONVEYOR_TEST_PORT}"') == "http://127.0.0.1:9004"
+    finally:
+        del os.environ["CONVEYOR_TEST_PORT"]
+    text = render_status({
+        "version": "0.1.0", "replica": "r1", "config": "/etc/c.yaml", "started": "t", "ready": False, "healthy": True,
+        "instances": {"partner": {"type": "sftp", "state": "down", "since": "t", "address": "a@h:22",
+                                  "last_error": "auth failed"}},
+        "flows": {"f": {"state": "backoff", "delivered": 3, "failed": 1, "in_flight": 0, "bytes": 9,
+                        "last_delivery": None, "last_error": "x"}},
+        "not_ready": {"flows": {"f": "stalled: last completed poll 99s ago"},
+                      "instances": {"partner": "down: auth failed"}},
+    })
+    assert "ready: NO" in text and "flow f: stalled: last completed poll 99s ago" in text
+    assert "instance partner: down: auth failed" in text
+    assert any(line.split()[:3] == ["partner", "sftp", "down"] for line in text.splitlines())
