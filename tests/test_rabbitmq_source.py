@@ -325,3 +325,17 @@ async def test_out_of_order_acks_and_rejects_coalesce_safely(rabbit_vhost: Vhost
     assert v.counts().get(q) == 0
     assert sorted(int(m.body) for m in await drain(v, dlq)) == sorted(rejected)
     await inst.close()
+
+
+async def test_url_form_of_the_instance(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    from conveyor.brokers.rabbitmq import RabbitInstance
+    from conveyor.brokers.rabbitmq_config import RabbitConfig
+    from conveyor.interfaces import Context
+    from conveyor.payload import Spool
+    from conveyor.status import StatusBoard
+
+    cfg = RabbitConfig.model_validate({"type": "rabbitmq", "url": rabbit_vhost.url, "heartbeat": "5s"})
+    inst = RabbitInstance("u", cfg, Context(spool=Spool(tmp_path), status=StatusBoard()))
+    assert await inst.check() == f"guest@127.0.0.1:5672/{rabbit_vhost.name}"
+    assert "guest:guest" not in repr(cfg)
+    await inst.close()
