@@ -162,3 +162,32 @@ async def test_one_gib_download(sftp_openssh_backend: SftpBackend, tmp_path: Pat
         (b.folder / "huge.bin").unlink()
     print(f"1 GiB download: {took:.1f}s, {size / took / 2**20:.0f} MiB/s")
     assert took < 30
+
+
+async def test_daemon_survives_cuts_mid_download(sftp_asyncssh_backend: SftpBackend, tmp_path: Path) -> None:
+    """End to end: a flow reading a 24 MiB file through a proxy that cuts the connection twice
+    mid-transfer delivers it once, whole, and deletes it only afterwards."""
+    from tests.harness import bodies, running, sidecars, wait_for, write_config
+
+    b = sftp_asyncssh_backend
+    size = 24 * 1024 * 1024
+    digest = pattern_file(b, "in/big.bin", size)
+    b.put("in/small.csv", b"small")
+    out = tmp_path / "out"
+    async with TcpProxy("127.0.0.1", b.port) as proxy:
+        proxy.cut_after(5 * 1024 * 1024)
+        flow = {"source": {"instance": "remote", "path": "in", "poll_interval": "200ms", "min_age": "0s",
+                           "after": "delete"},
+                "target": {"type": "directory", "path": str(out)},
+                "retry": {"attempts": 10, "backoff": "100ms", "max_backoff": "500ms"}}
+        cfg = write_config(tmp_path, {"remote": b.instance_config(port=proxy.port)}, {"f": flow})
+        async with running(cfg):
+            await wait_for(lambda: proxy.bytes_down > 6 * 1024 * 1024, 30)
+            proxy.cut_after(8 * 1024 * 1024)
+            await wait_for(lambda: len(bodies(out)) == 2, 60)
+            await wait_for(lambda: b.names("in") == [], 20)
+        assert proxy.connections >= 3
+    got = bodies(out)
+    assert len(got) == 2 and len(sidecars(out)) == 2
+    big = next(v for v in got.values() if len(v) != 5)
+    assert hashlib.sha256(big).hexdigest() == digest
