@@ -339,3 +339,34 @@ async def test_url_form_of_the_instance(rabbit_vhost: Vhost, tmp_path: Any) -> N
     assert await inst.check() == f"guest@127.0.0.1:5672/{rabbit_vhost.name}"
     assert "guest:guest" not in repr(cfg)
     await inst.close()
+
+
+async def test_declare_with_bindings(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    import aio_pika
+
+    v = rabbit_vhost
+    ex, q = v.q("bind-ex"), v.q("bound")
+    async with await aio_pika.connect(v.url) as conn:
+        ch = await conn.channel()
+        await ch.declare_exchange(ex, aio_pika.ExchangeType.TOPIC, durable=True)
+    inst = make_instance(v, tmp_path)
+    cfg = src_cfg(q, declare={}, bindings=[{"exchange": ex, "routing_key": ["a.*", "b.#"]}])
+    col = Collector(2, ack)
+    task = asyncio.create_task(inst.source("f", cfg).run(col.emit))
+    for _ in range(50):
+        if q in v.counts():
+            break
+        await asyncio.sleep(0.1)
+    async with await aio_pika.connect(v.url) as conn:
+        ch = await conn.channel()
+        exchange = await ch.get_exchange(ex)
+        for key in ("a.1", "c.1", "b.x.y"):
+            await exchange.publish(aio_pika.Message(key.encode()), routing_key=key)
+    await col.wait()
+    await stop(task)
+    assert sorted(i.payload.body.bytes() for i in col.items) == [b"a.1", b"b.x.y"]
+    assert {i.payload.message["exchange"] for i in col.items if i.payload.message} == {ex}
+    bad = src_cfg(q, bindings=[{"exchange": "no-such-exchange", "routing_key": "k"}])
+    with pytest.raises(NotFound, match="no-such-exchange"):
+        await inst.source("f", bad).run(col.emit)
+    await inst.close()
