@@ -109,6 +109,7 @@ def test_daemon_notifies_ready_status_watchdog_stopping(tmp_path: Path, listener
     lines = listener.lines()
     assert lines[0] == "STATUS=starting"
     assert lines.index("READY=1") < lines.index("STOPPING=1")
+    assert lines[lines.index("STOPPING=1") + 1].startswith("STATUS=stopping: draining")
     ready_status = lines[lines.index("READY=1") + 1]
     assert ready_status.startswith("STATUS=") and "flows running" in ready_status
     pings = [t for t, m in listener.messages if "WATCHDOG=1" in m and t > ready_at]

@@ -90,6 +90,7 @@ class SystemdNotifier:
         self._daemon: Daemon | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_status = ""
+        self._stopping = False
 
     @property
     def enabled(self) -> bool:
@@ -112,21 +113,26 @@ class SystemdNotifier:
         self._task = asyncio.create_task(self._tick(), name="systemd-notify")
 
     async def stop(self) -> None:
-        """A stop began: STOPPING=1."""
+        """A stop began: STOPPING=1. Watchdog pings go on through the drain (until close)."""
+        self._stopping = True
+        if self.enabled:
+            self._send("STOPPING=1\nSTATUS=" + self._status())
+
+    async def close(self) -> None:
+        """The drain is over: stop the ticker."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self.enabled:
-            self._send("STOPPING=1\nSTATUS=stopping: draining deliveries in flight")
-
-    async def close(self) -> None:
-        """Nothing left to release."""
 
     def _status(self) -> str:
-        self._last_status = summary(self._daemon) if self._daemon is not None else "running"
-        return self._last_status
+        line = summary(self._daemon) if self._daemon is not None else "running"
+        if self._stopping:
+            in_flight = sum(f.in_flight for f in self._daemon.status.flows.values()) if self._daemon else 0
+            line = f"stopping: draining {in_flight} deliveries in flight"
+        self._last_status = line
+        return line
 
     def _send(self, message: str) -> None:
         sd_notify(message, self.address)
