@@ -214,3 +214,24 @@ def test_busy_health_port_is_a_fatal_start_error(tmp_path: Path) -> None:
         p = subprocess.run([*CONVEYOR, "run", "-c", str(config)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 1
     assert f"health endpoint cannot listen on 127.0.0.1:{port}" in p.stderr
+
+
+async def test_endpoints_follow_a_reload(tmp_path: Path) -> None:
+    inst, flow = local_flow(tmp_path, {"type": "directory", "path": str(tmp_path / "out")})
+    doc = {"health": {"listen": "127.0.0.1:0"}, "instances": {"box": inst}, "flows": {"f": flow}}
+    config = write_config(tmp_path / "c.yaml", doc)
+    async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
+        base = d.health.url
+        code, _ = await get_json(s, base + "/flows/g/items")
+        assert code == 404
+        (tmp_path / "in2").mkdir()
+        doc["flows"] = {"g": {**flow, "source": {**flow["source"], "path": "in2"}}}
+        write_config(config, doc)
+        assert await d.reload()
+        code, _ = await get_json(s, base + "/flows/g/items")
+        assert code == 200
+        code, _ = await get_json(s, base + "/flows/f/items")
+        assert code == 404
+        code, st = await get_json(s, base + "/status")
+        assert list(st["flows"]) == ["g"]
+        await wait_for(lambda: _ready(s, base))
