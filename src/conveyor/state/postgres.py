@@ -76,13 +76,19 @@ ON CONFLICT (flow, id) DO UPDATE SET
 WHERE t.state NOT IN ('delivered', 'failed')
   AND (t.state <> 'in_flight' OR t.lease_until IS NULL OR t.lease_until <= excluded.updated)
 RETURNING {_COLS}"""
-_DELIVERED = (f"UPDATE {T} SET state='delivered', last_error=NULL, lease_until=NULL, updated={_NOW}"
-              " WHERE flow=$1 AND id=$2")
-_SETTLED = f"UPDATE {T} SET settled=true, updated={_NOW} WHERE flow=$1 AND id=$2"
-_FAILED = (f"UPDATE {T} SET state=$3, last_error=$4, owner=NULL, lease_until=NULL, updated={_NOW}"
-           " WHERE flow=$1 AND id=$2")
-_RELEASE = (f"UPDATE {T} SET state='pending', owner=NULL, lease_until=NULL, updated={_NOW}"
-            " WHERE flow=$1 AND id=$2 AND state='in_flight' AND owner=$3")
+
+def _bulk(set_: str, cols: str, types: str, where: str = "") -> str:
+    """An UPDATE of many rows at once: one array parameter per column of ``cols``."""
+    params = ", ".join(f"${n + 1}::{t}[]" for n, t in enumerate(types.split()))
+    return (f"UPDATE {T} AS t SET {set_}, updated = {_NOW} FROM unnest({params}) AS u({cols})"
+            f" WHERE t.flow = u.f AND t.id = u.i{where}")
+
+
+_DELIVERED = _bulk("state='delivered', last_error=NULL, lease_until=NULL", "f, i", "text text")
+_SETTLED = _bulk("settled=true", "f, i", "text text")
+_FAILED = _bulk("state=u.s, last_error=u.e, owner=NULL, lease_until=NULL", "f, i, s, e", "text text text text")
+_RELEASE = _bulk("state='pending', owner=NULL, lease_until=NULL", "f, i, o", "text text text",
+                 " AND t.state = 'in_flight' AND t.owner = u.o")
 _RENEW = (f"UPDATE {T} AS t SET lease_until = {_NOW} + $3 FROM unnest($1::text[], $2::text[]) AS u(f, i)"
           " WHERE t.flow = u.f AND t.id = u.i AND t.owner = $4 AND t.state = 'in_flight'")
 
@@ -116,28 +122,131 @@ def split_url(url: str) -> tuple[str, float]:
 @dataclass
 class _Job:
     kind: str
-    """'claim', 'exec' (executemany-able, no result), 'count' (needs the rows affected)."""
+    """'claim'; 'bulk' (one of the array UPDATEs above, no result); 'count' (rows affected)."""
     sql: str
     args: tuple[Any, ...]
-    durable: bool
     fut: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class _Lane:
+    """One writer: a queue, a task and a connection pool of one. Everything queued while the
+    previous statements ran goes out together — the group commit."""
+
+    def __init__(self, name: str, store: PostgresStore, pool: asyncpg.Pool) -> None:
+        self.store = store
+        self.pool = pool
+        self.jobs: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self.task = asyncio.create_task(self._loop(), name=f"conveyor-state-{name}")
+
+    def submit(self, kind: str, sql: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        if self.task.done():
+            raise RuntimeError("state store is not open")
+        job = _Job(kind, sql, args)
+        self.jobs.put_nowait(job)
+        return job.fut
+
+    async def close(self) -> None:
+        self.jobs.put_nowait(None)
+        await self.task
+        await self.pool.close()
+
+    async def _loop(self) -> None:
+        stop = False
+        while not stop:
+            first = await self.jobs.get()
+            batch: list[_Job] = []
+            if first is None:
+                stop = True
+            else:
+                batch.append(first)
+            while not self.jobs.empty() and len(batch) < 5000:
+                job = self.jobs.get_nowait()
+                if job is None:
+                    stop = True
+                else:
+                    batch.append(job)
+            if batch:
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Job]) -> None:
+        try:
+            for attempt in range(5):
+                try:
+                    async with self.pool.acquire() as conn:
+                        results = await self._run(conn, batch)
+                    break
+                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                    # Two replicas locked the same rows in another order: that statement rolled back.
+                    await asyncio.sleep(0.01 * (attempt + 1))
+            else:
+                raise RuntimeError("state writes kept deadlocking")
+        except Exception as e:
+            if len(batch) == 1:
+                if not batch[0].fut.done():
+                    batch[0].fut.set_exception(e)
+                return
+            log.debug("batched state write failed (%s); retrying one by one", redact(str(e)))
+            for job in batch:  # find the one that fails; the others still commit
+                await self._commit([job])
+            return
+        self.store.batches += 1
+        for job, value in zip(batch, results, strict=True):
+            if not job.fut.done():
+                job.fut.set_result(value)
+
+    async def _run(self, conn: asyncpg.Connection, batch: list[_Job]) -> list[Any]:
+        """Each statement commits on its own (every job is independent): one round trip per kind
+        of write in the batch, whatever the number of items."""
+        results: list[Any] = [None] * len(batch)
+        claims = [(i, j) for i, j in enumerate(batch) if j.kind == "claim"]
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        for i, j in enumerate(batch):
+            if j.kind == "bulk":
+                groups.setdefault(j.sql, []).append(j.args)
+            elif j.kind == "count":
+                results[i] = _count(await conn.execute(j.sql, *j.args))
+        for sql, rows in groups.items():
+            rows.sort(key=lambda r: r[:2])  # the same lock order in every replica
+            await conn.execute(sql, *([r[c] for r in rows] for c in range(len(rows[0]))))
+        if claims:  # after the updates: a release or failure queued before a re-claim lands first
+            await self._claims(conn, claims, results)
+        return results
+
+    async def _claims(self, conn: asyncpg.Connection, claims: list[tuple[int, _Job]], results: list[Any]) -> None:
+        first: dict[tuple[str, str], tuple[Any, ...]] = {}
+        winner: dict[int, tuple[str, str]] = {}
+        for i, j in claims:
+            key = (j.args[0], j.args[1])
+            if key not in first:  # a second claim of the same item in one batch loses
+                first[key] = j.args
+                winner[i] = key
+        # Sorted, so concurrent replicas lock the rows in the same order.
+        rows_in = [first[k] for k in sorted(first)]
+        cols = [[a[c] for a in rows_in] for c in range(7)]
+        rows = await conn.fetch(_CLAIM, *cols, self.store.owner)
+        won = {(r[0], r[1]): _item(r) for r in rows}
+        for i, _ in claims:
+            key_won = winner.get(i)
+            results[i] = won.get(key_won) if key_won is not None else None
 
 
 class PostgresStore:
     """The shared state store for replicas (see the module docstring)."""
 
-    def __init__(self, url: str, owner: str, *, pool_size: int = 4) -> None:
+    def __init__(self, url: str, owner: str, *, pool_size: int = 3) -> None:
         self.url, self.lease = split_url(url)
         self.owner = owner
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
-        self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._fast: _Lane | None = None
+        """Claims, settled, releases, retryable failures: committed without waiting for the WAL flush."""
+        self._durable: _Lane | None = None
+        """delivered, final failures, retry, forget, prune: committed once the WAL is on disk."""
         self._heartbeat: asyncio.Task[None] | None = None
         self._held: set[tuple[str, str]] = set()
         """(flow, id) this process holds in flight: the heartbeat renews their leases."""
         self.batches = 0
-        """Write transactions run so far (for benchmarks: payloads per commit)."""
+        """Write batches run so far (for tests and benchmarks: items per round trip)."""
 
     # -- plumbing -------------------------------------------------------------------
     async def open(self) -> None:
@@ -159,113 +268,33 @@ class PostgresStore:
             # Rows in flight under *our* name are from a previous run of this replica: nobody holds them.
             await conn.execute(f"UPDATE {T} SET state='pending', owner=NULL, lease_until=NULL"
                                " WHERE state='in_flight' AND owner=$1", self.owner)
-        self._writer = asyncio.create_task(self._write_loop(), name="conveyor-state-writer")
+        fast = await asyncpg.create_pool(self.url, min_size=1, max_size=1, command_timeout=60,
+                                         server_settings={"synchronous_commit": "off"})
+        durable = await asyncpg.create_pool(self.url, min_size=1, max_size=1, command_timeout=60)
+        self._fast = _Lane("fast", self, fast)
+        self._durable = _Lane("durable", self, durable)
         self._heartbeat = asyncio.create_task(self._renew_loop(), name="conveyor-state-heartbeat")
 
     async def close(self) -> None:
-        """Finish queued writes, stop renewing, close the pool."""
+        """Finish queued writes, stop renewing, close the pools."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
-        if self._writer is not None:
-            self._jobs.put_nowait(None)
-            await self._writer
-            self._writer = None
+        for lane in (self._fast, self._durable):
+            if lane is not None:
+                await lane.close()
+        self._fast = self._durable = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
     def _submit(self, kind: str, sql: str, args: tuple[Any, ...], durable: bool) -> asyncio.Future[Any]:
-        if self._writer is None or self._writer.done():
+        lane = self._durable if durable else self._fast
+        if lane is None:
             raise RuntimeError("state store is not open")
-        job = _Job(kind, sql, args, durable)
-        self._jobs.put_nowait(job)
-        return job.fut
-
-    async def _write_loop(self) -> None:
-        assert self._pool is not None
-        stop = False
-        while not stop:
-            first = await self._jobs.get()
-            batch: list[_Job] = []
-            if first is None:
-                stop = True
-            else:
-                batch.append(first)
-            while not self._jobs.empty() and len(batch) < 2000:  # everything queued: the group commit
-                job = self._jobs.get_nowait()
-                if job is None:
-                    stop = True
-                else:
-                    batch.append(job)
-            if batch:
-                await self._commit(batch)
-
-    async def _commit(self, batch: list[_Job]) -> None:
-        assert self._pool is not None
-        try:
-            for attempt in range(5):
-                try:
-                    async with self._pool.acquire() as conn:
-                        results = await self._run(conn, batch)
-                    break
-                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-                    # Two replicas locked the same rows in another order: the batch rolled back whole.
-                    await asyncio.sleep(0.01 * (attempt + 1))
-            else:
-                raise RuntimeError("state writes kept deadlocking")
-        except Exception as e:
-            if len(batch) == 1:
-                if not batch[0].fut.done():
-                    batch[0].fut.set_exception(e)
-                return
-            log.debug("batched state write failed (%s); retrying one by one", redact(str(e)))
-            for job in batch:  # find the one that fails; the others still commit
-                await self._commit([job])
-            return
-        self.batches += 1
-        for job, value in zip(batch, results, strict=True):
-            if not job.fut.done():
-                job.fut.set_result(value)
-
-    async def _run(self, conn: asyncpg.Connection, batch: list[_Job]) -> list[Any]:
-        results: list[Any] = [None] * len(batch)
-        async with conn.transaction():
-            if not any(j.durable for j in batch):
-                await conn.execute("SET LOCAL synchronous_commit TO OFF")
-            claims = [(i, j) for i, j in enumerate(batch) if j.kind == "claim"]
-            if claims:
-                await self._claims(conn, claims, results)
-            groups: dict[str, list[int]] = {}
-            for i, j in enumerate(batch):
-                if j.kind == "exec":
-                    groups.setdefault(j.sql, []).append(i)
-                elif j.kind == "count":
-                    results[i] = _count(await conn.execute(j.sql, *j.args))
-            for sql, idx in groups.items():
-                # Same order everywhere (flow, id) so two replicas' batches lock rows alike.
-                idx.sort(key=lambda i: batch[i].args[:2])
-                await conn.executemany(sql, [batch[i].args for i in idx])
-        return results
-
-    async def _claims(self, conn: asyncpg.Connection, claims: list[tuple[int, _Job]], results: list[Any]) -> None:
-        first: dict[tuple[str, str], tuple[Any, ...]] = {}
-        winner: dict[int, tuple[str, str]] = {}
-        for i, j in claims:
-            key = (j.args[0], j.args[1])
-            if key not in first:  # a second claim of the same item in one batch loses
-                first[key] = j.args
-                winner[i] = key
-        # Sorted, so concurrent replicas lock the rows in the same order.
-        rows_in = [first[k] for k in sorted(first)]
-        cols = [[a[c] for a in rows_in] for c in range(7)]
-        rows = await conn.fetch(_CLAIM, *cols, self.owner)
-        won = {(r[0], r[1]): _item(r) for r in rows}
-        for i, _ in claims:
-            key_won = winner.get(i)
-            results[i] = won.get(key_won) if key_won is not None else None
+        return lane.submit(kind, sql, args)
 
     # -- leases -------------------------------------------------------------------------
     async def _renew_loop(self) -> None:
@@ -309,22 +338,22 @@ class PostgresStore:
     async def delivered(self, flow: str, id: str) -> None:
         """The target confirmed (durable before returning)."""
         self._held.discard((flow, id))
-        await self._submit("exec", _DELIVERED, (flow, id), durable=True)
+        await self._submit("bulk", _DELIVERED, (flow, id), durable=True)
 
     async def settled(self, flow: str, id: str) -> None:
         """The after action / ack is done (if lost in a crash, the completion is redone)."""
-        await self._submit("exec", _SETTLED, (flow, id), durable=False)
+        await self._submit("bulk", _SETTLED, (flow, id), durable=False)
 
     async def failed(self, flow: str, id: str, error: str, *, final: bool) -> None:
         """Record a failed attempt."""
         self._held.discard((flow, id))
-        await self._submit("exec", _FAILED, (flow, id, "failed" if final else "pending", error[:2000]),
+        await self._submit("bulk", _FAILED, (flow, id, "failed" if final else "pending", error[:2000]),
                            durable=final)
 
     async def release(self, flow: str, id: str) -> None:
         """Give an in-flight item of ours back."""
         self._held.discard((flow, id))
-        await self._submit("exec", _RELEASE, (flow, id, self.owner), durable=False)
+        await self._submit("bulk", _RELEASE, (flow, id, self.owner), durable=False)
 
     async def list(self, flow: str, state: str | None, limit: int = 100, offset: int = 0) -> list[Item]:
         """Items of a flow, newest first."""
