@@ -324,3 +324,24 @@ async def test_emulator_restart_mid_stream(pubsub_emulator: PubsubEmulator, tmp_
     assert status.instances["gcp"].state == "up"
     print("run() ended with", type(e.value).__name__, e.value)
     await inst.close()
+
+
+async def test_exactly_once_subscription_confirms_acks(pubsub_emulator: PubsubEmulator, tmp_path: Path) -> None:
+    """On an exactly-once subscription, ack() waits for the server's confirmation (ack_with_response)."""
+    emu = pubsub_emulator
+    topic, sub = unique("topic"), unique("sub")
+    emu.create(topic, sub, enable_exactly_once_delivery=True)
+    ids = publish(emu, topic, [b"eo1", b"eo2"])
+    inst = instance(emu, tmp_path)
+    source = inst.source("flow-eo", source_cfg(sub))
+    got: list[str] = []
+
+    async def emit(item: Inbound) -> None:
+        await item.ack()
+        got.append(item.payload.id)
+
+    await consume(source, emit, lambda: len(got) >= 2)
+    assert source.exactly_once and sorted(got) == sorted(ids)
+    await asyncio.sleep(1)
+    assert pull_now(emu, sub) == 0
+    await inst.close()
