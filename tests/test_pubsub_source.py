@@ -40,9 +40,10 @@ def source_cfg(subscription: str, **over: Any) -> PubsubSourceConfig:
 
 def publish(emu: PubsubEmulator, topic: str, bodies: list[bytes], **kw: Any) -> list[str]:
     """Publish with a plain client; returns the message ids."""
-    ordering = {"publisher_options": __import__("google.cloud.pubsub_v1").cloud.pubsub_v1.types.PublisherOptions(
-        enable_message_ordering=True)} if "ordering_key" in kw else {}
-    pub = emu.publisher(**ordering)
+    from google.cloud.pubsub_v1.types import PublisherOptions
+
+    ordered = {"publisher_options": PublisherOptions(enable_message_ordering=True)} if "ordering_key" in kw else {}
+    pub = emu.publisher(**ordered)
     path = pub.topic_path(emu.project, topic)
     futures = [pub.publish(path, b, **kw) for b in bodies]
     ids = [f.result(timeout=30) for f in futures]

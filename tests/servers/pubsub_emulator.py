@@ -154,7 +154,10 @@ class PubsubEmulator:
         """Create a topic, and a subscription on it when named (extra fields: ``ack_deadline_seconds``...)."""
         pub = self.publisher()
         topic_path = pub.topic_path(self.project, topic)
-        pub.create_topic(name=topic_path)
+        try:
+            pub.create_topic(name=topic_path)
+        finally:
+            pub.transport.close()
         if subscription is not None:
             with self.subscriber() as sub:
                 name = sub.subscription_path(self.project, subscription)
