@@ -14,6 +14,7 @@ import pytest
 from tests.harness import bodies, running, wait_for, write_config
 from tests.servers.rabbitmq import (
     Vhost,
+    close_connections,
     declare,
     drain,
     publish,
@@ -130,6 +131,39 @@ async def test_graceful_stop_acks_in_flight_and_returns_the_rest(rabbit_vhost: V
         assert left | {int(b) for b in got} == set(range(n)) and not left & {int(b) for b in got}
     finally:
         await runner.cleanup()
+
+
+async def test_broker_closing_the_connection_is_survived(rabbit_vhost: Vhost, tmp_path: Path) -> None:
+    import asyncio
+
+    v = rabbit_vhost
+    src, dst = v.q("forced-in"), v.q("forced-out")
+    await declare(v, src)
+    await declare(v, dst)
+    n = 400
+    await publish(v, src, [f"{i}".encode() for i in range(n)])
+    flows = {"r": {"source": {"instance": "mq", "queue": src, "prefetch": 20},
+                   "target": {"instance": "mq", "routing_key": dst}, "max_in_flight": 4}}
+    cfg = write_config(tmp_path, {"mq": v.instance_config()}, flows)
+    states: list[str] = []
+
+    class Watch:
+        def on_event(self, kind: str, **fields: Any) -> None:
+            if kind == "instance_state" and fields["instance"] == "mq":
+                states.append(fields["state"])
+
+    async with running(cfg) as daemon:
+        daemon.status.observers.append(Watch())
+        await wait_for(lambda: "r" in daemon.status.flows and daemon.status.flows["r"].delivered >= 50, 30)
+        assert await asyncio.to_thread(close_connections, v) >= 1  # what a broker restart does to clients
+        await wait_for(lambda: "down" in states, 10)  # /status shows the drop
+        await wait_for(lambda: states[-1] == "up", 30)  # and the reconnect, after the supervisor's backoff
+        await publish(v, src, [f"{i}".encode() for i in range(n, n + 100)])
+        n += 100
+        await wait_for(lambda: daemon.status.flows["r"].delivered >= n, 60)
+    got = await drain(v, dst)
+    assert {int(m.body) for m in got} == set(range(n))  # nothing lost (a few may be doubled)
+    assert v.counts().get(src) == 0
 
 
 def _check(cfg: Path) -> subprocess.CompletedProcess[str]:

@@ -97,6 +97,16 @@ class Vhost:
         return counts
 
 
+def close_connections(v: Vhost, reason: str = "broker restart (test)") -> int:
+    """Have the broker close every client connection to the vhost with CONNECTION_FORCED, as a broker
+    shutting down does; returns how many were closed."""
+    out = _ctl("list_connections", "--no-table-headers", "pid", "vhost")
+    pids = [line.split("\t")[0] for line in out.stdout.splitlines() if line.endswith("\t" + v.name)]
+    for pid in pids:
+        _ctl("close_connection", pid, reason)
+    return len(pids)
+
+
 def create_vhost() -> Vhost:
     """A fresh vhost with full permissions for guest (or the default vhost when rabbitmqctl fails)."""
     ensure_broker()
