@@ -40,6 +40,9 @@ log = logging.getLogger("conveyor.ftp")
 SEND_BLOCK = 2 * 1024 * 1024
 """Upload block: each must leave within ``timeout`` (a transfer slower than 200 KiB/s at 10s is stalled)."""
 
+USE_SENDFILE = True
+"""Plain FTP uploads of files on disk go through ``loop.sendfile``."""
+
 _NOT_FOUND_COMMANDS = {"RETR", "SIZE", "MDTM", "MLST", "MLSD", "LIST", "NLST", "CWD", "DELE", "RNFR"}
 
 
@@ -249,7 +252,7 @@ class FtpInstance:
         transport = proto.transport
         if body.in_memory:
             transport.write(body.bytes())
-        elif self.config.tls == "none":
+        elif self.config.tls == "none" and USE_SENDFILE:
             assert body.path is not None
             with open(body.path, "rb") as fh:  # noqa: ASYNC230 (sendfile below never blocks the loop)
                 offset = 0

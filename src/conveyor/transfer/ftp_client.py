@@ -43,6 +43,18 @@ WRITE_HIGH = 4 * 1024 * 1024
 """Write buffer high-water mark of an upload's data channel."""
 
 
+def abort_transport(transport: Any) -> None:
+    """Close a transport at once unless it is already closing.
+
+    Python 3.11's selector transport raises AttributeError from ``abort()`` once a graceful
+    ``close()`` has completed (``_loop`` is gone but ``_conn_lost`` was never counted).
+    """
+    if transport is None or transport.is_closing():
+        return
+    with contextlib.suppress(AttributeError):  # an SSL transport's socket transport was already closed
+        transport.abort()
+
+
 @dataclass(frozen=True)
 class Reply:
     """A complete server reply: its code and text (all lines joined by newlines)."""
@@ -92,8 +104,7 @@ class DataProtocol(asyncio.BufferedProtocol):
             self._on_data(self._view[:nbytes])
         except BaseException as e:  # the sink failed (spool full): stop this transfer
             self._finish(e)
-            if self.transport is not None:
-                self.transport.abort()
+            abort_transport(self.transport)
 
     def eof_received(self) -> bool:
         self._finish(None)
@@ -271,7 +282,7 @@ class FtpConnection:
         """Close the control connection at once."""
         self.broken = True
         if self._writer is not None:
-            self._writer.transport.abort()
+            abort_transport(self._writer.transport)
 
     @property
     def closed(self) -> bool:
@@ -400,10 +411,7 @@ class FtpConnection:
                 tls_task.cancel()
             if listener is not None:
                 listener.close()
-            if proto.transport is not None:
-                proto.transport.abort()
-            elif transport is not None:
-                transport.abort()
+            abort_transport(proto.transport or transport)
 
     async def _reply_if_any(self, wait: float) -> Reply | None:
         """A reply that arrives within ``wait`` seconds, or None."""
