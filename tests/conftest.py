@@ -11,11 +11,23 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends.ftp import *  # noqa: F403 (fixtures)
 from tests.backends.local import LocalBackend
+from tests.backends.pubsub import *  # noqa: F403 (fixtures)
+from tests.backends.rabbitmq import *  # noqa: F403 (fixtures)
+from tests.backends.sftp import *  # noqa: F403 (fixtures)
 
-FILE_BACKENDS = ["local_backend"]
+FILE_BACKENDS = [
+    "local_backend",
+    "sftp_asyncssh_backend",
+    "sftp_openssh_backend",
+    "ftp_pyftpdlib_backend",
+    "ftps_explicit_pyftpdlib_backend",
+    "ftps_implicit_pyftpdlib_backend",
+    "ftps_explicit_vsftpd_backend",
+]
 """Fixture names of every file backend the shared suite runs over."""
-MESSAGE_BACKENDS: list[str] = []
+MESSAGE_BACKENDS: list[str] = ["rabbitmq_backend", "pubsub_backend"]
 """Fixture names of every message backend the shared suite runs over."""
 
 
