@@ -316,9 +316,11 @@ class PubsubSource:
             item = stream.queue.get_nowait()
             if item is not _END:
                 ids.append(item.ack_id)
-        if ids:
+        failed = stream.future is not None and stream.future.done() and not stream.future.cancelled() \
+            and stream.future.exception() is not None
+        if ids and not failed:  # after a stream error the server is likely unreachable: let the leases lapse
             try:
-                await self._release_ids(ids)
+                await asyncio.wait_for(self._release_ids(ids), 5)
             except Exception as e:  # their leases lapse anyway; redelivery just comes later
                 log.debug("%s: releasing %d queued messages failed: %s", self.instance.name, len(ids), e)
 
