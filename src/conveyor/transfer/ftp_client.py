@@ -1,11 +1,12 @@
 """A minimal asyncio FTP/FTPS client: one control connection and its data channels.
 
-Why not aioftp: with explicit TLS, aioftp 0.28.3 hung on the first data transfer against vsftpd
-(aio-libs/aioftp issue 186). Two things go wrong there: its data channel does not resume the
-control channel's TLS session (vsftpd, ProFTPD and FileZilla Server require that), and it awaits
-the data channel's TLS handshake before sending RETR/STOR, while servers only start that handshake
-once the command arrives. Fixing both means replacing aioftp's data-connection code, and its
-stream wrapper (``ThrottleStreamIO`` over ``StreamReader``) copies every block twice more than needed.
+Why not aioftp: with explicit TLS, aioftp 0.28.3 hangs on the first data transfer against vsftpd
+(aio-libs/aioftp issue 186; reproduced here: ``download_stream`` times out). It does offer the control
+channel's session to the data channel (its ``SSLSessionBoundContext``), but it opens the data channel
+with ``open_connection(ssl=...)``, which waits for the TLS handshake to finish *before* RETR/LIST is
+sent, while vsftpd only starts the data channel's handshake once it has that command: each side waits
+for the other until the timeout. Fixing it means replacing aioftp's data-connection code, and its
+stream wrapper (``ThrottleStreamIO`` over ``StreamReader``) adds copies per block on the data path.
 The FTP we need — a line protocol with a dozen commands — fits in this module, so conveyor owns it:
 
 * control channel: asyncio streams; explicit TLS via ``StreamWriter.start_tls``, implicit from the first byte;
