@@ -1,9 +1,5 @@
-"""Pub/Sub through the whole daemon on the emulator: the shared message tests, a target slower than
-the ack deadline, and a pubsub-to-pubsub relay.
-
-The shared behaviour suite's message tests are imported here with ``mb`` bound to the pubsub
-backend, so they run over Pub/Sub before (and regardless of) registration in tests/conftest.py.
-"""
+"""Pub/Sub through the whole daemon on the emulator: a target slower than the ack deadline, and a
+pubsub-to-pubsub relay. (The shared message tests run over Pub/Sub in tests/test_behaviour.py.)"""
 
 from __future__ import annotations
 
@@ -18,16 +14,8 @@ from conveyor.payload import Payload
 from conveyor.targets.directory import DirectoryTarget
 from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
 from tests.harness import bodies, running, sidecars, wait_for, write_config
-from tests.test_behaviour import test_every_message_delivered_once, test_kill9_mid_stream_loses_and_duplicates_nothing
 
-__all__ = ["pubsub_backend", "pubsub_emulator", "test_every_message_delivered_once",
-           "test_kill9_mid_stream_loses_and_duplicates_nothing"]
-
-
-@pytest.fixture
-def mb(pubsub_backend: PubsubBackend) -> PubsubBackend:
-    """The shared suite's message backend, here always Pub/Sub."""
-    return pubsub_backend
+__all__ = ["pubsub_backend", "pubsub_emulator"]
 
 
 async def test_slow_target_past_ack_deadline_delivers_once(
