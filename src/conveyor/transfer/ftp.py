@@ -29,8 +29,9 @@ from conveyor.errors import (
 )
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.payload import Body, SpoolWriter
-from conveyor.transfer.ftp_client import DataProtocol, FtpConnection, FtpReplyError
+from conveyor.transfer.ftp_client import FtpConnection, FtpReplyError
 from conveyor.transfer.ftp_config import FtpConfig
+from conveyor.transfer.ftp_data import DataProtocol
 from conveyor.transfer.ftp_listing import Entry, is_fragment, parse_list_line, parse_mlsd_line, parse_mlsx_time
 from conveyor.transfer.ftp_pool import FtpPool
 from conveyor.transfer.ftp_tls import describe_verify_error

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conveyor.transfer.ftp_config import FtpConfig
+from conveyor.transfer.ftp_data import DataProtocol, abort_transport
 from conveyor.transfer.ftp_listing import parse_epsv, parse_pasv
 from conveyor.transfer.ftp_tls import SessionReusingContext, check_peer, start_data_tls
 
@@ -42,18 +43,6 @@ BUFFER = 1024 * 1024
 """Receive buffer of a data channel: big reads keep the per-block Python overhead negligible."""
 WRITE_HIGH = 4 * 1024 * 1024
 """Write buffer high-water mark of an upload's data channel."""
-
-
-def abort_transport(transport: Any) -> None:
-    """Close a transport at once unless it is already closing.
-
-    Python 3.11's selector transport raises AttributeError from ``abort()`` once a graceful
-    ``close()`` has completed (``_loop`` is gone but ``_conn_lost`` was never counted).
-    """
-    if transport is None or transport.is_closing():
-        return
-    with contextlib.suppress(AttributeError):  # an SSL transport's socket transport was already closed
-        transport.abort()
 
 
 @dataclass(frozen=True)
@@ -75,71 +64,6 @@ class FtpReplyError(Exception):
 
 class Stale(Exception):
     """A pooled connection turned out to have been closed by the server while idle (421 or EOF)."""
-
-
-class DataProtocol(asyncio.BufferedProtocol):
-    """One data channel. Received blocks go to ``on_data`` as they arrive; ``done`` resolves at EOF."""
-
-    def __init__(self, on_data: Callable[[memoryview], None] | None, buffer: memoryview) -> None:
-        self._on_data = on_data
-        self._view = buffer
-        self.transport: Any = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.received = 0
-        self.last_activity = asyncio.get_running_loop().time()
-        self._drain: asyncio.Future[None] | None = None
-        self._paused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.received += nbytes
-        self.last_activity = asyncio.get_running_loop().time()
-        if self._on_data is None:
-            return
-        try:
-            self._on_data(self._view[:nbytes])
-        except BaseException as e:  # the sink failed (spool full): stop this transfer
-            self._finish(e)
-            abort_transport(self.transport)
-
-    def eof_received(self) -> bool:
-        self._finish(None)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._finish(exc if exc is not None else None)
-        self.resume_writing()
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-
-    async def drain(self) -> None:
-        """Wait until the transport's write buffer is below its low-water mark."""
-        if self.done.done():
-            self.done.result()  # raises if the connection failed
-            raise ConnectionResetError("data connection closed by the server")
-        if self._paused:
-            self._drain = asyncio.get_running_loop().create_future()
-            await self._drain
-
-    def _finish(self, exc: BaseException | None) -> None:
-        if not self.done.done():
-            if exc is None:
-                self.done.set_result(None)
-            else:
-                self.done.set_exception(exc)
-            # Retrieve the exception now so a transfer abandoned for another reason logs no warning.
-            self.done.exception()
 
 
 class FtpConnection:
