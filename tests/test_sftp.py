@@ -408,3 +408,18 @@ async def test_replace_without_posix_rename(sftp_asyncssh_backend: SftpBackend,
     finally:
         await inst.close()
     assert b.names("out") == ["y.txt"] and b.read("out/y.txt") == b"new"
+
+
+async def test_download_shrunk_file_and_empty_file(backend: SftpBackend, tmp_path: Path) -> None:
+    backend.put("s.bin", b"x" * 300_000)
+    backend.put("empty.bin", b"")
+    inst = instance(backend)
+    try:
+        f = await inst.stat("s.bin")
+        assert f is not None
+        backend.put("s.bin", b"x" * 1000)
+        with pytest.raises(Transient, match="changed"):
+            await inst.download(f, Spool(tmp_path, threshold=1 << 20).writer())
+        assert await download(inst, "empty.bin", tmp_path) == b""
+    finally:
+        await inst.close()

@@ -192,9 +192,6 @@ class SftpInstance:
             async with self.pool.session() as s, asyncio.timeout(self.config.timeout) as deadline:
                 fh = await s.sftp.open(self._abs(f.path), "rb", block_size=0)
                 try:
-                    attrs = await fh.stat()
-                    if attrs.size is not None and attrs.size != f.size:
-                        self._changed(f, attrs.size)
                     block = min(BLOCK, s.sftp.limits.max_read_len or BLOCK)
                     await self._read_into(fh, f, offset, block, sink, deadline)
                 finally:
@@ -207,13 +204,25 @@ class SftpInstance:
         loop = asyncio.get_running_loop()
         pending: deque[tuple[int, int, asyncio.Task[bytes]]] = deque()
         nxt = offset
+        if offset > f.size:
+            self._changed(f, offset)
         try:
-            while pending or nxt < f.size:
+            while True:
                 while len(pending) < WINDOW and nxt < f.size:
                     n = min(block, f.size - nxt)
                     pending.append((nxt, n, asyncio.ensure_future(fh.read(n, nxt))))
                     nxt += n
+                if nxt == f.size:
+                    # One byte past the listed size must be EOF, else the file grew. Sent with the
+                    # last blocks, it costs no extra round trip (an fstat first would).
+                    pending.append((nxt, 0, asyncio.ensure_future(fh.read(1, nxt))))
+                    nxt += 1
                 off, n, task = pending.popleft()
+                if n == 0:
+                    if await task:
+                        raise Transient(f"file changed while being read: it has more than the listed {f.size} bytes",
+                                        instance=self.name, path=f.path)
+                    return
                 data = await task
                 while len(data) < n:  # a short read: fetch the rest of this block in order
                     more: bytes = await fh.read(n - len(data), off + len(data))
