@@ -101,9 +101,8 @@ class HealthServer:
             await self._runner.cleanup()
             raise OSError(e.errno, f"health endpoint cannot listen on {self.host}:{self.port}: {e.strerror}") \
                 from None
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        if self._runner.addresses:
+            self.port = int(self._runner.addresses[0][1])  # the real port when :0 was asked for
         loop = asyncio.get_running_loop()
         self._last_tick = loop.time()
         self._ticker = asyncio.create_task(self._tick(), name="health-ticker")
