@@ -272,3 +272,22 @@ async def test_replace_when_rename_does_not_overwrite(pyftpd_factory: Any, tmp_p
         assert (srv.root / "m/y.txt").read_bytes() == b"new"
     finally:
         await inst.close()
+
+
+async def test_silent_server_times_out(tmp_path: Path) -> None:
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)  # accepts, never greets
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    inst, status, _ = ftp_instance({"type": "ftp", "host": "127.0.0.1", "port": port, "timeout": "500ms"},
+                                   tmp_path / "spool")
+    try:
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(Transient, match="timed out"):
+            await inst.check()
+        assert asyncio.get_running_loop().time() - t0 < 2
+        assert status.instances["ftp-test"].state == "down"
+    finally:
+        server.close()
