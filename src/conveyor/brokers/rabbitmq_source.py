@@ -85,6 +85,7 @@ class RabbitSource:
         self._run_task: asyncio.Task[Any] | None = None
         self._emitting = False
         self._interrupted = False
+        self._warned = False
 
     def _error(self, e: BaseException) -> ConveyorError:
         from conveyor.brokers.rabbitmq import map_error
@@ -106,6 +107,11 @@ class RabbitSource:
                     if cfg.declare.type == "quorum":
                         args["x-queue-type"] = "quorum"
                     queue = await ch.declare_queue(cfg.queue, durable=cfg.declare.durable, arguments=args or None)
+                    if "x-dead-letter-exchange" not in args and not self._warned:
+                        self._warned = True
+                        log.warning("flow %s: queue '%s' is declared without x-dead-letter-exchange: a message "
+                                    "rejected after max_attempts (%d) is dropped unless a policy sets one",
+                                    self.flow, cfg.queue, cfg.max_attempts)
                 for b in cfg.bindings:
                     for key in b.routing_key:
                         await queue.bind(b.exchange, routing_key=key)
