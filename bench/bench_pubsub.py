@@ -1,8 +1,10 @@
 """Pub/Sub on the emulator, side by side in one run: N messages of 1 KiB pulled by
 
 1. a plain google-cloud-pubsub subscriber whose callback acks (a child process),
-2. conveyor's daemon (``conveyor run``) into a directory target,
-3. conveyor's daemon into a pubsub target (a second topic on the same emulator),
+2. conveyor's PubsubSource alone, with an emit that acks at once (a child process): the connector's
+   own cost, without the flow runtime, state store or target,
+3. conveyor's daemon (``conveyor run``) into a directory target,
+4. conveyor's daemon into a pubsub target (a second topic on the same emulator),
 
 each from its own subscription of one topic (published once, batched), reporting msgs/s and
 each process's peak RSS. The emulator's streaming pull is the bottleneck (about 2k msgs/s here
@@ -29,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers
 from tests.servers.pubsub_emulator import PubsubEmulator, free_port
 
 from common import Daemon, table, wait_until, write_config
+
+PLAIN = "plain google-cloud-pubsub subscriber (callback acks)"
 
 
 def publish(emu: PubsubEmulator, topic: str, n: int, size: int) -> float:
@@ -81,8 +85,48 @@ def plain_child(host: str, project: str, subscription: str, n: int) -> None:
     print(json.dumps({"count": count, "seconds": end - start, "steady": end - first, "hwm_kib": hwm}))
 
 
-def run_plain(emu: PubsubEmulator, subscription: str, n: int) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--child", emu.host, emu.project, subscription, str(n)],
+def source_child(host: str, project: str, subscription: str, n: int) -> None:
+    """conveyor's PubsubSource with an emit that acks at once; prints a JSON result."""
+    import asyncio
+
+    from conveyor.brokers.pubsub import PubsubInstance
+    from conveyor.brokers.pubsub_config import PubsubConfig, PubsubSourceConfig
+    from conveyor.interfaces import Context, Inbound
+    from conveyor.payload import Spool
+    from conveyor.status import StatusBoard
+
+    async def main() -> dict[str, float]:
+        inst = PubsubInstance("gcp", PubsubConfig(type="pubsub", project=project, emulator_host=host),
+                              Context(spool=Spool(Path(tempfile.gettempdir())), status=StatusBoard()))
+        source = inst.source("bench", PubsubSourceConfig(instance="gcp", subscription=subscription))
+        count, first, done = 0, 0.0, asyncio.Event()
+
+        async def emit(item: Inbound) -> None:
+            nonlocal count, first
+            await item.ack()
+            count += 1
+            if count == 1:
+                first = time.monotonic()
+            if count >= n:
+                done.set()
+
+        start = time.monotonic()
+        task = asyncio.create_task(source.run(emit))
+        await done.wait()
+        end = time.monotonic()
+        await source.stop_intake()
+        await task
+        await inst.close()
+        return {"count": count, "seconds": end - start, "steady": end - first}
+
+    result = asyncio.run(main())
+    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    print(json.dumps({**result, "hwm_kib": hwm}))
+
+
+def run_child(mode: str, emu: PubsubEmulator, subscription: str, n: int) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, emu.host, emu.project, subscription, str(n)],
                          capture_output=True, text=True, check=True, timeout=1900)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -133,11 +177,11 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--max-in-flight", type=int, default=256)
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        host, project, sub, n = args.child
-        plain_child(host, project, sub, int(n))
+        mode, host, project, sub, n = args.child
+        (plain_child if mode == "plain" else source_child)(host, project, sub, int(n))
         return
     n = args.messages
     with tempfile.TemporaryDirectory(prefix="bench-pubsub-") as tmp:
@@ -145,7 +189,7 @@ def main() -> None:
         emu = PubsubEmulator(base)
         emu.start()
         try:
-            subs = {"plain": "bench-plain", "dir": "bench-dir", "pubsub": "bench-pubsub"}
+            subs = {"plain": "bench-plain", "source": "bench-source", "dir": "bench-dir", "pubsub": "bench-pubsub"}
             emu.create("bench-in")
             emu.create("bench-out")
             for s in subs.values():
@@ -154,10 +198,12 @@ def main() -> None:
                                                    "topic": f"projects/{emu.project}/topics/bench-in",
                                                    "ack_deadline_seconds": 60})
             took = publish(emu, "bench-in", n, args.size)
-            print(f"published {n} x {args.size} B in {took:.1f}s ({n / took:.0f} msgs/s) to 3 subscriptions",
+            print(f"published {n} x {args.size} B in {took:.1f}s ({n / took:.0f} msgs/s) to {len(subs)} subscriptions",
                   flush=True)
-            results = {"plain google-cloud-pubsub subscriber (callback acks)": run_plain(emu, subs["plain"], n)}
+            results = {PLAIN: run_child("plain", emu, subs["plain"], n)}
             print("plain done", flush=True)
+            results["conveyor PubsubSource alone (emit acks)"] = run_child("source", emu, subs["source"], n)
+            print("source done", flush=True)
             results["conveyor -> directory"] = run_daemon(
                 base / "dir", emu, subs["dir"], {"type": "directory", "path": str(base / "out")}, n,
                 args.max_in_flight)
@@ -166,8 +212,7 @@ def main() -> None:
                 base / "ps", emu, subs["pubsub"], {"instance": "gcp", "topic": "bench-out"}, n, args.max_in_flight)
         finally:
             emu.stop()
-    ref = results["plain google-cloud-pubsub subscriber (callback acks)"]["count"] / \
-        results["plain google-cloud-pubsub subscriber (callback acks)"]["seconds"]
+    ref = results[PLAIN]["count"] / results[PLAIN]["seconds"]
     rows = [("run", "msgs", "seconds", "msgs/s", "vs plain", "steady msgs/s", "peak RSS MiB")]
     for name, r in results.items():
         rate = r["count"] / r["seconds"]
