@@ -123,11 +123,14 @@ async def test_server_restart_between_polls(sftp_asyncssh_backend: SftpBackend, 
         await inst.close()
 
 
-async def test_refused_connection_then_recovery(sftp_asyncssh_backend: SftpBackend) -> None:
+@pytest.mark.parametrize("mode", ["fingerprint", "check-off"])
+async def test_refused_connection_then_recovery(sftp_asyncssh_backend: SftpBackend, mode: str) -> None:
+    """A server that accepts TCP and drops it at once (a restarting server behind a balancer)."""
     b = sftp_asyncssh_backend
+    over: dict[str, Any] = {"host_fingerprint": None, "host_key_check": "off"} if mode == "check-off" else {}
     async with TcpProxy("127.0.0.1", b.port) as proxy:
         proxy.refuse = True
-        inst, board = make(b, port=proxy.port, max_connection_attempts=2)
+        inst, board = make(b, port=proxy.port, max_connection_attempts=2, **over)
         try:
             with pytest.raises(Transient):
                 await inst.check()

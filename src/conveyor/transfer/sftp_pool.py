@@ -178,6 +178,9 @@ class SftpPool:
                 last = e
             except TimeoutError:
                 last = Transient(f"connection to {self.cfg.describe()} timed out", instance=self.name)
+            except (OSError, asyncssh.Error) as e:  # e.g. a reset outside the fingerprint negotiation
+                last = Transient(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {e or type(e).__name__}",
+                                 instance=self.name)
             else:
                 self._attempt(True)
                 if self.status is not None:
