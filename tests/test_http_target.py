@@ -124,17 +124,51 @@ async def test_429_retry_after_seconds_and_date() -> None:
 
 
 async def test_slow_server_times_out_and_dropped_connection_is_transient() -> None:
-    async with http_sink(plan=[delayed(1.5), drop()]) as sink:
+    async with http_sink(plan=[delayed(1.5), drop(), drop()]) as sink:
         t = HttpTarget("f", cfg(sink.url, timeout="500ms"))
         try:
             started = time.monotonic()
             with pytest.raises(Transient, match="timeout"):
                 await t.deliver(payload())
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 1.4
             with pytest.raises(Transient, match="closed the connection"):
-                await t.deliver(payload())
+                await t.deliver(payload())  # dropped twice: the immediate second try, then give up
         finally:
             await t.close()
+    assert len(sink.received) == 3
+
+
+async def test_one_dropped_connection_is_tried_again_at_once() -> None:
+    async with http_sink(plan=[status(200), drop()]) as sink:
+        t = HttpTarget("f", cfg(sink.url))
+        try:
+            await t.deliver(payload())
+            await t.deliver(payload())  # dropped, then delivered on a new connection
+        finally:
+            await t.close()
+    assert len(sink.received) == 3
+
+
+async def test_keep_alive_races_with_the_server_idle_timeout() -> None:
+    """A server that closes idle connections after 0.3 s, and a client sending just then:
+    the stale pooled connection must not turn into a failed attempt."""
+    async def ok(r: web.Request) -> web.Response:
+        await r.read()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", ok)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=0.3)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    t = HttpTarget("f", cfg(f"http://127.0.0.1:{runner.addresses[0][1]}/hook"))
+    try:
+        for i in range(12):
+            await t.deliver(payload())
+            await asyncio.sleep(0.28 + (i % 5) * 0.01)
+    finally:
+        await t.close()
+        await runner.cleanup()
 
 
 async def test_connection_refused_is_transient() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
 import logging
 import mimetypes
@@ -96,6 +97,17 @@ class HttpTarget:
     async def deliver(self, payload: Payload) -> None:
         """POST the payload; returns on 2xx, raises Transient/RetryAfter/Rejected otherwise."""
         headers = await self.headers(payload)
+        try:
+            await self._post(payload, headers, reused_ok=False)
+        except _Disconnected:
+            # Most often a pooled keep-alive connection the server closed just as we sent on it
+            # (its idle timeout raced ours): one immediate try on another connection, as HTTP
+            # clients do. The Idempotency-Key makes a repeat harmless if the server did get it.
+            log.debug("POST %s: connection closed before an answer; trying once more", self.where,
+                      extra={"flow": self.flow, "payload_id": payload.id})
+            await self._post(payload, headers, reused_ok=True)
+
+    async def _post(self, payload: Payload, headers: dict[str, str], *, reused_ok: bool) -> None:
         limit = self.config.timeout
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -125,8 +137,12 @@ class HttpTarget:
                 from None
         except aiohttp.ClientConnectorError as e:
             raise Transient(f"POST {self.where}: cannot connect: {redact(str(e.os_error.strerror or e))}") from None
-        except aiohttp.ServerDisconnectedError:
-            raise Transient(f"POST {self.where}: the server closed the connection without answering") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            if not reused_ok and _disconnect(e):
+                raise _Disconnected() from None
+            if isinstance(e, aiohttp.ServerDisconnectedError):
+                raise Transient(f"POST {self.where}: the server closed the connection without answering") from None
+            raise Transient(f"POST {self.where}: {type(e).__name__}: {redact(str(e))}") from None
         except (aiohttp.ClientError, OSError) as e:
             raise Transient(f"POST {self.where}: {type(e).__name__}: {redact(str(e))}") from None
 
@@ -135,6 +151,16 @@ class HttpTarget:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+
+
+class _Disconnected(Exception):
+    """The connection closed before any answer (possibly a stale pooled one)."""
+
+
+def _disconnect(e: BaseException) -> bool:
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(e, aiohttp.ClientOSError) and e.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
 async def _paced(chunks: AsyncIterator[bytes], deadline: asyncio.Timeout, limit: float,
