@@ -4,7 +4,8 @@ Status classes (SPEC section 2)::
 
     2xx                 delivered
     408, 429, 5xx       Transient (RetryAfter when the server sent Retry-After)
-    network, timeout    Transient
+    network, timeout    Transient (a connection closed before any answer is first tried
+                        once more at once: a stale keep-alive connection)
     anything else       Rejected (a permanent failure of this payload), with the status
                         and a short, redacted excerpt of the response body
 
