@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -236,17 +237,18 @@ class RabbitSource:
         # earlier deliveries that were returned in x-delivery-count; classic queues only say "redelivered".
         delivery_count = 1 if not redelivered else int(count) + 1 if isinstance(count, int) else None
         body = msg.body
+        digest = hashlib.sha256(body).hexdigest()  # the id's input below, and the metadata's sha256 later
         if props.message_id:
             pid = props.message_id
         else:
             own = sorted((k, repr(json_safe(v))) for k, v in headers.items() if not _broker_added(k))
-            pid = stable_id(queue, body, own)
+            pid = stable_id(queue, digest, own)
         payload = Payload(
             id=pid,
             flow=self.flow,
             source_instance=self.instance.name,
             source_type="rabbitmq",
-            body=self._body(body),
+            body=self._body(body, digest),
             message={
                 "id": props.message_id,
                 "queue": queue,
@@ -265,10 +267,10 @@ class RabbitSource:
         d = acker.delivery(tag)
         return Inbound(payload, d.ack, d.nack, delivery_count)
 
-    def _body(self, data: bytes) -> Body:
+    def _body(self, data: bytes, digest: str) -> Body:
         spool = self.instance.ctx.spool
         if len(data) <= spool.threshold:
-            return Body.from_bytes(data)
+            return Body(data=data, size=len(data), sha256=digest, owned=False)
         w = spool.writer()
         try:
             w.write(data)
