@@ -2,7 +2,8 @@
 
 The hot path talks to aiormq's channel under aio-pika directly: one small record per message
 (no aio-pika ``IncomingMessage`` wrapper, no extra task per message beyond aiormq's own), and
-acks are queued for the writer without waiting for the socket drain. An ack for a message whose
+acks are coalesced and queued for the writer without waiting for the socket drain
+(:mod:`conveyor.brokers.rabbitmq_settle`). An ack for a message whose
 channel has closed is dropped (the broker redelivers it, and the state store recognises the id):
 an ack sent on any other channel would be a protocol error or, worse, ack someone else's message.
 """
@@ -38,7 +39,8 @@ log = logging.getLogger("conveyor.rabbitmq")
 _BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count", "x-received-from")
 
 
-def _broker_added(name: str) -> bool:
+def broker_added(name: str) -> bool:
+    """Whether a header is one the broker sets (x-death, x-delivery-count...), not the publisher."""
     return name.startswith(_BROKER_HEADERS)
 
 
@@ -241,7 +243,7 @@ class RabbitSource:
         if props.message_id:
             pid = props.message_id
         else:
-            own = sorted((k, repr(json_safe(v))) for k, v in headers.items() if not _broker_added(k))
+            own = sorted((k, repr(json_safe(v))) for k, v in headers.items() if not broker_added(k))
             pid = stable_id(queue, digest, own)
         payload = Payload(
             id=pid,

@@ -17,7 +17,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from conveyor.brokers.rabbitmq_config import RabbitTargetConfig
-from conveyor.brokers.rabbitmq_source import _broker_added
+from conveyor.brokers.rabbitmq_source import broker_added
 from conveyor.errors import Rejected, Transient
 from conveyor.names import name_fields
 from conveyor.payload import Payload
@@ -101,7 +101,7 @@ class RabbitTarget:
         cfg = self.config
         headers: dict[str, Any] = {}
         if cfg.copy_headers and payload.message and isinstance(payload.message.get("headers"), dict):
-            headers.update((k, v) for k, v in payload.message["headers"].items() if not _broker_added(k))
+            headers.update((k, v) for k, v in payload.message["headers"].items() if not broker_added(k))
         headers.update(cfg.headers)
         headers["x-conveyor-id"] = payload.id
         headers["x-conveyor-flow"] = payload.flow
