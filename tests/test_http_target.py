@@ -9,6 +9,7 @@ import ssl
 import time
 from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -32,6 +33,7 @@ from tests.servers.ops import (
     wait_for,
     write_config,
 )
+from tests.servers.rabbitmq import rabbit_vhost_fixture  # noqa: F401  (the rabbit_vhost fixture)
 
 
 def cfg(url: str, **kw: object) -> HttpTargetConfig:
@@ -307,3 +309,29 @@ def _write_big(path: Path, size: int) -> None:
     with open(path, "wb") as f:
         for _ in range(size >> 20):
             f.write(chunk)
+
+
+async def test_rabbitmq_message_refused_by_http_is_rejected_and_failed(rabbit_vhost: Any, tmp_path: Path) -> None:
+    """A 4xx from the http target rejects the message at once (dead-lettered, not requeued)
+    and the ledger says `failed` with the status."""
+    from tests.servers.rabbitmq import declare, drain, publish
+
+    v = rabbit_vhost
+    q, dlq = v.q("http-refused"), v.q("http-refused.dlq")
+    await declare(v, dlq)
+    async with http_sink(default=status(422, "unprocessable order")) as sink:
+        source = {"instance": "mq", "queue": q, "max_attempts": 5,
+                  "declare": {"arguments": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}}}
+        config = write_config(tmp_path / "c.yaml", {
+            "health": {"listen": "127.0.0.1:0"}, "instances": {"mq": v.instance_config()},
+            "flows": {"m": {"source": source, "target": {"type": "http", "url": sink.url}}}})
+        async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
+            await wait_for(lambda: q in v.counts(), 20)
+            await publish(v, q, [b'{"order": 1}'], message_id="order-1")
+            dead = await wait_for(lambda: drain(v, dlq, wait=0.2), 30)
+            code, doc = await get_json(s, d.health.url + "/flows/m/items?state=failed")
+    assert [m.message_id for m in dead] == ["order-1"]
+    assert len(sink.received) == 1  # no retries of a refusal
+    assert meta_header(sink.received[0].headers["X-Conveyor-Meta"])["message"]["id"] == "order-1"
+    assert code == 200 and len(doc["items"]) == 1
+    assert "HTTP 422" in doc["items"][0]["last_error"] and "unprocessable order" in doc["items"][0]["last_error"]
