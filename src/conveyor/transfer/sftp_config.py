@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
 from conveyor.config.types import Duration, Secret
 from conveyor.registry import ConnectorSpec, register
 from conveyor.transfer.hostkeys import Fingerprint, parse_fingerprint
+
+
+def _valid_fingerprint(text: str) -> str:
+    parse_fingerprint(text)  # raises ValueError naming the accepted forms
+    return text
+
+
+FingerprintText = Annotated[str, AfterValidator(_valid_fingerprint)]
+"""One host key fingerprint in any accepted form (checked item by item, so errors name the index)."""
 
 
 class SftpConfig(InstanceConfig):
@@ -26,7 +35,7 @@ class SftpConfig(InstanceConfig):
     )
     private_key_file: Path | None = Field(None, description="path of the private key file")
     passphrase: Secret | None = Field(None, description="passphrase of an encrypted private key")
-    host_fingerprint: list[str] | None = Field(
+    host_fingerprint: list[FingerprintText] | None = Field(
         None,
         description="the server's host key fingerprint, or a list of them (key rotation): SHA256:<base64>, "
         "MD5 hex (colons and MD5: prefix optional) or SHA512 hex of the key blob",
@@ -50,12 +59,9 @@ class SftpConfig(InstanceConfig):
 
     @field_validator("host_fingerprint")
     @classmethod
-    def _fingerprints_parse(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None:
-            if not v:
-                raise ValueError("host_fingerprint is an empty list: give at least one fingerprint")
-            for fp in v:
-                parse_fingerprint(fp)  # raises ValueError naming the accepted forms
+    def _not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("host_fingerprint is an empty list: give at least one fingerprint")
         return v
 
     @field_validator("host_key_check", mode="before")
