@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,12 @@ from pathlib import Path
 import aiohttp
 
 from common import Daemon, table, write_config
+
+
+def cpu_self() -> float:
+    """This process's user + system CPU seconds."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def free_port() -> int:
@@ -131,9 +138,13 @@ async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str
                 p = staging / f"f{i:06}.dat"
                 p.write_bytes(body)
                 files.append(p)
+            c0 = cpu_self()
             plain_s = await plain_client(files, url, concurrency)
+            plain_cpu = cpu_self() - c0
             assert await sink_count(s, url) == n
+            c0 = cpu_self()
             alone_s = await target_alone(files, url, concurrency)
+            alone_cpu = cpu_self() - c0
             assert await sink_count(s, url) == 2 * n
 
             src = base / "disk" / "in"
@@ -146,7 +157,7 @@ async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str
             d = Daemon(cfg)
             try:
                 await asyncio.sleep(1.5)  # started and idle
-                t0 = time.monotonic()
+                t0, c0 = time.monotonic(), d.cpu_seconds()
                 for f in files:
                     os.rename(f, src / f.name)
                 while await sink_count(s, url) < 3 * n:
@@ -154,6 +165,7 @@ async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str
                         raise TimeoutError("daemon did not deliver everything in 10 minutes")
                     await asyncio.sleep(0.02)
                 daemon_s = time.monotonic() - t0
+                daemon_cpu = d.cpu_seconds() - c0
                 rss = d.status("VmHWM")
             finally:
                 d.stop()
@@ -163,14 +175,18 @@ async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str
     plain = n / plain_s
     conv = n / daemon_s
     alone = n / alone_s
+    def ms(cpu: float) -> str:
+        return f"{cpu * 1000 / n:.2f}"
+
     return [
-        ("measure", "payloads/s", "seconds", "ratio"),
-        (f"plain aiohttp client, {n} x {size} B, {concurrency} at a time", f"{plain:,.0f}", f"{plain_s:.1f}", "1.00"),
+        ("measure", "payloads/s", "seconds", "ratio", "CPU ms/payload"),
+        (f"plain aiohttp client, {n} x {size} B, {concurrency} at a time", f"{plain:,.0f}", f"{plain_s:.1f}", "1.00",
+         ms(plain_cpu)),
         ("conveyor HttpTarget alone, same bodies, same concurrency", f"{alone:,.0f}", f"{alone_s:.1f}",
-         f"{alone / plain:.2f}"),
+         f"{alone / plain:.2f}", ms(alone_cpu)),
         (f"conveyor local->http, same files, max_in_flight {concurrency}", f"{conv:,.0f}", f"{daemon_s:.1f}",
-         f"{conv / plain:.2f}"),
-        ("daemon peak RSS", f"{rss / 1024:.0f} MB", "", ""),
+         f"{conv / plain:.2f}", ms(daemon_cpu)),
+        ("daemon peak RSS", f"{rss / 1024:.0f} MB", "", "", ""),
     ]
 
 
