@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import urllib.parse
 from pathlib import Path
 
@@ -115,6 +116,8 @@ async def _run(tmp_path: Path, fmt: str, echo_url: str) -> None:
         rc = d.stop()
     out = d.output() + "\n".join(served)
     assert rc == 0, out[-3000:]
+    if fmt == "json":
+        _check_json_lines(d.err.read_text())
     # The run did exercise the failure paths whose messages could carry secrets.
     assert doc["instances"]["partner"]["state"] != "up" and doc["instances"]["partner"]["last_error"]
     assert doc["instances"]["legacy"]["last_error"] and doc["flows"]["to-http"]["failed"] == 1
@@ -128,3 +131,14 @@ async def _run(tmp_path: Path, fmt: str, echo_url: str) -> None:
 async def _failed(s: aiohttp.ClientSession, url: str, flow: str) -> bool:
     _, doc = await get_json(s, url + f"/flows/{flow}/items?state=failed")
     return bool(doc["items"])
+
+
+def _check_json_lines(stderr: str) -> None:
+    """One JSON object per line, with flow / instance / payload_id where a line concerns one."""
+    docs = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert docs and all({"ts", "level", "logger", "msg"} <= d.keys() for d in docs)
+    delivered = [d for d in docs if d["msg"].startswith("delivered ")]
+    refused = [d for d in docs if "failed for good" in d["msg"]]
+    assert delivered and refused
+    assert all(d.get("flow") and d.get("payload_id") for d in delivered + refused)
+    assert {d["flow"] for d in refused} == {"echo"}
