@@ -30,7 +30,10 @@ log = logging.getLogger("conveyor.sftp")
 BLOCK = 256 * 1024
 """Bytes per SFTP read/write request (capped by the server's advertised limits)."""
 WINDOW = 64
-"""SFTP requests kept outstanding per transfer."""
+"""SFTP read requests kept outstanding per download."""
+WRITE_WINDOW = 16
+"""SFTP write requests kept outstanding per upload: 4 MiB already exceeds the SSH window OpenSSH
+grants (2 MiB); more would only queue in asyncssh's send buffer (64 measured +35 MiB RSS)."""
 
 T = TypeVar("T")
 
@@ -284,7 +287,7 @@ class SftpInstance:
                     piece = bytes(view[i : i + block])
                     pending.append(asyncio.ensure_future(fh.write(piece, offset)))
                     offset += len(piece)
-                    while len(pending) >= WINDOW:
+                    while len(pending) >= WRITE_WINDOW:
                         await pending.popleft()
                         deadline.reschedule(loop.time() + self.config.timeout)
             while pending:
