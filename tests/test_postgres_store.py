@@ -36,7 +36,7 @@ async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         stores.append(s)
         return s
 
-    yield open_  # type: ignore[misc]
+    yield open_
     for s in stores:
         await s.close()
     if request.param == "postgres":

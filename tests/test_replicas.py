@@ -11,7 +11,6 @@ target absorbs them).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path
@@ -87,10 +86,9 @@ async def test_three_replicas_one_killed(sftp_openssh_backend: SftpBackend, rabb
         await wait_for(finished, 180, 0.5)
         elapsed = time.monotonic() - started
     finally:
-        for n, p in procs.items():
-            if n != "r1" or p.proc is None or p.proc.poll() is None:
-                if p.proc is not None and p.proc.poll() is None:
-                    assert p.stop() == 0
+        for p in procs.values():
+            if p.proc is not None and p.proc.poll() is None:
+                assert p.stop() == 0
     rows = await ledger(pg_url)
     by_key = {(r["flow"], r["id"]): r for r in rows}
 
@@ -101,9 +99,9 @@ async def test_three_replicas_one_killed(sftp_openssh_backend: SftpBackend, rabb
     # (or its ack was lost and the broker's redelivery was acked by another replica).
     unsettled = [dict(r) for r in rows if not r["settled"]]
     assert all(r["owner"] == "r1" for r in unsettled if r["flow"] == "files"), unsettled
-    for flow, n in (("files", N_FILES), ("msgs", N_MSGS)):
+    for flow, count in (("files", N_FILES), ("msgs", N_MSGS)):
         metas = sidecars(out / flow)
-        assert len(metas) == n and len({m["id"] for m in metas}) == n
+        assert len(metas) == count and len({m["id"] for m in metas}) == count
     assert not [p for n in ("r2", "r3") for p in (tmp_path / n / "spool").glob("*.spool")], "spool left over"
 
     # Each id confirmed by exactly one replica, except the killed one's unfinished ones.
@@ -126,4 +124,5 @@ async def test_three_replicas_one_killed(sftp_openssh_backend: SftpBackend, rabb
     assert all(owners[n] > 0 for n in names), owners
     record("3 replicas on PostgreSQL, 1,000 SFTP files + 2,000 RabbitMQ messages, one replica kill -9",
            moved=N_FILES + N_MSGS, lost=0, duplicates=0, redelivered_after_kill=len(twice),
-           taken_over=len(held), unsettled_by_killed=len(unsettled), rows_per_replica=owners, delivered_at_kill=killed_at, seconds=round(elapsed, 1))
+           taken_over=len(held), unsettled_by_killed=len(unsettled), rows_per_replica=owners,
+           delivered_at_kill=killed_at, seconds=round(elapsed, 1))
