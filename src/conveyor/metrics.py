@@ -6,6 +6,7 @@ keeps two daemons in one process (the tests) from counting into each other.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prometheus_client import (
@@ -19,6 +20,8 @@ from prometheus_client import (
 )
 
 from conveyor.status import StatusBoard
+
+log = logging.getLogger("conveyor.metrics")
 
 # The *_created series double the exposition for no use on a long-running daemon.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -47,6 +50,7 @@ class Metrics:
                                 ["instance", "outcome"], registry=r)
         # Label children are cached: a labels() lookup per payload is the hot path at 1,000/s.
         self._children: dict[tuple[str, ...], Any] = {}
+        self._warned = False
 
     def attach(self) -> None:
         """Start observing the board."""
@@ -66,7 +70,15 @@ class Metrics:
         return c
 
     def on_event(self, kind: str, **f: Any) -> None:
-        """A status board event."""
+        """A status board event. Never raises: metrics must not break a delivery's bookkeeping."""
+        try:
+            self._count(kind, f)
+        except Exception:
+            if not self._warned:
+                self._warned = True
+                log.exception("metrics: could not count a %s event", kind)
+
+    def _count(self, kind: str, f: dict[str, Any]) -> None:
         if kind == "payload":
             flow, outcome = f["flow"], f["outcome"]
             self._child(self.payloads, flow, outcome).inc()
