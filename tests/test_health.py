@@ -237,3 +237,26 @@ async def test_endpoints_follow_a_reload(tmp_path: Path) -> None:
         code, st = await get_json(s, base + "/status")
         assert list(st["flows"]) == ["g"]
         await wait_for(lambda: _ready(s, base))
+
+
+def test_metrics_registries_are_per_daemon_and_never_raise() -> None:
+    from conveyor.metrics import Metrics
+    from conveyor.status import StatusBoard
+
+    boards = [StatusBoard(), StatusBoard()]
+    metrics = [Metrics(b) for b in boards]
+    for m in metrics:
+        m.attach()
+    boards[0].add_flow("f")
+    boards[0].delivery_started("f", "x")
+    boards[0].delivery_ended("f", "x", "delivered", 10, 0.2)
+    metrics[0].on_event("payload")  # malformed event: logged once, not raised
+    boards[1].add_instance("i", "local", "/srv")
+    boards[1].connect_attempt("i", False)
+    m0, m1 = samples(metrics[0].exposition().decode()), samples(metrics[1].exposition().decode())
+    assert m0[("conveyor_payloads_total", (("flow", "f"), ("outcome", "delivered")))] == 1
+    assert m0[("conveyor_delivery_seconds_sum", (("flow", "f"),))] == 0.2
+    assert not any(name == "conveyor_connect_attempts_total" for name, _ in m0)
+    assert m1[("conveyor_connect_attempts_total", (("instance", "i"), ("outcome", "error")))] == 1
+    assert m1[("conveyor_instance_up", (("instance", "i"),))] == 0  # registered, never up
+    assert not any(name == "conveyor_payloads_total" for name, _ in m1)
