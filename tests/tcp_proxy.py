@@ -7,7 +7,8 @@ Usage::
         ...
         proxy.cut()                          # abort every current connection (both sides)
         proxy.pause(); proxy.resume()        # stop / restart forwarding bytes (connections stay open)
-        proxy.cut_after(1_000_000)           # cut once that many bytes went server -> client
+        proxy.cut_after(1_000_000)           # cut once that many more bytes went server -> client
+        proxy.cut_after(1_000_000, up=True)  # ... or client -> server
 
 New connections are accepted after a cut, so a client can reconnect; ``refuse = True``
 makes the proxy close new connections at once (a server that is down).
@@ -30,6 +31,8 @@ class TcpProxy:
         """Connections accepted so far."""
         self.bytes_down = 0
         """Bytes forwarded server -> client so far (all connections)."""
+        self.bytes_up = 0
+        """Bytes forwarded client -> server so far (all connections)."""
         self.refuse = False
         self._chunk = chunk
         self._server: asyncio.Server | None = None
@@ -37,7 +40,7 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
-        self._cut_at: int | None = None
+        self._cut_at: tuple[bool, int] | None = None
 
     async def start(self) -> TcpProxy:
         """Listen on a free loopback port."""
@@ -70,9 +73,10 @@ class TcpProxy:
             w.transport.abort()
         self._writers.clear()
 
-    def cut_after(self, nbytes: int) -> None:
-        """Cut all connections once ``nbytes`` more bytes have gone server -> client."""
-        self._cut_at = self.bytes_down + nbytes
+    def cut_after(self, nbytes: int, *, up: bool = False) -> None:
+        """Cut all connections once ``nbytes`` more bytes have gone server -> client (or client ->
+        server with ``up``)."""
+        self._cut_at = (up, (self.bytes_up if up else self.bytes_down) + nbytes)
 
     def pause(self) -> None:
         """Stop forwarding (bytes queue in the kernel; connections stay open)."""
@@ -114,10 +118,13 @@ class TcpProxy:
                 await writer.drain()
                 if down:
                     self.bytes_down += len(data)
-                    if self._cut_at is not None and self.bytes_down >= self._cut_at:
-                        self._cut_at = None
-                        self.cut()
-                        return
+                else:
+                    self.bytes_up += len(data)
+                cut = self._cut_at
+                if cut is not None and cut[0] != down and (self.bytes_down if down else self.bytes_up) >= cut[1]:
+                    self._cut_at = None
+                    self.cut()
+                    return
         except (ConnectionError, OSError):
             pass
         finally:

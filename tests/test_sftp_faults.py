@@ -194,3 +194,24 @@ async def test_daemon_survives_cuts_mid_download(sftp_asyncssh_backend: SftpBack
     assert len(got) == 2 and len(sidecars(out)) == 2
     big = next(v for v in got.values() if len(v) != 5)
     assert hashlib.sha256(big).hexdigest() == digest
+
+
+async def test_cut_mid_upload_then_retry_leaves_no_temp(backend: SftpBackend, tmp_path: Path) -> None:
+    from conveyor.payload import Body
+
+    src = tmp_path / "body.bin"
+    src.write_bytes(os.urandom(12 * 1024 * 1024))
+    backend.mkdir("out")
+    async with TcpProxy("127.0.0.1", backend.port) as proxy:
+        inst, _ = make(backend, port=proxy.port)
+        try:
+            await inst.check()
+            proxy.cut_after(4 * 1024 * 1024, up=True)
+            with pytest.raises(Transient):
+                await inst.upload(Body.from_file(src, owned=False), "out/x.bin", exists="replace", chmod=None)
+            assert not backend.exists("out/x.bin"), "nothing appears under the final name"
+            assert await inst.upload(Body.from_file(src, owned=False), "out/x.bin", exists="replace", chmod=None)
+        finally:
+            await inst.close()
+    assert backend.read("out/x.bin") == src.read_bytes()
+    assert sorted(p.name for p in (backend.folder / "out").iterdir()) == ["x.bin"], "the temp file was reused"

@@ -249,7 +249,7 @@ class SftpInstance:
         """Upload under a hidden temp name in the same folder, then rename into place."""
         dst = self._abs(path)
         folder, name = posixpath.split(dst)
-        tmp = posixpath.join(folder, temp_name(name))
+        tmp = posixpath.join(folder, temp_name(name, await body.digest()))
         try:
             async with self.pool.session() as s, asyncio.timeout(self.config.timeout) as deadline:
                 sftp = s.sftp
@@ -267,7 +267,12 @@ class SftpInstance:
                         await _close_quietly(fh)
                     if chmod is not None:
                         await sftp.chmod(tmp, chmod)
-                    await self._put_in_place(s, tmp, dst, exists, path)
+                    try:
+                        await self._put_in_place(s, tmp, dst, exists, path)
+                    except asyncssh.SFTPNoSuchFile:
+                        # Our temp file vanished: another writer of the same bytes renamed it first.
+                        raise Transient("temporary file was moved by another upload before the rename",
+                                        instance=self.name, path=path) from None
                 except BaseException:
                     await _remove_quietly(sftp, tmp)
                     raise

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -348,6 +347,10 @@ class SftpPool:
         return self._keys
 
 
-def temp_name(name: str) -> str:
-    """A hidden temporary name beside ``name`` for uploads (``.name.conveyor-<rand>.tmp``)."""
-    return f".{name}.conveyor-{secrets.token_hex(4)}.tmp"
+def temp_name(name: str, digest: str) -> str:
+    """A hidden temporary name beside ``name`` for uploads: ``.name.conveyor-<sha256[:12]>.tmp``.
+
+    Derived from the body's hash, so a retry after a dropped connection overwrites its own
+    half-written temp file instead of leaving one more behind on the partner's server.
+    """
+    return f".{name}.conveyor-{digest[:12]}.tmp"
