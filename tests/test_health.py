@@ -7,7 +7,10 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -182,10 +185,27 @@ async def test_healthz_reports_a_blocked_event_loop(tmp_path: Path, monkeypatch:
             return code == 200
 
         await wait_for(healthy, 5)
-        asyncio.get_running_loop().call_soon(time.sleep, 2.0)  # a blocking call in the loop
+        # Asked from another thread while the daemon loop is blocked: the server thread answers
+        # during the stall, not after it.
+        during: list[tuple[float, int, str]] = []
+
+        def ask() -> None:
+            time.sleep(1.5)
+            t0 = time.monotonic()
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=5)
+            except urllib.error.HTTPError as e:
+                during.append((time.monotonic() - t0, e.code, e.read().decode()))
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        asyncio.get_running_loop().call_soon(time.sleep, 3.0)  # a blocking call in the daemon loop
         await asyncio.sleep(0.1)
+        await asyncio.to_thread(asker.join)
+        took, code_during, text = during[0]
+        assert code_during == 503 and "event loop blocked" in text and took < 1.0
         code, doc = await get_json(s, base + "/healthz")
-        assert code == 503 and "event loop blocked" in doc["problems"][0]
+        assert code == 503 and "event loop blocked" in doc["problems"][0]  # remembered after the stall
         await wait_for(healthy, 6)  # recovers once the stall is older than LAG_MEMORY
 
 

@@ -1,8 +1,12 @@
 """The health HTTP server (SPEC section 7): /healthz, /readyz, /status, /metrics and the ledger.
 
-It runs in the daemon's own event loop, so it can only answer when the loop is free: a
-ticker records how late each of its wake-ups was, and /healthz reports a loop that was
-blocked for longer than ``stall_after`` seconds as unhealthy even after it recovered.
+The server has a thread and an event loop of its own, so a daemon loop that is busy moving
+a thousand payloads a second (or stuck) does not delay /healthz. Everything that reads
+daemon state (/readyz, /status, /metrics, the ledger) is run *on the daemon's loop*
+(``run_coroutine_threadsafe``), so no daemon structure is touched from two threads.
+/healthz reads only what the daemon loop's ticker publishes: when it last ticked, the
+worst recent stall, and which flow tasks died — a loop blocked for longer than
+``stall_after`` seconds is reported while it is blocked, and for a while after.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import contextlib
 import ipaddress
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -32,6 +39,8 @@ STALL_AFTER = 10.0
 """A loop that was blocked this long makes /healthz answer 503."""
 LAG_MEMORY = 30.0
 """How long a measured loop stall keeps /healthz unhealthy after the loop recovered."""
+
+T = TypeVar("T")
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 SERVER_KEY: web.AppKey[HealthServer] = web.AppKey("health")
@@ -64,9 +73,15 @@ class HealthServer:
         self.stopping = False
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._main: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        # Published by the daemon loop's ticker, read by the server thread (plain attribute
+        # reads and writes of immutable values: safe across threads in CPython).
         self._last_tick = 0.0
         self._worst_lag = 0.0
         self._worst_lag_at = 0.0
+        self._dead: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -88,25 +103,37 @@ class HealthServer:
         return app
 
     async def start(self, daemon: Daemon) -> None:
-        """Bind the port (a busy port is a fatal start error) and start the loop-lag ticker."""
+        """Start the server thread and bind the port (a busy port is a fatal start error)."""
         self.daemon = daemon
+        self._main = asyncio.get_running_loop()
         self.metrics = Metrics(daemon.status)
         self.metrics.attach()
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        self._last_tick = time.monotonic()
+        self._ticker = asyncio.create_task(self._tick(), name="health-ticker")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="conveyor-health", daemon=True)
+        self._thread.start()
+        try:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._serve(), self._loop))
+        except BaseException:
+            await self.close()
+            raise
+        log.info("health endpoint on %s", self.url)
+
+    async def _serve(self) -> None:
+        """In the server thread: bind and serve."""
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         try:
             await site.start()
         except OSError as e:
-            await self._runner.cleanup()
+            await runner.cleanup()
             raise OSError(e.errno, f"health endpoint cannot listen on {self.host}:{self.port}: {e.strerror}") \
                 from None
-        if self._runner.addresses:
-            self.port = int(self._runner.addresses[0][1])  # the real port when :0 was asked for
-        loop = asyncio.get_running_loop()
-        self._last_tick = loop.time()
-        self._ticker = asyncio.create_task(self._tick(), name="health-ticker")
-        log.info("health endpoint on %s", self.url)
+        if runner.addresses:
+            self.port = int(runner.addresses[0][1])  # the real port when :0 was asked for
+        self._runner = runner
 
     async def ready(self) -> None:
         """Every flow has started."""
@@ -117,52 +144,65 @@ class HealthServer:
         self.stopping = True
 
     async def close(self) -> None:
-        """After the drain: stop serving."""
+        """After the drain: stop serving, end the thread."""
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            self._ticker = None
+        if self._loop is not None and self._thread is not None:
+            if self._runner is not None:
+                runner, self._runner = self._runner, None
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(runner.cleanup(), self._loop))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await asyncio.to_thread(self._thread.join, 10.0)
+            if not self._thread.is_alive():
+                self._loop.close()
+            self._loop = self._thread = None
         if self.metrics is not None:
             self.metrics.detach()
 
+    async def on_daemon_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the daemon's loop and wait for it from the server thread."""
+        assert self._main is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._main))
+
     async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
+        """On the daemon loop: measure how late each wake-up is; note flows whose task died."""
+        assert self.daemon is not None
         while True:
             await asyncio.sleep(TICK)
-            now = loop.time()
+            now = time.monotonic()
             lag = now - self._last_tick - TICK
             self._last_tick = now
             if lag > self._worst_lag or now - self._worst_lag_at > LAG_MEMORY:
                 self._worst_lag, self._worst_lag_at = max(lag, 0.0), now
             if lag > self.stall_after:
                 log.warning("the event loop was blocked for %.1fs", lag)
+            self._dead = tuple(n for n, (_r, task) in self.daemon.flows.items() if task.done())
 
     def loop_lag(self) -> float:
         """The worst recent loop stall in seconds (including one still under way)."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = time.monotonic()
         current = now - self._last_tick - TICK
         recent = self._worst_lag if now - self._worst_lag_at <= LAG_MEMORY else 0.0
         return max(current, recent, 0.0)
 
     # -- handlers ----------------------------------------------------------------
     def health_problems(self) -> list[str]:
-        """Why the daemon is not healthy (empty when it is)."""
-        assert self.daemon is not None
+        """Why the daemon is not healthy (empty when it is); safe to call from any thread."""
         problems = []
         lag = self.loop_lag()
         if lag > self.stall_after:
             problems.append(f"event loop blocked for {lag:.1f}s (limit {self.stall_after:g}s)")
-        for name, (_runner, task) in self.daemon.flows.items():
-            if task.done() and not self.stopping:
-                problems.append(f"flow {name} died")
+        if not self.stopping:
+            problems += [f"flow {name} died" for name in self._dead]
         return problems
 
     def ready_reasons(self) -> dict[str, Any]:
-        """Why the daemon is not ready: {"flows": {...}, "instances": {...}, "daemon": ...}."""
+        """Why the daemon is not ready: {"flows": {...}, "instances": {...}, "daemon": ...}.
+        Reads the status board: call on the daemon loop."""
         assert self.daemon is not None
         d = self.daemon
         reasons: dict[str, Any] = {}
@@ -190,7 +230,8 @@ class HealthServer:
         return reasons
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """200 while the loop is responsive and no flow died; else 503."""
+        """200 while the daemon loop is responsive and no flow died; else 503. Answered by the
+        server thread alone, so it stays fast (and truthful) when the daemon loop is not."""
         problems = self.health_problems()
         doc = {"status": "unhealthy" if problems else "ok", "problems": problems,
                "loop_lag_ms": round(self.loop_lag() * 1000, 1)}
@@ -198,11 +239,15 @@ class HealthServer:
 
     async def readyz(self, request: web.Request) -> web.Response:
         """200 when every enabled flow's source and target are connected and progressing."""
-        reasons = self.ready_reasons()
+        reasons = await self.on_daemon_loop(_call(self.ready_reasons))
         return json_response({"ready": not reasons, "reasons": reasons}, 503 if reasons else 200)
 
     async def status(self, request: web.Request) -> web.Response:
         """The status board plus who and what is running."""
+        return json_response(await self.on_daemon_loop(_call(self.status_doc)))
+
+    def status_doc(self) -> dict[str, Any]:
+        """The /status document (on the daemon loop)."""
         assert self.daemon is not None
         d = self.daemon
         doc = d.status.snapshot()
@@ -211,13 +256,18 @@ class HealthServer:
             "version": __version__, "replica": d.owner, "config": str(d.config.path),
             "ready": not reasons, "not_ready": reasons, "healthy": not self.health_problems(),
         })
-        return json_response(doc)
+        return doc
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         """Prometheus text exposition."""
         assert self.metrics is not None
-        body = self.metrics.exposition()
+        body = await self.on_daemon_loop(_call(self.metrics.exposition))
         return web.Response(body=body, headers={"Content-Type": self.metrics.content_type})
+
+
+async def _call(fn: Callable[[], T]) -> T:
+    """A coroutine that calls ``fn`` (to run a plain function on the daemon loop)."""
+    return fn()
 
 
 def peer_is_local(remote: str | None) -> bool:

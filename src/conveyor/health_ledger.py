@@ -9,12 +9,16 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
 if TYPE_CHECKING:
     from conveyor.daemon import Daemon
+    from conveyor.state.base import StateStore
+
+T = TypeVar("T")
 
 STATES = ("pending", "in_flight", "delivered", "failed")
 MAX_LIMIT = 1000
@@ -24,6 +28,13 @@ def _daemon(request: web.Request) -> Daemon:
     from conveyor.health import DAEMON_KEY
 
     return request.app[DAEMON_KEY]
+
+
+async def _on_daemon_loop(request: web.Request, coro: Coroutine[Any, Any, T]) -> T:
+    """Store calls belong to the daemon's loop; handlers run in the server thread."""
+    from conveyor.health import SERVER_KEY
+
+    return await request.app[SERVER_KEY].on_daemon_loop(coro)
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
@@ -86,7 +97,7 @@ async def list_items(request: web.Request) -> web.Response:
         return _json({"error": f"state must be one of {', '.join(STATES)}"}, 400)
     limit = _int(request, "limit", 100, 1, MAX_LIMIT)
     offset = _int(request, "offset", 0, 0, 1 << 62)
-    items = await _daemon(request).store.list(flow, state, limit, offset)
+    items = await _on_daemon_loop(request, _daemon(request).store.list(flow, state, limit, offset))
     return _json({"flow": flow, "state": state, "limit": limit, "offset": offset,
                   "items": [item_doc(i) for i in items]})
 
@@ -97,20 +108,25 @@ async def _act(request: web.Request, action: str) -> web.Response:
         return _json({"error": "mutating ledger calls need a loopback peer (127.0.0.1, ::1) or "
                                "'Authorization: Bearer <health.token>'"}, 403)
     pid = request.match_info["id"]
-    store = _daemon(request).store
+    status, doc = await _on_daemon_loop(request, _apply(_daemon(request).store, flow, pid, action))
+    return _json(doc, status)
+
+
+async def _apply(store: StateStore, flow: str, pid: str, action: str) -> tuple[int, dict[str, Any]]:
+    """Retry or forget one item (on the daemon loop); the HTTP status and answer."""
     item = (await store.get_many(flow, [pid])).get(pid)
     if item is None:
-        return _json({"error": f"flow {flow} has no item {pid}"}, 404)
+        return 404, {"error": f"flow {flow} has no item {pid}"}
     if action == "retry":
         if item.state != "failed":
-            return _json({"error": f"item {pid} is {item.state}; only failed items can be retried"}, 409)
+            return 409, {"error": f"item {pid} is {item.state}; only failed items can be retried"}
         await store.retry(flow, pid)
     else:
         if item.state == "in_flight":
-            return _json({"error": f"item {pid} is being delivered right now; forget it once it settled"}, 409)
+            return 409, {"error": f"item {pid} is being delivered right now; forget it once it settled"}
         await store.forget(flow, pid)
     after = (await store.get_many(flow, [pid])).get(pid)
-    return _json({"flow": flow, "id": pid, "action": action, "item": item_doc(after) if after else None})
+    return 200, {"flow": flow, "id": pid, "action": action, "item": item_doc(after) if after else None}
 
 
 async def retry_item(request: web.Request) -> web.Response:
