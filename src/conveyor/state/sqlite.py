@@ -199,9 +199,10 @@ class SqliteStore:
 
     async def settled(self, flow: str, id: str) -> None:
         """The after action / ack is done."""
-        # Not awaited to disk: if lost, the completion (delete, move, ack) is simply redone.
-        await self._write(self._set("UPDATE items SET settled=1, updated=? WHERE flow=? AND id=?",
-                                    time.time(), flow, id), durable=False)
+        # Queued, not awaited: if lost in a crash, the completion (delete, move, ack) is simply redone.
+        fut = self._submit(self._set("UPDATE items SET settled=1, updated=? WHERE flow=? AND id=?",
+                                     time.time(), flow, id), _WRITE)
+        fut.add_done_callback(_consume)
 
     async def failed(self, flow: str, id: str, error: str, *, final: bool) -> None:
         """Record a failed attempt."""
@@ -245,6 +246,13 @@ class SqliteStore:
         n: int = await self._write(self._set(
             "DELETE FROM items WHERE settled=1 AND state='delivered' AND updated < ?", older_than))
         return n
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        import logging
+
+        logging.getLogger("conveyor.state").warning("recording a settle failed: %s", fut.exception())
 
 
 def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import os
-import uuid
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 from conveyor.errors import NoSpace, Permanent, Rejected, Transient
 from conveyor.names import name_fields, render, sanitise
 from conveyor.payload import CHUNK, Body, Payload, disk_full
 from conveyor.targets.config import DirectoryTargetConfig
+from conveyor.targets.dirwriter import BatchWriter
 from conveyor.targets.fsync import GroupSync
+
+_COUNTER = itertools.count()
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
 
 _SYNCS: dict[str, GroupSync] = {}
 
@@ -41,9 +47,12 @@ class DirectoryTarget:
         self.config = config
         self.folder = Path(config.path)
         self._ready = False
+        self._writer: BatchWriter | None = None
 
     def file_name(self, payload: Payload) -> str:
         """The body's file name for a payload (sanitised: it cannot leave the folder)."""
+        if self.config.filename == "{id}" and _SAFE_ID.match(payload.id):
+            return payload.id  # the default, and the hot path for messages
         fields = name_fields(payload.id, payload.name, self.flow)
         fields = {k: sanitise(v, payload.id) for k, v in fields.items()}
         return sanitise(render(self.config.filename, fields), payload.id)
@@ -61,17 +70,41 @@ class DirectoryTarget:
 
     async def _deliver(self, payload: Payload) -> None:
         name = self.file_name(payload)
-        tag = uuid.uuid4().hex[:12]
+        tag = f"{os.getpid()}-{next(_COUNTER)}"
         tmp_body = self.folder / f".{name[:200]}.{tag}.tmp"
         tmp_meta = self.folder / f".{name[:200]}.{tag}.meta.tmp"
+
+        def stage() -> Callable[[], None] | None:
+            try:
+                if not self._stage(payload, name, tmp_body, tmp_meta):
+                    return None
+            except BaseException:
+                _remove(tmp_body, tmp_meta)
+                raise
+
+            def publish() -> None:
+                try:
+                    self._publish(name, tmp_body, tmp_meta)
+                except BaseException:
+                    _remove(tmp_body, tmp_meta)
+                    raise
+            return publish
+
+        if payload.body.in_memory:
+            # Small bodies: one batched round trip to the folder's writer thread.
+            if self._writer is None:
+                self._writer = BatchWriter(self.folder, self.config.fsync)
+            await self._writer.run(stage)
+            return
+        # Large bodies stream on their own thread so they do not hold up the small ones.
         try:
-            staged = await asyncio.to_thread(self._stage, payload, name, tmp_body, tmp_meta)
-            if not staged:
+            publish = await asyncio.to_thread(stage)
+            if publish is None:
                 return
             sync = _group_sync(self.folder) if self.config.fsync else None
             if sync:
                 await sync.sync()
-            await asyncio.to_thread(self._publish, name, tmp_body, tmp_meta)
+            await asyncio.to_thread(publish)
             if sync:
                 await sync.sync()
         except BaseException:
@@ -109,7 +142,9 @@ class DirectoryTarget:
             os.replace(tmp_meta, self.folder / f"{name}.meta.json")
 
     async def close(self) -> None:
-        """Nothing to release."""
+        """Stop the writer thread."""
+        if self._writer is not None:
+            self._writer.close()
 
 
 def _remove(*paths: Path) -> None:

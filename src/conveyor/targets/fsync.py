@@ -24,6 +24,15 @@ def _sync_fs(fd: int) -> None:
         os.sync()
 
 
+def sync_folder(folder: str | os.PathLike[str]) -> None:
+    """Flush the file system holding ``folder`` (blocking: call from a worker thread)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        _sync_fs(fd)
+    finally:
+        os.close(fd)
+
+
 class GroupSync:
     """Coalesces sync requests for one file system (named by a folder on it)."""
 
@@ -45,9 +54,5 @@ class GroupSync:
                 return
             self._started += 1
             number = self._started
-            fd = os.open(self.folder, os.O_RDONLY)
-            try:
-                await asyncio.to_thread(_sync_fs, fd)
-            finally:
-                os.close(fd)
+            await asyncio.to_thread(sync_folder, self.folder)
             self._done = number
