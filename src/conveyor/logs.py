@@ -18,18 +18,19 @@ class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "msg", "flow", "instance", "payload_id", "error"}`` per line."""
 
     def format(self, record: logging.LogRecord) -> str:
+        # Redact each value before encoding: JSON escaping would hide a secret holding '"' or '\\'.
         doc: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         for f in _FIELDS:
             v = getattr(record, f, None)
             if v is not None:
-                doc[f] = v
+                doc[f] = redact(str(v))
         if record.exc_info:
-            doc["error"] = self.formatException(record.exc_info)
+            doc["error"] = redact(self.formatException(record.exc_info))
         return redact(json.dumps(doc, ensure_ascii=False, default=str))
 
 

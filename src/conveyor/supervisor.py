@@ -47,6 +47,7 @@ async def supervise(
     on_error: Callable[[BaseException, float], None],
     on_recover: Callable[[], None] | None = None,
     healthy_after: float = 30.0,
+    log_extra: dict[str, str] | None = None,
 ) -> None:
     """Run ``run`` forever, restarting it after errors with backoff.
 
@@ -73,9 +74,9 @@ async def supervise(
             else:
                 delay = backoff.delay(attempt)
             if not isinstance(e, (Permanent, OSError)) and not _is_conveyor(e):
-                log.error("%s: unexpected error, restarting in %.1fs", name, delay, exc_info=True)
+                log.error("%s: unexpected error, restarting in %.1fs", name, delay, exc_info=True, extra=log_extra)
             else:
-                log.warning("%s: %s; retrying in %.1fs", name, redact(str(e)), delay)
+                log.warning("%s: %s; retrying in %.1fs", name, redact(str(e)), delay, extra=log_extra)
             on_error(e, delay)
             await asyncio.sleep(delay)
             if on_recover is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, create_model
+from pydantic import Field, create_model, field_validator
 
 from conveyor.config.base import InstanceConfig, SourceConfig
 from conveyor.config.types import ConfigModel, Duration, Secret, Size
@@ -17,7 +18,14 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 class HealthConfig(ConfigModel):
     """The health/status/metrics HTTP server."""
 
-    listen: str | None = Field("127.0.0.1:8470", description="host:port to listen on; null turns it off")
+    listen: str | None = Field("127.0.0.1:8470", description="host:port (or [v6]:port) to listen on; null turns it off")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$", v):
+            raise ValueError(f"'{v}' is not host:port (e.g. 127.0.0.1:8470 or [::1]:8470)")
+        return v
     token: Secret | None = Field(None, description="bearer token for mutating ledger calls from other hosts")
 
 

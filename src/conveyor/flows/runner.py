@@ -51,7 +51,7 @@ class FlowRunner:
 
         try:
             await supervise(f"flow {self.name}", self.source_run, backoff=Backoff(1.0, 300.0),
-                            on_error=on_error, on_recover=on_recover)
+                            on_error=on_error, on_recover=on_recover, log_extra={"flow": self.name})
         finally:
             st.state = "stopped"
 
