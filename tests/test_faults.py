@@ -21,15 +21,12 @@ from typing import Any
 
 import pytest
 
-from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
-from tests.backends.rabbitmq import RabbitBackend, rabbit_vhost_fixture, rabbitmq_backend
-from tests.backends.sftp import SftpBackend, sftp_openssh_backend, ssh_client_keys, sshd
+from tests.backends.pubsub import PubsubBackend
+from tests.backends.rabbitmq import RabbitBackend
+from tests.backends.sftp import SftpBackend
 from tests.faultlog import count_bodies, deliveries, record
 from tests.harness import DaemonProcess, sidecars, wait_for, write_config
 from tests.tcp_proxy import TcpProxy
-
-__all__ = ["pubsub_backend", "pubsub_emulator", "rabbit_vhost_fixture", "rabbitmq_backend", "sftp_openssh_backend",
-           "ssh_client_keys", "sshd"]
 
 pytestmark = pytest.mark.fault
 
@@ -128,7 +125,7 @@ async def test_spool_full_pauses_message_intake_and_loses_nothing(rabbitmq_backe
         assert 0 < peak <= limit, peak
         assert await mb.pending() == n_msgs, "nothing acked while the target is down"
         unblock(out_m)
-        await wait_for(lambda: count_bodies(out_m) == n_msgs, 45, 0.2)
+        await wait_for(lambda: count_bodies(out_m) == n_msgs, 25, 0.2)
         await _until_zero(mb)
     finally:
         assert d.stop() == 0

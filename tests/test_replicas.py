@@ -19,13 +19,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.backends.rabbitmq import RabbitBackend, rabbit_vhost_fixture, rabbitmq_backend
-from tests.backends.sftp import SftpBackend, sftp_openssh_backend, ssh_client_keys, sshd
+from tests.backends.rabbitmq import RabbitBackend
+from tests.backends.sftp import SftpBackend
 from tests.faultlog import count_bodies, deliveries, record
 from tests.harness import DaemonProcess, sidecars, wait_for, write_config
 from tests.servers.postgres import pg_url
 
-__all__ = ["pg_url", "rabbit_vhost_fixture", "rabbitmq_backend", "sftp_openssh_backend", "ssh_client_keys", "sshd"]
+__all__ = ["pg_url"]  # the server backends' fixtures come from tests/conftest.py
 
 pytestmark = pytest.mark.fault
 
@@ -74,9 +74,14 @@ async def test_three_replicas_one_killed(sftp_openssh_backend: SftpBackend, rabb
     try:
         await wait_for(lambda: done() >= (N_FILES + N_MSGS) // 3, 120, 0.1)
         victim = "r1"
+
+        async def victim_busy() -> bool:
+            return any(r["owner"] == victim and r["state"] == "in_flight" for r in await ledger(pg_url))
+
+        await wait_for(victim_busy, 30, 0.02)  # kill it while it holds leases
         procs[victim].kill9()
         killed_at = done()
-        rows = await ledger(pg_url)
+        rows = await ledger(pg_url)  # frozen now: what the dead replica held
         held = {(r["flow"], r["id"]) for r in rows if r["owner"] == victim and r["state"] == "in_flight"}
 
         async def finished() -> bool:
@@ -117,6 +122,7 @@ async def test_three_replicas_one_killed(sftp_openssh_backend: SftpBackend, rabb
     assert len(twice) <= 2 * 16 * 2, "only what the killed replica had in flight is redelivered"
 
     # The killed replica's leases were taken over by the others.
+    assert held, "the killed replica held nothing in flight"
     for key in held:
         r = by_key[key]
         assert r["state"] == "delivered" and r["owner"] in ("r2", "r3") and r["attempts"] >= 2, dict(r)
