@@ -78,12 +78,11 @@ async def _worker(a: argparse.Namespace) -> dict[str, float]:
                         await inst.download(f, w)
                         w.finish().release()
 
-                for rnd in range(2):  # the first round opens the pool's sessions; the second is a steady poll
+                for _ in range(2):  # the first round opens the pool's sessions; the second is a steady poll
                     t = time.perf_counter()
                     files = [f async for f in inst.list(a.path, False)]
                     await asyncio.gather(*(one(f) for f in files))
                     out[f"files_per_s_{conc}"] = len(files) / (time.perf_counter() - t)
-                    del rnd
         elif a.worker == "idle":
             async def flow() -> None:
                 while True:
