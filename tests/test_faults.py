@@ -137,6 +137,43 @@ async def test_spool_full_pauses_message_intake_and_loses_nothing(rabbitmq_backe
            spool_peak_bytes=peak, spool_max=limit)
 
 
+async def test_spool_full_pauses_pubsub_intake_and_loses_nothing(pubsub_backend: PubsubBackend,
+                                                                 tmp_path: Path) -> None:
+    """The same for a Pub/Sub subscription. Its bodies arrive whole in memory (gRPC), so they do not
+    go through the spool: intake is bounded by max_in_flight instead (nothing acked can only be
+    checked at the end: the emulator cannot count leased messages)."""
+    pb = pubsub_backend
+    n_msgs, size = 60, 48 * 1024
+    msgs = [os.urandom(size) + str(i).encode() for i in range(n_msgs)]
+    out_m = tmp_path / "out-msgs"
+    block(out_m)
+    limit = 256 * 1024
+    cfg = write_config(tmp_path, {"broker": pb.instance_config()}, {
+        "msgs": {"source": {"instance": "broker", **pb.source_config()},
+                 "target": {"type": "directory", "path": str(out_m)}, "retry": PATIENT, "max_in_flight": 8},
+    }, spool_threshold="4KiB", spool_max=f"{limit}")
+    d = DaemonProcess(cfg).start()
+    try:
+        await pb.publish(msgs)
+        peak = await _spool_peak(tmp_path / "spool", 6)
+        assert peak <= limit, peak
+        taken = {r["payload_id"] for r in d.logs() if "retrying in " in str(r.get("msg")) and r.get("payload_id")}
+        assert 0 < len(taken) <= 8, f"{len(taken)} messages taken in while the target is down (max_in_flight 8)"
+        unblock(out_m)
+        await wait_for(lambda: count_bodies(out_m) == n_msgs, 60, 0.2)
+        await asyncio.sleep(1)
+    finally:
+        assert d.stop() == 0
+    assert {m["sha256"] for m in sidecars(out_m)} == {hashlib.sha256(v).hexdigest() for v in msgs}
+    assert spool_bytes(tmp_path / "spool") == 0
+    assert await asyncio.to_thread(pb._count) == 0
+    distinct, dup = once_each(d, "msgs")
+    assert distinct == n_msgs and dup == 0
+    record("target down with spool_max set (pubsub: bodies in memory, bounded by max_in_flight)",
+           moved=n_msgs, lost=0, duplicates=dup,
+           spool_peak_bytes=peak, spool_max=limit)
+
+
 async def _spool_peak(folder: Path, seconds: float) -> int:
     peak = 0
     deadline = time.monotonic() + seconds
