@@ -3,7 +3,8 @@
 Starts a private OpenSSH sshd on loopback (needs root and openssh-server, like the tests),
 then, for each round, interleaved so both sides see the same machine load:
 
-- 1 GiB download: `sftp` batch `get` vs ``SftpInstance.download`` into a spool file
+- 1 GiB download: `sftp` batch `get` vs ``SftpInstance.download`` into a spool file (and, for
+  reference, asyncssh's own ``SFTPClient.get`` with its defaults)
 - 1 GiB upload:   `sftp` batch `put` vs ``SftpInstance.upload`` from a file body
 - 200 files of 4 KiB: one listing plus every download, files/s (one at a time, and 4 at once)
 - 100 idle flows polling an empty folder every 5 s over one instance: CPU % of one core
@@ -63,6 +64,15 @@ async def _worker(a: argparse.Namespace) -> dict[str, float]:
             body = w.finish()
             out["seconds"] = time.perf_counter() - t
             body.release()
+        elif a.worker == "asyncssh-get":  # reference: asyncssh's own get with its default settings
+            import asyncssh
+
+            async with asyncssh.connect("127.0.0.1", a.port, username=a.user, client_keys=[a.key],
+                                        known_hosts=None, config=None) as conn, conn.start_sftp_client() as sftp:
+                t = time.perf_counter()
+                await sftp.get(f"{a.root}/{a.path}", f"{a.spool}/asyncssh-get.bin")
+                out["seconds"] = time.perf_counter() - t
+            Path(f"{a.spool}/asyncssh-get.bin").unlink()  # noqa: ASYNC240 (after the timing)
         elif a.worker == "upload":
             body = Body.from_file(Path(a.local), owned=False)
             t = time.perf_counter()
@@ -195,7 +205,7 @@ def main() -> None:
         (srv.root / "empty").mkdir()
         srv.chown(srv.root / "empty")
 
-        rows: dict[str, list[float]] = {k: [] for k in ("oss_down", "cv_down", "oss_up", "cv_up")}
+        rows: dict[str, list[float]] = {k: [] for k in ("oss_down", "cv_down", "ash_down", "oss_up", "cv_up")}
         rss: list[float] = []
         for _ in range(a.rounds):
             rows["oss_down"].append(size / _openssh(srv.port, key, USER, f"get {srv.root}/big.bin {work}/o.bin\n"))
@@ -203,6 +213,7 @@ def main() -> None:
             r = _conveyor(base, "download", path="big.bin")
             rows["cv_down"].append(size / r["seconds"])
             rss.append(r["maxrss_mib"])
+            rows["ash_down"].append(size / _conveyor(base, "asyncssh-get", path="big.bin")["seconds"])
             rows["oss_up"].append(size / _openssh(srv.port, key, USER, f"put {src} {srv.root}/up_o.bin\n"))
             r = _conveyor(base, "upload", path="up_c.bin", local=src)
             rows["cv_up"].append(size / r["seconds"])
@@ -219,7 +230,8 @@ def main() -> None:
         print(f"\nconveyor sftp bench — OpenSSH {srv.port} on loopback, {a.size_mib} MiB, "
               f"{a.rounds} round(s), best of rounds; load avg {os.getloadavg()[0]:.1f}")
         print(f"{'measure':<38}{'OpenSSH sftp':>14}{'conveyor':>12}{'ratio':>8}")
-        for label, o, c in (("download MiB/s", "oss_down", "cv_down"), ("upload MiB/s", "oss_up", "cv_up")):
+        for label, o, c in (("download MiB/s", "oss_down", "cv_down"), ("upload MiB/s", "oss_up", "cv_up"),
+                            ("download MiB/s, bare asyncssh get", "oss_down", "ash_down")):
             print(f"{label:<38}{best(o):>14.0f}{best(c):>12.0f}{best(c) / best(o):>8.2f}")
         print(f"{'peak RSS of conveyor side, MiB':<38}{'':>14}{max(rss):>12.0f}")
         print(f"{'200 x 4 KiB list+download, files/s':<38}{'':>14}{small_r['files_per_s_1']:>12.0f}  (one at a time)")
