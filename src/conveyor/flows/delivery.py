@@ -145,10 +145,12 @@ class Deliverer:
                                        time.monotonic() - started)
 
     async def unclaimed(self, id: str, *, complete: Callable[[], Awaitable[None]],
-                        give_up: Callable[[bool], Awaitable[None]], settle_after_complete: bool = True) -> str:
+                        give_up: Callable[[bool], Awaitable[None]], settle_after_complete: bool = True,
+                        known: Item | None = None) -> str:
         """The claim of ``id`` was refused: finish a lost completion, set a failed item aside, or
-        leave it to the replica that holds it. Returns "skipped"."""
-        known = (await self.store.get_many(self.flow, [id])).get(id)
+        leave it to the replica that holds it. Returns "skipped". ``known``: its row, if just read."""
+        if known is None:
+            known = (await self.store.get_many(self.flow, [id])).get(id)
         if known is not None and known.state == "delivered":
             await complete()  # delivered before, its completion was lost: finish it now
             if settle_after_complete:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import posixpath
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -131,8 +132,13 @@ class FileSource:
     async def _take(self, files: list[RemoteFile]) -> int:
         ids = {self.file_id(f): f for f in files}
         known = await self.store.get_many(self.flow, list(ids))
+        order = list(ids.items())
+        if getattr(self.store, "shared", False):
+            # Replicas on one store list the same files: each takes them in its own order, so
+            # their claims rarely collide on the same file.
+            random.shuffle(order)
         n = 0
-        for pid, f in ids.items():
+        for pid, f in order:
             if pid in self._active:
                 continue
             item = known.get(pid)
@@ -169,7 +175,11 @@ class FileSource:
             settle = self.config.after != "keep"
             item = await self.store.claim(self.flow, pid, info, self.deliverer.lease)
             if item is None:
-                await self.deliverer.unclaimed(pid, complete=complete, give_up=give_up, settle_after_complete=settle)
+                known = (await self.store.get_many(self.flow, [pid])).get(pid)
+                if known is not None and known.state == "delivered" and known.settled:
+                    return  # another replica delivered it and did the after action since our listing
+                await self.deliverer.unclaimed(pid, complete=complete, give_up=give_up, settle_after_complete=settle,
+                                               known=known)
                 return
             try:
                 body = await self._fetch(f)

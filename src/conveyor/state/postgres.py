@@ -233,6 +233,9 @@ class _Lane:
 class PostgresStore:
     """The shared state store for replicas (see the module docstring)."""
 
+    shared = True
+    """Several processes use this store at once (file sources then take files in a shuffled order)."""
+
     def __init__(self, url: str, owner: str, *, pool_size: int = 3) -> None:
         self.url, self.lease = split_url(url)
         self.owner = owner
