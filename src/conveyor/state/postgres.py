@@ -14,13 +14,17 @@ them over. Unlike the SQLite store, :meth:`open` does not reset in-flight rows �
 belong to live replicas — except those recorded under this replica's own name (a previous
 run of it). Replica names (``replica:``, default host:pid) must therefore be unique.
 
-Group commit: writes are queued and one writer runs everything queued in one transaction —
-claims as one multi-row statement, other updates as ``executemany`` per statement — so a
-burst of deliveries costs a few round trips and one WAL flush. ``delivered``, final
-failures, retry and forget wait for the WAL flush; claims, ``settled`` and releases commit
-with ``synchronous_commit=off`` (visible to every replica at once, but a PostgreSQL crash
-may lose the last few: a lost claim only loses an attempt count, a lost ``settled`` redoes
-the completion — the same trade as the SQLite store).
+Group commit: writes are queued on two lanes, each one task and one connection. Everything
+queued while a lane's previous statements ran goes out together, as one statement per kind
+of write (claims as one multi-row ``INSERT ... SELECT FROM unnest(...)``, ``delivered`` /
+``settled`` / releases / failures as one ``UPDATE ... FROM unnest(...)`` each), so a burst of
+deliveries costs a few round trips and WAL flushes, not one per payload. The durable lane
+(``delivered``, final failures, retry, forget, prune) commits with the WAL flushed; the fast
+lane (claims, ``settled``, releases, retryable failures) with ``synchronous_commit=off``:
+visible to every replica at once, but a PostgreSQL crash may lose the last few — a lost claim
+only loses an attempt count, a lost ``settled`` redoes the completion (the same trade as the
+SQLite store). Statements lock rows in (flow, id) order, and a deadlock between replicas
+retries the statement.
 
 Timestamps come from the database clock, so replicas on hosts with skewed clocks agree on
 lease expiry. The lease is ``?lease=<seconds>`` on the URL (default 30; stripped before
