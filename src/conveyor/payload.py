@@ -6,6 +6,8 @@ import asyncio
 import builtins
 import errno
 import hashlib
+import queue
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from conveyor.errors import NoSpace, Transient
+from conveyor.errors import ConveyorError, NoSpace, Transient
 
 CHUNK = 1024 * 1024
 
@@ -154,8 +156,14 @@ class SpoolWriter:
     """Collects a body as it arrives, hashing on the way; spills to the spool past the threshold.
 
     Writes append, so a download that resumes after a dropped connection continues at
-    :attr:`size` and the hash stays correct.
+    :attr:`size` and the hash stays correct. Once spilled, hashing and file writes run on a
+    thread of the writer's own (hashlib and file writes release the GIL), so the event loop
+    that decrypts the download does not also pay for SHA-256; at most ``_BACKLOG`` bytes wait
+    for that thread. A write error there poisons the writer (:attr:`failed`): the body must
+    then be fetched again from the start, never resumed, since the count ran ahead of the disk.
     """
+
+    _BACKLOG = 16 * 1024 * 1024
 
     def __init__(self, spool: Spool) -> None:
         self._spool = spool
@@ -165,27 +173,76 @@ class SpoolWriter:
         self._hash = hashlib.sha256()
         self.size = 0
         self._reserved = 0
+        self._queue: queue.SimpleQueue[tuple[builtins.bytes, bool] | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._cond = threading.Condition()
+        self._queued = 0
+        self._error: ConveyorError | None = None
 
-    def write(self, data: bytes) -> None:
+    @property
+    def failed(self) -> bool:
+        """True when a spool write failed: the writer cannot be resumed."""
+        return self._error is not None
+
+    def write(self, data: builtins.bytes) -> None:
         """Append bytes; raises NoSpace when the spool is full or its limit is reached."""
+        if self._error is not None:
+            raise self._error
         if not data:
             return
-        self._hash.update(data)
-        self.size += len(data)
         if self._buf is not None:
+            self._hash.update(data)
+            self.size += len(data)
             self._buf += data
             if len(self._buf) <= self._spool.threshold:
                 return
-            data, self._buf = bytes(self._buf), None
-            self.path = self._spool.new_path()
-            self._file = open(self.path, "wb")  # noqa: SIM115 (closed in finish/abort)
-        self._reserve(len(data))
-        try:
-            self._file.write(data)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise NoSpace(f"spool disk full at {self._spool.directory}") from None
-            raise Transient(f"spool write failed: {e.strerror}") from None
+            data, self._buf = builtins.bytes(self._buf), None
+            self._reserve(len(data))
+            self._spill()
+            hashed = True  # the buffered bytes were hashed as they arrived
+        else:
+            hashed = False
+            self._reserve(len(data))  # before counting: a refused chunk is fetched again on resume
+            self.size += len(data)
+            if type(data) is not builtins.bytes:
+                data = builtins.bytes(data)  # the caller may reuse its buffer before the thread writes it
+        with self._cond:
+            while self._queued > self._BACKLOG and self._error is None:
+                self._cond.wait()
+            self._queued += len(data)
+        assert self._queue is not None
+        self._queue.put((data, hashed))
+
+    def _spill(self) -> None:
+        self.path = self._spool.new_path()
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed by the worker)
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="conveyor-spool", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        while (job := self._queue.get()) is not None:
+            data, hashed = job
+            if self._error is None:
+                try:
+                    if not hashed:
+                        self._hash.update(data)
+                    self._file.write(data)
+                except OSError as e:
+                    self._error = (NoSpace(f"spool disk full at {self._spool.directory}") if disk_full(e)
+                                   else Transient(f"spool write failed: {e.strerror or e}"))
+            with self._cond:
+                self._queued -= len(data)
+                self._cond.notify_all()
+        self._file.close()
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            assert self._queue is not None
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     def _reserve(self, n: int) -> None:
         sp = self._spool
@@ -195,24 +252,22 @@ class SpoolWriter:
         self._reserved += n
 
     def finish(self) -> Body:
-        """Close the writer and hand over the body."""
-        digest = self._hash.hexdigest()
+        """Close the writer and hand over the body (waits for the spool thread's backlog)."""
         if self._buf is not None:
-            body = Body(data=bytes(self._buf), size=self.size, sha256=digest, owned=False)
+            body = Body(data=builtins.bytes(self._buf), size=self.size, sha256=self._hash.hexdigest(), owned=False)
             self._buf = None
             return body
-        self._file.flush()
-        self._file.close()
+        self._join()
+        if self._error is not None:
+            raise self._error
         assert self.path is not None
-        body = _SpoolBody(self._spool, self._reserved, path=self.path, size=self.size, sha256=digest)
+        body = _SpoolBody(self._spool, self._reserved, path=self.path, size=self.size, sha256=self._hash.hexdigest())
         self._reserved = 0
         return body
 
     def abort(self) -> None:
         """Drop what was written (download failed for good)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._join()
         if self.path is not None:
             self.path.unlink(missing_ok=True)
         self._spool.used -= self._reserved

@@ -218,8 +218,9 @@ class FileSource:
                     await self.fs.download(f, sink)
                     break
                 except Transient as e:
-                    # A dropped connection mid-file: resume at the offset we have, not from zero.
-                    if attempt == _RESUMES:
+                    # A dropped connection mid-file: resume at the offset we have, not from zero
+                    # (unless the spool itself failed: then what we have is not on disk).
+                    if attempt == _RESUMES or sink.failed:
                         raise
                     log.warning("download of %s interrupted at %d bytes: %s; resuming", f.path, sink.size,
                                 redact(str(e)), extra={"flow": self.flow, "instance": self.instance})
