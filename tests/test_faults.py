@@ -102,9 +102,6 @@ async def test_spool_full_pauses_file_intake_and_loses_nothing(sftp_openssh_back
            spool_peak_bytes=peak, spool_max=limit)
 
 
-@pytest.mark.xfail(reason="rabbitmq source: NoSpace from the spool aborts the consumer and closes its channel, "
-                          "dropping the acks of the deliveries that filled the spool; they come back first and "
-                          "fill it again after every restart (livelock). See the issue 8 report.", strict=False)
 async def test_spool_full_pauses_message_intake_and_loses_nothing(rabbitmq_backend: RabbitBackend,
                                                                   tmp_path: Path) -> None:
     """The same for a queue: nothing acked while the spool is full; everything once space returns."""

@@ -24,7 +24,7 @@ from aiormq.abc import DeliveredMessage
 
 from conveyor.brokers.rabbitmq_config import RabbitSourceConfig
 from conveyor.brokers.rabbitmq_settle import Acker
-from conveyor.errors import ConveyorError, Transient
+from conveyor.errors import ConveyorError, NoSpace, Transient
 from conveyor.interfaces import Inbound
 from conveyor.payload import Body, Payload, stable_id, utc_iso
 
@@ -276,10 +276,16 @@ class RabbitSource:
         w = spool.writer()
         try:
             w.write(data)
+            return w.finish()
+        except NoSpace:
+            # The bytes are in memory already (AMQP delivers them whole) and prefetch bounds how
+            # many there are: keep this one there rather than abort the consumer, whose channel
+            # carries the acks of everything in flight.
+            w.abort()
+            return Body(data=data, size=len(data), sha256=digest, owned=False)
         except BaseException:
             w.abort()
             raise
-        return w.finish()
 
     async def stop_intake(self) -> None:
         """Stop new deliveries (basic.cancel). Messages prefetched but not accepted by ``emit`` (including one
