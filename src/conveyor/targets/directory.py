@@ -15,6 +15,8 @@ import itertools
 import json
 import os
 import re
+import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -177,9 +179,34 @@ def _write_body(body: Body, dest: Path) -> str:
             return body.known_digest
         except OSError:
             pass
+    if body.known_digest:
+        shutil.copyfile(body.path, dest)  # in-kernel copy (copy_file_range/sendfile)
+        return body.known_digest
+    # Hash on a second thread while the kernel copies: both read the same cached pages, and
+    # hashing (not copying) is the slower of the two.
+    result: list[str | BaseException] = []
+
+    def digest() -> None:
+        try:
+            assert body.path is not None
+            result.append(_hash_path(body.path))
+        except BaseException as e:
+            result.append(e)
+
+    hasher = threading.Thread(target=digest, name="conveyor-hash", daemon=True)
+    hasher.start()
+    try:
+        shutil.copyfile(body.path, dest)
+    finally:
+        hasher.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _hash_path(path: Path) -> str:
     h = hashlib.sha256()
-    with open(body.path, "rb") as src, open(dest, "wb") as out:
-        while chunk := src.read(CHUNK):
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
             h.update(chunk)
-            out.write(chunk)
     return h.hexdigest()
