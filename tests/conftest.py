@@ -7,6 +7,7 @@ tests/servers/*.py); importing them here makes them visible to every test module
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,24 @@ MESSAGE_BACKENDS: list[str] = ["rabbitmq_backend", "pubsub_backend"]
 def local_backend(tmp_path: Path) -> Iterator[LocalBackend]:
     """A local folder as the source instance."""
     yield LocalBackend(tmp_path / "remote")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Start the fault figures afresh for this run, in a file of this run's own."""
+    import os
+
+    from tests.faultlog import report_path
+
+    os.environ.setdefault("CONVEYOR_FAULT_REPORT", f"/tmp/conveyor-fault-report-{os.getpid()}.jsonl")
+    report_path().unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the fault figures of this run (the README's reliability section quotes them)."""
+    from tests.faultlog import summary
+
+    s = summary()
+    if s["scenarios"]:
+        terminalreporter.write_line(
+            f"fault scenarios: {s['scenarios']} run, {s['moved']} items moved, {s['lost']} lost, "
+            f"{s['duplicates']} duplicates into idempotent targets")

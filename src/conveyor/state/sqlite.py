@@ -103,7 +103,7 @@ class SqliteStore:
             durable: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             writes = any(j is not None and j[2] != _READ for j in batch)
             if writes:
-                db.execute("BEGIN")
+                db.execute("BEGIN IMMEDIATE")  # take the write lock up front: no deadlock with another writer
             for job in batch:
                 if job is None:
                     stop = True
