@@ -271,7 +271,7 @@ async def _call(fn: Callable[[], T]) -> T:
 
 
 def peer_is_local(remote: str | None) -> bool:
-    """True for 127.0.0.1 and ::1 (also IPv4-mapped) — not the rest of 127/8, see docs/operations.md."""
+    """True for 127.0.0.1 and ::1 (also IPv4-mapped) — not the rest of 127/8 (README, "Who may change the ledger")."""
     if not remote:
         return False
     try:
