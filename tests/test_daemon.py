@@ -170,3 +170,43 @@ async def test_spool_limit_pauses_and_nothing_is_lost(tmp_path: Path) -> None:
     w2.write(b"y" * 1000)
     w2.finish().release()
     assert spool.used == 0
+
+
+async def test_second_signal_stops_waiting_for_deliveries(tmp_path: Path) -> None:
+    """SIGTERM drains for shutdown_timeout; a second SIGTERM releases what is in flight at once."""
+    import http.server
+    import socketserver
+    import threading
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            import time as _t
+
+            _t.sleep(30)
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Slow)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        disk = tmp_path / "disk" / "in"
+        disk.mkdir(parents=True)
+        (disk / "f").write_bytes(b"x")
+        flow = local_flow("in", tmp_path / "out")
+        flow["target"] = {"type": "http", "url": f"http://127.0.0.1:{srv.server_address[1]}/", "timeout": "60s"}
+        cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}}, {"f": flow},
+                           shutdown_timeout="60s")
+        d = DaemonProcess(cfg).start()
+        await wait_for(lambda: any(r.get("msg") == "flow started" for r in d.logs()), 20)
+        await asyncio.sleep(1.0)  # the POST is in flight
+        d.signal(signal.SIGTERM)
+        await wait_for(lambda: any(str(r.get("msg", "")).startswith("waiting up to") for r in d.logs()), 20)
+        t0 = asyncio.get_running_loop().time()
+        d.signal(signal.SIGTERM)
+        assert d.stop(timeout=20) == 0
+        assert asyncio.get_running_loop().time() - t0 < 10
+        assert (disk / "f").exists()
+    finally:
+        srv.shutdown()

@@ -79,6 +79,7 @@ class Daemon:
         self._reload = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._signals = 0
+        self._draining: list[tuple[FlowRunner, asyncio.Task[None]]] = []
 
     # -- life cycle ---------------------------------------------------------------
     async def run(self) -> int:
@@ -128,7 +129,8 @@ class Daemon:
         self._signals += 1
         if self._signals > 1:
             log.warning("second stop signal: not waiting for deliveries any longer")
-            for _, task in self.flows.values():
+            for runner, task in [*self.flows.values(), *self._draining]:
+                runner.abort()
                 task.cancel()
         self._stop.set()
 
@@ -223,6 +225,9 @@ class Daemon:
 
     async def _stop_flow(self, name: str) -> None:
         runner, task = self.flows.pop(name)
+        self._draining.append((runner, task))
+        if self._signals > 1:
+            runner.abort()
         await runner.drain(self.config.shutdown_timeout)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

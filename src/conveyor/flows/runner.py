@@ -120,6 +120,12 @@ class FlowRunner:
                             extra={"flow": self.name})
                 await asyncio.wait(still, timeout=10.0)
 
+    def abort(self) -> None:
+        """Stop waiting: cancel every delivery now (each releases its item for redelivery)."""
+        self._accepting = False
+        for t in list(self._tasks):
+            t.cancel()
+
     async def close(self) -> None:
         """Release the target."""
         await self._on_close()
