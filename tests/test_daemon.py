@@ -179,7 +179,7 @@ async def test_second_signal_stops_waiting_for_deliveries(tmp_path: Path) -> Non
     import threading
 
     class Slow(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             import time as _t
 
             _t.sleep(30)
