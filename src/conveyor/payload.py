@@ -90,7 +90,7 @@ class Body:
                 self._sha256 = hashlib.sha256(self._data).hexdigest()
             else:
                 assert self.path is not None
-                self._sha256 = await asyncio.to_thread(_hash_file, self.path)
+                self._sha256 = await asyncio.to_thread(hash_file, self.path)
         return self._sha256
 
     async def chunks(self, size: int = CHUNK) -> AsyncIterator[builtins.bytes]:
@@ -112,7 +112,8 @@ class Body:
         self._data = None
 
 
-def _hash_file(path: Path) -> str:
+def hash_file(path: Path) -> str:
+    """SHA-256 hex of a file, read in chunks (blocking: call from a worker thread)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -337,4 +338,4 @@ def disk_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-__all__ = ["CHUNK", "Body", "Payload", "Spool", "SpoolWriter", "disk_full", "stable_id", "utc_iso"]
+__all__ = ["CHUNK", "Body", "Payload", "Spool", "SpoolWriter", "disk_full", "hash_file", "stable_id", "utc_iso"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from conveyor.errors import NoSpace, Permanent, Rejected, Transient
 from conveyor.names import name_fields, render, sanitise
-from conveyor.payload import CHUNK, Body, Payload, disk_full
+from conveyor.payload import Body, Payload, disk_full, hash_file
 from conveyor.targets.config import DirectoryTargetConfig
 from conveyor.targets.dirwriter import BatchWriter
 from conveyor.targets.fsync import GroupSync
@@ -189,7 +189,7 @@ def _write_body(body: Body, dest: Path) -> str:
     def digest() -> None:
         try:
             assert body.path is not None
-            result.append(_hash_path(body.path))
+            result.append(hash_file(body.path))
         except BaseException as e:
             result.append(e)
 
@@ -203,10 +203,3 @@ def _write_body(body: Body, dest: Path) -> str:
         raise result[0]
     return result[0]
 
-
-def _hash_path(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
