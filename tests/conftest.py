@@ -7,8 +7,8 @@ tests/servers/*.py); importing them here makes them visible to every test module
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 

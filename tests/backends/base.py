@@ -8,6 +8,9 @@ Each connector registers its backends in ``tests/backends/__init__.py``'s ``FILE
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -58,3 +61,20 @@ class MessageBackend(Protocol):
     async def pending(self) -> int:
         """Messages still waiting (not acked) on the queue/subscription; 0 when all were consumed."""
         ...
+
+
+def put_file(folder: Path, path: str, data: bytes, mtime: float | None = None,
+             chown: Callable[[Path], None] | None = None) -> Path:
+    """Create ``folder/path``, making folders as needed; ``chown`` gives each new folder and the
+    file to the server's user (servers that drop privileges must be able to delete them)."""
+    p = folder / path
+    missing = [d for d in reversed(p.parents) if d.is_relative_to(folder) and not d.exists()]
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    if chown is not None:
+        for d in missing:
+            chown(d)
+        chown(p)
+    if mtime is not None:
+        os.utime(p, (mtime, mtime))
+    return p

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.backends.base import put_file
 from tests.servers.pyftpd import PyFtpd, ftp_certs, pyftpd_factory
 from tests.servers.vsftpd import Vsftpd, vsftpd_certs, vsftpd_factory
 
@@ -51,15 +52,7 @@ class FtpBackend:
 
     def put(self, path: str, data: bytes, mtime: float | None = None) -> None:
         """Create a file at ``path`` (relative to the root), making folders as needed."""
-        p = self.folder / path
-        missing = [d for d in reversed(p.parents) if d.is_relative_to(self.folder) and not d.exists()]
-        p.parent.mkdir(parents=True, exist_ok=True)
-        for d in missing:
-            self._chown(d)
-        p.write_bytes(data)
-        self._chown(p)
-        if mtime is not None:
-            os.utime(p, (mtime, mtime))
+        put_file(self.folder, path, data, mtime, self._chown)
 
     def exists(self, path: str) -> bool:
         """Whether a file exists at ``path``."""

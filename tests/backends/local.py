@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from tests.backends.base import put_file
 
 
 class LocalBackend:
@@ -20,11 +21,7 @@ class LocalBackend:
         return {"type": "local", "root": str(self.root)}
 
     def put(self, path: str, data: bytes, mtime: float | None = None) -> None:
-        p = self.root / path
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-        if mtime is not None:
-            os.utime(p, (mtime, mtime))
+        put_file(self.root, path, data, mtime)
 
     def exists(self, path: str) -> bool:
         return (self.root / path).is_file()

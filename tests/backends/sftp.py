@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.backends.base import put_file
 from tests.servers.asyncssh_server import AsyncsshSftpServer, asyncssh_server, ssh_client_keys
 from tests.servers.sshd import Sshd, sshd
 
@@ -54,15 +55,7 @@ class SftpBackend:
 
     def put(self, path: str, data: bytes, mtime: float | None = None) -> None:
         """Create a file at ``path`` (relative to the root), making folders as needed."""
-        p = self.folder / path
-        missing = [d for d in reversed(p.parents) if d.is_relative_to(self.folder) and not d.exists()]
-        p.parent.mkdir(parents=True, exist_ok=True)
-        for d in missing:
-            self._chown(d)
-        p.write_bytes(data)
-        self._chown(p)
-        if mtime is not None:
-            os.utime(p, (mtime, mtime))
+        put_file(self.folder, path, data, mtime, self._chown)
 
     def mkdir(self, path: str, mode: int = 0o755) -> Path:
         """Create a folder (relative to the root) owned by the server's user."""

@@ -167,17 +167,10 @@ async def daemon_in_process(config_path: Path, **health: Any) -> AsyncIterator[A
 
 
 async def wait_for(check: Callable[[], Any], limit: float = 10.0, every: float = 0.05) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy, for up to ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while True:
-        v = check()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {limit}s")
-        await asyncio.sleep(every)
+    """The harness's wait_for with this module's shorter default limit."""
+    from tests import harness
+
+    return await harness.wait_for(check, limit, every)
 
 
 async def get_json(session: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, Any]:

@@ -73,16 +73,9 @@ class Sshd:
 
     def put(self, path: str, data: bytes, mtime: float | None = None) -> Path:
         """Create a file under the served folder (owned by the sftp user), making folders as needed."""
-        p = self.root / path
-        missing = [d for d in reversed(p.parents) if d.is_relative_to(self.root) and not d.exists()]
-        p.parent.mkdir(parents=True, exist_ok=True)
-        for d in missing:
-            self.chown(d)
-        p.write_bytes(data)
-        self.chown(p)
-        if mtime is not None:
-            os.utime(p, (mtime, mtime))
-        return p
+        from tests.backends.base import put_file
+
+        return put_file(self.root, path, data, mtime, self.chown)
 
     def instance_config(self, **over: Any) -> dict[str, Any]:
         """An sftp instance mapping (password auth, ed25519 fingerprint pinned) with overrides."""
