@@ -31,7 +31,13 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """The wait before retry number ``attempt`` (1-based): random in [d/2, d]."""
-        d = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
+        try:
+            d = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
+        except OverflowError:
+            # 2.0 ** 1024 overflows a float: a flow with a patient retry policy (attempts in the
+            # thousands) used to crash its delivery here after ~1025 tries, leaving the item in
+            # flight and its message unacked; a source failing that often killed its supervisor.
+            d = self.maximum
         return d / 2 + random.random() * d / 2
 
 
