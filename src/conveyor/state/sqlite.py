@@ -55,7 +55,9 @@ class SqliteStore:
     def __init__(self, path: str, owner: str) -> None:
         self.path = Path(path)
         self.owner = owner
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._tick: list[_Job] = []
+        """Jobs submitted in this event-loop turn: handed to the thread in one put at its end."""
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -75,6 +77,8 @@ class SqliteStore:
     async def close(self) -> None:
         """Finish queued work and close the file."""
         if self._thread is not None:
+            if self._tick:
+                self._hand_over()
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
@@ -93,12 +97,17 @@ class SqliteStore:
         self._loop.call_soon_threadsafe(ready.set_result, None)
         stop = False
         while not stop:
-            batch = [self._jobs.get()]
+            first = self._jobs.get()
+            batch: list[_Job | None] = [None] if first is None else list(first)
             while True:  # gather everything already queued: that is the group commit
                 try:
-                    batch.append(self._jobs.get_nowait())
+                    more = self._jobs.get_nowait()
                 except queue.Empty:
                     break
+                if more is None:
+                    batch.append(None)
+                else:
+                    batch.extend(more)
             early: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             durable: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             writes = any(j is not None and j[2] != _READ for j in batch)
@@ -131,8 +140,16 @@ class SqliteStore:
         if self._thread is None or self._loop is None:
             raise RuntimeError("state store is not open")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._jobs.put((fn, fut, kind))
+        if not self._tick:
+            # One hand-over per event-loop turn, not one per job: each put wakes the worker
+            # thread, and a woken thread wrestles the event loop for the GIL.
+            self._loop.call_soon(self._hand_over)
+        self._tick.append((fn, fut, kind))
         return fut
+
+    def _hand_over(self) -> None:
+        jobs, self._tick = self._tick, []
+        self._jobs.put(jobs)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = True) -> Any:
         return await self._submit(fn, _DURABLE if durable else _WRITE)

@@ -4,7 +4,8 @@ Messages arrive by the thousand per second; giving each its own thread hop, its 
 and its own wake-up of the event loop would cost more than the write. The writer takes
 every job queued since its last round, writes each body and sidecar under a temporary
 name, makes them durable with one ``syncfs``, renames them all into place, syncs once
-more, and resolves the whole batch with one call into the event loop.
+more (that sync shared with the next round's bytes), and resolves the whole batch with one
+call into the event loop.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ Stage = Callable[[], Callable[[], None] | None]
 """Writes temporaries; returns the publish step (renames), or None when nothing is to publish."""
 
 _Job = tuple[Stage, asyncio.Future[None]]
+_Staged = tuple[asyncio.Future[None], Callable[[], None]]
 
 
 class BatchWriter:
@@ -30,7 +32,9 @@ class BatchWriter:
     def __init__(self, folder: Path, fsync: bool) -> None:
         self.folder = folder
         self.fsync = fsync
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._tick: list[_Job] = []
+        """Jobs of this event-loop turn, handed to the thread in one put (one wake-up) at its end."""
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -42,61 +46,87 @@ class BatchWriter:
             self._thread = threading.Thread(target=self._work, name=f"conveyor-dir:{self.folder.name}", daemon=True)
             self._thread.start()
         fut: asyncio.Future[None] = loop.create_future()
-        self._jobs.put((stage, fut))
+        if not self._tick:
+            loop.call_soon(self._hand_over)
+        self._tick.append((stage, fut))
         await fut
+
+    def _hand_over(self) -> None:
+        jobs, self._tick = self._tick, []
+        if jobs:
+            self._jobs.put(jobs)
 
     def close(self) -> None:
         """Let the thread finish what is queued and end."""
         if self._thread is not None:
+            self._hand_over()
             self._jobs.put(None)
             self._thread = None
 
     def _work(self) -> None:
+        """Rounds of: stage the new jobs, rename the previous round's, one sync, resolve.
+
+        Pipelining the two syncs a delivery needs (bytes before names, names before
+        "delivered") across consecutive rounds halves the syncs under load: one ``syncfs``
+        makes the previous round's renames durable *and* this round's bytes. A lone job
+        still waits for two syncs, as before.
+        """
         loop = self._loop
         assert loop is not None
-        while True:
-            first = self._jobs.get()
-            if first is None:
-                return
-            batch = [first]
-            while True:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._jobs.put(None)  # finish this batch, then stop
-                    break
-                batch.append(job)
+        carry: list[_Staged] = []  # staged and synced last round: to rename this round
+        stop = False
+        while not stop or carry:
+            batch: list[_Job] = []
+            if not stop:
+                stop = self._gather(batch, block=not carry)
             results: list[tuple[asyncio.Future[None], BaseException | None]] = []
-            publish: list[tuple[asyncio.Future[None], Callable[[], None]]] = []
+            staged: list[_Staged] = []
             for stage, fut in batch:
                 try:
                     step = stage()
                     if step is None:
                         results.append((fut, None))
                     else:
-                        publish.append((fut, step))
+                        staged.append((fut, step))
                 except BaseException as e:
                     results.append((fut, e))
-            if publish:
+            if not self.fsync:
+                carry, staged = carry + staged, []  # nothing to wait for: publish at once
+            renamed: list[asyncio.Future[None]] = []
+            for fut, step in carry:
                 try:
-                    if self.fsync:
-                        sync_folder(self.folder)
-                    done = []
-                    for fut, step in publish:
-                        try:
-                            step()
-                            done.append(fut)
-                        except BaseException as e:
-                            results.append((fut, e))
-                    if self.fsync:
-                        sync_folder(self.folder)
-                    results.extend((f, None) for f in done)
+                    step()
+                    renamed.append(fut)
                 except BaseException as e:
-                    results.extend((f, e) for f, _ in publish)
-            with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody waits
-                loop.call_soon_threadsafe(_resolve, results)
+                    results.append((fut, e))
+            try:
+                if self.fsync and (renamed or staged):
+                    sync_folder(self.folder)
+                results.extend((f, None) for f in renamed)
+                carry = staged
+            except BaseException as e:
+                results.extend((f, e) for f in renamed)
+                results.extend((f, e) for f, _ in staged)
+                carry = []
+            if results:
+                with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody waits
+                    loop.call_soon_threadsafe(_resolve, results)
+
+    def _gather(self, batch: list[_Job], *, block: bool) -> bool:
+        """Take every job queued (waiting for one when ``block``); True once asked to stop."""
+        if block:
+            first = self._jobs.get()
+            if first is None:
+                return True
+            batch.extend(first)
+        while True:
+            try:
+                jobs = self._jobs.get_nowait()
+            except queue.Empty:
+                return False
+            if jobs is None:
+                return True
+            batch.extend(jobs)
 
 
 def _resolve(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
