@@ -150,6 +150,24 @@ async def test_expired_lease_is_taken_over(opener: Opener, request: pytest.Fixtu
     assert (await b.get_many("f", ["k"]))["k"].state == "delivered"
 
 
+async def test_broker_claim_takes_over_another_replicas_live_lease(opener: Opener,
+                                                                   request: pytest.FixtureRequest) -> None:
+    """A broker redelivers a message only when its consumer is gone: waiting out that consumer's
+    lease would mean requeueing the message in a loop meanwhile."""
+    a = await opener("replica-a", 60)
+    sqlite = request.node.callspec.params["opener"] == "sqlite"
+    assert await a.claim("f", "m", {}, 60)
+    assert await a.claim("f", "m", {}, 60, takeover=True) is None, "this replica's own delivery still runs"
+    if sqlite:
+        return  # one process per SQLite file: no other replica to take over from
+    b = await opener("replica-b", 60)
+    assert await b.claim("f", "m", {}, 60) is None, "a file claim respects the lease"
+    taken = await b.claim("f", "m", {}, 60, takeover=True)
+    assert taken is not None and taken.owner == b.owner and taken.attempts == 2
+    await b.delivered("f", "m")
+    assert await a.claim("f", "m", {}, 60, takeover=True) is None, "delivered is never claimed again"
+
+
 # -- PostgreSQL only -------------------------------------------------------------------------
 async def test_heartbeat_renews_leases_of_a_live_replica(pg_url: str) -> None:
     a = PostgresStore(f"{pg_url}?lease=1", "replica-a")

@@ -108,7 +108,10 @@ class Deliverer:
         ``max_attempts`` (broker sources) turns a non-final failure into a final one once
         the item was tried that many times.
         """
-        item = claimed or await self.store.claim(self.flow, payload.id, info, self.lease)
+        # A broker hands a message to one consumer at a time (max_attempts marks a broker
+        # source): a lease left on it by a dead replica must not make us requeue it in a loop.
+        item = claimed or await self.store.claim(self.flow, payload.id, info, self.lease,
+                                                 takeover=max_attempts is not None)
         if item is None:
             return await self.unclaimed(payload.id, complete=complete, give_up=give_up,
                                         settle_after_complete=settle_after_complete)

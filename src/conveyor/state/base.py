@@ -58,12 +58,16 @@ class StateStore(Protocol):
         """The known items among ``ids``."""
         ...
 
-    async def claim(self, flow: str, id: str, info: dict[str, Any], lease: float) -> Item | None:
+    async def claim(self, flow: str, id: str, info: dict[str, Any], lease: float, *,
+                    takeover: bool = False) -> Item | None:
         """Mark the item in flight for this replica and count an attempt.
 
         Returns None when the item is delivered, failed for good, or held by another
         replica whose lease has not expired; the caller must not deliver it then.
-        ``info`` may hold name, path, size, mtime.
+        ``info`` may hold name, path, size, mtime. ``takeover``: the source itself hands an
+        item to one consumer at a time (a broker), so another replica's live lease is stale
+        (that replica died or lost its channel) and does not stop the claim; this replica's
+        own in-flight claim still does.
         """
         ...
 

@@ -78,8 +78,12 @@ ON CONFLICT (flow, id) DO UPDATE SET
     updated = excluded.updated, name = coalesce(excluded.name, t.name), path = coalesce(excluded.path, t.path),
     size = coalesce(excluded.size, t.size), mtime = coalesce(excluded.mtime, t.mtime)
 WHERE t.state NOT IN ('delivered', 'failed')
-  AND (t.state <> 'in_flight' OR t.lease_until IS NULL OR t.lease_until <= excluded.updated)
+  AND (t.state <> 'in_flight' OR t.lease_until IS NULL OR t.lease_until <= excluded.updated{{takeover}})
 RETURNING {_COLS}"""
+_CLAIM_LEASED = _CLAIM.replace("{takeover}", "")
+_CLAIM_TAKEOVER = _CLAIM.replace("{takeover}", " OR t.owner IS DISTINCT FROM excluded.owner")
+"""Broker messages: the broker gives a message to one consumer at a time, so another replica's
+lease on it is stale (that replica died, or its channel closed) and is taken over at once."""
 
 def _bulk(set_: str, cols: str, types: str, where: str = "") -> str:
     """An UPDATE of many rows at once: one array parameter per column of ``cols``."""
@@ -203,6 +207,8 @@ class _Lane:
         of write in the batch, whatever the number of items."""
         results: list[Any] = [None] * len(batch)
         claims = [(i, j) for i, j in enumerate(batch) if j.kind == "claim"]
+        takeovers = [(i, j) for i, j in claims if j.sql == _CLAIM_TAKEOVER]
+        claims = [(i, j) for i, j in claims if j.sql != _CLAIM_TAKEOVER]
         groups: dict[str, list[tuple[Any, ...]]] = {}
         for i, j in enumerate(batch):
             if j.kind == "bulk":
@@ -212,11 +218,15 @@ class _Lane:
         for sql, rows in groups.items():
             rows.sort(key=lambda r: r[:2])  # the same lock order in every replica
             await conn.execute(sql, *([r[c] for r in rows] for c in range(len(rows[0]))))
-        if claims:  # after the updates: a release or failure queued before a re-claim lands first
-            await self._claims(conn, claims, results)
+        # After the updates: a release or failure queued before a re-claim lands first.
+        if claims:
+            await self._claims(conn, _CLAIM_LEASED, claims, results)
+        if takeovers:
+            await self._claims(conn, _CLAIM_TAKEOVER, takeovers, results)
         return results
 
-    async def _claims(self, conn: asyncpg.Connection, claims: list[tuple[int, _Job]], results: list[Any]) -> None:
+    async def _claims(self, conn: asyncpg.Connection, sql: str, claims: list[tuple[int, _Job]],
+                      results: list[Any]) -> None:
         first: dict[tuple[str, str], tuple[Any, ...]] = {}
         winner: dict[int, tuple[str, str]] = {}
         for i, j in claims:
@@ -227,7 +237,7 @@ class _Lane:
         # Sorted, so concurrent replicas lock the rows in the same order.
         rows_in = [first[k] for k in sorted(first)]
         cols = [[a[c] for a in rows_in] for c in range(7)]
-        rows = await conn.fetch(_CLAIM, *cols, self.store.owner)
+        rows = await conn.fetch(sql, *cols, self.store.owner)
         won = {(r[0], r[1]): _item(r) for r in rows}
         for i, _ in claims:
             key_won = winner.get(i)
@@ -330,14 +340,17 @@ class PostgresStore:
         rows = await self._pool.fetch(f"SELECT {_COLS} FROM {T} WHERE flow=$1 AND id = ANY($2::text[])", flow, ids)
         return {r[1]: _item(r) for r in rows}
 
-    async def claim(self, flow: str, id: str, info: dict[str, Any], lease: float) -> Item | None:
-        """In flight for this replica, unless delivered, failed, or leased by a live claim."""
+    async def claim(self, flow: str, id: str, info: dict[str, Any], lease: float, *,
+                    takeover: bool = False) -> Item | None:
+        """In flight for this replica, unless delivered, failed, or leased by a live claim
+        (``takeover``: by a live claim of this replica)."""
         lease = min(lease, self.lease)
         size = info.get("size")
         mtime = info.get("mtime")
         args = (flow, id, info.get("name"), info.get("path"), None if size is None else int(size),
                 None if mtime is None else float(mtime), float(lease))
-        item: Item | None = await self._submit("claim", "", args, durable=False)
+        sql = _CLAIM_TAKEOVER if takeover else _CLAIM_LEASED
+        item: Item | None = await self._submit("claim", sql, args, durable=False)
         if item is not None:
             self._held.add((flow, id))
         return item

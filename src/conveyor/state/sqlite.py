@@ -173,17 +173,18 @@ class SqliteStore:
         result: dict[str, Item] = await self._read(q)
         return result
 
-    async def claim(self, flow: str, id: str, info: dict[str, Any], lease: float) -> Item | None:
+    async def claim(self, flow: str, id: str, info: dict[str, Any], lease: float, *,
+                    takeover: bool = False) -> Item | None:
         """Mark in flight and count an attempt, unless delivered, failed or leased elsewhere."""
         now = time.time()
 
         def q(db: sqlite3.Connection) -> Item | None:
             row = db.execute("SELECT state, owner, lease_until FROM items WHERE flow=? AND id=?", (flow, id)).fetchone()
             if row is not None:
-                state, _owner, until = row
+                state, owner, until = row
                 if state in ("delivered", "failed"):
                     return None
-                if state == "in_flight" and (until or 0) > now:
+                if state == "in_flight" and (until or 0) > now and not (takeover and owner != self.owner):
                     return None  # being delivered right now (here, or by a replica whose lease runs)
                 db.execute(
                     "UPDATE items SET state='in_flight', attempts=attempts+1, owner=?, lease_until=?, updated=?,"
