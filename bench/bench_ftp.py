@@ -3,7 +3,13 @@
 Run as root (vsftpd sessions run as a system user): ``/work/venv/bin/python bench/bench_ftp.py``.
 Measures 1 GiB download and upload, plain FTP and explicit FTPS (vsftpd with require_ssl_reuse=YES),
 and a poll of 200 files of 4 KiB (list + download each). The conveyor side runs in a subprocess so
-its peak RSS (ru_maxrss) is its own. Numbers are noisy on a shared machine: run it twice if in doubt.
+its peak RSS (ru_maxrss) and CPU time are its own.
+
+Each round runs curl and conveyor back to back, in alternating order (the second writer of a round
+meets the first one's dirty pages being flushed), and the ratio is taken per round: on a shared
+machine whole rounds are disturbed together, so the median of the per-round ratios (with its
+spread) is steadier than comparing the best of each side. CPU time per MiB (user + sys of the
+client process: curl's whole run, conveyor's transfer) is shown as a steadier secondary figure.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +36,10 @@ SIZE = 1024 * MiB
 SMALL = 200
 
 
+def _cpu(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
 # -- conveyor side (a subprocess) ---------------------------------------------
 async def _worker(mode: str, config: dict[str, Any], work: Path) -> dict[str, Any]:
     from tests.backends.ftp import ftp_instance
@@ -39,6 +50,7 @@ async def _worker(mode: str, config: dict[str, Any], work: Path) -> dict[str, An
     out: dict[str, Any] = {}
     try:
         await inst.check()
+        cpu0 = _cpu(resource.getrusage(resource.RUSAGE_SELF))
         t0 = time.perf_counter()
         if mode == "download":
             f = await inst.stat("1g.bin")
@@ -68,6 +80,7 @@ async def _worker(mode: str, config: dict[str, Any], work: Path) -> dict[str, An
                 await asyncio.gather(*(one(f) for f in files))
             out["files"] = len(files)
             out["seconds"] = time.perf_counter() - t0
+        out["cpu"] = _cpu(resource.getrusage(resource.RUSAGE_SELF)) - cpu0
     finally:
         await inst.close()
     out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -84,14 +97,20 @@ def run_conveyor(mode: str, config: dict[str, Any], work: Path) -> dict[str, Any
 
 
 # -- curl side -----------------------------------------------------------------
-def run_curl(args: list[str]) -> float:
-    """Seconds one curl command takes."""
+def run_curl(args: list[str]) -> tuple[float, float]:
+    """Seconds one curl command takes, and its CPU time (user + sys)."""
+    cpu0 = _cpu(resource.getrusage(resource.RUSAGE_CHILDREN))
     t0 = time.perf_counter()
     subprocess.run(["curl", "-s", "-S", "--fail", *args], check=True)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - cpu0
 
 
-def main(rounds: int) -> None:
+def _spread(values: list[float], fmt: str) -> str:
+    """``median [min-max]`` of ``values``."""
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
+def main(rounds: int, kinds: list[str], small: bool) -> None:
     """Start vsftpd (plain and FTPS), run every measurement ``rounds`` times, print a table."""
     load0 = os.getloadavg()
     from tests.servers.pyftpd import make_certs
@@ -102,7 +121,7 @@ def main(rounds: int) -> None:
         sys.exit(reason or "curl is not installed (apt-get install -y curl)")
     work = Path(tempfile.mkdtemp(prefix="bench-ftp-"))
     certs = make_certs(work / "certs")
-    servers = {"ftp": start_vsftpd("none"), "ftps": start_vsftpd("explicit", certs)}
+    servers = {k: start_vsftpd("none") if k == "ftp" else start_vsftpd("explicit", certs) for k in kinds}
     try:
         src = work / "1g.src"
         block = os.urandom(MiB)
@@ -117,36 +136,46 @@ def main(rounds: int) -> None:
             srv.own(srv.root / "up")
             for i in range(SMALL):
                 (srv.root / "small" / f"f{i:03}.dat").write_bytes(os.urandom(4096))
-        rows: list[tuple[str, float, float, float]] = []
+        # "<kind> <mode> 1 GiB" -> side ("curl" or "conveyor") -> (seconds, cpu seconds) per round
+        runs: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        rss: dict[str, float] = {}
         extra: list[str] = []
         for kind, srv in servers.items():
             cfg = srv.config(timeout="30s")
             tls_args = ["--ssl-reqd", "-k"] if kind == "ftps" else []
             url = f"ftp://{USER}:{PASSWORD}@127.0.0.1:{srv.port}"
-            best: dict[str, list[float]] = {"cd": [], "vd": [], "cu": [], "vu": [], "rss": []}
-            for _ in range(rounds):  # alternate the two sides; keep the best of each (least disturbed)
-                best["cd"].append(run_curl([*tls_args, "-o", str(work / "curl.out"), f"{url}/1g.bin"]))
-                (work / "curl.out").unlink()
-                r = run_conveyor("download", cfg, work)
-                best["vd"].append(r["seconds"])
-                best["rss"].append(r["maxrss_mib"])
-                best["cu"].append(run_curl([*tls_args, "-T", str(src), f"{url}/up/curl.bin"]))
-                r = run_conveyor("upload", cfg, work)
-                best["vu"].append(r["seconds"])
-                best["rss"].append(r["maxrss_mib"])
-                for f in (srv.root / "up").iterdir():
-                    f.unlink()
-            rss = max(best["rss"])
-            rows.append((f"{kind} download 1 GiB", SIZE / MiB / min(best["cd"]), SIZE / MiB / min(best["vd"]), rss))
-            rows.append((f"{kind} upload 1 GiB", SIZE / MiB / min(best["cu"]), SIZE / MiB / min(best["vu"]), rss))
-            for mode in ("small", "small-concurrent"):
-                r = run_conveyor(mode, cfg, work)
-                extra.append(f"{kind} poll of {r['files']} x 4 KiB ({mode}, max_connections=2): "
-                             f"{r['files'] / r['seconds']:.0f} files/s, peak RSS {r['maxrss_mib']:.0f} MiB")
-        print(f"best of {rounds} rounds; load average before/after: {load0} / {os.getloadavg()}")
-        print(f"{'measurement':<24} {'curl MiB/s':>11} {'conveyor MiB/s':>15} {'ratio':>6} {'conveyor peak RSS':>18}")
-        for name, c, v, rss in rows:
-            print(f"{name:<24} {c:>11.0f} {v:>15.0f} {v / c:>6.2f} {rss:>14.0f} MiB")
+            curl_args = {"download": [*tls_args, "-o", str(work / "curl.out"), f"{url}/1g.bin"],
+                         "upload": [*tls_args, "-T", str(src), f"{url}/up/curl.bin"]}
+            rss[kind] = 0.0
+            for i in range(rounds):
+                for mode in ("download", "upload"):
+                    sides = runs.setdefault(f"{kind} {mode} 1 GiB", {"curl": [], "conveyor": []})
+                    for side in ("curl", "conveyor") if i % 2 == 0 else ("conveyor", "curl"):
+                        if side == "curl":
+                            sides[side].append(run_curl(curl_args[mode]))
+                        else:
+                            r = run_conveyor(mode, cfg, work)
+                            sides[side].append((r["seconds"], r["cpu"]))
+                            rss[kind] = max(rss[kind], r["maxrss_mib"])
+                        (work / "curl.out").unlink(missing_ok=True)
+                        for f in (srv.root / "up").iterdir():
+                            f.unlink()
+            if small:
+                for mode in ("small", "small-concurrent"):
+                    r = run_conveyor(mode, cfg, work)
+                    extra.append(f"{kind} poll of {r['files']} x 4 KiB ({mode}, max_connections=2): "
+                                 f"{r['files'] / r['seconds']:.0f} files/s, peak RSS {r['maxrss_mib']:.0f} MiB")
+        mib = SIZE / MiB
+        print(f"{rounds} rounds, median [min-max]; load average before/after: {load0} / {os.getloadavg()}")
+        print(f"{'measurement':<24} {'curl MiB/s':>17} {'conveyor MiB/s':>17} {'ratio (per round)':>18} "
+              f"{'CPU ms/MiB curl':>16} {'conveyor':>9} {'peak RSS':>9}")
+        for name, sides in runs.items():
+            c, v = sides["curl"], sides["conveyor"]
+            ratios = [cs / vs for (cs, _), (vs, _) in zip(c, v, strict=True)]
+            cpu_c, cpu_v = (statistics.median(x * 1000 / mib for _, x in side) for side in (c, v))
+            print(f"{name:<24} {_spread([mib / s for s, _ in c], '.0f'):>17} "
+                  f"{_spread([mib / s for s, _ in v], '.0f'):>17} {_spread(ratios, '.2f'):>18} "
+                  f"{cpu_c:>16.2f} {cpu_v:>9.2f} {rss[name.split()[0]]:>5.0f} MiB")
         for line in extra:
             print(line)
     finally:
@@ -160,9 +189,11 @@ if __name__ == "__main__":
     ap.add_argument("--worker")
     ap.add_argument("--config")
     ap.add_argument("--work")
-    ap.add_argument("--rounds", type=int, default=3, help="repetitions; the best of each side is shown")
+    ap.add_argument("--rounds", type=int, default=3, help="repetitions; medians and spreads are shown")
+    ap.add_argument("--only", choices=("ftp", "ftps"), help="plain FTP or FTPS alone")
+    ap.add_argument("--no-small", action="store_true", help="skip the poll of small files")
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(asyncio.run(_worker(a.worker, json.loads(a.config), Path(a.work)))))
     else:
-        main(a.rounds)
+        main(a.rounds, [a.only] if a.only else ["ftp", "ftps"], not a.no_small)
