@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conveyor.batched import resolve_all
 from conveyor.state.base import Item
 
 SCHEMA = """
@@ -126,14 +127,14 @@ class SqliteStore:
             if early:
                 # Reads and non-durable writes need not wait for the fsync of the commit:
                 # a claim lost in a crash only loses an attempt count.
-                self._loop.call_soon_threadsafe(_resolve, early)
+                self._loop.call_soon_threadsafe(resolve_all, early)
             if writes:
                 try:
                     db.execute("COMMIT")
                 except BaseException as e:
                     durable = [(f, None, e) for f, _, _ in durable]
             if durable:
-                self._loop.call_soon_threadsafe(_resolve, durable)
+                self._loop.call_soon_threadsafe(resolve_all, durable)
         db.close()
 
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], kind: int) -> asyncio.Future[Any]:
@@ -271,13 +272,3 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         import logging
 
         logging.getLogger("conveyor.state").warning("recording a settle failed: %s", fut.exception())
-
-
-def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for fut, value, exc in results:
-        if fut.done():
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(value)

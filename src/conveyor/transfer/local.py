@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+from conveyor.batched import BatchedThread
 from conveyor.errors import NoSpace, NotFound, Permanent, Rejected, Transient
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.payload import Body, SpoolWriter, disk_full
@@ -26,6 +27,8 @@ class LocalInstance:
         self.root = Path(config.root)
         ctx.status.add_instance(name, "local", config.root)
         self._status = ctx.status
+        self._io = BatchedThread(f"conveyor-io:{name}")
+        """Small reads, deletes and moves: one thread hop per event-loop turn, not one per file."""
 
     def _abs(self, path: str) -> Path:
         p = (self.root / path) if path else self.root
@@ -54,7 +57,8 @@ class LocalInstance:
         return f"local folder {self.root}"
 
     async def close(self) -> None:
-        """Nothing to close."""
+        """Stop the I/O thread (after what is queued)."""
+        self._io.close()
 
     async def stat(self, path: str) -> RemoteFile | None:
         """The file at ``path`` or None."""
@@ -101,7 +105,7 @@ class LocalInstance:
         path = self._abs(f.path)
         try:
             if f.size <= min(threshold, 1 << 20):
-                return Body.from_bytes(await asyncio.to_thread(path.read_bytes))
+                return Body.from_bytes(await self._io.run(path.read_bytes))
             return Body.from_file(path, owned=False)
         except OSError as e:
             raise self._error(e, f.path) from None
@@ -153,7 +157,8 @@ class LocalInstance:
     async def remove(self, path: str) -> None:
         """Delete; already gone is fine."""
         try:
-            await asyncio.to_thread(self._abs(path).unlink, missing_ok=True)
+            target = self._abs(path)
+            await self._io.run(lambda: target.unlink(missing_ok=True))
         except OSError as e:
             raise self._error(e, path) from None
 
@@ -165,7 +170,7 @@ class LocalInstance:
             os.replace(self._abs(src), target)
             _fsync_dir(target.parent)
         try:
-            await asyncio.to_thread(mv)
+            await self._io.run(mv)
         except OSError as e:
             raise self._error(e, src) from None
 
