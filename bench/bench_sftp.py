@@ -1,18 +1,28 @@
-"""SFTP speed and memory: conveyor's sftp connector next to OpenSSH's `sftp` client, in one run.
+"""SFTP speed, CPU and memory: conveyor's sftp connector next to OpenSSH's `sftp` client, in one run.
 
 Starts a private OpenSSH sshd on loopback (needs root and openssh-server, like the tests),
 then, for each round, interleaved so both sides see the same machine load:
 
-- 1 GiB download: `sftp` batch `get` vs ``SftpInstance.download`` into a spool file (and, for
-  reference, asyncssh's own ``SFTPClient.get`` with its defaults)
-- 1 GiB upload:   `sftp` batch `put` vs ``SftpInstance.upload`` from a file body
+- 1 GiB download: `sftp` batch `get` vs ``SftpInstance.download`` into a spool file, vs
+  ``conveyor run`` with a flow from the sftp folder into a directory target (from the moment
+  the file appears on the server to the moment it is in the target folder), and, for reference,
+  asyncssh's own ``SFTPClient.get`` with its defaults
+- 1 GiB upload: `sftp` batch `put` vs ``SftpInstance.upload`` of a spooled body (its SHA-256
+  already known, as for anything a remote source downloaded) and of a local file read in place
+  (SHA-256 not known yet), vs ``conveyor run`` with a flow from a local folder to the sftp
+  instance (file dropped in the folder -> file renamed into place on the server)
 - 200 files of 4 KiB: one listing plus every download, files/s (one at a time, and 4 at once)
 - 100 idle flows polling an empty folder every 5 s over one instance: CPU % of one core
 
-Conveyor's side runs in a child process so its peak RSS (ru_maxrss) is its own. Both sides
-use key auth (ed25519). Numbers are noisy on a shared machine: use --rounds and read the best.
+The machine is shared, so every transfer is reported as the ratio to the OpenSSH run of the
+same round (median and range over the rounds), next to CPU time per MiB (user + system of the
+client side: `sftp` and its `ssh`, or conveyor's process with its threads), which other load
+disturbs far less than MiB/s. Both sides use key auth (ed25519); the ciphers each side
+negotiated are printed (OpenSSH picks chacha20-poly1305 by default, conveyor aes128-gcm;
+``--openssh-cipher aes128-gcm@openssh.com`` makes OpenSSH use the same). Conveyor's side runs
+in a child process so its peak RSS (ru_maxrss) is its own.
 
-    python bench/bench_sftp.py [--size-mib 1024] [--rounds 1] [--idle-seconds 30]
+    python bench/bench_sftp.py [--size-mib 1024] [--rounds 3] [--idle-seconds 30] [--no-daemon]
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +44,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.servers
 
 MIB = 1024 * 1024
+
+
+def _cpu_self() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 # --------------------------------------------------------------------------- conveyor side (child)
@@ -47,37 +68,43 @@ def _instance(a: argparse.Namespace) -> Any:
     return SftpInstance("bench", cfg, None)
 
 
-async def _worker(a: argparse.Namespace) -> dict[str, float]:
-    from conveyor.payload import Body, Spool
+async def _worker(a: argparse.Namespace) -> dict[str, Any]:
+    from conveyor.payload import Body, Spool, hash_file
 
     inst = _instance(a)
     spool = Spool(Path(a.spool))
     spool.prepare()
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     try:
         await inst.check()  # connect outside the timing, as the daemon's pooled session would be
+        async with inst.pool.session() as s:
+            out["cipher"] = s.conn.get_extra_info("send_cipher")
         if a.worker == "download":
             f = await inst.stat(a.path)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), _cpu_self()
             w = spool.writer()
             await inst.download(f, w)
             body = w.finish()
-            out["seconds"] = time.perf_counter() - t
+            out["seconds"], out["cpu"] = time.perf_counter() - t, _cpu_self() - c
             body.release()
         elif a.worker == "asyncssh-get":  # reference: asyncssh's own get with its default settings
             import asyncssh
 
             async with asyncssh.connect("127.0.0.1", a.port, username=a.user, client_keys=[a.key],
                                         known_hosts=None, config=None) as conn, conn.start_sftp_client() as sftp:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), _cpu_self()
                 await sftp.get(f"{a.root}/{a.path}", f"{a.spool}/asyncssh-get.bin")
-                out["seconds"] = time.perf_counter() - t
+                out["seconds"], out["cpu"] = time.perf_counter() - t, _cpu_self() - c
+                out["cipher"] = conn.get_extra_info("send_cipher")
             Path(f"{a.spool}/asyncssh-get.bin").unlink()  # noqa: ASYNC240 (after the timing)
-        elif a.worker == "upload":
-            body = Body.from_file(Path(a.local), owned=False)
-            t = time.perf_counter()
+        elif a.worker in ("upload", "upload-file"):
+            # "upload": a spooled body, whose SHA-256 the spool writer computed on the way in;
+            # "upload-file": a local file read in place, hash unknown.
+            known = hash_file(Path(a.local)) if a.worker == "upload" else None
+            body = Body.from_file(Path(a.local), owned=False, sha256=known)
+            t, c = time.perf_counter(), _cpu_self()
             await inst.upload(body, a.path, exists="replace", chmod=None)
-            out["seconds"] = time.perf_counter() - t
+            out["seconds"], out["cpu"] = time.perf_counter() - t, _cpu_self() - c
         elif a.worker == "small":
             for conc in (1, 4):
                 sem = asyncio.Semaphore(conc)
@@ -112,7 +139,7 @@ async def _worker(a: argparse.Namespace) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- driver
-def _conveyor(base: list[str], worker: str, **kw: Any) -> dict[str, float]:
+def _conveyor(base: list[str], worker: str, **kw: Any) -> dict[str, Any]:
     args = [*base, "--worker", worker] + [x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     r = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if r.returncode:
@@ -120,12 +147,85 @@ def _conveyor(base: list[str], worker: str, **kw: Any) -> dict[str, float]:
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
-def _openssh(port: int, key: str, user: str, batch: str) -> float:
+def _openssh(port: int, key: str, user: str, batch: str, cipher: str | None) -> dict[str, Any]:
+    """One `sftp -b` run: wall seconds (including the ~tens of ms handshake), CPU of sftp + ssh, cipher."""
     opts = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]
-    t = time.perf_counter()
-    subprocess.run(["sftp", "-q", "-b", "-", "-i", key, "-P", str(port), *opts, f"{user}@127.0.0.1"],
-                   input=batch, text=True, check=True, capture_output=True)
-    return time.perf_counter() - t  # includes the ssh handshake (~tens of ms)
+    if cipher:
+        opts += ["-o", f"Ciphers={cipher}"]
+    t, c = time.perf_counter(), _cpu_children()
+    r = subprocess.run(["sftp", "-v", "-b", "-", "-i", key, "-P", str(port), *opts, f"{user}@127.0.0.1"],
+                       input=batch, text=True, check=True, capture_output=True)
+    out: dict[str, Any] = {"seconds": time.perf_counter() - t, "cpu": _cpu_children() - c}
+    for line in r.stderr.splitlines():
+        if "kex: client->server cipher:" in line:
+            out["cipher"] = line.split("cipher:")[1].split()[0]
+    return out
+
+
+class _DaemonFlows:
+    """``conveyor run`` with one flow each way, to time transfers through the whole daemon."""
+
+    def __init__(self, work: Path, srv: Any, instance: dict[str, Any]) -> None:
+        from common import Daemon, write_config
+
+        self.dir = work / "daemon-flows"
+        self.out, self.inbox = self.dir / "out", self.dir / "in"
+        for p in (self.out, self.inbox):
+            p.mkdir(parents=True)
+        self.srv = srv
+        for name in ("dl", "up"):
+            (srv.root / name).mkdir()
+            srv.chown(srv.root / name)
+        src = {"poll_interval": "0.2s", "min_age": "0s", "after": "delete"}
+        flows = {
+            "down": {"source": {"instance": "partner", "path": "dl", **src},
+                     "target": {"type": "directory", "path": str(self.out), "filename": "{name}"}},
+            "up": {"source": {"instance": "local", "path": "in", **src},
+                   "target": {"instance": "partner", "path": "up"}},
+        }
+        instances = {"partner": instance, "local": {"type": "local", "root": str(self.dir)}}
+        log = {"level": os.environ.get("BENCH_LOG", "warning"), "format": "text"}
+        self.daemon = Daemon(write_config(self.dir, instances, flows, log=log))
+        self._wait(lambda: (self.dir / "state.db").exists(), 30)
+        time.sleep(2)  # start-up: connect and the first (empty) polls
+
+    def _wait(self, pred: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if self.daemon.proc.poll() is not None:
+                raise SystemExit(f"conveyor run exited: {(self.dir / 'daemon.log').read_text()}")
+            if time.monotonic() > deadline:
+                log = (self.dir / "daemon.log").read_text()
+                raise SystemExit(f"conveyor run did not deliver in {timeout:g}s: {log}")
+            time.sleep(0.005)
+
+    def _timed(self, drop: Any, arrived: Any) -> dict[str, Any]:
+        t, c = time.perf_counter(), self.daemon.cpu_seconds()
+        drop()
+        self._wait(arrived, float(os.environ.get("BENCH_TIMEOUT", "300")))
+        return {"seconds": time.perf_counter() - t, "cpu": self.daemon.cpu_seconds() - c}
+
+    def download(self, server_file: Path, name: str, size: int) -> dict[str, Any]:
+        """Hard-link ``server_file`` into the flow's sftp folder; wait for it in the target folder."""
+        dst = self.out / name
+        r = self._timed(lambda: os.link(server_file, self.srv.root / "dl" / name),
+                        lambda: dst.exists() and dst.stat().st_size == size)
+        dst.unlink()
+        return r
+
+    def upload(self, local: Path, name: str, size: int) -> dict[str, Any]:
+        """Hard-link ``local`` into the flow's local folder; wait until it is renamed into place on the server."""
+        dst = self.srv.root / "up" / name
+        r = self._timed(lambda: os.link(local, self.inbox / name),
+                        lambda: dst.exists() and dst.stat().st_size == size)
+        dst.unlink()
+        return r
+
+    def stop(self) -> float:
+        """Stop the daemon; its peak RSS in MiB."""
+        rss = self.daemon.status("VmHWM") / 1024
+        self.daemon.stop()
+        return rss
 
 
 def _daemon_idle(work: Path, instance: dict[str, Any], seconds: float) -> dict[str, float]:
@@ -161,11 +261,49 @@ def _daemon_idle(work: Path, instance: dict[str, Any], seconds: float) -> dict[s
         proc.wait(30)
 
 
+def _summary(rows: dict[str, list[dict[str, Any]]], size: int) -> list[str]:
+    """Per measure: median MiB/s, median ratio to OpenSSH of the same round with its range, CPU ms/MiB."""
+    mib = size / MIB
+
+    def rate(r: dict[str, Any]) -> float:
+        return mib / float(r["seconds"])
+
+    def ms_per_mib(rs: list[dict[str, Any]]) -> str:
+        return f"{statistics.median(1000 * float(r['cpu']) / mib for r in rs):.2f}"
+
+    lines = [f"{'measure (median of rounds)':<44}{'MiB/s':>7}{'ratio':>7}{'range':>13}{'CPU ms/MiB':>12}  cipher"]
+    for ref, label in (("oss_down", "download"), ("oss_up", "upload")):
+        base = rows[ref]
+        lines.append(f"{'OpenSSH sftp ' + label:<44}{statistics.median(map(rate, base)):>7.0f}{'1':>7}{'':>13}"
+                     f"{ms_per_mib(base):>12}  {base[0].get('cipher', '?')}")
+        for key, name in MEASURES[ref]:
+            rs = rows.get(key) or []
+            if not rs:
+                continue
+            ratios = [rate(r) / rate(b) for r, b in zip(rs, base, strict=True)]
+            lines.append(f"{name:<44}{statistics.median(map(rate, rs)):>7.0f}{statistics.median(ratios):>7.2f}"
+                         f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>13}{ms_per_mib(rs):>12}  {rs[0].get('cipher', '')}")
+    return lines
+
+
+MEASURES = {
+    "oss_down": [("cv_down", "conveyor SftpInstance.download -> spool"),
+                 ("cv_daemon_down", "conveyor run: sftp flow -> directory target"),
+                 ("ash_down", "bare asyncssh SFTPClient.get (reference)")],
+    "oss_up": [("cv_up", "conveyor SftpInstance.upload, spooled body"),
+               ("cv_up_file", "conveyor upload, local file (hash unknown)"),
+               ("cv_daemon_up", "conveyor run: local flow -> sftp target")],
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--idle-seconds", type=float, default=30.0)
+    ap.add_argument("--openssh-cipher", help="force OpenSSH's cipher (e.g. aes128-gcm@openssh.com, as conveyor's)")
+    ap.add_argument("--no-daemon", action="store_true", help="skip the `conveyor run` transfer rows")
+    ap.add_argument("--no-small", action="store_true", help="skip the small-file and idle measures")
     ap.add_argument("--worker")
     for opt in ("port", "user", "key", "fingerprint", "root", "path", "spool", "local"):
         ap.add_argument(f"--{opt}")
@@ -183,10 +321,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     keys = make_client_keys(work / "keys")
     srv = start_sshd(keys)
+    flows: _DaemonFlows | None = None
     try:
         key = str(keys.keys["ed25519"])
+        fingerprint = sha256_fp(srv.host_blob("ed25519"))
         base = ["--port", str(srv.port), "--user", USER, "--key", key, "--root", str(srv.root),
-                "--fingerprint", sha256_fp(srv.host_blob("ed25519")), "--spool", str(work / "spool")]
+                "--fingerprint", fingerprint, "--spool", str(work / "spool")]
+        inst_cfg = {"type": "sftp", "host": "127.0.0.1", "port": srv.port, "username": USER, "private_key_file": key,
+                    "host_fingerprint": fingerprint, "root": str(srv.root)}
         size = a.size_mib * MIB
         src = work / "local.bin"
         block = os.urandom(MIB)
@@ -204,44 +346,51 @@ def main() -> None:
             srv.chown(p)
         (srv.root / "empty").mkdir()
         srv.chown(srv.root / "empty")
+        if not a.no_daemon:
+            flows = _DaemonFlows(work, srv, inst_cfg)
 
-        rows: dict[str, list[float]] = {k: [] for k in ("oss_down", "cv_down", "ash_down", "oss_up", "cv_up")}
+        rows: dict[str, list[dict[str, Any]]] = {}
         rss: list[float] = []
-        for _ in range(a.rounds):
-            rows["oss_down"].append(size / _openssh(srv.port, key, USER, f"get {srv.root}/big.bin {work}/o.bin\n"))
+
+        def add(k: str, r: dict[str, Any]) -> None:
+            rows.setdefault(k, []).append(r)
+            if "maxrss_mib" in r:
+                rss.append(r["maxrss_mib"])
+
+        ciph = a.openssh_cipher
+        for rnd in range(a.rounds):
+            add("oss_down", _openssh(srv.port, key, USER, f"get {srv.root}/big.bin {work}/o.bin\n", ciph))
             (work / "o.bin").unlink()
-            r = _conveyor(base, "download", path="big.bin")
-            rows["cv_down"].append(size / r["seconds"])
-            rss.append(r["maxrss_mib"])
-            rows["ash_down"].append(size / _conveyor(base, "asyncssh-get", path="big.bin")["seconds"])
-            rows["oss_up"].append(size / _openssh(srv.port, key, USER, f"put {src} {srv.root}/up_o.bin\n"))
-            r = _conveyor(base, "upload", path="up_c.bin", local=src)
-            rows["cv_up"].append(size / r["seconds"])
-            rss.append(r["maxrss_mib"])
-        small_r = _conveyor(base, "small", path="small")
-        idle_r = _conveyor(base, "idle", path="empty", idle_seconds=a.idle_seconds)
-        inst_cfg = {"type": "sftp", "host": "127.0.0.1", "port": srv.port, "username": USER, "private_key_file": key,
-                    "host_fingerprint": sha256_fp(srv.host_blob("ed25519")), "root": str(srv.root)}
-        daemon_r = _daemon_idle(work, inst_cfg, a.idle_seconds)
+            add("cv_down", _conveyor(base, "download", path="big.bin"))
+            if flows is not None:
+                add("cv_daemon_down", flows.download(srv.root / "big.bin", f"big-{rnd}.bin", size))
+            add("ash_down", _conveyor(base, "asyncssh-get", path="big.bin"))
+            add("oss_up", _openssh(srv.port, key, USER, f"put {src} {srv.root}/up_o.bin\n", ciph))
+            add("cv_up", _conveyor(base, "upload", path="up_c.bin", local=src))
+            add("cv_up_file", _conveyor(base, "upload-file", path="up_c.bin", local=src))
+            if flows is not None:
+                add("cv_daemon_up", flows.upload(src, f"up-{rnd}.bin", size))
+        daemon_rss = flows.stop() if flows is not None else None
+        flows = None
 
-        def best(k: str) -> float:
-            return max(rows[k]) / MIB
-
-        print(f"\nconveyor sftp bench — OpenSSH {srv.port} on loopback, {a.size_mib} MiB, "
-              f"{a.rounds} round(s), best of rounds; load avg {os.getloadavg()[0]:.1f}")
-        print(f"{'measure':<38}{'OpenSSH sftp':>14}{'conveyor':>12}{'ratio':>8}")
-        for label, o, c in (("download MiB/s", "oss_down", "cv_down"), ("upload MiB/s", "oss_up", "cv_up"),
-                            ("download MiB/s, bare asyncssh get", "oss_down", "ash_down")):
-            print(f"{label:<38}{best(o):>14.0f}{best(c):>12.0f}{best(c) / best(o):>8.2f}")
-        print(f"{'peak RSS of conveyor side, MiB':<38}{'':>14}{max(rss):>12.0f}")
-        print(f"{'200 x 4 KiB list+download, files/s':<38}{'':>14}{small_r['files_per_s_1']:>12.0f}  (one at a time)")
-        print(f"{'':<38}{'':>14}{small_r['files_per_s_4']:>12.0f}  (4 at once)")
-        print(f"{'100 idle pollers every 5 s, CPU %':<38}{'':>14}{idle_r['cpu_percent']:>12.2f}  "
-              f"(connector only, {a.idle_seconds:g}s)")
-        print(f"{'':<38}{'':>14}{daemon_r['cpu_percent']:>12.2f}  (conveyor run, 100 flows, {a.idle_seconds:g}s; "
-              f"RSS {daemon_r['maxrss_mib']:.0f} MiB)")
-        print("all rounds MiB/s:", {k: [round(v / MIB) for v in vs] for k, vs in rows.items()})
+        print(f"\nconveyor sftp bench — OpenSSH sshd on loopback, {a.size_mib} MiB, {a.rounds} round(s); "
+              f"load avg {os.getloadavg()[0]:.1f}; ratio = conveyor / OpenSSH of the same round")
+        print("\n".join(_summary(rows, size)))
+        print(f"peak RSS, conveyor worker: {max(rss):.0f} MiB"
+              + (f"; conveyor run with both flows: {daemon_rss:.0f} MiB" if daemon_rss else ""))
+        print("all rounds MiB/s:", {k: [round(size / MIB / float(r["seconds"])) for r in rs] for k, rs in rows.items()})
+        if not a.no_small:
+            small_r = _conveyor(base, "small", path="small")
+            idle_r = _conveyor(base, "idle", path="empty", idle_seconds=a.idle_seconds)
+            daemon_r = _daemon_idle(work, inst_cfg, a.idle_seconds)
+            print(f"200 x 4 KiB list+download: {small_r['files_per_s_1']:.0f} files/s one at a time, "
+                  f"{small_r['files_per_s_4']:.0f} with 4 at once")
+            print(f"100 idle pollers every 5 s: {idle_r['cpu_percent']:.2f} % of one core (connector only), "
+                  f"{daemon_r['cpu_percent']:.2f} % (conveyor run, 100 flows, RSS {daemon_r['maxrss_mib']:.0f} MiB), "
+                  f"over {a.idle_seconds:g}s")
     finally:
+        if flows is not None:
+            flows.daemon.stop()
         srv.stop()
         shutil.rmtree(srv.base, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
