@@ -348,9 +348,11 @@ class SftpPool:
 
 
 def temp_name(name: str, digest: str) -> str:
-    """A hidden temporary name beside ``name`` for uploads: ``.name.conveyor-<sha256[:12]>.tmp``.
+    """A hidden temporary name beside ``name`` for uploads: ``.name.conveyor-<digest[:12]>.tmp``.
 
-    Derived from the body's hash, so a retry after a dropped connection overwrites its own
-    half-written temp file instead of leaving one more behind on the partner's server.
+    ``digest`` is the body's SHA-256, or for a local file whose hash is not known yet a hash of
+    its identity and version (see ``sftp._temp_key``): either way the same for a retry of the
+    same body, so a retry after a dropped connection overwrites its own half-written temp file
+    instead of leaving one more behind on the partner's server.
     """
     return f".{name}.conveyor-{digest[:12]}.tmp"
