@@ -61,3 +61,19 @@ async def test_upload_of_a_local_file_overwrites_its_own_leftover_temp(
         await inst.close()
     assert backend.read("out/x.bin") == data
     assert backend.names("out") == ["x.bin"], "the retry reused the leftover temp name"
+
+
+async def test_upload_sends_no_ignore_packet_per_data_packet(sftp_openssh_backend: SftpBackend) -> None:
+    """asyncssh would put an empty SSH_MSG_IGNORE before every packet; the pool drops them
+    (sftp_pool._no_ignore_padding). 1 MiB travels in 32 KiB channel packets (OpenSSH's limit):
+    about 36 data packets plus a dozen requests, where the ignores would double that."""
+    inst = instance(sftp_openssh_backend)
+    try:
+        await inst.check()
+        conn = inst.pool._sessions[0].conn
+        before = conn._send_seq  # asyncssh's count of packets sent (private: this guards a workaround)
+        assert await inst.upload(Body.from_bytes(os.urandom(1 << 20)), "out/y.bin", exists="replace", chmod=None)
+        sent = conn._send_seq - before
+    finally:
+        await inst.close()
+    assert 32 <= sent <= 60, f"{sent} packets sent for 1 MiB"
