@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conveyor.errors import ConveyorError, Permanent, RetryAfter
+from conveyor.flows.slots import target_done
 from conveyor.interfaces import Target
 from conveyor.payload import Payload
 from conveyor.redact import redact
@@ -121,6 +122,10 @@ class Deliverer:
         try:
             result = await self.send(payload)
             if result.delivered:
+                # The body is no longer needed and the target is free for the next payload; the
+                # durable record and the source-side completion finish beside it.
+                payload.body.release()
+                target_done()
                 await self.store.delivered(self.flow, payload.id)
                 outcome = "delivered"
                 await complete()

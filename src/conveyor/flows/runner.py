@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from conveyor.config.base import MessageSourceConfig
+from conveyor.flows import slots
 from conveyor.flows.delivery import Deliverer
 from conveyor.interfaces import Inbound, MessageSource
 from conveyor.redact import redact
@@ -14,6 +15,10 @@ from conveyor.status import StatusBoard
 from conveyor.supervisor import Backoff, supervise
 
 log = logging.getLogger("conveyor.flow")
+
+TAIL = 4
+"""Deliveries whose target confirmed may finish their completion (store record, after action,
+ack) beside the next ones: up to TAIL times max_in_flight per flow are under way in all."""
 
 
 class FlowRunner:
@@ -30,6 +35,7 @@ class FlowRunner:
         self.status = status
         self.deliverer = deliverer
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._tail = asyncio.Semaphore(max_in_flight * TAIL)
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
         self.source_run = source_run
@@ -59,9 +65,11 @@ class FlowRunner:
         """Start one delivery when a slot is free; False once the flow is stopping."""
         if not self._accepting:
             return False
+        await self._tail.acquire()
         await self._slots.acquire()
         if not self._accepting:
             self._slots.release()
+            self._tail.release()
             return False
         task = asyncio.create_task(self._guard(key, work), name=f"{self.name}:{key}")
         self._tasks.add(task)
@@ -69,6 +77,15 @@ class FlowRunner:
         return True
 
     async def _guard(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
+        freed = False
+
+        def free() -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                self._slots.release()
+
+        slots.bind(free)  # this task's own context: create_task copied it
         try:
             await work()
         except asyncio.CancelledError:
@@ -78,7 +95,8 @@ class FlowRunner:
             log.warning("%s: %s", key, redact(str(e)), extra={"flow": self.name, "payload_id": key})
             self.status.flow_error(self.name, e)
         finally:
-            self._slots.release()
+            free()
+            self._tail.release()
 
     async def on_message(self, inbound: Inbound) -> None:
         """The emit callback for broker sources."""
