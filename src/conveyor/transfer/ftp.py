@@ -16,6 +16,7 @@ import posixpath
 import ssl
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 from conveyor.errors import (
@@ -39,10 +40,10 @@ from conveyor.transfer.ftp_tls import describe_verify_error
 log = logging.getLogger("conveyor.ftp")
 
 SEND_BLOCK = 2 * 1024 * 1024
-"""Upload block: each must leave within ``timeout`` (a transfer slower than 200 KiB/s at 10s is stalled)."""
+"""TLS upload block: each must leave within ``timeout`` (a transfer slower than 200 KiB/s at 10s is stalled)."""
 
-USE_SENDFILE = True
-"""Plain FTP uploads of files on disk go through ``loop.sendfile``."""
+PLAIN_BLOCK = 1024 * 1024
+"""Plain upload block, read into one of two reused buffers while the other one is being sent."""
 
 _NOT_FOUND_COMMANDS = {"RETR", "SIZE", "MDTM", "MLST", "MLSD", "LIST", "NLST", "CWD", "DELE", "RNFR"}
 
@@ -248,18 +249,13 @@ class FtpInstance:
         self._made_dirs.add(folder)
 
     async def _send_body(self, body: Body, proto: DataProtocol) -> None:
-        loop = asyncio.get_running_loop()
         t = self.config.timeout
         transport = proto.transport
         if body.in_memory:
             transport.write(body.bytes())
-        elif self.config.tls == "none" and USE_SENDFILE:
+        elif self.config.tls == "none":
             assert body.path is not None
-            with open(body.path, "rb") as fh:  # noqa: ASYNC230 (sendfile below never blocks the loop)
-                offset = 0
-                while offset < body.size:
-                    async with asyncio.timeout(t):
-                        offset += await loop.sendfile(transport, fh, offset, SEND_BLOCK)
+            await self._send_file_plain(body.path, proto)
         else:
             # TLS: read the next block (in a thread) while this one is encrypted and sent.
             assert body.path is not None
@@ -277,6 +273,40 @@ class FtpInstance:
         async with asyncio.timeout(t):
             await proto.drain()
         transport.close()  # EOF (and TLS close_notify): the server answers 226 once it has it all
+
+    async def _send_file_plain(self, path: Path, proto: DataProtocol) -> None:
+        """Send a file over a plain data channel: read (in a thread) into two reused buffers, in turn.
+
+        Why not ``loop.sendfile`` (zero copy, used here before): against vsftpd on loopback it
+        reached a median 0.77-0.87x curl's upload rate where this reached 0.85-0.95x in the same
+        runs (12 alternating rounds each, a loaded 2-core machine). With sendfile the socket
+        carries references to page-cache pages no CPU has touched lately, so the *receiver* pays
+        for the cold memory reads (vsftpd used ~0.8 ms CPU/MiB instead of ~0.6), and the receiver,
+        reading 64 KiB at a time and writing each to disk, is what sets the pace; read + send hands
+        it cache-warm buffers, as curl does. The copy costs this side ~0.15 ms CPU/MiB more
+        (0.25 against sendfile's 0.10; curl 0.19). Over a real network the receiver is another
+        machine and sendfile would save that, but 0.15 s of CPU per GiB is small next to the rest.
+        The transport's write buffer is kept at zero (see ``FtpConnection.transfer``): what the
+        socket takes at once goes straight from our buffer, the rest is copied once into the
+        transport, so the buffer may be refilled as soon as write() returns.
+        """
+        t = self.config.timeout
+        transport = proto.transport
+        buffers = (bytearray(PLAIN_BLOCK), bytearray(PLAIN_BLOCK))
+        with open(path, "rb", buffering=0) as fh:  # noqa: ASYNC230 (reads go through a thread)
+            turn = 0
+            ahead = asyncio.ensure_future(asyncio.to_thread(fh.readinto, buffers[turn]))
+            try:
+                while n := await asyncio.shield(ahead):  # a cancelled wait leaves the read running
+                    block = memoryview(buffers[turn])[:n]
+                    turn ^= 1
+                    ahead = asyncio.ensure_future(asyncio.to_thread(fh.readinto, buffers[turn]))
+                    transport.write(block)
+                    async with asyncio.timeout(t):
+                        await proto.drain()
+            finally:
+                if not ahead.done():
+                    await asyncio.wait({ahead})  # the thread still holds the file and a buffer
 
     async def _rename(self, c: FtpConnection, src: str, dst: str, replace: bool) -> None:
         await c.command(f"RNFR {src}", (3,))

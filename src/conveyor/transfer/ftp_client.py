@@ -15,7 +15,8 @@ The FTP we need — a line protocol with a dozen commands — fits in this modul
   synchronous sink, so a download costs no extra copies and holds at most one buffer in memory;
 * TLS on data channels resumes the control session (:mod:`conveyor.transfer.ftp_tls`) and is started
   *concurrently* with reading the 1xx reply, whichever order the server does things in;
-* uploads of files on disk over plain FTP use ``loop.sendfile`` (zero copy).
+* uploads read the file in a thread, one block ahead of the one being sent (over plain FTP into two
+  reused buffers; why not ``loop.sendfile`` is explained at ``FtpInstance._send_file_plain``).
 
 Replies are returned as :class:`Reply`; a 4xx/5xx is raised as :class:`FtpReplyError` and mapped to
 conveyor's error tree by :mod:`conveyor.transfer.ftp`.
@@ -42,7 +43,7 @@ log = logging.getLogger("conveyor.ftp")
 BUFFER = 1024 * 1024
 """Receive buffer of a data channel: big reads keep the per-block Python overhead negligible."""
 WRITE_HIGH = 4 * 1024 * 1024
-"""Write buffer high-water mark of an upload's data channel."""
+"""Write buffer high-water mark of an FTPS upload's data channel, and SO_SNDBUF of any upload's."""
 
 
 @dataclass(frozen=True)
@@ -312,9 +313,14 @@ class FtpConnection:
                     raise
                 check_peer(transport.get_extra_info("ssl_object"), self.cfg, "")
             if send is not None:
-                # Deep write buffers: the next block is encrypted while the kernel still sends the last.
                 raw = transport.get_extra_info("socket")
-                transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
+                if self._tls is not None:
+                    # Deep write buffers: the next block is encrypted while the kernel still sends the last.
+                    transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
+                else:
+                    # Plain: the sender waits until all it wrote has reached the socket, so the
+                    # transport copies only what the socket could not take at once.
+                    transport.set_write_buffer_limits(high=0)
                 if raw is not None:
                     raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WRITE_HIGH)
                 await send(proto)
