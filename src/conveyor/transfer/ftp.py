@@ -286,9 +286,10 @@ class FtpInstance:
         it cache-warm buffers, as curl does. The copy costs this side ~0.15 ms CPU/MiB more
         (0.25 against sendfile's 0.10; curl 0.19). Over a real network the receiver is another
         machine and sendfile would save that, but 0.15 s of CPU per GiB is small next to the rest.
-        The transport's write buffer is kept at zero (see ``FtpConnection.transfer``): what the
-        socket takes at once goes straight from our buffer, the rest is copied once into the
-        transport, so the buffer may be refilled as soon as write() returns.
+        The transport's write buffer limit is zero (see ``FtpConnection.transfer``): what the
+        socket takes at once goes straight from our buffer, and drain() returns only once the
+        transport holds nothing more, so a buffer is refilled only after all of it was sent
+        (whether or not the transport copied it).
         """
         t = self.config.timeout
         transport = proto.transport
