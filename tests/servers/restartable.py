@@ -1,0 +1,88 @@
+"""Killing a real server the hard way and starting it again on the same port, for restart tests.
+
+``kill_tree`` freezes a listener (SIGSTOP, so it forks no new session while we look), collects
+every descendant (sshd and vsftpd serve each connection from a child process), SIGKILLs them and
+then the listener: what a crash or an OOM kill of the whole service does to its clients.
+``restart_sshd`` / ``restart_vsftpd`` start the same binary with the same config file, so the
+port, host keys, certificates and served folder are unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.servers.sshd import SSHD, Sshd
+from tests.servers.vsftpd import VSFTPD, Vsftpd
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, grandchildren...), from /proc."""
+    parents: dict[int, int] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                parents[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out: list[int] = []
+    frontier = {pid}
+    while frontier:
+        children = {c for c, ppid in parents.items() if ppid in frontier}
+        out.extend(children)
+        frontier = children
+    return out
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> int:
+    """SIGKILL a server and all its session processes; returns how many sessions were killed."""
+    if proc.poll() is not None:
+        return 0
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGSTOP)  # no new sessions forked between the scan and the kill
+    sessions = descendants(proc.pid)
+    for pid in sessions:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.kill()
+    proc.wait(10)
+    return len(sessions)
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, banner: bytes, what: str, log: Path | None) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} on restart: {text}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(16).startswith(banner):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{what} did not listen on port {port} again")
+
+
+def restart_sshd(server: Sshd) -> None:
+    """Start a killed sshd again: same config (port, host keys, served folder), same log file."""
+    assert server.proc.poll() is not None, "kill it first"
+    log = open(server.base / "sshd.log", "ab")  # noqa: SIM115 (kept open for the life of sshd)
+    server.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(server.base / "sshd_config")],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    _wait_listening(server.proc, server.port, b"SSH-", "sshd", server.base / "sshd.log")
+
+
+def restart_vsftpd(server: Vsftpd) -> None:
+    """Start a killed vsftpd again with the same config file (port, passive ports, served folder)."""
+    assert server.proc.poll() is not None, "kill it first"
+    server.proc = subprocess.Popen([VSFTPD, str(server.workdir / "vsftpd.conf")], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+    _wait_listening(server.proc, server.port, b"220", "vsftpd", None)

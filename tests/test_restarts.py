@@ -1,0 +1,340 @@
+"""Real servers and brokers restarted under a running daemon (a subprocess), mid-transfer.
+
+- OpenSSH sshd SIGKILLed (listener and session processes) while a flow downloads a large file,
+  and again while a flow uploads one; started again on the same port with the same host keys.
+- vsftpd SIGKILLed the same way mid-download, started again with the same config.
+- A private RabbitMQ node (tests/servers/rabbitmq_node.py; the machine's broker on 5672 is left
+  alone) stopped (SIGTERM: orderly shutdown) or SIGKILLed while a flow consumes a durable queue,
+  and while a flow publishes to one; started again on the same port with the same data.
+
+Every scenario checks each item arrived exactly once (the daemon's own "delivered" log lines,
+and the target's contents), byte-identical, with the source completed (files deleted, queue
+drained with nothing unacked), and records its figures with :func:`tests.faultlog.record`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.backends.ftp import FtpBackend
+from tests.backends.sftp import SftpBackend
+from tests.faultlog import count_bodies, record
+from tests.harness import DaemonProcess, sidecars, wait_for, write_config
+from tests.servers.asyncssh_server import ssh_client_keys  # noqa: F401  (fixture)
+from tests.servers.rabbitmq import declare, drain
+from tests.servers.rabbitmq_node import NodeVhost, RabbitNode, rabbit_node  # noqa: F401  (fixture)
+from tests.servers.restartable import kill_tree, restart_sshd, restart_vsftpd
+from tests.servers.ssh_keys import KeySet
+from tests.servers.sshd import Sshd, sshd_available, start_sshd
+from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory  # noqa: F401  (fixtures)
+from tests.test_faults import PATIENT, once_each, spool_bytes
+from tests.test_sftp_faults import pattern_file
+
+pytestmark = pytest.mark.fault
+
+BIG = 256 * 1024 * 1024
+"""Large enough that the kill lands mid-transfer (a few seconds on loopback), small enough to stay quick."""
+SMALL = 10
+"""Small files waiting beside the big one before the kill, and as many more added while the server is down."""
+
+
+@pytest.fixture(scope="module")
+def own_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:  # noqa: F811 (the imported fixture)
+    """A private sshd for this module: killing the session-wide one would hurt other modules."""
+    why = sshd_available()
+    if why:
+        pytest.fail(why)
+    server = start_sshd(ssh_client_keys)
+    try:
+        yield server
+    finally:
+        kill_tree(server.proc)
+        shutil.rmtree(server.base, ignore_errors=True)
+
+
+def sftp_folder(server: Sshd) -> SftpBackend:
+    """A fresh folder on the sshd as an instance root (as the sftp_openssh_backend fixture makes)."""
+    d = Path(tempfile.mkdtemp(dir=server.root))
+    d.chmod(0o755)
+    server.chown(d)
+    return SftpBackend("sftp-openssh", server, d, str(d))
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_pattern(path: Path, size: int) -> str:
+    """A local file of ``size`` bytes (a random 1 MiB block repeated); its sha256."""
+    h = hashlib.sha256()
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(size >> 20):
+            f.write(block)
+            h.update(block)
+    return h.hexdigest()
+
+
+def smalls(prefix: str) -> dict[str, bytes]:
+    """SMALL small files under ``in/``: name -> content."""
+    return {f"in/{prefix}{i:02}.csv": os.urandom(1500) + prefix.encode() for i in range(SMALL)}
+
+
+def log_count(d: DaemonProcess, text: str) -> int:
+    """Log lines of the daemon containing ``text``."""
+    return sum(1 for r in d.logs() if text in str(r.get("msg", "")))
+
+
+def file_flow(instance: str, target: dict[str, Any]) -> dict[str, Any]:
+    """A flow polling ``in`` every 200 ms, taking files at once, deleting them once delivered."""
+    return {"source": {"instance": instance, "path": "in", "poll_interval": "200ms", "min_age": "0s",
+                       "after": "delete"},
+            "target": target, "retry": PATIENT}
+
+
+async def download_through_restart(tmp_path: Path, backend: Any, instance: dict[str, Any], kill: Any,
+                                   restart: Any) -> dict[str, Any]:
+    """Common body of the download scenarios: a big file and small ones on the server, the server
+    killed once a quarter of the big file is in the spool, more small files dropped on it while it
+    is down, restarted once the daemon has failed to resume twice. Returns the figures."""
+    digest = pattern_file(backend, "in/big.bin", BIG)
+    files = smalls("early")
+    for p, data in files.items():
+        backend.put(p, data)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, {"remote": instance},
+                       {"f": file_flow("remote", {"type": "directory", "path": str(out), "filename": "{name}"})})
+    d = DaemonProcess(cfg).start()
+    try:
+        await wait_for(lambda: spool_bytes(tmp_path / "spool") > BIG // 4, 60, 0.01)
+        t_kill = time.monotonic()
+        sessions = kill_tree(kill())
+        at = spool_bytes(tmp_path / "spool")
+        late = smalls("late")
+        for p, data in late.items():
+            backend.put(p, data)
+        files.update(late)
+        # Down until the daemon has tried to resume (and failed) twice: it backs off, not gives up.
+        await wait_for(lambda: log_count(d, "big.bin interrupted at") >= 2, 30, 0.05)
+        await asyncio.to_thread(restart)
+        outage = time.monotonic() - t_kill
+        await wait_for(lambda: count_bodies(out) == len(files) + 1, 120, 0.1)
+        await wait_for(lambda: backend.names("in") == [], 30, 0.1)
+    finally:
+        assert d.stop() == 0
+    got = {p.name for p in out.iterdir() if not p.name.endswith(".meta.json")}
+    want = {"big.bin"} | {p.split("/")[1] for p in files}
+    assert got == want
+    assert file_sha256(out / "big.bin") == digest
+    for p, data in files.items():
+        assert (out / p.split("/")[1]).read_bytes() == data
+    assert len(sidecars(out)) == len(want)
+    distinct, dup = once_each(d, "f")
+    assert distinct == len(want) and dup == 0
+    assert spool_bytes(tmp_path / "spool") == 0
+    resumes = [r["msg"] for r in d.logs() if "big.bin interrupted at" in str(r.get("msg", ""))]
+    return {"moved": distinct, "lost": len(want - got), "duplicates": dup, "big_bytes": BIG,
+            "killed_at_bytes": at, "sessions_killed": sessions, "outage_s": round(outage, 2),
+            "resume_attempts_logged": len(resumes)}
+
+
+async def test_sshd_killed_mid_download(own_sshd: Sshd, tmp_path: Path) -> None:
+    """sshd and its sessions SIGKILLed a quarter into a 256 MiB download, 20 small files pending:
+    the download resumes after the restart, every file arrives once, whole, and is deleted."""
+    b = sftp_folder(own_sshd)
+    try:
+        figures = await download_through_restart(
+            tmp_path, b, b.instance_config(max_connection_attempts=2), lambda: own_sshd.proc,
+            lambda: restart_sshd(own_sshd))
+    finally:
+        shutil.rmtree(b.folder, ignore_errors=True)
+    record("sshd killed (SIGKILL) and restarted mid-download (sftp -> directory)", **figures)
+
+
+async def test_sshd_killed_mid_upload(own_sshd: Sshd, tmp_path: Path) -> None:
+    """sshd killed a quarter into a 256 MiB upload (local -> sftp): the retry rewrites the same
+    temp file and renames it; the target folder ends with every file once and no temp file."""
+    b = sftp_folder(own_sshd)
+    b.mkdir("out")
+    disk = tmp_path / "disk"
+    (disk / "in").mkdir(parents=True)
+    digest = write_pattern(disk / "in" / "big.bin", BIG)
+    files = smalls("early")
+    for p, data in files.items():
+        (disk / p).write_bytes(data)
+    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(disk)},
+                                  "remote": b.instance_config(max_connection_attempts=2)},
+                       {"f": file_flow("disk", {"instance": "remote", "path": "out"})})
+    out = b.folder / "out"
+
+    def temp_bytes() -> int:
+        return sum(p.stat().st_size for p in out.glob(".big.bin.*.tmp"))
+
+    d = DaemonProcess(cfg).start()
+    try:
+        await wait_for(lambda: temp_bytes() > BIG // 4, 60, 0.01)
+        t_kill = time.monotonic()
+        sessions = kill_tree(own_sshd.proc)
+        at = temp_bytes()
+        temps_at_kill = sorted(p.name for p in out.glob(".*.tmp"))
+        late = smalls("late")
+        for p, data in late.items():
+            (disk / p).write_bytes(data)
+        files.update(late)
+        # Down until the upload failed and a reconnect was refused: the daemon retries with backoff.
+        await wait_for(lambda: log_count(d, "delivery of big.bin failed") >= 1
+                       and log_count(d, "cannot connect to") >= 1, 30, 0.05)
+        await asyncio.to_thread(restart_sshd, own_sshd)
+        outage = time.monotonic() - t_kill
+        want = {"big.bin"} | {p.split("/")[1] for p in files}
+        await wait_for(lambda: set(b.names("out")) == want, 120, 0.1)
+        await wait_for(lambda: not any((disk / "in").iterdir()), 30, 0.1)
+    finally:
+        assert d.stop() == 0
+    try:
+        assert temps_at_kill, "the kill came mid-upload: a temp file was being written"
+        assert sorted(b.names("out")) == sorted(want), "no temp file left behind"
+        assert file_sha256(out / "big.bin") == digest
+        for p, data in files.items():
+            assert (out / p.split("/")[1]).read_bytes() == data
+        distinct, dup = once_each(d, "f")
+        assert distinct == len(want) and dup == 0
+        failed = log_count(d, "delivery of big.bin failed")
+    finally:
+        shutil.rmtree(b.folder, ignore_errors=True)
+    record("sshd killed (SIGKILL) and restarted mid-upload (local -> sftp)", moved=distinct,
+           lost=0, duplicates=dup, big_bytes=BIG, killed_at_bytes=at, sessions_killed=sessions,
+           outage_s=round(outage, 2), failed_attempts_logged=failed)
+
+
+async def test_vsftpd_killed_mid_download(vsftpd_factory: Any, tmp_path: Path) -> None:  # noqa: F811
+    """vsftpd and its sessions SIGKILLed a quarter into a 256 MiB download: resumed with REST after
+    the restart, every file once, whole, deleted."""
+    v = vsftpd_factory(tls="none")
+    b = FtpBackend("ftp-vsftpd", v)
+    figures = await download_through_restart(tmp_path, b, v.config(), lambda: v.proc, lambda: restart_vsftpd(v))
+    record("vsftpd killed (SIGKILL) and restarted mid-download (ftp -> directory)", **figures)
+
+
+# -- RabbitMQ ---------------------------------------------------------------------------------
+async def publish_with_ids(v: NodeVhost, queue: str, n: int, size: int = 600) -> dict[str, bytes]:
+    """Publish ``n`` persistent messages with message ids m00000... (confirmed in batches of 200)."""
+    import aio_pika
+
+    msgs = {f"m{i:05}": os.urandom(size) for i in range(n)}
+    async with await aio_pika.connect(v.url) as conn:
+        ch = await conn.channel()
+        items = list(msgs.items())
+        for i in range(0, n, 200):
+            await asyncio.gather(*(ch.default_exchange.publish(
+                aio_pika.Message(body, message_id=mid, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=queue) for mid, body in items[i : i + 200]))
+    return msgs
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+async def test_broker_restart_mid_consume(rabbit_node: RabbitNode, tmp_path: Path, how: str) -> None:  # noqa: F811
+    """A durable queue of persistent messages consumed into a directory; the broker stopped and
+    started again mid-stream: every message lands once, the queue ends empty with nothing unacked."""
+    node = rabbit_node
+    v = node.vhost()
+    q = f"restart-consume-{how}"
+    await declare(v, q)
+    n = 3000
+    msgs = await publish_with_ids(v, q, n)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, {"mq": v.instance_config()}, {
+        "c": {"source": {"instance": "mq", "queue": q, "prefetch": 50},
+              "target": {"type": "directory", "path": str(out)}, "retry": PATIENT}})
+    d = DaemonProcess(cfg).start()
+    try:
+        await wait_for(lambda: count_bodies(out) >= n // 10, 60, 0.01)
+        t_stop = time.monotonic()
+        await asyncio.to_thread(node.stop, kill=how == "sigkill")
+        at = count_bodies(out)
+        assert at < n, "the broker went down mid-stream"
+        boot = await asyncio.to_thread(node.start)
+        outage = time.monotonic() - t_stop
+        await wait_for(lambda: count_bodies(out) == n, 120, 0.2)
+        await wait_for(lambda: node.queue(q) == (0, 0), 60, 0.5)
+    finally:
+        assert d.stop() == 0
+    assert node.queue(q) == (0, 0), "queue drained, nothing left unacked"
+    got = {p.name: p for p in out.iterdir() if not p.name.endswith(".meta.json")}
+    assert set(got) == set(msgs)
+    assert all(got[mid].read_bytes() == body for mid, body in msgs.items())
+    distinct, dup = once_each(d, "c")
+    assert distinct == n and dup == 0
+    record(f"private RabbitMQ node restarted ({how}) mid-consume (rabbitmq -> directory)", moved=distinct,
+           lost=n - len(got), duplicates=dup, delivered_before_restart=at, outage_s=round(outage, 2),
+           boot_s=round(boot, 2))
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+async def test_broker_restart_mid_publish(rabbit_node: RabbitNode, tmp_path: Path, how: str) -> None:  # noqa: F811
+    """Local files published with confirms to a durable queue; the broker stopped and started again
+    mid-stream: no file is missing from the queue (a source file is deleted only after its
+    confirm). A second copy of a message is possible only where a confirm was lost: each one
+    must belong to a file whose publish failed and was retried; they are counted."""
+    node = rabbit_node
+    v = node.vhost()
+    q = f"restart-publish-{how}"
+    await declare(v, q)
+    n = 2000
+    disk = tmp_path / "disk"
+    (disk / "in").mkdir(parents=True)
+    files = {f"f{i:05}.dat": os.urandom(600) + str(i).encode() for i in range(n)}
+    for name, data in files.items():
+        (disk / "in" / name).write_bytes(data)
+    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(disk)}, "mq": v.instance_config()},
+                       {"p": file_flow("disk", {"instance": "mq", "routing_key": q})})
+
+    def left() -> int:
+        return sum(1 for _ in os.scandir(disk / "in"))
+
+    d = DaemonProcess(cfg).start()
+    try:
+        await wait_for(lambda: left() <= n - n // 10, 60, 0.01)
+        t_stop = time.monotonic()
+        await asyncio.to_thread(node.stop, kill=how == "sigkill")
+        at = n - left()
+        assert left() > 0, "the broker went down mid-stream"
+        boot = await asyncio.to_thread(node.start)
+        outage = time.monotonic() - t_stop
+        await wait_for(lambda: left() == 0, 120, 0.2)
+    finally:
+        assert d.stop() == 0
+    got = await drain(v, q, wait=60)  # the whole queue (drain stops at the first empty get)
+    names = collections.Counter(json.loads(m.headers["x-conveyor-meta"])["name"] for m in got)
+    missing = set(files) - set(names)
+    assert not missing, f"{len(missing)} files deleted at the source but not on the queue"
+    for m in got:
+        name = json.loads(m.headers["x-conveyor-meta"])["name"]
+        assert m.body == files[name]
+    extra = {k: c - 1 for k, c in names.items() if c > 1}
+    retried = {r["msg"].split(" ")[2] for r in d.logs() if str(r.get("msg", "")).startswith("delivery of ")}
+    assert set(extra) <= retried, "a second copy only of a message whose publish was retried"
+    distinct, dup = once_each(d, "p")
+    assert distinct == n and dup == 0
+    assert node.queue(q) == (0, 0)
+    record(f"private RabbitMQ node restarted ({how}) mid-publish (local -> rabbitmq, confirms)",
+           moved=distinct, lost=len(missing), duplicates=dup, broker_extra_copies=sum(extra.values()),
+           published_before_restart=at, publishes_retried=len(retried), outage_s=round(outage, 2),
+           boot_s=round(boot, 2))
