@@ -66,7 +66,7 @@ class AsyncsshSftpServer:
     async def start(self) -> None:
         """Listen on a random loopback port."""
         outer = self
-        authorized = [asyncssh.import_public_key(Path(str(p) + ".pub").read_text())  # noqa: ASYNC240
+        authorized = [asyncssh.import_public_key(Path(str(p) + ".pub").read_text())
                       for n, p in self.keys.keys.items() if n != "stranger"]
 
         class Server(asyncssh.SSHServer):
