@@ -42,6 +42,8 @@ log = logging.getLogger("conveyor.ftp")
 SEND_BLOCK = 2 * 1024 * 1024
 """TLS upload block: each must leave within ``timeout`` (a transfer slower than 200 KiB/s at 10s is stalled)."""
 
+TLS_MODE = "old"
+TLS_SLICE = 256 * 1024
 PLAIN_BLOCK = 1024 * 1024
 """Plain upload block, read into one of two reused buffers while the other one is being sent."""
 
@@ -62,6 +64,9 @@ class FtpInstance:
                 st.warnings.append(warning)
         self.pool = FtpPool(name, config, ctx.status, self._map)
         self._made_dirs: set[str] = set()
+        self._stale_temps: dict[str, set[str]] = {}
+        """Destination path -> temp files of its interrupted uploads that could not be removed then
+        (the server went away mid-STOR): removed by the next upload to that path."""
         self._list_a = True
         self._warned: set[str] = set()
 
@@ -256,6 +261,24 @@ class FtpInstance:
         elif self.config.tls == "none":
             assert body.path is not None
             await self._send_file_plain(body.path, proto)
+        elif TLS_MODE == "slices":
+            assert body.path is not None
+            buffers = (bytearray(SEND_BLOCK), bytearray(SEND_BLOCK))
+            with open(body.path, "rb", buffering=0) as fh:  # noqa: ASYNC230
+                turn = 0
+                ahead = asyncio.ensure_future(asyncio.to_thread(fh.readinto, buffers[turn]))
+                try:
+                    while n := await asyncio.shield(ahead):
+                        view = memoryview(buffers[turn])[:n]
+                        turn ^= 1
+                        ahead = asyncio.ensure_future(asyncio.to_thread(fh.readinto, buffers[turn]))
+                        for i in range(0, n, TLS_SLICE):
+                            transport.write(bytes(view[i:i + TLS_SLICE]))
+                        async with asyncio.timeout(t):
+                            await proto.drain()
+                finally:
+                    if not ahead.done():
+                        await asyncio.wait({ahead})
         else:
             # TLS: read the next block (in a thread) while this one is encrypted and sent.
             assert body.path is not None
@@ -332,6 +355,13 @@ class FtpInstance:
                     raise Rejected(f"{full} already exists", instance=self.name, path=path)
                 return False
             await self._mkdirs(c, folder)
+            # A server killed mid-STOR keeps the partial temp file, and the retry writes a new one
+            # (tests/test_restarts.py): remove what earlier attempts left (550: already gone).
+            for stale in list(self._stale_temps.get(full, ())):
+                if (await c.command(f"DELE {stale}")).code // 100 in (2, 5):
+                    self._stale_temps.get(full, set()).discard(stale)
+            if not self._stale_temps.get(full, True):
+                self._stale_temps.pop(full, None)
             tmp = posixpath.join(folder, f".{name[:200]}.{uuid.uuid4().hex[:12]}.tmp")
             try:
                 await c.transfer(f"STOR {tmp}", send=lambda proto: self._send_body(body, proto))
@@ -343,9 +373,12 @@ class FtpInstance:
                 await self._rename(c, tmp, full, replace=exists == "replace")
             except BaseException:
                 self._made_dirs.discard(folder)
+                removed = False
                 if not c.broken:
                     with contextlib.suppress(Exception):  # best effort; the original error matters
-                        await c.command(f"DELE {tmp}")
+                        removed = (await c.command(f"DELE {tmp}")).code // 100 == 2
+                if not removed:
+                    self._stale_temps.setdefault(full, set()).add(tmp)
                 raise
             return True
 
