@@ -169,30 +169,33 @@ async def test_sshd_killed_mid_download(own_sshd: Sshd, tmp_path: Path) -> None:
     record("sshd killed (SIGKILL) and restarted mid-download (sftp -> directory)", **figures)
 
 
-async def test_sshd_killed_mid_upload(own_sshd: Sshd, tmp_path: Path) -> None:
-    """sshd killed a quarter into a 256 MiB upload (local -> sftp): the retry rewrites the same
-    temp file and renames it; the target folder ends with every file once and no temp file."""
-    b = sftp_folder(own_sshd)
-    b.mkdir("out")
+async def upload_through_restart(tmp_path: Path, instance: dict[str, Any], out: Path, refused: str, kill: Any,
+                                 restart: Any) -> dict[str, Any]:
+    """Common body of the upload scenarios: a big local file and small ones uploaded into ``out``
+    on the server (the instance's ``out`` folder), the server killed once a quarter of the big
+    file's temp file is written, more small files added while it is down, restarted once the
+    upload failed and a reconnect was refused (a log line containing ``refused``). The folder
+    must end with every file once, whole, and no temp file. Returns the figures."""
     disk = tmp_path / "disk"
     (disk / "in").mkdir(parents=True)
     digest = write_pattern(disk / "in" / "big.bin", BIG)
     files = smalls("early")
     for p, data in files.items():
         (disk / p).write_bytes(data)
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(disk)},
-                                  "remote": b.instance_config(max_connection_attempts=2)},
+    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(disk)}, "remote": instance},
                        {"f": file_flow("disk", {"instance": "remote", "path": "out"})})
-    out = b.folder / "out"
 
     def temp_bytes() -> int:
         return sum(p.stat().st_size for p in out.glob(".big.bin.*.tmp"))
+
+    def names() -> list[str]:
+        return sorted(p.name for p in out.iterdir())
 
     d = DaemonProcess(cfg).start()
     try:
         await wait_for(lambda: temp_bytes() > BIG // 4, 60, 0.01)
         t_kill = time.monotonic()
-        sessions = kill_tree(own_sshd.proc)
+        sessions = kill_tree(kill())
         at = temp_bytes()
         temps_at_kill = sorted(p.name for p in out.glob(".*.tmp"))
         late = smalls("late")
@@ -200,29 +203,51 @@ async def test_sshd_killed_mid_upload(own_sshd: Sshd, tmp_path: Path) -> None:
             (disk / p).write_bytes(data)
         files.update(late)
         # Down until the upload failed and a reconnect was refused: the daemon retries with backoff.
-        await wait_for(lambda: log_count(d, "delivery of big.bin failed") >= 1
-                       and log_count(d, "cannot connect to") >= 1, 30, 0.05)
-        await asyncio.to_thread(restart_sshd, own_sshd)
+        await wait_for(lambda: log_count(d, "delivery of big.bin failed") >= 1 and log_count(d, refused) >= 1,
+                       30, 0.05)
+        await asyncio.to_thread(restart)
         outage = time.monotonic() - t_kill
-        want = {"big.bin"} | {p.split("/")[1] for p in files}
-        await wait_for(lambda: set(b.names("out")) == want, 120, 0.1)
+        want = sorted({"big.bin"} | {p.split("/")[1] for p in files})
+        await wait_for(lambda: [n for n in names() if not n.endswith(".tmp")] == want, 120, 0.1)
         await wait_for(lambda: not any((disk / "in").iterdir()), 30, 0.1)
     finally:
         assert d.stop() == 0
+    assert temps_at_kill, "the kill came mid-upload: a temp file was being written"
+    assert names() == want, "no temp file left behind"
+    assert file_sha256(out / "big.bin") == digest
+    for p, data in files.items():
+        assert (out / p.split("/")[1]).read_bytes() == data
+    distinct, dup = once_each(d, "f")
+    assert distinct == len(want) and dup == 0
+    return {"moved": distinct, "lost": 0, "duplicates": dup, "big_bytes": BIG, "killed_at_bytes": at,
+            "sessions_killed": sessions, "outage_s": round(outage, 2),
+            "failed_attempts_logged": log_count(d, "delivery of big.bin failed"),
+            "temp_files_at_kill": len(temps_at_kill)}
+
+
+async def test_sshd_killed_mid_upload(own_sshd: Sshd, tmp_path: Path) -> None:
+    """sshd killed a quarter into a 256 MiB upload (local -> sftp): the retry rewrites the same
+    temp file and renames it; the target folder ends with every file once and no temp file."""
+    b = sftp_folder(own_sshd)
     try:
-        assert temps_at_kill, "the kill came mid-upload: a temp file was being written"
-        assert sorted(b.names("out")) == sorted(want), "no temp file left behind"
-        assert file_sha256(out / "big.bin") == digest
-        for p, data in files.items():
-            assert (out / p.split("/")[1]).read_bytes() == data
-        distinct, dup = once_each(d, "f")
-        assert distinct == len(want) and dup == 0
-        failed = log_count(d, "delivery of big.bin failed")
+        figures = await upload_through_restart(
+            tmp_path, b.instance_config(max_connection_attempts=2), b.mkdir("out"), "cannot connect to",
+            lambda: own_sshd.proc, lambda: restart_sshd(own_sshd))
     finally:
         shutil.rmtree(b.folder, ignore_errors=True)
-    record("sshd killed (SIGKILL) and restarted mid-upload (local -> sftp)", moved=distinct,
-           lost=0, duplicates=dup, big_bytes=BIG, killed_at_bytes=at, sessions_killed=sessions,
-           outage_s=round(outage, 2), failed_attempts_logged=failed, temp_files_at_kill=len(temps_at_kill))
+    record("sshd killed (SIGKILL) and restarted mid-upload (local -> sftp)", **figures)
+
+
+async def test_vsftpd_killed_mid_upload(vsftpd_factory: Any, tmp_path: Path) -> None:  # noqa: F811
+    """vsftpd killed a quarter into a 256 MiB upload (local -> ftp): the target folder ends with
+    every file once and no temp file."""
+    v = vsftpd_factory(tls="none")
+    out = v.root / "out"
+    out.mkdir()
+    v.own(out)
+    figures = await upload_through_restart(tmp_path, v.config(), out, "Connect call failed", lambda: v.proc,
+                                           lambda: restart_vsftpd(v))
+    record("vsftpd killed (SIGKILL) and restarted mid-upload (local -> ftp)", **figures)
 
 
 async def test_vsftpd_killed_mid_download(vsftpd_factory: Any, tmp_path: Path) -> None:  # noqa: F811
