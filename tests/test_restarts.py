@@ -2,14 +2,16 @@
 
 - OpenSSH sshd SIGKILLed (listener and session processes) while a flow downloads a large file,
   and again while a flow uploads one; started again on the same port with the same host keys.
-- vsftpd SIGKILLed the same way mid-download, started again with the same config.
+- vsftpd SIGKILLed the same way mid-download and mid-upload, started again with the same config.
 - A private RabbitMQ node (tests/servers/rabbitmq_node.py; the machine's broker on 5672 is left
   alone) stopped (SIGTERM: orderly shutdown) or SIGKILLed while a flow consumes a durable queue,
   and while a flow publishes to one; started again on the same port with the same data.
 
 Every scenario checks each item arrived exactly once (the daemon's own "delivered" log lines,
 and the target's contents), byte-identical, with the source completed (files deleted, queue
-drained with nothing unacked), and records its figures with :func:`tests.faultlog.record`.
+drained with nothing unacked; no temp file left on an upload target), and records its figures
+with :func:`tests.faultlog.record`. Each file scenario moves one 256 MiB file and 20 small ones,
+10 of them dropped while the server is down.
 """
 
 from __future__ import annotations
