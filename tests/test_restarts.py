@@ -366,3 +366,43 @@ async def test_broker_restart_mid_publish(rabbit_node: RabbitNode, tmp_path: Pat
            moved=distinct, lost=len(missing), duplicates=dup, broker_extra_copies=sum(extra.values()),
            published_before_restart=at, publishes_retried=len(retried), outage_s=round(outage, 2),
            boot_s=round(boot, 2))
+
+
+async def test_publish_queued_on_a_channel_that_closes_is_retried_not_stuck(rabbit_node: RabbitNode,  # noqa: F811
+                                                                         tmp_path: Path) -> None:
+    """The hang the mid-publish restart found, made deterministic: a publish queued behind another
+    on the channel's lock (as behind one blocked on a dead connection's full write queue) when the
+    broker closes the connection. aiormq never wakes it; the target cancels it when its channel
+    closes and raises Transient, so the flow retries it on a new connection."""
+    from conveyor.brokers.rabbitmq_config import RabbitTargetConfig
+    from conveyor.errors import Transient
+    from conveyor.payload import Body, Payload
+    from tests.servers.rabbitmq import make_instance
+
+    v = rabbit_node.vhost()
+    q = "restart-stuck-publish"
+    await declare(v, q)
+
+    def payload(name: str) -> Payload:
+        return Payload(id=name, flow="f", source_instance="disk", source_type="local",
+                       body=Body.from_bytes(name.encode()), name=name)
+
+    inst = make_instance(v, tmp_path / "spool")
+    target = inst.target("f", RabbitTargetConfig.model_validate({"instance": "mq", "routing_key": q}))
+    try:
+        await target.deliver(payload("before"))
+        raw = await target._channel()
+        async with raw.lock:  # the publish ahead of it, holding the lock
+            queued = asyncio.create_task(target.deliver(payload("queued")))
+            await wait_for(lambda: queued in target._publishing, 10, 0.01)
+            closed = await asyncio.to_thread(rabbit_node.ctl, "close_all_connections", "restart test")
+            assert closed.returncode == 0, closed.stderr
+            with pytest.raises(Transient, match="channel closed while publishing"):
+                async with asyncio.timeout(30):
+                    await queued
+        await target.deliver(payload("after"))  # a new connection and channel
+    finally:
+        await target.close()
+        await inst.close()
+    assert sorted(m.body for m in await drain(v, q, wait=10)) == [b"after", b"before"]
+    assert rabbit_node.queue(q) == (0, 0)
