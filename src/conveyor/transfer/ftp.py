@@ -42,8 +42,6 @@ log = logging.getLogger("conveyor.ftp")
 SEND_BLOCK = 2 * 1024 * 1024
 """TLS upload block: each must leave within ``timeout`` (a transfer slower than 200 KiB/s at 10s is stalled)."""
 
-TLS_MODE = "old"
-TLS_SLICE = 256 * 1024
 PLAIN_BLOCK = 1024 * 1024
 """Plain upload block, read into one of two reused buffers while the other one is being sent."""
 
@@ -261,24 +259,6 @@ class FtpInstance:
         elif self.config.tls == "none":
             assert body.path is not None
             await self._send_file_plain(body.path, proto)
-        elif TLS_MODE == "slices":
-            assert body.path is not None
-            buffers = (bytearray(SEND_BLOCK), bytearray(SEND_BLOCK))
-            with open(body.path, "rb", buffering=0) as fh:  # noqa: ASYNC230
-                turn = 0
-                ahead = asyncio.ensure_future(asyncio.to_thread(fh.readinto, buffers[turn]))
-                try:
-                    while n := await asyncio.shield(ahead):
-                        view = memoryview(buffers[turn])[:n]
-                        turn ^= 1
-                        ahead = asyncio.ensure_future(asyncio.to_thread(fh.readinto, buffers[turn]))
-                        for i in range(0, n, TLS_SLICE):
-                            transport.write(bytes(view[i:i + TLS_SLICE]))
-                        async with asyncio.timeout(t):
-                            await proto.drain()
-                finally:
-                    if not ahead.done():
-                        await asyncio.wait({ahead})
         else:
             # TLS: read the next block (in a thread) while this one is encrypted and sent.
             assert body.path is not None
