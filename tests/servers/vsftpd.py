@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.servers.procs import descendants
 from tests.servers.pyftpd import Certs, make_certs
 
 VSFTPD = "/usr/sbin/vsftpd"
@@ -86,20 +87,7 @@ class Vsftpd:
 
     def session_pids(self) -> list[int]:
         """vsftpd's per-session processes: every descendant of the listener we started."""
-        parents: dict[int, int] = {}
-        for p in Path("/proc").iterdir():
-            if p.name.isdigit():
-                try:
-                    parents[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-        out: list[int] = []
-        frontier = {self.proc.pid}
-        while frontier:
-            children = {pid for pid, ppid in parents.items() if ppid in frontier}
-            out.extend(children)
-            frontier = children
-        return out
+        return descendants(self.proc.pid)
 
     def stop(self) -> None:
         """Stop the listener (its sessions die with it) and remove the folders."""
