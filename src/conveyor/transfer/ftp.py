@@ -39,11 +39,15 @@ from conveyor.transfer.ftp_tls import describe_verify_error
 
 log = logging.getLogger("conveyor.ftp")
 
-SEND_BLOCK = 2 * 1024 * 1024
-"""TLS upload block: each must leave within ``timeout`` (a transfer slower than 200 KiB/s at 10s is stalled)."""
-
 PLAIN_BLOCK = 1024 * 1024
-"""Plain upload block, read into one of two reused buffers while the other one is being sent."""
+"""Plain upload block, read into one of two reused buffers while the other one is being sent;
+it must leave within ``timeout`` (a transfer slower than 100 KiB/s at 10s is stalled)."""
+
+TLS_BLOCK = 2 * 1024 * 1024
+"""FTPS upload block, read as :data:`PLAIN_BLOCK` is, and handed to TLS in :data:`TLS_SLICE` pieces."""
+
+TLS_SLICE = 256 * 1024
+"""FTPS upload piece: each is copied, encrypted and must leave within ``timeout``."""
 
 _NOT_FOUND_COMMANDS = {"RETR", "SIZE", "MDTM", "MLST", "MLSD", "LIST", "NLST", "CWD", "DELE", "RNFR"}
 
@@ -256,47 +260,38 @@ class FtpInstance:
         transport = proto.transport
         if body.in_memory:
             transport.write(body.bytes())
-        elif self.config.tls == "none":
-            assert body.path is not None
-            await self._send_file_plain(body.path, proto)
         else:
-            # TLS: read the next block (in a thread) while this one is encrypted and sent.
             assert body.path is not None
-            with open(body.path, "rb") as fh:  # noqa: ASYNC230 (reads go through a thread)
-                ahead = asyncio.ensure_future(asyncio.to_thread(fh.read, SEND_BLOCK))
-                try:
-                    while chunk := await ahead:
-                        ahead = asyncio.ensure_future(asyncio.to_thread(fh.read, SEND_BLOCK))
-                        transport.write(chunk)
-                        async with asyncio.timeout(t):
-                            await proto.drain()
-                finally:
-                    if not ahead.done():
-                        await asyncio.wait({ahead})  # the thread still holds the file
+            await self._send_file(body.path, proto, tls=self.config.tls != "none")
         async with asyncio.timeout(t):
             await proto.drain()
         transport.close()  # EOF (and TLS close_notify): the server answers 226 once it has it all
 
-    async def _send_file_plain(self, path: Path, proto: DataProtocol) -> None:
-        """Send a file over a plain data channel: read (in a thread) into two reused buffers, in turn.
+    async def _send_file(self, path: Path, proto: DataProtocol, tls: bool) -> None:
+        """Send a file: read (in a thread) into two reused buffers in turn, one block ahead of the send.
 
-        Why not ``loop.sendfile`` (zero copy, used here before): against vsftpd on loopback it
-        reached a median 0.77-0.87x curl's upload rate where this reached 0.85-0.95x in the same
-        runs (12 alternating rounds each, a loaded 2-core machine). With sendfile the socket
-        carries references to page-cache pages no CPU has touched lately, so the *receiver* pays
-        for the cold memory reads (vsftpd used ~0.8 ms CPU/MiB instead of ~0.6), and the receiver,
-        reading 64 KiB at a time and writing each to disk, is what sets the pace; read + send hands
-        it cache-warm buffers, as curl does. The copy costs this side ~0.15 ms CPU/MiB more
-        (0.25 against sendfile's 0.10; curl 0.19). Over a real network the receiver is another
-        machine and sendfile would save that, but 0.15 s of CPU per GiB is small next to the rest.
-        The transport's write buffer limit is zero (see ``FtpConnection.transfer``): what the
-        socket takes at once goes straight from our buffer, and drain() returns only once the
-        transport holds nothing more, so a buffer is refilled only after all of it was sent
-        (whether or not the transport copied it).
+        Plain FTP: why not ``loop.sendfile`` (zero copy, used here before)? Against vsftpd on
+        loopback it reached a median 0.77-0.87x curl's upload rate where this reached 0.85-0.95x
+        in the same runs (12 alternating rounds each, a loaded 2-core machine). With sendfile the
+        socket carries references to page-cache pages no CPU has touched lately, so the *receiver*
+        pays for the cold memory reads (vsftpd used ~0.8 ms CPU/MiB instead of ~0.6), and the
+        receiver, reading 64 KiB at a time and writing each to disk, is what sets the pace; read +
+        send hands it cache-warm buffers, as curl does. The copy costs this side ~0.15 ms CPU/MiB
+        (0.25 against sendfile's 0.10; curl 0.19): over a real network sendfile would save that,
+        but 0.15 s of CPU per GiB is small next to the rest. The transport's write buffer limit is
+        zero for plain uploads (see ``FtpConnection.transfer``): what the socket takes at once goes
+        straight from our buffer, and drain() returns only once the transport holds nothing more,
+        so a buffer is refilled only after all of it was sent, whether or not the transport copied it.
+
+        FTPS: each :data:`TLS_SLICE` is copied (asyncio's TLS transport may keep a reference to
+        what it has not encrypted yet) and written with a 1 MiB write buffer limit. Fresh 2 MiB
+        blocks per read (``fh.read``) and a 4 MiB limit cost 1.33 ms CPU/MiB, a third of it page
+        faults from allocating and freeing big buffers; this costs ~0.6 (curl ~0.45).
         """
         t = self.config.timeout
         transport = proto.transport
-        buffers = (bytearray(PLAIN_BLOCK), bytearray(PLAIN_BLOCK))
+        size = TLS_BLOCK if tls else PLAIN_BLOCK
+        buffers = (bytearray(size), bytearray(size))
         with open(path, "rb", buffering=0) as fh:  # noqa: ASYNC230 (reads go through a thread)
             turn = 0
             ahead = asyncio.ensure_future(asyncio.to_thread(fh.readinto, buffers[turn]))
@@ -305,9 +300,11 @@ class FtpInstance:
                     block = memoryview(buffers[turn])[:n]
                     turn ^= 1
                     ahead = asyncio.ensure_future(asyncio.to_thread(fh.readinto, buffers[turn]))
-                    transport.write(block)
-                    async with asyncio.timeout(t):
-                        await proto.drain()
+                    step = TLS_SLICE if tls else n
+                    for i in range(0, n, step):
+                        transport.write(bytes(block[i:i + step]) if tls else block)
+                        async with asyncio.timeout(t):
+                            await proto.drain()
             finally:
                 if not ahead.done():
                     await asyncio.wait({ahead})  # the thread still holds the file and a buffer

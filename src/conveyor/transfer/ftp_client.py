@@ -15,8 +15,8 @@ The FTP we need — a line protocol with a dozen commands — fits in this modul
   synchronous sink, so a download costs no extra copies and holds at most one buffer in memory;
 * TLS on data channels resumes the control session (:mod:`conveyor.transfer.ftp_tls`) and is started
   *concurrently* with reading the 1xx reply, whichever order the server does things in;
-* uploads read the file in a thread, one block ahead of the one being sent (over plain FTP into two
-  reused buffers; why not ``loop.sendfile`` is explained at ``FtpInstance._send_file_plain``).
+* uploads read the file in a thread into two reused buffers, one block ahead of the one being sent
+  (why not ``loop.sendfile`` for plain FTP is explained at ``FtpInstance._send_file``).
 
 Replies are returned as :class:`Reply`; a 4xx/5xx is raised as :class:`FtpReplyError` and mapped to
 conveyor's error tree by :mod:`conveyor.transfer.ftp`.
@@ -42,8 +42,11 @@ log = logging.getLogger("conveyor.ftp")
 
 BUFFER = 1024 * 1024
 """Receive buffer of a data channel: big reads keep the per-block Python overhead negligible."""
-WRITE_HIGH = 4 * 1024 * 1024
-"""Write buffer high-water mark of an FTPS upload's data channel, and SO_SNDBUF of any upload's."""
+WRITE_HIGH = 1024 * 1024
+"""Write buffer high-water mark of an FTPS upload's data channel: enough to encrypt the next piece
+while the kernel sends the last; 4 MiB cost more CPU in copies of the transport's buffer."""
+SNDBUF = 4 * 1024 * 1024
+"""SO_SNDBUF of an upload's data channel (capped at net.core.wmem_max, then doubled by the kernel)."""
 
 
 @dataclass(frozen=True)
@@ -315,14 +318,14 @@ class FtpConnection:
             if send is not None:
                 raw = transport.get_extra_info("socket")
                 if self._tls is not None:
-                    # Deep write buffers: the next block is encrypted while the kernel still sends the last.
+                    # Some buffering: the next piece is encrypted while the kernel still sends the last.
                     transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
                 else:
                     # Plain: the sender waits until all it wrote has reached the socket, so the
                     # transport copies only what the socket could not take at once.
                     transport.set_write_buffer_limits(high=0)
                 if raw is not None:
-                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WRITE_HIGH)
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
                 await send(proto)
             else:
                 await self._wait_done(proto)
