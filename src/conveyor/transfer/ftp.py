@@ -302,7 +302,8 @@ class FtpInstance:
                     ahead = asyncio.ensure_future(asyncio.to_thread(fh.readinto, buffers[turn]))
                     step = TLS_SLICE if tls else n
                     for i in range(0, n, step):
-                        transport.write(bytes(block[i:i + step]) if tls else block)
+                        piece = block[i:i + step]
+                        transport.write(bytes(piece) if tls else piece)
                         async with asyncio.timeout(t):
                             await proto.drain()
             finally:
