@@ -17,7 +17,9 @@ then, for each round, interleaved so both sides see the same machine load:
 The machine is shared, so every transfer is reported as the ratio to the OpenSSH run of the
 same round (median and range over the rounds), next to CPU time per MiB (user + system of the
 client side: `sftp` and its `ssh`, or conveyor's process with its threads), which other load
-disturbs far less than MiB/s. Both sides use key auth (ed25519); the ciphers each side
+disturbs far less than MiB/s, and of the server side (sshd's session and sftp-server processes):
+on this 2-core loopback setup the two sides share the cores, so a client that makes the server
+work harder is slower too. Both sides use key auth (ed25519); the ciphers each side
 negotiated are printed (OpenSSH picks chacha20-poly1305 by default, conveyor aes128-gcm;
 ``--openssh-cipher aes128-gcm@openssh.com`` makes OpenSSH use the same). Conveyor's side runs
 in a child process so its peak RSS (ru_maxrss) is its own.
@@ -37,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,57 @@ def _cpu_self() -> float:
 def _cpu_children() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+class _ServerCpu:
+    """CPU seconds that sshd's children (session processes, sftp-server) use during a transfer.
+
+    They exit with their connection and sshd does not collect their times (its cutime stays
+    flat), so /proc is sampled every 50 ms and the last value seen of each process counts: at
+    most 50 ms of CPU missed per process, a few % of a 1 GiB transfer. A scan costs ~2 ms.
+    """
+
+    def __init__(self, sshd_pid: int) -> None:
+        self.root = sshd_pid
+        self.seen: dict[int, float] = {}
+        self.base: dict[int, float] = {}
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> dict[int, float]:
+        procs: dict[int, tuple[int, float]] = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    f = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                procs[int(d)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)
+        out = {}
+        for pid, (_, cpu) in procs.items():
+            p = pid
+            while p in procs and p != self.root:
+                p = procs[p][0]
+            if p == self.root and pid != self.root:
+                out[pid] = cpu
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.seen.update(self._sample())
+
+    def __enter__(self) -> _ServerCpu:
+        self.base = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seen.update(self._sample())
+        self.seconds = sum(c - self.base.get(p, 0.0) for p, c in self.seen.items())
 
 
 # --------------------------------------------------------------------------- conveyor side (child)
@@ -268,21 +322,23 @@ def _summary(rows: dict[str, list[dict[str, Any]]], size: int) -> list[str]:
     def rate(r: dict[str, Any]) -> float:
         return mib / float(r["seconds"])
 
-    def ms_per_mib(rs: list[dict[str, Any]]) -> str:
-        return f"{statistics.median(1000 * float(r['cpu']) / mib for r in rs):.2f}"
+    def ms_per_mib(rs: list[dict[str, Any]], field: str = "cpu") -> str:
+        return f"{statistics.median(1000 * float(r[field]) / mib for r in rs):.2f}"
 
-    lines = [f"{'measure (median of rounds)':<44}{'MiB/s':>7}{'ratio':>7}{'range':>13}{'CPU ms/MiB':>12}  cipher"]
+    lines = [f"{'measure (median of rounds)':<44}{'MiB/s':>7}{'ratio':>7}{'range':>13}{'CPU ms/MiB':>12}"
+             f"{'server':>8}  cipher"]
     for ref, label in (("oss_down", "download"), ("oss_up", "upload")):
         base = rows[ref]
         lines.append(f"{'OpenSSH sftp ' + label:<44}{statistics.median(map(rate, base)):>7.0f}{'1':>7}{'':>13}"
-                     f"{ms_per_mib(base):>12}  {base[0].get('cipher', '?')}")
+                     f"{ms_per_mib(base):>12}{ms_per_mib(base, 'server_cpu'):>8}  {base[0].get('cipher', '?')}")
         for key, name in MEASURES[ref]:
             rs = rows.get(key) or []
             if not rs:
                 continue
             ratios = [rate(r) / rate(b) for r, b in zip(rs, base, strict=True)]
             lines.append(f"{name:<44}{statistics.median(map(rate, rs)):>7.0f}{statistics.median(ratios):>7.2f}"
-                         f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>13}{ms_per_mib(rs):>12}  {rs[0].get('cipher', '')}")
+                         f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>13}{ms_per_mib(rs):>12}"
+                         f"{ms_per_mib(rs, 'server_cpu'):>8}  {rs[0].get('cipher', '')}")
     return lines
 
 
@@ -352,24 +408,27 @@ def main() -> None:
         rows: dict[str, list[dict[str, Any]]] = {}
         rss: list[float] = []
 
-        def add(k: str, r: dict[str, Any]) -> None:
+        def add(k: str, run: Any) -> None:
+            with _ServerCpu(srv.proc.pid) as server:
+                r = run()
+            r["server_cpu"] = server.seconds
             rows.setdefault(k, []).append(r)
             if "maxrss_mib" in r:
                 rss.append(r["maxrss_mib"])
 
         ciph = a.openssh_cipher
         for rnd in range(a.rounds):
-            add("oss_down", _openssh(srv.port, key, USER, f"get {srv.root}/big.bin {work}/o.bin\n", ciph))
+            add("oss_down", lambda: _openssh(srv.port, key, USER, f"get {srv.root}/big.bin {work}/o.bin\n", ciph))
             (work / "o.bin").unlink()
-            add("cv_down", _conveyor(base, "download", path="big.bin"))
+            add("cv_down", lambda: _conveyor(base, "download", path="big.bin"))
             if flows is not None:
-                add("cv_daemon_down", flows.download(srv.root / "big.bin", f"big-{rnd}.bin", size))
-            add("ash_down", _conveyor(base, "asyncssh-get", path="big.bin"))
-            add("oss_up", _openssh(srv.port, key, USER, f"put {src} {srv.root}/up_o.bin\n", ciph))
-            add("cv_up", _conveyor(base, "upload", path="up_c.bin", local=src))
-            add("cv_up_file", _conveyor(base, "upload-file", path="up_c.bin", local=src))
+                add("cv_daemon_down", lambda f=flows, n=f"big-{rnd}.bin": f.download(srv.root / "big.bin", n, size))
+            add("ash_down", lambda: _conveyor(base, "asyncssh-get", path="big.bin"))
+            add("oss_up", lambda: _openssh(srv.port, key, USER, f"put {src} {srv.root}/up_o.bin\n", ciph))
+            add("cv_up", lambda: _conveyor(base, "upload", path="up_c.bin", local=src))
+            add("cv_up_file", lambda: _conveyor(base, "upload-file", path="up_c.bin", local=src))
             if flows is not None:
-                add("cv_daemon_up", flows.upload(src, f"up-{rnd}.bin", size))
+                add("cv_daemon_up", lambda f=flows, n=f"up-{rnd}.bin": f.upload(src, n, size))
         daemon_rss = flows.stop() if flows is not None else None
         flows = None
 
