@@ -6,6 +6,11 @@ b. a plain aio-pika relay: consume → publish to another queue with publisher c
 c. conveyor's daemon (``conveyor run -c`` as a child process) into a ``directory`` target;
 d. conveyor's daemon into a ``rabbitmq`` target (relay to another queue, confirms awaited);
 
+e. no broker at all: a plain Python loop writing the same files the directory target writes
+   (1 KiB body and a ~600 B sidecar per message, each under a temporary name, then renamed;
+   ``syncfs`` before and after the renames, batches of ``prefetch``) — the ceiling this
+   machine's disk puts on any durable directory target, printed beside c.
+
 Each pass gets a freshly filled queue. Reported: msgs/s (c is compared with a, d with b), CPU
 seconds per 1,000 messages of the consuming process, and the daemon's RSS sampled through
 the run (flat or growing). The daemon's rate is timed from its first delivery (interpreter
@@ -40,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers
 from tests.servers.rabbitmq import Vhost, create_vhost, delete_vhost
 
 BODY = os.urandom(1024)
+RAW = "e. no broker: the same durable file writes in a plain loop"
 
 
 async def fill(v: Vhost, queue: str, n: int) -> float:
@@ -71,6 +77,26 @@ async def count(v: Vhost, queue: str) -> int:
         ch = await conn.channel()
         q = await ch.declare_queue(queue, passive=True)
         return int(q.declaration_result.message_count or 0)
+
+
+def raw_durable_writes(folder: Path, n: int, batch: int) -> tuple[float, float]:
+    """The disk's ceiling for c: the same durable file writes with nothing else; (seconds, CPU seconds)."""
+    from conveyor.targets.fsync import sync_folder
+
+    folder.mkdir(parents=True)
+    meta = json.dumps({"id": "m" * 16, "pad": "x" * 560}, indent=2).encode()
+    c0, t0 = time.process_time(), time.monotonic()
+    for start in range(0, n, batch):
+        ids = range(start, min(n, start + batch))
+        for i in ids:
+            (folder / f".m{i}.tmp").write_bytes(BODY)
+            (folder / f".m{i}.meta.tmp").write_bytes(meta)
+        sync_folder(folder)
+        for i in ids:
+            os.replace(folder / f".m{i}.tmp", folder / f"m{i}")
+            os.replace(folder / f".m{i}.meta.tmp", folder / f"m{i}.meta.json")
+        sync_folder(folder)
+    return time.monotonic() - t0, time.process_time() - c0
 
 
 async def plain_consume(v: Vhost, queue: str, n: int, prefetch: int) -> tuple[float, float]:
@@ -233,6 +259,8 @@ async def main() -> None:
             keep("c. conveyor -> directory", res["seconds"], res["cpu"],
                  {"rss": rss_summary(res["rss"], n), "startup": res["startup"]}, res["messages"])
             shutil.rmtree(tmp / "dir")
+            keep(RAW, *raw_durable_writes(tmp / "raw", n, p))
+            shutil.rmtree(tmp / "raw")
 
             await fill(v, src, n)
             await purge(v, out)
@@ -251,8 +279,10 @@ async def main() -> None:
     print("\nbest of", args.rounds, "round(s):")
     rows = [("side", "msgs/s", "ratio", "CPU s/1k msgs", "daemon RSS at 20% / 60% / 100%")]
     for name, res in best.items():
-        ref = "a" if name[0] == "c" else "b"
+        ref = "a" if name[0] in "ce" else "b"
         ratio = "" if name[0] in "ab" else f"{res['rate'] / (a if ref == 'a' else b):.2f}x of {ref}"
+        if name[0] == "c" and RAW in best:
+            ratio += f", {res['rate'] / best[RAW]['rate']:.2f}x of e"
         rows.append((name, f"{res['rate']:,.0f}", ratio, f"{res['cpu']:.2f}", res.get("rss", "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows))
