@@ -45,6 +45,20 @@ _READ, _WRITE, _DURABLE = 0, 1, 2
 """A read; a write whose caller may go on before the commit; a write that must be on disk first."""
 
 
+_CLAIM = f"""
+INSERT INTO items (flow, id, state, attempts, name, path, size, mtime, owner, lease_until, first_seen, updated)
+VALUES (?, ?, 'in_flight', 1, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (flow, id) DO UPDATE SET
+    state = 'in_flight', attempts = attempts + 1, owner = excluded.owner, lease_until = excluded.lease_until,
+    updated = excluded.updated, name = coalesce(excluded.name, name), path = coalesce(excluded.path, path),
+    size = coalesce(excluded.size, size), mtime = coalesce(excluded.mtime, mtime)
+WHERE state NOT IN ('delivered', 'failed')
+  AND (state <> 'in_flight' OR coalesce(lease_until, 0) <= excluded.updated OR (? AND owner IS NOT excluded.owner))
+RETURNING {_COLS}"""
+"""One statement: a new item is inserted in flight; a known one is taken unless delivered, failed,
+or in flight under a running lease (``takeover``: under a lease of another owner is fine)."""
+
+
 def _item(row: tuple[Any, ...]) -> Item:
     return Item(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9],
                 row[10], row[11], row[12])
@@ -179,28 +193,12 @@ class SqliteStore:
         """Mark in flight and count an attempt, unless delivered, failed or leased elsewhere."""
         now = time.time()
 
+        args = (flow, id, info.get("name"), info.get("path"), info.get("size"), info.get("mtime"), self.owner,
+                now + lease, now, now, int(takeover))
+
         def q(db: sqlite3.Connection) -> Item | None:
-            row = db.execute("SELECT state, owner, lease_until FROM items WHERE flow=? AND id=?", (flow, id)).fetchone()
-            if row is not None:
-                state, owner, until = row
-                if state in ("delivered", "failed"):
-                    return None
-                if state == "in_flight" and (until or 0) > now and not (takeover and owner != self.owner):
-                    return None  # being delivered right now (here, or by a replica whose lease runs)
-                db.execute(
-                    "UPDATE items SET state='in_flight', attempts=attempts+1, owner=?, lease_until=?, updated=?,"
-                    " name=coalesce(?, name), path=coalesce(?, path), size=coalesce(?, size),"
-                    " mtime=coalesce(?, mtime) WHERE flow=? AND id=?",
-                    (self.owner, now + lease, now, info.get("name"), info.get("path"), info.get("size"),
-                     info.get("mtime"), flow, id))
-            else:
-                db.execute(
-                    "INSERT INTO items (flow, id, state, attempts, name, path, size, mtime, owner, lease_until,"
-                    " first_seen, updated) VALUES (?, ?, 'in_flight', 1, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (flow, id, info.get("name"), info.get("path"), info.get("size"), info.get("mtime"),
-                     self.owner, now + lease, now, now))
-            r = db.execute(f"SELECT {_COLS} FROM items WHERE flow=? AND id=?", (flow, id)).fetchone()
-            return _item(r)
+            rows = db.execute(_CLAIM, args).fetchall()  # all: the statement must end before COMMIT
+            return _item(rows[0]) if rows else None
 
         result: Item | None = await self._write(q, durable=False)
         return result
