@@ -1,13 +1,11 @@
-"""A worker thread for small blocking calls, fed once per event-loop turn.
+"""Handing work from the event loop to a worker thread, once per event-loop turn.
 
-``asyncio.to_thread`` costs two thread wake-ups per call (the pool's queue, then the
-event loop's self-pipe), and each woken thread contends with the loop for the GIL. A
-local folder flow moving thousands of small files makes several such calls per file
-(read, then delete or move). Here the calls made in one loop turn go to the thread in one
-hand-over, run one after another, and come back in one wake-up of the loop.
-
-Only for calls that take little time (a read of a small file, an unlink, a rename): they
-run in order on one thread, so a slow one delays the ones queued behind it.
+``asyncio.to_thread`` or a plain queue costs a thread wake-up per call, and each woken
+thread contends with the loop for the GIL. A :class:`Handoff` gathers the jobs submitted
+during one loop turn and passes them over in a single put at its end; the worker takes
+everything queued so far in one go. Three workers use it: the SQLite state store (one
+transaction per batch: group commit), the directory target's writer (one sync per batch),
+and :class:`BatchedThread`, for small blocking calls of the local folder instance.
 """
 
 from __future__ import annotations
@@ -17,67 +15,122 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+J = TypeVar("J")
 _Call = tuple[Callable[[], Any], asyncio.Future[Any]]
 
 
-class BatchedThread:
-    """Runs blocking callables on one dedicated thread, batched per event-loop turn."""
+class Handoff(Generic[J]):
+    """Jobs from one event loop to one worker thread, sent once per loop turn."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: queue.SimpleQueue[list[J] | None] = queue.SimpleQueue()
+        self._tick: list[J] = []
+        """Jobs of this loop turn, not yet sent."""
+
+    def put(self, job: J) -> None:
+        """On the loop: queue ``job``; it is sent with the rest of this turn's at the turn's end."""
+        if not self._tick:
+            self._loop.call_soon(self.flush)
+        self._tick.append(job)
+
+    def flush(self) -> None:
+        """On the loop: send what this turn queued (one put, one wake-up of the worker)."""
+        jobs, self._tick = self._tick, []
+        if jobs:
+            self._queue.put(jobs)
+
+    def close(self) -> None:
+        """On the loop: send what is queued, then tell the worker to stop after it."""
+        self.flush()
+        self._queue.put(None)
+
+    def take(self, *, block: bool = True) -> tuple[list[J], bool]:
+        """On the worker: every job sent so far (waiting for some when ``block``), and whether
+        :meth:`close` came; the jobs returned with True are the last ones."""
+        jobs: list[J] = []
+        if block:
+            first = self._queue.get()
+            if first is None:
+                return jobs, True
+            jobs.extend(first)
+        while True:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs, False
+            if more is None:
+                return jobs, True
+            jobs.extend(more)
+
+
+class Worker(Generic[J]):
+    """A daemon thread running ``work(handoff, loop)``, started on the first job submitted in
+    an event loop, and started afresh (with its own handoff) if that loop changed or it died."""
+
+    def __init__(self, name: str, work: Callable[[Handoff[J], asyncio.AbstractEventLoop], None]) -> None:
         self.name = name
-        self._calls: queue.SimpleQueue[list[_Call] | None] = queue.SimpleQueue()
-        self._tick: list[_Call] = []
+        self._work = work
+        self._handoff: Handoff[J] | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        """``fn()`` on the worker thread; its result or exception."""
+    def submit(self, job: J) -> None:
+        """On the running loop: hand ``job`` to the thread."""
         loop = asyncio.get_running_loop()
-        if self._thread is None or self._loop is not loop or not self._thread.is_alive():
+        if self._handoff is None or self._loop is not loop or self._thread is None or not self._thread.is_alive():
+            if self._handoff is not None:
+                self._handoff.close()  # a thread of an earlier loop stops after its queue
             self._loop = loop
-            self._thread = threading.Thread(target=self._work, args=(loop,), name=self.name, daemon=True)
+            self._handoff = Handoff(loop)
+            self._thread = threading.Thread(target=self._work, args=(self._handoff, loop), name=self.name,
+                                            daemon=True)
             self._thread.start()
-        fut: asyncio.Future[T] = loop.create_future()
-        if not self._tick:
-            loop.call_soon(self._hand_over)
-        self._tick.append((fn, fut))
-        return await fut
-
-    def _hand_over(self) -> None:
-        calls, self._tick = self._tick, []
-        if calls:
-            self._calls.put(calls)
+        self._handoff.put(job)
 
     def close(self) -> None:
         """Let the thread finish what is queued, then end."""
-        if self._thread is not None:
-            self._hand_over()
-            self._calls.put(None)
+        if self._handoff is not None:
+            self._handoff.close()
+            self._handoff = None
             self._thread = None
 
-    def _work(self, loop: asyncio.AbstractEventLoop) -> None:
-        while True:
-            calls = self._calls.get()
-            if calls is None:
-                return
-            while True:  # everything queued meanwhile joins this round
-                try:
-                    more = self._calls.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._calls.put(None)
-                    break
-                calls.extend(more)
-            results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            for fn, fut in calls:
-                try:
-                    results.append((fut, fn(), None))
-                except BaseException as e:  # handed to the caller
-                    results.append((fut, None, e))
+
+class BatchedThread:
+    """Runs small blocking callables on one dedicated thread, in order, batched per loop turn.
+
+    Only for calls that take little time (a read of a small file, an unlink, a rename): they
+    run one after another, so a slow one delays the ones queued behind it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._worker: Worker[_Call] = Worker(name, _run_calls)
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the worker thread; its result or exception."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._worker.submit((fn, fut))
+        return await fut
+
+    def close(self) -> None:
+        """Let the thread finish what is queued, then end."""
+        self._worker.close()
+
+
+def _run_calls(handoff: Handoff[_Call], loop: asyncio.AbstractEventLoop) -> None:
+    stop = False
+    while not stop:
+        calls, stop = handoff.take()
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        for fn, fut in calls:
+            try:
+                results.append((fut, fn(), None))
+            except BaseException as e:  # handed to the caller
+                results.append((fut, None, e))
+        if results:
             with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody waits
                 loop.call_soon_threadsafe(resolve_all, results)
 

@@ -9,7 +9,6 @@ its own write is durable (``synchronous=FULL``).
 from __future__ import annotations
 
 import asyncio
-import queue
 import sqlite3
 import threading
 import time
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conveyor.batched import resolve_all
+from conveyor.batched import Handoff, resolve_all
 from conveyor.state.base import Item
 
 SCHEMA = """
@@ -70,9 +69,7 @@ class SqliteStore:
     def __init__(self, path: str, owner: str) -> None:
         self.path = Path(path)
         self.owner = owner
-        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
-        self._tick: list[_Job] = []
-        """Jobs submitted in this event-loop turn: handed to the thread in one put at its end."""
+        self._jobs: Handoff[_Job] | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -81,6 +78,7 @@ class SqliteStore:
         """Open the file, create the schema, and turn in-flight rows of a dead run back to pending."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
+        self._jobs = Handoff(self._loop)
         ready: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="conveyor-state", daemon=True)
         self._thread.start()
@@ -91,15 +89,13 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Finish queued work and close the file."""
-        if self._thread is not None:
-            if self._tick:
-                self._hand_over()
-            self._jobs.put(None)
+        if self._thread is not None and self._jobs is not None:
+            self._jobs.close()
             await asyncio.to_thread(self._thread.join)
             self._thread = None
 
     def _run(self, ready: asyncio.Future[None]) -> None:
-        assert self._loop is not None
+        assert self._loop is not None and self._jobs is not None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
@@ -112,27 +108,13 @@ class SqliteStore:
         self._loop.call_soon_threadsafe(ready.set_result, None)
         stop = False
         while not stop:
-            first = self._jobs.get()
-            batch: list[_Job | None] = [None] if first is None else list(first)
-            while True:  # gather everything already queued: that is the group commit
-                try:
-                    more = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    batch.append(None)
-                else:
-                    batch.extend(more)
+            batch, stop = self._jobs.take()  # everything queued: that is the group commit
             early: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             durable: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            writes = any(j is not None and j[2] != _READ for j in batch)
+            writes = any(j[2] != _READ for j in batch)
             if writes:
                 db.execute("BEGIN IMMEDIATE")  # take the write lock up front: no deadlock with another writer
-            for job in batch:
-                if job is None:
-                    stop = True
-                    continue
-                fn, fut, kind = job
+            for fn, fut, kind in batch:
                 try:
                     result: tuple[asyncio.Future[Any], Any, BaseException | None] = (fut, fn(db), None)
                 except BaseException as e:
@@ -152,19 +134,11 @@ class SqliteStore:
         db.close()
 
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], kind: int) -> asyncio.Future[Any]:
-        if self._thread is None or self._loop is None:
+        if self._thread is None or self._loop is None or self._jobs is None:
             raise RuntimeError("state store is not open")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        if not self._tick:
-            # One hand-over per event-loop turn, not one per job: each put wakes the worker
-            # thread, and a woken thread wrestles the event loop for the GIL.
-            self._loop.call_soon(self._hand_over)
-        self._tick.append((fn, fut, kind))
+        self._jobs.put((fn, fut, kind))  # sent with the rest of this loop turn's jobs
         return fut
-
-    def _hand_over(self) -> None:
-        jobs, self._tick = self._tick, []
-        self._jobs.put(jobs)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = True) -> Any:
         return await self._submit(fn, _DURABLE if durable else _WRITE)

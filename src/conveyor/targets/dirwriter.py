@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from conveyor.batched import Handoff, Worker, resolve_all
 from conveyor.targets.fsync import sync_folder
 
 Stage = Callable[[], Callable[[], None] | None]
@@ -32,38 +31,19 @@ class BatchWriter:
     def __init__(self, folder: Path, fsync: bool) -> None:
         self.folder = folder
         self.fsync = fsync
-        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
-        self._tick: list[_Job] = []
-        """Jobs of this event-loop turn, handed to the thread in one put (one wake-up) at its end."""
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: Worker[_Job] = Worker(f"conveyor-dir:{folder.name}", self._work)
 
     async def run(self, stage: Stage) -> None:
         """Stage, sync, publish, sync; returns once this job's files are durable in place."""
-        loop = asyncio.get_running_loop()
-        if self._thread is None or self._loop is not loop or not self._thread.is_alive():
-            self._loop = loop
-            self._thread = threading.Thread(target=self._work, name=f"conveyor-dir:{self.folder.name}", daemon=True)
-            self._thread.start()
-        fut: asyncio.Future[None] = loop.create_future()
-        if not self._tick:
-            loop.call_soon(self._hand_over)
-        self._tick.append((stage, fut))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._worker.submit((stage, fut))
         await fut
-
-    def _hand_over(self) -> None:
-        jobs, self._tick = self._tick, []
-        if jobs:
-            self._jobs.put(jobs)
 
     def close(self) -> None:
         """Let the thread finish what is queued and end."""
-        if self._thread is not None:
-            self._hand_over()
-            self._jobs.put(None)
-            self._thread = None
+        self._worker.close()
 
-    def _work(self) -> None:
+    def _work(self, handoff: Handoff[_Job], loop: asyncio.AbstractEventLoop) -> None:
         """Rounds of: stage the new jobs, rename the previous round's, one sync, resolve.
 
         Pipelining the two syncs a delivery needs (bytes before names, names before
@@ -71,25 +51,23 @@ class BatchWriter:
         makes the previous round's renames durable *and* this round's bytes. A lone job
         still waits for two syncs, as before.
         """
-        loop = self._loop
-        assert loop is not None
         carry: list[_Staged] = []  # staged and synced last round: to rename this round
         stop = False
         while not stop or carry:
             batch: list[_Job] = []
             if not stop:
-                stop = self._gather(batch, block=not carry)
-            results: list[tuple[asyncio.Future[None], BaseException | None]] = []
+                batch, stop = handoff.take(block=not carry)
+            results: list[tuple[asyncio.Future[None], None, BaseException | None]] = []
             staged: list[_Staged] = []
             for stage, fut in batch:
                 try:
                     step = stage()
                     if step is None:
-                        results.append((fut, None))
+                        results.append((fut, None, None))
                     else:
                         staged.append((fut, step))
                 except BaseException as e:
-                    results.append((fut, e))
+                    results.append((fut, None, e))
             if not self.fsync:
                 carry, staged = carry + staged, []  # nothing to wait for: publish at once
             renamed: list[asyncio.Future[None]] = []
@@ -98,43 +76,16 @@ class BatchWriter:
                     step()
                     renamed.append(fut)
                 except BaseException as e:
-                    results.append((fut, e))
+                    results.append((fut, None, e))
             try:
                 if self.fsync and (renamed or staged):
                     sync_folder(self.folder)
-                results.extend((f, None) for f in renamed)
+                results.extend((f, None, None) for f in renamed)
                 carry = staged
             except BaseException as e:
-                results.extend((f, e) for f in renamed)
-                results.extend((f, e) for f, _ in staged)
+                results.extend((f, None, e) for f in renamed)
+                results.extend((f, None, e) for f, _ in staged)
                 carry = []
             if results:
                 with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody waits
-                    loop.call_soon_threadsafe(_resolve, results)
-
-    def _gather(self, batch: list[_Job], *, block: bool) -> bool:
-        """Take every job queued (waiting for one when ``block``); True once asked to stop."""
-        if block:
-            first = self._jobs.get()
-            if first is None:
-                return True
-            batch.extend(first)
-        while True:
-            try:
-                jobs = self._jobs.get_nowait()
-            except queue.Empty:
-                return False
-            if jobs is None:
-                return True
-            batch.extend(jobs)
-
-
-def _resolve(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
-    for fut, exc in results:
-        if fut.done():
-            continue
-        if exc is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(exc)
-
+                    loop.call_soon_threadsafe(resolve_all, results)
