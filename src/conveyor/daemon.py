@@ -225,13 +225,16 @@ class Daemon:
 
     async def _stop_flow(self, name: str) -> None:
         runner, task = self.flows.pop(name)
-        self._draining.append((runner, task))
-        if self._signals > 1:
-            runner.abort()
-        await runner.drain(self.config.shutdown_timeout)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        self._draining.append((runner, task))  # a second stop signal aborts it too
+        try:
+            if self._signals > 1:
+                runner.abort()
+            await runner.drain(self.config.shutdown_timeout)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            self._draining.remove((runner, task))  # else every reload would keep its old runners
         try:
             await runner.close()
         except Exception as e:
