@@ -281,7 +281,8 @@ class SftpPool:
             raise Transient(f"{self.cfg.host}:{self.cfg.port} did not answer within {self.cfg.timeout:g}s",
                             instance=self.name) from None
         except (OSError, asyncio.IncompleteReadError) as e:
-            raise Transient(f"cannot reach {self.cfg.host}:{self.cfg.port}: {e or type(e).__name__}",
+            # Worded as a failed login's connect is: the same refusal reads the same either way.
+            raise Transient(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {e or type(e).__name__}",
                             instance=self.name) from None
         except ValueError as e:
             raise Permanent(f"{self.cfg.host}:{self.cfg.port}: {e}", instance=self.name) from None
