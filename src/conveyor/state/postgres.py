@@ -207,8 +207,6 @@ class _Lane:
         of write in the batch, whatever the number of items."""
         results: list[Any] = [None] * len(batch)
         claims = [(i, j) for i, j in enumerate(batch) if j.kind == "claim"]
-        takeovers = [(i, j) for i, j in claims if j.sql == _CLAIM_TAKEOVER]
-        claims = [(i, j) for i, j in claims if j.sql != _CLAIM_TAKEOVER]
         groups: dict[str, list[tuple[Any, ...]]] = {}
         for i, j in enumerate(batch):
             if j.kind == "bulk":
@@ -219,10 +217,9 @@ class _Lane:
             rows.sort(key=lambda r: r[:2])  # the same lock order in every replica
             await conn.execute(sql, *([r[c] for r in rows] for c in range(len(rows[0]))))
         # After the updates: a release or failure queued before a re-claim lands first.
-        if claims:
-            await self._claims(conn, _CLAIM_LEASED, claims, results)
-        if takeovers:
-            await self._claims(conn, _CLAIM_TAKEOVER, takeovers, results)
+        for sql in (_CLAIM_LEASED, _CLAIM_TAKEOVER):
+            if part := [(i, j) for i, j in claims if j.sql == sql]:
+                await self._claims(conn, sql, part, results)
         return results
 
     async def _claims(self, conn: asyncpg.Connection, sql: str, claims: list[tuple[int, _Job]],
