@@ -335,11 +335,12 @@ class FtpInstance:
             await self._mkdirs(c, folder)
             # A server killed mid-STOR keeps the partial temp file, and the retry writes a new one
             # (tests/test_restarts.py): remove what earlier attempts left (550: already gone).
-            for stale in list(self._stale_temps.get(full, ())):
-                if (await c.command(f"DELE {stale}")).code // 100 in (2, 5):
-                    self._stale_temps.get(full, set()).discard(stale)
-            if not self._stale_temps.get(full, True):
-                self._stale_temps.pop(full, None)
+            stale = self._stale_temps.get(full, set())
+            for left in list(stale):
+                if (await c.command(f"DELE {left}")).code // 100 in (2, 5):
+                    stale.discard(left)
+            if not stale and self._stale_temps.get(full) is stale:
+                del self._stale_temps[full]
             tmp = posixpath.join(folder, f".{name[:200]}.{uuid.uuid4().hex[:12]}.tmp")
             try:
                 await c.transfer(f"STOR {tmp}", send=lambda proto: self._send_body(body, proto))
