@@ -106,16 +106,9 @@ async def test_spool_full_pauses_message_intake_and_loses_nothing(rabbitmq_backe
                                                                   tmp_path: Path) -> None:
     """The same for a queue: nothing acked while the spool is full; everything once space returns."""
     mb = rabbitmq_backend
-    n_msgs, size = 60, 48 * 1024
-    msgs = [os.urandom(size) + str(i).encode() for i in range(n_msgs)]
+    msgs, out_m, cfg, limit = _message_flow_into_blocked_folder(tmp_path, mb)
+    n_msgs = len(msgs)
     await mb.publish(msgs)
-    out_m = tmp_path / "out-msgs"
-    block(out_m)
-    limit = 256 * 1024
-    cfg = write_config(tmp_path, {"broker": mb.instance_config()}, {
-        "msgs": {"source": {"instance": "broker", **mb.source_config()},
-                 "target": {"type": "directory", "path": str(out_m)}, "retry": PATIENT, "max_in_flight": 8},
-    }, spool_threshold="4KiB", spool_max=f"{limit}")
     d = DaemonProcess(cfg).start()
     try:
         peak = await _spool_peak(tmp_path / "spool", 6)
@@ -140,15 +133,8 @@ async def test_spool_full_pauses_pubsub_intake_and_loses_nothing(pubsub_backend:
     go through the spool: intake is bounded by max_in_flight instead (nothing acked can only be
     checked at the end: the emulator cannot count leased messages)."""
     pb = pubsub_backend
-    n_msgs, size = 60, 48 * 1024
-    msgs = [os.urandom(size) + str(i).encode() for i in range(n_msgs)]
-    out_m = tmp_path / "out-msgs"
-    block(out_m)
-    limit = 256 * 1024
-    cfg = write_config(tmp_path, {"broker": pb.instance_config()}, {
-        "msgs": {"source": {"instance": "broker", **pb.source_config()},
-                 "target": {"type": "directory", "path": str(out_m)}, "retry": PATIENT, "max_in_flight": 8},
-    }, spool_threshold="4KiB", spool_max=f"{limit}")
+    msgs, out_m, cfg, limit = _message_flow_into_blocked_folder(tmp_path, pb)
+    n_msgs = len(msgs)
     d = DaemonProcess(cfg).start()
     try:
         await pb.publish(msgs)
@@ -169,6 +155,22 @@ async def test_spool_full_pauses_pubsub_intake_and_loses_nothing(pubsub_backend:
     record("target down with spool_max set (pubsub: bodies in memory, bounded by max_in_flight)",
            moved=n_msgs, lost=0, duplicates=dup,
            spool_peak_bytes=peak, spool_max=limit)
+
+
+def _message_flow_into_blocked_folder(tmp_path: Path, backend: RabbitBackend | PubsubBackend
+                                      ) -> tuple[list[bytes], Path, Path, int]:
+    """60 distinct 48 KiB messages (not published yet), a target folder that refuses writes, and a
+    config moving the backend's queue into it with a 4 KiB spool threshold and a 256 KiB spool_max:
+    (messages, target folder, config, spool_max)."""
+    msgs = [os.urandom(48 * 1024) + str(i).encode() for i in range(60)]
+    out_m = tmp_path / "out-msgs"
+    block(out_m)
+    limit = 256 * 1024
+    cfg = write_config(tmp_path, {"broker": backend.instance_config()}, {
+        "msgs": {"source": {"instance": "broker", **backend.source_config()},
+                 "target": {"type": "directory", "path": str(out_m)}, "retry": PATIENT, "max_in_flight": 8},
+    }, spool_threshold="4KiB", spool_max=f"{limit}")
+    return msgs, out_m, cfg, limit
 
 
 async def _spool_peak(folder: Path, seconds: float) -> int:
