@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,12 +32,7 @@ from common import Daemon, table, write_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers.rabbitmq
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.servers.ops import free_port
 
 
 async def delivered(s: aiohttp.ClientSession, base: str) -> int:

@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,18 +27,15 @@ import aiohttp
 
 from common import Daemon, table, write_config
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers.ops
+
+from tests.servers.ops import free_port
+
 
 def cpu_self() -> float:
     """This process's user + system CPU seconds."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def sink_main(port: int) -> None:

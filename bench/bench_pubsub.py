@@ -28,7 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers.pubsub_emulator
 
-from tests.servers.pubsub_emulator import PubsubEmulator, free_port
+from tests.servers.ops import free_port
+from tests.servers.pubsub_emulator import PubsubEmulator
 
 from common import Daemon, table, wait_until, write_config
 

@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers.rabbitmq
 
+from tests.servers.ops import free_port
 from tests.servers.rabbitmq import Vhost, create_vhost, delete_vhost
 
 BODY = os.urandom(1024)
@@ -142,12 +142,6 @@ async def plain_relay(v: Vhost, queue: str, out: str, n: int, prefetch: int) -> 
         elapsed, used = time.monotonic() - start, time.process_time() - cpu
         await q.cancel(tag)
         return elapsed, used
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_rss_kib(pid: int) -> int:

@@ -86,7 +86,7 @@ def test_fingerprint_main(sshd: Sshd, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_fingerprint_main_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.servers.asyncssh_server import free_port
+    from tests.servers.ops import free_port
 
     assert fingerprint_main(f"127.0.0.1:{free_port()}") == 1
     assert "cannot read host keys from 127.0.0.1" in capsys.readouterr().err

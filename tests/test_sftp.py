@@ -345,7 +345,7 @@ async def test_max_connections_bound(backend: SftpBackend, tmp_path: Path) -> No
 
 
 async def test_unreachable_is_transient_and_down(tmp_path: Path) -> None:
-    from tests.servers.asyncssh_server import free_port
+    from tests.servers.ops import free_port
 
     board = StatusBoard()
     counter = Counter()

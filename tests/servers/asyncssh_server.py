@@ -8,7 +8,6 @@ It has its own ed25519 and RSA host keys, accepts a password and the client keys
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +20,6 @@ from tests.servers.ssh_keys import KeySet, make_client_keys
 
 USERNAME = "conveyor"
 PASSWORD = "s3cret-pw"
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from tests.servers.ops import free_port
+
 SHIM_SRC = Path(__file__).resolve().parent.parent / "pubsub_shim" / "io" / "grpc" / "InternalStatus.java"
 JAR_GLOBS = [
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/lib/cloud-pubsub-emulator-*.jar",
@@ -70,13 +72,6 @@ def compile_shim(jar: Path) -> Path:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PubsubEmulator:

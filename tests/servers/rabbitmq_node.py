@@ -26,15 +26,10 @@ from typing import Any
 
 import pytest
 
+from tests.servers.ops import free_port
 from tests.servers.rabbitmq import HOST, PASSWORD, USER, Vhost
 
 BIN = Path("/usr/lib/rabbitmq/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -149,7 +144,7 @@ def start_node() -> RabbitNode:
     if not (BIN / "rabbitmq-server").exists():
         pytest.fail(f"{BIN / 'rabbitmq-server'} missing: apt-get install -y rabbitmq-server")
     base = Path(tempfile.mkdtemp(prefix="conveyor-rabbit-"))
-    port, dist = _free_port(), _free_port()
+    port, dist = free_port(), free_port()
     (base / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq/rabbitmq-env.conf (the shared node's)
     (base / "rabbitmq.conf").write_text(f"listeners.tcp.local = {HOST}:{port}\nloopback_users = none\n")
     (base / "enabled_plugins").write_text("[].\n")

@@ -25,17 +25,12 @@ from typing import Any
 
 import pytest
 
+from tests.servers.ops import free_port
 from tests.servers.ssh_keys import KeySet, make_host_keys
 
 SSHD = "/usr/sbin/sshd"
 USER = "conveyor-test"
 PASSWORD = "conveyor-Test-pw1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ensure_user() -> pwd.struct_passwd:
@@ -123,7 +118,7 @@ def start_sshd(keys: KeySet, host_key_types: tuple[str, ...] = ("ed25519", "rsa"
     auth.write_text(keys.authorized_keys())
     auth.chmod(0o644)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
-    port = _free_port()
+    port = free_port()
     config = base / "sshd_config"
     config.write_text("\n".join([
         f"Port {port}", "ListenAddress 127.0.0.1",

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.servers.ops import free_port
 from tests.servers.procs import descendants
 from tests.servers.pyftpd import Certs, make_certs
 
@@ -50,12 +51,6 @@ def ensure_user() -> pwd.struct_passwd:
                        check=True, capture_output=True)
         subprocess.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n", text=True, check=True, capture_output=True)
         return pwd.getpwnam(USER)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -112,8 +107,8 @@ def start_vsftpd(tls: str = "none", certs: Certs | None = None, idle_timeout: in
     root = work / "served"
     root.mkdir()
     os.chown(root, user.pw_uid, user.pw_gid)
-    port = _free_port()
-    pasv = _free_port()
+    port = free_port()
+    pasv = free_port()
     conf = {
         "listen": "YES", "listen_ipv6": "NO", "listen_address": "127.0.0.1", "listen_port": str(port),
         "background": "NO", "anonymous_enable": "NO", "local_enable": "YES", "write_enable": "YES",
