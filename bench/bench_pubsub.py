@@ -6,9 +6,18 @@
 3. conveyor's daemon (``conveyor run``) into a directory target,
 4. conveyor's daemon into a pubsub target (a second topic on the same emulator),
 
-each from its own subscription of one topic (published once, batched), reporting msgs/s and
-each process's peak RSS. The emulator's streaming pull is the bottleneck (about 2k msgs/s here
-whatever the flow control), and two cores are shared with other work: numbers are noisy.
+each from its own subscription of one topic (published once, batched), and
+
+5. no emulator at all: a plain loop writing the files the directory target writes for N
+   messages (body and sidecar under temporary names, ``syncfs``, renames, ``syncfs``) — what
+   this machine's disk allowed at that moment, printed beside 3.
+
+Each run is timed two ways, both printed: *steady*, from its first message to its last (the
+ratio column), and *from start*, from the moment the process was spawned (interpreter
+start-up, imports and connecting included; the daemon also opens its state store). CPU is
+the process's own user + system time per message; peak RSS from /proc. The emulator's
+streaming pull is the bottleneck (about 2k msgs/s here whatever the flow control), and two
+cores are shared with other work: numbers are noisy.
 
     python bench/bench_pubsub.py [--messages 50000] [--max-in-flight 256]
 """
@@ -31,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers
 from tests.servers.ops import free_port
 from tests.servers.pubsub_emulator import PubsubEmulator
 
-from common import Daemon, table, wait_until, write_config
+from common import Daemon, raw_durable_writes, table, wait_until, write_config
 
 PLAIN = "plain google-cloud-pubsub subscriber (callback acks)"
+RAW = "no emulator: the directory target's file writes in a plain loop"
 
 
 def publish(emu: PubsubEmulator, topic: str, n: int, size: int) -> float:
@@ -76,14 +86,21 @@ def plain_child(host: str, project: str, subscription: str, n: int) -> None:
             if count >= n:
                 done.set()
 
-    start = time.monotonic()
     future = client.subscribe(path, callback)
     done.wait(1800)
     end = time.monotonic()
     future.cancel()
+    print(json.dumps({"count": count, "first": first, "end": end, **own_usage()}))
+
+
+def own_usage() -> dict[str, float]:
+    """This process's CPU seconds so far and peak RSS (KiB)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
     hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                if line.startswith("VmHWM:"))
-    print(json.dumps({"count": count, "seconds": end - start, "steady": end - first, "hwm_kib": hwm}))
+    return {"cpu": r.ru_utime + r.ru_stime, "hwm_kib": hwm}
 
 
 def source_child(host: str, project: str, subscription: str, n: int) -> None:
@@ -111,25 +128,26 @@ def source_child(host: str, project: str, subscription: str, n: int) -> None:
             if count >= n:
                 done.set()
 
-        start = time.monotonic()
         task = asyncio.create_task(source.run(emit))
         await done.wait()
         end = time.monotonic()
+        usage = own_usage()  # before the shutdown's work
         await source.stop_intake()
         await task
         await inst.close()
-        return {"count": count, "seconds": end - start, "steady": end - first}
+        return {"count": count, "first": first, "end": end, **usage}
 
-    result = asyncio.run(main())
-    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM:"))
-    print(json.dumps({**result, "hwm_kib": hwm}))
+    print(json.dumps(asyncio.run(main())))
 
 
 def run_child(mode: str, emu: PubsubEmulator, subscription: str, n: int) -> dict[str, Any]:
+    """A child process's run; its times (CLOCK_MONOTONIC is one clock for all processes) made
+    relative to the spawn."""
+    spawn = time.monotonic()
     out = subprocess.run([sys.executable, __file__, "--child", mode, emu.host, emu.project, subscription, str(n)],
                          capture_output=True, text=True, check=True, timeout=1900)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**r, "seconds": r["end"] - spawn, "steady": r["end"] - r["first"]}
 
 
 def delivered(port: int, flow: str) -> int:
@@ -165,7 +183,7 @@ def run_daemon(base: Path, emu: PubsubEmulator, subscription: str, target: dict[
         return got >= n
 
     try:
-        wait_until(finished, 1800, interval=0.5)
+        wait_until(finished, 1800, interval=0.05)
         end = time.monotonic()
         cpu = d.cpu_seconds()
     finally:
@@ -211,17 +229,23 @@ def main() -> None:
             print("directory done", flush=True)
             results["conveyor -> pubsub topic"] = run_daemon(
                 base / "ps", emu, subs["pubsub"], {"instance": "gcp", "topic": "bench-out"}, n, args.max_in_flight)
+            print("pubsub done", flush=True)
+            seconds, cpu = raw_durable_writes(base / "raw", n, args.max_in_flight, os.urandom(args.size))
+            results[RAW] = {"count": n, "seconds": seconds, "steady": seconds, "cpu": cpu, "hwm_kib": 0}
         finally:
             emu.stop()
-    ref = results[PLAIN]["count"] / results[PLAIN]["seconds"]
-    rows = [("run", "msgs", "seconds", "msgs/s", "vs plain", "steady msgs/s", "peak RSS MiB")]
+    ref = results[PLAIN]["count"] / results[PLAIN]["steady"]
+    ref_start = results[PLAIN]["count"] / results[PLAIN]["seconds"]
+    rows: list[tuple[str, ...]] = [("run", "msgs", "steady msgs/s", "vs plain", "from start msgs/s", "vs plain",
+                                    "CPU ms/msg", "peak RSS MiB")]
     for name, r in results.items():
-        rate = r["count"] / r["seconds"]
-        rows.append((name, str(r["count"]), f"{r['seconds']:.1f}", f"{rate:.0f}", f"{rate / ref:.2f}x",
-                     f"{r['count'] / r['steady']:.0f}", f"{r['hwm_kib'] / 1024:.0f}"))
+        steady, start = r["count"] / r["steady"], r["count"] / r["seconds"]
+        rows.append((name, str(r["count"]), f"{steady:.0f}", f"{steady / ref:.2f}x", f"{start:.0f}",
+                     f"{start / ref_start:.2f}x", f"{1000 * r['cpu'] / r['count']:.2f}",
+                     f"{r['hwm_kib'] / 1024:.0f}" if r["hwm_kib"] else "-"))
     print(table(rows))
     print(f"({n} messages of {args.size} B; conveyor: max_messages 1000, max_in_flight {args.max_in_flight}, "
-          "directory target with fsync; msgs/s counts from process start, steady from the first delivery)")
+          "directory target with fsync; steady: first to last message; from start: from the process's spawn)")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers
 from tests.servers.ops import free_port
 from tests.servers.rabbitmq import Vhost, create_vhost, delete_vhost
 
+from common import raw_durable_writes
+
 BODY = os.urandom(1024)
 RAW = "e. no broker: the same durable file writes in a plain loop"
 
@@ -77,26 +79,6 @@ async def count(v: Vhost, queue: str) -> int:
         ch = await conn.channel()
         q = await ch.declare_queue(queue, passive=True)
         return int(q.declaration_result.message_count or 0)
-
-
-def raw_durable_writes(folder: Path, n: int, batch: int) -> tuple[float, float]:
-    """The disk's ceiling for c: the same durable file writes with nothing else; (seconds, CPU seconds)."""
-    from conveyor.targets.fsync import sync_folder
-
-    folder.mkdir(parents=True)
-    meta = json.dumps({"id": "m" * 16, "pad": "x" * 560}, indent=2).encode()
-    c0, t0 = time.process_time(), time.monotonic()
-    for start in range(0, n, batch):
-        ids = range(start, min(n, start + batch))
-        for i in ids:
-            (folder / f".m{i}.tmp").write_bytes(BODY)
-            (folder / f".m{i}.meta.tmp").write_bytes(meta)
-        sync_folder(folder)
-        for i in ids:
-            os.replace(folder / f".m{i}.tmp", folder / f"m{i}")
-            os.replace(folder / f".m{i}.meta.tmp", folder / f"m{i}.meta.json")
-        sync_folder(folder)
-    return time.monotonic() - t0, time.process_time() - c0
 
 
 async def plain_consume(v: Vhost, queue: str, n: int, prefetch: int) -> tuple[float, float]:
@@ -253,7 +235,7 @@ async def main() -> None:
             keep("c. conveyor -> directory", res["seconds"], res["cpu"],
                  {"rss": rss_summary(res["rss"], n), "startup": res["startup"]}, res["messages"])
             shutil.rmtree(tmp / "dir")
-            keep(RAW, *raw_durable_writes(tmp / "raw", n, p))
+            keep(RAW, *raw_durable_writes(tmp / "raw", n, p, BODY))
             shutil.rmtree(tmp / "raw")
 
             await fill(v, src, n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,25 @@ def table(rows: list[tuple[str, ...]]) -> str:
     """A plain text table."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def raw_durable_writes(folder: Path, n: int, batch: int, body: bytes) -> tuple[float, float]:
+    """The disk's ceiling for a directory target: the files it writes for ``n`` messages (body,
+    ~600 B sidecar, temporary names, renames, ``syncfs`` before and after each batch) with
+    nothing else; (seconds, CPU seconds)."""
+    from conveyor.targets.fsync import sync_folder
+
+    folder.mkdir(parents=True)
+    meta = json.dumps({"id": "m" * 16, "pad": "x" * 560}, indent=2).encode()
+    c0, t0 = time.process_time(), time.monotonic()
+    for start in range(0, n, batch):
+        ids = range(start, min(n, start + batch))
+        for i in ids:
+            (folder / f".m{i}.tmp").write_bytes(body)
+            (folder / f".m{i}.meta.tmp").write_bytes(meta)
+        sync_folder(folder)
+        for i in ids:
+            os.replace(folder / f".m{i}.tmp", folder / f"m{i}")
+            os.replace(folder / f".m{i}.meta.tmp", folder / f"m{i}.meta.json")
+        sync_folder(folder)
+    return time.monotonic() - t0, time.process_time() - c0
