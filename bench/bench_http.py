@@ -5,7 +5,9 @@ aiohttp client reads each file and POSTs it with the same concurrency as the flo
 ``max_in_flight``; then the daemon delivers the same files from a local folder to the same
 sink, all appearing at once in its source folder (a backlog). The daemon does more per
 payload (state store claim/deliver/settle, SHA-256 for X-Conveyor-Meta, the after action),
-which is what the ratio prices.
+which is what the ratio prices. A third client, the plain loop plus the per-payload work SPEC
+asks of every such delivery (SHA-256 and metadata headers, the file deleted after the 2xx)
+but no ledger, separates the price of that work from conveyor's own.
 
 Rates are printed twice: as the sink saw them (first to last POST of each run; the ratio
 quoted in the README) and by the client's wall clock (the plain loop from its first read, the
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import resource
@@ -105,6 +109,38 @@ async def plain_client(files: list[Path], url: str, concurrency: int) -> float:
     return time.monotonic() - t0
 
 
+async def plain_with_spec_work(files: list[Path], url: str, concurrency: int) -> float:
+    """The plain loop plus the per-payload work SPEC asks of any HTTP delivery of a file: the
+    SHA-256 and metadata document in ``X-Conveyor-Meta``, ``Idempotency-Key`` and
+    ``X-Conveyor-Flow``, and the source file deleted after the 2xx (``files`` are hard links
+    made for this run). No ledger: what stays between it and conveyor is the state store and
+    the daemon's own machinery."""
+    queue: asyncio.Queue[Path] = asyncio.Queue()
+    for f in files:
+        queue.put_nowait(f)
+
+    async def worker(s: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            f = queue.get_nowait()
+            data = await asyncio.to_thread(f.read_bytes)
+            meta = {"id": f.name, "flow": "bench", "source": {"instance": "disk", "type": "local"},
+                    "received_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(), "name": f.name, "file": {"path": str(f)},
+                    "message": None}
+            headers = {"Content-Type": "application/octet-stream", "Idempotency-Key": f.name,
+                       "X-Conveyor-Flow": "bench",
+                       "X-Conveyor-Meta": base64.urlsafe_b64encode(json.dumps(meta).encode()).decode()}
+            async with s.post(url + "/hook", data=data, headers=headers) as r:
+                await r.read()
+                assert r.status == 201
+            await asyncio.to_thread(f.unlink)
+
+    t0 = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        await asyncio.gather(*(worker(s) for _ in range(concurrency)))
+    return time.monotonic() - t0
+
+
 async def target_alone(files: list[Path], url: str, concurrency: int) -> float:
     """conveyor's HttpTarget on its own (bodies read into memory, as the local source does for
     small files): the target's share of the cost, without state store and file handling."""
@@ -161,10 +197,20 @@ async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str
             alone_s = await target_alone(files, url, concurrency)
             alone_cpu = cpu_self() - c0
             assert await sink_count(s, url) == 2 * n
+            links = base / "disk" / "links"
+            links.mkdir()
+            linked = []
+            for f in files:
+                os.link(f, links / f.name)
+                linked.append(links / f.name)
+            c0 = cpu_self()
+            spec_s = await plain_with_spec_work(linked, url, concurrency)
+            spec_cpu = cpu_self() - c0
+            assert await sink_count(s, url) == 3 * n
 
             src = base / "disk" / "in"
             src.mkdir()
-            rates = [await sink_rate(s, url, 0, n), await sink_rate(s, url, n, n)]
+            rates = [await sink_rate(s, url, i * n, n) for i in range(3)]
             flows = {"http": {"source": {"instance": "disk", "path": "in", "poll_interval": "100ms",
                                          "min_age": "0s", "after": "delete"},
                               "target": {"type": "http", "url": url + "/hook"},
@@ -177,12 +223,12 @@ async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str
                 # All files appear at once (one rename of their folder over the empty one): a
                 # backlog, and no renames of the bench's own competing with the daemon.
                 os.rename(staging, src)
-                while await sink_count(s, url) < 3 * n:
+                while await sink_count(s, url) < 4 * n:
                     if time.monotonic() - t0 > 600:
                         raise TimeoutError("daemon did not deliver everything in 10 minutes")
                     await asyncio.sleep(0.02)
                 daemon_s = time.monotonic() - t0
-                rates.append(await sink_rate(s, url, 2 * n, n))
+                rates.append(await sink_rate(s, url, 3 * n, n))
                 daemon_cpu = d.cpu_seconds() - c0
                 rss = d.status("VmHWM")
             finally:
@@ -190,17 +236,18 @@ async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str
     finally:
         sink.terminate()
         sink.wait(10)
-    walls = [n / plain_s, n / alone_s, n / daemon_s]
+    walls = [n / plain_s, n / alone_s, n / spec_s, n / daemon_s]
 
     def ms(cpu: float) -> str:
         return f"{cpu * 1000 / n:.2f}"
 
     names = [f"plain aiohttp client, {n} x {size} B, {concurrency} at a time",
              "conveyor HttpTarget alone, same bodies, same concurrency",
+             "plain client + SPEC's per-payload work (SHA-256, headers, delete)",
              f"conveyor local->http, same files, max_in_flight {concurrency}"]
     rows: list[tuple[str, ...]] = [("measure", "payloads/s (sink)", "ratio", "payloads/s (wall)", "ratio",
                                     "CPU ms/payload")]
-    for name, rate, wall, cpu in zip(names, rates, walls, [plain_cpu, alone_cpu, daemon_cpu], strict=True):
+    for name, rate, wall, cpu in zip(names, rates, walls, [plain_cpu, alone_cpu, spec_cpu, daemon_cpu], strict=True):
         rows.append((name, f"{rate:,.0f}", f"{rate / rates[0]:.2f}", f"{wall:,.0f}", f"{wall / walls[0]:.2f}",
                      ms(cpu)))
     rows.append(("daemon peak RSS", f"{rss / 1024:.0f} MB", "", "", "", ""))
