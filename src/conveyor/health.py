@@ -26,6 +26,7 @@ from aiohttp import web
 from conveyor import __version__
 from conveyor.health_ledger import add_ledger_routes
 from conveyor.metrics import Metrics
+from conveyor.netloc import hostport
 from conveyor.redact import redact
 
 if TYPE_CHECKING:
@@ -86,8 +87,7 @@ class HealthServer:
     @property
     def url(self) -> str:
         """Base URL the server answers on (the real port when ``:0`` was configured)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{hostport(self.host, self.port)}"
 
     def app(self) -> web.Application:
         """The aiohttp application."""
@@ -129,7 +129,7 @@ class HealthServer:
             await site.start()
         except OSError as e:
             await runner.cleanup()
-            raise OSError(e.errno, f"health endpoint cannot listen on {self.host}:{self.port}: {e.strerror}") \
+            raise OSError(e.errno, f"health endpoint cannot listen on {hostport(self.host, self.port)}: {e.strerror}") \
                 from None
         if runner.addresses:
             self.port = int(runner.addresses[0][1])  # the real port when :0 was asked for

@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from conveyor.netloc import hostport
+
 DEFAULT_URL = "http://127.0.0.1:8470"
 TIMEOUT = 10.0
 
@@ -65,7 +67,7 @@ def base_url(args: argparse.Namespace) -> str:
             host = host.strip("[]")
             # A wildcard listener is reached over loopback.
             host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-            return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            return f"http://{hostport(host, port)}"
     return DEFAULT_URL
 
 

@@ -30,6 +30,8 @@ class AsyncsshSftpServer:
     keys: KeySet
     host_keys: list[asyncssh.SSHKey]
     port: int = 0
+    host: str = "127.0.0.1"
+    """The loopback address to listen on ('::1' for IPv6)."""
     refuse_listing: bool = False
     handshakes: int = 0
     """TCP connections accepted (the host-key probe counts too)."""
@@ -56,7 +58,7 @@ class AsyncsshSftpServer:
         return p
 
     async def start(self) -> None:
-        """Listen on a random loopback port."""
+        """Listen on a random port of ``host``."""
         outer = self
         authorized = [asyncssh.import_public_key(Path(str(p) + ".pub").read_text())
                       for n, p in self.keys.keys.items() if n != "stranger"]
@@ -93,7 +95,7 @@ class AsyncsshSftpServer:
                 return super().scandir(path)
 
         self.server = await asyncssh.listen(
-            "127.0.0.1", self.port, server_host_keys=self.host_keys, server_factory=Server,
+            self.host, self.port, server_host_keys=self.host_keys, server_factory=Server,
             sftp_factory=Sftp, allow_scp=False, config=None,
         )
         self.port = self.server.sockets[0].getsockname()[1]
@@ -115,7 +117,7 @@ class AsyncsshSftpServer:
         from conveyor.transfer.hostkeys import sha256_fp
 
         cfg: dict[str, Any] = {
-            "type": "sftp", "host": "127.0.0.1", "port": self.port, "username": USERNAME,
+            "type": "sftp", "host": self.host, "port": self.port, "username": USERNAME,
             "password": PASSWORD, "host_fingerprint": sha256_fp(self.host_key("ssh-ed25519").public_data),
             "root": "/", "timeout": "5s", "max_connection_attempts": 1,
         }

@@ -25,6 +25,8 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from conveyor.netloc import hostport
+
 CONVEYOR = [sys.executable, "-m", "conveyor"]
 
 
@@ -122,17 +124,17 @@ def drop() -> Callable[[web.Request], Any]:
 
 
 @contextlib.asynccontextmanager
-async def http_sink(**kw: Any) -> AsyncIterator[Sink]:
-    """Run a Sink on a random 127.0.0.1 port for the duration of the block."""
+async def http_sink(host: str = "127.0.0.1", **kw: Any) -> AsyncIterator[Sink]:
+    """Run a Sink on a random port of ``host`` (a loopback address) for the duration of the block."""
     sink = Sink(**kw)
     app = web.Application(client_max_size=1 << 40)
     app.router.add_route("*", "/{tail:.*}", sink.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, host, 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    sink.url = f"http://127.0.0.1:{port}/hook"
+    sink.url = f"http://{hostport(host, port)}/hook"
     try:
         yield sink
     finally:

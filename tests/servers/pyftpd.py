@@ -29,7 +29,7 @@ PASSWORD = "s3cret-ftp"
 
 @dataclass
 class Certs:
-    """A CA and a server certificate for 127.0.0.1 / localhost, as files."""
+    """A CA and a server certificate for 127.0.0.1 / ::1 / localhost, as files."""
 
     ca_file: Path
     chain_file: Path
@@ -45,7 +45,7 @@ def make_certs(directory: Path, name: str = "ftp") -> Certs:
     import hashlib
 
     ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert = ca.issue_cert("127.0.0.1", "::1", "localhost")
     directory.mkdir(parents=True, exist_ok=True)
     ca_file = directory / f"{name}-ca.pem"
     chain = directory / f"{name}-chain.pem"
@@ -114,6 +114,7 @@ def start_pyftpd(
     cut_after: int | None = None,
     tls_max: str | None = None,
     rename_overwrites: bool = True,
+    host: str = "127.0.0.1",
 ) -> PyFtpd:
     """Start a server in a thread; call ``stop()`` when done."""
     root.mkdir(parents=True, exist_ok=True)
@@ -151,7 +152,7 @@ def start_pyftpd(
     if not rename_overwrites:
         attrs["ftp_RNTO"] = _rnto_refusing_overwrite
     handler = type("TestHandler", (base,), attrs)
-    server = FTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())  # own loop: one server per thread
+    server = FTPServer((host, 0), handler, ioloop=IOLoop())  # own loop: one server per thread
     port = server.address[1]
     stop = threading.Event()
 
@@ -164,7 +165,7 @@ def start_pyftpd(
 
     thread = threading.Thread(target=serve, name=f"pyftpd-{port}", daemon=True)
     thread.start()
-    return PyFtpd(root, port, tls, certs, handler, server, thread, stop)
+    return PyFtpd(root, port, tls, certs, handler, server, thread, stop, host)
 
 
 def _rnto_refusing_overwrite(self: Any, path: str) -> None:

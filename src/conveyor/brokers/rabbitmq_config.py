@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from conveyor.config.base import InstanceConfig, MessageSourceConfig, MessageTargetConfig
 from conveyor.config.types import ConfigModel, Duration, Secret
+from conveyor.netloc import hostport
 from conveyor.registry import ConnectorSpec, register
 
 
@@ -84,7 +85,7 @@ class RabbitConfig(InstanceConfig):
     def describe(self) -> str:
         """``user@host:port/vhost``."""
         host, port, user, vhost = self.address()
-        return f"{user}@{host}:{port}/{'' if vhost == '/' else vhost}"
+        return f"{user}@{hostport(host, port)}/{'' if vhost == '/' else vhost}"
 
 
 class QueueDeclare(ConfigModel):

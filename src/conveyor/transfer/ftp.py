@@ -29,6 +29,7 @@ from conveyor.errors import (
     Transient,
 )
 from conveyor.interfaces import Context, RemoteFile
+from conveyor.netloc import hostport
 from conveyor.payload import Body, SpoolWriter
 from conveyor.transfer.ftp_client import FtpConnection, FtpReplyError
 from conveyor.transfer.ftp_config import FtpConfig
@@ -114,7 +115,7 @@ class FtpInstance:
         if isinstance(e, TimeoutError):
             return Transient(f"timed out after {self.config.timeout:g}s ({self.config.host})", **kw)
         if isinstance(e, OSError):
-            return Transient(f"{self.config.host}:{self.config.effective_port}: {e.strerror or e}", **kw)
+            return Transient(f"{hostport(self.config.host, self.config.effective_port)}: {e.strerror or e}", **kw)
         if isinstance(e, ValueError):
             return Permanent(str(e), **kw)
         return Transient(f"{type(e).__name__}: {e}", **kw)

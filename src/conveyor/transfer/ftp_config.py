@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
 from conveyor.config.types import Duration, Secret
+from conveyor.netloc import hostport
 from conveyor.registry import ConnectorSpec, register
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -115,7 +116,7 @@ class FtpConfig(InstanceConfig):
     def describe(self) -> str:
         """``user@host:port``, with the TLS mode when there is one."""
         scheme = "ftp" if self.tls == "none" else f"ftps-{self.tls}"
-        return f"{scheme}://{self.username}@{self.host}:{self.effective_port}"
+        return f"{scheme}://{self.username}@{hostport(self.host, self.effective_port)}"
 
 
 register(

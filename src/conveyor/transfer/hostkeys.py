@@ -28,6 +28,8 @@ import sys
 from dataclasses import dataclass
 from typing import Literal
 
+from conveyor.netloc import hostport
+
 FORMS_HELP = (
     "use SHA256:<base64> (as ssh-keygen -l prints it), MD5 as 32 hex digits (colons and an MD5: prefix optional) "
     "or SHA512 as 128 hex digits"
@@ -200,13 +202,13 @@ def fingerprint_main(argv_target: str) -> int:
     try:
         keys = asyncio.run(scan(host, port))
     except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
-        print(f"conveyor fingerprint: cannot read host keys from {host}:{port}: {e or type(e).__name__}",
+        print(f"conveyor fingerprint: cannot read host keys from {hostport(host, port)}: {e or type(e).__name__}",
               file=sys.stderr)
         return 1
     if not keys:
-        print(f"conveyor fingerprint: {host}:{port} offered no host key conveyor can check", file=sys.stderr)
+        print(f"conveyor fingerprint: {hostport(host, port)} offered no host key conveyor can check", file=sys.stderr)
         return 1
-    print(f"# host keys of {host}:{port}; put one (or a list, for rotation) under host_fingerprint:")
+    print(f"# host keys of {hostport(host, port)}; put one (or a list, for rotation) under host_fingerprint:")
     for keytype, sha256, md5, sha512 in keys:
         print(f"\n# {keytype}")
         print(f'host_fingerprint: "{sha256}"')

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
 from conveyor.config.types import Duration, Secret
+from conveyor.netloc import hostport
 from conveyor.registry import ConnectorSpec, register
 from conveyor.transfer.hostkeys import Fingerprint, parse_fingerprint
 
@@ -102,9 +103,14 @@ class SftpConfig(InstanceConfig):
         """The pinned fingerprints, parsed."""
         return [parse_fingerprint(f) for f in self.host_fingerprint or []]
 
+    @property
+    def address(self) -> str:
+        """``host:port`` (``[v6]:port``), as messages name the server."""
+        return hostport(self.host, self.port)
+
     def describe(self) -> str:
         """``user@host:port``."""
-        return f"{self.username}@{self.host}:{self.port}"
+        return f"{self.username}@{self.address}"
 
 
 register(

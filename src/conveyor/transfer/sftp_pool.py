@@ -204,7 +204,7 @@ class SftpPool:
             except TimeoutError:
                 last = Transient(f"connection to {self.cfg.describe()} timed out", instance=self.name)
             except (OSError, asyncssh.Error) as e:  # e.g. a reset outside the fingerprint negotiation
-                last = Transient(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {e or type(e).__name__}",
+                last = Transient(f"cannot connect to {self.cfg.address}: {e or type(e).__name__}",
                                  instance=self.name)
             else:
                 self._attempt(True)
@@ -266,10 +266,10 @@ class SftpPool:
             self._family = None
             return await self._connect_once()
         if resets and not offered:  # nothing was compared: a network problem, not a mismatch
-            raise Transient(f"{cfg.host}:{cfg.port} reset the connection during the handshake", instance=self.name)
+            raise Transient(f"{cfg.address} reset the connection during the handshake", instance=self.name)
         pinned = ", ".join(cfg.host_fingerprint or [])
         raise HostKeyError(
-            f"host key of {cfg.host}:{cfg.port} matches no configured host_fingerprint ({pinned}); "
+            f"host key of {cfg.address} matches no configured host_fingerprint ({pinned}); "
             f"the server offered: {'; '.join(offered) or 'no key'}",
             instance=self.name,
         )
@@ -278,14 +278,14 @@ class SftpPool:
         try:
             fams: list[str | None] = list(await server_key_families(self.cfg.host, self.cfg.port, self.cfg.timeout))
         except TimeoutError:
-            raise Transient(f"{self.cfg.host}:{self.cfg.port} did not answer within {self.cfg.timeout:g}s",
+            raise Transient(f"{self.cfg.address} did not answer within {self.cfg.timeout:g}s",
                             instance=self.name) from None
         except (OSError, asyncio.IncompleteReadError) as e:
             # Worded as a failed login's connect is: the same refusal reads the same either way.
-            raise Transient(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {e or type(e).__name__}",
+            raise Transient(f"cannot connect to {self.cfg.address}: {e or type(e).__name__}",
                             instance=self.name) from None
         except ValueError as e:
-            raise Permanent(f"{self.cfg.host}:{self.cfg.port}: {e}", instance=self.name) from None
+            raise Permanent(f"{self.cfg.address}: {e}", instance=self.name) from None
         return fams or [None]
 
     def _verify(self, blob: bytes) -> bool:
@@ -317,14 +317,14 @@ class SftpPool:
         except asyncssh.PermissionDenied:
             raise AuthError(self._auth_message(), instance=self.name) from None
         except asyncssh.DisconnectError as e:
-            raise Transient(f"{cfg.host}:{cfg.port} closed the connection: {e.reason}", instance=self.name) from None
+            raise Transient(f"{cfg.address} closed the connection: {e.reason}", instance=self.name) from None
         except ConnectionResetError:
             raise
         except TimeoutError:
-            raise Transient(f"{cfg.host}:{cfg.port} did not complete the SSH handshake within {cfg.timeout:g}s",
+            raise Transient(f"{cfg.address} did not complete the SSH handshake within {cfg.timeout:g}s",
                             instance=self.name) from None
         except OSError as e:
-            raise Transient(f"cannot connect to {cfg.host}:{cfg.port}: {e.strerror or e}", instance=self.name) from None
+            raise Transient(f"cannot connect to {cfg.address}: {e.strerror or e}", instance=self.name) from None
         self.handshakes += 1
         _no_ignore_padding(conn)
         key = conn.get_server_host_key()
