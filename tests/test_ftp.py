@@ -291,3 +291,30 @@ async def test_silent_server_times_out(tmp_path: Path) -> None:
         assert status.instances["ftp-test"].state == "down"
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "local file"])
+async def test_upload_overwrites_the_leftover_of_a_crashed_attempt(pyftpd_factory: Any, tmp_path: Path,
+                                                                   kind: str) -> None:
+    """A STOR cut by a crash (conveyor's or the server's) leaves its temp file; the retry, even
+    from a new process, uses the same temp name for the same body, so it writes over the
+    leftover and renames it away: nothing is left behind on the partner's server."""
+    from conveyor.transfer.tempname import temp_key, temp_name
+
+    srv = pyftpd_factory()
+    data = os.urandom(200_000)
+    if kind == "memory":
+        body = Body.from_bytes(data)
+    else:
+        (tmp_path / "local.bin").write_bytes(data)
+        body = Body.from_file(tmp_path / "local.bin", owned=False)
+    (srv.root / "out").mkdir()
+    leftover = srv.root / "out" / temp_name("x.bin", await temp_key(body))
+    leftover.write_bytes(os.urandom(500_000))  # longer than the body: the STOR must replace it whole
+    inst, _, _ = ftp_instance(srv.config(), tmp_path / "spool")  # a new instance: nothing remembered
+    try:
+        assert await inst.upload(body, "out/x.bin", exists="replace", chmod=None)
+    finally:
+        await inst.close()
+    assert (srv.root / "out" / "x.bin").read_bytes() == data
+    assert os.listdir(srv.root / "out") == ["x.bin"]

@@ -11,8 +11,7 @@ import os
 from pathlib import Path
 
 from conveyor.payload import Body
-from conveyor.transfer.sftp import _temp_key
-from conveyor.transfer.sftp_pool import temp_name
+from conveyor.transfer.tempname import temp_key, temp_name
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
 from tests.backends.sftp import SftpBackend
 from tests.test_sftp import instance
@@ -21,10 +20,10 @@ from tests.test_sftp import instance
 async def test_temp_key_known_digest_and_memory_bodies_use_the_hash(tmp_path: Path) -> None:
     data = b"payload bytes"
     digest = hashlib.sha256(data).hexdigest()
-    assert await _temp_key(Body.from_bytes(data)) == digest
+    assert await temp_key(Body.from_bytes(data)) == digest
     p = tmp_path / "f.bin"
     p.write_bytes(data)
-    assert await _temp_key(Body.from_file(p, owned=True, sha256=digest)) == digest
+    assert await temp_key(Body.from_file(p, owned=True, sha256=digest)) == digest
 
 
 async def test_temp_key_of_a_local_file_follows_its_version_without_hashing_it(tmp_path: Path) -> None:
@@ -32,15 +31,15 @@ async def test_temp_key_of_a_local_file_follows_its_version_without_hashing_it(t
     p.write_bytes(b"a" * 1000)
     os.utime(p, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
     body = Body.from_file(p, owned=False)
-    first = await _temp_key(body)
+    first = await temp_key(body)
     assert body.known_digest is None, "the file must not be hashed just to name the temp file"
-    assert await _temp_key(Body.from_file(p, owned=False)) == first, "a retry of the same file reuses the name"
+    assert await temp_key(Body.from_file(p, owned=False)) == first, "a retry of the same file reuses the name"
     p.write_bytes(b"b" * 1000)  # same size, new content and mtime
     os.utime(p, ns=(1_700_000_000_000_000_001, 1_700_000_000_000_000_001))
-    assert await _temp_key(Body.from_file(p, owned=False)) != first
+    assert await temp_key(Body.from_file(p, owned=False)) != first
     p.write_bytes(b"b" * 1001)
     os.utime(p, ns=(1_700_000_000_000_000_001, 1_700_000_000_000_000_001))  # size alone changed
-    assert await _temp_key(Body.from_file(p, owned=False)) != first
+    assert await temp_key(Body.from_file(p, owned=False)) != first
 
 
 async def test_upload_of_a_local_file_overwrites_its_own_leftover_temp(
@@ -52,7 +51,7 @@ async def test_upload_of_a_local_file_overwrites_its_own_leftover_temp(
     data = os.urandom(3_000_000)
     src.write_bytes(data)
     body = Body.from_file(src, owned=False)
-    leftover = temp_name("x.bin", await _temp_key(body))
+    leftover = temp_name("x.bin", await temp_key(body))
     backend.put(f"out/{leftover}", os.urandom(5_000_000))  # longer than the body: must be truncated
     inst = instance(backend)
     try:

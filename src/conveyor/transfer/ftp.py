@@ -14,7 +14,6 @@ import contextlib
 import logging
 import posixpath
 import ssl
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -37,6 +36,7 @@ from conveyor.transfer.ftp_data import DataProtocol
 from conveyor.transfer.ftp_listing import Entry, is_fragment, parse_list_line, parse_mlsd_line, parse_mlsx_time
 from conveyor.transfer.ftp_pool import FtpPool
 from conveyor.transfer.ftp_tls import describe_verify_error
+from conveyor.transfer.tempname import temp_key, temp_name
 
 log = logging.getLogger("conveyor.ftp")
 
@@ -67,9 +67,6 @@ class FtpInstance:
                 st.warnings.append(warning)
         self.pool = FtpPool(name, config, ctx.status, self._map)
         self._made_dirs: set[str] = set()
-        self._stale_temps: dict[str, set[str]] = {}
-        """Destination path -> temp files of its interrupted uploads that could not be removed then
-        (the server went away mid-STOR): removed by the next upload to that path."""
         self._list_a = True
         self._warned: set[str] = set()
 
@@ -334,15 +331,10 @@ class FtpInstance:
                     raise Rejected(f"{full} already exists", instance=self.name, path=path)
                 return False
             await self._mkdirs(c, folder)
-            # A server killed mid-STOR keeps the partial temp file, and the retry writes a new one
-            # (tests/test_restarts.py): remove what earlier attempts left (550: already gone).
-            stale = self._stale_temps.get(full, set())
-            for left in list(stale):
-                if (await c.command(f"DELE {left}")).code // 100 in (2, 5):
-                    stale.discard(left)
-            if not stale and self._stale_temps.get(full) is stale:
-                del self._stale_temps[full]
-            tmp = posixpath.join(folder, f".{name[:200]}.{uuid.uuid4().hex[:12]}.tmp")
+            # The same temp name for every attempt at this body: a STOR cut by a server killed
+            # mid-file (tests/test_restarts.py) or by our own crash left a partial file under it,
+            # and this STOR replaces it.
+            tmp = posixpath.join(folder, temp_name(name, key))
             try:
                 await c.transfer(f"STOR {tmp}", send=lambda proto: self._send_body(body, proto))
                 if chmod is not None:
@@ -353,15 +345,13 @@ class FtpInstance:
                 await self._rename(c, tmp, full, replace=exists == "replace")
             except BaseException:
                 self._made_dirs.discard(folder)
-                removed = False
                 if not c.broken:
                     with contextlib.suppress(Exception):  # best effort; the original error matters
-                        removed = (await c.command(f"DELE {tmp}")).code // 100 == 2
-                if not removed:
-                    self._stale_temps.setdefault(full, set()).add(tmp)
+                        await c.command(f"DELE {tmp}")
                 raise
             return True
 
+        key = await temp_key(body)
         return await self.pool.run(op, path)
 
     async def remove(self, path: str) -> None:

@@ -373,14 +373,3 @@ class SftpPool:
                 raise AuthError(f"{where} is not a usable private key: {e}", instance=self.name) from None
             self._keys = [key]
         return self._keys
-
-
-def temp_name(name: str, digest: str) -> str:
-    """A hidden temporary name beside ``name`` for uploads: ``.name.conveyor-<digest[:12]>.tmp``.
-
-    ``digest`` is the body's SHA-256, or for a local file whose hash is not known yet a hash of
-    its identity and version (see ``sftp._temp_key``): either way the same for a retry of the
-    same body, so a retry after a dropped connection overwrites its own half-written temp file
-    instead of leaving one more behind on the partner's server.
-    """
-    return f".{name}.conveyor-{digest[:12]}.tmp"

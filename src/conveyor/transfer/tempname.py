@@ -1,0 +1,45 @@
+"""Upload temp names for remote targets (sftp, ftp): the same for every retry of the same body.
+
+An upload goes to a hidden temporary name beside its destination and is renamed into place
+(SPEC section 2). When an attempt dies half-way (the connection dropped, the server was
+killed, conveyor itself crashed), the partial temp file stays on the partner's server. The
+retry, in this run or after a restart, uses the same name, so it writes over that leftover
+and renames it away instead of leaving one more file behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+from conveyor.payload import Body
+
+
+def temp_name(name: str, digest: str) -> str:
+    """A hidden temporary name beside ``name``: ``.name.conveyor-<digest[:12]>.tmp``.
+
+    ``digest`` comes from :func:`temp_key`. A file source skips names like this one (a dot,
+    ``.tmp``), so a folder that is both a target and a source never takes a partial file.
+    Names over 200 characters are cut so the temp name stays under common 255-byte limits.
+    """
+    return f".{name[:200]}.conveyor-{digest[:12]}.tmp"
+
+
+async def temp_key(body: Body) -> str:
+    """What names an upload's temp file: the body's SHA-256 when known (spooled bodies) or cheap
+    (in memory); for a file read in place whose hash is not known yet (a local source), a hash
+    of the file's identity and version (path, device, inode, size, mtime in ns) instead.
+
+    Both stay the same across retries of an unchanged body and change when the bytes do.
+    Hashing a local file first would read it in full once more before the first byte is sent:
+    a serial pass at SHA-256 speed (about 1.6 GB/s here, +0.45 ms of CPU per MiB) that the
+    upload has to wait for.
+    """
+    known = body.known_digest
+    if known is not None or body.in_memory or body.path is None:
+        return known or await body.digest()
+    path = body.path
+    st = await asyncio.to_thread(os.stat, path)
+    ident = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()
