@@ -318,3 +318,33 @@ async def test_upload_overwrites_the_leftover_of_a_crashed_attempt(pyftpd_factor
         await inst.close()
     assert (srv.root / "out" / "x.bin").read_bytes() == data
     assert os.listdir(srv.root / "out") == ["x.bin"]
+
+
+@pytest.mark.parametrize(("tls", "reply", "kind"), [
+    ("none", "452 Transfer aborted. No space left on device", "NoSpace"),
+    ("explicit", "452 Transfer aborted. No space left on device", "NoSpace"),
+    ("none", "552 Disk quota exceeded", "NoSpace"),
+    ("explicit", "426 No space left on device; transfer aborted.", "NoSpace"),  # the words decide
+    ("explicit", "451 Failure writing to local file.", "Transient"),  # vsftpd's words
+])
+async def test_server_disk_full_mid_upload(pyftpd_factory: Any, tmp_path: Path, tls: str, reply: str,
+                                           kind: str) -> None:
+    """The server's disk fills mid-STOR: it drops the data channel and says why on the control
+    channel. conveyor reports the server's words (a full disk or quota as NoSpace, retried
+    later), not a dropped connection; it removes its partial temp file and keeps the
+    connection for the next upload."""
+    from conveyor.errors import NoSpace
+
+    srv = pyftpd_factory(tls, full_after=1 << 20, full_reply=reply)
+    inst, status, _ = ftp_instance(srv.config(), tmp_path / "spool")
+    try:
+        with pytest.raises(Transient, match=f"STOR refused: {reply}") as e:
+            await inst.upload(Body.from_bytes(os.urandom(64 << 20)), "out/big.bin", exists="replace", chmod=None)
+        assert isinstance(e.value, NoSpace) == (kind == "NoSpace")
+        assert os.listdir(srv.root / "out") == [], "the partial temp file was removed"
+        assert await inst.upload(Body.from_bytes(b"small"), "out/small.txt", exists="replace", chmod=None)
+        assert (srv.root / "out" / "small.txt").read_bytes() == b"small"
+        assert inst.pool.connects == 1, "the control connection survived the refused upload"
+        assert status.instances["ftp-test"].state == "up"
+    finally:
+        await inst.close()

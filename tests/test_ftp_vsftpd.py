@@ -195,3 +195,35 @@ async def test_one_gib_file(vsftpd_factory: Any, tmp_path: Path) -> None:
     finally:
         await inst.close()
         p.unlink()
+
+
+@pytest.mark.parametrize("tls", ["none", "explicit"])
+async def test_server_disk_full(vsftpd_factory: Any, tmp_path: Path, tls: str) -> None:
+    """vsftpd's folder on a 2 MiB tmpfs, a 64 MiB upload (far more than the sockets buffer): vsftpd stops the transfer with
+    "451 Failure writing to local file." conveyor reports those words (not a dropped
+    connection), removes its partial temp file and uploads the next file on the same connection."""
+    import subprocess
+
+    srv = vsftpd_factory(tls)
+    small = srv.root / "small"
+    small.mkdir()
+    mounted = await asyncio.to_thread(
+        subprocess.run, ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(small)],
+        capture_output=True, text=True)
+    assert mounted.returncode == 0, f"this test mounts a tmpfs (run as root): {mounted.stderr.strip()}"
+    try:
+        srv.own(small)
+        inst, status, _ = ftp_instance(srv.config(), tmp_path / "spool")
+        try:
+            with pytest.raises(Transient, match="STOR refused: 451 Failure writing to local file"):
+                await inst.upload(Body.from_bytes(os.urandom(64 << 20)), "small/big.bin", exists="replace",
+                                  chmod=None)
+            assert os.listdir(small) == [], "the partial temp file was removed"
+            assert await inst.upload(Body.from_bytes(b"fits"), "small/a.txt", exists="replace", chmod=None)
+            assert (small / "a.txt").read_bytes() == b"fits"
+            assert inst.pool.connects == 1, "the control connection survived the refused upload"
+            assert status.instances["ftp-test"].state == "up"
+        finally:
+            await inst.close()
+    finally:
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(small)], check=False)

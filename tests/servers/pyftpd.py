@@ -7,6 +7,7 @@ unroutable address, a short idle timeout (421), and a data channel cut after N b
 
 from __future__ import annotations
 
+import errno
 import os
 import ssl
 import threading
@@ -19,8 +20,11 @@ import pytest
 import trustme
 from OpenSSL import SSL
 from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.exceptions import _FileReadWriteError
+from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
 from pyftpdlib.ioloop import IOLoop
+from pyftpdlib.log import logger
 from pyftpdlib.servers import FTPServer
 
 USER = "conveyor"
@@ -115,6 +119,8 @@ def start_pyftpd(
     tls_max: str | None = None,
     rename_overwrites: bool = True,
     host: str = "127.0.0.1",
+    full_after: int | None = None,
+    full_reply: str = "452 Transfer aborted. No space left on device",
 ) -> PyFtpd:
     """Start a server in a thread; call ``stop()`` when done."""
     root.mkdir(parents=True, exist_ok=True)
@@ -151,6 +157,10 @@ def start_pyftpd(
         attrs["use_sendfile"] = False  # sendfile() would bypass the cutting send()
     if not rename_overwrites:
         attrs["ftp_RNTO"] = _rnto_refusing_overwrite
+    if full_after is not None:
+        attrs["abstracted_fs"] = type("FullFS", (_FullFS,), {"room": full_after})
+        attrs["dtp_handler"] = type("FullDTP", (_FullDTP, TLS_DTPHandler if tls != "none" else DTPHandler),
+                                    {"full_reply": full_reply})
     handler = type("TestHandler", (base,), attrs)
     server = FTPServer((host, 0), handler, ioloop=IOLoop())  # own loop: one server per thread
     port = server.address[1]
@@ -166,6 +176,53 @@ def start_pyftpd(
     thread = threading.Thread(target=serve, name=f"pyftpd-{port}", daemon=True)
     thread.start()
     return PyFtpd(root, port, tls, certs, handler, server, thread, stop, host)
+
+
+class _FullFS(AbstractedFS):
+    """A disk with ``room`` bytes left per file: a write past it fails with ENOSPC, which
+    pyftpdlib answers with "426 No space left on device; transfer aborted"."""
+
+    room = 0
+
+    def open(self, filename: str, mode: str) -> Any:
+        f = super().open(filename, mode)
+        return _Filling(f, self.room) if "w" in mode or "a" in mode else f
+
+
+class _FullDTP:
+    """Answers a failed write with ``full_reply``, as real servers do (ProFTPD "452 Transfer
+    aborted. No space left on device", vsftpd "451 Failure writing to local file."); pyftpdlib
+    itself would say "426 None; transfer aborted." (it loses the errno)."""
+
+    full_reply = ""
+
+    def handle_error(self) -> None:
+        try:
+            raise  # the exception being handled, as pyftpdlib's own handle_error does
+        except _FileReadWriteError:
+            self._resp = (self.full_reply, logger.warning)
+            self.close()  # type: ignore[attr-defined]
+        except Exception:
+            super().handle_error()  # type: ignore[misc]
+
+
+class _Filling:
+    def __init__(self, f: Any, room: int) -> None:
+        self._f, self._room = f, room
+        self.name, self.closed = f.name, False
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return int(self._f.write(data))
+
+    def close(self) -> None:
+        self.closed = True
+        self._f.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
 
 
 def _rnto_refusing_overwrite(self: Any, path: str) -> None:

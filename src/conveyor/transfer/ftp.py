@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import posixpath
+import re
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -51,6 +52,8 @@ TLS_SLICE = 256 * 1024
 """FTPS upload piece: each is copied, encrypted and must leave within ``timeout``."""
 
 _NOT_FOUND_COMMANDS = {"RETR", "SIZE", "MDTM", "MLST", "MLSD", "LIST", "NLST", "CWD", "DELE", "RNFR"}
+_FULL = re.compile(r"no space|disk full|quota|insufficient storage|exceeded storage", re.IGNORECASE)
+"""Reply texts of a full disk or quota, whatever the code (pyftpdlib: 426 No space left on device)."""
 
 
 class FtpInstance:
@@ -86,8 +89,8 @@ class FtpInstance:
             code, text = e.reply.code, e.reply.text.splitlines()[0] if e.reply.text else ""
             msg = f"{e.command} refused: {code} {text}" if e.command != "connect" else f"server said {code} {text}"
             if code == 530 or (e.command in ("USER", "PASS") and code // 100 == 5):
-                return AuthError(f"login refused for {self.config.username}@{self.config.host}: {code} {text}", **kw)
-            if code in (452, 552):
+                return AuthError(f"login refused for {self.config.describe()}: {code} {text}", **kw)
+            if code in (452, 552) or (code // 100 in (4, 5) and _FULL.search(text)):
                 return NoSpace(msg, **kw)
             if code // 100 == 4:
                 return Transient(msg, **kw)
