@@ -199,9 +199,10 @@ async def test_one_gib_file(vsftpd_factory: Any, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("tls", ["none", "explicit"])
 async def test_server_disk_full(vsftpd_factory: Any, tmp_path: Path, tls: str) -> None:
-    """vsftpd's folder on a 2 MiB tmpfs, a 64 MiB upload (far more than the sockets buffer): vsftpd stops the transfer with
-    "451 Failure writing to local file." conveyor reports those words (not a dropped
-    connection), removes its partial temp file and uploads the next file on the same connection."""
+    """vsftpd's folder on a 2 MiB tmpfs, a 64 MiB upload (far more than the sockets buffer):
+    vsftpd stops the transfer with "451 Failure writing to local file." conveyor reports those
+    words (not a dropped connection), removes its partial temp file and uploads the next file
+    on the same connection."""
     import subprocess
 
     srv = vsftpd_factory(tls)

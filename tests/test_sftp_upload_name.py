@@ -10,6 +10,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 from conveyor.payload import Body
 from conveyor.transfer.tempname import temp_key, temp_name
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
@@ -76,3 +78,38 @@ async def test_upload_sends_no_ignore_packet_per_data_packet(sftp_openssh_backen
     finally:
         await inst.close()
     assert 32 <= sent <= 60, f"{sent} packets sent for 1 MiB"
+
+
+async def test_server_disk_full_is_retried_and_leaves_nothing(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path
+) -> None:
+    """The partner's disk fills mid-upload (OpenSSH sshd, its folder on a 2 MiB tmpfs).
+    sftp-server reports ENOSPC as a bare "Failure": that must stay a retryable error (the item
+    is not failed for good over someone else's full disk), the temp file goes, and the next
+    upload that fits works."""
+    import asyncio
+    import subprocess
+
+    from conveyor.errors import Permanent, Transient
+
+    backend = sftp_openssh_backend
+    small = backend.mkdir("small")
+    mounted = await asyncio.to_thread(
+        subprocess.run, ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(small)],
+        capture_output=True, text=True)
+    assert mounted.returncode == 0, f"this test mounts a tmpfs (run as root): {mounted.stderr.strip()}"
+    try:
+        backend.mkdir("small")  # the mount's own root, owned by the server's user
+        inst = instance(backend)
+        try:
+            with pytest.raises(Transient) as e:
+                await inst.upload(Body.from_bytes(os.urandom(8 << 20)), "small/big.bin", exists="replace",
+                                  chmod=None)
+            assert not isinstance(e.value, Permanent)
+            assert backend.names("small") == [], "the partial temp file was removed"
+            assert await inst.upload(Body.from_bytes(b"fits"), "small/a.txt", exists="replace", chmod=None)
+            assert backend.read("small/a.txt") == b"fits"
+        finally:
+            await inst.close()
+    finally:
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(small)], check=False)
