@@ -83,3 +83,42 @@ async def test_relay_pubsub_to_pubsub(pubsub_backend: PubsubBackend, tmp_path: P
     assert m.attributes["conveyor_flow"] == "r" and m.attributes["conveyor_source"] == "pubsub:gcp"
     assert len(m.attributes["conveyor_id"]) > 0
 
+
+
+async def test_failed_message_without_dead_letter_is_kept_and_retried(
+    pubsub_backend: PubsubBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Losing nothing without a dead-letter topic: a message the target refuses for good (400)
+    is failed in the ledger but stays in the subscription (parked, not acked). A ledger retry
+    over the health API lets its next offer through, and only then is it acked."""
+    import aiohttp
+    from aiohttp import web
+
+    from conveyor.brokers import pubsub_source
+    from tests.servers.ops import daemon_in_process, http_sink
+
+    monkeypatch.setattr(pubsub_source, "PARK_SECONDS", 10)
+    async with http_sink(plan=[lambda _r: web.Response(status=400, text="bad order")]) as sink:
+        cfg = write_config(tmp_path, {"gcp": pubsub_backend.instance_config()},
+                           {"p": {"source": {"instance": "gcp", **pubsub_backend.source_config()},
+                                  "target": {"type": "http", "url": sink.url}}},
+                           health={"listen": "127.0.0.1:0"})
+        async with daemon_in_process(cfg) as d:
+            await pubsub_backend.publish([b"order 1"])
+            await wait_for(lambda: d.status.flows["p"].failed == 1, 30)
+            pid = (await d.store.list("p", "failed"))[0].id
+            await asyncio.sleep(2)
+            assert len(sink.received) == 1
+            assert await pubsub_backend.pending() == 0, "parked: not offered to anyone for now"
+            async with aiohttp.ClientSession() as s, s.post(f"{d.health.url}/flows/p/items/{pid}/retry") as r:
+                assert r.status == 200
+            await wait_for(lambda: len(sink.received) == 2, 40)  # its next offer, after the park
+            await wait_for(lambda: d.status.flows["p"].delivered == 1, 10)
+            assert sink.received[1].body == b"order 1"
+            assert sink.received[1].headers["Idempotency-Key"] == pid
+
+            async def acked() -> bool:  # settled: the ack went out after the delivered record
+                return (await d.store.get_many("p", [pid]))[pid].settled
+            await wait_for(acked, 10)
+    await asyncio.sleep(11)  # past the park deadline: an unacked message would be offered again now
+    assert await pubsub_backend.pending() == 0, "acked once delivered"

@@ -20,6 +20,7 @@ from conveyor.errors import NotFound, Transient
 from conveyor.interfaces import Context, Inbound
 from conveyor.payload import Spool
 from conveyor.status import StatusBoard
+from tests.harness import wait_for
 from tests.servers.pubsub_emulator import PubsubEmulator, pubsub_emulator
 
 __all__ = ["pubsub_emulator"]
@@ -252,25 +253,43 @@ async def test_create_subscription_and_delivery_attempt(pubsub_emulator: PubsubE
     await inst.close()
 
 
-async def test_reject_without_dead_letter_acks(pubsub_emulator: PubsubEmulator, tmp_path: Path) -> None:
-    """nack(requeue=False) with no dead-letter policy drops the message (acks it) rather than loop forever."""
+async def test_reject_without_dead_letter_parks(pubsub_emulator: PubsubEmulator, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """nack(requeue=False) with no dead-letter policy neither acks (that would delete an
+    undelivered message) nor nacks (that would loop): the message is parked, away for
+    PARK_SECONDS, then offered again; acked only when the flow finally takes it."""
+    from conveyor.brokers import pubsub_source
+
+    monkeypatch.setattr(pubsub_source, "PARK_SECONDS", 10)
     emu = pubsub_emulator
     topic, sub = unique("topic"), unique("sub")
     emu.create(topic, sub)
     publish(emu, topic, [b"poison"])
     inst = instance(emu, tmp_path)
     source = inst.source("flow-r", source_cfg(sub))
-    seen: list[str] = []
+    seen: list[float] = []
 
     async def emit(item: Inbound) -> None:
-        seen.append(item.payload.id)
-        await item.nack(False)
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            await item.nack(False)  # failed for good
+        else:
+            await item.ack()  # retried through the ledger: delivered this time
 
-    await consume(source, emit, lambda: len(seen) >= 1)
-    await asyncio.sleep(1.5)
-    assert len(seen) == 1
-    assert pull_now(emu, sub) == 0
-    await inst.close()
+    task = asyncio.create_task(source.run(emit))
+    try:
+        await wait_for(lambda: len(seen) >= 1, 30)
+        await asyncio.sleep(3)
+        assert len(seen) == 1, "parked, not nacked back at once"
+        assert pull_now(emu, sub) == 0, "parked, not available to anyone for now"
+        await wait_for(lambda: len(seen) >= 2, 40)
+        assert seen[1] - seen[0] >= 8, "offered again once the park deadline passed"
+        await asyncio.sleep(2)
+        assert pull_now(emu, sub) == 0, "acked the second time"
+    finally:
+        await source.stop_intake()
+        await task
+        await inst.close()
 
 
 async def test_stop_intake_then_settle(pubsub_emulator: PubsubEmulator, tmp_path: Path) -> None:

@@ -57,6 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.pubsub")
 _END = object()
 
+PARK_SECONDS = 600
+"""How long a message that failed for good stays away, on a subscription without a dead-letter
+policy, before Pub/Sub offers it again (Pub/Sub's longest ack deadline)."""
+
 
 class _Handoff:
     """Library threads put, the event loop gets, in order. Unbounded in type, bounded by flow control.
@@ -295,13 +299,27 @@ class PubsubSource:
 
     async def _nack(self, stream: _Stream, message: Any, requeue: bool) -> None:
         if not requeue and not self.dead_letter:
-            # Pub/Sub has no reject: without a dead-letter policy a nack would come back forever.
-            # Like a RabbitMQ reject on a queue without DLX, the message is dropped (the ledger keeps it failed).
-            log.warning("%s: message %s rejected and the subscription %s has no dead-letter policy: acking it "
-                        "so it is not redelivered forever", self.instance.name, message.message_id, self.path)
-            await self._ack(stream, message)
+            # Pub/Sub has no reject. A nack would bring the message straight back, in a loop, and an
+            # ack would delete a message that was never delivered (SPEC: ack only after delivery).
+            # So it is parked: taken out of our lease management with the longest ack deadline.
+            # Pub/Sub offers it again every PARK_SECONDS; while the ledger says failed it is parked
+            # again, and once a ledger retry resets it, its next offer is delivered. The
+            # subscription's message retention (7 days by default) is the limit.
+            log.warning("%s: message %s failed for good and the subscription %s has no dead-letter policy: "
+                        "it stays in the subscription (offered again every %ds; retry it in the ledger)",
+                        self.instance.name, message.message_id, self.path, PARK_SECONDS)
+            await self._park(stream, message)
             return
         await self._release(stream, message)
+
+    async def _park(self, stream: _Stream, message: Any) -> None:
+        if stream.open:
+            message.drop()  # first: the library's leaser must not extend it again
+            message.modify_ack_deadline(PARK_SECONDS)
+            return
+        client = await self.instance.subscriber()
+        await self.instance.call(client.modify_ack_deadline, subscription=self.path, ack_ids=[message.ack_id],
+                                 ack_deadline_seconds=PARK_SECONDS, path=self.path)
 
     async def _release(self, stream: _Stream, message: Any) -> None:
         """Give a message back for redelivery (nack: ack deadline 0)."""
