@@ -327,6 +327,7 @@ class FtpInstance:
         """STOR under a temporary name in the target folder, then RNFR/RNTO into place."""
         full = self._abs(path)
         folder, name = posixpath.split(full)
+        key = await temp_key(body)
 
         async def op(c: FtpConnection) -> bool:
             if exists != "replace" and await self._stat(c, full) is not None:
@@ -354,7 +355,6 @@ class FtpInstance:
                 raise
             return True
 
-        key = await temp_key(body)
         return await self.pool.run(op, path)
 
     async def remove(self, path: str) -> None:
