@@ -202,3 +202,35 @@ def test_cli_url_from_config_and_rendering(tmp_path: Path) -> None:
     assert "ready: NO" in text and "flow f: stalled: last completed poll 99s ago" in text
     assert "instance partner: down: auth failed" in text
     assert any(line.split()[:3] == ["partner", "sftp", "down"] for line in text.splitlines())
+
+
+async def test_kept_files_skip_the_ledger_until_forgotten(tmp_path: Path, monkeypatch: Any) -> None:
+    """With after: keep every poll lists the delivered files again. The source remembers them
+    as done and asks the ledger about them only every _RECHECK seconds, not every poll; a
+    forget through the ledger API still makes the next poll take the file again."""
+    from conveyor.flows import filesource
+
+    monkeypatch.setattr(filesource, "_RECHECK", 2.0)
+    async with http_sink() as sink:
+        config = _config(tmp_path, sink.url, "127.0.0.1:0")
+        (tmp_path / "in" / "a.csv").write_text("a")
+        async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
+            await wait_for(lambda: d.status.flows["f"].delivered == 1)
+            pid = sink.received[0].headers["Idempotency-Key"]
+            asked: list[float] = []
+            real = d.store.get_many
+
+            async def counting(flow: str, ids: list[str]) -> Any:
+                if pid in ids:
+                    asked.append(asyncio.get_running_loop().time())
+                return await real(flow, ids)
+
+            monkeypatch.setattr(d.store, "get_many", counting)
+            await asyncio.sleep(4.5)  # 15 polls of 300 ms
+            assert 1 <= len(asked) <= 3, f"the ledger was asked {len(asked)} times in 15 polls"
+            assert len(sink.received) == 1
+
+            code, _ = await get_json(s, f"{d.health.url}/flows/f/items/{pid}/forget", method="POST")
+            assert code == 200
+            await wait_for(lambda: d.status.flows["f"].delivered == 2, 5)
+            assert [r.headers["Idempotency-Key"] for r in sink.received] == [pid, pid]

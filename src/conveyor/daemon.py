@@ -214,6 +214,7 @@ class Daemon:
                               self.store, self.spool, self.status, runner.submit)
             st.poll_interval = fsrc.config.poll_interval
             runner.source_run = fsrc.run
+            runner.forgotten = fsrc.forgotten
         return runner
 
     def _start_flow(self, flow: Flow) -> None:

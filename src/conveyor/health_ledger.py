@@ -108,8 +108,18 @@ async def _act(request: web.Request, action: str) -> web.Response:
         return _json({"error": "mutating ledger calls need a loopback peer (127.0.0.1, ::1) or "
                                "'Authorization: Bearer <health.token>'"}, 403)
     pid = request.match_info["id"]
-    status, doc = await _on_daemon_loop(request, _apply(_daemon(request).store, flow, pid, action))
+    daemon = _daemon(request)
+    status, doc = await _on_daemon_loop(request, _apply(daemon.store, flow, pid, action))
+    if status == 200 and action == "forget":
+        await _on_daemon_loop(request, _tell_forgotten(daemon, flow, pid))
     return _json(doc, status)
+
+
+async def _tell_forgotten(daemon: Daemon, flow: str, pid: str) -> None:
+    """A file source remembers which files are done; it must list this one afresh."""
+    entry = daemon.flows.get(flow)
+    if entry is not None:
+        entry[0].forgotten(pid)
 
 
 async def _apply(store: StateStore, flow: str, pid: str, action: str) -> tuple[int, dict[str, Any]]:

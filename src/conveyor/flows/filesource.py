@@ -33,6 +33,9 @@ from conveyor.supervisor import Backoff
 log = logging.getLogger("conveyor.files")
 _CHUNK = 500
 _RESUMES = 5
+_RECHECK = 600.0
+"""Seconds between full checks of the files remembered as done against the ledger (a forget
+made through another replica, or any change not made through this daemon's ledger API)."""
 
 
 class FileSource:
@@ -56,6 +59,11 @@ class FileSource:
         self._reported: set[str] = set()
         self._active: set[str] = set()
         """ids being fetched or delivered now: the next listing must not take them again."""
+        self._done: dict[str, tuple[int, float, str]] = {}
+        """path -> (size, mtime, id) of files the ledger says are done (delivered and kept or
+        settled): later listings skip them without hashing an id or asking the ledger, which
+        with ``after: keep`` would otherwise cost both for every file of the folder every poll."""
+        self._done_since = time.monotonic()
         self.root = config.path.strip("/")
         skip = [a.move for a in (config.after, config.on_failure) if isinstance(a, MoveAction)]
         self._skip_dirs = [s.strip("/") for s in skip]
@@ -73,11 +81,17 @@ class FileSource:
     async def poll(self) -> None:
         """One listing: take every stable, matching file not yet delivered."""
         now = time.monotonic()
+        if now - self._done_since >= _RECHECK:
+            self._done.clear()
+            self._done_since = now
         present: set[str] = set()
         ready: list[RemoteFile] = []
         taken = 0
         async for f in self._entries():
             present.add(f.path)
+            done = self._done.get(f.path)
+            if done is not None and done[0] == f.size and done[1] == f.mtime:
+                continue  # the same file the ledger said was done (a changed one has a new id)
             if not self._stable(f, now):
                 continue
             ready.append(f)
@@ -88,9 +102,15 @@ class FileSource:
                 break
         if ready:
             await self._take(ready)
-        # Forget files that disappeared, so the stability table stays as big as the folder.
-        for path in [p for p in self._seen if p not in present]:
-            del self._seen[path]
+        # Forget files that disappeared, so these tables stay as big as the folder.
+        for table in (self._seen, self._done):
+            for path in [p for p in table if p not in present]:
+                del table[path]
+
+    def forgotten(self, id: str) -> None:
+        """The ledger dropped ``id`` (``forget``): the next listing takes its file again."""
+        for path in [p for p, done in self._done.items() if done[2] == id]:
+            del self._done[path]
 
     async def _entries(self) -> Any:
         single = await self.fs.stat(self.root) if self.root else None
@@ -145,6 +165,7 @@ class FileSource:
             if item is not None and item.state == "failed":
                 continue  # set aside until someone retries it through the ledger
             if item is not None and item.state == "delivered" and (item.settled or self.config.after == "keep"):
+                self._done[f.path] = (f.size, f.mtime, pid)
                 continue
             redo_after = item is not None and item.state == "delivered"
             self._active.add(pid)

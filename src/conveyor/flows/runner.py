@@ -42,6 +42,8 @@ class FlowRunner:
         self.message_source = message_source
         self.message_config = message_config
         self._on_close = on_close
+        self.forgotten: Callable[[str], None] = _ignore
+        """Told of an id the ledger API forgot (a file source then lists that file afresh)."""
 
     async def run(self) -> None:
         """Run the source under the supervisor until cancelled."""
@@ -153,3 +155,6 @@ class FlowRunner:
         """Deliveries under way."""
         return len(self._tasks)
 
+
+def _ignore(_id: str) -> None:
+    """Message sources need no telling: the broker offers the message again, or it is gone."""
