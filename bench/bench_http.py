@@ -89,8 +89,27 @@ async def sink_rate(s: aiohttp.ClientSession, url: str, first: int, n: int) -> f
     return float((n - 1) / (span["last"] - span["first"]))
 
 
-async def plain_client(files: list[Path], url: str, concurrency: int) -> float:
-    """The reference: read each file, POST it, `concurrency` at a time; seconds taken."""
+PLAIN_HEADERS = {"Content-Type": "application/octet-stream"}
+
+
+def spec_headers(f: Path, data: bytes) -> dict[str, str]:
+    """The per-payload headers SPEC asks of an HTTP delivery: the SHA-256 and metadata document
+    in ``X-Conveyor-Meta``, ``Idempotency-Key`` and ``X-Conveyor-Flow``."""
+    meta = {"id": f.name, "flow": "bench", "source": {"instance": "disk", "type": "local"},
+            "received_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "name": f.name, "file": {"path": str(f)},
+            "message": None}
+    return {**PLAIN_HEADERS, "Idempotency-Key": f.name, "X-Conveyor-Flow": "bench",
+            "X-Conveyor-Meta": base64.urlsafe_b64encode(json.dumps(meta).encode()).decode()}
+
+
+async def plain_client(files: list[Path], url: str, concurrency: int, *, spec_work: bool = False) -> float:
+    """The reference: read each file, POST it, `concurrency` at a time; seconds taken.
+
+    ``spec_work``: also do the per-payload work SPEC asks of any HTTP delivery of a file (the
+    headers of :func:`spec_headers`, and the source file deleted after the 2xx: ``files`` are
+    then hard links made for this run). No ledger: what stays between it and conveyor is the
+    state store and the daemon's own machinery."""
     queue: asyncio.Queue[Path] = asyncio.Queue()
     for f in files:
         queue.put_nowait(f)
@@ -99,41 +118,12 @@ async def plain_client(files: list[Path], url: str, concurrency: int) -> float:
         while not queue.empty():
             f = queue.get_nowait()
             data = await asyncio.to_thread(f.read_bytes)
-            async with s.post(url + "/hook", data=data, headers={"Content-Type": "application/octet-stream"}) as r:
-                await r.read()
-                assert r.status == 201
-
-    t0 = time.monotonic()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        await asyncio.gather(*(worker(s) for _ in range(concurrency)))
-    return time.monotonic() - t0
-
-
-async def plain_with_spec_work(files: list[Path], url: str, concurrency: int) -> float:
-    """The plain loop plus the per-payload work SPEC asks of any HTTP delivery of a file: the
-    SHA-256 and metadata document in ``X-Conveyor-Meta``, ``Idempotency-Key`` and
-    ``X-Conveyor-Flow``, and the source file deleted after the 2xx (``files`` are hard links
-    made for this run). No ledger: what stays between it and conveyor is the state store and
-    the daemon's own machinery."""
-    queue: asyncio.Queue[Path] = asyncio.Queue()
-    for f in files:
-        queue.put_nowait(f)
-
-    async def worker(s: aiohttp.ClientSession) -> None:
-        while not queue.empty():
-            f = queue.get_nowait()
-            data = await asyncio.to_thread(f.read_bytes)
-            meta = {"id": f.name, "flow": "bench", "source": {"instance": "disk", "type": "local"},
-                    "received_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "size": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(), "name": f.name, "file": {"path": str(f)},
-                    "message": None}
-            headers = {"Content-Type": "application/octet-stream", "Idempotency-Key": f.name,
-                       "X-Conveyor-Flow": "bench",
-                       "X-Conveyor-Meta": base64.urlsafe_b64encode(json.dumps(meta).encode()).decode()}
+            headers = spec_headers(f, data) if spec_work else PLAIN_HEADERS
             async with s.post(url + "/hook", data=data, headers=headers) as r:
                 await r.read()
                 assert r.status == 201
-            await asyncio.to_thread(f.unlink)
+            if spec_work:
+                await asyncio.to_thread(f.unlink)
 
     t0 = time.monotonic()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
@@ -204,7 +194,7 @@ async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str
                 os.link(f, links / f.name)
                 linked.append(links / f.name)
             c0 = cpu_self()
-            spec_s = await plain_with_spec_work(linked, url, concurrency)
+            spec_s = await plain_client(linked, url, concurrency, spec_work=True)
             spec_cpu = cpu_self() - c0
             assert await sink_count(s, url) == 3 * n
 
