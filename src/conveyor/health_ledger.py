@@ -16,7 +16,6 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from conveyor.daemon import Daemon
-    from conveyor.state.base import StateStore
 
 T = TypeVar("T")
 
@@ -108,22 +107,13 @@ async def _act(request: web.Request, action: str) -> web.Response:
         return _json({"error": "mutating ledger calls need a loopback peer (127.0.0.1, ::1) or "
                                "'Authorization: Bearer <health.token>'"}, 403)
     pid = request.match_info["id"]
-    daemon = _daemon(request)
-    status, doc = await _on_daemon_loop(request, _apply(daemon.store, flow, pid, action))
-    if status == 200 and action == "forget":
-        await _on_daemon_loop(request, _tell_forgotten(daemon, flow, pid))
+    status, doc = await _on_daemon_loop(request, _apply(_daemon(request), flow, pid, action))
     return _json(doc, status)
 
 
-async def _tell_forgotten(daemon: Daemon, flow: str, pid: str) -> None:
-    """A file source remembers which files are done; it must list this one afresh."""
-    entry = daemon.flows.get(flow)
-    if entry is not None:
-        entry[0].forgotten(pid)
-
-
-async def _apply(store: StateStore, flow: str, pid: str, action: str) -> tuple[int, dict[str, Any]]:
+async def _apply(daemon: Daemon, flow: str, pid: str, action: str) -> tuple[int, dict[str, Any]]:
     """Retry or forget one item (on the daemon loop); the HTTP status and answer."""
+    store = daemon.store
     item = (await store.get_many(flow, [pid])).get(pid)
     if item is None:
         return 404, {"error": f"flow {flow} has no item {pid}"}
@@ -135,6 +125,9 @@ async def _apply(store: StateStore, flow: str, pid: str, action: str) -> tuple[i
         if item.state == "in_flight":
             return 409, {"error": f"item {pid} is being delivered right now; forget it once it settled"}
         await store.forget(flow, pid)
+        entry = daemon.flows.get(flow)
+        if entry is not None:  # a file source remembers which files are done: list this one afresh
+            entry[0].forgotten(pid)
     after = (await store.get_many(flow, [pid])).get(pid)
     return 200, {"flow": flow, "id": pid, "action": action, "item": item_doc(after) if after else None}
 
