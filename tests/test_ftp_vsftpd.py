@@ -203,16 +203,12 @@ async def test_server_disk_full(vsftpd_factory: Any, tmp_path: Path, tls: str) -
     vsftpd stops the transfer with "451 Failure writing to local file." conveyor reports those
     words (not a dropped connection), removes its partial temp file and uploads the next file
     on the same connection."""
-    import subprocess
+    from tests.servers.ops import small_disk
 
     srv = vsftpd_factory(tls)
     small = srv.root / "small"
     small.mkdir()
-    mounted = await asyncio.to_thread(
-        subprocess.run, ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(small)],
-        capture_output=True, text=True)
-    assert mounted.returncode == 0, f"this test mounts a tmpfs (run as root): {mounted.stderr.strip()}"
-    try:
+    async with small_disk(small):
         srv.own(small)
         inst, status, _ = ftp_instance(srv.config(), tmp_path / "spool")
         try:
@@ -226,5 +222,3 @@ async def test_server_disk_full(vsftpd_factory: Any, tmp_path: Path, tls: str) -
             assert status.instances["ftp-test"].state == "up"
         finally:
             await inst.close()
-    finally:
-        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(small)], check=False)

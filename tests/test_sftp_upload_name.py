@@ -87,18 +87,11 @@ async def test_server_disk_full_is_retried_and_leaves_nothing(
     sftp-server reports ENOSPC as a bare "Failure": that must stay a retryable error (the item
     is not failed for good over someone else's full disk), the temp file goes, and the next
     upload that fits works."""
-    import asyncio
-    import subprocess
-
     from conveyor.errors import Permanent, Transient
+    from tests.servers.ops import small_disk
 
     backend = sftp_openssh_backend
-    small = backend.mkdir("small")
-    mounted = await asyncio.to_thread(
-        subprocess.run, ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(small)],
-        capture_output=True, text=True)
-    assert mounted.returncode == 0, f"this test mounts a tmpfs (run as root): {mounted.stderr.strip()}"
-    try:
+    async with small_disk(backend.mkdir("small")):
         backend.mkdir("small")  # the mount's own root, owned by the server's user
         inst = instance(backend)
         try:
@@ -111,5 +104,3 @@ async def test_server_disk_full_is_retried_and_leaves_nothing(
             assert backend.read("small/a.txt") == b"fits"
         finally:
             await inst.close()
-    finally:
-        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(small)], check=False)

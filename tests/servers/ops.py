@@ -124,6 +124,20 @@ def drop() -> Callable[[web.Request], Any]:
 
 
 @contextlib.asynccontextmanager
+async def small_disk(folder: Path, size: str = "2m") -> AsyncIterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` for the block (needs root), unmounted after:
+    a server's folder whose disk fills up."""
+    mounted = await asyncio.to_thread(
+        subprocess.run, ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder)],
+        capture_output=True, text=True)
+    assert mounted.returncode == 0, f"this test mounts a tmpfs (run as root): {mounted.stderr.strip()}"
+    try:
+        yield folder
+    finally:
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(folder)], check=False)
+
+
+@contextlib.asynccontextmanager
 async def http_sink(host: str = "127.0.0.1", **kw: Any) -> AsyncIterator[Sink]:
     """Run a Sink on a random port of ``host`` (a loopback address) for the duration of the block."""
     sink = Sink(**kw)
