@@ -317,9 +317,7 @@ class PubsubSource:
             message.drop()  # first: the library's leaser must not extend it again
             message.modify_ack_deadline(PARK_SECONDS)
             return
-        client = await self.instance.subscriber()
-        await self.instance.call(client.modify_ack_deadline, subscription=self.path, ack_ids=[message.ack_id],
-                                 ack_deadline_seconds=PARK_SECONDS, path=self.path)
+        await self._release_ids([message.ack_id], PARK_SECONDS)
 
     async def _release(self, stream: _Stream, message: Any) -> None:
         """Give a message back for redelivery (nack: ack deadline 0)."""
@@ -342,10 +340,11 @@ class PubsubSource:
             except Exception as e:  # their leases lapse anyway; redelivery just comes later
                 log.debug("%s: releasing %d queued messages failed: %s", self.instance.name, len(ids), e)
 
-    async def _release_ids(self, ack_ids: list[str]) -> None:
+    async def _release_ids(self, ack_ids: list[str], seconds: int = 0) -> None:
+        """Unary ModifyAckDeadline (the stream is gone): 0 gives the messages back now."""
         client = await self.instance.subscriber()
         await self.instance.call(client.modify_ack_deadline, subscription=self.path, ack_ids=ack_ids,
-                                 ack_deadline_seconds=0, path=self.path)
+                                 ack_deadline_seconds=seconds, path=self.path)
 
     async def _ensure_subscription(self, client: Any) -> None:
         cs = self.cfg.create_subscription
