@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import socket
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
+import aio_pika
 import pytest
 
 from conveyor.brokers.rabbitmq_config import RabbitSourceConfig
 from conveyor.errors import AuthError, NotFound, Transient
 from conveyor.interfaces import Inbound
+from tests.servers.ops import free_port
 from tests.servers.rabbitmq import (
     Vhost,
     declare,
@@ -370,3 +375,29 @@ async def test_declare_with_bindings(rabbit_vhost: Vhost, tmp_path: Any) -> None
     with pytest.raises(NotFound, match="no-such-exchange"):
         await inst.source("f", bad).run(col.emit)
     await inst.close()
+
+
+async def test_failed_connects_leave_no_connection_open(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    """A connect that fails (refused, login refused, timed out) closes aio-pika's connection object:
+    dropped open, it is closed from ``__del__``, and when the collector runs that on a worker
+    thread Python prints "coroutine 'Connection.close' was never awaited" outside the logs."""
+    silent = socket.socket()  # accepts (the kernel's backlog) and never answers: the timeout case
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    cases: list[dict[str, Any]] = [{"port": free_port()}, {"password": "wrong-secret"},
+                                   {"port": silent.getsockname()[1], "timeout": "300ms"}]
+    try:
+        for over in cases:
+            inst = make_instance(rabbit_vhost, tmp_path, **over)
+            with pytest.raises((Transient, AuthError)):
+                await inst.check()
+            await inst.close()
+    finally:
+        silent.close()
+    left = [c for c in gc.get_objects()
+            if isinstance(c, aio_pika.Connection) and rabbit_vhost.name in str(c.url) and not c.is_closed]
+    assert not left
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await asyncio.to_thread(gc.collect)
+    assert not [w for w in caught if "never awaited" in str(w.message)]

@@ -56,6 +56,9 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
+    # Python's warnings (a library's RuntimeWarning, say) go through the same handler, so stderr
+    # stays one JSON object per line and the warning's text is redacted like any other line.
+    logging.captureWarnings(True)
     logging.getLogger("conveyor").setLevel(level.upper())
     # Libraries speak at warning and above only: their debug output can include packet dumps.
     for noisy in ("asyncssh", "aioftp", "aio_pika", "aiormq", "google", "grpc"):

@@ -102,6 +102,24 @@ def map_error(e: BaseException, *, instance: str, address: str, path: str | None
     return Transient(f"unexpected error talking to {address}: {e!r}", instance=instance, path=path)
 
 
+class _ClosedOnFailure(aio_pika.Connection):
+    """An aio-pika connection that marks itself closed when its first connect fails.
+
+    ``aio_pika.connect`` drops a connection whose connect failed without closing it; its
+    ``__del__`` then creates a ``close()`` coroutine, and when the garbage collector runs it on
+    another thread (the state store's, a file I/O worker's) there is no loop to run it on: Python
+    prints "coroutine 'Connection.close' was never awaited" to stderr, outside the log format.
+    """
+
+    async def connect(self, timeout: Any = None) -> None:  # noqa: ASYNC109 (aio-pika's signature)
+        try:
+            await super().connect(timeout)
+        except BaseException:
+            # No transport exists yet, so close() completes without suspending, even when cancelled.
+            await self.close()
+            raise
+
+
 def _alive(conn: AbstractConnection) -> bool:
     # aio-pika's plain Connection.is_closed only turns true on close(); a dropped socket shows in aiormq's.
     t = conn.transport
@@ -167,7 +185,7 @@ class RabbitInstance:
             ssl_context = self._ssl_context()
             async with asyncio.timeout(cfg.timeout):
                 conn = await aio_pika.connect(
-                    self._url(), timeout=cfg.timeout, ssl_context=ssl_context,
+                    self._url(), timeout=cfg.timeout, ssl_context=ssl_context, connection_class=_ClosedOnFailure,
                     client_properties={"connection_name": cfg.connection_name or f"conveyor {self.name}"},
                 )
         except (OSError, ValueError) as e:
