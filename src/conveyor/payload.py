@@ -6,8 +6,10 @@ import asyncio
 import builtins
 import errno
 import hashlib
+import math
 import queue
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,14 +24,27 @@ CHUNK = 1024 * 1024
 
 def utc_iso(ts: float | datetime | None = None) -> str:
     """An RFC 3339 UTC timestamp with milliseconds, as the metadata carries them."""
-    dt = ts if isinstance(ts, datetime) else datetime.fromtimestamp(ts if ts is not None else _now(), UTC)
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(ts, datetime):
+        return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # Twice per file on the event loop (received_at, the file's mtime): by hand, with the
+    # seconds' text reused, it costs a third of datetime's way. The rounding is datetime's
+    # (to the microsecond, half to even), then truncated to milliseconds as isoformat does.
+    frac, whole = math.modf(time.time() if ts is None else ts)
+    sec, us = int(whole), round(frac * 1e6)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    elif us < 0:
+        sec, us = sec - 1, us + 1_000_000
+    global _second
+    cached, text = _second
+    if cached != sec:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _second = (sec, text)
+    return f"{text}.{us // 1000:03d}Z"
 
 
-def _now() -> float:
-    import time
-
-    return time.time()
+_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+"""The last whole second formatted by utc_iso, and its text."""
 
 
 class Body:

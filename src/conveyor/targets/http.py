@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import functools
 import json
 import logging
 import mimetypes
+import posixpath
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -42,6 +44,28 @@ log = logging.getLogger("conveyor.http")
 _EXCERPT = 200
 MAX_RETRY_AFTER = 3600.0
 """A Retry-After beyond an hour is taken as an hour: the item is not parked for days."""
+
+
+_META_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+"""One encoder for every X-Conveyor-Meta (json.dumps with options builds a new one per call)."""
+
+
+_ENCODED = {k.lower() for k in mimetypes.encodings_map}
+
+
+def _guess_type(name: str) -> str | None:
+    """mimetypes' guess for a file name, remembered per suffix: a name without a compression
+    suffix (``.gz``), a suffix alias (``.tgz``) or a URL scheme (``data:``) is judged by its
+    last suffix alone, and a flow's names share a few."""
+    ext = posixpath.splitext(name)[1]
+    if not ext or ":" in name or ext in mimetypes.suffix_map or ext.lower() in _ENCODED:
+        return mimetypes.guess_type(name)[0]
+    return _suffix_type(ext)
+
+
+@functools.lru_cache(maxsize=256)
+def _suffix_type(ext: str) -> str | None:
+    return mimetypes.guess_type("x" + ext)[0]
 
 
 class HttpRejected(Rejected):
@@ -83,16 +107,13 @@ class HttpTarget:
         meta = await payload.metadata()
         ctype = self.config.content_type
         if ctype is None and payload.name:
-            ctype = mimetypes.guess_type(payload.name)[0]
+            ctype = _guess_type(payload.name)
         h = {"Content-Type": ctype or payload.content_type}
         h.update(self.config.headers)
-        h.update({
-            "Idempotency-Key": payload.id,
-            "X-Conveyor-Flow": self.flow,
-            "X-Conveyor-Meta": base64.urlsafe_b64encode(
-                json.dumps(meta, separators=(",", ":"), ensure_ascii=True).encode()).decode("ascii"),
-            "Content-Length": str(payload.body.size),
-        })
+        h["Idempotency-Key"] = payload.id
+        h["X-Conveyor-Flow"] = self.flow
+        h["X-Conveyor-Meta"] = base64.urlsafe_b64encode(_META_JSON(meta).encode()).decode("ascii")
+        h["Content-Length"] = str(payload.body.size)
         return h
 
     async def deliver(self, payload: Payload) -> None:

@@ -1,0 +1,63 @@
+"""Small pieces of the per-payload path that were rewritten for speed: same answers as before."""
+
+from __future__ import annotations
+
+import mimetypes
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from conveyor.errors import Permanent
+from conveyor.interfaces import Context, RemoteFile
+from conveyor.payload import utc_iso
+from conveyor.status import StatusBoard
+from conveyor.transfer.local import LocalInstance
+from conveyor.transfer.local_config import LocalConfig
+
+
+def by_datetime(ts: float) -> str:
+    """What utc_iso was: datetime's rounding and formatting."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_utc_iso_matches_datetime() -> None:
+    rng = random.Random(7)
+    edges = [0.0, -0.0000004, -1.5, 1.9999995, 1.0000005, 1764230000.9999999, 1e9 + 0.0005, 1e9 + 0.0015]
+    # half a microsecond past a microsecond: where datetime's half-to-even rounding decides
+    halves = [rng.randrange(2_000_000_000) + k / 1e6 + 0.5e-6 for k in range(2000)]
+    spread = [rng.uniform(-1e9, 4e9) for _ in range(20000)]
+    for ts in edges + halves + spread:
+        assert utc_iso(ts) == by_datetime(ts), ts
+    assert utc_iso(datetime(2026, 1, 1, 12, tzinfo=UTC)) == "2026-01-01T12:00:00.000Z"
+    now = utc_iso()
+    assert now.endswith("Z") and len(now) == len("2026-01-01T12:00:00.000Z")
+
+
+async def test_local_paths_stay_under_the_root(tmp_path: Path) -> None:
+    (tmp_path / "root" / "in").mkdir(parents=True)
+    (tmp_path / "root" / "in" / "a.txt").write_bytes(b"a")
+    (tmp_path / "secret").write_bytes(b"s")
+    inst = LocalInstance("box", LocalConfig(type="local", root=str(tmp_path / "root")),
+                         Context(spool=None, status=StatusBoard()))  # type: ignore[arg-type]
+    body = await inst.open_in_place(RemoteFile("in/a.txt", 1, 0.0), 1 << 20)
+    assert body.bytes() == b"a"
+    for bad in ("../secret", "in/../../secret", ".."):
+        with pytest.raises(Permanent, match="leaves the instance root"):
+            await inst.open_in_place(RemoteFile(bad, 1, 0.0), 1 << 20)
+    # An absolute path names a file under the root, never the machine's own /etc/hostname.
+    assert await inst.stat("/etc/hostname") is None
+    await inst.remove("in/a.txt")
+    await inst.remove("in/a.txt")  # already gone is fine
+    assert not (tmp_path / "root" / "in" / "a.txt").exists()
+    await inst.close()
+
+
+def test_content_type_guess_matches_mimetypes() -> None:
+    from conveyor.targets.http import _guess_type
+
+    names = ["a.csv", "A.CSV", "x.tar.gz", "x.tgz", "x.GZ", "x.Z", "x.json", "x", "x.", "...", ".bashrc",
+             "data:text/plain,x.csv", "a.b.c.xml", "x.svgz", "x.unknown", "x.PDF", "dir/x.txt", "x.tar.bz2"]
+    for name in names * 2:  # the second time from the cache
+        assert _guess_type(name) == mimetypes.guess_type(name)[0], name
