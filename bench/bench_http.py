@@ -159,6 +159,46 @@ async def target_alone(files: list[Path], url: str, concurrency: int) -> float:
     return time.monotonic() - t0
 
 
+def links(master: Path, folder: Path) -> list[Path]:
+    """Hard links to the master files in a new ``folder``: each client gets files of its own
+    (two delete theirs), and making them costs no data copy."""
+    folder.mkdir(parents=True)
+    out = []
+    for f in sorted(master.iterdir()):
+        os.link(f, folder / f.name)
+        out.append(folder / f.name)
+    return out
+
+
+async def daemon_run(base: Path, master: Path, url: str, n: int, concurrency: int, after: str,
+                     s: aiohttp.ClientSession, *, before: int) -> tuple[float, float, int]:
+    """The daemon delivering ``n`` files that appear at once in its source folder; seconds from
+    their appearance to the sink's count reaching ``before + n``, CPU seconds, peak RSS (KiB)."""
+    staging = base / "disk" / "staging"
+    links(master, staging)
+    src = base / "disk" / "in"
+    src.mkdir()
+    flows = {"http": {"source": {"instance": "disk", "path": "in", "poll_interval": "100ms",
+                                 "min_age": "0s", "after": after},
+                      "target": {"type": "http", "url": url + "/hook"},
+                      "max_in_flight": concurrency}}
+    cfg = write_config(base, {"disk": {"type": "local", "root": str(base / "disk")}}, flows)
+    d = Daemon(cfg)
+    try:
+        await asyncio.sleep(1.5)  # started and idle
+        t0, c0 = time.monotonic(), d.cpu_seconds()
+        # All files appear at once (one rename of their folder over the empty one): a backlog,
+        # and no renames of the bench's own competing with the daemon.
+        os.rename(staging, src)
+        while await sink_count(s, url) < before + n:
+            if time.monotonic() - t0 > 600:
+                raise TimeoutError("daemon did not deliver everything in 10 minutes")
+            await asyncio.sleep(0.02)
+        return time.monotonic() - t0, d.cpu_seconds() - c0, d.status("VmHWM")
+    finally:
+        d.stop()
+
+
 async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str, ...]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -171,62 +211,36 @@ async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str
                     break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.05)
-            staging = base / "disk" / "staging"
-            staging.mkdir(parents=True)
+            master = base / "master"
+            master.mkdir()
             body = os.urandom(size)
-            files = []
             for i in range(n):
-                p = staging / f"f{i:06}.dat"
-                p.write_bytes(body)
-                files.append(p)
+                (master / f"f{i:06}.dat").write_bytes(body)
             c0 = cpu_self()
-            plain_s = await plain_client(files, url, concurrency)
+            plain_s = await plain_client(links(master, base / "plain"), url, concurrency)
             plain_cpu = cpu_self() - c0
             assert await sink_count(s, url) == n
             c0 = cpu_self()
-            alone_s = await target_alone(files, url, concurrency)
+            alone_s = await target_alone(links(master, base / "alone"), url, concurrency)
             alone_cpu = cpu_self() - c0
             assert await sink_count(s, url) == 2 * n
-            links = base / "disk" / "links"
-            links.mkdir()
-            linked = []
-            for f in files:
-                os.link(f, links / f.name)
-                linked.append(links / f.name)
             c0 = cpu_self()
-            spec_s = await plain_client(linked, url, concurrency, spec_work=True)
+            spec_s = await plain_client(links(master, base / "spec"), url, concurrency, spec_work=True)
             spec_cpu = cpu_self() - c0
             assert await sink_count(s, url) == 3 * n
-
-            src = base / "disk" / "in"
-            src.mkdir()
             rates = [await sink_rate(s, url, i * n, n) for i in range(3)]
-            flows = {"http": {"source": {"instance": "disk", "path": "in", "poll_interval": "100ms",
-                                         "min_age": "0s", "after": "delete"},
-                              "target": {"type": "http", "url": url + "/hook"},
-                              "max_in_flight": concurrency}}
-            cfg = write_config(base, {"disk": {"type": "local", "root": str(base / "disk")}}, flows)
-            d = Daemon(cfg)
-            try:
-                await asyncio.sleep(1.5)  # started and idle
-                t0, c0 = time.monotonic(), d.cpu_seconds()
-                # All files appear at once (one rename of their folder over the empty one): a
-                # backlog, and no renames of the bench's own competing with the daemon.
-                os.rename(staging, src)
-                while await sink_count(s, url) < 4 * n:
-                    if time.monotonic() - t0 > 600:
-                        raise TimeoutError("daemon did not deliver everything in 10 minutes")
-                    await asyncio.sleep(0.02)
-                daemon_s = time.monotonic() - t0
-                rates.append(await sink_rate(s, url, 3 * n, n))
-                daemon_cpu = d.cpu_seconds() - c0
-                rss = d.status("VmHWM")
-            finally:
-                d.stop()
+            walls, cpus = [n / plain_s, n / alone_s, n / spec_s], [plain_cpu, alone_cpu, spec_cpu]
+            rss = 0
+            for i, after in enumerate(("keep", "delete")):
+                seconds, cpu, peak = await daemon_run(base / after, master, url, n, concurrency, after, s,
+                                                      before=(3 + i) * n)
+                rates.append(await sink_rate(s, url, (3 + i) * n, n))
+                walls.append(n / seconds)
+                cpus.append(cpu)
+                rss = max(rss, peak)
     finally:
         sink.terminate()
         sink.wait(10)
-    walls = [n / plain_s, n / alone_s, n / spec_s, n / daemon_s]
 
     def ms(cpu: float) -> str:
         return f"{cpu * 1000 / n:.2f}"
@@ -234,10 +248,11 @@ async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str
     names = [f"plain aiohttp client, {n} x {size} B, {concurrency} at a time",
              "conveyor HttpTarget alone, same bodies, same concurrency",
              "plain client + SPEC's per-payload work (SHA-256, headers, delete)",
-             f"conveyor local->http, same files, max_in_flight {concurrency}"]
+             f"conveyor local->http, after: keep (the default), max_in_flight {concurrency}",
+             "conveyor local->http, after: delete"]
     rows: list[tuple[str, ...]] = [("measure", "payloads/s (sink)", "ratio", "payloads/s (wall)", "ratio",
                                     "CPU ms/payload")]
-    for name, rate, wall, cpu in zip(names, rates, walls, [plain_cpu, alone_cpu, spec_cpu, daemon_cpu], strict=True):
+    for name, rate, wall, cpu in zip(names, rates, walls, cpus, strict=True):
         rows.append((name, f"{rate:,.0f}", f"{rate / rates[0]:.2f}", f"{wall:,.0f}", f"{wall / walls[0]:.2f}",
                      ms(cpu)))
     rows.append(("daemon peak RSS", f"{rss / 1024:.0f} MB", "", "", "", ""))
