@@ -9,11 +9,16 @@ which is what the ratio prices. A third client, the plain loop plus the per-payl
 asks of every such delivery (SHA-256 and metadata headers, the file deleted after the 2xx)
 but no ledger, separates the price of that work from conveyor's own.
 
-Rates are printed twice: as the sink saw them (first to last POST of each run; the ratio
-quoted in the README) and by the client's wall clock (the plain loop from its first read, the
-daemon from the moment the files appeared, its poll interval of 100 ms included).
+The daemon runs twice: with ``after: keep`` (the default; the plain loop leaves its files
+too) and with ``after: delete``. Each client gets hard links of its own to one set of files.
 
-    python bench/bench_http.py [--files 5000] [--size 4096] [--concurrency 32] [--dir /var/tmp]
+Rates are taken as the sink saw them (first to last POST of each run; the ratio quoted in the
+README) and by the client's wall clock (the plain loop from its first read, the daemon from
+the moment the files appeared, its poll interval of 100 ms included). With ``--rounds`` every
+client runs once per round, in alternating order, and ratios are taken within each round: on a
+shared machine whole rounds are disturbed together. Medians are shown with [min-max].
+
+    python bench/bench_http.py [--files 5000] [--size 4096] [--concurrency 32] [--rounds 1] [--dir /var/tmp]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -199,10 +205,38 @@ async def daemon_run(base: Path, master: Path, url: str, n: int, concurrency: in
         d.stop()
 
 
-async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str, ...]]:
+CLIENTS = ("plain", "alone", "spec", "keep", "delete")
+
+
+async def one_round(base: Path, master: Path, url: str, n: int, concurrency: int, s: aiohttp.ClientSession,
+                    order: tuple[str, ...]) -> dict[str, tuple[float, float, float, int]]:
+    """Every client once, in ``order``: payloads/s at the sink, payloads/s by the client's
+    wall clock, CPU seconds, peak RSS (KiB, the daemon's)."""
+    out = {}
+    for name in order:
+        before = await sink_count(s, url)
+        rss = 0
+        if name in ("keep", "delete"):
+            seconds, cpu, rss = await daemon_run(base / name, master, url, n, concurrency, name, s, before=before)
+        else:
+            files = links(master, base / name)
+            c0 = cpu_self()
+            if name == "alone":
+                seconds = await target_alone(files, url, concurrency)
+            else:
+                seconds = await plain_client(files, url, concurrency, spec_work=name == "spec")
+            cpu = cpu_self() - c0
+        assert await sink_count(s, url) == before + n
+        out[name] = (await sink_rate(s, url, before, n), n / seconds, cpu, rss)
+        shutil.rmtree(base / name)
+    return out
+
+
+async def run(base: Path, n: int, size: int, concurrency: int, rounds: int) -> list[tuple[str, ...]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     sink = subprocess.Popen([sys.executable, __file__, "--sink", str(port)])  # noqa: ASYNC220 (started once)
+    results: list[dict[str, tuple[float, float, float, int]]] = []
     try:
         async with aiohttp.ClientSession() as s:
             for _ in range(200):
@@ -216,53 +250,42 @@ async def run(base: Path, n: int, size: int, concurrency: int) -> list[tuple[str
             body = os.urandom(size)
             for i in range(n):
                 (master / f"f{i:06}.dat").write_bytes(body)
-            c0 = cpu_self()
-            plain_s = await plain_client(links(master, base / "plain"), url, concurrency)
-            plain_cpu = cpu_self() - c0
-            assert await sink_count(s, url) == n
-            c0 = cpu_self()
-            alone_s = await target_alone(links(master, base / "alone"), url, concurrency)
-            alone_cpu = cpu_self() - c0
-            assert await sink_count(s, url) == 2 * n
-            c0 = cpu_self()
-            spec_s = await plain_client(links(master, base / "spec"), url, concurrency, spec_work=True)
-            spec_cpu = cpu_self() - c0
-            assert await sink_count(s, url) == 3 * n
-            rates = [await sink_rate(s, url, i * n, n) for i in range(3)]
-            walls, cpus = [n / plain_s, n / alone_s, n / spec_s], [plain_cpu, alone_cpu, spec_cpu]
-            rss = 0
-            for i, after in enumerate(("keep", "delete")):
-                seconds, cpu, peak = await daemon_run(base / after, master, url, n, concurrency, after, s,
-                                                      before=(3 + i) * n)
-                rates.append(await sink_rate(s, url, (3 + i) * n, n))
-                walls.append(n / seconds)
-                cpus.append(cpu)
-                rss = max(rss, peak)
+            for r in range(rounds):
+                # Alternate the order: a client that runs right after another meets the
+                # deletes (and freed inodes) of the one before it.
+                results.append(await one_round(base, master, url, n, concurrency, s,
+                                               CLIENTS if r % 2 == 0 else CLIENTS[::-1]))
     finally:
         sink.terminate()
         sink.wait(10)
 
-    def ms(cpu: float) -> str:
-        return f"{cpu * 1000 / n:.2f}"
+    def spread(values: list[float], fmt: str) -> str:
+        text = format(statistics.median(values), fmt)
+        return text if len(values) == 1 else f"{text} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
 
-    names = [f"plain aiohttp client, {n} x {size} B, {concurrency} at a time",
-             "conveyor HttpTarget alone, same bodies, same concurrency",
-             "plain client + SPEC's per-payload work (SHA-256, headers, delete)",
-             f"conveyor local->http, after: keep (the default), max_in_flight {concurrency}",
-             "conveyor local->http, after: delete"]
-    rows: list[tuple[str, ...]] = [("measure", "payloads/s (sink)", "ratio", "payloads/s (wall)", "ratio",
+    names = {"plain": f"plain aiohttp client, {n} x {size} B, {concurrency} at a time",
+             "alone": "conveyor HttpTarget alone, same bodies, same concurrency",
+             "spec": "plain client + SPEC's per-payload work (SHA-256, headers, delete)",
+             "keep": f"conveyor local->http, after: keep (the default), max_in_flight {concurrency}",
+             "delete": "conveyor local->http, after: delete"}
+    rows: list[tuple[str, ...]] = [("measure", "payloads/s (sink)", "ratio (per round)", "ratio (wall)",
                                     "CPU ms/payload")]
-    for name, rate, wall, cpu in zip(names, rates, walls, cpus, strict=True):
-        rows.append((name, f"{rate:,.0f}", f"{rate / rates[0]:.2f}", f"{wall:,.0f}", f"{wall / walls[0]:.2f}",
-                     ms(cpu)))
-    rows.append(("daemon peak RSS", f"{rss / 1024:.0f} MB", "", "", "", ""))
+    for name, label in names.items():
+        rows.append((label, spread([r[name][0] for r in results], ",.0f"),
+                     spread([r[name][0] / r["plain"][0] for r in results], ".2f"),
+                     spread([r[name][1] / r["plain"][1] for r in results], ".2f"),
+                     spread([r[name][2] * 1000 / n for r in results], ".2f")))
+    rss = max(r[k][3] for r in results for k in ("keep", "delete"))
+    rows.append(("daemon peak RSS", f"{rss / 1024:.0f} MB", "", "", ""))
     return rows
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=5000)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=1, help="repetitions, in alternating order; medians [min-max]")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--sink", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -271,7 +294,7 @@ def main() -> None:
         return
     base = Path(tempfile.mkdtemp(prefix="conveyor-bench-http-", dir=args.dir))
     try:
-        rows = asyncio.run(run(base, args.files, args.size, args.concurrency))
+        rows = asyncio.run(run(base, args.files, args.size, args.concurrency, args.rounds))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(table(rows))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import random
 from datetime import UTC, datetime
@@ -61,3 +62,12 @@ def test_content_type_guess_matches_mimetypes() -> None:
              "data:text/plain,x.csv", "a.b.c.xml", "x.svgz", "x.unknown", "x.PDF", "dir/x.txt", "x.tar.bz2"]
     for name in names * 2:  # the second time from the cache
         assert _guess_type(name) == mimetypes.guess_type(name)[0], name
+
+
+def test_meta_header_json_is_json_dumps() -> None:
+    from conveyor.targets.http import _META_JSON
+
+    docs = [{"id": "a", "size": 1, "message": None, "file": {"path": "é/x\\\"y\u0007", "mtime": "t"}},
+            {"n": [1, 2.5, True, None, {"k": "\u2028"}], "f": 1e300, "neg": -0.0}, {}]
+    for doc in docs:
+        assert _META_JSON(doc) == json.dumps(doc, separators=(",", ":"), ensure_ascii=True)

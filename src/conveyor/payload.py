@@ -35,16 +35,17 @@ def utc_iso(ts: float | datetime | None = None) -> str:
         sec, us = sec + 1, us - 1_000_000
     elif us < 0:
         sec, us = sec - 1, us + 1_000_000
-    global _second
-    cached, text = _second
-    if cached != sec:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        _second = (sec, text)
+    text = _seconds.get(sec)
+    if text is None:
+        if len(_seconds) >= 512:
+            _seconds.clear()
+        text = _seconds[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
     return f"{text}.{us // 1000:03d}Z"
 
 
-_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
-"""The last whole second formatted by utc_iso, and its text."""
+_seconds: dict[int, str] = {}
+"""Whole seconds formatted by utc_iso lately: files of one folder share a few mtimes' seconds,
+and received_at stays on the current one."""
 
 
 class Body:
