@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 import ssl
 import time
 from email.utils import formatdate
@@ -335,3 +336,64 @@ async def test_rabbitmq_message_refused_by_http_is_rejected_and_failed(rabbit_vh
     assert meta_header(sink.received[0].headers["X-Conveyor-Meta"])["message"]["id"] == "order-1"
     assert code == 200 and len(doc["items"]) == 1
     assert "HTTP 422" in doc["items"][0]["last_error"] and "unprocessable order" in doc["items"][0]["last_error"]
+
+
+async def _reading_server(rate: int, stop_after: int | None) -> tuple[asyncio.Server, str, list[int]]:
+    """A raw HTTP server that reads request bodies at ``rate`` bytes per 20 ms (stopping for good
+    after ``stop_after`` bytes, if given), then answers 201; the sizes it read completely."""
+    done: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            got = 0
+            while got < length:
+                if stop_after is not None and got >= stop_after:
+                    await asyncio.sleep(30)
+                got += len(await reader.read(min(rate, length - got)))
+                await asyncio.sleep(0.02)
+            done.append(got)
+            writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client gave up
+        finally:
+            writer.close()
+
+    # A small, fixed receive buffer (autotuning could hold tens of MiB on loopback): the
+    # client's chunks are taken at the reading pace.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(handle, sock=sock)
+    return server, f"http://127.0.0.1:{sock.getsockname()[1]}/in", done
+
+
+async def test_timeout_is_inactivity_not_a_cap_on_a_slow_upload(tmp_path: Path) -> None:
+    """A 16 MiB file taken slowly but steadily (about 2 s) goes through a 1 s timeout; the
+    same upload to a server that stops reading fails within the limit and a tick. (After the
+    last chunk the socket buffers, several MiB here, must drain within the limit: that wait
+    for the answer counts as inactivity.)"""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(16 * 1024 * 1024))
+    server, url, done = await _reading_server(256 * 1024, None)
+    t = HttpTarget("f", cfg(url, timeout="1s"))
+    try:
+        started = time.monotonic()
+        await t.deliver(payload(body=Body.from_file(big, owned=False), name="big.bin"))
+        assert time.monotonic() - started > 1.3 and done == [big.stat().st_size]
+    finally:
+        await t.close()
+        server.close()
+    server, url, done = await _reading_server(256 * 1024, 1024 * 1024)
+    t = HttpTarget("f", cfg(url, timeout="1s"))
+    try:
+        started = time.monotonic()
+        with pytest.raises(Transient, match=r"no progress for 1s \(timeout\)"):
+            await t.deliver(payload(body=Body.from_file(big, owned=False), name="big.bin"))
+        assert time.monotonic() - started < 3.0 and done == []
+    finally:
+        await t.close()
+        server.close()

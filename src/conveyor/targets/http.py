@@ -38,6 +38,7 @@ from conveyor.errors import Rejected, RetryAfter, Transient
 from conveyor.payload import Payload
 from conveyor.redact import redact
 from conveyor.targets.config import HttpTargetConfig
+from conveyor.targets.inactivity import Guard, Watchdog
 
 log = logging.getLogger("conveyor.http")
 
@@ -97,6 +98,7 @@ class HttpTarget:
         # Errors name the endpoint without credentials or query string (tokens live there).
         self.where = str(self.url.with_user(None).with_password(None).with_query(None).with_fragment(None))
         self._session: aiohttp.ClientSession | None = None
+        self._watchdog = Watchdog(config.timeout)
 
     def _ssl(self) -> ssl.SSLContext | bool:
         if not self.config.tls_verify:
@@ -142,17 +144,14 @@ class HttpTarget:
 
     async def _post(self, payload: Payload, headers: dict[str, str], *, reused_ok: bool) -> None:
         limit = self.config.timeout
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
+        guard = self._watchdog.start()
         try:
-            async with asyncio.timeout(limit) as deadline:
-                data: bytes | AsyncIterator[bytes]
-                if payload.body.in_memory:
-                    data = payload.body.bytes()
-                else:
-                    data = _paced(payload.body.chunks(), deadline, limit, loop)
+            try:
+                body = payload.body
+                data: bytes | AsyncIterator[bytes] = body.bytes() if body.in_memory else _paced(body.chunks(), guard)
                 async with self.session().post(self.url, data=data, headers=headers, allow_redirects=False) as resp:
-                    deadline.reschedule(loop.time() + limit)
+                    guard.touch()
                     if 200 <= resp.status < 300:
                         await resp.read()  # drain, so the connection goes back to the pool
                         log.debug("POST %s: %d in %.3fs", self.where, resp.status, time.monotonic() - started,
@@ -161,6 +160,12 @@ class HttpTarget:
                     excerpt = await _excerpt(resp)
                     raise _status_error(self.where, resp.status, resp.reason or "", excerpt,
                                         resp.headers.get("Retry-After"))
+            except asyncio.CancelledError:
+                if guard.expired():
+                    raise TimeoutError from None
+                raise
+            finally:
+                self._watchdog.stop(guard)
         except (Transient, Rejected):
             raise
         except TimeoutError:
@@ -181,6 +186,7 @@ class HttpTarget:
 
     async def close(self) -> None:
         """Close the pooled connections."""
+        await self._watchdog.close()
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
@@ -196,11 +202,10 @@ def _disconnect(e: BaseException) -> bool:
     return isinstance(e, aiohttp.ClientOSError) and e.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
-async def _paced(chunks: AsyncIterator[bytes], deadline: asyncio.Timeout, limit: float,
-                 loop: asyncio.AbstractEventLoop) -> AsyncIterator[bytes]:
-    """The body's chunks, pushing the deadline back each time the socket took one."""
+async def _paced(chunks: AsyncIterator[bytes], guard: Guard) -> AsyncIterator[bytes]:
+    """The body's chunks, counting the limit afresh each time the socket took one."""
     async for chunk in chunks:
-        deadline.reschedule(loop.time() + limit)
+        guard.touch()
         yield chunk
 
 
