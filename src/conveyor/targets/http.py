@@ -19,11 +19,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
-import functools
 import json
 import logging
 import mimetypes
-import posixpath
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -69,15 +67,22 @@ def _guess_type(name: str) -> str | None:
     """mimetypes' guess for a file name, remembered per suffix: a name without a compression
     suffix (``.gz``), a suffix alias (``.tgz``) or a URL scheme (``data:``) is judged by its
     last suffix alone, and a flow's names share a few."""
-    ext = posixpath.splitext(name)[1]
-    if not ext or ":" in name or ext in mimetypes.suffix_map or ext.lower() in _ENCODED:
+    # posixpath.splitext's rule, inline: a suffix follows a name part that is not all dots.
+    slash, dot = name.rfind("/"), name.rfind(".")
+    if dot <= slash + 1 or not name[slash + 1 : dot].strip(".") or ":" in name:
         return mimetypes.guess_type(name)[0]
-    return _suffix_type(ext)
+    ext = name[dot:]
+    if ext in _BY_SUFFIX:
+        return _BY_SUFFIX[ext]
+    if ext in mimetypes.suffix_map or ext.lower() in _ENCODED:
+        return mimetypes.guess_type(name)[0]
+    if len(_BY_SUFFIX) >= 256:
+        _BY_SUFFIX.clear()
+    found = _BY_SUFFIX[ext] = mimetypes.guess_type("x" + ext)[0]
+    return found
 
 
-@functools.lru_cache(maxsize=256)
-def _suffix_type(ext: str) -> str | None:
-    return mimetypes.guess_type("x" + ext)[0]
+_BY_SUFFIX: dict[str, str | None] = {}
 
 
 class HttpRejected(Rejected):
