@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
 import random
@@ -44,6 +45,7 @@ async def test_local_paths_stay_under_the_root(tmp_path: Path) -> None:
                          Context(spool=None, status=StatusBoard()))  # type: ignore[arg-type]
     body = await inst.open_in_place(RemoteFile("in/a.txt", 1, 0.0), 1 << 20)
     assert body.bytes() == b"a"
+    assert body.known_digest == hashlib.sha256(b"a").hexdigest()  # hashed on the I/O thread, with the read
     for bad in ("../secret", "in/../../secret", ".."):
         with pytest.raises(Permanent, match="leaves the instance root"):
             await inst.open_in_place(RemoteFile(bad, 1, 0.0), 1 << 20)

@@ -65,9 +65,9 @@ class Body:
         self._owned = owned
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Body:
-        """A body held in memory (messages, small files)."""
-        return cls(data=data, size=len(data), sha256=None, owned=False)
+    def from_bytes(cls, data: bytes, sha256: str | None = None) -> Body:
+        """A body held in memory (messages, small files); ``sha256`` if already computed."""
+        return cls(data=data, size=len(data), sha256=sha256, owned=False)
 
     @classmethod
     def from_file(cls, path: Path, *, owned: bool, sha256: str | None = None) -> Body:

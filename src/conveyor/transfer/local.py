@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import os
 import shutil
 import uuid
@@ -109,7 +110,8 @@ class LocalInstance:
         path = self._abs(f.path)
         try:
             if f.size <= min(threshold, 1 << 20):
-                return Body.from_bytes(await self._io.run(functools.partial(_read, path)))
+                data, sha256 = await self._io.run(functools.partial(_read_hashed, path))
+                return Body.from_bytes(data, sha256)
             return Body.from_file(Path(path), owned=False)
         except OSError as e:
             raise self._error(e, f.path) from None
@@ -194,9 +196,12 @@ def _take(it: Iterator[os.DirEntry[str]], n: int) -> list[tuple[str, bool, int, 
     return out
 
 
-def _read(path: str) -> bytes:
+def _read_hashed(path: str) -> tuple[bytes, str]:
+    """The file and its SHA-256, both on the I/O thread: every delivery needs the digest
+    (metadata), and computed here it runs beside the event loop instead of on it."""
     with open(path, "rb") as f:
-        return f.read()
+        data = f.read()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def _unlink(path: str) -> None:
