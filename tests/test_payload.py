@@ -6,7 +6,7 @@ import hashlib
 import json
 import mimetypes
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,14 @@ def test_utc_iso_matches_datetime() -> None:
     for ts in edges + halves + spread:
         assert utc_iso(ts) == by_datetime(ts), ts
     assert utc_iso(datetime(2026, 1, 1, 12, tzinfo=UTC)) == "2026-01-01T12:00:00.000Z"
+    # Aware datetimes (Pub/Sub's publish_time) go through their timestamp: the same text.
+    plus2 = timezone(timedelta(hours=2))
+    for ts in halves[:500] + spread[:2000]:
+        for tz in (UTC, plus2):
+            dt = datetime.fromtimestamp(ts, tz)
+            assert utc_iso(dt) == dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"), dt
+    naive = datetime(2026, 1, 1, 12, 0, 0, 999_999)
+    assert utc_iso(naive) == naive.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     now = utc_iso()
     assert now.endswith("Z") and len(now) == len("2026-01-01T12:00:00.000Z")
 

@@ -85,8 +85,6 @@ class Metrics:
             if outcome == "delivered":
                 self._child(self.bytes, flow).inc(f.get("size") or 0)
                 self._child(self.seconds, flow).observe(f.get("seconds") or 0.0)
-        elif kind == "in_flight":
-            self._child(self.in_flight, f["flow"]).set(f["value"])
         elif kind == "connect_attempt":
             self._child(self.connects, f["instance"], f["outcome"]).inc()
         elif kind == "instance_state":

@@ -25,7 +25,9 @@ CHUNK = 1024 * 1024
 def utc_iso(ts: float | datetime | None = None) -> str:
     """An RFC 3339 UTC timestamp with milliseconds, as the metadata carries them."""
     if isinstance(ts, datetime):
-        return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if ts.tzinfo is None:  # naive: local time, as astimezone() takes it
+            return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        ts = ts.timestamp()  # exact to well under a microsecond, which the rounding below restores
     # Twice per file on the event loop (received_at, the file's mtime): by hand, with the
     # seconds' text reused, it costs a third of datetime's way. The rounding is datetime's
     # (to the microsecond, half to even), then truncated to milliseconds as isoformat does.

@@ -65,7 +65,7 @@ class StatusBoard:
         self.flows: dict[str, FlowStatus] = {}
         self.started = time.time()
         self.observers: list[Any] = []
-        """Objects with ``on_event(kind, **fields)``: the metrics exporter, the systemd notifier."""
+        """Objects with ``on_event(kind, **fields)``: the metrics exporter."""
 
     # -- instances ---------------------------------------------------------
     def add_instance(self, name: str, type_: str, address: str) -> InstanceStatus:
@@ -123,7 +123,8 @@ class StatusBoard:
         if st is not None:
             st.in_flight += 1
             st.oldest_in_flight[payload_id] = time.time()
-            self._emit("in_flight", flow=name, value=st.in_flight)
+            # No event: the in-flight gauge is read from the board at each scrape (Metrics.refresh),
+            # not set twice per payload.
 
     def delivery_ended(self, name: str, payload_id: str, outcome: str, size: int = 0, seconds: float = 0.0) -> None:
         """A payload left delivery: outcome is delivered | failed | skipped | released."""
@@ -140,7 +141,6 @@ class StatusBoard:
             st.failed += 1
         elif outcome == "skipped":
             st.skipped += 1
-        self._emit("in_flight", flow=name, value=st.in_flight)
         self._emit("payload", flow=name, outcome=outcome, size=size, seconds=seconds)
 
     def _emit(self, kind: str, **fields: Any) -> None:
