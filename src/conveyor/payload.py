@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import errno
 import hashlib
 import math
+import os
 import queue
 import threading
 import time
@@ -356,4 +358,12 @@ def disk_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-__all__ = ["CHUNK", "Body", "Payload", "Spool", "SpoolWriter", "disk_full", "hash_file", "stable_id", "utc_iso"]
+def remove_files(*paths: str) -> None:
+    """Delete each file; one already gone is fine."""
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+
+
+__all__ = ["CHUNK", "Body", "Payload", "Spool", "SpoolWriter", "disk_full", "hash_file", "remove_files", "stable_id",
+           "utc_iso"]

@@ -10,7 +10,6 @@ id) is not written again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import json
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from conveyor.errors import NoSpace, Permanent, Rejected, Transient
 from conveyor.names import name_fields, render, sanitise
-from conveyor.payload import Body, Payload, disk_full, hash_file
+from conveyor.payload import Body, Payload, disk_full, hash_file, remove_files
 from conveyor.targets.config import DirectoryTargetConfig
 from conveyor.targets.dirwriter import BatchWriter
 from conveyor.targets.fsync import GroupSync
@@ -85,14 +84,14 @@ class DirectoryTarget:
                 if not self._stage(payload, name, tmp_body, tmp_meta):
                     return None
             except BaseException:
-                _remove(tmp_body, tmp_meta)
+                remove_files(tmp_body, tmp_meta)
                 raise
 
             def publish() -> None:
                 try:
                     self._publish(name, tmp_body, tmp_meta)
                 except BaseException:
-                    _remove(tmp_body, tmp_meta)
+                    remove_files(tmp_body, tmp_meta)
                     raise
             return publish
 
@@ -114,7 +113,7 @@ class DirectoryTarget:
             if sync:
                 await sync.sync()
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(_remove, tmp_body, tmp_meta))
+            await asyncio.shield(asyncio.to_thread(remove_files, tmp_body, tmp_meta))
             raise
 
     def _stage(self, payload: Payload, name: str, tmp_body: str, tmp_meta: str) -> bool:
@@ -153,12 +152,6 @@ class DirectoryTarget:
         """Stop the writer thread."""
         if self._writer is not None:
             self._writer.close()
-
-
-def _remove(*paths: str) -> None:
-    for p in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(p)
 
 
 def _write(path: str, data: bytes) -> None:

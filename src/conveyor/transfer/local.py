@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import os
@@ -15,7 +14,7 @@ from pathlib import Path
 from conveyor.batched import BatchedThread
 from conveyor.errors import NoSpace, NotFound, Permanent, Rejected, Transient
 from conveyor.interfaces import Context, RemoteFile
-from conveyor.payload import Body, SpoolWriter, disk_full
+from conveyor.payload import Body, SpoolWriter, disk_full, remove_files
 from conveyor.transfer.local_config import LocalConfig
 
 _BATCH = 1000
@@ -163,7 +162,7 @@ class LocalInstance:
     async def remove(self, path: str) -> None:
         """Delete; already gone is fine."""
         try:
-            await self._io.run(functools.partial(_unlink, self._abs(path)))
+            await self._io.run(functools.partial(remove_files, self._abs(path)))
         except OSError as e:
             raise self._error(e, path) from None
 
@@ -202,11 +201,6 @@ def _read_hashed(path: str) -> tuple[bytes, str]:
     with open(path, "rb") as f:
         data = f.read()
     return data, hashlib.sha256(data).hexdigest()
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def _is_file(mode: int) -> bool:
