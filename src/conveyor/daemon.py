@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,6 +64,28 @@ def make_addons(config: Config) -> list[Addon]:
     return addons
 
 
+GC_THRESHOLD = (50_000, 10, 10)
+"""The cyclic collector's thresholds while the daemon runs. Python's default (700, 10, 10)
+ran a young-generation pass every few messages; on a Pub/Sub → directory flow the
+collector took a tenth of the daemon's CPU. Cycles are still collected, in passes a
+seventieth as frequent, each over at most 50,000 young objects."""
+
+
+@contextlib.contextmanager
+def fewer_gc_passes() -> Iterator[None]:
+    """Freeze what start-up allocated (imports, config: never garbage, and then never walked
+    again by a full collection) and raise the collection thresholds; undone on exit, so a
+    daemon run in-process (the tests) leaves the interpreter as it was."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
 class Daemon:
     """Runs every enabled flow of a config until SIGTERM/SIGINT; SIGHUP reloads."""
 
@@ -106,7 +130,8 @@ class Daemon:
                          len(self.config.instances), redact(self.config.state))
                 for addon in self.addons:
                     await addon.ready()
-                await self._wait_for_stop()
+                with fewer_gc_passes():
+                    await self._wait_for_stop()
                 for addon in self.addons:
                     await addon.stop()
                 await self._shutdown()

@@ -28,6 +28,10 @@ from conveyor.targets.dirwriter import BatchWriter
 from conveyor.targets.fsync import GroupSync
 
 _COUNTER = itertools.count()
+_PID = [os.getpid()]
+"""This process's id for temporary names (``os.getpid`` is a system call; a message paid for
+one), kept right across a fork."""
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
 
 _SYNCS: dict[str, GroupSync] = {}
@@ -75,7 +79,7 @@ class DirectoryTarget:
 
     async def _deliver(self, payload: Payload) -> None:
         name = self.file_name(payload)
-        tag = f"{os.getpid()}-{next(_COUNTER)}"
+        tag = f"{_PID[0]}-{next(_COUNTER)}"
         tmp_body = f"{self._dir}/.{name[:200]}.{tag}.tmp"
         tmp_meta = f"{self._dir}/.{name[:200]}.{tag}.meta.tmp"
 
@@ -154,9 +158,19 @@ class DirectoryTarget:
             self._writer.close()
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
 def _write(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
+    """Create ``path`` holding ``data``. Through the file descriptor directly: ``open()`` adds
+    an fstat, an isatty ioctl and an lseek, three more system calls per file."""
+    fd = os.open(path, _CREATE, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _sidecar_id(path: str) -> str | None:
