@@ -19,6 +19,11 @@ the process's own user + system time per message; peak RSS from /proc. The emula
 streaming pull is the bottleneck (about 2k msgs/s here whatever the flow control), and two
 cores are shared with other work: numbers are noisy.
 
+A run ends by deleting its 2N output files. On a file system that skips recently deleted
+inodes when it creates a file (ext4 without a journal, as on the VM the README's figures come
+from), creating files is then several times slower for minutes: leave a few minutes between
+runs, and compare row 3 with row 5 of the same run.
+
     python bench/bench_pubsub.py [--messages 50000] [--max-in-flight 256]
 """
 
