@@ -111,7 +111,8 @@ class LocalInstance:
             if f.size <= min(threshold, 1 << 20):
                 data, sha256 = await self._io.run(functools.partial(_read_hashed, path))
                 return Body.from_bytes(data, sha256)
-            return Body.from_file(Path(path), owned=False)
+            # Its stat() on the I/O thread too: a slow disk must not hold up the event loop.
+            return await self._io.run(functools.partial(Body.from_file, Path(path), owned=False))
         except OSError as e:
             raise self._error(e, f.path) from None
 
