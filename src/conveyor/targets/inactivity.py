@@ -69,9 +69,7 @@ class Watchdog:
         """The request ended (whichever way): stop watching it. A cancellation this guard made
         and nobody consumed with :meth:`Guard.expired` is withdrawn, as asyncio.timeout does."""
         self._live.discard(guard)
-        if guard.fired:
-            guard.fired = False
-            guard._task.uncancel()
+        guard.expired()  # withdraws the guard's own unconsumed cancellation, if any
 
     async def _check(self) -> None:
         loop = asyncio.get_running_loop()
