@@ -116,7 +116,13 @@ class RabbitNode:
             parts = line.split("\t")
             if len(parts) == 3 and parts[0] == name:
                 return int(parts[1]), int(parts[2])
-        raise AssertionError(f"queue {name} not found on {self.nodename}: {out.stdout}{out.stderr}")
+        raise AssertionError(f"queue {name} not found on {self.nodename}: {out.stdout}{out.stderr}\n"
+                             f"the node's log ends:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the node's own log (it goes with the folder when the fixture ends)."""
+        logs = sorted((self.base / "log").glob("*.log"), key=lambda p: p.stat().st_mtime)
+        return logs[-1].read_text(errors="replace")[-chars:] if logs else "(no log)"
 
     def vhost(self) -> NodeVhost:
         """The node's default vhost, usable with tests/servers/rabbitmq.py's declare/publish/drain."""
