@@ -3,10 +3,12 @@ endpoint (real HTTP, real google-auth), credential errors, config validation, la
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +35,7 @@ class TokenEndpoint:
     def __init__(self) -> None:
         self.requests: list[dict[str, str]] = []
         self.status = 200
+        self.delay = 0.0
         self.answer: dict[str, Any] = {"access_token": "ya29.test-token", "expires_in": 3600, "token_type": "Bearer"}
         outer = self
 
@@ -41,6 +44,7 @@ class TokenEndpoint:
                 length = int(self.headers.get("Content-Length", "0"))
                 form = urllib.parse.parse_qs(self.rfile.read(length).decode())
                 outer.requests.append({k: v[0] for k, v in form.items()})
+                time.sleep(outer.delay)
                 body = json.dumps(outer.answer).encode()
                 self.send_response(outer.status)
                 self.send_header("Content-Type", "application/json")
@@ -122,6 +126,22 @@ async def test_oauth_invalid_grant_is_auth_error(token_endpoint: TokenEndpoint, 
     assert SECRET not in text and REFRESH not in text
     st = status.instances["gcp"]
     assert st.state == "down" and st.permanent and st.last_error and SECRET not in st.last_error
+    await inst.close()
+
+
+async def test_stop_during_token_refresh_stops(token_endpoint: TokenEndpoint, tmp_path: Path) -> None:
+    """A cancel while the token request is in flight is a cancel, not a retryable error: once it
+    became "unexpected CancelledError", the flow retried and SIGTERM hung the daemon 30 s."""
+    from conveyor.brokers.pubsub import PubsubInstance
+
+    token_endpoint.delay = 3.0
+    inst = PubsubInstance("gcp", oauth_config(token_endpoint.url), Context(spool=Spool(tmp_path), status=StatusBoard()))
+    task = asyncio.create_task(inst.connect())
+    while not token_endpoint.requests:
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     await inst.close()
 
 

@@ -115,7 +115,7 @@ async def _run(tmp_path: Path, fmt: str, echo_url: str) -> None:
     finally:
         rc = d.stop()
     out = d.output() + "\n".join(served)
-    assert rc == 0, out[-3000:]
+    assert rc == 0, f"exit {rc} (-9: still running 30 s after SIGTERM); the daemon's log ends:\n{d.output()[-3000:]}"
     if fmt == "json":
         _check_json_lines(d.err.read_text())
     # The run did exercise the failure paths whose messages could carry secrets.

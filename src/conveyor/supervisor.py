@@ -70,6 +70,7 @@ async def supervise(
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            _raise_if_cancelling(e)
             if loop.time() - started >= healthy_after:
                 attempt = 0
             attempt += 1
@@ -87,6 +88,19 @@ async def supervise(
             await asyncio.sleep(delay)
             if on_recover is not None:
                 on_recover()
+
+
+def _raise_if_cancelling(e: Exception) -> None:
+    """Honour a cancellation that ``run`` turned into an ordinary error.
+
+    A library (or a careless ``except BaseException``) can catch the CancelledError that stops
+    a flow and raise something else instead. Retrying would then keep the flow alive after
+    SIGTERM until systemd's kill: once a daemon hung 30 s that way. The task still counts the
+    request (``cancelling()``), so the supervisor re-raises it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from e
 
 
 def _is_conveyor(e: BaseException) -> bool:

@@ -66,7 +66,7 @@ class PubsubInstance:
                     await asyncio.wait_for(
                         asyncio.to_thread(refresh, self.name, self.config, creds), self.config.timeout
                     )
-            except BaseException as e:
+            except Exception as e:  # CancelledError passes: a stop during the token refresh must stop
                 err = map_error(self.name, e)
                 self.report(err)
                 raise err from None
