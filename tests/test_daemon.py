@@ -232,3 +232,25 @@ async def test_gc_passes_are_fewer_while_running_and_restored_after(tmp_path: Pa
         await wait_for(lambda: "a" in bodies(tmp_path / "out"), 20)
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_flow_task_that_swallows_a_cancellation_is_cancelled_again(caplog: Any, monkeypatch: Any) -> None:
+    import conveyor.daemon
+    from conveyor.daemon import cancel_until_done
+
+    monkeypatch.setattr(conveyor.daemon, "STOP_NAG", 0.1)
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swallowed += 1  # what a careless library does; it then goes on waiting
+        await asyncio.sleep(30)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_until_done(task, "f"), 5)
+    assert task.cancelled() and swallowed == 1
+    assert any("cancelling it again" in r.getMessage() for r in caplog.records)

@@ -30,6 +30,27 @@ from conveyor.supervisor import Backoff
 log = logging.getLogger("conveyor.daemon")
 
 
+STOP_NAG = 5.0
+"""Seconds between cancellations of a flow task that has not ended yet."""
+
+
+async def cancel_until_done(task: asyncio.Task[None], flow: str) -> None:
+    """Cancel a flow's task and wait until it has ended, cancelling again while it runs on.
+
+    Code that catches CancelledError can swallow one cancellation (a Pub/Sub token refresh once
+    did); the daemon then waited for ever after SIGTERM, silently. Now it says so and insists.
+    """
+    while True:
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=STOP_NAG)
+        if done:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return
+        log.error("flow still running %.0fs after it was cancelled; cancelling it again", STOP_NAG,
+                  extra={"flow": flow})
+
+
 class Addon(Protocol):
     """Something that lives as long as the daemon: the health server, the systemd notifier."""
 
@@ -257,9 +278,7 @@ class Daemon:
             if self._signals > 1:
                 runner.abort()
             await runner.drain(self.config.shutdown_timeout)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_until_done(task, name)
         finally:
             self._draining.remove((runner, task))  # else every reload would keep its old runners
         try:
