@@ -123,9 +123,7 @@ class PubsubInstance:
         timeout = self.config.timeout
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn, *args, timeout=timeout, **kw), timeout + 5)
-        except BaseException as e:
-            if isinstance(e, asyncio.CancelledError):
-                raise
+        except Exception as e:  # CancelledError passes, as in connect()
             raise map_error(self.name, e, path=path) from None
 
     # -- status ----------------------------------------------------------------------------------------
@@ -225,9 +223,7 @@ class PubsubTarget:
         try:
             future = client.publish(self.topic, data, ordering_key=key, timeout=timeout, **attrs)
             await asyncio.wait_for(asyncio.wrap_future(future), timeout + 5)
-        except BaseException as e:
-            if isinstance(e, asyncio.CancelledError):
-                raise
+        except Exception as e:  # CancelledError passes: a cancelled delivery is not a failed publish
             if key:
                 # A failed publish pauses its ordering key; later payloads of the key would fail at once.
                 client.resume_publish(self.topic, key)
