@@ -79,13 +79,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, *, libraries: bool = False) -> Any:
+    """The config, or None after printing every problem; with ``libraries``, also the client
+    libraries its instances and state store need must import (``run`` and ``check`` fail on a
+    missing one at once, not at a flow's first start)."""
     from conveyor.config import load_config
     from conveyor.errors import ConfigError
 
     path = args.config or default_config()
     try:
-        return load_config(path)
+        config = load_config(path)
+        if libraries:
+            from conveyor.libraries import missing_libraries
+
+            problems = missing_libraries(config)
+            if problems:
+                raise ConfigError(problems, str(path))
+        return config
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return None
@@ -93,7 +103,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``conveyor run``."""
-    config = _load(args)
+    config = _load(args, libraries=True)
     if config is None:
         return 2
     from conveyor.daemon import Daemon
@@ -105,15 +115,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as e:
         import logging
 
+        from conveyor.errors import ConveyorError
         from conveyor.redact import redact
 
-        logging.getLogger("conveyor").critical("fatal: %s", redact(f"{type(e).__name__}: {e}"), exc_info=True)
+        leaves = list(_leaves(e))
+        # conveyor's own errors already say what is wrong; a traceback is for the unexpected.
+        expected = all(isinstance(x, ConveyorError) for x in leaves)
+        text = "; ".join(str(x) if isinstance(x, ConveyorError) else f"{type(x).__name__}: {x}" for x in leaves)
+        logging.getLogger("conveyor").critical("fatal: %s", redact(text), exc_info=not expected)
         return 1
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    """The errors inside (nested) exception groups, or ``e`` itself."""
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """``conveyor check``."""
-    config = _load(args)
+    config = _load(args, libraries=True)
     if config is None:
         return 2
     print(f"{config.path}: OK ({len(config.instances)} instances, {len(config.flows)} flows)")

@@ -1,0 +1,45 @@
+"""The libraries a config needs, imported before anything starts.
+
+Connector runtimes and the PostgreSQL store import their client libraries lazily (a config
+without Pub/Sub never pays for google-cloud). A missing one must therefore be found when the
+config is checked, as one clear line naming the key that needs it, not as a traceback from a
+flow's first start.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from conveyor.config import Config
+from conveyor.errors import Problem
+from conveyor.registry import all_specs
+
+FIX = "install conveyor with its dependencies (pip install conveyor; not --no-deps)"
+
+
+def _why(e: ImportError) -> str:
+    missing = e.name or str(e)
+    return f"needs the Python module '{missing}', which is not installed: {FIX}"
+
+
+def missing_libraries(config: Config) -> list[Problem]:
+    """A problem for each instance type (and the state store) whose library cannot be imported."""
+    problems: list[Problem] = []
+    specs = all_specs()
+    tried: dict[str, str | None] = {}
+    for name, icfg in config.instances.items():
+        if icfg.type not in tried:
+            try:
+                specs[icfg.type].load_factory()
+                tried[icfg.type] = None
+            except ImportError as e:
+                tried[icfg.type] = _why(e)
+        why = tried[icfg.type]
+        if why is not None:
+            problems.append(Problem(f"instances.{name}.type", f"the {icfg.type} connector {why}"))
+    if config.state.startswith(("postgresql://", "postgres://")):
+        try:
+            importlib.import_module("conveyor.state.postgres")
+        except ImportError as e:
+            problems.append(Problem("state", f"a PostgreSQL state store {_why(e)}"))
+    return problems
