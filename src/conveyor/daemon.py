@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from conveyor.config import Config, Flow, load_config
-from conveyor.errors import ConfigError
+from conveyor.errors import ConfigError, ConveyorError
 from conveyor.flows.delivery import Deliverer
 from conveyor.flows.filesource import FileSource
 from conveyor.flows.runner import FlowRunner
@@ -266,7 +266,19 @@ class Daemon:
 
     def _start_flow(self, flow: Flow) -> None:
         assert self._tg is not None
-        runner = self.build_flow(flow)
+        try:
+            runner = self.build_flow(flow)
+        except Exception as e:
+            # One flow that cannot be built (an instance whose library or settings fail at
+            # construction) must not take the others down: it shows as failed in /status and
+            # /readyz, and a reload with a fixed config starts it.
+            why = redact(str(e) if isinstance(e, ConveyorError) else f"{type(e).__name__}: {e}")
+            st = self.status.add_flow(flow.name)
+            st.state = "failed"
+            self.status.flow_error(flow.name, f"cannot start: {why}")
+            log.error("flow cannot start: %s", why, extra={"flow": flow.name},
+                      exc_info=not isinstance(e, ConveyorError))
+            return
         task = self._tg.create_task(runner.run(), name=f"flow:{flow.name}")
         self.flows[flow.name] = (runner, task)
         log.info("flow started", extra={"flow": flow.name})
