@@ -175,19 +175,31 @@ class HttpTarget:
             raise
         except TimeoutError:
             raise Transient(f"POST {self.where}: no progress for {limit:g}s (timeout)") from None
-        except aiohttp.ClientConnectorCertificateError as e:
-            raise Transient(f"POST {self.where}: TLS certificate not trusted: {redact(str(e.certificate_error))}") \
-                from None
-        except aiohttp.ClientConnectorError as e:
-            raise Transient(f"POST {self.where}: cannot connect: {redact(str(e.os_error.strerror or e))}") from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-            if not reused_ok and _disconnect(e):
-                raise _Disconnected() from None
-            if isinstance(e, aiohttp.ServerDisconnectedError):
-                raise Transient(f"POST {self.where}: the server closed the connection without answering") from None
-            raise Transient(f"POST {self.where}: {type(e).__name__}: {redact(str(e))}") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise Transient(f"POST {self.where}: {type(e).__name__}: {redact(str(e))}") from None
+            if not reused_ok and not isinstance(e, aiohttp.ClientConnectorError) and _disconnect(e):
+                raise _Disconnected() from None
+            raise _network_error(f"POST {self.where}", e) from None
+
+    async def probe(self) -> str:
+        """Whether the endpoint answers, sending no payload (for ``check --connect``): a HEAD, then an
+        OPTIONS if HEAD got a 5xx. Any answer below 500 counts and is described; Transient otherwise."""
+        answers = []
+        for method in ("HEAD", "OPTIONS"):
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    async with self.session().request(method, self.url, headers=self.config.headers,
+                                                      allow_redirects=False) as resp:
+                        status, reason = resp.status, resp.reason or ""
+            except TimeoutError:
+                raise Transient(f"{method}: no answer within {self.config.timeout:g}s (timeout)") from None
+            except (aiohttp.ClientError, OSError) as e:
+                raise _network_error(method, e) from None
+            answer = f"{status} {reason}".rstrip()
+            if status < 500:
+                hint = " (redirects are not followed: point url at the final address)" if 300 <= status < 400 else ""
+                return f"answered {method} with {answer}{hint}"
+            answers.append(f"{method} with {answer}")
+        raise Transient(f"answered {' and '.join(answers)}: the server fails")
 
     async def close(self) -> None:
         """Close the pooled connections."""
@@ -199,6 +211,17 @@ class HttpTarget:
 
 class _Disconnected(Exception):
     """The connection closed before any answer (possibly a stale pooled one)."""
+
+
+def _network_error(what: str, e: BaseException) -> Transient:
+    """A request that got no HTTP answer, as one line naming what was tried."""
+    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+        return Transient(f"{what}: TLS certificate not trusted: {redact(str(e.certificate_error))}")
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return Transient(f"{what}: cannot connect: {redact(str(e.os_error.strerror or e))}")
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return Transient(f"{what}: the server closed the connection without answering")
+    return Transient(f"{what}: {type(e).__name__}: {redact(str(e))}")
 
 
 def _disconnect(e: BaseException) -> bool:
