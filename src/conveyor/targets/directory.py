@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -152,10 +153,52 @@ class DirectoryTarget:
         if self.config.sidecar:
             os.replace(tmp_meta, f"{self._dir}/{name}.meta.json")
 
+    async def probe(self) -> str:
+        """Whether the folder can be written, or created, writing nothing (for ``check --connect``)."""
+        return await asyncio.to_thread(writable_folder, self.folder)
+
     async def close(self) -> None:
         """Stop the writer thread."""
         if self._writer is not None:
             self._writer.close()
+
+
+def writable_folder(folder: Path) -> str:
+    """Whether this process can write files into ``folder``, or create it, told without writing:
+    the folder, or its nearest existing ancestor, must be a folder this user may write (the
+    permission bits and ACLs as access(2) sees them, a read-only mount included). A description,
+    or Permanent naming the path that stops it."""
+    existing, missing = folder, False
+    while True:
+        try:
+            st = os.stat(existing)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            # NotADirectoryError: some ancestor is a file; walking up finds it
+            missing = True
+        except OSError as e:
+            raise Permanent(f"cannot look at {existing}: {e.strerror or e}", path=str(folder)) from None
+        if existing.parent == existing:
+            raise Permanent(f"no folder of {folder} exists", path=str(folder))
+        existing = existing.parent
+    if not stat.S_ISDIR(st.st_mode):
+        raise Permanent(f"{existing} is a file, not a folder" + (f": {folder} cannot be created" if missing else ""),
+                        path=str(folder))
+    effective = os.access in os.supports_effective_ids
+    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=effective):
+        why = "a read-only file system" if _read_only(existing) else f"not writable by uid {os.geteuid()}"
+        verb = "cannot be written" if not missing else f"cannot be created under {existing}"
+        raise Permanent(f"{folder} {verb}: {why}", path=str(folder))
+    if missing:
+        return f"does not exist; created at the first delivery under {existing} (writable)"
+    return "exists, writable"
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
