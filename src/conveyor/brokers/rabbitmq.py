@@ -24,6 +24,7 @@ Errors from aio-pika/aiormq are mapped once, in :func:`map_error`::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -229,6 +230,26 @@ class RabbitInstance:
             return ch
         except Exception as e:
             raise map_error(e, instance=self.name, address=self.address, path=path) from None
+
+    async def passive_declare(self, kind: str, name: str) -> Any:
+        """Ask whether a ``queue`` or ``exchange`` exists, changing nothing (a passive declare, on a
+        channel of its own since a 404 closes it): the queue's declare result (message and consumer
+        counts), True for an exchange, or None when there is no such thing."""
+        ch = await self.channel(confirms=False, path=name)
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                if kind == "queue":
+                    return (await ch.declare_queue(name, passive=True)).declaration_result
+                await ch.declare_exchange(name, passive=True)
+                return True
+        except amqp_errors.ChannelNotFoundEntity:
+            return None
+        except Exception as e:
+            raise map_error(e, instance=self.name, address=self.address, path=name) from None
+        finally:
+            if not ch.is_closed:
+                with contextlib.suppress(Exception):
+                    await ch.close()
 
     # -- InstanceRuntime / BrokerInstance -----------------------------------------
     async def check(self) -> str:

@@ -24,7 +24,7 @@ from aiormq.abc import DeliveredMessage
 
 from conveyor.brokers.rabbitmq_config import RabbitSourceConfig
 from conveyor.brokers.rabbitmq_settle import Acker
-from conveyor.errors import ConveyorError, NoSpace, Transient
+from conveyor.errors import ConveyorError, NoSpace, NotFound, Transient
 from conveyor.interfaces import Inbound
 from conveyor.payload import Body, Payload, stable_id, utc_iso
 
@@ -63,6 +63,9 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     return str(value)
+
+
+NOT_DECLARED = " (the queue is checked, not created: add `declare:` to create it)"
 
 
 class _Stop:
@@ -125,7 +128,7 @@ class RabbitSource:
                 raise
             err = self._error(e)
             if "NOT_FOUND" in err.message and cfg.declare is None and "queue" in err.message:
-                err.message += " (the queue is checked, not created: add `declare:` to create it)"
+                err.message += NOT_DECLARED
             raise err from None
         return ch
 
@@ -286,6 +289,25 @@ class RabbitSource:
         except BaseException:
             w.abort()
             raise
+
+    async def probe(self) -> str:
+        """What ``run`` will find, changing nothing (for ``check --connect``): the queue exists, or
+        ``declare:`` will create it, and every binding's exchange exists. NotFound otherwise."""
+        cfg, inst = self.config, self.instance
+        found = await inst.passive_declare("queue", cfg.queue)
+        if found is not None:
+            text = f"exists ({found.message_count} ready, {found.consumer_count} consumers)"
+        elif cfg.declare is not None:
+            text = f"does not exist; declared at start ({cfg.declare.type}{', durable' if cfg.declare.durable else ''})"
+        else:
+            raise NotFound("no such queue" + NOT_DECLARED, instance=inst.name, path=cfg.queue)
+        for exchange in dict.fromkeys(b.exchange for b in cfg.bindings):
+            if await inst.passive_declare("exchange", exchange) is None:
+                raise NotFound(f"exchange '{exchange}' of bindings: does not exist (bindings need it to exist)",
+                               instance=inst.name, path=cfg.queue)
+        if cfg.bindings:
+            text += f", bound to {', '.join(repr(b.exchange) for b in cfg.bindings)} at start"
+        return text
 
     async def stop_intake(self) -> None:
         """Stop new deliveries (basic.cancel). Messages prefetched but not accepted by ``emit`` (including one

@@ -19,7 +19,7 @@ from pamqp.commands import Basic
 
 from conveyor.brokers.rabbitmq_config import RabbitTargetConfig
 from conveyor.brokers.rabbitmq_source import broker_added
-from conveyor.errors import Rejected, Transient
+from conveyor.errors import NotFound, Rejected, Transient
 from conveyor.names import name_fields
 from conveyor.payload import Payload
 
@@ -175,6 +175,23 @@ class RabbitTarget:
                            instance=self.instance.name, path=self._where)
         raise Transient(f"the broker did not take the message ({type(result).__name__}); retrying",
                         instance=self.instance.name, path=self._where)
+
+    async def probe(self) -> str:
+        """Whether publishing can work, changing nothing (for ``check --connect``): the exchange
+        exists, or on the default exchange the queue a fixed routing key names. NotFound otherwise."""
+        cfg, inst = self.config, self.instance
+        if cfg.exchange:
+            if await inst.passive_declare("exchange", cfg.exchange) is None:
+                raise NotFound("no such exchange (conveyor does not declare exchanges: create it on the broker)",
+                               instance=inst.name, path=self._where)
+            return "exists"
+        if "{" in cfg.routing_key:
+            return f"routing key template '{cfg.routing_key}': the queues it names are not checked"
+        if await inst.passive_declare("queue", cfg.routing_key) is None:
+            fate = "rejected as unroutable" if cfg.mandatory else "dropped by the broker (mandatory: false)"
+            raise NotFound(f"no queue '{cfg.routing_key}' to route to: every message would be {fate}",
+                           instance=inst.name, path=self._where)
+        return f"queue '{cfg.routing_key}' exists"
 
     async def close(self) -> None:
         """Close this target's channel (the shared connection stays for other flows)."""
