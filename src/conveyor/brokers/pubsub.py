@@ -24,7 +24,7 @@ from conveyor.brokers.pubsub_auth import build_credentials, map_error, refresh, 
 from conveyor.brokers.pubsub_config import PubsubConfig, PubsubSourceConfig, PubsubTargetConfig
 from conveyor.brokers.pubsub_source import PubsubSource
 from conveyor.config.base import SourceConfig
-from conveyor.errors import AuthError, ConveyorError, Permanent, Rejected
+from conveyor.errors import AuthError, ConveyorError, NotFound, Permanent, Rejected
 from conveyor.interfaces import Context
 from conveyor.payload import Payload
 
@@ -232,6 +232,21 @@ class PubsubTarget:
                 inst.report(err)
             raise err from None
         inst.report(None)
+
+    async def probe(self) -> str:
+        """Whether the topic exists, changing nothing (for ``check --connect``); NotFound when it does not.
+        A publisher may lack the right to look a topic up (pubsub.topics.get): that is said, not failed."""
+        inst = self.instance
+        admin = await inst.admin()
+        try:
+            await inst.call(admin.get_topic, request={"topic": self.topic}, path=self.topic)
+        except NotFound:
+            raise NotFound("no such topic", instance=inst.name, path=self.topic) from None
+        except AuthError as e:
+            if not e.message.startswith("permission denied"):
+                raise
+            return "not looked up: permission denied for pubsub.topics.get (publishing needs only topics.publish)"
+        return "exists"
 
     async def close(self) -> None:
         """Flush and stop this target's publisher."""

@@ -370,6 +370,22 @@ class PubsubSource:
 
         await inst.call(create, path=self.path)
 
+    async def probe(self) -> str:
+        """What ``run`` will find, changing nothing (for ``check --connect``): the subscription exists,
+        or ``create_subscription:`` will create it. NotFound (or AuthError) otherwise."""
+        inst, cs = self.instance, self.cfg.create_subscription
+        client = await inst.subscriber()
+        try:
+            sub = await inst.call(client.get_subscription, request={"subscription": self.path}, path=self.path)
+        except NotFound:
+            if cs is None:
+                raise NotFound("no such subscription (add `create_subscription:` to have it created)",
+                               instance=inst.name, path=self.path) from None
+            return f"does not exist; created at start on topic {inst.topic_path(cs.topic)}"
+        if sub.topic == "_deleted-topic_":
+            return "exists, but its topic was deleted: nothing new will arrive"
+        return f"exists, on topic {sub.topic}"
+
     async def stop_intake(self) -> None:
         """Stop pulling; messages already emitted still settle (by unary calls, see the module doc)."""
         self._stopping = True
