@@ -1,14 +1,13 @@
 """The ``conveyor`` command line.
 
 Exit codes: 0 success (``run``: a clean drain after SIGTERM/SIGINT), 1 a fatal error,
-2 an invalid config (or, for ``check --connect``, an instance that cannot be reached).
+2 an invalid config (or, for ``check --connect``, an instance or flow that will fail).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,9 +44,10 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the daemon (stops cleanly on SIGTERM/SIGINT, reloads on SIGHUP)")
     cfg(r)
-    c = sub.add_parser("check", help="validate a config; with --connect also log in to every instance")
+    c = sub.add_parser("check", help="validate a config; with --connect also log in and check every flow")
     cfg(c)
-    c.add_argument("--connect", action="store_true", help="connect and log in to every instance")
+    c.add_argument("--connect", action="store_true",
+                   help="log in to every instance and check each flow's source and target, changing nothing")
     f = sub.add_parser("fingerprint", help="print every host key an SSH server offers, in every accepted form")
     f.add_argument("target", metavar="HOST[:PORT]")
     ls = sub.add_parser("ls", help="list a folder of a file instance as the daemon sees it")
@@ -145,27 +145,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def _connect_all(config: Any) -> int:
-    from conveyor.interfaces import Context
-    from conveyor.payload import Spool
-    from conveyor.redact import redact, register_secrets
-    from conveyor.registry import all_specs
-    from conveyor.status import StatusBoard
+    from conveyor.preflight import preflight
 
-    register_secrets(config.secrets())
-    ctx = Context(spool=Spool(Path(config.spool_dir)), status=StatusBoard())
-    failures = 0
-    for name, icfg in config.instances.items():
-        rt = all_specs()[icfg.type].load_factory()(name, icfg, ctx)
-        try:
-            desc = await rt.check()
-            print(f"  ok    {name} ({icfg.type}): {desc}")
-        except Exception as e:
-            failures += 1
-            print(f"  FAIL  {name} ({icfg.type}): {redact(str(e))}")
-        finally:
-            with contextlib.suppress(Exception):
-                await rt.close()
-    return 2 if failures else 0
+    return await preflight(config)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
