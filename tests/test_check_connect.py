@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import pytest
 from aiohttp import web
 
 from tests.backends.sftp import SftpBackend
@@ -87,8 +88,10 @@ async def test_missing_rabbitmq_queue_fails_unless_declare_creates_it(rabbit_vho
     assert not out.exists()  # nor made the target folder
 
 
-async def test_missing_sftp_folder_fails(sftp_openssh_backend: SftpBackend, tmp_path: Path) -> None:
-    b = sftp_openssh_backend
+@pytest.mark.parametrize("backend", ["sftp_openssh_backend", "ftp_pyftpdlib_backend"])
+async def test_missing_remote_folder_fails(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    b = request.getfixturevalue(backend)
+    root = b.instance_config()["root"].rstrip("/")
     flows = {"pull": {"source": {"instance": "partner", "path": "outbound"},
                       "target": {"type": "directory", "path": str(tmp_path / "in")}},
              "push": {"source": {"instance": "disk", "path": ""},
@@ -99,19 +102,36 @@ async def test_missing_sftp_folder_fails(sftp_openssh_backend: SftpBackend, tmp_
     assert rc == 2, lines
     pull = flow_line(lines, "pull")
     assert pull.startswith("  FAIL  flow pull:")
-    assert f"source partner {b.folder}/outbound: no such folder or file" in pull
+    assert f"source partner {root}/outbound: no such folder or file" in pull
     push = flow_line(lines, "push")
-    assert push.startswith("  ok") and f"target partner {b.folder}/inbound/today: folder does not exist; " \
+    assert push.startswith("  ok") and f"target partner {root}/inbound/today: folder does not exist; " \
                                       "created under the instance root" in push
 
     b.put("outbound/a.csv", b"a")
     b.put("outbound/b.txt", b"b")
+    b.put("inbound/today/old.csv", b"old")
     flows["pull"]["source"]["pattern"] = "*.csv"
     rc, lines = await check(write_config(tmp_path, {"partner": b.instance_config(), "disk": local(tmp_path / "drop")},
                                          flows))
     assert rc == 0, lines
     assert "folder exists, listed: 2 files, 1 matching" in flow_line(lines, "pull")
-    assert not (b.folder / "inbound").exists()
+    assert f"target partner {root}/inbound/today: folder exists" in flow_line(lines, "push")
+
+    flows["pull"]["source"]["path"] = "outbound/a.csv"  # one exact file
+    flows["push"]["target"]["path"] = "inbound/today/old.csv/sub"
+    rc, lines = await check(write_config(tmp_path, {"partner": b.instance_config(), "disk": local(tmp_path / "drop")},
+                                         flows))
+    assert rc == 2, lines
+    assert "file is there (1 bytes)" in flow_line(lines, "pull")
+    assert "'inbound/today/old.csv' is a file, not a folder" in flow_line(lines, "push")
+
+    if backend.startswith("sftp"):  # sshd serves as a regular user: a folder it may enter but not list
+        b.mkdir("locked", 0o311)
+        flows["pull"]["source"]["path"] = "locked"
+        rc, lines = await check(write_config(tmp_path, {"partner": b.instance_config(),
+                                                        "disk": local(tmp_path / "drop")}, flows))
+        assert rc == 2, lines
+        assert f"source partner {root}/locked: permission denied" in flow_line(lines, "pull")
 
 
 async def test_missing_pubsub_subscription_or_topic_fails(pubsub_emulator: PubsubEmulator, tmp_path: Path) -> None:

@@ -63,12 +63,16 @@ async def _flow_line(config: Config, flow: Flow, live: dict[str, Any]) -> tuple[
     """``(ok, line)`` for one flow: its source's and its target's outcome, each naming what was checked."""
     if not flow.enabled:
         return True, f"  -     flow {flow.name}: disabled, not checked"
-    parts = await asyncio.gather(_source(config, flow, live), _target(config, flow, live))
+    found = await asyncio.gather(_source(config, flow, live), _target(config, flow, live), return_exceptions=True)
+    parts = [p if isinstance(p, tuple) else (False, f"{role}: {type(p).__name__}: {redact(str(p))}")
+             for role, p in zip(("source", "target"), found, strict=True)]
     ok = all(p[0] for p in parts)
     return ok, f"  {'ok  ' if ok else 'FAIL'}  flow {flow.name}: {'; '.join(p[1] for p in parts)}"
 
 
-async def _outcome(label: str, probe: Callable[[], Awaitable[str]]) -> tuple[bool, str]:
+async def _outcome(label: str, probe: Callable[[], Awaitable[str]] | None) -> tuple[bool, str]:
+    if probe is None:
+        return True, f"{label}: not checked (this connector has no probe)"
     try:
         return True, f"{label}: {redact(await probe())}"
     except ConveyorError as e:
@@ -91,7 +95,7 @@ async def _source(config: Config, flow: Flow, live: dict[str, Any]) -> tuple[boo
     what = getattr(flow.source, "queue", None)
     label = f"source {iname} queue '{what}'" if what is not None else \
         f"source {iname} subscription {getattr(src, 'path', '')}"
-    return await _outcome(label, src.probe)
+    return await _outcome(label, getattr(src, "probe", None))
 
 
 async def _target(config: Config, flow: Flow, live: dict[str, Any]) -> tuple[bool, str]:
@@ -124,7 +128,7 @@ async def _target(config: Config, flow: Flow, live: dict[str, Any]) -> tuple[boo
 
 async def _probe_target(label: str, target: Any) -> tuple[bool, str]:
     try:
-        return await _outcome(label, target.probe)
+        return await _outcome(label, getattr(target, "probe", None))
     finally:
         with contextlib.suppress(Exception):
             await target.close()
