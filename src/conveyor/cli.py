@@ -165,11 +165,17 @@ async def _ls(config: Any, name: str, path: str, recursive: bool) -> int:
     import time
 
     from conveyor.interfaces import Context, FileSystem
+    from conveyor.names import normal_path
     from conveyor.payload import Spool
     from conveyor.redact import redact, register_secrets
     from conveyor.registry import all_specs
     from conveyor.status import StatusBoard
 
+    try:
+        path = normal_path(path)  # '.', './' and '/' list the root, as in a flow source
+    except ValueError as e:
+        print(f"{name}: path {e}", file=sys.stderr)
+        return 2
     register_secrets(config.secrets())
     icfg = config.instances[name]
     spec = all_specs()[icfg.type]
@@ -179,8 +185,8 @@ async def _ls(config: Any, name: str, path: str, recursive: bool) -> int:
     rt: FileSystem = spec.load_factory()(name, icfg, Context(spool=Spool(Path(config.spool_dir)),
                                                              status=StatusBoard()))
     try:
-        single = await rt.stat(path.strip("/")) if path.strip("/") else None
-        files = [single] if single else [f async for f in rt.list(path.strip("/"), recursive)]
+        single = await rt.stat(path) if path else None
+        files = [single] if single else [f async for f in rt.list(path, recursive)]
         for f in files:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(f.mtime))
             # repr() for names with control characters, so a hostile name cannot rewrite the terminal

@@ -29,6 +29,30 @@ def unsafe_path(path: str) -> str | None:
     return None
 
 
+def normal_path(path: str) -> str:
+    """A configured path relative to an instance root, in its one spelling: ``.``, ``./``, ``/``
+    and ``""`` are the root itself; empty and ``.`` parts are dropped and ``a/../b`` is ``b``.
+    Raises ValueError when a ``..`` climbs above the root."""
+    out: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if not out:
+                raise ValueError(f"{path!r} leaves the instance root ('..' above it)")
+            out.pop()
+        elif part not in ("", "."):
+            out.append(part)
+    return "/".join(out)
+
+
+def listed_path(path: str) -> str:
+    """A listed path without empty or ``.`` parts (``./a.txt`` is ``a.txt``), so one file has one
+    spelling; ``..`` and a leading ``/`` are kept for :func:`unsafe_path` to refuse."""
+    if "/." not in path and not path.startswith(".") and "//" not in path and not path.endswith("/"):
+        return path  # the usual case, once per listed file
+    head = "/" if path.startswith("/") else ""
+    return head + "/".join(p for p in path.split("/") if p not in ("", "."))
+
+
 def sanitise(name: str, fallback: str) -> str:
     """A name safe to create in a folder: separators and control characters become '_',
     and names that are only dots fall back to ``fallback``."""

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from conveyor.config.types import AfterAction, ConfigModel, Duration, MoveAction
+from conveyor.names import normal_path
 
 
 class InstanceConfig(ConfigModel):
@@ -52,7 +53,8 @@ class SourceConfig(ConfigModel):
 class FileSourceConfig(SourceConfig):
     """A folder (or one exact file) on a file instance: local, sftp, ftp."""
 
-    path: str = Field("", description="folder to list, relative to the instance root; or one exact file")
+    path: str = Field("", description="folder to list, relative to the instance root ('.', '' and '/' are the "
+                      "root); or one exact file")
     pattern: str | None = Field(None, description="glob on the file name, e.g. '*.csv' (default: every file)")
     regex: str | None = Field(None, description="regular expression on the file name; instead of pattern")
     recursive: bool = Field(False, description="also list sub-folders")
@@ -65,6 +67,12 @@ class FileSourceConfig(SourceConfig):
         None, description="move a file whose delivery failed for good; default: leave it, remembered as failed"
     )
     max_files_per_poll: int = Field(10_000, ge=1, description="at most this many files are taken per listing")
+
+    @field_validator("path")
+    @classmethod
+    def _normal_path(cls, v: str) -> str:
+        # One spelling per folder: file ids hash the listed path, which starts with this one.
+        return normal_path(v)
 
     @field_validator("regex")
     @classmethod

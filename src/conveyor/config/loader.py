@@ -23,6 +23,7 @@ from conveyor.config.parse import Lines, line_for, parse_file
 from conveyor.config.schema import NAME_PATTERN, Config, Flow, FlowConfig, raw_model
 from conveyor.config.types import MoveAction
 from conveyor.errors import ConfigError, Problem
+from conveyor.names import normal_path
 from conveyor.registry import all_specs
 
 _BUILTIN_TARGETS = ("directory", "http")
@@ -221,17 +222,18 @@ def _validate(model: type[Any], data: dict[str, Any], col: _Collector, path: tup
 
 
 def _check_moves(src: FileSourceConfig, col: _Collector, path: tuple[Any, ...]) -> None:
-    watched = src.path.strip("/")
+    watched = src.path  # already in its normal form
     for key, action in (("after", src.after), ("on_failure", src.on_failure)):
         if not isinstance(action, MoveAction):
             continue
-        dest = action.move.strip("/")
+        if ".." in action.move.split("/"):
+            col.add((*path, key, "move"), "the move folder must stay under the instance root (no '..')")
+            continue
+        dest = normal_path(action.move)  # so 'move: ./in' is seen to be the watched 'in'
         inside = dest == watched or (src.recursive and (watched == "" or dest.startswith(watched + "/")))
         if inside:
             col.add((*path, key, "move"), f"folder '{action.move}' is inside the watched path '{src.path or '/'}'"
                     f"{' (recursive)' if src.recursive else ''}: moved files would be taken again")
-        if ".." in dest.split("/"):
-            col.add((*path, key, "move"), "the move folder must stay under the instance root (no '..')")
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

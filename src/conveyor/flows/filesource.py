@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import posixpath
@@ -23,7 +24,7 @@ from conveyor.config.types import MoveAction
 from conveyor.errors import Transient
 from conveyor.flows.delivery import Deliverer
 from conveyor.interfaces import FileSystem, RemoteFile
-from conveyor.names import unsafe_path
+from conveyor.names import listed_path, normal_path, unsafe_path
 from conveyor.payload import Body, Payload, Spool, stable_id, utc_iso
 from conveyor.redact import redact
 from conveyor.state.base import StateStore
@@ -64,9 +65,9 @@ class FileSource:
         settled): later listings skip them without hashing an id or asking the ledger, which
         with ``after: keep`` would otherwise cost both for every file of the folder every poll."""
         self._done_since = time.monotonic()
-        self.root = config.path.strip("/")
+        self.root = config.path  # normal: '.', './' and '/' are all ''
         skip = [a.move for a in (config.after, config.on_failure) if isinstance(a, MoveAction)]
-        self._skip_dirs = [s.strip("/") for s in skip]
+        self._skip_dirs = [normal_path(s) for s in skip]
 
     async def run(self) -> None:
         """Poll forever; the poll cadence sleep is here, retries are the supervisor's."""
@@ -115,10 +116,12 @@ class FileSource:
     async def _entries(self) -> Any:
         single = await self.fs.stat(self.root) if self.root else None
         if single is not None:
+            single = _tidy(single)
             if self._acceptable(single):
                 yield single
             return
         async for f in self.fs.list(self.root, self.config.recursive):
+            f = _tidy(f)
             if self._acceptable(f):
                 yield f
 
@@ -256,7 +259,7 @@ class FileSource:
 
     def _moved(self, folder: str, path: str) -> str:
         rel = path[len(self.root) + 1:] if self.root and path.startswith(self.root + "/") else posixpath.basename(path)
-        return posixpath.join(folder.strip("/"), rel)
+        return posixpath.join(normal_path(folder), rel)
 
     async def _after(self, f: RemoteFile) -> None:
         after = self.config.after
@@ -265,3 +268,9 @@ class FileSource:
         elif isinstance(after, MoveAction):
             await self.fs.rename(f.path, self._moved(after.move, f.path))
         self._seen.pop(f.path, None)
+
+
+def _tidy(f: RemoteFile) -> RemoteFile:
+    """``f`` with its path in the one spelling ids and names are checked on (``./a.txt`` → ``a.txt``)."""
+    path = listed_path(f.path)
+    return f if path == f.path else dataclasses.replace(f, path=path)
