@@ -30,7 +30,7 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 
 
 class Metrics:
-    """The six conveyor metrics; an observer of a :class:`StatusBoard` (``on_event``)."""
+    """The seven conveyor metrics; an observer of a :class:`StatusBoard` (``on_event``)."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -48,6 +48,8 @@ class Metrics:
         self.in_flight = Gauge("conveyor_in_flight", "Payloads in delivery now", ["flow"], registry=r)
         self.connects = Counter("conveyor_connect_attempts_total", "Connection attempts by outcome (ok, error)",
                                 ["instance", "outcome"], registry=r)
+        self.refused = Counter("conveyor_files_refused_total", "Source files refused for an unsafe name "
+                               "(each counted once, when first seen)", ["flow"], registry=r)
         # Label children are cached: a labels() lookup per payload is the hot path at 1,000/s.
         self._children: dict[tuple[str, ...], Any] = {}
         self._warned = False
@@ -87,6 +89,8 @@ class Metrics:
                 self._child(self.seconds, flow).observe(f.get("seconds") or 0.0)
         elif kind == "connect_attempt":
             self._child(self.connects, f["instance"], f["outcome"]).inc()
+        elif kind == "refused":
+            self._child(self.refused, f["flow"]).inc()
         elif kind == "instance_state":
             self._child(self.instance_up, f["instance"]).set(1 if f["state"] == "up" else 0)
 
@@ -98,6 +102,8 @@ class Metrics:
             self._child(self.in_flight, name).set(fl.in_flight)
             for outcome in ("delivered", "failed"):
                 self._child(self.payloads, name, outcome)  # present at 0, so rate() works from the start
+            if fl.poll_interval is not None:  # a file source
+                self._child(self.refused, name)
 
     def exposition(self) -> bytes:
         """The Prometheus text format."""

@@ -39,6 +39,8 @@ class FlowStatus:
     failed: int = 0
     skipped: int = 0
     retried: int = 0
+    refused: int = 0
+    """Source files refused for an unsafe name, each counted once when first seen."""
     bytes: int = 0
     in_flight: int = 0
     last_delivery: float | None = None
@@ -117,6 +119,13 @@ class StatusBoard:
         if st is not None:
             st.last_poll = time.time()
 
+    def refused(self, name: str) -> None:
+        """A file source refused a file for its name (once per file)."""
+        st = self.flows.get(name)
+        if st is not None:
+            st.refused += 1
+        self._emit("refused", flow=name)
+
     def delivery_started(self, name: str, payload_id: str) -> None:
         """A payload entered delivery."""
         st = self.flows.get(name)
@@ -182,7 +191,7 @@ class StatusBoard:
             },
             "flows": {
                 n: {"state": f.state, "delivered": f.delivered, "failed": f.failed, "skipped": f.skipped,
-                    "retried": f.retried, "bytes": f.bytes, "in_flight": f.in_flight,
+                    "retried": f.retried, "refused": f.refused, "bytes": f.bytes, "in_flight": f.in_flight,
                     "last_delivery": _ts(f.last_delivery), "last_poll": _ts(f.last_poll),
                     "last_error": f.last_error, "last_error_at": _ts(f.last_error_at)}
                 for n, f in self.flows.items()

@@ -58,6 +58,9 @@ class FileSource:
         self._seen: dict[str, tuple[int, float, float]] = {}
         """path -> (size, mtime, first time seen with that size and mtime)"""
         self._reported: set[str] = set()
+        """Refused paths already logged and counted; kept only while a listing still shows them."""
+        self._refused: set[str] = set()
+        """Refused paths the listing in progress showed."""
         self._active: set[str] = set()
         """ids being fetched or delivered now: the next listing must not take them again."""
         self._done: dict[str, tuple[int, float, str]] = {}
@@ -88,6 +91,8 @@ class FileSource:
         present: set[str] = set()
         ready: list[RemoteFile] = []
         taken = 0
+        whole = True
+        self._refused = set()
         async for f in self._entries():
             present.add(f.path)
             done = self._done.get(f.path)
@@ -100,6 +105,7 @@ class FileSource:
                 taken += await self._take(ready)
                 ready = []
             if taken >= self.config.max_files_per_poll:
+                whole = False
                 break
         if ready:
             await self._take(ready)
@@ -107,6 +113,9 @@ class FileSource:
         for table in (self._seen, self._done):
             for path in [p for p in table if p not in present]:
                 del table[path]
+        if whole:
+            # A refused file that went away and comes back is reported again; the set stays bounded.
+            self._reported &= self._refused
 
     def forgotten(self, id: str) -> None:
         """The ledger dropped ``id`` (``forget``): the next listing takes its file again."""
@@ -127,19 +136,24 @@ class FileSource:
 
     def _acceptable(self, f: RemoteFile) -> bool:
         rel = f.path
-        why = unsafe_path(rel)
-        if why:
-            if rel not in self._reported:
-                self._reported.add(rel)
-                log.error("skipping %r: %s; it is never written anywhere", rel, why,
-                          extra={"flow": self.flow, "instance": self.instance})
-            return False
         if any(rel == d or rel.startswith(d + "/") for d in self._skip_dirs):
             return False
         name = f.name
         if name.startswith(".") and name.endswith(".tmp"):
             return False  # someone's upload in progress (ours look like this too)
-        return self.config.matches(name)
+        if not self.config.matches(name):
+            return False  # checked first, so a pattern that leaves a bad name out silences it
+        why = unsafe_path(rel)
+        if why:
+            self._refused.add(rel)
+            if rel not in self._reported:
+                self._reported.add(rel)
+                self.status.refused(self.flow)
+                log.error("skipping %r: %s; it is never written anywhere. Rename it on the server, move it out "
+                          "of the watched folder, or narrow this source's pattern or regex to leave it out",
+                          rel, why, extra={"flow": self.flow, "instance": self.instance})
+            return False
+        return True
 
     def _stable(self, f: RemoteFile, now: float) -> bool:
         prev = self._seen.get(f.path)
