@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -58,6 +59,13 @@ async def blackhole() -> AsyncIterator[int]:
         await server.wait_closed()
 
 
+def flow_count(d: Any, field: str) -> int | None:
+    """A counter of flow "f", or None before the flow has started (the daemon starts it after
+    the health server is up, so a test can get here first)."""
+    st = d.status.flows.get("f")
+    return None if st is None else int(getattr(st, field))
+
+
 async def test_endpoints_on_a_moving_flow(tmp_path: Path) -> None:
     inst, flow = local_flow(tmp_path, {"type": "directory", "path": str(tmp_path / "out"), "fsync": False})
     config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"}, "replica": "r1",
@@ -66,7 +74,7 @@ async def test_endpoints_on_a_moving_flow(tmp_path: Path) -> None:
         (tmp_path / "in" / f"{i}.csv").write_text("x" * (10 + i))
     async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
         base = d.health.url
-        await wait_for(lambda: d.status.flows["f"].delivered == 3)
+        await wait_for(lambda: flow_count(d, "delivered") == 3)
         code, doc = await get_json(s, base + "/healthz")
         assert code == 200 and doc["status"] == "ok" and doc["problems"] == []
         code, doc = await wait_for(lambda: _ready(s, base))
@@ -168,7 +176,7 @@ async def test_readyz_stalled_by_a_delivery_past_its_timeout(tmp_path: Path) -> 
 
             reason = await wait_for(stuck, 10, 0.1)
             assert "in flight" in reason and "timeout 1s" in reason
-            await wait_for(lambda: d.status.flows["f"].delivered == 1, 15)
+            await wait_for(lambda: flow_count(d, "delivered") == 1, 15)
             await wait_for(lambda: _ready(s, base), 5)
 
 
@@ -217,12 +225,12 @@ async def test_readyz_during_the_drain(tmp_path: Path) -> None:
         (tmp_path / "in" / "a.txt").write_text("x")
         async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
             base = d.health.url
-            await wait_for(lambda: d.status.flows["f"].in_flight == 1)
+            await wait_for(lambda: flow_count(d, "in_flight") == 1)
             d.request_stop()
             await asyncio.sleep(0.3)
             code, doc = await get_json(s, base + "/readyz")
             assert code == 503 and doc["reasons"]["daemon"] == "stopping"
-            await wait_for(lambda: d.status.flows["f"].delivered == 1, 5)
+            await wait_for(lambda: flow_count(d, "delivered") == 1, 5)
 
 
 def test_busy_health_port_is_a_fatal_start_error(tmp_path: Path) -> None:
