@@ -1,9 +1,12 @@
-"""sd_notify against a real AF_UNIX datagram socket, and the unit file under systemd-analyze."""
+"""sd_notify against a real AF_UNIX datagram socket, the unit file under systemd-analyze, and the
+README's server install followed into a temporary root."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -17,7 +20,9 @@ import pytest
 from conveyor.systemd import notify_address, sd_notify, watchdog_interval
 from tests.servers.ops import DaemonProcess, free_port, local_flow, write_config
 
-UNIT = Path(__file__).resolve().parents[1] / "systemd" / "conveyor.service"
+REPO = Path(__file__).resolve().parents[1]
+UNIT = REPO / "systemd" / "conveyor.service"
+EXEC_START = "/opt/conveyor/bin/conveyor"
 
 
 class Listener:
@@ -131,7 +136,7 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
     # verify insists that ExecStart= exists: point it at this venv's conveyor.
     exe = Path(sys.executable).parent / "conveyor"
     unit = tmp_path / "conveyor.service"
-    unit.write_text(UNIT.read_text().replace("/usr/bin/conveyor", str(exe)))
+    unit.write_text(UNIT.read_text().replace(EXEC_START, str(exe)))
     p = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60,
                        cwd=tmp_path)
     assert p.returncode == 0, p.stderr
@@ -140,5 +145,77 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
     for directive in ("Type=notify", "WatchdogSec=", "StateDirectory=conveyor", "LoadCredential=",
                       "DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
                       "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "ExecReload=/bin/kill -HUP $MAINPID",
-                      "ExecStart=/usr/bin/conveyor run -c /etc/conveyor/conveyor.yaml"):
+                      f"ExecStart={EXEC_START} run -c /etc/conveyor/conveyor.yaml"):
         assert directive in text, directive
+
+
+def readme_install_steps() -> list[str]:
+    """The commands of the first ``sh`` block in the README's "Running under systemd" section."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Running under systemd\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "no sh block in the README's systemd section"
+    return [line for line in block.group(1).splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def rooted(text: str, root: Path) -> str:
+    """Absolute /opt/ and /etc/ paths (commands, unit lines) moved under ``root``."""
+    return re.sub(r"(?<![^\s=:])/(?=(?:opt|etc)/)", str(root) + "/", text)
+
+
+def unit_values(unit: str, key: str) -> list[str]:
+    """Values of the active (not commented-out) ``key=`` lines of a unit file."""
+    return [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith(key + "=")]
+
+
+def run_steps(steps: list[str], root: Path) -> None:
+    script = "set -e\n" + "\n".join(rooted(s, root) for s in steps) + "\n"
+    p = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, f"README install steps failed:\n{script}\n{p.stdout}\n{p.stderr}"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_readme_server_install_puts_execstart_in_place(tmp_path: Path) -> None:
+    # The README's install block, run with /opt and /etc moved into a temporary root; its last
+    # step is systemd-analyze verify, run once the installed unit's paths are moved the same way.
+    steps = readme_install_steps()
+    verify = [s for s in steps if s.startswith("systemd-analyze verify ")]
+    assert len(verify) == 1 and steps[-1] == verify[0], steps
+    root = tmp_path / "root"
+    (root / "etc" / "systemd" / "system").mkdir(parents=True)  # there on any systemd host
+    run_steps(steps[:-1], root)
+    unit_path = Path(rooted(shlex.split(verify[0])[-1], root))
+    assert unit_path.is_relative_to(root), unit_path
+    unit = rooted(unit_path.read_text(), root)
+    unit_path.write_text(unit)
+    run_steps(verify, root)
+
+    # ExecStart's program is where the install put it, and runs.
+    argv = shlex.split(unit_values(unit, "ExecStart")[0])
+    exe = Path(argv[0])
+    assert exe.is_relative_to(root) and exe.is_file() and os.access(exe, os.X_OK), exe
+    p = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("conveyor "), (p.stdout, p.stderr)
+    # The venv's interpreter is not hidden from the service by ProtectHome=.
+    python = (exe.parent / "python3").resolve()
+    assert not python.is_relative_to("/root") and not python.is_relative_to("/home"), python
+    # The installed config is readable by the dynamic user and passes check from the state
+    # directory (the unit's WorkingDirectory, where its relative paths start).
+    config = Path(argv[argv.index("-c") + 1])
+    assert config.stat().st_mode & 0o004, oct(config.stat().st_mode)
+    state = tmp_path / "state"
+    state.mkdir()
+    p = subprocess.run([str(exe), "check", "-c", str(config)], cwd=state, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    # Nothing the unit needs at start is missing: each LoadCredential= file, the documentation.
+    for cred in unit_values(unit, "LoadCredential"):
+        source = Path(cred.split(":", 1)[1])
+        assert source.is_relative_to(root) and source.exists(), f"LoadCredential={cred}: no file after the install"
+    for doc in unit_values(unit, "Documentation")[0].split():
+        assert doc.startswith(("https://", "http://", "man:")) or (root / doc.removeprefix("file:///")).is_file(), doc
+
+    # Running the block again (an upgrade) succeeds and keeps an edited config.
+    config.write_text(config.read_text() + "# edited\n")
+    run_steps(steps[:-1], root)
+    assert config.read_text().endswith("# edited\n")
