@@ -109,7 +109,7 @@ class SystemdNotifier:
             return
         self._send("READY=1\nSTATUS=" + self._status())
         if self.interval:
-            log.info("systemd watchdog: pinging every %.1fs", self.interval)
+            log.info("systemd watchdog: pinging every %.1fs", self._period())
         self._task = asyncio.create_task(self._tick(), name="systemd-notify")
 
     async def stop(self) -> None:
@@ -137,8 +137,13 @@ class SystemdNotifier:
     def _send(self, message: str) -> None:
         sd_notify(message, self.address)
 
+    def _period(self) -> float:
+        """Seconds between ticks: the watchdog's half-interval, or more often when the status
+        line is due sooner."""
+        return min(self.interval or STATUS_EVERY, STATUS_EVERY)
+
     async def _tick(self) -> None:
-        period = min(self.interval or STATUS_EVERY, STATUS_EVERY)
+        period = self._period()
         loop = asyncio.get_running_loop()
         next_status = loop.time() + STATUS_EVERY
         while True:
