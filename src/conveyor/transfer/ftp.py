@@ -4,7 +4,8 @@ The protocol client is :mod:`conveyor.transfer.ftp_client` (why conveyor has its
 aioftp is explained there), TLS session reuse is :mod:`conveyor.transfer.ftp_tls`, listings are
 parsed by :mod:`conveyor.transfer.ftp_listing` and connections pooled by
 :mod:`conveyor.transfer.ftp_pool`. This module maps FTP operations onto the FileSystem seam and
-every failure onto conveyor's error tree.
+every failure onto conveyor's error tree. The root may be relative to the folder the login lands
+in, so absolute paths are built inside operations, on a logged-in connection (see ``FtpPool.root``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from conveyor.transfer.ftp_data import DataProtocol
 from conveyor.transfer.ftp_listing import Entry, is_fragment, parse_list_line, parse_mlsd_line, parse_mlsx_time
 from conveyor.transfer.ftp_pool import FtpPool
 from conveyor.transfer.ftp_tls import describe_verify_error
+from conveyor.transfer.remote_root import join_root
 from conveyor.transfer.tempname import temp_key, temp_name
 
 log = logging.getLogger("conveyor.ftp")
@@ -124,8 +126,7 @@ class FtpInstance:
         """The absolute server path of a path relative to the instance root."""
         if ".." in path.split("/"):
             raise Permanent(f"path {path!r} leaves the instance root", instance=self.name, path=path)
-        root = self.pool.root or "/"
-        return posixpath.normpath(posixpath.join(root, path.strip("/"))) if path.strip("/") else root
+        return posixpath.normpath(join_root(self.pool.root, path))
 
     # -- InstanceRuntime -----------------------------------------------------
     async def check(self) -> str:
@@ -135,6 +136,15 @@ class FtpInstance:
             listing = "MLSD" if "MLST" in c.features else "LIST"
             return f"{self.config.describe()} logged in, {c.tls_version or 'no TLS'}, root {self._abs('')}, {listing}"
         return await self.pool.run(op, "")
+
+    async def resolve(self, path: str) -> str:
+        """The absolute server path that ``path`` (relative to the root) stands for.
+
+        Logs in first when the root is relative to the folder the login lands in.
+        """
+        async def op(c: FtpConnection) -> str:
+            return self._abs(path)
+        return self._abs(path) if self.pool.root is not None else await self.pool.run(op, path)
 
     async def close(self) -> None:
         """Log out of every connection."""
@@ -325,11 +335,11 @@ class FtpInstance:
 
     async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
         """STOR under a temporary name in the target folder, then RNFR/RNTO into place."""
-        full = self._abs(path)
-        folder, name = posixpath.split(full)
         key = await temp_key(body)
 
         async def op(c: FtpConnection) -> bool:
+            full = self._abs(path)
+            folder, name = posixpath.split(full)
             if exists != "replace" and await self._stat(c, full) is not None:
                 if exists == "fail":
                     raise Rejected(f"{full} already exists", instance=self.name, path=path)

@@ -12,6 +12,7 @@ from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceCon
 from conveyor.config.types import Duration, Secret
 from conveyor.netloc import hostport
 from conveyor.registry import ConnectorSpec, register
+from conveyor.transfer.remote_root import ROOT_HELP, normalise_root
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -71,7 +72,8 @@ class FtpConfig(InstanceConfig):
         description="connect passive data channels to `host` rather than the address in the PASV reply "
         "(for servers behind NAT that announce a private address); EPSV replies carry no address anyway",
     )
-    root: str = Field("/", description="every path of this instance is relative to this folder")
+    root: str = Field("", description=ROOT_HELP)
+    _root_from_login = field_validator("root", mode="before")(normalise_root)
     timeout: Duration = Field(10.0, gt=0, description="connect timeout, and the limit for every operation "
                               "(for transfers: the longest time without progress)")
     max_connections: int = Field(2, ge=1, le=32, description="control connections kept to this server")

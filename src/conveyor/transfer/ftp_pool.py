@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import posixpath
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -15,6 +14,7 @@ from conveyor.status import StatusBoard
 from conveyor.transfer.ftp_client import FtpConnection, Stale
 from conveyor.transfer.ftp_config import FtpConfig
 from conveyor.transfer.ftp_tls import SessionReusingContext, make_context
+from conveyor.transfer.remote_root import fixed_root, resolve_root
 
 log = logging.getLogger("conveyor.ftp")
 T = TypeVar("T")
@@ -33,8 +33,9 @@ class FtpPool:
         self._sem = asyncio.Semaphore(cfg.max_connections)
         self._tls: SessionReusingContext | None = None
         self._keepalive: asyncio.Task[None] | None = None
-        self.root: str | None = None
-        """The instance root as an absolute server path, known after the first login."""
+        self.root: str | None = fixed_root(cfg.root)
+        """The instance root as an absolute server path: known at once when ``root`` is absolute,
+        else once the first login has said (PWD) which folder it lands in."""
         self.connects = 0
         """Connections opened so far (tests use it to see reuse)."""
 
@@ -75,7 +76,7 @@ class FtpPool:
             log.debug("instance '%s': connected to %s (%s)", self.name, self.cfg.describe(),
                       conn.tls_version or "plain")
         if self.root is None:
-            self.root = posixpath.normpath(posixpath.join(conn.home, self.cfg.root))
+            self.root = resolve_root(conn.home, self.cfg.root)
         if self.cfg.keepalive > 0 and self._keepalive is None:
             self._keepalive = asyncio.get_running_loop().create_task(self._keepalive_loop())
         return conn

@@ -1,9 +1,11 @@
 """The sftp connector: a :class:`~conveyor.interfaces.FileSystem` over asyncssh.
 
-Paths are relative to the instance's ``root``. Every operation runs under ``timeout``
-(for transfers: no progress for ``timeout``) and maps asyncssh errors once, here, onto
-conveyor's error tree. Transfers keep several SFTP requests outstanding, as OpenSSH's
-``sftp`` does, and write them in order, so a resumed download continues at ``sink.size``.
+Paths are relative to the instance's ``root``, which may itself be relative to the folder the
+login lands in: absolute paths are built only on a logged-in session (see ``SftpPool.root``).
+Every operation runs under ``timeout`` (for transfers: no progress for ``timeout``) and maps
+asyncssh errors once, here, onto conveyor's error tree. Transfers keep several SFTP requests
+outstanding, as OpenSSH's ``sftp`` does, and write them in order, so a resumed download
+continues at ``sink.size``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncssh
 from conveyor.errors import ConveyorError, NoSpace, NotFound, Permanent, Rejected, Transient
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.payload import Body, SpoolWriter
+from conveyor.transfer.remote_root import join_root
 from conveyor.transfer.sftp_config import SftpConfig
 from conveyor.transfer.sftp_pool import Session, SftpPool, is_connection_error
 from conveyor.transfer.tempname import temp_key, temp_name
@@ -58,14 +61,23 @@ class SftpInstance:
         self.name = name
         self.config = config
         self.pool = SftpPool(name, config, ctx.status if ctx is not None else None)
-        self._root = "/" + config.root.strip("/") if config.root.strip("/") else "/"
 
     # -- InstanceRuntime ---------------------------------------------------
     async def check(self) -> str:
-        """Connect and log in now: ``user@host:port (key type, fingerprint)``."""
+        """Connect and log in now: ``user@host:port (key type, fingerprint), root /abs/folder``."""
         async with self._op("") as s:
-            await s.sftp.stat(self._root)
-            return f"{self.config.describe()} ({s.keytype}, {s.fingerprint})"
+            await s.sftp.stat(self._abs(""))
+            return f"{self.config.describe()} ({s.keytype}, {s.fingerprint}), root {self._abs('')}"
+
+    async def resolve(self, path: str) -> str:
+        """The absolute server path that ``path`` (relative to the root) stands for.
+
+        Logs in first when the root is relative to the folder the login lands in.
+        """
+        if self.pool.root is None:
+            async with self._op(path):
+                pass
+        return self._abs(path)
 
     async def close(self) -> None:
         """Close every session."""
@@ -73,11 +85,11 @@ class SftpInstance:
 
     # -- paths and errors --------------------------------------------------
     def _abs(self, path: str) -> str:
-        rel = path.strip("/")
-        return posixpath.join(self._root, rel) if rel else self._root
+        return join_root(self.pool.root, path)
 
     def _rel(self, abspath: str) -> str:
-        return posixpath.relpath(abspath, self._root) if abspath != self._root else ""
+        root = self._abs("")
+        return posixpath.relpath(abspath, root) if abspath != root else ""
 
     def _map(self, e: BaseException, path: str) -> ConveyorError:
         """One place where asyncssh and OS errors become conveyor errors."""
@@ -134,7 +146,7 @@ class SftpInstance:
     async def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
         """Regular files under ``path``, streamed from readdir. When the server refuses to list
         ``path`` but it is a file (servers with "private visibility"), yield just that file."""
-        folders = deque([self._abs(path)])
+        folders = deque([path.strip("/")])
         first = True
         while folders:
             folder = folders.popleft()
@@ -152,11 +164,12 @@ class SftpInstance:
                 yield one
             first = False
 
-    async def _scan(self, folder: str) -> AsyncIterator[tuple[RemoteFile | None, str | None]]:
-        rel = self._rel(folder)
+    async def _scan(self, rel: str) -> AsyncIterator[tuple[RemoteFile | None, str | None]]:
+        """The entries of folder ``rel``: (file, None) or (None, relative sub-folder)."""
         started = False
         try:
             async with self.pool.session() as s:
+                folder = self._abs(rel)
                 it = s.sftp.scandir(folder).__aiter__()
                 while True:
                     async with asyncio.timeout(self.config.timeout):
@@ -178,7 +191,7 @@ class SftpInstance:
                             except asyncssh.SFTPError:
                                 continue  # a dangling link is not a file to take
                     if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
-                        yield None, full
+                        yield None, self._rel(full)
                     elif attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
                         yield RemoteFile(self._rel(full), attrs.size or 0, float(attrs.mtime or 0)), None
         except asyncssh.SFTPError as e:
@@ -252,11 +265,12 @@ class SftpInstance:
     # -- FileSystem: writing -----------------------------------------------
     async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
         """Upload under a hidden temp name in the same folder, then rename into place."""
-        dst = self._abs(path)
-        folder, name = posixpath.split(dst)
-        tmp = posixpath.join(folder, temp_name(name, await temp_key(body)))
+        key = await temp_key(body)
         try:
             async with self.pool.session() as s, asyncio.timeout(self.config.timeout) as deadline:
+                dst = self._abs(path)
+                folder, name = posixpath.split(dst)
+                tmp = posixpath.join(folder, temp_name(name, key))
                 sftp = s.sftp
                 if exists != "replace" and await sftp.exists(dst):
                     if exists == "skip":

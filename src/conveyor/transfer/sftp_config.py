@@ -12,6 +12,7 @@ from conveyor.config.types import Duration, Secret
 from conveyor.netloc import hostport
 from conveyor.registry import ConnectorSpec, register
 from conveyor.transfer.hostkeys import Fingerprint, parse_fingerprint
+from conveyor.transfer.remote_root import ROOT_HELP, normalise_root
 
 
 def _valid_fingerprint(text: str) -> str:
@@ -45,7 +46,8 @@ class SftpConfig(InstanceConfig):
     host_key_check: Literal["on", "off"] = Field(
         "on", description="off skips host key verification (a warning on every connect and in /status)"
     )
-    root: str = Field("/", description="every path of this instance is relative to this folder")
+    root: str = Field("", description=ROOT_HELP)
+    _root_from_login = field_validator("root", mode="before")(normalise_root)
     timeout: Duration = Field(10.0, gt=0, description="connect timeout, and the limit for every operation")
     max_connection_attempts: int = Field(3, ge=1, description="attempts per connect before the instance is down")
     max_connections: int = Field(4, ge=1, le=64, description="SSH connections (SFTP sessions) kept to this server")

@@ -22,6 +22,7 @@ from asyncssh.packet import String
 
 from conveyor.errors import AuthError, ConveyorError, HostKeyError, Permanent, Transient
 from conveyor.transfer.hostkeys import KEY_FAMILIES, describe_key, family_of, server_key_families, sha256_fp
+from conveyor.transfer.remote_root import fixed_root, resolve_root
 from conveyor.transfer.sftp_config import SftpConfig
 
 if TYPE_CHECKING:
@@ -136,6 +137,9 @@ class SftpPool:
         """The host-key family that matched last time, so a reconnect is one handshake."""
         self._keys: list[asyncssh.SSHKey] | None = None
         self._fps = config.fingerprints()
+        self.root: str | None = fixed_root(config.root)
+        """The instance root as an absolute server path: known at once when ``root`` is absolute,
+        else once the first login has said which folder it lands in."""
 
     # -- pool --------------------------------------------------------------
     @asynccontextmanager
@@ -335,6 +339,13 @@ class SftpPool:
         except (asyncssh.Error, OSError) as e:
             conn.close()
             raise Transient(f"SFTP subsystem refused on {cfg.describe()}: {e}", instance=self.name) from None
+        if self.root is None:
+            try:
+                self.root = resolve_root(await sftp.realpath("."), cfg.root)
+            except (asyncssh.Error, OSError) as e:
+                conn.close()
+                raise Transient(f"{cfg.describe()} did not say which folder the login lands in: {e}",
+                                instance=self.name) from None
         log.info("sftp %s: connected to %s (%s)", self.name, cfg.describe(), keytype)
         return Session(conn, sftp, client, keytype, sha256_fp(blob) + ("" if verified else " NOT VERIFIED"))
 
