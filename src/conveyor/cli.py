@@ -185,6 +185,9 @@ async def _ls(config: Any, name: str, path: str, recursive: bool) -> int:
     rt: FileSystem = spec.load_factory()(name, icfg, Context(spool=Spool(Path(config.spool_dir)),
                                                              status=StatusBoard()))
     try:
+        resolve = getattr(rt, "resolve", None)
+        if resolve is not None:  # the server folder the path stands for, e.g. below the login folder
+            print(f"{name}: {await resolve(path)}", file=sys.stderr)
         single = await rt.stat(path) if path else None
         files = [single] if single else [f async for f in rt.list(path, recursive)]
         for f in files:
