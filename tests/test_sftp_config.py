@@ -27,7 +27,7 @@ def error(**over: Any) -> str:
 def test_defaults_and_describe() -> None:
     c = check()
     assert (c.port, c.root, c.timeout, c.max_connection_attempts, c.max_connections, c.host_key_check) == (
-        22, "/", 10.0, 3, 4, "on")
+        22, "", 10.0, 3, 4, "on")  # root "": the folder the login lands in
     assert c.describe() == "acme@sftp.example:22"
     assert c.host_fingerprint == ["SHA256:" + "A" * 43]
     assert "pw" not in repr(c) and c.secrets() == ["pw"]

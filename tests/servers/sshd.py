@@ -105,8 +105,9 @@ def sshd_available() -> str | None:
     return None
 
 
-def start_sshd(keys: KeySet, host_key_types: tuple[str, ...] = ("ed25519", "rsa")) -> Sshd:
-    """Start sshd with fresh host keys; raise if it does not come up."""
+def start_sshd(keys: KeySet, host_key_types: tuple[str, ...] = ("ed25519", "rsa"),
+               users: tuple[str, ...] = (USER,)) -> Sshd:
+    """Start sshd with fresh host keys, letting ``users`` log in; raise if it does not come up."""
     pw = ensure_user()
     base = Path(tempfile.mkdtemp(prefix="conveyor-sshd-"))
     base.chmod(0o755)  # the sftp user must traverse it to reach root/
@@ -125,7 +126,7 @@ def start_sshd(keys: KeySet, host_key_types: tuple[str, ...] = ("ed25519", "rsa"
         *[f"HostKey {p}" for p in host_keys.values()],
         f"PidFile {base}/sshd.pid", "UsePAM no", "PasswordAuthentication yes",
         "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", "PermitRootLogin no",
-        f"AllowUsers {USER}", f"AuthorizedKeysFile {auth}", "StrictModes no",
+        f"AllowUsers {' '.join(users)}", f"AuthorizedKeysFile {auth}", "StrictModes no",
         "Subsystem sftp internal-sftp", "LogLevel INFO", "MaxStartups 100:30:200", "MaxSessions 50",
         "UseDNS no", "",
     ]))

@@ -2,7 +2,8 @@
 
 Needs root (vsftpd drops privileges per session) and ``apt-get install -y vsftpd``. Logins use
 a local system user, ``conveyor-ftp``, created on first use with a known password; the session
-is chrooted into the served folder. FTPS keeps vsftpd's default ``require_ssl_reuse=YES``.
+is chrooted into the served folder (``chroot=False``: no chroot, a login lands in the user's home
+and paths are the server's own). FTPS keeps vsftpd's default ``require_ssl_reuse=YES``.
 vsftpd 3.0.3 has no ``ssl_tlsv1_2``/``ssl_tlsv1_3`` switches: it offers TLS 1.2 and 1.3 (its
 ``ssl_tlsv1=YES`` covers every TLS 1.x), so the tests pick the version from the client side.
 """
@@ -99,7 +100,7 @@ class Vsftpd:
 
 
 def start_vsftpd(tls: str = "none", certs: Certs | None = None, idle_timeout: int = 300,
-                 extra: dict[str, str] | None = None) -> Vsftpd:
+                 extra: dict[str, str] | None = None, chroot: bool = True) -> Vsftpd:
     """Start vsftpd in the foreground (``background=NO``) on a free loopback port."""
     user = ensure_user()
     work = Path(tempfile.mkdtemp(prefix="conveyor-vsftpd-"))
@@ -120,6 +121,9 @@ def start_vsftpd(tls: str = "none", certs: Certs | None = None, idle_timeout: in
         "data_connection_timeout": "30", "max_per_ip": "50", "max_clients": "50", "use_localtime": "NO",
         "dual_log_enable": "NO", "syslog_enable": "NO", "vsftpd_log_file": str(work / "vsftpd.log"),
     }
+    if not chroot:
+        conf["chroot_local_user"] = "NO"
+        del conf["local_root"], conf["allow_writeable_chroot"]
     if tls != "none":
         assert certs is not None
         shutil.copy(certs.cert_file, work / "cert.pem")
@@ -161,7 +165,7 @@ def vsftpd_certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 @pytest.fixture
 def vsftpd_factory(vsftpd_certs: Certs) -> Iterator[Any]:
-    """``make(tls=..., idle_timeout=..., extra=...)`` starts a vsftpd; all are stopped at teardown."""
+    """``make(tls=..., idle_timeout=..., extra=..., chroot=...)`` starts a vsftpd; all are stopped at teardown."""
     reason = available()
     if reason:
         pytest.skip(reason)
