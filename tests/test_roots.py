@@ -145,6 +145,9 @@ async def test_no_root_means_the_login_folder(
     check = conveyor("check", "--connect", "-c", str(cfg))
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"root {home_user.home}" in check.stdout
+    # The flow's line names the server folder its path resolves to, below the login folder.
+    flow_line = next(line for line in check.stdout.splitlines() if "flow pull" in line)
+    assert f"{home_user.home}/outbound" in flow_line, check.stdout
 
 
 async def test_explicit_root_keeps_ids(server: tuple[str, Any], home_user: HomeUser, tmp_path: Path) -> None:
