@@ -141,8 +141,8 @@ async def target_alone(files: list[Path], url: str, concurrency: int) -> float:
     """conveyor's HttpTarget on its own (bodies read into memory, as the local source does for
     small files): the target's share of the cost, without state store and file handling."""
     from conveyor.payload import Body, Payload
-    from conveyor.targets.config import HttpTargetConfig
-    from conveyor.targets.http import HttpTarget
+    from conveyor.targets.http.config import HttpTargetConfig
+    from conveyor.targets.http.target import HttpTarget
 
     target = HttpTarget("bench", HttpTargetConfig.model_validate({"type": "http", "url": url + "/hook"}))
     queue: asyncio.Queue[Path] = asyncio.Queue()

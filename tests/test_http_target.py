@@ -19,8 +19,8 @@ from aiohttp import web
 
 from conveyor.errors import Rejected, RetryAfter, Transient
 from conveyor.payload import Body, Payload
-from conveyor.targets.config import HttpTargetConfig
-from conveyor.targets.http import HttpRejected, HttpTarget, meta_header, retry_after
+from conveyor.targets.http.config import HttpTargetConfig
+from conveyor.targets.http.target import HttpRejected, HttpTarget, meta_header, retry_after
 from tests.servers.ops import (
     DaemonProcess,
     daemon_in_process,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conveyor.targets.inactivity import Watchdog
+from conveyor.targets.http.inactivity import Watchdog
 
 
 async def guarded(w: Watchdog, work: float, touch_every: float | None = None) -> str:

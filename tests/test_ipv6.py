@@ -17,8 +17,8 @@ from conveyor.errors import HostKeyError
 from conveyor.interfaces import Context
 from conveyor.payload import Body, Payload, Spool
 from conveyor.status import StatusBoard
-from conveyor.targets.config import HttpTargetConfig
-from conveyor.targets.http import HttpTarget
+from conveyor.targets.http.config import HttpTargetConfig
+from conveyor.targets.http.target import HttpTarget
 from conveyor.transfer.hostkeys import fingerprint_main, server_key_families, sha256_fp
 from conveyor.transfer.sftp import SftpInstance
 from conveyor.transfer.sftp_config import SftpConfig

@@ -74,7 +74,7 @@ async def test_local_paths_stay_under_the_root(tmp_path: Path) -> None:
 
 
 def test_content_type_guess_matches_mimetypes() -> None:
-    from conveyor.targets.http import _guess_type
+    from conveyor.targets.http.target import _guess_type
 
     names = ["a.csv", "A.CSV", "x.tar.gz", "x.tgz", "x.GZ", "x.Z", "x.json", "x", "x.", "...", ".bashrc",
              "data:text/plain,x.csv", "a.b.c.xml", "x.svgz", "x.unknown", "x.PDF", "dir/x.txt", "x.tar.bz2"]
@@ -83,7 +83,7 @@ def test_content_type_guess_matches_mimetypes() -> None:
 
 
 def test_meta_header_json_is_json_dumps() -> None:
-    from conveyor.targets.http import _META_JSON
+    from conveyor.targets.http.target import _META_JSON
 
     docs = [{"id": "a", "size": 1, "message": None, "file": {"path": "é/x\\\"y\u0007", "mtime": "t"}},
             {"n": [1, 2.5, True, None, {"k": "\u2028"}], "f": 1e300, "neg": -0.0}, {}]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conveyor.payload import Payload
-from conveyor.targets.directory import DirectoryTarget
+from conveyor.targets.directory.target import DirectoryTarget
 from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
 from tests.harness import bodies, running, sidecars, wait_for, write_config
 

@@ -14,8 +14,8 @@ from conveyor.errors import Rejected
 from conveyor.interfaces import Context
 from conveyor.payload import Body, Payload, Spool
 from conveyor.status import StatusBoard
-from conveyor.targets.config import DirectoryTargetConfig
-from conveyor.targets.directory import DirectoryTarget
+from conveyor.targets.directory.config import DirectoryTargetConfig
+from conveyor.targets.directory.target import DirectoryTarget
 from conveyor.targets.upload import UploadTarget
 from conveyor.transfer.local import LocalInstance
 from conveyor.transfer.local_config import LocalConfig

@@ -22,7 +22,7 @@ from conveyor.flows.runner import FlowRunner
 from conveyor.interfaces import Context, Target
 from conveyor.payload import Spool
 from conveyor.redact import redact, register_secrets
-from conveyor.registry import all_specs
+from conveyor.registry import all_specs, target_specs
 from conveyor.state import StateStore, open_store
 from conveyor.status import StatusBoard
 from conveyor.supervisor import Backoff
@@ -218,14 +218,10 @@ class Daemon:
         return rt
 
     def _target(self, flow: Flow) -> Target:
-        if flow.target_kind == "directory":
-            from conveyor.targets.directory import DirectoryTarget
-
-            return DirectoryTarget(flow.name, flow.target)
-        if flow.target_kind == "http":
-            from conveyor.targets.http import HttpTarget
-
-            return HttpTarget(flow.name, flow.target)
+        kind = target_specs().get(flow.target_kind)
+        if kind is not None:
+            built: Target = kind.load_factory()(flow.name, flow.target, self.ctx)
+            return built
         iname = flow.target.instance
         rt = self.instance(iname)
         if all_specs()[self.config.instances[iname].type].kind == "file":
@@ -243,9 +239,10 @@ class Daemon:
         source_rt = self.instance(src.instance)
         target = self._target(flow)
         timeout = getattr(flow.target, "timeout", None)
+        kind = target_specs().get(flow.target_kind)
         deliverer = Deliverer(flow.name, target, self.store, self.status, attempts=flow.retry.attempts,
                               backoff=Backoff(flow.retry.backoff or 0.1, flow.retry.max_backoff),
-                              timeout=timeout if flow.target_kind != "http" else None,
+                              timeout=None if kind is not None and kind.own_timeout else timeout,
                               lease=max(300.0, 2 * (timeout or 0)))
         st = self.status.add_flow(flow.name)
         st.delivery_timeout = timeout

@@ -21,7 +21,7 @@ from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceCon
 from conveyor.errors import ConveyorError, NotFound, Permanent
 from conveyor.interfaces import Context, FileSystem
 from conveyor.redact import redact
-from conveyor.registry import all_specs
+from conveyor.registry import all_specs, target_specs
 
 COUNT_LIMIT = 1000
 """A source folder is listed this far to count its files: enough to show it works, not a full scan."""
@@ -48,7 +48,7 @@ async def preflight(config: Config, out: Callable[[str], None] = print) -> int:
                 failures += 1
                 out(f"  FAIL  {name} ({icfg.type}): {redact(str(e))}")
         flows = list(config.flows.values())
-        lines = await asyncio.gather(*(_flow_line(config, flow, live) for flow in flows))
+        lines = await asyncio.gather(*(_flow_line(config, flow, live, ctx) for flow in flows))
         for ok, line in lines:
             failures += not ok
             out(line)
@@ -59,11 +59,12 @@ async def preflight(config: Config, out: Callable[[str], None] = print) -> int:
     return 2 if failures else 0
 
 
-async def _flow_line(config: Config, flow: Flow, live: dict[str, Any]) -> tuple[bool, str]:
+async def _flow_line(config: Config, flow: Flow, live: dict[str, Any], ctx: Context) -> tuple[bool, str]:
     """``(ok, line)`` for one flow: its source's and its target's outcome, each naming what was checked."""
     if not flow.enabled:
         return True, f"  -     flow {flow.name}: disabled, not checked"
-    found = await asyncio.gather(_source(config, flow, live), _target(config, flow, live), return_exceptions=True)
+    found = await asyncio.gather(_source(config, flow, live), _target(config, flow, live, ctx),
+                                 return_exceptions=True)
     parts = [p if isinstance(p, tuple) else (False, f"{role}: {type(p).__name__}: {redact(str(p))}")
              for role, p in zip(("source", "target"), found, strict=True)]
     ok = all(p[0] for p in parts)
@@ -98,17 +99,12 @@ async def _source(config: Config, flow: Flow, live: dict[str, Any]) -> tuple[boo
     return await _outcome(label, getattr(src, "probe", None))
 
 
-async def _target(config: Config, flow: Flow, live: dict[str, Any]) -> tuple[bool, str]:
+async def _target(config: Config, flow: Flow, live: dict[str, Any], ctx: Context) -> tuple[bool, str]:
     cfg = flow.target
-    if flow.target_kind == "directory":
-        from conveyor.targets.directory import DirectoryTarget
-
-        return await _probe_target(f"target directory {cfg.path}", DirectoryTarget(flow.name, cfg))
-    if flow.target_kind == "http":
-        from conveyor.targets.http import HttpTarget
-
-        target = HttpTarget(flow.name, cfg)
-        return await _probe_target(f"target {target.where}", target)
+    kind = target_specs().get(flow.target_kind)
+    if kind is not None:
+        built = kind.load_factory()(flow.name, cfg, ctx)
+        return await _probe_target(f"target {getattr(built, 'where', kind.type)}", built)
     iname = cfg.instance
     icfg = config.instances[iname]
     rt = live.get(iname)
@@ -178,7 +174,7 @@ async def _file_source(fs: FileSystem, icfg: InstanceConfig, cfg: FileSourceConf
 async def _upload_folder(fs: FileSystem, icfg: InstanceConfig, folder: str) -> str:
     """The upload folder exists, or its nearest existing ancestor does (uploads create the rest)."""
     if icfg.type == "local":
-        from conveyor.targets.directory import writable_folder
+        from conveyor.targets.folders import writable_folder
 
         root = Path(str(getattr(icfg, "root", "")))
         return await asyncio.to_thread(writable_folder, root / folder if folder else root)

@@ -1,20 +1,30 @@
-"""The connector registry: each instance type names its config models and a lazily imported factory.
+"""The connector registry: each instance type and each target type names its config model(s) and
+a lazily imported factory.
 
 Connector config modules are light (pydantic only) and register themselves on import; the
 runtime module named by ``factory`` is imported only when a config uses that type, so a
-config without Pub/Sub never pays for importing google-cloud.
+config without Pub/Sub never pays for importing google-cloud. Target types (``target: {type:
+...}`` in a flow) are the packages under ``conveyor.targets``, each registering itself when
+imported; more can be registered before a config is loaded.
 """
 
 from __future__ import annotations
 
 import builtins
 import importlib
+import pkgutil
 from dataclasses import dataclass
-from typing import Any, Literal
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal
 
-from conveyor.config.base import InstanceConfig, SourceConfig
+if TYPE_CHECKING:  # no conveyor module at import time, so that any module may import this one
+    from conveyor.config.base import InstanceConfig, SourceConfig, TargetConfig
+
+INSTANCE_KIND = "instance"
+"""A flow's target kind when it writes to an instance; no target type may take this name."""
 
 _REGISTRY: dict[str, ConnectorSpec] = {}
+_TARGETS: dict[str, TargetSpec] = {}
 
 
 @dataclass(frozen=True)
@@ -31,8 +41,7 @@ class ConnectorSpec:
 
     def load_factory(self) -> Any:
         """Import and return the runtime factory."""
-        module, _, attr = self.factory.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return _load(self.factory)
 
 
 def register(spec: ConnectorSpec) -> ConnectorSpec:
@@ -51,3 +60,58 @@ def all_specs() -> dict[str, ConnectorSpec]:
     import conveyor.connectors  # noqa: F401  (registers the built-in connector types)
 
     return dict(_REGISTRY)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """How one target type (``target: {type: NAME, ...}``, no instance) plugs into conveyor.
+
+    The runtime object the factory returns implements :class:`conveyor.interfaces.Target`;
+    ``check --connect`` also calls its ``probe()`` and shows its ``where``, when it has them.
+    """
+
+    type: str
+    model: builtins.type[TargetConfig]
+    """The config model: ``type: Literal[NAME]`` and the target's own keys."""
+    factory: str
+    """``module:callable``; the callable takes (flow name, config, context) and returns the target."""
+    own_timeout: bool = False
+    """The target applies its config's ``timeout`` itself (as a limit on inactivity, say), so
+    a delivery gets no overall deadline from the deliverer."""
+
+    def load_factory(self) -> Any:
+        """Import and return the runtime factory."""
+        return _load(self.factory)
+
+
+def register_target(spec: TargetSpec) -> TargetSpec:
+    """Add a target type; called at import time by each target package (or by a test)."""
+    if spec.type == INSTANCE_KIND:
+        raise ValueError(f"'{INSTANCE_KIND}' cannot name a target type: it means a target on an instance")
+    _TARGETS[spec.type] = spec
+    return spec
+
+
+def unregister_target(type_name: str) -> None:
+    """Remove a target type registered by :func:`register_target` (a test's own, say)."""
+    _TARGETS.pop(type_name, None)
+
+
+def target_specs() -> dict[str, TargetSpec]:
+    """Every registered target type, the built-in ones (the packages under ``conveyor.targets``) first."""
+    _import_target_packages()
+    return dict(_TARGETS)
+
+
+@cache
+def _import_target_packages() -> None:
+    import conveyor.targets
+
+    for found in pkgutil.iter_modules(conveyor.targets.__path__, "conveyor.targets."):
+        if found.ispkg:
+            importlib.import_module(found.name)
+
+
+def _load(factory: str) -> Any:
+    module, _, attr = factory.partition(":")
+    return getattr(importlib.import_module(module), attr)

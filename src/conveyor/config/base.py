@@ -103,6 +103,13 @@ class MessageSourceConfig(SourceConfig):
     max_attempts: int = Field(5, ge=1, description="deliveries of one message before it is rejected (dead-lettered)")
 
 
+class TargetConfig(ConfigModel):
+    """A flow target of a registered target type (``type: NAME``, no instance).
+    Subclasses set ``type: Literal[...]``."""
+
+    type: str
+
+
 class FileTargetConfig(ConfigModel):
     """Upload to a file instance (local, sftp, ftp): temp name, then rename."""
 

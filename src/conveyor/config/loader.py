@@ -2,7 +2,7 @@
 
 Phase 1 validates the file against the top-level schema (instances by their ``type``).
 Phase 2 validates each flow's ``source`` with the source model of its instance's type and
-its ``target`` with the directory/http model or its instance's target model — a ``queue``
+its ``target`` with the model of its target type or its instance's target model — a ``queue``
 on an sftp instance is an error there. Cross-checks follow. All problems are collected and
 raised together as one :class:`ConfigError`.
 """
@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from conveyor.config.base import FileSourceConfig, InstanceConfig, SourceConfig
 from conveyor.config.interpolate import Interpolator, dotted
@@ -24,9 +24,7 @@ from conveyor.config.schema import NAME_PATTERN, Config, Flow, FlowConfig, raw_m
 from conveyor.config.types import MoveAction
 from conveyor.errors import ConfigError, Problem
 from conveyor.names import normal_path
-from conveyor.registry import all_specs
-
-_BUILTIN_TARGETS = ("directory", "http")
+from conveyor.registry import INSTANCE_KIND, all_specs, target_specs
 
 
 class _Collector:
@@ -186,22 +184,21 @@ def _resolve_source(data: dict[str, Any], instances: dict[str, InstanceConfig], 
 
 
 def _resolve_target(data: dict[str, Any], instances: dict[str, InstanceConfig], col: _Collector,
-                    path: tuple[Any, ...]) -> tuple[Any, Any]:
-    from conveyor.targets.config import DirectoryTargetConfig, HttpTargetConfig
-
+                    path: tuple[Any, ...]) -> tuple[Any, str | None]:
     has_type, has_instance = "type" in data, "instance" in data
+    kinds = target_specs()
+    types = sorted(kinds)
     if has_type == has_instance:
-        col.add(path, "give either 'type: directory|http' or 'instance: NAME'" if has_type else
-                "missing 'type' (directory or http) or 'instance'")
+        col.add(path, f"give either 'type: {'|'.join(types)}' or 'instance: NAME'" if has_type else
+                f"missing 'type' ({_either(types)}) or 'instance'")
         return None, None
     if has_type:
-        models: dict[str, type[BaseModel]] = {"directory": DirectoryTargetConfig, "http": HttpTargetConfig}
-        model = models.get(data["type"])
-        if model is None:
-            col.add((*path, "type"), f"unknown target type {data['type']!r} (expected directory or http; "
+        kind = kinds.get(data["type"]) if isinstance(data["type"], str) else None
+        if kind is None:
+            col.add((*path, "type"), f"unknown target type {data['type']!r} (expected {_either(types)}; "
                                      "to write to an instance use 'instance: NAME')")
             return None, None
-        return _validate(model, data, col, path, f" for a {data['type']} target"), data["type"]
+        return _validate(kind.model, data, col, path, f" for a {kind.type} target"), kind.type
     itype = _lookup(data.get("instance"), instances, col, (*path, "instance"))
     if itype is None:
         return None, None
@@ -210,7 +207,12 @@ def _resolve_target(data: dict[str, Any], instances: dict[str, InstanceConfig], 
         col.add(path, f"a {itype} instance cannot be a target")
         return None, None
     return _validate(spec.target_model, data, col, path, f" for a {itype} target (instance '{data['instance']}')"), \
-        "instance"
+        INSTANCE_KIND
+
+
+def _either(names: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def _validate(model: type[Any], data: dict[str, Any], col: _Collector, path: tuple[Any, ...], context: str) -> Any:

@@ -11,6 +11,7 @@ from pydantic import Field, create_model, field_validator
 
 from conveyor.config.base import InstanceConfig, SourceConfig
 from conveyor.config.types import ConfigModel, Duration, Secret, Size
+from conveyor.registry import INSTANCE_KIND, all_specs
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -48,7 +49,7 @@ class FlowConfig(ConfigModel):
     """A flow as written; ``source`` and ``target`` are checked against their instance's type."""
 
     source: dict[str, Any] = Field(description="instance + what to read from it")
-    target: dict[str, Any] = Field(description="type: directory | http, or instance + where to write")
+    target: dict[str, Any] = Field(description="type: a target type (see below), or instance + where to write")
     retry: RetryConfig = Field(default_factory=RetryConfig)
     max_in_flight: int = Field(16, ge=1, le=10_000, description="payloads in delivery at once (backpressure)")
     enabled: bool = Field(True, description="false keeps the flow in the file but does not run it")
@@ -58,8 +59,6 @@ class FlowConfig(ConfigModel):
 @cache
 def raw_model() -> type[ConfigModel]:
     """The top-level model, with ``instances`` a discriminated union of every registered type."""
-    from conveyor.registry import all_specs
-
     models = tuple(s.instance_model for s in all_specs().values())
     union = Annotated[Union[models], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
     model: type[ConfigModel] = create_model(
@@ -80,9 +79,6 @@ def raw_model() -> type[ConfigModel]:
     return model
 
 
-TargetKind = Literal["directory", "http", "instance"]
-
-
 @dataclass(frozen=True)
 class Flow:
     """A flow after both phases of validation."""
@@ -90,7 +86,8 @@ class Flow:
     name: str
     source: SourceConfig
     target: Any
-    target_kind: TargetKind
+    target_kind: str
+    """The target type's name (see :func:`conveyor.registry.target_specs`), or ``instance``."""
     retry: RetryConfig
     max_in_flight: int
     enabled: bool
@@ -98,7 +95,7 @@ class Flow:
     @property
     def target_instance(self) -> str | None:
         """The instance the target writes to, if any."""
-        return getattr(self.target, "instance", None) if self.target_kind == "instance" else None
+        return getattr(self.target, "instance", None) if self.target_kind == INSTANCE_KIND else None
 
 
 @dataclass(frozen=True)

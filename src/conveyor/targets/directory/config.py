@@ -1,15 +1,16 @@
-"""Config models of the built-in targets that are not instances: directory and http."""
+"""Config model of the ``directory`` target."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from conveyor.config.types import ConfigModel, Duration
+from conveyor.config.base import TargetConfig
+from conveyor.config.types import Duration
 
 
-class DirectoryTargetConfig(ConfigModel):
+class DirectoryTargetConfig(TargetConfig):
     """Write each payload into a local folder, with a ``.meta.json`` sidecar."""
 
     type: Literal["directory"]
@@ -21,24 +22,3 @@ class DirectoryTargetConfig(ConfigModel):
     )
     fsync: bool = Field(True, description="fsync bodies and the folder before reporting delivery")
     timeout: Duration | None = Field(None, description="a delivery taking longer counts as stuck")
-
-
-class HttpTargetConfig(ConfigModel):
-    """POST each payload to an HTTP endpoint."""
-
-    type: Literal["http"]
-    url: str = Field(description="http:// or https:// endpoint")
-    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers (may hold secrets)")
-    timeout: Duration = Field(
-        30.0, description="an attempt fails after this long without progress (connect, send, answer)")
-    tls_verify: bool = Field(True, description="verify the server certificate")
-    ca_file: str | None = Field(None, description="CA bundle to verify the server with")
-    content_type: str | None = Field(
-        None, description="Content-Type (default: guessed from the payload name, else application/octet-stream)")
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        if not v.lower().startswith(("http://", "https://")) or len(v.split("://", 1)[1]) == 0:
-            raise ValueError("url must start with http:// or https://")
-        return v

@@ -16,16 +16,17 @@ import json
 import os
 import re
 import shutil
-import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from conveyor.errors import NoSpace, Permanent, Rejected, Transient
+from conveyor.interfaces import Context
 from conveyor.names import name_fields, render, sanitise
 from conveyor.payload import Body, Payload, disk_full, hash_file, remove_files
-from conveyor.targets.config import DirectoryTargetConfig
-from conveyor.targets.dirwriter import BatchWriter
+from conveyor.targets.directory.config import DirectoryTargetConfig
+from conveyor.targets.directory.writer import BatchWriter
+from conveyor.targets.folders import writable_folder
 from conveyor.targets.fsync import GroupSync
 
 _COUNTER = itertools.count()
@@ -53,6 +54,7 @@ class DirectoryTarget:
         self.flow = flow
         self.config = config
         self.folder = Path(config.path)
+        self.where = f"directory {config.path}"
         self._dir = str(self.folder)
         """The folder as a string: the per-payload paths below are joined as strings, since
         pathlib's parsing cost more than the writes' own Python work."""
@@ -163,44 +165,6 @@ class DirectoryTarget:
             self._writer.close()
 
 
-def writable_folder(folder: Path) -> str:
-    """Whether this process can write files into ``folder``, or create it, told without writing:
-    the folder, or its nearest existing ancestor, must be a folder this user may write (the
-    permission bits and ACLs as access(2) sees them, a read-only mount included). A description,
-    or Permanent naming the path that stops it."""
-    existing, missing = folder, False
-    while True:
-        try:
-            st = os.stat(existing)
-            break
-        except (FileNotFoundError, NotADirectoryError):
-            # NotADirectoryError: some ancestor is a file; walking up finds it
-            missing = True
-        except OSError as e:
-            raise Permanent(f"cannot look at {existing}: {e.strerror or e}", path=str(folder)) from None
-        if existing.parent == existing:
-            raise Permanent(f"no folder of {folder} exists", path=str(folder))
-        existing = existing.parent
-    if not stat.S_ISDIR(st.st_mode):
-        raise Permanent(f"{existing} is a file, not a folder" + (f": {folder} cannot be created" if missing else ""),
-                        path=str(folder))
-    effective = os.access in os.supports_effective_ids
-    if not os.access(existing, os.W_OK | os.X_OK, effective_ids=effective):
-        why = "a read-only file system" if _read_only(existing) else f"not writable by uid {os.geteuid()}"
-        verb = "cannot be written" if not missing else f"cannot be created under {existing}"
-        raise Permanent(f"{folder} {verb}: {why}", path=str(folder))
-    if missing:
-        return f"does not exist; created at the first delivery under {existing} (writable)"
-    return "exists, writable"
-
-
-def _read_only(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
-
-
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
@@ -266,3 +230,7 @@ def _write_body(body: Body, dest: str) -> str:
         raise result[0]
     return result[0]
 
+
+def create(flow: str, config: DirectoryTargetConfig, context: Context) -> DirectoryTarget:
+    """The registry's factory: a directory target needs nothing from the daemon."""
+    return DirectoryTarget(flow, config)

@@ -1,6 +1,6 @@
 """The ``http`` target: one POST per payload, the body streamed from memory or the spool.
 
-Status classes (SPEC section 2)::
+Status classes::
 
     2xx                 delivered
     408, 429, 5xx       Transient (RetryAfter when the server sent Retry-After)
@@ -33,10 +33,11 @@ from yarl import URL
 
 from conveyor import __version__
 from conveyor.errors import Rejected, RetryAfter, Transient
+from conveyor.interfaces import Context
 from conveyor.payload import Payload
 from conveyor.redact import redact
-from conveyor.targets.config import HttpTargetConfig
-from conveyor.targets.inactivity import Guard, Watchdog
+from conveyor.targets.http.config import HttpTargetConfig
+from conveyor.targets.http.inactivity import Guard, Watchdog
 
 log = logging.getLogger("conveyor.http")
 
@@ -280,3 +281,8 @@ def meta_header(value: str) -> dict[str, Any]:
     """Decode an ``X-Conveyor-Meta`` header (for receivers written in Python, and the tests)."""
     decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(value.encode("ascii")))
     return decoded
+
+
+def create(flow: str, config: HttpTargetConfig, context: Context) -> HttpTarget:
+    """The registry's factory: an http target needs nothing from the daemon."""
+    return HttpTarget(flow, config)
