@@ -110,6 +110,24 @@ flows:
     assert any(p.startswith("flows.c.target.type (line 21): unknown target type 'ftp'") for p in got), got
 
 
+def test_target_type_problems_name_the_types(tmp_path: Path) -> None:
+    got = problems(tmp_path, """
+instances: {box: {type: local, root: /x}}
+flows:
+  a: {source: {instance: box}, target: {type: [directory], path: /y}}
+  b: {source: {instance: box}, target: {path: /y}}
+  c: {source: {instance: box}, target: {type: directory, instance: box, path: /y}}
+  d: {source: {instance: box}, target: {type: ftp, path: /y}}
+""")
+    assert got == [
+        "flows.a.target.type (line 4): unknown target type ['directory'] (expected directory or http; "
+        "to write to an instance use 'instance: NAME')",
+        "flows.b.target (line 5): missing 'type' (directory or http) or 'instance'",
+        "flows.c.target (line 6): give either 'type: directory|http' or 'instance: NAME'",
+        "flows.d.target.type (line 7): unknown target type 'ftp' (expected directory or http; "
+        "to write to an instance use 'instance: NAME')"]
+
+
 def test_suggests_close_instance_names(tmp_path: Path) -> None:
     got = problems(tmp_path, """
 instances: {partner: {type: local, root: /x}}
