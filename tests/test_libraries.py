@@ -150,3 +150,13 @@ def test_a_flow_whose_instance_cannot_be_built_fails_alone(tmp_path: Path) -> No
     assert "flow cannot start" in text
     assert "ExceptionGroup" not in text
 
+
+
+def test_missing_target_library_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path), "create": True}},
+                       {"hook": {"source": {"instance": "disk", "path": ""},
+                                 "target": {"type": "http", "url": "http://127.0.0.1:1/in"}}})
+    r = child(tmp_path, "aiohttp", "-m", "conveyor", "check", "-c", str(cfg))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "flows.hook.target.type: the http target needs the Python module 'aiohttp'" in r.stderr, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr

@@ -12,7 +12,7 @@ import importlib
 
 from conveyor.config import Config
 from conveyor.errors import Problem
-from conveyor.registry import all_specs
+from conveyor.registry import INSTANCE_KIND, all_specs, target_specs
 
 FIX = "install conveyor with its dependencies (pip install conveyor; not --no-deps)"
 
@@ -23,7 +23,7 @@ def _why(e: ImportError) -> str:
 
 
 def missing_libraries(config: Config) -> list[Problem]:
-    """A problem for each instance type (and the state store) whose library cannot be imported."""
+    """A problem for each instance type, target type and state store whose library cannot be imported."""
     problems: list[Problem] = []
     specs = all_specs()
     tried: dict[str, str | None] = {}
@@ -37,6 +37,15 @@ def missing_libraries(config: Config) -> list[Problem]:
         why = tried[icfg.type]
         if why is not None:
             problems.append(Problem(f"instances.{name}.type", f"the {icfg.type} connector {why}"))
+    targets = target_specs()
+    for fname, flow in config.flows.items():
+        spec = targets.get(flow.target_kind) if flow.target_kind != INSTANCE_KIND else None
+        if spec is None:
+            continue
+        try:
+            spec.load_factory()
+        except ImportError as e:
+            problems.append(Problem(f"flows.{fname}.target.type", f"the {spec.type} target {_why(e)}"))
     if config.state.startswith(("postgresql://", "postgres://")):
         try:
             importlib.import_module("conveyor.state.postgres")
