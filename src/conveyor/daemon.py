@@ -241,7 +241,7 @@ class Daemon:
         timeout = getattr(flow.target, "timeout", None)
         kind = target_specs().get(flow.target_kind)
         deliverer = Deliverer(flow.name, target, self.store, self.status, attempts=flow.retry.attempts,
-                              backoff=Backoff(flow.retry.backoff or 0.1, flow.retry.max_backoff),
+                              backoff=Backoff.from_config(flow.retry),
                               timeout=None if kind is not None and kind.own_timeout else timeout,
                               lease=max(300.0, 2 * (timeout or 0)))
         st = self.status.add_flow(flow.name)

@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.errors import ConveyorError, Permanent, RetryAfter
+from conveyor.errors import ConveyorError, Permanent
 from conveyor.flows.slots import target_done
 from conveyor.interfaces import Target
 from conveyor.payload import Payload
 from conveyor.redact import redact
 from conveyor.state.base import Item, StateStore
 from conveyor.status import StatusBoard
-from conveyor.supervisor import Backoff
+from conveyor.supervisor import Backoff, retrying
 
 log = logging.getLogger("conveyor.flow")
 
@@ -55,40 +55,40 @@ class Deliverer:
     async def send(self, payload: Payload) -> Outcome:
         """Try the target up to ``attempts`` times; Permanent errors end at once."""
         extra = {"flow": self.flow, "payload_id": payload.id}
-        for n in range(1, self.attempts + 1):
+        name = payload.name or payload.id
+        if self.attempts < 1:
+            return Outcome(False, False, "no attempts configured")
+
+        async def once() -> None:
             started = time.monotonic()
-            try:
-                if self.timeout:
-                    async with asyncio.timeout(self.timeout):
-                        await self.target.deliver(payload)
-                else:
+            if self.timeout:
+                async with asyncio.timeout(self.timeout):
                     await self.target.deliver(payload)
-                log.debug("delivered %s in %.3fs", payload.name or payload.id, time.monotonic() - started,
-                          extra=extra)
-                return Outcome(True)
-            except asyncio.CancelledError:
-                raise
-            except Permanent as e:
-                msg = redact(str(e))
-                log.error("delivery of %s failed for good: %s", payload.name or payload.id, msg, extra=extra)
-                return Outcome(False, True, msg)
-            except Exception as e:
-                msg = redact(_describe(e))
-                if n == self.attempts:
-                    log.error("delivery of %s failed after %d attempts: %s", payload.name or payload.id, n, msg,
-                              extra=extra)
-                    return Outcome(False, False, msg)
-                delay = self.backoff.delay(n)
-                if isinstance(e, RetryAfter):
-                    delay = max(delay, e.delay)
-                log.warning("delivery of %s failed (attempt %d of %d): %s; retrying in %.1fs",
-                            payload.name or payload.id, n, self.attempts, msg, delay, extra=extra)
-                self.status.flow_error(self.flow, msg)
-                fs = self.status.flows.get(self.flow)
-                if fs is not None:
-                    fs.retried += 1
-                await asyncio.sleep(delay)
-        return Outcome(False, False, "no attempts configured")
+            else:
+                await self.target.deliver(payload)
+            log.debug("delivered %s in %.3fs", name, time.monotonic() - started, extra=extra)
+
+        def retry(e: Exception, n: int, delay: float) -> None:
+            msg = redact(_describe(e))
+            log.warning("delivery of %s failed (attempt %d of %d): %s; retrying in %.1fs",
+                        name, n, self.attempts, msg, delay, extra=extra)
+            self.status.flow_error(self.flow, msg)
+            fs = self.status.flows.get(self.flow)
+            if fs is not None:
+                fs.retried += 1
+
+        try:
+            await retrying(once, self.backoff, attempts=self.attempts, what="delivery",
+                           retry_if=lambda e: not isinstance(e, Permanent), on_retry=retry)
+        except Permanent as e:
+            msg = redact(str(e))
+            log.error("delivery of %s failed for good: %s", name, msg, extra=extra)
+            return Outcome(False, True, msg)
+        except Exception as e:
+            msg = redact(_describe(e))
+            log.error("delivery of %s failed after %d attempts: %s", name, self.attempts, msg, extra=extra)
+            return Outcome(False, False, msg)
+        return Outcome(True)
 
     async def process(
         self,

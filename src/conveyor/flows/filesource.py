@@ -29,7 +29,7 @@ from conveyor.payload import Body, Payload, Spool, stable_id, utc_iso
 from conveyor.redact import redact
 from conveyor.state.base import StateStore
 from conveyor.status import StatusBoard
-from conveyor.supervisor import Backoff
+from conveyor.supervisor import RESUME_BACKOFF, retrying
 
 log = logging.getLogger("conveyor.files")
 _CHUNK = 500
@@ -249,20 +249,19 @@ class FileSource:
             body: Body = await in_place(f, self.spool.threshold)
             return body
         sink = self.spool.writer()
-        backoff = Backoff(0.5, 10.0)
+
+        def resumable(e: Exception) -> bool:
+            # A dropped connection mid-file: resume at the offset we have, not from zero
+            # (unless the spool itself failed: then what we have is not on disk).
+            return isinstance(e, Transient) and not sink.failed
+
+        def resume(e: Exception, attempt: int, delay: float) -> None:
+            log.warning("download of %s interrupted at %d bytes: %s; resuming", f.path, sink.size,
+                        redact(str(e)), extra={"flow": self.flow, "instance": self.instance})
+
         try:
-            for attempt in range(1, _RESUMES + 1):
-                try:
-                    await self.fs.download(f, sink)
-                    break
-                except Transient as e:
-                    # A dropped connection mid-file: resume at the offset we have, not from zero
-                    # (unless the spool itself failed: then what we have is not on disk).
-                    if attempt == _RESUMES or sink.failed:
-                        raise
-                    log.warning("download of %s interrupted at %d bytes: %s; resuming", f.path, sink.size,
-                                redact(str(e)), extra={"flow": self.flow, "instance": self.instance})
-                    await asyncio.sleep(backoff.delay(attempt))
+            await retrying(lambda: self.fs.download(f, sink), RESUME_BACKOFF, attempts=_RESUMES, what="download",
+                           retry_if=resumable, on_retry=resume)
             if sink.size != f.size:
                 raise Transient(f"{f.path} changed while downloading ({sink.size} bytes, listed {f.size})",
                                 instance=self.instance, path=f.path)

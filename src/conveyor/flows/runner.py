@@ -12,7 +12,7 @@ from conveyor.flows.delivery import Deliverer
 from conveyor.interfaces import Inbound, MessageSource
 from conveyor.redact import redact
 from conveyor.status import StatusBoard
-from conveyor.supervisor import Backoff, supervise
+from conveyor.supervisor import SOURCE_BACKOFF, supervise
 
 log = logging.getLogger("conveyor.flow")
 
@@ -58,7 +58,7 @@ class FlowRunner:
             st.state = "running"
 
         try:
-            await supervise(f"flow {self.name}", self.source_run, backoff=Backoff(1.0, 300.0),
+            await supervise(f"flow {self.name}", self.source_run, backoff=SOURCE_BACKOFF,
                             on_error=on_error, on_recover=on_recover, log_extra={"flow": self.name})
         finally:
             st.state = "stopped"
