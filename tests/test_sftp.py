@@ -17,6 +17,7 @@ import pytest
 from conveyor.errors import AuthError, HostKeyError, NotFound, Permanent, Rejected, Transient
 from conveyor.payload import Body, Spool
 from conveyor.status import StatusBoard
+from conveyor.supervisor import retries
 from conveyor.transfer.hostkeys import md5_fp, sha256_fp, sha512_fp
 from conveyor.transfer.sftp import SftpInstance
 from conveyor.transfer.sftp_config import SftpConfig
@@ -355,9 +356,11 @@ async def test_unreachable_is_transient_and_down(tmp_path: Path) -> None:
     from conveyor.interfaces import Context
 
     inst = SftpInstance("partner", cfg, Context(spool=Spool(tmp_path), status=board))
+    waits = retries["connect"]
     with pytest.raises(Transient):
         await inst.check()
     assert counter.attempts == ["error", "error"]
+    assert retries["connect"] - waits == 1  # the pause between the two tries is the supervisor's
     assert board.instances["partner"].state == "down" and not board.instances["partner"].permanent
 
 

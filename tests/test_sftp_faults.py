@@ -13,6 +13,7 @@ import pytest
 from conveyor.errors import Transient
 from conveyor.payload import Spool, SpoolWriter
 from conveyor.status import StatusBoard
+from conveyor.supervisor import retries
 from conveyor.transfer.sftp import SftpInstance
 from conveyor.transfer.sftp_config import SftpConfig
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
@@ -184,12 +185,14 @@ async def test_daemon_survives_cuts_mid_download(sftp_asyncssh_backend: SftpBack
                 "target": {"type": "directory", "path": str(out)},
                 "retry": {"attempts": 10, "backoff": "100ms", "max_backoff": "500ms"}}
         cfg = write_config(tmp_path, {"remote": b.instance_config(port=proxy.port)}, {"f": flow})
+        resumes = retries["download"]
         async with running(cfg):
             await wait_for(lambda: proxy.bytes_down > 6 * 1024 * 1024, 30)
             proxy.cut_after(8 * 1024 * 1024)
             await wait_for(lambda: len(bodies(out)) == 2, 60)
             await wait_for(lambda: b.names("in") == [], 20)
         assert proxy.connections >= 3
+    assert retries["download"] > resumes  # resumed at its offset, through the supervisor's retry helper
     got = bodies(out)
     assert len(got) == 2 and len(sidecars(out)) == 2
     big = next(v for v in got.values() if len(v) != 5)

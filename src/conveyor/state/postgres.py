@@ -44,6 +44,7 @@ import asyncpg
 
 from conveyor.redact import redact
 from conveyor.state.base import Item
+from conveyor.supervisor import CONFLICT_BACKOFF, retrying
 
 log = logging.getLogger("conveyor.state")
 
@@ -51,6 +52,9 @@ T = "conveyor_items"
 _COLS = "flow, id, state, attempts, last_error, settled, name, path, size, mtime, owner, first_seen, updated"
 _NOW = "extract(epoch from now())::float8"
 _LOCK_KEY = 0x636F6E76  # "conv": serialises schema creation/migration between replicas
+_RACES = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+"""Two replicas locked the same rows in another order: that statement rolled back, try again."""
+_CONFLICT_TRIES = 5
 
 MIGRATIONS: list[list[str]] = [
     [  # version 1
@@ -136,6 +140,10 @@ class _Job:
     fut: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+def _lost_race(e: Exception) -> bool:
+    return isinstance(e, _RACES)
+
+
 class _Lane:
     """One writer: a queue, a task and a connection pool of one. Everything queued while the
     previous statements ran goes out together — the group commit."""
@@ -178,16 +186,7 @@ class _Lane:
 
     async def _commit(self, batch: list[_Job]) -> None:
         try:
-            for attempt in range(5):
-                try:
-                    async with self.pool.acquire() as conn:
-                        results = await self._run(conn, batch)
-                    break
-                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-                    # Two replicas locked the same rows in another order: that statement rolled back.
-                    await asyncio.sleep(0.01 * (attempt + 1))
-            else:
-                raise RuntimeError("state writes kept deadlocking")
+            results = await self._write(batch)
         except Exception as e:
             if len(batch) == 1:
                 if not batch[0].fut.done():
@@ -201,6 +200,17 @@ class _Lane:
         for job, value in zip(batch, results, strict=True):
             if not job.fut.done():
                 job.fut.set_result(value)
+
+    async def _write(self, batch: list[_Job]) -> list[Any]:
+        async def once() -> list[Any]:
+            async with self.pool.acquire() as conn:
+                return await self._run(conn, batch)
+
+        try:
+            return await retrying(once, CONFLICT_BACKOFF, attempts=_CONFLICT_TRIES, what="state write",
+                                  retry_if=_lost_race)
+        except _RACES:
+            raise RuntimeError("state writes kept deadlocking") from None
 
     async def _run(self, conn: asyncpg.Connection, batch: list[_Job]) -> list[Any]:
         """Each statement commits on its own (every job is independent): one round trip per kind

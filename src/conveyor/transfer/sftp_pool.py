@@ -21,6 +21,7 @@ from asyncssh.constants import MSG_IGNORE
 from asyncssh.packet import String
 
 from conveyor.errors import AuthError, ConveyorError, HostKeyError, Permanent, Transient
+from conveyor.supervisor import CONNECT_BACKOFF, retrying
 from conveyor.transfer.hostkeys import KEY_FAMILIES, describe_key, family_of, server_key_families, sha256_fp
 from conveyor.transfer.remote_root import fixed_root, resolve_root
 from conveyor.transfer.sftp_config import SftpConfig
@@ -34,7 +35,6 @@ log = logging.getLogger("conveyor.sftp")
 # SFTP read then travels in few SSH packets, which is where the Python-side time goes.
 WINDOW = 16 * 1024 * 1024
 MAX_PKTSIZE = 256 * 1024
-PAUSE_BETWEEN_ATTEMPTS = 0.5
 # AES-GCM first: cryptography runs it with AES-NI in one call per packet, while asyncssh's
 # chacha20-poly1305 (its default first choice) costs several calls per packet.
 ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
@@ -194,34 +194,38 @@ class SftpPool:
         attempts = self.cfg.max_connection_attempts
         if self.status is not None and not self._sessions:
             self.status.instance_state(self.name, "connecting")
-        last: ConveyorError | None = None
-        for attempt in range(1, attempts + 1):
+        tried = 0
+
+        async def once() -> Session:
+            nonlocal tried
+            tried += 1
             try:
                 async with asyncio.timeout(self.cfg.timeout * 3):  # probe, handshakes, login
-                    s = await self._connect_once()
-            except Permanent as e:
-                self._attempt(False)
-                self._down(e, permanent=True)
-                raise
-            except Transient as e:
-                last = e
+                    return await self._connect_once()
             except TimeoutError:
-                last = Transient(f"connection to {self.cfg.describe()} timed out", instance=self.name)
+                error = Transient(f"connection to {self.cfg.describe()} timed out", instance=self.name)
             except (OSError, asyncssh.Error) as e:  # e.g. a reset outside the fingerprint negotiation
-                last = Transient(f"cannot connect to {self.cfg.address}: {e or type(e).__name__}",
-                                 instance=self.name)
-            else:
-                self._attempt(True)
-                if self.status is not None:
-                    self.status.instance_state(self.name, "up")
-                return s
+                error = Transient(f"cannot connect to {self.cfg.address}: {e or type(e).__name__}",
+                                  instance=self.name)
+            except Transient as e:
+                error = e
             self._attempt(False)
-            log.info("sftp %s: connect attempt %d/%d failed: %s", self.name, attempt, attempts, last)
-            if attempt < attempts:
-                await asyncio.sleep(PAUSE_BETWEEN_ATTEMPTS)
-        assert last is not None
-        self._down(last, permanent=False)
-        raise last
+            log.info("sftp %s: connect attempt %d/%d failed: %s", self.name, tried, attempts, error)
+            raise error
+
+        try:
+            s = await retrying(once, CONNECT_BACKOFF, attempts=attempts, what="connect")
+        except Permanent as e:
+            self._attempt(False)
+            self._down(e, permanent=True)
+            raise
+        except Transient as e:
+            self._down(e, permanent=False)
+            raise
+        self._attempt(True)
+        if self.status is not None:
+            self.status.instance_state(self.name, "up")
+        return s
 
     def _attempt(self, ok: bool) -> None:
         if self.status is not None:
