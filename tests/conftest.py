@@ -50,10 +50,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print the fault figures of this run (the README's reliability section quotes them)."""
-    from tests.faultlog import summary
+    from tests.faultlog import line, summary
 
     s = summary()
     if s["scenarios"]:
-        terminalreporter.write_line(
-            f"fault scenarios: {s['scenarios']} run, {s['moved']} items moved, {s['lost']} lost, "
-            f"{s['duplicates']} duplicates into idempotent targets")
+        terminalreporter.write_line(line(s))

@@ -1,6 +1,7 @@
 """Figures of the fault suite for the README's reliability section.
 
-Each fault scenario calls :func:`record` with what it moved, lost and duplicated; lines are
+Each fault scenario calls :func:`record` with what it moved, lost and duplicated, and how it
+counted the duplicates (``counted_by``: where every delivery was seen); lines are
 appended (JSON) to ``$CONVEYOR_FAULT_REPORT`` (default ``/tmp/conveyor-fault-report.jsonl``).
 ``python -m tests.faultlog`` prints the totals; ``python -m tests.faultlog --reset`` empties the file
 (run it before ``pytest -m fault``).
@@ -21,9 +22,17 @@ def report_path() -> Path:
     return Path(os.environ.get("CONVEYOR_FAULT_REPORT", "/tmp/conveyor-fault-report.jsonl"))
 
 
-def record(scenario: str, *, moved: int, lost: int, duplicates: int, **extra: Any) -> None:
-    """Append one scenario's figures (``duplicates``: copies beyond one of an id in an idempotent target)."""
-    line = {"scenario": scenario, "moved": moved, "lost": lost, "duplicates": duplicates, "at": time.time(), **extra}
+def record(scenario: str, *, moved: int, lost: int, duplicates: int, counted_by: str | None = None,
+           redelivered: int = 0, **extra: Any) -> None:
+    """Append one scenario's figures.
+
+    ``duplicates``: second deliveries of an id that nothing excuses. ``redelivered``: second
+    deliveries after a kill -9 fell between the target's answer and the ledger's record (at
+    least once). ``counted_by``: how every delivery was counted at the target (None: the
+    scenario's own checks, not a count at the target).
+    """
+    line = {"scenario": scenario, "moved": moved, "lost": lost, "duplicates": duplicates,
+            "redelivered": redelivered, "counted_by": counted_by, "at": time.time(), **extra}
     with open(report_path(), "a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -37,8 +46,28 @@ def summary(path: Path | None = None) -> dict[str, Any]:
         "moved": sum(r["moved"] for r in rows),
         "lost": sum(r["lost"] for r in rows),
         "duplicates": sum(r["duplicates"] for r in rows),
+        "redelivered": sum(r.get("redelivered", 0) for r in rows),
+        "counted": sum(1 for r in rows if r.get("counted_by")),
         "rows": rows,
     }
+
+
+def line(s: dict[str, Any]) -> str:
+    """The one-line summary of :func:`summary`'s totals."""
+    return (f"fault scenarios: {s['scenarios']} run, {s['moved']} items moved, {s['lost']} lost, "
+            f"{s['duplicates']} duplicates, {s['redelivered']} redelivered after a kill -9 between the "
+            f"target's answer and the ledger (every delivery counted at the target in {s['counted']} of them)")
+
+
+def refused_twice(log_lines: list[dict[str, Any]], flow: str) -> int:
+    """Second writes a ``directory`` target with ``exists: fail`` and no sidecar refused (each
+    names an existing file), from a daemon's JSON log."""
+    return sum(1 for r in log_lines if r.get("flow") == flow and "already exists" in str(r.get("msg", "")))
+
+
+COUNTING_DIRECTORY = {"type": "directory", "sidecar": False, "exists": "fail"}
+"""A directory target that refuses to write a name twice (without a sidecar it cannot tell a
+repeat of the same id from another payload), so each second delivery is refused and logged."""
 
 
 def count_bodies(folder: Path) -> int:
@@ -68,12 +97,13 @@ def main(argv: list[str]) -> int:
         report_path().unlink(missing_ok=True)
         return 0
     s = summary()
+    shown = ("scenario", "moved", "lost", "duplicates", "redelivered", "counted_by", "at")
     for r in s["rows"]:
-        extra = {k: v for k, v in r.items() if k not in ("scenario", "moved", "lost", "duplicates", "at")}
+        extra = {k: v for k, v in r.items() if k not in shown}
         print(f"{r['scenario']:<60} moved {r['moved']:>7}  lost {r['lost']}  duplicates {r['duplicates']}"
+              f"  redelivered {r.get('redelivered', 0)}  counted by {r.get('counted_by') or '-'}"
               + (f"  {extra}" if extra else ""))
-    print(f"TOTAL: {s['scenarios']} scenarios, {s['moved']} items moved, {s['lost']} lost, "
-          f"{s['duplicates']} duplicates")
+    print(line(s))
     return 0 if s["lost"] == 0 and s["duplicates"] == 0 else 1
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FILE_BACKENDS, MESSAGE_BACKENDS
+from tests.counting_sink import CountingSink, classify, counting_sink, kill_points, run_with_kills
 from tests.faultlog import record
 from tests.harness import DaemonProcess, bodies, running, sidecars, wait_for, write_config
 
@@ -138,35 +139,50 @@ async def test_hostile_names_never_escape(fb: Any, tmp_path: Path) -> None:
     assert outside == [] or all(p.name in ("sshd", "ftp") for p in outside)
 
 
+KILLS = 3
+"""kill -9s per kill scenario, at request numbers drawn once per run and spread over the transfer."""
+
+
+def check_kills(sink: CountingSink, total: int) -> None:
+    """Every drawn kill landed, each with a delivery open at the sink and the transfer unfinished."""
+    assert len(sink.kills) == KILLS and not sink.points, sink.kills
+    for k in sink.kills:
+        assert k.open >= 1 and k.distinct_answered < total, k
+
+
+def record_counted(scenario: str, sink: CountingSink, want: set[str], points: list[int]) -> None:
+    """Judge and record what the sink counted: every body arrived, no second delivery the ledger
+    does not excuse."""
+    second = classify(sink)
+    lost = len(want - sink.digests())
+    assert lost == 0, f"{lost} bodies never reached the sink"
+    assert sink.digests() == want and sink.distinct() == len(want), "ids and bodies match one to one"
+    assert second.duplicates == 0, f"delivered again although the ledger knew: {second.examples[:5]}"
+    record(scenario, moved=sink.distinct(), lost=lost, duplicates=second.duplicates, redelivered=second.window,
+           counted_by="http sink (every POST answered)", kill_points=points,
+           open_at_kill=[k.open for k in sink.kills], distinct_at_kill=[k.distinct_answered for k in sink.kills])
+
+
 @pytest.mark.fault
+@pytest.mark.timeout(600)
 async def test_kill9_mid_delivery_loses_and_duplicates_nothing(fb: Any, tmp_path: Path) -> None:
     files = {f"in/k{i:03}.bin": os.urandom(5_000 + i) for i in range(200)}
     for p, data in files.items():
         fb.put(p, data)
-    out = tmp_path / "out"
-    flow = file_flow(out)
-    flow["max_in_flight"] = 4
-    cfg = write_config(tmp_path, {"remote": fb.instance_config()}, {"f": flow})
-    for _ in range(3):
-        d = DaemonProcess(cfg).start()
-        # Kill at a random point once deliveries are under way.
-        deadline = time.monotonic() + 30
-        while len(bodies(out)) < random.randint(3, 25) and time.monotonic() < deadline and d.proc.poll() is None:
-            await asyncio.sleep(0.01)
-        d.kill9()
-        if len(bodies(out)) == len(files):
-            break
-    d = DaemonProcess(cfg).start()
-    try:
-        await wait_for(lambda: len(bodies(out)) == len(files) and fb.names("in") == [], 90)
-    finally:
-        assert d.stop() == 0
-    got = bodies(out)
-    assert len(got) == len(files)
-    assert {hashlib.sha256(v).hexdigest() for v in got.values()} == expected(files)
-    assert len(sidecars(out)) == len(files)
+    async with counting_sink() as sink:
+        flow = file_flow(tmp_path / "unused")
+        flow["target"] = {"type": "http", "url": sink.url}
+        flow["max_in_flight"] = 4
+        cfg = write_config(tmp_path, {"remote": fb.instance_config()}, {"f": flow})
+        points = kill_points(len(files), KILLS)
+        d = await run_with_kills(sink, lambda: DaemonProcess(cfg).start(), tmp_path / "state.db", "f", points)
+        try:
+            await wait_for(lambda: sink.distinct() == len(files) and fb.names("in") == [], 120)
+        finally:
+            assert d.stop() == 0
+    check_kills(sink, len(files))
     assert not list((tmp_path / "spool").glob("*.spool"))
-    record(f"kill -9 mid-delivery, restarted ({fb.name})", moved=len(files), lost=0, duplicates=0)
+    record_counted(f"kill -9 x{KILLS} mid-delivery, restarted ({fb.name})", sink, expected(files), points)
 
 
 async def test_every_message_delivered_once(mb: Any, tmp_path: Path) -> None:
@@ -188,23 +204,21 @@ async def _pending_zero(mb: Any) -> bool:
 
 
 @pytest.mark.fault
+@pytest.mark.timeout(600)
 async def test_kill9_mid_stream_loses_and_duplicates_nothing(mb: Any, tmp_path: Path) -> None:
     msgs = [os.urandom(100) + str(i).encode() for i in range(200)]
-    out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"broker": mb.instance_config()},
-                       {"m": {"source": {"instance": "broker", **mb.source_config()},
-                              "target": {"type": "directory", "path": str(out)}}})
-    await mb.publish(msgs)
-    d = DaemonProcess(cfg).start()
-    deadline = time.monotonic() + 60
-    while len(bodies(out)) < random.randint(10, 100) and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    d.kill9()
-    d = DaemonProcess(cfg).start()
-    try:
-        await wait_for(lambda: len(bodies(out)) == len(msgs), 120)
-        await wait_for(lambda: _pending_zero(mb), 60)
-    finally:
-        assert d.stop() == 0
-    assert len(sidecars(out)) == len(msgs)
-    record(f"kill -9 mid-stream, restarted ({mb.name})", moved=len(msgs), lost=0, duplicates=0)
+    async with counting_sink() as sink:
+        cfg = write_config(tmp_path, {"broker": mb.instance_config()},
+                           {"m": {"source": {"instance": "broker", **mb.source_config()},
+                                  "target": {"type": "http", "url": sink.url}}})
+        await mb.publish(msgs)
+        points = kill_points(len(msgs), KILLS)
+        d = await run_with_kills(sink, lambda: DaemonProcess(cfg).start(), tmp_path / "state.db", "m", points)
+        try:
+            await wait_for(lambda: sink.distinct() == len(msgs), 180)
+            await wait_for(lambda: _pending_zero(mb), 60)
+        finally:
+            assert d.stop() == 0
+    check_kills(sink, len(msgs))
+    record_counted(f"kill -9 x{KILLS} mid-stream, restarted ({mb.name})", sink,
+                   {hashlib.sha256(m).hexdigest() for m in msgs}, points)
