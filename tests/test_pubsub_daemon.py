@@ -60,21 +60,11 @@ async def test_relay_pubsub_to_pubsub(pubsub_backend: PubsubBackend, tmp_path: P
     msgs = [f"relay {i}".encode() for i in range(20)]
     got: dict[bytes, Any] = {}
 
-    def pull() -> None:
-        with emu.subscriber() as client:
-            path = client.subscription_path(emu.project, out_sub)
-            resp = client.pull(request={"subscription": path, "max_messages": 100}, timeout=5)
-            if resp.received_messages:
-                client.acknowledge(request={"subscription": path,
-                                            "ack_ids": [m.ack_id for m in resp.received_messages]})
-            for m in resp.received_messages:
-                got[m.message.data] = m.message
-
     async with running(cfg):
         await pubsub_backend.publish(msgs)
 
         async def all_relayed() -> bool:
-            await asyncio.to_thread(pull)
+            await asyncio.to_thread(emu.pull_into, out_sub, got)
             return len(got) >= len(msgs)
 
         await wait_for(all_relayed, 60)

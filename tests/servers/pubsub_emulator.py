@@ -158,6 +158,17 @@ class PubsubEmulator:
                 name = sub.subscription_path(self.project, subscription)
                 sub.create_subscription(request={"name": name, "topic": topic_path, **sub_fields})
 
+    def pull_into(self, subscription: str, got: dict[bytes, Any]) -> None:
+        """One plain pull: ack what came and file each message under its body in ``got``."""
+        with self.subscriber() as client:
+            path = client.subscription_path(self.project, subscription)
+            resp = client.pull(request={"subscription": path, "max_messages": 100}, timeout=5)
+            if resp.received_messages:
+                client.acknowledge(request={"subscription": path,
+                                            "ack_ids": [m.ack_id for m in resp.received_messages]})
+            for m in resp.received_messages:
+                got[m.message.data] = m.message
+
 
 @pytest.fixture(scope="session")
 def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubsubEmulator]:
