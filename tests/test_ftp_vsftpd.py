@@ -166,6 +166,7 @@ async def test_idle_close_421(vsftpd_factory: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 async def test_one_gib_file(vsftpd_factory: Any, tmp_path: Path) -> None:
     srv = vsftpd_factory("explicit")
     block = os.urandom(1024 * 1024)

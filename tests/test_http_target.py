@@ -280,6 +280,7 @@ async def test_permanent_failure_is_failed_in_ledger(tmp_path: Path, on_failure:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 async def test_large_file_streams_with_flat_rss(tmp_path: Path) -> None:
     size = 160 * 1024 * 1024
     async with http_sink(keep_bodies_up_to=0) as sink:

@@ -245,6 +245,7 @@ def fs_counts(spool: Path, src: Path) -> tuple[int, int]:
 
 
 # -- the scenario ---------------------------------------------------------------------------
+@pytest.mark.timeout(OUTAGE + 300)  # the outage itself, then recovery
 async def test_http_target_down_for_minutes(rabbit_vhost: Vhost, tmp_path: Path) -> None:
     """Closed port, then 503 with and without Retry-After, for OUTAGE seconds under a queue and a
     folder: bounded memory and intake, backoff, stalled in /readyz, then everything once."""

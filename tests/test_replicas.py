@@ -56,6 +56,7 @@ async def ledger(url: str) -> list[Any]:
         await conn.close()
 
 
+@pytest.mark.timeout(600)
 async def test_three_replicas_one_killed(sftp_openssh_backend: SftpBackend, rabbitmq_backend: RabbitBackend,
                                          pg_url: str, tmp_path: Path) -> None:
     fb, mb = sftp_openssh_backend, rabbitmq_backend

@@ -158,6 +158,7 @@ async def download_through_restart(tmp_path: Path, backend: SftpBackend | FtpBac
             "resume_attempts_logged": log_count(d, "big.bin interrupted at")}
 
 
+@pytest.mark.timeout(600)
 async def test_sshd_killed_mid_download(own_sshd: Sshd, tmp_path: Path) -> None:
     """sshd and its sessions SIGKILLed a quarter into a 256 MiB download, 20 small files pending:
     the download resumes after the restart, every file arrives once, whole, and is deleted."""
@@ -252,6 +253,7 @@ async def test_vsftpd_killed_mid_upload(vsftpd_factory: Any, tmp_path: Path) -> 
     record("vsftpd killed (SIGKILL) and restarted mid-upload (local -> ftp)", **figures)
 
 
+@pytest.mark.timeout(600)
 async def test_vsftpd_killed_mid_download(vsftpd_factory: Any, tmp_path: Path) -> None:  # noqa: F811
     """vsftpd and its sessions SIGKILLed a quarter into a 256 MiB download: resumed with REST after
     the restart, every file once, whole, deleted."""

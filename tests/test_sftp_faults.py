@@ -144,6 +144,7 @@ async def test_refused_connection_then_recovery(sftp_asyncssh_backend: SftpBacke
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 async def test_one_gib_download(sftp_openssh_backend: SftpBackend, tmp_path: Path) -> None:
     b = sftp_openssh_backend
     size = 1 << 30
