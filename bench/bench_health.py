@@ -44,7 +44,7 @@ async def delivered(s: aiohttp.ClientSession, base: str) -> int:
 async def sample(s: aiohttp.ClientSession, url: str, n: int | None, until: float | None,
                  gap: float = 0.005) -> list[float]:
     """Sequential GETs; latency of each in milliseconds."""
-    out = []
+    out: list[float] = []
     while (n is None or len(out) < n) and (until is None or time.monotonic() < until):
         t0 = time.perf_counter()
         async with s.get(url) as r:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 
 import pytest
@@ -22,7 +23,7 @@ async def test_calls_run_in_order_on_one_thread_and_errors_reach_their_caller() 
             raise ValueError("three")
         return i * 10
 
-    results = await asyncio.gather(*(worker.run(lambda i=i: call(i)) for i in range(6)), return_exceptions=True)
+    results = await asyncio.gather(*(worker.run(functools.partial(call, i)) for i in range(6)), return_exceptions=True)
     assert seen == list(range(6))
     assert threads and threading.get_ident() not in threads and len(threads) == 1
     assert results[:3] == [0, 10, 20] and results[4:] == [40, 50]

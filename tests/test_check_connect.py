@@ -63,7 +63,8 @@ async def test_missing_rabbitmq_queue_fails_unless_declare_creates_it(rabbit_vho
     q, present = v.q("cc-missing"), v.q("cc-present")
     await declare(v, present)
     out = tmp_path / "out"
-    flows = {"orders": {"source": {"instance": "mq", "queue": q}, "target": {"type": "directory", "path": str(out)}}}
+    flows: dict[str, Any] = {"orders": {"source": {"instance": "mq", "queue": q},
+                                        "target": {"type": "directory", "path": str(out)}}}
     rc, lines = await check(write_config(tmp_path, {"mq": v.instance_config()}, flows))
     assert rc == 2, lines
     line = flow_line(lines, "orders")

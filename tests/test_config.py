@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.config import load_config
+from conveyor.config.base import FileSourceConfig
 from conveyor.config.types import parse_duration, parse_size
 from conveyor.errors import ConfigError
 
@@ -67,7 +68,8 @@ path = "{tmp_path}/out"
 """)
     a, b = load_config(y), load_config(t)
     assert a.flows == b.flows and a.instances == b.instances
-    assert a.flows["f"].source.poll_interval == 5.0
+    src = a.flows["f"].source
+    assert isinstance(src, FileSourceConfig) and src.poll_interval == 5.0
 
 
 def test_every_problem_at_once_with_path_and_line(tmp_path: Path) -> None:

@@ -32,8 +32,8 @@ def started(d: DaemonProcess, flow: str) -> int:
 
 async def test_sighup_reload_keeps_untouched_flows_running(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
-    for d in ("a", "b", "c"):
-        (disk / d).mkdir(parents=True)
+    for sub in ("a", "b", "c"):
+        (disk / sub).mkdir(parents=True)
     inst = {"disk": {"type": "local", "root": str(disk)}}
     flows = {"keep": local_flow("a", tmp_path / "out-a"), "change": local_flow("b", tmp_path / "out-b"),
              "remove": local_flow("c", tmp_path / "out-c")}

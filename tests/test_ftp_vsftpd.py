@@ -23,7 +23,7 @@ __all__ = ["vsftpd_certs", "vsftpd_factory"]
 
 
 def put(srv: Any, rel: str, data: bytes) -> Path:
-    p = srv.root / rel
+    p: Path = srv.root / rel
     for d in reversed([*p.parents]):
         if d.is_relative_to(srv.root) and not d.exists():
             d.mkdir()

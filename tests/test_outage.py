@@ -432,7 +432,7 @@ async def test_http_target_down_for_minutes(rabbit_vhost: Vhost, tmp_path: Path)
     assert all(not s.delivered["files"] and not s.delivered["msgs"] for s in outage_samples)
     assert all(not e or "HTTP 503" in e or "cannot connect" in e for e in after.errors.values())
 
-    figures = {
+    figures: dict[str, Any] = {
         "outage_s": OUTAGE, "wall_s": round(wall, 1), "recovered_in_s": round(t_all - t_back, 1),
         "rss_kib": {"peak": peak, "first_min_mean": mean_first, "last_min_mean": mean_last,
                     "recovery_peak": recovery_peak, "after": rss_after,

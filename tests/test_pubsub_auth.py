@@ -89,7 +89,7 @@ def test_oauth_credentials_refresh(token_endpoint: TokenEndpoint) -> None:
 
     creds = build_credentials("gcp", oauth_config(token_endpoint.url))
     assert creds is not None and not creds.valid
-    creds.refresh(google.auth.transport.requests.Request())
+    creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
     assert creds.token == "ya29.test-token" and creds.valid
     [req] = token_endpoint.requests
     assert req["grant_type"] == "refresh_token"

@@ -108,7 +108,7 @@ async def test_failed_message_without_dead_letter_is_kept_and_retried(
             assert sink.received[1].headers["Idempotency-Key"] == pid
 
             async def acked() -> bool:  # settled: the ack went out after the delivered record
-                return (await d.store.get_many("p", [pid]))[pid].settled
+                return bool((await d.store.get_many("p", [pid]))[pid].settled)
             await wait_for(acked, 10)
     await asyncio.sleep(11)  # past the park deadline: an unacked message would be offered again now
     assert await pubsub_backend.pending() == 0, "acked once delivered"

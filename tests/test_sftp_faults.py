@@ -16,6 +16,7 @@ from conveyor.status import StatusBoard
 from conveyor.supervisor import retries
 from conveyor.transfer.sftp import SftpInstance
 from conveyor.transfer.sftp_config import SftpConfig
+from tests.backends.ftp import FtpBackend
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
 from tests.backends.sftp import SftpBackend
 from tests.tcp_proxy import TcpProxy
@@ -39,7 +40,7 @@ def make(backend: SftpBackend, **over: Any) -> tuple[SftpInstance, StatusBoard]:
     return SftpInstance("partner", cfg, Context(spool=Spool(Path("/nonexistent")), status=board)), board
 
 
-def pattern_file(backend: SftpBackend, path: str, size: int) -> str:
+def pattern_file(backend: SftpBackend | FtpBackend, path: str, size: int) -> str:
     """Write a file of ``size`` bytes (a random 1 MiB block repeated); return its sha256."""
     block = os.urandom(1 << 20)
     h = hashlib.sha256()

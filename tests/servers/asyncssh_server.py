@@ -86,7 +86,7 @@ class AsyncsshSftpServer:
                 return username == USERNAME and any(key.public_data == k.public_data for k in authorized)
 
         class Sftp(asyncssh.SFTPServer):
-            def __init__(self, chan: asyncssh.SSHServerChannel) -> None:
+            def __init__(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
                 super().__init__(chan, chroot=str(outer.root).encode())
 
             def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:

@@ -129,7 +129,7 @@ class PubsubEmulator:
     # -- plain google-cloud clients pointed at this emulator (the side door for tests) ------------
     def publisher(self, **kw: Any) -> Any:
         """A plain ``PublisherClient`` on this emulator."""
-        import grpc
+        import grpc  # type: ignore[import-untyped]
         from google.cloud import pubsub_v1
         from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 
