@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from conveyor.batched import BatchedThread
+from tests.harness import wait_for
 
 
 async def test_calls_run_in_order_on_one_thread_and_errors_reach_their_caller() -> None:
@@ -35,10 +36,15 @@ async def test_calls_run_in_order_on_one_thread_and_errors_reach_their_caller() 
 
 async def test_a_cancelled_caller_does_not_break_the_batch() -> None:
     worker = BatchedThread("test-io")
-    gate = threading.Event()
-    slow = asyncio.ensure_future(worker.run(lambda: gate.wait(5)))
+    gate, started = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return gate.wait(5)
+
+    slow = asyncio.ensure_future(worker.run(hold))
     other = asyncio.ensure_future(worker.run(lambda: "ok"))
-    await asyncio.sleep(0.05)
+    await wait_for(started.is_set, 5)
     slow.cancel()
     gate.set()
     assert await other == "ok"

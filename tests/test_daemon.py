@@ -64,7 +64,7 @@ async def test_sighup_reload_keeps_untouched_flows_running(tmp_path: Path) -> No
         (disk / "d" / "5").write_bytes(b"5")
         await wait_for(lambda: "2" in bodies(tmp_path / "out-a") and "3" in bodies(tmp_path / "out-b2")
                        and "5" in bodies(tmp_path / "out-d"), 20)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a little longer: a restart of "keep" or a late pass of "remove" would show
         assert started(d, "keep") == 1, "the untouched flow was restarted"
         assert (disk / "c" / "4").exists(), "the removed flow is still running"
     finally:
@@ -178,10 +178,13 @@ async def test_second_signal_stops_waiting_for_deliveries(tmp_path: Path) -> Non
     import socketserver
     import threading
 
+    arrived = threading.Event()
+
     class Slow(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             import time as _t
 
+            arrived.set()
             _t.sleep(30)
 
         def log_message(self, *a: Any) -> None:
@@ -200,7 +203,7 @@ async def test_second_signal_stops_waiting_for_deliveries(tmp_path: Path) -> Non
                            shutdown_timeout="60s")
         d = DaemonProcess(cfg).start()
         await wait_for(lambda: any(r.get("msg") == "flow started" for r in d.logs()), 20)
-        await asyncio.sleep(1.0)  # the POST is in flight
+        await wait_for(arrived.is_set, 20)  # the POST is in flight
         d.signal(signal.SIGTERM)
         await wait_for(lambda: any(str(r.get("msg", "")).startswith("waiting up to") for r in d.logs()), 20)
         t0 = asyncio.get_running_loop().time()

@@ -198,7 +198,7 @@ async def test_healthz_reports_a_blocked_event_loop(tmp_path: Path, monkeypatch:
         during: list[tuple[float, int, str]] = []
 
         def ask() -> None:
-            time.sleep(1.5)
+            time.sleep(1.5)  # well inside the 3 s stall: the loop cannot tell us it started
             t0 = time.monotonic()
             try:
                 urllib.request.urlopen(base + "/healthz", timeout=5)
@@ -208,7 +208,7 @@ async def test_healthz_reports_a_blocked_event_loop(tmp_path: Path, monkeypatch:
         asker = threading.Thread(target=ask)
         asker.start()
         asyncio.get_running_loop().call_soon(time.sleep, 3.0)  # a blocking call in the daemon loop
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # yields to the loop, which runs the stall
         await asyncio.to_thread(asker.join)
         took, code_during, text = during[0]
         assert code_during == 503 and "event loop blocked" in text and took < 1.0
@@ -227,9 +227,11 @@ async def test_readyz_during_the_drain(tmp_path: Path) -> None:
             base = d.health.url
             await wait_for(lambda: flow_count(d, "in_flight") == 1)
             d.request_stop()
-            await asyncio.sleep(0.3)
-            code, doc = await get_json(s, base + "/readyz")
-            assert code == 503 and doc["reasons"]["daemon"] == "stopping"
+
+            async def stopping() -> bool:
+                code, doc = await get_json(s, base + "/readyz")
+                return bool(code == 503 and doc["reasons"].get("daemon") == "stopping")
+            await wait_for(stopping, 5)
             await wait_for(lambda: flow_count(d, "delivered") == 1, 5)
 
 

@@ -292,7 +292,7 @@ async def test_large_file_streams_with_flat_rss(tmp_path: Path) -> None:
         d = DaemonProcess(config, port).start()
         try:
             await d.wait_listening()
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # idle a moment: the baseline is the settled start-up RSS
             before = d.rss_kib()
             data = tmp_path / "big.tmpw"
             await asyncio.to_thread(_write_big, data, size)

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from conveyor.targets.http.inactivity import Watchdog
+from tests.harness import wait_for
 
 
 async def guarded(w: Watchdog, work: float, touch_every: float | None = None) -> str:
@@ -40,8 +41,7 @@ async def test_limit_progress_and_many_at_once() -> None:
     assert results[:3] == ["timeout", "done", "done"]  # progress keeps a long request alive
     assert set(results[3:]) == {"timeout"}
     assert 0.85 < took < 1.3  # the slowest finisher, not 5 s; the stalled ones at 0.3-0.33 s
-    await asyncio.sleep(w.tick * 2)
-    assert w._checker is None  # nothing live: the checking task ended
+    await wait_for(lambda: w._checker is None, 5)  # nothing live: the checking task ended
     assert asyncio.current_task() is not None and asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
 
@@ -55,14 +55,14 @@ async def test_timeout_fires_within_a_tick_of_the_limit() -> None:
 async def test_a_cancel_from_outside_stays_a_cancel() -> None:
     w = Watchdog(0.3)
     task = asyncio.create_task(guarded(w, 3.0))
-    await asyncio.sleep(0.1)
+    await wait_for(lambda: w._live, 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     # Both at once: the limit passes and the caller cancels in the same loop turn. Like
     # asyncio.timeout, the caller's cancellation wins.
     task = asyncio.create_task(guarded(w, 3.0))
-    await asyncio.sleep(0.1)
+    await wait_for(lambda: w._live, 5)
     (guard,) = w._live
     guard._fire()
     task.cancel()

@@ -44,7 +44,7 @@ async def test_list_retry_forget_over_http(tmp_path: Path) -> None:
             code, doc = await get_json(s, base + "?state=delivered")
             assert doc["items"] == []
             # Not yet retried: polls go by and the failed file stays set aside.
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(0.8)  # a few polls of 300 ms
             assert len(sink.received) == 1
 
             code, doc = await get_json(s, f"{base}/{pid}/retry", method="POST")
@@ -127,7 +127,12 @@ async def test_cli_against_a_daemon_subprocess(tmp_path: Path) -> None:
         try:
             await d.wait_listening()
             await wait_for(lambda: sink.received, 15)
-            await asyncio.sleep(0.3)
+
+            async def failed() -> bool:
+                code, doc = await get_json(s, f"{d.url}/flows/f/items?state=failed")
+                return bool(code == 200 and doc["items"])
+            async with aiohttp.ClientSession() as s:
+                await wait_for(failed, 15)
 
             code, out, err = await _cli("status", "-c", str(config))
             assert code == 0, err

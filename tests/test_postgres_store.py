@@ -143,7 +143,7 @@ async def test_expired_lease_is_taken_over(opener: Opener, request: pytest.Fixtu
     assert await b.claim("f", "k", {}, 0.5) is None
     if not sqlite:
         await a.close()  # a dies holding the item (no release)
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(1.2)  # the 0.5 s lease runs out
     taken = await b.claim("f", "k", {}, 60)
     assert taken is not None and taken.owner == b.owner and taken.attempts == 2
     await b.delivered("f", "k")
@@ -179,7 +179,7 @@ async def test_heartbeat_renews_leases_of_a_live_replica(pg_url: str) -> None:
         await asyncio.sleep(2.5)  # more than twice the lease: renewed all along
         assert await b.claim("f", "long", {}, 300) is None
         await a.close()
-        await asyncio.sleep(1.3)
+        await asyncio.sleep(1.3)  # no more heartbeats: the 1 s lease runs out
         won = await b.claim("f", "long", {}, 300)
         assert won is not None and won.owner == "replica-b"
     finally:

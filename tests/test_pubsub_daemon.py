@@ -97,7 +97,7 @@ async def test_failed_message_without_dead_letter_is_kept_and_retried(
             await pubsub_backend.publish([b"order 1"])
             await wait_for(lambda: d.status.flows["p"].failed == 1, 30)
             pid = (await d.store.list("p", "failed"))[0].id
-            await asyncio.sleep(2)
+            await asyncio.sleep(2)  # time goes by: a parked message is not offered again
             assert len(sink.received) == 1
             assert await pubsub_backend.pending() == 0, "parked: not offered to anyone for now"
             async with aiohttp.ClientSession() as s, s.post(f"{d.health.url}/flows/p/items/{pid}/retry") as r:

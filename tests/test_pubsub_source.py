@@ -115,7 +115,7 @@ async def test_delivers_payloads_and_acks(pubsub_emulator: PubsubEmulator, tmp_p
     assert meta["message"]["attributes"] == {"kind": "order", "name": "a.json"}
     assert meta["message"]["publish_time"].endswith("Z")
     assert inst.ctx.status.instances["gcp"].state == "up"
-    await asyncio.sleep(1)
+    await asyncio.sleep(1)  # acks go out in the background, unseen: a lost one would show in a pull
     assert pull_now(emu, sub) == 0, "every message was acked"
     await inst.close()
 
@@ -138,7 +138,7 @@ async def test_nack_redelivers_with_same_id(pubsub_emulator: PubsubEmulator, tmp
 
     await consume(source, emit, lambda: len(seen) >= 2)
     assert seen == [mid, mid]
-    await asyncio.sleep(1)
+    await asyncio.sleep(1)  # acks go out in the background, unseen: a lost one would show in a pull
     assert pull_now(emu, sub) == 0
     await inst.close()
 
@@ -279,12 +279,12 @@ async def test_reject_without_dead_letter_parks(pubsub_emulator: PubsubEmulator,
     task = asyncio.create_task(source.run(emit))
     try:
         await wait_for(lambda: len(seen) >= 1, 30)
-        await asyncio.sleep(3)
+        await asyncio.sleep(3)  # time goes by: a nacked message would come back at once
         assert len(seen) == 1, "parked, not nacked back at once"
         assert pull_now(emu, sub) == 0, "parked, not available to anyone for now"
         await wait_for(lambda: len(seen) >= 2, 40)
         assert seen[1] - seen[0] >= 8, "offered again once the park deadline passed"
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # the ack goes out in the background, unseen
         assert pull_now(emu, sub) == 0, "acked the second time"
     finally:
         await source.stop_intake()
@@ -308,7 +308,7 @@ async def test_stop_intake_then_settle(pubsub_emulator: PubsubEmulator, tmp_path
     await consume(source, emit, lambda: len(held) >= 3)
     for item in held:
         await item.ack()
-    await asyncio.sleep(1)
+    await asyncio.sleep(1)  # acks go out in the background, unseen: a lost one would show in a pull
     assert pull_now(emu, sub) == 0
     await inst.close()
 
@@ -362,6 +362,6 @@ async def test_exactly_once_subscription_confirms_acks(pubsub_emulator: PubsubEm
 
     await consume(source, emit, lambda: len(got) >= 2)
     assert source.exactly_once and sorted(got) == sorted(ids)
-    await asyncio.sleep(1)
+    await asyncio.sleep(1)  # acks go out in the background, unseen: a lost one would show in a pull
     assert pull_now(emu, sub) == 0
     await inst.close()

@@ -246,7 +246,7 @@ async def test_ack_on_dead_channel_is_not_sent_on_the_new_one(rabbit_vhost: Vhos
     assert new.payload.id == old.payload.id and new.payload.message and new.payload.message["redelivered"]
     await old.ack()  # same delivery tag number as `new`: must not be sent on the new channel
     await old.nack(False)  # settled already: ignored
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # a wrong ack on the new channel would close it by now
     await stop(task)  # new is not acked: it returns to the queue
     assert await ready_count(v, q) == 1
     await inst.close()
@@ -261,9 +261,9 @@ async def test_stop_intake_drains_then_returns(rabbit_vhost: Vhost, tmp_path: An
     source = inst.source("f", src_cfg(q, prefetch=10))
     col = Collector(3, block=True)  # three in flight, unsettled; then the flow is full
     task = await run_until(source, col)
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # the rest of the prefetch arrives, held behind the full flow
     await source.stop_intake()
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # time goes by: run() keeps waiting for the three
     assert not task.done()  # three emitted messages still in flight
     for i in col.items[:3]:
         await i.ack()
@@ -324,7 +324,7 @@ async def test_out_of_order_acks_and_rejects_coalesce_safely(rabbit_vhost: Vhost
     col = Collector(n, spawn)
     task = await run_until(inst.source("f", src_cfg(q, prefetch=100)), col, 30)
     await asyncio.gather(*tasks)
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # a double or unknown ack would close the channel by now
     assert not task.done()  # no channel error from a double or unknown ack
     await stop(task)
     assert v.counts().get(q) == 0
