@@ -55,8 +55,8 @@ def summary(path: Path | None = None) -> dict[str, Any]:
 def line(s: dict[str, Any]) -> str:
     """The one-line summary of :func:`summary`'s totals."""
     return (f"fault scenarios: {s['scenarios']} run, {s['moved']} items moved, {s['lost']} lost, "
-            f"{s['duplicates']} duplicates, {s['redelivered']} redelivered after a kill -9 between the "
-            f"target's answer and the ledger (every delivery counted at the target in {s['counted']} of them)")
+            f"{s['duplicates']} duplicates, {s['redelivered']} redelivered after a kill -9 before the ledger "
+            f"recorded them; deliveries counted at the target in {s['counted']} of {s['scenarios']}")
 
 
 def refused_twice(log_lines: list[dict[str, Any]], flow: str) -> int:
