@@ -80,7 +80,8 @@ async def test_sftp_key_login_on_openssh(sftp_openssh_backend: SftpBackend, ssh_
 async def test_vsftpd(vsftpd_factory: Any, tmp_path: Path, tls: str, passive: bool) -> None:
     """Implicit FTPS (``implicit_ssl=YES``, TLS from the first byte) and plain FTP in active
     mode (the server connects back for each data channel), downloads and an after-move."""
-    srv = vsftpd_factory(tls)
+    # Active mode with passive mode switched off at the server: only active transfers can work.
+    srv = vsftpd_factory(tls, extra=None if passive else {"pasv_enable": "NO"})
     files = {f"k{i}.bin": os.urandom(20_000 + i) for i in range(5)}
     (srv.root / "in").mkdir()
     srv.own(srv.root / "in")
