@@ -164,7 +164,10 @@ async def test_explicit_root_keeps_ids(server: tuple[str, Any], home_user: HomeU
         d = DaemonProcess(write_config(tmp_path / label, {"partner": instance_config(kind, home_user, srv, **over)},
                                        flows)).start()
         try:
-            await wait_for(lambda out=out, d=d: len(sidecars(out)) == 1 or trouble(d), 30)
+            def arrived(out: Path = out, d: DaemonProcess = d) -> object:
+                return len(sidecars(out)) == 1 or trouble(d)
+
+            await wait_for(arrived, 30)
         finally:
             assert d.stop() == 0
         got[label] = sidecars(out)[0]["id"]
