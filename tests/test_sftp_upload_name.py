@@ -66,7 +66,7 @@ async def test_upload_of_a_local_file_overwrites_its_own_leftover_temp(
 
 async def test_upload_sends_no_ignore_packet_per_data_packet(sftp_openssh_backend: SftpBackend) -> None:
     """asyncssh would put an empty SSH_MSG_IGNORE before every packet; the pool drops them
-    (sftp_pool._no_ignore_padding). 1 MiB travels in 32 KiB channel packets (OpenSSH's limit):
+    (conveyor._compat.asyncssh). 1 MiB travels in 32 KiB channel packets (OpenSSH's limit):
     about 36 data packets plus a dozen requests, where the ignores would double that."""
     inst = instance(sftp_openssh_backend)
     try:

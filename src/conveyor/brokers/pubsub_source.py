@@ -38,18 +38,13 @@ from typing import TYPE_CHECKING, Any
 import grpc  # type: ignore[import-untyped]
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
-from google.cloud.pubsub_v1.subscriber import futures as sub_futures
 
+from conveyor._compat import pubsub as pubsub_compat
 from conveyor.brokers.pubsub_auth import map_error, short_error
 from conveyor.brokers.pubsub_config import PubsubSourceConfig
 from conveyor.errors import ConveyorError, NotFound, Transient
 from conveyor.interfaces import Inbound
 from conveyor.payload import Body, Payload, utc_iso
-
-try:  # a private module: without it the library's own recovery is used and status sees less
-    from google.cloud.pubsub_v1.subscriber._protocol.streaming_pull_manager import StreamingPullManager
-except ImportError:  # pragma: no cover
-    StreamingPullManager = None
 
 if TYPE_CHECKING:
     from conveyor.brokers.pubsub import PubsubInstance
@@ -155,17 +150,6 @@ class _Stream:
         return True
 
 
-if StreamingPullManager is not None:
-
-    class _Manager(StreamingPullManager):  # type: ignore[misc]
-        """The library's manager, asking our stream whether to reopen after a retryable error."""
-
-        stream: _Stream
-
-        def _should_recover(self, exception: BaseException) -> bool:
-            return bool(super()._should_recover(exception)) and self.stream.should_recover(exception)
-
-
 class PubsubSource:
     """A streaming-pull consumer on one subscription for one flow."""
 
@@ -226,14 +210,12 @@ class PubsubSource:
             # after a crash, what we held comes back after that deadline, as the subscription promises.
             max_duration_per_lease_extension=self.ack_deadline,
         )
-        if StreamingPullManager is None:  # pragma: no cover
-            return client.subscribe(self.path, stream.on_message, flow_control=flow_control)
-        # What SubscriberClient.subscribe does, with our manager subclass so stream errors reach us.
-        manager = _Manager(client, self.path, flow_control=flow_control)
-        manager.stream = stream
-        future = sub_futures.StreamingPullFuture(manager)
-        manager.open(callback=stream.on_message, on_callback_error=future.set_exception)
-        return future
+        request = {"subscription": self.path}
+        return pubsub_compat.streaming_pull(
+            client, self.path, flow_control, stream.on_message, should_recover=stream.should_recover,
+            probe=lambda: self.instance.call(client.get_subscription, request=request, retry=None, path=self.path),
+            interval=self.instance.config.timeout / 2,
+        )
 
     def _raise_stream_end(self, stream: _Stream) -> None:
         future = stream.future

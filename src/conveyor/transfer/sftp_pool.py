@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
-from asyncssh.constants import MSG_IGNORE
-from asyncssh.packet import String
 
+from conveyor._compat import asyncssh as ssh_compat
 from conveyor.errors import AuthError, ConveyorError, HostKeyError, Permanent, Transient
 from conveyor.supervisor import CONNECT_BACKOFF, retrying
 from conveyor.transfer.hostkeys import KEY_FAMILIES, describe_key, family_of, server_key_families, sha256_fp
@@ -39,30 +38,6 @@ MAX_PKTSIZE = 256 * 1024
 # chacha20-poly1305 (its default first choice) costs several calls per packet.
 ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
                    "aes256-ctr", "aes192-ctr", "aes128-ctr"]
-
-
-_EMPTY_IGNORE = String(b"")
-
-
-def _no_ignore_padding(conn: asyncssh.SSHClientConnection) -> None:
-    """Stop asyncssh from sending an empty SSH_MSG_IGNORE ahead of every packet it sends.
-
-    asyncssh (2.24 here) puts one before each packet once the connection is encrypted: the
-    countermeasure RFC 4251 §9.3.1 describes for CBC ciphers, whose next IV is predictable.
-    ENCRYPTION_ALGS offers only AEAD and CTR ciphers, where it protects nothing, and OpenSSH
-    sends none; it doubles the packets an upload encrypts and writes to the socket (measured:
-    about 0.2 ms of CPU per MiB uploaded, a tenth of conveyor's). asyncssh's send_packet calls
-    itself for that packet through ``self``, so an instance attribute in front of it sees it.
-    Dropping an empty ignore message is always safe: the peer must discard it anyway.
-    """
-    send = conn.send_packet
-
-    def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
-        if pkttype == MSG_IGNORE and args == (_EMPTY_IGNORE,):
-            return
-        send(pkttype, *args, handler=handler)
-
-    conn.send_packet = send_packet  # type: ignore[method-assign]
 
 
 class _Client(asyncssh.SSHClient):
@@ -334,7 +309,7 @@ class SftpPool:
         except OSError as e:
             raise Transient(f"cannot connect to {cfg.address}: {e.strerror or e}", instance=self.name) from None
         self.handshakes += 1
-        _no_ignore_padding(conn)
+        ssh_compat.drop_ignore_padding(conn)
         key = conn.get_server_host_key()
         keytype, blob = (key.get_algorithm(), key.public_data) if key is not None else ("?", b"")
         verified = cfg.host_key_check == "on"
