@@ -51,7 +51,7 @@ class Metrics:
         self.refused = Counter("conveyor_files_refused_total", "Source files refused for an unsafe name "
                                "(each counted once, when first seen)", ["flow"], registry=r)
         # Label children are cached: a labels() lookup per payload is the hot path at 1,000/s.
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._children: dict[tuple[int | str, ...], Any] = {}
         self._warned = False
 
     def attach(self) -> None:
@@ -65,7 +65,7 @@ class Metrics:
             self.board.observers.remove(self)
 
     def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
+        key: tuple[int | str, ...] = (id(metric), *labels)  # the name is private to prometheus_client
         c = self._children.get(key)
         if c is None:
             c = self._children[key] = metric.labels(*labels)
