@@ -1,0 +1,255 @@
+"""The dependencies' private parts (conveyor._compat): the import-time checks and the public fallbacks.
+
+Each fallback is run for real: an SFTP download and upload against OpenSSH sshd, and a Pub/Sub
+streaming pull against the emulator, on the path taken when a check fails or
+``CONVEYOR_COMPAT=public`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor._compat import ENV, version_tuple
+from conveyor._compat import asyncssh as ssh_compat
+from conveyor.errors import Transient
+from conveyor.interfaces import Inbound
+from conveyor.payload import Body
+from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
+from tests.backends.sftp import SftpBackend
+from tests.harness import wait_for
+from tests.servers.pubsub_emulator import PubsubEmulator, pubsub_emulator
+from tests.test_sftp import download, instance
+
+__all__ = ["pubsub_emulator"]
+
+
+def public(monkeypatch: pytest.MonkeyPatch, module: Any) -> None:
+    """Force ``module``'s public path the way an operator would: the environment variable, read by ``select``."""
+    monkeypatch.setenv(ENV, "public")
+    monkeypatch.setattr(module, "CHOICE", module.select())
+    assert not module.CHOICE.private
+
+
+# --------------------------------------------------------------------------- the checks
+def test_version_tuple() -> None:
+    assert version_tuple("2.24.1") == (2, 24, 1)
+    assert version_tuple("2.25.0rc1") == (2, 25, 0)
+    assert version_tuple("3") == (3,)
+
+
+def test_installed_versions_take_the_private_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What pyproject.toml allows and this machine has installed passes every check."""
+    from conveyor._compat import pubsub as pubsub_compat
+
+    monkeypatch.delenv(ENV, raising=False)
+    assert ssh_compat.select().private, ssh_compat.select().why
+    assert pubsub_compat.select().private, pubsub_compat.select().why
+
+
+def test_environment_variable_is_read_at_import() -> None:
+    code = ("import conveyor._compat.asyncssh as a, conveyor._compat.pubsub as p; "
+            "print(a.CHOICE.private, p.CHOICE.private, a.CHOICE.why)")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, ENV: "public"}, capture_output=True,
+                       text=True, check=True)
+    assert r.stdout.strip() == f"False False {ENV}=public"
+
+
+def test_asyncssh_check_rejects_shapes_it_was_not_written_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncssh
+
+    monkeypatch.delenv(ENV, raising=False)
+
+    class NoSendPacket:
+        pass
+
+    class OtherSignature:
+        def send_packet(self, pkttype: int, *args: bytes, handler: Any = None, extra: Any = None) -> None:
+            pass
+
+    class NoPadding:  # the same signature, but it no longer pads through self.send_packet
+        def send_packet(self, pkttype: int, *args: bytes, handler: Any = None) -> None:
+            pass
+
+    for shape, said in [(NoSendPacket, "send_packet is missing"), (OtherSignature, "unknown signature"),
+                        (NoPadding, "no longer sends its padding")]:
+        choice = ssh_compat.select(conn_class=shape)
+        assert not choice.private and said in choice.why, choice.why
+    too_new = ssh_compat.select(version="2.25.0")
+    assert not too_new.private and "outside the tested range" in too_new.why
+    assert not ssh_compat.select(version="2.23.0").private
+    assert ssh_compat.select(conn_class=asyncssh.SSHClientConnection, version="2.24.1").private
+
+
+def test_pubsub_check_rejects_shapes_it_was_not_written_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor._compat import pubsub as pubsub_compat
+
+    monkeypatch.delenv(ENV, raising=False)
+    base = pubsub_compat._Base
+    assert base is not None
+
+    class OpensWithoutHook(base):  # type: ignore[misc, valid-type]
+        def open(self, callback: Any, on_callback_error: Any) -> None:
+            pass
+
+    class NoHook:
+        pass
+
+    class HookRenamed(base):  # type: ignore[misc, valid-type]
+        def _should_recover(self, exc: BaseException) -> bool:  # type: ignore[override]
+            return True
+
+    for shape, said in [(None, "StreamingPullManager"), (NoHook, "_should_recover(self, exception) is missing"),
+                        (HookRenamed, "_should_recover(self, exception) is missing"),
+                        (OpensWithoutHook, "no longer asks self._should_recover")]:
+        choice = pubsub_compat.select(manager_class=shape)
+        assert not choice.private and said in choice.why, choice.why
+    too_new = pubsub_compat.select(version="2.45.0")
+    assert not too_new.private and "outside the tested range" in too_new.why
+
+
+# --------------------------------------------------------------------------- asyncssh, for real
+def packets_sent(inst: Any) -> int:
+    """asyncssh's count of packets sent on the pool's first connection (private: the tests' own look)."""
+    seq: int = inst.pool._sessions[0].conn._send_seq
+    return seq
+
+
+async def test_sftp_on_the_public_path(sftp_openssh_backend: SftpBackend, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """CONVEYOR_COMPAT=public: a download and an upload are correct, and asyncssh's padding is left on."""
+    public(monkeypatch, ssh_compat)
+    backend = sftp_openssh_backend
+    data = os.urandom(3_000_000)
+    backend.put("in/a.bin", data)
+    inst = instance(backend)
+    caplog.set_level(logging.INFO, "conveyor.sftp")
+    try:
+        got = await download(inst, "in/a.bin", tmp_path)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        before = packets_sent(inst)
+        up = os.urandom(1 << 20)
+        assert await inst.upload(Body.from_bytes(up), "out/b.bin", exists="replace", chmod=None)
+        sent = packets_sent(inst) - before
+    finally:
+        await inst.close()
+    assert backend.read("out/b.bin") == up
+    assert sent > 70, f"{sent} packets for 1 MiB: the empty ignores should still go out on the public path"
+    said = [r.getMessage() for r in caplog.records if "asyncssh" in r.getMessage()]
+    assert said == [f"asyncssh: using its public API only: {ENV}=public"]
+
+
+async def test_sftp_shape_rejected_at_runtime_falls_back(sftp_openssh_backend: SftpBackend, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A connection class whose send_packet lost its padding call is rejected; transfers go the public way."""
+    import asyncssh
+
+    monkeypatch.delenv(ENV, raising=False)
+    original = asyncssh.SSHClientConnection.send_packet
+
+    def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+        original(self, pkttype, *args, handler=handler)
+
+    monkeypatch.setattr(asyncssh.SSHClientConnection, "send_packet", send_packet)
+    monkeypatch.setattr(ssh_compat, "CHOICE", ssh_compat.select())
+    assert not ssh_compat.CHOICE.private
+    caplog.set_level(logging.INFO, "conveyor.sftp")
+    backend = sftp_openssh_backend
+    inst = instance(backend)
+    try:
+        await inst.check()
+        assert "send_packet" not in vars(inst.pool._sessions[0].conn), "the connection was patched anyway"
+        up = os.urandom(1 << 20)
+        assert await inst.upload(Body.from_bytes(up), "out/c.bin", exists="replace", chmod=None)
+    finally:
+        await inst.close()
+    assert backend.read("out/c.bin") == up
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "asyncssh" in r.getMessage()]
+    assert len(warned) == 1 and "no longer sends its padding" in warned[0].getMessage()
+
+
+# --------------------------------------------------------------------------- Pub/Sub, for real
+async def test_pubsub_streaming_pull_on_the_public_path(pubsub_emulator: PubsubEmulator, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """CONVEYOR_COMPAT=public: the library's own subscribe delivers every message once, acked."""
+    from conveyor._compat import pubsub as pubsub_compat
+    from tests.test_pubsub_source import consume, publish, pull_now, source_cfg, unique
+    from tests.test_pubsub_source import instance as pubsub_instance
+
+    public(monkeypatch, pubsub_compat)
+    emu = pubsub_emulator
+    topic, sub = unique("topic"), unique("sub")
+    emu.create(topic, sub)
+    ids = publish(emu, topic, [f"body {i}".encode() for i in range(20)])
+    inst = pubsub_instance(emu, tmp_path)
+    source = inst.source("flow-c", source_cfg(sub, max_messages=5))
+    got: dict[str, bytes] = {}
+    futures: set[type] = set()
+
+    async def emit(item: Inbound) -> None:
+        futures.update(type(s.future) for s in source._streams)
+        got[item.payload.id] = item.payload.body.bytes()
+        await item.ack()
+
+    await consume(source, emit, lambda: len(got) >= 20)
+    assert futures == {pubsub_compat._Watched}, "the stream was not opened the public way"
+    assert sorted(got) == sorted(ids)
+    assert sorted(got.values()) == sorted(f"body {i}".encode() for i in range(20))
+    await asyncio.sleep(1)  # acks are sent in batches by the library's dispatcher
+    assert pull_now(emu, sub) == 0, "every message was acked"
+    await inst.close()
+
+
+@pytest.mark.parametrize("path", ["private", "public"])
+async def test_pubsub_stream_ends_when_the_server_is_gone(pubsub_emulator: PubsubEmulator, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """The emulator dies under a running stream: on either path run() raises Transient and the instance
+    is down, so the supervisor backs off (the public path notices through its probe)."""
+    from conveyor._compat import pubsub as pubsub_compat
+    from conveyor.brokers.pubsub import PubsubInstance
+    from conveyor.brokers.pubsub_config import PubsubConfig
+    from conveyor.interfaces import Context
+    from conveyor.payload import Spool
+    from conveyor.status import StatusBoard
+    from tests.test_pubsub_source import source_cfg, unique
+
+    if path == "public":
+        public(monkeypatch, pubsub_compat)
+    else:
+        monkeypatch.delenv(ENV, raising=False)
+        monkeypatch.setattr(pubsub_compat, "CHOICE", pubsub_compat.select())
+        assert pubsub_compat.CHOICE.private
+    emu = pubsub_emulator
+    topic, sub = unique("topic"), unique("sub")
+    emu.create(topic, sub)
+    cfg = PubsubConfig(type="pubsub", project=emu.project, emulator_host=emu.host, timeout="2s")
+    inst = PubsubInstance("gcp", cfg, Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()))
+    source = inst.source("flow-d", source_cfg(sub))
+    state = inst.ctx.status.instances
+
+    async def emit(item: Inbound) -> None:
+        raise AssertionError("nothing was published")
+
+    task = asyncio.create_task(source.run(emit))
+    try:
+        # No message in flight: an unsent ack would hold the library's shutdown for its 60 s retry.
+        await wait_for(lambda: "gcp" in state and state["gcp"].state == "up" and source._streams)
+        await asyncio.to_thread(emu.stop)
+        with pytest.raises(Transient):
+            await asyncio.wait_for(task, 60)
+    finally:
+        task.cancel()
+        if emu.proc is None:
+            await asyncio.to_thread(emu.start)
+        await inst.close()
+    assert state["gcp"].state == "down" and state["gcp"].last_error
+
