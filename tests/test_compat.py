@@ -93,7 +93,7 @@ def test_pubsub_check_rejects_shapes_it_was_not_written_for(monkeypatch: pytest.
     from conveyor._compat import pubsub as pubsub_compat
 
     monkeypatch.delenv(ENV, raising=False)
-    base = pubsub_compat._Base
+    base = pubsub_compat.MANAGER_CLASS
     assert base is not None
 
     class OpensWithoutHook(base):  # type: ignore[misc, valid-type]
@@ -104,7 +104,7 @@ def test_pubsub_check_rejects_shapes_it_was_not_written_for(monkeypatch: pytest.
         pass
 
     class HookRenamed(base):  # type: ignore[misc, valid-type]
-        def _should_recover(self, exc: BaseException) -> bool:  # type: ignore[override]
+        def _should_recover(self, exc: BaseException) -> bool:
             return True
 
     for shape, said in [(None, "StreamingPullManager"), (NoHook, "_should_recover(self, exception) is missing"),

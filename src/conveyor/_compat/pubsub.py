@@ -44,6 +44,9 @@ except ImportError as _e:  # the check below reports it
 else:
     _IMPORT_ERROR = None
 
+MANAGER_CLASS: type | None = _Base
+"""The library's StreamingPullManager, when it can be imported."""
+
 
 def feature_problem(manager_class: type | None = _Base) -> str | None:
     """What no longer fits in ``manager_class`` (the library's StreamingPullManager); None when all does."""
