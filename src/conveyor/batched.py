@@ -6,6 +6,7 @@ during one loop turn and passes them over in a single put at its end; the worker
 everything queued so far in one go. Three workers use it: the SQLite state store (one
 transaction per batch: group commit), the directory target's writer (one sync per batch),
 and :class:`BatchedThread`, for small blocking calls of the local folder instance.
+:class:`ThreadCalls` keeps what a worker thread still uses open until the thread is done with it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple
 
 T = TypeVar("T")
 J = TypeVar("J")
+Ts = TypeVarTuple("Ts")
 _Call = tuple[Callable[[], Any], asyncio.Future[Any]]
 
 
@@ -144,3 +146,45 @@ def resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | No
             fut.set_exception(exc)
         else:
             fut.set_result(value)
+
+
+class ThreadCalls:
+    """Blocking calls, one at a time, on worker threads that use something the event loop
+    owns (an ``os.scandir`` iterator, an open file), and its cleanup, run only once no call
+    is under way.
+
+    Cancelling a task that awaits a thread does not stop the thread. Closing what it reads
+    as the task unwinds would free it under the thread (a scandir iterator's ``DIR *``: the
+    process dies with SIGSEGV). Here a cancelled wait leaves the call running, and
+    :meth:`after` defers the cleanup until that call has returned.
+    """
+
+    def __init__(self) -> None:
+        self._busy: asyncio.Future[Any] | None = None
+
+    def start(self, fn: Callable[[*Ts], T], *args: *Ts) -> asyncio.Future[T]:
+        """Start ``fn(*args)`` on a worker thread (the loop's default executor) now; its future.
+        Await it through :func:`asyncio.shield`, so that a cancelled wait does not cancel it."""
+        if self._busy is not None and not self._busy.done():
+            raise RuntimeError("a call is still under way")
+        busy = self._busy = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        return busy
+
+    async def run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """``fn(*args)`` on a worker thread; its result."""
+        return await asyncio.shield(self.start(fn, *args))
+
+    def after(self, cleanup: Callable[[], object]) -> None:
+        """Run ``cleanup`` on the loop now, or as soon as the call under way has returned."""
+        busy, self._busy = self._busy, None
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled():
+                f.exception()  # nobody may await it any more: retrieved here, not reported as lost
+            cleanup()
+        if busy is None:
+            cleanup()
+        elif busy.done():
+            done(busy)
+        else:
+            busy.add_done_callback(done)

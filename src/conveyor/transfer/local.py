@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from conveyor.batched import BatchedThread
+from conveyor.batched import BatchedThread, ThreadCalls
 from conveyor.errors import NoSpace, NotFound, Permanent, Rejected, Transient
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.payload import Body, SpoolWriter, disk_full, remove_files
@@ -93,8 +93,10 @@ class LocalInstance:
                 it = await asyncio.to_thread(os.scandir, self._abs(folder))
             except OSError as e:
                 raise self._error(e, folder) from None
-            with it:
-                while batch := await asyncio.to_thread(_take, it, _BATCH):
+            # Closed only once no thread reads it: a stop cancels this mid-batch.
+            calls = ThreadCalls()
+            try:
+                while batch := await calls.run(_take, it, _BATCH):
                     for name, is_dir, size, mtime in batch:
                         rel = f"{folder}/{name}" if folder else name
                         if is_dir:
@@ -102,6 +104,8 @@ class LocalInstance:
                                 pending.append(rel)
                         elif size >= 0:
                             yield RemoteFile(rel, size, mtime)
+            finally:
+                calls.after(it.close)
 
     async def open_in_place(self, f: RemoteFile, threshold: int) -> Body:
         """The file as a body with no copy into the spool: read into memory when small,
@@ -119,10 +123,14 @@ class LocalInstance:
     async def download(self, f: RemoteFile, sink: SpoolWriter) -> None:
         """Copy the file into a spool writer (used when in-place reading is not wanted)."""
         try:
-            with open(self._abs(f.path), "rb") as fh:  # noqa: ASYNC230 (reads go through a thread)
+            fh = open(self._abs(f.path), "rb")  # noqa: ASYNC230, SIM115 (reads go through a thread; closed below)
+            calls = ThreadCalls()
+            try:
                 fh.seek(sink.size)
-                while chunk := await asyncio.to_thread(fh.read, 1 << 20):
+                while chunk := await calls.run(fh.read, 1 << 20):
                     sink.write(chunk)
+            finally:
+                calls.after(fh.close)  # not under a read a cancelled download left running
         except OSError as e:
             raise self._error(e, f.path) from None
 
