@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from conveyor.batched import ThreadCalls
 from conveyor.errors import ConveyorError, NoSpace, Transient
 
 CHUNK = 1024 * 1024
@@ -121,9 +122,13 @@ class Body:
                 yield bytes(view[i : i + size])
             return
         assert self.path is not None
-        with open(self.path, "rb") as f:  # noqa: ASYNC230 (reads below go through a thread)
-            while chunk := await asyncio.to_thread(f.read, size):
+        f = open(self.path, "rb")  # noqa: ASYNC230, SIM115 (reads go through a thread; closed below)
+        calls = ThreadCalls()
+        try:
+            while chunk := await calls.run(f.read, size):
                 yield chunk
+        finally:
+            calls.after(f.close)  # not under a read that a cancelled consumer left running
 
     def release(self) -> None:
         """Free the body: delete its spool file if it owns one."""

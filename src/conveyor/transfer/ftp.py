@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+from conveyor.batched import ThreadCalls
 from conveyor.errors import (
     AuthError,
     ConveyorError,
@@ -303,23 +304,23 @@ class FtpInstance:
         transport = proto.transport
         size = TLS_BLOCK if tls else PLAIN_BLOCK
         buffers = (bytearray(size), bytearray(size))
-        with open(path, "rb", buffering=0) as fh:  # noqa: ASYNC230 (reads go through a thread)
+        fh = open(path, "rb", buffering=0)  # noqa: ASYNC230, SIM115 (reads go through a thread; closed below)
+        calls = ThreadCalls()
+        try:
             turn = 0
-            ahead = asyncio.ensure_future(asyncio.to_thread(fh.readinto, buffers[turn]))
-            try:
-                while n := await asyncio.shield(ahead):  # a cancelled wait leaves the read running
-                    block = memoryview(buffers[turn])[:n]
-                    turn ^= 1
-                    ahead = asyncio.ensure_future(asyncio.to_thread(fh.readinto, buffers[turn]))
-                    step = TLS_SLICE if tls else n
-                    for i in range(0, n, step):
-                        piece = block[i:i + step]
-                        transport.write(bytes(piece) if tls else piece)
-                        async with asyncio.timeout(t):
-                            await proto.drain()
-            finally:
-                if not ahead.done():
-                    await asyncio.wait({ahead})  # the thread still holds the file and a buffer
+            ahead = calls.start(fh.readinto, buffers[turn])
+            while n := await asyncio.shield(ahead):  # a cancelled wait leaves the read running
+                block = memoryview(buffers[turn])[:n]
+                turn ^= 1
+                ahead = calls.start(fh.readinto, buffers[turn])
+                step = TLS_SLICE if tls else n
+                for i in range(0, n, step):
+                    piece = block[i:i + step]
+                    transport.write(bytes(piece) if tls else piece)
+                    async with asyncio.timeout(t):
+                        await proto.drain()
+        finally:
+            calls.after(fh.close)  # the thread may still be reading: closed once it is done
 
     async def _rename(self, c: FtpConnection, src: str, dst: str, replace: bool) -> None:
         await c.command(f"RNFR {src}", (3,))

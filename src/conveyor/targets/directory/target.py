@@ -10,6 +10,7 @@ id) is not written again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
 import json
@@ -20,6 +21,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from conveyor.batched import ThreadCalls
 from conveyor.errors import NoSpace, Permanent, Rejected, Transient
 from conveyor.interfaces import Context
 from conveyor.names import name_fields, render, sanitise
@@ -109,18 +111,20 @@ class DirectoryTarget:
             await self._writer.run(stage)
             return
         # Large bodies stream on their own thread so they do not hold up the small ones.
+        calls = ThreadCalls()
         try:
-            publish = await asyncio.to_thread(stage)
+            publish = await calls.run(stage)
             if publish is None:
                 return
             sync = _group_sync(self.folder) if self.config.fsync else None
             if sync:
                 await sync.sync()
-            await asyncio.to_thread(publish)
+            await calls.run(publish)
             if sync:
                 await sync.sync()
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(remove_files, tmp_body, tmp_meta))
+            # After the thread: a cancelled delivery's thread may still be writing them.
+            calls.after(functools.partial(remove_files, tmp_body, tmp_meta))
             raise
 
     def _stage(self, payload: Payload, name: str, tmp_body: str, tmp_meta: str) -> bool:
