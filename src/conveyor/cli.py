@@ -110,6 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from conveyor.logs import setup_logging
 
     setup_logging(config.log.level, config.log.format)
+    import faulthandler
+
+    faulthandler.enable(all_threads=True)  # a crash writes every thread's stack to stderr (the journal)
     try:
         return asyncio.run(Daemon(config).run())
     except Exception as e:
