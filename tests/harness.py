@@ -110,12 +110,18 @@ class DaemonProcess:
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 30) -> int:
-        """SIGTERM and wait for the exit code."""
+        """SIGTERM and wait for the exit code, which must be 0 (a clean drain): anything else, a
+        crash's signal included, fails the test with the end of the daemon's output."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
         self._log.close()
+        assert rc == 0, f"daemon exited {rc} when stopped; its output ends:\n{self.text()[-3000:]}"
         return rc
 
     def logs(self) -> list[dict[str, Any]]:

@@ -179,7 +179,8 @@ async def daemon_in_process(config_path: Path, **health: Any) -> AsyncIterator[A
         yield daemon
     finally:
         daemon.request_stop()
-        await asyncio.wait_for(task, 30)
+        rc = await asyncio.wait_for(task, 30)
+        assert rc == 0, f"daemon.run() returned {rc}"
 
 
 async def wait_for(check: Callable[[], Any], limit: float = 10.0, every: float = 0.05) -> Any:
@@ -230,6 +231,7 @@ class DaemonProcess:
         raise AssertionError("daemon's health endpoint never answered")
 
     def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; the exit code must be 0 (-9: still running ``timeout`` s after SIGTERM)."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -238,7 +240,9 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        return self.proc.returncode
+        rc = self.proc.returncode
+        assert rc == 0, f"daemon exited {rc} when stopped; its output ends:\n{self.output()[-3000:]}"
+        return rc
 
     def output(self) -> str:
         return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
