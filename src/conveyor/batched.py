@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -178,13 +179,17 @@ class ThreadCalls:
         """Run ``cleanup`` on the loop now, or as soon as the call under way has returned."""
         busy, self._busy = self._busy, None
 
+        if busy is None or busy.done():
+            if busy is not None and not busy.cancelled():
+                busy.exception()  # nobody may await it any more: retrieved here, not reported as lost
+            cleanup()
+            return
+
         def done(f: asyncio.Future[Any]) -> None:
             if not f.cancelled():
-                f.exception()  # nobody may await it any more: retrieved here, not reported as lost
-            cleanup()
-        if busy is None:
-            cleanup()
-        elif busy.done():
-            done(busy)
-        else:
-            busy.add_done_callback(done)
+                f.exception()
+            try:
+                cleanup()
+            except Exception as e:  # nobody to raise it to: the task that asked is gone
+                logging.getLogger("conveyor").warning("cleanup after a cancelled call failed: %s", e)
+        busy.add_done_callback(done)
