@@ -167,7 +167,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 async def _ls(config: Any, name: str, path: str, recursive: bool) -> int:
     import time
 
-    from conveyor.interfaces import Context, FileSystem
+    from conveyor.interfaces import Context, FileSystem, Resolves
     from conveyor.names import normal_path
     from conveyor.payload import Spool
     from conveyor.redact import redact, register_secrets
@@ -185,12 +185,11 @@ async def _ls(config: Any, name: str, path: str, recursive: bool) -> int:
     if spec.kind != "file":
         print(f"'{name}' is a {icfg.type} instance; ls lists file instances", file=sys.stderr)
         return 2
-    rt: FileSystem = spec.load_factory()(name, icfg, Context(spool=Spool(Path(config.spool_dir)),
-                                                             status=StatusBoard()))
+    rt = spec.load_factory()(name, icfg, Context(spool=Spool(Path(config.spool_dir)), status=StatusBoard()))
     try:
-        resolve = getattr(rt, "resolve", None)
-        if resolve is not None:  # the server folder the path stands for, e.g. below the login folder
-            print(f"{name}: {await resolve(path)}", file=sys.stderr)
+        assert isinstance(rt, FileSystem)  # a file instance
+        if isinstance(rt, Resolves):  # the server folder the path stands for, e.g. below the login folder
+            print(f"{name}: {await rt.resolve(path)}", file=sys.stderr)
         single = await rt.stat(path) if path else None
         files = [single] if single else [f async for f in rt.list(path, recursive)]
         for f in files:
@@ -204,7 +203,7 @@ async def _ls(config: Any, name: str, path: str, recursive: bool) -> int:
         print(f"{name}: {redact(str(e))}", file=sys.stderr)
         return 1
     finally:
-        await rt.close()  # type: ignore[attr-defined]
+        await rt.close()
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:

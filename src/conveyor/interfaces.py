@@ -1,9 +1,12 @@
 """The small seams every connector plugs into.
 
-A file connector (local, sftp, ftp) implements :class:`FileSystem`; the core's generic
-file source and file target do the rest (listing, matching, stability, state, after
-actions, temp-name uploads). A broker connector (rabbitmq, pubsub) implements
-:class:`MessageSource` and a :class:`Target`. Connectors never retry or sleep: they raise
+Every live instance is an :class:`Instance`. A file connector (local, sftp, ftp) also
+implements :class:`FileSystem`; the core's generic file source and file target do the rest
+(listing, matching, stability, state, after actions, temp-name uploads). A broker connector
+(rabbitmq, pubsub) is a :class:`BrokerInstance` that makes a :class:`MessageSource` and a
+:class:`Target` per flow. What only some connectors can do is a ``runtime_checkable``
+protocol of its own (:class:`OpensInPlace`, :class:`Resolves`, :class:`Probes`,
+:class:`Located`), asked with ``isinstance``. Connectors never retry or sleep: they raise
 :class:`~conveyor.errors.Transient` or :class:`~conveyor.errors.Permanent` and the
 supervisor applies backoff.
 """
@@ -77,6 +80,40 @@ class FileSystem(Protocol):
         ...
 
 
+@runtime_checkable
+class OpensInPlace(Protocol):
+    """A file system whose files can be handed over where they lie, without a copy to the spool."""
+
+    async def open_in_place(self, f: RemoteFile, threshold: int) -> Body:
+        """A body reading ``f`` in place (read into memory when smaller than ``threshold``)."""
+        ...
+
+
+@runtime_checkable
+class Resolves(Protocol):
+    """A remote file system that can name the server folder a relative path stands for."""
+
+    async def resolve(self, path: str) -> str:
+        """The absolute server path of ``path`` (below the login folder, say)."""
+        ...
+
+
+@runtime_checkable
+class Probes(Protocol):
+    """A source or target that can check, without changing anything, that it would work."""
+
+    async def probe(self) -> str:
+        """A one-line description of what was found; raise when the first try would fail."""
+        ...
+
+
+@runtime_checkable
+class Located(Protocol):
+    """A target that names where it writes, for ``check --connect``."""
+
+    where: str
+
+
 class Target(Protocol):
     """Where a flow delivers. ``deliver`` returns once the far side confirmed."""
 
@@ -105,6 +142,28 @@ class Inbound:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+Submit = Callable[[str, Callable[[], Awaitable[None]]], Awaitable[bool]]
+"""A flow's intake: start ``work`` for the item keyed ``key`` when a slot is free; False once
+the flow is stopping."""
+
+
+class Source(Protocol):
+    """What a flow runs under the supervisor: a file source's poll loop, a broker consumer."""
+
+    async def run(self) -> None:
+        """Take work until cancelled; raise Transient when the connection drops."""
+        ...
+
+
+@runtime_checkable
+class Forgets(Protocol):
+    """A source that remembers which items are done and must be told when the ledger forgets one."""
+
+    def forgotten(self, id: str) -> None:
+        """The ledger dropped ``id``: offer that item again."""
+        ...
+
+
 class MessageSource(Protocol):
     """A queue or subscription. ``run`` consumes until cancelled or the connection is lost."""
 
@@ -127,9 +186,10 @@ class Context:
     flow_names: list[str] = field(default_factory=list)
 
 
-class InstanceRuntime(Protocol):
+@runtime_checkable
+class Instance(Protocol):
     """A live instance. File instances also implement :class:`FileSystem`; broker instances
-    implement ``source`` and ``target``."""
+    are :class:`BrokerInstance`."""
 
     name: str
 
@@ -142,7 +202,8 @@ class InstanceRuntime(Protocol):
         ...
 
 
-class BrokerInstance(InstanceRuntime, Protocol):
+@runtime_checkable
+class BrokerInstance(Instance, Protocol):
     """A broker instance makes sources and targets for flows."""
 
     def source(self, flow: str, config: SourceConfig) -> MessageSource:

@@ -14,12 +14,11 @@ import contextlib
 import posixpath
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from conveyor.config import Config, Flow
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
 from conveyor.errors import ConveyorError, NotFound, Permanent
-from conveyor.interfaces import Context, FileSystem
+from conveyor.interfaces import BrokerInstance, Context, FileSystem, Instance, Located, Probes, Resolves, Target
 from conveyor.redact import redact
 from conveyor.registry import all_specs, target_specs
 
@@ -35,7 +34,7 @@ async def preflight(config: Config, out: Callable[[str], None] = print) -> int:
 
     register_secrets(config.secrets())
     ctx = Context(spool=Spool(Path(config.spool_dir)), status=StatusBoard())
-    live: dict[str, Any] = {}
+    live: dict[str, Instance] = {}
     failures = 0
     try:
         for name, icfg in config.instances.items():
@@ -59,7 +58,7 @@ async def preflight(config: Config, out: Callable[[str], None] = print) -> int:
     return 2 if failures else 0
 
 
-async def _flow_line(config: Config, flow: Flow, live: dict[str, Any], ctx: Context) -> tuple[bool, str]:
+async def _flow_line(config: Config, flow: Flow, live: dict[str, Instance], ctx: Context) -> tuple[bool, str]:
     """``(ok, line)`` for one flow: its source's and its target's outcome, each naming what was checked."""
     if not flow.enabled:
         return True, f"  -     flow {flow.name}: disabled, not checked"
@@ -82,63 +81,64 @@ async def _outcome(label: str, probe: Callable[[], Awaitable[str]] | None) -> tu
         return False, f"{label}: {type(e).__name__}: {redact(str(e))}"
 
 
-async def _source(config: Config, flow: Flow, live: dict[str, Any]) -> tuple[bool, str]:
+async def _source(config: Config, flow: Flow, live: dict[str, Instance]) -> tuple[bool, str]:
     iname = flow.source.instance
     icfg = config.instances[iname]
     rt = live.get(iname)
     if rt is None:
         return False, f"source {iname}: instance failed its check (above)"
     fsrc = flow.source
-    if isinstance(fsrc, FileSourceConfig):
+    if isinstance(fsrc, FileSourceConfig) and isinstance(rt, FileSystem):
         label = f"source {iname} {await _where(rt, icfg, fsrc.path.strip('/'))}"
         return await _outcome(label, lambda: _file_source(rt, icfg, fsrc))
+    assert isinstance(rt, BrokerInstance)
     src = rt.source(flow.name, flow.source)
     what = getattr(flow.source, "queue", None)
     label = f"source {iname} queue '{what}'" if what is not None else \
         f"source {iname} subscription {getattr(src, 'path', '')}"
-    return await _outcome(label, getattr(src, "probe", None))
+    return await _outcome(label, src.probe if isinstance(src, Probes) else None)
 
 
-async def _target(config: Config, flow: Flow, live: dict[str, Any], ctx: Context) -> tuple[bool, str]:
+async def _target(config: Config, flow: Flow, live: dict[str, Instance], ctx: Context) -> tuple[bool, str]:
     cfg = flow.target
     kind = target_specs().get(flow.target_kind)
     if kind is not None:
         built = kind.load_factory()(flow.name, cfg, ctx)
-        return await _probe_target(f"target {getattr(built, 'where', kind.type)}", built)
+        return await _probe_target(f"target {built.where if isinstance(built, Located) else kind.type}", built)
     iname = cfg.instance
     icfg = config.instances[iname]
     rt = live.get(iname)
     if rt is None:
         return False, f"target {iname}: instance failed its check (above)"
-    if isinstance(cfg, FileTargetConfig):
+    if isinstance(cfg, FileTargetConfig) and isinstance(rt, FileSystem):
         folder = cfg.path.strip("/")
         label = f"target {iname} {await _where(rt, icfg, folder)}"
         return await _outcome(label, lambda: _upload_folder(rt, icfg, folder))
+    assert isinstance(rt, BrokerInstance)
     target = rt.target(flow.name, cfg)
     if getattr(cfg, "topic", None) is not None:
-        label = f"target {iname} topic {target.topic}"
+        label = f"target {iname} topic {getattr(target, 'topic', cfg.topic)}"
     else:
         label = f"target {iname} exchange '{cfg.exchange}'" if cfg.exchange else f"target {iname} default exchange"
     return await _probe_target(label, target)
 
 
-async def _probe_target(label: str, target: Any) -> tuple[bool, str]:
+async def _probe_target(label: str, target: Target) -> tuple[bool, str]:
     try:
-        return await _outcome(label, getattr(target, "probe", None))
+        return await _outcome(label, target.probe if isinstance(target, Probes) else None)
     finally:
         with contextlib.suppress(Exception):
             await target.close()
 
 
 # -- file instances: only their FileSystem methods, and resolve() where an instance has it ----------
-async def _where(fs: Any, icfg: InstanceConfig, rel: str) -> str:
+async def _where(fs: FileSystem, icfg: InstanceConfig, rel: str) -> str:
     """The absolute folder a relative path lands in: the instance's own answer when it can give one
     (a missing folder resolved through its existing root), else the configured root joined."""
-    resolve = getattr(fs, "resolve", None)
-    if resolve is not None:
+    if isinstance(fs, Resolves):
         for base, tail in ((rel, ""), ("", rel)):
             try:
-                found = str(await resolve(base))
+                found = await fs.resolve(base)
                 return posixpath.join(found, tail) if tail else found
             except Exception:
                 continue  # a folder that cannot be resolved is reported by the probe

@@ -13,12 +13,19 @@ from __future__ import annotations
 import builtins
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # no conveyor module at import time, so that any module may import this one
     from conveyor.config.base import InstanceConfig, SourceConfig, TargetConfig
+    from conveyor.interfaces import Context, Instance, Target
+
+InstanceFactory = Callable[[str, "InstanceConfig", "Context"], "Instance"]
+"""Makes a live instance from its name, config and the daemon's context."""
+TargetFactory = Callable[[str, "TargetConfig", "Context"], "Target"]
+"""Makes a flow's target from the flow's name, the target's config and the daemon's context."""
 
 INSTANCE_KIND = "instance"
 """A flow's target kind when it writes to an instance; no target type may take this name."""
@@ -39,9 +46,10 @@ class ConnectorSpec:
     factory: str
     """``module:callable``; the callable takes (name, config, context) and returns the runtime instance."""
 
-    def load_factory(self) -> Any:
+    def load_factory(self) -> InstanceFactory:
         """Import and return the runtime factory."""
-        return _load(self.factory)
+        factory: InstanceFactory = _load(self.factory)
+        return factory
 
 
 def register(spec: ConnectorSpec) -> ConnectorSpec:
@@ -67,7 +75,8 @@ class TargetSpec:
     """How one target type (``target: {type: NAME, ...}``, no instance) plugs into conveyor.
 
     The runtime object the factory returns implements :class:`conveyor.interfaces.Target`;
-    ``check --connect`` also calls its ``probe()`` and shows its ``where``, when it has them.
+    ``check --connect`` also calls its ``probe()`` and shows its ``where``, when it has them
+    (:class:`~conveyor.interfaces.Probes`, :class:`~conveyor.interfaces.Located`).
     """
 
     type: str
@@ -79,9 +88,10 @@ class TargetSpec:
     """The target applies its config's ``timeout`` itself (as a limit on inactivity, say), so
     a delivery gets no overall deadline from the deliverer."""
 
-    def load_factory(self) -> Any:
+    def load_factory(self) -> TargetFactory:
         """Import and return the runtime factory."""
-        return _load(self.factory)
+        factory: TargetFactory = _load(self.factory)
+        return factory
 
 
 def register_target(spec: TargetSpec) -> TargetSpec:

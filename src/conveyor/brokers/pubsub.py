@@ -140,7 +140,7 @@ class PubsubInstance:
             st.connect_attempt(self.name, False)
             st.instance_state(self.name, "down", error, permanent=isinstance(error, Permanent))
 
-    # -- InstanceRuntime / BrokerInstance ----------------------------------------------------------------
+    # -- Instance / BrokerInstance ----------------------------------------------------------------
     async def check(self) -> str:
         """Authenticate and list one topic of the project; a one-line description."""
         admin = await self.admin()

@@ -251,7 +251,7 @@ class RabbitInstance:
                 with contextlib.suppress(Exception):
                     await ch.close()
 
-    # -- InstanceRuntime / BrokerInstance -----------------------------------------
+    # -- Instance / BrokerInstance -----------------------------------------
     async def check(self) -> str:
         """Connect, open a channel, close it; the address logged in to."""
         ch = await self.channel(confirms=False)

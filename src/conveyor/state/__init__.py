@@ -1,5 +1,5 @@
 """The state store: what conveyor remembers between restarts."""
 
-from conveyor.state.base import Item, StateStore, open_store
+from conveyor.state.base import Item, SharesClaims, StateStore, open_store
 
-__all__ = ["Item", "StateStore", "open_store"]
+__all__ = ["Item", "SharesClaims", "StateStore", "open_store"]

@@ -10,7 +10,7 @@ delivery repeated.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,14 @@ class StateStore(Protocol):
     async def prune(self, older_than: float) -> int:
         """Delete settled rows last updated before ``older_than`` (epoch seconds)."""
         ...
+
+
+@runtime_checkable
+class SharesClaims(Protocol):
+    """A store that several replicas use at once: they list the same files and race for claims."""
+
+    shared: bool
+    """Whether several processes use this store at once."""
 
 
 def open_store(url: str, owner: str) -> StateStore:

@@ -129,7 +129,7 @@ class FtpInstance:
             raise Permanent(f"path {path!r} leaves the instance root", instance=self.name, path=path)
         return posixpath.normpath(join_root(self.pool.root, path))
 
-    # -- InstanceRuntime -----------------------------------------------------
+    # -- Instance -----------------------------------------------------
     async def check(self) -> str:
         """Log in and make sure the root folder exists; a one-line description."""
         async def op(c: FtpConnection) -> str:

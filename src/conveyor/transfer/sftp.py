@@ -62,7 +62,7 @@ class SftpInstance:
         self.config = config
         self.pool = SftpPool(name, config, ctx.status if ctx is not None else None)
 
-    # -- InstanceRuntime ---------------------------------------------------
+    # -- Instance ---------------------------------------------------
     async def check(self) -> str:
         """Connect and log in now: ``user@host:port (key type, fingerprint), root /abs/folder``."""
         async with self._op("") as s:
