@@ -12,14 +12,15 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from conveyor.config import Config, Flow, load_config
+from conveyor.config.base import FileSourceConfig, MessageSourceConfig
 from conveyor.errors import ConfigError, ConveyorError
 from conveyor.flows.delivery import Deliverer
-from conveyor.flows.filesource import FileSource
+from conveyor.flows.filesource import FileSource, FileSourceDeps
 from conveyor.flows.runner import FlowRunner
-from conveyor.interfaces import Context, Target
+from conveyor.interfaces import BrokerInstance, Context, FileSystem, Instance, Submit, Target
 from conveyor.payload import Spool
 from conveyor.redact import redact, register_secrets
 from conveyor.registry import all_specs, target_specs
@@ -118,7 +119,7 @@ class Daemon:
         self.owner = config.replica or f"{socket.gethostname()}:{os.getpid()}"
         self.store: StateStore = open_store(config.state, self.owner)
         self.ctx = Context(spool=self.spool, status=self.status)
-        self.instances: dict[str, Any] = {}
+        self.instances: dict[str, Instance] = {}
         self.flows: dict[str, tuple[FlowRunner, asyncio.Task[None]]] = {}
         self.addons: list[Addon] = make_addons(config)
         self._stop = asyncio.Event()
@@ -207,7 +208,7 @@ class Daemon:
         await asyncio.gather(*(self._stop_flow(name) for name in list(self.flows)))
 
     # -- instances and flows --------------------------------------------------------
-    def instance(self, name: str) -> Any:
+    def instance(self, name: str) -> Instance:
         """The live instance of that name, created on first use."""
         rt = self.instances.get(name)
         if rt is None:
@@ -217,26 +218,35 @@ class Daemon:
             rt = self.instances[name] = spec.load_factory()(name, cfg, self.ctx)
         return rt
 
+    def _file_system(self, name: str) -> FileSystem:
+        rt = self.instance(name)
+        if not isinstance(rt, FileSystem):
+            raise TypeError(f"instance '{name}' is no file system: its connector lacks the FileSystem methods")
+        return rt
+
+    def _broker(self, name: str) -> BrokerInstance:
+        rt = self.instance(name)
+        if not isinstance(rt, BrokerInstance):
+            raise TypeError(f"instance '{name}' is no broker: its connector lacks source() and target()")
+        return rt
+
     def _target(self, flow: Flow) -> Target:
         kind = target_specs().get(flow.target_kind)
         if kind is not None:
-            built: Target = kind.load_factory()(flow.name, flow.target, self.ctx)
-            return built
+            return kind.load_factory()(flow.name, flow.target, self.ctx)
         iname = flow.target.instance
-        rt = self.instance(iname)
         if all_specs()[self.config.instances[iname].type].kind == "file":
             from conveyor.targets.upload import UploadTarget
 
-            return UploadTarget(flow.name, flow.target, rt)
-        target: Target = rt.target(flow.name, flow.target)
-        return target
+            return UploadTarget(flow.name, flow.target, self._file_system(iname))
+        return self._broker(iname).target(flow.name, flow.target)
 
     def build_flow(self, flow: Flow) -> FlowRunner:
         """Wire a flow's source, deliverer and target."""
         src = flow.source
         icfg = self.config.instances[src.instance]
-        spec = all_specs()[icfg.type]
-        source_rt = self.instance(src.instance)
+        message = all_specs()[icfg.type].kind == "message"
+        source_rt = self._broker(src.instance) if message else self._file_system(src.instance)
         target = self._target(flow)
         timeout = getattr(flow.target, "timeout", None)
         kind = target_specs().get(flow.target_kind)
@@ -246,20 +256,22 @@ class Daemon:
                               lease=max(300.0, 2 * (timeout or 0)))
         st = self.status.add_flow(flow.name)
         st.delivery_timeout = timeout
-        msg_source = source_rt.source(flow.name, src) if spec.kind == "message" else None
-        runner = FlowRunner(flow.name, max_in_flight=flow.max_in_flight, status=self.status, deliverer=deliverer,
-                            source_run=_unset, message_source=msg_source,
-                            message_config=src if msg_source is not None else None,  # type: ignore[arg-type]
-                            on_close=target.close)
-        if msg_source is not None:
-            runner.source_run = lambda: msg_source.run(runner.on_message)
-        else:
-            fsrc = FileSource(flow.name, src.instance, icfg.type, source_rt, src, deliverer,  # type: ignore[arg-type]
-                              self.store, self.spool, self.status, runner.submit)
-            st.poll_interval = fsrc.config.poll_interval
-            runner.source_run = fsrc.run
-            runner.forgotten = fsrc.forgotten
-        return runner
+        if isinstance(source_rt, BrokerInstance):
+            assert isinstance(src, MessageSourceConfig)
+            consumer = source_rt.source(flow.name, src)
+            return FlowRunner(flow.name, max_in_flight=flow.max_in_flight, status=self.status,
+                              deliverer=deliverer, on_close=target.close, messages=(consumer, src))
+        assert isinstance(src, FileSourceConfig)
+        st.poll_interval = src.poll_interval
+
+        def file_source(submit: Submit) -> FileSource:
+            deps = FileSourceDeps(deliverer=deliverer, store=self.store, spool=self.spool, status=self.status,
+                                  submit=submit)
+            return FileSource(flow=flow.name, instance=src.instance, instance_type=icfg.type, fs=source_rt,
+                              config=src, deps=deps)
+
+        return FlowRunner(flow.name, max_in_flight=flow.max_in_flight, status=self.status, deliverer=deliverer,
+                          on_close=target.close, files=file_source)
 
     def _start_flow(self, flow: Flow) -> None:
         assert self._tg is not None
@@ -337,6 +349,3 @@ class Daemon:
                  len(self.flows) - len(started))
         return True
 
-
-async def _unset() -> None:
-    raise RuntimeError("flow source not wired")

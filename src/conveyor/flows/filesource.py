@@ -16,18 +16,17 @@ import logging
 import posixpath
 import random
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from conveyor.config.base import FileSourceConfig
 from conveyor.config.types import MoveAction
 from conveyor.errors import Transient
 from conveyor.flows.delivery import Deliverer
-from conveyor.interfaces import FileSystem, RemoteFile
+from conveyor.interfaces import FileSystem, OpensInPlace, RemoteFile, Submit
 from conveyor.names import listed_path, normal_path, unsafe_path
 from conveyor.payload import Body, Payload, Spool, stable_id, utc_iso
 from conveyor.redact import redact
-from conveyor.state.base import StateStore
+from conveyor.state.base import SharesClaims, StateStore
 from conveyor.status import StatusBoard
 from conveyor.supervisor import RESUME_BACKOFF, retrying
 
@@ -39,22 +38,37 @@ _RECHECK = 600.0
 made through another replica, or any change not made through this daemon's ledger API)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class FileSourceDeps:
+    """The daemon's services a file source works with."""
+
+    deliverer: Deliverer
+    store: StateStore
+    spool: Spool
+    status: StatusBoard
+    submit: Submit
+    """The flow's intake: each file is delivered in a slot it grants."""
+
+
 class FileSource:
     """Polls one folder (or one exact file) of a file instance for a flow."""
 
-    def __init__(self, flow: str, instance: str, instance_type: str, fs: FileSystem, config: FileSourceConfig,
-                 deliverer: Deliverer, store: StateStore, spool: Spool, status: StatusBoard,
-                 submit: Callable[[str, Callable[[], Awaitable[None]]], Awaitable[bool]]) -> None:
+    def __init__(self, *, flow: str, instance: str, instance_type: str, fs: FileSystem, config: FileSourceConfig,
+                 deps: FileSourceDeps) -> None:
         self.flow = flow
         self.instance = instance
         self.instance_type = instance_type
         self.fs = fs
         self.config = config
-        self.deliverer = deliverer
-        self.store = store
-        self.spool = spool
-        self.status = status
-        self.submit = submit
+        self.deliverer = deps.deliverer
+        self.store = deps.store
+        self.spool = deps.spool
+        self.status = deps.status
+        self.submit = deps.submit
+        self._in_place = fs if isinstance(fs, OpensInPlace) else None
+        # Replicas on one store list the same files: each takes them in its own order, so
+        # their claims rarely collide on the same file.
+        self._shuffle = isinstance(deps.store, SharesClaims) and deps.store.shared
         self._seen: dict[str, tuple[int, float, float]] = {}
         """path -> (size, mtime, first time seen with that size and mtime)"""
         self._reported: set[str] = set()
@@ -170,9 +184,7 @@ class FileSource:
         ids = {self.file_id(f): f for f in files}
         known = await self.store.get_many(self.flow, list(ids))
         order = list(ids.items())
-        if getattr(self.store, "shared", False):
-            # Replicas on one store list the same files: each takes them in its own order, so
-            # their claims rarely collide on the same file.
+        if self._shuffle:
             random.shuffle(order)
         n = 0
         for pid, f in order:
@@ -244,10 +256,8 @@ class FileSource:
             await self.store.settled(self.flow, pid)
 
     async def _fetch(self, f: RemoteFile) -> Body:
-        in_place = getattr(self.fs, "open_in_place", None)
-        if in_place is not None:
-            body: Body = await in_place(f, self.spool.threshold)
-            return body
+        if self._in_place is not None:
+            return await self._in_place.open_in_place(f, self.spool.threshold)
         sink = self.spool.writer()
 
         def resumable(e: Exception) -> bool:

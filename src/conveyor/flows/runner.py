@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from conveyor.config.base import MessageSourceConfig
 from conveyor.flows import slots
 from conveyor.flows.delivery import Deliverer
-from conveyor.interfaces import Inbound, MessageSource
+from conveyor.interfaces import Forgets, Inbound, MessageSource, Source, Submit
 from conveyor.redact import redact
 from conveyor.status import StatusBoard
 from conveyor.supervisor import SOURCE_BACKOFF, supervise
@@ -29,8 +29,10 @@ class FlowRunner:
     """
 
     def __init__(self, name: str, *, max_in_flight: int, status: StatusBoard, deliverer: Deliverer,
-                 source_run: Callable[[], Awaitable[None]], message_source: MessageSource | None = None,
-                 message_config: MessageSourceConfig | None = None, on_close: Callable[[], Awaitable[None]]) -> None:
+                 on_close: Callable[[], Awaitable[None]], files: Callable[[Submit], Source] | None = None,
+                 messages: tuple[MessageSource, MessageSourceConfig] | None = None) -> None:
+        """Give ``files`` (the file source, built around this runner's :meth:`submit`) or
+        ``messages`` (a broker consumer and its flow's source config), not both."""
         self.name = name
         self.status = status
         self.deliverer = deliverer
@@ -38,12 +40,17 @@ class FlowRunner:
         self._tail = asyncio.Semaphore(max_in_flight * TAIL)
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
-        self.source_run = source_run
-        self.message_source = message_source
-        self.message_config = message_config
         self._on_close = on_close
-        self.forgotten: Callable[[str], None] = _ignore
-        """Told of an id the ledger API forgot (a file source then lists that file afresh)."""
+        self.message_source: MessageSource | None = None
+        self.message_config: MessageSourceConfig | None = None
+        self.source: Source
+        if messages is not None and files is None:
+            self.message_source, self.message_config = messages
+            self.source = _Consumer(messages[0], self.on_message)
+        elif files is not None and messages is None:
+            self.source = files(self.submit)
+        else:
+            raise TypeError(f"flow {name}: give a file source or a message source")
 
     async def run(self) -> None:
         """Run the source under the supervisor until cancelled."""
@@ -58,10 +65,16 @@ class FlowRunner:
             st.state = "running"
 
         try:
-            await supervise(f"flow {self.name}", self.source_run, backoff=SOURCE_BACKOFF,
+            await supervise(f"flow {self.name}", self.source.run, backoff=SOURCE_BACKOFF,
                             on_error=on_error, on_recover=on_recover, log_extra={"flow": self.name})
         finally:
             st.state = "stopped"
+
+    def forgotten(self, id: str) -> None:
+        """Told of an id the ledger API forgot: a file source then lists that file afresh (a broker
+        needs no telling: it offers the message again, or it is gone)."""
+        if isinstance(self.source, Forgets):
+            self.source.forgotten(id)
 
     async def submit(self, key: str, work: Callable[[], Awaitable[None]]) -> bool:
         """Start one delivery when a slot is free; False once the flow is stopping."""
@@ -156,5 +169,13 @@ class FlowRunner:
         return len(self._tasks)
 
 
-def _ignore(_id: str) -> None:
-    """Message sources need no telling: the broker offers the message again, or it is gone."""
+class _Consumer:
+    """A broker consumer bound to its flow's intake."""
+
+    def __init__(self, source: MessageSource, emit: Callable[[Inbound], Awaitable[None]]) -> None:
+        self._source = source
+        self._emit = emit
+
+    async def run(self) -> None:
+        """Consume until cancelled or the connection drops."""
+        await self._source.run(self._emit)
