@@ -112,8 +112,8 @@ def source_child(host: str, project: str, subscription: str, n: int) -> None:
     """conveyor's PubsubSource with an emit that acks at once; prints a JSON result."""
     import asyncio
 
-    from conveyor.brokers.pubsub import PubsubInstance
-    from conveyor.brokers.pubsub_config import PubsubConfig, PubsubSourceConfig
+    from conveyor.brokers.pubsub.config import PubsubConfig, PubsubSourceConfig
+    from conveyor.brokers.pubsub.instance import PubsubInstance
     from conveyor.interfaces import Context, Inbound
     from conveyor.payload import Spool
     from conveyor.status import StatusBoard

@@ -112,8 +112,8 @@ class _ServerCpu:
 
 # --------------------------------------------------------------------------- conveyor side (child)
 def _instance(a: argparse.Namespace) -> Any:
-    from conveyor.transfer.sftp import SftpInstance
-    from conveyor.transfer.sftp_config import SftpConfig
+    from conveyor.transfer.sftp.config import SftpConfig
+    from conveyor.transfer.sftp.instance import SftpInstance
 
     cfg = SftpConfig.model_validate({
         "type": "sftp", "host": "127.0.0.1", "port": a.port, "username": a.user, "private_key_file": a.key,
@@ -372,7 +372,7 @@ def main() -> None:
     from tests.servers.ssh_keys import make_client_keys
     from tests.servers.sshd import USER, start_sshd
 
-    from conveyor.transfer.hostkeys import sha256_fp
+    from conveyor.transfer.sftp.hostkeys import sha256_fp
 
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     keys = make_client_keys(work / "keys")

@@ -215,8 +215,8 @@ async def test_pubsub_stream_ends_when_the_server_is_gone(pubsub_emulator: Pubsu
     """The emulator dies under a running stream: on either path run() raises Transient and the instance
     is down, so the supervisor backs off (the public path notices through its probe)."""
     from conveyor._compat import pubsub as pubsub_compat
-    from conveyor.brokers.pubsub import PubsubInstance
-    from conveyor.brokers.pubsub_config import PubsubConfig
+    from conveyor.brokers.pubsub.config import PubsubConfig
+    from conveyor.brokers.pubsub.instance import PubsubInstance
     from conveyor.interfaces import Context
     from conveyor.payload import Spool
     from conveyor.status import StatusBoard

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.transfer.hostkeys import md5_fp
+from conveyor.transfer.sftp.hostkeys import md5_fp
 from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
 from tests.backends.sftp import SftpBackend, sftp_openssh_backend, ssh_client_keys, sshd
 from tests.counting_sink import counting_sink, settled_count

@@ -7,8 +7,8 @@ import calendar
 import pytest
 from pydantic import ValidationError
 
-from conveyor.transfer.ftp_config import FtpConfig
-from conveyor.transfer.ftp_listing import (
+from conveyor.transfer.ftp.config import FtpConfig
+from conveyor.transfer.ftp.listing import (
     parse_epsv,
     parse_list_line,
     parse_mlsd_line,
@@ -121,7 +121,7 @@ def test_config_errors(kw: dict[str, object], message: str) -> None:
 
 
 def test_fragments_of_names_with_line_breaks() -> None:
-    from conveyor.transfer.ftp_listing import is_fragment
+    from conveyor.transfer.ftp.listing import is_fragment
 
     assert is_fragment("break.txt", mlsd=True) and is_fragment("break.txt", mlsd=False)
     assert not is_fragment("type=file;size=1; ok", mlsd=True)

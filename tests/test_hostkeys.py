@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.transfer.hostkeys import (
+from conveyor.transfer.sftp.hostkeys import (
     describe_key,
     fingerprint_main,
     md5_fp,
@@ -97,8 +97,8 @@ async def test_ecdsa_only_server(ssh_client_keys: Any) -> None:
     """A server with one ecdsa host key: scanned, and pinned by its SHA512 (Patchworks' non-RSA form)."""
     import asyncio
 
-    from conveyor.transfer.sftp import SftpInstance
-    from conveyor.transfer.sftp_config import SftpConfig
+    from conveyor.transfer.sftp.config import SftpConfig
+    from conveyor.transfer.sftp.instance import SftpInstance
     from tests.servers.sshd import sshd_available, start_sshd
 
     if sshd_available():

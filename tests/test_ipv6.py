@@ -19,9 +19,9 @@ from conveyor.payload import Body, Payload, Spool
 from conveyor.status import StatusBoard
 from conveyor.targets.http.config import HttpTargetConfig
 from conveyor.targets.http.target import HttpTarget
-from conveyor.transfer.hostkeys import fingerprint_main, server_key_families, sha256_fp
-from conveyor.transfer.sftp import SftpInstance
-from conveyor.transfer.sftp_config import SftpConfig
+from conveyor.transfer.sftp.config import SftpConfig
+from conveyor.transfer.sftp.hostkeys import fingerprint_main, server_key_families, sha256_fp
+from conveyor.transfer.sftp.instance import SftpInstance
 from tests.backends.ftp import ftp_instance
 from tests.servers.asyncssh_server import AsyncsshSftpServer, host_keys, ssh_client_keys
 from tests.servers.ops import http_sink

@@ -15,8 +15,8 @@ from conveyor.errors import NotFound, Permanent
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.payload import utc_iso
 from conveyor.status import StatusBoard
-from conveyor.transfer.local import LocalInstance
-from conveyor.transfer.local_config import LocalConfig
+from conveyor.transfer.local.config import LocalConfig
+from conveyor.transfer.local.instance import LocalInstance
 
 
 def by_datetime(ts: float) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from conveyor.brokers.pubsub_config import PubsubConfig, PubsubSourceConfig, PubsubTargetConfig
+from conveyor.brokers.pubsub.config import PubsubConfig, PubsubSourceConfig, PubsubTargetConfig
 from conveyor.errors import AuthError
 from conveyor.interfaces import Context
 from conveyor.payload import Spool
@@ -85,7 +85,7 @@ def oauth_config(url: str) -> PubsubConfig:
 def test_oauth_credentials_refresh(token_endpoint: TokenEndpoint) -> None:
     import google.auth.transport.requests
 
-    from conveyor.brokers.pubsub_auth import build_credentials
+    from conveyor.brokers.pubsub.auth import build_credentials
 
     creds = build_credentials("gcp", oauth_config(token_endpoint.url))
     assert creds is not None and not creds.valid
@@ -100,7 +100,7 @@ def test_oauth_credentials_refresh(token_endpoint: TokenEndpoint) -> None:
 
 
 async def test_instance_connect_refreshes_oauth(token_endpoint: TokenEndpoint, tmp_path: Path) -> None:
-    from conveyor.brokers.pubsub import PubsubInstance
+    from conveyor.brokers.pubsub.instance import PubsubInstance
 
     status = StatusBoard()
     inst = PubsubInstance("gcp", oauth_config(token_endpoint.url), Context(spool=Spool(tmp_path), status=status))
@@ -113,7 +113,7 @@ async def test_instance_connect_refreshes_oauth(token_endpoint: TokenEndpoint, t
 
 
 async def test_oauth_invalid_grant_is_auth_error(token_endpoint: TokenEndpoint, tmp_path: Path) -> None:
-    from conveyor.brokers.pubsub import PubsubInstance
+    from conveyor.brokers.pubsub.instance import PubsubInstance
 
     token_endpoint.status = 400
     token_endpoint.answer = {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}
@@ -132,7 +132,7 @@ async def test_oauth_invalid_grant_is_auth_error(token_endpoint: TokenEndpoint, 
 async def test_stop_during_token_refresh_stops(token_endpoint: TokenEndpoint, tmp_path: Path) -> None:
     """A cancel while the token request is in flight is a cancel, not a retryable error: once it
     became "unexpected CancelledError", the flow retried and SIGTERM hung the daemon 30 s."""
-    from conveyor.brokers.pubsub import PubsubInstance
+    from conveyor.brokers.pubsub.instance import PubsubInstance
 
     token_endpoint.delay = 3.0
     inst = PubsubInstance("gcp", oauth_config(token_endpoint.url), Context(spool=Spool(tmp_path), status=StatusBoard()))
@@ -160,7 +160,7 @@ def _service_account_file(tmp_path: Path, token_uri: str) -> Path:
 
 
 def test_service_account_token(token_endpoint: TokenEndpoint, tmp_path: Path) -> None:
-    from conveyor.brokers.pubsub_auth import build_credentials, refresh
+    from conveyor.brokers.pubsub.auth import build_credentials, refresh
 
     cfg = PubsubConfig(type="pubsub", project="acme-prod",
                        credentials_file=_service_account_file(tmp_path, token_endpoint.url))
@@ -173,7 +173,7 @@ def test_service_account_token(token_endpoint: TokenEndpoint, tmp_path: Path) ->
 
 
 def test_bad_credentials_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from conveyor.brokers.pubsub_auth import build_credentials
+    from conveyor.brokers.pubsub.auth import build_credentials
 
     monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
     missing = PubsubConfig(type="pubsub", project="p", credentials_file=tmp_path / "nope.json")
@@ -187,7 +187,7 @@ def test_bad_credentials_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_no_adc_is_auth_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from conveyor.brokers.pubsub_auth import build_credentials
+    from conveyor.brokers.pubsub.auth import build_credentials
 
     monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
@@ -201,7 +201,7 @@ def test_no_adc_is_auth_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_config_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = get("pubsub")
-    assert spec.kind == "message" and spec.factory == "conveyor.brokers.pubsub:PubsubInstance"
+    assert spec.kind == "message" and spec.factory == "conveyor.brokers.pubsub.instance:PubsubInstance"
     assert spec.source_model is PubsubSourceConfig and spec.target_model is PubsubTargetConfig
     with pytest.raises(ValidationError, match="either credentials_file or oauth"):
         PubsubConfig.model_validate({"type": "pubsub", "project": "p", "credentials_file": "/x.json",

@@ -84,7 +84,7 @@ async def test_failed_message_without_dead_letter_is_kept_and_retried(
     import aiohttp
     from aiohttp import web
 
-    from conveyor.brokers import pubsub_source
+    from conveyor.brokers.pubsub import source as pubsub_source
     from tests.servers.ops import daemon_in_process, http_sink
 
     monkeypatch.setattr(pubsub_source, "PARK_SECONDS", 10)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from conveyor.brokers.pubsub import PubsubInstance
-from conveyor.brokers.pubsub_config import PubsubConfig, PubsubSourceConfig
+from conveyor.brokers.pubsub.config import PubsubConfig, PubsubSourceConfig
+from conveyor.brokers.pubsub.instance import PubsubInstance
 from conveyor.errors import NotFound, Transient
 from conveyor.interfaces import Context, Inbound
 from conveyor.payload import Spool
@@ -258,7 +258,7 @@ async def test_reject_without_dead_letter_parks(pubsub_emulator: PubsubEmulator,
     """nack(requeue=False) with no dead-letter policy neither acks (that would delete an
     undelivered message) nor nacks (that would loop): the message is parked, away for
     PARK_SECONDS, then offered again; acked only when the flow finally takes it."""
-    from conveyor.brokers import pubsub_source
+    from conveyor.brokers.pubsub import source as pubsub_source
 
     monkeypatch.setattr(pubsub_source, "PARK_SECONDS", 10)
     emu = pubsub_emulator

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from conveyor.brokers.pubsub import PubsubInstance
-from conveyor.brokers.pubsub_config import PubsubConfig, PubsubTargetConfig
+from conveyor.brokers.pubsub.config import PubsubConfig, PubsubTargetConfig
+from conveyor.brokers.pubsub.instance import PubsubInstance
 from conveyor.errors import NotFound, Rejected
 from conveyor.interfaces import Context
 from conveyor.payload import Body, Payload, Spool

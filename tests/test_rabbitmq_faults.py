@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.brokers.rabbitmq_config import RabbitSourceConfig, RabbitTargetConfig
+from conveyor.brokers.rabbitmq.config import RabbitSourceConfig, RabbitTargetConfig
 from conveyor.errors import Transient
 from conveyor.interfaces import Inbound
 from conveyor.payload import Body, Payload

@@ -14,7 +14,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from conveyor.brokers.rabbitmq_config import RabbitSourceConfig
+from conveyor.brokers.rabbitmq.config import RabbitSourceConfig
 from conveyor.errors import AuthError, NotFound, Transient
 from conveyor.interfaces import Inbound
 from tests.servers.ops import free_port
@@ -333,8 +333,8 @@ async def test_out_of_order_acks_and_rejects_coalesce_safely(rabbit_vhost: Vhost
 
 
 async def test_url_form_of_the_instance(rabbit_vhost: Vhost, tmp_path: Any) -> None:
-    from conveyor.brokers.rabbitmq import RabbitInstance
-    from conveyor.brokers.rabbitmq_config import RabbitConfig
+    from conveyor.brokers.rabbitmq.config import RabbitConfig
+    from conveyor.brokers.rabbitmq.instance import RabbitInstance
     from conveyor.interfaces import Context
     from conveyor.payload import Spool
     from conveyor.status import StatusBoard

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from conveyor.brokers.rabbitmq_config import RabbitConfig, RabbitTargetConfig
+from conveyor.brokers.rabbitmq.config import RabbitConfig, RabbitTargetConfig
 from conveyor.errors import NotFound, Rejected, Transient
 from conveyor.payload import Body, Payload
 from tests.servers.rabbitmq import (

@@ -379,7 +379,7 @@ async def test_publish_queued_on_a_channel_that_closes_is_retried_not_stuck(rabb
     on the channel's lock (as behind one blocked on a dead connection's full write queue) when the
     broker closes the connection. aiormq never wakes it; the target cancels it when its channel
     closes and raises Transient, so the flow retries it on a new connection."""
-    from conveyor.brokers.rabbitmq_config import RabbitTargetConfig
+    from conveyor.brokers.rabbitmq.config import RabbitTargetConfig
     from conveyor.errors import Transient
     from conveyor.payload import Body, Payload
     from tests.servers.rabbitmq import make_instance

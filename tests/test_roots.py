@@ -209,7 +209,7 @@ async def test_root_spellings(server: tuple[str, Any], home_user: HomeUser, tmp_
 
 
 def test_root_tilde_of_another_user_is_refused() -> None:
-    from conveyor.transfer.sftp_config import SftpConfig
+    from conveyor.transfer.sftp.config import SftpConfig
 
     with pytest.raises(ValueError, match="root"):
         SftpConfig.model_validate({"type": "sftp", "host": "h", "username": "u", "password": "p",

@@ -18,9 +18,9 @@ from conveyor.errors import AuthError, HostKeyError, NotFound, Permanent, Reject
 from conveyor.payload import Body, Spool
 from conveyor.status import StatusBoard
 from conveyor.supervisor import retries
-from conveyor.transfer.hostkeys import md5_fp, sha256_fp, sha512_fp
-from conveyor.transfer.sftp import SftpInstance
-from conveyor.transfer.sftp_config import SftpConfig
+from conveyor.transfer.sftp.config import SftpConfig
+from conveyor.transfer.sftp.hostkeys import md5_fp, sha256_fp, sha512_fp
+from conveyor.transfer.sftp.instance import SftpInstance
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
 from tests.backends.sftp import SftpBackend
 from tests.servers.ssh_keys import KeySet

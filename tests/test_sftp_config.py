@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from conveyor.transfer.sftp_config import SftpConfig
+from conveyor.transfer.sftp.config import SftpConfig
 
 BASE: dict[str, Any] = {"type": "sftp", "host": "sftp.example", "username": "acme", "password": "pw",
                         "host_fingerprint": "SHA256:" + "A" * 43}
@@ -37,7 +37,7 @@ def test_registered() -> None:
     from conveyor.registry import all_specs
 
     spec = all_specs()["sftp"]
-    assert spec.kind == "file" and spec.factory == "conveyor.transfer.sftp:SftpInstance"
+    assert spec.kind == "file" and spec.factory == "conveyor.transfer.sftp.instance:SftpInstance"
     assert spec.load_factory().__name__ == "SftpInstance"
 
 

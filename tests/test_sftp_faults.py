@@ -14,8 +14,8 @@ from conveyor.errors import Transient
 from conveyor.payload import Spool, SpoolWriter
 from conveyor.status import StatusBoard
 from conveyor.supervisor import retries
-from conveyor.transfer.sftp import SftpInstance
-from conveyor.transfer.sftp_config import SftpConfig
+from conveyor.transfer.sftp.config import SftpConfig
+from conveyor.transfer.sftp.instance import SftpInstance
 from tests.backends.ftp import FtpBackend
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
 from tests.backends.sftp import SftpBackend

@@ -22,9 +22,9 @@ from conveyor.payload import Body, Payload, Spool
 from conveyor.status import StatusBoard
 from conveyor.targets.directory.config import DirectoryTargetConfig
 from conveyor.targets.directory.target import DirectoryTarget
-from conveyor.transfer import local
-from conveyor.transfer.local import LocalInstance
-from conveyor.transfer.local_config import LocalConfig
+from conveyor.transfer.local import instance as local
+from conveyor.transfer.local.config import LocalConfig
+from conveyor.transfer.local.instance import LocalInstance
 from tests.harness import DaemonProcess, wait_for, write_config
 
 pytestmark = pytest.mark.fault

@@ -17,8 +17,8 @@ from conveyor.status import StatusBoard
 from conveyor.targets.directory.config import DirectoryTargetConfig
 from conveyor.targets.directory.target import DirectoryTarget
 from conveyor.targets.upload import UploadTarget
-from conveyor.transfer.local import LocalInstance
-from conveyor.transfer.local_config import LocalConfig
+from conveyor.transfer.local.config import LocalConfig
+from conveyor.transfer.local.instance import LocalInstance
 
 
 def payload(pid: str, data: bytes, name: str | None = "x.csv") -> Payload:

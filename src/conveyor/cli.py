@@ -208,7 +208,7 @@ async def _ls(config: Any, name: str, path: str, recursive: bool) -> int:
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:
     """``conveyor fingerprint HOST[:PORT]``."""
-    from conveyor.transfer.hostkeys import fingerprint_main
+    from conveyor.transfer.sftp.hostkeys import fingerprint_main
 
     return int(fingerprint_main(args.target))
 

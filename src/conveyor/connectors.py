@@ -4,8 +4,8 @@ These modules hold pydantic models only; protocol libraries are imported by the
 runtime modules, when a config uses them.
 """
 
-import conveyor.brokers.pubsub_config
-import conveyor.brokers.rabbitmq_config
-import conveyor.transfer.ftp_config
-import conveyor.transfer.local_config
-import conveyor.transfer.sftp_config  # noqa: F401
+import conveyor.brokers.pubsub.config
+import conveyor.brokers.rabbitmq.config
+import conveyor.transfer.ftp.config
+import conveyor.transfer.local.config
+import conveyor.transfer.sftp.config  # noqa: F401

@@ -97,8 +97,8 @@ def ftp_instance(config: dict[str, Any], spool_dir: Path, name: str = "ftp-test"
     from conveyor.interfaces import Context
     from conveyor.payload import Spool
     from conveyor.status import StatusBoard
-    from conveyor.transfer.ftp import FtpInstance
-    from conveyor.transfer.ftp_config import FtpConfig
+    from conveyor.transfer.ftp.config import FtpConfig
+    from conveyor.transfer.ftp.instance import FtpInstance
 
     spool = Spool(spool_dir, threshold=1024 * 1024)
     spool.prepare()

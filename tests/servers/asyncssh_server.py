@@ -114,7 +114,7 @@ class AsyncsshSftpServer:
 
     def instance_config(self, **over: Any) -> dict[str, Any]:
         """An sftp instance mapping (password auth, ed25519 fingerprint pinned) with overrides."""
-        from conveyor.transfer.hostkeys import sha256_fp
+        from conveyor.transfer.sftp.hostkeys import sha256_fp
 
         cfg: dict[str, Any] = {
             "type": "sftp", "host": self.host, "port": self.port, "username": USERNAME,

@@ -144,8 +144,8 @@ def make_instance(vhost: Vhost, spool_dir: Any, /, name: str = "mq", threshold: 
     """A RabbitInstance on ``vhost`` with its own status board and spool."""
     from pathlib import Path
 
-    from conveyor.brokers.rabbitmq import RabbitInstance
-    from conveyor.brokers.rabbitmq_config import RabbitConfig
+    from conveyor.brokers.rabbitmq.config import RabbitConfig
+    from conveyor.brokers.rabbitmq.instance import RabbitInstance
     from conveyor.interfaces import Context
     from conveyor.payload import Spool
     from conveyor.status import StatusBoard

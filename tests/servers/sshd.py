@@ -74,7 +74,7 @@ class Sshd:
 
     def instance_config(self, **over: Any) -> dict[str, Any]:
         """An sftp instance mapping (password auth, ed25519 fingerprint pinned) with overrides."""
-        from conveyor.transfer.hostkeys import sha256_fp
+        from conveyor.transfer.sftp.hostkeys import sha256_fp
 
         cfg: dict[str, Any] = {
             "type": "sftp", "host": "127.0.0.1", "port": self.port, "username": USER, "password": PASSWORD,

@@ -18,7 +18,7 @@ from google.auth.credentials import Credentials
 from google.oauth2 import credentials as oauth2_credentials
 from google.oauth2 import service_account
 
-from conveyor.brokers.pubsub_config import PUBSUB_SCOPE, PubsubConfig
+from conveyor.brokers.pubsub.config import PUBSUB_SCOPE, PubsubConfig
 from conveyor.errors import AuthError, ConveyorError, NotFound, Permanent, Rejected, Transient
 from conveyor.redact import redact
 

@@ -1,4 +1,4 @@
-"""Config models of the ``pubsub`` instance type (pydantic only: google-cloud lives in pubsub.py)."""
+"""Config models of the ``pubsub`` instance type (pydantic only: google-cloud lives in the runtime modules)."""
 
 from __future__ import annotations
 
@@ -155,6 +155,6 @@ register(
         instance_model=PubsubConfig,
         source_model=PubsubSourceConfig,
         target_model=PubsubTargetConfig,
-        factory="conveyor.brokers.pubsub:PubsubInstance",
+        factory="conveyor.brokers.pubsub.instance:PubsubInstance",
     )
 )

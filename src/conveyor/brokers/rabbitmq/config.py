@@ -1,4 +1,4 @@
-"""Config models of the ``rabbitmq`` instance type (pydantic only; aio-pika lives in rabbitmq.py)."""
+"""Config models of the ``rabbitmq`` instance type (pydantic only; aio-pika lives in the runtime modules)."""
 
 from __future__ import annotations
 
@@ -181,6 +181,6 @@ register(
         instance_model=RabbitConfig,
         source_model=RabbitSourceConfig,
         target_model=RabbitTargetConfig,
-        factory="conveyor.brokers.rabbitmq:RabbitInstance",
+        factory="conveyor.brokers.rabbitmq.instance:RabbitInstance",
     )
 )

@@ -34,12 +34,12 @@ import aiormq.exceptions as amqp_errors
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from yarl import URL
 
-from conveyor.brokers.rabbitmq_config import RabbitConfig, RabbitSourceConfig, RabbitTargetConfig
+from conveyor.brokers.rabbitmq.config import RabbitConfig, RabbitSourceConfig, RabbitTargetConfig
 from conveyor.errors import AuthError, ConveyorError, NotFound, Permanent, Transient
 
 if TYPE_CHECKING:
-    from conveyor.brokers.rabbitmq_source import RabbitSource
-    from conveyor.brokers.rabbitmq_target import RabbitTarget
+    from conveyor.brokers.rabbitmq.source import RabbitSource
+    from conveyor.brokers.rabbitmq.target import RabbitTarget
     from conveyor.config.base import SourceConfig
     from conveyor.interfaces import Context
 
@@ -260,14 +260,14 @@ class RabbitInstance:
 
     def source(self, flow: str, config: SourceConfig) -> RabbitSource:
         """A consumer of ``config.queue`` for one flow."""
-        from conveyor.brokers.rabbitmq_source import RabbitSource
+        from conveyor.brokers.rabbitmq.source import RabbitSource
 
         assert isinstance(config, RabbitSourceConfig)
         return RabbitSource(self, flow, config)
 
     def target(self, flow: str, config: Any) -> RabbitTarget:
         """A publisher (with confirms) for one flow."""
-        from conveyor.brokers.rabbitmq_target import RabbitTarget
+        from conveyor.brokers.rabbitmq.target import RabbitTarget
 
         assert isinstance(config, RabbitTargetConfig)
         return RabbitTarget(self, flow, config)

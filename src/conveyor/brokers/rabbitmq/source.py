@@ -3,7 +3,7 @@
 The hot path talks to aiormq's channel under aio-pika directly: one small record per message
 (no aio-pika ``IncomingMessage`` wrapper, no extra task per message beyond aiormq's own), and
 acks are coalesced and queued for the writer without waiting for the socket drain
-(:mod:`conveyor.brokers.rabbitmq_settle`). An ack for a message whose
+(:mod:`conveyor.brokers.rabbitmq.settle`). An ack for a message whose
 channel has closed is dropped (the broker redelivers it, and the state store recognises the id):
 an ack sent on any other channel would be a protocol error or, worse, ack someone else's message.
 """
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import aiormq
 from aiormq.abc import DeliveredMessage
 
-from conveyor.brokers.rabbitmq_config import RabbitSourceConfig
-from conveyor.brokers.rabbitmq_settle import Acker
+from conveyor.brokers.rabbitmq.config import RabbitSourceConfig
+from conveyor.brokers.rabbitmq.settle import Acker
 from conveyor.errors import ConveyorError, NoSpace, NotFound, Transient
 from conveyor.interfaces import Inbound
 from conveyor.payload import Body, Payload, stable_id, utc_iso
@@ -31,7 +31,7 @@ from conveyor.payload import Body, Payload, stable_id, utc_iso
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel
 
-    from conveyor.brokers.rabbitmq import RabbitInstance
+    from conveyor.brokers.rabbitmq.instance import RabbitInstance
 
 log = logging.getLogger("conveyor.rabbitmq")
 
@@ -94,7 +94,7 @@ class RabbitSource:
         self._warned = False
 
     def _error(self, e: BaseException) -> ConveyorError:
-        from conveyor.brokers.rabbitmq import map_error
+        from conveyor.brokers.rabbitmq.instance import map_error
 
         return map_error(e, instance=self.instance.name, address=self.instance.address, path=self.config.queue)
 

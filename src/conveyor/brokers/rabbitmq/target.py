@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from conveyor.brokers.rabbitmq_config import RabbitTargetConfig
-from conveyor.brokers.rabbitmq_source import broker_added
+from conveyor.brokers.rabbitmq.config import RabbitTargetConfig
+from conveyor.brokers.rabbitmq.source import broker_added
 from conveyor.errors import NotFound, Rejected, Transient
 from conveyor.names import name_fields
 from conveyor.payload import Payload
@@ -26,7 +26,7 @@ from conveyor.payload import Payload
 if TYPE_CHECKING:
     import aiormq.abc
 
-    from conveyor.brokers.rabbitmq import RabbitInstance
+    from conveyor.brokers.rabbitmq.instance import RabbitInstance
 
 log = logging.getLogger("conveyor.rabbitmq")
 
@@ -58,7 +58,7 @@ class RabbitTarget:
         """Of those, the ones :meth:`_closed` cancelled because their channel closed."""
 
     def _error(self, e: BaseException) -> Exception:
-        from conveyor.brokers.rabbitmq import map_error
+        from conveyor.brokers.rabbitmq.instance import map_error
 
         return map_error(e, instance=self.instance.name, address=self.instance.address, path=self._where)
 

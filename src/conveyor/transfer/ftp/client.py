@@ -13,13 +13,13 @@ The FTP we need — a line protocol with a dozen commands — fits in this modul
 * data channels: a :class:`asyncio.BufferedProtocol` that hands each received block (up to 1 MiB, read
   straight from the socket, or decrypted straight into our buffer by asyncio's SSL transport) to a
   synchronous sink, so a download costs no extra copies and holds at most one buffer in memory;
-* TLS on data channels resumes the control session (:mod:`conveyor.transfer.ftp_tls`) and is started
+* TLS on data channels resumes the control session (:mod:`conveyor.transfer.ftp.tls`) and is started
   *concurrently* with reading the 1xx reply, whichever order the server does things in;
 * uploads read the file in a thread into two reused buffers, one block ahead of the one being sent
   (why not ``loop.sendfile`` for plain FTP is explained at ``FtpInstance._send_file``).
 
 Replies are returned as :class:`Reply`; a 4xx/5xx is raised as :class:`FtpReplyError` and mapped to
-conveyor's error tree by :mod:`conveyor.transfer.ftp`.
+conveyor's error tree by :mod:`conveyor.transfer.ftp.instance`.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.transfer.ftp_config import FtpConfig
-from conveyor.transfer.ftp_data import DataProtocol, abort_transport
-from conveyor.transfer.ftp_listing import parse_epsv, parse_pasv
-from conveyor.transfer.ftp_tls import SessionReusingContext, check_peer, start_data_tls
+from conveyor.transfer.ftp.config import FtpConfig
+from conveyor.transfer.ftp.data import DataProtocol, abort_transport
+from conveyor.transfer.ftp.listing import parse_epsv, parse_pasv
+from conveyor.transfer.ftp.tls import SessionReusingContext, check_peer, start_data_tls
 
 log = logging.getLogger("conveyor.ftp")
 

@@ -1,4 +1,4 @@
-"""Config model of the ``ftp`` instance type: FTP and FTPS (pydantic only; the client lives in ftp.py)."""
+"""Config model of the ``ftp`` instance type: FTP and FTPS (pydantic only; the client lives in client.py)."""
 
 from __future__ import annotations
 
@@ -128,6 +128,6 @@ register(
         instance_model=FtpConfig,
         source_model=FileSourceConfig,
         target_model=FileTargetConfig,
-        factory="conveyor.transfer.ftp:FtpInstance",
+        factory="conveyor.transfer.ftp.instance:FtpInstance",
     )
 )

@@ -1,9 +1,9 @@
 """The ``ftp`` instance: an FTP or FTPS server as a :class:`~conveyor.interfaces.FileSystem`.
 
-The protocol client is :mod:`conveyor.transfer.ftp_client` (why conveyor has its own rather than
-aioftp is explained there), TLS session reuse is :mod:`conveyor.transfer.ftp_tls`, listings are
-parsed by :mod:`conveyor.transfer.ftp_listing` and connections pooled by
-:mod:`conveyor.transfer.ftp_pool`. This module maps FTP operations onto the FileSystem seam and
+The protocol client is :mod:`conveyor.transfer.ftp.client` (why conveyor has its own rather than
+aioftp is explained there), TLS session reuse is :mod:`conveyor.transfer.ftp.tls`, listings are
+parsed by :mod:`conveyor.transfer.ftp.listing` and connections pooled by
+:mod:`conveyor.transfer.ftp.pool`. This module maps FTP operations onto the FileSystem seam and
 every failure onto conveyor's error tree. The root may be relative to the folder the login lands
 in, so absolute paths are built inside operations, on a logged-in connection (see ``FtpPool.root``).
 """
@@ -33,12 +33,12 @@ from conveyor.errors import (
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.netloc import hostport
 from conveyor.payload import Body, SpoolWriter
-from conveyor.transfer.ftp_client import FtpConnection, FtpReplyError
-from conveyor.transfer.ftp_config import FtpConfig
-from conveyor.transfer.ftp_data import DataProtocol
-from conveyor.transfer.ftp_listing import Entry, is_fragment, parse_list_line, parse_mlsd_line, parse_mlsx_time
-from conveyor.transfer.ftp_pool import FtpPool
-from conveyor.transfer.ftp_tls import describe_verify_error
+from conveyor.transfer.ftp.client import FtpConnection, FtpReplyError
+from conveyor.transfer.ftp.config import FtpConfig
+from conveyor.transfer.ftp.data import DataProtocol
+from conveyor.transfer.ftp.listing import Entry, is_fragment, parse_list_line, parse_mlsd_line, parse_mlsx_time
+from conveyor.transfer.ftp.pool import FtpPool
+from conveyor.transfer.ftp.tls import describe_verify_error
 from conveyor.transfer.remote_root import join_root
 from conveyor.transfer.tempname import temp_key, temp_name
 

@@ -11,9 +11,9 @@ from typing import TypeVar
 
 from conveyor.errors import ConveyorError, Permanent
 from conveyor.status import StatusBoard
-from conveyor.transfer.ftp_client import FtpConnection, Stale
-from conveyor.transfer.ftp_config import FtpConfig
-from conveyor.transfer.ftp_tls import SessionReusingContext, make_context
+from conveyor.transfer.ftp.client import FtpConnection, Stale
+from conveyor.transfer.ftp.config import FtpConfig
+from conveyor.transfer.ftp.tls import SessionReusingContext, make_context
 from conveyor.transfer.remote_root import fixed_root, resolve_root
 
 log = logging.getLogger("conveyor.ftp")

@@ -26,7 +26,7 @@ import ssl
 from typing import Any
 
 from conveyor.errors import HostKeyError, Permanent
-from conveyor.transfer.ftp_config import FtpConfig
+from conveyor.transfer.ftp.config import FtpConfig
 
 log = logging.getLogger("conveyor.ftp")
 

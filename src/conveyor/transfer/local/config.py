@@ -26,5 +26,5 @@ class LocalConfig(InstanceConfig):
 
 register(ConnectorSpec(
     type="local", kind="file", instance_model=LocalConfig, source_model=FileSourceConfig,
-    target_model=FileTargetConfig, factory="conveyor.transfer.local:LocalInstance",
+    target_model=FileTargetConfig, factory="conveyor.transfer.local.instance:LocalInstance",
 ))

@@ -15,7 +15,7 @@ from conveyor.batched import BatchedThread, ThreadCalls
 from conveyor.errors import NoSpace, NotFound, Permanent, Rejected, Transient
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.payload import Body, SpoolWriter, disk_full, remove_files
-from conveyor.transfer.local_config import LocalConfig
+from conveyor.transfer.local.config import LocalConfig
 
 _BATCH = 1000
 

@@ -1,4 +1,4 @@
-"""Config model of the ``sftp`` instance type (pydantic only; asyncssh lives in sftp.py)."""
+"""Config model of the ``sftp`` instance type (pydantic only; asyncssh lives in pool.py and instance.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceCon
 from conveyor.config.types import Duration, Secret
 from conveyor.netloc import hostport
 from conveyor.registry import ConnectorSpec, register
-from conveyor.transfer.hostkeys import Fingerprint, parse_fingerprint
 from conveyor.transfer.remote_root import ROOT_HELP, normalise_root
+from conveyor.transfer.sftp.hostkeys import Fingerprint, parse_fingerprint
 
 
 def _valid_fingerprint(text: str) -> str:
@@ -122,6 +122,6 @@ register(
         instance_model=SftpConfig,
         source_model=FileSourceConfig,
         target_model=FileTargetConfig,
-        factory="conveyor.transfer.sftp:SftpInstance",
+        factory="conveyor.transfer.sftp.instance:SftpInstance",
     )
 )

@@ -25,8 +25,8 @@ from conveyor.errors import ConveyorError, NoSpace, NotFound, Permanent, Rejecte
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.payload import Body, SpoolWriter
 from conveyor.transfer.remote_root import join_root
-from conveyor.transfer.sftp_config import SftpConfig
-from conveyor.transfer.sftp_pool import Session, SftpPool, is_connection_error
+from conveyor.transfer.sftp.config import SftpConfig
+from conveyor.transfer.sftp.pool import Session, SftpPool, is_connection_error
 from conveyor.transfer.tempname import temp_key, temp_name
 
 log = logging.getLogger("conveyor.sftp")

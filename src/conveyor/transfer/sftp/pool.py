@@ -21,9 +21,9 @@ import asyncssh
 from conveyor._compat import asyncssh as ssh_compat
 from conveyor.errors import AuthError, ConveyorError, HostKeyError, Permanent, Transient
 from conveyor.supervisor import CONNECT_BACKOFF, retrying
-from conveyor.transfer.hostkeys import KEY_FAMILIES, describe_key, family_of, server_key_families, sha256_fp
 from conveyor.transfer.remote_root import fixed_root, resolve_root
-from conveyor.transfer.sftp_config import SftpConfig
+from conveyor.transfer.sftp.config import SftpConfig
+from conveyor.transfer.sftp.hostkeys import KEY_FAMILIES, describe_key, family_of, server_key_families, sha256_fp
 
 if TYPE_CHECKING:
     from conveyor.status import StatusBoard

@@ -1,0 +1,1 @@
+"""The Google Cloud Pub/Sub connector: config, credentials, client, source and target."""

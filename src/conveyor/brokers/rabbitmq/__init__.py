@@ -1,0 +1,1 @@
+"""The RabbitMQ connector (aio-pika): config, connection, source, target and settlement."""

@@ -1,0 +1,1 @@
+"""The local folder connector: config and the file system."""

@@ -1,0 +1,1 @@
+"""The SFTP connector (asyncssh): config, connection pool, host keys and the file system."""
