@@ -23,6 +23,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 
 from conveyor.brokers.rabbitmq.config import RabbitSourceConfig
+from conveyor.brokers.rabbitmq.errors import map_error
 from conveyor.brokers.rabbitmq.settle import Acker
 from conveyor.errors import ConveyorError, NoSpace, NotFound, Transient
 from conveyor.interfaces import Inbound
@@ -94,8 +95,6 @@ class RabbitSource:
         self._warned = False
 
     def _error(self, e: BaseException) -> ConveyorError:
-        from conveyor.brokers.rabbitmq.instance import map_error
-
         return map_error(e, instance=self.instance.name, address=self.instance.address, path=self.config.queue)
 
     async def _setup(self) -> AbstractChannel:

@@ -18,6 +18,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from conveyor.brokers.rabbitmq.config import RabbitTargetConfig
+from conveyor.brokers.rabbitmq.errors import map_error
 from conveyor.brokers.rabbitmq.source import broker_added
 from conveyor.errors import NotFound, Rejected, Transient
 from conveyor.names import name_fields
@@ -58,8 +59,6 @@ class RabbitTarget:
         """Of those, the ones :meth:`_closed` cancelled because their channel closed."""
 
     def _error(self, e: BaseException) -> Exception:
-        from conveyor.brokers.rabbitmq.instance import map_error
-
         return map_error(e, instance=self.instance.name, address=self.instance.address, path=self._where)
 
     async def _channel(self) -> aiormq.abc.AbstractChannel:
