@@ -1,4 +1,4 @@
-"""Credentials for the ``pubsub`` instance type, and the one place google errors become conveyor errors.
+"""Credentials for the ``pubsub`` instance type.
 
 Three ways to authenticate, as the config allows: a service-account key file, OAuth 2 user
 credentials (client id + secret + refresh token from an authorisation-code grant) that
@@ -9,17 +9,15 @@ fix and never holds a secret.
 
 from __future__ import annotations
 
-import concurrent.futures
-
 import google.auth
 import google.auth.exceptions
-from google.api_core import exceptions as gexc
 from google.auth.credentials import Credentials
 from google.oauth2 import credentials as oauth2_credentials
 from google.oauth2 import service_account
 
 from conveyor.brokers.pubsub.config import PUBSUB_SCOPE, PubsubConfig
-from conveyor.errors import AuthError, ConveyorError, NotFound, Permanent, Rejected, Transient
+from conveyor.brokers.pubsub.errors import short_error as _short
+from conveyor.errors import AuthError, Transient
 from conveyor.redact import redact
 
 
@@ -95,36 +93,6 @@ def refresh_message(cfg: PubsubConfig, e: google.auth.exceptions.RefreshError) -
     return _scrub(cfg, f"{what}: {detail}: {hint}")
 
 
-def map_error(name: str, e: BaseException, *, path: str | None = None, publishing: bool = False) -> ConveyorError:
-    """The conveyor error for a google-cloud exception, at the boundary, with instance and resource."""
-    if isinstance(e, ConveyorError):
-        return e
-    msg = _short(e)
-    if isinstance(e, google.auth.exceptions.RefreshError):
-        return AuthError(f"token refresh refused: {msg}", instance=name, path=path)
-    if isinstance(e, google.auth.exceptions.DefaultCredentialsError):
-        return AuthError(msg, instance=name, path=path)
-    if isinstance(e, gexc.NotFound):
-        return NotFound(f"not found: {msg}", instance=name, path=path)
-    if isinstance(e, gexc.PermissionDenied | gexc.Forbidden):
-        return AuthError(f"permission denied: {msg}", instance=name, path=path)
-    if isinstance(e, gexc.Unauthenticated | gexc.Unauthorized):
-        return AuthError(f"credentials refused: {msg}", instance=name, path=path)
-    if isinstance(e, gexc.InvalidArgument | gexc.FailedPrecondition):
-        cls = Rejected if publishing else Permanent
-        return cls(f"refused: {msg}", instance=name, path=path)
-    if isinstance(e, gexc.GoogleAPICallError | gexc.RetryError | google.auth.exceptions.TransportError):
-        return Transient(msg, instance=name, path=path)
-    if isinstance(e, TimeoutError | concurrent.futures.TimeoutError | ConnectionError):
-        return Transient(f"timed out or disconnected: {msg}", instance=name, path=path)
-    return Transient(f"unexpected {type(e).__name__}: {msg}", instance=name, path=path)
-
-
-def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return redact(text[:300])
-
-
 def _scrub(cfg: PubsubConfig, text: str) -> str:
     """Mask this instance's secrets even when they were never registered with the redactor."""
     for secret in cfg.secrets():
@@ -132,9 +100,4 @@ def _scrub(cfg: PubsubConfig, text: str) -> str:
     return redact(text)
 
 
-def short_error(e: BaseException) -> str:
-    """One line for logs: the exception's text, redacted and cut short."""
-    return _short(e)
-
-
-__all__ = ["build_credentials", "map_error", "refresh", "refresh_message", "short_error"]
+__all__ = ["build_credentials", "refresh", "refresh_message"]

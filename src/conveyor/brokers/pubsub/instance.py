@@ -1,10 +1,10 @@
 """The ``pubsub`` instance: Google Cloud Pub/Sub clients, shared by a flow's source and target.
 
-This is the module that imports google-cloud (with auth.py and source.py); the
+This is the module that imports google-cloud (with auth.py, errors.py and source.py); the
 registry imports it only when a config uses ``type: pubsub``. Clients are built lazily on
 first use, in a thread (Application Default Credentials may probe the metadata server).
 Every blocking client call runs in a thread with the instance's ``timeout``; every google
-exception is mapped by :func:`~conveyor.brokers.pubsub.auth.map_error`.
+exception is mapped by :func:`~conveyor.brokers.pubsub.errors.map_error`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
-from conveyor.brokers.pubsub.auth import build_credentials, map_error, refresh, short_error
+from conveyor.brokers.pubsub.auth import build_credentials, refresh
 from conveyor.brokers.pubsub.config import PubsubConfig, PubsubSourceConfig, PubsubTargetConfig
+from conveyor.brokers.pubsub.errors import map_error, short_error
 from conveyor.brokers.pubsub.source import PubsubSource
 from conveyor.config.base import SourceConfig
 from conveyor.errors import AuthError, ConveyorError, NotFound, Permanent, Rejected

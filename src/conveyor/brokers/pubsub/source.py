@@ -40,8 +40,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
 from conveyor._compat import pubsub as pubsub_compat
-from conveyor.brokers.pubsub.auth import map_error, short_error
 from conveyor.brokers.pubsub.config import PubsubSourceConfig
+from conveyor.brokers.pubsub.errors import map_error, short_error
 from conveyor.errors import ConveyorError, NotFound, Transient
 from conveyor.interfaces import Inbound
 from conveyor.payload import Body, Payload, utc_iso
