@@ -63,10 +63,14 @@ def get(type_name: str) -> ConnectorSpec:
     return _REGISTRY[type_name]
 
 
+BUILT_IN_CONNECTORS = "conveyor.connectors"
+"""The module whose import registers the built-in instance types. Loaded by name, like a
+factory: the connectors' config modules import the registry, so it must not import them."""
+
+
 def all_specs() -> dict[str, ConnectorSpec]:
     """Every registered connector, loading the built-in ones first."""
-    import conveyor.connectors  # noqa: F401  (registers the built-in connector types)
-
+    importlib.import_module(BUILT_IN_CONNECTORS)
     return dict(_REGISTRY)
 
 
