@@ -13,19 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor import __version__
-
-EXAMPLE = Path("config") / "conveyor.example.yaml"
-
-
-def default_config() -> Path:
-    """``./conveyor.yaml`` when present, else the example shipped in ``config/``."""
-    here = Path("conveyor.yaml")
-    if here.exists():
-        return here
-    if EXAMPLE.exists():
-        return EXAMPLE
-    repo = Path(__file__).resolve().parents[2] / EXAMPLE  # a source checkout, run from elsewhere
-    return repo if repo.exists() else here
+from conveyor.config_path import default_config
 
 
 def _parser() -> argparse.ArgumentParser:

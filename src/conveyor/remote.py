@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from conveyor.config_path import default_config
 from conveyor.netloc import hostport
 
 DEFAULT_URL = "http://127.0.0.1:8470"
@@ -56,8 +57,6 @@ def base_url(args: argparse.Namespace) -> str:
         return (url if "://" in url else "http://" + url).rstrip("/")
     path = getattr(args, "config", None)
     if path is None:
-        from conveyor.cli import default_config
-
         candidate = default_config()
         path = candidate if candidate.exists() else None
     if path is not None:
