@@ -111,13 +111,3 @@ class SharesClaims(Protocol):
     shared: bool
     """Whether several processes use this store at once."""
 
-
-def open_store(url: str, owner: str) -> StateStore:
-    """The store for a ``state:`` value: a path (SQLite) or a ``postgresql://`` URL."""
-    if url.startswith(("postgresql://", "postgres://")):
-        from conveyor.state.postgres import PostgresStore
-
-        return PostgresStore(url, owner)
-    from conveyor.state.sqlite import SqliteStore
-
-    return SqliteStore(url, owner)
