@@ -1,4 +1,4 @@
-"""The health HTTP server (SPEC section 7): /healthz, /readyz, /status, /metrics and the ledger.
+"""The health HTTP server: /healthz, /readyz, /status, /metrics and the ledger.
 
 The server has a thread and an event loop of its own, so a daemon loop that is busy moving
 a thousand payloads a second (or stuck) does not delay /healthz. Everything that reads
@@ -13,24 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from conveyor import __version__
+from conveyor.health_app import DAEMON_KEY, SERVER_KEY, DaemonView, json_response
 from conveyor.health_ledger import add_ledger_routes
 from conveyor.metrics import Metrics
 from conveyor.netloc import hostport
-from conveyor.redact import redact
-
-if TYPE_CHECKING:
-    from conveyor.daemon import Daemon
 
 log = logging.getLogger("conveyor.health")
 
@@ -43,9 +38,6 @@ LAG_MEMORY = 30.0
 
 T = TypeVar("T")
 
-DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
-SERVER_KEY: web.AppKey[HealthServer] = web.AppKey("health")
-
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) → (host, port)."""
@@ -56,19 +48,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def json_response(doc: Any, status: int = 200) -> web.Response:
-    """A JSON answer; the text is redacted as a last guard, whatever fed the document."""
-    return web.Response(text=redact(json.dumps(doc, ensure_ascii=False, default=str)), status=status,
-                        content_type="application/json")
-
-
 class HealthServer:
     """Daemon add-on: the aiohttp server on ``health.listen`` plus the metrics exporter."""
 
     def __init__(self, listen: str, *, stall_after: float = STALL_AFTER) -> None:
         self.host, self.port = parse_listen(listen)
         self.stall_after = stall_after
-        self.daemon: Daemon | None = None
+        self.daemon: DaemonView | None = None
         self.metrics: Metrics | None = None
         self.started = False
         self.stopping = False
@@ -102,7 +88,7 @@ class HealthServer:
         add_ledger_routes(app)
         return app
 
-    async def start(self, daemon: Daemon) -> None:
+    async def start(self, daemon: DaemonView) -> None:
         """Start the server thread and bind the port (a busy port is a fatal start error)."""
         self.daemon = daemon
         self._main = asyncio.get_running_loop()
@@ -268,16 +254,3 @@ class HealthServer:
 async def _call(fn: Callable[[], T]) -> T:
     """A coroutine that calls ``fn`` (to run a plain function on the daemon loop)."""
     return fn()
-
-
-def peer_is_local(remote: str | None) -> bool:
-    """True for 127.0.0.1 and ::1 (also IPv4-mapped) — not the rest of 127/8 (README, "Who may change the ledger")."""
-    if not remote:
-        return False
-    try:
-        ip = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip in (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1"))

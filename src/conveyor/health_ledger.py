@@ -10,12 +10,11 @@ import hmac
 import json
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from conveyor.daemon import Daemon
+from conveyor.health_app import DAEMON_KEY, SERVER_KEY, DaemonView, json_response, peer_is_local
 
 T = TypeVar("T")
 
@@ -23,22 +22,16 @@ STATES = ("pending", "in_flight", "delivered", "failed")
 MAX_LIMIT = 1000
 
 
-def _daemon(request: web.Request) -> Daemon:
-    from conveyor.health import DAEMON_KEY
-
+def _daemon(request: web.Request) -> DaemonView:
     return request.app[DAEMON_KEY]
 
 
 async def _on_daemon_loop(request: web.Request, coro: Coroutine[Any, Any, T]) -> T:
     """Store calls belong to the daemon's loop; handlers run in the server thread."""
-    from conveyor.health import SERVER_KEY
-
     return await request.app[SERVER_KEY].on_daemon_loop(coro)
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
-    from conveyor.health import json_response
-
     return json_response(doc, status)
 
 
@@ -69,8 +62,6 @@ def _int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
 
 def authorised(request: web.Request) -> bool:
     """Loopback peer, or the configured bearer token."""
-    from conveyor.health import peer_is_local
-
     if peer_is_local(request.remote):
         return True
     token = _daemon(request).config.health.token
@@ -111,7 +102,7 @@ async def _act(request: web.Request, action: str) -> web.Response:
     return _json(doc, status)
 
 
-async def _apply(daemon: Daemon, flow: str, pid: str, action: str) -> tuple[int, dict[str, Any]]:
+async def _apply(daemon: DaemonView, flow: str, pid: str, action: str) -> tuple[int, dict[str, Any]]:
     """Retry or forget one item (on the daemon loop); the HTTP status and answer."""
     store = daemon.store
     item = (await store.get_many(flow, [pid])).get(pid)

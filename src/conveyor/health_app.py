@@ -1,0 +1,90 @@
+"""What the health server and its ledger routes share: the application keys, the view of the
+daemon they read, JSON answers and the loopback check. Neither imports the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from aiohttp import web
+
+from conveyor.redact import redact
+
+if TYPE_CHECKING:
+    from conveyor.config.schema import Config
+    from conveyor.state.base import StateStore
+    from conveyor.status import StatusBoard
+
+T = TypeVar("T")
+
+
+class FlowView(Protocol):
+    """What the health server uses of one running flow."""
+
+    @property
+    def forgotten(self) -> Callable[[str], None]:
+        """Tells the flow's source that the ledger forgot an item, so that it lists it afresh."""
+        ...
+
+
+class DaemonView(Protocol):
+    """What the health server and the ledger routes read of the daemon."""
+
+    @property
+    def config(self) -> Config:
+        """The loaded config."""
+        ...
+
+    @property
+    def owner(self) -> str:
+        """This replica's name."""
+        ...
+
+    @property
+    def status(self) -> StatusBoard:
+        """The status board of flows and instances."""
+        ...
+
+    @property
+    def store(self) -> StateStore:
+        """The state store (its calls belong to the daemon's loop)."""
+        ...
+
+    @property
+    def flows(self) -> Mapping[str, tuple[FlowView, asyncio.Task[None]]]:
+        """Each running flow and its task."""
+        ...
+
+
+class DaemonLoop(Protocol):
+    """The server's way onto the daemon's event loop, from its own thread."""
+
+    async def on_daemon_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the daemon's loop and wait for it."""
+        ...
+
+
+DAEMON_KEY: web.AppKey[DaemonView] = web.AppKey("daemon")
+SERVER_KEY: web.AppKey[DaemonLoop] = web.AppKey("health")
+
+
+def json_response(doc: Any, status: int = 200) -> web.Response:
+    """A JSON answer; the text is redacted as a last guard, whatever fed the document."""
+    return web.Response(text=redact(json.dumps(doc, ensure_ascii=False, default=str)), status=status,
+                        content_type="application/json")
+
+
+def peer_is_local(remote: str | None) -> bool:
+    """True for 127.0.0.1 and ::1 (also IPv4-mapped) — not the rest of 127/8 (README, "Who may change the ledger")."""
+    if not remote:
+        return False
+    try:
+        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip in (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1"))
