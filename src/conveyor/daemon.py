@@ -87,11 +87,9 @@ def make_addons(config: Config) -> list[Addon]:
 
 
 GC_THRESHOLD = (50_000, 10, 10)
-"""The cyclic collector's thresholds while the daemon runs. Python's default (700, 10, 10)
-ran a young-generation pass every few messages: on a Pub/Sub → directory flow ``perf``
-found 8 % of the daemon's samples in the collector, and these thresholds took a fifth or
-more off its CPU per message. Cycles are still collected, in passes a seventieth as
-frequent, each over at most 50,000 young objects."""
+"""The cyclic collector's thresholds while the daemon runs: Python's default (700, 10, 10) runs a
+young-generation pass every few messages, a cost per message that finds few cycles. Cycles are still
+collected, each pass over at most 50,000 young objects (see docs/performance-notes.md)."""
 
 
 @contextlib.contextmanager

@@ -31,9 +31,8 @@ def utc_iso(ts: float | datetime | None = None) -> str:
         if ts.tzinfo is None:  # naive: local time, as astimezone() takes it
             return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         ts = ts.timestamp()  # exact to well under a microsecond, which the rounding below restores
-    # Twice per file on the event loop (received_at, the file's mtime): by hand, with the
-    # seconds' text reused, it costs a third of datetime's way. The rounding is datetime's
-    # (to the microsecond, half to even), then truncated to milliseconds as isoformat does.
+    # By hand, reusing the seconds' text: this runs twice per file on the event loop. The rounding
+    # is datetime's (microseconds, half to even), then truncated to milliseconds as isoformat does.
     frac, whole = math.modf(time.time() if ts is None else ts)
     sec, us = int(whole), round(frac * 1e6)
     if us >= 1_000_000:
@@ -331,7 +330,7 @@ class Payload:
     content_type: str = "application/octet-stream"
 
     async def metadata(self) -> dict[str, Any]:
-        """The metadata document of SPEC section 5."""
+        """The metadata document every target delivers beside the body (id, flow, source, size, sha256...)."""
         return self.metadata_with(await self.body.digest())
 
     def metadata_with(self, sha256: str) -> dict[str, Any]:

@@ -58,9 +58,8 @@ class Backoff:
         try:
             d = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
         except OverflowError:
-            # 2.0 ** 1024 overflows a float: a flow with a patient retry policy (attempts in the
-            # thousands) used to crash its delivery here after ~1025 tries, leaving the item in
-            # flight and its message unacked; a source failing that often killed its supervisor.
+            # 2.0 ** 1024 overflows a float: a retry policy with attempts in the thousands must
+            # keep waiting the longest delay, not crash the delivery or the source's supervisor.
             d = self.maximum
         return d * (1 - self.jitter) + random.random() * d * self.jitter
 
@@ -175,8 +174,8 @@ def _raise_if_cancelling(e: Exception) -> None:
 
     A library (or a careless ``except BaseException``) can catch the CancelledError that stops
     a flow and raise something else instead. Retrying would then keep the flow alive after
-    SIGTERM until systemd's kill: once a daemon hung 30 s that way. The task still counts the
-    request (``cancelling()``), so the supervisor re-raises it.
+    SIGTERM until systemd kills it. The task still counts the request (``cancelling()``), so
+    the supervisor re-raises it.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():

@@ -18,7 +18,7 @@ _SIZE_UNITS = {
 
 def parse_duration(value: Any) -> float:
     """Parse ``500ms``, ``10s``, ``5m``, ``1h``, ``1d`` into seconds. A bare number is refused:
-    ``timeout: 10`` could mean seconds or milliseconds, and guessing is how 3 a.m. incidents start."""
+    ``timeout: 10`` could mean seconds or milliseconds, and a wrong guess fails only in production."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '10s'")
     if isinstance(value, (int, float)):
