@@ -39,7 +39,7 @@ def parse_tls_fingerprint(value: str) -> str:
 class FtpConfig(InstanceConfig):
     """An FTP or FTPS server: the fields a Patchworks FTP instance has, plus TLS details and pooling.
 
-    ``ignore_passive_address`` defaults to false, unlike the seed's form (whose text says "true means
+    ``ignore_passive_address`` defaults to false, unlike Patchworks' form (whose text says "true means
     active mode" and mixes two settings): here passive mode is ``passive``, and
     ``ignore_passive_address: true`` only replaces the address a PASV reply announces with ``host``.
     """
@@ -51,7 +51,7 @@ class FtpConfig(InstanceConfig):
     password: Secret | None = Field(None, description="password")
     tls: Literal["none", "explicit", "implicit"] = Field(
         "none",
-        description="none | explicit (AUTH TLS on the control port, the seed's `SSL: true`) | "
+        description="none | explicit (AUTH TLS on the control port, Patchworks' `SSL: true`) | "
         "implicit (TLS from the first byte, usually port 990); data channels are encrypted too (PROT P)",
     )
     tls_verify: bool = Field(
@@ -82,7 +82,7 @@ class FtpConfig(InstanceConfig):
     @model_validator(mode="before")
     @classmethod
     def _seed_ssl_flag(cls, data: Any) -> Any:
-        # The seed's FTP instance has `SSL: true`: accept `ssl: true|false` as tls explicit|none.
+        # A Patchworks FTP instance has `SSL: true`: accept `ssl: true|false` as tls explicit|none.
         if isinstance(data, dict) and "ssl" in data:
             data = dict(data)
             ssl = data.pop("ssl")

@@ -282,23 +282,14 @@ class FtpInstance:
     async def _send_file(self, path: Path, proto: DataProtocol, tls: bool) -> None:
         """Send a file: read (in a thread) into two reused buffers in turn, one block ahead of the send.
 
-        Plain FTP: why not ``loop.sendfile`` (zero copy, used here before)? Against vsftpd on
-        loopback it reached a median 0.77-0.87x curl's upload rate where this reached 0.85-0.95x
-        in the same runs (12 alternating rounds each, a loaded 2-core machine). With sendfile the
-        socket carries references to page-cache pages no CPU has touched lately, so the *receiver*
-        pays for the cold memory reads (vsftpd used ~0.8 ms CPU/MiB instead of ~0.6), and the
-        receiver, reading 64 KiB at a time and writing each to disk, is what sets the pace; read +
-        send hands it cache-warm buffers, as curl does. The copy costs this side ~0.15 ms CPU/MiB
-        (0.25 against sendfile's 0.10; curl 0.19): over a real network sendfile would save that,
-        but 0.15 s of CPU per GiB is small next to the rest. The transport's write buffer limit is
-        zero for plain uploads (see ``FtpConnection.transfer``): what the socket takes at once goes
-        straight from our buffer, and drain() returns only once the transport holds nothing more,
-        so a buffer is refilled only after all of it was sent, whether or not the transport copied it.
+        Plain FTP: not ``loop.sendfile``: it hands the receiver page-cache pages no CPU touched
+        lately, and the receiver sets the pace; read + send gives it cache-warm buffers, as curl does.
+        The write buffer limit is zero for plain uploads (see ``FtpConnection.transfer``), so a buffer
+        is refilled only once all of it was sent, whether or not the transport copied it.
 
-        FTPS: each :data:`TLS_SLICE` is copied (asyncio's TLS transport may keep a reference to
-        what it has not encrypted yet) and written with a 1 MiB write buffer limit. Fresh 2 MiB
-        blocks per read (``fh.read``) and a 4 MiB limit cost 1.33 ms CPU/MiB, a third of it page
-        faults from allocating and freeing big buffers; this costs ~0.6 (curl ~0.45).
+        FTPS: each :data:`TLS_SLICE` is copied (asyncio's TLS transport may keep a reference to what it
+        has not encrypted yet) and written with a 1 MiB write buffer limit; reused buffers avoid the
+        page faults of allocating big ones per read. Measurements: docs/performance-notes.md.
         """
         t = self.config.timeout
         transport = proto.transport

@@ -35,7 +35,7 @@ class LocalInstance:
 
     def _abs(self, path: str) -> str:
         # A string, not a Path: this runs on the event loop twice per file (read, after action),
-        # and pathlib's parsing cost more than the rest of the local source's per-file work.
+        # where pathlib's parsing would be the largest part of the source's per-file work.
         # Config paths are trusted, remote names are checked by the core; this is the last guard.
         if ".." in path.split("/"):
             raise Permanent(f"path {path!r} leaves the instance root", instance=self.name, path=path)

@@ -1,6 +1,6 @@
 """SSH host keys: fingerprint forms, matching, and asking a server which keys it has.
 
-Accepted ``host_fingerprint`` forms (SPEC 4.1), all over the base64-decoded key blob:
+Accepted ``host_fingerprint`` forms, all over the base64-decoded key blob:
 
 - ``SHA256:<base64>`` as ``ssh-keygen -l`` prints it (padding optional)
 - MD5: 32 hex digits, colons optional, ``MD5:`` prefix optional

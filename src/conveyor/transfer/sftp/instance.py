@@ -34,14 +34,11 @@ log = logging.getLogger("conveyor.sftp")
 BLOCK = 256 * 1024
 """Bytes per SFTP read/write request (capped by the server's advertised limits)."""
 WINDOW = 16
-"""SFTP read requests kept outstanding per download: 4 MiB in flight. With 64 (16 MiB, filling
-the 16 MiB SSH window) OpenSSH's sshd + sftp-server spent 1.3-1.9 ms of CPU per MiB serving
-them, against 0.8-0.9 for OpenSSH's own client, whose 2 MiB channel window keeps the server's
-buffers small; with 16 it spends 0.85-0.95 (loopback, same cipher, runs interleaved). On a
-high-latency link 4 MiB per round trip is still twice what OpenSSH's window lets through."""
+"""SFTP read requests kept outstanding per download: 4 MiB in flight. More makes the server spend
+more CPU per MiB (its buffers grow); 4 MiB per round trip is still twice OpenSSH's own window."""
 WRITE_WINDOW = 16
 """SFTP write requests kept outstanding per upload: 4 MiB already exceeds the SSH window OpenSSH
-grants (2 MiB); more would only queue in asyncssh's send buffer (64 measured +35 MiB RSS)."""
+grants (2 MiB); more would only queue, in memory, in asyncssh's send buffer."""
 
 T = TypeVar("T")
 
