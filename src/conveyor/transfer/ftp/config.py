@@ -81,7 +81,7 @@ class FtpConfig(InstanceConfig):
 
     @model_validator(mode="before")
     @classmethod
-    def _seed_ssl_flag(cls, data: Any) -> Any:
+    def _patchworks_ssl_flag(cls, data: Any) -> Any:
         # A Patchworks FTP instance has `SSL: true`: accept `ssl: true|false` as tls explicit|none.
         if isinstance(data, dict) and "ssl" in data:
             data = dict(data)
