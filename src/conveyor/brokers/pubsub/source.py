@@ -282,7 +282,7 @@ class PubsubSource:
     async def _nack(self, stream: _Stream, message: Any, requeue: bool) -> None:
         if not requeue and not self.dead_letter:
             # Pub/Sub has no reject. A nack would bring the message straight back, in a loop, and an
-            # ack would delete a message that was never delivered (SPEC: ack only after delivery).
+            # ack would delete a message that was never delivered (a message is acked only once delivered).
             # So it is parked: taken out of our lease management with the longest ack deadline.
             # Pub/Sub offers it again every PARK_SECONDS; while the ledger says failed it is parked
             # again, and once a ledger retry resets it, its next offer is delivered. The
