@@ -33,8 +33,8 @@ from conveyor.targets.fsync import GroupSync
 
 _COUNTER = itertools.count()
 _PID = [os.getpid()]
-"""This process's id for temporary names (``os.getpid`` is a system call; a message paid for
-one), kept right across a fork."""
+"""This process's id for temporary names, kept right across a fork: ``os.getpid`` is a system
+call, too many to make once per message."""
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
 
@@ -58,8 +58,8 @@ class DirectoryTarget:
         self.folder = Path(config.path)
         self.where = f"directory {config.path}"
         self._dir = str(self.folder)
-        """The folder as a string: the per-payload paths below are joined as strings, since
-        pathlib's parsing cost more than the writes' own Python work."""
+        """The folder as a string: per-payload paths are joined as strings, since pathlib's parsing
+        would cost more than the writes' own Python work."""
         self._ready = False
         self._writer: BatchWriter | None = None
 
@@ -149,8 +149,8 @@ class DirectoryTarget:
         sha = _write_body(payload.body, tmp_body)
         payload.body.set_digest(sha)
         if self.config.sidecar:
-            # One line: json's C encoder does not indent, and its Python one cost a tenth of
-            # a small message's whole delivery.
+            # One line: json's C encoder does not indent, and its Python one is slow enough to
+            # weigh on a small message's whole delivery.
             _write(tmp_meta, json.dumps(payload.metadata_with(sha)).encode() + b"\n")
         return True
 

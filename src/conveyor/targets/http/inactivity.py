@@ -1,12 +1,12 @@
 """Inactivity limits for many concurrent requests, watched by one periodic check.
 
-``asyncio.timeout`` arms a timer per request and re-arms it at each sign of progress; at
-thousands of small POSTs a second those timers cost the event loop a tenth of an HTTP
-target's work. Here each request holds a :class:`Guard` whose deadline is a plain float that
-progress moves forward, and one task per :class:`Watchdog` looks at them a few times per
-limit. A request without progress for ``limit`` seconds is cancelled within ``limit +
-limit / 10`` (at most one second late) and :meth:`Guard.expired` turns that cancellation
-into a timeout, as ``asyncio.timeout`` does: a cancellation from anyone else stays one.
+``asyncio.timeout`` arms a timer per request and re-arms it at each sign of progress, a
+cost the event loop pays again and again at thousands of small POSTs a second. Here each
+request holds a :class:`Guard` whose deadline is a plain float that progress moves forward,
+and one task per :class:`Watchdog` looks at them a few times per limit. A request without
+progress for ``limit`` seconds is cancelled within ``limit + limit / 10`` (at most one second
+late) and :meth:`Guard.expired` turns that cancellation into a timeout, as ``asyncio.timeout``
+does: a cancellation from anyone else stays one.
 """
 
 from __future__ import annotations
