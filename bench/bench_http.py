@@ -5,8 +5,8 @@ aiohttp client reads each file and POSTs it with the same concurrency as the flo
 ``max_in_flight``; then the daemon delivers the same files from a local folder to the same
 sink, all appearing at once in its source folder (a backlog). The daemon does more per
 payload (state store claim/deliver/settle, SHA-256 for X-Conveyor-Meta, the after action),
-which is what the ratio prices. A third client, the plain loop plus the per-payload work SPEC
-asks of every such delivery (SHA-256 and metadata headers, the file deleted after the 2xx)
+which is what the ratio prices. A third client, the plain loop plus the per-payload work conveyor
+owes every such delivery (SHA-256 and metadata headers, the file deleted after the 2xx)
 but no ledger, separates the price of that work from conveyor's own.
 
 The daemon runs twice: with ``after: keep`` (the default; the plain loop leaves its files
@@ -99,7 +99,7 @@ PLAIN_HEADERS = {"Content-Type": "application/octet-stream"}
 
 
 def spec_headers(f: Path, data: bytes) -> dict[str, str]:
-    """The per-payload headers SPEC asks of an HTTP delivery: the SHA-256 and metadata document
+    """The per-payload headers every HTTP delivery carries: the SHA-256 and metadata document
     in ``X-Conveyor-Meta``, ``Idempotency-Key`` and ``X-Conveyor-Flow``."""
     meta = {"id": f.name, "flow": "bench", "source": {"instance": "disk", "type": "local"},
             "received_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "size": len(data),
@@ -112,7 +112,7 @@ def spec_headers(f: Path, data: bytes) -> dict[str, str]:
 async def plain_client(files: list[Path], url: str, concurrency: int, *, spec_work: bool = False) -> float:
     """The reference: read each file, POST it, `concurrency` at a time; seconds taken.
 
-    ``spec_work``: also do the per-payload work SPEC asks of any HTTP delivery of a file (the
+    ``spec_work``: also do the per-payload work owed to any HTTP delivery of a file (the
     headers of :func:`spec_headers`, and the source file deleted after the 2xx: ``files`` are
     then hard links made for this run). No ledger: what stays between it and conveyor is the
     state store and the daemon's own machinery."""
@@ -265,7 +265,7 @@ async def run(base: Path, n: int, size: int, concurrency: int, rounds: int) -> l
 
     names = {"plain": f"plain aiohttp client, {n} x {size} B, {concurrency} at a time",
              "alone": "conveyor HttpTarget alone, same bodies, same concurrency",
-             "spec": "plain client + SPEC's per-payload work (SHA-256, headers, delete)",
+             "spec": "plain client + the per-payload work (SHA-256, headers, delete)",
              "keep": f"conveyor local->http, after: keep (the default), max_in_flight {concurrency}",
              "delete": "conveyor local->http, after: delete"}
     rows: list[tuple[str, ...]] = [("measure", "payloads/s (sink)", "ratio (per round)", "ratio (wall)",

@@ -452,8 +452,8 @@ async def test_http_target_down_for_minutes(rabbit_vhost: Vhost, tmp_path: Path)
 
 
 async def test_patient_retry_policy_outlives_float_overflow(tmp_path: Path) -> None:
-    """More than 1024 attempts: Backoff.delay used to raise OverflowError (2.0 ** 1024) in the middle of a
-    delivery, which then neither failed nor released its item. Now the item ends ``failed`` on schedule."""
+    """More than 1024 attempts: 2.0 ** 1024 overflows a float, and Backoff.delay must still give the
+    longest wait, so the delivery neither dies holding its item nor stops: it ends ``failed`` on schedule."""
     assert Backoff(0.001, 0.002).delay(5000) <= 0.002
     disk = tmp_path / "disk"
     (disk / "in").mkdir(parents=True)

@@ -20,7 +20,7 @@ from conveyor.transfer.local.instance import LocalInstance
 
 
 def by_datetime(ts: float) -> str:
-    """What utc_iso was: datetime's rounding and formatting."""
+    """The reference for utc_iso: datetime's rounding and formatting."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

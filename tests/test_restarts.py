@@ -302,8 +302,8 @@ async def test_broker_restart_mid_consume(rabbit_node: RabbitNode, tmp_path: Pat
         assert at < n, "the broker went down mid-stream"
         boot = await asyncio.to_thread(node.start)
         outage = time.monotonic() - t_stop
-        # The durable queue must have come back with the node. Once (a full test run, 2026-11-27) it
-        # did not after a SIGKILL, and conveyor rightly waited on NOT_FOUND: fail here, with the node's log.
+        # The durable queue must come back with the node; a broker that lost it after a SIGKILL
+        # leaves conveyor waiting on NOT_FOUND, so fail here, with the node's log.
         await asyncio.to_thread(node.queue, q)
         await wait_for(lambda: count_bodies(out) == n, 120, 0.2)
         await wait_for(lambda: node.queue(q) == (0, 0), 60, 0.5)
