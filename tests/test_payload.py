@@ -1,8 +1,10 @@
-"""Small pieces of the per-payload path that were rewritten for speed: same answers as before."""
+"""The payload package's public names; small pieces of the per-payload path rewritten for speed."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib
 import json
 import mimetypes
 import random
@@ -11,12 +13,43 @@ from pathlib import Path
 
 import pytest
 
+import conveyor.payload
 from conveyor.errors import NotFound, Permanent
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.payload import utc_iso
 from conveyor.status import StatusBoard
 from conveyor.transfer.local.config import LocalConfig
 from conveyor.transfer.local.instance import LocalInstance
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONCEPTS = {
+    "conveyor.payload.body": {"CHUNK", "Body", "hash_file"},
+    "conveyor.payload.spool": {"Spool", "SpoolWriter", "disk_full", "remove_files"},
+    "conveyor.payload.payload": {"Payload", "stable_id"},
+    "conveyor.payload.timestamps": {"utc_iso"},
+}
+"""Each name of the payload package, by the module of its concept."""
+
+
+def test_the_payload_package_exports_each_name_from_its_concepts_module() -> None:
+    assert set(conveyor.payload.__all__) == set().union(*CONCEPTS.values())
+    for module_name, names in CONCEPTS.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            assert getattr(conveyor.payload, name) is getattr(module, name), f"{module_name}.{name}"
+
+
+def test_every_name_taken_from_the_payload_package_is_exported() -> None:
+    used: dict[str, str] = {}
+    for folder in ("src", "tests", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module == "conveyor.payload":
+                    used.update((a.name, f"{path.relative_to(ROOT)}:{node.lineno}") for a in node.names)
+    assert len(used) > 5, "no imports of conveyor.payload found: the walk is broken"
+    missing = {name: where for name, where in used.items() if name not in conveyor.payload.__all__}
+    assert not missing, missing
 
 
 def by_datetime(ts: float) -> str:

@@ -1,0 +1,53 @@
+"""A payload: one file or message moving through a flow, and its metadata document."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.payload.body import Body
+from conveyor.payload.timestamps import utc_iso
+
+
+@dataclass
+class Payload:
+    """One file or message moving through a flow."""
+
+    id: str
+    flow: str
+    source_instance: str
+    source_type: str
+    body: Body
+    name: str | None = None
+    file: dict[str, Any] | None = None
+    message: dict[str, Any] | None = None
+    received_at: str = field(default_factory=utc_iso)
+    content_type: str = "application/octet-stream"
+
+    async def metadata(self) -> dict[str, Any]:
+        """The metadata document every target delivers beside the body (id, flow, source, size, sha256...)."""
+        return self.metadata_with(await self.body.digest())
+
+    def metadata_with(self, sha256: str) -> dict[str, Any]:
+        """The metadata document, given the body's digest (for callers that hash while copying)."""
+        return {
+            "id": self.id,
+            "flow": self.flow,
+            "source": {"instance": self.source_instance, "type": self.source_type},
+            "received_at": self.received_at,
+            "size": self.body.size,
+            "sha256": sha256,
+            "name": self.name,
+            "file": self.file,
+            "message": self.message,
+        }
+
+
+def stable_id(*parts: object) -> str:
+    """A 32-hex-digit id derived from the parts (file id: instance, path, size, mtime)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
