@@ -157,7 +157,7 @@ async def _ls(config: Any, name: str, path: str, recursive: bool) -> int:
 
     from conveyor.interfaces import Context, FileSystem, Resolves
     from conveyor.names import normal_path
-    from conveyor.payload import Spool
+    from conveyor.payload.spool import Spool
     from conveyor.redact import redact, register_secrets
     from conveyor.registry import all_specs
     from conveyor.status import StatusBoard

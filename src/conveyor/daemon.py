@@ -21,7 +21,7 @@ from conveyor.flows.delivery import Deliverer
 from conveyor.flows.filesource import FileSource, FileSourceDeps
 from conveyor.flows.runner import FlowRunner
 from conveyor.interfaces import BrokerInstance, Context, FileSystem, Instance, Submit, Target
-from conveyor.payload import Spool
+from conveyor.payload.spool import Spool
 from conveyor.redact import redact, register_secrets
 from conveyor.registry import all_specs, target_specs
 from conveyor.state import StateStore, open_store

@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from conveyor.payload import Body, Payload, Spool, SpoolWriter
+from conveyor.payload.body import Body
+from conveyor.payload.payload import Payload
+from conveyor.payload.spool import Spool, SpoolWriter
 
 if TYPE_CHECKING:
     from conveyor.config.base import SourceConfig

@@ -28,7 +28,7 @@ COUNT_LIMIT = 1000
 
 async def preflight(config: Config, out: Callable[[str], None] = print) -> int:
     """Check every instance and every enabled flow, one line each; 2 when anything will fail, else 0."""
-    from conveyor.payload import Spool
+    from conveyor.payload.spool import Spool
     from conveyor.redact import register_secrets
     from conveyor.status import StatusBoard
 

@@ -19,7 +19,7 @@ from typing import Any
 from conveyor.errors import ConveyorError, Permanent
 from conveyor.flows.slots import target_done
 from conveyor.interfaces import Target
-from conveyor.payload import Payload
+from conveyor.payload.payload import Payload
 from conveyor.redact import redact
 from conveyor.state.base import Item, StateStore
 from conveyor.status import StatusBoard

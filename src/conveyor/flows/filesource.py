@@ -24,7 +24,10 @@ from conveyor.errors import Transient
 from conveyor.flows.delivery import Deliverer
 from conveyor.interfaces import FileSystem, OpensInPlace, RemoteFile, Submit
 from conveyor.names import listed_path, normal_path, unsafe_path
-from conveyor.payload import Body, Payload, Spool, stable_id, utc_iso
+from conveyor.payload.body import Body
+from conveyor.payload.payload import Payload, stable_id
+from conveyor.payload.spool import Spool
+from conveyor.payload.timestamps import utc_iso
 from conveyor.redact import redact
 from conveyor.state.base import SharesClaims, StateStore
 from conveyor.status import StatusBoard

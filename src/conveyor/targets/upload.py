@@ -5,7 +5,7 @@ from __future__ import annotations
 from conveyor.config.base import FileTargetConfig
 from conveyor.interfaces import FileSystem
 from conveyor.names import name_fields, render, sanitise
-from conveyor.payload import Payload
+from conveyor.payload.payload import Payload
 
 
 class UploadTarget:

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import os
 
-from conveyor.payload import Body
+from conveyor.payload.body import Body
 
 
 def temp_name(name: str, digest: str) -> str:

@@ -27,7 +27,7 @@ from conveyor.brokers.pubsub.source import PubsubSource
 from conveyor.config.base import SourceConfig
 from conveyor.errors import AuthError, ConveyorError, NotFound, Permanent, Rejected
 from conveyor.interfaces import Context
-from conveyor.payload import Payload
+from conveyor.payload.payload import Payload
 
 log = logging.getLogger("conveyor.pubsub")
 T = TypeVar("T")

@@ -44,7 +44,9 @@ from conveyor.brokers.pubsub.config import PubsubSourceConfig
 from conveyor.brokers.pubsub.errors import map_error, short_error
 from conveyor.errors import ConveyorError, NotFound, Transient
 from conveyor.interfaces import Inbound
-from conveyor.payload import Body, Payload, utc_iso
+from conveyor.payload.body import Body
+from conveyor.payload.payload import Payload
+from conveyor.payload.timestamps import utc_iso
 
 if TYPE_CHECKING:
     from conveyor.brokers.pubsub.instance import PubsubInstance

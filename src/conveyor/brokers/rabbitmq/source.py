@@ -27,7 +27,9 @@ from conveyor.brokers.rabbitmq.errors import map_error
 from conveyor.brokers.rabbitmq.settle import Acker
 from conveyor.errors import ConveyorError, NoSpace, NotFound, Transient
 from conveyor.interfaces import Inbound
-from conveyor.payload import Body, Payload, stable_id, utc_iso
+from conveyor.payload.body import Body
+from conveyor.payload.payload import Payload, stable_id
+from conveyor.payload.timestamps import utc_iso
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel

@@ -22,7 +22,7 @@ from conveyor.brokers.rabbitmq.errors import map_error
 from conveyor.brokers.rabbitmq.source import broker_added
 from conveyor.errors import NotFound, Rejected, Transient
 from conveyor.names import name_fields
-from conveyor.payload import Payload
+from conveyor.payload.payload import Payload
 
 if TYPE_CHECKING:
     import aiormq.abc

@@ -25,7 +25,9 @@ from conveyor.batched import ThreadCalls
 from conveyor.errors import NoSpace, Permanent, Rejected, Transient
 from conveyor.interfaces import Context
 from conveyor.names import name_fields, render, sanitise
-from conveyor.payload import Body, Payload, disk_full, hash_file, remove_files
+from conveyor.payload.body import Body, hash_file
+from conveyor.payload.payload import Payload
+from conveyor.payload.spool import disk_full, remove_files
 from conveyor.targets.directory.config import DirectoryTargetConfig
 from conveyor.targets.directory.writer import BatchWriter
 from conveyor.targets.folders import writable_folder

@@ -34,7 +34,7 @@ from yarl import URL
 from conveyor import __version__
 from conveyor.errors import Rejected, RetryAfter, Transient
 from conveyor.interfaces import Context
-from conveyor.payload import Payload
+from conveyor.payload.payload import Payload
 from conveyor.redact import redact
 from conveyor.targets.http.config import HttpTargetConfig
 from conveyor.targets.http.inactivity import Guard, Watchdog

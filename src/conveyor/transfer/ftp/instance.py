@@ -32,7 +32,8 @@ from conveyor.errors import (
 )
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.netloc import hostport
-from conveyor.payload import Body, SpoolWriter
+from conveyor.payload.body import Body
+from conveyor.payload.spool import SpoolWriter
 from conveyor.transfer.ftp.client import FtpConnection, FtpReplyError
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.ftp.data import DataProtocol

@@ -14,7 +14,8 @@ from pathlib import Path
 from conveyor.batched import BatchedThread, ThreadCalls
 from conveyor.errors import NoSpace, NotFound, Permanent, Rejected, Transient
 from conveyor.interfaces import Context, RemoteFile
-from conveyor.payload import Body, SpoolWriter, disk_full, remove_files
+from conveyor.payload.body import Body
+from conveyor.payload.spool import SpoolWriter, disk_full, remove_files
 from conveyor.transfer.local.config import LocalConfig
 
 _BATCH = 1000

@@ -23,7 +23,8 @@ import asyncssh
 
 from conveyor.errors import ConveyorError, NoSpace, NotFound, Permanent, Rejected, Transient
 from conveyor.interfaces import Context, RemoteFile
-from conveyor.payload import Body, SpoolWriter
+from conveyor.payload.body import Body
+from conveyor.payload.spool import SpoolWriter
 from conveyor.transfer.remote_root import join_root
 from conveyor.transfer.sftp.config import SftpConfig
 from conveyor.transfer.sftp.pool import Session, SftpPool, is_connection_error
