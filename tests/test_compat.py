@@ -197,7 +197,7 @@ async def test_pubsub_streaming_pull_on_the_public_path(pubsub_emulator: PubsubE
 
     async def emit(item: Inbound) -> None:
         futures.update(type(s.future) for s in source._streams)
-        got[item.payload.id] = item.payload.body.bytes()
+        got[item.payload.id] = item.payload.body.data()
         await item.ack()
 
     await consume(source, emit, lambda: len(got) >= 20)

@@ -30,7 +30,7 @@ async def fetch(inst: Any, spool: Any, path: str) -> bytes:
     w = spool.writer()
     await inst.download(f, w)
     body = w.finish()
-    data = body.bytes() if body.in_memory else Path(body.path).read_bytes()
+    data = body.data() if body.in_memory else Path(body.path).read_bytes()
     assert await body.digest() == sha(data)
     body.release()
     return data

@@ -110,7 +110,7 @@ async def test_untrusted_certificate_and_pinning(vsftpd_factory: Any, tmp_path: 
         f = await inst.stat("f.txt")
         w = spool.writer()
         await inst.download(f, w)
-        assert w.finish().bytes() == b"pinned"
+        assert w.finish().data() == b"pinned"
     finally:
         await inst.close()
 

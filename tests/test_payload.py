@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import builtins
 import hashlib
 import importlib
 import json
@@ -62,6 +63,18 @@ def test_conveyor_imports_payload_names_from_their_concepts_module() -> None:
     assert names_taken_from_the_package("src") == {}
 
 
+def test_the_payload_package_shadows_no_builtin() -> None:
+    # a method named like a builtin (``Body.bytes``) makes the class body spell ``builtins.bytes``
+    names = {n for n in dir(builtins) if not n.startswith("_")}
+    found: list[str] = []
+    for path in sorted((ROOT / "src" / "conveyor" / "payload").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef):
+                found += [f"{path.name}: {node.name}.{f.name}" for f in node.body
+                          if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.name in names]
+    assert not found
+
+
 def by_datetime(ts: float) -> str:
     """The reference for utc_iso: datetime's rounding and formatting."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -95,7 +108,7 @@ async def test_local_paths_stay_under_the_root(tmp_path: Path) -> None:
     inst = LocalInstance("box", LocalConfig(type="local", root=str(tmp_path / "root")),
                          Context(spool=None, status=StatusBoard()))  # type: ignore[arg-type]
     body = await inst.open_in_place(RemoteFile("in/a.txt", 1, 0.0), 1 << 20)
-    assert body.bytes() == b"a"
+    assert body.data() == b"a"
     assert body.known_digest == hashlib.sha256(b"a").hexdigest()  # hashed on the I/O thread, with the read
     for bad in ("../secret", "in/../../secret", ".."):
         with pytest.raises(Permanent, match="leaves the instance root"):

@@ -107,7 +107,7 @@ async def test_delivers_payloads_and_acks(pubsub_emulator: PubsubEmulator, tmp_p
     await consume(source, emit, lambda: len(got) >= 20)
     assert sorted(got) == sorted(ids)
     item = got[ids[3]]
-    assert item.payload.body.bytes() == b"body 3"
+    assert item.payload.body.data() == b"body 3"
     assert item.payload.name == "a.json"
     meta = await item.payload.metadata()
     assert meta["source"] == {"instance": "gcp", "type": "pubsub"}
@@ -191,7 +191,7 @@ async def test_ordering_keys_kept_in_order(pubsub_emulator: PubsubEmulator, tmp_
 
     async def emit(item: Inbound) -> None:
         nonlocal count
-        key, i = item.payload.body.bytes().decode().split(":")
+        key, i = item.payload.body.data().decode().split(":")
         assert item.payload.message is not None and item.payload.message["ordering_key"] == key
         order[key].append(int(i))
         count += 1
@@ -325,7 +325,7 @@ async def test_emulator_restart_mid_stream(pubsub_emulator: PubsubEmulator, tmp_
     got: list[bytes] = []
 
     async def emit(item: Inbound) -> None:
-        got.append(item.payload.body.bytes())
+        got.append(item.payload.body.data())
         await item.ack()
 
     task = asyncio.create_task(source.run(emit))

@@ -93,7 +93,7 @@ async def test_consume_and_ack(rabbit_vhost: Vhost, tmp_path: Any) -> None:
     first = col.items[0].payload
     assert first.id == "m-1"
     assert first.content_type == "text/plain"
-    assert first.body.bytes() == b"with-id"
+    assert first.body.data() == b"with-id"
     msg = first.message
     assert msg is not None
     assert msg["headers"] == {"k": "v"} and msg["exchange"] == "" and msg["routing_key"] == q
@@ -268,7 +268,7 @@ async def test_stop_intake_drains_then_returns(rabbit_vhost: Vhost, tmp_path: An
     for i in col.items[:3]:
         await i.ack()
     await asyncio.wait_for(task, 5)  # returns by itself once they are settled
-    acked = {int(i.payload.body.bytes()) for i in col.items[:3]}
+    acked = {int(i.payload.body.data()) for i in col.items[:3]}
     # everything else (emitted after stop or prefetched) is back on the queue, nothing lost
     assert v.counts().get(q) == 20 - len(acked)
     await inst.close()
@@ -310,7 +310,7 @@ async def test_out_of_order_acks_and_rejects_coalesce_safely(rabbit_vhost: Vhost
 
     async def settle_later(i: Inbound) -> None:
         await asyncio.sleep(random.random() * 0.02)
-        k = int(i.payload.body.bytes())
+        k = int(i.payload.body.data())
         if k % 10 == 3:
             rejected.add(k)
             await i.nack(False)
@@ -369,7 +369,7 @@ async def test_declare_with_bindings(rabbit_vhost: Vhost, tmp_path: Any) -> None
             await exchange.publish(aio_pika.Message(key.encode()), routing_key=key)
     await col.wait()
     await stop(task)
-    assert sorted(i.payload.body.bytes() for i in col.items) == [b"a.1", b"b.x.y"]
+    assert sorted(i.payload.body.data() for i in col.items) == [b"a.1", b"b.x.y"]
     assert {i.payload.message["exchange"] for i in col.items if i.payload.message} == {ex}
     bad = src_cfg(q, bindings=[{"exchange": "no-such-exchange", "routing_key": "k"}])
     with pytest.raises(NotFound, match="no-such-exchange"):

@@ -61,7 +61,7 @@ async def download(inst: SftpInstance, path: str, tmp_path: Path) -> bytes:
     w = spool.writer()
     await inst.download(f, w)
     body = w.finish()
-    data = body.bytes() if body.in_memory else Path(str(body.path)).read_bytes()
+    data = body.data() if body.in_memory else Path(str(body.path)).read_bytes()
     body.release()
     return data
 

@@ -44,7 +44,7 @@ class LinesTarget:
 
     async def deliver(self, payload: Payload) -> None:
         """Append the payload's line."""
-        body = payload.body.bytes() if payload.body.in_memory else Path(str(payload.body.path)).read_bytes()
+        body = payload.body.data() if payload.body.in_memory else Path(str(payload.body.path)).read_bytes()
         line = f"{self.config.prefix}{payload.name} {body.decode()}\n"
         await asyncio.to_thread(self._append, line)
 

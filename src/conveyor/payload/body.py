@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -49,7 +48,7 @@ class Body:
         """True when the whole body is in memory."""
         return self._data is not None
 
-    def bytes(self) -> builtins.bytes:
+    def data(self) -> bytes:
         """The whole body; only for bodies in memory (the caller checks :attr:`in_memory`)."""
         if self._data is None:
             raise RuntimeError("body is on disk; stream it with chunks()")
@@ -74,7 +73,7 @@ class Body:
                 self._sha256 = await asyncio.to_thread(hash_file, self.path)
         return self._sha256
 
-    async def chunks(self, size: int = CHUNK) -> AsyncIterator[builtins.bytes]:
+    async def chunks(self, size: int = CHUNK) -> AsyncIterator[bytes]:
         """The body in chunks; file reads happen in a thread so the loop never blocks on disk."""
         if self._data is not None:
             view = memoryview(self._data)

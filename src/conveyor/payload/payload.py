@@ -26,7 +26,12 @@ class Payload:
     content_type: str = "application/octet-stream"
 
     async def metadata(self) -> dict[str, Any]:
-        """The metadata document every target delivers beside the body (id, flow, source, size, sha256...)."""
+        """The metadata document every target delivers beside the body (a file, headers, attributes).
+
+        It holds the payload's id, flow, source (instance and type) and ``received_at``; the body's
+        size and SHA-256 (computed here if not known yet); the name; and the source's details:
+        ``file`` for file sources, ``message`` for brokers, the other one ``None``.
+        """
         return self.metadata_with(await self.body.digest())
 
     def metadata_with(self, sha256: str) -> dict[str, Any]:

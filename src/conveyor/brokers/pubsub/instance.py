@@ -215,7 +215,7 @@ class PubsubTarget:
         if body.size > MAX_MESSAGE:
             raise Rejected(f"{body.size} bytes exceed Pub/Sub's {MAX_MESSAGE}-byte message limit",
                            instance=inst.name, path=self.topic)
-        data = body.bytes() if body.in_memory else await asyncio.to_thread(_read, body.path)
+        data = body.data() if body.in_memory else await asyncio.to_thread(_read, body.path)
         meta = await payload.metadata()
         ctx = template_context(payload)
         key = self.cfg.ordering_key.format_map(ctx) if self.cfg.ordering_key is not None else ""

@@ -131,7 +131,7 @@ class RabbitTarget:
     async def _body(self, payload: Payload) -> bytes:
         body = payload.body
         if body.in_memory:
-            return body.bytes()
+            return body.data()
         if body.size > MAX_BODY:
             raise Rejected(f"body of {body.size} bytes is larger than RabbitMQ accepts ({MAX_BODY})",
                            instance=self.instance.name, path=self._where)

@@ -199,7 +199,7 @@ def _sidecar_id(path: str) -> str | None:
 def _write_body(body: Body, dest: str) -> str:
     """Write the body to ``dest``; returns its SHA-256 (computed on the way unless known)."""
     if body.in_memory:
-        data = body.bytes()
+        data = body.data()
         _write(dest, data)
         return body.known_digest or hashlib.sha256(data).hexdigest()
     assert body.path is not None

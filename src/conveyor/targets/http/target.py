@@ -155,7 +155,7 @@ class HttpTarget:
         try:
             try:
                 body = payload.body
-                data: bytes | AsyncIterator[bytes] = body.bytes() if body.in_memory else _paced(body.chunks(), guard)
+                data: bytes | AsyncIterator[bytes] = body.data() if body.in_memory else _paced(body.chunks(), guard)
                 async with self.session().post(self.url, data=data, headers=headers, allow_redirects=False) as resp:
                     guard.touch()
                     if 200 <= resp.status < 300:

@@ -272,7 +272,7 @@ class FtpInstance:
         t = self.config.timeout
         transport = proto.transport
         if body.in_memory:
-            transport.write(body.bytes())
+            transport.write(body.data())
         else:
             assert body.path is not None
             await self._send_file(body.path, proto, tls=self.config.tls != "none")

@@ -153,7 +153,7 @@ class LocalInstance:
         try:
             if body.in_memory:
                 with open(tmp, "wb") as out:
-                    out.write(body.bytes())
+                    out.write(body.data())
                     out.flush()
                     os.fsync(out.fileno())
             else:
