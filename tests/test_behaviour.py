@@ -150,6 +150,18 @@ def check_kills(sink: CountingSink, total: int) -> None:
         assert k.open >= 1 and k.distinct_answered < total, k
 
 
+def explain(sink: CountingSink, ids: list[str]) -> str:
+    """For each id: the sink's answer numbers, and each kill's answer count and whether the
+    ledger held the id delivered right after it (what classify() judged by)."""
+    kills = [(k.answers, k.request) for k in sink.kills]
+    out = []
+    for pid in ids:
+        at = [n for n, (i, _) in enumerate(sink.answered) if i == pid]
+        ledger = [(k.answers, pid in k.delivered_in_ledger) for k in sink.kills]
+        out.append(f"{pid}: answers {at}, kills (answers, in ledger) {ledger}")
+    return f"{'; '.join(out)}; kills (answers, request) {kills}"
+
+
 def record_counted(scenario: str, sink: CountingSink, want: set[str], points: list[int]) -> None:
     """Judge and record what the sink counted: every body arrived, no second delivery the ledger
     does not excuse."""
@@ -157,7 +169,7 @@ def record_counted(scenario: str, sink: CountingSink, want: set[str], points: li
     lost = len(want - sink.digests())
     assert lost == 0, f"{lost} bodies never reached the sink"
     assert sink.digests() == want and sink.distinct() == len(want), "ids and bodies match one to one"
-    assert second.duplicates == 0, f"delivered again although the ledger knew: {second.examples[:5]}"
+    assert second.duplicates == 0, f"delivered again although the ledger knew: {explain(sink, second.examples[:5])}"
     record(scenario, moved=sink.distinct(), lost=lost, duplicates=second.duplicates, redelivered=second.window,
            counted_by="http sink (every POST answered)", kill_points=points,
            open_at_kill=[k.open for k in sink.kills], distinct_at_kill=[k.distinct_answered for k in sink.kills])
