@@ -27,6 +27,8 @@ from aiohttp import web
 
 from tests.harness import DaemonProcess, wait_for
 
+RUN_HEADER = "X-Conveyor-Test-Run"
+
 
 @dataclass(frozen=True)
 class Kill:
@@ -60,12 +62,25 @@ class CountingSink:
     """SIGKILLs the daemon that is running now (set at each start)."""
     hold: asyncio.Event | None = None
     """When given, every request is held unanswered, its body read, until the event is set."""
+    run: int = 0
+    """The daemon started last (set by :func:`run_with_kills`); requests carry theirs in a header."""
+    late: int = 0
+    """Requests of an already killed daemon that reached the sink only after the kill: refused
+    uncounted (their sender is gone), else one parsed after the kill's tally would look like a
+    second delivery with no kill before it."""
+
+    def target(self) -> dict[str, Any]:
+        """The http target config that sends here, each request tagged with its daemon's run."""
+        return {"type": "http", "url": self.url, "headers": {RUN_HEADER: "${CONVEYOR_TEST_RUN}"}}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Read the body whole; kill or answer."""
         self.open += 1
         try:
             body = await request.read()
+            if self.run and request.headers.get(RUN_HEADER) != str(self.run):
+                self.late += 1
+                return web.Response(status=503)
             self.arrived += 1
             if self.points and self.arrived >= self.points[0]:
                 self.points.pop(0)
@@ -170,14 +185,14 @@ def _ended(d: DaemonProcess) -> Callable[[], bool]:
     return lambda: d.proc is not None and d.proc.poll() is not None
 
 
-async def run_with_kills(sink: CountingSink, start: Callable[[], DaemonProcess], state_db: Path, flow: str,
-                         points: list[int]) -> DaemonProcess:
+async def run_with_kills(sink: CountingSink, start: Callable[[dict[str, str]], DaemonProcess], state_db: Path,
+                         flow: str, points: list[int]) -> DaemonProcess:
     """Start the daemon, let the sink kill it at each of ``points``, restart it each time;
     returns the daemon left running. Each kill gets the answers given by the time every
     request of the dead daemon had ended, and the ledger's delivered ids right after."""
     sink.points = sorted(points)
     for i in range(len(points)):
-        d = start()
+        d = _start_run(sink, start)
         sink.kill = d.kill9
         await wait_for(_ended(d), 180)
         assert d.proc is not None and d.proc.returncode == -9, f"exit {d.proc and d.proc.returncode}: " \
@@ -186,6 +201,11 @@ async def run_with_kills(sink: CountingSink, start: Callable[[], DaemonProcess],
         await wait_for(lambda: sink.open == 0, 30)  # the dead daemon's requests have all ended
         sink.kills[i] = replace(sink.kills[i], answers=len(sink.answered),
                                 delivered_in_ledger=frozenset(recorded_delivered(state_db, flow)))
-    d = start()
+    d = _start_run(sink, start)
     sink.kill = d.kill9
     return d
+
+
+def _start_run(sink: CountingSink, start: Callable[[dict[str, str]], DaemonProcess]) -> DaemonProcess:
+    sink.run += 1
+    return start({"CONVEYOR_TEST_RUN": str(sink.run)})

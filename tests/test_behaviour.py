@@ -183,11 +183,12 @@ async def test_kill9_mid_delivery_loses_and_duplicates_nothing(fb: Any, tmp_path
         fb.put(p, data)
     async with counting_sink() as sink:
         flow = file_flow(tmp_path / "unused")
-        flow["target"] = {"type": "http", "url": sink.url}
+        flow["target"] = sink.target()
         flow["max_in_flight"] = 4
         cfg = write_config(tmp_path, {"remote": fb.instance_config()}, {"f": flow})
         points = kill_points(len(files), KILLS)
-        d = await run_with_kills(sink, lambda: DaemonProcess(cfg).start(), tmp_path / "state.db", "f", points)
+        d = await run_with_kills(sink, lambda env: DaemonProcess(cfg, env).start(), tmp_path / "state.db", "f",
+                                 points)
         try:
             await wait_for(lambda: sink.distinct() == len(files) and fb.names("in") == [], 120)
         finally:
@@ -222,10 +223,11 @@ async def test_kill9_mid_stream_loses_and_duplicates_nothing(mb: Any, tmp_path: 
     async with counting_sink() as sink:
         cfg = write_config(tmp_path, {"broker": mb.instance_config()},
                            {"m": {"source": {"instance": "broker", **mb.source_config()},
-                                  "target": {"type": "http", "url": sink.url}}})
+                                  "target": sink.target()}})
         await mb.publish(msgs)
         points = kill_points(len(msgs), KILLS)
-        d = await run_with_kills(sink, lambda: DaemonProcess(cfg).start(), tmp_path / "state.db", "m", points)
+        d = await run_with_kills(sink, lambda env: DaemonProcess(cfg, env).start(), tmp_path / "state.db", "m",
+                                 points)
         try:
             await wait_for(lambda: sink.distinct() == len(msgs), 180)
             await wait_for(lambda: _pending_zero(mb), 60)
