@@ -13,6 +13,7 @@ import yaml
 
 from conveyor.config import load_config
 from conveyor.daemon import Daemon
+from conveyor.flows.runner import TAIL
 from conveyor.payload import Payload
 from tests.harness import DaemonProcess, bodies, running, wait_for, write_config
 
@@ -104,7 +105,9 @@ async def test_backpressure_bounds_in_flight_and_drain_finishes_them(tmp_path: P
     monkeypatch.setattr(Daemon, "_target", lambda self, flow: slow)
     async with running(cfg) as daemon:
         await wait_for(lambda: len(slow.done) >= 4, 20)
-        assert daemon.status.flows["slow"].in_flight <= 3
+        # In flight counts a delivery until its completion (ledger, after action) is done too, and
+        # completions may trail the next deliveries; the target itself never saw more than 3.
+        assert daemon.status.flows["slow"].in_flight <= 3 * TAIL
     # The drain let the three in flight finish; their files are gone, the rest wait.
     assert slow.peak == 3
     left = len(list(disk.iterdir()))
