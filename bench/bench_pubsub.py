@@ -117,6 +117,7 @@ def source_child(host: str, project: str, subscription: str, n: int) -> None:
     from conveyor.interfaces import Context, Inbound
     from conveyor.payload import Spool
     from conveyor.status import StatusBoard
+    from conveyor.stopping import StopSignal
 
     async def main() -> dict[str, float]:
         inst = PubsubInstance("gcp", PubsubConfig(type="pubsub", project=project, emulator_host=host),
@@ -133,11 +134,12 @@ def source_child(host: str, project: str, subscription: str, n: int) -> None:
             if count >= n:
                 done.set()
 
-        task = asyncio.create_task(source.run(emit))
+        stop = StopSignal()
+        task = asyncio.create_task(source.run(emit, stop))
         await done.wait()
         end = time.monotonic()
         usage = own_usage()  # before the shutdown's work
-        await source.stop_intake()
+        stop.set()
         await task
         await inst.close()
         return {"count": count, "first": first, "end": end, **usage}

@@ -23,6 +23,7 @@ from conveyor._compat import asyncssh as ssh_compat
 from conveyor.errors import Transient
 from conveyor.interfaces import Inbound
 from conveyor.payload import Body
+from conveyor.stopping import StopSignal
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
 from tests.backends.sftp import SftpBackend
 from tests.harness import wait_for
@@ -239,7 +240,7 @@ async def test_pubsub_stream_ends_when_the_server_is_gone(pubsub_emulator: Pubsu
     async def emit(item: Inbound) -> None:
         raise AssertionError("nothing was published")
 
-    task = asyncio.create_task(source.run(emit))
+    task = asyncio.create_task(source.run(emit, StopSignal()))
     try:
         # No message in flight: an unsent ack would hold the library's shutdown for its 60 s retry.
         await wait_for(lambda: "gcp" in state and state["gcp"].state == "up" and source._streams)

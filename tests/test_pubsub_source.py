@@ -20,6 +20,7 @@ from conveyor.errors import NotFound, Transient
 from conveyor.interfaces import Context, Inbound
 from conveyor.payload import Spool
 from conveyor.status import StatusBoard
+from conveyor.stopping import StopSignal
 from tests.harness import wait_for
 from tests.servers.pubsub_emulator import PubsubEmulator, pubsub_emulator
 
@@ -54,8 +55,9 @@ def publish(emu: PubsubEmulator, topic: str, bodies: list[bytes], **kw: Any) -> 
 
 async def consume(source: Any, handler: Callable[[Inbound], Awaitable[None]], done: Callable[[], bool],
                   limit: float = 30.0) -> asyncio.Task[None]:
-    """Run the source until ``done()``, then stop its intake; returns the finished run task."""
-    task = asyncio.create_task(source.run(handler))
+    """Run the source until ``done()``, then stop it; returns the finished run task."""
+    stop = StopSignal()
+    task = asyncio.create_task(source.run(handler, stop))
     deadline = time.monotonic() + limit
     while not done():
         if task.done():
@@ -65,7 +67,7 @@ async def consume(source: Any, handler: Callable[[Inbound], Awaitable[None]], do
             task.cancel()
             raise AssertionError("timed out waiting for messages")
         await asyncio.sleep(0.05)
-    await source.stop_intake()
+    stop.set()
     await asyncio.wait_for(task, 15)
     return task
 
@@ -163,10 +165,12 @@ async def test_slow_delivery_keeps_lease(pubsub_emulator: PubsubEmulator, tmp_pa
         deliveries[item.payload.id] += 1
         asyncio.get_running_loop().create_task(slow_ack(item))  # the flow runtime settles later, too
 
-    task = asyncio.create_task(source.run(emit))
+    stop = StopSignal()
+
+    task = asyncio.create_task(source.run(emit, stop))
     await asyncio.wait_for(acked.wait(), 40)
     await asyncio.sleep(3)  # a redelivery, had the lease lapsed, would have come by now
-    await source.stop_intake()
+    stop.set()
     await asyncio.wait_for(task, 15)
     assert deliveries == {mid: 1}
     assert pull_now(emu, sub) == 0
@@ -210,7 +214,7 @@ async def test_missing_subscription_is_not_found(pubsub_emulator: PubsubEmulator
         raise AssertionError("nothing to emit")
 
     with pytest.raises(NotFound) as e:
-        await asyncio.wait_for(source.run(emit), 20)
+        await asyncio.wait_for(source.run(emit, StopSignal()), 20)
     assert "no-such-sub" in str(e.value)
     assert inst.ctx.status.instances["gcp"].state == "up", "the server answered: the flow, not the instance, is wrong"
     await inst.close()
@@ -235,7 +239,9 @@ async def test_create_subscription_and_delivery_attempt(pubsub_emulator: PubsubE
         else:
             await item.ack()
 
-    task = asyncio.create_task(source.run(emit))
+    stop = StopSignal()
+
+    task = asyncio.create_task(source.run(emit, stop))
     for _ in range(100):  # wait until run() created the subscription
         await asyncio.sleep(0.1)
         with emu.subscriber() as c:
@@ -247,7 +253,7 @@ async def test_create_subscription_and_delivery_attempt(pubsub_emulator: PubsubE
     publish(emu, topic, [b"dl"])
     await asyncio.sleep(0)
     await until(lambda: len(attempts) >= 2, 30)
-    await source.stop_intake()
+    stop.set()
     await asyncio.wait_for(task, 15)
     assert attempts == [1, 2]
     await inst.close()
@@ -276,7 +282,9 @@ async def test_reject_without_dead_letter_parks(pubsub_emulator: PubsubEmulator,
         else:
             await item.ack()  # retried through the ledger: delivered this time
 
-    task = asyncio.create_task(source.run(emit))
+    stop = StopSignal()
+
+    task = asyncio.create_task(source.run(emit, stop))
     try:
         await wait_for(lambda: len(seen) >= 1, 30)
         await asyncio.sleep(3)  # time goes by: a nacked message would come back at once
@@ -287,13 +295,13 @@ async def test_reject_without_dead_letter_parks(pubsub_emulator: PubsubEmulator,
         await asyncio.sleep(2)  # the ack goes out in the background, unseen
         assert pull_now(emu, sub) == 0, "acked the second time"
     finally:
-        await source.stop_intake()
+        stop.set()
         await task
         await inst.close()
 
 
-async def test_stop_intake_then_settle(pubsub_emulator: PubsubEmulator, tmp_path: Path) -> None:
-    """Messages emitted before stop_intake still ack afterwards (unary ack: the stream is gone)."""
+async def test_stop_then_settle(pubsub_emulator: PubsubEmulator, tmp_path: Path) -> None:
+    """Messages emitted before the stop still ack afterwards (unary ack: the stream is gone)."""
     emu = pubsub_emulator
     topic, sub = unique("topic"), unique("sub")
     emu.create(topic, sub)
@@ -328,7 +336,9 @@ async def test_emulator_restart_mid_stream(pubsub_emulator: PubsubEmulator, tmp_
         got.append(item.payload.body.data())
         await item.ack()
 
-    task = asyncio.create_task(source.run(emit))
+    stop = StopSignal()
+
+    task = asyncio.create_task(source.run(emit, stop))
     await until(lambda: bool(got), 20)
     assert got == [b"before"]
     await asyncio.to_thread(emu.restart)

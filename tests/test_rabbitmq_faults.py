@@ -11,6 +11,7 @@ from conveyor.brokers.rabbitmq.config import RabbitSourceConfig, RabbitTargetCon
 from conveyor.errors import Transient
 from conveyor.interfaces import Inbound
 from conveyor.payload import Body, Payload
+from conveyor.stopping import StopSignal
 from tests.servers.rabbitmq import (
     HOST,
     PORT,
@@ -47,10 +48,10 @@ async def test_cut_mid_stream_then_resume_loses_nothing(rabbit_vhost: Vhost, tmp
                 all_in.set()
 
         with pytest.raises(Transient):
-            await asyncio.wait_for(source.run(emit), 10)
+            await asyncio.wait_for(source.run(emit, StopSignal()), 10)
         assert inst.ctx.status.instances["mq"].state == "down"
         assert 300 <= len(seen) < n
-        task = asyncio.create_task(source.run(emit))  # what the supervisor does after its backoff
+        task = asyncio.create_task(source.run(emit, StopSignal()))  # what the supervisor does after its backoff
         await asyncio.wait_for(all_in.wait(), 30)
         assert inst.ctx.status.instances["mq"].state == "up"
         task.cancel()

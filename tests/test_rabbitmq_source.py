@@ -17,6 +17,7 @@ import pytest
 from conveyor.brokers.rabbitmq.config import RabbitSourceConfig
 from conveyor.errors import AuthError, NotFound, Transient
 from conveyor.interfaces import Inbound
+from conveyor.stopping import StopSignal
 from tests.servers.ops import free_port
 from tests.servers.rabbitmq import (
     Vhost,
@@ -30,19 +31,24 @@ from tests.servers.rabbitmq import (
 
 
 class Collector:
-    """An emit that records each inbound and settles it with ``action`` (or leaves it unsettled)."""
+    """An emit that records each inbound and settles it with ``action`` (or leaves it unsettled);
+    ``stop`` is the flow's stop signal it hands to the source."""
 
     def __init__(self, want: int, action: Callable[[Inbound], Any] | None = None, block: bool = False) -> None:
         self.items: list[Inbound] = []
         self.want = want
         self.action = action
         self.block = block
-        """Once ``want`` arrived, block further emits forever (a full flow)."""
+        """Once ``want`` arrived, block further emits until the stop (a full flow), then hand them
+        back as the flow runner does."""
         self.done = asyncio.Event()
+        self.stop = StopSignal()
 
     async def emit(self, inbound: Inbound) -> None:
         if self.block and len(self.items) >= self.want:
-            await asyncio.Event().wait()
+            await self.stop.wait()
+            await inbound.nack(True)
+            return
         self.items.append(inbound)
         if self.action is not None:
             await self.action(inbound)
@@ -58,8 +64,8 @@ def src_cfg(queue: str, **kw: Any) -> RabbitSourceConfig:
 
 
 async def run_until(source: Any, col: Collector, seconds: float = 10.0) -> asyncio.Task[None]:
-    """Start source.run(col.emit) and wait until the collector has what it wants; returns the task."""
-    task = asyncio.create_task(source.run(col.emit))
+    """Start source.run(col.emit, col.stop) and wait until the collector has what it wants; returns the task."""
+    task = asyncio.create_task(source.run(col.emit, col.stop))
     done = asyncio.create_task(col.wait(seconds))
     await asyncio.wait({task, done}, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
@@ -140,7 +146,7 @@ async def test_reject_goes_to_dead_letter_queue(rabbit_vhost: Vhost, tmp_path: A
 
     # declare through the source first (run creates the queue), then publish
     col = Collector(1, reject)
-    task = asyncio.create_task(inst.source("f", cfg).run(col.emit))
+    task = asyncio.create_task(inst.source("f", cfg).run(col.emit, col.stop))
     for _ in range(50):
         if q in v.counts():
             break
@@ -177,7 +183,7 @@ async def test_quorum_delivery_count(rabbit_vhost: Vhost, tmp_path: Any) -> None
 async def test_passive_declare_of_missing_queue_is_not_found(rabbit_vhost: Vhost, tmp_path: Any) -> None:
     inst = make_instance(rabbit_vhost, tmp_path)
     with pytest.raises(NotFound) as e:
-        await inst.source("f", src_cfg("no-such-queue")).run(Collector(1).emit)
+        await inst.source("f", src_cfg("no-such-queue")).run(Collector(1).emit, StopSignal())
     assert "no-such-queue" in str(e.value) and "declare" in str(e.value)
     # the shared connection survives a channel error
     assert inst._conn is not None and not inst._conn.is_closed
@@ -252,7 +258,7 @@ async def test_ack_on_dead_channel_is_not_sent_on_the_new_one(rabbit_vhost: Vhos
     await inst.close()
 
 
-async def test_stop_intake_drains_then_returns(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+async def test_the_stop_signal_drains_then_returns(rabbit_vhost: Vhost, tmp_path: Any) -> None:
     v = rabbit_vhost
     q = v.q("drain")
     await declare(v, q)
@@ -262,7 +268,7 @@ async def test_stop_intake_drains_then_returns(rabbit_vhost: Vhost, tmp_path: An
     col = Collector(3, block=True)  # three in flight, unsettled; then the flow is full
     task = await run_until(source, col)
     await asyncio.sleep(0.2)  # the rest of the prefetch arrives, held behind the full flow
-    await source.stop_intake()
+    col.stop.set()
     await asyncio.sleep(0.3)  # time goes by: run() keeps waiting for the three
     assert not task.done()  # three emitted messages still in flight
     for i in col.items[:3]:
@@ -291,7 +297,7 @@ async def test_queue_deleted_under_the_consumer(rabbit_vhost: Vhost, tmp_path: A
     with pytest.raises(Transient, match="cancelled the consumer"):
         await asyncio.wait_for(task, 5)
     with pytest.raises(NotFound):  # the supervisor's restart then finds the queue gone
-        await asyncio.wait_for(source.run(col.emit), 5)
+        await asyncio.wait_for(source.run(col.emit, col.stop), 5)
     await inst.close()
 
 
@@ -357,7 +363,7 @@ async def test_declare_with_bindings(rabbit_vhost: Vhost, tmp_path: Any) -> None
     inst = make_instance(v, tmp_path)
     cfg = src_cfg(q, declare={}, bindings=[{"exchange": ex, "routing_key": ["a.*", "b.#"]}])
     col = Collector(2, ack)
-    task = asyncio.create_task(inst.source("f", cfg).run(col.emit))
+    task = asyncio.create_task(inst.source("f", cfg).run(col.emit, col.stop))
     for _ in range(50):
         if q in v.counts():
             break
@@ -373,7 +379,7 @@ async def test_declare_with_bindings(rabbit_vhost: Vhost, tmp_path: Any) -> None
     assert {i.payload.message["exchange"] for i in col.items if i.payload.message} == {ex}
     bad = src_cfg(q, bindings=[{"exchange": "no-such-exchange", "routing_key": "k"}])
     with pytest.raises(NotFound, match="no-such-exchange"):
-        await inst.source("f", bad).run(col.emit)
+        await inst.source("f", bad).run(col.emit, col.stop)
     await inst.close()
 
 

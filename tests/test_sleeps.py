@@ -15,7 +15,6 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "conveyor"
 
 ALLOWED = {
     "retry_pause": "the supervisor's one wait before another try, for every retry",
-    "FileSource.run": "the file source's poll scheduler: the cadence between listings",
     "Watchdog._check": "the inactivity watchdog's tick",
     "HealthServer._tick": "the health ticker that measures event-loop lag",
     "SystemdNotifier._tick": "the systemd notifier: watchdog pings and status lines",

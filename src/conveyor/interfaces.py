@@ -24,6 +24,7 @@ from conveyor.payload.spool import Spool, SpoolWriter
 if TYPE_CHECKING:
     from conveyor.config.base import SourceConfig
     from conveyor.status import StatusBoard
+    from conveyor.stopping import StopSignal
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,9 @@ the flow is stopping."""
 class Source(Protocol):
     """What a flow runs under the supervisor: a file source's poll loop, a broker consumer."""
 
-    async def run(self) -> None:
-        """Take work until cancelled; raise Transient when the connection drops."""
+    async def run(self, stop: StopSignal) -> None:
+        """Take work until ``stop`` is set (then let what was handed over settle and return) or
+        the task is cancelled; raise Transient when the connection drops."""
         ...
 
 
@@ -167,15 +169,15 @@ class Forgets(Protocol):
 
 
 class MessageSource(Protocol):
-    """A queue or subscription. ``run`` consumes until cancelled or the connection is lost."""
+    """A queue or subscription. ``run`` consumes until its flow stops, it is cancelled or the connection is lost."""
 
-    async def run(self, emit: Callable[[Inbound], Awaitable[None]]) -> None:
+    async def run(self, emit: Callable[[Inbound], Awaitable[None]], stop: StopSignal) -> None:
         """Consume and call ``emit`` for each message; ``emit`` blocks when the flow is full
-        (backpressure). Raise Transient when the connection drops so the supervisor reconnects."""
-        ...
+        (backpressure). Raise Transient when the connection drops so the supervisor reconnects.
 
-    async def stop_intake(self) -> None:
-        """Stop receiving new messages (basic.cancel); messages already emitted settle as usual."""
+        ``stop`` is the soft stop: once it is set, receive nothing new (basic.cancel, end the
+        pull), give back what was received but not emitted, let the emitted messages settle
+        as usual, and return. Cancellation is the hard stop: end now."""
         ...
 
 

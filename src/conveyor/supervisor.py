@@ -4,8 +4,8 @@ Connectors classify failures (``Transient``, ``RetryAfter(seconds)``, ``Permanen
 sleep to retry. Two loops here do the waiting, both through :func:`retry_pause`, so every retry is
 logged and counted the same way:
 
-- :func:`supervise` runs a coroutine forever (a flow's source): after an error it records it on
-  the status board, waits, and runs it again, until cancelled.
+- :func:`supervise` runs a coroutine (a flow's source) until it returns or is cancelled: after
+  an error it records it on the status board, waits, and runs it again (not once its flow stops).
 - :func:`retrying` repeats one operation a bounded number of times (a delivery, the resume of
   a download, the tries of one connect, a state write that lost a lock race); the caller says
   which errors are worth another try and logs each in its own words.
@@ -30,6 +30,7 @@ from conveyor.redact import redact
 
 if TYPE_CHECKING:
     from conveyor.config.schema import RetryConfig
+    from conveyor.stopping import StopSignal
 
 log = logging.getLogger("conveyor.supervisor")
 T = TypeVar("T")
@@ -138,11 +139,13 @@ async def supervise(
     on_recover: Callable[[], None] | None = None,
     healthy_after: float = 30.0,
     log_extra: dict[str, str] | None = None,
+    stop: StopSignal | None = None,
 ) -> None:
-    """Run ``run`` forever, restarting it after errors with backoff.
+    """Run ``run`` until it returns, restarting it after errors with backoff.
 
     ``on_error(error, delay)`` records each failure. A run that lasted ``healthy_after``
     seconds resets the backoff, so one blip after a day of service retries in a second.
+    Once ``stop`` is set, an error ends the loop instead of a restart (the flow is stopping).
     """
     attempt = 0
     loop = asyncio.get_running_loop()
@@ -155,6 +158,9 @@ async def supervise(
             raise
         except Exception as e:
             _raise_if_cancelling(e)
+            if stop is not None and stop.is_set():
+                log.info("%s: ended while stopping: %s", name, redact(str(e) or type(e).__name__), extra=log_extra)
+                return
             if loop.time() - started >= healthy_after:
                 attempt = 0
             attempt += 1

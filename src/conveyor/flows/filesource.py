@@ -31,6 +31,7 @@ from conveyor.payload.timestamps import utc_iso
 from conveyor.redact import redact
 from conveyor.state.base import SharesClaims, StateStore
 from conveyor.status import StatusBoard
+from conveyor.stopping import StopSignal
 from conveyor.supervisor import RESUME_BACKOFF, retrying
 
 log = logging.getLogger("conveyor.files")
@@ -89,15 +90,15 @@ class FileSource:
         skip = [a.move for a in (config.after, config.on_failure) if isinstance(a, MoveAction)]
         self._skip_dirs = [normal_path(s) for s in skip]
 
-    async def run(self) -> None:
-        """Poll forever; the poll cadence sleep is here, retries are the supervisor's."""
-        while True:
+    async def run(self, stop: StopSignal) -> None:
+        """Poll until the flow stops; the poll cadence wait is here, retries are the supervisor's."""
+        while not stop.is_set():
             await self.poll()
             self.status.polled(self.flow)
             fs = self.status.flows.get(self.flow)
             if fs is not None:
                 fs.state = "running"
-            await asyncio.sleep(self.config.poll_interval)
+            await stop.wait(self.config.poll_interval)
 
     async def poll(self) -> None:
         """One listing: take every stable, matching file not yet delivered."""

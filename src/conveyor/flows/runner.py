@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -12,6 +14,7 @@ from conveyor.flows.delivery import Deliverer
 from conveyor.interfaces import Forgets, Inbound, MessageSource, Source, Submit
 from conveyor.redact import redact
 from conveyor.status import StatusBoard
+from conveyor.stopping import StopSignal
 from conveyor.supervisor import SOURCE_BACKOFF, supervise
 
 log = logging.getLogger("conveyor.flow")
@@ -36,10 +39,11 @@ class FlowRunner:
         self.name = name
         self.status = status
         self.deliverer = deliverer
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._tail = asyncio.Semaphore(max_in_flight * TAIL)
+        self._slots = Capacity(max_in_flight)
+        self._tail = Capacity(max_in_flight * TAIL)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._accepting = True
+        self.stop = StopSignal()
+        """The soft stop, handed to the source: set when the flow stops taking work."""
         self._on_close = on_close
         self.message_source: MessageSource | None = None
         self.message_config: MessageSourceConfig | None = None
@@ -53,7 +57,7 @@ class FlowRunner:
             raise TypeError(f"flow {name}: give a file source or a message source")
 
     async def run(self) -> None:
-        """Run the source under the supervisor until cancelled."""
+        """Run the source under the supervisor until it returns after the soft stop, or is cancelled."""
         st = self.status.flows[self.name]
         st.state = "running"
 
@@ -65,8 +69,9 @@ class FlowRunner:
             st.state = "running"
 
         try:
-            await supervise(f"flow {self.name}", self.source.run, backoff=SOURCE_BACKOFF,
-                            on_error=on_error, on_recover=on_recover, log_extra={"flow": self.name})
+            await supervise(f"flow {self.name}", lambda: self.source.run(self.stop), backoff=SOURCE_BACKOFF,
+                            on_error=on_error, on_recover=on_recover, log_extra={"flow": self.name},
+                            stop=self.stop)
         finally:
             st.state = "stopped"
 
@@ -77,13 +82,11 @@ class FlowRunner:
             self.source.forgotten(id)
 
     async def submit(self, key: str, work: Callable[[], Awaitable[None]]) -> bool:
-        """Start one delivery when a slot is free; False once the flow is stopping."""
-        if not self._accepting:
+        """Start one delivery when a slot is free; False once the flow is stopping (also when
+        the stop comes while it waits for a slot)."""
+        if not await self._tail.acquire():
             return False
-        await self._tail.acquire()
-        await self._slots.acquire()
-        if not self._accepting:
-            self._slots.release()
+        if not await self._slots.acquire():
             self._tail.release()
             return False
         task = asyncio.create_task(self._guard(key, work), name=f"{self.name}:{key}")
@@ -133,15 +136,17 @@ class FlowRunner:
         if not await self.submit(inbound.payload.id, work):
             await inbound.nack(True)  # stopping: hand it straight back to the broker
 
+    def stop_intake(self) -> None:
+        """The soft stop: the source takes nothing new and ``submit`` refuses (a source blocked
+        in it gets False at once and hands its item back)."""
+        self._tail.close()
+        self._slots.close()
+        self.stop.set()
+
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (a deadline, not a cancel scope)
         """Two-phase stop: take no new work and let deliveries finish for ``timeout`` seconds,
         then cancel what remains (those items are released for redelivery)."""
-        self._accepting = False
-        if self.message_source is not None:
-            try:
-                await asyncio.wait_for(self.message_source.stop_intake(), timeout=min(timeout, 10.0))
-            except Exception as e:
-                log.warning("stopping intake: %s", redact(str(e)), extra={"flow": self.name})
+        self.stop_intake()
         pending = set(self._tasks)
         if pending:
             log.info("waiting up to %.0fs for %d deliveries", timeout, len(pending), extra={"flow": self.name})
@@ -155,7 +160,7 @@ class FlowRunner:
 
     def abort(self) -> None:
         """Stop waiting: cancel every delivery now (each releases its item for redelivery)."""
-        self._accepting = False
+        self.stop_intake()
         for t in list(self._tasks):
             t.cancel()
 
@@ -176,6 +181,55 @@ class _Consumer:
         self._source = source
         self._emit = emit
 
-    async def run(self) -> None:
-        """Consume until cancelled or the connection drops."""
-        await self._source.run(self._emit)
+    async def run(self, stop: StopSignal) -> None:
+        """Consume until the flow stops, the task is cancelled or the connection drops."""
+        await self._source.run(self._emit, stop)
+
+
+class Capacity:
+    """A counting semaphore that can be closed: once closed, :meth:`acquire` returns False at
+    once and wakes every waiter with False, so a source blocked on a full flow sees the stop
+    without a second waiter beside each acquire."""
+
+    __slots__ = ("_free", "_waiters", "closed")
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
+        self.closed = False
+
+    async def acquire(self) -> bool:
+        """Take one unit, waiting for one; False (nothing taken) once closed."""
+        if self.closed:
+            return False
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self.release()  # granted in the same turn as the cancel: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give one unit back, to the longest waiter if there is one."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self._free += 1
+
+    def close(self) -> None:
+        """Refuse every acquire from now on, the waiting ones included."""
+        self.closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(False)

@@ -18,7 +18,7 @@ streams routinely); a second retryable error within the instance ``timeout`` end
 and ``run`` raises Transient, so the supervisor backs off and /status shows it. NotFound,
 PermissionDenied and credential errors end it at once (Permanent).
 
-Settling after the stream ended (``stop_intake``, an error): the library's dispatcher is gone,
+Settling after the stream ended (the flow's stop, an error): the library's dispatcher is gone,
 so ack/nack go out as unary Acknowledge / ModifyAckDeadline(0) calls with the message's ack id.
 Leases are no longer extended then: an ack that arrives after the lease lapsed is ignored by
 Pub/Sub and the message comes again, with the same id, which the state store skips.
@@ -47,6 +47,7 @@ from conveyor.interfaces import Inbound
 from conveyor.payload.body import Body
 from conveyor.payload.payload import Payload
 from conveyor.payload.timestamps import utc_iso
+from conveyor.stopping import StopSignal
 
 if TYPE_CHECKING:
     from conveyor.brokers.pubsub.instance import PubsubInstance
@@ -166,8 +167,10 @@ class PubsubSource:
         self.dead_letter = False
         self.ack_deadline = 10
 
-    async def run(self, emit: Callable[[Inbound], Awaitable[None]]) -> None:
-        """Pull and emit until cancelled, stopped or the stream fails (then Transient/Permanent)."""
+    async def run(self, emit: Callable[[Inbound], Awaitable[None]], stop: StopSignal) -> None:
+        """Pull and emit until cancelled, ``stop`` is set or the stream fails (then Transient/Permanent)."""
+        if stop.is_set():
+            return  # a stopped flow stays stopped
         inst = self.instance
         self._stopping = False
         client = await inst.subscriber()
@@ -183,9 +186,11 @@ class PubsubSource:
         self.ack_deadline = max(10, int(sub.ack_deadline_seconds or 10))
         stream = _Stream(self, asyncio.get_running_loop())
         self._streams.add(stream)
+        withdraw: Callable[[], None] | None = None
         try:
             stream.future = self._subscribe(client, stream)
             stream.future.add_done_callback(stream.on_done)
+            withdraw = stop.on_set(self._stop_intake)  # the stream exists now: a stop can end it
             inst.report(None)
             log.info("%s: pulling %s for flow %s", inst.name, self.path, self.flow)
             while True:
@@ -197,6 +202,8 @@ class PubsubSource:
                     continue
                 await emit(self._inbound(stream, item))
         finally:
+            if withdraw is not None:
+                withdraw()
             self._streams.discard(stream)
             stream.open = False
             if stream.future is not None and not stream.future.done():
@@ -370,7 +377,7 @@ class PubsubSource:
             return "exists, but its topic was deleted: nothing new will arrive"
         return f"exists, on topic {sub.topic}"
 
-    async def stop_intake(self) -> None:
+    def _stop_intake(self) -> None:
         """Stop pulling; messages already emitted still settle (by unary calls, see the module doc)."""
         self._stopping = True
         for stream in list(self._streams):

@@ -30,6 +30,7 @@ from conveyor.interfaces import Inbound
 from conveyor.payload.body import Body
 from conveyor.payload.payload import Payload, stable_id
 from conveyor.payload.timestamps import utc_iso
+from conveyor.stopping import StopSignal
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel
@@ -72,7 +73,7 @@ NOT_DECLARED = " (the queue is checked, not created: add `declare:` to create it
 
 
 class _Stop:
-    """Inbox marker: stop_intake() was called."""
+    """Inbox marker: the flow's stop signal was set."""
 
 
 class _Drained:
@@ -91,9 +92,6 @@ class RabbitSource:
         self._tag: str | None = None
         self._stopping = False
         self._outstanding = 0
-        self._run_task: asyncio.Task[Any] | None = None
-        self._emitting = False
-        self._interrupted = False
         self._warned = False
 
     def _error(self, e: BaseException) -> ConveyorError:
@@ -133,16 +131,28 @@ class RabbitSource:
             raise err from None
         return ch
 
-    async def run(self, emit: Callable[[Inbound], Awaitable[None]]) -> None:
+    async def run(self, emit: Callable[[Inbound], Awaitable[None]], stop: StopSignal) -> None:
         """Consume until the connection or consumer is lost (Transient), the task is cancelled (the channel
-        closes: unacked messages return to the queue), or stop_intake() was called and every emitted
-        message has been settled (the channel closes, run returns)."""
-        if self._stopping:
-            return  # stop_intake() came first: a stopped source stays stopped
+        closes: unacked messages return to the queue), or ``stop`` is set and every emitted message has been
+        settled (the consumer is cancelled, prefetched messages go back, the channel closes, run returns)."""
+        if stop.is_set():
+            return  # a stopped flow stays stopped
         inbox: asyncio.Queue[DeliveredMessage | BaseException | _Stop | _Drained] = asyncio.Queue()
         self._inbox = inbox
         self._outstanding = 0
-        self._run_task = asyncio.current_task()
+        self._stopping = False
+
+        def on_stop() -> None:
+            self._stopping = True
+            inbox.put_nowait(_Stop())
+
+        withdraw = stop.on_set(on_stop)
+        try:
+            await self._run(inbox, emit)
+        finally:
+            withdraw()
+
+    async def _run(self, inbox: asyncio.Queue[Any], emit: Callable[[Inbound], Awaitable[None]]) -> None:
         ch = await self._setup()
         raw = await ch.get_underlay_channel()
         self._raw = raw
@@ -199,31 +209,27 @@ class RabbitSource:
                     self._outstanding += 1  # balanced by the _settled() inside nack
                     await acker.delivery(item.delivery.delivery_tag).nack(True)  # type: ignore[union-attr,arg-type]
                     continue
-                inbound = make(acker, item)
                 self._outstanding += 1
-                self._emitting = True
-                try:
-                    await emit(inbound)
-                except asyncio.CancelledError:
-                    if not self._take_interrupt():
-                        raise
-                    # stop_intake() interrupted an emit the flow had not accepted: give the message back.
-                    await inbound.nack(True)
-                finally:
-                    self._emitting = False
+                # A flow that stops while this waits for a slot refuses it, and the runner nacks it back.
+                await emit(make(acker, item))
             elif isinstance(item, BaseException):
                 raise item
-            elif isinstance(item, (_Stop, _Drained)) and self._stopping and self._outstanding == 0:
-                log.info("flow %s: stopped consuming queue '%s'", self.flow, self.config.queue)
-                return
+            elif isinstance(item, _Stop):
+                await self._cancel_consumer(raw)
+                if self._outstanding == 0:
+                    break
+            elif isinstance(item, _Drained) and self._outstanding == 0:
+                break
+        log.info("flow %s: stopped consuming queue '%s'", self.flow, self.config.queue)
 
-    def _take_interrupt(self) -> bool:
-        """Whether a CancelledError came from stop_intake() alone (then it is absorbed), not a real cancel."""
-        if not self._interrupted:
-            return False
-        self._interrupted = False
-        task = asyncio.current_task()
-        return task is not None and task.uncancel() == 0
+    async def _cancel_consumer(self, raw: aiormq.abc.AbstractChannel) -> None:
+        """basic.cancel: the broker sends no more; what it sent already is nacked as it arrives."""
+        tag = self._tag
+        if tag is not None and not raw.is_closed:
+            try:
+                await raw.basic_cancel(tag, timeout=self.instance.config.timeout)
+            except Exception as e:
+                log.debug("basic.cancel on queue '%s' failed: %r", self.config.queue, e)
 
     def _settled(self) -> None:
         self._outstanding -= 1
@@ -309,24 +315,6 @@ class RabbitSource:
         if cfg.bindings:
             text += f", bound to {', '.join(repr(b.exchange) for b in cfg.bindings)} at start"
         return text
-
-    async def stop_intake(self) -> None:
-        """Stop new deliveries (basic.cancel). Messages prefetched but not accepted by ``emit`` (including one
-        that ``emit`` is blocked on) go back to the queue; run() returns once every accepted message has been
-        acked or nacked, then closes its channel."""
-        self._stopping = True
-        raw, tag = self._raw, self._tag
-        if raw is not None and tag is not None and not raw.is_closed:
-            try:
-                await raw.basic_cancel(tag, timeout=self.instance.config.timeout)
-            except Exception as e:
-                log.debug("basic.cancel on queue '%s' failed: %r", self.config.queue, e)
-        self._inbox.put_nowait(_Stop())
-        if self._emitting and self._run_task is not None and not self._interrupted:
-            # run() is blocked handing a message to a full flow; that message was never taken, so
-            # interrupt the hand-over (run absorbs this one cancellation) and return it to the queue.
-            self._interrupted = True
-            self._run_task.cancel()
 
 
 async def _close_quietly(ch: AbstractChannel) -> None:
