@@ -240,23 +240,91 @@ async def test_gc_passes_are_fewer_while_running_and_restored_after(tmp_path: Pa
     assert gc.get_freeze_count() == 0
 
 
-async def test_a_flow_task_that_swallows_a_cancellation_is_cancelled_again(caplog: Any, monkeypatch: Any) -> None:
+async def test_a_flow_task_that_swallows_its_cancellation_is_named_once_and_not_cancelled_again(
+        caplog: Any, monkeypatch: Any) -> None:
+    """The hard stop is one cancellation. A task that swallows it (what a careless library does)
+    holds the stop for STOP_GRACE at most: one error names the flow and where it waits."""
     import conveyor.daemon
-    from conveyor.daemon import cancel_until_done
+    from conveyor.daemon import cancel_once
 
-    monkeypatch.setattr(conveyor.daemon, "STOP_NAG", 0.1)
-    swallowed = 0
+    monkeypatch.setattr(conveyor.daemon, "STOP_GRACE", 0.3)
+    cancels = 0
+    release = asyncio.Event()
 
     async def stubborn() -> None:
-        nonlocal swallowed
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            swallowed += 1  # what a careless library does; it then goes on waiting
-        await asyncio.sleep(30)
+        nonlocal cancels
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                cancels += 1  # swallowed; it goes on waiting
 
     task = asyncio.create_task(stubborn())
     await asyncio.sleep(0)
-    await asyncio.wait_for(cancel_until_done(task, "f"), 5)
-    assert task.cancelled() and swallowed == 1
-    assert any("cancelling it again" in r.getMessage() for r in caplog.records)
+    t0 = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(cancel_once(task, "f"), 5) is False
+    assert 0.3 <= asyncio.get_running_loop().time() - t0 < 1.5
+    await asyncio.sleep(0.5)  # time for a second cancellation, were one sent
+    assert cancels == 1 and not task.done()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and getattr(errors[0], "flow", None) == "f"
+    assert "waiting in stubborn()" in errors[0].getMessage() and "test_daemon.py" in errors[0].getMessage()
+    release.set()
+    await asyncio.wait_for(task, 5)
+    # A task that honours the cancellation ends within it, quietly.
+    quiet = asyncio.create_task(asyncio.sleep(30))
+    await asyncio.sleep(0)
+    assert await cancel_once(quiet, "g") is True and quiet.cancelled()
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+
+
+STUBBORN_RUN = """
+import asyncio, sys
+from conveyor.cli import main
+from conveyor.flows.filesource import FileSource
+
+async def run(self, *args):
+    while True:  # a source that swallows every cancellation and ignores the stop signal
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            print("swallowed a cancellation", flush=True)
+
+FileSource.run = run
+sys.exit(main(["run", "-c", sys.argv[1]]))
+"""
+
+
+async def test_sigterm_ends_the_daemon_even_when_a_flow_never_ends(tmp_path: Path) -> None:
+    """A flow whose task ignores both the stop signal and its cancellation does not keep the
+    daemon past its deadline: the drain, one cancellation, STOP_GRACE, one error, exit 0."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "disk" / "in").mkdir(parents=True)
+    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}},
+                       {"stuck": local_flow("in", tmp_path / "out")}, shutdown_timeout="1s")
+    script = tmp_path / "stubborn_run.py"
+    script.write_text(STUBBORN_RUN)
+    log = tmp_path / "daemon.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with open(log, "wb") as out:
+            return subprocess.Popen([sys.executable, str(script), str(cfg)], stdout=out, stderr=subprocess.STDOUT)
+
+    proc = start()
+    try:
+        await wait_for(lambda: b"flow started" in log.read_bytes(), 20)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.to_thread(proc.wait, 20)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert rc == 0, text
+    assert took < 10, text  # shutdown_timeout 1 s, STOP_GRACE 5 s, and room
+    assert text.count("swallowed a cancellation") == 1, text  # cancelled once, not again at exit
+    assert text.count("still running") == 1 and "waiting in run()" in text, text

@@ -94,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args, libraries=True)
     if config is None:
         return 2
-    from conveyor.daemon import Daemon
+    from conveyor.daemon import run_daemon
     from conveyor.logs import setup_logging
 
     setup_logging(config.log.level, config.log.format)
@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     faulthandler.enable(all_threads=True)  # a crash writes every thread's stack to stderr (the journal)
     try:
-        return asyncio.run(Daemon(config).run())
+        return run_daemon(config)
     except Exception as e:
         import logging
 

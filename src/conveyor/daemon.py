@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,25 +32,57 @@ from conveyor.supervisor import Backoff
 log = logging.getLogger("conveyor.daemon")
 
 
-STOP_NAG = 5.0
-"""Seconds between cancellations of a flow task that has not ended yet."""
+STOP_GRACE = 5.0
+"""Seconds a flow's task has to end after its one cancellation before the daemon stops waiting for it."""
 
 
-async def cancel_until_done(task: asyncio.Task[None], flow: str) -> None:
-    """Cancel a flow's task and wait until it has ended, cancelling again while it runs on.
+async def cancel_once(task: asyncio.Task[None], flow: str) -> bool:
+    """The hard stop of a flow's task: cancel it once and wait up to STOP_GRACE; whether it ended.
 
-    Code that catches CancelledError can swallow one cancellation (a Pub/Sub token refresh once
-    did); the daemon then waited for ever after SIGTERM, silently. Now it says so and insists.
+    Code that swallows a cancellation (a Pub/Sub token refresh once did) would otherwise hold the
+    daemon until systemd kills it. Such a task is named in one error, with where it waits, and
+    the caller stops waiting for it: cancelling it again would only repeat what it ignores.
     """
-    while True:
+    if not task.done():
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=STOP_NAG)
-        if done:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            return
-        log.error("flow still running %.0fs after it was cancelled; cancelling it again", STOP_NAG,
-                  extra={"flow": flow})
+        await asyncio.wait({task}, timeout=STOP_GRACE)
+    if task.done():
+        if not task.cancelled():
+            task.result()  # an error it ended with is the daemon's to see
+        return True
+    log.error("flow still running %.0fs after it was cancelled, %s; no longer waiting for it",
+              STOP_GRACE, waiting_in(task), extra={"flow": flow})
+    return False
+
+
+def waiting_in(task: asyncio.Task[None]) -> str:
+    """Where a task waits: its innermost frame outside asyncio."""
+    for frame in reversed(task.get_stack()):
+        code = frame.f_code
+        if f"{os.sep}asyncio{os.sep}" not in code.co_filename:
+            return f"waiting in {code.co_name}() at {code.co_filename}:{frame.f_lineno}"
+    return "waiting in asyncio"
+
+
+def run_daemon(config: Config) -> int:
+    """Run the daemon in a new event loop until it stops; the exit code.
+
+    When a flow task was left behind, the process exits as soon as the daemon is done:
+    ``asyncio.run`` would cancel that task again and wait for it without a limit.
+    """
+
+    async def main() -> int:
+        daemon = Daemon(config)
+        code = await daemon.run()
+        if daemon.left_behind:
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+
+    return asyncio.run(main())
 
 
 class Addon(Protocol):
@@ -125,6 +158,8 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._signals = 0
         self._draining: list[tuple[FlowRunner, asyncio.Task[None]]] = []
+        self.left_behind: set[asyncio.Task[None]] = set()
+        """Flow tasks that outlived their cancellation: referenced here, no longer waited for."""
 
     # -- life cycle ---------------------------------------------------------------
     async def run(self) -> int:
@@ -175,9 +210,8 @@ class Daemon:
         self._signals += 1
         if self._signals > 1:
             log.warning("second stop signal: not waiting for deliveries any longer")
-            for runner, task in [*self.flows.values(), *self._draining]:
-                runner.abort()
-                task.cancel()
+            for runner, _ in [*self.flows.values(), *self._draining]:
+                runner.abort()  # the drain ends now, and then the flow's task is cancelled (once)
         self._stop.set()
 
     async def _wait_for_stop(self) -> None:
@@ -286,9 +320,21 @@ class Daemon:
             log.error("flow cannot start: %s", why, extra={"flow": flow.name},
                       exc_info=not isinstance(e, ConveyorError))
             return
-        task = self._tg.create_task(runner.run(), name=f"flow:{flow.name}")
+        task = self._tg.create_task(self._run_flow(runner, flow.name), name=f"flow:{flow.name}")
         self.flows[flow.name] = (runner, task)
         log.info("flow started", extra={"flow": flow.name})
+
+    async def _run_flow(self, runner: FlowRunner, name: str) -> None:
+        """Run a flow in a task of its own; when this is cancelled (the hard stop), cancel that
+        task once and, should it outlive STOP_GRACE, leave it behind: the TaskGroup must not
+        wait for it."""
+        task = asyncio.create_task(runner.run(), name=f"flow:{name}:run")
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not await cancel_once(task, name):
+                self.left_behind.add(task)
+            raise
 
     async def _stop_flow(self, name: str) -> None:
         runner, task = self.flows.pop(name)
@@ -297,7 +343,10 @@ class Daemon:
             if self._signals > 1:
                 runner.abort()
             await runner.drain(self.config.shutdown_timeout)
-            await cancel_until_done(task, name)
+            # The soft stop may have ended the flow already; otherwise this is the hard stop, once.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         finally:
             self._draining.remove((runner, task))  # else every reload would keep its old runners
         try:
