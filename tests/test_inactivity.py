@@ -15,21 +15,20 @@ from tests.harness import wait_for
 async def guarded(w: Watchdog, work: float, touch_every: float | None = None) -> str:
     """``work`` seconds under a guard, touching it every ``touch_every``; how it ended."""
     guard = w.start()
+
+    async def request() -> str:
+        end = time.monotonic() + work
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, touch_every or left))
+            guard.touch()
+        return "done"
+
     try:
-        try:
-            end = time.monotonic() + work
-            while (left := end - time.monotonic()) > 0:
-                await asyncio.sleep(min(left, touch_every or left))
-                guard.touch()
-            return "done"
-        except asyncio.CancelledError:
-            if guard.expired():
-                raise TimeoutError from None
-            raise
-        finally:
-            w.stop(guard)
+        return await guard.run(request())
     except TimeoutError:
         return "timeout"
+    finally:
+        w.stop(guard)
 
 
 async def test_limit_progress_and_many_at_once() -> None:
@@ -64,7 +63,7 @@ async def test_a_cancel_from_outside_stays_a_cancel() -> None:
     task = asyncio.create_task(guarded(w, 3.0))
     await wait_for(lambda: w._live, 5)
     (guard,) = w._live
-    guard._fire()
+    guard.abort()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

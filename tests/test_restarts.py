@@ -377,7 +377,7 @@ async def test_publish_queued_on_a_channel_that_closes_is_retried_not_stuck(rabb
                                                                          tmp_path: Path) -> None:
     """The hang the mid-publish restart found, made deterministic: a publish queued behind another
     on the channel's lock (as behind one blocked on a dead connection's full write queue) when the
-    broker closes the connection. aiormq never wakes it; the target cancels it when its channel
+    broker closes the connection. aiormq never wakes it; the target aborts it when its channel
     closes and raises Transient, so the flow retries it on a new connection."""
     from conveyor.brokers.rabbitmq.config import RabbitTargetConfig
     from conveyor.errors import Transient
@@ -399,7 +399,7 @@ async def test_publish_queued_on_a_channel_that_closes_is_retried_not_stuck(rabb
         raw = await target._channel()
         async with raw.lock:  # the publish ahead of it, holding the lock
             queued = asyncio.create_task(target.deliver(payload("queued")))
-            await wait_for(lambda: queued in target._publishing, 10, 0.01)
+            await wait_for(lambda: len(target._publishing) == 1, 10, 0.01)  # the queued publish
             closed = await asyncio.to_thread(rabbit_node.ctl, "close_all_connections", "restart test")
             assert closed.returncode == 0, closed.stderr
             with pytest.raises(Transient, match="channel closed while publishing"):

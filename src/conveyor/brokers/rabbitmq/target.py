@@ -23,6 +23,7 @@ from conveyor.brokers.rabbitmq.source import broker_added
 from conveyor.errors import NotFound, Rejected, Transient
 from conveyor.names import name_fields
 from conveyor.payload.payload import Payload
+from conveyor.stopping import Abortable, Aborted
 
 if TYPE_CHECKING:
     import aiormq.abc
@@ -53,10 +54,8 @@ class RabbitTarget:
         self._ch: Any = None
         self._lock = asyncio.Lock()
         self._where = f"exchange '{config.exchange}'" if config.exchange else "default exchange"
-        self._publishing: dict[asyncio.Task[Any], aiormq.abc.AbstractChannel] = {}
-        """Deliveries inside ``basic_publish`` now, and the channel each publishes on."""
-        self._cut: set[asyncio.Task[Any]] = set()
-        """Of those, the ones :meth:`_closed` cancelled because their channel closed."""
+        self._publishing: dict[Abortable[Any], aiormq.abc.AbstractChannel] = {}
+        """Publishes under way now, and the channel each publishes on."""
 
     def _error(self, e: BaseException) -> Exception:
         return map_error(e, instance=self.instance.name, address=self.instance.address, path=self._where)
@@ -87,18 +86,17 @@ class RabbitTarget:
             return raw
 
     def _closed(self, raw: aiormq.abc.AbstractChannel, _: object) -> None:
-        """Cancel the publishes still waiting on a channel that has closed.
+        """Abort the publishes still waiting on a channel that has closed.
 
         aiormq rejects the confirms of a closed channel, but not a publisher blocked on the dead
         connection's full write queue, nor those queued behind it on the channel's lock: seen
         with a broker restarted under load (tests/test_restarts.py), they waited forever, each
-        holding a delivery slot and its source item. :meth:`deliver` turns this cancel into
+        holding a delivery slot and its source item. :meth:`deliver` turns this abort into
         Transient, so the delivery is retried on a new channel.
         """
-        for task, ch in list(self._publishing.items()):
-            if ch is raw and task not in self._cut:
-                self._cut.add(task)
-                task.cancel()
+        for publish, ch in list(self._publishing.items()):
+            if ch is raw:
+                publish.abort()
 
     def routing_key(self, payload: Payload) -> str:
         """The routing key template filled from the payload (Rejected when it needs a field the payload lacks)."""
@@ -150,22 +148,18 @@ class RabbitTarget:
         )
         data = await self._body(payload)
         raw = await self._channel()
-        task = asyncio.current_task()
-        assert task is not None
-        self._publishing[task] = raw  # no await between the channel check and the publish
+        publish: Abortable[Any] = Abortable()
+        self._publishing[publish] = raw  # no await between the channel check and the publish
         try:
-            result = await raw.basic_publish(data, exchange=cfg.exchange, routing_key=rk, properties=props,
-                                             mandatory=cfg.mandatory, wait=False)  # type: ignore[call-arg]
-        except asyncio.CancelledError:
-            if task in self._cut and task.uncancel() == 0:  # our cancel only, not a shutdown's
-                raise Transient("channel closed while publishing (connection lost); retrying",
-                                instance=self.instance.name, path=self._where) from None
-            raise
+            result = await publish.run(raw.basic_publish(data, exchange=cfg.exchange, routing_key=rk, properties=props,
+                                                         mandatory=cfg.mandatory, wait=False))  # type: ignore[call-arg]
+        except Aborted:
+            raise Transient("channel closed while publishing (connection lost); retrying",
+                            instance=self.instance.name, path=self._where) from None
         except Exception as e:
             raise self._error(e) from None
         finally:
-            del self._publishing[task]
-            self._cut.discard(task)
+            del self._publishing[publish]
         if isinstance(result, Basic.Ack):
             return
         if isinstance(result, DeliveredMessage):

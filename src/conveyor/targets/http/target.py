@@ -150,28 +150,9 @@ class HttpTarget:
 
     async def _post(self, payload: Payload, headers: dict[str, str], *, reused_ok: bool) -> None:
         limit = self.config.timeout
-        started = time.monotonic()
         guard = self._watchdog.start()
         try:
-            try:
-                body = payload.body
-                data: bytes | AsyncIterator[bytes] = body.data() if body.in_memory else _paced(body.chunks(), guard)
-                async with self.session().post(self.url, data=data, headers=headers, allow_redirects=False) as resp:
-                    guard.touch()
-                    if 200 <= resp.status < 300:
-                        await resp.read()  # drain, so the connection goes back to the pool
-                        log.debug("POST %s: %d in %.3fs", self.where, resp.status, time.monotonic() - started,
-                                  extra={"flow": self.flow, "payload_id": payload.id})
-                        return
-                    excerpt = await _excerpt(resp)
-                    raise _status_error(self.where, resp.status, resp.reason or "", excerpt,
-                                        resp.headers.get("Retry-After"))
-            except asyncio.CancelledError:
-                if guard.expired():
-                    raise TimeoutError from None
-                raise
-            finally:
-                self._watchdog.stop(guard)
+            await guard.run(self._exchange(payload, headers, guard))
         except (Transient, Rejected):
             raise
         except TimeoutError:
@@ -180,6 +161,24 @@ class HttpTarget:
             if not reused_ok and not isinstance(e, aiohttp.ClientConnectorError) and _disconnect(e):
                 raise _Disconnected() from None
             raise _network_error(f"POST {self.where}", e) from None
+        finally:
+            self._watchdog.stop(guard)
+
+    async def _exchange(self, payload: Payload, headers: dict[str, str], guard: Guard) -> None:
+        """One POST and its answer, touching ``guard`` at each sign of progress."""
+        started = time.monotonic()
+        body = payload.body
+        data: bytes | AsyncIterator[bytes] = body.data() if body.in_memory else _paced(body.chunks(), guard)
+        async with self.session().post(self.url, data=data, headers=headers, allow_redirects=False) as resp:
+            guard.touch()
+            if 200 <= resp.status < 300:
+                await resp.read()  # drain, so the connection goes back to the pool
+                log.debug("POST %s: %d in %.3fs", self.where, resp.status, time.monotonic() - started,
+                          extra={"flow": self.flow, "payload_id": payload.id})
+                return
+            excerpt = await _excerpt(resp)
+            raise _status_error(self.where, resp.status, resp.reason or "", excerpt,
+                                resp.headers.get("Retry-After"))
 
     async def probe(self) -> str:
         """Whether the endpoint answers, sending no payload (for ``check --connect``): a HEAD, then an
@@ -228,7 +227,10 @@ def _network_error(what: str, e: BaseException) -> Transient:
 def _disconnect(e: BaseException) -> bool:
     if isinstance(e, aiohttp.ServerDisconnectedError):
         return True
-    return isinstance(e, aiohttp.ClientOSError) and e.errno in (errno.ECONNRESET, errno.EPIPE)
+    if not isinstance(e, aiohttp.ClientOSError):
+        return False
+    # A reset, or a body write that met a transport already closing (no errno then).
+    return e.errno in (errno.ECONNRESET, errno.EPIPE) or isinstance(e.__cause__, ConnectionResetError)
 
 
 async def _paced(chunks: AsyncIterator[bytes], guard: Guard) -> AsyncIterator[bytes]:
