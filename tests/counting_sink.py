@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.harness import DaemonProcess, wait_for
+from tests.servers.ops import serve
 
 RUN_HEADER = "X-Conveyor-Test-Run"
 
@@ -123,16 +124,9 @@ async def counting_sink() -> AsyncIterator[CountingSink]:
     sink = CountingSink()
     app = web.Application(client_max_size=1 << 30)
     app.router.add_post("/{tail:.*}", sink.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    sink.url = f"http://127.0.0.1:{port}/in"
-    try:
+    async with serve(app) as port:
+        sink.url = f"http://127.0.0.1:{port}/in"
         yield sink
-    finally:
-        await runner.cleanup()
 
 
 def recorded_delivered(state_db: Path, flow: str) -> set[str]:

@@ -138,21 +138,28 @@ async def small_disk(folder: Path, size: str = "2m") -> AsyncIterator[Path]:
 
 
 @contextlib.asynccontextmanager
+async def serve(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """Serve ``app`` on a random port of ``host`` (a loopback address) for the duration of the
+    block; yields the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def http_sink(host: str = "127.0.0.1", **kw: Any) -> AsyncIterator[Sink]:
     """Run a Sink on a random port of ``host`` (a loopback address) for the duration of the block."""
     sink = Sink(**kw)
     app = web.Application(client_max_size=1 << 40)
     app.router.add_route("*", "/{tail:.*}", sink.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    sink.url = f"http://{hostport(host, port)}/hook"
-    try:
+    async with serve(app, host) as port:
+        sink.url = f"http://{hostport(host, port)}/hook"
         yield sink
-    finally:
-        await runner.cleanup()
 
 
 # -- the daemon ---------------------------------------------------------------------------
