@@ -106,13 +106,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as e:
         import logging
 
-        from conveyor.errors import ConveyorError
+        from conveyor.errors import ConveyorError, describe
         from conveyor.redact import redact
 
         leaves = list(_leaves(e))
         # conveyor's own errors already say what is wrong; a traceback is for the unexpected.
         expected = all(isinstance(x, ConveyorError) for x in leaves)
-        text = "; ".join(str(x) if isinstance(x, ConveyorError) else f"{type(x).__name__}: {x}" for x in leaves)
+        text = "; ".join(describe(x) for x in leaves)
         logging.getLogger("conveyor").critical("fatal: %s", redact(text), exc_info=not expected)
         return 1
 

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from conveyor.config import Config, Flow, load_config
 from conveyor.config.base import FileSourceConfig, MessageSourceConfig
-from conveyor.errors import ConfigError, ConveyorError
+from conveyor.errors import ConfigError, ConveyorError, describe
 from conveyor.flows.delivery import Deliverer
 from conveyor.flows.filesource import FileSource, FileSourceDeps
 from conveyor.flows.runner import FlowRunner
@@ -313,7 +313,7 @@ class Daemon:
             # One flow that cannot be built (an instance whose library or settings fail at
             # construction) must not take the others down: it shows as failed in /status and
             # /readyz, and a reload with a fixed config starts it.
-            why = redact(str(e) if isinstance(e, ConveyorError) else f"{type(e).__name__}: {e}")
+            why = redact(describe(e))
             st = self.status.add_flow(flow.name)
             st.state = "failed"
             self.status.flow_error(flow.name, f"cannot start: {why}")

@@ -99,3 +99,9 @@ class ConfigError(ConveyorError):
         n = len(problems)
         lines = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"{head}{n} problem{'s' if n != 1 else ''} in config\n{lines}")
+
+
+def describe(e: BaseException) -> str:
+    """One line for a log or /status: conveyor's own errors already say what is wrong; anything
+    else is named by its type."""
+    return str(e) if isinstance(e, ConveyorError) else f"{type(e).__name__}: {e}"

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.errors import ConveyorError, Permanent
+from conveyor.errors import ConveyorError, Permanent, describe
 from conveyor.flows.slots import target_done
 from conveyor.interfaces import Target
 from conveyor.payload.payload import Payload
@@ -180,8 +180,6 @@ class Deliverer:
 
 
 def _describe(e: BaseException) -> str:
-    if isinstance(e, ConveyorError):
-        return str(e)
-    if isinstance(e, TimeoutError):
+    if isinstance(e, TimeoutError) and not isinstance(e, ConveyorError):
         return "timed out"
-    return f"{type(e).__name__}: {e}"
+    return describe(e)
