@@ -67,9 +67,10 @@ def main() -> int:
     took = time.monotonic() - t0
     sys.stdout.write(proc.stdout)
     sys.stderr.write(proc.stderr[-4000:])
-    record = {
+    sha = commit(cwd)
+    record: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
-        "commit": commit(cwd),
+        "commit": sha,
         "machine": machine(),
         "command": shlex.join(["python", *cmd]),
         "exit_code": proc.returncode,
@@ -82,7 +83,7 @@ def main() -> int:
     label = f"-{a.label}" if a.label else ""
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{started:%Y-%m-%dT%H%M}-{name}-{record['commit'][:7]}{label}.json"
+    path = out / f"{started:%Y-%m-%dT%H%M}-{name}-{sha[:7]}{label}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"recorded: {path}", file=sys.stderr)
     return proc.returncode

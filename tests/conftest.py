@@ -49,7 +49,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the fault figures of this run (the README's reliability section quotes them)."""
+    """Print the fault figures of this run (docs/reliability.md quotes them)."""
     from tests.faultlog import line, summary
 
     s = summary()

@@ -1,4 +1,4 @@
-"""Figures of the fault suite for the README's reliability section.
+"""Figures of the fault suite for the reliability page of the docs (docs/reliability.md).
 
 Each fault scenario calls :func:`record` with what it moved, lost and duplicated, and how it
 counted the duplicates (``counted_by``: where every delivery was seen); lines are
