@@ -38,6 +38,23 @@ def local_backend(tmp_path: Path) -> Iterator[LocalBackend]:
     yield LocalBackend(tmp_path / "remote")
 
 
+# Modules whose tests need no root and no server (sshd, vsftpd, RabbitMQ, PostgreSQL, the Pub/Sub
+# emulator): `pytest -m unit` runs them in under a minute on a laptop, for a quick loop while editing.
+UNIT_MODULES = frozenset({
+    "test_batched", "test_config", "test_docs", "test_imports", "test_inactivity", "test_ledger",
+    "test_libraries", "test_logs", "test_payload", "test_sftp_config", "test_sleeps", "test_stop_signals",
+    "test_supervisor", "test_target_registry", "test_targets", "test_wiring", "test_ftp_listing",
+    "test_pubsub_auth", "test_secrets_in_logs",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of UNIT_MODULES ``unit``."""
+    for item in items:
+        if item.path.stem in UNIT_MODULES:
+            item.add_marker(pytest.mark.unit)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Start the fault figures afresh for this run, in a file of this run's own."""
     import os

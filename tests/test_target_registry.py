@@ -4,8 +4,6 @@ runs a flow into it, ``check --connect`` probes it and the config reference list
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import runpy
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,11 +103,8 @@ async def test_check_connect_probes_a_registered_type(tmp_path: Path, lines_type
 
 
 def test_the_config_reference_lists_a_registered_type(lines_type: TargetSpec) -> None:
-    script = runpy.run_path(str(ROOT / "scripts" / "config-reference"), run_name="config_reference")
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        script["main"]()
-    text = out.getvalue()
+    script = runpy.run_path(str(ROOT / "scripts" / "docs"), run_name="docs")
+    text = script["blocks"]()["config:target:lines"]
     assert "#### target `type: lines`" in text
     assert "| `path` | str | **required** | file the lines are appended to |" in text
     assert "| `prefix` | str | `` | written before each payload's name |" in text
