@@ -72,3 +72,28 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     s = summary()
     if s["scenarios"]:
         terminalreporter.write_line(line(s))
+        record_figures("faults", s)
+
+
+def record_figures(name: str, figures: dict[str, Any]) -> None:
+    """With ``CONVEYOR_FIGURES=DIR``, keep this run's figures as ``DIR/<name>.json`` with the date, the
+    commit and the machine, for ``scripts/docs`` to put on the reliability page. Off by default, so
+    that an ordinary run changes nothing in the checkout."""
+    import datetime as dt
+    import json
+    import os
+    import platform
+    import subprocess
+
+    folder = os.environ.get("CONVEYOR_FIGURES")
+    if not folder:
+        return
+    root = Path(__file__).resolve().parent.parent
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "unknown")
+    doc = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": sha,
+           "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()}, **figures}
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
