@@ -152,15 +152,20 @@ async def test_tls_verify_off_warns(pyftpd_factory: Any, tmp_path: Path, caplog:
     await inst.close()
 
 
-async def test_pasv_private_address_ignored(pyftpd_factory: Any, tmp_path: Path) -> None:
-    # The server announces an unroutable address in PASV (as servers behind NAT do) and has no EPSV.
+@pytest.mark.parametrize("over", [{}, {"ignore_passive_address": True}], ids=["default", "patchworks-key"])
+async def test_pasv_private_address_ignored(pyftpd_factory: Any, tmp_path: Path, caplog: Any,
+                                            over: dict[str, Any]) -> None:
+    # The server announces an unroutable address in PASV (as servers behind NAT do) and has no EPSV:
+    # data channels go to the control connection's address without being told.
     srv = pyftpd_factory("none", masquerade="10.255.255.1", epsv=False)
     (srv.root / "f.txt").write_bytes(b"via host")
-    inst, _, spool = ftp_instance(srv.config(ignore_passive_address=True), tmp_path / "spool")
+    inst, _, spool = ftp_instance(srv.config(**over), tmp_path / "spool")
     try:
         reply = await inst.pool.run(lambda c: c.command("PASV", (2,)), "")
         assert "10,255,255,1" in reply.text  # what the client ignores
-        assert [f.path async for f in inst.list("", False)] == ["f.txt"]
+        with caplog.at_level(logging.DEBUG, logger="conveyor.ftp"):
+            assert [f.path async for f in inst.list("", False)] == ["f.txt"]
+        assert any("PASV announced 10.255.255.1" in r.getMessage() for r in caplog.records)
         assert await fetch(inst, spool, "f.txt") == b"via host"
     finally:
         await inst.close()

@@ -90,8 +90,9 @@ def cfg(**kw: object) -> FtpConfig:
 
 def test_config_defaults_and_ports() -> None:
     c = cfg()
-    assert (c.effective_port, c.username, c.tls, c.passive, c.ignore_passive_address) == (21, "anonymous", "none",
-                                                                                          True, False)
+    assert (c.effective_port, c.username, c.tls, c.passive, c.pasv_trust_address) == (21, "anonymous", "none",
+                                                                                       True, False)
+    assert cfg(ignore_passive_address=True).pasv_trust_address is False  # what happens anyway
     assert cfg(tls="implicit").effective_port == 990
     assert cfg(tls="implicit", port=2990).effective_port == 2990
     assert cfg(ssl=True).tls == "explicit"
@@ -114,6 +115,7 @@ def test_config_fingerprints() -> None:
     ({"ssl": True, "tls": "explicit"}, "not both"),
     ({"timeout": 10}, "unit"),
     ({"tls": "sometimes"}, "tls"),
+    ({"ignore_passive_address": True, "pasv_trust_address": True}, "contradicts"),
 ])
 def test_config_errors(kw: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):

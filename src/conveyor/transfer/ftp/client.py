@@ -233,9 +233,13 @@ class FtpConnection:
                 self._epsv = False  # remembered for this connection; PASV from now on
         if not port:
             reply = await self.command("PASV", (2,))
-            host, port = parse_pasv(reply.text)
-            if cfg.ignore_passive_address:
-                host = peer
+            announced, port = parse_pasv(reply.text)
+            if cfg.pasv_trust_address:
+                host = announced
+            elif announced != peer:
+                # A NAT's private address, or a hostile server aiming the data channel elsewhere.
+                log.debug("%s: PASV announced %s; connecting to the control connection's address %s",
+                          cfg.host, announced, peer)
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(cfg.timeout):
             transport, _ = await loop.create_connection(lambda: proto, host, port)

@@ -39,9 +39,11 @@ def parse_tls_fingerprint(value: str) -> str:
 class FtpConfig(InstanceConfig):
     """An FTP or FTPS server: the fields a Patchworks FTP instance has, plus TLS details and pooling.
 
-    ``ignore_passive_address`` defaults to false, unlike Patchworks' form (whose text says "true means
-    active mode" and mixes two settings): here passive mode is ``passive``, and
-    ``ignore_passive_address: true`` only replaces the address a PASV reply announces with ``host``.
+    Passive data channels go to the control connection's address, whatever a PASV reply announces
+    (as curl and ftplib do): a hostile server could otherwise point them at any host and port.
+    ``pasv_trust_address: true`` is the opt-in to the announced address. Patchworks'
+    ``ignore_passive_address`` (whose form text says "true means active mode" and mixes two
+    settings; active mode here is ``passive: false``) is accepted: ``true`` is what happens anyway.
     """
 
     type: Literal["ftp"]
@@ -67,10 +69,16 @@ class FtpConfig(InstanceConfig):
         None, description="highest TLS version to offer (1.2 for servers whose TLS 1.3 session reuse is broken)"
     )
     passive: bool = Field(True, description="passive mode (EPSV, then PASV); false: active mode (EPRT/PORT)")
-    ignore_passive_address: bool = Field(
+    pasv_trust_address: bool = Field(
         False,
-        description="connect passive data channels to `host` rather than the address in the PASV reply "
-        "(for servers behind NAT that announce a private address); EPSV replies carry no address anyway",
+        description="connect passive data channels to the address a PASV reply announces; false: to the "
+        "control connection's address (a hostile server cannot send them elsewhere, and servers behind "
+        "NAT that announce a private address work); EPSV replies carry no address anyway",
+    )
+    ignore_passive_address: bool | None = Field(
+        None,
+        description="accepted for Patchworks configs and otherwise ignored: `true` is what happens anyway; "
+        "`false` does not make conveyor trust PASV addresses (that is `pasv_trust_address: true`)",
     )
     root: str = Field("", description=ROOT_HELP)
     _root_from_login = field_validator("root", mode="before")(normalise_root)
@@ -106,6 +114,8 @@ class FtpConfig(InstanceConfig):
                     raise ValueError(f"{name} is set but tls is none: set tls: explicit or implicit")
         if self.tls_fingerprint is not None and self.ca_file is not None:
             raise ValueError("give either ca_file or tls_fingerprint, not both")
+        if self.pasv_trust_address and self.ignore_passive_address:
+            raise ValueError("ignore_passive_address: true contradicts pasv_trust_address: true; give one")
         return self
 
     @property

@@ -1,0 +1,100 @@
+"""The ftp connector against a server that misbehaves on purpose (tests/servers/hostile_ftp.py):
+endless and trickling listings, endless multi-line replies, files longer than listed or without
+end, and PASV replies that point the data channel at another host. Each is stopped by a limit,
+with an error naming the instance and folder or file; the next operation works."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.errors import Transient
+from conveyor.payload import Body
+from tests.backends.ftp import ftp_instance
+from tests.servers.hostile_ftp import hostile_ftp
+
+__all__ = ["hostile_ftp"]
+
+
+async def listing(inst: Any, path: str = "in") -> list[str]:
+    async with asyncio.timeout(30):
+        return [f.path async for f in inst.list(path, True)]
+
+
+# -- PASV ------------------------------------------------------------------
+class Recorder:
+    """A listener on 127.0.0.2 that records every connection and byte it gets, while the same
+    port on 127.0.0.1 is held (bound, not listening) so a connection there is refused."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.data = bytearray()
+        self.server: asyncio.Server | None = None
+        self.held: socket.socket | None = None
+        self.port = 0
+
+    async def start(self) -> Recorder:
+        async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            self.data += await reader.read()
+            writer.close()
+
+        for _ in range(20):
+            self.server = await asyncio.start_server(record, "127.0.0.2", 0)
+            self.port = self.server.sockets[0].getsockname()[1]
+            held = socket.socket()
+            try:
+                held.bind(("127.0.0.1", self.port))
+            except OSError:
+                held.close()
+                self.server.close()
+                continue
+            self.held = held
+            return self
+        raise RuntimeError("no port free on both 127.0.0.1 and 127.0.0.2")
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.held is not None:
+            self.held.close()
+
+
+async def test_pasv_cannot_send_the_data_channel_elsewhere(hostile_ftp: Any, tmp_path: Path, caplog: Any) -> None:
+    """The server refuses EPSV and points PASV at another host: conveyor connects to the control
+    connection's address instead, so the upload's bytes never reach the other host."""
+    rec = await Recorder().start()
+    srv = hostile_ftp(epsv=False, pasv_to=("127.0.0.2", rec.port), files={"a.csv": (3, b"abc")})
+    inst, _, _ = ftp_instance(srv.config(), tmp_path / "spool")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="conveyor.ftp"):
+            with pytest.raises(Transient, match=r"path 'out/x.csv': .*Connect call failed \('127.0.0.1'"):
+                await inst.upload(Body.from_bytes(b"confidential"), "out/x.csv", exists="replace", chmod=None)
+            with pytest.raises(Transient):
+                await listing(inst, "")
+        await asyncio.sleep(0.2)
+        assert rec.connections == 0 and bytes(rec.data) == b""
+        assert srv.uploads == {}
+        assert any("PASV announced 127.0.0.2; connecting to the control connection's address 127.0.0.1"
+                   in r.getMessage() for r in caplog.records)
+    finally:
+        await inst.close()
+        rec.close()
+
+
+async def test_pasv_trust_address_is_an_opt_in(hostile_ftp: Any, tmp_path: Path) -> None:
+    rec = await Recorder().start()
+    srv = hostile_ftp(epsv=False, pasv_to=("127.0.0.2", rec.port))
+    inst, _, _ = ftp_instance(srv.config(pasv_trust_address=True), tmp_path / "spool")
+    try:
+        await inst.upload(Body.from_bytes(b"for the announced host"), "x.csv", exists="replace", chmod=None)
+        await asyncio.sleep(0.2)
+        assert bytes(rec.data) == b"for the announced host"
+    finally:
+        await inst.close()
+        rec.close()
