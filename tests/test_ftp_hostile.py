@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from conveyor.errors import Transient
 from conveyor.payload import Body
 from tests.backends.ftp import ftp_instance
-from tests.servers.hostile_ftp import hostile_ftp
+from tests.servers.hostile_ftp import GIVE_UP, hostile_ftp
 
 __all__ = ["hostile_ftp"]
 
@@ -24,6 +25,27 @@ __all__ = ["hostile_ftp"]
 async def listing(inst: Any, path: str = "in") -> list[str]:
     async with asyncio.timeout(30):
         return [f.path async for f in inst.list(path, True)]
+
+
+# -- control replies -------------------------------------------------------
+@pytest.mark.parametrize(("where", "long_line"), [("greeting", False), ("FEAT", False), ("greeting", True)],
+                         ids=["greeting-lines", "FEAT-lines", "greeting-one-line"])
+async def test_endless_reply_is_a_protocol_error(hostile_ftp: Any, tmp_path: Path, where: str,
+                                                  long_line: bool) -> None:
+    srv = hostile_ftp(endless_reply=where, long_line=long_line)
+    inst, status, _ = ftp_instance(srv.config(timeout="20s"), tmp_path / "spool")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(Transient) as e:
+            await inst.check()
+        to = " to FEAT" if where == "FEAT" else ""
+        assert str(e.value) == (f"instance 'ftp-test': 127.0.0.1:{srv.port}: the server's reply{to} is longer "
+                                "than 1000 lines or 64 KiB; connection dropped")
+        assert time.monotonic() - t0 < 5, "stopped by the cap, not by the timeout"
+        assert status.instances["ftp-test"].state == "down"
+        assert srv.reply_bytes < GIVE_UP
+    finally:
+        await inst.close()
 
 
 # -- PASV ------------------------------------------------------------------

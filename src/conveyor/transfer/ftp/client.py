@@ -47,6 +47,11 @@ WRITE_HIGH = 1024 * 1024
 while the kernel sends the last; a larger one only adds copies of the transport's buffer."""
 SNDBUF = 4 * 1024 * 1024
 """SO_SNDBUF of an upload's data channel (capped at net.core.wmem_max, then doubled by the kernel)."""
+MAX_REPLY_LINES = 1000
+"""Most lines of one control-channel reply: the longest a client of ours asks for (FEAT, MLST) has a
+few dozen; a server sending more is misbehaving, and its reply is not kept growing in memory."""
+MAX_REPLY_BYTES = 64 * 1024
+"""Most bytes of one control-channel reply (and of one reply line), for the same reason."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,16 @@ class FtpReplyError(Exception):
         super().__init__(f"{command} -> {reply.code} {reply.text}")
         self.command = command
         self.reply = reply
+
+
+class FtpProtocolError(Exception):
+    """The server broke the protocol (a reply past the size caps): the connection is dropped."""
+
+
+def _too_long(command: str | None) -> FtpProtocolError:
+    to = f" to {command}" if command else ""
+    return FtpProtocolError(f"the server's reply{to} is longer than {MAX_REPLY_LINES} lines or "
+                            f"{MAX_REPLY_BYTES // 1024} KiB; connection dropped")
 
 
 class Stale(Exception):
@@ -100,7 +115,7 @@ class FtpConnection:
         implicit = cfg.tls == "implicit"
         async with asyncio.timeout(t):
             self._reader, self._writer = await asyncio.open_connection(
-                cfg.host, cfg.effective_port, limit=1 << 20,
+                cfg.host, cfg.effective_port, limit=MAX_REPLY_BYTES,
                 ssl=self._tls if implicit else None, server_hostname=cfg.host if implicit else None,
                 ssl_handshake_timeout=t if implicit else None,
             )
@@ -142,15 +157,22 @@ class FtpConnection:
         log.debug("%s> %s", self.cfg.host, shown or line)
         self._writer.write(line.encode("utf-8", "surrogateescape") + b"\r\n")
 
-    async def _read_reply(self) -> Reply:
+    async def _read_reply(self, command: str | None = None) -> Reply:
         assert self._reader is not None
         lines: list[str] = []
         code = ""
+        size = 0
         async with asyncio.timeout(self.cfg.timeout):
             while True:
-                raw = await self._reader.readline()
+                try:
+                    raw = await self._reader.readline()
+                except ValueError:  # one line longer than the stream's limit, MAX_REPLY_BYTES
+                    raise _too_long(command) from None
                 if not raw:
                     raise ConnectionResetError("the server closed the control connection")
+                size += len(raw)
+                if size > MAX_REPLY_BYTES or len(lines) >= MAX_REPLY_LINES:
+                    raise _too_long(command)
                 text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
                 lines.append(text)
                 if not code:
@@ -167,7 +189,7 @@ class FtpConnection:
 
     async def _expect(self, command: str | None, ok: tuple[int, ...] | None) -> Reply:
         try:
-            reply = await self._read_reply()
+            reply = await self._read_reply(command)
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as e:
             if self.reused:
                 raise Stale(str(e)) from e

@@ -34,7 +34,7 @@ from conveyor.interfaces import Context, RemoteFile
 from conveyor.netloc import hostport
 from conveyor.payload.body import Body
 from conveyor.payload.spool import SpoolWriter
-from conveyor.transfer.ftp.client import FtpConnection, FtpReplyError
+from conveyor.transfer.ftp.client import FtpConnection, FtpProtocolError, FtpReplyError
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.ftp.data import DataProtocol
 from conveyor.transfer.ftp.listing import Entry, is_fragment, parse_list_line, parse_mlsd_line, parse_mlsx_time
@@ -116,6 +116,8 @@ class FtpInstance:
         if isinstance(e, ssl.SSLError):
             hint = " (is this an FTPS port? check tls: explicit or implicit)" if "WRONG_VERSION" in str(e) else ""
             return Permanent(f"TLS failed: {e.reason or e}{hint}", **kw)
+        if isinstance(e, FtpProtocolError):
+            return Transient(f"{hostport(self.config.host, self.config.effective_port)}: {e}", **kw)
         if isinstance(e, TimeoutError):
             return Transient(f"timed out after {self.config.timeout:g}s ({self.config.host})", **kw)
         if isinstance(e, OSError):
