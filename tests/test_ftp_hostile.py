@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.errors import Transient
+from conveyor.errors import Permanent, Transient
 from conveyor.payload import Body
 from tests.backends.ftp import ftp_instance
 from tests.servers.hostile_ftp import GIVE_UP, hostile_ftp
@@ -25,6 +25,61 @@ __all__ = ["hostile_ftp"]
 async def listing(inst: Any, path: str = "in") -> list[str]:
     async with asyncio.timeout(30):
         return [f.path async for f in inst.list(path, True)]
+
+
+# -- listings --------------------------------------------------------------
+@pytest.mark.parametrize("mlsd", [True, False], ids=["MLSD", "LIST"])
+async def test_endless_listing_stops_at_the_entry_cap(hostile_ftp: Any, tmp_path: Path, mlsd: bool) -> None:
+    srv = hostile_ftp(listing="endless", mlsd=mlsd, files={"a.csv": (3, b"abc")})
+    inst, _, _ = ftp_instance(srv.config(max_listing_entries=5000), tmp_path / "spool")
+    try:
+        with pytest.raises(Permanent) as e:
+            await listing(inst)
+        msg = str(e.value)
+        assert msg.startswith("instance 'ftp-test', path 'in': listing of this folder stopped at more than "
+                              "5000 entries in one poll (max_listing_entries)"), msg
+        assert srv.listing_bytes < GIVE_UP
+        # The connection that carried it was dropped; the instance goes on working.
+        assert (await inst.stat("a.csv")) is not None
+        assert inst.pool.connects == 2
+    finally:
+        await inst.close()
+
+
+async def test_endless_listing_stops_at_the_byte_cap(hostile_ftp: Any, tmp_path: Path) -> None:
+    srv = hostile_ftp(listing="endless")
+    inst, _, _ = ftp_instance(srv.config(max_listing_bytes="1MiB", max_listing_entries=10**9), tmp_path / "spool")
+    try:
+        with pytest.raises(Permanent, match=r"the instance root stopped at more than 1048576 bytes in one poll "
+                                            r"\(max_listing_bytes\)"):
+            await listing(inst, "")
+        assert srv.listing_bytes < GIVE_UP
+    finally:
+        await inst.close()
+
+
+async def test_default_caps_stop_an_endless_listing(hostile_ftp: Any, tmp_path: Path) -> None:
+    srv = hostile_ftp(listing="endless")
+    inst, _, _ = ftp_instance(srv.config(), tmp_path / "spool")
+    try:
+        with pytest.raises(Permanent, match=r"more than 100000 entries in one poll \(max_listing_entries\)"):
+            await listing(inst)
+    finally:
+        await inst.close()
+
+
+async def test_trickling_listing_meets_the_listing_deadline(hostile_ftp: Any, tmp_path: Path) -> None:
+    """One line every 0.2 s never trips the inactivity timeout; listing_timeout ends it."""
+    srv = hostile_ftp(listing="trickle")
+    inst, _, _ = ftp_instance(srv.config(listing_timeout="1500ms", timeout="5s"), tmp_path / "spool")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(Transient, match=r"path 'in': listing of this folder took longer than "
+                                            r"listing_timeout \(1.5s\)"):
+            await listing(inst)
+        assert 1.4 < time.monotonic() - t0 < 4
+    finally:
+        await inst.close()
 
 
 # -- control replies -------------------------------------------------------

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.ftp.listing import (
+    ListingParser,
     parse_epsv,
     parse_list_line,
     parse_mlsd_line,
@@ -92,6 +93,8 @@ def test_config_defaults_and_ports() -> None:
     c = cfg()
     assert (c.effective_port, c.username, c.tls, c.passive, c.pasv_trust_address) == (21, "anonymous", "none",
                                                                                        True, False)
+    assert (c.max_listing_entries, c.max_listing_bytes, c.listing_timeout) == (100_000, 64 << 20, 300.0)
+    assert cfg(max_listing_bytes="1MiB", listing_timeout="2m").max_listing_bytes == 1 << 20
     assert cfg(ignore_passive_address=True).pasv_trust_address is False  # what happens anyway
     assert cfg(tls="implicit").effective_port == 990
     assert cfg(tls="implicit", port=2990).effective_port == 2990
@@ -116,6 +119,8 @@ def test_config_fingerprints() -> None:
     ({"timeout": 10}, "unit"),
     ({"tls": "sometimes"}, "tls"),
     ({"ignore_passive_address": True, "pasv_trust_address": True}, "contradicts"),
+    ({"max_listing_entries": 0}, "max_listing_entries"),
+    ({"max_listing_bytes": "lots"}, "not a size"),
 ])
 def test_config_errors(kw: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
@@ -129,3 +134,38 @@ def test_fragments_of_names_with_line_breaks() -> None:
     assert not is_fragment("type=file;size=1; ok", mlsd=True)
     assert not is_fragment("drwxr-xr-x 2 a b 4096 Nov 20 09:00 .", mlsd=False)
     assert not is_fragment("total 8", mlsd=False) and not is_fragment("", mlsd=False)
+
+
+MLSD_LISTING = (
+    b"type=cdir;modify=20261126223951; .\r\n"
+    b"type=file;size=12;modify=20261126223951; a b.csv\r\n"
+    b"type=file;size=3;modify=20261126223951; broken\r\n"
+    b"name.txt\r\n"
+    b"type=dir;modify=20261126223951; sub\r\n"
+    b"type=file;size=7;modify=20261126223951; caf\xc3\xa9.txt"  # UTF-8 \u00e9, cut in two by some splits
+)
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64, len(MLSD_LISTING)])
+def test_listing_parser_streams(step: int) -> None:
+    """Any split into blocks (CRLF cut in two, a UTF-8 character cut in two) parses alike; the
+    entry before a line that is no entry was a name with a line break and is left out."""
+    p = ListingParser(mlsd=True)
+    for i in range(0, len(MLSD_LISTING), step):
+        p.feed(memoryview(MLSD_LISTING)[i:i + step])
+    p.finish()
+    assert [(e.name, e.kind, e.size) for e in p.entries] == [("a b.csv", "file", 12), ("sub", "dir", -1),
+                                                             ("caf\u00e9.txt", "file", 7)]
+    assert p.fragments == 1
+
+
+def test_listing_parser_line_ends() -> None:
+    lf = ListingParser(mlsd=False)
+    lf.feed(b"-rw-r--r-- 1 u g 5 Jan  1  2026 a\n-rw-r--r-- 1 u g 6 Jan  1  2026 b\n")
+    lf.finish()
+    assert [(e.name, e.size) for e in lf.entries] == [("a", 5), ("b", 6)]
+    # CRLF listing: a bare LF stays inside the name (the source refuses such a name by name).
+    crlf = ListingParser(mlsd=True)
+    crlf.feed(b"type=file;size=1;modify=20260101000000; x\r\ntype=file;size=2;modify=20260101000000; y\nz\r\n")
+    crlf.finish()
+    assert [e.name for e in crlf.entries] == ["x", "y\nz"]

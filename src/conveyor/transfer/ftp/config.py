@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
-from conveyor.config.types import Duration, Secret
+from conveyor.config.types import Duration, Secret, Size
 from conveyor.netloc import hostport
 from conveyor.registry import ConnectorSpec, register
 from conveyor.transfer.remote_root import ROOT_HELP, normalise_root
@@ -34,6 +34,16 @@ def parse_tls_fingerprint(value: str) -> str:
             "colons optional, e.g. as `openssl x509 -noout -fingerprint -sha256` prints it"
         )
     return v
+
+
+MAX_LISTING_ENTRIES = 100_000
+"""Default cap on listing entries per poll. A folder this big already takes minutes per poll over
+FTP; the parsed entries and the source's tables for them stay in the tens of MB at the cap."""
+MAX_LISTING_BYTES = 64 * 1024 * 1024
+"""Default cap on listing bytes per poll: 100,000 MLSD lines are ~12 MB; 64 MiB leaves room for
+long names and verbose ``LIST`` formats, and at a slow 1 MB/s is still read within a minute."""
+LISTING_TIMEOUT = 300.0
+"""Default deadline of one folder's listing: a trickling server cannot hold a poll for ever."""
 
 
 class FtpConfig(InstanceConfig):
@@ -79,6 +89,21 @@ class FtpConfig(InstanceConfig):
         None,
         description="accepted for Patchworks configs and otherwise ignored: `true` is what happens anyway; "
         "`false` does not make conveyor trust PASV addresses (that is `pasv_trust_address: true`)",
+    )
+    max_listing_entries: int = Field(
+        MAX_LISTING_ENTRIES, ge=1,
+        description="most entries (files, folders, links) one poll may list, all folders together; "
+        "past it the poll fails with an error naming the folder, and is retried later",
+    )
+    max_listing_bytes: Size = Field(
+        MAX_LISTING_BYTES, ge=1,
+        description="most listing bytes (MLSD/LIST data) one poll may read, all folders together; "
+        "past it the poll fails as for max_listing_entries",
+    )
+    listing_timeout: Duration = Field(
+        LISTING_TIMEOUT, gt=0,
+        description="longest time the listing of one folder may take, however steadily the server sends "
+        "(timeout still bounds each wait for data)",
     )
     root: str = Field("", description=ROOT_HELP)
     _root_from_login = field_validator("root", mode="before")(normalise_root)

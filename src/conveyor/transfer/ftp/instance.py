@@ -17,6 +17,7 @@ import posixpath
 import re
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,7 +38,7 @@ from conveyor.payload.spool import SpoolWriter
 from conveyor.transfer.ftp.client import FtpConnection, FtpProtocolError, FtpReplyError
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.ftp.data import DataProtocol
-from conveyor.transfer.ftp.listing import Entry, is_fragment, parse_list_line, parse_mlsd_line, parse_mlsx_time
+from conveyor.transfer.ftp.listing import Entry, ListingParser, parse_mlsd_line, parse_mlsx_time
 from conveyor.transfer.ftp.pool import FtpPool
 from conveyor.transfer.ftp.tls import describe_verify_error
 from conveyor.transfer.remote_root import join_root
@@ -58,6 +59,14 @@ TLS_SLICE = 256 * 1024
 _NOT_FOUND_COMMANDS = {"RETR", "SIZE", "MDTM", "MLST", "MLSD", "LIST", "NLST", "CWD", "DELE", "RNFR"}
 _FULL = re.compile(r"no space|disk full|quota|insufficient storage|exceeded storage", re.IGNORECASE)
 """Reply texts of a full disk or quota, whatever the code (pyftpdlib: 426 No space left on device)."""
+
+
+@dataclass
+class _Budget:
+    """What one poll's listing has used so far, against ``max_listing_entries``/``max_listing_bytes``."""
+
+    entries: int = 0
+    bytes: int = 0
 
 
 class FtpInstance:
@@ -192,46 +201,73 @@ class FtpInstance:
             return (await c.command(f"CWD {self._abs(path)}")).code // 100 == 2
         return await self.pool.run(op, path)
 
-    async def _listdir(self, c: FtpConnection, folder: str) -> list[Entry]:
+    async def _listdir(self, c: FtpConnection, folder: str, budget: _Budget) -> list[Entry]:
         # CWD then a bare MLSD/LIST: servers read a LIST argument as options or a glob.
         await c.command(f"CWD {self._abs(folder)}", (2,))
-        raw = bytearray()
         mlsd = "MLST" in c.features
-        if mlsd:
-            await c.transfer("MLSD", on_data=raw.extend)
-        else:
-            try:
-                # Unix servers hide dot-files from a bare LIST; -a shows them (names like '..x' are files too).
-                await c.transfer("LIST -a" if c.unix and self._list_a else "LIST", on_data=raw.extend)
-            except FtpReplyError as e:
-                if e.reply.code // 100 != 5 or not (c.unix and self._list_a):
-                    raise
-                self._list_a = False
-                raw.clear()
-                await c.transfer("LIST", on_data=raw.extend)
-        parse = parse_mlsd_line if mlsd else parse_list_line
-        out: list[Entry] = []
-        last_parsed = False
-        for line in raw.decode("utf-8", "surrogateescape").split("\r\n" if b"\r\n" in raw else "\n"):
-            entry = parse(line)
-            if entry is not None:
-                out.append(entry)
-            elif last_parsed and is_fragment(line, mlsd):
-                # A name with a line break spills onto the next line: the entry before is a fragment.
-                if folder not in self._warned:
-                    self._warned.add(folder)
-                    log.warning("instance '%s': skipping a name with a line break in folder %r", self.name, folder)
-                out.pop()
-            last_parsed = entry is not None
-        return out
+        parser = ListingParser(mlsd)
+
+        def feed(block: memoryview) -> None:
+            # Runs for each received block: a cap stops the transfer (the connection is dropped).
+            budget.bytes += len(block)
+            if budget.bytes > self.config.max_listing_bytes:
+                raise self._too_big(folder, f"more than {self.config.max_listing_bytes} bytes",
+                                    "max_listing_bytes")
+            before = len(parser.entries)
+            parser.feed(block)
+            budget.entries += len(parser.entries) - before
+            if budget.entries > self.config.max_listing_entries:
+                raise self._too_big(folder, f"more than {self.config.max_listing_entries} entries",
+                                    "max_listing_entries")
+
+        try:
+            async with asyncio.timeout(self.config.listing_timeout) as deadline:
+                if mlsd:
+                    await c.transfer("MLSD", on_data=feed)
+                else:
+                    try:
+                        # Unix servers hide dot-files from a bare LIST; -a shows them (names like '..x' are files too).
+                        await c.transfer("LIST -a" if c.unix and self._list_a else "LIST", on_data=feed)
+                    except FtpReplyError as e:
+                        if e.reply.code // 100 != 5 or not (c.unix and self._list_a):
+                            raise
+                        self._list_a = False
+                        parser = ListingParser(mlsd)
+                        await c.transfer("LIST", on_data=feed)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise Transient(f"listing of {self._where(folder)} took longer than listing_timeout "
+                            f"({self.config.listing_timeout:g}s); the poll is retried later",
+                            instance=self.name, path=folder or None) from None
+        parser.finish()
+        if parser.fragments and folder not in self._warned:
+            # A name with a line break spills onto the next line: such entries are left out.
+            self._warned.add(folder)
+            log.warning("instance '%s': skipping a name with a line break in folder %r", self.name, folder)
+        return parser.entries
+
+    @staticmethod
+    def _where(folder: str) -> str:
+        return "this folder" if folder else "the instance root"
+
+    def _too_big(self, folder: str, what: str, key: str) -> Permanent:
+        return Permanent(f"listing of {self._where(folder)} stopped at {what} in one poll ({key}); the poll is "
+                         f"retried later: raise {key}, or have the folder emptied on the server",
+                         instance=self.name, path=folder or None)
 
     async def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
-        """Regular files under ``path``. Each folder's listing is read whole, then the connection is
-        released before entries are yielded, so a caller may download while iterating."""
+        """Regular files under ``path``. Each folder's listing is parsed as it arrives, then the
+        connection is released before entries are yielded, so a caller may download while iterating.
+
+        One call is one poll: ``max_listing_entries`` and ``max_listing_bytes`` count all of its
+        folders together, ``listing_timeout`` bounds each folder's listing.
+        """
         pending = [path.strip("/")]
+        budget = _Budget()
         while pending:
             folder = pending.pop()
-            entries = await self.pool.run(lambda c, f=folder: self._listdir(c, f), folder)  # type: ignore[misc]
+            entries = await self.pool.run(lambda c, f=folder: self._listdir(c, f, budget), folder)  # type: ignore[misc]
             for e in entries:
                 rel = f"{folder}/{e.name}" if folder else e.name
                 if e.kind == "dir":

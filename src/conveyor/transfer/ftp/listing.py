@@ -1,11 +1,13 @@
 """Parsing FTP directory listings and replies: MLSD facts, Unix ``ls -l`` and Windows/IIS ``LIST`` lines,
-PASV/EPSV addresses and MDTM times. Pure functions, so they are tested with fixtures."""
+PASV/EPSV addresses and MDTM times. Pure functions and a streaming parser without I/O, so they are
+tested with fixtures."""
 
 from __future__ import annotations
 
 import calendar
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _MONTHS = {m: i for i, m in enumerate(
@@ -155,6 +157,57 @@ def is_fragment(line: str, mlsd: bool) -> bool:
         facts, sep, _ = line.partition(" ")
         return not sep or "=" not in facts
     return not (line.lower().startswith("total") or _UNIX.match(line) or _WINDOWS.match(line))
+
+
+class ListingParser:
+    """Parses an MLSD or LIST listing as it arrives, so only the unfinished last line is held.
+
+    Lines end with CRLF if the first line does, else with LF (a CRLF listing keeps a bare LF inside
+    a name, which the source then refuses by name). An entry followed by a line that is not one
+    (:func:`is_fragment`) was a name with a line break: it is dropped and counted in ``fragments``.
+    """
+
+    def __init__(self, mlsd: bool) -> None:
+        self.entries: list[Entry] = []
+        self.fragments = 0
+        self._mlsd = mlsd
+        self._parse: Callable[[str], Entry | None] = parse_mlsd_line if mlsd else parse_list_line
+        self._tail = bytearray()
+        self._sep: bytes | None = None
+        self._last_parsed = False
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Parse the complete lines that ``data`` finishes; keep the rest for the next block."""
+        start = max(0, len(self._tail) - 1)  # a CR at the end of the last block may start a CRLF
+        self._tail += data
+        if self._sep is None:
+            first = self._tail.find(b"\n")
+            if first < 0:
+                return
+            self._sep = b"\r\n" if first > 0 and self._tail[first - 1] == 0x0D else b"\n"
+            start = 0
+        end = self._tail.rfind(self._sep, start)
+        if end < 0:
+            return
+        text = self._tail[:end].decode("utf-8", "surrogateescape")
+        del self._tail[:end + len(self._sep)]
+        for line in text.split(self._sep.decode()):
+            self._line(line)
+
+    def finish(self) -> None:
+        """Parse what follows the last line end (a listing need not end with one)."""
+        text = self._tail.decode("utf-8", "surrogateescape")
+        self._tail = bytearray()
+        self._line(text)
+
+    def _line(self, line: str) -> None:
+        entry = self._parse(line)
+        if entry is not None:
+            self.entries.append(entry)
+        elif self._last_parsed and is_fragment(line, self._mlsd):
+            self.fragments += 1
+            self.entries.pop()
+        self._last_parsed = entry is not None
 
 
 _PASV = re.compile(r"(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3})")
