@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from conveyor.errors import Permanent, Transient
+from conveyor.interfaces import RemoteFile
 from conveyor.payload import Body
 from tests.backends.ftp import ftp_instance
 from tests.servers.hostile_ftp import GIVE_UP, hostile_ftp
@@ -99,6 +100,59 @@ async def test_endless_reply_is_a_protocol_error(hostile_ftp: Any, tmp_path: Pat
         assert time.monotonic() - t0 < 5, "stopped by the cap, not by the timeout"
         assert status.instances["ftp-test"].state == "down"
         assert srv.reply_bytes < GIVE_UP
+    finally:
+        await inst.close()
+
+
+# -- downloads -------------------------------------------------------------
+@pytest.mark.parametrize(("size", "content"), [(10, b"0123456789 and then some more"), (100_000, None)],
+                         ids=["longer", "endless"])
+async def test_file_longer_than_listed_is_cut_and_refused(hostile_ftp: Any, tmp_path: Path, size: int,
+                                                          content: bytes | None) -> None:
+    """As on SFTP: the listed bytes, then an error; a retry from there fails the same way, so a
+    grown (or endless) file is never delivered cut short, nor read past its listed size."""
+    srv = hostile_ftp(files={"grew.csv": (size, content)})
+    inst, _, spool = ftp_instance(srv.config(), tmp_path / "spool")
+    try:
+        f = await inst.stat("grew.csv")
+        assert f is not None and f.size == size
+        w = spool.writer()
+        for _ in range(2):
+            with pytest.raises(Transient, match=r"path 'grew.csv': file changed while being read: it has more "
+                                                rf"than the listed {size} bytes"):
+                await inst.download(f, w)
+            assert w.size == size
+        w.abort()
+        assert srv.file_bytes < GIVE_UP
+    finally:
+        await inst.close()
+
+
+async def test_resumed_download_at_the_listed_size_checks_for_more(hostile_ftp: Any, tmp_path: Path) -> None:
+    srv = hostile_ftp(files={"same.csv": (10, b"0123456789")})
+    inst, _, spool = ftp_instance(srv.config(), tmp_path / "spool")
+    try:
+        f = await inst.stat("same.csv")
+        assert f is not None
+        w = spool.writer()
+        await inst.download(f, w)
+        await inst.download(f, w)  # REST 10: nothing follows, so it is complete
+        body = w.finish()
+        assert body.data() == b"0123456789"
+        body.release()
+    finally:
+        await inst.close()
+
+
+async def test_file_without_a_listed_size_is_not_downloaded(hostile_ftp: Any, tmp_path: Path) -> None:
+    srv = hostile_ftp(files={"endless.bin": (0, None)})
+    inst, _, spool = ftp_instance(srv.config(), tmp_path / "spool")
+    try:
+        w = spool.writer()
+        with pytest.raises(Permanent, match=r"path 'endless\.bin': the server's listing gives no size"):
+            await inst.download(RemoteFile("endless.bin", -1, 0.0), w)
+        assert w.size == 0 and srv.file_bytes == 0
+        w.abort()
     finally:
         await inst.close()
 

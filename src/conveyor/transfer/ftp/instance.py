@@ -281,17 +281,45 @@ class FtpInstance:
                         yield target
 
     async def download(self, f: RemoteFile, sink: SpoolWriter) -> None:
-        """RETR into ``sink`` from offset ``sink.size`` (REST), then check the size."""
+        """RETR into ``sink`` from offset ``sink.size`` (REST), at most the listed size, then check the size.
+
+        As on SFTP, a byte past the listed size means the file grew while being read: Transient,
+        with the listed bytes in ``sink``, so it is listed and checked for stability again rather
+        than delivered cut short. A resumed download that already has the listed size still asks
+        for what follows, to see that nothing does.
+        """
+        if f.size < 0:
+            # An MLSD line without a size fact: nothing to hold the server to, nor to check against.
+            raise Permanent("the server's listing gives no size for this file; it is not downloaded",
+                            instance=self.name, path=f.path)
+        # The sink accepts any buffer; handing it the receive buffer's view avoids a copy.
+        write = cast(Any, sink.write)
+
         async def op(c: FtpConnection) -> None:
             start = sink.size
-            if f.size >= 0 and start >= f.size and start > 0:
-                return
-            # The sink accepts any buffer; handing it the receive buffer's view avoids a copy.
-            await c.transfer(f"RETR {self._abs(f.path)}", on_data=cast(Any, sink.write), rest=start)
+            if start > f.size:
+                raise self._grew(f)
+            left = f.size - start
+
+            def take(block: memoryview) -> None:
+                nonlocal left
+                if len(block) > left:
+                    if left:
+                        write(block[:left])
+                        left = 0
+                    raise self._grew(f)  # the transfer stops and the connection is dropped
+                left -= len(block)
+                write(block)
+
+            await c.transfer(f"RETR {self._abs(f.path)}", on_data=take, rest=start)
         await self.pool.run(op, f.path)
-        if f.size >= 0 and sink.size != f.size:
+        if sink.size != f.size:
             raise Transient(f"size mismatch: read {sink.size} bytes, the listing said {f.size}",
                             instance=self.name, path=f.path)
+
+    def _grew(self, f: RemoteFile) -> Transient:
+        return Transient(f"file changed while being read: it has more than the listed {f.size} bytes",
+                         instance=self.name, path=f.path)
 
     async def _mkdirs(self, c: FtpConnection, folder: str) -> None:
         if folder in self._made_dirs or folder == "/":
