@@ -18,6 +18,7 @@ from conveyor.errors import Permanent, Transient
 from conveyor.interfaces import RemoteFile
 from conveyor.payload import Body
 from tests.backends.ftp import ftp_instance
+from tests.harness import DaemonProcess, bodies, wait_for, write_config
 from tests.servers.hostile_ftp import GIVE_UP, hostile_ftp
 
 __all__ = ["hostile_ftp"]
@@ -229,3 +230,62 @@ async def test_pasv_trust_address_is_an_opt_in(hostile_ftp: Any, tmp_path: Path)
     finally:
         await inst.close()
         rec.close()
+
+
+# -- the daemon ------------------------------------------------------------
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+async def test_daemon_keeps_delivering_past_hostile_ftp_servers(hostile_ftp: Any, tmp_path: Path) -> None:
+    """``conveyor run`` with three hostile FTP sources (an endless listing under the default caps, a
+    file longer than listed, an endless FEAT reply) beside a local flow: each hostile flow logs a
+    clear error naming its flow, instance and folder or file, nothing cut short is delivered, and the
+    local flow keeps delivering; memory stays bounded and the daemon stops cleanly."""
+    endless = hostile_ftp(listing="endless")
+    grew = hostile_ftp(files={"grew.csv": (10, b"0123456789 and then some more")})
+    chatty = hostile_ftp(endless_reply="FEAT")
+    box = tmp_path / "box"
+    (box / "in").mkdir(parents=True)
+
+    def flow(instance: str, out: str) -> dict[str, Any]:
+        return {"source": {"instance": instance, "path": "in", "poll_interval": "200ms", "min_age": "0s"},
+                "target": {"type": "directory", "path": str(tmp_path / out), "filename": "{name}"}}
+
+    cfg = write_config(tmp_path, {"endless": endless.config(), "grew": grew.config(), "chatty": chatty.config(),
+                                  "box": {"type": "local", "root": str(box)}},
+                       {"f-endless": flow("endless", "out-endless"), "f-grew": flow("grew", "out-grew"),
+                        "f-chatty": flow("chatty", "out-chatty"), "f-good": flow("box", "out-good")})
+    d = DaemonProcess(cfg).start()
+
+    async def deliver(name: str) -> None:
+        (box / "in" / name).write_bytes(name.encode())
+        await wait_for(lambda: name in bodies(tmp_path / "out-good"), 30)
+
+    def logged(flow: str, text: str) -> list[dict[str, Any]]:
+        return [r for r in d.logs() if r.get("flow") == flow and text in str(r.get("msg"))]
+
+    try:
+        for i in range(6):
+            await deliver(f"good{i}.csv")
+            await asyncio.sleep(0.3)
+        await wait_for(lambda: logged("f-endless", "instance 'endless', path 'in': listing of this folder "
+                                                   "stopped at more than 100000 entries"), 30)
+        await wait_for(lambda: logged("f-grew", "instance 'grew', path 'in/grew.csv': file changed while "
+                                                "being read: it has more than the listed 10 bytes"), 30)
+        await wait_for(lambda: logged("f-chatty", "instance 'chatty': 127.0.0.1:"), 30)
+        assert "reply to FEAT is longer than 1000 lines" in logged("f-chatty", "instance 'chatty'")[0]["msg"]
+        assert d.proc is not None and d.proc.poll() is None, d.text()[-3000:]
+        rss = peak_rss_mb(d.proc.pid)
+    finally:
+        d.stop()
+    assert bodies(tmp_path / "out-grew") == {} and bodies(tmp_path / "out-endless") == {}
+    assert len(bodies(tmp_path / "out-good")) == 6
+    assert endless.listing_bytes < GIVE_UP and chatty.reply_bytes < GIVE_UP
+    assert "Traceback" not in d.text()
+    assert rss < 200, f"peak RSS {rss:.0f} MB"
+    print(f"peak RSS of the daemon: {rss:.0f} MB")
