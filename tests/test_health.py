@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import conveyor.health
 from tests.servers.ops import (
     CONVEYOR,
+    api_headers,
     daemon_in_process,
     delayed,
     free_port,
@@ -93,9 +94,10 @@ async def test_endpoints_on_a_moving_flow(tmp_path: Path) -> None:
         assert m[("conveyor_delivery_seconds_count", (("flow", "f"),))] == 3
         assert m[("conveyor_instance_up", (("instance", "box"),))] == 1
         assert m[("conveyor_in_flight", (("flow", "f"),))] == 0
-        code, doc = await get_json(s, base + "/flows/nope/items")
+        auth = api_headers(config)
+        code, doc = await get_json(s, base + "/flows/nope/items", headers=auth)
         assert code == 404 and "nope" in doc["error"]
-        code, doc = await get_json(s, base + "/flows/f/items?state=bogus")
+        code, doc = await get_json(s, base + "/flows/f/items?state=bogus", headers=auth)
         assert code == 400
         async with s.get(base + "/nothing-here") as r:
             assert r.status == 404
@@ -252,7 +254,7 @@ async def test_endpoints_follow_a_reload(tmp_path: Path) -> None:
     inst, flow = local_flow(tmp_path, {"type": "directory", "path": str(tmp_path / "out")})
     doc = {"health": {"listen": "127.0.0.1:0"}, "instances": {"box": inst}, "flows": {"f": flow}}
     config = write_config(tmp_path / "c.yaml", doc)
-    async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
+    async with daemon_in_process(config) as d, aiohttp.ClientSession(headers=api_headers(config)) as s:
         base = d.health.url
         code, _ = await get_json(s, base + "/flows/g/items")
         assert code == 404

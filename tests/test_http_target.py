@@ -23,6 +23,7 @@ from conveyor.targets.http.config import HttpTargetConfig
 from conveyor.targets.http.target import HttpRejected, HttpTarget, meta_header, retry_after
 from tests.servers.ops import (
     DaemonProcess,
+    api_headers,
     daemon_in_process,
     delayed,
     drop,
@@ -266,7 +267,7 @@ async def test_permanent_failure_is_failed_in_ledger(tmp_path: Path, on_failure:
         async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
             await wait_for(lambda: d.status.flows["f"].failed == 1, 15)
             await asyncio.sleep(1.0)  # several more polls: the failed file is not taken again
-            code, doc = await get_json(s, d.health.url + "/flows/f/items?state=failed")
+            code, doc = await get_json(s, d.health.url + "/flows/f/items?state=failed", headers=api_headers(config))
     assert code == 200 and len(doc["items"]) == 1
     item = doc["items"][0]
     assert item["state"] == "failed" and item["attempts"] == 1 and "HTTP 400" in item["last_error"]
@@ -331,7 +332,7 @@ async def test_rabbitmq_message_refused_by_http_is_rejected_and_failed(rabbit_vh
             await wait_for(lambda: q in v.counts(), 20)
             await publish(v, q, [b'{"order": 1}'], message_id="order-1")
             dead = await wait_for(lambda: drain(v, dlq, wait=0.2), 30)
-            code, doc = await get_json(s, d.health.url + "/flows/m/items?state=failed")
+            code, doc = await get_json(s, d.health.url + "/flows/m/items?state=failed", headers=api_headers(config))
     assert [m.message_id for m in dead] == ["order-1"]
     assert len(sink.received) == 1  # no retries of a refusal
     assert meta_header(sink.received[0].headers["X-Conveyor-Meta"])["message"]["id"] == "order-1"

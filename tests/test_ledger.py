@@ -12,6 +12,7 @@ import aiohttp
 from tests.servers.ops import (
     CONVEYOR,
     DaemonProcess,
+    api_headers,
     daemon_in_process,
     free_port,
     get_json,
@@ -33,7 +34,7 @@ async def test_list_retry_forget_over_http(tmp_path: Path) -> None:
     async with http_sink(plan=[status(422, "no")]) as sink:
         config = _config(tmp_path, sink.url, "127.0.0.1:0")
         (tmp_path / "in" / "a.csv").write_text("a")
-        async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
+        async with daemon_in_process(config) as d, aiohttp.ClientSession(headers=api_headers(config)) as s:
             base = d.health.url + "/flows/f/items"
             await wait_for(lambda: d.status.flows["f"].failed == 1)
             code, doc = await get_json(s, base + "?state=failed")
@@ -70,9 +71,9 @@ async def test_list_retry_forget_over_http(tmp_path: Path) -> None:
             assert code == 200 and doc["items"] == []
 
 
-async def test_mutating_calls_from_another_address_need_the_token(tmp_path: Path) -> None:
-    """The peer rule admits 127.0.0.1 and ::1 only, so a client bound to 127.0.0.2 is a real
-    non-loopback peer as far as the rule is concerned — the same path a remote host takes."""
+async def test_every_peer_needs_the_token(tmp_path: Path) -> None:
+    """Loopback is not trusted: a page in a local browser and a local user come from 127.0.0.1
+    too. A client bound to 127.0.0.2 stands for a remote host; both need the token."""
     token = "tok-" + os.urandom(8).hex()
     async with http_sink(default=status(400)) as sink:
         config = _config(tmp_path, sink.url, "127.0.0.1:0", token=token)
@@ -81,33 +82,20 @@ async def test_mutating_calls_from_another_address_need_the_token(tmp_path: Path
             await wait_for(lambda: d.status.flows["f"].failed == 1)
             pid = (await d.store.list("f", "failed"))[0].id
             url = f"{d.health.url}/flows/f/items/{pid}/retry"
+            for local_addr in ("127.0.0.1", "127.0.0.2"):
+                conn = aiohttp.TCPConnector(local_addr=(local_addr, 0))
+                async with aiohttp.ClientSession(connector=conn) as s:
+                    code, doc = await get_json(s, d.health.url + "/flows/f/items")
+                    assert code == 401 and "Authorization: Bearer" in doc["error"]
+                    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token},
+                                    {"Authorization": "Bearer "}):
+                        code, doc = await get_json(s, url, method="POST", headers=headers)
+                        assert code == 401, (local_addr, headers)
+                    assert (await d.store.list("f", "failed"))[0].id == pid
             conn = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
-            async with aiohttp.ClientSession(connector=conn) as other:
-                code, doc = await get_json(other, d.health.url + "/flows/f/items")
-                assert code == 200  # reading the ledger is allowed from anywhere the port is reachable
-                code, doc = await get_json(other, url, method="POST")
-                assert code == 403 and "token" in doc["error"]
-                code, _ = await get_json(other, url, method="POST", headers={"Authorization": "Bearer wrong"})
-                assert code == 403
-                code, _ = await get_json(other, url, method="POST", headers={"Authorization": token})
-                assert code == 403  # not a bearer credential
-                assert (await d.store.list("f", "failed"))[0].id == pid
-                code, doc = await get_json(other, url, method="POST", headers={"Authorization": f"Bearer {token}"})
+            async with aiohttp.ClientSession(connector=conn) as s:
+                code, doc = await get_json(s, url, method="POST", headers={"Authorization": f"Bearer {token}"})
                 assert code == 200 and doc["item"]["state"] in ("pending", "in_flight", "failed")
-
-
-async def test_no_token_configured_refuses_other_peers(tmp_path: Path) -> None:
-    async with http_sink(default=status(400)) as sink:
-        config = _config(tmp_path, sink.url, "127.0.0.1:0")
-        (tmp_path / "in" / "a.csv").write_text("a")
-        async with daemon_in_process(config) as d:
-            await wait_for(lambda: d.status.flows["f"].failed == 1)
-            pid = (await d.store.list("f", "failed"))[0].id
-            conn = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
-            async with aiohttp.ClientSession(connector=conn) as other:
-                code, _ = await get_json(other, f"{d.health.url}/flows/f/items/{pid}/forget", method="POST",
-                                         headers={"Authorization": "Bearer "})
-                assert code == 403
 
 
 async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -131,7 +119,7 @@ async def test_cli_against_a_daemon_subprocess(tmp_path: Path) -> None:
             async def failed() -> bool:
                 code, doc = await get_json(s, f"{d.url}/flows/f/items?state=failed")
                 return bool(code == 200 and doc["items"])
-            async with aiohttp.ClientSession() as s:
+            async with aiohttp.ClientSession(headers=api_headers(config)) as s:
                 await wait_for(failed, 15)
 
             code, out, err = await _cli("status", "-c", str(config))
@@ -147,19 +135,18 @@ async def test_cli_against_a_daemon_subprocess(tmp_path: Path) -> None:
             pid, state, attempts = row.split()[:3]
             assert state == "failed" and attempts == "1" and "HTTP 400" in row and "bad row" in row
 
-            code, out, err = await _cli("ledger", "--url", d.url, "f", "--retry", pid)
+            code, out, err = await _cli("ledger", "-c", str(config), "--url", d.url, "f", "--retry", pid)
             assert code == 0 and "delivered again" in out, err
             await wait_for(lambda: len(sink.received) == 2, 10)
-            code, out, _ = await _cli("ledger", "--url", d.url, "f", "--state", "delivered")
-            assert await _eventually_delivered(d.url, pid)
+            assert await _eventually_delivered(d.url, pid, api_headers(config))
 
-            code, out, err = await _cli("ledger", "--url", d.url, "f", "--forget", pid)
+            code, out, err = await _cli("ledger", "-c", str(config), "--url", d.url, "f", "--forget", pid)
             assert code == 0 and "forgotten" in out, err
             await wait_for(lambda: len(sink.received) == 3, 10)
 
-            code, out, err = await _cli("ledger", "--url", d.url, "nope")
+            code, out, err = await _cli("ledger", "-c", str(config), "nope")
             assert code == 1 and "no flow named" in err
-            code, out, err = await _cli("ledger", "--url", d.url, "f", "--retry", "0" * 32)
+            code, out, err = await _cli("ledger", "-c", str(config), "f", "--retry", "0" * 32)
             assert code == 1 and "HTTP 404" in err
         finally:
             assert d.stop() == 0
@@ -167,8 +154,8 @@ async def test_cli_against_a_daemon_subprocess(tmp_path: Path) -> None:
     assert code == 1 and "cannot reach the daemon" in err
 
 
-async def _eventually_delivered(url: str, pid: str) -> bool:
-    async with aiohttp.ClientSession() as s:
+async def _eventually_delivered(url: str, pid: str, headers: dict[str, str]) -> bool:
+    async with aiohttp.ClientSession(headers=headers) as s:
         async def check() -> bool:
             _, doc = await get_json(s, f"{url}/flows/f/items?state=delivered")
             return any(i["id"] == pid for i in doc["items"])
@@ -219,7 +206,7 @@ async def test_kept_files_skip_the_ledger_until_forgotten(tmp_path: Path, monkey
     async with http_sink() as sink:
         config = _config(tmp_path, sink.url, "127.0.0.1:0")
         (tmp_path / "in" / "a.csv").write_text("a")
-        async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
+        async with daemon_in_process(config) as d, aiohttp.ClientSession(headers=api_headers(config)) as s:
             await wait_for(lambda: d.status.flows["f"].delivered == 1)
             pid = sink.received[0].headers["Idempotency-Key"]
             asked: list[float] = []

@@ -221,6 +221,10 @@ class Sample:
     unacked: int | None = None
 
 
+API_TOKEN = "outage-" + os.urandom(12).hex()
+"""health.token of the daemon under test: the observer reads the ledger with it."""
+
+
 async def observe(session: aiohttp.ClientSession, health: str, spool: Path, src: Path) -> Sample:
     async with session.get(f"{health}/readyz") as r:
         ready_status, ready = r.status, await r.json()
@@ -229,7 +233,8 @@ async def observe(session: aiohttp.ClientSession, health: str, spool: Path, src:
     rows: dict[str, int] = {}
     failed = 0
     for flow in ("files", "msgs"):
-        async with session.get(f"{health}/flows/{flow}/items", params={"limit": "1000"}) as r:
+        async with session.get(f"{health}/flows/{flow}/items", params={"limit": "1000"},
+                               headers={"Authorization": f"Bearer {API_TOKEN}"}) as r:
             items = (await r.json())["items"]
         rows[flow] = len(items)
         failed += sum(1 for i in items if i["state"] == "failed")
@@ -270,7 +275,7 @@ async def test_http_target_down_for_minutes(rabbit_vhost: Vhost, tmp_path: Path)
                       "target": hook, "retry": RETRY, "max_in_flight": MAX_IN_FLIGHT},
             "msgs": {"source": {"instance": "broker", "queue": queue, "prefetch": PREFETCH, "max_attempts": 3},
                      "target": hook, "retry": RETRY, "max_in_flight": MAX_IN_FLIGHT},
-        }, health={"listen": f"127.0.0.1:{health_port}"}, log={"level": "info", "format": "json"},
+        }, health={"listen": f"127.0.0.1:{health_port}", "token": API_TOKEN}, log={"level": "info", "format": "json"},
             spool_threshold=str(SPOOL_THRESHOLD))
         wall0 = time.monotonic()
         d = DaemonProcess(cfg).start()

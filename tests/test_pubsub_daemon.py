@@ -85,7 +85,7 @@ async def test_failed_message_without_dead_letter_is_kept_and_retried(
     from aiohttp import web
 
     from conveyor.brokers.pubsub import source as pubsub_source
-    from tests.servers.ops import daemon_in_process, http_sink
+    from tests.servers.ops import api_headers, daemon_in_process, http_sink
 
     monkeypatch.setattr(pubsub_source, "PARK_SECONDS", 10)
     async with http_sink(plan=[lambda _r: web.Response(status=400, text="bad order")]) as sink:
@@ -100,7 +100,8 @@ async def test_failed_message_without_dead_letter_is_kept_and_retried(
             await asyncio.sleep(2)  # time goes by: a parked message is not offered again
             assert len(sink.received) == 1
             assert await pubsub_backend.pending() == 0, "parked: not offered to anyone for now"
-            async with aiohttp.ClientSession() as s, s.post(f"{d.health.url}/flows/p/items/{pid}/retry") as r:
+            async with (aiohttp.ClientSession(headers=api_headers(cfg)) as s,
+                        s.post(f"{d.health.url}/flows/p/items/{pid}/retry") as r):
                 assert r.status == 200
             await wait_for(lambda: len(sink.received) == 2, 40)  # its next offer, after the park
             await wait_for(lambda: d.status.flows["p"].delivered == 1, 10)

@@ -109,7 +109,7 @@ async def _run(tmp_path: Path, fmt: str, echo_url: str) -> None:
             await asyncio.sleep(2.0)  # let every connector fail a few more times
             for path in ("/status", "/readyz", "/healthz", "/metrics", "/flows/to-http/items", "/flows/echo/items",
                          "/flows/from-mq/items?state=failed"):
-                async with s.get(d.url + path) as r:
+                async with s.get(d.url + path, headers={"Authorization": f"Bearer {SECRETS['health']}"}) as r:
                     served.append(await r.text())
             _, doc = await get_json(s, d.url + "/status")
     finally:
@@ -129,7 +129,8 @@ async def _run(tmp_path: Path, fmt: str, echo_url: str) -> None:
 
 
 async def _failed(s: aiohttp.ClientSession, url: str, flow: str) -> bool:
-    _, doc = await get_json(s, url + f"/flows/{flow}/items?state=failed")
+    _, doc = await get_json(s, url + f"/flows/{flow}/items?state=failed",
+                            headers={"Authorization": f"Bearer {SECRETS['health']}"})
     return bool(doc["items"])
 
 

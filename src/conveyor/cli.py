@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     cfg(st)
     lg = sub.add_parser("ledger", help="list or act on a flow's items in a running daemon")
     lg.add_argument("flow")
-    lg.add_argument("--url", default=None, help="health endpoint (default: from the config, else 127.0.0.1:8470)")
+    lg.add_argument("--url", default=None, help="health endpoint (default: from the config, else 127.0.0.1:8470); "
+                                                "the API token is read through -c, or from $CONVEYOR_TOKEN")
     lg.add_argument("--state", choices=["pending", "in_flight", "delivered", "failed"])
     lg.add_argument("--retry", metavar="ID", help="deliver a failed item again")
     lg.add_argument("--forget", metavar="ID", help="forget a delivered item so its file is taken again")

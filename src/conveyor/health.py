@@ -7,6 +7,8 @@ daemon state (/readyz, /status, /metrics, the ledger) is run *on the daemon's lo
 /healthz reads only what the daemon loop's ticker publishes: when it last ticked, the
 worst recent stall, and which flow tasks died — a loop blocked for longer than
 ``stall_after`` seconds is reported while it is blocked, and for a while after.
+Every request passes :class:`~conveyor.health_auth.ApiGuard` first: the probes are open, the
+rest is Host- and Origin-checked and, for the ledger, needs the bearer token.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from aiohttp import web
 
 from conveyor import __version__
 from conveyor.health_app import DAEMON_KEY, SERVER_KEY, DaemonView, json_response
+from conveyor.health_auth import ApiGuard
 from conveyor.health_ledger import add_ledger_routes
 from conveyor.metrics import Metrics
 from conveyor.netloc import hostport
@@ -69,6 +72,7 @@ class HealthServer:
         self._worst_lag = 0.0
         self._worst_lag_at = 0.0
         self._dead: tuple[str, ...] = ()
+        self.guard: ApiGuard | None = None
 
     @property
     def url(self) -> str:
@@ -77,8 +81,8 @@ class HealthServer:
 
     def app(self) -> web.Application:
         """The aiohttp application."""
-        assert self.daemon is not None
-        app = web.Application()
+        assert self.daemon is not None and self.guard is not None
+        app = web.Application(middlewares=[self.guard.middleware])
         app[DAEMON_KEY] = self.daemon
         app[SERVER_KEY] = self
         app.router.add_get("/healthz", self.healthz)
@@ -91,6 +95,10 @@ class HealthServer:
     async def start(self, daemon: DaemonView) -> None:
         """Start the server thread and bind the port (a busy port is a fatal start error)."""
         self.daemon = daemon
+        # Reads the config at each request: a reload that changes health.token or
+        # allowed_hosts applies at once.
+        self.guard = ApiGuard(self.host, lambda: daemon.config.health, lambda: daemon.config.state)
+        self.guard.prepare()  # the token file exists before anyone can ask
         self._main = asyncio.get_running_loop()
         self.metrics = Metrics(daemon.status)
         self.metrics.attach()

@@ -1,10 +1,9 @@
 """What the health server and its ledger routes share: the application keys, the view of the
-daemon they read, JSON answers and the loopback check. Neither imports the daemon."""
+daemon they read and JSON answers. Neither imports the daemon."""
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -75,16 +74,3 @@ def json_response(doc: Any, status: int = 200) -> web.Response:
     """A JSON answer; the text is redacted as a last guard, whatever fed the document."""
     return web.Response(text=redact(json.dumps(doc, ensure_ascii=False, default=str)), status=status,
                         content_type="application/json")
-
-
-def peer_is_local(remote: str | None) -> bool:
-    """True for 127.0.0.1 and ::1 (also IPv4-mapped) — not the rest of 127/8 (README, "Who may change the ledger")."""
-    if not remote:
-        return False
-    try:
-        ip = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip in (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1"))

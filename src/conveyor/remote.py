@@ -1,9 +1,11 @@
 """``conveyor status`` and ``conveyor ledger``: clients of a running daemon's health endpoint.
 
 The URL is ``--url``, else ``health.listen`` of the config (``-c``, or the default config
-when it exists), else ``http://127.0.0.1:8470``. A bearer token for mutating calls from
-another host is read from ``$CONVEYOR_TOKEN`` (never from the command line, where ``ps``
-would show it).
+when it exists), else ``http://127.0.0.1:8470``. The ledger calls need the daemon's bearer
+token; it is taken from ``$CONVEYOR_TOKEN``, else from the config: ``health.token``, or the
+file the daemon made beside its state database (never from the command line, where ``ps``
+would show it). With ``--url`` and no ``-c`` only ``$CONVEYOR_TOKEN`` is sent: a token read
+from a local config does not go to an address that config does not name.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +27,41 @@ from conveyor.netloc import hostport
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 TIMEOUT = 10.0
+UNIT_STATE_DIRECTORY = "/var/lib/conveyor"
+"""The state folder and working directory of the shipped systemd unit, where the CLI also
+looks for the token file (its own shell has no $STATE_DIRECTORY)."""
 
 
 class RemoteError(Exception):
     """The daemon could not be reached or answered with an error."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
-def _listen_from_config(path: Path) -> str | None:
-    """``health.listen`` of a config, read without validating the rest (its secrets may be
-    unreadable for the operator running the CLI)."""
-    from conveyor.config.interpolate import Interpolator
+
+def _raw_config(path: Path) -> dict[str, Any] | None:
+    """A config as parsed, not validated (its secrets may be unreadable for the operator
+    running the CLI)."""
     from conveyor.config.parse import parse_file
 
     data, _lines, _problems = parse_file(path)
-    if not isinstance(data, dict):
+    return data if isinstance(data, dict) else None
+
+
+def _resolve(value: str, path: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """``${...}`` references in one config string: (value, None) or (None, the problem)."""
+    from conveyor.config.interpolate import Interpolator
+
+    interp = Interpolator()
+    resolved = interp.resolve(value, path)
+    return (None, interp.problems[0][1]) if interp.problems else (resolved, None)
+
+
+def _listen_from_config(path: Path) -> str | None:
+    """``health.listen`` of a config."""
+    data = _raw_config(path)
+    if data is None:
         return None
     health = data.get("health")
     if not isinstance(health, dict):
@@ -45,9 +69,16 @@ def _listen_from_config(path: Path) -> str | None:
     listen = health.get("listen", "127.0.0.1:8470")
     if not isinstance(listen, str):
         return None
-    interp = Interpolator()
-    value = interp.resolve(listen, ("health", "listen"))
-    return None if interp.problems else value
+    return _resolve(listen, ("health", "listen"))[0]
+
+
+def _config_of(args: argparse.Namespace) -> Path | None:
+    """``-c``, else the default config when it exists."""
+    path = getattr(args, "config", None)
+    if path is None:
+        candidate = default_config()
+        path = candidate if candidate.exists() else None
+    return Path(path) if path is not None else None
 
 
 def base_url(args: argparse.Namespace) -> str:
@@ -55,12 +86,9 @@ def base_url(args: argparse.Namespace) -> str:
     if getattr(args, "url", None):
         url: str = args.url
         return (url if "://" in url else "http://" + url).rstrip("/")
-    path = getattr(args, "config", None)
-    if path is None:
-        candidate = default_config()
-        path = candidate if candidate.exists() else None
+    path = _config_of(args)
     if path is not None:
-        listen = _listen_from_config(Path(path))
+        listen = _listen_from_config(path)
         if listen:
             host, _, port = listen.rpartition(":")
             host = host.strip("[]")
@@ -70,13 +98,62 @@ def base_url(args: argparse.Namespace) -> str:
     return DEFAULT_URL
 
 
-def request(url: str, method: str = "GET") -> Any:
+@dataclass(frozen=True)
+class Token:
+    """The bearer token the CLI sends (None: none found) and, for a refusal, what to do."""
+
+    value: str | None
+    hint: str
+
+
+def find_token(args: argparse.Namespace) -> Token:
+    """The token for the ledger calls of these arguments (see the module's docstring)."""
+    from conveyor.health_auth import TokenFileError, read_token, token_path
+
+    env = os.environ.get("CONVEYOR_TOKEN", "").strip()
+    if env:
+        return Token(env, "$CONVEYOR_TOKEN is not the daemon's token")
+    if getattr(args, "url", None) and getattr(args, "config", None) is None:
+        return Token(None, "with --url, give -c CONFIG too (the token is read from it), or set CONVEYOR_TOKEN")
+    path = _config_of(args)
+    data = _raw_config(path) if path is not None else None
+    if path is None or data is None:
+        return Token(None, "give -c CONFIG (the token is read from beside its state database), or set CONVEYOR_TOKEN")
+    health = data.get("health")
+    raw = health.get("token") if isinstance(health, dict) else None
+    if raw is not None:
+        value, problem = _resolve(str(raw), ("health", "token"))
+        if value is None:
+            return Token(None, f"health.token of {path} cannot be read here ({problem}); set CONVEYOR_TOKEN")
+        return Token(value.strip(), f"health.token of {path} is not the token of the daemon at this address")
+    state = data.get("state")
+    if state is not None:
+        state, problem = _resolve(str(state), ("state",))
+        if state is None:
+            return Token(None, f"state of {path} cannot be read here ({problem}); set CONVEYOR_TOKEN")
+    # Where the daemon made it: in this shell's context, else in the shipped unit's.
+    here = token_path(state)
+    unit = token_path(state, {"STATE_DIRECTORY": UNIT_STATE_DIRECTORY}, Path(UNIT_STATE_DIRECTORY))
+    for candidate in dict.fromkeys((here, unit)):
+        try:
+            token = read_token(candidate)
+        except FileNotFoundError:
+            continue
+        except TokenFileError as e:
+            return Token(None, f"{e}; run as the daemon's user (or root), or set CONVEYOR_TOKEN")
+        return Token(token, f"the token in {candidate} is not the token of the daemon at this address")
+    relative = state is not None and "://" not in state and not Path(state).is_absolute()
+    where = "run from the daemon's working folder (state is a relative path)" if relative else "run as the daemon runs"
+    return Token(None, f"no token file at {here}: {where}, or set CONVEYOR_TOKEN")
+
+
+def request(url: str, method: str = "GET", token: str | None = None) -> Any:
     """One JSON request; raises RemoteError with the daemon's own message on HTTP errors."""
     headers = {"Accept": "application/json"}
-    token = os.environ.get("CONVEYOR_TOKEN")
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, method=method, headers=headers, data=b"" if method == "POST" else None)
+    # No body: a POST with data would be sent as a form, which the daemon refuses.
+    req = urllib.request.Request(url, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
             return json.loads(resp.read() or b"null")
@@ -87,10 +164,10 @@ def request(url: str, method: str = "GET") -> Any:
         except ValueError:
             doc = None
         if isinstance(doc, dict) and "error" in doc:
-            raise RemoteError(f"HTTP {e.code}: {doc['error']}") from None
+            raise RemoteError(f"HTTP {e.code}: {doc['error']}", e.code) from None
         if isinstance(doc, dict) and e.code == 503:
             return doc  # /readyz-style answers carry a document
-        raise RemoteError(f"HTTP {e.code} {e.reason}") from None
+        raise RemoteError(f"HTTP {e.code} {e.reason}", e.code) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise RemoteError(f"cannot reach the daemon at {url}: {reason}") from None
@@ -173,10 +250,12 @@ def ledger_main(args: argparse.Namespace) -> int:
     """``conveyor ledger FLOW [--state S] [--retry ID] [--forget ID]``."""
     url = base_url(args)
     flow = urllib.parse.quote(args.flow, safe="")
+    token = find_token(args)
     try:
         if args.retry or args.forget:
             action, pid = ("retry", args.retry) if args.retry else ("forget", args.forget)
-            doc = request(f"{url}/flows/{flow}/items/{urllib.parse.quote(pid, safe='')}/{action}", "POST")
+            doc = request(f"{url}/flows/{flow}/items/{urllib.parse.quote(pid, safe='')}/{action}", "POST",
+                          token.value)
             item = doc.get("item") if isinstance(doc, dict) else None
             if action == "retry":
                 print(f"{pid}: {item.get('state') if item else 'pending'}, will be delivered again")
@@ -186,9 +265,12 @@ def ledger_main(args: argparse.Namespace) -> int:
         query = {"limit": str(args.limit)}
         if args.state:
             query["state"] = args.state
-        doc = request(f"{url}/flows/{flow}/items?{urllib.parse.urlencode(query)}")
+        doc = request(f"{url}/flows/{flow}/items?{urllib.parse.urlencode(query)}", token=token.value)
     except RemoteError as e:
-        print(f"conveyor ledger: {e}", file=sys.stderr)
+        if e.status == 401:  # one line: what the daemon missed, and what to do about it here
+            print(f"conveyor ledger: the daemon wants its API token: {token.hint}", file=sys.stderr)
+        else:
+            print(f"conveyor ledger: {e}", file=sys.stderr)
         return 1
     print(render_items(doc))
     return 0

@@ -204,6 +204,17 @@ async def get_json(session: aiohttp.ClientSession, url: str, **kw: Any) -> tuple
         return r.status, await r.json(content_type=None)
 
 
+def api_headers(config: Path) -> dict[str, str]:
+    """The bearer header for the ledger API of a daemon started on ``config``: its
+    ``health.token``, else the token the daemon made beside its state database."""
+    from conveyor.config import load_config
+    from conveyor.health_auth import read_token, token_path
+
+    cfg = load_config(config)
+    token = cfg.health.token.get_secret_value() if cfg.health.token else read_token(token_path(cfg.state))
+    return {"Authorization": f"Bearer {token}"}
+
+
 class DaemonProcess:
     """``conveyor run -c`` as a subprocess; stdout and stderr go to files for later greps."""
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, create_model, field_validator
+from pydantic import Field, SecretStr, create_model, field_validator
 
 from conveyor.config.base import InstanceConfig, SourceConfig
 from conveyor.config.types import ConfigModel, Duration, Secret, Size
@@ -27,7 +28,37 @@ class HealthConfig(ConfigModel):
         if v is not None and not re.match(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$", v):
             raise ValueError(f"'{v}' is not host:port (e.g. 127.0.0.1:8470 or [::1]:8470)")
         return v
-    token: Secret | None = Field(None, description="bearer token for mutating ledger calls from other hosts")
+    token: Secret | None = Field(None, description="bearer token for the ledger API; by default one is made at "
+                                                   "first start in the file health-token beside the state database")
+    allowed_hosts: tuple[str, ...] = Field((), description="more names the server answers to in the "
+                                     "Host header (a proxy's or a DNS name); localhost, loopback and the listen "
+                                     "address always count")
+    public_listings: bool = Field(False, description="ledger listings (GET /flows/{flow}/items) answer without "
+                                                     "the token; retry and forget still need it")
+
+    @field_validator("token")
+    @classmethod
+    def _not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("is empty: give a token, or leave the key out to have one made")
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out: list[str] = []
+        for name in v:
+            plain = name.strip().lower().rstrip(".")
+            bare = plain[1:-1] if plain.startswith("[") and plain.endswith("]") else plain
+            try:
+                out.append(str(ipaddress.ip_address(bare)))
+                continue
+            except ValueError:
+                pass
+            if not re.match(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9])?)*$", bare):
+                raise ValueError(f"'{name}' is not a host name or address (give names without a port or scheme)")
+            out.append(bare)
+        return tuple(out)
 
 
 class LogConfig(ConfigModel):
