@@ -230,13 +230,13 @@ async def test_the_cli_reads_the_token_beside_the_state(tmp_path: Path) -> None:
                 async with aiohttp.ClientSession() as s:
                     _, doc = await get_json(s, f"{d.url}/flows/f/items?state=failed", headers=bearer(token))
                     return list(doc["items"])
-            pid = (await wait_for(failed, 15))[0]["id"]
+            pid = (await wait_for(failed, 20))[0]["id"]
 
             code, out, err = await _cli("ledger", "-c", str(config), "f", "--state", "failed", cwd=tmp_path)
             assert code == 0 and pid in out, err
             code, out, err = await _cli("ledger", "-c", str(config), "f", "--retry", pid, cwd=tmp_path)
             assert code == 0 and "delivered again" in out, err
-            await wait_for(lambda: len(sink.received) == 2, 10)
+            await wait_for(lambda: len(sink.received) == 2, 20)
 
             # From another folder the relative state path points elsewhere: one line saying what to do.
             elsewhere = tmp_path / "elsewhere"
@@ -274,3 +274,25 @@ async def test_a_reload_changes_the_token(tmp_path: Path) -> None:
             assert code == 401
             code, _ = await get_json(s, url, headers=bearer("set-by-reload-0123456789"))
             assert code == 200
+
+
+def test_the_cli_finds_the_token_of_the_shipped_unit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the shipped unit the daemon's working folder and $STATE_DIRECTORY are its state
+    folder; an operator's shell has neither, and still finds the token."""
+    import argparse
+
+    from conveyor import remote
+    from conveyor.health_auth import make_or_read_token
+
+    unit = tmp_path / "lib" / "conveyor"
+    monkeypatch.setattr(remote, "UNIT_STATE_DIRECTORY", str(unit))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.delenv("CONVEYOR_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for state, folder in (("var/state.db", unit / "var"), (None, unit)):
+        config = tmp_path / "c.yaml"
+        config.write_text("health: {listen: 127.0.0.1:8470}\n" + (f"state: {state}\n" if state else ""))
+        token, made = make_or_read_token(folder / TOKEN_FILE)
+        assert made
+        found = remote.find_token(argparse.Namespace(config=config, url=None))
+        assert found.value == token, found.hint
