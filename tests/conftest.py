@@ -44,7 +44,7 @@ UNIT_MODULES = frozenset({
     "test_batched", "test_config", "test_docs", "test_imports", "test_inactivity", "test_ledger",
     "test_libraries", "test_logs", "test_payload", "test_sftp_config", "test_sleeps", "test_stop_signals",
     "test_supervisor", "test_target_registry", "test_targets", "test_wiring", "test_ftp_listing",
-    "test_pubsub_auth", "test_secrets_in_logs",
+    "test_pubsub_auth", "test_secrets_in_logs", "test_health_auth",
 })
 
 
