@@ -113,12 +113,15 @@ async def test_local_paths_stay_under_the_root(tmp_path: Path) -> None:
     for bad in ("../secret", "in/../../secret", ".."):
         with pytest.raises(Permanent, match="leaves the instance root"):
             await inst.open_in_place(RemoteFile(bad, 1, 0.0), 1 << 20)
-    # Over 1 MiB: handed over by path with its size (stat on the I/O thread); gone: NotFound.
+    # Over 1 MiB: handed over as a held descriptor, read through its path in /proc, whatever the
+    # file's own name holds meanwhile; gone: NotFound.
     big = tmp_path / "root" / "in" / "big.bin"
     big.write_bytes(b"b" * (2 << 20))
     body = await inst.open_in_place(RemoteFile("in/big.bin", 2 << 20, 0.0), 8 << 20)
-    assert not body.in_memory and body.size == 2 << 20 and body.path == big
+    assert not body.in_memory and body.size == 2 << 20 and body.origin == str(big)
     big.unlink()
+    assert body.path is not None and body.path.read_bytes() == b"b" * (2 << 20)
+    body.release()
     with pytest.raises(NotFound, match="no such file"):
         await inst.open_in_place(RemoteFile("in/big.bin", 2 << 20, 0.0), 8 << 20)
     # An absolute path names a file under the root, never the machine's own /etc/hostname.

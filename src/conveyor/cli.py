@@ -180,13 +180,16 @@ async def _ls(config: Any, name: str, path: str, recursive: bool) -> int:
         if isinstance(rt, Resolves):  # the server folder the path stands for, e.g. below the login folder
             print(f"{name}: {await rt.resolve(path)}", file=sys.stderr)
         single = await rt.stat(path) if path else None
-        files = [single] if single else [f async for f in rt.list(path, recursive)]
+        listed = [single] if single else [f async for f in rt.list(path, recursive)]
+        files = [f for f in listed if not f.refused]
         for f in files:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(f.mtime))
             # repr() for names with control characters, so a hostile name cannot rewrite the terminal
             shown = f.path if f.path.isprintable() else repr(f.path)
             print(f"{f.size:>14,}  {stamp}Z  {shown}")
-        print(f"{len(files)} files", file=sys.stderr)
+        skipped = len(listed) - len(files)
+        more = f", {skipped} skipped (symlinks or special files, never read)" if skipped else ""
+        print(f"{len(files)} files{more}", file=sys.stderr)
         return 0
     except Exception as e:
         print(f"{name}: {redact(str(e))}", file=sys.stderr)

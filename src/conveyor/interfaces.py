@@ -5,8 +5,8 @@ implements :class:`FileSystem`; the core's generic file source and file target d
 (listing, matching, stability, state, after actions, temp-name uploads). A broker connector
 (rabbitmq, pubsub) is a :class:`BrokerInstance` that makes a :class:`MessageSource` and a
 :class:`Target` per flow. What only some connectors can do is a ``runtime_checkable``
-protocol of its own (:class:`OpensInPlace`, :class:`Resolves`, :class:`Probes`,
-:class:`Located`), asked with ``isinstance``. Connectors never retry or sleep: they raise
+protocol of its own (:class:`OpensInPlace`, :class:`ChecksListed`, :class:`Resolves`,
+:class:`Probes`, :class:`Located`), asked with ``isinstance``. Connectors never retry or sleep: they raise
 :class:`~conveyor.errors.Transient` or :class:`~conveyor.errors.Permanent` and the
 supervisor applies backoff.
 """
@@ -35,6 +35,9 @@ class RemoteFile:
     size: int
     mtime: float
     """Seconds since the epoch (UTC)."""
+    refused: str | None = None
+    """Set when the listing shows this entry only to say why it is never taken (a symlink, a
+    FIFO): the source reports it once and does not deliver it."""
 
     @property
     def name(self) -> str:
@@ -60,7 +63,8 @@ class FileSystem(Protocol):
         ...
 
     def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
-        """Regular files under ``path`` (streamed: a folder of 100,000 files is not built in memory)."""
+        """Regular files under ``path`` (streamed: a folder of 100,000 files is not built in memory);
+        entries that are never taken (a symlink, a FIFO) may come with ``refused`` set."""
         ...
 
     async def download(self, f: RemoteFile, sink: SpoolWriter) -> None:
@@ -89,6 +93,21 @@ class OpensInPlace(Protocol):
 
     async def open_in_place(self, f: RemoteFile, threshold: int) -> Body:
         """A body reading ``f`` in place (read into memory when smaller than ``threshold``)."""
+        ...
+
+
+@runtime_checkable
+class ChecksListed(Protocol):
+    """A file system that removes or moves a listed file only while its name still holds that
+    very file, unchanged: where others can write, a name may be swapped for a link or another
+    file, or the file written to, between the listing and the after action."""
+
+    async def remove_listed(self, f: RemoteFile) -> bool:
+        """Delete ``f``; False (nothing deleted) when its name holds something else by now."""
+        ...
+
+    async def rename_listed(self, f: RemoteFile, dst: str) -> bool:
+        """Move ``f`` to ``dst``; False (nothing moved) when its name holds something else by now."""
         ...
 
 

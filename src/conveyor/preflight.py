@@ -163,6 +163,8 @@ async def _file_source(fs: FileSystem, icfg: InstanceConfig, cfg: FileSourceConf
     files = matching = 0
     async with contextlib.aclosing(fs.list(rel, cfg.recursive)) as listing:  # type: ignore[type-var]
         async for f in listing:
+            if f.refused:
+                continue  # a symlink or special file: the flow reports it, and never takes it
             files += 1
             matching += cfg.matches(f.name)
             if files >= COUNT_LIMIT:

@@ -22,7 +22,7 @@ from conveyor.config.base import FileSourceConfig
 from conveyor.config.types import MoveAction
 from conveyor.errors import Transient
 from conveyor.flows.delivery import Deliverer
-from conveyor.interfaces import FileSystem, OpensInPlace, RemoteFile, Submit
+from conveyor.interfaces import ChecksListed, FileSystem, OpensInPlace, RemoteFile, Submit
 from conveyor.names import listed_path, normal_path, unsafe_path
 from conveyor.payload.body import Body
 from conveyor.payload.payload import Payload, stable_id
@@ -70,6 +70,7 @@ class FileSource:
         self.status = deps.status
         self.submit = deps.submit
         self._in_place = fs if isinstance(fs, OpensInPlace) else None
+        self._checks = fs if isinstance(fs, ChecksListed) else None
         # Replicas on one store list the same files: each takes them in its own order, so
         # their claims rarely collide on the same file.
         self._shuffle = isinstance(deps.store, SharesClaims) and deps.store.shared
@@ -161,17 +162,24 @@ class FileSource:
             return False  # someone's upload in progress (ours look like this too)
         if not self.config.matches(name):
             return False  # checked first, so a pattern that leaves a bad name out silences it
+        if f.refused:
+            self._refuse(rel, f"it is {f.refused}", "it is never read. Put the file itself there, move this out "
+                         "of the watched folder, or narrow this source's pattern or regex to leave it out")
+            return False
         why = unsafe_path(rel)
         if why:
-            self._refused.add(rel)
-            if rel not in self._reported:
-                self._reported.add(rel)
-                self.status.refused(self.flow)
-                log.error("skipping %r: %s; it is never written anywhere. Rename it on the server, move it out "
-                          "of the watched folder, or narrow this source's pattern or regex to leave it out",
-                          rel, why, extra={"flow": self.flow, "instance": self.instance})
+            self._refuse(rel, why, "it is never written anywhere. Rename it on the server, move it out of the "
+                         "watched folder, or narrow this source's pattern or regex to leave it out")
             return False
         return True
+
+    def _refuse(self, rel: str, why: str, advice: str) -> None:
+        """Count and log a refused entry once while listings keep showing it."""
+        self._refused.add(rel)
+        if rel not in self._reported:
+            self._reported.add(rel)
+            self.status.refused(self.flow)
+            log.error("skipping %r: %s; %s", rel, why, advice, extra={"flow": self.flow, "instance": self.instance})
 
     def _stable(self, f: RemoteFile, now: float) -> bool:
         prev = self._seen.get(f.path)
@@ -223,7 +231,7 @@ class FileSource:
 
             async def give_up(final: bool) -> None:
                 if final and self.config.on_failure is not None:
-                    await self.fs.rename(f.path, self._moved(self.config.on_failure.move, f.path))
+                    await self._move(f, self.config.on_failure.move)
 
             # Claim before downloading: with replicas on one store, only the winner fetches the file.
             settle = self.config.after != "keep"
@@ -291,10 +299,26 @@ class FileSource:
     async def _after(self, f: RemoteFile) -> None:
         after = self.config.after
         if after == "delete":
-            await self.fs.remove(f.path)
+            if self._checks is None:
+                await self.fs.remove(f.path)
+            elif not await self._checks.remove_listed(f):
+                self._left(f, "deleted")
         elif isinstance(after, MoveAction):
-            await self.fs.rename(f.path, self._moved(after.move, f.path))
+            await self._move(f, after.move)
         self._seen.pop(f.path, None)
+
+    async def _move(self, f: RemoteFile, folder: str) -> None:
+        dst = self._moved(folder, f.path)
+        if self._checks is None:
+            await self.fs.rename(f.path, dst)
+        elif not await self._checks.rename_listed(f, dst):
+            self._left(f, "moved")
+
+    def _left(self, f: RemoteFile, done: str) -> None:
+        # What the name holds now was never read: it is not ours to delete or move. A new file or
+        # version there has its own id and is taken by a later listing.
+        log.warning("%s was not %s: its name no longer holds the file that was read (replaced, changed or "
+                    "removed since the listing)", f.path, done, extra={"flow": self.flow, "instance": self.instance})
 
 
 def _tidy(f: RemoteFile) -> RemoteFile:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,13 +21,17 @@ class Body:
     """
 
     def __init__(
-        self, *, data: bytes | None = None, path: Path | None = None, size: int, sha256: str | None, owned: bool
+        self, *, data: bytes | None = None, path: Path | None = None, size: int, sha256: str | None, owned: bool,
+        fd: int | None = None, origin: str | None = None,
     ) -> None:
         self._data = data
         self.path = path
         self.size = size
         self._sha256 = sha256
         self._owned = owned
+        self._fd = fd
+        self.origin = origin
+        """The file's own path when :attr:`path` is only a way to read it (a held descriptor)."""
 
     @classmethod
     def from_bytes(cls, data: bytes, sha256: str | None = None) -> Body:
@@ -37,6 +42,13 @@ class Body:
     def from_file(cls, path: Path, *, owned: bool, sha256: str | None = None) -> Body:
         """A body read from a file on disk; ``owned`` means release() deletes it."""
         return cls(path=path, size=path.stat().st_size, sha256=sha256, owned=owned)
+
+    @classmethod
+    def from_descriptor(cls, fd: int, size: int, *, origin: str) -> Body:
+        """A file someone else owns, held open by ``fd`` until :meth:`release` and read through
+        ``/proc/self/fd``: a rename, a replacement or a symlink swapped in for its name meanwhile
+        cannot change what is read. ``origin`` is the file's own path."""
+        return cls(path=Path(f"/proc/self/fd/{fd}"), size=size, sha256=None, owned=False, fd=fd, origin=origin)
 
     @property
     def owned(self) -> bool:
@@ -93,6 +105,9 @@ class Body:
         """Free the body: delete its spool file if it owns one."""
         if self._owned and self.path is not None:
             self.path.unlink(missing_ok=True)
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
         self._data = None
 
 

@@ -40,5 +40,7 @@ async def temp_key(body: Body) -> str:
         return known or await body.digest()
     path = body.path
     st = await asyncio.to_thread(os.stat, path)
-    ident = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+    # A body read through a held descriptor names its file by origin: the descriptor's number
+    # differs after a restart, the file's path does not.
+    ident = f"{body.origin or path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
     return hashlib.sha256(ident.encode()).hexdigest()

@@ -1,12 +1,20 @@
-"""The ``local`` instance: a folder on this machine, as a FileSystem."""
+"""The ``local`` instance: a folder on this machine, as a FileSystem.
+
+The root is the admin's: its symlinks are resolved once, when the instance is checked. Below it,
+names belong to whoever can write there, so every read, stat, delete and move walks down from a
+descriptor of the root without following a symlink (:mod:`.beneath`), and a listed file is read,
+deleted or moved only while it is still the very file (device and inode) the listing saw.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,10 +23,22 @@ from conveyor.batched import BatchedThread, ThreadCalls
 from conveyor.errors import NoSpace, NotFound, Permanent, Rejected, Transient
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.payload.body import Body
-from conveyor.payload.spool import SpoolWriter, disk_full, remove_files
+from conveyor.payload.spool import Spool, SpoolWriter, disk_full
+from conveyor.transfer.local import beneath
+from conveyor.transfer.local.beneath import Identity, Refused, Replaced, Version
 from conveyor.transfer.local.config import LocalConfig
 
 _BATCH = 1000
+_FS_ERRORS = (OSError, Refused, Replaced)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LocalFile(RemoteFile):
+    """A listed file with the identity the listing saw: reads and after actions act on that very
+    file, never on what took its name since."""
+
+    dev: int
+    ino: int
 
 
 class LocalInstance:
@@ -29,35 +49,54 @@ class LocalInstance:
         self.config = config
         self.root = Path(config.root)
         self._root = str(self.root)
+        self._real: str | None = None
+        """The root with its symlinks resolved, set by :meth:`check`."""
         ctx.status.add_instance(name, "local", config.root)
         self._status = ctx.status
+        self._spool: Spool | None = ctx.spool
         self._io = BatchedThread(f"conveyor-io:{name}")
         """Small reads, deletes and moves: one thread hop per event-loop turn, not one per file."""
+        self.by_descriptor = os.path.isdir("/proc/self/fd")
+        """Large files are handed over as a held descriptor (read through ``/proc/self/fd``); where
+        there is no such folder they are copied into the spool from that descriptor instead."""
 
     def _abs(self, path: str) -> str:
-        # A string, not a Path: this runs on the event loop twice per file (read, after action),
+        # A string, not a Path: this runs on the event loop for every file (reads, after actions),
         # where pathlib's parsing would be the largest part of the source's per-file work.
         # Config paths are trusted, remote names are checked by the core; this is the last guard.
         if ".." in path.split("/"):
             raise Permanent(f"path {path!r} leaves the instance root", instance=self.name, path=path)
         return f"{self._root}/{path}" if path else self._root
 
-    def _error(self, e: OSError, path: str) -> Exception:
+    def _base(self) -> str:
+        """The root as resolved by :meth:`check` (resolved here if nothing checked it yet)."""
+        if self._real is None:
+            self._real = os.path.realpath(self._root)
+        return self._real
+
+    def _error(self, e: Exception, path: str) -> Exception:
+        if isinstance(e, Refused):
+            return Permanent(str(e), instance=self.name, path=path)
+        if isinstance(e, Replaced):
+            return Transient(f"{e}; not taken now, the next listing shows what is there", instance=self.name,
+                             path=path)
         if isinstance(e, FileNotFoundError):
             return NotFound(f"no such file or folder: {self._abs(path)}", instance=self.name, path=path)
         if isinstance(e, PermissionError):
             return Permanent(f"permission denied: {self._abs(path)}", instance=self.name, path=path)
-        if disk_full(e):
+        if isinstance(e, OSError) and disk_full(e):
             return NoSpace(f"disk full under {self.root}", instance=self.name, path=path)
-        return Transient(f"{e.strerror or e}", instance=self.name, path=path)
+        return Transient(f"{getattr(e, 'strerror', None) or e}", instance=self.name, path=path)
 
     async def check(self) -> str:
-        """The root folder must exist (or is created when ``create`` is set)."""
+        """The root folder must exist (or is created when ``create`` is set); its symlinks are
+        resolved here, once."""
         if self.config.create:
             await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
         if not await asyncio.to_thread(self.root.is_dir):
             self._status.instance_state(self.name, "down", f"folder {self.root} does not exist", permanent=True)
             raise NotFound(f"folder {self.root} does not exist", instance=self.name)
+        self._real = await asyncio.to_thread(os.path.realpath, self._root)
         self._status.instance_state(self.name, "up")
         return f"local folder {self.root}"
 
@@ -66,74 +105,149 @@ class LocalInstance:
         self._io.close()
 
     async def stat(self, path: str) -> RemoteFile | None:
-        """The file at ``path`` or None."""
+        """The regular file at ``path`` or None (a symlink there is not followed: None)."""
+        self._abs(path)
         try:
-            st = await asyncio.to_thread(os.stat, self._abs(path))
+            st = await asyncio.to_thread(self._lstat, path)
+        except _FS_ERRORS as e:
+            raise self._error(e, path) from None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return None
+        return LocalFile(path, st.st_size, st.st_mtime, dev=st.st_dev, ino=st.st_ino)
+
+    def _lstat(self, path: str) -> os.stat_result | None:
+        if not beneath.parts(path):
+            return None
+        try:
+            with beneath.parent_of(self._base(), path) as (fd, name):
+                return beneath.lstat_at(fd, name)
         except FileNotFoundError:
             return None
-        except OSError as e:
-            raise self._error(e, path) from None
-        if not _is_file(st.st_mode):
-            return None
-        return RemoteFile(path, st.st_size, st.st_mtime)
 
     async def is_dir(self, path: str) -> bool:
-        """Whether ``path`` is a folder."""
-        return await asyncio.to_thread(os.path.isdir, self._abs(path))
+        """Whether ``path`` is a folder; a symlink on the way is an error that says so."""
+        self._abs(path)
+
+        def probe() -> bool:
+            try:
+                os.close(beneath.open_folder(self._base(), beneath.parts(path)))
+            except FileNotFoundError:
+                return False
+            return True
+
+        try:
+            return await asyncio.to_thread(probe)
+        except _FS_ERRORS as e:
+            raise self._error(e, path) from None
 
     async def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
-        """Regular files under ``path`` in batches read on a thread (symlinks are not followed)."""
+        """Regular files under ``path`` in batches read on a thread. Symlinks are not followed:
+        they, FIFOs, sockets and devices are listed with ``refused`` set, so the source can say why
+        they are never taken."""
         if self._status.instances[self.name].state != "up":
             await self.check()
+        self._abs(path)
         pending = [path]
         while pending:
             folder = pending.pop()
-            if self.config.create and folder == path:
-                await asyncio.to_thread(os.makedirs, self._abs(folder), exist_ok=True)
             try:
-                it = await asyncio.to_thread(os.scandir, self._abs(folder))
-            except OSError as e:
+                fd, it = await asyncio.to_thread(self._scan, folder, self.config.create and folder == path)
+            except _FS_ERRORS as e:
+                if folder != path and isinstance(e, (FileNotFoundError, Refused)):
+                    continue  # removed or replaced since its parent was listed: that listing tells
                 raise self._error(e, folder) from None
             # Closed only once no thread reads it: a stop cancels this mid-batch.
             calls = ThreadCalls()
             try:
                 while batch := await calls.run(_take, it, _BATCH):
-                    for name, is_dir, size, mtime in batch:
+                    for name, st in batch:
                         rel = f"{folder}/{name}" if folder else name
-                        if is_dir:
+                        if st is None:
                             if recursive:
                                 pending.append(rel)
-                        elif size >= 0:
-                            yield RemoteFile(rel, size, mtime)
+                        elif stat.S_ISREG(st.st_mode):
+                            yield LocalFile(rel, st.st_size, st.st_mtime, dev=st.st_dev, ino=st.st_ino)
+                        else:
+                            yield RemoteFile(rel, st.st_size, st.st_mtime, refused=beneath.kind(st.st_mode))
             finally:
-                calls.after(it.close)
+                calls.after(functools.partial(_close_scan, it, fd))
+
+    def _scan(self, folder: str, create: bool) -> tuple[int, Iterator[os.DirEntry[str]]]:
+        fd = beneath.open_folder(self._base(), beneath.parts(folder), create=create, readable=True)
+        try:
+            # Entries are stat'ed relative to this descriptor: it stays open until the scan is closed.
+            return fd, os.scandir(fd)
+        except BaseException:
+            os.close(fd)
+            raise
 
     async def open_in_place(self, f: RemoteFile, threshold: int) -> Body:
-        """The file as a body with no copy into the spool: read into memory when small,
-        else handed over by path."""
-        path = self._abs(f.path)
+        """The file as a body with no copy into the spool: read into memory when small, else
+        handed over as a held descriptor. Only the file the listing saw is read: a symlink, a
+        FIFO or device, or another file in its place is refused."""
+        self._abs(f.path)
         try:
             if f.size <= min(threshold, 1 << 20):
-                data, sha256 = await self._io.run(functools.partial(_read_hashed, path))
+                data, sha256 = await self._io.run(functools.partial(self._read_small, f))
                 return Body.from_bytes(data, sha256)
-            # Its stat() on the I/O thread too: a slow disk must not hold up the event loop.
-            return await self._io.run(functools.partial(Body.from_file, Path(path), owned=False))
-        except OSError as e:
+            # Opened and checked on the I/O thread: a slow disk must not hold up the event loop.
+            fd = await self._io.run(functools.partial(self._open_listed, f))
+        except _FS_ERRORS as e:
             raise self._error(e, f.path) from None
+        if self.by_descriptor:
+            return Body.from_descriptor(fd, f.size, origin=self._abs(f.path))
+        assert self._spool is not None
+        sink = self._spool.writer()
+        try:
+            await self._copy(fd, f, sink)
+            return sink.finish()
+        except BaseException:
+            sink.abort()
+            raise
+
+    def _open_listed(self, f: RemoteFile) -> int:
+        """A descriptor of ``f``, checked to be the file listed, in the version listed."""
+        fd, st = beneath.open_file(self._base(), f.path, _identity(f))
+        changed = _changed(st, f)
+        if changed:
+            os.close(fd)
+            raise Replaced(changed)
+        return fd
+
+    def _read_small(self, f: RemoteFile) -> tuple[bytes, str]:
+        """The file and its SHA-256, both on the I/O thread: every delivery needs the digest
+        (metadata), and computed here it runs beside the event loop instead of on it."""
+        with open(self._open_listed(f), "rb") as fh:
+            data = fh.read(f.size + 1)  # never more than listed, whatever the file does meanwhile
+        if len(data) != f.size:
+            raise Replaced(f"'{f.path}' changed while it was read ({len(data):,} bytes or more, listed {f.size:,})")
+        return data, hashlib.sha256(data).hexdigest()
 
     async def download(self, f: RemoteFile, sink: SpoolWriter) -> None:
-        """Copy the file into a spool writer (used when in-place reading is not wanted)."""
+        """Copy the file into a spool writer (used when in-place reading is not wanted), with the
+        same checks as :meth:`open_in_place`."""
+        self._abs(f.path)
         try:
-            fh = open(self._abs(f.path), "rb")  # noqa: ASYNC230, SIM115 (reads go through a thread; closed below)
-            calls = ThreadCalls()
-            try:
-                fh.seek(sink.size)
-                while chunk := await calls.run(fh.read, 1 << 20):
-                    sink.write(chunk)
-            finally:
-                calls.after(fh.close)  # not under a read a cancelled download left running
+            fd = await self._io.run(functools.partial(self._open_listed, f))
+        except _FS_ERRORS as e:
+            raise self._error(e, f.path) from None
+        await self._copy(fd, f, sink)
+
+    async def _copy(self, fd: int, f: RemoteFile, sink: SpoolWriter) -> None:
+        """``fd`` (closed here) into ``sink`` from its current size, up to the listed size."""
+        fh = open(fd, "rb")  # noqa: ASYNC230, SIM115 (reads go through a thread; closed below)
+        calls = ThreadCalls()
+        try:
+            fh.seek(sink.size)
+            while sink.size < f.size and (chunk := await calls.run(fh.read, min(1 << 20, f.size - sink.size))):
+                sink.write(chunk)
+            if sink.size != f.size:
+                raise self._error(Replaced(f"'{f.path}' changed while it was read ({sink.size:,} bytes, listed "
+                                           f"{f.size:,})"), f.path)
         except OSError as e:
             raise self._error(e, f.path) from None
+        finally:
+            calls.after(fh.close)  # not under a read a cancelled download left running
 
     async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
         """Write under a temp name, fsync, rename."""
@@ -170,34 +284,67 @@ class LocalInstance:
         return True
 
     async def remove(self, path: str) -> None:
-        """Delete; already gone is fine."""
+        """Delete; already gone is fine. A symlink there is removed itself, never its target."""
+        self._abs(path)
         try:
-            await self._io.run(functools.partial(remove_files, self._abs(path)))
-        except OSError as e:
+            await self._io.run(functools.partial(beneath.unlink, self._base(), path, None))
+        except _FS_ERRORS as e:
             raise self._error(e, path) from None
+
+    async def remove_listed(self, f: RemoteFile) -> bool:
+        """Delete ``f`` if its name still holds the file the listing saw, unchanged; False (nothing
+        deleted) when it holds another file, a changed one or a symlink by now. Already gone is
+        fine (True)."""
+        self._abs(f.path)
+        try:
+            return await self._io.run(functools.partial(beneath.unlink, self._base(), f.path, _version(f)))
+        except _FS_ERRORS as e:
+            raise self._error(e, f.path) from None
 
     async def rename(self, src: str, dst: str) -> None:
         """Move, creating the destination folder."""
-        def mv() -> None:
-            target = Path(self._abs(dst))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._abs(src), target)
-            _fsync_dir(target.parent)
+        await self._rename(src, dst, None)
+
+    async def rename_listed(self, f: RemoteFile, dst: str) -> bool:
+        """Move ``f`` to ``dst`` if its name still holds the file the listing saw, unchanged; False
+        (nothing moved) when it holds another file, a changed one, a symlink or nothing by now."""
+        return await self._rename(f.path, dst, _version(f))
+
+    async def _rename(self, src: str, dst: str, expect: Version | None) -> bool:
+        self._abs(src)
+        self._abs(dst)
         try:
-            await self._io.run(mv)
-        except OSError as e:
+            return await self._io.run(functools.partial(beneath.rename, self._base(), src, dst, expect))
+        except _FS_ERRORS as e:
             raise self._error(e, src) from None
 
 
-def _take(it: Iterator[os.DirEntry[str]], n: int) -> list[tuple[str, bool, int, float]]:
-    out: list[tuple[str, bool, int, float]] = []
+def _identity(f: RemoteFile) -> Identity | None:
+    return (f.dev, f.ino) if isinstance(f, LocalFile) else None
+
+
+def _version(f: RemoteFile) -> Version | None:
+    return (f.dev, f.ino, f.size, f.mtime) if isinstance(f, LocalFile) else None
+
+
+def _changed(st: os.stat_result, f: RemoteFile) -> str | None:
+    """Why the opened file is not the version listed (its id names that version), or None."""
+    if st.st_size != f.size:
+        return f"'{f.path}' changed since it was listed ({st.st_size:,} bytes, listed {f.size:,})"
+    if isinstance(f, LocalFile) and st.st_mtime != f.mtime:
+        return f"'{f.path}' was modified since it was listed"
+    return None
+
+
+def _take(it: Iterator[os.DirEntry[str]], n: int) -> list[tuple[str, os.stat_result | None]]:
+    """Up to ``n`` entries: a folder as (name, None), anything else with its lstat."""
+    out: list[tuple[str, os.stat_result | None]] = []
     for entry in it:
         try:
             if entry.is_dir(follow_symlinks=False):
-                out.append((entry.name, True, 0, 0.0))
-            elif entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
-                out.append((entry.name, False, st.st_size, st.st_mtime))
+                out.append((entry.name, None))
+            else:
+                out.append((entry.name, entry.stat(follow_symlinks=False)))
         except FileNotFoundError:
             continue  # removed while listing
         if len(out) >= n:
@@ -205,18 +352,9 @@ def _take(it: Iterator[os.DirEntry[str]], n: int) -> list[tuple[str, bool, int, 
     return out
 
 
-def _read_hashed(path: str) -> tuple[bytes, str]:
-    """The file and its SHA-256, both on the I/O thread: every delivery needs the digest
-    (metadata), and computed here it runs beside the event loop instead of on it."""
-    with open(path, "rb") as f:
-        data = f.read()
-    return data, hashlib.sha256(data).hexdigest()
-
-
-def _is_file(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)
+def _close_scan(it: Iterator[os.DirEntry[str]], fd: int) -> None:
+    it.close()  # type: ignore[attr-defined]
+    os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:
