@@ -436,3 +436,26 @@ async def test_a_source_path_through_a_link_is_an_error_that_says_so(tmp_path: P
             await inst.is_dir("in")
     finally:
         await inst.close()
+
+
+async def test_uploads_do_not_follow_links_below_the_root(tmp_path: Path) -> None:
+    """A target folder swapped for a link to a private folder is refused; a link at the
+    destination name is replaced by the file, the file it pointed to untouched."""
+    from conveyor.payload import Body
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "secret.txt").write_bytes(PRIVATE)
+    (tmp_path / "root" / "out").symlink_to("../private")
+    (tmp_path / "root" / "a.txt").symlink_to(tmp_path / "private" / "secret.txt")
+    inst = instance(tmp_path)
+    try:
+        with pytest.raises(Permanent, match="'out' is a symbolic link"):
+            await inst.upload(Body.from_bytes(b"hi"), "out/secret.txt", exists="replace", chmod=None)
+        assert await inst.upload(Body.from_bytes(b"hi"), "a.txt", exists="replace", chmod=0o640)
+        assert not (tmp_path / "root" / "a.txt").is_symlink()
+        assert (tmp_path / "root" / "a.txt").read_bytes() == b"hi"
+        assert [p.name for p in (tmp_path / "private").iterdir()] == ["secret.txt"]
+    finally:
+        await inst.close()
+    assert private_intact(tmp_path)

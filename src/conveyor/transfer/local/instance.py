@@ -9,7 +9,9 @@ deleted or moved only while it is still the very file (device and inode) the lis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import os
@@ -250,37 +252,41 @@ class LocalInstance:
             calls.after(fh.close)  # not under a read a cancelled download left running
 
     async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
-        """Write under a temp name, fsync, rename."""
+        """Write under a temp name, fsync, rename; folders made and entered without following a
+        symlink, the temp file created exclusively (a name planted there is never written through)."""
+        self._abs(path)
         try:
             return await asyncio.to_thread(self._upload, body, path, exists, chmod)
-        except OSError as e:
+        except _FS_ERRORS as e:
             raise self._error(e, path) from None
 
     def _upload(self, body: Body, path: str, exists: str, chmod: int | None) -> bool:
-        dest = Path(self._abs(path))
-        if exists != "replace" and dest.exists():
-            if exists == "fail":
-                raise Rejected(f"{dest} already exists", instance=self.name, path=path)
-            return False
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name[:200]}.{uuid.uuid4().hex[:12]}.tmp"
-        try:
-            if body.in_memory:
-                with open(tmp, "wb") as out:
-                    out.write(body.data())
-                    out.flush()
-                    os.fsync(out.fileno())
-            else:
-                assert body.path is not None
-                shutil.copyfile(body.path, tmp)
-                with open(tmp, "rb") as fh:
-                    os.fsync(fh.fileno())
-            if chmod is not None:
-                os.chmod(tmp, chmod)
-            os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with beneath.parent_of(self._base(), path, create=True, readable=True) as (parent, name):
+            if exists != "replace" and _entry(parent, name):
+                if exists == "fail":
+                    raise Rejected(f"{self._abs(path)} already exists", instance=self.name, path=path)
+                return False
+            tmp = f".{name[:200]}.{uuid.uuid4().hex[:12]}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
+                         dir_fd=parent)
+            try:
+                try:
+                    if body.in_memory:
+                        with open(fd, "wb", closefd=False) as out:
+                            out.write(body.data())
+                    else:
+                        assert body.path is not None
+                        _copy_file(body.path, fd)
+                    if chmod is not None:
+                        os.fchmod(fd, chmod)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+                os.fsync(parent)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=parent)
         return True
 
     async def remove(self, path: str) -> None:
@@ -357,9 +363,24 @@ def _close_scan(it: Iterator[os.DirEntry[str]], fd: int) -> None:
     os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _entry(parent: int, name: str) -> bool:
+    """Whether anything has that name (a symlink counts, wherever it points)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        beneath.lstat_at(parent, name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _copy_file(src: Path, out: int) -> None:
+    """``src`` into the descriptor ``out``, in the kernel where it can (sendfile), else by chunks."""
+    with open(src, "rb") as fh:
+        offset = 0
+        try:
+            while n := os.sendfile(out, fh.fileno(), offset, 1 << 30):
+                offset += n
+        except OSError as e:
+            if offset or e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            with open(out, "wb", closefd=False) as dst:
+                shutil.copyfileobj(fh, dst, 1 << 20)
