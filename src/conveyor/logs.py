@@ -1,10 +1,17 @@
 """Logging: one JSON object per line (or readable text), with flow/instance/payload_id fields,
-and every known secret redacted from the final text."""
+and every known secret redacted from the final text.
+
+Ids and names come from partners (a file name, a message id): in either format a log record
+is one line whatever they hold. The text format writes control characters (newline, escape,
+...) and Unicode line and paragraph separators as ``\n``, ``\x1b``, ``\u2028``; a traceback keeps
+its lines, each indented so that none can pass for a record of its own.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -12,6 +19,30 @@ from typing import Any
 from conveyor.redact import redact
 
 _FIELDS = ("flow", "instance", "payload_id")
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""C0 and C1 control characters, DEL and the Unicode line/paragraph separators: whatever a
+terminal acts on or a line reader (``str.splitlines`` too) takes as the end of a line."""
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(m: re.Match[str]) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: control characters written as Python escapes (``\\n``, ``\\x1b``)."""
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _json_escaped(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
+"""What ``json.dumps(ensure_ascii=False)`` leaves raw but a line reader may split on (it escapes
+C0 controls itself); written as ``\\uXXXX``, which is the same JSON string."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,19 +62,22 @@ class JsonFormatter(logging.Formatter):
                 doc[f] = redact(str(v))
         if record.exc_info:
             doc["error"] = redact(self.formatException(record.exc_info))
-        return redact(json.dumps(doc, ensure_ascii=False, default=str))
+        return _JSON_UNSAFE.sub(_json_escaped, redact(json.dumps(doc, ensure_ascii=False, default=str)))
 
 
 class TextFormatter(logging.Formatter):
     """``2026-11-26 22:40:09 info  [flow=x] message``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ctx = " ".join(f"{f}={getattr(record, f)}" for f in _FIELDS if getattr(record, f, None) is not None)
+        # Redact each part before escaping: escaping could split a secret that holds a control character.
+        ctx = " ".join(f"{f}={escape_controls(redact(str(getattr(record, f))))}" for f in _FIELDS
+                       if getattr(record, f, None) is not None)
         line = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
                 + f" {record.levelname.lower():<7} {record.name}: " + (f"[{ctx}] " if ctx else "")
-                + record.getMessage())
+                + escape_controls(redact(record.getMessage())))
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            trace = redact(self.formatException(record.exc_info))
+            line += "".join("\n    | " + escape_controls(t) for t in trace.split("\n"))
         return redact(line)
 
 
