@@ -48,6 +48,11 @@ class SftpConfig(InstanceConfig):
     )
     root: str = Field("", description=ROOT_HELP)
     _root_from_login = field_validator("root", mode="before")(normalise_root)
+    follow_symlinked_folders: bool = Field(
+        False,
+        description="recursive listings descend into symlinked folders (each real folder listed once; a link "
+        "loop is skipped with a warning); off: they are left out (links to files are taken either way)",
+    )
     timeout: Duration = Field(10.0, gt=0, description="connect timeout, and the limit for every operation")
     max_connection_attempts: int = Field(3, ge=1, description="attempts per connect before the instance is down")
     max_connections: int = Field(4, ge=1, le=64, description="SSH connections (SFTP sessions) kept to this server")

@@ -52,6 +52,25 @@ class _Unlistable(Exception):
         self.error = error
 
 
+_NOTED_MAX = 1000
+"""Folder links remembered as logged; past this many the memory starts over (a line again each)."""
+
+
+class _Walk:
+    """The real folders a listing that follows folder links covers: the listed folder, and each
+    link target it followed (with everything beneath them)."""
+
+    def __init__(self, start: str) -> None:
+        self.roots = [start]
+
+    def covering(self, real: str) -> str | None:
+        """The covered folder that ``real`` is or lies inside, or None."""
+        for r in self.roots:
+            if real == r or real.startswith(r.rstrip("/") + "/"):
+                return r
+        return None
+
+
 class SftpInstance:
     """A live sftp instance: pooled sessions plus the FileSystem operations."""
 
@@ -59,6 +78,8 @@ class SftpInstance:
         self.name = name
         self.config = config
         self.pool = SftpPool(name, config, ctx.status if ctx is not None else None)
+        self._noted: set[str] = set()
+        """Folder links already logged about (one line per link, not one per poll)."""
 
     # -- Instance ---------------------------------------------------
     async def check(self) -> str:
@@ -143,18 +164,29 @@ class SftpInstance:
 
     async def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
         """Regular files under ``path``, streamed from readdir. When the server refuses to list
-        ``path`` but it is a file (servers with "private visibility"), yield just that file."""
-        folders = deque([path.strip("/")])
+        ``path`` but it is a file (servers with "private visibility"), yield just that file.
+
+        A link to a file is taken as that file. A link to a folder is not descended into unless
+        ``follow_symlinked_folders`` is on; then each real folder (by the server's realpath) is
+        listed once, under the first path that reaches it, so a link back up the tree (``loop ->
+        .``) neither repeats files under ever longer names nor ends the listing with ELOOP.
+        """
+        start = path.strip("/")
+        follow = recursive and self.config.follow_symlinked_folders
+        walk = _Walk(await self._realpath(start)) if follow else None
+        folders: deque[tuple[str, str | None]] = deque([(start, walk.roots[0] if walk else None)])
         first = True
         while folders:
-            folder = folders.popleft()
+            folder, real = folders.popleft()
             try:
                 async for f, sub in self._scan(folder):
-                    if sub is not None:
-                        if recursive:
-                            folders.append(sub)
-                    elif f is not None:
+                    if f is not None:
                         yield f
+                    elif sub is not None and recursive:
+                        rel, linked = sub
+                        nxt = await self._descend(walk, rel, linked, real)
+                        if nxt is not None:
+                            folders.append(nxt)
             except _Unlistable as e:
                 one = await self.stat(path) if first else None  # maybe one exact file
                 if one is None:
@@ -162,8 +194,49 @@ class SftpInstance:
                 yield one
             first = False
 
-    async def _scan(self, rel: str) -> AsyncIterator[tuple[RemoteFile | None, str | None]]:
-        """The entries of folder ``rel``: (file, None) or (None, relative sub-folder)."""
+    async def _descend(self, walk: _Walk | None, rel: str, linked: bool,
+                       parent_real: str | None) -> tuple[str, str | None] | None:
+        """The sub-folder ``rel`` to list next as (path, real path), or None to leave it out."""
+        if walk is None:
+            if not linked:
+                return rel, None
+            self._note(rel, logging.INFO, "not descending into symlinked folder %s (follow_symlinked_folders "
+                       "is off): files under it are not listed")
+            return None
+        if not linked:
+            assert parent_real is not None
+            real = posixpath.join(parent_real, posixpath.basename(rel))
+            # A real folder that a link already led to is listed under that link's path.
+            return None if real in walk.roots else (rel, real)
+        try:
+            real = await self._realpath(rel)
+        except ConveyorError as e:
+            self._note(rel, logging.WARNING, "symlinked folder %s not followed: the server did not resolve it (%s)", e)
+            return None
+        seen = walk.covering(real)
+        if seen is not None:
+            self._note(rel, logging.WARNING, "symlinked folder %s not followed: it leads to %s, inside %s, which "
+                       "this listing already covers (a link loop or a second way in)", real, seen)
+            return None
+        walk.roots.append(real)
+        return rel, real
+
+    async def _realpath(self, rel: str) -> str:
+        """The server's canonical absolute path of ``rel`` (links resolved)."""
+        real = await self._call(rel, lambda sftp: sftp.realpath(self._abs(rel)))
+        return str(real)
+
+    def _note(self, rel: str, level: int, msg: str, *args: object) -> None:
+        """Log ``msg`` about the folder link ``rel`` once per instance (links stay from poll to poll)."""
+        if rel in self._noted:
+            return
+        if len(self._noted) >= _NOTED_MAX:
+            self._noted.clear()
+        self._noted.add(rel)
+        log.log(level, "sftp %s: " + msg, self.name, rel, *args, extra={"instance": self.name})
+
+    async def _scan(self, rel: str) -> AsyncIterator[tuple[RemoteFile | None, tuple[str, bool] | None]]:
+        """The entries of folder ``rel``: (file, None) or (None, (relative sub-folder, reached by a link))."""
         started = False
         try:
             async with self.pool.session() as s:
@@ -182,14 +255,15 @@ class SftpInstance:
                     assert isinstance(name, str)
                     full = posixpath.join(folder, name)
                     attrs = entry.attrs
-                    if attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK:
+                    linked = attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK
+                    if linked:
                         async with asyncio.timeout(self.config.timeout):
                             try:
                                 attrs = await s.sftp.stat(full)
                             except asyncssh.SFTPError:
                                 continue  # a dangling link is not a file to take
                     if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
-                        yield None, self._rel(full)
+                        yield None, (self._rel(full), linked)
                     elif attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
                         yield RemoteFile(self._rel(full), attrs.size or 0, float(attrs.mtime or 0)), None
         except asyncssh.SFTPError as e:
