@@ -69,6 +69,27 @@ class StatusBoard:
         self.started = time.time()
         self.observers: list[Any] = []
         """Objects with ``on_event(kind, **fields)``: the metrics exporter."""
+        self.config_warnings: list[str] = []
+        """Weak settings found in the config (replaced on reload)."""
+        self.runtime_warnings: list[str] = []
+        """Weak transport seen when connecting (an SSH server offering only SHA-1, say)."""
+
+    # -- warnings ----------------------------------------------------------
+    def warn(self, message: str, instance: str | None = None, *, from_config: bool = False) -> bool:
+        """Record a weak-transport warning (and on the instance's entry); False when already known."""
+        where = self.config_warnings if from_config else self.runtime_warnings
+        new = message not in where
+        if new:
+            where.append(message)
+        st = self.instances.get(instance) if instance is not None else None
+        if st is not None and message not in st.warnings:
+            st.warnings.append(message)
+        return new
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every weak-transport warning: the config's, then those seen when connecting."""
+        return self.config_warnings + [w for w in self.runtime_warnings if w not in self.config_warnings]
 
     # -- instances ---------------------------------------------------------
     def add_instance(self, name: str, type_: str, address: str) -> InstanceStatus:
@@ -185,6 +206,7 @@ class StatusBoard:
         """The /status document."""
         return {
             "started": _ts(self.started),
+            "warnings": self.warnings,
             "instances": {
                 n: {"type": i.type, "address": i.address, "state": i.state, "since": _ts(i.since),
                     "last_error": i.last_error, "permanent_error": i.permanent, "warnings": i.warnings}

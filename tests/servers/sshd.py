@@ -106,8 +106,9 @@ def sshd_available() -> str | None:
 
 
 def start_sshd(keys: KeySet, host_key_types: tuple[str, ...] = ("ed25519", "rsa"),
-               users: tuple[str, ...] = (USER,)) -> Sshd:
-    """Start sshd with fresh host keys, letting ``users`` log in; raise if it does not come up."""
+               users: tuple[str, ...] = (USER,), extra: tuple[str, ...] = ()) -> Sshd:
+    """Start sshd with fresh host keys, letting ``users`` log in; raise if it does not come up.
+    ``extra``: more sshd_config lines (``KexAlgorithms ...``, say)."""
     pw = ensure_user()
     base = Path(tempfile.mkdtemp(prefix="conveyor-sshd-"))
     base.chmod(0o755)  # the sftp user must traverse it to reach root/
@@ -128,7 +129,7 @@ def start_sshd(keys: KeySet, host_key_types: tuple[str, ...] = ("ed25519", "rsa"
         "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", "PermitRootLogin no",
         f"AllowUsers {' '.join(users)}", f"AuthorizedKeysFile {auth}", "StrictModes no",
         "Subsystem sftp internal-sftp", "LogLevel INFO", "MaxStartups 100:30:200", "MaxSessions 50",
-        "UseDNS no", "",
+        "UseDNS no", *extra, "",
     ]))
     log = open(base / "sshd.log", "wb")  # noqa: SIM115 (kept open for the life of sshd)
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)

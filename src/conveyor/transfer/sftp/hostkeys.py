@@ -120,7 +120,18 @@ def family_of(alg: str) -> str | None:
 
 # --------------------------------------------------------------------------- KEXINIT probe
 async def server_key_families(host: str, port: int, timeout: float) -> list[str]:  # noqa: ASYNC109
-    """The host-key families the server lists in its KEXINIT, in our order of preference.
+    """The host-key families the server lists in its KEXINIT, in our order of preference."""
+    _, offered = await server_kexinit(host, port, timeout)
+    return families_in(offered)
+
+
+def families_in(host_key_algs: list[str]) -> list[str]:
+    """The host-key families among a KEXINIT's host-key algorithms, in our order of preference."""
+    return [fam for fam, algs in KEY_FAMILIES.items() if any(a in host_key_algs for a in algs)]
+
+
+async def server_kexinit(host: str, port: int, timeout: float) -> tuple[list[str], list[str]]:  # noqa: ASYNC109
+    """The key exchange and host-key algorithms the server lists in its KEXINIT.
 
     Reads the server's first binary packet (sent unencrypted before any key exchange)
     over a plain TCP connection that is closed straight after; no key is negotiated.
@@ -148,8 +159,15 @@ async def server_key_families(host: str, port: int, timeout: float) -> list[str]
         (n,) = struct.unpack(">I", payload[pos : pos + 4])
         lists.append(payload[pos + 4 : pos + 4 + n].decode("ascii", "replace"))
         pos += 4 + n
-    offered = lists[1].split(",")
-    return [fam for fam, algs in KEY_FAMILIES.items() if any(a in offered for a in algs)]
+    return lists[0].split(","), lists[1].split(",")
+
+
+def sha1_signature(keytype: str, host_key_algs: list[str]) -> bool:
+    """Whether the server signs with SHA-1 when it proves its ``keytype`` key: a DSA key always,
+    an RSA key when the server lists no rsa-sha2 algorithm (conveyor prefers those when it does)."""
+    if keytype == "ssh-dss":
+        return True
+    return keytype == "ssh-rsa" and not any(a in host_key_algs for a in ("rsa-sha2-512", "rsa-sha2-256"))
 
 
 @dataclass(frozen=True)

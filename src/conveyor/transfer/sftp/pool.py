@@ -23,7 +23,15 @@ from conveyor.errors import AuthError, ConveyorError, HostKeyError, Permanent, T
 from conveyor.supervisor import CONNECT_BACKOFF, retrying
 from conveyor.transfer.remote_root import fixed_root, resolve_root
 from conveyor.transfer.sftp.config import SftpConfig
-from conveyor.transfer.sftp.hostkeys import KEY_FAMILIES, describe_key, family_of, server_key_families, sha256_fp
+from conveyor.transfer.sftp.hostkeys import (
+    KEY_FAMILIES,
+    describe_key,
+    families_in,
+    family_of,
+    server_kexinit,
+    sha1_signature,
+    sha256_fp,
+)
 
 if TYPE_CHECKING:
     from conveyor.status import StatusBoard
@@ -38,6 +46,10 @@ MAX_PKTSIZE = 256 * 1024
 # chacha20-poly1305 (its default first choice) costs several calls per packet.
 ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
                    "aes256-ctr", "aes192-ctr", "aes128-ctr"]
+NO_SHA1_KEX = "-*-sha1"
+"""asyncssh's default key exchanges without the SHA-1 ones (OpenSSH's "-" syntax). Offered first, so
+that a server left with only SHA-1 is known for certain: the handshake fails, and the retry that
+allows SHA-1 is reported."""
 
 
 class _Client(asyncssh.SSHClient):
@@ -112,6 +124,11 @@ class SftpPool:
         """The host-key family that matched last time, so a reconnect is one handshake."""
         self._keys: list[asyncssh.SSHKey] | None = None
         self._fps = config.fingerprints()
+        self._sha1_kex = False
+        """The server offered no key exchange without SHA-1 last time: offer SHA-1 at once."""
+        self._host_key_algs: list[str] | None = None
+        """The host-key algorithms the server listed in its KEXINIT, when it was read."""
+        self._warned: set[str] = set()
         self.root: str | None = fixed_root(config.root)
         """The instance root as an absolute server path: known at once when ``root`` is absolute,
         else once the first login has said which folder it lands in."""
@@ -259,7 +276,8 @@ class SftpPool:
 
     async def _families(self) -> list[str | None]:
         try:
-            fams: list[str | None] = list(await server_key_families(self.cfg.host, self.cfg.port, self.cfg.timeout))
+            _, self._host_key_algs = await server_kexinit(self.cfg.host, self.cfg.port, self.cfg.timeout)
+            fams: list[str | None] = list(families_in(self._host_key_algs))
         except TimeoutError:
             raise Transient(f"{self.cfg.address} did not answer within {self.cfg.timeout:g}s",
                             instance=self.name) from None
@@ -278,7 +296,7 @@ class SftpPool:
         cfg = self.cfg
         keys = self._load_keys()
         client = _Client(self._verify if self._fps and cfg.host_key_check == "on" else None)
-        opts: dict[str, Any] = {}
+        opts: dict[str, Any] = {"kex_algs": "default" if self._sha1_kex else NO_SHA1_KEX}
         if algs is not None:
             opts["server_host_key_algs"] = algs
         try:
@@ -299,6 +317,12 @@ class SftpPool:
             raise HostKeyError(f"host key not accepted: {e.reason}", instance=self.name) from None
         except asyncssh.PermissionDenied:
             raise AuthError(self._auth_message(), instance=self.name) from None
+        except asyncssh.KeyExchangeFailed as e:
+            if self._sha1_kex:
+                self._sha1_kex = False  # SHA-1 did not help: next time, ask for better first again
+                raise Transient(f"{cfg.address}: key exchange failed: {e.reason}", instance=self.name) from None
+            self._sha1_kex = True  # nothing in common without SHA-1: the one change in the retry
+            return await self._login(algs, known_hosts=known_hosts)
         except asyncssh.DisconnectError as e:
             raise Transient(f"{cfg.address} closed the connection: {e.reason}", instance=self.name) from None
         except ConnectionResetError:
@@ -326,7 +350,33 @@ class SftpPool:
                 raise Transient(f"{cfg.describe()} did not say which folder the login lands in: {e}",
                                 instance=self.name) from None
         log.info("sftp %s: connected to %s (%s)", self.name, cfg.describe(), keytype)
+        if verified:
+            await self._check_sha1(keytype)
         return Session(conn, sftp, client, keytype, sha256_fp(blob) + ("" if verified else " NOT VERIFIED"))
+
+    async def _check_sha1(self, keytype: str) -> None:
+        """Warn (once, and in /status) when this connection relies on SHA-1: its key exchange, or
+        the signature that proves the host key."""
+        if self._sha1_kex:
+            self._warn("key exchange uses SHA-1: the server offers no key exchange without it that conveyor "
+                       "supports (ask its operator for curve25519-sha256 or diffie-hellman-group14-sha256)")
+        if keytype in ("ssh-rsa", "ssh-dss") and self._host_key_algs is None:
+            try:  # the host-key check did not read the server's KEXINIT: read it now, once
+                _, self._host_key_algs = await server_kexinit(self.cfg.host, self.cfg.port, self.cfg.timeout)
+            except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+                return
+        if self._host_key_algs is not None and sha1_signature(keytype, self._host_key_algs):
+            self._warn(f"the server proves its {keytype} host key with a SHA-1 signature: it lists "
+                       "no rsa-sha2-256/512; ask its operator for those or an ed25519 host key")
+
+    def _warn(self, message: str) -> None:
+        """One warning line per pool and message (every connect would find it again), and /status."""
+        text = f"instances.{self.name}: {message}"
+        if self.status is not None:
+            self.status.warn(text, self.name)
+        if text not in self._warned:
+            self._warned.add(text)
+            log.warning("weak transport: %s", text, extra={"instance": self.name})
 
     def _auth_message(self) -> str:
         cfg = self.cfg
