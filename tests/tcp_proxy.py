@@ -22,10 +22,12 @@ from types import TracebackType
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to ``host:port``; see the module docstring."""
+    """Forwards ``listen``:<port> (127.0.0.1 unless told) to ``host:port``; see the module docstring."""
 
-    def __init__(self, host: str, port: int, *, chunk: int = 65536) -> None:
+    def __init__(self, host: str, port: int, *, chunk: int = 65536, listen: str = "127.0.0.1") -> None:
         self.target = (host, port)
+        self.listen = listen
+        """The address the proxy listens on."""
         self.port = 0
         self.connections = 0
         """Connections accepted so far."""
@@ -44,7 +46,7 @@ class TcpProxy:
 
     async def start(self) -> TcpProxy:
         """Listen on a free loopback port."""
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._handle, self.listen, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -29,19 +29,28 @@ retries the statement.
 Timestamps come from the database clock, so replicas on hosts with skewed clocks agree on
 lease expiry. The lease is ``?lease=<seconds>`` on the URL (default 30; stripped before
 connecting); a claim's own ``lease`` argument is an upper bound.
+
+TLS: a URL that names no ``sslmode`` (and no ``PGSSLMODE`` in the environment) gets
+``verify-full`` when it points at another host (see :func:`connect_options`); loopback and
+Unix-socket URLs keep the driver's ``prefer``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import os
+import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from conveyor.errors import ConveyorError, Permanent, Transient
 from conveyor.redact import redact
 from conveyor.state.base import Item
 from conveyor.supervisor import CONFLICT_BACKOFF, retrying
@@ -129,6 +138,95 @@ def split_url(url: str) -> tuple[str, float]:
         else:
             kept.append((k, v))
     return urlunsplit(parts._replace(query=urlencode(kept))), lease
+
+
+WEAK_SSLMODES = ("disable", "allow", "prefer", "require")
+"""sslmodes that do not check the server's certificate (``require`` encrypts, but to anyone)."""
+
+
+def url_hosts(url: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """The hosts a ``postgresql://`` URL connects to (several for ``a,b:5432``; a ``host=`` query
+    parameter wins, then the URL, then ``PGHOST``); empty means the driver's default, the local socket."""
+    env = os.environ if env is None else env
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    spec = query.get("host") or parts.netloc.rpartition("@")[2] or env.get("PGHOST", "")
+    hosts = []
+    for h in spec.split(","):
+        h = unquote(h.strip())
+        if h.startswith("["):  # [v6]:port
+            h = h[1:].partition("]")[0]
+        elif h.count(":") == 1:
+            h = h.partition(":")[0]
+        if h:
+            hosts.append(h)
+    return hosts
+
+
+def is_local_host(host: str) -> bool:
+    """A Unix socket folder, ``localhost`` or a loopback address: traffic that never leaves the machine."""
+    if host.startswith("/") or host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def sslmode_of(url: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The sslmode the URL (or ``PGSSLMODE``) names, or None when neither does."""
+    env = os.environ if env is None else env
+    query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    return query.get("sslmode") or env.get("PGSSLMODE") or None
+
+
+def connect_options(url: str, env: Mapping[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+    """The URL and extra ``asyncpg`` connect arguments for ``url``: ``verify-full`` when the URL
+    names no sslmode and a host is not local; the URL as it is otherwise (its or the driver's choice).
+
+    With a CA file — the URL's ``sslrootcert``, ``$PGSSLROOTCERT`` or ``~/.postgresql/root.crt`` —
+    the URL gets ``sslmode=verify-full`` and the driver does the rest (client certificate, CRL).
+    Without one the driver would refuse verify-full outright, so the check is an SSL context over
+    the system's CA certificates instead (with the client certificate the URL or ``$PGSSLCERT``
+    names, or ``~/.postgresql/postgresql.crt``): a server with a publicly trusted certificate works.
+    """
+    env = os.environ if env is None else env
+    if sslmode_of(url, env) is not None:
+        return url, {}
+    hosts = url_hosts(url, env)
+    if not hosts or all(is_local_host(h) for h in hosts):
+        return url, {}
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if query.get("sslrootcert") or env.get("PGSSLROOTCERT") or _dot_postgresql("root.crt", env):
+        full = urlencode([*parse_qsl(parts.query, keep_blank_values=True), ("sslmode", "verify-full")])
+        return urlunsplit(parts._replace(query=full)), {}
+    ctx = ssl.create_default_context()  # the system's CAs; certificate required, host name checked
+    cert = query.get("sslcert") or env.get("PGSSLCERT") or _dot_postgresql("postgresql.crt", env)
+    if cert:
+        key = query.get("sslkey") or env.get("PGSSLKEY") or _dot_postgresql("postgresql.key", env)
+        ctx.load_cert_chain(cert, key, query.get("sslpassword") or None)
+    return url, {"ssl": ctx}
+
+
+def _dot_postgresql(name: str, env: Mapping[str, str]) -> str | None:
+    """``~/.postgresql/<name>`` when that file exists (libpq's default place for TLS files)."""
+    home = env.get("HOME") or os.path.expanduser("~")
+    path = os.path.join(home, ".postgresql", name)
+    return path if os.path.isfile(path) else None
+
+
+def weak_tls(url: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Why the connection to a non-local PostgreSQL server is not protected, or None."""
+    mode = sslmode_of(url, env)
+    hosts = [h for h in url_hosts(url, env) if not is_local_host(h)]
+    if mode is None or not hosts or mode.lower() not in WEAK_SSLMODES:
+        return None
+    where = ", ".join(hosts)
+    if mode.lower() == "disable":
+        return f"sslmode=disable: the ledger's traffic to {where} is not encrypted"
+    return (f"sslmode={mode}: the certificate of {where} is not checked, so anyone on the way can pose as "
+            "the server" + ("" if mode.lower() == "require" else " or strip the encryption"))
 
 
 @dataclass
@@ -259,6 +357,11 @@ class PostgresStore:
 
     def __init__(self, url: str, owner: str, *, pool_size: int = 3) -> None:
         self.url, self.lease = split_url(url)
+        given = self.url
+        self.url, self.connect = connect_options(self.url)
+        """The URL (verify-full added when due) and extra connect arguments (TLS) for every pool."""
+        self.verify_by_default = self.url != given or bool(self.connect)
+        """verify-full was chosen here, the URL naming no sslmode (error messages say so)."""
         self.owner = owner
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
@@ -275,8 +378,11 @@ class PostgresStore:
     # -- plumbing -------------------------------------------------------------------
     async def open(self) -> None:
         """Connect, create or migrate the schema, and release this replica's rows of a previous run."""
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size,
-                                               command_timeout=60)
+        try:
+            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size,
+                                                   command_timeout=60, **self.connect)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise self._connect_error(e) from None
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
             await conn.execute("CREATE TABLE IF NOT EXISTS conveyor_schema_version (version integer NOT NULL)")
@@ -293,11 +399,23 @@ class PostgresStore:
             await conn.execute(f"UPDATE {T} SET state='pending', owner=NULL, lease_until=NULL"
                                " WHERE state='in_flight' AND owner=$1", self.owner)
         fast = await asyncpg.create_pool(self.url, min_size=1, max_size=1, command_timeout=60,
-                                         server_settings={"synchronous_commit": "off"})
-        durable = await asyncpg.create_pool(self.url, min_size=1, max_size=1, command_timeout=60)
+                                         server_settings={"synchronous_commit": "off"}, **self.connect)
+        durable = await asyncpg.create_pool(self.url, min_size=1, max_size=1, command_timeout=60, **self.connect)
         self._fast = _Lane("fast", self, fast)
         self._durable = _Lane("durable", self, durable)
         self._heartbeat = asyncio.create_task(self._renew_loop(), name="conveyor-state-heartbeat")
+
+    def _connect_error(self, e: BaseException) -> ConveyorError:
+        """A failed first connection in one line, with what to do when it is the TLS check."""
+        where = ", ".join(url_hosts(self.url)) or "the local socket"
+        text = redact(str(e)) or type(e).__name__
+        if isinstance(e, ssl.SSLError) or "SSL" in text:
+            hint = ""
+            if self.verify_by_default:
+                hint = (" (for a server on another host the certificate and host name are checked unless the URL "
+                        "names an sslmode: give its CA as ?sslrootcert=FILE, or name the sslmode you accept)")
+            return Permanent(f"state store: TLS with PostgreSQL at {where} failed: {text}{hint}")
+        return Transient(f"state store: cannot connect to PostgreSQL at {where}: {text}")
 
     async def close(self) -> None:
         """Finish queued writes, stop renewing, close the pools."""
