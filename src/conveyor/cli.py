@@ -131,6 +131,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     print(f"{config.path}: OK ({len(config.instances)} instances, {len(config.flows)} flows)")
+    from conveyor.transport_warnings import transport_warnings
+
+    for w in transport_warnings(config):
+        print(f"warning: weak transport: {w}")
     if not args.connect:
         return 0
     return asyncio.run(_connect_all(config))

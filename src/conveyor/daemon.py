@@ -28,6 +28,7 @@ from conveyor.registry import all_specs, target_specs
 from conveyor.state import StateStore, open_store
 from conveyor.status import StatusBoard
 from conveyor.supervisor import Backoff
+from conveyor.transport_warnings import TransportWarning, transport_warnings
 
 log = logging.getLogger("conveyor.daemon")
 
@@ -160,11 +161,14 @@ class Daemon:
         self._draining: list[tuple[FlowRunner, asyncio.Task[None]]] = []
         self.left_behind: set[asyncio.Task[None]] = set()
         """Flow tasks that outlived their cancellation: referenced here, no longer waited for."""
+        self.weak: list[TransportWarning] = []
+        """The config's weak transport settings (logged at start and on reload, listed in /status)."""
 
     # -- life cycle ---------------------------------------------------------------
     async def run(self) -> int:
         """Run until stopped; returns the exit code (0 after a clean drain)."""
         register_secrets(self.config.secrets())
+        self._report_weak_transport()
         self.spool.prepare()
         await self.store.open()
         loop = asyncio.get_running_loop()
@@ -201,6 +205,17 @@ class Daemon:
             await self.store.close()
         log.info("conveyor stopped")
         return 0
+
+    def _report_weak_transport(self) -> None:
+        """Log each weak setting of the config once, one line naming its key, and list them in /status."""
+        old = set(self.status.config_warnings)
+        for st in self.status.instances.values():
+            st.warnings = [w for w in st.warnings if w not in old]
+        self.status.config_warnings = []
+        self.weak = transport_warnings(self.config)
+        for w in self.weak:
+            self.status.warn(str(w), w.instance, from_config=True)
+            log.warning("weak transport: %s", w, extra={"instance": w.instance} if w.instance else None)
 
     def request_stop(self) -> None:
         """Begin the two-phase shutdown (what SIGTERM does)."""
@@ -247,6 +262,9 @@ class Daemon:
             cfg = self.config.instances[name]
             spec = all_specs()[cfg.type]
             self.status.add_instance(name, cfg.type, cfg.describe())
+            for w in self.weak:
+                if w.instance == name:
+                    self.status.warn(str(w), name, from_config=True)
             rt = self.instances[name] = spec.load_factory()(name, cfg, self.ctx)
         return rt
 
@@ -387,6 +405,7 @@ class Daemon:
         await self._close_instances([n for n in changed if n in self.instances])
         self.config = new
         register_secrets(new.secrets())
+        self._report_weak_transport()
         started = []
         for name, flow in new.flows.items():
             if flow.enabled and name not in self.flows:

@@ -216,6 +216,9 @@ def render_status(doc: dict[str, Any]) -> str:
         for kind in ("flows", "instances"):
             for name, why in sorted((reasons.get(kind) or {}).items()):
                 out.append(f"  {kind[:-1]} {_clean(name)}: {_clean(why)}")
+    warnings = doc.get("warnings") or []
+    if warnings:
+        out += ["", "weak transport:"] + [f"  {_clean(w)}" for w in warnings]
     return "\n".join(out)
 
 
