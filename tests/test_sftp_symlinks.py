@@ -131,9 +131,9 @@ async def test_daemon_delivers_each_file_once(sftp_openssh_backend: SftpBackend,
                            flows)
         async with running(cfg) as d:
             st = d.status.flows["f"]
-            await wait_for(lambda st=st: st.delivered >= 2 and st.last_poll is not None, 30)
+            await wait_for(lambda: st.delivered >= 2 and st.last_poll is not None, 30)  # noqa: B023
             polled = st.last_poll
-            await wait_for(lambda st=st, polled=polled: st.last_poll != polled, 10)  # one more full listing
+            await wait_for(lambda: st.last_poll != polled, 10)  # noqa: B023  (one more full listing)
             assert (st.delivered, st.failed) == (2, 0)
             assert st.last_error is None
         shutil.rmtree(out, ignore_errors=True)
