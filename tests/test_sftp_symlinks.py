@@ -130,7 +130,7 @@ async def test_daemon_delivers_each_file_once(sftp_openssh_backend: SftpBackend,
         cfg = write_config(tmp_path / str(follow), {"partner": b.instance_config(follow_symlinked_folders=follow)},
                            flows)
         async with running(cfg) as d:
-            st = d.status.flows["f"]
+            st = await wait_for(lambda: d.status.flows.get("f"), 10)
             await wait_for(lambda: st.delivered >= 2 and st.last_poll is not None, 30)  # noqa: B023
             polled = st.last_poll
             await wait_for(lambda: st.last_poll != polled, 10)  # noqa: B023  (one more full listing)
