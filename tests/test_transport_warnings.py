@@ -268,3 +268,31 @@ async def test_another_host_without_tls_is_refused_not_downgraded(tmp_path: Path
     assert len(fatal) == 1 and "SSL" in fatal[0]["msg"], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
 
+
+
+def https_flow(tmp_path: Path, tls_verify: bool) -> Path:
+    """A config with one flow posting to an https:// target (``tls_verify`` as given)."""
+    (tmp_path / "in").mkdir(exist_ok=True)
+    return write_config(tmp_path / "c.yaml", {
+        "health": {"listen": None},
+        "instances": {"box": {"type": "local", "root": str(tmp_path)}},
+        "flows": {"post": {"source": {"instance": "box", "path": "in"},
+                           "target": {"type": "http", "url": "https://127.0.0.1:9/hook", "tls_verify": tls_verify}}},
+    })
+
+
+async def test_reload_and_check_say_the_same(tmp_path: Path) -> None:
+    """``conveyor check`` prints the warnings; a reload that fixes the setting takes it off /status."""
+    from tests.harness import running
+
+    config = https_flow(tmp_path, tls_verify=False)
+    r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "conveyor", "check", "-c", str(config)],
+                                capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.splitlines()[1:] == [
+        "warning: weak transport: flows.post.target.tls_verify: false: the server's certificate is not checked, "
+        "so anyone on the way can read and change what is posted"]
+    async with running(config) as d:
+        assert [w.split(":")[0] for w in d.status.snapshot()["warnings"]] == ["flows.post.target.tls_verify"]
+        https_flow(tmp_path, tls_verify=True)
+        assert await d.reload()
+        assert d.status.snapshot()["warnings"] == []
