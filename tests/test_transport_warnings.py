@@ -292,6 +292,7 @@ async def test_reload_and_check_say_the_same(tmp_path: Path) -> None:
         "warning: weak transport: flows.post.target.tls_verify: false: the server's certificate is not checked, "
         "so anyone on the way can read and change what is posted"]
     async with running(config) as d:
+        await wait_for(lambda: "post" in d.flows)  # started: a reload now has flows to compare
         assert [w.split(":")[0] for w in d.status.snapshot()["warnings"]] == ["flows.post.target.tls_verify"]
         https_flow(tmp_path, tls_verify=True)
         assert await d.reload()
