@@ -1,5 +1,7 @@
-"""sd_notify against a real AF_UNIX datagram socket, the unit file under systemd-analyze, and the
-documented server install (docs/operations/systemd.md) followed into a temporary root."""
+"""sd_notify against a real AF_UNIX datagram socket, the unit file under systemd-analyze (its
+exposure rating included), the daemon delivering from real servers under the unit's system-call
+filter and /proc view, and the documented server install (docs/operations/systemd.md) followed
+into a temporary root."""
 
 from __future__ import annotations
 
@@ -14,15 +16,20 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from conveyor.systemd import notify_address, sd_notify, watchdog_interval
-from tests.servers.ops import DaemonProcess, free_port, local_flow, write_config
+from tests.harness import bodies, wait_for
+from tests.servers.ops import CONVEYOR, DaemonProcess, free_port, local_flow, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "conveyor.service"
 EXEC_START = "/opt/conveyor/bin/conveyor"
+SANDBOX = REPO / "tests" / "unit_sandbox.py"
+SECURITY_DOC = REPO / "docs" / "security.md"
 
 
 class Listener:
@@ -147,6 +154,120 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
                       "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "ExecReload=/bin/kill -HUP $MAINPID",
                       f"ExecStart={EXEC_START} run -c /etc/conveyor/conveyor.yaml"):
         assert directive in text, directive
+
+
+def exposure(unit: Path) -> float:
+    """``systemd-analyze security``'s overall exposure of ``unit``, read offline (0 best, 10 worst)."""
+    p = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+                       capture_output=True, text=True, timeout=60, cwd=unit.parent)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", p.stdout)
+    assert m, (p.returncode, p.stdout[-2000:], p.stderr)
+    return float(m.group(1))
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_unit_exposure_is_no_worse_than_documented(tmp_path: Path) -> None:
+    documented = re.search(r"rates\s+the\s+unit's\s+exposure\s+\*\*(\d+\.\d+)\*\*", SECURITY_DOC.read_text())
+    assert documented, f"{SECURITY_DOC} no longer states the unit's exposure"
+    unit = tmp_path / "conveyor.service"
+    unit.write_text(UNIT.read_text())
+    assert exposure(unit) <= float(documented.group(1))
+    # The rating sees each setting: without the system-call deny list it gets worse.
+    unit.write_text("".join(line for line in UNIT.read_text().splitlines(keepends=True)
+                            if not line.startswith("SystemCallFilter=~")))
+    assert exposure(unit) > float(documented.group(1))
+
+
+def sandboxed(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SANDBOX), "--", *argv], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+confinable = pytest.mark.skipif(shutil.which("systemd-analyze") is None or os.geteuid() != 0,
+                                reason="the unit's confinement needs systemd-analyze and root")
+
+
+@confinable
+def test_sandbox_confines_as_the_unit_says(tmp_path: Path) -> None:
+    # What the unit denies fails with EPERM (not a kill), writable code pages included; /proc has
+    # only process folders.
+    victim = tmp_path / "f"
+    victim.write_text("x")
+    probe = (
+        "import os\n"
+        "def tryit(f):\n"
+        "    try:\n"
+        "        f(); return 'ok'\n"
+        "    except OSError as e:\n"
+        "        return e.strerror\n"
+        f"print(tryit(lambda: os.chown({str(victim)!r}, -1, 1)))\n"
+        "print(tryit(lambda: os.setpriority(os.PRIO_PROCESS, 0, 1)))\n"
+        "print(tryit(lambda: open('/proc/cpuinfo').close()))\n"
+        "print(tryit(lambda: open('/proc/self/status').close()))\n"
+        "print(tryit(lambda: os.listdir('.')))\n"
+        "import mmap\n"
+        "print(tryit(lambda: mmap.mmap(-1, 4096, prot=mmap.PROT_WRITE | mmap.PROT_EXEC)))\n"
+        "print(tryit(lambda: mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE)))\n"
+    )
+    p = sandboxed(sys.executable, "-c", probe)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["Operation not permitted", "Operation not permitted",
+                                     "No such file or directory", "ok", "ok",
+                                     "Operation not permitted", "ok"], p.stdout
+    assert victim.stat().st_gid == os.getgid()
+
+
+class ConfinedDaemon(DaemonProcess):
+    """``conveyor run`` under the unit's system-call filter and /proc view (tests/unit_sandbox.py)."""
+
+    def start(self) -> ConfinedDaemon:
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, str(SANDBOX), "--", *CONVEYOR, "run", "-c", str(self.config)],
+                                         stdout=out, stderr=err, env=self.env, cwd=self.config.parent)
+        return self
+
+
+@pytest.fixture(params=["local_backend", "sftp_openssh_backend", "ftps_explicit_vsftpd_backend", "rabbitmq_backend",
+                        "pubsub_backend"])
+def backend(request: pytest.FixtureRequest) -> Any:
+    """A server of each kind conveyor's libraries talk to (set up outside the test's event loop)."""
+    return request.getfixturevalue(request.param)
+
+
+@confinable
+async def test_daemon_delivers_under_the_units_confinement(backend: Any, tmp_path: Path) -> None:
+    """Every library conveyor loads for a connector (asyncssh and cryptography, TLS, aiormq, gRPC
+    and protobuf, aiohttp for health and metrics) works with what the unit allows."""
+    b = backend
+    out = tmp_path / "out"
+    target = {"type": "directory", "path": str(out)}
+    if hasattr(b, "publish"):
+        flow = {"source": {"instance": "remote", **b.source_config()}, "target": target}
+    else:
+        flow = {"source": {"instance": "remote", "path": "in", "poll_interval": "200ms", "min_age": "0s",
+                           "after": "delete"}, "target": target}
+    port = free_port()
+    run = tmp_path / "run"
+    run.mkdir()
+    config = write_config(run / "conveyor.yaml", {"health": {"listen": f"127.0.0.1:{port}"},
+                                                 "instances": {"remote": b.instance_config()},
+                                                 "flows": {"f": flow}})
+    items = [os.urandom(100) + bytes([i]) for i in range(10)]
+    if hasattr(b, "publish"):
+        await b.publish(items)
+    else:
+        for i, data in enumerate(items):
+            b.put(f"in/item{i}.bin", data)
+    d = ConfinedDaemon(config, port).start()
+    try:
+        await d.wait_listening()
+        await wait_for(lambda: len(bodies(out)) == len(items), 60)
+        async with aiohttp.ClientSession() as s, s.get(d.url + "/metrics") as r:
+            assert r.status == 200 and "conveyor_" in await r.text()
+    finally:
+        d.stop()
+    assert sorted(bodies(out).values()) == sorted(items)
+    assert "Operation not permitted" not in d.output(), d.output()[-3000:]
 
 
 def readme_install_steps() -> list[str]:
