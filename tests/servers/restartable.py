@@ -57,9 +57,9 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, banner: bytes, wha
 def restart_sshd(server: Sshd) -> None:
     """Start a killed sshd again: same config (port, host keys, served folder), same log file."""
     assert server.proc.poll() is not None, "kill it first"
-    log = open(server.base / "sshd.log", "ab")  # noqa: SIM115 (kept open for the life of sshd)
-    server.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(server.base / "sshd_config")],
-                                   stdout=log, stderr=subprocess.STDOUT)
+    with open(server.base / "sshd.log", "ab") as log:  # sshd keeps its own copy of the descriptor
+        server.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(server.base / "sshd_config")],
+                                       stdout=log, stderr=subprocess.STDOUT)
     _wait_listening(server.proc, server.port, b"SSH-", "sshd", server.base / "sshd.log")
 
 

@@ -131,8 +131,8 @@ def start_sshd(keys: KeySet, host_key_types: tuple[str, ...] = ("ed25519", "rsa"
         "Subsystem sftp internal-sftp", "LogLevel INFO", "MaxStartups 100:30:200", "MaxSessions 50",
         "UseDNS no", *extra, "",
     ]))
-    log = open(base / "sshd.log", "wb")  # noqa: SIM115 (kept open for the life of sshd)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    with open(base / "sshd.log", "wb") as log:  # sshd keeps its own copy of the descriptor
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -96,6 +96,8 @@ class Vsftpd:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()  # else a ResourceWarning, an error under pytest's filterwarnings
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
