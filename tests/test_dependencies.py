@@ -23,7 +23,7 @@ from tests.servers.ops import free_port
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 RUNTIME = [Requirement(r) for r in PROJECT["dependencies"]]
-TEST = [Requirement(r) for r in PROJECT["optional-dependencies"]["test"]]
+EXTRAS = [Requirement(r) for extra in ("test", "docs") for r in PROJECT["optional-dependencies"][extra]]
 
 
 def pins() -> dict[str, Version]:
@@ -40,7 +40,7 @@ def pins() -> dict[str, Version]:
 
 def test_every_requirement_is_pinned_within_its_range() -> None:
     pinned = pins()
-    for req in RUNTIME + TEST:
+    for req in RUNTIME + EXTRAS:
         name = canonicalize_name(req.name)
         assert name in pinned, f"{req.name} is in pyproject.toml but not in constraints.txt: run scripts/lock"
         assert req.specifier.contains(pinned[name], prereleases=True), (
@@ -92,6 +92,7 @@ def test_audit_without_advisory_data_says_not_checked_quickly() -> None:
 def test_ci_runs_the_audit_and_installs_from_constraints() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     assert "scripts/test-setup" in ci and "scripts/audit" in ci
-    setup = (REPO / "scripts" / "test-setup").read_text()
-    installs = [line for line in setup.splitlines() if "pip install" in line and not line.lstrip().startswith("#")]
-    assert installs and all("-c constraints.txt" in line for line in installs), installs
+    for script in ("test-setup", "check"):
+        text = (REPO / "scripts" / script).read_text()
+        installs = [line for line in text.splitlines() if "pip install" in line and not line.lstrip().startswith("#")]
+        assert installs and all("-c constraints.txt" in line for line in installs), (script, installs)
