@@ -227,7 +227,7 @@ class ConfinedDaemon(DaemonProcess):
         return self
 
 
-@pytest.fixture(params=["local_backend", "sftp_openssh_backend", "ftps_explicit_vsftpd_backend", "rabbitmq_backend",
+@pytest.fixture(params=["local_backend", "sftp_asyncssh_backend", "ftps_explicit_vsftpd_backend", "rabbitmq_backend",
                         "pubsub_backend"])
 def backend(request: pytest.FixtureRequest) -> Any:
     """A server of each kind conveyor's libraries talk to (set up outside the test's event loop)."""
