@@ -14,6 +14,7 @@ from typing import Any
 
 from conveyor.errors import ConveyorError, NoSpace, Transient
 from conveyor.payload.body import Body
+from conveyor.private import private_dirs
 
 
 class Spool:
@@ -33,9 +34,10 @@ class Spool:
         """Create the spool folder and remove what a crashed run left behind.
 
         Anything in the spool at start-up belongs to a payload that was never confirmed,
-        so its source still has it and will hand it over again.
+        so its source still has it and will hand it over again. The folder is the daemon's
+        alone (0700, whatever the umask): bodies in it are partners' files and messages.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.directory)
         for p in self.directory.glob("*.spool"):
             p.unlink(missing_ok=True)
 
@@ -111,7 +113,9 @@ class SpoolWriter:
 
     def _spill(self) -> None:
         self.path = self._spool.new_path()
-        self._file = open(self.path, "wb")  # noqa: SIM115 (closed by the worker)
+        # 0600 whatever the umask; O_EXCL: the name is fresh, so anything already there was planted.
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self._file = os.fdopen(fd, "wb")
         self._queue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="conveyor-spool", daemon=True)
         self._thread.start()

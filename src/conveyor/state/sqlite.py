@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.batched import Handoff, resolve_all
+from conveyor.private import private_file, tighten
 from conveyor.state.base import Item
 
 SCHEMA = """
@@ -76,7 +77,10 @@ class SqliteStore:
     # -- plumbing ------------------------------------------------------------
     async def open(self) -> None:
         """Open the file, create the schema, and turn in-flight rows of a dead run back to pending."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 whatever the umask: SQLite gives the -wal and -shm files the database file's mode.
+        private_file(self.path)
+        for side in ("-wal", "-shm"):
+            tighten(Path(f"{self.path}{side}"), 0o600)  # left by an older run
         self._loop = asyncio.get_running_loop()
         self._jobs = Handoff(self._loop)
         ready: asyncio.Future[None] = self._loop.create_future()
