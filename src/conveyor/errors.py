@@ -11,7 +11,8 @@ the supervisor and flow runtime decide what to do from the class alone::
      │    ├── AuthError       wrong password, key or passphrase
      │    ├── HostKeyError    the server's host key matches nothing configured
      │    ├── NotFound        missing folder, queue, topic or subscription
-     │    └── Rejected        the target refused this payload (HTTP 4xx, unroutable)
+     │    ├── Rejected        the target refused this payload (HTTP 4xx, unroutable)
+     │    └── TooLarge        a file or message is over its configured size limit
      └── ConfigError         the config file is invalid (a list of problems)
 """
 
@@ -72,6 +73,10 @@ class NotFound(Permanent):
 
 class Rejected(Permanent):
     """The target refused this one payload; other payloads may still go through."""
+
+
+class TooLarge(Permanent):
+    """A file or message is over its configured size limit (``max_file_size``, ``max_message_size``)."""
 
 
 @dataclass(frozen=True)

@@ -62,9 +62,11 @@ class FileSystem(Protocol):
         """Whether ``path`` is an existing folder."""
         ...
 
-    def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
+    def list(self, path: str, recursive: bool, max_entries: int | None = None) -> AsyncIterator[RemoteFile]:
         """Regular files under ``path`` (streamed: a folder of 100,000 files is not built in memory);
-        entries that are never taken (a symlink, a FIFO) may come with ``refused`` set."""
+        entries that are never taken (a symlink, a FIFO) may come with ``refused`` set. Past
+        ``max_entries`` entries read (files, folders and anything else alike) it raises
+        :class:`ListingCut`, so a server that lists without end cannot keep it going."""
         ...
 
     async def download(self, f: RemoteFile, sink: SpoolWriter) -> None:
@@ -85,6 +87,22 @@ class FileSystem(Protocol):
     async def rename(self, src: str, dst: str) -> None:
         """Move a file, creating the destination's folder and replacing what is there."""
         ...
+
+
+class ListingCut(Exception):
+    """A listing reached its ``max_entries``: what it yielded so far is all that is read."""
+
+    def __init__(self, entries: int) -> None:
+        super().__init__(f"more than {entries} entries")
+        self.entries = entries
+
+
+def count_entry(n: int, max_entries: int | None) -> int:
+    """One more listing entry read: the new count, or :class:`ListingCut` once past ``max_entries``."""
+    n += 1
+    if max_entries is not None and n > max_entries:
+        raise ListingCut(max_entries)
+    return n
 
 
 @runtime_checkable

@@ -49,8 +49,8 @@ class Metrics:
         self.connects = Counter("conveyor_connect_attempts_total", "Connection attempts by outcome (ok, error)",
                                 ["instance", "outcome"], registry=r)
         self.refused = Counter("conveyor_files_refused_total", "Source files refused for an unsafe name, "
-                               "or for being a symlink or special file (each counted once, when first seen)",
-                               ["flow"], registry=r)
+                               "their size, or for being a symlink or special file (each counted once, when "
+                               "first seen)", ["flow"], registry=r)
         # Label children are cached: a labels() lookup per payload is the hot path at 1,000/s.
         self._children: dict[tuple[int | str, ...], Any] = {}
         self._warned = False

@@ -40,8 +40,8 @@ class FlowStatus:
     skipped: int = 0
     retried: int = 0
     refused: int = 0
-    """Source files refused for an unsafe name, or for being a symlink or special file (local
-    folders), each counted once when first seen."""
+    """Source files refused for an unsafe name, their size, or for being a symlink or special file
+    (local folders), each counted once when first seen."""
     bytes: int = 0
     in_flight: int = 0
     last_delivery: float | None = None
@@ -142,7 +142,7 @@ class StatusBoard:
             st.last_poll = time.time()
 
     def refused(self, name: str) -> None:
-        """A file source refused a file for its name or its kind (once per file)."""
+        """A file source refused a file for its name, size or kind (once per file)."""
         st = self.flows.get(name)
         if st is not None:
             st.refused += 1

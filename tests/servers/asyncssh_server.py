@@ -2,13 +2,14 @@
 
 It has its own ed25519 and RSA host keys, accepts a password and the client keys of
 :mod:`tests.servers.ssh_keys`, counts SSH handshakes, and can refuse directory listings
-(``refuse_listing``) like servers with "private visibility".
+(``refuse_listing``) like servers with "private visibility", or list more than it has
+(``more_listing``: entries after the real ones, endless if the generator is).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ class AsyncsshSftpServer:
     host: str = "127.0.0.1"
     """The loopback address to listen on ('::1' for IPv6)."""
     refuse_listing: bool = False
+    more_listing: Callable[[], AsyncIterator[asyncssh.SFTPName]] | None = None
+    """Entries every listing goes on with after the folder's own."""
     handshakes: int = 0
     """TCP connections accepted (the host-key probe counts too)."""
     logins: int = 0
@@ -92,6 +95,8 @@ class AsyncsshSftpServer:
             def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
                 if outer.refuse_listing:
                     return _refuse()
+                if outer.more_listing is not None:
+                    return _chain(super().scandir(path), outer.more_listing())
                 return super().scandir(path)
 
         self.server = await asyncssh.listen(
@@ -128,6 +133,12 @@ class AsyncsshSftpServer:
 async def _refuse() -> AsyncIterator[asyncssh.SFTPName]:
     raise asyncssh.SFTPPermissionDenied("listing is not allowed here")
     yield  # pragma: no cover  (makes this an async generator)
+
+
+async def _chain(*parts: AsyncIterator[asyncssh.SFTPName]) -> AsyncIterator[asyncssh.SFTPName]:
+    for part in parts:
+        async for name in part:
+            yield name
 
 
 _HOST_KEYS: list[asyncssh.SSHKey] = []

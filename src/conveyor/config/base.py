@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from conveyor.config.types import AfterAction, ConfigModel, Duration, MoveAction
+from conveyor.config.types import AfterAction, ConfigModel, Duration, MoveAction, Size
 from conveyor.names import normal_path
 
 
@@ -67,6 +67,14 @@ class FileSourceConfig(SourceConfig):
         None, description="move a file whose delivery failed for good; default: leave it, remembered as failed"
     )
     max_files_per_poll: int = Field(10_000, ge=1, description="at most this many files are taken per listing")
+    max_file_size: Size | None = Field(
+        64 * 1024**3, description="a larger file (as listed, or as read) is refused, never fetched again while it "
+        "stays that size (null: no limit)"
+    )
+    max_listing_entries: int = Field(
+        100_000, ge=1, description="files read from one listing; the rest of a longer one waits (bounds memory "
+        "against a server that lists without end)"
+    )
 
     @field_validator("path")
     @classmethod

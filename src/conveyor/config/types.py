@@ -49,6 +49,14 @@ def parse_size(value: Any) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
 
 
+def format_size(n: int) -> str:
+    """``1073741824`` -> ``1GiB``; the largest binary unit that divides ``n``, bytes otherwise."""
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}B"
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 """Seconds, written in the config as ``10s``."""
 Size = Annotated[int, BeforeValidator(parse_size)]

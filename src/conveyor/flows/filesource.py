@@ -19,10 +19,10 @@ import time
 from typing import Any
 
 from conveyor.config.base import FileSourceConfig
-from conveyor.config.types import MoveAction
-from conveyor.errors import Transient
+from conveyor.config.types import MoveAction, format_size
+from conveyor.errors import TooLarge, Transient
 from conveyor.flows.delivery import Deliverer
-from conveyor.interfaces import ChecksListed, FileSystem, OpensInPlace, RemoteFile, Submit
+from conveyor.interfaces import ChecksListed, FileSystem, ListingCut, OpensInPlace, RemoteFile, Submit
 from conveyor.names import listed_path, normal_path, unsafe_path
 from conveyor.payload.body import Body
 from conveyor.payload.payload import Payload, stable_id
@@ -80,6 +80,11 @@ class FileSource:
         """Refused paths already logged and counted; kept only while a listing still shows them."""
         self._refused: set[str] = set()
         """Refused paths the listing in progress showed."""
+        self._oversize: dict[str, tuple[int, float]] = {}
+        """path -> (size, mtime) of files that turned out larger than ``max_file_size`` while read:
+        not fetched again while the listing shows them unchanged."""
+        self._cut = False
+        """The listing in progress reached ``max_listing_entries``."""
         self._active: set[str] = set()
         """ids being fetched or delivered now: the next listing must not take them again."""
         self._done: dict[str, tuple[int, float, str]] = {}
@@ -88,6 +93,12 @@ class FileSource:
         with ``after: keep`` would otherwise cost both for every file of the folder every poll."""
         self._done_since = time.monotonic()
         self.root = config.path  # normal: '.', './' and '/' are all ''
+        limits = [(config.max_file_size, "max_file_size")]
+        if self._in_place is None and deps.spool.max_bytes is not None:
+            limits.append((deps.spool.max_bytes, "spool_max"))  # a bigger file could never be spooled
+        known = [(n, why) for n, why in limits if n is not None]
+        self._size_limit: tuple[int, str] | None = min(known) if known else None
+        """The largest file taken, and the setting that says so."""
         skip = [a.move for a in (config.after, config.on_failure) if isinstance(a, MoveAction)]
         self._skip_dirs = [normal_path(s) for s in skip]
 
@@ -112,46 +123,71 @@ class FileSource:
         taken = 0
         whole = True
         self._refused = set()
-        async for f in self._entries():
-            present.add(f.path)
-            done = self._done.get(f.path)
-            if done is not None and done[0] == f.size and done[1] == f.mtime:
-                continue  # the same file the ledger said was done (a changed one has a new id)
-            if not self._stable(f, now):
-                continue
-            ready.append(f)
-            if len(ready) >= _CHUNK:
-                taken += await self._take(ready)
-                ready = []
-            if taken >= self.config.max_files_per_poll:
-                whole = False
-                break
+        self._cut = False
+        async with contextlib.aclosing(self._entries(present)) as entries:
+            async for f in entries:
+                done = self._done.get(f.path)
+                if done is not None and done[0] == f.size and done[1] == f.mtime:
+                    continue  # the same file the ledger said was done (a changed one has a new id)
+                if not self._stable(f, now):
+                    continue
+                ready.append(f)
+                if len(ready) >= _CHUNK:
+                    taken += await self._take(ready)
+                    ready = []
+                if taken >= self.config.max_files_per_poll:
+                    whole = False
+                    break
         if ready:
             await self._take(ready)
-        # Forget files that disappeared, so these tables stay as big as the folder.
-        for table in (self._seen, self._done):
+        # Forget files that disappeared (or lie past the listing cap), so these tables stay as big
+        # as the folder, and never bigger than max_listing_entries.
+        for table in (self._seen, self._done, self._oversize):
             for path in [p for p in table if p not in present]:
                 del table[path]
-        if whole:
+        if whole and not self._cut:
             # A refused file that went away and comes back is reported again; the set stays bounded.
             self._reported &= self._refused
+        elif self._cut:
+            self._reported &= present  # a listing without end must not grow it either
 
     def forgotten(self, id: str) -> None:
         """The ledger dropped ``id`` (``forget``): the next listing takes its file again."""
         for path in [p for p, done in self._done.items() if done[2] == id]:
             del self._done[path]
 
-    async def _entries(self) -> Any:
+    async def _entries(self, present: set[str]) -> Any:
+        """The acceptable files of the listing; every listed path goes into ``present``."""
         single = await self.fs.stat(self.root) if self.root else None
         if single is not None:
             single = _tidy(single)
+            present.add(single.path)
             if self._acceptable(single):
                 yield single
             return
-        async for f in self.fs.list(self.root, self.config.recursive):
-            f = _tidy(f)
-            if self._acceptable(f):
-                yield f
+        cap = self.config.max_listing_entries
+        listing = self.fs.list(self.root, self.config.recursive, max_entries=cap)
+        try:
+            async for f in listing:
+                f = _tidy(f)
+                present.add(f.path)
+                if self._acceptable(f):
+                    yield f
+        except ListingCut:
+            self._listing_cut(cap)  # the listing is closed below: the rest is never read
+        finally:
+            aclose = getattr(listing, "aclose", None)  # an async generator: end its session now, not at GC
+            if aclose is not None:
+                await aclose()
+
+    def _listing_cut(self, cap: int) -> None:
+        self._cut = True
+        folder = self.root or "/"
+        msg = (f"the listing of '{folder}' has more than max_listing_entries ({cap}) files: only the first {cap} "
+               "are taken this poll (the rest wait for a later one). Raise max_listing_entries, narrow the path, "
+               "or have the partner clear the folder")
+        self.status.flow_error(self.flow, msg)
+        log.warning(msg, extra={"flow": self.flow, "instance": self.instance})
 
     def _acceptable(self, f: RemoteFile) -> bool:
         rel = f.path
@@ -170,6 +206,15 @@ class FileSource:
         if why:
             self._refuse(rel, why, "it is never written anywhere. Rename it on the server, move it out of the "
                          "watched folder, or narrow this source's pattern or regex to leave it out")
+            return False
+        if self._size_limit is not None and f.size > self._size_limit[0]:
+            limit, setting = self._size_limit
+            self._refuse(rel, f"{f.size} bytes is over this source's limit of {format_size(limit)} ({setting})",
+                         f"it is not fetched while it stays that size. Raise {setting}, or narrow this source's "
+                         "pattern or regex to leave it out")
+            return False
+        if self._oversize.get(rel) == (f.size, f.mtime):
+            self._refuse(rel, "", "")  # reported when it was read
             return False
         return True
 
@@ -245,9 +290,15 @@ class FileSource:
                 return
             try:
                 body = await self._fetch(f)
-            except BaseException:
+            except BaseException as e:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.store.release(self.flow, pid))
+                if isinstance(e, TooLarge):
+                    # Longer than listed, and past the limit: set aside like one listed too large.
+                    self._oversize[f.path] = (f.size, f.mtime)
+                    self._reported.discard(f.path)
+                    self._refuse(f.path, e.message, "it is not fetched again while listed unchanged")
+                    return
                 raise
             payload = Payload(
                 id=pid, flow=self.flow, source_instance=self.instance, source_type=self.instance_type, body=body,
@@ -268,9 +319,16 @@ class FileSource:
             await self.store.settled(self.flow, pid)
 
     async def _fetch(self, f: RemoteFile) -> Body:
+        limit = self.config.max_file_size
         if self._in_place is not None:
-            return await self._in_place.open_in_place(f, self.spool.threshold)
-        sink = self.spool.writer()
+            body = await self._in_place.open_in_place(f, self.spool.threshold)
+            if limit is not None and body.size > limit:
+                body.release()
+                raise TooLarge(f"{body.size} bytes when opened, over max_file_size ({format_size(limit)})",
+                               instance=self.instance, path=f.path)
+            return body
+        # The writer stops at the limit, whatever the listing said: a server may send more than it listed.
+        sink = self.spool.writer(limit=limit, what="max_file_size")
 
         def resumable(e: Exception) -> bool:
             # A dropped connection mid-file: resume at the offset we have, not from zero

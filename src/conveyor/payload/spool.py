@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from conveyor.errors import ConveyorError, NoSpace, Transient
+from conveyor.errors import ConveyorError, NoSpace, TooLarge, Transient
 from conveyor.payload.body import Body
 from conveyor.private import private_dirs
 
@@ -41,9 +41,10 @@ class Spool:
         for p in self.directory.glob("*.spool"):
             p.unlink(missing_ok=True)
 
-    def writer(self) -> SpoolWriter:
-        """A new writer that keeps small bodies in memory and spills large ones to disk."""
-        return SpoolWriter(self)
+    def writer(self, limit: int | None = None, what: str = "the size limit") -> SpoolWriter:
+        """A new writer that keeps small bodies in memory and spills large ones to disk; past
+        ``limit`` bytes it raises :class:`TooLarge`, naming the setting ``what``."""
+        return SpoolWriter(self, limit, what)
 
     def new_path(self) -> Path:
         """A fresh file name in the spool."""
@@ -63,8 +64,10 @@ class SpoolWriter:
 
     _BACKLOG = 16 * 1024 * 1024
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, limit: int | None = None, what: str = "the size limit") -> None:
         self._spool = spool
+        self._limit = limit
+        self._what = what
         self._buf: bytearray | None = bytearray()
         self._file: Any = None
         self.path: Path | None = None
@@ -88,6 +91,8 @@ class SpoolWriter:
             raise self._error
         if not data:
             return
+        if self._limit is not None and self.size + len(data) > self._limit:
+            raise TooLarge(f"more than {self._limit} bytes arrived, over {self._what}: the rest is not read")
         if self._buf is not None:
             self._hash.update(data)
             self.size += len(data)

@@ -31,7 +31,7 @@ from conveyor.errors import (
     Rejected,
     Transient,
 )
-from conveyor.interfaces import Context, RemoteFile
+from conveyor.interfaces import Context, RemoteFile, count_entry
 from conveyor.netloc import hostport
 from conveyor.payload.body import Body
 from conveyor.payload.spool import SpoolWriter
@@ -256,19 +256,22 @@ class FtpInstance:
                          f"retried later: raise {key}, or have the folder emptied on the server",
                          instance=self.name, path=folder or None)
 
-    async def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
+    async def list(self, path: str, recursive: bool, max_entries: int | None = None) -> AsyncIterator[RemoteFile]:
         """Regular files under ``path``. Each folder's listing is parsed as it arrives, then the
         connection is released before entries are yielded, so a caller may download while iterating.
 
         One call is one poll: ``max_listing_entries`` and ``max_listing_bytes`` count all of its
-        folders together, ``listing_timeout`` bounds each folder's listing.
+        folders together, ``listing_timeout`` bounds each folder's listing; the source's
+        ``max_entries`` cuts the poll short instead (:class:`ListingCut`).
         """
         pending = [path.strip("/")]
         budget = _Budget()
+        n = 0
         while pending:
             folder = pending.pop()
             entries = await self.pool.run(lambda c, f=folder: self._listdir(c, f, budget), folder)  # type: ignore[misc]
             for e in entries:
+                n = count_entry(n, max_entries)
                 rel = f"{folder}/{e.name}" if folder else e.name
                 if e.kind == "dir":
                     if recursive:

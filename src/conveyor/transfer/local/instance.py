@@ -23,7 +23,7 @@ from pathlib import Path
 
 from conveyor.batched import BatchedThread, ThreadCalls
 from conveyor.errors import NoSpace, NotFound, Permanent, Rejected, Transient
-from conveyor.interfaces import Context, RemoteFile
+from conveyor.interfaces import Context, RemoteFile, count_entry
 from conveyor.payload.body import Body
 from conveyor.payload.spool import Spool, SpoolWriter, disk_full
 from conveyor.transfer.local import beneath
@@ -142,7 +142,7 @@ class LocalInstance:
         except _FS_ERRORS as e:
             raise self._error(e, path) from None
 
-    async def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
+    async def list(self, path: str, recursive: bool, max_entries: int | None = None) -> AsyncIterator[RemoteFile]:
         """Regular files under ``path`` in batches read on a thread. Symlinks are not followed:
         they, FIFOs, sockets and devices are listed with ``refused`` set, so the source can say why
         they are never taken."""
@@ -150,6 +150,7 @@ class LocalInstance:
             await self.check()
         self._abs(path)
         pending = [path]
+        n = 0
         while pending:
             folder = pending.pop()
             try:
@@ -163,6 +164,7 @@ class LocalInstance:
             try:
                 while batch := await calls.run(_take, it, _BATCH):
                     for name, st in batch:
+                        n = count_entry(n, max_entries)
                         rel = f"{folder}/{name}" if folder else name
                         if st is None:
                             if recursive:

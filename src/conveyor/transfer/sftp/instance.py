@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TypeVar
 import asyncssh
 
 from conveyor.errors import ConveyorError, NoSpace, NotFound, Permanent, Rejected, Transient
-from conveyor.interfaces import Context, RemoteFile
+from conveyor.interfaces import Context, RemoteFile, count_entry
 from conveyor.payload.body import Body
 from conveyor.payload.spool import SpoolWriter
 from conveyor.transfer.remote_root import join_root
@@ -162,7 +162,7 @@ class SftpInstance:
         except NotFound:
             return False
 
-    async def list(self, path: str, recursive: bool) -> AsyncIterator[RemoteFile]:
+    async def list(self, path: str, recursive: bool, max_entries: int | None = None) -> AsyncIterator[RemoteFile]:
         """Regular files under ``path``, streamed from readdir. When the server refuses to list
         ``path`` but it is a file (servers with "private visibility"), yield just that file.
 
@@ -176,10 +176,12 @@ class SftpInstance:
         walk = _Walk(await self._realpath(start)) if follow else None
         folders: deque[tuple[str, str | None]] = deque([(start, walk.roots[0] if walk else None)])
         first = True
+        n = 0
         while folders:
             folder, real = folders.popleft()
             try:
                 async for f, sub in self._scan(folder):
+                    n = count_entry(n, max_entries)  # folders count too: a server may list them without end
                     if f is not None:
                         yield f
                     elif sub is not None and recursive:
@@ -236,7 +238,8 @@ class SftpInstance:
         log.log(level, "sftp %s: " + msg, self.name, rel, *args, extra={"instance": self.name})
 
     async def _scan(self, rel: str) -> AsyncIterator[tuple[RemoteFile | None, tuple[str, bool] | None]]:
-        """The entries of folder ``rel``: (file, None) or (None, (relative sub-folder, reached by a link))."""
+        """The entries of folder ``rel``: (file, None), (None, (relative sub-folder, reached by a link)),
+        or (None, None) for anything else (a device, a dangling link)."""
         started = False
         try:
             async with self.pool.session() as s:
@@ -261,11 +264,14 @@ class SftpInstance:
                             try:
                                 attrs = await s.sftp.stat(full)
                             except asyncssh.SFTPError:
-                                continue  # a dangling link is not a file to take
+                                yield None, None  # a dangling link is not a file to take
+                                continue
                     if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
                         yield None, (self._rel(full), linked)
                     elif attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
                         yield RemoteFile(self._rel(full), attrs.size or 0, float(attrs.mtime or 0)), None
+                    else:
+                        yield None, None  # counted by list(), like every entry read
         except asyncssh.SFTPError as e:
             if not started and not isinstance(e, asyncssh.SFTPConnectionLost):
                 # The server answered but will not list this: not a folder, or listing forbidden.
