@@ -20,6 +20,7 @@ from conveyor.config.base import FileSourceConfig, MessageSourceConfig
 from conveyor.errors import ConfigError, ConveyorError, describe
 from conveyor.flows.delivery import Deliverer
 from conveyor.flows.filesource import FileSource, FileSourceDeps
+from conveyor.flows.intake import IntakeGate
 from conveyor.flows.runner import FlowRunner
 from conveyor.interfaces import BrokerInstance, Context, FileSystem, Instance, Submit, Target
 from conveyor.payload.spool import Spool
@@ -141,6 +142,14 @@ def fewer_gc_passes() -> Iterator[None]:
         gc.unfreeze()
 
 
+def intake_folders(config: Config) -> list[Path]:
+    """The folders whose disks the free-space floor watches: the spool's, and the SQLite store's."""
+    folders = [Path(config.spool_dir)]
+    if not config.state.startswith(("postgresql://", "postgres://")):
+        folders.append(Path(config.state).parent)
+    return folders
+
+
 class Daemon:
     """Runs every enabled flow of a config until SIGTERM/SIGINT; SIGHUP reloads."""
 
@@ -150,6 +159,7 @@ class Daemon:
         self.spool = Spool(Path(config.spool_dir), config.spool_threshold, config.spool_max)
         self.owner = config.replica or f"{socket.gethostname()}:{os.getpid()}"
         self.store: StateStore = open_store(config.state, self.owner)
+        self.gate = IntakeGate(intake_folders(config), config.min_free_space, self.status)
         self.ctx = Context(spool=self.spool, status=self.status)
         self.instances: dict[str, Instance] = {}
         self.flows: dict[str, tuple[FlowRunner, asyncio.Task[None]]] = {}
@@ -310,18 +320,18 @@ class Daemon:
             assert isinstance(src, MessageSourceConfig)
             consumer = source_rt.source(flow.name, src)
             return FlowRunner(flow.name, max_in_flight=flow.max_in_flight, status=self.status,
-                              deliverer=deliverer, on_close=target.close, messages=(consumer, src))
+                              deliverer=deliverer, on_close=target.close, messages=(consumer, src), gate=self.gate)
         assert isinstance(src, FileSourceConfig)
         st.poll_interval = src.poll_interval
 
         def file_source(submit: Submit) -> FileSource:
             deps = FileSourceDeps(deliverer=deliverer, store=self.store, spool=self.spool, status=self.status,
-                                  submit=submit)
+                                  submit=submit, gate=self.gate)
             return FileSource(flow=flow.name, instance=src.instance, instance_type=icfg.type, fs=source_rt,
                               config=src, deps=deps)
 
         return FlowRunner(flow.name, max_in_flight=flow.max_in_flight, status=self.status, deliverer=deliverer,
-                          on_close=target.close, files=file_source)
+                          on_close=target.close, files=file_source, gate=self.gate)
 
     def _start_flow(self, flow: Flow) -> None:
         assert self._tg is not None
@@ -404,6 +414,7 @@ class Daemon:
                 self.status.remove_flow(n)
         await self._close_instances([n for n in changed if n in self.instances])
         self.config = new
+        self.gate.set_floor(new.min_free_space)
         register_secrets(new.secrets())
         self._report_weak_transport()
         started = []

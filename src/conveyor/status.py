@@ -69,6 +69,9 @@ class StatusBoard:
         self.started = time.time()
         self.observers: list[Any] = []
         """Objects with ``on_event(kind, **fields)``: the metrics exporter."""
+        self.paused: str | None = None
+        """Why intake is paused (low disk space), or None."""
+        self.paused_since: float | None = None
         self.config_warnings: list[str] = []
         """Weak settings found in the config (replaced on reload)."""
         self.runtime_warnings: list[str] = []
@@ -141,6 +144,12 @@ class StatusBoard:
         if st is not None:
             st.last_poll = time.time()
 
+    def intake_paused(self, reason: str | None) -> None:
+        """Intake paused for ``reason`` (the free-space floor), or resumed (None)."""
+        if (reason is None) != (self.paused is None):
+            self.paused_since = None if reason is None else time.time()
+        self.paused = reason
+
     def refused(self, name: str) -> None:
         """A file source refused a file for its name, size or kind (once per file)."""
         st = self.flows.get(name)
@@ -186,6 +195,9 @@ class StatusBoard:
         for f in self.flows.values():
             if f.state in ("stopped", "disabled"):
                 continue
+            if self.paused is not None:
+                out[f.name] = self.paused  # the reason its polls or messages wait
+                continue
             if f.poll_interval is not None:
                 ref = f.last_poll or self.started
                 if now - ref > 3 * f.poll_interval + 5:
@@ -207,6 +219,7 @@ class StatusBoard:
         return {
             "started": _ts(self.started),
             "warnings": self.warnings,
+            "intake": {"paused": self.paused is not None, "reason": self.paused, "since": _ts(self.paused_since)},
             "instances": {
                 n: {"type": i.type, "address": i.address, "state": i.state, "since": _ts(i.since),
                     "last_error": i.last_error, "permanent_error": i.permanent, "warnings": i.warnings}

@@ -115,7 +115,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         path=str(path), state=raw.state or state_default, spool_dir=raw.spool_dir or spool_default,
         spool_threshold=raw.spool_threshold, spool_max=raw.spool_max, shutdown_timeout=raw.shutdown_timeout,
         replica=raw.replica, retention=raw.retention, health=raw.health, log=raw.log, instances=instances,
-        flows=flows, sensitive=tuple(interp.sensitive),
+        flows=flows, min_free_space=raw.min_free_space, sensitive=tuple(interp.sensitive),
     )
 
 

@@ -11,10 +11,17 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, SecretStr, create_model, field_validator
 
 from conveyor.config.base import InstanceConfig, SourceConfig
-from conveyor.config.types import ConfigModel, Duration, Secret, Size
+from conveyor.config.types import ConfigModel, Duration, FreeSpace, Secret, Size, SpaceFloor
 from conveyor.registry import INSTANCE_KIND, all_specs
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+SPOOL_MAX = 64 * 1024**3
+"""The spool's default budget: as large as the default ``max_file_size``, so any file a source
+takes by default fits; the disk itself is guarded by ``min_free_space``."""
+MIN_FREE_SPACE = SpaceFloor(bytes=1024**3)
+"""The default free-space floor: room for the state store to record what is in flight when
+intake pauses, on a disk of any size."""
 
 
 class HealthConfig(ConfigModel):
@@ -98,7 +105,10 @@ def raw_model() -> type[ConfigModel]:
         state=(str | None, Field(None, description="SQLite file path or postgresql:// URL")),
         spool_dir=(str | None, Field(None, description="where large bodies are written while they travel")),
         spool_threshold=(Size, Field(8 * 1024 * 1024, description="bodies larger than this go to the spool")),
-        spool_max=(Size | None, Field(None, description="most bytes the spool may hold; intake pauses past it")),
+        spool_max=(Size | None, Field(SPOOL_MAX, description="most bytes the spool may hold; intake pauses past "
+                                      "it (null: no limit but min_free_space)")),
+        min_free_space=(FreeSpace, Field(MIN_FREE_SPACE, description="free space (size or % of the disk) to keep "
+                                         "where the state store and spool are; below it intake pauses (0: off)")),
         shutdown_timeout=(Duration, Field(30.0, description="how long SIGTERM waits for deliveries in flight")),
         replica=(str | None, Field(None, description="this replica's name in a shared store (default host:pid)")),
         retention=(Duration, Field(30 * 86400.0, description="settled ledger rows are pruned after this")),
@@ -145,6 +155,7 @@ class Config:
     log: LogConfig
     instances: dict[str, InstanceConfig]
     flows: dict[str, Flow]
+    min_free_space: SpaceFloor = MIN_FREE_SPACE
     sensitive: tuple[str, ...] = ()
     """Values read through ${file:...}: redacted wherever they might show."""
 

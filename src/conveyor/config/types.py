@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, SecretStr
@@ -57,10 +58,42 @@ def format_size(n: int) -> str:
     return f"{n}B"
 
 
+@dataclass(frozen=True)
+class SpaceFloor:
+    """Free space to keep on a file system: a number of bytes, or a percentage of its size."""
+
+    bytes: int = 0
+    percent: float = 0.0
+
+    def of(self, total: int) -> int:
+        """The floor in bytes on a file system of ``total`` bytes."""
+        return int(total * self.percent / 100) if self.percent else self.bytes
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent else format_size(self.bytes)
+
+
+def parse_space_floor(value: Any) -> SpaceFloor:
+    """Parse ``1GiB``, ``500MB``, ``0`` (no floor) or ``5%`` (of the file system's size)."""
+    if isinstance(value, SpaceFloor):
+        return value
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            percent = float(value.strip()[:-1])
+        except ValueError:
+            raise ValueError(f"'{value}' is not a percentage such as 5%") from None
+        if not 0 <= percent < 100:
+            raise ValueError("a percentage of the disk runs from 0% to below 100%")
+        return SpaceFloor(percent=percent)
+    return SpaceFloor(bytes=parse_size(value))
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 """Seconds, written in the config as ``10s``."""
 Size = Annotated[int, BeforeValidator(parse_size)]
 """Bytes, written in the config as ``16MiB``."""
+FreeSpace = Annotated[SpaceFloor, BeforeValidator(parse_space_floor), PlainSerializer(str, return_type=str)]
+"""Free space to keep, written as ``1GiB`` or ``5%``."""
 Secret = Annotated[SecretStr, PlainSerializer(lambda s: "**********", return_type=str)]
 """A string that never shows in reprs, logs or /status."""
 

@@ -22,6 +22,7 @@ from conveyor.config.base import FileSourceConfig
 from conveyor.config.types import MoveAction, format_size
 from conveyor.errors import TooLarge, Transient
 from conveyor.flows.delivery import Deliverer
+from conveyor.flows.intake import IntakeGate
 from conveyor.interfaces import ChecksListed, FileSystem, ListingCut, OpensInPlace, RemoteFile, Submit
 from conveyor.names import listed_path, normal_path, unsafe_path
 from conveyor.payload.body import Body
@@ -52,6 +53,8 @@ class FileSourceDeps:
     status: StatusBoard
     submit: Submit
     """The flow's intake: each file is delivered in a slot it grants."""
+    gate: IntakeGate | None = None
+    """The free-space floor: no listing while it is shut."""
 
 
 class FileSource:
@@ -69,6 +72,7 @@ class FileSource:
         self.spool = deps.spool
         self.status = deps.status
         self.submit = deps.submit
+        self.gate = deps.gate
         self._in_place = fs if isinstance(fs, OpensInPlace) else None
         self._checks = fs if isinstance(fs, ChecksListed) else None
         # Replicas on one store list the same files: each takes them in its own order, so
@@ -105,6 +109,8 @@ class FileSource:
     async def run(self, stop: StopSignal) -> None:
         """Poll until the flow stops; the poll cadence wait is here, retries are the supervisor's."""
         while not stop.is_set():
+            if self.gate is not None and not await self.gate.wait(stop):
+                break  # stopped while intake was paused
             await self.poll()
             self.status.polled(self.flow)
             fs = self.status.flows.get(self.flow)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from conveyor.config.base import MessageSourceConfig
 from conveyor.flows import slots
 from conveyor.flows.delivery import Deliverer
+from conveyor.flows.intake import IntakeGate
 from conveyor.interfaces import Forgets, Inbound, MessageSource, Source, Submit
 from conveyor.redact import redact
 from conveyor.status import StatusBoard
@@ -33,10 +34,13 @@ class FlowRunner:
 
     def __init__(self, name: str, *, max_in_flight: int, status: StatusBoard, deliverer: Deliverer,
                  on_close: Callable[[], Awaitable[None]], files: Callable[[Submit], Source] | None = None,
-                 messages: tuple[MessageSource, MessageSourceConfig] | None = None) -> None:
+                 messages: tuple[MessageSource, MessageSourceConfig] | None = None,
+                 gate: IntakeGate | None = None) -> None:
         """Give ``files`` (the file source, built around this runner's :meth:`submit`) or
-        ``messages`` (a broker consumer and its flow's source config), not both."""
+        ``messages`` (a broker consumer and its flow's source config), not both. While ``gate``
+        is shut (low disk space), :meth:`submit` waits."""
         self.name = name
+        self.gate = gate
         self.status = status
         self.deliverer = deliverer
         self._slots = Capacity(max_in_flight)
@@ -84,6 +88,9 @@ class FlowRunner:
     async def submit(self, key: str, work: Callable[[], Awaitable[None]]) -> bool:
         """Start one delivery when a slot is free; False once the flow is stopping (also when
         the stop comes while it waits for a slot)."""
+        gate = self.gate
+        if gate is not None and gate.check() is not None and not await gate.wait(self.stop):
+            return False
         if not await self._tail.acquire():
             return False
         if not await self._slots.acquire():
