@@ -13,6 +13,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import metadata
 
 ENV = "CONVEYOR_COMPAT"
 """Set to ``public`` to use only the dependencies' public APIs."""
@@ -55,6 +56,14 @@ def choose(dependency: str, version: str, tested: tuple[tuple[int, ...], tuple[i
         return Choice(dependency, False,
                       f"{dependency} {version} is outside the tested range {_dotted(low)} to below {_dotted(high)}")
     return Choice(dependency, True, f"{dependency} {version}: {private_why}")
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of ``distribution`` ("0" when it is not installed)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "0"
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -18,12 +18,11 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from importlib import metadata
 from typing import Any
 
 from google.cloud.pubsub_v1.subscriber import futures as sub_futures
 
-from conveyor._compat import Choice, choose
+from conveyor._compat import Choice, choose, installed_version
 from conveyor.errors import Transient
 
 log = logging.getLogger("conveyor.pubsub")
@@ -74,17 +73,10 @@ def feature_problem(manager_class: type | None = _Base) -> str | None:
     return None
 
 
-def _installed_version() -> str:
-    try:
-        return metadata.version("google-cloud-pubsub")
-    except metadata.PackageNotFoundError:
-        return "0"
-
-
 def select(manager_class: type | None = _Base, version: str | None = None) -> Choice:
     """The path for ``manager_class`` under google-cloud-pubsub ``version`` (the installed one by default)."""
-    return choose("google-cloud-pubsub", version or _installed_version(), TESTED, feature_problem(manager_class),
-                  "stream errors are seen through StreamingPullManager._should_recover")
+    return choose("google-cloud-pubsub", version or installed_version("google-cloud-pubsub"), TESTED,
+                  feature_problem(manager_class), "stream errors are seen through StreamingPullManager._should_recover")
 
 
 CHOICE = select()

@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from conveyor.config.base import InstanceConfig, MessageSourceConfig, MessageTargetConfig
-from conveyor.config.types import ConfigModel, Duration, Secret
+from conveyor.config.types import ConfigModel, Duration, Secret, Size
 from conveyor.netloc import hostport
 from conveyor.registry import ConnectorSpec, register
 
@@ -124,6 +124,10 @@ class RabbitSourceConfig(MessageSourceConfig):
 
     queue: str = Field(min_length=1, description="queue to consume")
     prefetch: int = Field(100, ge=1, le=65535, description="unacknowledged messages the broker sends ahead")
+    max_message_size: Size = Field(
+        16 * 1024 * 1024, ge=1, description="a larger message is rejected without requeue (to the queue's "
+        "dead-letter exchange), its body never held; prefetch x this bounds the flow's memory"
+    )
     declare: QueueDeclare | None = Field(
         None, description="declare the queue; absent: the queue must exist (a typo fails loudly with not found)"
     )

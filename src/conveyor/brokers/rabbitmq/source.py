@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiormq
 from aiormq.abc import DeliveredMessage
 
+from conveyor._compat import aiormq as aiormq_compat
 from conveyor.brokers.rabbitmq.config import RabbitSourceConfig
 from conveyor.brokers.rabbitmq.errors import map_error
 from conveyor.brokers.rabbitmq.settle import Acker
@@ -155,6 +156,7 @@ class RabbitSource:
     async def _run(self, inbox: asyncio.Queue[Any], emit: Callable[[Inbound], Awaitable[None]]) -> None:
         ch = await self._setup()
         raw = await ch.get_underlay_channel()
+        aiormq_compat.cap_bodies(raw, self.config.max_message_size)
         self._raw = raw
         acker = Acker(raw, self._settled)
         cfg = self.config
@@ -199,6 +201,7 @@ class RabbitSource:
                        emit: Callable[[Inbound], Awaitable[None]]) -> None:
         make = self._inbound
         raw = acker.channel
+        cfg = self.config
         while True:
             item = await inbox.get()
             if isinstance(item, DeliveredMessage):
@@ -208,6 +211,12 @@ class RabbitSource:
                     # Prefetched but never handed to the flow: give it back now.
                     self._outstanding += 1  # balanced by the _settled() inside nack
                     await acker.delivery(item.delivery.delivery_tag).nack(True)  # type: ignore[union-attr,arg-type]
+                    continue
+                size = item.header.body_size or len(item.body)
+                if size > cfg.max_message_size:
+                    self._refuse(item, size)
+                    self._outstanding += 1  # balanced by the _settled() inside nack
+                    await acker.delivery(item.delivery.delivery_tag).nack(False)  # type: ignore[union-attr,arg-type]
                     continue
                 self._outstanding += 1
                 # A flow that stops while this waits for a slot refuses it, and the runner nacks it back.
@@ -221,6 +230,16 @@ class RabbitSource:
             elif isinstance(item, _Drained) and self._outstanding == 0:
                 break
         log.info("flow %s: stopped consuming queue '%s'", self.flow, self.config.queue)
+
+    def _refuse(self, msg: DeliveredMessage, size: int) -> None:
+        """Say why a message goes to the dead-letter path unread."""
+        mid = msg.header.properties.message_id
+        self.instance.ctx.status.flow_error(self.flow, f"message over max_message_size rejected from queue "
+                                                       f"'{self.config.queue}'")
+        log.error("flow %s: message %s from queue '%s' is %d bytes, over max_message_size (%d): rejected without "
+                  "requeue, to the queue's dead-letter exchange if it has one", self.flow,
+                  repr(mid) if mid else "without a message_id", self.config.queue, size, self.config.max_message_size,
+                  extra={"flow": self.flow, "instance": self.instance.name, "payload_id": mid})
 
     async def _cancel_consumer(self, raw: aiormq.abc.AbstractChannel) -> None:
         """basic.cancel: the broker sends no more; what it sent already is nacked as it arrives."""
