@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -31,6 +32,7 @@ from tests.servers.ops import (
     get_json,
     http_sink,
     local_flow,
+    serve,
     status,
     wait_for,
     write_config,
@@ -399,3 +401,32 @@ async def test_timeout_is_inactivity_not_a_cap_on_a_slow_upload(tmp_path: Path) 
     finally:
         await t.close()
         server.close()
+
+
+async def test_an_endless_2xx_answer_is_not_read_to_its_end() -> None:
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        await request.read()
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(request)
+        chunk = b"z" * 65536
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            for _ in range(4096):  # up to 256 MiB, unless the client goes away first
+                await resp.write(chunk)
+                sent += len(chunk)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/hook", endless)
+    async with serve(app) as port:
+        target = HttpTarget("f", cfg(f"http://127.0.0.1:{port}/hook", timeout="5s"))
+        try:
+            started = time.monotonic()
+            await asyncio.wait_for(target.deliver(payload()), 20)
+            assert time.monotonic() - started < 5
+        finally:
+            await target.close()
+        await asyncio.sleep(0.5)
+    assert sent < 64 * 1024 * 1024, f"the server got {sent} bytes out: the answer was read on"

@@ -44,6 +44,10 @@ log = logging.getLogger("conveyor.http")
 _EXCERPT = 200
 MAX_RETRY_AFTER = 3600.0
 """A Retry-After beyond an hour is taken as an hour: the item is not parked for days."""
+ANSWER_CAP = 64 * 1024
+"""Bytes of a 2xx answer's body read (and dropped): enough for any acknowledgement, so the
+connection goes back to the pool; past it the connection is closed instead, and a server
+that answers without end costs neither memory nor time."""
 
 
 def _meta_encoder() -> Callable[[Any], str]:
@@ -172,7 +176,7 @@ class HttpTarget:
         async with self.session().post(self.url, data=data, headers=headers, allow_redirects=False) as resp:
             guard.touch()
             if 200 <= resp.status < 300:
-                await resp.read()  # drain, so the connection goes back to the pool
+                await _drain(resp, guard)
                 log.debug("POST %s: %d in %.3fs", self.where, resp.status, time.monotonic() - started,
                           extra={"flow": self.flow, "payload_id": payload.id})
                 return
@@ -238,6 +242,20 @@ async def _paced(chunks: AsyncIterator[bytes], guard: Guard) -> AsyncIterator[by
     async for chunk in chunks:
         guard.touch()
         yield chunk
+
+
+async def _drain(resp: aiohttp.ClientResponse, guard: Guard) -> None:
+    """Read and drop the answer's body, up to :data:`ANSWER_CAP` bytes; close the connection
+    when there is more (nothing of it is kept: the answer to a delivery carries nothing we use)."""
+    left = ANSWER_CAP
+    while left > 0:
+        chunk = await resp.content.read(min(left, 16384))
+        if not chunk:
+            return  # read to its end: the connection can be reused
+        guard.touch()
+        left -= len(chunk)
+    if not resp.content.at_eof():
+        resp.close()
 
 
 async def _excerpt(resp: aiohttp.ClientResponse) -> str:
