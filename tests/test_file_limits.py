@@ -62,11 +62,12 @@ async def test_a_file_over_max_file_size_is_refused_once_and_left_alone(
 
 
 class Understated:
-    """A real local folder whose listing says each file is 10 bytes, as a lying server would; no
-    in-place reads, so bodies go through the spool writer as remote downloads do."""
+    """A real local folder served as a lying server would: its listing says each file is 10
+    bytes, and a download sends the whole file, in 4 KiB blocks, into the spool writer."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, root: Path) -> None:
         self.inner = inner
+        self.root = root
         self.downloads = 0
 
     async def list(self, path: str, recursive: bool, max_entries: int | None = None) -> AsyncIterator[RemoteFile]:
@@ -78,7 +79,9 @@ class Understated:
 
     async def download(self, f: RemoteFile, sink: Any) -> None:
         self.downloads += 1
-        await self.inner.download(f, sink)
+        data = (self.root / f.path).read_bytes()
+        for i in range(sink.size, len(data), 4096):
+            sink.write(data[i:i + 4096])
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -95,7 +98,7 @@ async def test_a_file_longer_than_listed_is_cut_at_max_file_size(tmp_path: Path,
         runner, _ = d.flows["f"]
         source = runner.source
         assert isinstance(source, FileSource)
-        fs = Understated(source.fs)
+        fs = Understated(source.fs, root)
         assert isinstance(fs, FileSystem)
         source.fs, source._in_place = cast(FileSystem, fs), None
         # A poll under way may still list the folder through the real file system: two more first.
