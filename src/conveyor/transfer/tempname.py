@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import os
 
+from conveyor.names import NAME_MAX, cut_bytes
 from conveyor.payload.body import Body
 
 
@@ -21,9 +22,11 @@ def temp_name(name: str, digest: str) -> str:
 
     ``digest`` comes from :func:`temp_key`. A file source skips names like this one (a dot,
     ``.tmp``), so a folder that is both a target and a source never takes a partial file.
-    Names over 200 characters are cut so the temp name stays under common 255-byte limits.
+    The name is cut (in bytes of UTF-8, between characters) so that the temp name takes at
+    most 255 bytes, as the final name does.
     """
-    return f".{name[:200]}.conveyor-{digest[:12]}.tmp"
+    suffix = f".conveyor-{digest[:12]}.tmp"
+    return f".{cut_bytes(name, NAME_MAX - 1 - len(suffix))}{suffix}"
 
 
 async def temp_key(body: Body) -> str:
