@@ -24,6 +24,7 @@ from pathlib import Path
 from conveyor.batched import BatchedThread, ThreadCalls
 from conveyor.errors import NoSpace, NotFound, Permanent, Rejected, Transient
 from conveyor.interfaces import Context, RemoteFile, count_entry
+from conveyor.names import cut_bytes
 from conveyor.payload.body import Body
 from conveyor.payload.spool import Spool, SpoolWriter, disk_full
 from conveyor.transfer.local import beneath
@@ -268,7 +269,7 @@ class LocalInstance:
                 if exists == "fail":
                     raise Rejected(f"{self._abs(path)} already exists", instance=self.name, path=path)
                 return False
-            tmp = f".{name[:200]}.{uuid.uuid4().hex[:12]}.tmp"
+            tmp = f".{cut_bytes(name, 200)}.{uuid.uuid4().hex[:12]}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
                          dir_fd=parent)
             try:
