@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from conveyor.config.types import AfterAction, ConfigModel, Duration, MoveAction, Size
-from conveyor.names import normal_path
+from conveyor.names import UnsafeNames, normal_path
 
 
 class InstanceConfig(ConfigModel):
@@ -126,6 +126,9 @@ class FileTargetConfig(ConfigModel):
     filename: str = Field("{name}", description="template over {id} {name} {flow} {stem} {ext}")
     exists: Literal["replace", "fail", "skip"] = Field("replace", description="when the file is already there")
     chmod: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$", description="octal mode for the uploaded file")
+    unsafe_names: UnsafeNames = Field(
+        "rename", description="names with a leading dot, a Windows device name (CON, NUL, COM1), a trailing dot "
+        "or <>:\"|?*: rename (_ in their place) | keep | refuse (the payload fails)")
     timeout: Duration | None = Field(None, description="a delivery taking longer counts as stuck")
 
 

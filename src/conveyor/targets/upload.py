@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from conveyor.config.base import FileTargetConfig
+from conveyor.errors import Rejected
 from conveyor.interfaces import FileSystem
-from conveyor.names import name_fields, render, sanitise
+from conveyor.names import UnsafeName, target_name
 from conveyor.payload.payload import Payload
 
 
@@ -18,9 +19,14 @@ class UploadTarget:
         self.chmod = int(config.chmod, 8) if config.chmod else None
 
     def remote_path(self, payload: Payload) -> str:
-        """Where the payload goes, relative to the instance root; the name cannot leave the folder."""
-        fields = {k: sanitise(v, payload.id) for k, v in name_fields(payload.id, payload.name, self.flow).items()}
-        name = sanitise(render(self.config.filename, fields), payload.id)
+        """Where the payload goes, relative to the instance root: the name cannot leave the folder,
+        takes at most 255 bytes, and follows ``unsafe_names``. Raises Rejected for a name that
+        policy refuses."""
+        try:
+            name = target_name(self.config.filename, payload.id, payload.name, self.flow,
+                               unsafe=self.config.unsafe_names)
+        except UnsafeName as e:
+            raise Rejected(str(e), instance=self.config.instance) from None
         folder = self.config.path.strip("/")
         return f"{folder}/{name}" if folder else name
 
