@@ -52,10 +52,14 @@ async def test_exists_policy_for_a_different_payload(tmp_path: Path) -> None:
     cfg = DirectoryTargetConfig(type="directory", path=str(tmp_path), filename="{name}", exists="fail")
     t = DirectoryTarget("f", cfg)
     await t.deliver(payload("one", b"1"))
-    with pytest.raises(Rejected, match="already holds payload one"):
+    with pytest.raises(Rejected, match=r"already holds another file \(its sidecar names payload 'one'\)"):
         await t.deliver(payload("two", b"2"))
+    with pytest.raises(Rejected, match="already holds payload 'one'"):
+        await t.deliver(payload("two", b"1"))  # the same bytes, but another payload's sidecar
     skip = DirectoryTarget("f", cfg.model_copy(update={"exists": "skip"}))
-    await skip.deliver(payload("two", b"2"))
+    await skip.deliver(payload("two", b"1"))  # the same bytes are there: nothing is lost
+    with pytest.raises(Rejected, match="already holds different bytes"):
+        await skip.deliver(payload("two", b"2"))  # other bytes: refused, not dropped
     assert (tmp_path / "x.csv").read_bytes() == b"1"
     replace = DirectoryTarget("f", cfg.model_copy(update={"exists": "replace"}))
     await replace.deliver(payload("two", b"2"))

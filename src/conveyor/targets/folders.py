@@ -38,6 +38,8 @@ def writable_folder(folder: Path) -> str:
         raise Permanent(f"{folder} {verb}: {why}", path=str(folder))
     if missing:
         return f"does not exist; created at the first delivery under {existing} (writable)"
+    if st.st_mode & stat.S_IWOTH:
+        return f"exists, writable; warning: writable by every user (mode {stat.S_IMODE(st.st_mode):04o})"
     return "exists, writable"
 
 

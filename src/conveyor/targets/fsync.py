@@ -24,9 +24,16 @@ def _sync_fs(fd: int) -> None:
         os.sync()
 
 
+def sync_fd(fd: int) -> None:
+    """Flush the file system holding the open file or folder ``fd`` (blocking)."""
+    _sync_fs(fd)
+
+
 def sync_folder(folder: str | os.PathLike[str]) -> None:
-    """Flush the file system holding ``folder`` (blocking: call from a worker thread)."""
-    fd = os.open(folder, os.O_RDONLY)
+    """Flush the file system holding ``folder`` (blocking: call from a worker thread). Only a
+    folder is opened, and a symlink in its place is not followed: a FIFO or a link put there
+    must neither block this thread nor send the sync to another file system."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         _sync_fs(fd)
     finally:

@@ -3,52 +3,200 @@
 Order of a delivery: both written under temporary names (one thread hop: check, copy while
 hashing, sidecar) → one (group) sync so the bytes are durable → rename the body, then the
 sidecar → one (group) sync so the names are durable → delivered. A reader that sees the
-sidecar may read the body. A payload id that is already there (its sidecar names the same
-id) is not written again.
+sidecar may read the body. A payload whose bytes are already there under its name, beside a
+sidecar naming its id, is not written again.
+
+Other users may write into the folder too, so nothing found there is trusted: every name is
+made, renamed and looked at relative to a descriptor of the folder, never through a symlink;
+temporary names are random and created exclusively; a file already at a name counts as this
+payload's only when it is a regular file holding the same bytes (SHA-256), whatever its
+sidecar says.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
+import errno
 import hashlib
-import itertools
 import json
+import logging
 import os
 import re
-import shutil
+import secrets
+import stat
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from conveyor.batched import ThreadCalls
 from conveyor.errors import NoSpace, Permanent, Rejected, Transient
 from conveyor.interfaces import Context
-from conveyor.names import name_fields, render, sanitise
-from conveyor.payload.body import Body, hash_file
+from conveyor.names import SIDECAR_SUFFIX, UnsafeName, cut_bytes, target_name
+from conveyor.payload.body import CHUNK, Body, hash_file
 from conveyor.payload.payload import Payload
-from conveyor.payload.spool import disk_full, remove_files
+from conveyor.payload.spool import disk_full
 from conveyor.targets.directory.config import DirectoryTargetConfig
 from conveyor.targets.directory.writer import BatchWriter
 from conveyor.targets.folders import writable_folder
-from conveyor.targets.fsync import GroupSync
+from conveyor.targets.fsync import GroupSync, sync_fd
 
-_COUNTER = itertools.count()
-_PID = [os.getpid()]
-"""This process's id for temporary names, kept right across a fork: ``os.getpid`` is a system
-call, too many to make once per message."""
-os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
+_SAFE_ID = re.compile(
+    r"(?!(?i:con|prn|aux|nul|com[1-9]|lpt[1-9])(?:\.|\Z))"  # not a Windows device name
+    r"(?!.*\.meta\.json_*\Z)"  # not a sidecar's name, nor one that stands for it
+    r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}(?<!\.)\Z"  # no trailing dot
+)
+"""Ids that are their own file name under every policy (``\\Z``, not ``$``: ``$`` would let an
+id ending in a newline through)."""
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_PEEK = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""Looking at what is already at a name: a symlink is not followed, a FIFO does not block."""
+_SIDECAR_MAX = 8 << 20
+"""A sidecar larger than this is not one conveyor wrote (its metadata is a few KiB)."""
+_TEMP_TRIES = 8
 
 _SYNCS: dict[str, GroupSync] = {}
 
+log = logging.getLogger("conveyor.directory")
 
-def _group_sync(folder: Path) -> GroupSync:
-    key = str(folder)
-    gs = _SYNCS.get(key)
+
+def _group_sync(folder: str) -> GroupSync:
+    gs = _SYNCS.get(folder)
     if gs is None:
-        gs = _SYNCS[key] = GroupSync(key)
+        gs = _SYNCS[folder] = GroupSync(folder)
     return gs
+
+
+class _Handle:
+    """One open descriptor of the folder, shared by the deliveries that use it."""
+
+    __slots__ = ("fd", "ident", "stale", "users")
+
+    def __init__(self, fd: int, ident: tuple[int, int]) -> None:
+        self.fd = fd
+        self.ident = ident
+        self.users = 0
+        self.stale = False
+
+
+class _Folder:
+    """The target folder, held open.
+
+    The configured path is resolved once (a symlink the admin put in it is followed then);
+    after that every component of the resolved path is opened without following symlinks, and
+    each delivery checks the path still names the folder it holds. A folder on the path swapped
+    for a symlink is refused, not followed; a folder removed is made again.
+    """
+
+    def __init__(self, path: str, dir_mode: int, gid: int | None) -> None:
+        self.path = path
+        self.real: str | None = None
+        self._dir_mode = dir_mode
+        self._gid = gid
+        self._lock = threading.Lock()
+        self._current: _Handle | None = None
+        self._closed = False
+
+    def acquire(self) -> _Handle:
+        """A descriptor of the folder for one delivery (blocking: call from a worker thread)."""
+        with self._lock:
+            h = self._current
+            if h is not None and not self._still_there(h):
+                self._retire(h)
+                h = self._current = None
+            if h is None:
+                h = self._open()
+                if self._closed:
+                    h.stale = True  # a job queued before close: its release closes this one
+                else:
+                    self._current = h
+            h.users += 1
+            return h
+
+    def release(self, h: _Handle) -> None:
+        """The delivery is done with ``h``."""
+        with self._lock:
+            h.users -= 1
+            if h.stale and h.users == 0:
+                os.close(h.fd)
+
+    def close(self) -> None:
+        """Close the descriptor once the deliveries still using it are done."""
+        with self._lock:
+            self._closed = True
+            if self._current is not None:
+                self._retire(self._current)
+                self._current = None
+
+    def sync(self) -> None:
+        """Make what was written in the folder durable (``syncfs`` on its file system)."""
+        h = self.acquire()
+        try:
+            sync_fd(h.fd)
+        finally:
+            self.release(h)
+
+    def _retire(self, h: _Handle) -> None:
+        h.stale = True
+        if h.users == 0:
+            os.close(h.fd)
+
+    def _still_there(self, h: _Handle) -> bool:
+        assert self.real is not None
+        try:
+            st = os.stat(self.real, follow_symlinks=False)
+        except OSError:
+            return False
+        return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == h.ident
+
+    def _open(self) -> _Handle:
+        if self.real is None:
+            self.real = os.path.realpath(self.path)
+        parts = [p for p in self.real.split("/") if p]
+        fd = os.open("/", _O_DIR)
+        try:
+            for i, part in enumerate(parts):
+                try:
+                    nfd = self._open_or_make(part, fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                        where = "/" + "/".join(parts[: i + 1])
+                        # Retried, not failed: nothing is written until the folder is back.
+                        raise Transient(f"{where} is not a folder (a symlink or a file put in its place); "
+                                        "conveyor does not follow it", path=self.path) from None
+                    raise
+                os.close(fd)
+                fd = nfd
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if st.st_mode & stat.S_IWOTH:
+            log.warning("target folder %s is writable by every user (mode %04o): others can plant files, links "
+                        "and FIFOs where conveyor delivers; share it through a group instead (docs/security.md)",
+                        self.path, stat.S_IMODE(st.st_mode))
+        return _Handle(fd, (st.st_dev, st.st_ino))
+
+    def _open_or_make(self, part: str, parent: int) -> int:
+        try:
+            return os.open(part, _O_DIR, dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        try:
+            os.mkdir(part, 0o700, dir_fd=parent)
+        except FileExistsError:
+            return os.open(part, _O_DIR, dir_fd=parent)
+        fd = os.open(part, _O_DIR, dir_fd=parent)
+        try:
+            # Explicitly, not through the umask: the group may read what it is given.
+            os.fchmod(fd, self._dir_mode)
+            if self._gid is not None:
+                os.fchown(fd, -1, self._gid)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
 
 class DirectoryTarget:
@@ -59,19 +207,23 @@ class DirectoryTarget:
         self.config = config
         self.folder = Path(config.path)
         self.where = f"directory {config.path}"
-        self._dir = str(self.folder)
-        """The folder as a string: per-payload paths are joined as strings, since pathlib's parsing
-        would cost more than the writes' own Python work."""
-        self._ready = False
+        self.mode = config.mode()
+        self.gid = self._group()
+        # Folders conveyor creates: searchable where the files are readable (0640 → 0750).
+        dir_mode = self.mode | 0o700 | ((self.mode & 0o444) >> 2)
+        self._folder = _Folder(config.path, dir_mode, self.gid)
         self._writer: BatchWriter | None = None
 
     def file_name(self, payload: Payload) -> str:
-        """The body's file name for a payload (sanitised: it cannot leave the folder)."""
+        """The body's file name for a payload: it cannot leave the folder, cannot take a sidecar's
+        name, fits in 255 bytes with its sidecar suffix, and follows ``unsafe_names``."""
         if self.config.filename == "{id}" and _SAFE_ID.match(payload.id):
             return payload.id  # the default, and the hot path for messages
-        fields = name_fields(payload.id, payload.name, self.flow)
-        fields = {k: sanitise(v, payload.id) for k, v in fields.items()}
-        return sanitise(render(self.config.filename, fields), payload.id)
+        try:
+            return target_name(self.config.filename, payload.id, payload.name, self.flow,
+                               unsafe=self.config.unsafe_names, sidecars=self.config.sidecar)
+        except UnsafeName as e:
+            raise Rejected(str(e), path=self.config.path) from None
 
     async def deliver(self, payload: Payload) -> None:
         """Write the body and sidecar; returns when both are durable."""
@@ -85,156 +237,345 @@ class DirectoryTarget:
             raise Transient(f"writing into {self.folder} failed: {e.strerror or e}", path=str(self.folder)) from None
 
     async def _deliver(self, payload: Payload) -> None:
-        name = self.file_name(payload)
-        tag = f"{_PID[0]}-{next(_COUNTER)}"
-        tmp_body = f"{self._dir}/.{name[:200]}.{tag}.tmp"
-        tmp_meta = f"{self._dir}/.{name[:200]}.{tag}.meta.tmp"
-
-        def stage() -> Callable[[], None] | None:
-            try:
-                if not self._stage(payload, name, tmp_body, tmp_meta):
-                    return None
-            except BaseException:
-                remove_files(tmp_body, tmp_meta)
-                raise
-
-            def publish() -> None:
-                try:
-                    self._publish(name, tmp_body, tmp_meta)
-                except BaseException:
-                    remove_files(tmp_body, tmp_meta)
-                    raise
-            return publish
-
+        job = _Job(self, payload, self.file_name(payload))
         if payload.body.in_memory:
             # Small bodies: one batched round trip to the folder's writer thread.
             if self._writer is None:
-                self._writer = BatchWriter(self.folder, self.config.fsync)
-            await self._writer.run(stage)
+                self._writer = BatchWriter(self.folder.name, self._folder.sync if self.config.fsync else None)
+            await self._writer.run(job.stage)
             return
         # Large bodies stream on their own thread so they do not hold up the small ones.
         calls = ThreadCalls()
         try:
-            publish = await calls.run(stage)
-            if publish is None:
+            staged = await calls.run(job.stage)
+            if staged is None:
                 return
-            sync = _group_sync(self.folder) if self.config.fsync else None
+            sync = _group_sync(self._folder.real or self.config.path) if self.config.fsync else None
             if sync:
                 await sync.sync()
-            await calls.run(publish)
+            await calls.run(staged.publish)
             if sync:
                 await sync.sync()
         except BaseException:
             # After the thread: a cancelled delivery's thread may still be writing them.
-            calls.after(functools.partial(remove_files, tmp_body, tmp_meta))
+            calls.after(job.discard)
             raise
 
-    def _stage(self, payload: Payload, name: str, tmp_body: str, tmp_meta: str) -> bool:
-        """On a worker thread: decide, write the body while hashing it, write the sidecar.
-        False when nothing needs writing."""
-        if not self._ready:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._ready = True
-        dest = f"{self._dir}/{name}"
-        if self.config.sidecar:
-            existing = _sidecar_id(f"{dest}.meta.json")
-            if existing == payload.id and os.path.exists(dest):
-                return False  # already delivered: the same id written twice leaves one copy
-            if existing is not None and existing != payload.id and self.config.exists != "replace":
-                if self.config.exists == "fail":
-                    raise Rejected(f"{name} already holds payload {existing}", path=dest)
-                return False
-        elif self.config.exists != "replace" and os.path.exists(dest):
-            if self.config.exists == "fail":
-                raise Rejected(f"{name} already exists", path=dest)
-            return False
-        sha = _write_body(payload.body, tmp_body)
-        payload.body.set_digest(sha)
-        if self.config.sidecar:
-            # One line: json's C encoder does not indent, and its Python one is slow enough to
-            # weigh on a small message's whole delivery.
-            _write(tmp_meta, json.dumps(payload.metadata_with(sha)).encode() + b"\n")
-        return True
-
-    def _publish(self, name: str, tmp_body: str, tmp_meta: str) -> None:
-        os.replace(tmp_body, f"{self._dir}/{name}")
-        if self.config.sidecar:
-            os.replace(tmp_meta, f"{self._dir}/{name}.meta.json")
+    def _group(self) -> int | None:
+        try:
+            return self.config.gid()
+        except KeyError:
+            return None  # the group went away since the config was loaded: each delivery says so
 
     async def probe(self) -> str:
         """Whether the folder can be written, or created, writing nothing (for ``check --connect``)."""
         return await asyncio.to_thread(writable_folder, self.folder)
 
     async def close(self) -> None:
-        """Stop the writer thread."""
+        """Stop the writer thread; the folder's descriptor closes once nothing uses it."""
         if self._writer is not None:
             self._writer.close()
+        self._folder.close()
 
 
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+class _Job:
+    """One payload's delivery: what was found at its name, its temporary files, its folder handle."""
+
+    def __init__(self, target: DirectoryTarget, payload: Payload, name: str) -> None:
+        self.target = target
+        self.payload = payload
+        self.name = name
+        self.stem = cut_bytes(name, 200)
+        self.handle: _Handle | None = None
+        self.tmp_body: str | None = None
+        self.tmp_meta: str | None = None
+
+    def stage(self) -> _Job | None:
+        """On a worker thread: decide, write the body while hashing it, write the sidecar.
+        None when nothing needs writing; else this job, whose :meth:`publish` renames."""
+        try:
+            self.handle = self.target._folder.acquire()
+            if not self._needs_writing(self.handle.fd):
+                self._release()
+                return None
+            cfg = self.target.config
+            sha = self._write_body(self.handle.fd)
+            self.payload.body.set_digest(sha)
+            if cfg.sidecar:
+                # One line: json's C encoder does not indent, and its Python one is slow enough to
+                # weigh on a small message's whole delivery.
+                doc = json.dumps(self.payload.metadata_with(sha)).encode() + b"\n"
+                self.tmp_meta, fd = self._create(".meta.tmp")
+                try:
+                    _write_all(fd, doc)
+                finally:
+                    os.close(fd)
+        except BaseException:
+            self.discard()
+            raise
+        return self
+
+    def publish(self) -> None:
+        """Rename the body, then the sidecar, into place. Renames never follow a symlink: one
+        planted at either name is replaced, not written through."""
+        assert self.handle is not None
+        fd = self.handle.fd
+        try:
+            if self.tmp_body is not None:
+                os.replace(self.tmp_body, self.name, src_dir_fd=fd, dst_dir_fd=fd)
+                self.tmp_body = None
+            if self.tmp_meta is not None:
+                os.replace(self.tmp_meta, self.name + SIDECAR_SUFFIX, src_dir_fd=fd, dst_dir_fd=fd)
+                self.tmp_meta = None
+        except BaseException:
+            self.discard()
+            raise
+        self._release()
+
+    def discard(self) -> None:
+        """Remove the temporary files, if any, and let go of the folder."""
+        if self.handle is None:
+            return
+        for tmp in (self.tmp_body, self.tmp_meta):
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=self.handle.fd)
+        self.tmp_body = self.tmp_meta = None
+        self._release()
+
+    def _release(self) -> None:
+        if self.handle is not None:
+            self.target._folder.release(self.handle)
+            self.handle = None
+
+    def _needs_writing(self, dfd: int) -> bool:
+        """Whether to write; False when this payload is already there, or ``exists: skip`` finds
+        the same bytes; Rejected when ``exists`` refuses what is there."""
+        cfg = self.target.config
+        try:
+            st = os.stat(self.name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return True  # the usual case: one system call
+        if stat.S_ISDIR(st.st_mode):
+            raise Rejected(f"{self.name} is a folder in the target folder; nothing is written over it",
+                           path=cfg.path)
+        body = self.payload.body
+        same = (stat.S_ISREG(st.st_mode) and st.st_size == body.size
+                and _digest_at(dfd, self.name, st) == self._payload_digest())
+        if not same and cfg.exists == "replace":
+            return True
+        sid = _sidecar_id(dfd, self.name + SIDECAR_SUFFIX) if cfg.sidecar else None
+        if same and (not cfg.sidecar or sid == self.payload.id):
+            return False  # already delivered: the same payload written twice leaves one copy
+        if cfg.exists == "replace":
+            return True
+        if same:
+            if sid is None:
+                return True  # the same bytes without a sidecar: a delivery cut between its renames
+            if cfg.exists == "skip":
+                return False
+            raise Rejected(f"{self.name} already holds payload {sid[:100]!r} (exists: fail)", path=cfg.path)
+        whose = f" (its sidecar names payload {sid[:100]!r})" if sid else ""
+        if cfg.exists == "fail":
+            raise Rejected(f"{self.name} already holds another file{whose} (exists: fail)", path=cfg.path)
+        raise Rejected(f"{self.name} already holds different bytes{whose}; exists: skip counts a payload "
+                       "delivered only where the same bytes are", path=cfg.path)
+
+    def _payload_digest(self) -> str:
+        body = self.payload.body
+        known = body.known_digest
+        if known is None:
+            known = hashlib.sha256(body.data()).hexdigest() if body.in_memory else hash_file(_path(body))
+            body.set_digest(known)
+        return known
+
+    def _create(self, suffix: str) -> tuple[str, int]:
+        """A new temporary file: a random name beside the final one, created exclusively (a
+        symlink or anything else already there makes the attempt fail, never redirects it),
+        with the configured mode and group set on the descriptor."""
+        assert self.handle is not None
+        for _ in range(_TEMP_TRIES):
+            tmp = f".{self.stem}.{secrets.token_hex(8)}{suffix}"
+            try:
+                fd = os.open(tmp, _O_TEMP, 0o600, dir_fd=self.handle.fd)
+            except FileExistsError:
+                continue
+            try:
+                self._set_owner(fd)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=self.handle.fd)
+                raise
+            return tmp, fd
+        raise Transient(f"no free temporary name for {self.name} after {_TEMP_TRIES} tries",
+                        path=self.target.config.path)
+
+    def _set_owner(self, fd: int) -> None:
+        os.fchmod(fd, self.target.mode)
+        cfg = self.target.config
+        if cfg.group is None:
+            return
+        gid = self.target.gid
+        if gid is None:
+            raise Permanent(f"group {cfg.group!r} does not exist", path=cfg.path)
+        try:
+            os.fchown(fd, -1, gid)
+        except PermissionError:
+            raise Permanent(f"cannot give delivered files group {cfg.group!r}: conveyor's user is not "
+                            "in it", path=cfg.path) from None
+
+    def _write_body(self, dfd: int) -> str:
+        """Write the body to a new temporary file; returns its SHA-256 (computed on the way unless
+        known)."""
+        body = self.payload.body
+        if body.in_memory:
+            data = body.data()
+            self.tmp_body, fd = self._create(".tmp")
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            return body.known_digest or hashlib.sha256(data).hexdigest()
+        src = _path(body)
+        if body.owned and body.known_digest and self._link(src, dfd):
+            return body.known_digest
+        self.tmp_body, fd = self._create(".tmp")
+        try:
+            if body.known_digest:
+                _copy(src, fd)
+                return body.known_digest
+            return _copy_hashing(src, fd)
+        finally:
+            os.close(fd)
+
+    def _link(self, src: Path, dfd: int) -> bool:
+        """A spool file is ours alone: on the same file system a hard link costs nothing, whatever
+        the size. (Never for a source file read in place: a later write to it would change the
+        delivered copy too.) Its mode and group are set first: they are the delivered file's."""
+        try:
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                self._set_owner(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        for _ in range(_TEMP_TRIES):
+            tmp = f".{self.stem}.{secrets.token_hex(8)}.tmp"
+            try:
+                os.link(src, tmp, dst_dir_fd=dfd, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except OSError:
+                return False  # another file system, or links not allowed: copy instead
+            self.tmp_body = tmp
+            return True
+        return False
 
 
-def _write(path: str, data: bytes) -> None:
-    """Create ``path`` holding ``data``. Through the file descriptor directly: ``open()`` adds
-    an fstat, an isatty ioctl and an lseek, three more system calls per file."""
-    fd = os.open(path, _CREATE, 0o666)
+def _path(body: Body) -> Path:
+    assert body.path is not None
+    return body.path
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to ``fd``. Through the file descriptor directly: ``open()`` adds an fstat,
+    an isatty ioctl and an lseek, three more system calls per file."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy(src: Path, out: int) -> None:
+    """Copy the file at ``src`` into ``out``, in the kernel where it can (sendfile)."""
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        offset = 0
+        try:
+            while sent := os.sendfile(out, fd, offset, 1 << 30):
+                offset += sent
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) or offset:
+                raise
+            while chunk := os.read(fd, CHUNK):
+                _write_all(out, chunk)
     finally:
         os.close(fd)
 
 
-def _sidecar_id(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except (FileNotFoundError, ValueError):
-        return None
-    value = data.get("id") if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
-
-
-def _write_body(body: Body, dest: str) -> str:
-    """Write the body to ``dest``; returns its SHA-256 (computed on the way unless known)."""
-    if body.in_memory:
-        data = body.data()
-        _write(dest, data)
-        return body.known_digest or hashlib.sha256(data).hexdigest()
-    assert body.path is not None
-    if body.owned and body.known_digest:
-        # A spool file is ours alone: on the same file system a hard link costs nothing,
-        # whatever the size. (Never for a source file read in place: a later write to it
-        # would change the delivered copy too.)
-        try:
-            os.link(body.path, dest)
-            return body.known_digest
-        except OSError:
-            pass
-    if body.known_digest:
-        shutil.copyfile(body.path, dest)  # in-kernel copy (copy_file_range/sendfile)
-        return body.known_digest
-    # Hash on a second thread while the kernel copies: both read the same cached pages, and
-    # hashing (not copying) is the slower of the two.
+def _copy_hashing(src: Path, out: int) -> str:
+    """Copy while a second thread hashes: both read the same cached pages, and hashing (not
+    copying) is the slower of the two."""
     result: list[str | BaseException] = []
 
     def digest() -> None:
         try:
-            assert body.path is not None
-            result.append(hash_file(body.path))
+            result.append(hash_file(src))
         except BaseException as e:
             result.append(e)
 
     hasher = threading.Thread(target=digest, name="conveyor-hash", daemon=True)
     hasher.start()
     try:
-        shutil.copyfile(body.path, dest)
+        _copy(src, out)
     finally:
         hasher.join()
     if isinstance(result[0], BaseException):
         raise result[0]
     return result[0]
+
+
+def _open_regular(dfd: int, name: str, st: os.stat_result | None = None) -> tuple[int, os.stat_result] | None:
+    """A descriptor of the regular file at ``name`` and its status, or None for anything else
+    (missing, a symlink, a FIFO, a device, a folder, or not the file ``st`` described)."""
+    try:
+        fd = os.open(name, _O_PEEK, dir_fd=dfd)
+    except OSError:
+        return None
+    seen = os.fstat(fd)
+    if not stat.S_ISREG(seen.st_mode) or (st is not None and (seen.st_dev, seen.st_ino) != (st.st_dev, st.st_ino)):
+        os.close(fd)
+        return None
+    return fd, seen
+
+
+def _digest_at(dfd: int, name: str, st: os.stat_result) -> str | None:
+    """SHA-256 of the regular file at ``name`` (the one ``st`` describes), or None."""
+    opened = _open_regular(dfd, name, st)
+    if opened is None:
+        return None
+    fd = opened[0]
+    try:
+        h = hashlib.sha256()
+        while chunk := os.read(fd, CHUNK):
+            h.update(chunk)
+        return h.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _sidecar_id(dfd: int, name: str) -> str | None:
+    """The id a sidecar names, or None when there is none (or it is not a regular file of a
+    sidecar's size, or not a sidecar at all)."""
+    opened = _open_regular(dfd, name)
+    if opened is None:
+        return None
+    fd, st = opened
+    try:
+        if st.st_size > _SIDECAR_MAX:
+            return None
+        data = os.read(fd, st.st_size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    value = doc.get("id") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def create(flow: str, config: DirectoryTargetConfig, context: Context) -> DirectoryTarget:

@@ -13,25 +13,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from pathlib import Path
+from typing import Protocol
 
 from conveyor.batched import Handoff, Worker, resolve_all
-from conveyor.targets.fsync import sync_folder
 
-Stage = Callable[[], Callable[[], None] | None]
-"""Writes temporaries; returns the publish step (renames), or None when nothing is to publish."""
+
+class Staged(Protocol):
+    """A job whose temporary files are written: renamed into place, or removed."""
+
+    def publish(self) -> None:
+        """Rename the temporary files into place."""
+
+    def discard(self) -> None:
+        """Remove the temporary files (the job will not be published)."""
+
+
+Stage = Callable[[], Staged | None]
+"""Writes temporaries; returns what to publish, or None when nothing is to publish."""
 
 _Job = tuple[Stage, asyncio.Future[None]]
-_Staged = tuple[asyncio.Future[None], Callable[[], None]]
+_Staged = tuple[asyncio.Future[None], Staged]
 
 
 class BatchWriter:
     """Runs stage/publish jobs for one folder on a dedicated thread, in batches."""
 
-    def __init__(self, folder: Path, fsync: bool) -> None:
-        self.folder = folder
-        self.fsync = fsync
-        self._worker: Worker[_Job] = Worker(f"conveyor-dir:{folder.name}", self._work)
+    def __init__(self, name: str, sync: Callable[[], None] | None) -> None:
+        """``name`` names the thread; ``sync`` makes the folder's writes durable (None: no syncs)."""
+        self.sync = sync
+        self._worker: Worker[_Job] = Worker(f"conveyor-dir:{name}", self._work)
 
     async def run(self, stage: Stage) -> None:
         """Stage, sync, publish, sync; returns once this job's files are durable in place."""
@@ -68,23 +78,26 @@ class BatchWriter:
                         staged.append((fut, step))
                 except BaseException as e:
                     results.append((fut, None, e))
-            if not self.fsync:
+            if self.sync is None:
                 carry, staged = carry + staged, []  # nothing to wait for: publish at once
             renamed: list[asyncio.Future[None]] = []
             for fut, step in carry:
                 try:
-                    step()
+                    step.publish()
                     renamed.append(fut)
                 except BaseException as e:
                     results.append((fut, None, e))
             try:
-                if self.fsync and (renamed or staged):
-                    sync_folder(self.folder)
+                if self.sync is not None and (renamed or staged):
+                    self.sync()
                 results.extend((f, None, None) for f in renamed)
                 carry = staged
             except BaseException as e:
                 results.extend((f, None, e) for f in renamed)
                 results.extend((f, None, e) for f, _ in staged)
+                for _, step in staged:
+                    with contextlib.suppress(Exception):  # the sync's error is the one to report
+                        step.discard()
                 carry = []
             if results:
                 with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody waits
