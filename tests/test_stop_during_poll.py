@@ -20,6 +20,7 @@ import pytest
 from conveyor.interfaces import Context
 from conveyor.payload import Body, Payload, Spool
 from conveyor.status import StatusBoard
+from conveyor.targets.directory import target as directory_target
 from conveyor.targets.directory.config import DirectoryTargetConfig
 from conveyor.targets.directory.target import DirectoryTarget
 from conveyor.transfer.local import instance as local
@@ -120,8 +121,8 @@ async def test_a_cancelled_delivery_leaves_no_temporary_files(tmp_path: Path,
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(1 << 20))
     t = DirectoryTarget("f", DirectoryTargetConfig(type="directory", path=str(out)))
-    stage, entered, opened, staged = gate(t._stage)
-    monkeypatch.setattr(t, "_stage", stage)
+    stage, entered, opened, staged = gate(directory_target._Job.stage)
+    monkeypatch.setattr(directory_target._Job, "stage", stage)
     p = Payload(id="p1", flow="f", source_instance="i", source_type="local", body=Body.from_file(big, owned=False))
     await cancel_while(asyncio.create_task(t.deliver(p)), entered)
     opened.set()
