@@ -1,0 +1,138 @@
+"""Figures of the hostile suite, gathered as it runs and written out at the end of the session.
+
+Each case records what it came to (escapes, forged sidecars, items lost, failed or not), each
+daemon whether it crashed and its peak RSS, and each class that all of its cases ran. At the end
+of a session in which every class ran completely, :func:`write` puts the per-class totals in
+``docs/reliability-hostile.json`` and in the table between the markers of ``docs/reliability.md``
+(so the page quotes the suite's latest complete run, not typed-in numbers), with the shipped
+unit's ``systemd-analyze security`` exposure, and :func:`line` is printed in the terminal summary.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, Protocol
+
+CLASSES = ("sftp", "ftp", "rabbitmq", "pubsub", "local")
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "docs" / "reliability-hostile.json"
+PAGE = REPO / "docs" / "reliability.md"
+BEGIN = "<!-- hostile-figures: begin (written by tests/hostile/figures.py) -->"
+END = "<!-- hostile-figures: end -->"
+
+_cases: list[dict[str, Any]] = []
+_daemons: list[dict[str, Any]] = []
+_complete: dict[str, int] = {}
+
+
+class _Outcome(Protocol):
+    problems: list[str]
+    escapes: int
+    forged: int
+    lost: int
+
+
+def record(cls: str, case: str, group: str, o: _Outcome) -> None:
+    """One case's outcome."""
+    _cases.append({"class": cls, "case": case, "group": group, "escapes": o.escapes, "forged": o.forged,
+                   "lost": o.lost, "failed": bool(o.problems), "problems": [p[:300] for p in o.problems]})
+
+
+def daemon(cls: str, group: str, *, crashed: bool, rss_mb: float) -> None:
+    """One daemon's end: whether it crashed (died, hung on stop, unhealthy) and its peak RSS."""
+    _daemons.append({"class": cls, "group": group, "crashed": crashed, "rss_mb": round(rss_mb, 1)})
+
+
+def complete(cls: str, cases: int) -> None:
+    """Every case of ``cls`` ran."""
+    _complete[cls] = cases
+
+
+def summary() -> dict[str, Any]:
+    """Per class: cases tried and failed, escapes, forged sidecars, crashes, items lost, peak RSS."""
+    out: dict[str, Any] = {}
+    for cls in CLASSES:
+        cs = [c for c in _cases if c["class"] == cls]
+        ds = [d for d in _daemons if d["class"] == cls]
+        if not cs:
+            continue
+        out[cls] = {"cases": len(cs), "failed": sum(c["failed"] for c in cs),
+                    "escapes": sum(c["escapes"] for c in cs), "forged_sidecars": sum(c["forged"] for c in cs),
+                    "crashes": sum(d["crashed"] for d in ds), "lost": sum(c["lost"] for c in cs),
+                    "daemons": len(ds), "peak_rss_mb": max((d["rss_mb"] for d in ds), default=0.0)}
+    return out
+
+
+def ran_completely() -> bool:
+    """Every class ran all of its cases in this session."""
+    return all(cls in _complete for cls in CLASSES) and \
+        all(sum(c["class"] == cls for c in _cases) == n for cls, n in _complete.items())
+
+
+def line(s: dict[str, Any]) -> str:
+    """The one-line summary."""
+    parts = [f"{cls} {v['cases']} cases: {v['escapes']} escapes, {v['forged_sidecars']} forged sidecars, "
+             f"{v['crashes']} crashes, {v['lost']} lost, peak RSS {v['peak_rss_mb']:.0f} MB" for cls, v in s.items()]
+    failed = sum(v["failed"] for v in s.values())
+    tried = sum(v["cases"] for v in s.values())
+    return f"hostile peers: {tried} cases, {failed} failed; " + "; ".join(parts)
+
+
+def table(s: dict[str, Any]) -> str:
+    """The markdown table for docs/reliability.md."""
+    rows = ["| class | cases | failed | escapes | forged sidecars | crashes | items lost | peak RSS |",
+            "|---|---|---|---|---|---|---|---|"]
+    for cls, v in s.items():
+        rows.append(f"| {cls} | {v['cases']} | {v['failed']} | {v['escapes']} | {v['forged_sidecars']} | "
+                    f"{v['crashes']} | {v['lost']} | {v['peak_rss_mb']:.0f} MB |")
+    return "\n".join(rows)
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=False)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def unit_exposure() -> str | None:
+    """``systemd-analyze security --offline=true`` of the shipped unit: its overall exposure, e.g.
+    ``1.7 OK`` (None where systemd-analyze is missing)."""
+    import re
+    import shutil
+
+    if shutil.which("systemd-analyze") is None:
+        return None
+    try:
+        out = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                              str(REPO / "systemd" / "conveyor.service")], capture_output=True, text=True,
+                             timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+ \w+)", out.stdout)
+    return m.group(1) if m else None
+
+
+def write(s: dict[str, Any]) -> None:
+    """The data file and the page's table, from this run."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    exposure = unit_exposure()
+    doc = {"generated": now, "commit": _commit(), "rss_limit_mb": 200, "classes": s,
+           "unit_exposure": exposure,
+           "failed_cases": [f"{c['class']}/{c['case']}: {c['problems'][0] if c['problems'] else ''}"
+                            for c in _cases if c["failed"]]}
+    DATA.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    if PAGE.exists():
+        text = PAGE.read_text()
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            _, tail = rest.split(END, 1)
+            unit = (f"\n\n`systemd-analyze security --offline=true systemd/conveyor.service`: overall exposure "
+                    f"{exposure}." if exposure else "")
+            block = f"{BEGIN}\nRun of {now} at commit {doc['commit']}:\n\n{table(s)}{unit}\n{END}"
+            PAGE.write_text(head + block + tail)
