@@ -673,6 +673,13 @@ def grouped(cls: str, root: Path, cases: list[Case], **top: Any) -> list[Group]:
     return [Group(cls, f"{cls}-{n}", root / n, [c for c in cases if c.group == n], **top) for n in names]
 
 
+class Results(dict[str, Outcome]):
+    """Case name → outcome, shown briefly in a failing test's traceback (each case says its own problems)."""
+
+    def __repr__(self) -> str:
+        return f"<outcomes of {len(self)} hostile cases>"
+
+
 def run_groups(groups: list[Group]) -> dict[str, Outcome]:
     """Run the groups concurrently (each its own daemon); case name → outcome."""
     async def main() -> None:
@@ -681,7 +688,7 @@ def run_groups(groups: list[Group]) -> dict[str, Outcome]:
     asyncio.run(main())
     cls = groups[0].cls
     figures.complete(cls, sum(len(g.cases) for g in groups))
-    return {c.name: c.outcome for g in groups for c in g.cases}
+    return Results({c.name: c.outcome for g in groups for c in g.cases})
 
 
 def assert_case(results: dict[str, Outcome], name: str) -> None:
