@@ -1,5 +1,5 @@
 """The hostile suite's figures: printed at the end of the session and, when every class ran
-completely, written to docs/reliability-hostile.json and the table in docs/reliability.md."""
+completely, recorded for docs/reliability.md (``CONVEYOR_FIGURES=docs/figures``, then ``scripts/docs``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """One line per session; the data file only after a complete run."""
+    """One line per session; the figures are recorded only after a complete run."""
+    from tests.conftest import record_figures
     from tests.hostile import figures
 
     s = figures.summary()
@@ -15,8 +16,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     terminalreporter.write_line(figures.line(s))
     if figures.ran_completely():
-        figures.write(s)
-        terminalreporter.write_line(f"hostile figures written to {figures.DATA.relative_to(figures.REPO)} "
-                                    f"and {figures.PAGE.relative_to(figures.REPO)}")
+        record_figures("hostile", figures.document(s))
     else:
-        terminalreporter.write_line("hostile figures not written: not every class ran completely")
+        terminalreporter.write_line("hostile figures not recorded: not every class ran completely")

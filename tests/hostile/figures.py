@@ -1,27 +1,20 @@
-"""Figures of the hostile suite, gathered as it runs and written out at the end of the session.
+"""Figures of the hostile suite, gathered as it runs and given out at the end of the session.
 
 Each case records what it came to (escapes, forged sidecars, items lost, failed or not), each
-daemon whether it crashed and its peak RSS, and each class that all of its cases ran. At the end
-of a session in which every class ran completely, :func:`write` puts the per-class totals in
-``docs/reliability-hostile.json`` and in the table between the markers of ``docs/reliability.md``
-(so the page quotes the suite's latest complete run, not typed-in numbers), with the shipped
-unit's ``systemd-analyze security`` exposure, and :func:`line` is printed in the terminal summary.
+daemon whether it crashed and its peak RSS, and each class that all of its cases ran. The terminal
+summary prints :func:`line`; after a session in which every class ran completely,
+:func:`document` is recorded (with ``CONVEYOR_FIGURES``) as ``hostile.json``, which
+``scripts/docs`` puts on docs/reliability.md: the page quotes a run, not typed-in numbers.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
 CLASSES = ("sftp", "ftp", "rabbitmq", "pubsub", "local")
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "docs" / "reliability-hostile.json"
-PAGE = REPO / "docs" / "reliability.md"
-BEGIN = "<!-- hostile-figures: begin (written by tests/hostile/figures.py) -->"
-END = "<!-- hostile-figures: end -->"
 
 _cases: list[dict[str, Any]] = []
 _daemons: list[dict[str, Any]] = []
@@ -81,25 +74,6 @@ def line(s: dict[str, Any]) -> str:
     return f"hostile peers: {tried} cases, {failed} failed; " + "; ".join(parts)
 
 
-def table(s: dict[str, Any]) -> str:
-    """The markdown table for docs/reliability.md."""
-    rows = ["| class | cases | failed | escapes | forged sidecars | crashes | items lost | peak RSS |",
-            "|---|---|---|---|---|---|---|---|"]
-    for cls, v in s.items():
-        rows.append(f"| {cls} | {v['cases']} | {v['failed']} | {v['escapes']} | {v['forged_sidecars']} | "
-                    f"{v['crashes']} | {v['lost']} | {v['peak_rss_mb']:.0f} MB |")
-    return "\n".join(rows)
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=False)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def unit_exposure() -> str | None:
     """``systemd-analyze security --offline=true`` of the shipped unit: its overall exposure, e.g.
     ``1.7 OK`` (None where systemd-analyze is missing)."""
@@ -118,21 +92,9 @@ def unit_exposure() -> str | None:
     return m.group(1) if m else None
 
 
-def write(s: dict[str, Any]) -> None:
-    """The data file and the page's table, from this run."""
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    exposure = unit_exposure()
-    doc = {"generated": now, "commit": _commit(), "rss_limit_mb": 200, "classes": s,
-           "unit_exposure": exposure,
-           "failed_cases": [f"{c['class']}/{c['case']}: {c['problems'][0] if c['problems'] else ''}"
-                            for c in _cases if c["failed"]]}
-    DATA.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    if PAGE.exists():
-        text = PAGE.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            unit = (f"\n\n`systemd-analyze security --offline=true systemd/conveyor.service`: overall exposure "
-                    f"{exposure}." if exposure else "")
-            block = f"{BEGIN}\nRun of {now} at commit {doc['commit']}:\n\n{table(s)}{unit}\n{END}"
-            PAGE.write_text(head + block + tail)
+def document(s: dict[str, Any]) -> dict[str, Any]:
+    """What a complete run records (``CONVEYOR_FIGURES``): the totals per class, each failed case with
+    its first problem, and the shipped unit's exposure."""
+    return {"rss_limit_mb": 200, "classes": s, "unit_exposure": unit_exposure(),
+            "failed_cases": [f"{c['class']}/{c['case']}: {c['problems'][0] if c['problems'] else ''}"
+                             for c in _cases if c["failed"]]}
