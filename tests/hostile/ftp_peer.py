@@ -112,6 +112,8 @@ class HostileFtp:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._extra: list[asyncio.Server] = []
+        self._writers: set[asyncio.StreamWriter] = set()
+        """Every connection accepted (control, data, thief): closed by :meth:`stop`."""
         self.thief_bytes = 0
         self.thief_port = 0
 
@@ -125,11 +127,19 @@ class HostileFtp:
         self.port = self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
-        """Stop listening."""
+        """Stop listening and close every connection."""
         async def stop() -> None:
-            for s in [self._server, *self._extra]:
-                if s is not None:
-                    s.close()
+            servers = [s for s in [self._server, *self._extra] if s is not None]
+            for s in servers:
+                s.close()
+            for w in list(self._writers):
+                w.close()
+            for w in list(self._writers):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(w.wait_closed(), 2)
+            for s in servers:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(s.wait_closed(), 2)
         self.loop.call(stop())
 
     def instance(self, **over: Any) -> dict[str, Any]:
@@ -139,6 +149,7 @@ class HostileFtp:
 
     # -- a session ----------------------------------------------------------------------------------
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         t = self.tree
         cwd = "/"
         rest = 0
@@ -154,11 +165,13 @@ class HostileFtp:
                 asyncio.get_running_loop().create_future()
 
             async def accept(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                self._writers.add(w)
                 if not fut.done():
                     fut.set_result((r, w))
                 else:
                     w.close()
             srv = await asyncio.start_server(accept, "127.0.0.1", 0)
+            self._extra.append(srv)  # closed after its one connection, or at the latest by stop()
             port = srv.sockets[0].getsockname()[1]
             if announce is not None:
                 await self._thief(announce, port)
@@ -403,6 +416,7 @@ class HostileFtp:
     async def _thief(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (the lie in a PASV reply) and count what arrives there."""
         async def steal(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            self._writers.add(w)
             with contextlib.suppress(ConnectionError, OSError):
                 while chunk := await r.read(1 << 16):
                     self.thief_bytes += len(chunk)

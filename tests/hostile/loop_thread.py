@@ -29,6 +29,15 @@ class LoopThread:
         return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
 
     def close(self) -> None:
-        """Stop the loop (pending tasks are dropped with it)."""
+        """Cancel what still runs there, stop and close the loop."""
+        async def shutdown() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.loop.shutdown_asyncgens()
+
+        self.call(shutdown())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()

@@ -10,6 +10,8 @@ stopped by a limit of its own.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import posixpath
 import stat
 from collections.abc import AsyncIterator
@@ -175,11 +177,16 @@ class HostileSftp:
         self.loop = loop
         self.port = 0
         self._server: Any = None
+        self._conns: list[asyncssh.SSHServerConnection] = []
 
     async def _start(self) -> None:
         fs = self.fs
+        conns = self._conns
 
         class Server(asyncssh.SSHServer):
+            def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+                conns.append(conn)
+
             def begin_auth(self, username: str) -> bool:
                 return True
 
@@ -244,6 +251,11 @@ class HostileSftp:
     async def _stop(self) -> None:
         self._server.close()
         await self._server.wait_closed()
+        for c in self._conns:
+            c.close()
+        for c in self._conns:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(c.wait_closed(), 2)
 
     def stop(self) -> None:
         """Stop listening."""
