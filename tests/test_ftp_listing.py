@@ -148,14 +148,15 @@ MLSD_LISTING = (
 
 @pytest.mark.parametrize("step", [1, 2, 3, 7, 64, len(MLSD_LISTING)])
 def test_listing_parser_streams(step: int) -> None:
-    """Any split into blocks (CRLF cut in two, a UTF-8 character cut in two) parses alike; the
-    entry before a line that is no entry was a name with a line break and is left out."""
+    """Any split into blocks (CRLF cut in two, a UTF-8 character cut in two) parses alike; a line
+    that is no entry after an entry was the rest of a name with a line break: the name is whole
+    again (for the source to refuse by name)."""
     p = ListingParser(mlsd=True)
     for i in range(0, len(MLSD_LISTING), step):
         p.feed(memoryview(MLSD_LISTING)[i:i + step])
     p.finish()
-    assert [(e.name, e.kind, e.size) for e in p.entries] == [("a b.csv", "file", 12), ("sub", "dir", -1),
-                                                             ("caf\u00e9.txt", "file", 7)]
+    assert [(e.name, e.kind, e.size) for e in p.entries] == [("a b.csv", "file", 12), ("broken\r\nname.txt", "file", 3),
+                                                             ("sub", "dir", -1), ("caf\u00e9.txt", "file", 7)]
     assert p.fragments == 1
 
 
@@ -169,3 +170,11 @@ def test_listing_parser_line_ends() -> None:
     crlf.feed(b"type=file;size=1;modify=20260101000000; x\r\ntype=file;size=2;modify=20260101000000; y\nz\r\n")
     crlf.finish()
     assert [e.name for e in crlf.entries] == ["x", "y\nz"]
+
+
+def test_a_name_with_several_line_breaks_comes_back_whole() -> None:
+    p = ListingParser(mlsd=False)
+    p.feed(b"-rw-r--r-- 1 u g 5 Jan  1  2026 two\r\nline\r\nbreaks\r\n-rw-r--r-- 1 u g 6 Jan  1  2026 next\r\n")
+    p.finish()
+    assert [(e.name, e.size) for e in p.entries] == [("two\r\nline\r\nbreaks", 5), ("next", 6)]
+    assert p.fragments == 2

@@ -84,7 +84,6 @@ class FtpInstance:
         self.pool = FtpPool(name, config, ctx.status, self._map)
         self._made_dirs: set[str] = set()
         self._list_a = True
-        self._warned: set[str] = set()
 
     # -- errors and paths ----------------------------------------------------
     def _map(self, e: BaseException, path: str, connecting: bool = False) -> ConveyorError:
@@ -241,10 +240,8 @@ class FtpInstance:
                             f"({self.config.listing_timeout:g}s); the poll is retried later",
                             instance=self.name, path=folder or None) from None
         parser.finish()
-        if parser.fragments and folder not in self._warned:
-            # A name with a line break spills onto the next line: such entries are left out.
-            self._warned.add(folder)
-            log.warning("instance '%s': skipping a name with a line break in folder %r", self.name, folder)
+        # A name with a line break came back whole (see ListingParser): the source refuses it by
+        # name, in a line that names the flow and the file.
         return parser.entries
 
     @staticmethod

@@ -8,7 +8,7 @@ import calendar
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)}
@@ -164,7 +164,9 @@ class ListingParser:
 
     Lines end with CRLF if the first line does, else with LF (a CRLF listing keeps a bare LF inside
     a name, which the source then refuses by name). An entry followed by a line that is not one
-    (:func:`is_fragment`) was a name with a line break: it is dropped and counted in ``fragments``.
+    (:func:`is_fragment`) was a name with a line break: the line is put back into its name, line
+    break included, so the source refuses that file by its whole name (logged with the flow, and
+    counted), and the fragment is counted in ``fragments``.
     """
 
     def __init__(self, mlsd: bool) -> None:
@@ -206,7 +208,9 @@ class ListingParser:
             self.entries.append(entry)
         elif self._last_parsed and is_fragment(line, self._mlsd):
             self.fragments += 1
-            self.entries.pop()
+            prev = self.entries[-1]
+            self.entries[-1] = replace(prev, name=prev.name + (self._sep or b"\n").decode() + line)
+            return  # a name may hold several line breaks: the next fragment joins it too
         self._last_parsed = entry is not None
 
 
