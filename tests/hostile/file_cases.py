@@ -243,8 +243,9 @@ class Names(FileCase):
 
     def populate(self) -> None:
         for key, raw in self.hostile:
-            # A name that climbs out of the folder names a file elsewhere: never taken.
-            expect = "never" if b".." in raw.split(b"/") or raw.startswith(b"/") else "any"
+            # A name that climbs out of the folder names a file elsewhere: never taken. (One that
+            # starts with '/' is joined to the folder, as a shell would: the server's own file.)
+            expect = "never" if b".." in raw.split(b"/") else "any"
             self.put(key, raw, f"content of {key} {raw[-20:]!r}\n".encode(), expect)
 
 
