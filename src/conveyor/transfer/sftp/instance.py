@@ -106,10 +106,6 @@ class SftpInstance:
     def _abs(self, path: str) -> str:
         return join_root(self.pool.root, path)
 
-    def _rel(self, abspath: str) -> str:
-        root = self._abs("")
-        return posixpath.relpath(abspath, root) if abspath != root else ""
-
     def _map(self, e: BaseException, path: str) -> ConveyorError:
         """One place where asyncssh and OS errors become conveyor errors."""
         if isinstance(e, ConveyorError):
@@ -257,6 +253,9 @@ class SftpInstance:
                         continue
                     assert isinstance(name, str)
                     full = posixpath.join(folder, name)
+                    # Joined as listed, not normalised: a name like '../x' stays one the source
+                    # refuses by name, instead of turning into a file beside the watched folder.
+                    child = f"{rel}/{name}" if rel else name
                     attrs = entry.attrs
                     linked = attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK
                     if linked:
@@ -267,9 +266,12 @@ class SftpInstance:
                                 yield None, None  # a dangling link is not a file to take
                                 continue
                     if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
-                        yield None, (self._rel(full), linked)
+                        if "/" in name:  # a folder is never called 'a/b' or '../x'
+                            yield None, None
+                        else:
+                            yield None, (child, linked)
                     elif attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
-                        yield RemoteFile(self._rel(full), attrs.size or 0, float(attrs.mtime or 0)), None
+                        yield RemoteFile(child, attrs.size or 0, float(attrs.mtime or 0)), None
                     else:
                         yield None, None  # counted by list(), like every entry read
         except asyncssh.SFTPError as e:
