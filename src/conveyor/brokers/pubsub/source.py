@@ -393,7 +393,8 @@ class PubsubSource:
 
 
 def _safe_name(name: str | None) -> str | None:
-    """A producer's ``name`` attribute, only when it is a plain file name."""
+    """A producer's ``name`` attribute, only when it is a plain file name. Whole: a target cuts a
+    long name to fit, keeping two long names apart (a cut here would make them one name)."""
     if not name or name in (".", "..") or any(c in name for c in "/\\\0") or any(ord(c) < 32 for c in name):
         return None
-    return name[:255]
+    return name
