@@ -9,6 +9,9 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
+from conveyor import redact
 from conveyor.logs import JsonFormatter, TextFormatter, escape_controls
 from tests.harness import DaemonProcess, bodies, wait_for, write_config
 from tests.servers.rabbitmq import (
@@ -21,6 +24,14 @@ from tests.servers.rabbitmq import (
 FORGED = "2026-12-04 22:00:00 error   conveyor.flow: [flow=d] FORGED delivery failed"
 EVIL_ID = f"evil\n{FORGED}\r\x1b[2J\x1b]0;pwned\x07\u2028\x85end"
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (debug|info|warning|error|critical) ")
+
+
+@pytest.fixture(autouse=True)
+def no_registered_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The formatters redact every secret registered in this process; other tests' secrets (a
+    password "pw", say) must not mask parts of the text these tests compare."""
+    monkeypatch.setattr(redact, "_secrets", set())
+    monkeypatch.setattr(redact, "_pattern", None)
 
 
 def record(msg: str, *args: object, exc: bool = False, **extra: object) -> logging.LogRecord:
