@@ -91,7 +91,9 @@ def run_conveyor(mode: str, config: dict[str, Any], work: Path) -> dict[str, Any
     """One conveyor measurement in a fresh interpreter."""
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", mode, "--config", json.dumps(config), "--work", str(work)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
@@ -130,7 +132,8 @@ def main(rounds: int, kinds: list[str], small: bool) -> None:
                 fh.write(block[i:] + block[:i])
         for srv in servers.values():
             os.link(src, srv.root / "1g.bin") if src.stat().st_dev == srv.root.stat().st_dev else shutil.copy(
-                src, srv.root / "1g.bin")
+                src, srv.root / "1g.bin"
+            )
             (srv.root / "up").mkdir()
             (srv.root / "small").mkdir()
             srv.own(srv.root / "up")
@@ -144,8 +147,10 @@ def main(rounds: int, kinds: list[str], small: bool) -> None:
             cfg = srv.config(timeout="30s")
             tls_args = ["--ssl-reqd", "-k"] if kind == "ftps" else []
             url = f"ftp://{USER}:{PASSWORD}@127.0.0.1:{srv.port}"
-            curl_args = {"download": [*tls_args, "-o", str(work / "curl.out"), f"{url}/1g.bin"],
-                         "upload": [*tls_args, "-T", str(src), f"{url}/up/curl.bin"]}
+            curl_args = {
+                "download": [*tls_args, "-o", str(work / "curl.out"), f"{url}/1g.bin"],
+                "upload": [*tls_args, "-T", str(src), f"{url}/up/curl.bin"],
+            }
             rss[kind] = 0.0
             for i in range(rounds):
                 for mode in ("download", "upload"):
@@ -163,19 +168,25 @@ def main(rounds: int, kinds: list[str], small: bool) -> None:
             if small:
                 for mode in ("small", "small-concurrent"):
                     r = run_conveyor(mode, cfg, work)
-                    extra.append(f"{kind} poll of {r['files']} x 4 KiB ({mode}, max_connections=2): "
-                                 f"{r['files'] / r['seconds']:.0f} files/s, peak RSS {r['maxrss_mib']:.0f} MiB")
+                    extra.append(
+                        f"{kind} poll of {r['files']} x 4 KiB ({mode}, max_connections=2): "
+                        f"{r['files'] / r['seconds']:.0f} files/s, peak RSS {r['maxrss_mib']:.0f} MiB"
+                    )
         mib = SIZE / MiB
         print(f"{rounds} rounds, median [min-max]; load average before/after: {load0} / {os.getloadavg()}")
-        print(f"{'measurement':<24} {'curl MiB/s':>17} {'conveyor MiB/s':>17} {'ratio (per round)':>18} "
-              f"{'CPU ms/MiB curl':>16} {'conveyor':>9} {'peak RSS':>9}")
+        print(
+            f"{'measurement':<24} {'curl MiB/s':>17} {'conveyor MiB/s':>17} {'ratio (per round)':>18} "
+            f"{'CPU ms/MiB curl':>16} {'conveyor':>9} {'peak RSS':>9}"
+        )
         for name, sides in runs.items():
             c, v = sides["curl"], sides["conveyor"]
             ratios = [cs / vs for (cs, _), (vs, _) in zip(c, v, strict=True)]
             cpu_c, cpu_v = (statistics.median(x * 1000 / mib for _, x in side) for side in (c, v))
-            print(f"{name:<24} {_spread([mib / s for s, _ in c], '.0f'):>17} "
-                  f"{_spread([mib / s for s, _ in v], '.0f'):>17} {_spread(ratios, '.2f'):>18} "
-                  f"{cpu_c:>16.2f} {cpu_v:>9.2f} {rss[name.split()[0]]:>5.0f} MiB")
+            print(
+                f"{name:<24} {_spread([mib / s for s, _ in c], '.0f'):>17} "
+                f"{_spread([mib / s for s, _ in v], '.0f'):>17} {_spread(ratios, '.2f'):>18} "
+                f"{cpu_c:>16.2f} {cpu_v:>9.2f} {rss[name.split()[0]]:>5.0f} MiB"
+            )
         for line in extra:
             print(line)
     finally:

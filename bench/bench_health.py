@@ -41,8 +41,9 @@ async def delivered(s: aiohttp.ClientSession, base: str) -> int:
     return int(doc["flows"]["f"]["delivered"])
 
 
-async def sample(s: aiohttp.ClientSession, url: str, n: int | None, until: float | None,
-                 gap: float = 0.005) -> list[float]:
+async def sample(
+    s: aiohttp.ClientSession, url: str, n: int | None, until: float | None, gap: float = 0.005
+) -> list[float]:
     """Sequential GETs; latency of each in milliseconds."""
     out: list[float] = []
     while (n is None or len(out) < n) and (until is None or time.monotonic() < until):
@@ -60,8 +61,9 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p))]
 
 
-async def measure(cfg: Path, port: int, n: int, go: Callable[[], Awaitable[None]] | None,
-                  label: str) -> list[tuple[str, ...]]:
+async def measure(
+    cfg: Path, port: int, n: int, go: Callable[[], Awaitable[None]] | None, label: str
+) -> list[tuple[str, ...]]:
     """Start the daemon; with ``go``, sample idle latency first and call it to start the load
     (without, the load starts by itself); then sample under load."""
     d = Daemon(cfg)
@@ -100,9 +102,13 @@ async def measure(cfg: Path, port: int, n: int, go: Callable[[], Awaitable[None]
 
 
 def _config(base_dir: Path, port: int, instances: dict[str, Any], source: dict[str, Any]) -> Path:
-    flows = {"f": {"source": source,
-                   "target": {"type": "directory", "path": str(base_dir / "out"), "fsync": False},
-                   "max_in_flight": 200}}
+    flows = {
+        "f": {
+            "source": source,
+            "target": {"type": "directory", "path": str(base_dir / "out"), "fsync": False},
+            "max_in_flight": 200,
+        }
+    }
     return write_config(base_dir, instances, flows, health={"listen": f"127.0.0.1:{port}"})
 
 
@@ -112,8 +118,12 @@ async def run_local(base_dir: Path, files: int) -> list[tuple[str, ...]]:
     src.mkdir(parents=True)
     staging = base_dir / "disk" / "staging"
     staging.mkdir()
-    cfg = _config(base_dir, port, {"disk": {"type": "local", "root": str(base_dir / "disk")}},
-                  {"instance": "disk", "path": "small", "poll_interval": "100ms", "min_age": "0s", "after": "delete"})
+    cfg = _config(
+        base_dir,
+        port,
+        {"disk": {"type": "local", "root": str(base_dir / "disk")}},
+        {"instance": "disk", "path": "small", "poll_interval": "100ms", "min_age": "0s", "after": "delete"},
+    )
     body = os.urandom(1024)
     for i in range(files):
         (staging / f"f{i:06}.dat").write_bytes(body)
@@ -136,8 +146,7 @@ async def run_rabbitmq(base_dir: Path, messages: int) -> list[tuple[str, ...]]:
         port = free_port()
         queue = v.q("health-bench")
         await fill(v, queue, messages)
-        cfg = _config(base_dir, port, {"mq": v.instance_config()}, {"instance": "mq", "queue": queue,
-                                                                      "prefetch": 200})
+        cfg = _config(base_dir, port, {"mq": v.instance_config()}, {"instance": "mq", "queue": queue, "prefetch": 200})
         # The queue is full: the daemon consumes from the start (no idle sample).
         return await measure(cfg, port, messages, None, "rabbitmq")
     finally:
@@ -145,8 +154,13 @@ async def run_rabbitmq(base_dir: Path, messages: int) -> list[tuple[str, ...]]:
 
 
 def _stats(xs: list[float]) -> tuple[str, ...]:
-    return (f"{statistics.median(xs):.2f}", f"{pct(xs, 0.95):.2f}", f"{pct(xs, 0.99):.2f}", f"{max(xs):.2f}",
-            str(len(xs)))
+    return (
+        f"{statistics.median(xs):.2f}",
+        f"{pct(xs, 0.95):.2f}",
+        f"{pct(xs, 0.99):.2f}",
+        f"{max(xs):.2f}",
+        str(len(xs)),
+    )
 
 
 def main() -> None:
@@ -156,7 +170,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where to work (default: a temp folder)")
     args = ap.parse_args()
     rows: list[tuple[str, ...]] = [("measure", "median ms", "p95 ms", "p99 ms", "max ms", "samples")]
-    for source in (["local", "rabbitmq"] if args.source == "both" else [args.source]):
+    for source in ["local", "rabbitmq"] if args.source == "both" else [args.source]:
         base = Path(tempfile.mkdtemp(prefix="conveyor-bench-health-", dir=args.dir))
         try:
             runner = run_local if source == "local" else run_rabbitmq

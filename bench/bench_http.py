@@ -101,12 +101,23 @@ PLAIN_HEADERS = {"Content-Type": "application/octet-stream"}
 def spec_headers(f: Path, data: bytes) -> dict[str, str]:
     """The per-payload headers every HTTP delivery carries: the SHA-256 and metadata document
     in ``X-Conveyor-Meta``, ``Idempotency-Key`` and ``X-Conveyor-Flow``."""
-    meta = {"id": f.name, "flow": "bench", "source": {"instance": "disk", "type": "local"},
-            "received_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "name": f.name, "file": {"path": str(f)},
-            "message": None}
-    return {**PLAIN_HEADERS, "Idempotency-Key": f.name, "X-Conveyor-Flow": "bench",
-            "X-Conveyor-Meta": base64.urlsafe_b64encode(json.dumps(meta).encode()).decode()}
+    meta = {
+        "id": f.name,
+        "flow": "bench",
+        "source": {"instance": "disk", "type": "local"},
+        "received_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "name": f.name,
+        "file": {"path": str(f)},
+        "message": None,
+    }
+    return {
+        **PLAIN_HEADERS,
+        "Idempotency-Key": f.name,
+        "X-Conveyor-Flow": "bench",
+        "X-Conveyor-Meta": base64.urlsafe_b64encode(json.dumps(meta).encode()).decode(),
+    }
 
 
 async def plain_client(files: list[Path], url: str, concurrency: int, *, spec_work: bool = False) -> float:
@@ -153,8 +164,14 @@ async def target_alone(files: list[Path], url: str, concurrency: int) -> float:
         while not queue.empty():
             f = queue.get_nowait()
             data = await asyncio.to_thread(f.read_bytes)
-            p = Payload(id=f.name, flow="bench", source_instance="disk", source_type="local",
-                        body=Body.from_bytes(data), name=f.name)
+            p = Payload(
+                id=f.name,
+                flow="bench",
+                source_instance="disk",
+                source_type="local",
+                body=Body.from_bytes(data),
+                name=f.name,
+            )
             await target.deliver(p)
 
     t0 = time.monotonic()
@@ -176,18 +193,22 @@ def links(master: Path, folder: Path) -> list[Path]:
     return out
 
 
-async def daemon_run(base: Path, master: Path, url: str, n: int, concurrency: int, after: str,
-                     s: aiohttp.ClientSession, *, before: int) -> tuple[float, float, int]:
+async def daemon_run(
+    base: Path, master: Path, url: str, n: int, concurrency: int, after: str, s: aiohttp.ClientSession, *, before: int
+) -> tuple[float, float, int]:
     """The daemon delivering ``n`` files that appear at once in its source folder; seconds from
     their appearance to the sink's count reaching ``before + n``, CPU seconds, peak RSS (KiB)."""
     staging = base / "disk" / "staging"
     links(master, staging)
     src = base / "disk" / "in"
     src.mkdir()
-    flows = {"http": {"source": {"instance": "disk", "path": "in", "poll_interval": "100ms",
-                                 "min_age": "0s", "after": after},
-                      "target": {"type": "http", "url": url + "/hook"},
-                      "max_in_flight": concurrency}}
+    flows = {
+        "http": {
+            "source": {"instance": "disk", "path": "in", "poll_interval": "100ms", "min_age": "0s", "after": after},
+            "target": {"type": "http", "url": url + "/hook"},
+            "max_in_flight": concurrency,
+        }
+    }
     cfg = write_config(base, {"disk": {"type": "local", "root": str(base / "disk")}}, flows)
     d = Daemon(cfg)
     try:
@@ -208,8 +229,9 @@ async def daemon_run(base: Path, master: Path, url: str, n: int, concurrency: in
 CLIENTS = ("plain", "alone", "spec", "keep", "delete")
 
 
-async def one_round(base: Path, master: Path, url: str, n: int, concurrency: int, s: aiohttp.ClientSession,
-                    order: tuple[str, ...]) -> dict[str, tuple[float, float, float, int]]:
+async def one_round(
+    base: Path, master: Path, url: str, n: int, concurrency: int, s: aiohttp.ClientSession, order: tuple[str, ...]
+) -> dict[str, tuple[float, float, float, int]]:
     """Every client once, in ``order``: payloads/s at the sink, payloads/s by the client's
     wall clock, CPU seconds, peak RSS (KiB, the daemon's)."""
     out = {}
@@ -253,8 +275,9 @@ async def run(base: Path, n: int, size: int, concurrency: int, rounds: int) -> l
             for r in range(rounds):
                 # Alternate the order: a client that runs right after another meets the
                 # deletes (and freed inodes) of the one before it.
-                results.append(await one_round(base, master, url, n, concurrency, s,
-                                               CLIENTS if r % 2 == 0 else CLIENTS[::-1]))
+                results.append(
+                    await one_round(base, master, url, n, concurrency, s, CLIENTS if r % 2 == 0 else CLIENTS[::-1])
+                )
     finally:
         sink.terminate()
         sink.wait(10)
@@ -263,18 +286,26 @@ async def run(base: Path, n: int, size: int, concurrency: int, rounds: int) -> l
         text = format(statistics.median(values), fmt)
         return text if len(values) == 1 else f"{text} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
 
-    names = {"plain": f"plain aiohttp client, {n} x {size} B, {concurrency} at a time",
-             "alone": "conveyor HttpTarget alone, same bodies, same concurrency",
-             "spec": "plain client + the per-payload work (SHA-256, headers, delete)",
-             "keep": f"conveyor local->http, after: keep (the default), max_in_flight {concurrency}",
-             "delete": "conveyor local->http, after: delete"}
-    rows: list[tuple[str, ...]] = [("measure", "payloads/s (sink)", "ratio (per round)", "ratio (wall)",
-                                    "CPU ms/payload")]
+    names = {
+        "plain": f"plain aiohttp client, {n} x {size} B, {concurrency} at a time",
+        "alone": "conveyor HttpTarget alone, same bodies, same concurrency",
+        "spec": "plain client + the per-payload work (SHA-256, headers, delete)",
+        "keep": f"conveyor local->http, after: keep (the default), max_in_flight {concurrency}",
+        "delete": "conveyor local->http, after: delete",
+    }
+    rows: list[tuple[str, ...]] = [
+        ("measure", "payloads/s (sink)", "ratio (per round)", "ratio (wall)", "CPU ms/payload")
+    ]
     for name, label in names.items():
-        rows.append((label, spread([r[name][0] for r in results], ",.0f"),
-                     spread([r[name][0] / r["plain"][0] for r in results], ".2f"),
-                     spread([r[name][1] / r["plain"][1] for r in results], ".2f"),
-                     spread([r[name][2] * 1000 / n for r in results], ".2f")))
+        rows.append(
+            (
+                label,
+                spread([r[name][0] for r in results], ",.0f"),
+                spread([r[name][0] / r["plain"][0] for r in results], ".2f"),
+                spread([r[name][1] / r["plain"][1] for r in results], ".2f"),
+                spread([r[name][2] * 1000 / n for r in results], ".2f"),
+            )
+        )
     rss = max(r[k][3] for r in results for k in ("keep", "delete"))
     rows.append(("daemon peak RSS", f"{rss / 1024:.0f} MB", "", "", ""))
     return rows

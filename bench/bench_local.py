@@ -26,9 +26,11 @@ def count_meta(folder: Path) -> int:
 
 
 def flow(out: Path, path: str) -> dict[str, object]:
-    return {"source": {"instance": "disk", "path": path, "poll_interval": "100ms", "min_age": "0s",
-                       "after": "delete"},
-            "target": {"type": "directory", "path": str(out), "filename": "{name}"}, "max_in_flight": 64}
+    return {
+        "source": {"instance": "disk", "path": path, "poll_interval": "100ms", "min_age": "0s", "after": "delete"},
+        "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+        "max_in_flight": 64,
+    }
 
 
 def small_files(base: Path, n: int) -> tuple[float, int]:
@@ -67,8 +69,12 @@ def big_file(base: Path, size_mib: int) -> tuple[float, float, float, int]:
     cp_sync_s = cp_s + time.monotonic() - t0
     (base / "cp-copy.bin").unlink()
     out = base / "out-big"
-    cfg = write_config(base, {"disk": {"type": "local", "root": str(base / "disk")}}, {"big": flow(out, "big")},
-                       state=str(base / "state-big.db"))
+    cfg = write_config(
+        base,
+        {"disk": {"type": "local", "root": str(base / "disk")}},
+        {"big": flow(out, "big")},
+        state=str(base / "state-big.db"),
+    )
     d = Daemon(cfg)
     time.sleep(1.5)
     os.rename(staging, src / "big.bin")  # appears whole: the copy starts at the next poll
@@ -93,15 +99,23 @@ def main() -> None:
         cp, cp_sync, conv, rss_big = big_file(base, args.size_mib)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(table([
-        ("measure", "conveyor", "reference", "ratio"),
-        (f"{args.files} x 4 KiB local->directory", f"{fps:,.0f} files/s", "-", "-"),
-        (f"{args.size_mib} MiB file, MB/s vs cp", f"{conv:,.0f}", f"{cp:,.0f} (cp)", f"{conv / cp:.2f}"),
-        (f"{args.size_mib} MiB file, MB/s vs cp+sync", f"{conv:,.0f}", f"{cp_sync:,.0f} (cp; sync)",
-         f"{conv / cp_sync:.2f}"),
-        ("daemon peak RSS, small files", f"{rss_small / 1024:.0f} MB", "", ""),
-        ("daemon peak RSS, large file", f"{rss_big / 1024:.0f} MB", "", ""),
-    ]))
+    print(
+        table(
+            [
+                ("measure", "conveyor", "reference", "ratio"),
+                (f"{args.files} x 4 KiB local->directory", f"{fps:,.0f} files/s", "-", "-"),
+                (f"{args.size_mib} MiB file, MB/s vs cp", f"{conv:,.0f}", f"{cp:,.0f} (cp)", f"{conv / cp:.2f}"),
+                (
+                    f"{args.size_mib} MiB file, MB/s vs cp+sync",
+                    f"{conv:,.0f}",
+                    f"{cp_sync:,.0f} (cp; sync)",
+                    f"{conv / cp_sync:.2f}",
+                ),
+                ("daemon peak RSS, small files", f"{rss_small / 1024:.0f} MB", "", ""),
+                ("daemon peak RSS, large file", f"{rss_big / 1024:.0f} MB", "", ""),
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ def main() -> None:
     flows = {"f": {"source": {"instance": "mq", "queue": queue}, "target": {"type": "directory", "path": str(out)}}}
     daemon = Daemon(write_config(folder, instances, flows))
     try:
+
         def bodies() -> int:
             return len([p for p in out.glob("*") if not p.name.endswith(".meta.json")]) if out.exists() else 0
 
@@ -75,9 +76,11 @@ def main() -> None:
         daemon.stop()
     _, dead_count = asyncio.run(counts(args.url, queue, dead))
     asyncio.run(delete(args.url, queue, dead))
-    print(f"{args.big} x {args.size} MiB + 20 small messages: peak RSS {peak / 1024:.0f} MiB, "
-          f"{bodies()} bodies delivered, {dead_count} dead-lettered "
-          f"(aiormq path: {'public' if os.environ.get('CONVEYOR_COMPAT') == 'public' else 'private if it fits'})")
+    print(
+        f"{args.big} x {args.size} MiB + 20 small messages: peak RSS {peak / 1024:.0f} MiB, "
+        f"{bodies()} bodies delivered, {dead_count} dead-lettered "
+        f"(aiormq path: {'public' if os.environ.get('CONVEYOR_COMPAT') == 'public' else 'private if it fits'})"
+    )
 
 
 if __name__ == "__main__":

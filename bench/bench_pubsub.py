@@ -55,8 +55,9 @@ def publish(emu: PubsubEmulator, topic: str, n: int, size: int) -> float:
     """Publish ``n`` messages of ``size`` bytes in large batches; returns seconds taken."""
     from google.cloud import pubsub_v1
 
-    pub = emu.publisher(batch_settings=pubsub_v1.types.BatchSettings(
-        max_messages=1000, max_bytes=9_000_000, max_latency=0.05))
+    pub = emu.publisher(
+        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1000, max_bytes=9_000_000, max_latency=0.05)
+    )
     path = pub.topic_path(emu.project, topic)
     body = os.urandom(size)
     start = time.monotonic()
@@ -103,8 +104,9 @@ def own_usage() -> dict[str, float]:
     import resource
 
     r = resource.getrusage(resource.RUSAGE_SELF)
-    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM:"))
+    hwm = next(
+        int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")
+    )
     return {"cpu": r.ru_utime + r.ru_stime, "hwm_kib": hwm}
 
 
@@ -120,8 +122,11 @@ def source_child(host: str, project: str, subscription: str, n: int) -> None:
     from conveyor.stopping import StopSignal
 
     async def main() -> dict[str, float]:
-        inst = PubsubInstance("gcp", PubsubConfig(type="pubsub", project=project, emulator_host=host),
-                              Context(spool=Spool(Path(tempfile.gettempdir())), status=StatusBoard()))
+        inst = PubsubInstance(
+            "gcp",
+            PubsubConfig(type="pubsub", project=project, emulator_host=host),
+            Context(spool=Spool(Path(tempfile.gettempdir())), status=StatusBoard()),
+        )
         source = inst.source("bench", PubsubSourceConfig(instance="gcp", subscription=subscription))
         count, first, done = 0, 0.0, asyncio.Event()
 
@@ -151,8 +156,13 @@ def run_child(mode: str, emu: PubsubEmulator, subscription: str, n: int) -> dict
     """A child process's run; its times (CLOCK_MONOTONIC is one clock for all processes) made
     relative to the spawn."""
     spawn = time.monotonic()
-    out = subprocess.run([sys.executable, __file__, "--child", mode, emu.host, emu.project, subscription, str(n)],
-                         capture_output=True, text=True, check=True, timeout=1900)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, emu.host, emu.project, subscription, str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1900,
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return {**r, "seconds": r["end"] - spawn, "steady": r["end"] - r["first"]}
 
@@ -165,15 +175,24 @@ def delivered(port: int, flow: str) -> int:
         return 0
 
 
-def run_daemon(base: Path, emu: PubsubEmulator, subscription: str, target: dict[str, Any], n: int,
-               max_in_flight: int) -> dict[str, Any]:
+def run_daemon(
+    base: Path, emu: PubsubEmulator, subscription: str, target: dict[str, Any], n: int, max_in_flight: int
+) -> dict[str, Any]:
     """The daemon on one subscription until /status counts ``n`` delivered; peak RSS sampled meanwhile."""
     base.mkdir(parents=True)
     port = free_port()
-    cfg = write_config(base, {"gcp": {"type": "pubsub", "project": emu.project, "emulator_host": emu.host}},
-                       {"b": {"source": {"instance": "gcp", "subscription": subscription, "max_messages": 1000},
-                              "target": target, "max_in_flight": max_in_flight}},
-                       health={"listen": f"127.0.0.1:{port}"})
+    cfg = write_config(
+        base,
+        {"gcp": {"type": "pubsub", "project": emu.project, "emulator_host": emu.host}},
+        {
+            "b": {
+                "source": {"instance": "gcp", "subscription": subscription, "max_messages": 1000},
+                "target": target,
+                "max_in_flight": max_in_flight,
+            }
+        },
+        health={"listen": f"127.0.0.1:{port}"},
+    )
     d = Daemon(cfg)
     start = time.monotonic()
     first = 0.0
@@ -220,22 +239,29 @@ def main() -> None:
             emu.create("bench-out")
             for s in subs.values():
                 with emu.subscriber() as c:
-                    c.create_subscription(request={"name": c.subscription_path(emu.project, s),
-                                                   "topic": f"projects/{emu.project}/topics/bench-in",
-                                                   "ack_deadline_seconds": 60})
+                    c.create_subscription(
+                        request={
+                            "name": c.subscription_path(emu.project, s),
+                            "topic": f"projects/{emu.project}/topics/bench-in",
+                            "ack_deadline_seconds": 60,
+                        }
+                    )
             took = publish(emu, "bench-in", n, args.size)
-            print(f"published {n} x {args.size} B in {took:.1f}s ({n / took:.0f} msgs/s) to {len(subs)} subscriptions",
-                  flush=True)
+            print(
+                f"published {n} x {args.size} B in {took:.1f}s ({n / took:.0f} msgs/s) to {len(subs)} subscriptions",
+                flush=True,
+            )
             results = {PLAIN: run_child("plain", emu, subs["plain"], n)}
             print("plain done", flush=True)
             results["conveyor PubsubSource alone (emit acks)"] = run_child("source", emu, subs["source"], n)
             print("source done", flush=True)
             results["conveyor -> directory"] = run_daemon(
-                base / "dir", emu, subs["dir"], {"type": "directory", "path": str(base / "out")}, n,
-                args.max_in_flight)
+                base / "dir", emu, subs["dir"], {"type": "directory", "path": str(base / "out")}, n, args.max_in_flight
+            )
             print("directory done", flush=True)
             results["conveyor -> pubsub topic"] = run_daemon(
-                base / "ps", emu, subs["pubsub"], {"instance": "gcp", "topic": "bench-out"}, n, args.max_in_flight)
+                base / "ps", emu, subs["pubsub"], {"instance": "gcp", "topic": "bench-out"}, n, args.max_in_flight
+            )
             print("pubsub done", flush=True)
             seconds, cpu = raw_durable_writes(base / "raw", n, args.max_in_flight, os.urandom(args.size))
             results[RAW] = {"count": n, "seconds": seconds, "steady": seconds, "cpu": cpu, "hwm_kib": 0}
@@ -243,16 +269,28 @@ def main() -> None:
             emu.stop()
     ref = results[PLAIN]["count"] / results[PLAIN]["steady"]
     ref_start = results[PLAIN]["count"] / results[PLAIN]["seconds"]
-    rows: list[tuple[str, ...]] = [("run", "msgs", "steady msgs/s", "vs plain", "from start msgs/s", "vs plain",
-                                    "CPU ms/msg", "peak RSS MiB")]
+    rows: list[tuple[str, ...]] = [
+        ("run", "msgs", "steady msgs/s", "vs plain", "from start msgs/s", "vs plain", "CPU ms/msg", "peak RSS MiB")
+    ]
     for name, r in results.items():
         steady, start = r["count"] / r["steady"], r["count"] / r["seconds"]
-        rows.append((name, str(r["count"]), f"{steady:.0f}", f"{steady / ref:.2f}x", f"{start:.0f}",
-                     f"{start / ref_start:.2f}x", f"{1000 * r['cpu'] / r['count']:.2f}",
-                     f"{r['hwm_kib'] / 1024:.0f}" if r["hwm_kib"] else "-"))
+        rows.append(
+            (
+                name,
+                str(r["count"]),
+                f"{steady:.0f}",
+                f"{steady / ref:.2f}x",
+                f"{start:.0f}",
+                f"{start / ref_start:.2f}x",
+                f"{1000 * r['cpu'] / r['count']:.2f}",
+                f"{r['hwm_kib'] / 1024:.0f}" if r["hwm_kib"] else "-",
+            )
+        )
     print(table(rows))
-    print(f"({n} messages of {args.size} B; conveyor: max_messages 1000, max_in_flight {args.max_in_flight}, "
-          "directory target with fsync; steady: first to last message; from start: from the process's spawn)")
+    print(
+        f"({n} messages of {args.size} B; conveyor: max_messages 1000, max_in_flight {args.max_in_flight}, "
+        "directory target with fsync; steady: first to last message; from start: from the process's spawn)"
+    )
 
 
 if __name__ == "__main__":

@@ -58,12 +58,15 @@ async def fill(v: Vhost, queue: str, n: int) -> float:
         await q.purge()
         start = time.monotonic()
         for i in range(0, n, 1000):
-            await asyncio.gather(*(
-                ch.default_exchange.publish(
-                    aio_pika.Message(BODY, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=f"m{j}"),
-                    routing_key=queue)
-                for j in range(i, min(n, i + 1000))
-            ))
+            await asyncio.gather(
+                *(
+                    ch.default_exchange.publish(
+                        aio_pika.Message(BODY, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=f"m{j}"),
+                        routing_key=queue,
+                    )
+                    for j in range(i, min(n, i + 1000))
+                )
+            )
         return time.monotonic() - start
 
 
@@ -111,8 +114,12 @@ async def plain_relay(v: Vhost, queue: str, out: str, n: int, prefetch: int) -> 
         async def relay(m: aio_pika.abc.AbstractIncomingMessage) -> None:
             nonlocal got
             await cout.default_exchange.publish(
-                aio_pika.Message(m.body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=m.message_id,
-                                 headers=m.headers), routing_key=out, mandatory=True)
+                aio_pika.Message(
+                    m.body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=m.message_id, headers=m.headers
+                ),
+                routing_key=out,
+                mandatory=True,
+            )
             await m.ack()
             got += 1
             if got == n:
@@ -144,9 +151,14 @@ def run_daemon(v: Vhost, work: Path, flow: dict[str, Any], n: int) -> dict[str, 
         shutil.rmtree(work)
     work.mkdir(parents=True)
     port = free_port()
-    doc = {"state": str(work / "state.db"), "spool_dir": str(work / "spool"),
-           "health": {"listen": f"127.0.0.1:{port}"}, "log": {"level": "warning", "format": "text"},
-           "instances": {"mq": v.instance_config()}, "flows": {"f": flow}}
+    doc = {
+        "state": str(work / "state.db"),
+        "spool_dir": str(work / "spool"),
+        "health": {"listen": f"127.0.0.1:{port}"},
+        "log": {"level": "warning", "format": "text"},
+        "instances": {"mq": v.instance_config()},
+        "flows": {"f": flow},
+    }
     cfg = work / "bench.yaml"
     cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
     log = open(work / "daemon.log", "wb")  # noqa: SIM115
@@ -179,17 +191,25 @@ def run_daemon(v: Vhost, work: Path, flow: dict[str, Any], n: int) -> dict[str, 
         rc = proc.wait(120)
         log.close()
     assert first is not None
-    return {"seconds": end - first[0], "messages": n - first[1], "startup": first[0] - t0,
-            "cpu": cpu_end - first[2], "rss": rss, "rc": rc}
+    return {
+        "seconds": end - first[0],
+        "messages": n - first[1],
+        "startup": first[0] - t0,
+        "cpu": cpu_end - first[2],
+        "rss": rss,
+        "rc": rc,
+    }
 
 
 def rss_summary(samples: list[tuple[int, int]], n: int) -> str:
     """RSS at ~20%, ~60% and 100% of the run, and the peak (MiB)."""
+
     def at(frac: float) -> float:
         for delivered, kib in samples:
             if delivered >= frac * n:
                 return kib / 1024
         return samples[-1][1] / 1024
+
     peak = max(k for _, k in samples) / 1024
     return f"{at(0.2):.0f} / {at(0.6):.0f} / {at(1.0):.0f} MiB (peak {peak:.0f})"
 
@@ -226,26 +246,49 @@ async def main() -> None:
             assert await count(v, out) == n
 
             await fill(v, src, n)
-            res = run_daemon(v, tmp / "dir", {
-                "source": {"instance": "mq", "queue": src, "prefetch": p},
-                "target": {"type": "directory", "path": str(tmp / "dir" / "out")},
-                "max_in_flight": args.max_in_flight}, n)
+            res = run_daemon(
+                v,
+                tmp / "dir",
+                {
+                    "source": {"instance": "mq", "queue": src, "prefetch": p},
+                    "target": {"type": "directory", "path": str(tmp / "dir" / "out")},
+                    "max_in_flight": args.max_in_flight,
+                },
+                n,
+            )
             files = sum(1 for e in os.scandir(tmp / "dir" / "out") if not e.name.endswith(".meta.json"))
             assert files == n, f"{files} files in the directory target, expected {n}"
-            keep("c. conveyor -> directory", res["seconds"], res["cpu"],
-                 {"rss": rss_summary(res["rss"], n), "startup": res["startup"]}, res["messages"])
+            keep(
+                "c. conveyor -> directory",
+                res["seconds"],
+                res["cpu"],
+                {"rss": rss_summary(res["rss"], n), "startup": res["startup"]},
+                res["messages"],
+            )
             shutil.rmtree(tmp / "dir")
             keep(RAW, *raw_durable_writes(tmp / "raw", n, p, BODY))
             shutil.rmtree(tmp / "raw")
 
             await fill(v, src, n)
             await purge(v, out)
-            res = run_daemon(v, tmp / "relay", {
-                "source": {"instance": "mq", "queue": src, "prefetch": p},
-                "target": {"instance": "mq", "routing_key": out}, "max_in_flight": args.max_in_flight}, n)
+            res = run_daemon(
+                v,
+                tmp / "relay",
+                {
+                    "source": {"instance": "mq", "queue": src, "prefetch": p},
+                    "target": {"instance": "mq", "routing_key": out},
+                    "max_in_flight": args.max_in_flight,
+                },
+                n,
+            )
             assert await count(v, out) >= n
-            keep("d. conveyor -> rabbitmq (relay)", res["seconds"], res["cpu"],
-                 {"rss": rss_summary(res["rss"], n), "startup": res["startup"]}, res["messages"])
+            keep(
+                "d. conveyor -> rabbitmq (relay)",
+                res["seconds"],
+                res["cpu"],
+                {"rss": rss_summary(res["rss"], n), "startup": res["startup"]},
+                res["messages"],
+            )
             shutil.rmtree(tmp / "relay")
     finally:
         delete_vhost(v)

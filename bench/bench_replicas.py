@@ -89,13 +89,27 @@ async def publish(url: str, queue: str, n: int) -> None:
         await ch.declare_queue(queue, durable=True)
         body = os.urandom(1000)
         for start in range(0, n, 1000):
-            await asyncio.gather(*(ch.default_exchange.publish(
-                aio_pika.Message(body + i.to_bytes(4, "big"), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=queue) for i in range(start, min(n, start + 1000))))
+            await asyncio.gather(
+                *(
+                    ch.default_exchange.publish(
+                        aio_pika.Message(body + i.to_bytes(4, "big"), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key=queue,
+                    )
+                    for i in range(start, min(n, start + 1000))
+                )
+            )
 
 
-def run_set(work: Path, k: int, instances: dict[str, Any], flow: dict[str, Any], out: Path, n: int,
-            state: str, stage: Callable[[], None] | None = None) -> dict[str, Any]:
+def run_set(
+    work: Path,
+    k: int,
+    instances: dict[str, Any],
+    flow: dict[str, Any],
+    out: Path,
+    n: int,
+    state: str,
+    stage: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Start k replicas and time the run; CPU per process over the same window.
 
     With ``stage`` (files): the replicas start on an empty folder and idle for a few seconds, then
@@ -135,8 +149,7 @@ def run_set(work: Path, k: int, instances: dict[str, Any], flow: dict[str, Any],
     servers = {k2: v - servers0[k2] for k2, v in proc_cpu(("postgres", "beam.smp", "sshd")).items()}
     for d in daemons:
         d.stop()
-    return {"rate": (n - first) / elapsed, "seconds": elapsed, "cpu": cpus, "servers": servers,
-            "items": n - first}
+    return {"rate": (n - first) / elapsed, "seconds": elapsed, "cpu": cpus, "servers": servers, "items": n - first}
 
 
 def main() -> None:
@@ -145,9 +158,12 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=20_000)
     ap.add_argument("--replicas", default="1,3")
     ap.add_argument("--max-in-flight", type=int, default=64)
-    ap.add_argument("--fsync", action="store_true",
-                    help="fsync the directory target (off by default: with several writers the shared disk's "
-                         "syncs dominate and hide what the replicas and the store cost)")
+    ap.add_argument(
+        "--fsync",
+        action="store_true",
+        help="fsync the directory target (off by default: with several writers the shared disk's "
+        "syncs dominate and hide what the replicas and the store cost)",
+    )
     a = ap.parse_args()
     counts = [int(x) for x in a.replicas.split(",")]
 
@@ -158,8 +174,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-replicas-"))
     srv = start_sshd(make_client_keys(work / "keys"))
     vhost = create_vhost()
-    rows: list[tuple[str, ...]] = [("workload", "replicas", "items/s", "seconds", "CPU s per daemon",
-                                    "CPU ms/item (daemons)", "postgres CPU s", "rabbitmq CPU s", "sshd CPU s")]
+    rows: list[tuple[str, ...]] = [
+        (
+            "workload",
+            "replicas",
+            "items/s",
+            "seconds",
+            "CPU s per daemon",
+            "CPU ms/item (daemons)",
+            "postgres CPU s",
+            "rabbitmq CPU s",
+            "sshd CPU s",
+        )
+    ]
     try:
         for k in counts:
             # files
@@ -178,15 +205,22 @@ def main() -> None:
             def stage(staged: Path = staged, inbox: Path = inbox) -> None:
                 inbox.rmdir()
                 staged.rename(inbox)  # every file appears at once
+
             out = work / f"out-files-{k}"
-            flow = {"source": {"instance": "remote", "path": inbox.name, "poll_interval": "200ms", "min_age": "0s",
-                               "after": "delete"},
-                    "target": {"type": "directory", "path": str(out), "fsync": a.fsync},
-                    "max_in_flight": a.max_in_flight}
+            flow = {
+                "source": {
+                    "instance": "remote",
+                    "path": inbox.name,
+                    "poll_interval": "200ms",
+                    "min_age": "0s",
+                    "after": "delete",
+                },
+                "target": {"type": "directory", "path": str(out), "fsync": a.fsync},
+                "max_in_flight": a.max_in_flight,
+            }
             url = asyncio.run(new_db())
             try:
-                res = run_set(work / f"files-{k}", k, {"remote": srv.instance_config()}, flow, out, a.files, url,
-                              stage)
+                res = run_set(work / f"files-{k}", k, {"remote": srv.instance_config()}, flow, out, a.files, url, stage)
             finally:
                 asyncio.run(drop_db(url))
             rows.append(_row("sftp files", k, res))
@@ -194,9 +228,11 @@ def main() -> None:
             queue = f"bench-{k}-{uuid.uuid4().hex[:6]}"
             asyncio.run(publish(vhost.url, queue, a.messages))
             out = work / f"out-msgs-{k}"
-            flow = {"source": {"instance": "mq", "queue": queue, "prefetch": 200},
-                    "target": {"type": "directory", "path": str(out), "fsync": a.fsync},
-                    "max_in_flight": a.max_in_flight}
+            flow = {
+                "source": {"instance": "mq", "queue": queue, "prefetch": 200},
+                "target": {"type": "directory", "path": str(out), "fsync": a.fsync},
+                "max_in_flight": a.max_in_flight,
+            }
             url = asyncio.run(new_db())
             try:
                 res = run_set(work / f"msgs-{k}", k, {"mq": vhost.instance_config()}, flow, out, a.messages, url)
@@ -213,9 +249,17 @@ def main() -> None:
 
 def _row(name: str, k: int, res: dict[str, Any]) -> tuple[str, ...]:
     s = res["servers"]
-    return (name, str(k), f"{res['rate']:.0f}", f"{res['seconds']:.1f}", " ".join(f"{c:.1f}" for c in res["cpu"]),
-            f"{sum(res['cpu']) / res['items'] * 1000:.2f}", f"{s['postgres']:.1f}", f"{s['beam.smp']:.1f}",
-            f"{s['sshd']:.1f}")
+    return (
+        name,
+        str(k),
+        f"{res['rate']:.0f}",
+        f"{res['seconds']:.1f}",
+        " ".join(f"{c:.1f}" for c in res["cpu"]),
+        f"{sum(res['cpu']) / res['items'] * 1000:.2f}",
+        f"{s['postgres']:.1f}",
+        f"{s['beam.smp']:.1f}",
+        f"{s['sshd']:.1f}",
+    )
 
 
 if __name__ == "__main__":

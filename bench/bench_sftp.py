@@ -115,10 +115,18 @@ def _instance(a: argparse.Namespace) -> Any:
     from conveyor.transfer.sftp.config import SftpConfig
     from conveyor.transfer.sftp.instance import SftpInstance
 
-    cfg = SftpConfig.model_validate({
-        "type": "sftp", "host": "127.0.0.1", "port": a.port, "username": a.user, "private_key_file": a.key,
-        "host_fingerprint": a.fingerprint, "root": a.root, "timeout": "30s",
-    })
+    cfg = SftpConfig.model_validate(
+        {
+            "type": "sftp",
+            "host": "127.0.0.1",
+            "port": a.port,
+            "username": a.user,
+            "private_key_file": a.key,
+            "host_fingerprint": a.fingerprint,
+            "root": a.root,
+            "timeout": "30s",
+        }
+    )
     return SftpInstance("bench", cfg, None)
 
 
@@ -144,8 +152,12 @@ async def _worker(a: argparse.Namespace) -> dict[str, Any]:
         elif a.worker == "asyncssh-get":  # reference: asyncssh's own get with its default settings
             import asyncssh
 
-            async with asyncssh.connect("127.0.0.1", a.port, username=a.user, client_keys=[a.key],
-                                        known_hosts=None, config=None) as conn, conn.start_sftp_client() as sftp:
+            async with (
+                asyncssh.connect(
+                    "127.0.0.1", a.port, username=a.user, client_keys=[a.key], known_hosts=None, config=None
+                ) as conn,
+                conn.start_sftp_client() as sftp,
+            ):
                 t, c = time.perf_counter(), _cpu_self()
                 await sftp.get(f"{a.root}/{a.path}", f"{a.spool}/asyncssh-get.bin")
                 out["seconds"], out["cpu"] = time.perf_counter() - t, _cpu_self() - c
@@ -175,6 +187,7 @@ async def _worker(a: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.gather(*(one(f) for f in files))
                     out[f"files_per_s_{conc}"] = len(files) / (time.perf_counter() - t)
         elif a.worker == "idle":
+
             async def flow() -> None:
                 while True:
                     [f async for f in inst.list(a.path, False)]
@@ -207,8 +220,13 @@ def _openssh(port: int, key: str, user: str, batch: str, cipher: str | None) -> 
     if cipher:
         opts += ["-o", f"Ciphers={cipher}"]
     t, c = time.perf_counter(), _cpu_children()
-    r = subprocess.run(["sftp", "-v", "-b", "-", "-i", key, "-P", str(port), *opts, f"{user}@127.0.0.1"],
-                       input=batch, text=True, check=True, capture_output=True)
+    r = subprocess.run(
+        ["sftp", "-v", "-b", "-", "-i", key, "-P", str(port), *opts, f"{user}@127.0.0.1"],
+        input=batch,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
     out: dict[str, Any] = {"seconds": time.perf_counter() - t, "cpu": _cpu_children() - c}
     for line in r.stderr.splitlines():
         if "kex: client->server cipher:" in line:
@@ -232,10 +250,14 @@ class _DaemonFlows:
             srv.chown(srv.root / name)
         src = {"poll_interval": "0.2s", "min_age": "0s", "after": "delete"}
         flows = {
-            "down": {"source": {"instance": "partner", "path": "dl", **src},
-                     "target": {"type": "directory", "path": str(self.out), "filename": "{name}"}},
-            "up": {"source": {"instance": "local", "path": "in", **src},
-                   "target": {"instance": "partner", "path": "up"}},
+            "down": {
+                "source": {"instance": "partner", "path": "dl", **src},
+                "target": {"type": "directory", "path": str(self.out), "filename": "{name}"},
+            },
+            "up": {
+                "source": {"instance": "local", "path": "in", **src},
+                "target": {"instance": "partner", "path": "up"},
+            },
         }
         instances = {"partner": instance, "local": {"type": "local", "root": str(self.dir)}}
         log = {"level": os.environ.get("BENCH_LOG", "warning"), "format": "text"}
@@ -262,16 +284,17 @@ class _DaemonFlows:
     def download(self, server_file: Path, name: str, size: int) -> dict[str, Any]:
         """Hard-link ``server_file`` into the flow's sftp folder; wait for it in the target folder."""
         dst = self.out / name
-        r = self._timed(lambda: os.link(server_file, self.srv.root / "dl" / name),
-                        lambda: dst.exists() and dst.stat().st_size == size)
+        r = self._timed(
+            lambda: os.link(server_file, self.srv.root / "dl" / name),
+            lambda: dst.exists() and dst.stat().st_size == size,
+        )
         dst.unlink()
         return r
 
     def upload(self, local: Path, name: str, size: int) -> dict[str, Any]:
         """Hard-link ``local`` into the flow's local folder; wait until it is renamed into place on the server."""
         dst = self.srv.root / "up" / name
-        r = self._timed(lambda: os.link(local, self.inbox / name),
-                        lambda: dst.exists() and dst.stat().st_size == size)
+        r = self._timed(lambda: os.link(local, self.inbox / name), lambda: dst.exists() and dst.stat().st_size == size)
         dst.unlink()
         return r
 
@@ -288,10 +311,21 @@ def _daemon_idle(work: Path, instance: dict[str, Any], seconds: float) -> dict[s
 
     d = work / "daemon"
     d.mkdir()
-    flows = {f"idle{i:03}": {"source": {"instance": "partner", "path": "empty", "poll_interval": "5s"},
-                             "target": {"type": "directory", "path": str(d / "out")}} for i in range(100)}
-    doc = {"state": str(d / "state.db"), "spool_dir": str(d / "spool"), "health": {"listen": None},
-           "log": {"level": "warning", "format": "text"}, "instances": {"partner": instance}, "flows": flows}
+    flows = {
+        f"idle{i:03}": {
+            "source": {"instance": "partner", "path": "empty", "poll_interval": "5s"},
+            "target": {"type": "directory", "path": str(d / "out")},
+        }
+        for i in range(100)
+    }
+    doc = {
+        "state": str(d / "state.db"),
+        "spool_dir": str(d / "spool"),
+        "health": {"listen": None},
+        "log": {"level": "warning", "format": "text"},
+        "instances": {"partner": instance},
+        "flows": flows,
+    }
     (d / "conveyor.yaml").write_text(yaml.safe_dump(doc))
     conveyor = str(Path(sys.executable).parent / "conveyor")
     with open(d / "log", "wb") as log:
@@ -325,30 +359,40 @@ def _summary(rows: dict[str, list[dict[str, Any]]], size: int) -> list[str]:
     def ms_per_mib(rs: list[dict[str, Any]], field: str = "cpu") -> str:
         return f"{statistics.median(1000 * float(r[field]) / mib for r in rs):.2f}"
 
-    lines = [f"{'measure (median of rounds)':<44}{'MiB/s':>7}{'ratio':>7}{'range':>13}{'CPU ms/MiB':>12}"
-             f"{'server':>8}  cipher"]
+    lines = [
+        f"{'measure (median of rounds)':<44}{'MiB/s':>7}{'ratio':>7}{'range':>13}{'CPU ms/MiB':>12}"
+        f"{'server':>8}  cipher"
+    ]
     for ref, label in (("oss_down", "download"), ("oss_up", "upload")):
         base = rows[ref]
-        lines.append(f"{'OpenSSH sftp ' + label:<44}{statistics.median(map(rate, base)):>7.0f}{'1':>7}{'':>13}"
-                     f"{ms_per_mib(base):>12}{ms_per_mib(base, 'server_cpu'):>8}  {base[0].get('cipher', '?')}")
+        lines.append(
+            f"{'OpenSSH sftp ' + label:<44}{statistics.median(map(rate, base)):>7.0f}{'1':>7}{'':>13}"
+            f"{ms_per_mib(base):>12}{ms_per_mib(base, 'server_cpu'):>8}  {base[0].get('cipher', '?')}"
+        )
         for key, name in MEASURES[ref]:
             rs = rows.get(key) or []
             if not rs:
                 continue
             ratios = [rate(r) / rate(b) for r, b in zip(rs, base, strict=True)]
-            lines.append(f"{name:<44}{statistics.median(map(rate, rs)):>7.0f}{statistics.median(ratios):>7.2f}"
-                         f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>13}{ms_per_mib(rs):>12}"
-                         f"{ms_per_mib(rs, 'server_cpu'):>8}  {rs[0].get('cipher', '')}")
+            lines.append(
+                f"{name:<44}{statistics.median(map(rate, rs)):>7.0f}{statistics.median(ratios):>7.2f}"
+                f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>13}{ms_per_mib(rs):>12}"
+                f"{ms_per_mib(rs, 'server_cpu'):>8}  {rs[0].get('cipher', '')}"
+            )
     return lines
 
 
 MEASURES = {
-    "oss_down": [("cv_down", "conveyor SftpInstance.download -> spool"),
-                 ("cv_daemon_down", "conveyor run: sftp flow -> directory target"),
-                 ("ash_down", "bare asyncssh SFTPClient.get (reference)")],
-    "oss_up": [("cv_up", "conveyor SftpInstance.upload, spooled body"),
-               ("cv_up_file", "conveyor upload, local file (hash unknown)"),
-               ("cv_daemon_up", "conveyor run: local flow -> sftp target")],
+    "oss_down": [
+        ("cv_down", "conveyor SftpInstance.download -> spool"),
+        ("cv_daemon_down", "conveyor run: sftp flow -> directory target"),
+        ("ash_down", "bare asyncssh SFTPClient.get (reference)"),
+    ],
+    "oss_up": [
+        ("cv_up", "conveyor SftpInstance.upload, spooled body"),
+        ("cv_up_file", "conveyor upload, local file (hash unknown)"),
+        ("cv_daemon_up", "conveyor run: local flow -> sftp target"),
+    ],
 }
 
 
@@ -381,10 +425,29 @@ def main() -> None:
     try:
         key = str(keys.keys["ed25519"])
         fingerprint = sha256_fp(srv.host_blob("ed25519"))
-        base = ["--port", str(srv.port), "--user", USER, "--key", key, "--root", str(srv.root),
-                "--fingerprint", fingerprint, "--spool", str(work / "spool")]
-        inst_cfg = {"type": "sftp", "host": "127.0.0.1", "port": srv.port, "username": USER, "private_key_file": key,
-                    "host_fingerprint": fingerprint, "root": str(srv.root)}
+        base = [
+            "--port",
+            str(srv.port),
+            "--user",
+            USER,
+            "--key",
+            key,
+            "--root",
+            str(srv.root),
+            "--fingerprint",
+            fingerprint,
+            "--spool",
+            str(work / "spool"),
+        ]
+        inst_cfg = {
+            "type": "sftp",
+            "host": "127.0.0.1",
+            "port": srv.port,
+            "username": USER,
+            "private_key_file": key,
+            "host_fingerprint": fingerprint,
+            "root": str(srv.root),
+        }
         size = a.size_mib * MIB
         src = work / "local.bin"
         block = os.urandom(MIB)
@@ -432,21 +495,29 @@ def main() -> None:
         daemon_rss = flows.stop() if flows is not None else None
         flows = None
 
-        print(f"\nconveyor sftp bench — OpenSSH sshd on loopback, {a.size_mib} MiB, {a.rounds} round(s); "
-              f"load avg {os.getloadavg()[0]:.1f}; ratio = conveyor / OpenSSH of the same round")
+        print(
+            f"\nconveyor sftp bench — OpenSSH sshd on loopback, {a.size_mib} MiB, {a.rounds} round(s); "
+            f"load avg {os.getloadavg()[0]:.1f}; ratio = conveyor / OpenSSH of the same round"
+        )
         print("\n".join(_summary(rows, size)))
-        print(f"peak RSS, conveyor worker: {max(rss):.0f} MiB"
-              + (f"; conveyor run with both flows: {daemon_rss:.0f} MiB" if daemon_rss else ""))
+        print(
+            f"peak RSS, conveyor worker: {max(rss):.0f} MiB"
+            + (f"; conveyor run with both flows: {daemon_rss:.0f} MiB" if daemon_rss else "")
+        )
         print("all rounds MiB/s:", {k: [round(size / MIB / float(r["seconds"])) for r in rs] for k, rs in rows.items()})
         if not a.no_small:
             small_r = _conveyor(base, "small", path="small")
             idle_r = _conveyor(base, "idle", path="empty", idle_seconds=a.idle_seconds)
             daemon_r = _daemon_idle(work, inst_cfg, a.idle_seconds)
-            print(f"200 x 4 KiB list+download: {small_r['files_per_s_1']:.0f} files/s one at a time, "
-                  f"{small_r['files_per_s_4']:.0f} with 4 at once")
-            print(f"100 idle pollers every 5 s: {idle_r['cpu_percent']:.2f} % of one core (connector only), "
-                  f"{daemon_r['cpu_percent']:.2f} % (conveyor run, 100 flows, RSS {daemon_r['maxrss_mib']:.0f} MiB), "
-                  f"over {a.idle_seconds:g}s")
+            print(
+                f"200 x 4 KiB list+download: {small_r['files_per_s_1']:.0f} files/s one at a time, "
+                f"{small_r['files_per_s_4']:.0f} with 4 at once"
+            )
+            print(
+                f"100 idle pollers every 5 s: {idle_r['cpu_percent']:.2f} % of one core (connector only), "
+                f"{daemon_r['cpu_percent']:.2f} % (conveyor run, 100 flows, RSS {daemon_r['maxrss_mib']:.0f} MiB), "
+                f"over {a.idle_seconds:g}s"
+            )
     finally:
         if flows is not None:
             flows.daemon.stop()

@@ -88,9 +88,11 @@ def end_to_end(base: Path, state: str, n: int) -> tuple[float, float, float]:
     staged.mkdir()
     for i in range(n):
         (staged / f"f{i:05}.dat").write_bytes(payload + i.to_bytes(4, "big"))
-    flow = {"source": {"instance": "disk", "path": "in", "poll_interval": "100ms", "min_age": "0s",
-                       "after": "delete"},
-            "target": {"type": "directory", "path": str(out)}, "max_in_flight": 64}
+    flow = {
+        "source": {"instance": "disk", "path": "in", "poll_interval": "100ms", "min_age": "0s", "after": "delete"},
+        "target": {"type": "directory", "path": str(out)},
+        "max_in_flight": 64,
+    }
     cfg = write_config(base, {"disk": {"type": "local", "root": str(base / "disk")}}, {"f": flow}, state=state)
     d = Daemon(cfg)
     time.sleep(3)  # started, store open, idle polls
@@ -166,25 +168,52 @@ def main() -> None:
     s, p = median_round(e2e["sqlite"]), median_round(e2e["postgres"])
     rs, rp = median_round(raw["sqlite"]), median_round(raw["postgres"])
     us = 1e6
-    print(f"end to end: {args.files} x 1 KiB local files -> directory target (fsync), max_in_flight 64, "
-          f"median of {args.rounds} alternating rounds")
-    print(table([
-        ("store", "wall us/payload", "payloads/s", "daemon CPU us/payload", "postgres CPU us/payload",
-         "total CPU us/payload"),
-        ("sqlite", f"{s[0] * us:.0f}", f"{1 / s[0]:.0f}", f"{s[1] * us:.0f}", f"{s[2] * us:.0f}",
-         f"{(s[1] + s[2]) * us:.0f}"),
-        ("postgres", f"{p[0] * us:.0f}", f"{1 / p[0]:.0f}", f"{p[1] * us:.0f}", f"{p[2] * us:.0f}",
-         f"{(p[1] + p[2]) * us:.0f}"),
-        ("added", pct(s[0], p[0]), "", pct(s[1], p[1]), "", pct(s[1] + s[2], p[1] + p[2])),
-    ]))
+    print(
+        f"end to end: {args.files} x 1 KiB local files -> directory target (fsync), max_in_flight 64, "
+        f"median of {args.rounds} alternating rounds"
+    )
+    print(
+        table(
+            [
+                (
+                    "store",
+                    "wall us/payload",
+                    "payloads/s",
+                    "daemon CPU us/payload",
+                    "postgres CPU us/payload",
+                    "total CPU us/payload",
+                ),
+                (
+                    "sqlite",
+                    f"{s[0] * us:.0f}",
+                    f"{1 / s[0]:.0f}",
+                    f"{s[1] * us:.0f}",
+                    f"{s[2] * us:.0f}",
+                    f"{(s[1] + s[2]) * us:.0f}",
+                ),
+                (
+                    "postgres",
+                    f"{p[0] * us:.0f}",
+                    f"{1 / p[0]:.0f}",
+                    f"{p[1] * us:.0f}",
+                    f"{p[2] * us:.0f}",
+                    f"{(p[1] + p[2]) * us:.0f}",
+                ),
+                ("added", pct(s[0], p[0]), "", pct(s[1], p[1]), "", pct(s[1] + s[2], p[1] + p[2])),
+            ]
+        )
+    )
     print(f"\nstore alone: {args.items} items claim -> delivered -> settled, 16 at a time")
-    print(table([
-        ("store", "wall us/item", "client CPU us/item"),
-        ("sqlite", f"{rs[0] * us:.0f}", f"{rs[1] * us:.0f}"),
-        ("postgres", f"{rp[0] * us:.0f}", f"{rp[1] * us:.0f}"),
-    ]))
-    print("\nall rounds (wall us/payload end to end):",
-          {k: [round(v[0] * us) for v in vs] for k, vs in e2e.items()})
+    print(
+        table(
+            [
+                ("store", "wall us/item", "client CPU us/item"),
+                ("sqlite", f"{rs[0] * us:.0f}", f"{rs[1] * us:.0f}"),
+                ("postgres", f"{rp[0] * us:.0f}", f"{rp[1] * us:.0f}"),
+            ]
+        )
+    )
+    print("\nall rounds (wall us/payload end to end):", {k: [round(v[0] * us) for v in vs] for k, vs in e2e.items()})
 
 
 def median_round(rounds: list[T]) -> T:

@@ -15,8 +15,12 @@ import yaml
 
 def write_config(folder: Path, instances: dict[str, Any], flows: dict[str, Any], **top: Any) -> Path:
     """A daemon config for a benchmark run (text logs at warning: logging is not what we measure)."""
-    doc: dict[str, Any] = {"state": str(folder / "state.db"), "spool_dir": str(folder / "spool"),
-                           "health": {"listen": None}, "log": {"level": "warning", "format": "text"}}
+    doc: dict[str, Any] = {
+        "state": str(folder / "state.db"),
+        "spool_dir": str(folder / "spool"),
+        "health": {"listen": None},
+        "log": {"level": "warning", "format": "text"},
+    }
     doc.update(top)
     doc["instances"] = instances
     doc["flows"] = flows
@@ -29,8 +33,10 @@ class Daemon:
     """``conveyor run`` as a child process."""
 
     def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "conveyor", "run", "-c", str(config)],
-                                     stderr=open(config.parent / "daemon.log", "wb"))  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "run", "-c", str(config)],
+            stderr=open(config.parent / "daemon.log", "wb"),  # noqa: SIM115
+        )
 
     def status(self, field: str) -> int:
         """A /proc/PID/status field in KiB (VmRSS, VmHWM)."""

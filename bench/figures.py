@@ -5,52 +5,79 @@ to put the newest run of each benchmark into the table on the docs' performance 
 first group is the figure; a figure a run did not print shows as "-".
 """
 
-# ruff: noqa: RUF001, E501  -- a wide table of display names, whose multiplication signs are meant
+# ruff: noqa: RUF001  -- a wide table of display names, whose multiplication signs are meant
 
 from __future__ import annotations
 
 import re
 
 FIGURES: dict[str, list[tuple[str, str]]] = {
- "local": [("10,000 × 4 KiB local → directory, files/s", r"local->directory\s+([\d,]+) files/s"),
-           ("one large file local → directory, MB/s", r"MB/s vs cp\+sync\s+([\d,]+)"),
-           ("the same, ratio to `cp` + `sync`", r"MB/s vs cp\+sync.*\)\s+([\d.]+)"),
-           ("daemon peak RSS, small files, MB", r"RSS, small files\s+(\d+)")],
- "store": [("local → directory with SQLite, µs per payload", r"^sqlite\s+(\d+)\s+\d+\s+\d+\s+\d+"),
-           ("the same with PostgreSQL, µs per payload", r"^postgres\s+(\d+)\s+\d+\s+\d+\s+\d+"),
-           ("SQLite store alone, µs per item", r"^sqlite\s+(\d+)\s+\d+\s*$"),
-           ("PostgreSQL store alone, µs per item", r"^postgres\s+(\d+)\s+\d+\s*$")],
- "http": [("HTTP target alone, ratio to a plain aiohttp client", r"HttpTarget alone.*?\]\s+([\d.]+) \["),
-          ("local → http, payloads/s", r"after: keep.*?32\s+([\d,]+)"),
-          ("local → http, ratio to a plain aiohttp client", r"after: keep.*?\]\s+([\d.]+) \["),
-          ("local → http, CPU ms per payload", r"after: keep.*\s([\d.]+) \[[\d.-]+\]$")],
- "health": [("`/healthz` median ms while a local flow moves payloads", r"while moving.*\(local\)\s+([\d.]+)"),
-            ("`/healthz` median ms while a RabbitMQ flow moves messages", r"while moving.*\(rabbitmq\)\s+([\d.]+)")],
- "rabbitmq": [("RabbitMQ → directory, msgs/s", r"c\. conveyor -> directory:\s+([\d,]+)"),
-              ("RabbitMQ → directory, CPU s per 1,000 msgs", r"c\. conveyor -> directory:.*\(([\d.]+) CPU"),
-              ("RabbitMQ → RabbitMQ relay, ratio to plain aio-pika", r"d\. conveyor -> rabbitmq \(relay\)\s+[\d,]+\s+([\d.]+)x"),
-              ("the relay, CPU s per 1,000 msgs", r"d\. conveyor -> rabbitmq \(relay\):.*\(([\d.]+) CPU")],
- "pubsub": [("Pub/Sub source alone, ratio to the plain subscriber", r"PubsubSource alone.*?\s([\d.]+)x"),
-            ("Pub/Sub → directory, CPU ms per message", r"conveyor -> directory\s+\d+\s+\d+\s+[\d.]+x\s+\d+\s+[\d.]+x\s+([\d.]+)"),
-            ("Pub/Sub → Pub/Sub topic, CPU ms per message", r"conveyor -> pubsub topic\s+\d+\s+\d+\s+[\d.]+x\s+\d+\s+[\d.]+x\s+([\d.]+)")],
- "ftp": [("FTP 1 GiB download, ratio to curl", r"^ftp download 1 GiB.*?\]\s+[\d,]+ \[[\d,-]+\]\s+([\d.]+) \["),
-         ("FTP 1 GiB upload, ratio to curl", r"^ftp upload 1 GiB.*?\]\s+[\d,]+ \[[\d,-]+\]\s+([\d.]+) \["),
-         ("FTPS 1 GiB download, ratio to curl", r"ftps download 1 GiB.*?\]\s+[\d,]+ \[[\d,-]+\]\s+([\d.]+) \["),
-         ("FTPS 1 GiB upload, ratio to curl", r"ftps upload 1 GiB.*?\]\s+[\d,]+ \[[\d,-]+\]\s+([\d.]+) \["),
-         ("FTP poll of 200 × 4 KiB, files/s", r"ftp poll .*\(small, .*: (\d+) files/s"),
-         ("FTPS poll of 200 × 4 KiB, files/s", r"ftps poll .*\(small, .*: (\d+) files/s")],
- "replicas": [("SFTP files, 1 replica on PostgreSQL, files/s", r"^sftp files\s+1\s+(\d+)"),
-              ("the same, 3 replicas", r"^sftp files\s+3\s+(\d+)"),
-              ("RabbitMQ messages, 1 replica on PostgreSQL, msgs/s", r"^rabbitmq messages\s+1\s+(\d+)"),
-              ("the same, 3 replicas", r"^rabbitmq messages\s+3\s+(\d+)"),
-              ("1 replica, CPU ms per message", r"^rabbitmq messages\s+1\s+\d+\s+[\d.]+\s+[\d.]+\s+([\d.]+)")],
- "sftp": [("SFTP download into the spool, ratio to OpenSSH `sftp`", r"SftpInstance.download -> spool\s+\d+\s+([\d.]+)"),
-          ("`conveyor run` SFTP → directory, ratio to OpenSSH `sftp`", r"sftp flow -> directory target\s+\d+\s+([\d.]+)"),
-          ("SFTP upload, ratio to OpenSSH `sftp`", r"SftpInstance.upload, spooled body\s+\d+\s+([\d.]+)"),
-          ("`conveyor run` local → SFTP, ratio to OpenSSH `sftp`", r"local flow -> sftp target\s+\d+\s+([\d.]+)"),
-          ("SFTP list + download of 200 × 4 KiB, files/s", r"list\+download: (\d+) files/s"),
-          ("`conveyor run` with 100 idle SFTP flows, % of one core", r"connector only\), ([\d.]+) %"),
-          ("100 idle SFTP pollers, connector alone, % of one core", r"idle pollers every 5 s: ([\d.]+) %")],
+    "local": [
+        ("10,000 × 4 KiB local → directory, files/s", r"local->directory\s+([\d,]+) files/s"),
+        ("one large file local → directory, MB/s", r"MB/s vs cp\+sync\s+([\d,]+)"),
+        ("the same, ratio to `cp` + `sync`", r"MB/s vs cp\+sync.*\)\s+([\d.]+)"),
+        ("daemon peak RSS, small files, MB", r"RSS, small files\s+(\d+)"),
+    ],
+    "store": [
+        ("local → directory with SQLite, µs per payload", r"^sqlite\s+(\d+)\s+\d+\s+\d+\s+\d+"),
+        ("the same with PostgreSQL, µs per payload", r"^postgres\s+(\d+)\s+\d+\s+\d+\s+\d+"),
+        ("SQLite store alone, µs per item", r"^sqlite\s+(\d+)\s+\d+\s*$"),
+        ("PostgreSQL store alone, µs per item", r"^postgres\s+(\d+)\s+\d+\s*$"),
+    ],
+    "http": [
+        ("HTTP target alone, ratio to a plain aiohttp client", r"HttpTarget alone.*?\]\s+([\d.]+) \["),
+        ("local → http, payloads/s", r"after: keep.*?32\s+([\d,]+)"),
+        ("local → http, ratio to a plain aiohttp client", r"after: keep.*?\]\s+([\d.]+) \["),
+        ("local → http, CPU ms per payload", r"after: keep.*\s([\d.]+) \[[\d.-]+\]$"),
+    ],
+    "health": [
+        ("`/healthz` median ms while a local flow moves payloads", r"while moving.*\(local\)\s+([\d.]+)"),
+        ("`/healthz` median ms while a RabbitMQ flow moves messages", r"while moving.*\(rabbitmq\)\s+([\d.]+)"),
+    ],
+    "rabbitmq": [
+        ("RabbitMQ → directory, msgs/s", r"c\. conveyor -> directory:\s+([\d,]+)"),
+        ("RabbitMQ → directory, CPU s per 1,000 msgs", r"c\. conveyor -> directory:.*\(([\d.]+) CPU"),
+        (
+            "RabbitMQ → RabbitMQ relay, ratio to plain aio-pika",
+            r"d\. conveyor -> rabbitmq \(relay\)\s+[\d,]+\s+([\d.]+)x",
+        ),
+        ("the relay, CPU s per 1,000 msgs", r"d\. conveyor -> rabbitmq \(relay\):.*\(([\d.]+) CPU"),
+    ],
+    "pubsub": [
+        ("Pub/Sub source alone, ratio to the plain subscriber", r"PubsubSource alone.*?\s([\d.]+)x"),
+        (
+            "Pub/Sub → directory, CPU ms per message",
+            r"conveyor -> directory\s+\d+\s+\d+\s+[\d.]+x\s+\d+\s+[\d.]+x\s+([\d.]+)",
+        ),
+        (
+            "Pub/Sub → Pub/Sub topic, CPU ms per message",
+            r"conveyor -> pubsub topic\s+\d+\s+\d+\s+[\d.]+x\s+\d+\s+[\d.]+x\s+([\d.]+)",
+        ),
+    ],
+    "ftp": [
+        ("FTP 1 GiB download, ratio to curl", r"^ftp download 1 GiB.*?\]\s+[\d,]+ \[[\d,-]+\]\s+([\d.]+) \["),
+        ("FTP 1 GiB upload, ratio to curl", r"^ftp upload 1 GiB.*?\]\s+[\d,]+ \[[\d,-]+\]\s+([\d.]+) \["),
+        ("FTPS 1 GiB download, ratio to curl", r"ftps download 1 GiB.*?\]\s+[\d,]+ \[[\d,-]+\]\s+([\d.]+) \["),
+        ("FTPS 1 GiB upload, ratio to curl", r"ftps upload 1 GiB.*?\]\s+[\d,]+ \[[\d,-]+\]\s+([\d.]+) \["),
+        ("FTP poll of 200 × 4 KiB, files/s", r"ftp poll .*\(small, .*: (\d+) files/s"),
+        ("FTPS poll of 200 × 4 KiB, files/s", r"ftps poll .*\(small, .*: (\d+) files/s"),
+    ],
+    "replicas": [
+        ("SFTP files, 1 replica on PostgreSQL, files/s", r"^sftp files\s+1\s+(\d+)"),
+        ("the same, 3 replicas", r"^sftp files\s+3\s+(\d+)"),
+        ("RabbitMQ messages, 1 replica on PostgreSQL, msgs/s", r"^rabbitmq messages\s+1\s+(\d+)"),
+        ("the same, 3 replicas", r"^rabbitmq messages\s+3\s+(\d+)"),
+        ("1 replica, CPU ms per message", r"^rabbitmq messages\s+1\s+\d+\s+[\d.]+\s+[\d.]+\s+([\d.]+)"),
+    ],
+    "sftp": [
+        ("SFTP download into the spool, ratio to OpenSSH `sftp`", r"SftpInstance.download -> spool\s+\d+\s+([\d.]+)"),
+        ("`conveyor run` SFTP → directory, ratio to OpenSSH `sftp`", r"sftp flow -> directory target\s+\d+\s+([\d.]+)"),
+        ("SFTP upload, ratio to OpenSSH `sftp`", r"SftpInstance.upload, spooled body\s+\d+\s+([\d.]+)"),
+        ("`conveyor run` local → SFTP, ratio to OpenSSH `sftp`", r"local flow -> sftp target\s+\d+\s+([\d.]+)"),
+        ("SFTP list + download of 200 × 4 KiB, files/s", r"list\+download: (\d+) files/s"),
+        ("`conveyor run` with 100 idle SFTP flows, % of one core", r"connector only\), ([\d.]+) %"),
+        ("100 idle SFTP pollers, connector alone, % of one core", r"idle pollers every 5 s: ([\d.]+) %"),
+    ],
 }
 
 

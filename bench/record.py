@@ -35,16 +35,23 @@ def machine() -> dict[str, Any]:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             mem_kib = int(line.split()[1])
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1),
-            "kernel": platform.release(), "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
 
 
 def commit(cwd: Path) -> str:
     """The commit checked out in ``cwd``, with ``+dirty`` when the tree has changes."""
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout.strip()
     return sha + ("+dirty" if dirty else "")
 
 
@@ -75,8 +82,7 @@ def main() -> int:
         "command": shlex.join(["python", *cmd]),
         "exit_code": proc.returncode,
         "seconds": round(took, 1),
-        "load_average": {"before": [round(x, 2) for x in load0],
-                         "after": [round(x, 2) for x in os.getloadavg()]},
+        "load_average": {"before": [round(x, 2) for x in load0], "after": [round(x, 2) for x in os.getloadavg()]},
         "output": proc.stdout.splitlines(),
     }
     name = Path(cmd[0]).stem.removeprefix("bench_")

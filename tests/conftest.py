@@ -40,12 +40,30 @@ def local_backend(tmp_path: Path) -> Iterator[LocalBackend]:
 
 # Modules whose tests need no root and no server (sshd, vsftpd, RabbitMQ, PostgreSQL, the Pub/Sub
 # emulator): `pytest -m unit` runs them in under a minute on a laptop, for a quick loop while editing.
-UNIT_MODULES = frozenset({
-    "test_batched", "test_config", "test_docs", "test_imports", "test_inactivity", "test_ledger",
-    "test_libraries", "test_logs", "test_payload", "test_sftp_config", "test_sleeps", "test_stop_signals",
-    "test_supervisor", "test_target_registry", "test_targets", "test_wiring", "test_ftp_listing",
-    "test_pubsub_auth", "test_secrets_in_logs", "test_health_auth",
-})
+UNIT_MODULES = frozenset(
+    {
+        "test_batched",
+        "test_config",
+        "test_docs",
+        "test_imports",
+        "test_inactivity",
+        "test_ledger",
+        "test_libraries",
+        "test_logs",
+        "test_payload",
+        "test_sftp_config",
+        "test_sleeps",
+        "test_stop_signals",
+        "test_supervisor",
+        "test_target_registry",
+        "test_targets",
+        "test_wiring",
+        "test_ftp_listing",
+        "test_pubsub_auth",
+        "test_secrets_in_logs",
+        "test_health_auth",
+    }
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -90,10 +108,20 @@ def record_figures(name: str, figures: dict[str, Any]) -> None:
         return
     root = Path(__file__).resolve().parent.parent
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown")
-    doc = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": sha,
-           "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()}, **figures}
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "unknown",
+    )
+    doc = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "commit": sha,
+        "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
+        **figures,
+    }
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")

@@ -179,8 +179,9 @@ def _ended(d: DaemonProcess) -> Callable[[], bool]:
     return lambda: d.proc is not None and d.proc.poll() is not None
 
 
-async def run_with_kills(sink: CountingSink, start: Callable[[dict[str, str]], DaemonProcess], state_db: Path,
-                         flow: str, points: list[int]) -> DaemonProcess:
+async def run_with_kills(
+    sink: CountingSink, start: Callable[[dict[str, str]], DaemonProcess], state_db: Path, flow: str, points: list[int]
+) -> DaemonProcess:
     """Start the daemon, let the sink kill it at each of ``points``, restart it each time;
     returns the daemon left running. Each kill gets the answers given by the time every
     request of the dead daemon had ended, and the ledger's delivered ids right after."""
@@ -189,12 +190,15 @@ async def run_with_kills(sink: CountingSink, start: Callable[[dict[str, str]], D
         d = _start_run(sink, start)
         sink.kill = d.kill9
         await wait_for(_ended(d), 180)
-        assert d.proc is not None and d.proc.returncode == -9, f"exit {d.proc and d.proc.returncode}: " \
+        assert d.proc is not None and d.proc.returncode == -9, (
+            f"exit {d.proc and d.proc.returncode}: "
             f"the daemon ended on its own, not by the sink's kill; it printed:\n{d.text()[-2000:]}"
+        )
         assert len(sink.kills) == i + 1
         await wait_for(lambda: sink.open == 0, 30)  # the dead daemon's requests have all ended
-        sink.kills[i] = replace(sink.kills[i], answers=len(sink.answered),
-                                delivered_in_ledger=frozenset(recorded_delivered(state_db, flow)))
+        sink.kills[i] = replace(
+            sink.kills[i], answers=len(sink.answered), delivered_in_ledger=frozenset(recorded_delivered(state_db, flow))
+        )
     d = _start_run(sink, start)
     sink.kill = d.kill9
     return d

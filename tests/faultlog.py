@@ -22,8 +22,16 @@ def report_path() -> Path:
     return Path(os.environ.get("CONVEYOR_FAULT_REPORT", "/tmp/conveyor-fault-report.jsonl"))
 
 
-def record(scenario: str, *, moved: int, lost: int, duplicates: int, counted_by: str | None = None,
-           redelivered: int = 0, **extra: Any) -> None:
+def record(
+    scenario: str,
+    *,
+    moved: int,
+    lost: int,
+    duplicates: int,
+    counted_by: str | None = None,
+    redelivered: int = 0,
+    **extra: Any,
+) -> None:
     """Append one scenario's figures.
 
     ``duplicates``: second deliveries of an id that nothing excuses. ``redelivered``: second
@@ -31,8 +39,16 @@ def record(scenario: str, *, moved: int, lost: int, duplicates: int, counted_by:
     least once). ``counted_by``: how every delivery was counted at the target (None: the
     scenario's own checks, not a count at the target).
     """
-    line = {"scenario": scenario, "moved": moved, "lost": lost, "duplicates": duplicates,
-            "redelivered": redelivered, "counted_by": counted_by, "at": time.time(), **extra}
+    line = {
+        "scenario": scenario,
+        "moved": moved,
+        "lost": lost,
+        "duplicates": duplicates,
+        "redelivered": redelivered,
+        "counted_by": counted_by,
+        "at": time.time(),
+        **extra,
+    }
     with open(report_path(), "a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -54,17 +70,22 @@ def summary(path: Path | None = None) -> dict[str, Any]:
 
 def line(s: dict[str, Any]) -> str:
     """The one-line summary of :func:`summary`'s totals."""
-    return (f"fault scenarios: {s['scenarios']} run, {s['moved']} items moved, {s['lost']} lost, "
-            f"{s['duplicates']} duplicates, {s['redelivered']} redelivered after a kill -9 before the ledger "
-            f"recorded them; deliveries counted at the target in {s['counted']} of {s['scenarios']}")
+    return (
+        f"fault scenarios: {s['scenarios']} run, {s['moved']} items moved, {s['lost']} lost, "
+        f"{s['duplicates']} duplicates, {s['redelivered']} redelivered after a kill -9 before the ledger "
+        f"recorded them; deliveries counted at the target in {s['counted']} of {s['scenarios']}"
+    )
 
 
 def refused_twice(log_lines: list[dict[str, Any]], flow: str) -> int:
     """Second writes a ``directory`` target with ``exists: fail`` and no sidecar refused (each
     names an existing file with other bytes), from a daemon's JSON log. A repeat of the same
     bytes is not refused: :func:`deliveries` counts it."""
-    return sum(1 for r in log_lines if r.get("flow") == flow
-               and any(m in str(r.get("msg", "")) for m in ("already exists", "already holds")))
+    return sum(
+        1
+        for r in log_lines
+        if r.get("flow") == flow and any(m in str(r.get("msg", "")) for m in ("already exists", "already holds"))
+    )
 
 
 COUNTING_DIRECTORY = {"type": "directory", "sidecar": False, "exists": "fail"}
@@ -87,8 +108,12 @@ def deliveries(log_lines: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
     (the Deliverer's "delivered <name> in <t>s" line)."""
     out: dict[tuple[str, str], int] = {}
     for r in log_lines:
-        if r.get("logger") == "conveyor.flow" and str(r.get("msg", "")).startswith("delivered ") \
-                and r.get("payload_id") and " in " in str(r.get("msg")):
+        if (
+            r.get("logger") == "conveyor.flow"
+            and str(r.get("msg", "")).startswith("delivered ")
+            and r.get("payload_id")
+            and " in " in str(r.get("msg"))
+        ):
             key = (str(r.get("flow")), str(r["payload_id"]))
             out[key] = out.get(key, 0) + 1
     return out
@@ -103,9 +128,11 @@ def main(argv: list[str]) -> int:
     shown = ("scenario", "moved", "lost", "duplicates", "redelivered", "counted_by", "at")
     for r in s["rows"]:
         extra = {k: v for k, v in r.items() if k not in shown}
-        print(f"{r['scenario']:<60} moved {r['moved']:>7}  lost {r['lost']}  duplicates {r['duplicates']}"
-              f"  redelivered {r.get('redelivered', 0)}  counted by {r.get('counted_by') or '-'}"
-              + (f"  {extra}" if extra else ""))
+        print(
+            f"{r['scenario']:<60} moved {r['moved']:>7}  lost {r['lost']}  duplicates {r['duplicates']}"
+            f"  redelivered {r.get('redelivered', 0)}  counted by {r.get('counted_by') or '-'}"
+            + (f"  {extra}" if extra else "")
+        )
     print(line(s))
     return 0 if s["lost"] == 0 and s["duplicates"] == 0 else 1
 

@@ -69,8 +69,11 @@ def bodies(folder: Path) -> dict[str, bytes]:
     """Delivered bodies in a directory target: name → bytes (sidecars and temp files excluded)."""
     if not folder.exists():
         return {}
-    return {p.name: p.read_bytes() for p in folder.iterdir()
-            if p.is_file() and not p.name.endswith(".meta.json") and not p.name.endswith(".tmp")}
+    return {
+        p.name: p.read_bytes()
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.endswith(".meta.json") and not p.name.endswith(".tmp")
+    }
 
 
 def sidecars(folder: Path) -> list[dict[str, Any]]:
@@ -93,8 +96,12 @@ class DaemonProcess:
         """Start it, logging to a file beside the config."""
         self.log_path = self.config_path.parent / f"daemon-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "conveyor", "run", "-c", str(self.config_path)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "run", "-c", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
         return self
 
     def kill9(self) -> None:

@@ -37,8 +37,11 @@ def mb(request: pytest.FixtureRequest) -> Any:
 def file_flow(out: Path, **source: Any) -> dict[str, Any]:
     src = {"instance": "remote", "path": "in", "poll_interval": "200ms", "min_age": "0s", "after": "delete"}
     src.update(source)
-    return {"source": src, "target": {"type": "directory", "path": str(out)}, "retry": {"attempts": 3,
-            "backoff": "100ms", "max_backoff": "1s"}}
+    return {
+        "source": src,
+        "target": {"type": "directory", "path": str(out)},
+        "retry": {"attempts": 3, "backoff": "100ms", "max_backoff": "1s"},
+    }
 
 
 def expected(files: dict[str, bytes]) -> set[str]:
@@ -96,8 +99,9 @@ async def test_after_keep_is_remembered_and_move_creates_folder(fb: Any, tmp_pat
 
 async def test_min_age_holds_back_a_growing_file(fb: Any, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"remote": fb.instance_config()},
-                       {"f": file_flow(out, min_age="1500ms", poll_interval="200ms")})
+    cfg = write_config(
+        tmp_path, {"remote": fb.instance_config()}, {"f": file_flow(out, min_age="1500ms", poll_interval="200ms")}
+    )
     data = b""
     fb.put("in/growing.bin", data)
     async with running(cfg):
@@ -122,9 +126,16 @@ async def test_hostile_names_never_escape(fb: Any, tmp_path: Path) -> None:
         except (OSError, ValueError):
             pass  # the server's file system refuses it: fine
     fb.put("in/normal.txt", b"ok")
-    cfg = write_config(tmp_path, {"remote": fb.instance_config()},
-                       {"f": {**file_flow(out, after="keep"), "target": {"type": "directory", "path": str(out),
-                                                                           "filename": "{name}"}}})
+    cfg = write_config(
+        tmp_path,
+        {"remote": fb.instance_config()},
+        {
+            "f": {
+                **file_flow(out, after="keep"),
+                "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+            }
+        },
+    )
     async with running(cfg):
         await wait_for(lambda: "normal.txt" in bodies(out), 30)
         await asyncio.sleep(1.0)  # more polls: which hostile names arrive differs by server
@@ -135,8 +146,11 @@ async def test_hostile_names_never_escape(fb: Any, tmp_path: Path) -> None:
     # "..dots..", which starts and ends with a dot (unsafe_names: rename, the default).
     assert {"-rf", "_..dots__", "normal.txt"} <= written | {n for n in placed if n not in ("-rf", "..dots..")}
     assert not any(p.name.startswith("line") for p in tmp_path.rglob("*") if p.parent != tmp_path / "remote" / "in")
-    outside = [p for p in tmp_path.iterdir() if p.name not in ("out", "remote", "spool", "conveyor.yaml")
-               and not p.name.startswith(("state.db", "daemon-"))]
+    outside = [
+        p
+        for p in tmp_path.iterdir()
+        if p.name not in ("out", "remote", "spool", "conveyor.yaml") and not p.name.startswith(("state.db", "daemon-"))
+    ]
     assert outside == [] or all(p.name in ("sshd", "ftp") for p in outside)
 
 
@@ -171,9 +185,17 @@ def record_counted(scenario: str, sink: CountingSink, want: set[str], points: li
     assert lost == 0, f"{lost} bodies never reached the sink"
     assert sink.digests() == want and sink.distinct() == len(want), "ids and bodies match one to one"
     assert second.duplicates == 0, f"delivered again although the ledger knew: {explain(sink, second.examples[:5])}"
-    record(scenario, moved=sink.distinct(), lost=lost, duplicates=second.duplicates, redelivered=second.window,
-           counted_by="http sink (every POST answered)", kill_points=points,
-           open_at_kill=[k.open for k in sink.kills], distinct_at_kill=[k.distinct_answered for k in sink.kills])
+    record(
+        scenario,
+        moved=sink.distinct(),
+        lost=lost,
+        duplicates=second.duplicates,
+        redelivered=second.window,
+        counted_by="http sink (every POST answered)",
+        kill_points=points,
+        open_at_kill=[k.open for k in sink.kills],
+        distinct_at_kill=[k.distinct_answered for k in sink.kills],
+    )
 
 
 @pytest.mark.fault
@@ -188,8 +210,7 @@ async def test_kill9_mid_delivery_loses_and_duplicates_nothing(fb: Any, tmp_path
         flow["max_in_flight"] = 4
         cfg = write_config(tmp_path, {"remote": fb.instance_config()}, {"f": flow})
         points = kill_points(len(files), KILLS)
-        d = await run_with_kills(sink, lambda env: DaemonProcess(cfg, env).start(), tmp_path / "state.db", "f",
-                                 points)
+        d = await run_with_kills(sink, lambda env: DaemonProcess(cfg, env).start(), tmp_path / "state.db", "f", points)
         try:
             await wait_for(lambda: sink.distinct() == len(files) and fb.names("in") == [], 120)
         finally:
@@ -202,15 +223,23 @@ async def test_kill9_mid_delivery_loses_and_duplicates_nothing(fb: Any, tmp_path
 async def test_every_message_delivered_once(mb: Any, tmp_path: Path) -> None:
     msgs = [os.urandom(50) + str(i).encode() for i in range(50)]
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"broker": mb.instance_config()},
-                       {"m": {"source": {"instance": "broker", **mb.source_config()},
-                              "target": {"type": "directory", "path": str(out)}}})
+    cfg = write_config(
+        tmp_path,
+        {"broker": mb.instance_config()},
+        {
+            "m": {
+                "source": {"instance": "broker", **mb.source_config()},
+                "target": {"type": "directory", "path": str(out)},
+            }
+        },
+    )
     async with running(cfg):
         await mb.publish(msgs)
         await wait_for(lambda: len(bodies(out)) == len(msgs), 60)
         await wait_for(lambda: _pending_zero(mb), 30)
-    assert {hashlib.sha256(v).hexdigest() for v in bodies(out).values()} == {hashlib.sha256(m).hexdigest()
-                                                                            for m in msgs}
+    assert {hashlib.sha256(v).hexdigest() for v in bodies(out).values()} == {
+        hashlib.sha256(m).hexdigest() for m in msgs
+    }
 
 
 async def _pending_zero(mb: Any) -> bool:
@@ -222,18 +251,23 @@ async def _pending_zero(mb: Any) -> bool:
 async def test_kill9_mid_stream_loses_and_duplicates_nothing(mb: Any, tmp_path: Path) -> None:
     msgs = [os.urandom(100) + str(i).encode() for i in range(200)]
     async with counting_sink() as sink:
-        cfg = write_config(tmp_path, {"broker": mb.instance_config()},
-                           {"m": {"source": {"instance": "broker", **mb.source_config()},
-                                  "target": sink.target()}})
+        cfg = write_config(
+            tmp_path,
+            {"broker": mb.instance_config()},
+            {"m": {"source": {"instance": "broker", **mb.source_config()}, "target": sink.target()}},
+        )
         await mb.publish(msgs)
         points = kill_points(len(msgs), KILLS)
-        d = await run_with_kills(sink, lambda env: DaemonProcess(cfg, env).start(), tmp_path / "state.db", "m",
-                                 points)
+        d = await run_with_kills(sink, lambda env: DaemonProcess(cfg, env).start(), tmp_path / "state.db", "m", points)
         try:
             await wait_for(lambda: sink.distinct() == len(msgs), 180)
             await wait_for(lambda: _pending_zero(mb), 60)
         finally:
             assert d.stop() == 0
     check_kills(sink, len(msgs))
-    record_counted(f"kill -9 x{KILLS} mid-stream, restarted ({mb.name})", sink,
-                   {hashlib.sha256(m).hexdigest() for m in msgs}, points)
+    record_counted(
+        f"kill -9 x{KILLS} mid-stream, restarted ({mb.name})",
+        sink,
+        {hashlib.sha256(m).hexdigest() for m in msgs},
+        points,
+    )

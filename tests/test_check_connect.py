@@ -29,8 +29,9 @@ CONVEYOR = str(Path(sys.executable).parent / "conveyor")
 
 async def check(cfg: Path) -> tuple[int, list[str]]:
     """Run ``conveyor check --connect -c cfg`` as a user would; the exit code and the output lines."""
-    proc = await asyncio.create_subprocess_exec(CONVEYOR, "check", "--connect", "-c", str(cfg),
-                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        CONVEYOR, "check", "--connect", "-c", str(cfg), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode()
     assert "Traceback" not in text, text
@@ -63,8 +64,9 @@ async def test_missing_rabbitmq_queue_fails_unless_declare_creates_it(rabbit_vho
     q, present = v.q("cc-missing"), v.q("cc-present")
     await declare(v, present)
     out = tmp_path / "out"
-    flows: dict[str, Any] = {"orders": {"source": {"instance": "mq", "queue": q},
-                                        "target": {"type": "directory", "path": str(out)}}}
+    flows: dict[str, Any] = {
+        "orders": {"source": {"instance": "mq", "queue": q}, "target": {"type": "directory", "path": str(out)}}
+    }
     rc, lines = await check(write_config(tmp_path, {"mq": v.instance_config()}, flows))
     assert rc == 2, lines
     line = flow_line(lines, "orders")
@@ -74,10 +76,14 @@ async def test_missing_rabbitmq_queue_fails_unless_declare_creates_it(rabbit_vho
 
     flows["orders"]["source"]["declare"] = {"type": "quorum"}
     # a relay to an exchange that does not exist fails; to a queue that exists through the default one passes
-    flows["relay"] = {"source": {"instance": "mq", "queue": present},
-                      "target": {"instance": "mq", "exchange": v.q("cc-no-exchange")}}
-    flows["relay-ok"] = {"source": {"instance": "mq", "queue": present},
-                         "target": {"instance": "mq", "routing_key": present}}
+    flows["relay"] = {
+        "source": {"instance": "mq", "queue": present},
+        "target": {"instance": "mq", "exchange": v.q("cc-no-exchange")},
+    }
+    flows["relay-ok"] = {
+        "source": {"instance": "mq", "queue": present},
+        "target": {"instance": "mq", "routing_key": present},
+    }
     rc, lines = await check(write_config(tmp_path, {"mq": v.instance_config()}, flows))
     assert rc == 2, lines
     assert flow_line(lines, "orders").startswith("  ok    flow orders:")
@@ -93,10 +99,16 @@ async def test_missing_rabbitmq_queue_fails_unless_declare_creates_it(rabbit_vho
 async def test_missing_remote_folder_fails(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     b = request.getfixturevalue(backend)
     root = b.instance_config()["root"].rstrip("/")
-    flows = {"pull": {"source": {"instance": "partner", "path": "outbound"},
-                      "target": {"type": "directory", "path": str(tmp_path / "in")}},
-             "push": {"source": {"instance": "disk", "path": ""},
-                      "target": {"instance": "partner", "path": "inbound/today"}}}
+    flows = {
+        "pull": {
+            "source": {"instance": "partner", "path": "outbound"},
+            "target": {"type": "directory", "path": str(tmp_path / "in")},
+        },
+        "push": {
+            "source": {"instance": "disk", "path": ""},
+            "target": {"instance": "partner", "path": "inbound/today"},
+        },
+    }
     (tmp_path / "drop").mkdir()
     cfg = write_config(tmp_path, {"partner": b.instance_config(), "disk": local(tmp_path / "drop")}, flows)
     rc, lines = await check(cfg)
@@ -105,23 +117,27 @@ async def test_missing_remote_folder_fails(backend: str, request: pytest.Fixture
     assert pull.startswith("  FAIL  flow pull:")
     assert f"source partner {root}/outbound: no such folder or file" in pull
     push = flow_line(lines, "push")
-    assert push.startswith("  ok") and f"target partner {root}/inbound/today: folder does not exist; " \
-                                      "created under the instance root" in push
+    assert (
+        push.startswith("  ok")
+        and f"target partner {root}/inbound/today: folder does not exist; created under the instance root" in push
+    )
 
     b.put("outbound/a.csv", b"a")
     b.put("outbound/b.txt", b"b")
     b.put("inbound/today/old.csv", b"old")
     flows["pull"]["source"]["pattern"] = "*.csv"
-    rc, lines = await check(write_config(tmp_path, {"partner": b.instance_config(), "disk": local(tmp_path / "drop")},
-                                         flows))
+    rc, lines = await check(
+        write_config(tmp_path, {"partner": b.instance_config(), "disk": local(tmp_path / "drop")}, flows)
+    )
     assert rc == 0, lines
     assert "folder exists, listed: 2 files, 1 matching" in flow_line(lines, "pull")
     assert f"target partner {root}/inbound/today: folder exists" in flow_line(lines, "push")
 
     flows["pull"]["source"]["path"] = "outbound/a.csv"  # one exact file
     flows["push"]["target"]["path"] = "inbound/today/old.csv/sub"
-    rc, lines = await check(write_config(tmp_path, {"partner": b.instance_config(), "disk": local(tmp_path / "drop")},
-                                         flows))
+    rc, lines = await check(
+        write_config(tmp_path, {"partner": b.instance_config(), "disk": local(tmp_path / "drop")}, flows)
+    )
     assert rc == 2, lines
     assert "file is there (1 bytes)" in flow_line(lines, "pull")
     assert "'inbound/today/old.csv' is a file, not a folder" in flow_line(lines, "push")
@@ -129,8 +145,9 @@ async def test_missing_remote_folder_fails(backend: str, request: pytest.Fixture
     if backend.startswith("sftp"):  # sshd serves as a regular user: a folder it may enter but not list
         b.mkdir("locked", 0o311)
         flows["pull"]["source"]["path"] = "locked"
-        rc, lines = await check(write_config(tmp_path, {"partner": b.instance_config(),
-                                                        "disk": local(tmp_path / "drop")}, flows))
+        rc, lines = await check(
+            write_config(tmp_path, {"partner": b.instance_config(), "disk": local(tmp_path / "drop")}, flows)
+        )
         assert rc == 2, lines
         assert f"source partner {root}/locked: permission denied" in flow_line(lines, "pull")
 
@@ -141,19 +158,30 @@ async def test_missing_pubsub_subscription_or_topic_fails(pubsub_emulator: Pubsu
     inst = {"ps": {"type": "pubsub", "project": emu.project, "emulator_host": emu.host}}
     out = str(tmp_path / "out")
     flows: dict[str, Any] = {
-        "events": {"source": {"instance": "ps", "subscription": "cc-no-sub"}, "target": {"type": "directory",
-                                                                                          "path": out}},
-        "made": {"source": {"instance": "ps", "subscription": "cc-made-sub",
-                            "create_subscription": {"topic": "cc-made-topic"}},
-                 "target": {"type": "directory", "path": out}},
-        "fanout": {"source": {"instance": "ps", "subscription": "cc-sub"},
-                   "target": {"instance": "ps", "topic": "cc-no-topic"}},
+        "events": {
+            "source": {"instance": "ps", "subscription": "cc-no-sub"},
+            "target": {"type": "directory", "path": out},
+        },
+        "made": {
+            "source": {
+                "instance": "ps",
+                "subscription": "cc-made-sub",
+                "create_subscription": {"topic": "cc-made-topic"},
+            },
+            "target": {"type": "directory", "path": out},
+        },
+        "fanout": {
+            "source": {"instance": "ps", "subscription": "cc-sub"},
+            "target": {"instance": "ps", "topic": "cc-no-topic"},
+        },
     }
     rc, lines = await check(write_config(tmp_path, inst, flows))
     assert rc == 2, lines
     events = flow_line(lines, "events")
-    assert events.startswith("  FAIL") and \
-        f"source ps subscription projects/{emu.project}/subscriptions/cc-no-sub: no such subscription" in events
+    assert (
+        events.startswith("  FAIL")
+        and f"source ps subscription projects/{emu.project}/subscriptions/cc-no-sub: no such subscription" in events
+    )
     made = flow_line(lines, "made")
     assert made.startswith("  ok") and "does not exist; created at start on topic" in made
     fanout = flow_line(lines, "fanout")
@@ -170,14 +198,22 @@ async def test_unwritable_directory_target_fails(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_bytes(b"")
     readonly = tmp_path / "ro"
     readonly.mkdir()
-    flows = {"under-file": {"source": {"instance": "disk"}, "target": {"type": "directory",
-                                                                       "path": str(tmp_path / "a-file" / "out")}},
-             "read-only": {"source": {"instance": "disk"}, "target": {"type": "directory",
-                                                                      "path": str(readonly / "out")}},
-             "fine": {"source": {"instance": "disk"}, "target": {"type": "directory", "path": str(tmp_path / "new")}}}
+    flows = {
+        "under-file": {
+            "source": {"instance": "disk"},
+            "target": {"type": "directory", "path": str(tmp_path / "a-file" / "out")},
+        },
+        "read-only": {"source": {"instance": "disk"}, "target": {"type": "directory", "path": str(readonly / "out")}},
+        "fine": {"source": {"instance": "disk"}, "target": {"type": "directory", "path": str(tmp_path / "new")}},
+    }
     cfg = write_config(tmp_path, {"disk": local(tmp_path / "drop")}, flows)
-    mounted = await asyncio.to_thread(subprocess.run, ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
-                                                       str(readonly)], capture_output=True, text=True, check=False)
+    mounted = await asyncio.to_thread(
+        subprocess.run,
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert mounted.returncode == 0, f"this test mounts a read-only tmpfs (run as root): {mounted.stderr.strip()}"
     try:
         rc, lines = await check(cfg)
@@ -186,8 +222,7 @@ async def test_unwritable_directory_target_fails(tmp_path: Path) -> None:
     assert rc == 2, lines
     assert f"{tmp_path}/a-file is a file, not a folder" in flow_line(lines, "under-file")
     assert f"cannot be created under {readonly}: a read-only file system" in flow_line(lines, "read-only")
-    assert flow_line(lines, "fine").startswith("  ok") and "created at the first delivery" in \
-        flow_line(lines, "fine")
+    assert flow_line(lines, "fine").startswith("  ok") and "created at the first delivery" in flow_line(lines, "fine")
     assert not (tmp_path / "new").exists()
 
 
@@ -200,9 +235,13 @@ async def test_http_target_must_answer(tmp_path: Path) -> None:
         return web.Response(status=405 if r.method == "HEAD" else 200)
 
     async with http_sink(default=seen) as sink:
-        flows = {"hook": {"source": {"instance": "disk"}, "target": {"type": "http", "url": sink.url}},
-                 "gone": {"source": {"instance": "disk"},
-                          "target": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/x", "timeout": "5s"}}}
+        flows = {
+            "hook": {"source": {"instance": "disk"}, "target": {"type": "http", "url": sink.url}},
+            "gone": {
+                "source": {"instance": "disk"},
+                "target": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/x", "timeout": "5s"},
+            },
+        }
         rc, lines = await check(write_config(tmp_path, {"disk": local(tmp_path / "drop")}, flows))
         assert rc == 2, lines
         assert f"target {sink.url}: answered HEAD with 405 Method Not Allowed" in flow_line(lines, "hook")
@@ -215,35 +254,45 @@ async def test_http_target_must_answer(tmp_path: Path) -> None:
         del flows["gone"]
         rc, lines = await check(write_config(tmp_path, {"disk": local(tmp_path / "drop")}, flows))
         assert rc == 2, lines
-        assert "answered HEAD with 503 Service Unavailable and OPTIONS with 502 Bad Gateway" in \
-            flow_line(lines, "hook")
+        assert "answered HEAD with 503 Service Unavailable and OPTIONS with 502 Bad Gateway" in flow_line(lines, "hook")
 
 
 async def test_all_good_config_passes_with_one_line_per_flow(
-        rabbit_vhost: Vhost, pubsub_emulator: PubsubEmulator, sftp_openssh_backend: SftpBackend,
-        tmp_path: Path) -> None:
+    rabbit_vhost: Vhost, pubsub_emulator: PubsubEmulator, sftp_openssh_backend: SftpBackend, tmp_path: Path
+) -> None:
     v, emu, b = rabbit_vhost, pubsub_emulator, sftp_openssh_backend
     q = v.q("cc-good")
     await declare(v, q)
     emu.create("cc-good-topic", "cc-good-sub")
     b.put("outbound/x.csv", b"x")
     (tmp_path / "drop").mkdir()
-    instances = {"mq": v.instance_config(), "ps": {"type": "pubsub", "project": emu.project,
-                                                   "emulator_host": emu.host},
-                 "partner": b.instance_config(), "disk": local(tmp_path / "drop")}
+    instances = {
+        "mq": v.instance_config(),
+        "ps": {"type": "pubsub", "project": emu.project, "emulator_host": emu.host},
+        "partner": b.instance_config(),
+        "disk": local(tmp_path / "drop"),
+    }
     async with http_sink() as sink:
         flows: dict[str, Any] = {
-            "mq-to-dir": {"source": {"instance": "mq", "queue": q},
-                          "target": {"type": "directory", "path": str(tmp_path / "out")}},
-            "ps-to-ps": {"source": {"instance": "ps", "subscription": "cc-good-sub"},
-                         "target": {"instance": "ps", "topic": "cc-good-topic"}},
-            "sftp-to-disk": {"source": {"instance": "partner", "path": "outbound"},
-                             "target": {"instance": "disk", "path": "in"}},
-            "disk-to-http": {"source": {"instance": "disk", "path": ""},
-                             "target": {"type": "http", "url": sink.url}},
+            "mq-to-dir": {
+                "source": {"instance": "mq", "queue": q},
+                "target": {"type": "directory", "path": str(tmp_path / "out")},
+            },
+            "ps-to-ps": {
+                "source": {"instance": "ps", "subscription": "cc-good-sub"},
+                "target": {"instance": "ps", "topic": "cc-good-topic"},
+            },
+            "sftp-to-disk": {
+                "source": {"instance": "partner", "path": "outbound"},
+                "target": {"instance": "disk", "path": "in"},
+            },
+            "disk-to-http": {"source": {"instance": "disk", "path": ""}, "target": {"type": "http", "url": sink.url}},
             "disk-to-mq": {"source": {"instance": "disk"}, "target": {"instance": "mq", "routing_key": q}},
-            "parked": {"enabled": False, "source": {"instance": "mq", "queue": v.q("cc-nothing")},
-                       "target": {"type": "directory", "path": "/proc/none"}},
+            "parked": {
+                "enabled": False,
+                "source": {"instance": "mq", "queue": v.q("cc-nothing")},
+                "target": {"type": "directory", "path": "/proc/none"},
+            },
         }
         rc, lines = await check(write_config(tmp_path, instances, flows))
     assert rc == 0, lines
@@ -252,4 +301,3 @@ async def test_all_good_config_passes_with_one_line_per_flow(
             assert flow_line(lines, name).startswith(f"  ok    flow {name}: "), lines
     assert flow_line(lines, "parked").startswith("  -     flow parked: disabled")
     assert len([line for line in lines if " flow " in line]) == len(flows)
-

@@ -57,10 +57,13 @@ def test_installed_versions_take_the_private_paths(monkeypatch: pytest.MonkeyPat
 
 
 def test_environment_variable_is_read_at_import() -> None:
-    code = ("import conveyor._compat.asyncssh as a, conveyor._compat.pubsub as p; "
-            "print(a.CHOICE.private, p.CHOICE.private, a.CHOICE.why)")
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, ENV: "public"}, capture_output=True,
-                       text=True, check=True)
+    code = (
+        "import conveyor._compat.asyncssh as a, conveyor._compat.pubsub as p; "
+        "print(a.CHOICE.private, p.CHOICE.private, a.CHOICE.why)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, ENV: "public"}, capture_output=True, text=True, check=True
+    )
     assert r.stdout.strip() == f"False False {ENV}=public"
 
 
@@ -80,8 +83,11 @@ def test_asyncssh_check_rejects_shapes_it_was_not_written_for(monkeypatch: pytes
         def send_packet(self, pkttype: int, *args: bytes, handler: Any = None) -> None:
             pass
 
-    for shape, said in [(NoSendPacket, "send_packet is missing"), (OtherSignature, "unknown signature"),
-                        (NoPadding, "no longer sends its padding")]:
+    for shape, said in [
+        (NoSendPacket, "send_packet is missing"),
+        (OtherSignature, "unknown signature"),
+        (NoPadding, "no longer sends its padding"),
+    ]:
         choice = ssh_compat.select(conn_class=shape)
         assert not choice.private and said in choice.why, choice.why
     too_new = ssh_compat.select(version="2.25.0")
@@ -108,9 +114,12 @@ def test_pubsub_check_rejects_shapes_it_was_not_written_for(monkeypatch: pytest.
         def _should_recover(self, exc: BaseException) -> bool:
             return True
 
-    for shape, said in [(None, "StreamingPullManager"), (NoHook, "_should_recover(self, exception) is missing"),
-                        (HookRenamed, "_should_recover(self, exception) is missing"),
-                        (OpensWithoutHook, "no longer asks self._should_recover")]:
+    for shape, said in [
+        (None, "StreamingPullManager"),
+        (NoHook, "_should_recover(self, exception) is missing"),
+        (HookRenamed, "_should_recover(self, exception) is missing"),
+        (OpensWithoutHook, "no longer asks self._should_recover"),
+    ]:
         choice = pubsub_compat.select(manager_class=shape)
         assert not choice.private and said in choice.why, choice.why
     too_new = pubsub_compat.select(version="2.45.0")
@@ -124,8 +133,9 @@ def packets_sent(inst: Any) -> int:
     return seq
 
 
-async def test_sftp_on_the_public_path(sftp_openssh_backend: SftpBackend, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+async def test_sftp_on_the_public_path(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """CONVEYOR_COMPAT=public: a download and an upload are correct, and asyncssh's padding is left on."""
     public(monkeypatch, ssh_compat)
     backend = sftp_openssh_backend
@@ -148,9 +158,9 @@ async def test_sftp_on_the_public_path(sftp_openssh_backend: SftpBackend, tmp_pa
     assert said == [f"asyncssh: using its public API only: {ENV}=public"]
 
 
-async def test_sftp_shape_rejected_at_runtime_falls_back(sftp_openssh_backend: SftpBackend, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+async def test_sftp_shape_rejected_at_runtime_falls_back(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A connection class whose send_packet lost its padding call is rejected; transfers go the public way."""
     import asyncssh
 
@@ -179,8 +189,9 @@ async def test_sftp_shape_rejected_at_runtime_falls_back(sftp_openssh_backend: S
 
 
 # --------------------------------------------------------------------------- Pub/Sub, for real
-async def test_pubsub_streaming_pull_on_the_public_path(pubsub_emulator: PubsubEmulator, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_pubsub_streaming_pull_on_the_public_path(
+    pubsub_emulator: PubsubEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """CONVEYOR_COMPAT=public: the library's own subscribe delivers every message once, acked."""
     from conveyor._compat import pubsub as pubsub_compat
     from tests.test_pubsub_source import consume, publish, pull_now, source_cfg, unique
@@ -211,8 +222,9 @@ async def test_pubsub_streaming_pull_on_the_public_path(pubsub_emulator: PubsubE
 
 
 @pytest.mark.parametrize("path", ["private", "public"])
-async def test_pubsub_stream_ends_when_the_server_is_gone(pubsub_emulator: PubsubEmulator, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+async def test_pubsub_stream_ends_when_the_server_is_gone(
+    pubsub_emulator: PubsubEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
     """The emulator dies under a running stream: on either path run() raises Transient and the instance
     is down, so the supervisor backs off (the public path notices through its probe)."""
     from conveyor._compat import pubsub as pubsub_compat
@@ -253,4 +265,3 @@ async def test_pubsub_stream_ends_when_the_server_is_gone(pubsub_emulator: Pubsu
             await asyncio.to_thread(emu.start)
         await inst.close()
     assert state["gcp"].state == "down" and state["gcp"].last_error
-

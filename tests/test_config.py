@@ -101,51 +101,65 @@ flows:
 """
     got = problems(tmp_path, text)
     assert "instances.inbox.colour (line 5): unknown key" in got
-    assert any(p.startswith("instances.weird.type (line 7): unknown instance type 'sftpp'") or
-               p.startswith("instances.weird (line 7): unknown instance type 'sftpp'") for p in got), got
+    assert any(
+        p.startswith("instances.weird.type (line 7): unknown instance type 'sftpp'")
+        or p.startswith("instances.weird (line 7): unknown instance type 'sftpp'")
+        for p in got
+    ), got
     assert "flows.a.source.instance (line 11): no instance named 'partnr'" in got
     assert "flows.b.source.queue (line 17): unknown key for a local source (instance 'inbox')" in got
     assert "flows.b.target.path (line 18): missing required key" in got
     assert any(p.startswith("flows.d.source.poll_interval (line 23): a duration needs a unit") for p in got), got
-    assert any(p.startswith("flows.c.source.after.move (line 20): folder 'in' is inside the watched path")
-               for p in got), got
+    assert any(
+        p.startswith("flows.c.source.after.move (line 20): folder 'in' is inside the watched path") for p in got
+    ), got
     assert any(p.startswith("flows.c.target.type (line 21): unknown target type 'ftp'") for p in got), got
 
 
 def test_target_type_problems_name_the_types(tmp_path: Path) -> None:
-    got = problems(tmp_path, """
+    got = problems(
+        tmp_path,
+        """
 instances: {box: {type: local, root: /x}}
 flows:
   a: {source: {instance: box}, target: {type: [directory], path: /y}}
   b: {source: {instance: box}, target: {path: /y}}
   c: {source: {instance: box}, target: {type: directory, instance: box, path: /y}}
   d: {source: {instance: box}, target: {type: ftp, path: /y}}
-""")
+""",
+    )
     assert got == [
         "flows.a.target.type (line 4): unknown target type ['directory'] (expected directory or http; "
         "to write to an instance use 'instance: NAME')",
         "flows.b.target (line 5): missing 'type' (directory or http) or 'instance'",
         "flows.c.target (line 6): give either 'type: directory|http' or 'instance: NAME'",
         "flows.d.target.type (line 7): unknown target type 'ftp' (expected directory or http; "
-        "to write to an instance use 'instance: NAME')"]
+        "to write to an instance use 'instance: NAME')",
+    ]
 
 
 def test_suggests_close_instance_names(tmp_path: Path) -> None:
-    got = problems(tmp_path, """
+    got = problems(
+        tmp_path,
+        """
 instances: {partner: {type: local, root: /x}}
 flows:
   f: {source: {instance: partnr}, target: {type: directory, path: /y}}
-""")
+""",
+    )
     assert got == ["flows.f.source.instance (line 4): no instance named 'partnr' (did you mean 'partner'?)"]
 
 
 def test_duplicate_names(tmp_path: Path) -> None:
-    got = problems(tmp_path, """
+    got = problems(
+        tmp_path,
+        """
 instances:
   a: {type: local, root: /x}
   a: {type: local, root: /y}
 flows: {}
-""")
+""",
+    )
     assert got == ["instances.a (line 4): duplicate key 'a' (the name is used twice)"]
 
 
@@ -170,16 +184,20 @@ flows:
 
 
 def test_missing_variable_and_file_name_their_key(tmp_path: Path) -> None:
-    got = problems(tmp_path, """
+    got = problems(
+        tmp_path,
+        """
 instances: {inbox: {type: local, root: "${NOPE}"}}
 flows:
   f:
     source: {instance: inbox}
     target: {type: directory, path: "${file:/nonexistent/pw}"}
-""")
+""",
+    )
     assert "instances.inbox.root (line 2): environment variable 'NOPE' is not set" in got
-    assert ("flows.f.target.path (line 6): cannot read file '/nonexistent/pw' for ${file:...}: "
-            "No such file or directory") in got
+    assert (
+        "flows.f.target.path (line 6): cannot read file '/nonexistent/pw' for ${file:...}: No such file or directory"
+    ) in got
 
 
 def test_invalid_yaml_has_a_line(tmp_path: Path) -> None:

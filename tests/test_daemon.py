@@ -36,8 +36,11 @@ async def test_sighup_reload_keeps_untouched_flows_running(tmp_path: Path) -> No
     for sub in ("a", "b", "c"):
         (disk / sub).mkdir(parents=True)
     inst = {"disk": {"type": "local", "root": str(disk)}}
-    flows = {"keep": local_flow("a", tmp_path / "out-a"), "change": local_flow("b", tmp_path / "out-b"),
-             "remove": local_flow("c", tmp_path / "out-c")}
+    flows = {
+        "keep": local_flow("a", tmp_path / "out-a"),
+        "change": local_flow("b", tmp_path / "out-b"),
+        "remove": local_flow("c", tmp_path / "out-c"),
+    }
     cfg = write_config(tmp_path, inst, flows)
     d = DaemonProcess(cfg).start()
     try:
@@ -63,8 +66,14 @@ async def test_sighup_reload_keeps_untouched_flows_running(tmp_path: Path) -> No
         (disk / "b" / "3").write_bytes(b"3")
         (disk / "c" / "4").write_bytes(b"4")
         (disk / "d" / "5").write_bytes(b"5")
-        await wait_for(lambda: "2" in bodies(tmp_path / "out-a") and "3" in bodies(tmp_path / "out-b2")
-                       and "5" in bodies(tmp_path / "out-d"), 20)
+        await wait_for(
+            lambda: (
+                "2" in bodies(tmp_path / "out-a")
+                and "3" in bodies(tmp_path / "out-b2")
+                and "5" in bodies(tmp_path / "out-d")
+            ),
+            20,
+        )
         await asyncio.sleep(0.5)  # a little longer: a restart of "keep" or a late pass of "remove" would show
         assert started(d, "keep") == 1, "the untouched flow was restarted"
         assert (disk / "c" / "4").exists(), "the removed flow is still running"
@@ -99,8 +108,11 @@ async def test_backpressure_bounds_in_flight_and_drain_finishes_them(tmp_path: P
     disk.mkdir(parents=True)
     for i in range(40):
         (disk / f"f{i}").write_bytes(b"x" * 10)
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}},
-                       {"slow": local_flow("in", tmp_path / "out", max_in_flight=3)})
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(tmp_path / "disk")}},
+        {"slow": local_flow("in", tmp_path / "out", max_in_flight=3)},
+    )
     slow = SlowTarget(0.3)
     monkeypatch.setattr(Daemon, "_target", lambda self, flow: slow)
     async with running(cfg) as daemon:
@@ -118,8 +130,12 @@ async def test_drain_deadline_releases_unfinished_deliveries(tmp_path: Path, mon
     disk = tmp_path / "disk" / "in"
     disk.mkdir(parents=True)
     (disk / "f").write_bytes(b"x")
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}},
-                       {"slow": local_flow("in", tmp_path / "out")}, shutdown_timeout="500ms")
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(tmp_path / "disk")}},
+        {"slow": local_flow("in", tmp_path / "out")},
+        shutdown_timeout="500ms",
+    )
     slow = SlowTarget(60)
     monkeypatch.setattr(Daemon, "_target", lambda self, flow: slow)
     async with running(cfg) as daemon:
@@ -202,8 +218,9 @@ async def test_second_signal_stops_waiting_for_deliveries(tmp_path: Path) -> Non
         (disk / "f").write_bytes(b"x")
         flow = local_flow("in", tmp_path / "out")
         flow["target"] = {"type": "http", "url": f"http://127.0.0.1:{srv.server_address[1]}/", "timeout": "60s"}
-        cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}}, {"f": flow},
-                           shutdown_timeout="60s")
+        cfg = write_config(
+            tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}}, {"f": flow}, shutdown_timeout="60s"
+        )
         d = DaemonProcess(cfg).start()
         await wait_for(lambda: any(r.get("msg") == "flow started" for r in d.logs()), 20)
         await wait_for(arrived.is_set, 20)  # the POST is in flight
@@ -229,8 +246,9 @@ async def test_gc_passes_are_fewer_while_running_and_restored_after(tmp_path: Pa
     disk = tmp_path / "disk" / "in"
     disk.mkdir(parents=True)
     before = gc.get_threshold()
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}},
-                       {"f": local_flow("in", tmp_path / "out")})
+    cfg = write_config(
+        tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}}, {"f": local_flow("in", tmp_path / "out")}
+    )
     async with running(cfg):
         await wait_for(lambda: gc.get_threshold() == GC_THRESHOLD, 10)
         assert gc.get_freeze_count() > 0
@@ -241,7 +259,8 @@ async def test_gc_passes_are_fewer_while_running_and_restored_after(tmp_path: Pa
 
 
 async def test_a_flow_task_that_swallows_its_cancellation_is_named_once_and_not_cancelled_again(
-        caplog: Any, monkeypatch: Any) -> None:
+    caplog: Any, monkeypatch: Any
+) -> None:
     """The hard stop is one cancellation. A task that swallows it (what a careless library does)
     holds the stop for STOP_GRACE at most: one error names the flow and where it waits."""
     import conveyor.daemon
@@ -303,8 +322,12 @@ async def test_sigterm_ends_the_daemon_even_when_a_flow_never_ends(tmp_path: Pat
     import time
 
     (tmp_path / "disk" / "in").mkdir(parents=True)
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}},
-                       {"stuck": local_flow("in", tmp_path / "out")}, shutdown_timeout="1s")
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(tmp_path / "disk")}},
+        {"stuck": local_flow("in", tmp_path / "out")},
+        shutdown_timeout="1s",
+    )
     script = tmp_path / "stubborn_run.py"
     script.write_text(STUBBORN_RUN)
     log = tmp_path / "daemon.log"

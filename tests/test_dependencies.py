@@ -45,7 +45,8 @@ def test_every_requirement_is_pinned_within_its_range() -> None:
         assert name in pinned, f"{req.name} is in pyproject.toml but not in constraints.txt: run scripts/lock"
         assert req.specifier.contains(pinned[name], prereleases=True), (
             f"constraints.txt pins {req.name}=={pinned[name]}, outside pyproject.toml's {req.specifier}: "
-            "run scripts/lock")
+            "run scripts/lock"
+        )
 
 
 def test_this_venv_has_the_pinned_versions() -> None:
@@ -75,7 +76,8 @@ def test_floors_are_documented() -> None:
         name = canonicalize_name(req.name)
         assert name in rows, f"docs/dependencies.md has no row for {req.name}"
         assert Requirement(f"x{rows[name]}").specifier == req.specifier, (
-            f"docs/dependencies.md says {req.name}{rows[name]}, pyproject.toml {req.specifier}")
+            f"docs/dependencies.md says {req.name}{rows[name]}, pyproject.toml {req.specifier}"
+        )
 
 
 def test_audit_without_advisory_data_says_not_checked_quickly() -> None:

@@ -62,8 +62,7 @@ def umask(mask: int) -> Iterator[None]:
 # --- temporary files ---------------------------------------------------------------------------
 
 
-async def test_symlinks_planted_at_temp_names_redirect_nothing(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_symlinks_planted_at_temp_names_redirect_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A local user plants symlinks to a victim file at the temp names a delivery will use: the
     old predictable ``pid-counter`` names, and (drawing the random part is forced here, to aim
     exactly) the very name the next temp file gets. The victim keeps its bytes; the delivery
@@ -75,8 +74,16 @@ async def test_symlinks_planted_at_temp_names_redirect_nothing(tmp_path: Path,
     for n in range(3000):  # pid-counter names, for the body and the sidecar
         for suffix in (".tmp", ".meta.tmp"):
             os.symlink(victim, out / f".p1.{os.getpid()}-{n}{suffix}")
-    draws = iter(["aaaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "bbbbbbbbbbbbbbbb",
-                  "cccccccccccccccc", "dddddddddddddddd"])
+    draws = iter(
+        [
+            "aaaaaaaaaaaaaaaa",
+            "aaaaaaaaaaaaaaaa",
+            "bbbbbbbbbbbbbbbb",
+            "bbbbbbbbbbbbbbbb",
+            "cccccccccccccccc",
+            "dddddddddddddddd",
+        ]
+    )
 
     class Forced:
         @staticmethod
@@ -197,9 +204,16 @@ async def test_a_partner_file_named_like_a_sidecar_cannot_forge_one(tmp_path: Pa
     forged = json.dumps({"id": "forged", "sha256": "0" * 64}).encode()
     (inbox / "a.csv").write_bytes(b"real")
     (inbox / "a.csv.meta.json").write_bytes(forged)
-    cfg = write_config(tmp_path, {"box": {"type": "local", "root": str(inbox)}},
-                       {"d": {"source": {"instance": "box", "poll_interval": "200ms", "min_age": "0s"},
-                              "target": {"type": "directory", "path": str(out), "filename": "{name}"}}})
+    cfg = write_config(
+        tmp_path,
+        {"box": {"type": "local", "root": str(inbox)}},
+        {
+            "d": {
+                "source": {"instance": "box", "poll_interval": "200ms", "min_age": "0s"},
+                "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+            }
+        },
+    )
     async with running(cfg):
         await wait_for(lambda: len(bodies(out)) == 2 and (out / "a.csv.meta.json_.meta.json").exists(), 30)
     assert bodies(out) == {"a.csv": b"real", "a.csv.meta.json_": forged}
@@ -217,9 +231,11 @@ async def test_a_rabbitmq_message_id_cannot_forge_a_sidecar(rabbit_vhost: Vhost,
     await publish(v, q, [forged], message_id="order-1.meta.json")
     await publish(v, q, [b"newline"], message_id="order-2\n")
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"mq": v.instance_config()},
-                       {"d": {"source": {"instance": "mq", "queue": q},
-                              "target": {"type": "directory", "path": str(out)}}})
+    cfg = write_config(
+        tmp_path,
+        {"mq": v.instance_config()},
+        {"d": {"source": {"instance": "mq", "queue": q}, "target": {"type": "directory", "path": str(out)}}},
+    )
     async with running(cfg):
         await wait_for(lambda: len(bodies(out)) == 3, 30)
         await wait_for(lambda: v.counts().get(q) == 0, 30)
@@ -346,12 +362,22 @@ async def test_an_id_ending_in_a_newline_is_no_file_name(tmp_path: Path) -> None
     assert bodies(out) == {"abc_": b"x"}
 
 
-@pytest.mark.parametrize(("policy", "name", "want"), [
-    ("rename", ".env", "_.env"), ("rename", "CON.txt", "CON_.txt"), ("rename", "nul", "nul_"),
-    ("rename", "a:b?.txt", "a_b_.txt"), ("rename", "report.", "report_"), ("rename", "plain.csv", "plain.csv"),
-    ("keep", ".env", ".env"), ("keep", "CON.txt", "CON.txt"),
-    ("refuse", ".env", None), ("refuse", "COM1", None), ("refuse", "plain.csv", "plain.csv"),
-])
+@pytest.mark.parametrize(
+    ("policy", "name", "want"),
+    [
+        ("rename", ".env", "_.env"),
+        ("rename", "CON.txt", "CON_.txt"),
+        ("rename", "nul", "nul_"),
+        ("rename", "a:b?.txt", "a_b_.txt"),
+        ("rename", "report.", "report_"),
+        ("rename", "plain.csv", "plain.csv"),
+        ("keep", ".env", ".env"),
+        ("keep", "CON.txt", "CON.txt"),
+        ("refuse", ".env", None),
+        ("refuse", "COM1", None),
+        ("refuse", "plain.csv", "plain.csv"),
+    ],
+)
 async def test_unsafe_names_policy(tmp_path: Path, policy: str, name: str, want: str | None) -> None:
     out = tmp_path / "out"
     t = target(out, filename="{name}", unsafe_names=policy)
@@ -398,8 +424,7 @@ async def test_delivered_files_are_0640_whatever_the_umask(tmp_path: Path, kind:
     assert stat.S_IMODE(out.parent.stat().st_mode) == 0o750
 
 
-async def test_a_world_writable_folder_is_named_in_a_warning(tmp_path: Path,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_world_writable_folder_is_named_in_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from conveyor.targets.folders import writable_folder
 
     out = tmp_path / "out"
@@ -464,9 +489,9 @@ flows:
     target: {{type: directory, path: {tmp_path}/c, unsafe_names: sometimes}}
 """
     got = problems(tmp_path, text)
-    assert any(p.startswith("flows.a.target.file_mode (line 7): write the mode as a quoted octal string")
-               for p in got), got
+    assert any(
+        p.startswith("flows.a.target.file_mode (line 7): write the mode as a quoted octal string") for p in got
+    ), got
     assert any(p.startswith("flows.b.target.file_mode (line 10): '0647x' is not a file mode") for p in got), got
-    assert any(p.startswith("flows.b.target.group (line 10): no group named 'no-such-group-here'")
-               for p in got), got
+    assert any(p.startswith("flows.b.target.group (line 10): no group named 'no-such-group-here'") for p in got), got
     assert any(p.startswith("flows.c.target.unsafe_names (line 13)") for p in got), got

@@ -21,8 +21,9 @@ def _copy(tmp: Path) -> Path:
 
 
 def _check(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(root / "scripts" / "docs"), "--check"], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(root / "scripts" / "docs"), "--check"], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_docs_are_up_to_date() -> None:

@@ -26,8 +26,15 @@ from tests.harness import DaemonProcess, bodies, wait_for, write_config
 from tests.servers.ssh_keys import KeySet
 from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
 
-__all__ = ["pubsub_backend", "pubsub_emulator", "sftp_openssh_backend", "ssh_client_keys", "sshd",
-           "vsftpd_certs", "vsftpd_factory"]
+__all__ = [
+    "pubsub_backend",
+    "pubsub_emulator",
+    "sftp_openssh_backend",
+    "ssh_client_keys",
+    "sshd",
+    "vsftpd_certs",
+    "vsftpd_factory",
+]
 
 
 def digests(values: Any) -> set[str]:
@@ -52,8 +59,9 @@ async def run_until(cfg: Path, done: Any, limit: float = 60) -> DaemonProcess:
 
 @pytest.mark.parametrize("key", ["rsa-pem", "ed25519"])
 @pytest.mark.parametrize("host_check", ["md5-pin", "known_hosts"])
-async def test_sftp_key_login_on_openssh(sftp_openssh_backend: SftpBackend, ssh_client_keys: KeySet,
-                                         tmp_path: Path, key: str, host_check: str) -> None:
+async def test_sftp_key_login_on_openssh(
+    sftp_openssh_backend: SftpBackend, ssh_client_keys: KeySet, tmp_path: Path, key: str, host_check: str
+) -> None:
     """A private key file, no password; the host key checked by an MD5 pin of its RSA key or
     by a known_hosts file holding its ed25519 key."""
     fb = sftp_openssh_backend
@@ -70,8 +78,9 @@ async def test_sftp_key_login_on_openssh(sftp_openssh_backend: SftpBackend, ssh_
         hostkey = {"host_fingerprint": None, "known_hosts": str(kh)}
     inst = fb.instance_config(password=None, private_key_file=str(ssh_client_keys.keys[key]), **hostkey)
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"remote": inst},
-                       {"f": {"source": source(), "target": {"type": "directory", "path": str(out)}}})
+    cfg = write_config(
+        tmp_path, {"remote": inst}, {"f": {"source": source(), "target": {"type": "directory", "path": str(out)}}}
+    )
     await run_until(cfg, lambda: len(bodies(out)) == len(files) and fb.names("in") == [])
     assert digests(bodies(out).values()) == digests(files.values())
 
@@ -89,11 +98,17 @@ async def test_vsftpd(vsftpd_factory: Any, tmp_path: Path, tls: str, passive: bo
         (srv.root / "in" / name).write_bytes(data)
         srv.own(srv.root / "in" / name)
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"remote": srv.config(passive=passive)},
-                       {"f": {"source": source(after={"move": "done"}),
-                              "target": {"type": "directory", "path": str(out)}}})
-    d = await run_until(cfg, lambda: len(bodies(out)) == len(files)
-                        and sorted(p.name for p in (srv.root / "done").glob("*")) == sorted(files))
+    cfg = write_config(
+        tmp_path,
+        {"remote": srv.config(passive=passive)},
+        {"f": {"source": source(after={"move": "done"}), "target": {"type": "directory", "path": str(out)}}},
+    )
+    d = await run_until(
+        cfg,
+        lambda: (
+            len(bodies(out)) == len(files) and sorted(p.name for p in (srv.root / "done").glob("*")) == sorted(files)
+        ),
+    )
     assert digests(bodies(out).values()) == digests(files.values())
     assert not any((srv.root / "in").iterdir())
     if tls == "implicit":
@@ -111,9 +126,11 @@ async def test_pubsub_target_fed_by_a_local_folder(pubsub_backend: PubsubBackend
     files = {f"p{i}.json": f'{{"n": {i}}}'.encode() + os.urandom(100) for i in range(20)}
     for name, data in files.items():
         (disk / "in" / name).write_bytes(data)
-    cfg = write_config(tmp_path, {"remote": {"type": "local", "root": str(disk)},
-                                  "gcp": pubsub_backend.instance_config()},
-                       {"f": {"source": source(), "target": {"instance": "gcp", "topic": topic}}})
+    cfg = write_config(
+        tmp_path,
+        {"remote": {"type": "local", "root": str(disk)}, "gcp": pubsub_backend.instance_config()},
+        {"f": {"source": source(), "target": {"instance": "gcp", "topic": topic}}},
+    )
     got: dict[bytes, Any] = {}
 
     async def all_published() -> bool:
@@ -141,9 +158,12 @@ async def test_sigterm_with_deliveries_in_flight(tmp_path: Path) -> None:
         (disk / "in" / name).write_bytes(data)
     async with counting_sink() as sink:
         sink.hold = asyncio.Event()
-        cfg = write_config(tmp_path, {"remote": {"type": "local", "root": str(disk)}},
-                           {"f": {"source": source(), "target": {"type": "http", "url": sink.url},
-                                  "max_in_flight": 4}}, shutdown_timeout="60s")
+        cfg = write_config(
+            tmp_path,
+            {"remote": {"type": "local", "root": str(disk)}},
+            {"f": {"source": source(), "target": {"type": "http", "url": sink.url}, "max_in_flight": 4}},
+            shutdown_timeout="60s",
+        )
         d = DaemonProcess(cfg).start()
         await wait_for(lambda: sink.open == 4, 30)
         d.signal(signal.SIGTERM)

@@ -86,8 +86,9 @@ def spool_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.spool") if p.exists())
 
 
-async def test_spool_full_pauses_file_intake_and_loses_nothing(sftp_openssh_backend: SftpBackend,
-                                                               tmp_path: Path) -> None:
+async def test_spool_full_pauses_file_intake_and_loses_nothing(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path
+) -> None:
     """spool_max far below what is waiting, target blocked: downloads stop at the limit, nothing is
     deleted, the spool never passes its limit; when the target returns everything flows."""
     fb = sftp_openssh_backend
@@ -98,11 +99,26 @@ async def test_spool_full_pauses_file_intake_and_loses_nothing(sftp_openssh_back
     out_f = tmp_path / "out-files"
     block(out_f)
     limit = 256 * 1024
-    cfg = write_config(tmp_path, {"remote": fb.instance_config()}, {
-        "files": {"source": {"instance": "remote", "path": "in", "poll_interval": "300ms", "min_age": "0s",
-                             "after": "delete"},
-                  "target": target(out_f), "retry": PATIENT, "max_in_flight": 8},
-    }, spool_threshold="4KiB", spool_max=f"{limit}")
+    cfg = write_config(
+        tmp_path,
+        {"remote": fb.instance_config()},
+        {
+            "files": {
+                "source": {
+                    "instance": "remote",
+                    "path": "in",
+                    "poll_interval": "300ms",
+                    "min_age": "0s",
+                    "after": "delete",
+                },
+                "target": target(out_f),
+                "retry": PATIENT,
+                "max_in_flight": 8,
+            },
+        },
+        spool_threshold="4KiB",
+        spool_max=f"{limit}",
+    )
     d = DaemonProcess(cfg).start()
     try:
         peak = await _spool_peak(tmp_path / "spool", 6)
@@ -118,12 +134,20 @@ async def test_spool_full_pauses_file_intake_and_loses_nothing(sftp_openssh_back
     assert spool_bytes(tmp_path / "spool") == 0
     distinct, dup = once_each(d, "files", out_f)
     assert distinct == n_files and dup == 0
-    record("spool limit reached with the target down (sftp)", moved=distinct, lost=n_files - distinct,
-           duplicates=dup, counted_by=COUNTED_BY, spool_peak_bytes=peak, spool_max=limit)
+    record(
+        "spool limit reached with the target down (sftp)",
+        moved=distinct,
+        lost=n_files - distinct,
+        duplicates=dup,
+        counted_by=COUNTED_BY,
+        spool_peak_bytes=peak,
+        spool_max=limit,
+    )
 
 
-async def test_spool_full_pauses_message_intake_and_loses_nothing(rabbitmq_backend: RabbitBackend,
-                                                                  tmp_path: Path) -> None:
+async def test_spool_full_pauses_message_intake_and_loses_nothing(
+    rabbitmq_backend: RabbitBackend, tmp_path: Path
+) -> None:
     """The same for a queue: nothing acked while the spool is full; everything once space returns."""
     mb = rabbitmq_backend
     msgs, out_m, cfg, limit = _message_flow_into_blocked_folder(tmp_path, mb)
@@ -143,12 +167,18 @@ async def test_spool_full_pauses_message_intake_and_loses_nothing(rabbitmq_backe
     assert spool_bytes(tmp_path / "spool") == 0
     distinct, dup = once_each(d, "msgs", out_m)
     assert distinct == n_msgs and dup == 0
-    record("spool limit reached with the target down (rabbitmq)", moved=distinct, lost=n_msgs - distinct,
-           duplicates=dup, counted_by=COUNTED_BY, spool_peak_bytes=peak, spool_max=limit)
+    record(
+        "spool limit reached with the target down (rabbitmq)",
+        moved=distinct,
+        lost=n_msgs - distinct,
+        duplicates=dup,
+        counted_by=COUNTED_BY,
+        spool_peak_bytes=peak,
+        spool_max=limit,
+    )
 
 
-async def test_spool_full_pauses_pubsub_intake_and_loses_nothing(pubsub_backend: PubsubBackend,
-                                                                 tmp_path: Path) -> None:
+async def test_spool_full_pauses_pubsub_intake_and_loses_nothing(pubsub_backend: PubsubBackend, tmp_path: Path) -> None:
     """The same for a Pub/Sub subscription. Its bodies arrive whole in memory (gRPC), so they do not
     go through the spool: intake is bounded by max_in_flight instead (nothing acked can only be
     checked at the end: the emulator cannot count leased messages)."""
@@ -172,13 +202,20 @@ async def test_spool_full_pauses_pubsub_intake_and_loses_nothing(pubsub_backend:
     assert await asyncio.to_thread(pb._count) == 0
     distinct, dup = once_each(d, "msgs", out_m)
     assert distinct == n_msgs and dup == 0
-    record("target down with spool_max set (pubsub: bodies in memory, bounded by max_in_flight)",
-           moved=distinct, lost=n_msgs - distinct, duplicates=dup, counted_by=COUNTED_BY,
-           spool_peak_bytes=peak, spool_max=limit)
+    record(
+        "target down with spool_max set (pubsub: bodies in memory, bounded by max_in_flight)",
+        moved=distinct,
+        lost=n_msgs - distinct,
+        duplicates=dup,
+        counted_by=COUNTED_BY,
+        spool_peak_bytes=peak,
+        spool_max=limit,
+    )
 
 
-def _message_flow_into_blocked_folder(tmp_path: Path, backend: RabbitBackend | PubsubBackend
-                                      ) -> tuple[list[bytes], Path, Path, int]:
+def _message_flow_into_blocked_folder(
+    tmp_path: Path, backend: RabbitBackend | PubsubBackend
+) -> tuple[list[bytes], Path, Path, int]:
     """60 distinct 48 KiB messages (not published yet), a target folder that refuses writes, and a
     config moving the backend's queue into it with a 4 KiB spool threshold and a 256 KiB spool_max:
     (messages, target folder, config, spool_max)."""
@@ -186,10 +223,20 @@ def _message_flow_into_blocked_folder(tmp_path: Path, backend: RabbitBackend | P
     out_m = tmp_path / "out-msgs"
     block(out_m)
     limit = 256 * 1024
-    cfg = write_config(tmp_path, {"broker": backend.instance_config()}, {
-        "msgs": {"source": {"instance": "broker", **backend.source_config()},
-                 "target": target(out_m), "retry": PATIENT, "max_in_flight": 8},
-    }, spool_threshold="4KiB", spool_max=f"{limit}")
+    cfg = write_config(
+        tmp_path,
+        {"broker": backend.instance_config()},
+        {
+            "msgs": {
+                "source": {"instance": "broker", **backend.source_config()},
+                "target": target(out_m),
+                "retry": PATIENT,
+                "max_in_flight": 8,
+            },
+        },
+        spool_threshold="4KiB",
+        spool_max=f"{limit}",
+    )
     return msgs, out_m, cfg, limit
 
 
@@ -205,11 +252,13 @@ async def _spool_peak(folder: Path, seconds: float) -> int:
 async def _until_zero(mb: Any) -> None:
     async def zero() -> bool:
         return bool(await mb.pending() == 0)
+
     await wait_for(zero, 60, 0.5)
 
 
-async def test_target_down_for_long_backs_off_with_bounded_memory(rabbitmq_backend: RabbitBackend,
-                                                                  tmp_path: Path) -> None:
+async def test_target_down_for_long_backs_off_with_bounded_memory(
+    rabbitmq_backend: RabbitBackend, tmp_path: Path
+) -> None:
     """A directory target gone for 25 s under a local source and a queue: retries back off to the
     cap, memory stays flat, nothing is deleted or acked; all arrives once it returns."""
     mb = rabbitmq_backend
@@ -224,14 +273,25 @@ async def test_target_down_for_long_backs_off_with_bounded_memory(rabbitmq_backe
     out_f, out_m = tmp_path / "out-files", tmp_path / "out-msgs"
     block(out_f)
     block(out_m)
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")},
-                                  "broker": mb.instance_config()}, {
-        "files": {"source": {"instance": "disk", "path": "in", "poll_interval": "200ms", "min_age": "0s",
-                             "after": "delete"},
-                  "target": target(out_f), "retry": PATIENT},
-        "msgs": {"source": {"instance": "broker", **mb.source_config()},
-                 "target": target(out_m), "retry": PATIENT},
-    }, log={"level": "info", "format": "json"})
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(tmp_path / "disk")}, "broker": mb.instance_config()},
+        {
+            "files": {
+                "source": {
+                    "instance": "disk",
+                    "path": "in",
+                    "poll_interval": "200ms",
+                    "min_age": "0s",
+                    "after": "delete",
+                },
+                "target": target(out_f),
+                "retry": PATIENT,
+            },
+            "msgs": {"source": {"instance": "broker", **mb.source_config()}, "target": target(out_m), "retry": PATIENT},
+        },
+        log={"level": "info", "format": "json"},
+    )
     d = DaemonProcess(cfg).start()
     outage = 25.0
     try:
@@ -262,9 +322,15 @@ async def test_target_down_for_long_backs_off_with_bounded_memory(rabbitmq_backe
     (files_done, files_dup), (msgs_done, msgs_dup) = once_each(d, "files", out_f), once_each(d, "msgs", out_m)
     dup = files_dup + msgs_dup
     assert files_done == n and msgs_done == n and dup == 0
-    record("directory target down 25 s (local + rabbitmq)", moved=files_done + msgs_done,
-           lost=2 * n - files_done - msgs_done, duplicates=dup, counted_by=COUNTED_BY,
-           rss_kib=[rss_early, rss_late], retries_logged=len(waits))
+    record(
+        "directory target down 25 s (local + rabbitmq)",
+        moved=files_done + msgs_done,
+        lost=2 * n - files_done - msgs_done,
+        duplicates=dup,
+        counted_by=COUNTED_BY,
+        rss_kib=[rss_early, rss_late],
+        retries_logged=len(waits),
+    )
 
 
 async def test_oversized_listing_streams_with_bounded_memory(tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -277,18 +343,33 @@ async def test_oversized_listing_streams_with_bounded_memory(tmp_path: Path, req
     src = disk / "big"
     src.mkdir(parents=True)
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(disk)}}, {
-        "f": {"source": {"instance": "disk", "path": "big", "pattern": "*.csv", "poll_interval": "500ms",
-                         "min_age": "0s", "after": "delete"},
-              "target": target(out)}}, log={"level": "info", "format": "json"})
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(disk)}},
+        {
+            "f": {
+                "source": {
+                    "instance": "disk",
+                    "path": "big",
+                    "pattern": "*.csv",
+                    "poll_interval": "500ms",
+                    "min_age": "0s",
+                    "after": "delete",
+                },
+                "target": target(out),
+            }
+        },
+        log={"level": "info", "format": "json"},
+    )
     idle = DaemonProcess(cfg).start()
     await asyncio.sleep(3)  # idle for a while: its peak RSS is the baseline
     rss_idle = proc_kib(idle, "VmHWM")
     assert idle.stop() == 0
     t0 = time.monotonic()
     # xargs touch: creating 100,000 files from Python takes half a minute on a busy machine.
-    await asyncio.to_thread(subprocess.run, "seq -f 'noise-%06g.dat' 0 99999 | xargs touch", shell=True,
-                            cwd=src, check=True)
+    await asyncio.to_thread(
+        subprocess.run, "seq -f 'noise-%06g.dat' 0 99999 | xargs touch", shell=True, cwd=src, check=True
+    )
     made = time.monotonic() - t0
     wanted = {f"w{i:03}.csv": str(i).encode() * 10 for i in range(200)}
     for name, data in wanted.items():
@@ -305,9 +386,16 @@ async def test_oversized_listing_streams_with_bounded_memory(tmp_path: Path, req
     assert digests(out) == {hashlib.sha256(v).hexdigest() for v in wanted.values()}
     distinct, dup = once_each(d, "f", out)
     assert distinct == len(wanted) and dup == 0
-    record("100,000-file listing, 200 wanted (local)", moved=distinct, lost=len(wanted) - distinct,
-           duplicates=dup, counted_by=COUNTED_BY,
-           peak_rss_kib=rss, idle_peak_rss_kib=rss_idle, seconds_to_create=round(made, 1))
+    record(
+        "100,000-file listing, 200 wanted (local)",
+        moved=distinct,
+        lost=len(wanted) - distinct,
+        duplicates=dup,
+        counted_by=COUNTED_BY,
+        peak_rss_kib=rss,
+        idle_peak_rss_kib=rss_idle,
+        seconds_to_create=round(made, 1),
+    )
 
 
 async def test_pubsub_connection_cut_mid_stream(pubsub_backend: PubsubBackend, tmp_path: Path) -> None:
@@ -319,9 +407,11 @@ async def test_pubsub_connection_cut_mid_stream(pubsub_backend: PubsubBackend, t
     host, port = pb.emu.host.rsplit(":", 1)
     async with TcpProxy(host, int(port)) as proxy:
         inst = {**pb.instance_config(), "emulator_host": f"127.0.0.1:{proxy.port}"}
-        cfg = write_config(tmp_path, {"broker": inst}, {
-            "m": {"source": {"instance": "broker", **pb.source_config()},
-                  "target": target(out), "retry": PATIENT}})
+        cfg = write_config(
+            tmp_path,
+            {"broker": inst},
+            {"m": {"source": {"instance": "broker", **pb.source_config()}, "target": target(out), "retry": PATIENT}},
+        )
         d = DaemonProcess(cfg).start()
         try:
             await pb.publish(msgs)
@@ -338,5 +428,11 @@ async def test_pubsub_connection_cut_mid_stream(pubsub_backend: PubsubBackend, t
     assert await asyncio.to_thread(pb._count) == 0
     distinct, dup = once_each(d, "m", out)
     assert distinct == n and dup == 0
-    record("pubsub streaming pull cut twice by a TCP proxy", moved=distinct, lost=n - distinct, duplicates=dup,
-           counted_by=COUNTED_BY, proxy_connections=proxy.connections)
+    record(
+        "pubsub streaming pull cut twice by a TCP proxy",
+        moved=distinct,
+        lost=n - distinct,
+        duplicates=dup,
+        counted_by=COUNTED_BY,
+        proxy_connections=proxy.connections,
+    )

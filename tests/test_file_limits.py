@@ -1,7 +1,6 @@
 """File sources on real servers: files over ``max_file_size`` and listings without end
 (``max_listing_entries``)."""
 
-
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +25,11 @@ RETRY = {"attempts": 3, "backoff": "100ms", "max_backoff": "1s"}
 
 
 def flow(out: Path, **source: Any) -> dict[str, Any]:
-    return {"source": {"instance": "remote", "path": "in", "after": "delete", **FAST, **source},
-            "target": {"type": "directory", "path": str(out), "filename": "{name}"}, "retry": RETRY}
+    return {
+        "source": {"instance": "remote", "path": "in", "after": "delete", **FAST, **source},
+        "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+        "retry": RETRY,
+    }
 
 
 def errors_about(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
@@ -42,7 +44,8 @@ def fb(request: pytest.FixtureRequest) -> Any:
 
 
 async def test_a_file_over_max_file_size_is_refused_once_and_left_alone(
-        fb: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fb: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     fb.put("in/big.bin", os.urandom(3000))
     fb.put("in/small.bin", b"fits")
     out = tmp_path / "out"
@@ -81,19 +84,21 @@ class Understated:
         self.downloads += 1
         data = (self.root / f.path).read_bytes()
         for i in range(sink.size, len(data), 4096):
-            sink.write(data[i:i + 4096])
+            sink.write(data[i : i + 4096])
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
 
-async def test_a_file_longer_than_listed_is_cut_at_max_file_size(tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_file_longer_than_listed_is_cut_at_max_file_size(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / "remote"
     (root / "in").mkdir(parents=True)
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"remote": {"type": "local", "root": str(root)}},
-                       {"f": flow(out, max_file_size="1KiB", after="keep")})
+    cfg = write_config(
+        tmp_path, {"remote": {"type": "local", "root": str(root)}}, {"f": flow(out, max_file_size="1KiB", after="keep")}
+    )
     async with running(cfg) as d:
         runner, _ = d.flows["f"]
         source = runner.source
@@ -129,7 +134,8 @@ async def test_the_spool_writer_stops_at_its_limit(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- max_listing_entries
 async def test_an_endless_sftp_listing_is_cut_and_the_folder_still_delivers(
-        asyncssh_server: AsyncsshSftpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    asyncssh_server: AsyncsshSftpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     listed = 0
 
     async def endless() -> AsyncIterator[asyncssh.SFTPName]:
@@ -142,8 +148,11 @@ async def test_an_endless_sftp_listing_is_cut_and_the_folder_still_delivers(
     asyncssh_server.more_listing = endless
     asyncssh_server.put("in/real.csv", b"a,b\n")
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"remote": asyncssh_server.instance_config()},
-                       {"f": flow(out, pattern="*.csv", max_listing_entries=2000)})
+    cfg = write_config(
+        tmp_path,
+        {"remote": asyncssh_server.instance_config()},
+        {"f": flow(out, pattern="*.csv", max_listing_entries=2000)},
+    )
     async with running(cfg) as d:
         await wait_for(lambda: bodies(out) == {"real.csv": b"a,b\n"}, 30)
         first = d.status.flows["f"].last_poll

@@ -153,8 +153,9 @@ async def test_tls_verify_off_warns(pyftpd_factory: Any, tmp_path: Path, caplog:
 
 
 @pytest.mark.parametrize("over", [{}, {"ignore_passive_address": True}], ids=["default", "patchworks-key"])
-async def test_pasv_private_address_ignored(pyftpd_factory: Any, tmp_path: Path, caplog: Any,
-                                            over: dict[str, Any]) -> None:
+async def test_pasv_private_address_ignored(
+    pyftpd_factory: Any, tmp_path: Path, caplog: Any, over: dict[str, Any]
+) -> None:
     # The server announces an unroutable address in PASV (as servers behind NAT do) and has no EPSV:
     # data channels go to the control connection's address without being told.
     srv = pyftpd_factory("none", masquerade="10.255.255.1", epsv=False)
@@ -286,8 +287,9 @@ async def test_silent_server_times_out(tmp_path: Path) -> None:
 
     server = await asyncio.start_server(mute, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    inst, status, _ = ftp_instance({"type": "ftp", "host": "127.0.0.1", "port": port, "timeout": "500ms"},
-                                   tmp_path / "spool")
+    inst, status, _ = ftp_instance(
+        {"type": "ftp", "host": "127.0.0.1", "port": port, "timeout": "500ms"}, tmp_path / "spool"
+    )
     try:
         t0 = asyncio.get_running_loop().time()
         with pytest.raises(Transient, match="timed out"):
@@ -299,8 +301,9 @@ async def test_silent_server_times_out(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["memory", "local file"])
-async def test_upload_overwrites_the_leftover_of_a_crashed_attempt(pyftpd_factory: Any, tmp_path: Path,
-                                                                   kind: str) -> None:
+async def test_upload_overwrites_the_leftover_of_a_crashed_attempt(
+    pyftpd_factory: Any, tmp_path: Path, kind: str
+) -> None:
     """A STOR cut by a crash (conveyor's or the server's) leaves its temp file; the retry, even
     from a new process, uses the same temp name for the same body, so it writes over the
     leftover and renames it away: nothing is left behind on the partner's server."""
@@ -325,15 +328,19 @@ async def test_upload_overwrites_the_leftover_of_a_crashed_attempt(pyftpd_factor
     assert os.listdir(srv.root / "out") == ["x.bin"]
 
 
-@pytest.mark.parametrize(("tls", "reply", "kind"), [
-    ("none", "452 Transfer aborted. No space left on device", "NoSpace"),
-    ("explicit", "452 Transfer aborted. No space left on device", "NoSpace"),
-    ("none", "552 Disk quota exceeded", "NoSpace"),
-    ("explicit", "426 No space left on device; transfer aborted.", "NoSpace"),  # the words decide
-    ("explicit", "451 Failure writing to local file.", "Transient"),  # vsftpd's words
-])
-async def test_server_disk_full_mid_upload(pyftpd_factory: Any, tmp_path: Path, tls: str, reply: str,
-                                           kind: str) -> None:
+@pytest.mark.parametrize(
+    ("tls", "reply", "kind"),
+    [
+        ("none", "452 Transfer aborted. No space left on device", "NoSpace"),
+        ("explicit", "452 Transfer aborted. No space left on device", "NoSpace"),
+        ("none", "552 Disk quota exceeded", "NoSpace"),
+        ("explicit", "426 No space left on device; transfer aborted.", "NoSpace"),  # the words decide
+        ("explicit", "451 Failure writing to local file.", "Transient"),  # vsftpd's words
+    ],
+)
+async def test_server_disk_full_mid_upload(
+    pyftpd_factory: Any, tmp_path: Path, tls: str, reply: str, kind: str
+) -> None:
     """The server's disk fills mid-STOR: it drops the data channel and says why on the control
     channel. conveyor reports the server's words (a full disk or quota as NoSpace, retried
     later), not a dropped connection; it removes its partial temp file and keeps the

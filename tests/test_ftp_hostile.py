@@ -38,8 +38,10 @@ async def test_endless_listing_stops_at_the_entry_cap(hostile_ftp: Any, tmp_path
         with pytest.raises(Permanent) as e:
             await listing(inst)
         msg = str(e.value)
-        assert msg.startswith("instance 'ftp-test', path 'in': listing of this folder stopped at more than "
-                              "5000 entries in one poll (max_listing_entries)"), msg
+        assert msg.startswith(
+            "instance 'ftp-test', path 'in': listing of this folder stopped at more than "
+            "5000 entries in one poll (max_listing_entries)"
+        ), msg
         assert srv.listing_bytes < GIVE_UP
         # The connection that carried it was dropped; the instance goes on working.
         assert (await inst.stat("a.csv")) is not None
@@ -52,8 +54,11 @@ async def test_endless_listing_stops_at_the_byte_cap(hostile_ftp: Any, tmp_path:
     srv = hostile_ftp(listing="endless")
     inst, _, _ = ftp_instance(srv.config(max_listing_bytes="1MiB", max_listing_entries=10**9), tmp_path / "spool")
     try:
-        with pytest.raises(Permanent, match=r"the instance root stopped at more than 1048576 bytes in one poll "
-                                            r"\(max_listing_bytes\)"):
+        with pytest.raises(
+            Permanent,
+            match=r"the instance root stopped at more than 1048576 bytes in one poll "
+            r"\(max_listing_bytes\)",
+        ):
             await listing(inst, "")
         assert srv.listing_bytes < GIVE_UP
     finally:
@@ -76,8 +81,11 @@ async def test_trickling_listing_meets_the_listing_deadline(hostile_ftp: Any, tm
     inst, _, _ = ftp_instance(srv.config(listing_timeout="1500ms", timeout="5s"), tmp_path / "spool")
     try:
         t0 = time.monotonic()
-        with pytest.raises(Transient, match=r"path 'in': listing of this folder took longer than "
-                                            r"listing_timeout \(1.5s\)"):
+        with pytest.raises(
+            Transient,
+            match=r"path 'in': listing of this folder took longer than "
+            r"listing_timeout \(1.5s\)",
+        ):
             await listing(inst)
         assert 1.4 < time.monotonic() - t0 < 4
     finally:
@@ -85,10 +93,12 @@ async def test_trickling_listing_meets_the_listing_deadline(hostile_ftp: Any, tm
 
 
 # -- control replies -------------------------------------------------------
-@pytest.mark.parametrize(("where", "long_line"), [("greeting", False), ("FEAT", False), ("greeting", True)],
-                         ids=["greeting-lines", "FEAT-lines", "greeting-one-line"])
-async def test_endless_reply_is_a_protocol_error(hostile_ftp: Any, tmp_path: Path, where: str,
-                                                  long_line: bool) -> None:
+@pytest.mark.parametrize(
+    ("where", "long_line"),
+    [("greeting", False), ("FEAT", False), ("greeting", True)],
+    ids=["greeting-lines", "FEAT-lines", "greeting-one-line"],
+)
+async def test_endless_reply_is_a_protocol_error(hostile_ftp: Any, tmp_path: Path, where: str, long_line: bool) -> None:
     srv = hostile_ftp(endless_reply=where, long_line=long_line)
     inst, status, _ = ftp_instance(srv.config(timeout="20s"), tmp_path / "spool")
     try:
@@ -96,8 +106,10 @@ async def test_endless_reply_is_a_protocol_error(hostile_ftp: Any, tmp_path: Pat
         with pytest.raises(Transient) as e:
             await inst.check()
         to = " to FEAT" if where == "FEAT" else ""
-        assert str(e.value) == (f"instance 'ftp-test': 127.0.0.1:{srv.port}: the server's reply{to} is longer "
-                                "than 1000 lines or 64 KiB; connection dropped")
+        assert str(e.value) == (
+            f"instance 'ftp-test': 127.0.0.1:{srv.port}: the server's reply{to} is longer "
+            "than 1000 lines or 64 KiB; connection dropped"
+        )
         assert time.monotonic() - t0 < 5, "stopped by the cap, not by the timeout"
         assert status.instances["ftp-test"].state == "down"
         assert srv.reply_bytes < GIVE_UP
@@ -106,10 +118,12 @@ async def test_endless_reply_is_a_protocol_error(hostile_ftp: Any, tmp_path: Pat
 
 
 # -- downloads -------------------------------------------------------------
-@pytest.mark.parametrize(("size", "content"), [(10, b"0123456789 and then some more"), (100_000, None)],
-                         ids=["longer", "endless"])
-async def test_file_longer_than_listed_is_cut_and_refused(hostile_ftp: Any, tmp_path: Path, size: int,
-                                                          content: bytes | None) -> None:
+@pytest.mark.parametrize(
+    ("size", "content"), [(10, b"0123456789 and then some more"), (100_000, None)], ids=["longer", "endless"]
+)
+async def test_file_longer_than_listed_is_cut_and_refused(
+    hostile_ftp: Any, tmp_path: Path, size: int, content: bytes | None
+) -> None:
     """As on SFTP: the listed bytes, then an error; a retry from there fails the same way, so a
     grown (or endless) file is never delivered cut short, nor read past its listed size."""
     srv = hostile_ftp(files={"grew.csv": (size, content)})
@@ -119,8 +133,11 @@ async def test_file_longer_than_listed_is_cut_and_refused(hostile_ftp: Any, tmp_
         assert f is not None and f.size == size
         w = spool.writer()
         for _ in range(2):
-            with pytest.raises(Transient, match=r"path 'grew.csv': file changed while being read: it has more "
-                                                rf"than the listed {size} bytes"):
+            with pytest.raises(
+                Transient,
+                match=r"path 'grew.csv': file changed while being read: it has more "
+                rf"than the listed {size} bytes",
+            ):
                 await inst.download(f, w)
             assert w.size == size
         w.abort()
@@ -212,8 +229,10 @@ async def test_pasv_cannot_send_the_data_channel_elsewhere(hostile_ftp: Any, tmp
         await asyncio.sleep(0.2)
         assert rec.connections == 0 and bytes(rec.data) == b""
         assert srv.uploads == {}
-        assert any("PASV announced 127.0.0.2; connecting to the control connection's address 127.0.0.1"
-                   in r.getMessage() for r in caplog.records)
+        assert any(
+            "PASV announced 127.0.0.2; connecting to the control connection's address 127.0.0.1" in r.getMessage()
+            for r in caplog.records
+        )
     finally:
         await inst.close()
         rec.close()
@@ -253,13 +272,26 @@ async def test_daemon_keeps_delivering_past_hostile_ftp_servers(hostile_ftp: Any
     (box / "in").mkdir(parents=True)
 
     def flow(instance: str, out: str) -> dict[str, Any]:
-        return {"source": {"instance": instance, "path": "in", "poll_interval": "200ms", "min_age": "0s"},
-                "target": {"type": "directory", "path": str(tmp_path / out), "filename": "{name}"}}
+        return {
+            "source": {"instance": instance, "path": "in", "poll_interval": "200ms", "min_age": "0s"},
+            "target": {"type": "directory", "path": str(tmp_path / out), "filename": "{name}"},
+        }
 
-    cfg = write_config(tmp_path, {"endless": endless.config(), "grew": grew.config(), "chatty": chatty.config(),
-                                  "box": {"type": "local", "root": str(box)}},
-                       {"f-endless": flow("endless", "out-endless"), "f-grew": flow("grew", "out-grew"),
-                        "f-chatty": flow("chatty", "out-chatty"), "f-good": flow("box", "out-good")})
+    cfg = write_config(
+        tmp_path,
+        {
+            "endless": endless.config(),
+            "grew": grew.config(),
+            "chatty": chatty.config(),
+            "box": {"type": "local", "root": str(box)},
+        },
+        {
+            "f-endless": flow("endless", "out-endless"),
+            "f-grew": flow("grew", "out-grew"),
+            "f-chatty": flow("chatty", "out-chatty"),
+            "f-good": flow("box", "out-good"),
+        },
+    )
     d = DaemonProcess(cfg).start()
 
     async def deliver(name: str) -> None:
@@ -273,10 +305,20 @@ async def test_daemon_keeps_delivering_past_hostile_ftp_servers(hostile_ftp: Any
         for i in range(6):
             await deliver(f"good{i}.csv")
             await asyncio.sleep(0.3)
-        await wait_for(lambda: logged("f-endless", "instance 'endless', path 'in': listing of this folder "
-                                                   "stopped at more than 100000 entries"), 30)
-        await wait_for(lambda: logged("f-grew", "instance 'grew', path 'in/grew.csv': file changed while "
-                                                "being read: it has more than the listed 10 bytes"), 30)
+        await wait_for(
+            lambda: logged(
+                "f-endless", "instance 'endless', path 'in': listing of this folder stopped at more than 100000 entries"
+            ),
+            30,
+        )
+        await wait_for(
+            lambda: logged(
+                "f-grew",
+                "instance 'grew', path 'in/grew.csv': file changed while "
+                "being read: it has more than the listed 10 bytes",
+            ),
+            30,
+        )
         await wait_for(lambda: logged("f-chatty", "instance 'chatty': 127.0.0.1:"), 30)
         assert "reply to FEAT is longer than 1000 lines" in logged("f-chatty", "instance 'chatty'")[0]["msg"]
         assert d.proc is not None and d.proc.poll() is None, d.text()[-3000:]

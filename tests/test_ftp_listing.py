@@ -24,35 +24,65 @@ def ts(*parts: int) -> float:
     return float(calendar.timegm((*parts, 0, 0, 0)[:9]))
 
 
-@pytest.mark.parametrize(("line", "name", "kind", "size", "mtime"), [
-    ("-rw-r--r--    1 1000     1000        18234 Nov 26 22:39 ORD_1001.csv",
-     "ORD_1001.csv", "file", 18234, ts(2026, 11, 26, 22, 39, 0)),
-    ("-rw-r--r-- 1 owner group 5 Nov 26 22:39 name with  two spaces.txt",
-     "name with  two spaces.txt", "file", 5, ts(2026, 11, 26, 22, 39, 0)),
-    # year-less date later in the year than now: last year
-    ("-rw-r--r--   1 ftp ftp   77 Dec 24 10:00 xmas.csv", "xmas.csv", "file", 77, ts(2025, 12, 24, 10, 0, 0)),
-    # explicit year
-    ("-rw-r--r--   1 ftp ftp   12 Mar  3  2024 old.csv", "old.csv", "file", 12, ts(2024, 3, 3, 0, 0, 0)),
-    ("drwxr-xr-x    2 1000     1000         4096 Nov 20 09:00 sub dir", "sub dir", "dir", 4096,
-     ts(2026, 11, 20, 9, 0, 0)),
-    ("lrwxrwxrwx    1 0        0              11 Nov 20 09:00 link name -> target.csv", "link name", "link", 11,
-     ts(2026, 11, 20, 9, 0, 0)),
-    # no group column (some embedded servers), ACL marker
-    ("-rw-r--r--+ 1 user 3 Nov 26 22:39 acl.txt", "acl.txt", "file", 3, ts(2026, 11, 26, 22, 39, 0)),
-    # Windows / IIS
-    ("11-26-26  10:39PM                18234 ORD 1001.csv", "ORD 1001.csv", "file", 18234,
-     ts(2026, 11, 26, 22, 39, 0)),
-    ("01-02-2026  12:05AM       <DIR>          archive", "archive", "dir", -1, ts(2026, 1, 2, 0, 5, 0)),
-    ("11-26-2026  09:15                    10 noampm.txt", "noampm.txt", "file", 10, ts(2026, 11, 26, 9, 15, 0)),
-])
+@pytest.mark.parametrize(
+    ("line", "name", "kind", "size", "mtime"),
+    [
+        (
+            "-rw-r--r--    1 1000     1000        18234 Nov 26 22:39 ORD_1001.csv",
+            "ORD_1001.csv",
+            "file",
+            18234,
+            ts(2026, 11, 26, 22, 39, 0),
+        ),
+        (
+            "-rw-r--r-- 1 owner group 5 Nov 26 22:39 name with  two spaces.txt",
+            "name with  two spaces.txt",
+            "file",
+            5,
+            ts(2026, 11, 26, 22, 39, 0),
+        ),
+        # year-less date later in the year than now: last year
+        ("-rw-r--r--   1 ftp ftp   77 Dec 24 10:00 xmas.csv", "xmas.csv", "file", 77, ts(2025, 12, 24, 10, 0, 0)),
+        # explicit year
+        ("-rw-r--r--   1 ftp ftp   12 Mar  3  2024 old.csv", "old.csv", "file", 12, ts(2024, 3, 3, 0, 0, 0)),
+        (
+            "drwxr-xr-x    2 1000     1000         4096 Nov 20 09:00 sub dir",
+            "sub dir",
+            "dir",
+            4096,
+            ts(2026, 11, 20, 9, 0, 0),
+        ),
+        (
+            "lrwxrwxrwx    1 0        0              11 Nov 20 09:00 link name -> target.csv",
+            "link name",
+            "link",
+            11,
+            ts(2026, 11, 20, 9, 0, 0),
+        ),
+        # no group column (some embedded servers), ACL marker
+        ("-rw-r--r--+ 1 user 3 Nov 26 22:39 acl.txt", "acl.txt", "file", 3, ts(2026, 11, 26, 22, 39, 0)),
+        # Windows / IIS
+        (
+            "11-26-26  10:39PM                18234 ORD 1001.csv",
+            "ORD 1001.csv",
+            "file",
+            18234,
+            ts(2026, 11, 26, 22, 39, 0),
+        ),
+        ("01-02-2026  12:05AM       <DIR>          archive", "archive", "dir", -1, ts(2026, 1, 2, 0, 5, 0)),
+        ("11-26-2026  09:15                    10 noampm.txt", "noampm.txt", "file", 10, ts(2026, 11, 26, 9, 15, 0)),
+    ],
+)
 def test_list_lines(line: str, name: str, kind: str, size: int, mtime: float) -> None:
     e = parse_list_line(line, now=NOW)
     assert e is not None
     assert (e.name, e.kind, e.size, e.mtime) == (name, kind, size, mtime)
 
 
-@pytest.mark.parametrize("line", ["total 12", "", "drwxr-xr-x 2 a b 4096 Nov 20 09:00 .",
-                                  "drwxr-xr-x 2 a b 4096 Nov 20 09:00 ..", "garbage line"])
+@pytest.mark.parametrize(
+    "line",
+    ["total 12", "", "drwxr-xr-x 2 a b 4096 Nov 20 09:00 .", "drwxr-xr-x 2 a b 4096 Nov 20 09:00 ..", "garbage line"],
+)
 def test_list_lines_skipped(line: str) -> None:
     assert parse_list_line(line, now=NOW) is None
 
@@ -91,8 +121,13 @@ def cfg(**kw: object) -> FtpConfig:
 
 def test_config_defaults_and_ports() -> None:
     c = cfg()
-    assert (c.effective_port, c.username, c.tls, c.passive, c.pasv_trust_address) == (21, "anonymous", "none",
-                                                                                       True, False)
+    assert (c.effective_port, c.username, c.tls, c.passive, c.pasv_trust_address) == (
+        21,
+        "anonymous",
+        "none",
+        True,
+        False,
+    )
     assert (c.max_listing_entries, c.max_listing_bytes, c.listing_timeout) == (100_000, 64 << 20, 300.0)
     assert cfg(max_listing_bytes="1MiB", listing_timeout="2m").max_listing_bytes == 1 << 20
     assert cfg(ignore_passive_address=True).pasv_trust_address is False  # what happens anyway
@@ -112,16 +147,19 @@ def test_config_fingerprints() -> None:
         cfg(tls="explicit", tls_fingerprint="abcd")
 
 
-@pytest.mark.parametrize(("kw", "message"), [
-    ({"ca_file": "/tmp/ca.pem"}, "tls is none"),
-    ({"tls": "explicit", "ca_file": "/tmp/ca.pem", "tls_fingerprint": "ab" * 32}, "not both"),
-    ({"ssl": True, "tls": "explicit"}, "not both"),
-    ({"timeout": 10}, "unit"),
-    ({"tls": "sometimes"}, "tls"),
-    ({"ignore_passive_address": True, "pasv_trust_address": True}, "contradicts"),
-    ({"max_listing_entries": 0}, "max_listing_entries"),
-    ({"max_listing_bytes": "lots"}, "not a size"),
-])
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"ca_file": "/tmp/ca.pem"}, "tls is none"),
+        ({"tls": "explicit", "ca_file": "/tmp/ca.pem", "tls_fingerprint": "ab" * 32}, "not both"),
+        ({"ssl": True, "tls": "explicit"}, "not both"),
+        ({"timeout": 10}, "unit"),
+        ({"tls": "sometimes"}, "tls"),
+        ({"ignore_passive_address": True, "pasv_trust_address": True}, "contradicts"),
+        ({"max_listing_entries": 0}, "max_listing_entries"),
+        ({"max_listing_bytes": "lots"}, "not a size"),
+    ],
+)
 def test_config_errors(kw: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         cfg(**kw)
@@ -153,10 +191,14 @@ def test_listing_parser_streams(step: int) -> None:
     again (for the source to refuse by name)."""
     p = ListingParser(mlsd=True)
     for i in range(0, len(MLSD_LISTING), step):
-        p.feed(memoryview(MLSD_LISTING)[i:i + step])
+        p.feed(memoryview(MLSD_LISTING)[i : i + step])
     p.finish()
-    assert [(e.name, e.kind, e.size) for e in p.entries] == [("a b.csv", "file", 12), ("broken\r\nname.txt", "file", 3),
-                                                             ("sub", "dir", -1), ("caf\u00e9.txt", "file", 7)]
+    assert [(e.name, e.kind, e.size) for e in p.entries] == [
+        ("a b.csv", "file", 12),
+        ("broken\r\nname.txt", "file", 3),
+        ("sub", "dir", -1),
+        ("caf\u00e9.txt", "file", 7),
+    ]
     assert p.fragments == 1
 
 

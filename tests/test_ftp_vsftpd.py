@@ -33,10 +33,18 @@ def put(srv: Any, rel: str, data: bytes) -> Path:
     return p
 
 
-@pytest.mark.parametrize(("tls", "version", "passive"), [
-    ("none", None, True), ("none", None, False), ("explicit", "1.2", True), ("explicit", "1.3", True),
-    ("explicit", "1.3", False), ("implicit", "1.2", True), ("implicit", "1.3", True),
-])
+@pytest.mark.parametrize(
+    ("tls", "version", "passive"),
+    [
+        ("none", None, True),
+        ("none", None, False),
+        ("explicit", "1.2", True),
+        ("explicit", "1.3", True),
+        ("explicit", "1.3", False),
+        ("implicit", "1.2", True),
+        ("implicit", "1.3", True),
+    ],
+)
 async def test_roundtrip(vsftpd_factory: Any, tmp_path: Path, tls: str, version: str | None, passive: bool) -> None:
     srv = vsftpd_factory(tls)
     data = os.urandom(2 * 1024 * 1024 + 3)
@@ -104,8 +112,9 @@ async def test_untrusted_certificate_and_pinning(vsftpd_factory: Any, tmp_path: 
         await inst.check()
     await inst.close()
     put(srv, "f.txt", b"pinned")
-    inst, _, spool = ftp_instance(srv.config(ca_file=None, tls_fingerprint=vsftpd_certs.fingerprint),
-                                  tmp_path / "spool")
+    inst, _, spool = ftp_instance(
+        srv.config(ca_file=None, tls_fingerprint=vsftpd_certs.fingerprint), tmp_path / "spool"
+    )
     try:
         f = await inst.stat("f.txt")
         w = spool.writer()
@@ -214,8 +223,7 @@ async def test_server_disk_full(vsftpd_factory: Any, tmp_path: Path, tls: str) -
         inst, status, _ = ftp_instance(srv.config(), tmp_path / "spool")
         try:
             with pytest.raises(Transient, match="STOR refused: 451 Failure writing to local file"):
-                await inst.upload(Body.from_bytes(os.urandom(64 << 20)), "small/big.bin", exists="replace",
-                                  chmod=None)
+                await inst.upload(Body.from_bytes(os.urandom(64 << 20)), "small/big.bin", exists="replace", chmod=None)
             assert os.listdir(small) == [], "the partial temp file was removed"
             assert await inst.upload(Body.from_bytes(b"fits"), "small/a.txt", exists="replace", chmod=None)
             assert (small / "a.txt").read_bytes() == b"fits"

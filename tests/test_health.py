@@ -69,8 +69,10 @@ def flow_count(d: Any, field: str) -> int | None:
 
 async def test_endpoints_on_a_moving_flow(tmp_path: Path) -> None:
     inst, flow = local_flow(tmp_path, {"type": "directory", "path": str(tmp_path / "out"), "fsync": False})
-    config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"}, "replica": "r1",
-                                                 "instances": {"box": inst}, "flows": {"f": flow}})
+    config = write_config(
+        tmp_path / "c.yaml",
+        {"health": {"listen": "127.0.0.1:0"}, "replica": "r1", "instances": {"box": inst}, "flows": {"f": flow}},
+    )
     for i in range(3):
         (tmp_path / "in" / f"{i}.csv").write_text("x" * (10 + i))
     async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
@@ -113,25 +115,33 @@ async def test_readyz_stalled_file_sources_and_connect_metrics(tmp_path: Path) -
     failing (the local folder was removed) both turn into `stalled` after 3 x poll_interval
     (plus the status board's 5 s grace)."""
     async with blackhole() as port:
-        inst, flow = local_flow(tmp_path / "box", {"type": "directory", "path": str(tmp_path / "out")},
-                                poll_interval="1s")
+        inst, flow = local_flow(
+            tmp_path / "box", {"type": "directory", "path": str(tmp_path / "out")}, poll_interval="1s"
+        )
         inst["create"] = False  # else the folder removed below is simply made again
         closed = free_port()
-        config = write_config(tmp_path / "c.yaml", {
-            "health": {"listen": "127.0.0.1:0"},
-            "instances": {
-                "box": inst,
-                "hung": {"type": "ftp", "host": "127.0.0.1", "port": port, "password": "pw", "timeout": "60s"},
-                "refused": {"type": "ftp", "host": "127.0.0.1", "port": closed, "password": "pw", "timeout": "2s"},
+        config = write_config(
+            tmp_path / "c.yaml",
+            {
+                "health": {"listen": "127.0.0.1:0"},
+                "instances": {
+                    "box": inst,
+                    "hung": {"type": "ftp", "host": "127.0.0.1", "port": port, "password": "pw", "timeout": "60s"},
+                    "refused": {"type": "ftp", "host": "127.0.0.1", "port": closed, "password": "pw", "timeout": "2s"},
+                },
+                "flows": {
+                    "local": flow,
+                    "hung": {
+                        "source": {"instance": "hung", "path": "out", "poll_interval": "1s"},
+                        "target": {"type": "directory", "path": str(tmp_path / "out2")},
+                    },
+                    "refused": {
+                        "source": {"instance": "refused", "path": "out", "poll_interval": "1s"},
+                        "target": {"type": "directory", "path": str(tmp_path / "out3")},
+                    },
+                },
             },
-            "flows": {
-                "local": flow,
-                "hung": {"source": {"instance": "hung", "path": "out", "poll_interval": "1s"},
-                         "target": {"type": "directory", "path": str(tmp_path / "out2")}},
-                "refused": {"source": {"instance": "refused", "path": "out", "poll_interval": "1s"},
-                            "target": {"type": "directory", "path": str(tmp_path / "out3")}},
-            },
-        })
+        )
         async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
             base = d.health.url
             await wait_for(lambda: d.status.flows["local"].last_poll)
@@ -165,8 +175,9 @@ async def test_readyz_stalled_by_a_delivery_past_its_timeout(tmp_path: Path) -> 
     async with http_sink(plan=[delayed(4.0)]) as sink:
         inst, flow = local_flow(tmp_path, {"type": "http", "url": sink.url, "timeout": "1s"}, poll_interval="30s")
         flow["retry"] = {"attempts": 3, "backoff": "3s", "max_backoff": "3s"}
-        config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"},
-                                                     "instances": {"box": inst}, "flows": {"f": flow}})
+        config = write_config(
+            tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"}, "instances": {"box": inst}, "flows": {"f": flow}}
+        )
         (tmp_path / "in" / "a.txt").write_text("slow")
         async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
             base = d.health.url
@@ -185,8 +196,9 @@ async def test_readyz_stalled_by_a_delivery_past_its_timeout(tmp_path: Path) -> 
 async def test_healthz_reports_a_blocked_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(conveyor.health, "LAG_MEMORY", 1.5)
     inst, flow = local_flow(tmp_path, {"type": "directory", "path": str(tmp_path / "out")})
-    config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"},
-                                                 "instances": {"box": inst}, "flows": {"f": flow}})
+    config = write_config(
+        tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"}, "instances": {"box": inst}, "flows": {"f": flow}}
+    )
     async with daemon_in_process(config, stall_after=1.0) as d, aiohttp.ClientSession() as s:
         base = d.health.url
 
@@ -222,8 +234,9 @@ async def test_healthz_reports_a_blocked_event_loop(tmp_path: Path, monkeypatch:
 async def test_readyz_during_the_drain(tmp_path: Path) -> None:
     async with http_sink(plan=[delayed(1.5)]) as sink:
         inst, flow = local_flow(tmp_path, {"type": "http", "url": sink.url}, poll_interval="30s")
-        config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"},
-                                                     "instances": {"box": inst}, "flows": {"f": flow}})
+        config = write_config(
+            tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"}, "instances": {"box": inst}, "flows": {"f": flow}}
+        )
         (tmp_path / "in" / "a.txt").write_text("x")
         async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
             base = d.health.url
@@ -233,6 +246,7 @@ async def test_readyz_during_the_drain(tmp_path: Path) -> None:
             async def stopping() -> bool:
                 code, doc = await get_json(s, base + "/readyz")
                 return bool(code == 503 and doc["reasons"].get("daemon") == "stopping")
+
             await wait_for(stopping, 5)
             await wait_for(lambda: flow_count(d, "delivered") == 1, 5)
 
@@ -243,8 +257,10 @@ def test_busy_health_port_is_a_fatal_start_error(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         inst, flow = local_flow(tmp_path, {"type": "directory", "path": str(tmp_path / "out")})
-        config = write_config(tmp_path / "c.yaml", {"health": {"listen": f"127.0.0.1:{port}"},
-                                                     "instances": {"box": inst}, "flows": {"f": flow}})
+        config = write_config(
+            tmp_path / "c.yaml",
+            {"health": {"listen": f"127.0.0.1:{port}"}, "instances": {"box": inst}, "flows": {"f": flow}},
+        )
         p = subprocess.run([*CONVEYOR, "run", "-c", str(config)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 1
     assert f"health endpoint cannot listen on 127.0.0.1:{port}" in p.stderr

@@ -34,8 +34,9 @@ TOKEN_FILE = "health-token"
 def _config(tmp_path: Path, url: str, listen: str = "127.0.0.1:0", **health: Any) -> Path:
     inst, flow = local_flow(tmp_path, {"type": "http", "url": url}, poll_interval="300ms", after="keep")
     (tmp_path / "in" / "a.csv").write_text("a")
-    return write_config(tmp_path / "c.yaml", {"health": {"listen": listen, **health},
-                                              "instances": {"box": inst}, "flows": {"f": flow}})
+    return write_config(
+        tmp_path / "c.yaml", {"health": {"listen": listen, **health}, "instances": {"box": inst}, "flows": {"f": flow}}
+    )
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -59,13 +60,18 @@ async def _state(d: Any, pid: str) -> str | None:
 
 async def test_a_cross_site_form_post_is_refused(tmp_path: Path) -> None:
     """What a page on another site can make a browser send to 127.0.0.1: a form POST, no token."""
-    async with (http_sink(default=status(400)) as sink, daemon_in_process(_config(tmp_path, sink.url)) as d,
-                aiohttp.ClientSession() as s):
+    async with (
+        http_sink(default=status(400)) as sink,
+        daemon_in_process(_config(tmp_path, sink.url)) as d,
+        aiohttp.ClientSession() as s,
+    ):
         pid = await _failed_item(d)
         url = f"{d.health.url}/flows/f/items/{pid}/forget"
-        for headers in ({**FORM, "Origin": "https://evil.example"},
-                        {**FORM, "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
-                        {"Content-Type": "text/plain", "Origin": "null"}):
+        for headers in (
+            {**FORM, "Origin": "https://evil.example"},
+            {**FORM, "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+            {"Content-Type": "text/plain", "Origin": "null"},
+        ):
             async with s.post(url, data="id=1", headers=headers) as r:
                 assert r.status == 403, (headers, await r.text())
                 assert "cross-" in (await r.json())["error"]
@@ -81,27 +87,35 @@ async def test_a_cross_site_form_post_is_refused(tmp_path: Path) -> None:
         assert await _state(d, pid) == "failed"
         # The same origin, with the token: allowed (a JSON body or none).
         origin = d.health.url
-        code, doc = await get_json(s, f"{d.health.url}/flows/f/items/{pid}/retry", method="POST", json={},
-                                   headers={**token, "Origin": origin, "Sec-Fetch-Site": "same-origin"})
+        code, doc = await get_json(
+            s,
+            f"{d.health.url}/flows/f/items/{pid}/retry",
+            method="POST",
+            json={},
+            headers={**token, "Origin": origin, "Sec-Fetch-Site": "same-origin"},
+        )
         assert code == 200 and doc["action"] == "retry", doc
 
 
 async def test_a_foreign_host_name_is_not_answered(tmp_path: Path) -> None:
     """DNS rebinding: attacker.example resolves to 127.0.0.1, so the browser sends its name."""
-    async with (http_sink(default=status(400)) as sink, daemon_in_process(_config(tmp_path, sink.url)) as d,
-                aiohttp.ClientSession() as s):
+    async with (
+        http_sink(default=status(400)) as sink,
+        daemon_in_process(_config(tmp_path, sink.url)) as d,
+        aiohttp.ClientSession() as s,
+    ):
         pid = await _failed_item(d)
         port = d.health.port
         rebound = {"Host": f"attacker.example:{port}"}
-        for method, path in (("GET", "/flows/f/items"), ("GET", "/status"),
-                             ("POST", f"/flows/f/items/{pid}/forget")):
+        for method, path in (("GET", "/flows/f/items"), ("GET", "/status"), ("POST", f"/flows/f/items/{pid}/forget")):
             code, doc = await get_json(s, d.health.url + path, method=method, headers=rebound)
             assert code == 421, (path, doc)
             assert "attacker.example" in doc["error"] and "health.allowed_hosts" in doc["error"]
         # Not with the token either: the name is wrong, whoever asks.
         token = bearer(file_token(tmp_path))
-        code, _ = await get_json(s, f"{d.health.url}/flows/f/items/{pid}/forget", method="POST",
-                                 headers={**rebound, **token})
+        code, _ = await get_json(
+            s, f"{d.health.url}/flows/f/items/{pid}/forget", method="POST", headers={**rebound, **token}
+        )
         assert code == 421
         assert await _state(d, pid) == "failed"
         # The names of this server, with any port (SSH tunnels), are answered.
@@ -119,17 +133,26 @@ async def test_allowed_hosts_and_a_wildcard_listener(tmp_path: Path) -> None:
         config = _config(tmp_path, sink.url, "0.0.0.0:0", allowed_hosts=["conveyor.internal"])
         async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
             url = f"http://127.0.0.1:{d.health.port}/status"
-            for host, want in (("conveyor.internal:8470", 200), ("10.1.2.3:8470", 200), ("[fe80::1]", 200),
-                               ("conveyor.internal.evil.example", 421), ("evil.example", 421),
-                               ("a b", 421), ("[::1", 421)):
+            for host, want in (
+                ("conveyor.internal:8470", 200),
+                ("10.1.2.3:8470", 200),
+                ("[fe80::1]", 200),
+                ("conveyor.internal.evil.example", 421),
+                ("evil.example", 421),
+                ("a b", 421),
+                ("[::1", 421),
+            ):
                 async with s.get(url, headers={"Host": host}) as r:
                     assert r.status == want, host
 
 
 async def test_the_token_is_needed_and_made_at_first_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("DEBUG")
-    async with (http_sink(default=status(400)) as sink, daemon_in_process(_config(tmp_path, sink.url)) as d,
-                aiohttp.ClientSession() as s):
+    async with (
+        http_sink(default=status(400)) as sink,
+        daemon_in_process(_config(tmp_path, sink.url)) as d,
+        aiohttp.ClientSession() as s,
+    ):
         pid = await _failed_item(d)
         base = d.health.url + "/flows/f/items"
         async with s.post(f"{base}/{pid}/forget") as r:  # from 127.0.0.1, no token
@@ -138,10 +161,15 @@ async def test_the_token_is_needed_and_made_at_first_start(tmp_path: Path, caplo
         assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_ISREG(path.lstat().st_mode)
         token = file_token(tmp_path)
         assert len(token) >= 32
-        for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": token},
-                        {"Authorization": f"Basic {token}"}, bearer("wrong"), bearer(token + "x")):
-            for method, url in (("POST", f"{base}/{pid}/retry"), ("POST", f"{base}/{pid}/forget"),
-                                ("GET", base)):
+        for headers in (
+            {},
+            {"Authorization": "Bearer "},
+            {"Authorization": token},
+            {"Authorization": f"Basic {token}"},
+            bearer("wrong"),
+            bearer(token + "x"),
+        ):
+            for method, url in (("POST", f"{base}/{pid}/retry"), ("POST", f"{base}/{pid}/forget"), ("GET", base)):
                 async with s.request(method, url, headers=headers) as r:
                     assert r.status == 401, (headers, method, url)
                     assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -201,9 +229,14 @@ def test_an_unsafe_token_file_stops_the_start(tmp_path: Path, plant: str) -> Non
 
 async def _cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[int, str, str]:
     environ = {k: v for k, v in os.environ.items() if k != "CONVEYOR_TOKEN"}
-    p = await asyncio.create_subprocess_exec(*CONVEYOR, *args, stdout=asyncio.subprocess.PIPE,
-                                             stderr=asyncio.subprocess.PIPE, env={**environ, **(env or {})},
-                                             cwd=cwd)
+    p = await asyncio.create_subprocess_exec(
+        *CONVEYOR,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**environ, **(env or {})},
+        cwd=cwd,
+    )
     out, err = await asyncio.wait_for(p.communicate(), 30)
     assert p.returncode is not None
     return p.returncode, out.decode(), err.decode()
@@ -215,8 +248,15 @@ async def test_the_cli_reads_the_token_beside_the_state(tmp_path: Path) -> None:
     async with http_sink(plan=[status(400, "bad row")]) as sink:
         port = free_port()
         inst, flow = local_flow(tmp_path, {"type": "http", "url": sink.url}, poll_interval="300ms", after="keep")
-        config = write_config(tmp_path / "c.yaml", {"health": {"listen": f"127.0.0.1:{port}"}, "state": "var/s.db",
-                                                     "instances": {"box": inst}, "flows": {"f": flow}})
+        config = write_config(
+            tmp_path / "c.yaml",
+            {
+                "health": {"listen": f"127.0.0.1:{port}"},
+                "state": "var/s.db",
+                "instances": {"box": inst},
+                "flows": {"f": flow},
+            },
+        )
         (tmp_path / "in" / "a.csv").write_text("a")
         d = DaemonProcess(config, port).start()  # cwd: tmp_path
         try:
@@ -230,6 +270,7 @@ async def test_the_cli_reads_the_token_beside_the_state(tmp_path: Path) -> None:
                 async with aiohttp.ClientSession() as s:
                     _, doc = await get_json(s, f"{d.url}/flows/f/items?state=failed", headers=bearer(token))
                     return list(doc["items"])
+
             pid = (await wait_for(failed, 20))[0]["id"]
 
             code, out, err = await _cli("ledger", "-c", str(config), "f", "--state", "failed", cwd=tmp_path)
@@ -245,8 +286,7 @@ async def test_the_cli_reads_the_token_beside_the_state(tmp_path: Path) -> None:
             assert code == 1 and len(err.strip().splitlines()) == 1, err
             assert f"no token file at {elsewhere / 'var' / TOKEN_FILE}: run from the daemon's working folder" in err
             assert "CONVEYOR_TOKEN" in err
-            code, out, err = await _cli("ledger", "-c", str(config), "f", cwd=elsewhere,
-                                        env={"CONVEYOR_TOKEN": token})
+            code, out, err = await _cli("ledger", "-c", str(config), "f", cwd=elsewhere, env={"CONVEYOR_TOKEN": token})
             assert code == 0 and pid in out, err
             # --url without -c: a local config's token is not sent to an address it does not name.
             code, out, err = await _cli("ledger", "--url", d.url, "f", cwd=tmp_path)

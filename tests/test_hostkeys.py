@@ -31,8 +31,18 @@ def test_forms_match_the_blob() -> None:
     assert s256 == "SHA256:" + base64.b64encode(hashlib.sha256(BLOB).digest()).decode().rstrip("=")
     assert md5.removeprefix("MD5:").replace(":", "") == hashlib.md5(BLOB).hexdigest()
     assert s512 == hashlib.sha512(BLOB).hexdigest()
-    for text in (s256, s256 + "=", md5, md5[4:], md5[4:].replace(":", ""), md5.upper(), s512, s512.upper(),
-                 "SHA512:" + s512, f"  {s256}  "):
+    for text in (
+        s256,
+        s256 + "=",
+        md5,
+        md5[4:],
+        md5[4:].replace(":", ""),
+        md5.upper(),
+        s512,
+        s512.upper(),
+        "SHA512:" + s512,
+        f"  {s256}  ",
+    ):
         assert parse_fingerprint(text).matches(BLOB), text
         assert not parse_fingerprint(text).matches(BLOB + b"x"), text
 
@@ -43,8 +53,20 @@ def test_kinds() -> None:
     assert parse_fingerprint(sha512_fp(BLOB)).hash == "sha512"
 
 
-@pytest.mark.parametrize("bad", ["", "SHA256:", "SHA256:!!!", "SHA256:" + "A" * 40, "12:34", "xyz" * 11,
-                                 "1:627aca576282d36631b564debdfa648a", "MD5:" + "a" * 128, "a" * 64])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "SHA256:",
+        "SHA256:!!!",
+        "SHA256:" + "A" * 40,
+        "12:34",
+        "xyz" * 11,
+        "1:627aca576282d36631b564debdfa648a",
+        "MD5:" + "a" * 128,
+        "a" * 64,
+    ],
+)
 def test_malformed(bad: str) -> None:
     with pytest.raises(ValueError, match="SHA256:<base64>"):
         parse_fingerprint(bad)
@@ -107,8 +129,11 @@ async def test_ecdsa_only_server(ssh_client_keys: Any) -> None:
     try:
         keys = await scan("127.0.0.1", srv.port, 5)
         assert [k[0] for k in keys] == ["ecdsa-sha2-nistp256"]
-        inst = SftpInstance("p", SftpConfig.model_validate(srv.instance_config(
-            host_fingerprint=sha512_fp(srv.host_blob("ecdsa")))), None)
+        inst = SftpInstance(
+            "p",
+            SftpConfig.model_validate(srv.instance_config(host_fingerprint=sha512_fp(srv.host_blob("ecdsa")))),
+            None,
+        )
         try:
             assert "(ecdsa-sha2-nistp256," in await inst.check()
         finally:

@@ -45,8 +45,15 @@ def cfg(url: str, **kw: object) -> HttpTargetConfig:
 
 
 def payload(data: bytes = b"id,qty\n1,2\n", name: str | None = "ORD_1.csv", body: Body | None = None) -> Payload:
-    return Payload(id="3f5c" * 8, flow="orders", source_instance="partner", source_type="sftp",
-                   body=body or Body.from_bytes(data), name=name, file={"path": f"out/{name}", "mtime": "x"})
+    return Payload(
+        id="3f5c" * 8,
+        flow="orders",
+        source_instance="partner",
+        source_type="sftp",
+        body=body or Body.from_bytes(data),
+        name=name,
+        file={"path": f"out/{name}", "mtime": "x"},
+    )
 
 
 @pytest.mark.parametrize("code", [200, 201, 204])
@@ -82,7 +89,10 @@ async def test_content_type_config_then_name_then_payload() -> None:
             await t1.close()
             await t2.close()
     assert [r.headers["Content-Type"] for r in sink.received] == [
-        "application/x-edi", "application/octet-stream", "application/json"]
+        "application/x-edi",
+        "application/octet-stream",
+        "application/json",
+    ]
 
 
 @pytest.mark.parametrize("code", [400, 404, 409, 413, 301])
@@ -114,8 +124,9 @@ async def test_retryable_statuses_are_transient(code: int) -> None:
 
 async def test_429_retry_after_seconds_and_date() -> None:
     future = formatdate(time.time() + 120, usegmt=True)
-    async with http_sink(plan=[status(429, headers={"Retry-After": "7"}),
-                               status(503, headers={"Retry-After": future})]) as sink:
+    async with http_sink(
+        plan=[status(429, headers={"Retry-After": "7"}), status(503, headers={"Retry-After": future})]
+    ) as sink:
         t = HttpTarget("f", cfg(sink.url))
         try:
             with pytest.raises(RetryAfter) as e1:
@@ -158,6 +169,7 @@ async def test_one_dropped_connection_is_tried_again_at_once() -> None:
 async def test_keep_alive_races_with_the_server_idle_timeout() -> None:
     """A server that closes idle connections after 0.3 s, and a client sending just then:
     the stale pooled connection must not turn into a failed attempt."""
+
     async def ok(r: web.Request) -> web.Response:
         await r.read()
         return web.Response(text="ok")
@@ -221,8 +233,11 @@ async def test_tls_verified_by_default_ca_file_and_off(tmp_path: Path) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
     await site.start()
     url = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
-    targets = [HttpTarget("f", cfg(url)), HttpTarget("f", cfg(url, ca_file=str(ca_file))),
-               HttpTarget("f", cfg(url, tls_verify=False))]
+    targets = [
+        HttpTarget("f", cfg(url)),
+        HttpTarget("f", cfg(url, ca_file=str(ca_file))),
+        HttpTarget("f", cfg(url, tls_verify=False)),
+    ]
     try:
         with pytest.raises(Transient, match="certificate"):
             await targets[0].deliver(payload())
@@ -246,8 +261,9 @@ async def test_retries_honour_retry_after_then_delivers(tmp_path: Path) -> None:
         # One poll takes the file; a long poll_interval keeps the request count exact.
         inst, flow = local_flow(tmp_path, {"type": "http", "url": sink.url}, poll_interval="10s")
         flow["retry"] = {"attempts": 5, "backoff": "50ms", "max_backoff": "100ms"}
-        config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"},
-                                                     "instances": {"box": inst}, "flows": {"f": flow}})
+        config = write_config(
+            tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"}, "instances": {"box": inst}, "flows": {"f": flow}}
+        )
         (tmp_path / "in" / "a.txt").write_text("hello")
         async with daemon_in_process(config) as d:
             await wait_for(lambda: d.status.flows["f"].delivered == 1, 15)
@@ -263,8 +279,9 @@ async def test_permanent_failure_is_failed_in_ledger(tmp_path: Path, on_failure:
     async with http_sink(default=status(400, "schema violation")) as sink:
         extra = {"on_failure": {"move": on_failure}} if on_failure else {}
         inst, flow = local_flow(tmp_path, {"type": "http", "url": sink.url}, **extra)
-        config = write_config(tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"},
-                                                     "instances": {"box": inst}, "flows": {"f": flow}})
+        config = write_config(
+            tmp_path / "c.yaml", {"health": {"listen": "127.0.0.1:0"}, "instances": {"box": inst}, "flows": {"f": flow}}
+        )
         (tmp_path / "in" / "bad.csv").write_text("nope")
         async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
             await wait_for(lambda: d.status.flows["f"].failed == 1, 15)
@@ -289,9 +306,16 @@ async def test_large_file_streams_with_flat_rss(tmp_path: Path) -> None:
     async with http_sink(keep_bodies_up_to=0) as sink:
         port = free_port()
         inst, flow = local_flow(tmp_path, {"type": "http", "url": sink.url}, poll_interval="3s")
-        config = write_config(tmp_path / "c.yaml", {"health": {"listen": f"127.0.0.1:{port}"},
-                                                     "spool_threshold": "1MiB", "log": {"level": "info"},
-                                                     "instances": {"box": inst}, "flows": {"f": flow}})
+        config = write_config(
+            tmp_path / "c.yaml",
+            {
+                "health": {"listen": f"127.0.0.1:{port}"},
+                "spool_threshold": "1MiB",
+                "log": {"level": "info"},
+                "instances": {"box": inst},
+                "flows": {"f": flow},
+            },
+        )
         d = DaemonProcess(config, port).start()
         try:
             await d.wait_listening()
@@ -325,11 +349,20 @@ async def test_rabbitmq_message_refused_by_http_is_rejected_and_failed(rabbit_vh
     q, dlq = v.q("http-refused"), v.q("http-refused.dlq")
     await declare(v, dlq)
     async with http_sink(default=status(422, "unprocessable order")) as sink:
-        source = {"instance": "mq", "queue": q, "max_attempts": 5,
-                  "declare": {"arguments": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}}}
-        config = write_config(tmp_path / "c.yaml", {
-            "health": {"listen": "127.0.0.1:0"}, "instances": {"mq": v.instance_config()},
-            "flows": {"m": {"source": source, "target": {"type": "http", "url": sink.url}}}})
+        source = {
+            "instance": "mq",
+            "queue": q,
+            "max_attempts": 5,
+            "declare": {"arguments": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}},
+        }
+        config = write_config(
+            tmp_path / "c.yaml",
+            {
+                "health": {"listen": "127.0.0.1:0"},
+                "instances": {"mq": v.instance_config()},
+                "flows": {"m": {"source": source, "target": {"type": "http", "url": sink.url}}},
+            },
+        )
         async with daemon_in_process(config) as d, aiohttp.ClientSession() as s:
             await wait_for(lambda: q in v.counts(), 20)
             await publish(v, q, [b'{"order": 1}'], message_id="order-1")
@@ -350,8 +383,9 @@ async def _reading_server(rate: int, stop_after: int | None) -> tuple[asyncio.Se
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+            )
             got = 0
             while got < length:
                 if stop_after is not None and got >= stop_after:

@@ -34,8 +34,9 @@ async def guarded(w: Watchdog, work: float, touch_every: float | None = None) ->
 async def test_limit_progress_and_many_at_once() -> None:
     w = Watchdog(0.3)
     started = time.monotonic()
-    results = await asyncio.gather(guarded(w, 2.0), guarded(w, 0.1), guarded(w, 0.9, touch_every=0.1),
-                                   *(guarded(w, 5.0) for _ in range(50)))
+    results = await asyncio.gather(
+        guarded(w, 2.0), guarded(w, 0.1), guarded(w, 0.9, touch_every=0.1), *(guarded(w, 5.0) for _ in range(50))
+    )
     took = time.monotonic() - started
     assert results[:3] == ["timeout", "done", "done"]  # progress keeps a long request alive
     assert set(results[3:]) == {"timeout"}

@@ -1,7 +1,6 @@
 """The free-space floor (``min_free_space``): intake pauses on a disk with too little room and
 resumes when there is room again, for files and for messages; nothing is lost."""
 
-
 from __future__ import annotations
 
 import asyncio
@@ -39,8 +38,9 @@ async def test_low_disk_space_pauses_intake_and_a_lower_floor_resumes_it(tmp_pat
     port = free_port()
     floor = free_bytes(tmp_path) + 1024**4  # more than this disk has free: intake must pause
     instances = {"remote": {"type": "local", "root": str(root)}}
-    cfg = write_config(tmp_path, instances, {"f": flow(out)}, min_free_space=floor,
-                       health={"listen": f"127.0.0.1:{port}"})
+    cfg = write_config(
+        tmp_path, instances, {"f": flow(out)}, min_free_space=floor, health={"listen": f"127.0.0.1:{port}"}
+    )
     async with running(cfg) as d, aiohttp.ClientSession() as http:
         await wait_for(lambda: d.status.paused, 10)
         await asyncio.sleep(1.0)  # several poll intervals
@@ -69,8 +69,13 @@ async def test_paused_intake_leaves_messages_with_the_broker(rabbit_vhost: Vhost
     await publish(v, q, [b"one", b"two"])
     out = tmp_path / "out"
     instances = {"mq": v.instance_config()}
-    flows = {"f": {"source": {"instance": "mq", "queue": q}, "target": {"type": "directory", "path": str(out)},
-                   "retry": RETRY}}
+    flows = {
+        "f": {
+            "source": {"instance": "mq", "queue": q},
+            "target": {"type": "directory", "path": str(out)},
+            "retry": RETRY,
+        }
+    }
     cfg = write_config(tmp_path, instances, flows, min_free_space=free_bytes(tmp_path) + 1024**4)
     async with running(cfg) as d:
         await wait_for(lambda: d.status.paused, 10)

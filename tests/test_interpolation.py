@@ -85,8 +85,13 @@ def test_check_takes_substituted_text_as_it_is(tmp_path: Path, case: str) -> Non
     path.write_text(CONFIG.format(tmp=tmp_path, fp="A" * 43, password=password))
     env = {k: v for k, v in os.environ.items() if k != "NOPE_NOT_SET"}
     env["PARTNER_PW"] = "${file:/nonexistent/secret}"
-    r = subprocess.run([sys.executable, "-m", "conveyor", "check", "-c", str(path)], capture_output=True, text=True,
-                       env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "conveyor", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stdout and r.stderr == ""
     cfg = load_config(path, env=env)

@@ -123,8 +123,9 @@ async def test_fingerprint_command_and_scan(sftp6: AsyncsshSftpServer, capsys: A
     assert sha256_fp(sftp6.host_key("ssh-ed25519").public_data) in out
 
 
-@pytest.mark.parametrize(("tls", "passive"), [("none", True), ("none", False), ("explicit", True),
-                                              ("explicit", False), ("implicit", True)])
+@pytest.mark.parametrize(
+    ("tls", "passive"), [("none", True), ("none", False), ("explicit", True), ("explicit", False), ("implicit", True)]
+)
 async def test_ftp(pyftpd_factory: Any, tmp_path: Path, tls: str, passive: bool) -> None:
     """Passive mode over IPv6 is EPSV (PASV cannot carry an IPv6 address), active mode EPRT."""
     srv = pyftpd_factory(tls, host="::1")
@@ -142,8 +143,16 @@ async def test_http_target() -> None:
         assert sink.url.startswith("http://[::1]:")
         target = HttpTarget("f", HttpTargetConfig.model_validate({"type": "http", "url": sink.url}))
         try:
-            await target.deliver(Payload(id="p1", flow="f", source_instance="i", source_type="local",
-                                         body=Body.from_bytes(b"over six"), name="a.txt"))
+            await target.deliver(
+                Payload(
+                    id="p1",
+                    flow="f",
+                    source_instance="i",
+                    source_type="local",
+                    body=Body.from_bytes(b"over six"),
+                    name="a.txt",
+                )
+            )
         finally:
             await target.close()
     assert [(r.headers["Idempotency-Key"], r.body) for r in sink.received] == [("p1", b"over six")]
@@ -156,16 +165,31 @@ async def test_refused_names_the_address_in_brackets(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET6) as s:
         s.bind(("::1", 0))
         port = s.getsockname()[1]  # bound, never listening: refused
-        ftp, _, _ = ftp_instance({"type": "ftp", "host": "::1", "port": port, "username": "u", "password": "p",
-                                  "timeout": "2s"}, tmp_path / "spool")
+        ftp, _, _ = ftp_instance(
+            {"type": "ftp", "host": "::1", "port": port, "username": "u", "password": "p", "timeout": "2s"},
+            tmp_path / "spool",
+        )
         try:
             with pytest.raises(Transient, match=rf"\[::1\]:{port}"):
                 await ftp.check()
         finally:
             await ftp.close()
-        sftp = SftpInstance("partner", SftpConfig.model_validate({
-            "type": "sftp", "host": "::1", "port": port, "username": "u", "password": "p", "host_key_check": "off",
-            "timeout": "2s", "max_connection_attempts": 1}), Context(spool=Spool(tmp_path), status=StatusBoard()))
+        sftp = SftpInstance(
+            "partner",
+            SftpConfig.model_validate(
+                {
+                    "type": "sftp",
+                    "host": "::1",
+                    "port": port,
+                    "username": "u",
+                    "password": "p",
+                    "host_key_check": "off",
+                    "timeout": "2s",
+                    "max_connection_attempts": 1,
+                }
+            ),
+            Context(spool=Spool(tmp_path), status=StatusBoard()),
+        )
         try:
             with pytest.raises(Transient, match=rf"cannot connect to \[::1\]:{port}"):
                 await sftp.check()

@@ -26,8 +26,9 @@ from tests.servers.ops import (
 
 def _config(tmp_path: Path, url: str, listen: str, **extra: Any) -> Path:
     inst, flow = local_flow(tmp_path, {"type": "http", "url": url}, poll_interval="300ms", after="keep")
-    return write_config(tmp_path / "c.yaml", {"health": {"listen": listen, **extra},
-                                              "instances": {"box": inst}, "flows": {"f": flow}})
+    return write_config(
+        tmp_path / "c.yaml", {"health": {"listen": listen, **extra}, "instances": {"box": inst}, "flows": {"f": flow}}
+    )
 
 
 async def test_list_retry_forget_over_http(tmp_path: Path) -> None:
@@ -87,8 +88,12 @@ async def test_every_peer_needs_the_token(tmp_path: Path) -> None:
                 async with aiohttp.ClientSession(connector=conn) as s:
                     code, doc = await get_json(s, d.health.url + "/flows/f/items")
                     assert code == 401 and "Authorization: Bearer" in doc["error"]
-                    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token},
-                                    {"Authorization": "Bearer "}):
+                    for headers in (
+                        {},
+                        {"Authorization": "Bearer wrong"},
+                        {"Authorization": token},
+                        {"Authorization": "Bearer "},
+                    ):
                         code, doc = await get_json(s, url, method="POST", headers=headers)
                         assert code == 401, (local_addr, headers)
                     assert (await d.store.list("f", "failed"))[0].id == pid
@@ -99,8 +104,13 @@ async def test_every_peer_needs_the_token(tmp_path: Path) -> None:
 
 
 async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    p = await asyncio.create_subprocess_exec(*CONVEYOR, *args, stdout=asyncio.subprocess.PIPE,
-                                             stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
+    p = await asyncio.create_subprocess_exec(
+        *CONVEYOR,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
     out, err = await asyncio.wait_for(p.communicate(), 30)
     assert p.returncode is not None
     return p.returncode, out.decode(), err.decode()
@@ -119,6 +129,7 @@ async def test_cli_against_a_daemon_subprocess(tmp_path: Path) -> None:
             async def failed() -> bool:
                 code, doc = await get_json(s, f"{d.url}/flows/f/items?state=failed")
                 return bool(code == 200 and doc["items"])
+
             async with aiohttp.ClientSession(headers=api_headers(config)) as s:
                 await wait_for(failed, 15)
 
@@ -156,9 +167,11 @@ async def test_cli_against_a_daemon_subprocess(tmp_path: Path) -> None:
 
 async def _eventually_delivered(url: str, pid: str, headers: dict[str, str]) -> bool:
     async with aiohttp.ClientSession(headers=headers) as s:
+
         async def check() -> bool:
             _, doc = await get_json(s, f"{url}/flows/f/items?state=delivered")
             return any(i["id"] == pid for i in doc["items"])
+
         return bool(await wait_for(check, 10))
 
 
@@ -182,15 +195,40 @@ def test_cli_url_from_config_and_rendering(tmp_path: Path) -> None:
         assert url_for('"127.0.0.1:${CONVEYOR_TEST_PORT}"') == "http://127.0.0.1:9004"
     finally:
         del os.environ["CONVEYOR_TEST_PORT"]
-    text = render_status({
-        "version": "0.1.0", "replica": "r1", "config": "/etc/c.yaml", "started": "t", "ready": False, "healthy": True,
-        "instances": {"partner": {"type": "sftp", "state": "down", "since": "t", "address": "a@h:22",
-                                  "last_error": "auth failed"}},
-        "flows": {"f": {"state": "backoff", "delivered": 3, "failed": 1, "in_flight": 0, "bytes": 9,
-                        "last_delivery": None, "last_error": "x"}},
-        "not_ready": {"flows": {"f": "stalled: last completed poll 99s ago"},
-                      "instances": {"partner": "down: auth failed"}},
-    })
+    text = render_status(
+        {
+            "version": "0.1.0",
+            "replica": "r1",
+            "config": "/etc/c.yaml",
+            "started": "t",
+            "ready": False,
+            "healthy": True,
+            "instances": {
+                "partner": {
+                    "type": "sftp",
+                    "state": "down",
+                    "since": "t",
+                    "address": "a@h:22",
+                    "last_error": "auth failed",
+                }
+            },
+            "flows": {
+                "f": {
+                    "state": "backoff",
+                    "delivered": 3,
+                    "failed": 1,
+                    "in_flight": 0,
+                    "bytes": 9,
+                    "last_delivery": None,
+                    "last_error": "x",
+                }
+            },
+            "not_ready": {
+                "flows": {"f": "stalled: last completed poll 99s ago"},
+                "instances": {"partner": "down: auth failed"},
+            },
+        }
+    )
     assert "ready: NO" in text and "flow f: stalled: last completed poll 99s ago" in text
     assert "instance partner: down: auth failed" in text
     assert any(line.split()[:3] == ["partner", "sftp", "down"] for line in text.splitlines())

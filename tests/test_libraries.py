@@ -45,14 +45,19 @@ def child(tmp_path: Path, blocked: str, *args: str) -> subprocess.CompletedProce
 
 
 def pubsub_config(tmp_path: Path, **top: Any) -> Path:
-    inst = {"gcp": {"type": "pubsub", "project": "demo", "emulator_host": "127.0.0.1:1"},
-            "disk": {"type": "local", "root": str(tmp_path / "in"), "create": True}}
+    inst = {
+        "gcp": {"type": "pubsub", "project": "demo", "emulator_host": "127.0.0.1:1"},
+        "disk": {"type": "local", "root": str(tmp_path / "in"), "create": True},
+    }
     flows = {
-        "from-gcp": {"source": {"instance": "gcp", "subscription": "orders"},
-                     "target": {"type": "directory", "path": str(tmp_path / "out-gcp")}},
-        "from-disk": {"source": {"instance": "disk", "path": "", "poll_interval": "100ms", "min_age": "0s",
-                                 "after": "delete"},
-                      "target": {"type": "directory", "path": str(tmp_path / "out-disk"), "filename": "{name}"}},
+        "from-gcp": {
+            "source": {"instance": "gcp", "subscription": "orders"},
+            "target": {"type": "directory", "path": str(tmp_path / "out-gcp")},
+        },
+        "from-disk": {
+            "source": {"instance": "disk", "path": "", "poll_interval": "100ms", "min_age": "0s", "after": "delete"},
+            "target": {"type": "directory", "path": str(tmp_path / "out-disk"), "filename": "{name}"},
+        },
     }
     return write_config(tmp_path, inst, flows, **top)
 
@@ -62,16 +67,22 @@ def test_missing_pubsub_library_is_one_line_and_exit_2(tmp_path: Path, command: 
     cfg = pubsub_config(tmp_path)
     r = child(tmp_path, "grpc,google", "-m", "conveyor", command, "-c", str(cfg))
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "instances.gcp.type: the pubsub connector needs the Python module 'grpc'" in r.stderr \
-        or "instances.gcp.type: the pubsub connector needs the Python module 'google" in r.stderr, r.stderr
+    assert (
+        "instances.gcp.type: the pubsub connector needs the Python module 'grpc'" in r.stderr
+        or "instances.gcp.type: the pubsub connector needs the Python module 'google" in r.stderr
+    ), r.stderr
     assert "pip install conveyor" in r.stderr
     assert "Traceback" not in r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("command", ["check", "run"])
 def test_missing_postgres_library_is_one_line_and_exit_2(tmp_path: Path, command: str) -> None:
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path), "create": True}}, {},
-                       state="postgresql://postgres@127.0.0.1:5432/test")
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(tmp_path), "create": True}},
+        {},
+        state="postgresql://postgres@127.0.0.1:5432/test",
+    )
     r = child(tmp_path, "asyncpg", "-m", "conveyor", command, "-c", str(cfg))
     assert r.returncode == 2, r.stdout + r.stderr
     assert "state: a PostgreSQL state store needs the Python module 'asyncpg'" in r.stderr, r.stderr
@@ -81,8 +92,9 @@ def test_missing_postgres_library_is_one_line_and_exit_2(tmp_path: Path, command
 def test_default_install_has_the_pubsub_and_postgres_clients(tmp_path: Path) -> None:
     """The clients are dependencies of conveyor itself, so ``check`` passes on a plain install."""
     cfg = pubsub_config(tmp_path, state="postgresql://postgres@127.0.0.1:5432/test")
-    r = subprocess.run([sys.executable, "-m", "conveyor", "check", "-c", str(cfg)], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "conveyor", "check", "-c", str(cfg)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     from importlib.metadata import requires
 
@@ -111,9 +123,12 @@ def test_a_flow_whose_instance_cannot_be_built_fails_alone(tmp_path: Path) -> No
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCKER)
     log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-c", RUN_DAEMON, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                            env={"PYTHONPATH": f"{site}:{Path.cwd()}", "BLOCK_MODULES": "grpc,google",
-                                 "PATH": "/usr/bin:/bin"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_DAEMON, str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={"PYTHONPATH": f"{site}:{Path.cwd()}", "BLOCK_MODULES": "grpc,google", "PATH": "/usr/bin:/bin"},
+    )
     try:
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / "a.txt").write_text("a")
@@ -151,11 +166,17 @@ def test_a_flow_whose_instance_cannot_be_built_fails_alone(tmp_path: Path) -> No
     assert "ExceptionGroup" not in text
 
 
-
 def test_missing_target_library_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path), "create": True}},
-                       {"hook": {"source": {"instance": "disk", "path": ""},
-                                 "target": {"type": "http", "url": "http://127.0.0.1:1/in"}}})
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(tmp_path), "create": True}},
+        {
+            "hook": {
+                "source": {"instance": "disk", "path": ""},
+                "target": {"type": "http", "url": "http://127.0.0.1:1/in"},
+            }
+        },
+    )
     r = child(tmp_path, "aiohttp", "-m", "conveyor", "check", "-c", str(cfg))
     assert r.returncode == 2, r.stdout + r.stderr
     assert "flows.hook.target.type: the http target needs the Python module 'aiohttp'" in r.stderr, r.stderr

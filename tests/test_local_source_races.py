@@ -98,12 +98,21 @@ async def rig(tmp_path: Path, target: Callable[[Target], Target] | None = None, 
     spool.prepare()
     store = SqliteStore(str(tmp_path / "state.db"), "test")
     await store.open()
-    inst = LocalInstance("box", LocalConfig(type="local", root=str(tmp_path / "root")),
-                         Context(spool=spool, status=status))
+    inst = LocalInstance(
+        "box", LocalConfig(type="local", root=str(tmp_path / "root")), Context(spool=spool, status=status)
+    )
     await inst.check()
     directory: Target = DirectoryTarget("f", DirectoryTargetConfig(type="directory", path=str(tmp_path / "out")))
-    deliverer = Deliverer("f", target(directory) if target else directory, store, status, attempts=1,
-                          backoff=Backoff(0.01, 0.01), timeout=None, lease=300.0)
+    deliverer = Deliverer(
+        "f",
+        target(directory) if target else directory,
+        store,
+        status,
+        attempts=1,
+        backoff=Backoff(0.01, 0.01),
+        timeout=None,
+        lease=300.0,
+    )
     held: list[Callable[[], Awaitable[None]]] = []
 
     async def submit(key: str, work: Callable[[], Awaitable[None]]) -> bool:
@@ -111,8 +120,14 @@ async def rig(tmp_path: Path, target: Callable[[Target], Target] | None = None, 
         return True
 
     cfg = FileSourceConfig(instance="box", min_age=0, recursive=True, **source)
-    src = FileSource(flow="f", instance="box", instance_type="local", fs=inst, config=cfg,
-                     deps=FileSourceDeps(deliverer=deliverer, store=store, spool=spool, status=status, submit=submit))
+    src = FileSource(
+        flow="f",
+        instance="box",
+        instance_type="local",
+        fs=inst,
+        config=cfg,
+        deps=FileSourceDeps(deliverer=deliverer, store=store, spool=spool, status=status, submit=submit),
+    )
     r = Rig(tmp_path, src, inst, store, status, held)
     try:
         yield r
@@ -151,8 +166,9 @@ async def test_a_folder_swapped_for_a_link_after_the_listing_is_not_read(tmp_pat
     async with rig(tmp_path) as r:
         (r.root / "sub").mkdir()
         (r.root / "sub" / "secret.txt").write_bytes(b"p" * size)
-        (tmp_path / "private" / "secret.txt").write_bytes(PRIVATE * (size // len(PRIVATE)) +
-                                                          PRIVATE[: size % len(PRIVATE)])
+        (tmp_path / "private" / "secret.txt").write_bytes(
+            PRIVATE * (size // len(PRIVATE)) + PRIVATE[: size % len(PRIVATE)]
+        )
         assert await r.listing() == 1
         swap_for_link(r.root / "sub", "../private")
         err = await r.run_held()
@@ -200,7 +216,8 @@ async def test_a_fifo_or_device_swapped_in_after_the_listing_does_not_hang(tmp_p
 
 
 async def test_fifos_and_links_in_the_folder_are_reported_never_opened(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """What the listing shows that is no regular file is counted and logged once, with the flow
     and the name, and never opened; the regular files beside it are delivered."""
     async with rig(tmp_path, after="delete") as r:
@@ -245,7 +262,8 @@ async def test_a_file_replaced_after_the_listing_is_not_read(tmp_path: Path) -> 
 
 
 async def test_a_file_rewritten_in_place_after_the_listing_is_not_delivered_as_the_listed_version(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Same inode, other size: the listed version is gone, so nothing goes out under its id."""
     async with rig(tmp_path) as r:
         (r.root / "a.txt").write_bytes(b"first")
@@ -300,7 +318,8 @@ async def test_the_after_action_does_not_follow_a_folder_swapped_for_a_link(tmp_
 @pytest.mark.parametrize("after", ["delete", "move"])
 @pytest.mark.parametrize("swap", ["link", "new-upload", "appended"])
 async def test_the_after_action_leaves_a_name_that_holds_another_file(
-        tmp_path: Path, after: str, swap: str, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, after: str, swap: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The delivered file replaced, before the after action, by a link to the private file or by
     a new upload (which may well get the freed inode), or appended to: none is deleted or moved,
     and the flow says so; a new version has its own id and is taken by a later listing."""
@@ -350,10 +369,22 @@ async def test_the_daemon_refuses_the_swap_and_keeps_delivering(tmp_path: Path) 
     (tmp_path / "private" / "secret.txt").write_bytes(PRIVATE)
     async with counting_sink() as sink:
         sink.hold = asyncio.Event()
-        cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(disk)}},
-                           {"f": {"source": {"instance": "disk", "recursive": True, "poll_interval": "100ms",
-                                             "min_age": "0s", "after": "delete"},
-                                  "target": {"type": "http", "url": sink.url}}})
+        cfg = write_config(
+            tmp_path,
+            {"disk": {"type": "local", "root": str(disk)}},
+            {
+                "f": {
+                    "source": {
+                        "instance": "disk",
+                        "recursive": True,
+                        "poll_interval": "100ms",
+                        "min_age": "0s",
+                        "after": "delete",
+                    },
+                    "target": {"type": "http", "url": sink.url},
+                }
+            },
+        )
         d = DaemonProcess(cfg).start()
         try:
             await wait_for(lambda: sink.open == 1, 30)
@@ -374,16 +405,22 @@ async def test_the_daemon_refuses_the_swap_and_keeps_delivering(tmp_path: Path) 
     assert os.path.islink(disk / "sub") and stat.S_ISFIFO(os.lstat(disk / "pipe.bin").st_mode)
     logs = d.logs()
     refused = [r for r in logs if str(r.get("msg", "")).startswith("skipping")]
-    assert sorted(r["msg"].split(":")[0] for r in refused) == ["skipping 'pipe.bin'", "skipping 'sub'",
-                                                              "skipping 'zero.bin'"], refused
+    assert sorted(r["msg"].split(":")[0] for r in refused) == [
+        "skipping 'pipe.bin'",
+        "skipping 'sub'",
+        "skipping 'zero.bin'",
+    ], refused
     assert all(r.get("flow") == "f" for r in refused)
     assert "Traceback" not in d.text()
 
 
 # -- the instance on its own --------------------------------------------------------------------------
 def instance(tmp_path: Path) -> LocalInstance:
-    return LocalInstance("box", LocalConfig(type="local", root=str(tmp_path / "root")),
-                         Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()))
+    return LocalInstance(
+        "box",
+        LocalConfig(type="local", root=str(tmp_path / "root")),
+        Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()),
+    )
 
 
 async def test_without_proc_large_files_are_copied_from_the_checked_descriptor(tmp_path: Path) -> None:

@@ -77,10 +77,12 @@ async def test_a_hostile_message_id_through_a_real_run(rabbit_vhost: Vhost, tmp_
     await declare(v, q)
     await publish(v, q, [b"hello"], message_id=EVIL_ID)
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"mq": v.instance_config()},
-                       {"d": {"source": {"instance": "mq", "queue": q},
-                              "target": {"type": "directory", "path": str(out)}}},
-                       log={"level": "debug", "format": "text"})
+    cfg = write_config(
+        tmp_path,
+        {"mq": v.instance_config()},
+        {"d": {"source": {"instance": "mq", "queue": q}, "target": {"type": "directory", "path": str(out)}}},
+        log={"level": "debug", "format": "text"},
+    )
     d = DaemonProcess(cfg).start()
     try:
         await wait_for(lambda: bodies(out), 30)

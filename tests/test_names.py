@@ -33,11 +33,23 @@ def test_temp_names_fit_when_the_name_does(name: str) -> None:
     assert len(temp_name(name, "ab" * 32).encode()) <= 255
 
 
-@pytest.mark.parametrize(("name", "why"), [
-    (".env", "dot"), ("CON", "device"), ("con.tar.gz", "device"), ("LPT9.x", "device"), ("COM¹", "device"),
-    ("a.", "dot or a space"), ("a:b", "<>"), ('a"b', "<>"), ("a*", "<>"), ("console", None), ("CONx.txt", None),
-    ("a.b", None),
-])
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        (".env", "dot"),
+        ("CON", "device"),
+        ("con.tar.gz", "device"),
+        ("LPT9.x", "device"),
+        ("COM¹", "device"),
+        ("a.", "dot or a space"),
+        ("a:b", "<>"),
+        ('a"b', "<>"),
+        ("a*", "<>"),
+        ("console", None),
+        ("CONx.txt", None),
+        ("a.b", None),
+    ],
+)
 def test_unsafe_reason(name: str, why: str | None) -> None:
     got = unsafe_reason(name)
     assert (got is None) if why is None else (got is not None and why in got)

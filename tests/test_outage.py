@@ -128,8 +128,14 @@ class Target:
         key = request.headers.get("Idempotency-Key", "")
         meta_h = request.headers.get("X-Conveyor-Meta")
         name = json.loads(base64.urlsafe_b64decode(meta_h)).get("name") if meta_h else None
-        post = Post(time.monotonic(), key, request.headers.get("X-Conveyor-Flow", ""), 200,
-                    hashlib.sha256(body).hexdigest(), name)
+        post = Post(
+            time.monotonic(),
+            key,
+            request.headers.get("X-Conveyor-Flow", ""),
+            200,
+            hashlib.sha256(body).hexdigest(),
+            name,
+        )
         headers: dict[str, str] = {}
         if self.mode == "retry-after":
             post.status = 503
@@ -141,8 +147,9 @@ class Target:
         else:
             self.accepted[key] = post
         self.posts.append(post)
-        return web.Response(status=post.status, headers=headers, text="down for maintenance"
-                            if post.status == 503 else "ok")
+        return web.Response(
+            status=post.status, headers=headers, text="down for maintenance" if post.status == 503 else "ok"
+        )
 
     async def listen(self, mode: str) -> None:
         """Start answering (on the socket bound since the start)."""
@@ -182,9 +189,23 @@ def proc_figures(pid: int) -> tuple[int, float]:
 
 def queue_counts(v: Vhost, queue: str) -> tuple[int, int]:
     """(ready, unacknowledged) messages of a queue, from rabbitmqctl (the management plugin is off here)."""
-    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", v.name, "--no-table-headers",
-                          "name", "messages_ready", "messages_unacknowledged"],
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [
+            "rabbitmqctl",
+            "-q",
+            "list_queues",
+            "-p",
+            v.name,
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     for line in out.stdout.splitlines():
         parts = line.split("\t")
         if parts[0] == queue:
@@ -196,8 +217,14 @@ async def publish(v: Vhost, queue: str, bodies: list[bytes]) -> None:
     """Persistent messages with confirms, without message_id (ids come from the body hash)."""
     async with await aio_pika.connect(v.url) as conn:
         ch = await conn.channel()
-        await asyncio.gather(*(ch.default_exchange.publish(
-            aio_pika.Message(b, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue) for b in bodies))
+        await asyncio.gather(
+            *(
+                ch.default_exchange.publish(
+                    aio_pika.Message(b, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue
+                )
+                for b in bodies
+            )
+        )
 
 
 def message_bodies(start: int, n: int) -> list[bytes]:
@@ -233,15 +260,22 @@ async def observe(session: aiohttp.ClientSession, health: str, spool: Path, src:
     rows: dict[str, int] = {}
     failed = 0
     for flow in ("files", "msgs"):
-        async with session.get(f"{health}/flows/{flow}/items", params={"limit": "1000"},
-                               headers={"Authorization": f"Bearer {API_TOKEN}"}) as r:
+        async with session.get(
+            f"{health}/flows/{flow}/items", params={"limit": "1000"}, headers={"Authorization": f"Bearer {API_TOKEN}"}
+        ) as r:
             items = (await r.json())["items"]
         rows[flow] = len(items)
         failed += sum(1 for i in items if i["state"] == "failed")
-    return Sample(time.monotonic(), ready_status, ready.get("reasons", {}),
-                  {f: s["last_error"] for f, s in status["flows"].items()},
-                  {f: s["delivered"] for f, s in status["flows"].items()}, rows, failed,
-                  *fs_counts(spool, src))
+    return Sample(
+        time.monotonic(),
+        ready_status,
+        ready.get("reasons", {}),
+        {f: s["last_error"] for f, s in status["flows"].items()},
+        {f: s["delivered"] for f, s in status["flows"].items()},
+        rows,
+        failed,
+        *fs_counts(spool, src),
+    )
 
 
 def fs_counts(spool: Path, src: Path) -> tuple[int, int]:
@@ -269,14 +303,33 @@ async def test_http_target_down_for_minutes(rabbit_vhost: Vhost, tmp_path: Path)
 
     async with http_target() as target, aiohttp.ClientSession() as session:
         hook = {"type": "http", "url": target.url, "timeout": "5s"}
-        cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(disk)}, "broker": v.instance_config()}, {
-            "files": {"source": {"instance": "disk", "path": "in", "poll_interval": "1s", "min_age": "0s",
-                                 "after": {"move": "done"}},
-                      "target": hook, "retry": RETRY, "max_in_flight": MAX_IN_FLIGHT},
-            "msgs": {"source": {"instance": "broker", "queue": queue, "prefetch": PREFETCH, "max_attempts": 3},
-                     "target": hook, "retry": RETRY, "max_in_flight": MAX_IN_FLIGHT},
-        }, health={"listen": f"127.0.0.1:{health_port}", "token": API_TOKEN}, log={"level": "info", "format": "json"},
-            spool_threshold=str(SPOOL_THRESHOLD))
+        cfg = write_config(
+            tmp_path,
+            {"disk": {"type": "local", "root": str(disk)}, "broker": v.instance_config()},
+            {
+                "files": {
+                    "source": {
+                        "instance": "disk",
+                        "path": "in",
+                        "poll_interval": "1s",
+                        "min_age": "0s",
+                        "after": {"move": "done"},
+                    },
+                    "target": hook,
+                    "retry": RETRY,
+                    "max_in_flight": MAX_IN_FLIGHT,
+                },
+                "msgs": {
+                    "source": {"instance": "broker", "queue": queue, "prefetch": PREFETCH, "max_attempts": 3},
+                    "target": hook,
+                    "retry": RETRY,
+                    "max_in_flight": MAX_IN_FLIGHT,
+                },
+            },
+            health={"listen": f"127.0.0.1:{health_port}", "token": API_TOKEN},
+            log={"level": "info", "format": "json"},
+            spool_threshold=str(SPOOL_THRESHOLD),
+        )
         wall0 = time.monotonic()
         d = DaemonProcess(cfg).start()
         assert d.proc is not None
@@ -354,6 +407,7 @@ async def test_http_target_down_for_minutes(rabbit_vhost: Vhost, tmp_path: Path)
             async def ready() -> bool:
                 async with session.get(f"{health}/readyz") as r:
                     return r.status == 200
+
             await wait_for(ready, 30, 0.5)
             after = await observe(session, health, spool, src)
             await asyncio.sleep(5)  # idle a little: what RSS settles at once the burst is over
@@ -394,8 +448,9 @@ async def test_http_target_down_for_minutes(rabbit_vhost: Vhost, tmp_path: Path)
     by_key: dict[str, list[Post]] = {}
     for p in target.posts:
         by_key.setdefault(p.key, []).append(p)
-    ra_gaps = [b.at - a.at for ps in by_key.values() for a, b in itertools.pairwise(ps)
-               if a.status == 503 and a.at < t_plain]
+    ra_gaps = [
+        b.at - a.at for ps in by_key.values() for a, b in itertools.pairwise(ps) if a.status == 503 and a.at < t_plain
+    ]
     assert ra_gaps and min(ra_gaps) >= RETRY_AFTER - 0.05, f"Retry-After not honoured: gap {min(ra_gaps):.2f}s"
     assert cpu_outage < 0.1 * OUTAGE, f"daemon used {cpu_outage:.1f} CPU-seconds in a {OUTAGE:g} s outage"
 
@@ -411,8 +466,9 @@ async def test_http_target_down_for_minutes(rabbit_vhost: Vhost, tmp_path: Path)
     assert all(s.failed == 0 for s in outage_samples)
 
     # -- not ready, and why -------------------------------------------------------------------------
-    assert all(s.readyz == 503 and {"files", "msgs"} <= set(s.reasons.get("flows", {})) for s in late), \
-        [(round(s.at - t0), s.readyz, s.reasons) for s in late]
+    assert all(s.readyz == 503 and {"files", "msgs"} <= set(s.reasons.get("flows", {})) for s in late), [
+        (round(s.at - t0), s.readyz, s.reasons) for s in late
+    ]
     assert any("stalled: last completed poll" in s.reasons["flows"]["files"] for s in late)
     assert any("stalled: a delivery has been in flight" in s.reasons["flows"]["msgs"] for s in late)
     errors = [e or "" for s in late for e in s.errors.values()]
@@ -438,22 +494,40 @@ async def test_http_target_down_for_minutes(rabbit_vhost: Vhost, tmp_path: Path)
     assert all(not e or "HTTP 503" in e or "cannot connect" in e for e in after.errors.values())
 
     figures: dict[str, Any] = {
-        "outage_s": OUTAGE, "wall_s": round(wall, 1), "recovered_in_s": round(t_all - t_back, 1),
-        "rss_kib": {"peak": peak, "first_min_mean": mean_first, "last_min_mean": mean_last,
-                    "recovery_peak": recovery_peak, "after": rss_after,
-                    "every_30s": [r for t, r, _ in outage_rss[::30]]},
+        "outage_s": OUTAGE,
+        "wall_s": round(wall, 1),
+        "recovered_in_s": round(t_all - t_back, 1),
+        "rss_kib": {
+            "peak": peak,
+            "first_min_mean": mean_first,
+            "last_min_mean": mean_last,
+            "recovery_peak": recovery_peak,
+            "after": rss_after,
+            "every_30s": [r for t, r, _ in outage_rss[::30]],
+        },
         "cpu_s_during_outage": round(cpu_outage, 1),
-        "failed_attempts_logged": len(retries), "bound": logged_bound,
-        "posts_retry_after": len(seen_ra), "bound_retry_after": ra_bound,
-        "posts_503": len(seen_503), "bound_503": plain_bound, "min_retry_after_gap_s": round(min(ra_gaps), 2),
-        "max_unacked": max(unacked), "max_ledger_rows": max(max(s.ledger_rows.values()) for s in outage_samples),
+        "failed_attempts_logged": len(retries),
+        "bound": logged_bound,
+        "posts_retry_after": len(seen_ra),
+        "bound_retry_after": ra_bound,
+        "posts_503": len(seen_503),
+        "bound_503": plain_bound,
+        "min_retry_after_gap_s": round(min(ra_gaps), 2),
+        "max_unacked": max(unacked),
+        "max_ledger_rows": max(max(s.ledger_rows.values()) for s in outage_samples),
         "max_spool_files": max(s.spool_files for s in outage_samples),
-        "dedup_posts": target.dedup, "posts_total": len(target.posts),
+        "dedup_posts": target.dedup,
+        "posts_total": len(target.posts),
     }
     print(json.dumps({"readyz_reasons": late[-1].reasons, "last_errors": late[-1].errors}))
     print(json.dumps(figures))
-    record(f"http target down {OUTAGE:g} s: refused, 503 +/- Retry-After (rabbitmq + local)",
-           moved=n_total, lost=lost, duplicates=duplicates, **figures)
+    record(
+        f"http target down {OUTAGE:g} s: refused, 503 +/- Retry-After (rabbitmq + local)",
+        moved=n_total,
+        lost=lost,
+        duplicates=duplicates,
+        **figures,
+    )
 
 
 async def test_patient_retry_policy_outlives_float_overflow(tmp_path: Path) -> None:
@@ -465,15 +539,24 @@ async def test_patient_retry_policy_outlives_float_overflow(tmp_path: Path) -> N
     (disk / "in" / "a.dat").write_bytes(b"x")
     blocked = tmp_path / "out"
     blocked.write_bytes(b"a file where the target folder should be")
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(disk)}}, {
-        "f": {"source": {"instance": "disk", "path": "in", "poll_interval": "200ms", "min_age": "0s"},
-              "target": {"type": "directory", "path": str(blocked)},
-              "retry": {"attempts": 1100, "backoff": "1ms", "max_backoff": "1ms"}}},
-        log={"level": "error", "format": "json"})
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(disk)}},
+        {
+            "f": {
+                "source": {"instance": "disk", "path": "in", "poll_interval": "200ms", "min_age": "0s"},
+                "target": {"type": "directory", "path": str(blocked)},
+                "retry": {"attempts": 1100, "backoff": "1ms", "max_backoff": "1ms"},
+            }
+        },
+        log={"level": "error", "format": "json"},
+    )
     async with running(cfg) as d:
+
         async def failed() -> bool:
             items = await d.store.list("f", None, 10, 0)
             return bool(items) and items[0].state == "failed"
+
         await wait_for(failed, 60, 0.2)
         item = (await d.store.list("f", None, 10, 0))[0]
     assert item.attempts == 1 and (disk / "in" / "a.dat").exists()

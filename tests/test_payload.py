@@ -70,8 +70,11 @@ def test_the_payload_package_shadows_no_builtin() -> None:
     for path in sorted((ROOT / "src" / "conveyor" / "payload").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ClassDef):
-                found += [f"{path.name}: {node.name}.{f.name}" for f in node.body
-                          if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.name in names]
+                found += [
+                    f"{path.name}: {node.name}.{f.name}"
+                    for f in node.body
+                    if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.name in names
+                ]
     assert not found
 
 
@@ -105,8 +108,11 @@ async def test_local_paths_stay_under_the_root(tmp_path: Path) -> None:
     (tmp_path / "root" / "in").mkdir(parents=True)
     (tmp_path / "root" / "in" / "a.txt").write_bytes(b"a")
     (tmp_path / "secret").write_bytes(b"s")
-    inst = LocalInstance("box", LocalConfig(type="local", root=str(tmp_path / "root")),
-                         Context(spool=None, status=StatusBoard()))  # type: ignore[arg-type]
+    inst = LocalInstance(
+        "box",
+        LocalConfig(type="local", root=str(tmp_path / "root")),
+        Context(spool=None, status=StatusBoard()),  # type: ignore[arg-type]
+    )
     body = await inst.open_in_place(RemoteFile("in/a.txt", 1, 0.0), 1 << 20)
     assert body.data() == b"a"
     assert body.known_digest == hashlib.sha256(b"a").hexdigest()  # hashed on the I/O thread, with the read
@@ -135,8 +141,26 @@ async def test_local_paths_stay_under_the_root(tmp_path: Path) -> None:
 def test_content_type_guess_matches_mimetypes() -> None:
     from conveyor.targets.http.target import _guess_type
 
-    names = ["a.csv", "A.CSV", "x.tar.gz", "x.tgz", "x.GZ", "x.Z", "x.json", "x", "x.", "...", ".bashrc",
-             "data:text/plain,x.csv", "a.b.c.xml", "x.svgz", "x.unknown", "x.PDF", "dir/x.txt", "x.tar.bz2"]
+    names = [
+        "a.csv",
+        "A.CSV",
+        "x.tar.gz",
+        "x.tgz",
+        "x.GZ",
+        "x.Z",
+        "x.json",
+        "x",
+        "x.",
+        "...",
+        ".bashrc",
+        "data:text/plain,x.csv",
+        "a.b.c.xml",
+        "x.svgz",
+        "x.unknown",
+        "x.PDF",
+        "dir/x.txt",
+        "x.tar.bz2",
+    ]
     for name in names * 2:  # the second time from the cache
         assert _guess_type(name) == mimetypes.guess_type(name)[0], name
 
@@ -144,7 +168,10 @@ def test_content_type_guess_matches_mimetypes() -> None:
 def test_meta_header_json_is_json_dumps() -> None:
     from conveyor.targets.http.target import _META_JSON
 
-    docs = [{"id": "a", "size": 1, "message": None, "file": {"path": "é/x\\\"y\u0007", "mtime": "t"}},
-            {"n": [1, 2.5, True, None, {"k": "\u2028"}], "f": 1e300, "neg": -0.0}, {}]
+    docs = [
+        {"id": "a", "size": 1, "message": None, "file": {"path": 'é/x\\"y\u0007', "mtime": "t"}},
+        {"n": [1, 2.5, True, None, {"k": "\u2028"}], "f": 1e300, "neg": -0.0},
+        {},
+    ]
     for doc in docs:
         assert _META_JSON(doc) == json.dumps(doc, separators=(",", ":"), ensure_ascii=True)

@@ -55,7 +55,7 @@ async def test_claim_deliver_settle(opener: Opener) -> None:
     assert await s.claim("f", "id1", INFO, 60) is None, "in flight under a running lease"
     await s.delivered("f", "id1")
     assert await s.claim("f", "id1", INFO, 60) is None, "delivered is never claimed again"
-    got = (await s.get_many("f", ["id1", "nope"]))
+    got = await s.get_many("f", ["id1", "nope"])
     assert list(got) == ["id1"] and got["id1"].state == "delivered" and not got["id1"].settled
     await s.settled("f", "id1")
     assert (await s.get_many("f", ["id1"]))["id1"].settled
@@ -150,8 +150,9 @@ async def test_expired_lease_is_taken_over(opener: Opener, request: pytest.Fixtu
     assert (await b.get_many("f", ["k"]))["k"].state == "delivered"
 
 
-async def test_broker_claim_takes_over_another_replicas_live_lease(opener: Opener,
-                                                                   request: pytest.FixtureRequest) -> None:
+async def test_broker_claim_takes_over_another_replicas_live_lease(
+    opener: Opener, request: pytest.FixtureRequest
+) -> None:
     """A broker redelivers a message only when its consumer is gone: waiting out that consumer's
     lease would mean requeueing the message in a loop meanwhile."""
     a = await opener("replica-a", 60)

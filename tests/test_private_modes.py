@@ -1,6 +1,5 @@
 """The state store and the spool are the daemon's alone (0600/0700) under a loose umask."""
 
-
 from __future__ import annotations
 
 import os
@@ -23,13 +22,22 @@ def test_state_and_spool_are_private_under_a_loose_umask(tmp_path: Path) -> None
     (root / "in").mkdir(parents=True)
     (root / "in" / "a.txt").write_bytes(b"x")
     var = tmp_path / "var"
-    cfg = write_config(tmp_path, {"remote": {"type": "local", "root": str(root)}},
-                       {"f": {"source": {"instance": "remote", "path": "in", "poll_interval": "200ms", "min_age": "0s"},
-                              "target": {"type": "directory", "path": str(tmp_path / "out"), "filename": "{name}"}}},
-                       state=str(var / "state.db"), spool_dir=str(var / "spool"))
+    cfg = write_config(
+        tmp_path,
+        {"remote": {"type": "local", "root": str(root)}},
+        {
+            "f": {
+                "source": {"instance": "remote", "path": "in", "poll_interval": "200ms", "min_age": "0s"},
+                "target": {"type": "directory", "path": str(tmp_path / "out"), "filename": "{name}"},
+            }
+        },
+        state=str(var / "state.db"),
+        spool_dir=str(var / "spool"),
+    )
     log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "conveyor", "run", "-c", str(cfg)], stdout=log,
-                            stderr=subprocess.STDOUT, umask=0o022)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "run", "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT, umask=0o022
+    )
     try:
         deadline = time.monotonic() + 30
         while not (tmp_path / "out" / "a.txt").exists() or not Path(f"{var}/state.db-wal").exists():
@@ -40,8 +48,13 @@ def test_state_and_spool_are_private_under_a_loose_umask(tmp_path: Path) -> None
         proc.terminate()
         assert proc.wait(30) == 0
         log.close()
-    assert got == {"var": "0o700", "spool": "0o700", "state.db": "0o600", "state.db-wal": "0o600",
-                   "state.db-shm": "0o600"}
+    assert got == {
+        "var": "0o700",
+        "spool": "0o700",
+        "state.db": "0o600",
+        "state.db-wal": "0o600",
+        "state.db-shm": "0o600",
+    }
 
 
 def test_spool_files_and_an_older_folder_are_made_private(tmp_path: Path) -> None:

@@ -76,10 +76,18 @@ def token_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenEndpoint]:
 
 
 def oauth_config(url: str) -> PubsubConfig:
-    return PubsubConfig.model_validate({
-        "type": "pubsub", "project": "acme-prod",
-        "oauth": {"client_id": "client-123.apps", "client_secret": SECRET, "refresh_token": REFRESH, "token_uri": url},
-    })
+    return PubsubConfig.model_validate(
+        {
+            "type": "pubsub",
+            "project": "acme-prod",
+            "oauth": {
+                "client_id": "client-123.apps",
+                "client_secret": SECRET,
+                "refresh_token": REFRESH,
+                "token_uri": url,
+            },
+        }
+    )
 
 
 def test_oauth_credentials_refresh(token_endpoint: TokenEndpoint) -> None:
@@ -150,10 +158,18 @@ def _service_account_file(tmp_path: Path, token_uri: str) -> Path:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    info = {"type": "service_account", "project_id": "acme-prod", "private_key_id": "k1", "private_key": pem,
-            "client_email": "conveyor@acme-prod.iam.gserviceaccount.com", "client_id": "1", "token_uri": token_uri}
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": "acme-prod",
+        "private_key_id": "k1",
+        "private_key": pem,
+        "client_email": "conveyor@acme-prod.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": token_uri,
+    }
     path = tmp_path / "sa.json"
     path.write_text(json.dumps(info))
     return path
@@ -162,8 +178,9 @@ def _service_account_file(tmp_path: Path, token_uri: str) -> Path:
 def test_service_account_token(token_endpoint: TokenEndpoint, tmp_path: Path) -> None:
     from conveyor.brokers.pubsub.auth import build_credentials, refresh
 
-    cfg = PubsubConfig(type="pubsub", project="acme-prod",
-                       credentials_file=_service_account_file(tmp_path, token_endpoint.url))
+    cfg = PubsubConfig(
+        type="pubsub", project="acme-prod", credentials_file=_service_account_file(tmp_path, token_endpoint.url)
+    )
     creds = build_credentials("gcp", cfg)
     assert creds is not None
     refresh("gcp", cfg, creds)
@@ -204,16 +221,27 @@ def test_config_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spec.kind == "message" and spec.factory == "conveyor.brokers.pubsub.instance:PubsubInstance"
     assert spec.source_model is PubsubSourceConfig and spec.target_model is PubsubTargetConfig
     with pytest.raises(ValidationError, match="either credentials_file or oauth"):
-        PubsubConfig.model_validate({"type": "pubsub", "project": "p", "credentials_file": "/x.json",
-                                     "oauth": {"client_id": "c", "client_secret": "s", "refresh_token": "r"}})
+        PubsubConfig.model_validate(
+            {
+                "type": "pubsub",
+                "project": "p",
+                "credentials_file": "/x.json",
+                "oauth": {"client_id": "c", "client_secret": "s", "refresh_token": "r"},
+            }
+        )
     with pytest.raises(ValidationError, match="unknown template field"):
         PubsubTargetConfig(instance="g", topic="t", ordering_key="{customer}")
     with pytest.raises(ValidationError, match="Extra inputs"):
         PubsubSourceConfig.model_validate({"instance": "g", "subscription": "s", "prefetch": 3})
     src = PubsubSourceConfig.model_validate({"instance": "g", "subscription": "s", "max_bytes": "10MiB"})
     assert src.max_messages == 1000 and src.max_bytes == 10 * 1024 * 1024 and src.max_lease_duration == 3600
-    cfg = PubsubConfig.model_validate({"type": "pubsub", "project": "p",
-                                       "oauth": {"client_id": "c", "client_secret": SECRET, "refresh_token": REFRESH}})
+    cfg = PubsubConfig.model_validate(
+        {
+            "type": "pubsub",
+            "project": "p",
+            "oauth": {"client_id": "c", "client_secret": SECRET, "refresh_token": REFRESH},
+        }
+    )
     assert SECRET not in repr(cfg) and SECRET in cfg.secrets() and REFRESH in cfg.secrets()
     assert cfg.oauth is not None and cfg.oauth.scopes == ["https://www.googleapis.com/auth/pubsub"]
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:8681")
@@ -229,6 +257,10 @@ def test_google_not_imported_by_config_modules() -> None:
         import conveyor.cli  # noqa: F401
     except ImportError:
         return
-    out = subprocess.run([sys.executable, "-c", code.replace("conveyor.connectors", "conveyor.cli")],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code.replace("conveyor.connectors", "conveyor.cli")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "[]"

@@ -34,9 +34,16 @@ async def test_slow_target_past_ack_deadline_delivers_once(
     monkeypatch.setattr(DirectoryTarget, "deliver", slow)
     msgs = [f"slow {i}".encode() for i in range(5)]
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"gcp": pubsub_backend.instance_config()},
-                       {"s": {"source": {"instance": "gcp", **pubsub_backend.source_config()},
-                              "target": {"type": "directory", "path": str(out)}}})
+    cfg = write_config(
+        tmp_path,
+        {"gcp": pubsub_backend.instance_config()},
+        {
+            "s": {
+                "source": {"instance": "gcp", **pubsub_backend.source_config()},
+                "target": {"type": "directory", "path": str(out)},
+            }
+        },
+    )
     async with running(cfg):
         await pubsub_backend.publish(msgs)
         await wait_for(lambda: len(bodies(out)) == len(msgs), 60)
@@ -54,9 +61,16 @@ async def test_relay_pubsub_to_pubsub(pubsub_backend: PubsubBackend, tmp_path: P
     emu = pubsub_backend.emu
     out_topic, out_sub = f"{pubsub_backend.topic}-out", f"{pubsub_backend.topic}-out-sub"
     emu.create(out_topic, out_sub)
-    cfg = write_config(tmp_path, {"gcp": pubsub_backend.instance_config()},
-                       {"r": {"source": {"instance": "gcp", **pubsub_backend.source_config()},
-                              "target": {"instance": "gcp", "topic": out_topic}}})
+    cfg = write_config(
+        tmp_path,
+        {"gcp": pubsub_backend.instance_config()},
+        {
+            "r": {
+                "source": {"instance": "gcp", **pubsub_backend.source_config()},
+                "target": {"instance": "gcp", "topic": out_topic},
+            }
+        },
+    )
     msgs = [f"relay {i}".encode() for i in range(20)]
     got: dict[bytes, Any] = {}
 
@@ -74,7 +88,6 @@ async def test_relay_pubsub_to_pubsub(pubsub_backend: PubsubBackend, tmp_path: P
     assert len(m.attributes["conveyor_id"]) > 0
 
 
-
 async def test_failed_message_without_dead_letter_is_kept_and_retried(
     pubsub_backend: PubsubBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,10 +102,17 @@ async def test_failed_message_without_dead_letter_is_kept_and_retried(
 
     monkeypatch.setattr(pubsub_source, "PARK_SECONDS", 10)
     async with http_sink(plan=[lambda _r: web.Response(status=400, text="bad order")]) as sink:
-        cfg = write_config(tmp_path, {"gcp": pubsub_backend.instance_config()},
-                           {"p": {"source": {"instance": "gcp", **pubsub_backend.source_config()},
-                                  "target": {"type": "http", "url": sink.url}}},
-                           health={"listen": "127.0.0.1:0"})
+        cfg = write_config(
+            tmp_path,
+            {"gcp": pubsub_backend.instance_config()},
+            {
+                "p": {
+                    "source": {"instance": "gcp", **pubsub_backend.source_config()},
+                    "target": {"type": "http", "url": sink.url},
+                }
+            },
+            health={"listen": "127.0.0.1:0"},
+        )
         async with daemon_in_process(cfg) as d:
             await pubsub_backend.publish([b"order 1"])
             await wait_for(lambda: d.status.flows["p"].failed == 1, 30)
@@ -100,8 +120,10 @@ async def test_failed_message_without_dead_letter_is_kept_and_retried(
             await asyncio.sleep(2)  # time goes by: a parked message is not offered again
             assert len(sink.received) == 1
             assert await pubsub_backend.pending() == 0, "parked: not offered to anyone for now"
-            async with (aiohttp.ClientSession(headers=api_headers(cfg)) as s,
-                        s.post(f"{d.health.url}/flows/p/items/{pid}/retry") as r):
+            async with (
+                aiohttp.ClientSession(headers=api_headers(cfg)) as s,
+                s.post(f"{d.health.url}/flows/p/items/{pid}/retry") as r,
+            ):
                 assert r.status == 200
             await wait_for(lambda: len(sink.received) == 2, 40)  # its next offer, after the park
             await wait_for(lambda: d.status.flows["p"].delivered == 1, 10)
@@ -110,6 +132,7 @@ async def test_failed_message_without_dead_letter_is_kept_and_retried(
 
             async def acked() -> bool:  # settled: the ack went out after the delivered record
                 return bool((await d.store.get_many("p", [pid]))[pid].settled)
+
             await wait_for(acked, 10)
     await asyncio.sleep(11)  # past the park deadline: an unacked message would be offered again now
     assert await pubsub_backend.pending() == 0, "acked once delivered"

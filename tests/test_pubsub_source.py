@@ -53,8 +53,9 @@ def publish(emu: PubsubEmulator, topic: str, bodies: list[bytes], **kw: Any) -> 
     return ids
 
 
-async def consume(source: Any, handler: Callable[[Inbound], Awaitable[None]], done: Callable[[], bool],
-                  limit: float = 30.0) -> asyncio.Task[None]:
+async def consume(
+    source: Any, handler: Callable[[Inbound], Awaitable[None]], done: Callable[[], bool], limit: float = 30.0
+) -> asyncio.Task[None]:
     """Run the source until ``done()``, then stop it; returns the finished run task."""
     stop = StopSignal()
     task = asyncio.create_task(source.run(handler, stop))
@@ -85,8 +86,7 @@ def pull_now(emu: PubsubEmulator, sub: str) -> int:
     with emu.subscriber() as client, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # return_immediately: right for a peek
         path = client.subscription_path(emu.project, sub)
-        resp = client.pull(request={"subscription": path, "max_messages": 100, "return_immediately": True},
-                           timeout=5)
+        resp = client.pull(request={"subscription": path, "max_messages": 100, "return_immediately": True}, timeout=5)
         ids = [m.ack_id for m in resp.received_messages]
         if ids:
             client.modify_ack_deadline(request={"subscription": path, "ack_ids": ids, "ack_deadline_seconds": 0})
@@ -225,8 +225,15 @@ async def test_create_subscription_and_delivery_attempt(pubsub_emulator: PubsubE
     emu = pubsub_emulator
     topic, sub = unique("topic"), unique("sub")
     inst = instance(emu, tmp_path)
-    cfg = source_cfg(sub, create_subscription={"topic": topic, "ack_deadline": "10s",
-                                               "dead_letter_topic": unique("dead"), "max_delivery_attempts": 5})
+    cfg = source_cfg(
+        sub,
+        create_subscription={
+            "topic": topic,
+            "ack_deadline": "10s",
+            "dead_letter_topic": unique("dead"),
+            "max_delivery_attempts": 5,
+        },
+    )
     source = inst.source("flow-c", cfg)
     attempts: list[int | None] = []
 
@@ -259,8 +266,9 @@ async def test_create_subscription_and_delivery_attempt(pubsub_emulator: PubsubE
     await inst.close()
 
 
-async def test_reject_without_dead_letter_parks(pubsub_emulator: PubsubEmulator, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_reject_without_dead_letter_parks(
+    pubsub_emulator: PubsubEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """nack(requeue=False) with no dead-letter policy neither acks (that would delete an
     undelivered message) nor nacks (that would loop): the message is parked, away for
     PARK_SECONDS, then offered again; acked only when the flow finally takes it."""

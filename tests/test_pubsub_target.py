@@ -31,8 +31,15 @@ def instance(emu: PubsubEmulator, tmp_path: Path) -> PubsubInstance:
 
 
 def payload(i: int, body: Body | None = None, **kw: Any) -> Payload:
-    return Payload(id=f"id-{i}", flow="relay", source_instance="inbox", source_type="local",
-                   body=body or Body.from_bytes(f"payload {i}".encode()), name=f"ORD_{i}.csv", **kw)
+    return Payload(
+        id=f"id-{i}",
+        flow="relay",
+        source_instance="inbox",
+        source_type="local",
+        body=body or Body.from_bytes(f"payload {i}".encode()),
+        name=f"ORD_{i}.csv",
+        **kw,
+    )
 
 
 def pull_all(emu: PubsubEmulator, sub: str, n: int) -> list[Any]:
@@ -43,8 +50,9 @@ def pull_all(emu: PubsubEmulator, sub: str, n: int) -> list[Any]:
         for _ in range(50):
             resp = client.pull(request={"subscription": path, "max_messages": 100}, timeout=10)
             if resp.received_messages:
-                client.acknowledge(request={"subscription": path,
-                                            "ack_ids": [m.ack_id for m in resp.received_messages]})
+                client.acknowledge(
+                    request={"subscription": path, "ack_ids": [m.ack_id for m in resp.received_messages]}
+                )
                 got.extend(m.message for m in resp.received_messages)
             if len(got) >= n:
                 break
@@ -56,8 +64,13 @@ async def test_publish_read_back(pubsub_emulator: PubsubEmulator, tmp_path: Path
     topic, sub = unique("topic"), unique("sub")
     emu.create(topic, sub, enable_message_ordering=True)
     inst = instance(emu, tmp_path)
-    cfg = PubsubTargetConfig(instance="out", topic=topic, ordering_key="{stem}",
-                             attributes={"origin": "conveyor-{flow}"}, batch={"max_latency": "5ms"})
+    cfg = PubsubTargetConfig(
+        instance="out",
+        topic=topic,
+        ordering_key="{stem}",
+        attributes={"origin": "conveyor-{flow}"},
+        batch={"max_latency": "5ms"},
+    )
     target = inst.target("relay", cfg)
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * 200_000)

@@ -29,19 +29,21 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
-async def test_poison_message_is_dead_lettered_after_max_attempts(rabbit_vhost: Vhost, tmp_path: Path,
-                                                                  queue_type: str) -> None:
+async def test_poison_message_is_dead_lettered_after_max_attempts(
+    rabbit_vhost: Vhost, tmp_path: Path, queue_type: str
+) -> None:
     v = rabbit_vhost
     q, dlq = v.q(f"poison-{queue_type}"), v.q(f"poison-{queue_type}.dlq")
     await declare(v, dlq)
     args = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}
-    source = {"instance": "mq", "queue": q, "max_attempts": 3,
-              "declare": {"type": queue_type, "arguments": args}}
+    source = {"instance": "mq", "queue": q, "max_attempts": 3, "declare": {"type": queue_type, "arguments": args}}
     flows = {
         # every delivery fails (connection refused: transient), one try per delivery
-        "bad": {"source": source,
-                "target": {"type": "http", "url": f"http://127.0.0.1:{closed_port()}/", "timeout": "2s"},
-                "retry": {"attempts": 1, "backoff": "10ms", "max_backoff": "10ms"}},
+        "bad": {
+            "source": source,
+            "target": {"type": "http", "url": f"http://127.0.0.1:{closed_port()}/", "timeout": "2s"},
+            "retry": {"attempts": 1, "backoff": "10ms", "max_backoff": "10ms"},
+        },
     }
     cfg = write_config(tmp_path, {"mq": v.instance_config()}, flows)
     async with running(cfg):
@@ -61,8 +63,12 @@ async def test_relay_to_another_queue_with_confirms(rabbit_vhost: Vhost, tmp_pat
     await declare(v, dst)
     n = 300
     await publish(v, src, [f"msg {i}".encode() for i in range(n)], headers={"origin": "test"})
-    flows = {"relay": {"source": {"instance": "mq", "queue": src, "prefetch": 50},
-                       "target": {"instance": "mq", "routing_key": dst}}}
+    flows = {
+        "relay": {
+            "source": {"instance": "mq", "queue": src, "prefetch": 50},
+            "target": {"instance": "mq", "routing_key": dst},
+        }
+    }
     cfg = write_config(tmp_path, {"mq": v.instance_config()}, flows)
     async with running(cfg):
         await wait_for(lambda: v.counts().get(src) == 0 and v.counts().get(dst) == n, 60, interval=0.5)
@@ -80,9 +86,11 @@ async def test_directory_target_gets_message_metadata(rabbit_vhost: Vhost, tmp_p
     await declare(v, q)
     await publish(v, q, [b"hello"], message_id="order-17", headers={"kind": "order"})
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"mq": v.instance_config()},
-                       {"d": {"source": {"instance": "mq", "queue": q}, "target": {"type": "directory",
-                                                                               "path": str(out)}}})
+    cfg = write_config(
+        tmp_path,
+        {"mq": v.instance_config()},
+        {"d": {"source": {"instance": "mq", "queue": q}, "target": {"type": "directory", "path": str(out)}}},
+    )
     async with running(cfg):
         await wait_for(lambda: bodies(out), 30)
     assert bodies(out) == {"order-17": b"hello"}
@@ -116,8 +124,13 @@ async def test_graceful_stop_acks_in_flight_and_returns_the_rest(rabbit_vhost: V
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    flows = {"g": {"source": {"instance": "mq", "queue": q, "prefetch": 20},
-                   "target": {"type": "http", "url": f"http://127.0.0.1:{port}/"}, "max_in_flight": 4}}
+    flows = {
+        "g": {
+            "source": {"instance": "mq", "queue": q, "prefetch": 20},
+            "target": {"type": "http", "url": f"http://127.0.0.1:{port}/"},
+            "max_in_flight": 4,
+        }
+    }
     cfg = write_config(tmp_path, {"mq": v.instance_config()}, flows)
     try:
         async with running(cfg):
@@ -142,8 +155,13 @@ async def test_broker_closing_the_connection_is_survived(rabbit_vhost: Vhost, tm
     await declare(v, dst)
     n = 400
     await publish(v, src, [f"{i}".encode() for i in range(n)])
-    flows = {"r": {"source": {"instance": "mq", "queue": src, "prefetch": 20},
-                   "target": {"instance": "mq", "routing_key": dst}, "max_in_flight": 4}}
+    flows = {
+        "r": {
+            "source": {"instance": "mq", "queue": src, "prefetch": 20},
+            "target": {"instance": "mq", "routing_key": dst},
+            "max_in_flight": 4,
+        }
+    }
     cfg = write_config(tmp_path, {"mq": v.instance_config()}, flows)
     states: list[str] = []
 
@@ -167,8 +185,13 @@ async def test_broker_closing_the_connection_is_survived(rabbit_vhost: Vhost, tm
 
 
 def _check(cfg: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conveyor", "check", "-c", str(cfg), "--connect"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor", "check", "-c", str(cfg), "--connect"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_check_connect_fails_fast_on_bad_login(rabbit_vhost: Vhost, tmp_path: Path) -> None:

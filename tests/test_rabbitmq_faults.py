@@ -71,8 +71,9 @@ async def test_target_publish_through_a_cut(rabbit_vhost: Vhost, tmp_path: Any) 
         target = inst.target("f", RabbitTargetConfig(instance="mq", routing_key=q))
 
         def p(i: int) -> Payload:
-            return Payload(id=f"p{i}", flow="f", source_instance="s", source_type="local",
-                           body=Body.from_bytes(b"x" * 1000))
+            return Payload(
+                id=f"p{i}", flow="f", source_instance="s", source_type="local", body=Body.from_bytes(b"x" * 1000)
+            )
 
         for i in range(21):
             await target.deliver(p(i))  # confirmed before the cut

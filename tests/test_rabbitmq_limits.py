@@ -1,7 +1,6 @@
 """RabbitMQ messages over ``max_message_size`` go to the dead-letter exchange, their body never
 held, on the real broker."""
 
-
 from __future__ import annotations
 
 import asyncio
@@ -40,7 +39,8 @@ def aiormq_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 
 
 async def test_an_oversize_message_goes_to_the_dead_letter_queue(
-        rabbit_vhost: Vhost, tmp_path: Path, aiormq_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    rabbit_vhost: Vhost, tmp_path: Path, aiormq_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
     v = rabbit_vhost
     q, dlq = v.q(f"sized-{aiormq_path}"), v.q(f"sized-{aiormq_path}.dlq")
     await declare(v, dlq)

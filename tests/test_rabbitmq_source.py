@@ -390,8 +390,11 @@ async def test_failed_connects_leave_no_connection_open(rabbit_vhost: Vhost, tmp
     silent = socket.socket()  # accepts (the kernel's backlog) and never answers: the timeout case
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)
-    cases: list[dict[str, Any]] = [{"port": free_port()}, {"password": "wrong-secret"},
-                                   {"port": silent.getsockname()[1], "timeout": "300ms"}]
+    cases: list[dict[str, Any]] = [
+        {"port": free_port()},
+        {"password": "wrong-secret"},
+        {"port": silent.getsockname()[1], "timeout": "300ms"},
+    ]
     try:
         for over in cases:
             inst = make_instance(rabbit_vhost, tmp_path, **over)
@@ -400,8 +403,11 @@ async def test_failed_connects_leave_no_connection_open(rabbit_vhost: Vhost, tmp
             await inst.close()
     finally:
         silent.close()
-    left = [c for c in gc.get_objects()
-            if isinstance(c, aio_pika.Connection) and rabbit_vhost.name in str(c.url) and not c.is_closed]
+    left = [
+        c
+        for c in gc.get_objects()
+        if isinstance(c, aio_pika.Connection) and rabbit_vhost.name in str(c.url) and not c.is_closed
+    ]
     assert not left
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -26,9 +26,16 @@ def tgt_cfg(**kw: Any) -> RabbitTargetConfig:
 
 
 def payload(i: int, flow: str = "f", message: dict[str, Any] | None = None) -> Payload:
-    return Payload(id=f"id-{i}", flow=flow, source_instance="inbox", source_type="local",
-                   body=Body.from_bytes(f"body {i}".encode()), name=f"file{i}.csv", message=message,
-                   content_type="text/csv")
+    return Payload(
+        id=f"id-{i}",
+        flow=flow,
+        source_instance="inbox",
+        source_type="local",
+        body=Body.from_bytes(f"body {i}".encode()),
+        name=f"file{i}.csv",
+        message=message,
+        content_type="text/csv",
+    )
 
 
 async def test_publish_with_confirms_reaches_the_queue(rabbit_vhost: Vhost, tmp_path: Any) -> None:

@@ -70,8 +70,15 @@ async def test_tls_with_pinned_ca_and_client_certificate(rabbit_vhost: Vhost, pk
     ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the client must present a certificate from the CA
     d = pki["dir"]
     async with tls_front(ctx) as port:
-        inst = make_instance(rabbit_vhost, d / "spool", port=port, tls=True, ca_file=str(d / "ca.pem"),
-                             cert_file=str(d / "client.pem"), key_file=str(d / "client.key"))
+        inst = make_instance(
+            rabbit_vhost,
+            d / "spool",
+            port=port,
+            tls=True,
+            ca_file=str(d / "ca.pem"),
+            cert_file=str(d / "client.pem"),
+            key_file=str(d / "client.key"),
+        )
         assert await inst.check() == f"guest@127.0.0.1:{port}/{rabbit_vhost.name}"
         await inst.close()
 

@@ -37,15 +37,29 @@ LEASE = 3
 def replica_config(folder: Path, fb: SftpBackend, mb: RabbitBackend, url: str, name: str, out: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     flows = {
-        "files": {"source": {"instance": "remote", "path": "in", "poll_interval": "300ms", "min_age": "0s",
-                             "after": "delete"},
-                  "target": {"type": "directory", "path": str(out / "files")},
-                  "retry": {"attempts": 3, "backoff": "100ms", "max_backoff": "1s"}},
-        "msgs": {"source": {"instance": "broker", **mb.source_config()},
-                 "target": {"type": "directory", "path": str(out / "msgs")}},
+        "files": {
+            "source": {
+                "instance": "remote",
+                "path": "in",
+                "poll_interval": "300ms",
+                "min_age": "0s",
+                "after": "delete",
+            },
+            "target": {"type": "directory", "path": str(out / "files")},
+            "retry": {"attempts": 3, "backoff": "100ms", "max_backoff": "1s"},
+        },
+        "msgs": {
+            "source": {"instance": "broker", **mb.source_config()},
+            "target": {"type": "directory", "path": str(out / "msgs")},
+        },
     }
-    return write_config(folder, {"remote": fb.instance_config(), "broker": mb.instance_config()}, flows,
-                        state=f"{url}?lease={LEASE}", replica=name)
+    return write_config(
+        folder,
+        {"remote": fb.instance_config(), "broker": mb.instance_config()},
+        flows,
+        state=f"{url}?lease={LEASE}",
+        replica=name,
+    )
 
 
 async def ledger(url: str) -> list[Any]:
@@ -57,8 +71,9 @@ async def ledger(url: str) -> list[Any]:
 
 
 @pytest.mark.timeout(600)
-async def test_three_replicas_one_killed(sftp_openssh_backend: SftpBackend, rabbitmq_backend: RabbitBackend,
-                                         pg_url: str, tmp_path: Path) -> None:
+async def test_three_replicas_one_killed(
+    sftp_openssh_backend: SftpBackend, rabbitmq_backend: RabbitBackend, pg_url: str, tmp_path: Path
+) -> None:
     fb, mb = sftp_openssh_backend, rabbitmq_backend
     for i in range(N_FILES):
         fb.put(f"in/r{i:04}.dat", os.urandom(64) + str(i).encode())
@@ -86,8 +101,12 @@ async def test_three_replicas_one_killed(sftp_openssh_backend: SftpBackend, rabb
         held = {(r["flow"], r["id"]) for r in rows if r["owner"] == victim and r["state"] == "in_flight"}
 
         async def finished() -> bool:
-            return (count_bodies(out / "files") == N_FILES and fb.names("in") == []
-                    and count_bodies(out / "msgs") == N_MSGS and await mb.pending() == 0)
+            return (
+                count_bodies(out / "files") == N_FILES
+                and fb.names("in") == []
+                and count_bodies(out / "msgs") == N_MSGS
+                and await mb.pending() == 0
+            )
 
         await wait_for(finished, 180, 0.5)
         elapsed = time.monotonic() - started
@@ -129,7 +148,15 @@ async def test_three_replicas_one_killed(sftp_openssh_backend: SftpBackend, rabb
         assert r["state"] == "delivered" and r["owner"] in ("r2", "r3") and r["attempts"] >= 2, dict(r)
     owners = {n: sum(1 for r in rows if r["owner"] == n) for n in names}
     assert all(owners[n] > 0 for n in names), owners
-    record("3 replicas on PostgreSQL, 1,000 SFTP files + 2,000 RabbitMQ messages, one replica kill -9",
-           moved=N_FILES + N_MSGS, lost=0, duplicates=0, redelivered_after_kill=len(twice),
-           taken_over=len(held), unsettled_by_killed=len(unsettled), rows_per_replica=owners,
-           delivered_at_kill=killed_at, seconds=round(elapsed, 1))
+    record(
+        "3 replicas on PostgreSQL, 1,000 SFTP files + 2,000 RabbitMQ messages, one replica kill -9",
+        moved=N_FILES + N_MSGS,
+        lost=0,
+        duplicates=0,
+        redelivered_after_kill=len(twice),
+        taken_over=len(held),
+        unsettled_by_killed=len(unsettled),
+        rows_per_replica=owners,
+        delivered_at_kill=killed_at,
+        seconds=round(elapsed, 1),
+    )

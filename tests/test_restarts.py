@@ -107,13 +107,20 @@ def log_count(d: DaemonProcess, text: str) -> int:
 
 def file_flow(instance: str, target: dict[str, Any]) -> dict[str, Any]:
     """A flow polling ``in`` every 200 ms, taking files at once, deleting them once delivered."""
-    return {"source": {"instance": instance, "path": "in", "poll_interval": "200ms", "min_age": "0s",
-                       "after": "delete"},
-            "target": target, "retry": PATIENT}
+    return {
+        "source": {"instance": instance, "path": "in", "poll_interval": "200ms", "min_age": "0s", "after": "delete"},
+        "target": target,
+        "retry": PATIENT,
+    }
 
 
-async def download_through_restart(tmp_path: Path, backend: SftpBackend | FtpBackend, instance: dict[str, Any],
-                                   kill: Callable[[], Popen[bytes]], restart: Callable[[], None]) -> dict[str, Any]:
+async def download_through_restart(
+    tmp_path: Path,
+    backend: SftpBackend | FtpBackend,
+    instance: dict[str, Any],
+    kill: Callable[[], Popen[bytes]],
+    restart: Callable[[], None],
+) -> dict[str, Any]:
     """Common body of the download scenarios: a big file and small ones on the server, the server
     killed once a quarter of the big file is in the spool, more small files dropped on it while it
     is down, restarted once the daemon has failed to resume twice. Returns the figures."""
@@ -122,8 +129,11 @@ async def download_through_restart(tmp_path: Path, backend: SftpBackend | FtpBac
     for p, data in files.items():
         backend.put(p, data)
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"remote": instance},
-                       {"f": file_flow("remote", {"type": "directory", "path": str(out), "filename": "{name}"})})
+    cfg = write_config(
+        tmp_path,
+        {"remote": instance},
+        {"f": file_flow("remote", {"type": "directory", "path": str(out), "filename": "{name}"})},
+    )
     d = DaemonProcess(cfg).start()
     try:
         await wait_for(lambda: spool_bytes(tmp_path / "spool") > BIG // 4, 60, 0.01)
@@ -153,9 +163,16 @@ async def download_through_restart(tmp_path: Path, backend: SftpBackend | FtpBac
     distinct, dup = once_each(d, "f")
     assert distinct == len(want) and dup == 0
     assert spool_bytes(tmp_path / "spool") == 0
-    return {"moved": distinct, "lost": len(want - got), "duplicates": dup, "big_bytes": BIG,
-            "killed_at_bytes": at, "sessions_killed": sessions, "outage_s": round(outage, 2),
-            "resume_attempts_logged": log_count(d, "big.bin interrupted at")}
+    return {
+        "moved": distinct,
+        "lost": len(want - got),
+        "duplicates": dup,
+        "big_bytes": BIG,
+        "killed_at_bytes": at,
+        "sessions_killed": sessions,
+        "outage_s": round(outage, 2),
+        "resume_attempts_logged": log_count(d, "big.bin interrupted at"),
+    }
 
 
 @pytest.mark.timeout(600)
@@ -165,15 +182,25 @@ async def test_sshd_killed_mid_download(own_sshd: Sshd, tmp_path: Path) -> None:
     b = sftp_folder(own_sshd)
     try:
         figures = await download_through_restart(
-            tmp_path, b, b.instance_config(max_connection_attempts=2), lambda: own_sshd.proc,
-            lambda: restart_sshd(own_sshd))
+            tmp_path,
+            b,
+            b.instance_config(max_connection_attempts=2),
+            lambda: own_sshd.proc,
+            lambda: restart_sshd(own_sshd),
+        )
     finally:
         shutil.rmtree(b.folder, ignore_errors=True)
     record("sshd killed (SIGKILL) and restarted mid-download (sftp -> directory)", **figures)
 
 
-async def upload_through_restart(tmp_path: Path, instance: dict[str, Any], out: Path, refused: str,
-                                 kill: Callable[[], Popen[bytes]], restart: Callable[[], None]) -> dict[str, Any]:
+async def upload_through_restart(
+    tmp_path: Path,
+    instance: dict[str, Any],
+    out: Path,
+    refused: str,
+    kill: Callable[[], Popen[bytes]],
+    restart: Callable[[], None],
+) -> dict[str, Any]:
     """Common body of the upload scenarios: a big local file and small ones uploaded into ``out``
     on the server (the instance's ``out`` folder), the server killed once a quarter of the big
     file's temp file is written, more small files added while it is down, restarted once the
@@ -185,8 +212,11 @@ async def upload_through_restart(tmp_path: Path, instance: dict[str, Any], out: 
     files = smalls("early")
     for p, data in files.items():
         (disk / p).write_bytes(data)
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(disk)}, "remote": instance},
-                       {"f": file_flow("disk", {"instance": "remote", "path": "out"})})
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(disk)}, "remote": instance},
+        {"f": file_flow("disk", {"instance": "remote", "path": "out"})},
+    )
 
     def temp_bytes() -> int:
         return sum(p.stat().st_size for p in out.glob(".big.bin.*.tmp"))
@@ -206,8 +236,7 @@ async def upload_through_restart(tmp_path: Path, instance: dict[str, Any], out: 
             (disk / p).write_bytes(data)
         files.update(late)
         # Down until the upload failed and a reconnect was refused: the daemon retries with backoff.
-        await wait_for(lambda: log_count(d, "delivery of big.bin failed") >= 1 and log_count(d, refused) >= 1,
-                       30, 0.05)
+        await wait_for(lambda: log_count(d, "delivery of big.bin failed") >= 1 and log_count(d, refused) >= 1, 30, 0.05)
         await asyncio.to_thread(restart)
         outage = time.monotonic() - t_kill
         want = sorted({"big.bin"} | {p.split("/")[1] for p in files})
@@ -222,10 +251,17 @@ async def upload_through_restart(tmp_path: Path, instance: dict[str, Any], out: 
         assert (out / p.split("/")[1]).read_bytes() == data
     distinct, dup = once_each(d, "f")
     assert distinct == len(want) and dup == 0
-    return {"moved": distinct, "lost": 0, "duplicates": dup, "big_bytes": BIG, "killed_at_bytes": at,
-            "sessions_killed": sessions, "outage_s": round(outage, 2),
-            "failed_attempts_logged": log_count(d, "delivery of big.bin failed"),
-            "temp_files_at_kill": len(temps_at_kill)}
+    return {
+        "moved": distinct,
+        "lost": 0,
+        "duplicates": dup,
+        "big_bytes": BIG,
+        "killed_at_bytes": at,
+        "sessions_killed": sessions,
+        "outage_s": round(outage, 2),
+        "failed_attempts_logged": log_count(d, "delivery of big.bin failed"),
+        "temp_files_at_kill": len(temps_at_kill),
+    }
 
 
 async def test_sshd_killed_mid_upload(own_sshd: Sshd, tmp_path: Path) -> None:
@@ -234,8 +270,13 @@ async def test_sshd_killed_mid_upload(own_sshd: Sshd, tmp_path: Path) -> None:
     b = sftp_folder(own_sshd)
     try:
         figures = await upload_through_restart(
-            tmp_path, b.instance_config(max_connection_attempts=2), b.mkdir("out"), "cannot connect to",
-            lambda: own_sshd.proc, lambda: restart_sshd(own_sshd))
+            tmp_path,
+            b.instance_config(max_connection_attempts=2),
+            b.mkdir("out"),
+            "cannot connect to",
+            lambda: own_sshd.proc,
+            lambda: restart_sshd(own_sshd),
+        )
     finally:
         shutil.rmtree(b.folder, ignore_errors=True)
     record("sshd killed (SIGKILL) and restarted mid-upload (local -> sftp)", **figures)
@@ -248,8 +289,9 @@ async def test_vsftpd_killed_mid_upload(vsftpd_factory: Any, tmp_path: Path) -> 
     out = v.root / "out"
     out.mkdir()
     v.own(out)
-    figures = await upload_through_restart(tmp_path, v.config(), out, "Connect call failed", lambda: v.proc,
-                                           lambda: restart_vsftpd(v))
+    figures = await upload_through_restart(
+        tmp_path, v.config(), out, "Connect call failed", lambda: v.proc, lambda: restart_vsftpd(v)
+    )
     record("vsftpd killed (SIGKILL) and restarted mid-upload (local -> ftp)", **figures)
 
 
@@ -273,9 +315,15 @@ async def publish_with_ids(v: NodeVhost, queue: str, n: int, size: int = 600) ->
         ch = await conn.channel()
         items = list(msgs.items())
         for i in range(0, n, 200):
-            await asyncio.gather(*(ch.default_exchange.publish(
-                aio_pika.Message(body, message_id=mid, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=queue) for mid, body in items[i : i + 200]))
+            await asyncio.gather(
+                *(
+                    ch.default_exchange.publish(
+                        aio_pika.Message(body, message_id=mid, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key=queue,
+                    )
+                    for mid, body in items[i : i + 200]
+                )
+            )
     return msgs
 
 
@@ -290,9 +338,17 @@ async def test_broker_restart_mid_consume(rabbit_node: RabbitNode, tmp_path: Pat
     n = 3000
     msgs = await publish_with_ids(v, q, n)
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, {"mq": v.instance_config()}, {
-        "c": {"source": {"instance": "mq", "queue": q, "prefetch": 50},
-              "target": {"type": "directory", "path": str(out)}, "retry": PATIENT}})
+    cfg = write_config(
+        tmp_path,
+        {"mq": v.instance_config()},
+        {
+            "c": {
+                "source": {"instance": "mq", "queue": q, "prefetch": 50},
+                "target": {"type": "directory", "path": str(out)},
+                "retry": PATIENT,
+            }
+        },
+    )
     d = DaemonProcess(cfg).start()
     try:
         await wait_for(lambda: count_bodies(out) >= n // 10, 60, 0.01)
@@ -315,9 +371,15 @@ async def test_broker_restart_mid_consume(rabbit_node: RabbitNode, tmp_path: Pat
     assert all(got[mid].read_bytes() == body for mid, body in msgs.items())
     distinct, dup = once_each(d, "c")
     assert distinct == n and dup == 0
-    record(f"private RabbitMQ node restarted ({how}) mid-consume (rabbitmq -> directory)", moved=distinct,
-           lost=n - len(got), duplicates=dup, delivered_before_restart=at, outage_s=round(outage, 2),
-           boot_s=round(boot, 2))
+    record(
+        f"private RabbitMQ node restarted ({how}) mid-consume (rabbitmq -> directory)",
+        moved=distinct,
+        lost=n - len(got),
+        duplicates=dup,
+        delivered_before_restart=at,
+        outage_s=round(outage, 2),
+        boot_s=round(boot, 2),
+    )
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
@@ -336,8 +398,11 @@ async def test_broker_restart_mid_publish(rabbit_node: RabbitNode, tmp_path: Pat
     files = {f"f{i:05}.dat": os.urandom(600) + str(i).encode() for i in range(n)}
     for name, data in files.items():
         (disk / "in" / name).write_bytes(data)
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(disk)}, "mq": v.instance_config()},
-                       {"p": file_flow("disk", {"instance": "mq", "routing_key": q})})
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(disk)}, "mq": v.instance_config()},
+        {"p": file_flow("disk", {"instance": "mq", "routing_key": q})},
+    )
 
     def left() -> int:
         return sum(1 for _ in os.scandir(disk / "in"))
@@ -367,14 +432,23 @@ async def test_broker_restart_mid_publish(rabbit_node: RabbitNode, tmp_path: Pat
     distinct, dup = once_each(d, "p")
     assert distinct == n and dup == 0
     assert node.queue(q) == (0, 0)
-    record(f"private RabbitMQ node restarted ({how}) mid-publish (local -> rabbitmq, confirms)",
-           moved=distinct, lost=len(missing), duplicates=dup, broker_extra_copies=sum(extra.values()),
-           published_before_restart=at, publishes_retried=len(retried), outage_s=round(outage, 2),
-           boot_s=round(boot, 2))
+    record(
+        f"private RabbitMQ node restarted ({how}) mid-publish (local -> rabbitmq, confirms)",
+        moved=distinct,
+        lost=len(missing),
+        duplicates=dup,
+        broker_extra_copies=sum(extra.values()),
+        published_before_restart=at,
+        publishes_retried=len(retried),
+        outage_s=round(outage, 2),
+        boot_s=round(boot, 2),
+    )
 
 
-async def test_publish_queued_on_a_channel_that_closes_is_retried_not_stuck(rabbit_node: RabbitNode,  # noqa: F811
-                                                                         tmp_path: Path) -> None:
+async def test_publish_queued_on_a_channel_that_closes_is_retried_not_stuck(
+    rabbit_node: RabbitNode,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     """The hang the mid-publish restart found, made deterministic: a publish queued behind another
     on the channel's lock (as behind one blocked on a dead connection's full write queue) when the
     broker closes the connection. aiormq never wakes it; the target aborts it when its channel
@@ -389,8 +463,14 @@ async def test_publish_queued_on_a_channel_that_closes_is_retried_not_stuck(rabb
     await declare(v, q)
 
     def payload(name: str) -> Payload:
-        return Payload(id=name, flow="f", source_instance="disk", source_type="local",
-                       body=Body.from_bytes(name.encode()), name=name)
+        return Payload(
+            id=name,
+            flow="f",
+            source_instance="disk",
+            source_type="local",
+            body=Body.from_bytes(name.encode()),
+            name=name,
+        )
 
     inst = make_instance(v, tmp_path / "spool")
     target = inst.target("f", RabbitTargetConfig.model_validate({"instance": "mq", "routing_key": q}))

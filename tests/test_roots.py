@@ -49,7 +49,7 @@ def home_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:
 def instance_config(kind: str, user: HomeUser, server: Any, **over: Any) -> dict[str, Any]:
     """An sftp or ftp instance logging in as ``user``; a None value in ``over`` drops the key."""
     creds = {"username": user.name, "password": user.password}
-    cfg: dict[str, Any] = (server.instance_config(**creds) if kind == "sftp" else server.config(**creds))
+    cfg: dict[str, Any] = server.instance_config(**creds) if kind == "sftp" else server.config(**creds)
     cfg.pop("root", None)
     cfg.update(over)
     return {k: v for k, v in cfg.items() if v is not None}
@@ -74,7 +74,8 @@ def conveyor(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("root", ["absolute", "relative"])
 async def test_ftp_first_uploads_and_downloads_use_the_root(
-        vsftpd_factory: Any, home_user: HomeUser, tmp_path: Path, root: str) -> None:
+    vsftpd_factory: Any, home_user: HomeUser, tmp_path: Path, root: str
+) -> None:
     """40 uploads and 10 downloads start together right after start-up: every path is under the root."""
     srv: Vsftpd = vsftpd_factory(chroot=False)
     assert not Path("/inbound").exists()
@@ -85,22 +86,31 @@ async def test_ftp_first_uploads_and_downloads_use_the_root(
     drop.mkdir()
     for i in range(40):
         (drop / f"u{i:02}.csv").write_bytes(b"up %d\n" % i)
-    legacy = instance_config("ftp", home_user, srv,
-                             root=str(home_user.home / "partner") if root == "absolute" else "partner")
+    legacy = instance_config(
+        "ftp", home_user, srv, root=str(home_user.home / "partner") if root == "absolute" else "partner"
+    )
     instances = {"legacy": legacy, "drop": {"type": "local", "root": str(drop)}}
     fast = {"poll_interval": "100ms", "min_age": "0s"}
     flows = {
-        "up": {"source": {"instance": "drop", **fast},
-               "target": {"instance": "legacy", "path": "inbound"}, "retry": {"attempts": 1}},
-        "down": {"source": {"instance": "legacy", "path": "outbound", **fast},
-                 "target": {"type": "directory", "path": str(tmp_path / "got")}, "retry": {"attempts": 1}},
+        "up": {
+            "source": {"instance": "drop", **fast},
+            "target": {"instance": "legacy", "path": "inbound"},
+            "retry": {"attempts": 1},
+        },
+        "down": {
+            "source": {"instance": "legacy", "path": "outbound", **fast},
+            "target": {"type": "directory", "path": str(tmp_path / "got")},
+            "retry": {"attempts": 1},
+        },
     }
     d = DaemonProcess(write_config(tmp_path, instances, flows)).start()
     inbound = home_user.home / "partner" / "inbound"
     try:
+
         def settled() -> bool:
             arrived = len(list(inbound.glob("u*.csv"))) if inbound.exists() else 0
             return (arrived == 40 and len(bodies(tmp_path / "got")) == 10) or trouble(d) is not None
+
         await wait_for(settled, 60)
     finally:
         assert d.stop() == 0
@@ -110,8 +120,7 @@ async def test_ftp_first_uploads_and_downloads_use_the_root(
     assert not Path("/inbound").exists()
 
 
-async def test_no_root_means_the_login_folder(
-        server: tuple[str, Any], home_user: HomeUser, tmp_path: Path) -> None:
+async def test_no_root_means_the_login_folder(server: tuple[str, Any], home_user: HomeUser, tmp_path: Path) -> None:
     """``path: outbound`` without ``root:`` is the home's outbound folder; ids are from relative paths."""
     kind, srv = server
     a = home_user.put("outbound/a.csv", b"a,1\n")
@@ -120,9 +129,12 @@ async def test_no_root_means_the_login_folder(
     home_user.put("outbound/b.csv", b"b,22\n")
     home_user.put("top.txt", b"home\n")
     got = tmp_path / "got"
-    flows = {"pull": {"source": {"instance": "partner", "path": "outbound", "poll_interval": "100ms",
-                                 "min_age": "0s"},
-                      "target": {"type": "directory", "path": str(got), "filename": "{name}"}}}
+    flows = {
+        "pull": {
+            "source": {"instance": "partner", "path": "outbound", "poll_interval": "100ms", "min_age": "0s"},
+            "target": {"type": "directory", "path": str(got), "filename": "{name}"},
+        }
+    }
     cfg = write_config(tmp_path, {"partner": instance_config(kind, home_user, srv)}, flows)
     d = DaemonProcess(cfg).start()
     try:
@@ -157,13 +169,18 @@ async def test_explicit_root_keeps_ids(server: tuple[str, Any], home_user: HomeU
     got: dict[str, str] = {}
     for label, over in (("explicit", {"root": str(home_user.home)}), ("default", {})):
         out = tmp_path / label / "got"
-        flows = {"pull": {"source": {"instance": "partner", "path": "outbound", "poll_interval": "100ms",
-                                     "min_age": "0s"},
-                          "target": {"type": "directory", "path": str(out), "filename": "{name}"}}}
+        flows = {
+            "pull": {
+                "source": {"instance": "partner", "path": "outbound", "poll_interval": "100ms", "min_age": "0s"},
+                "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+            }
+        }
         (tmp_path / label).mkdir()
-        d = DaemonProcess(write_config(tmp_path / label, {"partner": instance_config(kind, home_user, srv, **over)},
-                                       flows)).start()
+        d = DaemonProcess(
+            write_config(tmp_path / label, {"partner": instance_config(kind, home_user, srv, **over)}, flows)
+        ).start()
         try:
+
             def arrived(out: Path = out, d: DaemonProcess = d) -> object:
                 return len(sidecars(out)) == 1 or trouble(d)
 
@@ -178,23 +195,30 @@ def _runtime(kind: str, cfg: dict[str, Any], tmp_path: Path) -> Any:
     from conveyor.registry import all_specs
 
     spec = all_specs()[kind]
-    return spec.load_factory()("partner", spec.instance_model.model_validate(cfg),
-                               Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()))
+    return spec.load_factory()(
+        "partner",
+        spec.instance_model.model_validate(cfg),
+        Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()),
+    )
 
 
-@pytest.mark.parametrize(("spelling", "expect"), [
-    (None, "{home}/outbound"),
-    ("root: ~", "{home}/outbound"),
-    ("root: ''", "{home}/outbound"),
-    ("root: '~/'", "{home}/outbound"),
-    ("root: ~/data", "{home}/data/outbound"),
-    ("root: data/", "{home}/data/outbound"),
-    ("root: ./data", "{home}/data/outbound"),
-    ("root: /", "/outbound"),
-    ("root: '{home}/abs'", "{home}/abs/outbound"),
-])
-async def test_root_spellings(server: tuple[str, Any], home_user: HomeUser, tmp_path: Path,
-                              spelling: str | None, expect: str) -> None:
+@pytest.mark.parametrize(
+    ("spelling", "expect"),
+    [
+        (None, "{home}/outbound"),
+        ("root: ~", "{home}/outbound"),
+        ("root: ''", "{home}/outbound"),
+        ("root: '~/'", "{home}/outbound"),
+        ("root: ~/data", "{home}/data/outbound"),
+        ("root: data/", "{home}/data/outbound"),
+        ("root: ./data", "{home}/data/outbound"),
+        ("root: /", "/outbound"),
+        ("root: '{home}/abs'", "{home}/abs/outbound"),
+    ],
+)
+async def test_root_spellings(
+    server: tuple[str, Any], home_user: HomeUser, tmp_path: Path, spelling: str | None, expect: str
+) -> None:
     """``resolve`` names the absolute server folder a relative path stands for."""
     kind, srv = server
     cfg = instance_config(kind, home_user, srv)
@@ -212,5 +236,13 @@ def test_root_tilde_of_another_user_is_refused() -> None:
     from conveyor.transfer.sftp.config import SftpConfig
 
     with pytest.raises(ValueError, match="root"):
-        SftpConfig.model_validate({"type": "sftp", "host": "h", "username": "u", "password": "p",
-                                   "host_key_check": "off", "root": "~bob/data"})
+        SftpConfig.model_validate(
+            {
+                "type": "sftp",
+                "host": "h",
+                "username": "u",
+                "password": "p",
+                "host_key_check": "off",
+                "root": "~bob/data",
+            }
+        )

@@ -18,13 +18,13 @@ from tests.servers.ops import DaemonProcess, free_port, get_json, http_sink, wai
 SECRETS = {
     "sftp": "sftpPW-q7Zr41xK",
     "ftp": "ftpPW-m2Lp90aB",
-    "mq": "mqPW-from-file-T5v8Qw",      # read through ${file:...}
-    "header": "hdrTOKEN-9Kx2Lw7Pq",       # an http target Authorization header
-    "health": "healthTOKEN-Rr3Nn8Ss",     # health.token
+    "mq": "mqPW-from-file-T5v8Qw",  # read through ${file:...}
+    "header": "hdrTOKEN-9Kx2Lw7Pq",  # an http target Authorization header
+    "health": "healthTOKEN-Rr3Nn8Ss",  # health.token
     "oauth_secret": "oauthSECRET-Jj4Hh6Gg",
     "oauth_refresh": "oauthREFRESH-Uu1Ii2Oo",
-    "url_pass": "urlPASS-Zz9Yy8Xx",       # user:pass in the http target's URL
-    "env": "envPW-Cc5Dd6Ee",             # an ${ENV} value (the sftp passphrase)
+    "url_pass": "urlPASS-Zz9Yy8Xx",  # user:pass in the http target's URL
+    "env": "envPW-Cc5Dd6Ee",  # an ${ENV} value (the sftp passphrase)
 }
 
 
@@ -55,50 +55,111 @@ async def _run(tmp_path: Path, fmt: str, echo_url: str) -> None:
     (tmp_path / "box" / "echo").mkdir()
     (tmp_path / "box" / "echo" / "c.csv").write_text("z")
     (tmp_path / "box" / "ok" / "b.csv").write_text("y")
-    config = write_config(tmp_path / "c.yaml", {
-        "health": {"listen": f"127.0.0.1:{port}", "token": SECRETS["health"]},
-        "log": {"level": "debug", "format": fmt},
-        "instances": {
-            "partner": {"type": "sftp", "host": "127.0.0.1", "port": closed, "username": "acme",
-                        "password": SECRETS["sftp"], "timeout": "1s", "max_connection_attempts": 2,
-                        "host_fingerprint": "SHA256:" + "A" * 43},
-            "keyed": {"type": "sftp", "host": "127.0.0.1", "port": closed, "username": "acme",
-                      "private_key_file": str(tmp_path / "missing.pem"), "passphrase": "${SFTP_PASSPHRASE}",
-                      "timeout": "1s", "host_fingerprint": "SHA256:" + "B" * 43},
-            "legacy": {"type": "ftp", "host": "127.0.0.1", "port": closed, "username": "acme",
-                       "password": SECRETS["ftp"], "timeout": "1s"},
-            "events": {"type": "rabbitmq", "host": "127.0.0.1", "port": closed, "username": "conveyor",
-                       "password": f"${{file:{tmp_path / 'mq-pass'}}}", "timeout": "1s"},
-            "gcp": {"type": "pubsub", "project": "acme", "timeout": "2s",
-                    "oauth": {"client_id": "cid", "client_secret": SECRETS["oauth_secret"],
-                              "refresh_token": SECRETS["oauth_refresh"],
-                              "token_uri": f"http://127.0.0.1:{closed}/token"}},
-            "box": {"type": "local", "root": str(tmp_path / "box")},
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "health": {"listen": f"127.0.0.1:{port}", "token": SECRETS["health"]},
+            "log": {"level": "debug", "format": fmt},
+            "instances": {
+                "partner": {
+                    "type": "sftp",
+                    "host": "127.0.0.1",
+                    "port": closed,
+                    "username": "acme",
+                    "password": SECRETS["sftp"],
+                    "timeout": "1s",
+                    "max_connection_attempts": 2,
+                    "host_fingerprint": "SHA256:" + "A" * 43,
+                },
+                "keyed": {
+                    "type": "sftp",
+                    "host": "127.0.0.1",
+                    "port": closed,
+                    "username": "acme",
+                    "private_key_file": str(tmp_path / "missing.pem"),
+                    "passphrase": "${SFTP_PASSPHRASE}",
+                    "timeout": "1s",
+                    "host_fingerprint": "SHA256:" + "B" * 43,
+                },
+                "legacy": {
+                    "type": "ftp",
+                    "host": "127.0.0.1",
+                    "port": closed,
+                    "username": "acme",
+                    "password": SECRETS["ftp"],
+                    "timeout": "1s",
+                },
+                "events": {
+                    "type": "rabbitmq",
+                    "host": "127.0.0.1",
+                    "port": closed,
+                    "username": "conveyor",
+                    "password": f"${{file:{tmp_path / 'mq-pass'}}}",
+                    "timeout": "1s",
+                },
+                "gcp": {
+                    "type": "pubsub",
+                    "project": "acme",
+                    "timeout": "2s",
+                    "oauth": {
+                        "client_id": "cid",
+                        "client_secret": SECRETS["oauth_secret"],
+                        "refresh_token": SECRETS["oauth_refresh"],
+                        "token_uri": f"http://127.0.0.1:{closed}/token",
+                    },
+                },
+                "box": {"type": "local", "root": str(tmp_path / "box")},
+            },
+            "flows": {
+                "from-sftp": {
+                    "source": {"instance": "partner", "path": "out", "poll_interval": "500ms"},
+                    "target": {"type": "directory", "path": str(tmp_path / "o1")},
+                },
+                "from-keyed": {
+                    "source": {"instance": "keyed", "path": "out", "poll_interval": "500ms"},
+                    "target": {"type": "directory", "path": str(tmp_path / "o1")},
+                },
+                "from-ftp": {
+                    "source": {"instance": "legacy", "path": "out", "poll_interval": "500ms"},
+                    "target": {"instance": "partner", "path": "in"},
+                },
+                "from-mq": {
+                    "source": {"instance": "events", "queue": "orders"},
+                    "target": {
+                        "type": "http",
+                        "url": f"http://127.0.0.1:{closed}/hook",
+                        "headers": {"Authorization": f"Bearer {SECRETS['header']}"},
+                    },
+                },
+                "from-gcp": {
+                    "source": {"instance": "gcp", "subscription": "s"},
+                    "target": {"type": "directory", "path": str(tmp_path / "o2")},
+                },
+                "ok": {
+                    "source": {"instance": "box", "path": "ok", "poll_interval": "500ms", "min_age": "0s"},
+                    "target": {"type": "directory", "path": str(tmp_path / "o3")},
+                },  # debug lines on success
+                "echo": {
+                    "source": {"instance": "box", "path": "echo", "poll_interval": "500ms", "min_age": "0s"},
+                    "target": {
+                        "type": "http",
+                        "url": echo_url,
+                        "headers": {"Authorization": f"Bearer {SECRETS['header']}"},
+                    },
+                },
+                "to-http": {
+                    "source": {"instance": "box", "path": "in", "poll_interval": "500ms", "min_age": "0s"},
+                    "target": {
+                        "type": "http",
+                        "url": f"http://svc:{SECRETS['url_pass']}@127.0.0.1:{closed}/hook?x=1",
+                        "headers": {"X-Api-Key": SECRETS["header"]},
+                        "timeout": "1s",
+                    },
+                    "retry": {"attempts": 2, "backoff": "100ms"},
+                },
+            },
         },
-        "flows": {
-            "from-sftp": {"source": {"instance": "partner", "path": "out", "poll_interval": "500ms"},
-                          "target": {"type": "directory", "path": str(tmp_path / "o1")}},
-            "from-keyed": {"source": {"instance": "keyed", "path": "out", "poll_interval": "500ms"},
-                           "target": {"type": "directory", "path": str(tmp_path / "o1")}},
-            "from-ftp": {"source": {"instance": "legacy", "path": "out", "poll_interval": "500ms"},
-                         "target": {"instance": "partner", "path": "in"}},
-            "from-mq": {"source": {"instance": "events", "queue": "orders"},
-                        "target": {"type": "http", "url": f"http://127.0.0.1:{closed}/hook",
-                                   "headers": {"Authorization": f"Bearer {SECRETS['header']}"}}},
-            "from-gcp": {"source": {"instance": "gcp", "subscription": "s"},
-                         "target": {"type": "directory", "path": str(tmp_path / "o2")}},
-            "ok": {"source": {"instance": "box", "path": "ok", "poll_interval": "500ms", "min_age": "0s"},
-                   "target": {"type": "directory", "path": str(tmp_path / "o3")}},  # debug lines on success
-            "echo": {"source": {"instance": "box", "path": "echo", "poll_interval": "500ms", "min_age": "0s"},
-                     "target": {"type": "http", "url": echo_url,
-                                "headers": {"Authorization": f"Bearer {SECRETS['header']}"}}},
-            "to-http": {"source": {"instance": "box", "path": "in", "poll_interval": "500ms", "min_age": "0s"},
-                        "target": {"type": "http",
-                                   "url": f"http://svc:{SECRETS['url_pass']}@127.0.0.1:{closed}/hook?x=1",
-                                   "headers": {"X-Api-Key": SECRETS["header"]}, "timeout": "1s"},
-                        "retry": {"attempts": 2, "backoff": "100ms"}},
-        },
-    })
+    )
     d = DaemonProcess(config, port, env={"SFTP_PASSPHRASE": SECRETS["env"]}).start()
     served = []
     try:
@@ -107,8 +168,15 @@ async def _run(tmp_path: Path, fmt: str, echo_url: str) -> None:
             await wait_for(lambda: _failed(s, d.url, "to-http"), 45, 0.3)  # failed for good
             await wait_for(lambda: _failed(s, d.url, "echo"), 45, 0.3)
             await asyncio.sleep(2.0)  # let every connector fail a few more times
-            for path in ("/status", "/readyz", "/healthz", "/metrics", "/flows/to-http/items", "/flows/echo/items",
-                         "/flows/from-mq/items?state=failed"):
+            for path in (
+                "/status",
+                "/readyz",
+                "/healthz",
+                "/metrics",
+                "/flows/to-http/items",
+                "/flows/echo/items",
+                "/flows/from-mq/items?state=failed",
+            ):
                 async with s.get(d.url + path, headers={"Authorization": f"Bearer {SECRETS['health']}"}) as r:
                     served.append(await r.text())
             _, doc = await get_json(s, d.url + "/status")
@@ -129,8 +197,9 @@ async def _run(tmp_path: Path, fmt: str, echo_url: str) -> None:
 
 
 async def _failed(s: aiohttp.ClientSession, url: str, flow: str) -> bool:
-    _, doc = await get_json(s, url + f"/flows/{flow}/items?state=failed",
-                            headers={"Authorization": f"Bearer {SECRETS['health']}"})
+    _, doc = await get_json(
+        s, url + f"/flows/{flow}/items?state=failed", headers={"Authorization": f"Bearer {SECRETS['health']}"}
+    )
     return bool(doc["items"])
 
 

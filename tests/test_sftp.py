@@ -76,8 +76,9 @@ async def test_password_auth(backend: SftpBackend) -> None:
     assert desc.startswith(f"{inst.config.username}@127.0.0.1:{backend.port} (ssh-ed25519, SHA256:")
 
 
-@pytest.mark.parametrize("key", ["rsa-pem", "rsa-pem-pass", "ed25519", "ed25519-pass", "ecdsa", "ecdsa-pass",
-                                 "rsa", "rsa-pass"])
+@pytest.mark.parametrize(
+    "key", ["rsa-pem", "rsa-pem-pass", "ed25519", "ed25519-pass", "ecdsa", "ecdsa-pass", "rsa", "rsa-pass"]
+)
 async def test_key_auth_every_format(backend: SftpBackend, ssh_client_keys: KeySet, key: str) -> None:
     path = ssh_client_keys.keys[key]
     if key.startswith("rsa-pem"):
@@ -126,8 +127,9 @@ async def test_wrong_key(backend: SftpBackend, ssh_client_keys: KeySet) -> None:
 
 @pytest.mark.parametrize("key", ["rsa-pem-pass", "ed25519-pass"])
 async def test_wrong_passphrase(backend: SftpBackend, ssh_client_keys: KeySet, key: str) -> None:
-    msg = await _auth_fails(backend, password=None, private_key_file=str(ssh_client_keys.keys[key]),
-                            passphrase="wrong passphrase")
+    msg = await _auth_fails(
+        backend, password=None, private_key_file=str(ssh_client_keys.keys[key]), passphrase="wrong passphrase"
+    )
     assert "wrong passphrase" in msg
 
 
@@ -140,8 +142,15 @@ async def test_missing_passphrase(backend: SftpBackend, ssh_client_keys: KeySet)
 def _forms(blob: bytes) -> list[str]:
     s256 = sha256_fp(blob)
     md5 = md5_fp(blob)
-    return [s256, s256 + "=", md5, md5.removeprefix("MD5:"), md5.removeprefix("MD5:").replace(":", ""),
-            sha512_fp(blob), sha512_fp(blob).upper()]
+    return [
+        s256,
+        s256 + "=",
+        md5,
+        md5.removeprefix("MD5:"),
+        md5.removeprefix("MD5:").replace(":", ""),
+        sha512_fp(blob),
+        sha512_fp(blob).upper(),
+    ]
 
 
 @pytest.mark.parametrize("kind", ["ed25519", "rsa"])
@@ -351,8 +360,17 @@ async def test_unreachable_is_transient_and_down(tmp_path: Path) -> None:
     board = StatusBoard()
     counter = Counter()
     board.observers.append(counter)
-    cfg = SftpConfig.model_validate({"type": "sftp", "host": "127.0.0.1", "port": free_port(), "username": "u",
-                                     "password": "p", "host_key_check": "off", "max_connection_attempts": 2})
+    cfg = SftpConfig.model_validate(
+        {
+            "type": "sftp",
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "username": "u",
+            "password": "p",
+            "host_key_check": "off",
+            "max_connection_attempts": 2,
+        }
+    )
     from conveyor.interfaces import Context
 
     inst = SftpInstance("partner", cfg, Context(spool=Spool(tmp_path), status=board))
@@ -394,8 +412,9 @@ async def test_listing_refused_openssh(sftp_openssh_backend: SftpBackend, tmp_pa
         await inst.close()
 
 
-async def test_replace_without_posix_rename(sftp_asyncssh_backend: SftpBackend,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_replace_without_posix_rename(
+    sftp_asyncssh_backend: SftpBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A server without the posix-rename extension: replace falls back to remove + rename."""
     import asyncssh.sftp
 

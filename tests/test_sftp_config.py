@@ -9,8 +9,13 @@ from pydantic import ValidationError
 
 from conveyor.transfer.sftp.config import SftpConfig
 
-BASE: dict[str, Any] = {"type": "sftp", "host": "sftp.example", "username": "acme", "password": "pw",
-                        "host_fingerprint": "SHA256:" + "A" * 43}
+BASE: dict[str, Any] = {
+    "type": "sftp",
+    "host": "sftp.example",
+    "username": "acme",
+    "password": "pw",
+    "host_fingerprint": "SHA256:" + "A" * 43,
+}
 
 
 def check(**over: Any) -> SftpConfig:
@@ -27,7 +32,13 @@ def error(**over: Any) -> str:
 def test_defaults_and_describe() -> None:
     c = check()
     assert (c.port, c.root, c.timeout, c.max_connection_attempts, c.max_connections, c.host_key_check) == (
-        22, "", 10.0, 3, 4, "on")  # root "": the folder the login lands in
+        22,
+        "",
+        10.0,
+        3,
+        4,
+        "on",
+    )  # root "": the folder the login lands in
     assert c.describe() == "acme@sftp.example:22"
     assert c.host_fingerprint == ["SHA256:" + "A" * 43]
     assert "pw" not in repr(c) and c.secrets() == ["pw"]
@@ -45,7 +56,8 @@ def test_credentials_both_or_neither() -> None:
     assert "no credentials" in error(password=None)
     assert "either password or private_key_file" in error(private_key_file="/k")
     assert "either private_key or private_key_file" in error(
-        password=None, private_key="-----BEGIN OPENSSH PRIVATE KEY-----\n", private_key_file="/k")
+        password=None, private_key="-----BEGIN OPENSSH PRIVATE KEY-----\n", private_key_file="/k"
+    )
     assert "no private key to decrypt" in error(passphrase="x")
     assert "key text" in error(password=None, private_key="/etc/key.pem")
     check(password=None, private_key_file="/k", passphrase="x")
@@ -59,17 +71,36 @@ def test_no_way_to_verify_host_key() -> None:
     assert check(host_fingerprint=None, host_key_check=False).host_key_check == "off"  # YAML `off`
 
 
-@pytest.mark.parametrize("fp", [
-    "SHA256:Nq0XkBsd6CEt5c4mzG3xl1tYkMQyOvBs8VZbSNAnUmU", "SHA256:Nq0XkBsd6CEt5c4mzG3xl1tYkMQyOvBs8VZbSNAnUmU=",
-    "16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48", "MD5:16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48",
-    "1627aca576282d36631b564debdfa648", "md5:1627ACA576282D36631B564DEBDFA648", "ab" * 64, "SHA512:" + "ab" * 64,
-])
+@pytest.mark.parametrize(
+    "fp",
+    [
+        "SHA256:Nq0XkBsd6CEt5c4mzG3xl1tYkMQyOvBs8VZbSNAnUmU",
+        "SHA256:Nq0XkBsd6CEt5c4mzG3xl1tYkMQyOvBs8VZbSNAnUmU=",
+        "16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48",
+        "MD5:16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48",
+        "1627aca576282d36631b564debdfa648",
+        "md5:1627ACA576282D36631B564DEBDFA648",
+        "ab" * 64,
+        "SHA512:" + "ab" * 64,
+    ],
+)
 def test_fingerprint_forms_accepted(fp: str) -> None:
     check(host_fingerprint=fp)
 
 
-@pytest.mark.parametrize("fp", ["SHA256:short", "nonsense", "1627aca576", "zz" * 16, "16:27:ac", "ab" * 40,
-                                "SHA512:" + "ab" * 16, "MD5:" + "ab" * 64])
+@pytest.mark.parametrize(
+    "fp",
+    [
+        "SHA256:short",
+        "nonsense",
+        "1627aca576",
+        "zz" * 16,
+        "16:27:ac",
+        "ab" * 40,
+        "SHA512:" + "ab" * 16,
+        "MD5:" + "ab" * 64,
+    ],
+)
 def test_malformed_fingerprint(fp: str) -> None:
     msg = error(host_fingerprint=[("SHA256:" + "A" * 43), fp])
     assert "host_fingerprint" in msg and "SHA256:<base64>" in msg and "MD5" in msg and "SHA512" in msg

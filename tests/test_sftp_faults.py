@@ -182,10 +182,17 @@ async def test_daemon_survives_cuts_mid_download(sftp_asyncssh_backend: SftpBack
     out = tmp_path / "out"
     async with TcpProxy("127.0.0.1", b.port) as proxy:
         proxy.cut_after(5 * 1024 * 1024)
-        flow = {"source": {"instance": "remote", "path": "in", "poll_interval": "200ms", "min_age": "0s",
-                           "after": "delete"},
-                "target": {"type": "directory", "path": str(out)},
-                "retry": {"attempts": 10, "backoff": "100ms", "max_backoff": "500ms"}}
+        flow = {
+            "source": {
+                "instance": "remote",
+                "path": "in",
+                "poll_interval": "200ms",
+                "min_age": "0s",
+                "after": "delete",
+            },
+            "target": {"type": "directory", "path": str(out)},
+            "retry": {"attempts": 10, "backoff": "100ms", "max_backoff": "500ms"},
+        }
         cfg = write_config(tmp_path, {"remote": b.instance_config(port=proxy.port)}, {"f": flow})
         resumes = retries["download"]
         async with running(cfg):

@@ -73,15 +73,18 @@ async def listing(inst: SftpInstance, path: str = "in") -> list[str]:
         await inst.close()
 
 
-async def test_folder_links_are_left_out_by_default(sftp_openssh_backend: SftpBackend, outside: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+async def test_folder_links_are_left_out_by_default(
+    sftp_openssh_backend: SftpBackend, outside: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     inst = prepared(sftp_openssh_backend, outside, caplog, follow_symlinked_folders=False)
     try:
         assert sorted([f.path async for f in inst.list("in", True)]) == ["in/f", "in/sub/y", "in/x"]
         noted = [r.getMessage() for r in caplog.records if "symlinked folder" in r.getMessage()]
         assert sorted(noted) == sorted(
             f"sftp partner: not descending into symlinked folder {p} (follow_symlinked_folders is off): "
-            "files under it are not listed" for p in ("in/loop", "in/sub/up", "in/ext", "in/ext2"))
+            "files under it are not listed"
+            for p in ("in/loop", "in/sub/up", "in/ext", "in/ext2")
+        )
         # The next poll says nothing again: the links are still there, and were reported once.
         caplog.clear()
         assert sorted([f.path async for f in inst.list("in", True)]) == ["in/f", "in/sub/y", "in/x"]
@@ -90,8 +93,9 @@ async def test_folder_links_are_left_out_by_default(sftp_openssh_backend: SftpBa
         await inst.close()
 
 
-async def test_following_lists_each_real_folder_once(sftp_openssh_backend: SftpBackend, outside: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+async def test_following_lists_each_real_folder_once(
+    sftp_openssh_backend: SftpBackend, outside: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     got = await listing(prepared(sftp_openssh_backend, outside, caplog, follow_symlinked_folders=True))
     # ext and ext2 lead to the same folder: it is listed once, under whichever came first.
     linked = [p for p in got if p.endswith("/z")]
@@ -100,8 +104,9 @@ async def test_following_lists_each_real_folder_once(sftp_openssh_backend: SftpB
     warned = {r.getMessage().split(" not followed")[0] for r in caplog.records if r.levelno == logging.WARNING}
     followed = linked[0].split("/")[1]
     other = "ext2" if followed == "ext" else "ext"
-    assert warned == {f"sftp partner: symlinked folder {p}" for p in
-                      ("in/loop", "in/sub/up", f"in/{other}", f"in/{followed}/back")}
+    assert warned == {
+        f"sftp partner: symlinked folder {p}" for p in ("in/loop", "in/sub/up", f"in/{other}", f"in/{followed}/back")
+    }
 
 
 async def test_a_loop_in_the_listed_folder_itself(sftp_openssh_backend: SftpBackend) -> None:
@@ -122,13 +127,23 @@ async def test_daemon_delivers_each_file_once(sftp_openssh_backend: SftpBackend,
     b.put("in/sub/y", b"y")
     os.symlink(".", b.folder / "in" / "loop")
     out = tmp_path / "out"
-    flows = {"f": {"source": {"instance": "partner", "path": "in", "recursive": True, "poll_interval": "200ms",
-                              "min_age": "0s"},
-                   "target": {"type": "directory", "path": str(out)}}}
+    flows = {
+        "f": {
+            "source": {
+                "instance": "partner",
+                "path": "in",
+                "recursive": True,
+                "poll_interval": "200ms",
+                "min_age": "0s",
+            },
+            "target": {"type": "directory", "path": str(out)},
+        }
+    }
     for follow in (False, True):
         (tmp_path / str(follow)).mkdir()
-        cfg = write_config(tmp_path / str(follow), {"partner": b.instance_config(follow_symlinked_folders=follow)},
-                           flows)
+        cfg = write_config(
+            tmp_path / str(follow), {"partner": b.instance_config(follow_symlinked_folders=follow)}, flows
+        )
         async with running(cfg) as d:
             st = await wait_for(lambda: d.status.flows.get("f"), 10)
             await wait_for(lambda: st.delivered >= 2 and st.last_poll is not None, 30)  # noqa: B023

@@ -96,8 +96,7 @@ async def test_server_disk_full_is_retried_and_leaves_nothing(
         inst = instance(backend)
         try:
             with pytest.raises(Transient) as e:
-                await inst.upload(Body.from_bytes(os.urandom(8 << 20)), "small/big.bin", exists="replace",
-                                  chmod=None)
+                await inst.upload(Body.from_bytes(os.urandom(8 << 20)), "small/big.bin", exists="replace", chmod=None)
             assert not isinstance(e.value, Permanent)
             assert backend.names("small") == [], "the partial temp file was removed"
             assert await inst.upload(Body.from_bytes(b"fits"), "small/a.txt", exists="replace", chmod=None)

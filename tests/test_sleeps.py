@@ -74,7 +74,8 @@ def test_asyncio_sleep_only_where_time_is_owned() -> None:
     stray = {scope: places for scope, places in where.items() if scope not in ALLOWED}
     assert not stray, (
         "asyncio.sleep outside the places that own time (raise Transient/RetryAfter/Permanent, or "
-        f"retry through conveyor.supervisor.retrying): {stray}")
+        f"retry through conveyor.supervisor.retrying): {stray}"
+    )
 
 
 def test_every_allowed_sleep_still_exists() -> None:
@@ -84,7 +85,9 @@ def test_every_allowed_sleep_still_exists() -> None:
 
 
 def test_the_check_sees_every_spelling() -> None:
-    code = ("import asyncio\nimport asyncio as aio\nfrom asyncio import sleep as nap\n"
-            "class C:\n    async def f(self):\n        await asyncio.sleep(1)\n"
-            "        def g():\n            return aio.sleep(2)\n        await nap(3)\n        await asyncio.sleep(0)\n")
+    code = (
+        "import asyncio\nimport asyncio as aio\nfrom asyncio import sleep as nap\n"
+        "class C:\n    async def f(self):\n        await asyncio.sleep(1)\n"
+        "        def g():\n            return aio.sleep(2)\n        await nap(3)\n        await asyncio.sleep(0)\n"
+    )
     assert _sleeps(ast.parse(code)) == [("C.f", 6), ("C.f.g", 8), ("C.f", 9)]

@@ -55,8 +55,10 @@ def source(path: str) -> dict[str, Any]:
 
 
 def flow(tmp_path: Path, name: str, path: str) -> dict[str, Any]:
-    return {"source": source(path), "target": {"type": "directory", "path": str(tmp_path / "out" / name),
-                                               "filename": "{name}"}}
+    return {
+        "source": source(path),
+        "target": {"type": "directory", "path": str(tmp_path / "out" / name), "filename": "{name}"},
+    }
 
 
 def delivered(tmp_path: Path, name: str) -> dict[str, tuple[str, str]]:
@@ -98,8 +100,11 @@ async def test_every_spelling_names_one_folder_with_the_same_ids(fb: FileBackend
     want_sub = delivered(tmp_path, "fsub")
     assert {k: v for k, v in want_root.items() if k != "late.txt"} == before, "ids changed with the spelling"
     assert {n: v[1] for n, v in want_root.items()} == {"a.txt": "a.txt", "b.csv": "b.csv", "late.txt": "late.txt"}
-    assert {n: v[1] for n, v in want_sub.items()} == {"c.txt": "sub/c.txt", "d e.txt": "sub/d e.txt",
-                                                      "late sub.txt": "sub/late sub.txt"}
+    assert {n: v[1] for n, v in want_sub.items()} == {
+        "c.txt": "sub/c.txt",
+        "d e.txt": "sub/d e.txt",
+        "late sub.txt": "sub/late sub.txt",
+    }
     for name, p in spellings.items():
         assert delivered(tmp_path, name) == (want_root if name.startswith("r") else want_sub), f"path: {p!r}"
         assert bodies(tmp_path / "out" / name) == bodies(tmp_path / "out" / ("f" if name.startswith("r") else "fsub"))
@@ -115,20 +120,47 @@ def test_config_keeps_one_spelling_and_refuses_paths_above_the_root(tmp_path: Pa
     """The loaded config holds the normal form; a '..' above the root is an error naming the key."""
     (tmp_path / "in").mkdir()
     inst = {"box": {"type": "local", "root": str(tmp_path)}}
-    cases = {".": "", "./": "", "/": "", "": "", "sub/.": "sub", "./sub": "sub", "sub/": "sub",
-             "a//b/./c/": "a/b/c", "a/../b": "b", "/in": "in"}
-    cfg = write_config(tmp_path, inst, {f"f{i}": {"source": {"instance": "box", "path": p},
-                                                  "target": {"type": "directory", "path": str(tmp_path / "o")}}
-                                        for i, p in enumerate(cases)})
+    cases = {
+        ".": "",
+        "./": "",
+        "/": "",
+        "": "",
+        "sub/.": "sub",
+        "./sub": "sub",
+        "sub/": "sub",
+        "a//b/./c/": "a/b/c",
+        "a/../b": "b",
+        "/in": "in",
+    }
+    cfg = write_config(
+        tmp_path,
+        inst,
+        {
+            f"f{i}": {
+                "source": {"instance": "box", "path": p},
+                "target": {"type": "directory", "path": str(tmp_path / "o")},
+            }
+            for i, p in enumerate(cases)
+        },
+    )
     loaded = load_config(cfg)
     assert [loaded.flows[f"f{i}"].source.path for i in range(len(cases))] == list(cases.values())  # type: ignore[attr-defined]
 
     bad = {"up": "..", "deep": "a/../../x", "abs": "/../etc"}
-    cfg = write_config(tmp_path, inst, {n: {"source": {"instance": "box", "path": p},
-                                            "target": {"type": "directory", "path": str(tmp_path / "o")}}
-                                        for n, p in bad.items()}
-                       | {"moved": {"source": {"instance": "box", "path": "in/", "after": {"move": "./in"}},
-                                    "target": {"type": "directory", "path": str(tmp_path / "o")}}})
+    cfg = write_config(
+        tmp_path,
+        inst,
+        {
+            n: {"source": {"instance": "box", "path": p}, "target": {"type": "directory", "path": str(tmp_path / "o")}}
+            for n, p in bad.items()
+        }
+        | {
+            "moved": {
+                "source": {"instance": "box", "path": "in/", "after": {"move": "./in"}},
+                "target": {"type": "directory", "path": str(tmp_path / "o")},
+            }
+        },
+    )
     with pytest.raises(ConfigError) as ei:
         load_config(cfg)
     text = str(ei.value)
@@ -144,8 +176,9 @@ def test_ls_dot_lists_the_root(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, {"box": {"type": "local", "root": str(tmp_path / "root")}}, {})
 
     def ls(path: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CONVEYOR, "ls", "-c", str(cfg), "box", path], capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            [*CONVEYOR, "ls", "-c", str(cfg), "box", path], capture_output=True, text=True, timeout=60
+        )
 
     plain = ls("")
     assert plain.returncode == 0 and plain.stdout.rstrip().endswith("  a.txt")
@@ -161,8 +194,11 @@ async def status_and_metrics(url: str) -> tuple[dict[str, Any], dict[tuple[str, 
             doc = await r.json()
         async with s.get(url + "/metrics") as r:
             text = await r.text()
-    m = {(x.name, tuple(sorted(x.labels.items()))): x.value
-         for fam in text_string_to_metric_families(text) for x in fam.samples}
+    m = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value
+        for fam in text_string_to_metric_families(text)
+        for x in fam.samples
+    }
     return doc, m
 
 
@@ -176,10 +212,17 @@ async def test_unsafe_name_is_reported_once_per_file_and_counted(tmp_path: Path)
     bad.write_bytes(b"x")
     out = tmp_path / "out"
     port = free_port()
-    cfg = write_config(tmp_path, {"remote": {"type": "local", "root": str(remote)}},
-                       {"f": {"source": {**source("."), "after": "delete"},
-                              "target": {"type": "directory", "path": str(out), "filename": "{name}"}}},
-                       health={"listen": f"127.0.0.1:{port}"})
+    cfg = write_config(
+        tmp_path,
+        {"remote": {"type": "local", "root": str(remote)}},
+        {
+            "f": {
+                "source": {**source("."), "after": "delete"},
+                "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+            }
+        },
+        health={"listen": f"127.0.0.1:{port}"},
+    )
     d = DaemonProcess(cfg).start()
 
     async def deliver(name: str) -> None:
@@ -212,5 +255,6 @@ async def test_unsafe_name_is_reported_once_per_file_and_counted(tmp_path: Path)
     assert len(lines) == 2, lines
     assert "'bad\\nname.txt'" in lines[0] and "control characters" in lines[0]
     assert "Rename it on the server" in lines[0] and "pattern or regex" in lines[0]
-    assert sorted(os.listdir(out)) == sorted([f"good{i}.txt" for i in range(8)]
-                                             + [f"good{i}.txt.meta.json" for i in range(8)])
+    assert sorted(os.listdir(out)) == sorted(
+        [f"good{i}.txt" for i in range(8)] + [f"good{i}.txt.meta.json" for i in range(8)]
+    )

@@ -37,8 +37,12 @@ def test_stops_during_a_local_listing_exit_cleanly(tmp_path: Path) -> None:
     """20 SIGTERMs, each 1.2-2.6 s after start, while every poll walks a 30,000-file folder on
     worker threads: every one exits 0 (a listing cancelled mid-batch once closed the folder
     under the thread still reading it: SIGSEGV in about one stop of ten)."""
-    r = subprocess.run([sys.executable, str(SCRIPT), "20", "--backends", "local", "--keep", str(tmp_path)],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "20", "--backends", "local", "--keep", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     row = re.search(r"^local\s+\d+\s+(\d+)\s+(\d+)", r.stdout, re.M)
     crashed = "".join(p.read_text(errors="replace")[-3000:] for p in sorted(tmp_path.glob("*.log"))[:1])
     assert row is not None, r.stdout + r.stderr
@@ -49,9 +53,16 @@ def test_stops_during_a_local_listing_exit_cleanly(tmp_path: Path) -> None:
 async def test_a_crash_writes_every_threads_stack(tmp_path: Path) -> None:
     """A fatal signal in ``conveyor run`` prints the stack of the loop and of the worker threads."""
     (tmp_path / "disk" / "in").mkdir(parents=True)
-    cfg = write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path / "disk")}}, {
-        "f": {"source": {"instance": "disk", "path": "in", "poll_interval": "200ms"},
-              "target": {"type": "directory", "path": str(tmp_path / "out")}}})
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(tmp_path / "disk")}},
+        {
+            "f": {
+                "source": {"instance": "disk", "path": "in", "poll_interval": "200ms"},
+                "target": {"type": "directory", "path": str(tmp_path / "out")},
+            }
+        },
+    )
     d = DaemonProcess(cfg)
     d.env.pop("PYTHONFAULTHANDLER", None)  # the daemon must turn it on itself
     d.start()
@@ -82,6 +93,7 @@ def gate(fn: Callable[..., Any]) -> tuple[Callable[..., Any], threading.Event, t
         result = fn(*args)
         results.append(result)
         return result
+
     return wrapper, entered, opened, results
 
 
@@ -94,19 +106,24 @@ async def cancel_while(task: asyncio.Task[Any], entered: threading.Event) -> Non
 
 
 async def test_a_cancelled_listing_keeps_the_folder_open_until_its_thread_is_done(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The scandir iterator a worker thread reads is closed after that read, not under it."""
     (tmp_path / "big").mkdir()
     for i in range(2500):
         (tmp_path / "big" / f"f{i}").touch()
-    inst = LocalInstance("disk", LocalConfig(type="local", root=str(tmp_path)),
-                         Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()))
+    inst = LocalInstance(
+        "disk",
+        LocalConfig(type="local", root=str(tmp_path)),
+        Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()),
+    )
     take, entered, opened, batches = gate(local._take)
     monkeypatch.setattr(local, "_take", take)
 
     async def walk() -> None:
         async for _ in inst.list("big", False):
             pass
+
     await cancel_while(asyncio.create_task(walk()), entered)
     opened.set()
     await wait_for(lambda: batches, 10, 0.01)
@@ -114,8 +131,7 @@ async def test_a_cancelled_listing_keeps_the_folder_open_until_its_thread_is_don
     assert len(batches[0]) == local._BATCH, "the folder was closed while the thread was reading it"
 
 
-async def test_a_cancelled_delivery_leaves_no_temporary_files(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_cancelled_delivery_leaves_no_temporary_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A large body's delivery cancelled while its thread writes: the temporaries go once it is done."""
     out = tmp_path / "out"
     big = tmp_path / "big.bin"

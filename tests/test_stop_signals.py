@@ -21,9 +21,15 @@ is the hard stop; whatever must end work early aborts a task of its own (conveyo
 
 def _uncancels(tree: ast.Module) -> list[int]:
     """Lines that call ``uncancel`` (as a method or a plain name)."""
-    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call) and (
-        (isinstance(node.func, ast.Attribute) and node.func.attr == "uncancel")
-        or (isinstance(node.func, ast.Name) and node.func.id == "uncancel"))]
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (
+            (isinstance(node.func, ast.Attribute) and node.func.attr == "uncancel")
+            or (isinstance(node.func, ast.Name) and node.func.id == "uncancel")
+        )
+    ]
 
 
 def test_no_cancellation_is_withdrawn_in_src() -> None:

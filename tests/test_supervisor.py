@@ -59,8 +59,9 @@ async def test_retrying_waits_between_tries_and_counts_each_wait() -> None:
         return "done"
 
     before = retries["test op"]
-    got = await retrying(op, Backoff(0.01, 0.02), attempts=5, what="test op",
-                         on_retry=lambda e, n, d: seen.append((str(e), n, d)))
+    got = await retrying(
+        op, Backoff(0.01, 0.02), attempts=5, what="test op", on_retry=lambda e, n, d: seen.append((str(e), n, d))
+    )
     assert got == "done" and calls == 3
     assert [(m, n) for m, n, _ in seen] == [("instance 'x': drop 1", 1), ("instance 'x': drop 2", 2)]
     assert all(0.005 <= d <= 0.02 for _, _, d in seen)
@@ -104,8 +105,7 @@ async def test_retrying_honours_retry_after() -> None:
 
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await retrying(op, Backoff(0.001, 0.001), attempts=2, what="test op",
-                   on_retry=lambda e, n, d: delays.append(d))
+    await retrying(op, Backoff(0.001, 0.001), attempts=2, what="test op", on_retry=lambda e, n, d: delays.append(d))
     assert delays == [0.05] and loop.time() - started >= 0.05
 
 

@@ -101,8 +101,10 @@ def test_watchdog_interval_from_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_daemon_notifies_ready_status_watchdog_stopping(tmp_path: Path, listener: Listener) -> None:
     port = free_port()
     inst, flow = local_flow(tmp_path, {"type": "directory", "path": str(tmp_path / "out")})
-    config = write_config(tmp_path / "c.yaml", {"health": {"listen": f"127.0.0.1:{port}"},
-                                                 "instances": {"box": inst}, "flows": {"f": flow}})
+    config = write_config(
+        tmp_path / "c.yaml",
+        {"health": {"listen": f"127.0.0.1:{port}"}, "instances": {"box": inst}, "flows": {"f": flow}},
+    )
     env = {"NOTIFY_SOCKET": listener.sock.getsockname(), "WATCHDOG_USEC": "1000000"}
     d = DaemonProcess(config, port, env=env)
     d.env.pop("WATCHDOG_PID", None)  # set by systemd for the service's own pid only
@@ -144,22 +146,37 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "conveyor"
     unit = tmp_path / "conveyor.service"
     unit.write_text(UNIT.read_text().replace(EXEC_START, str(exe)))
-    p = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60,
-                       cwd=tmp_path)
+    p = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert p.returncode == 0, p.stderr
     assert "conveyor.service" not in p.stderr, p.stderr
     text = UNIT.read_text()
-    for directive in ("Type=notify", "WatchdogSec=", "StateDirectory=conveyor", "LoadCredential=",
-                      "DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
-                      "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "ExecReload=/bin/kill -HUP $MAINPID",
-                      f"ExecStart={EXEC_START} run -c /etc/conveyor/conveyor.yaml"):
+    for directive in (
+        "Type=notify",
+        "WatchdogSec=",
+        "StateDirectory=conveyor",
+        "LoadCredential=",
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        f"ExecStart={EXEC_START} run -c /etc/conveyor/conveyor.yaml",
+    ):
         assert directive in text, directive
 
 
 def exposure(unit: Path) -> float:
     """``systemd-analyze security``'s overall exposure of ``unit``, read offline (0 best, 10 worst)."""
-    p = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
-                       capture_output=True, text=True, timeout=60, cwd=unit.parent)
+    p = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=unit.parent,
+    )
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", p.stdout)
     assert m, (p.returncode, p.stdout[-2000:], p.stderr)
     return float(m.group(1))
@@ -173,18 +190,22 @@ def test_unit_exposure_is_no_worse_than_documented(tmp_path: Path) -> None:
     unit.write_text(UNIT.read_text())
     assert exposure(unit) <= float(documented.group(1))
     # The rating sees each setting: without the system-call deny list it gets worse.
-    unit.write_text("".join(line for line in UNIT.read_text().splitlines(keepends=True)
-                            if not line.startswith("SystemCallFilter=~")))
+    unit.write_text(
+        "".join(
+            line for line in UNIT.read_text().splitlines(keepends=True) if not line.startswith("SystemCallFilter=~")
+        )
+    )
     assert exposure(unit) > float(documented.group(1))
 
 
 def sandboxed(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SANDBOX), "--", *argv], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, str(SANDBOX), "--", *argv], capture_output=True, text=True, timeout=timeout)
 
 
-confinable = pytest.mark.skipif(shutil.which("systemd-analyze") is None or os.geteuid() != 0,
-                                reason="the unit's confinement needs systemd-analyze and root")
+confinable = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None or os.geteuid() != 0,
+    reason="the unit's confinement needs systemd-analyze and root",
+)
 
 
 @confinable
@@ -211,9 +232,15 @@ def test_sandbox_confines_as_the_unit_says(tmp_path: Path) -> None:
     )
     p = sandboxed(sys.executable, "-c", probe)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines() == ["Operation not permitted", "Operation not permitted",
-                                     "No such file or directory", "ok", "ok",
-                                     "Operation not permitted", "ok"], p.stdout
+    assert p.stdout.splitlines() == [
+        "Operation not permitted",
+        "Operation not permitted",
+        "No such file or directory",
+        "ok",
+        "ok",
+        "Operation not permitted",
+        "ok",
+    ], p.stdout
     assert victim.stat().st_gid == os.getgid()
 
 
@@ -222,13 +249,25 @@ class ConfinedDaemon(DaemonProcess):
 
     def start(self) -> ConfinedDaemon:
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, str(SANDBOX), "--", *CONVEYOR, "run", "-c", str(self.config)],
-                                         stdout=out, stderr=err, env=self.env, cwd=self.config.parent)
+            self.proc = subprocess.Popen(
+                [sys.executable, str(SANDBOX), "--", *CONVEYOR, "run", "-c", str(self.config)],
+                stdout=out,
+                stderr=err,
+                env=self.env,
+                cwd=self.config.parent,
+            )
         return self
 
 
-@pytest.fixture(params=["local_backend", "sftp_asyncssh_backend", "ftps_explicit_vsftpd_backend", "rabbitmq_backend",
-                        "pubsub_backend"])
+@pytest.fixture(
+    params=[
+        "local_backend",
+        "sftp_asyncssh_backend",
+        "ftps_explicit_vsftpd_backend",
+        "rabbitmq_backend",
+        "pubsub_backend",
+    ]
+)
 def backend(request: pytest.FixtureRequest) -> Any:
     """A server of each kind conveyor's libraries talk to (set up outside the test's event loop)."""
     return request.getfixturevalue(request.param)
@@ -244,14 +283,23 @@ async def test_daemon_delivers_under_the_units_confinement(backend: Any, tmp_pat
     if hasattr(b, "publish"):
         flow = {"source": {"instance": "remote", **b.source_config()}, "target": target}
     else:
-        flow = {"source": {"instance": "remote", "path": "in", "poll_interval": "200ms", "min_age": "0s",
-                           "after": "delete"}, "target": target}
+        flow = {
+            "source": {
+                "instance": "remote",
+                "path": "in",
+                "poll_interval": "200ms",
+                "min_age": "0s",
+                "after": "delete",
+            },
+            "target": target,
+        }
     port = free_port()
     run = tmp_path / "run"
     run.mkdir()
-    config = write_config(run / "conveyor.yaml", {"health": {"listen": f"127.0.0.1:{port}"},
-                                                 "instances": {"remote": b.instance_config()},
-                                                 "flows": {"f": flow}})
+    config = write_config(
+        run / "conveyor.yaml",
+        {"health": {"listen": f"127.0.0.1:{port}"}, "instances": {"remote": b.instance_config()}, "flows": {"f": flow}},
+    )
     items = [os.urandom(100) + bytes([i]) for i in range(10)]
     if hasattr(b, "publish"):
         await b.publish(items)
@@ -325,8 +373,7 @@ def test_readme_server_install_puts_execstart_in_place(tmp_path: Path) -> None:
     assert config.stat().st_mode & 0o004, oct(config.stat().st_mode)
     state = tmp_path / "state"
     state.mkdir()
-    p = subprocess.run([str(exe), "check", "-c", str(config)], cwd=state, capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run([str(exe), "check", "-c", str(config)], cwd=state, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     # Nothing the unit needs at start is missing: each LoadCredential= file, the documentation.
     for cred in unit_values(unit, "LoadCredential"):

@@ -81,8 +81,11 @@ async def test_spooled_body_is_linked_not_copied(tmp_path: Path) -> None:
 
 
 async def test_upload_to_a_local_instance(tmp_path: Path) -> None:
-    inst = LocalInstance("dst", LocalConfig(type="local", root=str(tmp_path)),
-                         Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()))
+    inst = LocalInstance(
+        "dst",
+        LocalConfig(type="local", root=str(tmp_path)),
+        Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()),
+    )
     cfg = FileTargetConfig(instance="dst", path="inbound/today", filename="{stem}-{id}.{ext}", chmod="0640")
     t = UploadTarget("f", cfg, inst)
     await t.deliver(payload("p1", b"hello", name="order.csv"))

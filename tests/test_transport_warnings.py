@@ -69,29 +69,52 @@ async def test_run_warns_once_per_weak_setting_and_status_lists_them(tmp_path: P
     (tmp_path / "box" / "in").mkdir(parents=True)
     blob = b"\x00\x00\x00\x0bssh-ed25519" + b"k" * 36
     state = pg_elsewhere + "?sslmode=prefer"
-    config = write_config(tmp_path / "c.yaml", {
-        "state": state,
-        "health": {"listen": f"127.0.0.1:{port}"},
-        "instances": {
-            "box": {"type": "local", "root": str(tmp_path / "box")},
-            "legacy": {"type": "ftp", "host": "127.0.0.1", "port": closed, "username": "acme",
-                       "password": "ftp-Secret-71q", "timeout": "1s"},
-            "anon": {"type": "ftp", "host": "127.0.0.1", "port": closed, "timeout": "1s"},
-            "partner": {"type": "sftp", "host": "127.0.0.1", "port": closed, "username": "acme",
-                        "password": "sftp-Secret-18z", "timeout": "1s",
-                        "host_fingerprint": [sha256_fp(blob), md5_fp(blob)]},
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "state": state,
+            "health": {"listen": f"127.0.0.1:{port}"},
+            "instances": {
+                "box": {"type": "local", "root": str(tmp_path / "box")},
+                "legacy": {
+                    "type": "ftp",
+                    "host": "127.0.0.1",
+                    "port": closed,
+                    "username": "acme",
+                    "password": "ftp-Secret-71q",
+                    "timeout": "1s",
+                },
+                "anon": {"type": "ftp", "host": "127.0.0.1", "port": closed, "timeout": "1s"},
+                "partner": {
+                    "type": "sftp",
+                    "host": "127.0.0.1",
+                    "port": closed,
+                    "username": "acme",
+                    "password": "sftp-Secret-18z",
+                    "timeout": "1s",
+                    "host_fingerprint": [sha256_fp(blob), md5_fp(blob)],
+                },
+            },
+            "flows": {
+                "to-https": {
+                    "source": {"instance": "box", "path": "in", "poll_interval": "500ms"},
+                    "target": {"type": "http", "url": f"https://127.0.0.1:{closed}/hook", "tls_verify": False},
+                },
+                "from-ftp": {
+                    "source": {"instance": "legacy", "path": "out", "poll_interval": "500ms"},
+                    "target": {"type": "directory", "path": str(tmp_path / "o1")},
+                },
+                "from-anon": {
+                    "source": {"instance": "anon", "path": "out", "poll_interval": "500ms"},
+                    "target": {"type": "directory", "path": str(tmp_path / "o1")},
+                },
+                "from-sftp": {
+                    "source": {"instance": "partner", "path": "out", "poll_interval": "500ms"},
+                    "target": {"type": "directory", "path": str(tmp_path / "o2")},
+                },
+            },
         },
-        "flows": {
-            "to-https": {"source": {"instance": "box", "path": "in", "poll_interval": "500ms"},
-                         "target": {"type": "http", "url": f"https://127.0.0.1:{closed}/hook", "tls_verify": False}},
-            "from-ftp": {"source": {"instance": "legacy", "path": "out", "poll_interval": "500ms"},
-                         "target": {"type": "directory", "path": str(tmp_path / "o1")}},
-            "from-anon": {"source": {"instance": "anon", "path": "out", "poll_interval": "500ms"},
-                          "target": {"type": "directory", "path": str(tmp_path / "o1")}},
-            "from-sftp": {"source": {"instance": "partner", "path": "out", "poll_interval": "500ms"},
-                          "target": {"type": "directory", "path": str(tmp_path / "o2")}},
-        },
-    })
+    )
     d = DaemonProcess(config, port).start()
     try:
         await d.wait_listening()
@@ -129,8 +152,11 @@ def sha1_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:  # noqa: F811
     """An OpenSSH sshd left with SHA-1 only: group14-sha1 key exchange, ssh-rsa signatures, an RSA host key."""
     why = sshd_available()
     assert why is None, why
-    server = start_sshd(ssh_client_keys, host_key_types=("rsa",),
-                        extra=("KexAlgorithms diffie-hellman-group14-sha1", "HostKeyAlgorithms ssh-rsa"))
+    server = start_sshd(
+        ssh_client_keys,
+        host_key_types=("rsa",),
+        extra=("KexAlgorithms diffie-hellman-group14-sha1", "HostKeyAlgorithms ssh-rsa"),
+    )
     try:
         yield server
     finally:
@@ -152,9 +178,10 @@ async def test_sha1_kex_and_signature_are_reported(tmp_path: Path, sha1_sshd: Ss
     lines = warning_lines(d)
     assert len(lines) == 2, lines
     assert lines[0].startswith("weak transport: instances.sftp: key exchange uses SHA-1")
-    assert lines[1].startswith("weak transport: instances.sftp: the server proves its ssh-rsa host key with a "
-                               "SHA-1 signature")
-    assert [w[:40] for w in doc["warnings"]] == [line[len("weak transport: "):][:40] for line in lines]
+    assert lines[1].startswith(
+        "weak transport: instances.sftp: the server proves its ssh-rsa host key with a SHA-1 signature"
+    )
+    assert [w[:40] for w in doc["warnings"]] == [line[len("weak transport: ") :][:40] for line in lines]
     assert doc["instances"]["sftp"]["warnings"] == doc["warnings"] and doc["instances"]["sftp"]["state"] == "up"
 
 
@@ -169,12 +196,19 @@ async def run_until_delivered(tmp_path: Path, instance: dict[str, Any], path: st
     """``conveyor run`` with one flow from ``instance``'s ``path`` until a file arrived; the stopped
     daemon and its /status document from then."""
     port = free_port()
-    config = write_config(tmp_path / "c.yaml", {
-        "health": {"listen": f"127.0.0.1:{port}"},
-        "instances": {"sftp": instance},
-        "flows": {"f": {"source": {"instance": "sftp", "path": path, "poll_interval": "300ms", "min_age": "0s"},
-                        "target": {"type": "directory", "path": str(tmp_path / "o")}}},
-    })
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "health": {"listen": f"127.0.0.1:{port}"},
+            "instances": {"sftp": instance},
+            "flows": {
+                "f": {
+                    "source": {"instance": "sftp", "path": path, "poll_interval": "300ms", "min_age": "0s"},
+                    "target": {"type": "directory", "path": str(tmp_path / "o")},
+                }
+            },
+        },
+    )
     d = DaemonProcess(config, port).start()
     try:
         await d.wait_listening()
@@ -203,8 +237,12 @@ def test_connect_options_default_to_verify_full_for_another_host(tmp_path: Path)
     ctx = connect_options(url, env=env)[1]["ssl"]
     assert isinstance(ctx, ssl.SSLContext)
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
-    for url in ("postgresql://u@db.example.com:5433,db2.example.com/x", "postgres://u@192.0.2.7/x",
-                "postgresql://u@[2001:db8::7]:5432/x", "postgresql://u@localhost,db.example.com/x"):
+    for url in (
+        "postgresql://u@db.example.com:5433,db2.example.com/x",
+        "postgres://u@192.0.2.7/x",
+        "postgresql://u@[2001:db8::7]:5432/x",
+        "postgresql://u@localhost,db.example.com/x",
+    ):
         assert isinstance(connect_options(url, env=env)[1].get("ssl"), ssl.SSLContext), url
 
 
@@ -212,12 +250,32 @@ def test_with_a_ca_file_the_driver_gets_verify_full(tmp_path: Path) -> None:
     """A CA file named in the URL, in $PGSSLROOTCERT or at ~/.postgresql/root.crt: ``sslmode=verify-full``
     on the URL, which the driver turns into a context trusting that CA alone."""
     ca = tmp_path / "ca.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "k.pem"),
-                    "-out", str(ca), "-days", "1", "-subj", "/CN=test-ca"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "k.pem"),
+            "-out",
+            str(ca),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+        ],
+        check=True,
+        capture_output=True,
+    )
     home = tmp_path / "home"
     (home / ".postgresql").mkdir(parents=True)
-    for url, env in ((f"postgresql://u@db.example.com/x?sslrootcert={ca}", {"HOME": "/nonexistent"}),
-                     ("postgresql://u@db.example.com/x", {"HOME": "/nonexistent", "PGSSLROOTCERT": str(ca)})):
+    for url, env in (
+        (f"postgresql://u@db.example.com/x?sslrootcert={ca}", {"HOME": "/nonexistent"}),
+        ("postgresql://u@db.example.com/x", {"HOME": "/nonexistent", "PGSSLROOTCERT": str(ca)}),
+    ):
         got, extra = connect_options(url, env=env)
         assert extra == {} and got.endswith("sslmode=verify-full"), got
     (home / ".postgresql" / "root.crt").write_bytes(ca.read_bytes())
@@ -226,9 +284,16 @@ def test_with_a_ca_file_the_driver_gets_verify_full(tmp_path: Path) -> None:
 
 
 def test_local_urls_and_named_sslmodes_are_left_alone() -> None:
-    for url in ("postgresql://u@127.0.0.1:5432/x", "postgresql://u@localhost/x", "postgresql://u@[::1]/x",
-                "postgresql:///x", "postgresql:///x?host=/run/postgresql", "postgresql://u@%2Frun%2Fpostgresql/x",
-                "postgresql://u@db.example.com/x?sslmode=require", "postgresql://u@db.example.com/x?sslmode=disable"):
+    for url in (
+        "postgresql://u@127.0.0.1:5432/x",
+        "postgresql://u@localhost/x",
+        "postgresql://u@[::1]/x",
+        "postgresql:///x",
+        "postgresql:///x?host=/run/postgresql",
+        "postgresql://u@%2Frun%2Fpostgresql/x",
+        "postgresql://u@db.example.com/x?sslmode=require",
+        "postgresql://u@db.example.com/x?sslmode=disable",
+    ):
         assert connect_options(url, env={}) == (url, {}), url
     url = "postgresql://u@db.example.com/x"
     assert connect_options(url, env={"PGSSLMODE": "verify-ca"}) == (url, {})
@@ -236,8 +301,8 @@ def test_local_urls_and_named_sslmodes_are_left_alone() -> None:
     assert weak_tls(url, env={}) is None  # verify-full by default: nothing to say
     assert weak_tls("postgresql://u@127.0.0.1/x?sslmode=disable", env={}) is None
     assert weak_tls(url + "?sslmode=require", env={}) == (
-        "sslmode=require: the certificate of db.example.com is not checked, so anyone on the way can pose as "
-        "the server")
+        "sslmode=require: the certificate of db.example.com is not checked, so anyone on the way can pose as the server"
+    )
     assert "strip" in (weak_tls(url, env={"PGSSLMODE": "prefer"}) or "")
 
 
@@ -255,30 +320,49 @@ async def test_loopback_postgres_still_connects_without_tls(pg_db: str) -> None:
 async def test_another_host_without_tls_is_refused_not_downgraded(tmp_path: Path, pg_elsewhere: str) -> None:
     """The server has no TLS: with the default verify-full, conveyor does not fall back to plain text
     (sslmode=prefer would have), and ``conveyor run`` says why in one line."""
-    config = write_config(tmp_path / "c.yaml", {
-        "state": pg_elsewhere, "health": {"listen": None},
-        "instances": {"box": {"type": "local", "root": str(tmp_path)}},
-        "flows": {"f": {"source": {"instance": "box", "path": "."},
-                        "target": {"type": "directory", "path": str(tmp_path / "o")}}},
-    })
-    r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "conveyor", "run", "-c", str(config)],
-                                capture_output=True, text=True, timeout=60)
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "state": pg_elsewhere,
+            "health": {"listen": None},
+            "instances": {"box": {"type": "local", "root": str(tmp_path)}},
+            "flows": {
+                "f": {
+                    "source": {"instance": "box", "path": "."},
+                    "target": {"type": "directory", "path": str(tmp_path / "o")},
+                }
+            },
+        },
+    )
+    r = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "conveyor", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0
     fatal = [json.loads(line) for line in r.stderr.splitlines() if '"critical"' in line]
     assert len(fatal) == 1 and "SSL" in fatal[0]["msg"], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
 
 
-
 def https_flow(tmp_path: Path, tls_verify: bool) -> Path:
     """A config with one flow posting to an https:// target (``tls_verify`` as given)."""
     (tmp_path / "in").mkdir(exist_ok=True)
-    return write_config(tmp_path / "c.yaml", {
-        "health": {"listen": None},
-        "instances": {"box": {"type": "local", "root": str(tmp_path)}},
-        "flows": {"post": {"source": {"instance": "box", "path": "in"},
-                           "target": {"type": "http", "url": "https://127.0.0.1:9/hook", "tls_verify": tls_verify}}},
-    })
+    return write_config(
+        tmp_path / "c.yaml",
+        {
+            "health": {"listen": None},
+            "instances": {"box": {"type": "local", "root": str(tmp_path)}},
+            "flows": {
+                "post": {
+                    "source": {"instance": "box", "path": "in"},
+                    "target": {"type": "http", "url": "https://127.0.0.1:9/hook", "tls_verify": tls_verify},
+                }
+            },
+        },
+    )
 
 
 async def test_reload_and_check_say_the_same(tmp_path: Path) -> None:
@@ -286,11 +370,17 @@ async def test_reload_and_check_say_the_same(tmp_path: Path) -> None:
     from tests.harness import running
 
     config = https_flow(tmp_path, tls_verify=False)
-    r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "conveyor", "check", "-c", str(config)],
-                                capture_output=True, text=True, timeout=60)
+    r = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "conveyor", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout.splitlines()[1:] == [
         "warning: weak transport: flows.post.target.tls_verify: false: the server's certificate is not checked, "
-        "so anyone on the way can read and change what is posted"]
+        "so anyone on the way can read and change what is posted"
+    ]
     async with running(config) as d:
         await wait_for(lambda: "post" in d.flows)  # started: a reload now has flows to compare
         assert [w.split(":")[0] for w in d.status.snapshot()["warnings"]] == ["flows.post.target.tls_verify"]

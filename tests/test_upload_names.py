@@ -44,8 +44,11 @@ async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         from conveyor.transfer.local.instance import LocalInstance
 
         backend = LocalBackend(tmp_path / "dst")
-        inst = LocalInstance("dst", LocalConfig(type="local", root=str(backend.root)),
-                             Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()))
+        inst = LocalInstance(
+            "dst",
+            LocalConfig(type="local", root=str(backend.root)),
+            Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()),
+        )
     else:
         srv = request.getfixturevalue("vsftpd_factory")("none")
         backend = FtpBackend("ftp-vsftpd", srv)
@@ -67,8 +70,13 @@ def upload_target(server: Server, **cfg: Any) -> UploadTarget:
 async def test_default_renames_unsafe_names_and_fits_long_ones(server: Server) -> None:
     t = upload_target(server)
     long_a, long_b = "r" * 250 + "-a.csv", "r" * 250 + "-b.csv"
-    names = {".env": "_.env", "CON.txt": "CON_.txt", "a:b|c.txt": "a_b_c.txt", "trailing.": "trailing_",
-             "plain.csv": "plain.csv"}
+    names = {
+        ".env": "_.env",
+        "CON.txt": "CON_.txt",
+        "a:b|c.txt": "a_b_c.txt",
+        "trailing.": "trailing_",
+        "plain.csv": "plain.csv",
+    }
     for i, name in enumerate([*names, "é" * 130, "é" * 127 + "x", long_a, long_b]):
         await t.deliver(payload(f"p{i}", name, data=name.encode()))
     got = server.backend.names("out")

@@ -33,15 +33,23 @@ def every_connector(tmp_path: Path) -> Path:
     fingerprint = "SHA256:" + base64.b64encode(bytes(32)).decode().rstrip("=")
     instances: dict[str, Any] = {
         "box": {"type": "local", "root": str(tmp_path / "box"), "create": True},
-        "sf": {"type": "sftp", "host": HOST, "port": 1, "username": "u", "password": "p",
-               "host_fingerprint": fingerprint},
+        "sf": {
+            "type": "sftp",
+            "host": HOST,
+            "port": 1,
+            "username": "u",
+            "password": "p",
+            "host_fingerprint": fingerprint,
+        },
         "ft": {"type": "ftp", "host": HOST, "port": 1, "password": "p"},
         "mq": {"type": "rabbitmq", "host": HOST, "port": 1, "username": "u", "password": "p"},
         "ps": {"type": "pubsub", "project": "demo", "emulator_host": f"{HOST}:1"},
     }
     flows: dict[str, Any] = {
-        "local": {"source": {"instance": "box", "path": "in"},
-                  "target": {"type": "directory", "path": str(tmp_path / "out")}},
+        "local": {
+            "source": {"instance": "box", "path": "in"},
+            "target": {"type": "directory", "path": str(tmp_path / "out")},
+        },
         "sftp": {"source": {"instance": "sf", "path": "in"}, "target": {"instance": "ft", "path": "out"}},
         "ftp": {"source": {"instance": "ft", "path": "in"}, "target": {"type": "http", "url": f"http://{HOST}:1/"}},
         "rabbitmq": {"source": {"instance": "mq", "queue": "q"}, "target": {"instance": "mq", "routing_key": "q"}},

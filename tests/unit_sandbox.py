@@ -42,8 +42,12 @@ PROT_WRITE, PROT_EXEC, SHM_EXEC = 0x2, 0x4, 0o100000
 class ArgCmp(ctypes.Structure):
     """libseccomp's ``struct scmp_arg_cmp``."""
 
-    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
-                ("datum_b", ctypes.c_uint64)]
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
 
 
 def unit_values(key: str, unit: Path = UNIT) -> list[str]:
@@ -53,8 +57,9 @@ def unit_values(key: str, unit: Path = UNIT) -> list[str]:
 
 def syscall_groups() -> dict[str, list[str]]:
     """Each ``@group`` of this systemd, with its members (system calls and nested groups)."""
-    out = subprocess.run(["systemd-analyze", "syscall-filter"], capture_output=True, text=True, check=True,
-                         timeout=60).stdout
+    out = subprocess.run(
+        ["systemd-analyze", "syscall-filter"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     groups: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in out.splitlines():
@@ -105,8 +110,10 @@ def private_proc(libc: ctypes.CDLL) -> None:
     """A mount namespace of this process's own, with /proc as ProtectProc=invisible and ProcSubset=pid show it."""
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
-    _check(libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, b"hidepid=invisible,subset=pid"),
-           "mounting /proc with subset=pid")
+    _check(
+        libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, b"hidepid=invisible,subset=pid"),
+        "mounting /proc with subset=pid",
+    )
 
 
 def _libseccomp() -> ctypes.CDLL:
@@ -114,8 +121,13 @@ def _libseccomp() -> ctypes.CDLL:
     seccomp.seccomp_init.restype = ctypes.c_void_p
     seccomp.seccomp_init.argtypes = [ctypes.c_uint32]
     seccomp.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-    seccomp.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
-                                               ctypes.POINTER(ArgCmp)]
+    seccomp.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(ArgCmp),
+    ]
     seccomp.seccomp_load.argtypes = [ctypes.c_void_p]
     return seccomp
 
@@ -158,7 +170,7 @@ def main(argv: list[str]) -> None:
     """Confine this process as the unit would, then exec ``argv`` (after ``--``)."""
     if "--" not in argv or argv.index("--") == len(argv) - 1:
         raise SystemExit("usage: unit_sandbox.py -- COMMAND [ARG...]")
-    command = argv[argv.index("--") + 1:]
+    command = argv[argv.index("--") + 1 :]
     allowed = allowed_calls(unit_values("SystemCallFilter"), syscall_groups())
     error = getattr(errno, (unit_values("SystemCallErrorNumber") or ["EPERM"])[-1])
     libc = _libc()

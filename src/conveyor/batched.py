@@ -89,8 +89,7 @@ class Worker(Generic[J]):
                 self._handoff.close()  # a thread of an earlier loop stops after its queue
             self._loop = loop
             self._handoff = Handoff(loop)
-            self._thread = threading.Thread(target=self._work, args=(self._handoff, loop), name=self.name,
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._work, args=(self._handoff, loop), name=self.name, daemon=True)
             self._thread.start()
         self._handoff.put(job)
 
@@ -192,4 +191,5 @@ class ThreadCalls:
                 cleanup()
             except Exception as e:  # nobody to raise it to: the task that asked is gone
                 logging.getLogger("conveyor").warning("cleanup after a cancelled call failed: %s", e)
+
         busy.add_done_callback(done)

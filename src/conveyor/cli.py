@@ -20,9 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="conveyor",
         description="Move files and messages from SFTP, FTP(S), RabbitMQ, Pub/Sub and local folders into flows, "
-                    "losing nothing.",
+        "losing nothing.",
         epilog="Without -c, ./conveyor.yaml is used, else the example in config/. "
-               "Exit codes: 0 ok, 1 fatal error, 2 invalid config or unreachable instance.",
+        "Exit codes: 0 ok, 1 fatal error, 2 invalid config or unreachable instance.",
     )
     p.add_argument("--version", action="version", version=f"conveyor {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -34,8 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     cfg(r)
     c = sub.add_parser("check", help="validate a config; with --connect also log in and check every flow")
     cfg(c)
-    c.add_argument("--connect", action="store_true",
-                   help="log in to every instance and check each flow's source and target, changing nothing")
+    c.add_argument(
+        "--connect",
+        action="store_true",
+        help="log in to every instance and check each flow's source and target, changing nothing",
+    )
     f = sub.add_parser("fingerprint", help="print every host key an SSH server offers, in every accepted form")
     f.add_argument("target", metavar="HOST[:PORT]")
     ls = sub.add_parser("ls", help="list a folder of a file instance as the daemon sees it")
@@ -48,8 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     cfg(st)
     lg = sub.add_parser("ledger", help="list or act on a flow's items in a running daemon")
     lg.add_argument("flow")
-    lg.add_argument("--url", default=None, help="health endpoint (default: from the config, else 127.0.0.1:8470); "
-                                                "the API token is read through -c, or from $CONVEYOR_TOKEN")
+    lg.add_argument(
+        "--url",
+        default=None,
+        help="health endpoint (default: from the config, else 127.0.0.1:8470); "
+        "the API token is read through -c, or from $CONVEYOR_TOKEN",
+    )
     lg.add_argument("--state", choices=["pending", "in_flight", "delivered", "failed"])
     lg.add_argument("--retry", metavar="ID", help="deliver a failed item again")
     lg.add_argument("--forget", metavar="ID", help="forget a delivered item so its file is taken again")
@@ -223,8 +230,14 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return ledger_main(args)
 
 
-_COMMANDS = {"run": cmd_run, "check": cmd_check, "ls": cmd_ls, "fingerprint": cmd_fingerprint,
-             "status": cmd_status, "ledger": cmd_ledger}
+_COMMANDS = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "ls": cmd_ls,
+    "fingerprint": cmd_fingerprint,
+    "status": cmd_status,
+    "ledger": cmd_ledger,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

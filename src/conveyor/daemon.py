@@ -52,8 +52,12 @@ async def cancel_once(task: asyncio.Task[None], flow: str) -> bool:
         if not task.cancelled():
             task.result()  # an error it ended with is the daemon's to see
         return True
-    log.error("flow still running %.0fs after it was cancelled, %s; no longer waiting for it",
-              STOP_GRACE, waiting_in(task), extra={"flow": flow})
+    log.error(
+        "flow still running %.0fs after it was cancelled, %s; no longer waiting for it",
+        STOP_GRACE,
+        waiting_in(task),
+        extra={"flow": flow},
+    )
     return False
 
 
@@ -196,8 +200,12 @@ class Daemon:
                     if flow.enabled:
                         self._start_flow(flow)
                 housekeeping = tg.create_task(self._housekeeping(), name="housekeeping")
-                log.info("conveyor started: %d flows, %d instances, state %s", len(self.flows),
-                         len(self.config.instances), redact(self.config.state))
+                log.info(
+                    "conveyor started: %d flows, %d instances, state %s",
+                    len(self.flows),
+                    len(self.config.instances),
+                    redact(self.config.state),
+                )
                 for addon in self.addons:
                     await addon.ready()
                 with fewer_gc_passes():
@@ -310,28 +318,55 @@ class Daemon:
         target = self._target(flow)
         timeout = getattr(flow.target, "timeout", None)
         kind = target_specs().get(flow.target_kind)
-        deliverer = Deliverer(flow.name, target, self.store, self.status, attempts=flow.retry.attempts,
-                              backoff=Backoff.from_config(flow.retry),
-                              timeout=None if kind is not None and kind.own_timeout else timeout,
-                              lease=max(300.0, 2 * (timeout or 0)))
+        deliverer = Deliverer(
+            flow.name,
+            target,
+            self.store,
+            self.status,
+            attempts=flow.retry.attempts,
+            backoff=Backoff.from_config(flow.retry),
+            timeout=None if kind is not None and kind.own_timeout else timeout,
+            lease=max(300.0, 2 * (timeout or 0)),
+        )
         st = self.status.add_flow(flow.name)
         st.delivery_timeout = timeout
         if isinstance(source_rt, BrokerInstance):
             assert isinstance(src, MessageSourceConfig)
             consumer = source_rt.source(flow.name, src)
-            return FlowRunner(flow.name, max_in_flight=flow.max_in_flight, status=self.status,
-                              deliverer=deliverer, on_close=target.close, messages=(consumer, src), gate=self.gate)
+            return FlowRunner(
+                flow.name,
+                max_in_flight=flow.max_in_flight,
+                status=self.status,
+                deliverer=deliverer,
+                on_close=target.close,
+                messages=(consumer, src),
+                gate=self.gate,
+            )
         assert isinstance(src, FileSourceConfig)
         st.poll_interval = src.poll_interval
 
         def file_source(submit: Submit) -> FileSource:
-            deps = FileSourceDeps(deliverer=deliverer, store=self.store, spool=self.spool, status=self.status,
-                                  submit=submit, gate=self.gate)
-            return FileSource(flow=flow.name, instance=src.instance, instance_type=icfg.type, fs=source_rt,
-                              config=src, deps=deps)
+            deps = FileSourceDeps(
+                deliverer=deliverer,
+                store=self.store,
+                spool=self.spool,
+                status=self.status,
+                submit=submit,
+                gate=self.gate,
+            )
+            return FileSource(
+                flow=flow.name, instance=src.instance, instance_type=icfg.type, fs=source_rt, config=src, deps=deps
+            )
 
-        return FlowRunner(flow.name, max_in_flight=flow.max_in_flight, status=self.status, deliverer=deliverer,
-                          on_close=target.close, files=file_source, gate=self.gate)
+        return FlowRunner(
+            flow.name,
+            max_in_flight=flow.max_in_flight,
+            status=self.status,
+            deliverer=deliverer,
+            on_close=target.close,
+            files=file_source,
+            gate=self.gate,
+        )
 
     def _start_flow(self, flow: Flow) -> None:
         assert self._tg is not None
@@ -345,8 +380,9 @@ class Daemon:
             st = self.status.add_flow(flow.name)
             st.state = "failed"
             self.status.flow_error(flow.name, f"cannot start: {why}")
-            log.error("flow cannot start: %s", why, extra={"flow": flow.name},
-                      exc_info=not isinstance(e, ConveyorError))
+            log.error(
+                "flow cannot start: %s", why, extra={"flow": flow.name}, exc_info=not isinstance(e, ConveyorError)
+            )
             return
         task = self._tg.create_task(self._run_flow(runner, flow.name), name=f"flow:{flow.name}")
         self.flows[flow.name] = (runner, task)
@@ -406,8 +442,11 @@ class Daemon:
         def uses_changed(f: Flow) -> bool:
             return f.source.instance in changed or (f.target_instance or "") in changed
 
-        stop = [n for n, f in old.flows.items()
-                if n in self.flows and (new.flows.get(n) != f or uses_changed(f) or not new.flows[n].enabled)]
+        stop = [
+            n
+            for n, f in old.flows.items()
+            if n in self.flows and (new.flows.get(n) != f or uses_changed(f) or not new.flows[n].enabled)
+        ]
         await asyncio.gather(*(self._stop_flow(n) for n in stop))
         for n in stop:
             if n not in new.flows:
@@ -422,7 +461,10 @@ class Daemon:
             if flow.enabled and name not in self.flows:
                 self._start_flow(flow)
                 started.append(name)
-        log.info("reloaded: %d flows stopped, %d started, %d untouched", len(stop), len(started),
-                 len(self.flows) - len(started))
+        log.info(
+            "reloaded: %d flows stopped, %d started, %d untouched",
+            len(stop),
+            len(started),
+            len(self.flows) - len(started),
+        )
         return True
-

@@ -123,8 +123,9 @@ class HealthServer:
             await site.start()
         except OSError as e:
             await runner.cleanup()
-            raise OSError(e.errno, f"health endpoint cannot listen on {hostport(self.host, self.port)}: {e.strerror}") \
-                from None
+            raise OSError(
+                e.errno, f"health endpoint cannot listen on {hostport(self.host, self.port)}: {e.strerror}"
+            ) from None
         if runner.addresses:
             self.port = int(runner.addresses[0][1])  # the real port when :0 was asked for
         self._runner = runner
@@ -227,8 +228,11 @@ class HealthServer:
         """200 while the daemon loop is responsive and no flow died; else 503. Answered by the
         server thread alone, so it stays fast (and truthful) when the daemon loop is not."""
         problems = self.health_problems()
-        doc = {"status": "unhealthy" if problems else "ok", "problems": problems,
-               "loop_lag_ms": round(self.loop_lag() * 1000, 1)}
+        doc = {
+            "status": "unhealthy" if problems else "ok",
+            "problems": problems,
+            "loop_lag_ms": round(self.loop_lag() * 1000, 1),
+        }
         return json_response(doc, 503 if problems else 200)
 
     async def readyz(self, request: web.Request) -> web.Response:
@@ -246,10 +250,16 @@ class HealthServer:
         d = self.daemon
         doc = d.status.snapshot()
         reasons = self.ready_reasons()
-        doc.update({
-            "version": __version__, "replica": d.owner, "config": str(d.config.path),
-            "ready": not reasons, "not_ready": reasons, "healthy": not self.health_problems(),
-        })
+        doc.update(
+            {
+                "version": __version__,
+                "replica": d.owner,
+                "config": str(d.config.path),
+                "ready": not reasons,
+                "not_ready": reasons,
+                "healthy": not self.health_problems(),
+            }
+        )
         return doc
 
     async def metrics_text(self, request: web.Request) -> web.Response:

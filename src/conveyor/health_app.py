@@ -72,5 +72,6 @@ SERVER_KEY: web.AppKey[DaemonLoop] = web.AppKey("health")
 
 def json_response(doc: Any, status: int = 200) -> web.Response:
     """A JSON answer; the text is redacted as a last guard, whatever fed the document."""
-    return web.Response(text=redact(json.dumps(doc, ensure_ascii=False, default=str)), status=status,
-                        content_type="application/json")
+    return web.Response(
+        text=redact(json.dumps(doc, ensure_ascii=False, default=str)), status=status, content_type="application/json"
+    )

@@ -86,16 +86,19 @@ def read_token(path: Path) -> str:
         raise
     except OSError as e:
         if os.path.islink(path):
-            raise TokenFileError(f"the token file {path} is a symbolic link; remove it to have a new one "
-                                 "made") from None
+            raise TokenFileError(
+                f"the token file {path} is a symbolic link; remove it to have a new one made"
+            ) from None
         raise TokenFileError(f"cannot read the token file {path}: {e.strerror or e}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise TokenFileError(f"the token file {path} is not a regular file")
         if st.st_mode & 0o007:
-            raise TokenFileError(f"the token file {path} is open to other users (mode "
-                                 f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 it, or remove it to have a new one made")
+            raise TokenFileError(
+                f"the token file {path} is open to other users (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 it, or remove it to have a new one made"
+            )
         data = os.read(fd, _MAX_FILE + 1)
     finally:
         os.close(fd)
@@ -148,7 +151,7 @@ def split_host(value: str) -> tuple[str, str | None] | None:
         end = value.find("]")
         if end < 0:
             return None
-        name, rest = value[1:end], value[end + 1:]
+        name, rest = value[1:end], value[end + 1 :]
         if rest and not (rest.startswith(":") and rest[1:].isdigit()):
             return None
         return name, rest[1:] or None
@@ -203,15 +206,17 @@ class Policy:
 Refusal = tuple[int, str]
 
 
-def check(policy: Policy, method: str, path: str, headers: Mapping[str, str], has_body: bool,
-          token: Callable[[], str]) -> Refusal | None:
+def check(
+    policy: Policy, method: str, path: str, headers: Mapping[str, str], has_body: bool, token: Callable[[], str]
+) -> Refusal | None:
     """Why a request is refused (HTTP status, message), or None to let it through."""
     if path in PROBES:
         return None
     host = headers.get("Host")
     if host is not None and not policy.host_allowed(host):
-        return 421, (f"Host '{_shown(host)}' is not a name of this server; if it is one, add it to "
-                     "health.allowed_hosts")
+        return 421, (
+            f"Host '{_shown(host)}' is not a name of this server; if it is one, add it to health.allowed_hosts"
+        )
     fetch_site = headers.get("Sec-Fetch-Site", "").strip().lower()
     if fetch_site and fetch_site not in ("same-origin", "none"):
         return 403, f"cross-site request refused (Sec-Fetch-Site: {_shown(fetch_site)})"
@@ -224,15 +229,16 @@ def check(policy: Policy, method: str, path: str, headers: Mapping[str, str], ha
         mime = ctype.split(";", 1)[0].strip().lower()
         json_body = mime == "application/json" or mime.endswith("+json")
         if mime in FORM_TYPES or (has_body and not json_body):
-            return 415, (f"Content-Type '{_shown(ctype)}' refused: calls that change state take no body, "
-                         "or a JSON one")
+            return 415, (f"Content-Type '{_shown(ctype)}' refused: calls that change state take no body, or a JSON one")
     elif path in OPEN_READS or (policy.public_listings and path.startswith("/flows/")):
         return None
     header = headers.get("Authorization", "")
     scheme, _, given = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
-        return 401, ("missing 'Authorization: Bearer <token>': the token is health.token, or the one in the "
-                     f"file {TOKEN_FILE} beside the daemon's state database (conveyor ledger reads it)")
+        return 401, (
+            "missing 'Authorization: Bearer <token>': the token is health.token, or the one in the "
+            f"file {TOKEN_FILE} beside the daemon's state database (conveyor ledger reads it)"
+        )
     if not hmac.compare_digest(given.strip().encode(), token().encode()):
         return 401, f"wrong bearer token: it must be health.token, or the one in the daemon's {TOKEN_FILE} file"
     return None
@@ -290,8 +296,7 @@ class ApiGuard:
             if self._file_token is None or self._file_token[0] != path:
                 token, made = make_or_read_token(path)
                 if made:
-                    log.info("made an API token for the ledger in %s (mode 0600; conveyor ledger reads it there)",
-                             path)
+                    log.info("made an API token for the ledger in %s (mode 0600; conveyor ledger reads it there)", path)
                 self._file_token = (path, token)
             return self._file_token[1]
 
@@ -304,14 +309,16 @@ class ApiGuard:
         return cached[1]
 
     @web.middleware
-    async def middleware(self, request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         """Refuse what :func:`check` refuses, with a JSON body naming what is missing."""
         if request.match_info.http_exception is not None:
             return await handler(request)  # no such route (404, 405): nothing to guard
         try:
-            refusal = check(self.policy(), request.method, request.path, request.headers, request.body_exists,
-                            self.token)
+            refusal = check(
+                self.policy(), request.method, request.path, request.headers, request.body_exists, self.token
+            )
         except TokenFileError as e:
             log.error("ledger API: %s", e)
             return json_response({"error": str(e)}, 500)

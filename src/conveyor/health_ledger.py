@@ -54,8 +54,9 @@ def _int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
     try:
         v = int(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"{key} must be an integer"}),
-                                 content_type="application/json") from None
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{key} must be an integer"}), content_type="application/json"
+        ) from None
     return max(lo, min(hi, v))
 
 
@@ -76,8 +77,9 @@ async def list_items(request: web.Request) -> web.Response:
     limit = _int(request, "limit", 100, 1, MAX_LIMIT)
     offset = _int(request, "offset", 0, 0, 1 << 62)
     items = await _on_daemon_loop(request, _daemon(request).store.list(flow, state, limit, offset))
-    return _json({"flow": flow, "state": state, "limit": limit, "offset": offset,
-                  "items": [item_doc(i) for i in items]})
+    return _json(
+        {"flow": flow, "state": state, "limit": limit, "offset": offset, "items": [item_doc(i) for i in items]}
+    )
 
 
 async def _act(request: web.Request, action: str) -> web.Response:

@@ -70,11 +70,17 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         # Redact each part before escaping: escaping could split a secret that holds a control character.
-        ctx = " ".join(f"{f}={escape_controls(redact(str(getattr(record, f))))}" for f in _FIELDS
-                       if getattr(record, f, None) is not None)
-        line = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-                + f" {record.levelname.lower():<7} {record.name}: " + (f"[{ctx}] " if ctx else "")
-                + escape_controls(redact(record.getMessage())))
+        ctx = " ".join(
+            f"{f}={escape_controls(redact(str(getattr(record, f))))}"
+            for f in _FIELDS
+            if getattr(record, f, None) is not None
+        )
+        line = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+            + f" {record.levelname.lower():<7} {record.name}: "
+            + (f"[{ctx}] " if ctx else "")
+            + escape_controls(redact(record.getMessage()))
+        )
         if record.exc_info:
             trace = redact(self.formatException(record.exc_info))
             line += "".join("\n    | " + escape_controls(t) for t in trace.split("\n"))

@@ -38,19 +38,34 @@ class Metrics:
         self.board = board
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.payloads = Counter("conveyor_payloads_total", "Payloads that left delivery, by outcome "
-                                "(delivered, failed, skipped, released)", ["flow", "outcome"], registry=r)
+        self.payloads = Counter(
+            "conveyor_payloads_total",
+            "Payloads that left delivery, by outcome (delivered, failed, skipped, released)",
+            ["flow", "outcome"],
+            registry=r,
+        )
         self.bytes = Counter("conveyor_payload_bytes_total", "Body bytes delivered", ["flow"], registry=r)
-        self.seconds = Histogram("conveyor_delivery_seconds", "Time from claim to confirmed delivery",
-                                 ["flow"], buckets=_BUCKETS, registry=r)
-        self.instance_up = Gauge("conveyor_instance_up", "1 when the instance is connected, else 0",
-                                 ["instance"], registry=r)
+        self.seconds = Histogram(
+            "conveyor_delivery_seconds", "Time from claim to confirmed delivery", ["flow"], buckets=_BUCKETS, registry=r
+        )
+        self.instance_up = Gauge(
+            "conveyor_instance_up", "1 when the instance is connected, else 0", ["instance"], registry=r
+        )
         self.in_flight = Gauge("conveyor_in_flight", "Payloads in delivery now", ["flow"], registry=r)
-        self.connects = Counter("conveyor_connect_attempts_total", "Connection attempts by outcome (ok, error)",
-                                ["instance", "outcome"], registry=r)
-        self.refused = Counter("conveyor_files_refused_total", "Source files refused for an unsafe name, "
-                               "their size, or for being a symlink or special file (each counted once, when "
-                               "first seen)", ["flow"], registry=r)
+        self.connects = Counter(
+            "conveyor_connect_attempts_total",
+            "Connection attempts by outcome (ok, error)",
+            ["instance", "outcome"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "conveyor_files_refused_total",
+            "Source files refused for an unsafe name, "
+            "their size, or for being a symlink or special file (each counted once, when "
+            "first seen)",
+            ["flow"],
+            registry=r,
+        )
         # Label children are cached: a labels() lookup per payload is the hot path at 1,000/s.
         self._children: dict[tuple[int | str, ...], Any] = {}
         self._warned = False

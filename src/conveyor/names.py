@@ -157,8 +157,16 @@ class UnsafeName(ValueError):
     """A name refused under ``unsafe_names: refuse``."""
 
 
-def target_name(template: str, payload_id: str, name: str | None, flow: str, *, unsafe: UnsafeNames,
-                limit: int = NAME_MAX, sidecars: bool = False) -> str:
+def target_name(
+    template: str,
+    payload_id: str,
+    name: str | None,
+    flow: str,
+    *,
+    unsafe: UnsafeNames,
+    limit: int = NAME_MAX,
+    sidecars: bool = False,
+) -> str:
     """The file name a target writes a payload under, from its ``filename`` template.
 
     Every field is sanitised, so the name cannot leave the folder; ``unsafe`` decides what

@@ -62,10 +62,11 @@ async def _flow_line(config: Config, flow: Flow, live: dict[str, Instance], ctx:
     """``(ok, line)`` for one flow: its source's and its target's outcome, each naming what was checked."""
     if not flow.enabled:
         return True, f"  -     flow {flow.name}: disabled, not checked"
-    found = await asyncio.gather(_source(config, flow, live), _target(config, flow, live, ctx),
-                                 return_exceptions=True)
-    parts = [p if isinstance(p, tuple) else (False, f"{role}: {type(p).__name__}: {redact(str(p))}")
-             for role, p in zip(("source", "target"), found, strict=True)]
+    found = await asyncio.gather(_source(config, flow, live), _target(config, flow, live, ctx), return_exceptions=True)
+    parts = [
+        p if isinstance(p, tuple) else (False, f"{role}: {type(p).__name__}: {redact(str(p))}")
+        for role, p in zip(("source", "target"), found, strict=True)
+    ]
     ok = all(p[0] for p in parts)
     return ok, f"  {'ok  ' if ok else 'FAIL'}  flow {flow.name}: {'; '.join(p[1] for p in parts)}"
 
@@ -94,8 +95,11 @@ async def _source(config: Config, flow: Flow, live: dict[str, Instance]) -> tupl
     assert isinstance(rt, BrokerInstance)
     src = rt.source(flow.name, flow.source)
     what = getattr(flow.source, "queue", None)
-    label = f"source {iname} queue '{what}'" if what is not None else \
-        f"source {iname} subscription {getattr(src, 'path', '')}"
+    label = (
+        f"source {iname} queue '{what}'"
+        if what is not None
+        else f"source {iname} subscription {getattr(src, 'path', '')}"
+    )
     return await _outcome(label, src.probe if isinstance(src, Probes) else None)
 
 

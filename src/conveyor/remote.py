@@ -196,18 +196,44 @@ def table(headers: list[str], rows: list[list[Any]], widths: dict[int, int] | No
 
 def render_status(doc: dict[str, Any]) -> str:
     """The /status document as text."""
-    out = [f"conveyor {doc.get('version', '?')}  replica {doc.get('replica', '?')}  config {doc.get('config', '?')}"
-           f"  started {doc.get('started', '?')}",
-           f"ready: {'yes' if doc.get('ready') else 'NO'}   healthy: {'yes' if doc.get('healthy') else 'NO'}", ""]
+    out = [
+        f"conveyor {doc.get('version', '?')}  replica {doc.get('replica', '?')}  config {doc.get('config', '?')}"
+        f"  started {doc.get('started', '?')}",
+        f"ready: {'yes' if doc.get('ready') else 'NO'}   healthy: {'yes' if doc.get('healthy') else 'NO'}",
+        "",
+    ]
     inst = doc.get("instances") or {}
-    out.append(table(["INSTANCE", "TYPE", "STATE", "SINCE", "ADDRESS", "LAST ERROR"],
-                     [[n, i.get("type"), i.get("state"), i.get("since"), i.get("address"), i.get("last_error")]
-                      for n, i in sorted(inst.items())], {5: 70}))
+    out.append(
+        table(
+            ["INSTANCE", "TYPE", "STATE", "SINCE", "ADDRESS", "LAST ERROR"],
+            [
+                [n, i.get("type"), i.get("state"), i.get("since"), i.get("address"), i.get("last_error")]
+                for n, i in sorted(inst.items())
+            ],
+            {5: 70},
+        )
+    )
     out.append("")
     flows = doc.get("flows") or {}
-    out.append(table(["FLOW", "STATE", "DELIVERED", "FAILED", "IN FLIGHT", "BYTES", "LAST DELIVERY", "LAST ERROR"],
-                     [[n, f.get("state"), f.get("delivered"), f.get("failed"), f.get("in_flight"), f.get("bytes"),
-                       f.get("last_delivery"), f.get("last_error")] for n, f in sorted(flows.items())], {7: 60}))
+    out.append(
+        table(
+            ["FLOW", "STATE", "DELIVERED", "FAILED", "IN FLIGHT", "BYTES", "LAST DELIVERY", "LAST ERROR"],
+            [
+                [
+                    n,
+                    f.get("state"),
+                    f.get("delivered"),
+                    f.get("failed"),
+                    f.get("in_flight"),
+                    f.get("bytes"),
+                    f.get("last_delivery"),
+                    f.get("last_error"),
+                ]
+                for n, f in sorted(flows.items())
+            ],
+            {7: 60},
+        )
+    )
     reasons = doc.get("not_ready") or {}
     if reasons:
         out += ["", "not ready:"]
@@ -231,8 +257,17 @@ def _when(t: Any) -> str:
 def render_items(doc: dict[str, Any]) -> str:
     """A ledger page as text."""
     items = doc.get("items") or []
-    rows = [[i.get("id"), i.get("state"), i.get("attempts"), _when(i.get("updated")), i.get("name") or i.get("path"),
-             i.get("last_error")] for i in items]
+    rows = [
+        [
+            i.get("id"),
+            i.get("state"),
+            i.get("attempts"),
+            _when(i.get("updated")),
+            i.get("name") or i.get("path"),
+            i.get("last_error"),
+        ]
+        for i in items
+    ]
     text = table(["ID", "STATE", "ATTEMPTS", "UPDATED", "NAME", "LAST ERROR"], rows, {4: 40, 5: 70})
     return text + f"\n{len(items)} items" + (" (more with --limit)" if len(items) >= doc.get("limit", 1 << 30) else "")
 
@@ -257,8 +292,7 @@ def ledger_main(args: argparse.Namespace) -> int:
     try:
         if args.retry or args.forget:
             action, pid = ("retry", args.retry) if args.retry else ("forget", args.forget)
-            doc = request(f"{url}/flows/{flow}/items/{urllib.parse.quote(pid, safe='')}/{action}", "POST",
-                          token.value)
+            doc = request(f"{url}/flows/{flow}/items/{urllib.parse.quote(pid, safe='')}/{action}", "POST", token.value)
             item = doc.get("item") if isinstance(doc, dict) else None
             if action == "retry":
                 print(f"{pid}: {item.get('state') if item else 'pending'}, will be delivered again")

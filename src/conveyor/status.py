@@ -103,8 +103,9 @@ class StatusBoard:
         st.address = address
         return st
 
-    def instance_state(self, name: str, state: InstanceState, error: BaseException | str | None = None,
-                       *, permanent: bool = False) -> None:
+    def instance_state(
+        self, name: str, state: InstanceState, error: BaseException | str | None = None, *, permanent: bool = False
+    ) -> None:
         """Record a connection state change (``up`` clears the last error)."""
         st = self.instances.get(name) or self.add_instance(name, "?", "")
         if st.state != state:
@@ -201,14 +202,16 @@ class StatusBoard:
             if f.poll_interval is not None:
                 ref = f.last_poll or self.started
                 if now - ref > 3 * f.poll_interval + 5:
-                    out[f.name] = (f"stalled: last completed poll {now - ref:.0f}s ago"
-                                   f" (poll_interval {f.poll_interval:g}s)")
+                    out[f.name] = (
+                        f"stalled: last completed poll {now - ref:.0f}s ago (poll_interval {f.poll_interval:g}s)"
+                    )
                     continue
             if f.delivery_timeout and f.oldest_in_flight:
                 oldest = min(f.oldest_in_flight.values())
                 if now - oldest > f.delivery_timeout:
-                    out[f.name] = (f"stalled: a delivery has been in flight {now - oldest:.0f}s"
-                                   f" (timeout {f.delivery_timeout:g}s)")
+                    out[f.name] = (
+                        f"stalled: a delivery has been in flight {now - oldest:.0f}s (timeout {f.delivery_timeout:g}s)"
+                    )
                     continue
             if f.state not in ("running",):
                 out[f.name] = f"{f.state}: {f.last_error or 'not running'}"
@@ -221,15 +224,32 @@ class StatusBoard:
             "warnings": self.warnings,
             "intake": {"paused": self.paused is not None, "reason": self.paused, "since": _ts(self.paused_since)},
             "instances": {
-                n: {"type": i.type, "address": i.address, "state": i.state, "since": _ts(i.since),
-                    "last_error": i.last_error, "permanent_error": i.permanent, "warnings": i.warnings}
+                n: {
+                    "type": i.type,
+                    "address": i.address,
+                    "state": i.state,
+                    "since": _ts(i.since),
+                    "last_error": i.last_error,
+                    "permanent_error": i.permanent,
+                    "warnings": i.warnings,
+                }
                 for n, i in self.instances.items()
             },
             "flows": {
-                n: {"state": f.state, "delivered": f.delivered, "failed": f.failed, "skipped": f.skipped,
-                    "retried": f.retried, "refused": f.refused, "bytes": f.bytes, "in_flight": f.in_flight,
-                    "last_delivery": _ts(f.last_delivery), "last_poll": _ts(f.last_poll),
-                    "last_error": f.last_error, "last_error_at": _ts(f.last_error_at)}
+                n: {
+                    "state": f.state,
+                    "delivered": f.delivered,
+                    "failed": f.failed,
+                    "skipped": f.skipped,
+                    "retried": f.retried,
+                    "refused": f.refused,
+                    "bytes": f.bytes,
+                    "in_flight": f.in_flight,
+                    "last_delivery": _ts(f.last_delivery),
+                    "last_poll": _ts(f.last_poll),
+                    "last_error": f.last_error,
+                    "last_error_at": _ts(f.last_error_at),
+                }
                 for n, f in self.flows.items()
             },
         }

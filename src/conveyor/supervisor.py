@@ -124,8 +124,14 @@ async def retrying(
             delay = backoff.after(e, attempt)
             if on_retry is not None:
                 on_retry(e, attempt, delay)
-            log.debug("%s: try %d of %d failed (%s); again in %.2fs", what, attempt, attempts,
-                      redact(str(e) or type(e).__name__), delay)
+            log.debug(
+                "%s: try %d of %d failed (%s); again in %.2fs",
+                what,
+                attempt,
+                attempts,
+                redact(str(e) or type(e).__name__),
+                delay,
+            )
         await retry_pause(what, delay)
         attempt += 1
 

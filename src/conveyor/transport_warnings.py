@@ -42,9 +42,13 @@ def transport_warnings(config: Config) -> list[TransportWarning]:
     for name, flow in config.flows.items():
         target = flow.target
         if isinstance(target, HttpTargetConfig) and not target.tls_verify and target.url.lower().startswith("https:"):
-            out.append(TransportWarning(f"flows.{name}.target.tls_verify",
-                                        "false: the server's certificate is not checked, so anyone on the way "
-                                        "can read and change what is posted"))
+            out.append(
+                TransportWarning(
+                    f"flows.{name}.target.tls_verify",
+                    "false: the server's certificate is not checked, so anyone on the way "
+                    "can read and change what is posted",
+                )
+            )
     if config.state.startswith(("postgresql://", "postgres://")):
         from conveyor.state.postgres import weak_tls
 
@@ -58,22 +62,42 @@ def _sftp(key: str, name: str, cfg: SftpConfig) -> list[TransportWarning]:
     out = []
     if cfg.host_key_check == "off":
         # The instance's own entry has the warning its connector gives on every connect.
-        out.append(TransportWarning(f"{key}.host_key_check", "off: the server's host key is not verified, so "
-                                    "anyone on the way can pose as the server"))
+        out.append(
+            TransportWarning(
+                f"{key}.host_key_check",
+                "off: the server's host key is not verified, so anyone on the way can pose as the server",
+            )
+        )
     for i, text in enumerate(cfg.host_fingerprint or []):
         if parse_fingerprint(text).hash == "md5":
             where = f"{key}.host_fingerprint" + (f"[{i}]" if len(cfg.host_fingerprint or []) > 1 else "")
-            out.append(TransportWarning(where, "an MD5 fingerprint: MD5 collisions are cheap; pin the SHA256 form "
-                                        "(`conveyor fingerprint HOST[:PORT]` prints it)", name))
+            out.append(
+                TransportWarning(
+                    where,
+                    "an MD5 fingerprint: MD5 collisions are cheap; pin the SHA256 form "
+                    "(`conveyor fingerprint HOST[:PORT]` prints it)",
+                    name,
+                )
+            )
     return out
 
 
 def _ftp(key: str, name: str, cfg: FtpConfig) -> list[TransportWarning]:
     out = []
     if cfg.tls == "none" and cfg.password is not None and cfg.password.get_secret_value():
-        out.append(TransportWarning(f"{key}.password", "sent in clear text: tls is none (plain FTP), so anyone on "
-                                    "the way can read it and the files; set tls: explicit or implicit", name))
+        out.append(
+            TransportWarning(
+                f"{key}.password",
+                "sent in clear text: tls is none (plain FTP), so anyone on "
+                "the way can read it and the files; set tls: explicit or implicit",
+                name,
+            )
+        )
     if cfg.tls != "none" and not cfg.tls_verify and cfg.tls_fingerprint is None:
-        out.append(TransportWarning(f"{key}.tls_verify", "false: the server's certificate is not checked, so "
-                                    "anyone on the way can pose as the server"))  # listed by the instance itself
+        out.append(
+            TransportWarning(
+                f"{key}.tls_verify",
+                "false: the server's certificate is not checked, so anyone on the way can pose as the server",
+            )
+        )  # listed by the instance itself
     return out

@@ -63,8 +63,9 @@ class MessageBackend(Protocol):
         ...
 
 
-def put_file(folder: Path, path: str, data: bytes, mtime: float | None = None,
-             chown: Callable[[Path], None] | None = None) -> Path:
+def put_file(
+    folder: Path, path: str, data: bytes, mtime: float | None = None, chown: Callable[[Path], None] | None = None
+) -> Path:
     """Create ``folder/path``, making folders as needed; ``chown`` gives each new folder and the
     file to the server's user (servers that drop privileges must be able to delete them)."""
     p = folder / path

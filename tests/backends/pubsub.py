@@ -52,6 +52,7 @@ class PubsubBackend:
 
     async def publish(self, bodies: list[bytes]) -> None:
         """Publish with a plain PublisherClient and wait for every message id."""
+
         def run() -> None:
             futures = [self._publisher.publish(self.topic_path, b) for b in bodies]
             for f in futures:
@@ -69,8 +70,9 @@ class PubsubBackend:
             warnings.simplefilter("ignore", DeprecationWarning)  # return_immediately is right for a peek
             for _ in range(100):
                 resp = self._subscriber.pull(
-                    request={"subscription": self.subscription_path, "max_messages": 1000,
-                             "return_immediately": True}, timeout=10)
+                    request={"subscription": self.subscription_path, "max_messages": 1000, "return_immediately": True},
+                    timeout=10,
+                )
                 if not resp.received_messages:
                     break
                 for m in resp.received_messages:
@@ -78,8 +80,13 @@ class PubsubBackend:
         if ack_ids:
             ids = list(ack_ids.values())
             for i in range(0, len(ids), 1000):
-                self._subscriber.modify_ack_deadline(request={
-                    "subscription": self.subscription_path, "ack_ids": ids[i:i + 1000], "ack_deadline_seconds": 0})
+                self._subscriber.modify_ack_deadline(
+                    request={
+                        "subscription": self.subscription_path,
+                        "ack_ids": ids[i : i + 1000],
+                        "ack_deadline_seconds": 0,
+                    }
+                )
         return len(ack_ids)
 
     def close(self) -> None:

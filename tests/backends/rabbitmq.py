@@ -44,11 +44,14 @@ class RabbitBackend:
         """Publish persistent messages (no message_id: ids come from the body hash) with confirms."""
         async with await aio_pika.connect(self.vhost.url) as conn:
             ch = await conn.channel()
-            await asyncio.gather(*(
-                ch.default_exchange.publish(aio_pika.Message(b, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                                            routing_key=self.queue)
-                for b in bodies
-            ))
+            await asyncio.gather(
+                *(
+                    ch.default_exchange.publish(
+                        aio_pika.Message(b, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=self.queue
+                    )
+                    for b in bodies
+                )
+            )
 
     async def pending(self) -> int:
         """Messages on the queue not yet acked (ready + unacknowledged)."""

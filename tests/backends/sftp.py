@@ -20,8 +20,7 @@ from tests.backends.base import put_file
 from tests.servers.asyncssh_server import AsyncsshSftpServer, asyncssh_server, ssh_client_keys
 from tests.servers.sshd import Sshd, sshd
 
-__all__ = ["SftpBackend", "asyncssh_server", "sftp_asyncssh_backend", "sftp_openssh_backend", "ssh_client_keys",
-           "sshd"]
+__all__ = ["SftpBackend", "asyncssh_server", "sftp_asyncssh_backend", "sftp_openssh_backend", "ssh_client_keys", "sshd"]
 
 
 class SftpBackend:

@@ -22,8 +22,16 @@ from tests.hostile.sftp_peer import MTIME, HostileSftp, VFile, VirtualSftp
 class Server(Protocol):
     """What a case needs from a hostile file server, whatever its protocol."""
 
-    def file(self, folder: str, name: bytes, data: bytes = b"", *, listed: int | None = None,
-             endless: bool = False, mtime: int = MTIME) -> None: ...
+    def file(
+        self,
+        folder: str,
+        name: bytes,
+        data: bytes = b"",
+        *,
+        listed: int | None = None,
+        endless: bool = False,
+        mtime: int = MTIME,
+    ) -> None: ...
     def link(self, folder: str, name: bytes, target: str) -> None: ...
     def endless_listing(self, folder: str) -> None: ...
     def removed(self, path: str) -> bool: ...
@@ -31,6 +39,7 @@ class Server(Protocol):
     def served(self, path: str) -> int:
         """The most bytes one download of ``path`` was sent."""
         ...
+
     def notes(self) -> list[str]: ...
     def start(self) -> dict[str, Any]: ...
     def stop(self) -> None: ...
@@ -43,8 +52,16 @@ class SftpServer:
         self.fs = VirtualSftp()
         self.peer = HostileSftp(self.fs, loop)
 
-    def file(self, folder: str, name: bytes, data: bytes = b"", *, listed: int | None = None,
-             endless: bool = False, mtime: int = MTIME) -> None:
+    def file(
+        self,
+        folder: str,
+        name: bytes,
+        data: bytes = b"",
+        *,
+        listed: int | None = None,
+        endless: bool = False,
+        mtime: int = MTIME,
+    ) -> None:
         f = VFile(data, listed, endless, mtime)
         self.fs.add(b"/" + folder.encode(), name, f)
         # Also where a client that normalises the joined path would look (``folder/../x`` → ``x``).
@@ -85,8 +102,16 @@ class FtpServer:
         self.tree = FtpTree(**tree)
         self.peer = HostileFtp(self.tree, loop)
 
-    def file(self, folder: str, name: bytes, data: bytes = b"", *, listed: int | None = None,
-             endless: bool = False, mtime: int = MTIME) -> None:
+    def file(
+        self,
+        folder: str,
+        name: bytes,
+        data: bytes = b"",
+        *,
+        listed: int | None = None,
+        endless: bool = False,
+        mtime: int = MTIME,
+    ) -> None:
         self.tree.folder(folder).append(FEntry(name, "file", data, listed, endless, mtime=mtime))
 
     def link(self, folder: str, name: bytes, target: str) -> None:
@@ -144,8 +169,13 @@ class FileCase(Case):
         # An ordinary file beside the hostile ones: the rest of the folder must keep flowing.
         data = f"ordinary file of {self.name}\n".encode()
         self.srv.file(self.folder, f"ok-{self.name}.txt".encode(), data)
-        self.ok = self.add(f"ok-{self.name}.txt", data, "deliver", ident={"name": f"ok-{self.name}.txt"},
-                           path=f"{self.folder}/ok-{self.name}.txt")
+        self.ok = self.add(
+            f"ok-{self.name}.txt",
+            data,
+            "deliver",
+            ident={"name": f"ok-{self.name}.txt"},
+            path=f"{self.folder}/ok-{self.name}.txt",
+        )
         self.g.instances[self.inst] = await asyncio.to_thread(self.srv.start)
 
     def populate(self) -> None:
@@ -157,10 +187,18 @@ class FileCase(Case):
         return self.add(key, data, expect, path=f"{self.folder}/{name.decode('utf-8', 'surrogateescape')}")
 
     def flow(self) -> dict[str, Any]:
-        return {"source": {"instance": self.inst, "path": self.folder, "poll_interval": "300ms", "min_age": "0s",
-                           "after": "delete", **self.source},
-                "target": self.directory(**self.target_config),
-                "retry": {"attempts": 2, "backoff": "200ms", "max_backoff": "1s"}}
+        return {
+            "source": {
+                "instance": self.inst,
+                "path": self.folder,
+                "poll_interval": "300ms",
+                "min_age": "0s",
+                "after": "delete",
+                **self.source,
+            },
+            "target": self.directory(**self.target_config),
+            "retry": {"attempts": 2, "backoff": "200ms", "max_backoff": "1s"},
+        }
 
     def completed(self, s: Sent) -> bool:
         return s.path is not None and self.srv.removed(s.path)
@@ -172,14 +210,21 @@ class FileCase(Case):
         await asyncio.to_thread(self.srv.stop)
 
     def extra_escapes(self) -> list[str]:
-        return [f"deleted on the server outside the watched folder: {p[:100]!r}" for p in self.srv.removed_paths()
-                if not p.startswith(f"/{self.folder}/")]
+        return [
+            f"deleted on the server outside the watched folder: {p[:100]!r}"
+            for p in self.srv.removed_paths()
+            if not p.startswith(f"/{self.folder}/")
+        ]
 
     def only_ordinary_delivered(self) -> list[str]:
         """A problem for every body in the target that is not the ordinary file."""
         assert self.ok is not None
-        return [f"a body of {len(paths)} path(s) was delivered from a file whose bytes do not match its listing: "
-                f"{paths[0].name[:60]!r}" for digest, paths in self.bodies().items() if digest != self.ok.sha256]
+        return [
+            f"a body of {len(paths)} path(s) was delivered from a file whose bytes do not match its listing: "
+            f"{paths[0].name[:60]!r}"
+            for digest, paths in self.bodies().items()
+            if digest != self.ok.sha256
+        ]
 
 
 # -- streams ----------------------------------------------------------------------------------------
@@ -217,16 +262,21 @@ class OddFile(FileCase):
         self.odd = unique(f"{self.name}.bin")
         self.srv.file(self.folder, self.odd.encode(), self.data, listed=self.listed, endless=self.endless)
         # What a download cut at the listed size would hold (for a 1 TiB listing: nothing comparable).
-        first = (b"e" * self.listed if self.endless else self.data[:self.listed]) if self.listed <= 1 << 20 \
+        first = (
+            (b"e" * self.listed if self.endless else self.data[: self.listed])
+            if self.listed <= 1 << 20
             else b"more than a body can be"
+        )
         self.add(self.odd, first, "never", path=f"{self.folder}/{self.odd}")
 
     def extra(self) -> list[str]:
         read = self.srv.served(f"{self.folder}/{self.odd}")
         out = [*self.srv.notes(), *self.only_ordinary_delivered()]
         if read > 16 << 20:
-            out.append(f"one download read {read >> 20} MiB of a file listed at {self.listed} bytes: nothing cut "
-                       "it at the listed size, or refused a size that large")
+            out.append(
+                f"one download read {read >> 20} MiB of a file listed at {self.listed} bytes: nothing cut "
+                "it at the listed size, or refused a size that large"
+            )
         return out
 
 
@@ -254,16 +304,26 @@ def name_cases(proto: str) -> list[Case]:
     t = unique
     long = t("long") + "L" * 10_000
     return [
-        Names(proto, "name-slash", [(t("slash"), f"sub/{t('slash')}.txt".encode()),
-                                    (t("abs"), f"/tmp/{t('abs')}.txt".encode())]),
-        Names(proto, "name-dotdot", [(t("up1"), f"../{t('up1')}.txt".encode()),
-                                     (t("up2"), f"../../{t('up2')}.txt".encode())]),
+        Names(
+            proto,
+            "name-slash",
+            [(t("slash"), f"sub/{t('slash')}.txt".encode()), (t("abs"), f"/tmp/{t('abs')}.txt".encode())],
+        ),
+        Names(
+            proto,
+            "name-dotdot",
+            [(t("up1"), f"../{t('up1')}.txt".encode()), (t("up2"), f"../../{t('up2')}.txt".encode())],
+        ),
         Names(proto, "name-nul", [(t("nul"), f"{t('nul')}\0.txt".encode())]),
-        Names(proto, "name-crlf", [(t("crlf"), f"{t('crlf')}\r\nFORGED.txt".encode()),
-                                   (t("lf"), f"{t('lf')}\n.txt".encode())]),
+        Names(
+            proto,
+            "name-crlf",
+            [(t("crlf"), f"{t('crlf')}\r\nFORGED.txt".encode()), (t("lf"), f"{t('lf')}\n.txt".encode())],
+        ),
         # Two names alike in their first 10,000 characters: kept apart, or refused, never one over the other.
-        Names(proto, "name-10k", [(t("long") + "-1", (long + "-1").encode()),
-                                  (t("long") + "-2", (long + "-2").encode())]),
+        Names(
+            proto, "name-10k", [(t("long") + "-1", (long + "-1").encode()), (t("long") + "-2", (long + "-2").encode())]
+        ),
     ]
 
 
@@ -300,8 +360,9 @@ class PlantedSidecar(FileCase):
         self.r = f"{MARK}-r.csv"
         self.victim = b"the real r.csv\n"
         self.victim_mtime = MTIME + 3600
-        victim_id = stable_id(self.inst, f"{self.folder}/{self.r}", len(self.victim),
-                              round(float(self.victim_mtime), 3))
+        victim_id = stable_id(
+            self.inst, f"{self.folder}/{self.r}", len(self.victim), round(float(self.victim_mtime), 3)
+        )
         self.decoy = self.put(self.r + "-decoy", f" {self.r}".encode(), b"decoy\n", "replaceable")
         forged = json.dumps({"id": victim_id, "sha256": sha(b"decoy\n"), "size": 6, "name": self.r}).encode()
         self.forged = self.put(self.r + ".meta.json", (self.r + ".meta.json").encode(), forged)
@@ -309,8 +370,9 @@ class PlantedSidecar(FileCase):
     async def attack(self) -> None:
         end = time.monotonic() + 12
         while time.monotonic() < end:
-            if self.completed(self.decoy) and (self.completed(self.forged)
-                                               or self.g.error_line(self.name, (self.forged.key,))):
+            if self.completed(self.decoy) and (
+                self.completed(self.forged) or self.g.error_line(self.name, (self.forged.key,))
+            ):
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)
@@ -346,10 +408,12 @@ class SymlinkLoop(FileCase):
 
 def stream_cases(proto: str) -> list[Case]:
     """The endless and oversized streams."""
-    return [EndlessListing(proto),
-            OddFile(proto, "endless-file", 1 << 20, endless=True),  # listed at 1 MiB, its bytes never end
-            OddFile(proto, "huge-listed", 1 << 40, endless=True),  # listed at 1 TiB: refused by its size
-            OddFile(proto, "longer-than-listed", 100, b"L" * (64 << 20))]  # 64 MiB behind a listing of 100 bytes
+    return [
+        EndlessListing(proto),
+        OddFile(proto, "endless-file", 1 << 20, endless=True),  # listed at 1 MiB, its bytes never end
+        OddFile(proto, "huge-listed", 1 << 40, endless=True),  # listed at 1 TiB: refused by its size
+        OddFile(proto, "longer-than-listed", 100, b"L" * (64 << 20)),
+    ]  # 64 MiB behind a listing of 100 bytes
 
 
 def all_cases(proto: str) -> list[Case]:

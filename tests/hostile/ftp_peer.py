@@ -79,7 +79,7 @@ class FtpTree:
         for folder, entries in self.dirs.items():
             prefix = folder.rstrip("/").encode() + b"/"
             if raw.startswith(prefix):
-                rest = raw[len(prefix):]
+                rest = raw[len(prefix) :]
                 for e in entries:
                     if e.name == rest and e.kind == "file":
                         return e
@@ -128,6 +128,7 @@ class HostileFtp:
 
     def stop(self) -> None:
         """Stop listening and close every connection."""
+
         async def stop() -> None:
             servers = [s for s in [self._server, *self._extra] if s is not None]
             for s in servers:
@@ -140,12 +141,22 @@ class HostileFtp:
             for s in servers:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(s.wait_closed(), 2)
+
         self.loop.call(stop())
 
     def instance(self, **over: Any) -> dict[str, Any]:
         """An ftp instance config for this server."""
-        return {"type": "ftp", "host": "127.0.0.1", "port": self.port, "username": USER, "password": PASSWORD,
-                "tls": "none", "root": "/", "timeout": "5s", **over}
+        return {
+            "type": "ftp",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "username": USER,
+            "password": PASSWORD,
+            "tls": "none",
+            "root": "/",
+            "timeout": "5s",
+            **over,
+        }
 
     # -- a session ----------------------------------------------------------------------------------
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -161,8 +172,9 @@ class HostileFtp:
 
         async def passive(announce: str | None) -> int:
             nonlocal data
-            fut: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = \
+            fut: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
                 asyncio.get_running_loop().create_future()
+            )
 
             async def accept(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
                 self._writers.add(w)
@@ -170,6 +182,7 @@ class HostileFtp:
                     fut.set_result((r, w))
                 else:
                     w.close()
+
             srv = await asyncio.start_server(accept, "127.0.0.1", 0)
             self._extra.append(srv)  # closed after its one connection, or at the latest by stop()
             port = srv.sockets[0].getsockname()[1]
@@ -317,8 +330,10 @@ class HostileFtp:
         async def next_chunk() -> bytes | None:
             if endless:
                 if state["sent"] >= STREAM_CAP:
-                    t.note(f"the endless listing of {folder} reached the server's safety cap of "
-                           f"{STREAM_CAP >> 20} MiB: the daemon never stopped reading it")
+                    t.note(
+                        f"the endless listing of {folder} reached the server's safety cap of "
+                        f"{STREAM_CAP >> 20} MiB: the daemon never stopped reading it"
+                    )
                     return None
                 i = state["i"]
                 state["i"] += 500
@@ -329,6 +344,7 @@ class HostileFtp:
                 return None
             state["i"] = 1
             return b"".join(_line(e, mlsd) for e in entries)
+
         return next_chunk
 
     def _file(self, e: FEntry, start: int, path: str) -> Callable[[], Awaitable[bytes | None]]:
@@ -339,15 +355,18 @@ class HostileFtp:
             at = state["at"]
             if e.endless:
                 if at - start >= STREAM_CAP:
-                    t.note(f"the server sent {STREAM_CAP >> 20} MiB of the endless file {path}: the daemon never "
-                           "stopped reading it")
+                    t.note(
+                        f"the server sent {STREAM_CAP >> 20} MiB of the endless file {path}: the daemon never "
+                        "stopped reading it"
+                    )
                     return None
                 state["at"] += 1 << 16
                 return b"e" * (1 << 16)
             if at >= len(e.data):
                 return None
             state["at"] += 1 << 16
-            return e.data[at:at + (1 << 16)]
+            return e.data[at : at + (1 << 16)]
+
         return next_chunk
 
     async def _endless_reply(self, writer: asyncio.StreamWriter, folder: str) -> None:
@@ -359,8 +378,10 @@ class HostileFtp:
                 writer.write(block)
                 await writer.drain()
                 sent += len(block)
-            self.tree.note(f"the endless reply to CWD {folder} reached the server's safety cap of "
-                           f"{STREAM_CAP >> 20} MiB: the daemon never stopped reading it")
+            self.tree.note(
+                f"the endless reply to CWD {folder} reached the server's safety cap of "
+                f"{STREAM_CAP >> 20} MiB: the daemon never stopped reading it"
+            )
         except (ConnectionError, OSError):
             pass
 
@@ -415,12 +436,14 @@ class HostileFtp:
 
     async def _thief(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (the lie in a PASV reply) and count what arrives there."""
+
         async def steal(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             self._writers.add(w)
             with contextlib.suppress(ConnectionError, OSError):
                 while chunk := await r.read(1 << 16):
                     self.thief_bytes += len(chunk)
             w.close()
+
         for _ in range(20):
             try:
                 srv = await asyncio.start_server(steal, host, port)

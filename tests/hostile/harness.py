@@ -255,9 +255,14 @@ class Daemon:
     def start(self) -> None:
         """Start it and its memory watch."""
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "conveyor", "run", "-c", str(self.config)],
-                                         cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "conveyor", "run", "-c", str(self.config)],
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+            )
         threading.Thread(target=self._watch_memory, daemon=True, name="hostile-rss").start()
 
     def _watch_memory(self) -> None:
@@ -343,8 +348,9 @@ def parse_line(raw: str) -> LogLine:
 class Group:
     """Cases sharing one daemon; :meth:`run` runs them and fills each case's outcome."""
 
-    def __init__(self, cls: str, name: str, root: Path, cases: list[Case],
-                 instances: dict[str, Any] | None = None, **top: Any) -> None:
+    def __init__(
+        self, cls: str, name: str, root: Path, cases: list[Case], instances: dict[str, Any] | None = None, **top: Any
+    ) -> None:
         self.cls = cls
         self.name = name
         self.root = root
@@ -380,8 +386,11 @@ class Group:
         """A warning or error line naming ``flow`` and one of ``tokens``."""
         toks = [t for t in tokens if t]
         for ln in self.lines():
-            if ln.level.lower() in ("warning", "error", "critical") and any(t in ln.text for t in toks) \
-                    and ln.names(flow):
+            if (
+                ln.level.lower() in ("warning", "error", "critical")
+                and any(t in ln.text for t in toks)
+                and ln.names(flow)
+            ):
                 return ln.text
         return None
 
@@ -405,14 +414,26 @@ class Group:
         flows: dict[str, Any] = {}
         for c in self.cases:
             flows[c.name] = c.flow()
-        flows["healthy"] = {"source": {"instance": "healthy-disk", "path": "in", "poll_interval": "200ms",
-                                       "min_age": "0s", "after": "delete"},
-                            "target": {"type": "directory", "path": str(hout), "filename": "{name}"}}
+        flows["healthy"] = {
+            "source": {
+                "instance": "healthy-disk",
+                "path": "in",
+                "poll_interval": "200ms",
+                "min_age": "0s",
+                "after": "delete",
+            },
+            "target": {"type": "directory", "path": str(hout), "filename": "{name}"},
+        }
         instances = {**self.instances, "healthy-disk": {"type": "local", "root": str(self.healthy)}}
         doc: dict[str, Any] = {
-            "state": str(self.var / "state.db"), "spool_dir": str(self.var / "spool"),
-            "health": {"listen": f"127.0.0.1:{free_port()}"}, "log": {"level": "debug", "format": "json"},
-            "shutdown_timeout": "10s", **self.top, "instances": instances, "flows": flows,
+            "state": str(self.var / "state.db"),
+            "spool_dir": str(self.var / "spool"),
+            "health": {"listen": f"127.0.0.1:{free_port()}"},
+            "log": {"level": "debug", "format": "json"},
+            "shutdown_timeout": "10s",
+            **self.top,
+            "instances": instances,
+            "flows": flows,
         }
         path = self.root / "conveyor.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
@@ -467,8 +488,10 @@ class Group:
         self.started = time.monotonic()
         try:
             if not await self._healthy_delivers("start", 40):
-                self.problems.append("the daemon never delivered the healthy flow's first file (did it start?); "
-                                     f"its output ends:\n{daemon.text()[-1500:]}")
+                self.problems.append(
+                    "the daemon never delivered the healthy flow's first file (did it start?); "
+                    f"its output ends:\n{daemon.text()[-1500:]}"
+                )
             await asyncio.gather(*(self._case(c) for c in self.cases))
             await asyncio.sleep(1.0)  # late misbehaviour (a second write, a crash) has a moment to show
             if daemon.alive() and not await self._healthy_delivers("end", 20):
@@ -489,8 +512,11 @@ class Group:
             self.problems.append(f"the daemon died (exit {rc}); its output ends:\n{daemon.text()[-1500:]}")
         elif rc != 0:
             self.crashed = True
-            self.problems.append("the daemon did not stop within 30 s of SIGTERM (killed)" if rc is None
-                                 else f"the daemon exited {rc} when stopped")
+            self.problems.append(
+                "the daemon did not stop within 30 s of SIGTERM (killed)"
+                if rc is None
+                else f"the daemon exited {rc} when stopped"
+            )
         rss = daemon.peak_kb / 1024
         if rss >= RSS_LIMIT_MB:
             self.problems.append(f"daemon peak RSS {rss:.0f} MB (VmHWM), limit {RSS_LIMIT_MB} MB")
@@ -511,19 +537,26 @@ class Group:
     def _judge(self, before: dict[str, Any], after: dict[str, Any], rss: float) -> None:
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
         stray = [p for p in strays() if p not in self._strays]
-        private_in = [p for folder in [*(c.target for c in self.cases), self.healthy]
-                      for p in walk(folder) if _holds_private(p)]
+        private_in = [
+            p for folder in [*(c.target for c in self.cases), self.healthy] for p in walk(folder) if _holds_private(p)
+        ]
         for c in self.cases:
             o = c.outcome
             o.rss_mb = rss
             o.crashed = self.crashed
             o.problems += self.problems + c.notes
             mine = f"{c.name}/"
-            esc = [f"changed outside its target: {k}" for k in changed
-                   if k.startswith(mine) or not any(k.startswith(f"{x.name}/") for x in self.cases)]
+            esc = [
+                f"changed outside its target: {k}"
+                for k in changed
+                if k.startswith(mine) or not any(k.startswith(f"{x.name}/") for x in self.cases)
+            ]
             esc += [f"private content delivered: {p}" for p in private_in if p.is_relative_to(c.target)]
-            esc += [f"a file carrying the run's marker appeared outside: {p}" for p in stray
-                    if any(s.key in p for s in c.sent) or not any(s.key in p for x in self.cases for s in x.sent)]
+            esc += [
+                f"a file carrying the run's marker appeared outside: {p}"
+                for p in stray
+                if any(s.key in p for s in c.sent) or not any(s.key in p for x in self.cases for s in x.sent)
+            ]
             esc += c.extra_escapes()
             o.escapes = len(esc)
             o.problems += esc
@@ -538,11 +571,14 @@ class Group:
                     continue
                 if s.sha256 in have:
                     if s.expect == "never":
-                        o.problems.append(f"delivered although it must not be (bytes unlike its listing, or a "
-                                          f"name out of its folder): {s.key!r}")
+                        o.problems.append(
+                            f"delivered although it must not be (bytes unlike its listing, or a "
+                            f"name out of its folder): {s.key!r}"
+                        )
                     continue
-                in_ledger = (s.ledger_id is not None and s.ledger_id in delivered_ids) or \
-                            (s.path is not None and s.path in delivered_paths)
+                in_ledger = (s.ledger_id is not None and s.ledger_id in delivered_ids) or (
+                    s.path is not None and s.path in delivered_paths
+                )
                 if c.completed(s) or in_ledger:
                     o.lost += 1
                     why = "the ledger holds it delivered" if in_ledger else "its source let go of it"
@@ -552,8 +588,9 @@ class Group:
                 elif not self.error_line(c.name, (s.key,)):
                     o.problems.append(f"no warning or error line names flow {c.name!r} and item {s.key!r}")
             if c.listing_tokens and not self.error_line(c.name, c.listing_tokens):
-                o.problems.append(f"no warning or error line names flow {c.name!r} and "
-                                  f"{' or '.join(map(repr, c.listing_tokens))}")
+                o.problems.append(
+                    f"no warning or error line names flow {c.name!r} and {' or '.join(map(repr, c.listing_tokens))}"
+                )
             if c.finished_at is None and not self.problems:
                 o.problems.append(f"the case did not come to an end within {c.deadline:.0f}s")
             o.problems += c.extra()
@@ -682,6 +719,7 @@ class Results(dict[str, Outcome]):
 
 def run_groups(groups: list[Group]) -> dict[str, Outcome]:
     """Run the groups concurrently (each its own daemon); case name → outcome."""
+
     async def main() -> None:
         await asyncio.gather(*(g.run() for g in groups))
 
@@ -700,4 +738,3 @@ def assert_case(results: dict[str, Outcome], name: str) -> None:
 def unique(prefix: str) -> str:
     """A token carrying the run's marker."""
     return f"{MARK}-{prefix}"
-

@@ -30,6 +30,7 @@ class LoopThread:
 
     def close(self) -> None:
         """Cancel what still runs there, stop and close the loop."""
+
         async def shutdown() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in tasks:

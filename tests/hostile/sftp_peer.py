@@ -110,14 +110,25 @@ class VirtualSftp:
         """Attributes of ``path``."""
         p = self.resolve(path, follow)
         if p in self.links:
-            return asyncssh.SFTPAttrs(type=asyncssh.FILEXFER_TYPE_SYMLINK, permissions=stat.S_IFLNK | 0o777,
-                                      size=1, mtime=MTIME, atime=MTIME)
+            return asyncssh.SFTPAttrs(
+                type=asyncssh.FILEXFER_TYPE_SYMLINK, permissions=stat.S_IFLNK | 0o777, size=1, mtime=MTIME, atime=MTIME
+            )
         if p in self.dirs:
-            return asyncssh.SFTPAttrs(type=asyncssh.FILEXFER_TYPE_DIRECTORY, permissions=stat.S_IFDIR | 0o755,
-                                      size=4096, mtime=MTIME, atime=MTIME)
+            return asyncssh.SFTPAttrs(
+                type=asyncssh.FILEXFER_TYPE_DIRECTORY,
+                permissions=stat.S_IFDIR | 0o755,
+                size=4096,
+                mtime=MTIME,
+                atime=MTIME,
+            )
         f = self.files[p]
-        return asyncssh.SFTPAttrs(type=asyncssh.FILEXFER_TYPE_REGULAR, permissions=stat.S_IFREG | 0o644,
-                                  size=f.size, mtime=f.mtime, atime=f.mtime)
+        return asyncssh.SFTPAttrs(
+            type=asyncssh.FILEXFER_TYPE_REGULAR,
+            permissions=stat.S_IFREG | 0o644,
+            size=f.size,
+            mtime=f.mtime,
+            atime=f.mtime,
+        )
 
     async def names(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
         """A folder's entries (endless for the folders in :attr:`endless`)."""
@@ -125,14 +136,17 @@ class VirtualSftp:
         if folder not in self.dirs:
             raise asyncssh.SFTPNoSuchFile("Not a folder")
         if folder in self.endless:
-            attrs = asyncssh.SFTPAttrs(type=asyncssh.FILEXFER_TYPE_REGULAR, permissions=stat.S_IFREG | 0o644,
-                                       size=10, mtime=MTIME, atime=MTIME)
+            attrs = asyncssh.SFTPAttrs(
+                type=asyncssh.FILEXFER_TYPE_REGULAR, permissions=stat.S_IFREG | 0o644, size=10, mtime=MTIME, atime=MTIME
+            )
             pad = b"x" * 180
             for i in range(LISTING_CAP):
                 self.listed_entries += 1
                 yield asyncssh.SFTPName(b"e%09d-" % i + pad, b"-rw-r--r-- 1 u g 10 Nov 26 22:39 e", attrs)
-            self.notes.append(f"the endless listing of {folder.decode(errors='replace')} reached its safety cap "
-                              f"of {LISTING_CAP} entries: the daemon never stopped reading it")
+            self.notes.append(
+                f"the endless listing of {folder.decode(errors='replace')} reached its safety cap "
+                f"of {LISTING_CAP} entries: the daemon never stopped reading it"
+            )
             return
         for name in list(self.dirs[folder]):
             full = folder.rstrip(b"/") + b"/" + name
@@ -153,13 +167,15 @@ class VirtualSftp:
     def _read(self, f: VFile, offset: int, size: int, path: bytes, served: int) -> bytes:
         if f.endless:
             if served >= STREAM_CAP:
-                note = (f"the server sent {STREAM_CAP >> 20} MiB of the endless file {path.decode(errors='replace')}"
-                        ": the daemon never stopped reading it")
+                note = (
+                    f"the server sent {STREAM_CAP >> 20} MiB of the endless file {path.decode(errors='replace')}"
+                    ": the daemon never stopped reading it"
+                )
                 if note not in self.notes:
                     self.notes.append(note)
                 raise asyncssh.SFTPFailure("safety cap reached")
             return b"e" * size
-        return f.data[offset:offset + size]
+        return f.data[offset : offset + size]
 
 
 class _Handle:
@@ -239,8 +255,15 @@ class HostileSftp:
                 if name in names:
                     names.remove(name)
 
-        self._server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=host_keys(), server_factory=Server,
-                                             sftp_factory=Sftp, allow_scp=False, config=None)
+        self._server = await asyncssh.listen(
+            "127.0.0.1",
+            0,
+            server_host_keys=host_keys(),
+            server_factory=Server,
+            sftp_factory=Sftp,
+            allow_scp=False,
+            config=None,
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     def start(self) -> HostileSftp:
@@ -267,6 +290,14 @@ class HostileSftp:
         from conveyor.transfer.sftp.hostkeys import sha256_fp
 
         key = next(k for k in host_keys() if k.get_algorithm() == "ssh-ed25519")
-        return {"type": "sftp", "host": "127.0.0.1", "port": self.port, "username": USERNAME, "password": PASSWORD,
-                "host_fingerprint": sha256_fp(key.public_data), "root": "/", "timeout": "5s",
-                "max_connection_attempts": 1}
+        return {
+            "type": "sftp",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "username": USERNAME,
+            "password": PASSWORD,
+            "host_fingerprint": sha256_fp(key.public_data),
+            "root": "/",
+            "timeout": "5s",
+            "max_connection_attempts": 1,
+        }

@@ -47,9 +47,14 @@ class ListCrlf(Names):
 
     def __init__(self) -> None:
         t = unique
-        super().__init__("ftp", "name-crlf-list", [(t("crlf-list"), f"{t('crlf-list')}\r\nFORGED.txt".encode()),
-                                                   (t("lf-list"), f"{t('lf-list')}\n-rw-r--r-- 1 a b 9 Nov 14  2023"
-                                                                  " forged.txt".encode())])
+        super().__init__(
+            "ftp",
+            "name-crlf-list",
+            [
+                (t("crlf-list"), f"{t('crlf-list')}\r\nFORGED.txt".encode()),
+                (t("lf-list"), f"{t('lf-list')}\n-rw-r--r-- 1 a b 9 Nov 14  2023 forged.txt".encode()),
+            ],
+        )
 
 
 class PasvRedirect(FileCase):
@@ -79,10 +84,17 @@ class PasvRedirect(FileCase):
         self.g.instances[self.disk] = {"type": "local", "root": str(src)}
 
     def flow(self) -> dict[str, Any]:
-        return {"source": {"instance": self.disk, "path": "in", "poll_interval": "300ms", "min_age": "0s",
-                           "after": "delete"},
-                "target": {"instance": self.inst, "path": "up", "filename": "{name}"},
-                "retry": {"attempts": 2, "backoff": "200ms", "max_backoff": "1s"}}
+        return {
+            "source": {
+                "instance": self.disk,
+                "path": "in",
+                "poll_interval": "300ms",
+                "min_age": "0s",
+                "after": "delete",
+            },
+            "target": {"instance": self.inst, "path": "up", "filename": "{name}"},
+            "retry": {"attempts": 2, "backoff": "200ms", "max_backoff": "1s"},
+        }
 
     def completed(self, s: Sent) -> bool:
         return s.path is not None and not (self.dir / "src" / s.path).exists()
@@ -90,8 +102,14 @@ class PasvRedirect(FileCase):
     def extra_escapes(self) -> list[str]:
         assert isinstance(self.server, FtpServer)
         got = self.server.peer.thief_bytes
-        return [f"{got} bytes of an upload went to 127.0.0.2:{self.server.peer.thief_port}, the address a PASV "
-                "reply named instead of the server's"] if got else []
+        return (
+            [
+                f"{got} bytes of an upload went to 127.0.0.2:{self.server.peer.thief_port}, the address a PASV "
+                "reply named instead of the server's"
+            ]
+            if got
+            else []
+        )
 
 
 def cases() -> list[Case]:

@@ -43,10 +43,18 @@ class LocalCase(Case):
         self.g.instances[self.inst] = {"type": "local", "root": str(self.src)}
 
     def flow(self) -> dict[str, Any]:
-        return {"source": {"instance": self.inst, "path": self.path, "poll_interval": "100ms", "min_age": "0s",
-                           "after": "delete", "recursive": self.recursive},
-                "target": self.directory(filename="{name}"),
-                "retry": {"attempts": 2, "backoff": "200ms", "max_backoff": "1s"}}
+        return {
+            "source": {
+                "instance": self.inst,
+                "path": self.path,
+                "poll_interval": "100ms",
+                "min_age": "0s",
+                "after": "delete",
+                "recursive": self.recursive,
+            },
+            "target": self.directory(filename="{name}"),
+            "retry": {"attempts": 2, "backoff": "200ms", "max_backoff": "1s"},
+        }
 
     def drop(self, name: str, data: bytes, expect: str = "deliver") -> Sent:
         """A file in the source folder."""
@@ -233,8 +241,9 @@ class PlantedSidecar(LocalCase):
         name, data, mtime = f"{MARK}-v.txt", b"the real file\n", 1_700_000_000.25
         victim_id = stable_id(self.inst, f"{self.path}/{name}", len(data), round(mtime, 3))
         planted_body = b"planted\n"
-        planted_meta = json.dumps({"id": victim_id, "sha256": sha(planted_body), "size": len(planted_body),
-                                   "name": name}).encode()
+        planted_meta = json.dumps(
+            {"id": victim_id, "sha256": sha(planted_body), "size": len(planted_body), "name": name}
+        ).encode()
         (self.target / name).write_bytes(planted_body)
         (self.target / f"{name}.meta.json").write_bytes(planted_meta)
         self.planted[f"{name}.meta.json"] = sha(planted_meta)
@@ -251,8 +260,14 @@ def _dev_zero(p: Path) -> None:
 
 def cases() -> list[Case]:
     """Every local case."""
-    return [SwapFolder(), SwapFile("swap-dev-zero", "dev-zero", _dev_zero), SwapFile("swap-fifo", "fifo", os.mkfifo),
-            TempSymlinks(), SidecarFifo(), PlantedSidecar()]
+    return [
+        SwapFolder(),
+        SwapFile("swap-dev-zero", "dev-zero", _dev_zero),
+        SwapFile("swap-fifo", "fifo", os.mkfifo),
+        TempSymlinks(),
+        SidecarFifo(),
+        PlantedSidecar(),
+    ]
 
 
 CASES = [c.name for c in cases()]

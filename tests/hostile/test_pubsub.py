@@ -63,9 +63,11 @@ class PsCase(Case):
         return self.add(key, body, expect, ident={"id": mid}, ledger_id=mid)
 
     def flow(self) -> dict[str, Any]:
-        return {"source": {"instance": "gcp", "subscription": self.subscription, "max_messages": 100},
-                "target": self.directory(filename="{name}"),
-                "retry": {"attempts": 2, "backoff": "200ms", "max_backoff": "1s"}}
+        return {
+            "source": {"instance": "gcp", "subscription": self.subscription, "max_messages": 100},
+            "target": self.directory(filename="{name}"),
+            "retry": {"attempts": 2, "backoff": "200ms", "max_backoff": "1s"},
+        }
 
 
 def cases() -> list[PsCase]:
@@ -73,32 +75,66 @@ def cases() -> list[PsCase]:
     t = unique
     forged = json.dumps({"id": "forged", "sha256": sha(b"forged"), "size": 6}).encode()
     return [
-        PsCase("attr-name-path", [
-            (t("up1"), b"up1\n", {"name": f"../{t('up1')}"}, "any"),
-            (t("up2"), b"up2\n", {"name": f"../../{t('up2')}"}, "any"),
-            (t("abs"), b"abs\n", {"name": f"/tmp/{t('abs')}"}, "any"),
-            (t("sub"), b"sub\n", {"name": f"a/b/{t('sub')}"}, "any"),
-            ("dots", b"dots\n", {"name": ".."}, "any"),
-        ]),
-        PsCase("attr-name-control", [
-            (t("nul"), b"nul\n", {"name": f"{t('nul')}\0x"}, "any"),
-            (t("crlf"), b"crlf\n", {"name": f"{t('crlf')}\r\nFORGED"}, "any"),
-            (t("long") + "-1", b"long 1\n", {"name": t("long") + "L" * 10_000 + "-1"}, "any"),
-            (t("long") + "-2", b"long 2\n", {"name": t("long") + "L" * 10_000 + "-2"}, "any"),
-        ]),
-        PsCase("attr-name-sidecar", [
-            (f"{MARK}-a.csv", b"id;qty\n1;2\n", {"name": f"{MARK}-a.csv"}, "deliver"),
-            (f"{MARK}-a.csv.meta.json", forged, {"name": f"{MARK}-a.csv.meta.json"}, "deliver"),
-        ]),
-        PsCase("attr-hostile", [
-            (t("attrs"), b"hostile attributes\n", {
-                "name": t("attrs"), "../k": "v", "k\nFORGED": "x\r\ny", "content_type": "text/plain\r\nX-Evil: 1",
-                "id": "forged-id", "sha256": "0" * 64, "size": "1", "flow": "another-flow",
-                t("big"): "V" * 10_000}, "deliver"),
-            (t("attrs-small"), b"hostile attributes within Pub/Sub's limits\n", {
-                "name": t("attrs-small"), "../k": "v", "k\nFORGED": "x\r\ny", "id": "forged-id",
-                "sha256": "0" * 64, "flow": "another-flow"}, "deliver"),
-        ]),
+        PsCase(
+            "attr-name-path",
+            [
+                (t("up1"), b"up1\n", {"name": f"../{t('up1')}"}, "any"),
+                (t("up2"), b"up2\n", {"name": f"../../{t('up2')}"}, "any"),
+                (t("abs"), b"abs\n", {"name": f"/tmp/{t('abs')}"}, "any"),
+                (t("sub"), b"sub\n", {"name": f"a/b/{t('sub')}"}, "any"),
+                ("dots", b"dots\n", {"name": ".."}, "any"),
+            ],
+        ),
+        PsCase(
+            "attr-name-control",
+            [
+                (t("nul"), b"nul\n", {"name": f"{t('nul')}\0x"}, "any"),
+                (t("crlf"), b"crlf\n", {"name": f"{t('crlf')}\r\nFORGED"}, "any"),
+                (t("long") + "-1", b"long 1\n", {"name": t("long") + "L" * 10_000 + "-1"}, "any"),
+                (t("long") + "-2", b"long 2\n", {"name": t("long") + "L" * 10_000 + "-2"}, "any"),
+            ],
+        ),
+        PsCase(
+            "attr-name-sidecar",
+            [
+                (f"{MARK}-a.csv", b"id;qty\n1;2\n", {"name": f"{MARK}-a.csv"}, "deliver"),
+                (f"{MARK}-a.csv.meta.json", forged, {"name": f"{MARK}-a.csv.meta.json"}, "deliver"),
+            ],
+        ),
+        PsCase(
+            "attr-hostile",
+            [
+                (
+                    t("attrs"),
+                    b"hostile attributes\n",
+                    {
+                        "name": t("attrs"),
+                        "../k": "v",
+                        "k\nFORGED": "x\r\ny",
+                        "content_type": "text/plain\r\nX-Evil: 1",
+                        "id": "forged-id",
+                        "sha256": "0" * 64,
+                        "size": "1",
+                        "flow": "another-flow",
+                        t("big"): "V" * 10_000,
+                    },
+                    "deliver",
+                ),
+                (
+                    t("attrs-small"),
+                    b"hostile attributes within Pub/Sub's limits\n",
+                    {
+                        "name": t("attrs-small"),
+                        "../k": "v",
+                        "k\nFORGED": "x\r\ny",
+                        "id": "forged-id",
+                        "sha256": "0" * 64,
+                        "flow": "another-flow",
+                    },
+                    "deliver",
+                ),
+            ],
+        ),
     ]
 
 

@@ -49,27 +49,35 @@ class MqCase(Case):
         async with await aio_pika.connect(self.v.url) as conn:
             ch = await conn.channel()
             await ch.declare_queue(self.queue + ".dlq", durable=True)
-            await ch.declare_queue(self.queue, durable=True, arguments={
-                "x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.queue + ".dlq"})
+            await ch.declare_queue(
+                self.queue,
+                durable=True,
+                arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.queue + ".dlq"},
+            )
         self.g.instances["mq"] = self.v.instance_config()
         await self.publish_all()
 
     async def publish_all(self) -> None:
         """The case's messages, published before the daemon starts."""
 
-    async def publish(self, key: str, body: bytes, expect: str = "any", *, message_id: str | None = None,
-                      **props: Any) -> Sent:
+    async def publish(
+        self, key: str, body: bytes, expect: str = "any", *, message_id: str | None = None, **props: Any
+    ) -> Sent:
         """One message onto the case's queue, with confirms, recorded as sent."""
         async with await aio_pika.connect(self.v.url) as conn:
             ch = await conn.channel()
-            await ch.default_exchange.publish(aio_pika.Message(body, message_id=message_id, **props),
-                                              routing_key=self.queue, timeout=120)
+            await ch.default_exchange.publish(
+                aio_pika.Message(body, message_id=message_id, **props), routing_key=self.queue, timeout=120
+            )
         ident = {"message_id": message_id} if message_id else {}
         return self.add(key, body, expect, ident=ident, ledger_id=message_id)
 
     def flow(self) -> dict[str, Any]:
-        return {"source": {"instance": "mq", "queue": self.queue, "max_attempts": 2},
-                "target": self.directory(), "retry": {"attempts": 2, "backoff": "200ms", "max_backoff": "1s"}}
+        return {
+            "source": {"instance": "mq", "queue": self.queue, "max_attempts": 2},
+            "target": self.directory(),
+            "retry": {"attempts": 2, "backoff": "200ms", "max_backoff": "1s"},
+        }
 
     async def after_stop(self) -> None:
         for q in (self.queue, self.queue + ".dlq"):
@@ -128,9 +136,13 @@ class SidecarId(MqCase):
 
     async def attack(self) -> None:
         end = time.monotonic() + 12
-        while time.monotonic() < end and not (self.g.ledger_seen(self.name, " " + self.v_id)
-                                              and (self.g.ledger_seen(self.name, self.v_id + ".meta.json")
-                                                   or self.g.error_line(self.name, (self.forged.key,)))):
+        while time.monotonic() < end and not (
+            self.g.ledger_seen(self.name, " " + self.v_id)
+            and (
+                self.g.ledger_seen(self.name, self.v_id + ".meta.json")
+                or self.g.error_line(self.name, (self.forged.key,))
+            )
+        ):
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)
         await self.publish(self.v_id, b"the real victim\n", "deliver", message_id=self.v_id)
@@ -143,9 +155,16 @@ class Headers(MqCase):
 
     async def publish_all(self) -> None:
         headers: dict[str, Any] = {
-            "../x": "v", "k\nFORGED": "a\r\nb", "nul\0name": "a\0b", unique("big"): "H" * 10_000,
-            "x-death": "forged", "x-delivery-count": 99, "id": "forged-id", "sha256": "0" * 64,
-            "nested": {"a": {"b": {"c": [1, 2, {"d": bytearray(b"\xff\xfe")}]}}}, "bytes": bytearray(b"\xff\xfe\x00"),
+            "../x": "v",
+            "k\nFORGED": "a\r\nb",
+            "nul\0name": "a\0b",
+            unique("big"): "H" * 10_000,
+            "x-death": "forged",
+            "x-delivery-count": 99,
+            "id": "forged-id",
+            "sha256": "0" * 64,
+            "nested": {"a": {"b": {"c": [1, 2, {"d": bytearray(b"\xff\xfe")}]}}},
+            "bytes": bytearray(b"\xff\xfe\x00"),
         }
         mid = unique("headers")
         await self.publish(mid, b"hostile headers\n", "deliver", message_id=mid, headers=headers)
@@ -172,12 +191,30 @@ def cases() -> list[MqCase]:
     """Every RabbitMQ case."""
     t = unique
     return [
-        Ids("id-path", [(t("up1"), f"../{t('up1')}"), (t("up2"), f"../../{t('up2')}"), ("..", ".."),
-                        (t("abs"), f"/tmp/{t('abs')}"), (t("sub"), f"a/b/{t('sub')}")]),
-        Ids("id-control", [(t("nul"), f"{t('nul')}\0x"), (t("lf"), f"{t('lf')}\nx"), (t("cr"), f"{t('cr')}\rx"),
-                           (t("tab"), f"{t('tab')}\t\x7f\x1bx")]),
+        Ids(
+            "id-path",
+            [
+                (t("up1"), f"../{t('up1')}"),
+                (t("up2"), f"../../{t('up2')}"),
+                ("..", ".."),
+                (t("abs"), f"/tmp/{t('abs')}"),
+                (t("sub"), f"a/b/{t('sub')}"),
+            ],
+        ),
+        Ids(
+            "id-control",
+            [
+                (t("nul"), f"{t('nul')}\0x"),
+                (t("lf"), f"{t('lf')}\nx"),
+                (t("cr"), f"{t('cr')}\rx"),
+                (t("tab"), f"{t('tab')}\t\x7f\x1bx"),
+            ],
+        ),
         ForgedLogLine("id-log-line", [(t("logline"), f"{t('logline')}\n{FORGED_LOG}")]),
-        LongIds("id-long"), SidecarId("id-sidecar"), Headers("mq-headers"), Oversize(),
+        LongIds("id-long"),
+        SidecarId("id-sidecar"),
+        Headers("mq-headers"),
+        Oversize(),
     ]
 
 
@@ -193,8 +230,10 @@ def results(tmp_path_factory: pytest.TempPathFactory, rabbit_vhost: Vhost) -> It
     every: list[Case] = list(cases())
     ids = [c for c in every if c.group == "ids"]
     big = [c for c in every if c.group == "oversize"]
-    groups = [Group("rabbitmq", "rabbitmq-ids", root / "ids", ids, log={"level": "debug", "format": "text"}),
-              Group("rabbitmq", "rabbitmq-oversize", root / "oversize", big)]
+    groups = [
+        Group("rabbitmq", "rabbitmq-ids", root / "ids", ids, log={"level": "debug", "format": "text"}),
+        Group("rabbitmq", "rabbitmq-oversize", root / "oversize", big),
+    ]
     yield run_groups(groups)
 
 

@@ -63,8 +63,11 @@ class AsyncsshSftpServer:
     async def start(self) -> None:
         """Listen on a random port of ``host``."""
         outer = self
-        authorized = [asyncssh.import_public_key(Path(str(p) + ".pub").read_text())
-                      for n, p in self.keys.keys.items() if n != "stranger"]
+        authorized = [
+            asyncssh.import_public_key(Path(str(p) + ".pub").read_text())
+            for n, p in self.keys.keys.items()
+            if n != "stranger"
+        ]
 
         class Server(asyncssh.SSHServer):
             def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -100,8 +103,13 @@ class AsyncsshSftpServer:
                 return super().scandir(path)
 
         self.server = await asyncssh.listen(
-            self.host, self.port, server_host_keys=self.host_keys, server_factory=Server,
-            sftp_factory=Sftp, allow_scp=False, config=None,
+            self.host,
+            self.port,
+            server_host_keys=self.host_keys,
+            server_factory=Server,
+            sftp_factory=Sftp,
+            allow_scp=False,
+            config=None,
         )
         self.port = self.server.sockets[0].getsockname()[1]
 
@@ -122,9 +130,15 @@ class AsyncsshSftpServer:
         from conveyor.transfer.sftp.hostkeys import sha256_fp
 
         cfg: dict[str, Any] = {
-            "type": "sftp", "host": self.host, "port": self.port, "username": USERNAME,
-            "password": PASSWORD, "host_fingerprint": sha256_fp(self.host_key("ssh-ed25519").public_data),
-            "root": "/", "timeout": "5s", "max_connection_attempts": 1,
+            "type": "sftp",
+            "host": self.host,
+            "port": self.port,
+            "username": USERNAME,
+            "password": PASSWORD,
+            "host_fingerprint": sha256_fp(self.host_key("ssh-ed25519").public_data),
+            "root": "/",
+            "timeout": "5s",
+            "max_connection_attempts": 1,
         }
         cfg.update(over)
         return {k: v for k, v in cfg.items() if v is not None}
@@ -147,8 +161,9 @@ _HOST_KEYS: list[asyncssh.SSHKey] = []
 def host_keys() -> list[asyncssh.SSHKey]:
     """ed25519 + RSA host keys, made once per test process."""
     if not _HOST_KEYS:
-        _HOST_KEYS.extend([asyncssh.generate_private_key("ssh-ed25519"),
-                           asyncssh.generate_private_key("ssh-rsa", key_size=2048)])
+        _HOST_KEYS.extend(
+            [asyncssh.generate_private_key("ssh-ed25519"), asyncssh.generate_private_key("ssh-rsa", key_size=2048)]
+        )
     return _HOST_KEYS
 
 

@@ -57,8 +57,11 @@ def make_home_user() -> HomeUser:
     try:
         pw = pwd.getpwnam(HOME_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--shell", "/bin/sh", "--no-create-home", "--home-dir", str(HOME),
-                        HOME_USER], check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--shell", "/bin/sh", "--no-create-home", "--home-dir", str(HOME), HOME_USER],
+            check=True,
+            capture_output=True,
+        )
         pw = pwd.getpwnam(HOME_USER)
     if pw.pw_dir != str(HOME):
         subprocess.run(["usermod", "--home", str(HOME), HOME_USER], check=True, capture_output=True)

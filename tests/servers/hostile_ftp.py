@@ -57,8 +57,15 @@ class HostileFtp:
 
     def config(self, **overrides: Any) -> dict[str, Any]:
         """An ``instances.<name>`` mapping for conveyor."""
-        cfg: dict[str, Any] = {"type": "ftp", "host": self.host, "port": self.port, "username": "partner",
-                               "password": "hostile-secret", "root": "/", "timeout": "5s"}
+        cfg: dict[str, Any] = {
+            "type": "ftp",
+            "host": self.host,
+            "port": self.port,
+            "username": "partner",
+            "password": "hostile-secret",
+            "root": "/",
+            "timeout": "5s",
+        }
         cfg.update(overrides)
         return cfg
 
@@ -213,8 +220,9 @@ class HostileFtp:
             await writer.drain()
 
     # -- data channel ----------------------------------------------------
-    async def _transfer(self, cmd: str, name: str, rest: int,
-                        reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _transfer(
+        self, cmd: str, name: str, rest: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             if cmd == "STOR":
                 self.uploads[name] = await reader.read()
@@ -262,11 +270,13 @@ class HostileFtp:
 
 def _first_connection(into: asyncio.Future[Channel]) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]:
     """A data listener's callback: the first connection resolves ``into``, later ones are closed."""
+
     def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if into.done():
             writer.close()
         else:
             into.set_result((reader, writer))
+
     return accept
 
 

@@ -107,19 +107,23 @@ def status(code: int, text: str = "", headers: dict[str, str] | None = None) -> 
 
 def delayed(seconds: float, code: int = 200) -> Callable[[web.Request], Any]:
     """An answer after a delay."""
+
     async def answer(_r: web.Request) -> web.Response:
         await asyncio.sleep(seconds)
         return web.Response(status=code, text="late")
+
     return answer
 
 
 def drop() -> Callable[[web.Request], Any]:
     """Close the connection without answering."""
+
     async def answer(r: web.Request) -> web.Response:
         assert r.transport is not None
         r.transport.close()
         await asyncio.sleep(0.05)
         return web.Response(status=200)
+
     return answer
 
 
@@ -128,8 +132,11 @@ async def small_disk(folder: Path, size: str = "2m") -> AsyncIterator[Path]:
     """A tmpfs of ``size`` mounted on ``folder`` for the block (needs root), unmounted after:
     a server's folder whose disk fills up."""
     mounted = await asyncio.to_thread(
-        subprocess.run, ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder)],
-        capture_output=True, text=True)
+        subprocess.run,
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     assert mounted.returncode == 0, f"this test mounts a tmpfs (run as root): {mounted.stderr.strip()}"
     try:
         yield folder
@@ -228,8 +235,9 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen([*CONVEYOR, "run", "-c", str(self.config)], stdout=out, stderr=err,
-                                         env=self.env, cwd=self.config.parent)
+            self.proc = subprocess.Popen(
+                [*CONVEYOR, "run", "-c", str(self.config)], stdout=out, stderr=err, env=self.env, cwd=self.config.parent
+            )
         return self
 
     async def wait_listening(self, limit: float = 20.0) -> None:

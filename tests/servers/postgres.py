@@ -39,15 +39,16 @@ def ensure_postgres(wait: float = 60.0) -> None:
     if shutil.which("pg_ctlcluster"):
         for conf in sorted(glob.glob("/etc/postgresql/*/main")):
             version = conf.split("/")[3]
-            subprocess.run(["pg_ctlcluster", version, "main", "start"], check=False, capture_output=True,
-                           timeout=60)
+            subprocess.run(["pg_ctlcluster", version, "main", "start"], check=False, capture_output=True, timeout=60)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if pg_up():
             return
         time.sleep(0.5)
-    pytest.fail(f"PostgreSQL is not running on {HOST}:{PORT} (apt-get install -y postgresql; "
-                "pg_ctlcluster 15 main start; trust auth for 127.0.0.1 in pg_hba.conf)")
+    pytest.fail(
+        f"PostgreSQL is not running on {HOST}:{PORT} (apt-get install -y postgresql; "
+        "pg_ctlcluster 15 main start; trust auth for 127.0.0.1 in pg_hba.conf)"
+    )
 
 
 def admin_url(db: str = "postgres") -> str:

@@ -65,8 +65,12 @@ def compile_shim(jar: Path) -> Path:
     if (out / "io" / "grpc" / "InternalStatus.class").exists():
         return out
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-pubsub-shim-build-"))
-    subprocess.run(["javac", "-nowarn", "-cp", str(jar), "-d", str(tmp), str(SHIM_SRC)], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        ["javac", "-nowarn", "-cp", str(jar), "-d", str(tmp), str(SHIM_SRC)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         tmp.rename(out)  # atomic: a parallel run either wins or finds ours
     except OSError:
@@ -80,8 +84,10 @@ class PubsubEmulator:
     def __init__(self, workdir: Path, project: str = PROJECT) -> None:
         jar = find_jar()
         if jar is None or shutil.which("java") is None or shutil.which("javac") is None:
-            why = ("Pub/Sub emulator not usable: needs the jar of apt package google-cloud-cli-pubsub-emulator "
-                   "(or PUBSUB_EMULATOR_JAR) and java + javac (apt: openjdk-17-jdk-headless)")
+            why = (
+                "Pub/Sub emulator not usable: needs the jar of apt package google-cloud-cli-pubsub-emulator "
+                "(or PUBSUB_EMULATOR_JAR) and java + javac (apt: openjdk-17-jdk-headless)"
+            )
             if os.environ.get("CI"):
                 pytest.fail(why)  # CI must not pass by skipping the Pub/Sub tests
             pytest.skip(why)
@@ -100,8 +106,17 @@ class PubsubEmulator:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the JVM and wait until the port answers."""
-        cmd = ["java", "-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-               "-cp", f"{self.shim}{os.pathsep}{self.jar}", MAIN_CLASS, "--host=127.0.0.1", f"--port={self.port}"]
+        cmd = [
+            "java",
+            "-Xms64m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-cp",
+            f"{self.shim}{os.pathsep}{self.jar}",
+            MAIN_CLASS,
+            "--host=127.0.0.1",
+            f"--port={self.port}",
+        ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -164,8 +179,9 @@ class PubsubEmulator:
             path = client.subscription_path(self.project, subscription)
             resp = client.pull(request={"subscription": path, "max_messages": 100}, timeout=5)
             if resp.received_messages:
-                client.acknowledge(request={"subscription": path,
-                                            "ack_ids": [m.ack_id for m in resp.received_messages]})
+                client.acknowledge(
+                    request={"subscription": path, "ack_ids": [m.ack_id for m in resp.received_messages]}
+                )
             for m in resp.received_messages:
                 got[m.message.data] = m.message
 

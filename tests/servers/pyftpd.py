@@ -79,8 +79,16 @@ class PyFtpd:
 
     def config(self, **overrides: Any) -> dict[str, Any]:
         """An ``instances.<name>`` mapping for conveyor."""
-        cfg: dict[str, Any] = {"type": "ftp", "host": self.host, "port": self.port, "username": USER,
-                               "password": PASSWORD, "tls": self.tls, "root": "/", "timeout": "5s"}
+        cfg: dict[str, Any] = {
+            "type": "ftp",
+            "host": self.host,
+            "port": self.port,
+            "username": USER,
+            "password": PASSWORD,
+            "tls": self.tls,
+            "root": "/",
+            "timeout": "5s",
+        }
         if self.tls != "none" and self.certs is not None:
             cfg["ca_file"] = str(self.certs.ca_file)
         cfg.update(overrides)
@@ -127,8 +135,13 @@ def start_pyftpd(
     auth = DummyAuthorizer()
     auth.add_user(USER, PASSWORD, str(root), perm="elradfmwMT")
     base: type[Any] = FTPHandler if tls == "none" else TLS_FTPHandler
-    attrs: dict[str, Any] = {"authorizer": auth, "banner": "pyftpdlib test server", "passive_ports": None,
-                             "permit_foreign_addresses": False, "auth_failed_timeout": 0.1}
+    attrs: dict[str, Any] = {
+        "authorizer": auth,
+        "banner": "pyftpdlib test server",
+        "passive_ports": None,
+        "permit_foreign_addresses": False,
+        "auth_failed_timeout": 0.1,
+    }
     cmds = dict(base.proto_cmds)
     if not mlsd:
         cmds.pop("MLSD", None)
@@ -142,8 +155,13 @@ def start_pyftpd(
         attrs["timeout"] = idle_timeout
     if tls != "none":
         assert certs is not None
-        attrs.update(certfile=str(certs.chain_file), keyfile=str(certs.chain_file), ssl_context=None,
-                     tls_control_required=True, tls_data_required=True)
+        attrs.update(
+            certfile=str(certs.chain_file),
+            keyfile=str(certs.chain_file),
+            ssl_context=None,
+            tls_control_required=True,
+            tls_data_required=True,
+        )
         opts = SSL.OP_NO_SSLv2 | SSL.OP_NO_SSLv3 | SSL.OP_NO_COMPRESSION
         if tls_max == "1.2":
             opts |= SSL.OP_NO_TLSv1_3
@@ -151,16 +169,20 @@ def start_pyftpd(
         if tls == "implicit":
             attrs["handle"] = _implicit_handle
     if cut_after is not None:
-        dtp = type("CutDTP", (_CutDTP, TLS_DTPHandler if tls != "none" else DTPHandler),
-                   {"cut_after": cut_after, "cuts_left": [1]})
+        dtp = type(
+            "CutDTP",
+            (_CutDTP, TLS_DTPHandler if tls != "none" else DTPHandler),
+            {"cut_after": cut_after, "cuts_left": [1]},
+        )
         attrs["dtp_handler"] = dtp
         attrs["use_sendfile"] = False  # sendfile() would bypass the cutting send()
     if not rename_overwrites:
         attrs["ftp_RNTO"] = _rnto_refusing_overwrite
     if full_after is not None:
         attrs["abstracted_fs"] = type("FullFS", (_FullFS,), {"room": full_after})
-        attrs["dtp_handler"] = type("FullDTP", (_FullDTP, TLS_DTPHandler if tls != "none" else DTPHandler),
-                                    {"full_reply": full_reply})
+        attrs["dtp_handler"] = type(
+            "FullDTP", (_FullDTP, TLS_DTPHandler if tls != "none" else DTPHandler), {"full_reply": full_reply}
+        )
     handler = type("TestHandler", (base,), attrs)
     server = FTPServer((host, 0), handler, ioloop=IOLoop())  # own loop: one server per thread
     port = server.address[1]

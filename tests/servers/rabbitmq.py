@@ -41,15 +41,18 @@ def ensure_broker(wait: float = 90.0) -> None:
     if broker_up():
         return
     if shutil.which("rabbitmq-server") is None:
-        pytest.fail("RabbitMQ is not running on 127.0.0.1:5672 and rabbitmq-server is not installed "
-                    "(apt-get install -y rabbitmq-server)")
+        pytest.fail(
+            "RabbitMQ is not running on 127.0.0.1:5672 and rabbitmq-server is not installed "
+            "(apt-get install -y rabbitmq-server)"
+        )
     subprocess.run(["rabbitmq-server", "-detached"], check=False, capture_output=True, timeout=60)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if broker_up():
             if shutil.which("rabbitmqctl"):
-                subprocess.run(["rabbitmqctl", "await_startup", "--timeout", "60"], check=False,
-                               capture_output=True, timeout=90)
+                subprocess.run(
+                    ["rabbitmqctl", "await_startup", "--timeout", "60"], check=False, capture_output=True, timeout=90
+                )
             return
         time.sleep(0.5)
     pytest.fail(f"RabbitMQ did not come up on {HOST}:{PORT} within {wait:.0f}s")
@@ -77,8 +80,15 @@ class Vhost:
 
     def instance_config(self, **over: Any) -> dict[str, Any]:
         """The ``instances.<name>`` mapping for conveyor."""
-        cfg: dict[str, Any] = {"type": "rabbitmq", "host": HOST, "port": PORT, "username": USER,
-                               "password": PASSWORD, "vhost": self.name, "timeout": "5s"}
+        cfg: dict[str, Any] = {
+            "type": "rabbitmq",
+            "host": HOST,
+            "port": PORT,
+            "username": USER,
+            "password": PASSWORD,
+            "vhost": self.name,
+            "timeout": "5s",
+        }
         cfg.update(over)
         return cfg
 
@@ -139,8 +149,9 @@ def rabbit_vhost_fixture() -> Iterator[Vhost]:
 
 
 # -- helpers for tests that drive conveyor's rabbitmq connector directly ------------------------
-def make_instance(vhost: Vhost, spool_dir: Any, /, name: str = "mq", threshold: int = 8 * 1024 * 1024,
-                  **over: Any) -> Any:
+def make_instance(
+    vhost: Vhost, spool_dir: Any, /, name: str = "mq", threshold: int = 8 * 1024 * 1024, **over: Any
+) -> Any:
     """A RabbitInstance on ``vhost`` with its own status board and spool."""
     from pathlib import Path
 

@@ -52,13 +52,19 @@ class RabbitNode:
         """The environment the server and its CLI tools need to find this node (and only it)."""
         b = self.base
         return {
-            **os.environ, "HOME": str(b), "RABBITMQ_CONF_ENV_FILE": str(b / "rabbitmq-env.conf"),
-            "RABBITMQ_NODENAME": self.nodename, "RABBITMQ_NODE_IP_ADDRESS": HOST,
-            "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(b / "mnesia"), "RABBITMQ_LOG_BASE": str(b / "log"),
+            **os.environ,
+            "HOME": str(b),
+            "RABBITMQ_CONF_ENV_FILE": str(b / "rabbitmq-env.conf"),
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_IP_ADDRESS": HOST,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(b / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(b / "log"),
             "RABBITMQ_CONFIG_FILE": str(b / "rabbitmq.conf"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(b / "enabled_plugins"),
-            "RABBITMQ_PID_FILE": str(b / "beam.pid"), "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_PID_FILE": str(b / "beam.pid"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
         }
 
     def up(self) -> bool:
@@ -74,13 +80,21 @@ class RabbitNode:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         t0 = time.monotonic()
         log = open(self.base / "server.out", "ab")  # noqa: SIM115 (kept open for the life of the node)
-        self.proc = subprocess.Popen([str(BIN / "rabbitmq-server")], env=self.env(), cwd=self.base,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / "rabbitmq-server")],
+            env=self.env(),
+            cwd=self.base,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = t0 + wait
         while not self.up():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server exited with {self.proc.returncode}: "
-                                   f"{(self.base / 'server.out').read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"rabbitmq-server exited with {self.proc.returncode}: "
+                    f"{(self.base / 'server.out').read_text(errors='replace')[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"rabbitmq node {self.nodename} did not listen on {self.port} within {wait:.0f}s")
             time.sleep(0.1)
@@ -106,8 +120,14 @@ class RabbitNode:
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``rabbitmqctl -n NODE ARGS`` against this node."""
-        return subprocess.run([str(BIN / "rabbitmqctl"), "-q", "-n", self.nodename, *args], env=self.env(),
-                              capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(
+            [str(BIN / "rabbitmqctl"), "-q", "-n", self.nodename, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     def queue(self, name: str) -> tuple[int, int]:
         """(ready, unacknowledged) messages of one queue."""
@@ -116,8 +136,10 @@ class RabbitNode:
             parts = line.split("\t")
             if len(parts) == 3 and parts[0] == name:
                 return int(parts[1]), int(parts[2])
-        raise AssertionError(f"queue {name} not found on {self.nodename}: {out.stdout}{out.stderr}\n"
-                             f"the node's log ends:\n{self.log_tail()}")
+        raise AssertionError(
+            f"queue {name} not found on {self.nodename}: {out.stdout}{out.stderr}\n"
+            f"the node's log ends:\n{self.log_tail()}"
+        )
 
     def log_tail(self, chars: int = 4000) -> str:
         """The end of the node's own log (it goes with the folder when the fixture ends)."""

@@ -58,14 +58,16 @@ def restart_sshd(server: Sshd) -> None:
     """Start a killed sshd again: same config (port, host keys, served folder), same log file."""
     assert server.proc.poll() is not None, "kill it first"
     with open(server.base / "sshd.log", "ab") as log:  # sshd keeps its own copy of the descriptor
-        server.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(server.base / "sshd_config")],
-                                       stdout=log, stderr=subprocess.STDOUT)
+        server.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(server.base / "sshd_config")], stdout=log, stderr=subprocess.STDOUT
+        )
     _wait_listening(server.proc, server.port, b"SSH-", "sshd", server.base / "sshd.log")
 
 
 def restart_vsftpd(server: Vsftpd) -> None:
     """Start a killed vsftpd again with the same config file (port, passive ports, served folder)."""
     assert server.proc.poll() is not None, "kill it first"
-    server.proc = subprocess.Popen([VSFTPD, str(server.workdir / "vsftpd.conf")], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT)
+    server.proc = subprocess.Popen(
+        [VSFTPD, str(server.workdir / "vsftpd.conf")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     _wait_listening(server.proc, server.port, b"220", "vsftpd", None)

@@ -31,8 +31,9 @@ def keygen(path: Path, args: list[str], passphrase: str = "") -> Path:
     """Run ssh-keygen quietly; returns the private key path (the .pub is beside it)."""
     path.unlink(missing_ok=True)  # ssh-keygen would ask before overwriting
     Path(str(path) + ".pub").unlink(missing_ok=True)
-    subprocess.run(["ssh-keygen", "-q", *args, "-N", passphrase, "-C", path.name, "-f", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", *args, "-N", passphrase, "-C", path.name, "-f", str(path)], check=True, capture_output=True
+    )
     return path
 
 
@@ -49,9 +50,7 @@ class KeySet:
 
     def authorized_keys(self) -> str:
         """authorized_keys lines for every key except 'stranger'."""
-        return "".join(
-            Path(str(p) + ".pub").read_text() for n, p in self.keys.items() if n != "stranger"
-        )
+        return "".join(Path(str(p) + ".pub").read_text() for n, p in self.keys.items() if n != "stranger")
 
 
 def make_client_keys(directory: Path) -> KeySet:

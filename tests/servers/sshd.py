@@ -38,8 +38,9 @@ def ensure_user() -> pwd.struct_passwd:
     try:
         pw = pwd.getpwnam(USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--shell", "/bin/sh", "--no-create-home", USER],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--shell", "/bin/sh", "--no-create-home", USER], check=True, capture_output=True
+        )
         pw = pwd.getpwnam(USER)
     subprocess.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n", text=True, check=True, capture_output=True)
     return pw
@@ -77,10 +78,15 @@ class Sshd:
         from conveyor.transfer.sftp.hostkeys import sha256_fp
 
         cfg: dict[str, Any] = {
-            "type": "sftp", "host": "127.0.0.1", "port": self.port, "username": USER, "password": PASSWORD,
+            "type": "sftp",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "username": USER,
+            "password": PASSWORD,
             "host_fingerprint": over.get("host_fingerprint") or sha256_fp(self.host_blob("ed25519")),
             "root": str(self.root),
-            "timeout": "5s", "max_connection_attempts": 1,
+            "timeout": "5s",
+            "max_connection_attempts": 1,
         }
         cfg.update(over)
         return {k: v for k, v in cfg.items() if v is not None}
@@ -105,8 +111,12 @@ def sshd_available() -> str | None:
     return None
 
 
-def start_sshd(keys: KeySet, host_key_types: tuple[str, ...] = ("ed25519", "rsa"),
-               users: tuple[str, ...] = (USER,), extra: tuple[str, ...] = ()) -> Sshd:
+def start_sshd(
+    keys: KeySet,
+    host_key_types: tuple[str, ...] = ("ed25519", "rsa"),
+    users: tuple[str, ...] = (USER,),
+    extra: tuple[str, ...] = (),
+) -> Sshd:
     """Start sshd with fresh host keys, letting ``users`` log in; raise if it does not come up.
     ``extra``: more sshd_config lines (``KexAlgorithms ...``, say)."""
     pw = ensure_user()
@@ -122,15 +132,31 @@ def start_sshd(keys: KeySet, host_key_types: tuple[str, ...] = ("ed25519", "rsa"
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
     port = free_port()
     config = base / "sshd_config"
-    config.write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1",
-        *[f"HostKey {p}" for p in host_keys.values()],
-        f"PidFile {base}/sshd.pid", "UsePAM no", "PasswordAuthentication yes",
-        "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", "PermitRootLogin no",
-        f"AllowUsers {' '.join(users)}", f"AuthorizedKeysFile {auth}", "StrictModes no",
-        "Subsystem sftp internal-sftp", "LogLevel INFO", "MaxStartups 100:30:200", "MaxSessions 50",
-        "UseDNS no", *extra, "",
-    ]))
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                *[f"HostKey {p}" for p in host_keys.values()],
+                f"PidFile {base}/sshd.pid",
+                "UsePAM no",
+                "PasswordAuthentication yes",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                "PermitRootLogin no",
+                f"AllowUsers {' '.join(users)}",
+                f"AuthorizedKeysFile {auth}",
+                "StrictModes no",
+                "Subsystem sftp internal-sftp",
+                "LogLevel INFO",
+                "MaxStartups 100:30:200",
+                "MaxSessions 50",
+                "UseDNS no",
+                *extra,
+                "",
+            ]
+        )
+    )
     with open(base / "sshd.log", "wb") as log:  # sshd keeps its own copy of the descriptor
         proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10

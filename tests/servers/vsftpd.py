@@ -48,8 +48,11 @@ def ensure_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(USER)
     except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--home-dir", "/", "--shell", "/bin/sh", USER],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--no-create-home", "--home-dir", "/", "--shell", "/bin/sh", USER],
+            check=True,
+            capture_output=True,
+        )
         subprocess.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n", text=True, check=True, capture_output=True)
         return pwd.getpwnam(USER)
 
@@ -70,8 +73,16 @@ class Vsftpd:
 
     def config(self, **overrides: Any) -> dict[str, Any]:
         """An ``instances.<name>`` mapping for conveyor."""
-        cfg: dict[str, Any] = {"type": "ftp", "host": self.host, "port": self.port, "username": USER,
-                               "password": PASSWORD, "tls": self.tls, "root": "/", "timeout": "5s"}
+        cfg: dict[str, Any] = {
+            "type": "ftp",
+            "host": self.host,
+            "port": self.port,
+            "username": USER,
+            "password": PASSWORD,
+            "tls": self.tls,
+            "root": "/",
+            "timeout": "5s",
+        }
         if self.tls != "none" and self.certs is not None:
             cfg["ca_file"] = str(self.certs.ca_file)
         cfg.update(overrides)
@@ -101,8 +112,13 @@ class Vsftpd:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_vsftpd(tls: str = "none", certs: Certs | None = None, idle_timeout: int = 300,
-                 extra: dict[str, str] | None = None, chroot: bool = True) -> Vsftpd:
+def start_vsftpd(
+    tls: str = "none",
+    certs: Certs | None = None,
+    idle_timeout: int = 300,
+    extra: dict[str, str] | None = None,
+    chroot: bool = True,
+) -> Vsftpd:
     """Start vsftpd in the foreground (``background=NO``) on a free loopback port."""
     user = ensure_user()
     work = Path(tempfile.mkdtemp(prefix="conveyor-vsftpd-"))
@@ -113,15 +129,36 @@ def start_vsftpd(tls: str = "none", certs: Certs | None = None, idle_timeout: in
     port = free_port()
     pasv = free_port()
     conf = {
-        "listen": "YES", "listen_ipv6": "NO", "listen_address": "127.0.0.1", "listen_port": str(port),
-        "background": "NO", "anonymous_enable": "NO", "local_enable": "YES", "write_enable": "YES",
-        "local_umask": "022", "chroot_local_user": "YES", "allow_writeable_chroot": "YES",
-        "local_root": str(root), "pasv_enable": "YES", "pasv_min_port": str(pasv),
-        "pasv_max_port": str(min(pasv + 40, 65535)), "port_enable": "YES", "connect_from_port_20": "NO",
-        "seccomp_sandbox": "NO", "secure_chroot_dir": "/var/run/vsftpd/empty", "pam_service_name": "vsftpd",
-        "userlist_enable": "NO", "xferlog_enable": "NO", "idle_session_timeout": str(idle_timeout),
-        "data_connection_timeout": "30", "max_per_ip": "50", "max_clients": "50", "use_localtime": "NO",
-        "dual_log_enable": "NO", "syslog_enable": "NO", "vsftpd_log_file": str(work / "vsftpd.log"),
+        "listen": "YES",
+        "listen_ipv6": "NO",
+        "listen_address": "127.0.0.1",
+        "listen_port": str(port),
+        "background": "NO",
+        "anonymous_enable": "NO",
+        "local_enable": "YES",
+        "write_enable": "YES",
+        "local_umask": "022",
+        "chroot_local_user": "YES",
+        "allow_writeable_chroot": "YES",
+        "local_root": str(root),
+        "pasv_enable": "YES",
+        "pasv_min_port": str(pasv),
+        "pasv_max_port": str(min(pasv + 40, 65535)),
+        "port_enable": "YES",
+        "connect_from_port_20": "NO",
+        "seccomp_sandbox": "NO",
+        "secure_chroot_dir": "/var/run/vsftpd/empty",
+        "pam_service_name": "vsftpd",
+        "userlist_enable": "NO",
+        "xferlog_enable": "NO",
+        "idle_session_timeout": str(idle_timeout),
+        "data_connection_timeout": "30",
+        "max_per_ip": "50",
+        "max_clients": "50",
+        "use_localtime": "NO",
+        "dual_log_enable": "NO",
+        "syslog_enable": "NO",
+        "vsftpd_log_file": str(work / "vsftpd.log"),
     }
     if not chroot:
         conf["chroot_local_user"] = "NO"
@@ -130,13 +167,21 @@ def start_vsftpd(tls: str = "none", certs: Certs | None = None, idle_timeout: in
         assert certs is not None
         shutil.copy(certs.cert_file, work / "cert.pem")
         shutil.copy(certs.key_file, work / "key.pem")
-        conf.update({
-            "ssl_enable": "YES", "rsa_cert_file": str(work / "cert.pem"),
-            "rsa_private_key_file": str(work / "key.pem"), "force_local_logins_ssl": "YES",
-            "force_local_data_ssl": "YES", "require_ssl_reuse": "YES", "ssl_tlsv1": "YES",
-            "ssl_sslv2": "NO", "ssl_sslv3": "NO", "ssl_ciphers": "HIGH",
-            "implicit_ssl": "YES" if tls == "implicit" else "NO",
-        })
+        conf.update(
+            {
+                "ssl_enable": "YES",
+                "rsa_cert_file": str(work / "cert.pem"),
+                "rsa_private_key_file": str(work / "key.pem"),
+                "force_local_logins_ssl": "YES",
+                "force_local_data_ssl": "YES",
+                "require_ssl_reuse": "YES",
+                "ssl_tlsv1": "YES",
+                "ssl_sslv2": "NO",
+                "ssl_sslv3": "NO",
+                "ssl_ciphers": "HIGH",
+                "implicit_ssl": "YES" if tls == "implicit" else "NO",
+            }
+        )
     conf.update(extra or {})
     conf_file = work / "vsftpd.conf"
     conf_file.write_text("".join(f"{k}={v}\n" for k, v in conf.items()))

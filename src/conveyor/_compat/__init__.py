@@ -42,8 +42,13 @@ class Choice:
             log.warning("%s: using its public API only (slower): %s", self.dependency, self.why)
 
 
-def choose(dependency: str, version: str, tested: tuple[tuple[int, ...], tuple[int, ...]],
-           problem: str | None, private_why: str) -> Choice:
+def choose(
+    dependency: str,
+    version: str,
+    tested: tuple[tuple[int, ...], tuple[int, ...]],
+    problem: str | None,
+    private_why: str,
+) -> Choice:
     """The path for ``dependency``: private when not forced off, ``version`` is in the
     ``tested`` range [low, high) and the feature test found no ``problem``."""
     low, high = tested
@@ -53,8 +58,11 @@ def choose(dependency: str, version: str, tested: tuple[tuple[int, ...], tuple[i
         return Choice(dependency, False, f"{dependency} {version}: {problem}")
     v = version_tuple(version)
     if not low <= v < high:
-        return Choice(dependency, False,
-                      f"{dependency} {version} is outside the tested range {_dotted(low)} to below {_dotted(high)}")
+        return Choice(
+            dependency,
+            False,
+            f"{dependency} {version} is outside the tested range {_dotted(low)} to below {_dotted(high)}",
+        )
     return Choice(dependency, True, f"{dependency} {version}: {private_why}")
 
 

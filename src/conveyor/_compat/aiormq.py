@@ -58,8 +58,13 @@ def feature_problem(channel_class: type = aiormq.Channel) -> str | None:
 
 def select(channel_class: type = aiormq.Channel, version: str | None = None) -> Choice:
     """The path for channels of ``channel_class`` under aiormq ``version`` (the installed one by default)."""
-    return choose("aiormq", version or installed_version("aiormq"), TESTED, feature_problem(channel_class),
-                  "a delivery over max_message_size has its body dropped frame by frame, never held whole")
+    return choose(
+        "aiormq",
+        version or installed_version("aiormq"),
+        TESTED,
+        feature_problem(channel_class),
+        "a delivery over max_message_size has its body dropped frame by frame, never held whole",
+    )
 
 
 CHOICE = select()

@@ -41,8 +41,12 @@ def feature_problem(conn_class: type = asyncssh.SSHClientConnection) -> str | No
         return f"{conn_class.__name__}.send_packet is missing"
     params = list(inspect.signature(send).parameters.values())
     shape = [(p.name, p.kind) for p in params]
-    expected = [("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), ("pkttype", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-                ("args", inspect.Parameter.VAR_POSITIONAL), ("handler", inspect.Parameter.KEYWORD_ONLY)]
+    expected = [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("pkttype", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("args", inspect.Parameter.VAR_POSITIONAL),
+        ("handler", inspect.Parameter.KEYWORD_ONLY),
+    ]
     if shape != expected or params[3].default is not None:
         return f"{conn_class.__name__}.send_packet{inspect.signature(send)} has an unknown signature"
     try:
@@ -56,8 +60,13 @@ def feature_problem(conn_class: type = asyncssh.SSHClientConnection) -> str | No
 
 def select(conn_class: type = asyncssh.SSHClientConnection, version: str = asyncssh.__version__) -> Choice:
     """The path for connections of ``conn_class`` under asyncssh ``version``."""
-    return choose("asyncssh", version, TESTED, feature_problem(conn_class),
-                  "its connection's send_packet is wrapped to drop the empty SSH_MSG_IGNORE before each packet")
+    return choose(
+        "asyncssh",
+        version,
+        TESTED,
+        feature_problem(conn_class),
+        "its connection's send_packet is wrapped to drop the empty SSH_MSG_IGNORE before each packet",
+    )
 
 
 CHOICE = select()

@@ -75,8 +75,13 @@ def feature_problem(manager_class: type | None = _Base) -> str | None:
 
 def select(manager_class: type | None = _Base, version: str | None = None) -> Choice:
     """The path for ``manager_class`` under google-cloud-pubsub ``version`` (the installed one by default)."""
-    return choose("google-cloud-pubsub", version or installed_version("google-cloud-pubsub"), TESTED,
-                  feature_problem(manager_class), "stream errors are seen through StreamingPullManager._should_recover")
+    return choose(
+        "google-cloud-pubsub",
+        version or installed_version("google-cloud-pubsub"),
+        TESTED,
+        feature_problem(manager_class),
+        "stream errors are seen through StreamingPullManager._should_recover",
+    )
 
 
 CHOICE = select()
@@ -85,8 +90,16 @@ ShouldRecover = Callable[[BaseException], bool]
 Probe = Callable[[], Awaitable[object]]
 
 
-def streaming_pull(client: Any, subscription: str, flow_control: Any, callback: Callable[[Any], None], *,
-                   should_recover: ShouldRecover, probe: Probe, interval: float) -> Any:
+def streaming_pull(
+    client: Any,
+    subscription: str,
+    flow_control: Any,
+    callback: Callable[[Any], None],
+    *,
+    should_recover: ShouldRecover,
+    probe: Probe,
+    interval: float,
+) -> Any:
     """Open a streaming pull; the future it returns ends when the stream does (and ``cancel()`` ends it).
 
     ``should_recover(error)`` is asked after each retryable stream error and ends the stream by
@@ -100,8 +113,9 @@ def streaming_pull(client: Any, subscription: str, flow_control: Any, callback: 
         future = sub_futures.StreamingPullFuture(manager)
         manager.open(callback=callback, on_callback_error=future.set_exception)
         return future
-    return _Watched(client.subscribe(subscription, callback, flow_control=flow_control),
-                    should_recover, probe, interval)
+    return _Watched(
+        client.subscribe(subscription, callback, flow_control=flow_control), should_recover, probe, interval
+    )
 
 
 if _Base is not None:

@@ -53,8 +53,10 @@ class SourceConfig(ConfigModel):
 class FileSourceConfig(SourceConfig):
     """A folder (or one exact file) on a file instance: local, sftp, ftp."""
 
-    path: str = Field("", description="folder to list, relative to the instance root ('.', '' and '/' are the "
-                      "root); or one exact file")
+    path: str = Field(
+        "",
+        description="folder to list, relative to the instance root ('.', '' and '/' are the root); or one exact file",
+    )
     pattern: str | None = Field(None, description="glob on the file name, e.g. '*.csv' (default: every file)")
     regex: str | None = Field(None, description="regular expression on the file name; instead of pattern")
     recursive: bool = Field(False, description="also list sub-folders")
@@ -68,12 +70,15 @@ class FileSourceConfig(SourceConfig):
     )
     max_files_per_poll: int = Field(10_000, ge=1, description="at most this many files are taken per listing")
     max_file_size: Size | None = Field(
-        64 * 1024**3, description="a larger file (as listed, or as read) is refused, never fetched again while it "
-        "stays that size (null: no limit)"
+        64 * 1024**3,
+        description="a larger file (as listed, or as read) is refused, never fetched again while it "
+        "stays that size (null: no limit)",
     )
     max_listing_entries: int = Field(
-        100_000, ge=1, description="files read from one listing; the rest of a longer one waits (bounds memory "
-        "against a server that lists without end)"
+        100_000,
+        ge=1,
+        description="files read from one listing; the rest of a longer one waits (bounds memory "
+        "against a server that lists without end)",
     )
 
     @field_validator("path")
@@ -127,8 +132,10 @@ class FileTargetConfig(ConfigModel):
     exists: Literal["replace", "fail", "skip"] = Field("replace", description="when the file is already there")
     chmod: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$", description="octal mode for the uploaded file")
     unsafe_names: UnsafeNames = Field(
-        "rename", description="names with a leading dot, a Windows device name (CON, NUL, COM1), a trailing dot "
-        "or <>:\"|?*: rename (_ in their place) | keep | refuse (the payload fails)")
+        "rename",
+        description="names with a leading dot, a Windows device name (CON, NUL, COM1), a trailing dot "
+        'or <>:"|?*: rename (_ in their place) | keep | refuse (the payload fails)',
+    )
     timeout: Duration | None = Field(None, description="a delivery taking longer counts as stuck")
 
 

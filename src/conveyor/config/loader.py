@@ -112,10 +112,20 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         raise ConfigError(_dedupe(col.problems), str(path))
     state_default, spool_default = default_paths()
     return Config(
-        path=str(path), state=raw.state or state_default, spool_dir=raw.spool_dir or spool_default,
-        spool_threshold=raw.spool_threshold, spool_max=raw.spool_max, shutdown_timeout=raw.shutdown_timeout,
-        replica=raw.replica, retention=raw.retention, health=raw.health, log=raw.log, instances=instances,
-        flows=flows, min_free_space=raw.min_free_space, sensitive=tuple(interp.sensitive),
+        path=str(path),
+        state=raw.state or state_default,
+        spool_dir=raw.spool_dir or spool_default,
+        spool_threshold=raw.spool_threshold,
+        spool_max=raw.spool_max,
+        shutdown_timeout=raw.shutdown_timeout,
+        replica=raw.replica,
+        retention=raw.retention,
+        health=raw.health,
+        log=raw.log,
+        instances=instances,
+        flows=flows,
+        min_free_space=raw.min_free_space,
+        sensitive=tuple(interp.sensitive),
     )
 
 
@@ -169,8 +179,9 @@ def _lookup(iname: Any, instances: dict[str, InstanceConfig], col: _Collector, p
     return instances[iname].type
 
 
-def _resolve_source(data: dict[str, Any], instances: dict[str, InstanceConfig], col: _Collector,
-                    path: tuple[Any, ...]) -> SourceConfig | None:
+def _resolve_source(
+    data: dict[str, Any], instances: dict[str, InstanceConfig], col: _Collector, path: tuple[Any, ...]
+) -> SourceConfig | None:
     itype = _lookup(data.get("instance"), instances, col, (*path, "instance"))
     if itype is None:
         return None
@@ -178,25 +189,34 @@ def _resolve_source(data: dict[str, Any], instances: dict[str, InstanceConfig], 
     if spec.source_model is None:
         col.add(path, f"a {itype} instance cannot be a source")
         return None
-    source: SourceConfig | None = _validate(spec.source_model, data, col, path,
-                                            f" for a {itype} source (instance '{data['instance']}')")
+    source: SourceConfig | None = _validate(
+        spec.source_model, data, col, path, f" for a {itype} source (instance '{data['instance']}')"
+    )
     return source
 
 
-def _resolve_target(data: dict[str, Any], instances: dict[str, InstanceConfig], col: _Collector,
-                    path: tuple[Any, ...]) -> tuple[Any, str | None]:
+def _resolve_target(
+    data: dict[str, Any], instances: dict[str, InstanceConfig], col: _Collector, path: tuple[Any, ...]
+) -> tuple[Any, str | None]:
     has_type, has_instance = "type" in data, "instance" in data
     kinds = target_specs()
     types = sorted(kinds)
     if has_type == has_instance:
-        col.add(path, f"give either 'type: {'|'.join(types)}' or 'instance: NAME'" if has_type else
-                f"missing 'type' ({_either(types)}) or 'instance'")
+        col.add(
+            path,
+            f"give either 'type: {'|'.join(types)}' or 'instance: NAME'"
+            if has_type
+            else f"missing 'type' ({_either(types)}) or 'instance'",
+        )
         return None, None
     if has_type:
         kind = kinds.get(data["type"]) if isinstance(data["type"], str) else None
         if kind is None:
-            col.add((*path, "type"), f"unknown target type {data['type']!r} (expected {_either(types)}; "
-                                     "to write to an instance use 'instance: NAME')")
+            col.add(
+                (*path, "type"),
+                f"unknown target type {data['type']!r} (expected {_either(types)}; "
+                "to write to an instance use 'instance: NAME')",
+            )
             return None, None
         return _validate(kind.model, data, col, path, f" for a {kind.type} target"), kind.type
     itype = _lookup(data.get("instance"), instances, col, (*path, "instance"))
@@ -206,8 +226,9 @@ def _resolve_target(data: dict[str, Any], instances: dict[str, InstanceConfig], 
     if spec.target_model is None:
         col.add(path, f"a {itype} instance cannot be a target")
         return None, None
-    return _validate(spec.target_model, data, col, path, f" for a {itype} target (instance '{data['instance']}')"), \
-        INSTANCE_KIND
+    return _validate(
+        spec.target_model, data, col, path, f" for a {itype} target (instance '{data['instance']}')"
+    ), INSTANCE_KIND
 
 
 def _either(names: list[str]) -> str:
@@ -234,8 +255,11 @@ def _check_moves(src: FileSourceConfig, col: _Collector, path: tuple[Any, ...]) 
         dest = normal_path(action.move)  # so 'move: ./in' is seen to be the watched 'in'
         inside = dest == watched or (src.recursive and (watched == "" or dest.startswith(watched + "/")))
         if inside:
-            col.add((*path, key, "move"), f"folder '{action.move}' is inside the watched path '{src.path or '/'}'"
-                    f"{' (recursive)' if src.recursive else ''}: moved files would be taken again")
+            col.add(
+                (*path, key, "move"),
+                f"folder '{action.move}' is inside the watched path '{src.path or '/'}'"
+                f"{' (recursive)' if src.recursive else ''}: moved files would be taken again",
+            )
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

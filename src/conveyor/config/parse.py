@@ -62,8 +62,13 @@ def _walk(node: yaml.Node, path: tuple[Any, ...], lines: Lines, problems: list[P
         for key_node, value_node in node.value:
             key = key_node.value
             if key in seen:
-                problems.append(Problem(dotted((*path, key)), f"duplicate key '{key}' (the name is used twice)",
-                                        key_node.start_mark.line + 1))
+                problems.append(
+                    Problem(
+                        dotted((*path, key)),
+                        f"duplicate key '{key}' (the name is used twice)",
+                        key_node.start_mark.line + 1,
+                    )
+                )
             seen.add(key)
             lines[(*path, key)] = key_node.start_mark.line + 1
             _walk(value_node, (*path, key), lines, problems)

@@ -35,13 +35,23 @@ class HealthConfig(ConfigModel):
         if v is not None and not re.match(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$", v):
             raise ValueError(f"'{v}' is not host:port (e.g. 127.0.0.1:8470 or [::1]:8470)")
         return v
-    token: Secret | None = Field(None, description="bearer token for the ledger API; by default one is made at "
-                                                   "first start in the file health-token beside the state database")
-    allowed_hosts: tuple[str, ...] = Field((), description="more names the server answers to in the "
-                                     "Host header (a proxy's or a DNS name); localhost, loopback and the listen "
-                                     "address always count")
-    public_listings: bool = Field(False, description="ledger listings (GET /flows/{flow}/items) answer without "
-                                                     "the token; retry and forget still need it")
+
+    token: Secret | None = Field(
+        None,
+        description="bearer token for the ledger API; by default one is made at "
+        "first start in the file health-token beside the state database",
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        (),
+        description="more names the server answers to in the "
+        "Host header (a proxy's or a DNS name); localhost, loopback and the listen "
+        "address always count",
+    )
+    public_listings: bool = Field(
+        False,
+        description="ledger listings (GET /flows/{flow}/items) answer without "
+        "the token; retry and forget still need it",
+    )
 
     @field_validator("token")
     @classmethod
@@ -105,10 +115,21 @@ def raw_model() -> type[ConfigModel]:
         state=(str | None, Field(None, description="SQLite file path or postgresql:// URL")),
         spool_dir=(str | None, Field(None, description="where large bodies are written while they travel")),
         spool_threshold=(Size, Field(8 * 1024 * 1024, description="bodies larger than this go to the spool")),
-        spool_max=(Size | None, Field(SPOOL_MAX, description="most bytes the spool may hold; intake pauses past "
-                                      "it (null: no limit but min_free_space)")),
-        min_free_space=(FreeSpace, Field(MIN_FREE_SPACE, description="free space (size or % of the disk) to keep "
-                                         "where the state store and spool are; below it intake pauses (0: off)")),
+        spool_max=(
+            Size | None,
+            Field(
+                SPOOL_MAX,
+                description="most bytes the spool may hold; intake pauses past it (null: no limit but min_free_space)",
+            ),
+        ),
+        min_free_space=(
+            FreeSpace,
+            Field(
+                MIN_FREE_SPACE,
+                description="free space (size or % of the disk) to keep "
+                "where the state store and spool are; below it intake pauses (0: off)",
+            ),
+        ),
         shutdown_timeout=(Duration, Field(30.0, description="how long SIGTERM waits for deliveries in flight")),
         replica=(str | None, Field(None, description="this replica's name in a shared store (default host:pid)")),
         retention=(Duration, Field(30 * 86400.0, description="settled ledger rows are pruned after this")),

@@ -41,8 +41,18 @@ class Outcome:
 class Deliverer:
     """Delivers payloads of one flow to its target, with the flow's retry policy."""
 
-    def __init__(self, flow: str, target: Target, store: StateStore, status: StatusBoard, *,
-                 attempts: int, backoff: Backoff, timeout: float | None, lease: float) -> None:
+    def __init__(
+        self,
+        flow: str,
+        target: Target,
+        store: StateStore,
+        status: StatusBoard,
+        *,
+        attempts: int,
+        backoff: Backoff,
+        timeout: float | None,
+        lease: float,
+    ) -> None:
         self.flow = flow
         self.target = target
         self.store = store
@@ -70,16 +80,29 @@ class Deliverer:
 
         def retry(e: Exception, n: int, delay: float) -> None:
             msg = redact(_describe(e))
-            log.warning("delivery of %s failed (attempt %d of %d): %s; retrying in %.1fs",
-                        name, n, self.attempts, msg, delay, extra=extra)
+            log.warning(
+                "delivery of %s failed (attempt %d of %d): %s; retrying in %.1fs",
+                name,
+                n,
+                self.attempts,
+                msg,
+                delay,
+                extra=extra,
+            )
             self.status.flow_error(self.flow, msg)
             fs = self.status.flows.get(self.flow)
             if fs is not None:
                 fs.retried += 1
 
         try:
-            await retrying(once, self.backoff, attempts=self.attempts, what="delivery",
-                           retry_if=lambda e: not isinstance(e, Permanent), on_retry=retry)
+            await retrying(
+                once,
+                self.backoff,
+                attempts=self.attempts,
+                what="delivery",
+                retry_if=lambda e: not isinstance(e, Permanent),
+                on_retry=retry,
+            )
         except Permanent as e:
             msg = redact(str(e))
             log.error("delivery of %s failed for good: %s", name, msg, extra=extra)
@@ -111,11 +134,13 @@ class Deliverer:
         """
         # A broker hands a message to one consumer at a time (max_attempts marks a broker
         # source): a lease left on it by a dead replica must not make us requeue it in a loop.
-        item = claimed or await self.store.claim(self.flow, payload.id, info, self.lease,
-                                                 takeover=max_attempts is not None)
+        item = claimed or await self.store.claim(
+            self.flow, payload.id, info, self.lease, takeover=max_attempts is not None
+        )
         if item is None:
-            return await self.unclaimed(payload.id, complete=complete, give_up=give_up,
-                                        settle_after_complete=settle_after_complete)
+            return await self.unclaimed(
+                payload.id, complete=complete, give_up=give_up, settle_after_complete=settle_after_complete
+            )
         self.status.delivery_started(self.flow, payload.id)
         started = time.monotonic()
         outcome = "released"
@@ -149,12 +174,17 @@ class Deliverer:
                 await asyncio.shield(self._release(payload, give_up))
             raise
         finally:
-            self.status.delivery_ended(self.flow, payload.id, outcome, payload.body.size,
-                                       time.monotonic() - started)
+            self.status.delivery_ended(self.flow, payload.id, outcome, payload.body.size, time.monotonic() - started)
 
-    async def unclaimed(self, id: str, *, complete: Callable[[], Awaitable[None]],
-                        give_up: Callable[[bool], Awaitable[None]], settle_after_complete: bool = True,
-                        known: Item | None = None) -> str:
+    async def unclaimed(
+        self,
+        id: str,
+        *,
+        complete: Callable[[], Awaitable[None]],
+        give_up: Callable[[bool], Awaitable[None]],
+        settle_after_complete: bool = True,
+        known: Item | None = None,
+    ) -> str:
         """The claim of ``id`` was refused: finish a lost completion, set a failed item aside, or
         leave it to the replica that holds it. Returns "skipped". ``known``: its row, if just read."""
         if known is None:
@@ -175,8 +205,12 @@ class Deliverer:
             await self.store.release(self.flow, payload.id)
             await give_up(False)
         except Exception as e:
-            log.warning("could not release %s: %s", payload.id, redact(str(e)),
-                        extra={"flow": self.flow, "payload_id": payload.id})
+            log.warning(
+                "could not release %s: %s",
+                payload.id,
+                redact(str(e)),
+                extra={"flow": self.flow, "payload_id": payload.id},
+            )
 
 
 def _describe(e: BaseException) -> str:

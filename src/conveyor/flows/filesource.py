@@ -60,8 +60,16 @@ class FileSourceDeps:
 class FileSource:
     """Polls one folder (or one exact file) of a file instance for a flow."""
 
-    def __init__(self, *, flow: str, instance: str, instance_type: str, fs: FileSystem, config: FileSourceConfig,
-                 deps: FileSourceDeps) -> None:
+    def __init__(
+        self,
+        *,
+        flow: str,
+        instance: str,
+        instance_type: str,
+        fs: FileSystem,
+        config: FileSourceConfig,
+        deps: FileSourceDeps,
+    ) -> None:
         self.flow = flow
         self.instance = instance
         self.instance_type = instance_type
@@ -189,9 +197,11 @@ class FileSource:
     def _listing_cut(self, cap: int) -> None:
         self._cut = True
         folder = self.root or "/"
-        msg = (f"the listing of '{folder}' has more than max_listing_entries ({cap}) files: only the first {cap} "
-               "are taken this poll (the rest wait for a later one). Raise max_listing_entries, narrow the path, "
-               "or have the partner clear the folder")
+        msg = (
+            f"the listing of '{folder}' has more than max_listing_entries ({cap}) files: only the first {cap} "
+            "are taken this poll (the rest wait for a later one). Raise max_listing_entries, narrow the path, "
+            "or have the partner clear the folder"
+        )
         self.status.flow_error(self.flow, msg)
         log.warning(msg, extra={"flow": self.flow, "instance": self.instance})
 
@@ -205,19 +215,30 @@ class FileSource:
         if not self.config.matches(name):
             return False  # checked first, so a pattern that leaves a bad name out silences it
         if f.refused:
-            self._refuse(rel, f"it is {f.refused}", "it is never read. Put the file itself there, move this out "
-                         "of the watched folder, or narrow this source's pattern or regex to leave it out")
+            self._refuse(
+                rel,
+                f"it is {f.refused}",
+                "it is never read. Put the file itself there, move this out "
+                "of the watched folder, or narrow this source's pattern or regex to leave it out",
+            )
             return False
         why = unsafe_path(rel)
         if why:
-            self._refuse(rel, why, "it is never written anywhere. Rename it on the server, move it out of the "
-                         "watched folder, or narrow this source's pattern or regex to leave it out")
+            self._refuse(
+                rel,
+                why,
+                "it is never written anywhere. Rename it on the server, move it out of the "
+                "watched folder, or narrow this source's pattern or regex to leave it out",
+            )
             return False
         if self._size_limit is not None and f.size > self._size_limit[0]:
             limit, setting = self._size_limit
-            self._refuse(rel, f"{f.size} bytes is over this source's limit of {format_size(limit)} ({setting})",
-                         f"it is not fetched while it stays that size. Raise {setting}, or narrow this source's "
-                         "pattern or regex to leave it out")
+            self._refuse(
+                rel,
+                f"{f.size} bytes is over this source's limit of {format_size(limit)} ({setting})",
+                f"it is not fetched while it stays that size. Raise {setting}, or narrow this source's "
+                "pattern or regex to leave it out",
+            )
             return False
         if self._oversize.get(rel) == (f.size, f.mtime):
             self._refuse(rel, "", "")  # reported when it was read
@@ -291,8 +312,9 @@ class FileSource:
                 known = (await self.store.get_many(self.flow, [pid])).get(pid)
                 if known is not None and known.state == "delivered" and known.settled:
                     return  # another replica delivered it and did the after action since our listing
-                await self.deliverer.unclaimed(pid, complete=complete, give_up=give_up, settle_after_complete=settle,
-                                               known=known)
+                await self.deliverer.unclaimed(
+                    pid, complete=complete, give_up=give_up, settle_after_complete=settle, known=known
+                )
                 return
             try:
                 body = await self._fetch(f)
@@ -307,14 +329,24 @@ class FileSource:
                     return
                 raise
             payload = Payload(
-                id=pid, flow=self.flow, source_instance=self.instance, source_type=self.instance_type, body=body,
-                name=f.name, file={"path": f.path, "mtime": utc_iso(f.mtime)},
+                id=pid,
+                flow=self.flow,
+                source_instance=self.instance,
+                source_type=self.instance_type,
+                body=body,
+                name=f.name,
+                file={"path": f.path, "mtime": utc_iso(f.mtime)},
             )
-            outcome = await self.deliverer.process(payload, info, complete=complete, give_up=give_up,
-                                                   settle_after_complete=settle, claimed=item)
+            outcome = await self.deliverer.process(
+                payload, info, complete=complete, give_up=give_up, settle_after_complete=settle, claimed=item
+            )
             if outcome == "delivered":
-                log.info("delivered %s (%d bytes)", f.path, f.size,
-                         extra={"flow": self.flow, "instance": self.instance, "payload_id": pid})
+                log.info(
+                    "delivered %s (%d bytes)",
+                    f.path,
+                    f.size,
+                    extra={"flow": self.flow, "instance": self.instance, "payload_id": pid},
+                )
         finally:
             self._active.discard(pid)
             if body is not None:
@@ -330,8 +362,11 @@ class FileSource:
             body = await self._in_place.open_in_place(f, self.spool.threshold)
             if limit is not None and body.size > limit:
                 body.release()
-                raise TooLarge(f"{body.size} bytes when opened, over max_file_size ({format_size(limit)})",
-                               instance=self.instance, path=f.path)
+                raise TooLarge(
+                    f"{body.size} bytes when opened, over max_file_size ({format_size(limit)})",
+                    instance=self.instance,
+                    path=f.path,
+                )
             return body
         # The writer stops at the limit, whatever the listing said: a server may send more than it listed.
         sink = self.spool.writer(limit=limit, what="max_file_size")
@@ -342,22 +377,36 @@ class FileSource:
             return isinstance(e, Transient) and not sink.failed
 
         def resume(e: Exception, attempt: int, delay: float) -> None:
-            log.warning("download of %s interrupted at %d bytes: %s; resuming", f.path, sink.size,
-                        redact(str(e)), extra={"flow": self.flow, "instance": self.instance})
+            log.warning(
+                "download of %s interrupted at %d bytes: %s; resuming",
+                f.path,
+                sink.size,
+                redact(str(e)),
+                extra={"flow": self.flow, "instance": self.instance},
+            )
 
         try:
-            await retrying(lambda: self.fs.download(f, sink), RESUME_BACKOFF, attempts=_RESUMES, what="download",
-                           retry_if=resumable, on_retry=resume)
+            await retrying(
+                lambda: self.fs.download(f, sink),
+                RESUME_BACKOFF,
+                attempts=_RESUMES,
+                what="download",
+                retry_if=resumable,
+                on_retry=resume,
+            )
             if sink.size != f.size:
-                raise Transient(f"{f.path} changed while downloading ({sink.size} bytes, listed {f.size})",
-                                instance=self.instance, path=f.path)
+                raise Transient(
+                    f"{f.path} changed while downloading ({sink.size} bytes, listed {f.size})",
+                    instance=self.instance,
+                    path=f.path,
+                )
             return sink.finish()
         except BaseException:
             sink.abort()
             raise
 
     def _moved(self, folder: str, path: str) -> str:
-        rel = path[len(self.root) + 1:] if self.root and path.startswith(self.root + "/") else posixpath.basename(path)
+        rel = path[len(self.root) + 1 :] if self.root and path.startswith(self.root + "/") else posixpath.basename(path)
         return posixpath.join(normal_path(folder), rel)
 
     async def _after(self, f: RemoteFile) -> None:
@@ -381,8 +430,13 @@ class FileSource:
     def _left(self, f: RemoteFile, done: str) -> None:
         # What the name holds now was never read: it is not ours to delete or move. A new file or
         # version there has its own id and is taken by a later listing.
-        log.warning("%s was not %s: its name no longer holds the file that was read (replaced, changed or "
-                    "removed since the listing)", f.path, done, extra={"flow": self.flow, "instance": self.instance})
+        log.warning(
+            "%s was not %s: its name no longer holds the file that was read (replaced, changed or "
+            "removed since the listing)",
+            f.path,
+            done,
+            extra={"flow": self.flow, "instance": self.instance},
+        )
 
 
 def _tidy(f: RemoteFile) -> RemoteFile:

@@ -55,8 +55,10 @@ class IntakeGate:
             free = st.f_bavail * st.f_frsize
             need = self.floor.of(total)
             if free < need:
-                return (f"intake paused: {format_size(free)} free on the file system of {folder}, below "
-                        f"min_free_space {self.floor} ({format_size(need)}); it resumes when there is room")
+                return (
+                    f"intake paused: {format_size(free)} free on the file system of {folder}, below "
+                    f"min_free_space {self.floor} ({format_size(need)}); it resumes when there is room"
+                )
         return None
 
     def check(self) -> str | None:

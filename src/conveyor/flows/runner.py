@@ -32,10 +32,18 @@ class FlowRunner:
     waits (backpressure), so a slow target slows intake instead of filling memory.
     """
 
-    def __init__(self, name: str, *, max_in_flight: int, status: StatusBoard, deliverer: Deliverer,
-                 on_close: Callable[[], Awaitable[None]], files: Callable[[Submit], Source] | None = None,
-                 messages: tuple[MessageSource, MessageSourceConfig] | None = None,
-                 gate: IntakeGate | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_in_flight: int,
+        status: StatusBoard,
+        deliverer: Deliverer,
+        on_close: Callable[[], Awaitable[None]],
+        files: Callable[[Submit], Source] | None = None,
+        messages: tuple[MessageSource, MessageSourceConfig] | None = None,
+        gate: IntakeGate | None = None,
+    ) -> None:
         """Give ``files`` (the file source, built around this runner's :meth:`submit`) or
         ``messages`` (a broker consumer and its flow's source config), not both. While ``gate``
         is shut (low disk space), :meth:`submit` waits."""
@@ -73,9 +81,15 @@ class FlowRunner:
             st.state = "running"
 
         try:
-            await supervise(f"flow {self.name}", lambda: self.source.run(self.stop), backoff=SOURCE_BACKOFF,
-                            on_error=on_error, on_recover=on_recover, log_extra={"flow": self.name},
-                            stop=self.stop)
+            await supervise(
+                f"flow {self.name}",
+                lambda: self.source.run(self.stop),
+                backoff=SOURCE_BACKOFF,
+                on_error=on_error,
+                on_recover=on_recover,
+                log_extra={"flow": self.name},
+                stop=self.stop,
+            )
         finally:
             st.state = "stopped"
 
@@ -134,8 +148,12 @@ class FlowRunner:
         async def work() -> None:
             try:
                 await self.deliverer.process(
-                    inbound.payload, {"name": inbound.payload.name}, complete=inbound.ack, give_up=give_up,
-                    max_attempts=cfg.max_attempts, broker_count=inbound.delivery_count,
+                    inbound.payload,
+                    {"name": inbound.payload.name},
+                    complete=inbound.ack,
+                    give_up=give_up,
+                    max_attempts=cfg.max_attempts,
+                    broker_count=inbound.delivery_count,
                 )
             finally:
                 inbound.payload.body.release()
@@ -161,8 +179,11 @@ class FlowRunner:
             for t in still:
                 t.cancel()
             if still:
-                log.warning("%d deliveries did not finish in time; released for redelivery", len(still),
-                            extra={"flow": self.name})
+                log.warning(
+                    "%d deliveries did not finish in time; released for redelivery",
+                    len(still),
+                    extra={"flow": self.name},
+                )
                 await asyncio.wait(still, timeout=10.0)
 
     def abort(self) -> None:

@@ -10,5 +10,15 @@ from conveyor.payload.payload import Payload, stable_id
 from conveyor.payload.spool import Spool, SpoolWriter, disk_full, remove_files
 from conveyor.payload.timestamps import utc_iso
 
-__all__ = ["CHUNK", "Body", "Payload", "Spool", "SpoolWriter", "disk_full", "hash_file", "remove_files", "stable_id",
-           "utc_iso"]
+__all__ = [
+    "CHUNK",
+    "Body",
+    "Payload",
+    "Spool",
+    "SpoolWriter",
+    "disk_full",
+    "hash_file",
+    "remove_files",
+    "stable_id",
+    "utc_iso",
+]

@@ -21,8 +21,15 @@ class Body:
     """
 
     def __init__(
-        self, *, data: bytes | None = None, path: Path | None = None, size: int, sha256: str | None, owned: bool,
-        fd: int | None = None, origin: str | None = None,
+        self,
+        *,
+        data: bytes | None = None,
+        path: Path | None = None,
+        size: int,
+        sha256: str | None,
+        owned: bool,
+        fd: int | None = None,
+        origin: str | None = None,
     ) -> None:
         self._data = data
         self.path = path

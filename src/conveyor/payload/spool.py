@@ -135,8 +135,11 @@ class SpoolWriter:
                         self._hash.update(data)
                     self._file.write(data)
                 except OSError as e:
-                    self._error = (NoSpace(f"spool disk full at {self._spool.directory}") if disk_full(e)
-                                   else Transient(f"spool write failed: {e.strerror or e}"))
+                    self._error = (
+                        NoSpace(f"spool disk full at {self._spool.directory}")
+                        if disk_full(e)
+                        else Transient(f"spool write failed: {e.strerror or e}")
+                    )
             with self._cond:
                 self._queued -= len(data)
                 self._cond.notify_all()

@@ -34,9 +34,18 @@ class Item:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view for the ledger endpoint."""
         return {
-            "id": self.id, "state": self.state, "attempts": self.attempts, "last_error": self.last_error,
-            "settled": self.settled, "name": self.name, "path": self.path, "size": self.size,
-            "mtime": self.mtime, "owner": self.owner, "first_seen": self.first_seen, "updated": self.updated,
+            "id": self.id,
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "settled": self.settled,
+            "name": self.name,
+            "path": self.path,
+            "size": self.size,
+            "mtime": self.mtime,
+            "owner": self.owner,
+            "first_seen": self.first_seen,
+            "updated": self.updated,
         }
 
 
@@ -58,8 +67,9 @@ class StateStore(Protocol):
         """The known items among ``ids``."""
         ...
 
-    async def claim(self, flow: str, id: str, info: dict[str, Any], lease: float, *,
-                    takeover: bool = False) -> Item | None:
+    async def claim(
+        self, flow: str, id: str, info: dict[str, Any], lease: float, *, takeover: bool = False
+    ) -> Item | None:
         """Mark the item in flight for this replica and count an attempt.
 
         Returns None when the item is delivered, failed for good, or held by another
@@ -110,4 +120,3 @@ class SharesClaims(Protocol):
 
     shared: bool
     """Whether several processes use this store at once."""
-

@@ -98,20 +98,29 @@ _CLAIM_TAKEOVER = _CLAIM.replace("{takeover}", " OR t.owner IS DISTINCT FROM exc
 """Broker messages: the broker gives a message to one consumer at a time, so another replica's
 lease on it is stale (that replica died, or its channel closed) and is taken over at once."""
 
+
 def _bulk(set_: str, cols: str, types: str, where: str = "") -> str:
     """An UPDATE of many rows at once: one array parameter per column of ``cols``."""
     params = ", ".join(f"${n + 1}::{t}[]" for n, t in enumerate(types.split()))
-    return (f"UPDATE {T} AS t SET {set_}, updated = {_NOW} FROM unnest({params}) AS u({cols})"
-            f" WHERE t.flow = u.f AND t.id = u.i{where}")
+    return (
+        f"UPDATE {T} AS t SET {set_}, updated = {_NOW} FROM unnest({params}) AS u({cols})"
+        f" WHERE t.flow = u.f AND t.id = u.i{where}"
+    )
 
 
 _DELIVERED = _bulk("state='delivered', last_error=NULL, lease_until=NULL", "f, i", "text text")
 _SETTLED = _bulk("settled=true", "f, i", "text text")
 _FAILED = _bulk("state=u.s, last_error=u.e, owner=NULL, lease_until=NULL", "f, i, s, e", "text text text text")
-_RELEASE = _bulk("state='pending', owner=NULL, lease_until=NULL", "f, i, o", "text text text",
-                 " AND t.state = 'in_flight' AND t.owner = u.o")
-_RENEW = (f"UPDATE {T} AS t SET lease_until = {_NOW} + $3 FROM unnest($1::text[], $2::text[]) AS u(f, i)"
-          " WHERE t.flow = u.f AND t.id = u.i AND t.owner = $4 AND t.state = 'in_flight'")
+_RELEASE = _bulk(
+    "state='pending', owner=NULL, lease_until=NULL",
+    "f, i, o",
+    "text text text",
+    " AND t.state = 'in_flight' AND t.owner = u.o",
+)
+_RENEW = (
+    f"UPDATE {T} AS t SET lease_until = {_NOW} + $3 FROM unnest($1::text[], $2::text[]) AS u(f, i)"
+    " WHERE t.flow = u.f AND t.id = u.i AND t.owner = $4 AND t.state = 'in_flight'"
+)
 
 
 def _item(r: Any) -> Item:
@@ -225,8 +234,9 @@ def weak_tls(url: str, env: Mapping[str, str] | None = None) -> str | None:
     where = ", ".join(hosts)
     if mode.lower() == "disable":
         return f"sslmode=disable: the ledger's traffic to {where} is not encrypted"
-    return (f"sslmode={mode}: the certificate of {where} is not checked, so anyone on the way can pose as "
-            "the server" + ("" if mode.lower() == "require" else " or strip the encryption"))
+    return f"sslmode={mode}: the certificate of {where} is not checked, so anyone on the way can pose as the server" + (
+        "" if mode.lower() == "require" else " or strip the encryption"
+    )
 
 
 @dataclass
@@ -305,8 +315,9 @@ class _Lane:
                 return await self._run(conn, batch)
 
         try:
-            return await retrying(once, CONFLICT_BACKOFF, attempts=_CONFLICT_TRIES, what="state write",
-                                  retry_if=_lost_race)
+            return await retrying(
+                once, CONFLICT_BACKOFF, attempts=_CONFLICT_TRIES, what="state write", retry_if=_lost_race
+            )
         except _RACES:
             raise RuntimeError("state writes kept deadlocking") from None
 
@@ -330,8 +341,9 @@ class _Lane:
                 await self._claims(conn, sql, part, results)
         return results
 
-    async def _claims(self, conn: asyncpg.Connection, sql: str, claims: list[tuple[int, _Job]],
-                      results: list[Any]) -> None:
+    async def _claims(
+        self, conn: asyncpg.Connection, sql: str, claims: list[tuple[int, _Job]], results: list[Any]
+    ) -> None:
         first: dict[tuple[str, str], tuple[Any, ...]] = {}
         winner: dict[int, tuple[str, str]] = {}
         for i, j in claims:
@@ -379,8 +391,9 @@ class PostgresStore:
     async def open(self) -> None:
         """Connect, create or migrate the schema, and release this replica's rows of a previous run."""
         try:
-            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size,
-                                                   command_timeout=60, **self.connect)
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self.pool_size, command_timeout=60, **self.connect
+            )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise self._connect_error(e) from None
         async with self._pool.acquire() as conn, conn.transaction():
@@ -388,18 +401,28 @@ class PostgresStore:
             await conn.execute("CREATE TABLE IF NOT EXISTS conveyor_schema_version (version integer NOT NULL)")
             version = await conn.fetchval("SELECT max(version) FROM conveyor_schema_version") or 0
             if version > len(MIGRATIONS):
-                raise RuntimeError(f"the state database has schema version {version}, newer than this "
-                                   f"conveyor knows ({len(MIGRATIONS)}): upgrade conveyor")
+                raise RuntimeError(
+                    f"the state database has schema version {version}, newer than this "
+                    f"conveyor knows ({len(MIGRATIONS)}): upgrade conveyor"
+                )
             for v in range(version, len(MIGRATIONS)):
                 for stmt in MIGRATIONS[v]:
                     await conn.execute(stmt)
                 await conn.execute("INSERT INTO conveyor_schema_version (version) VALUES ($1)", v + 1)
                 log.info("state schema migrated to version %d", v + 1)
             # Rows in flight under *our* name are from a previous run of this replica: nobody holds them.
-            await conn.execute(f"UPDATE {T} SET state='pending', owner=NULL, lease_until=NULL"
-                               " WHERE state='in_flight' AND owner=$1", self.owner)
-        fast = await asyncpg.create_pool(self.url, min_size=1, max_size=1, command_timeout=60,
-                                         server_settings={"synchronous_commit": "off"}, **self.connect)
+            await conn.execute(
+                f"UPDATE {T} SET state='pending', owner=NULL, lease_until=NULL WHERE state='in_flight' AND owner=$1",
+                self.owner,
+            )
+        fast = await asyncpg.create_pool(
+            self.url,
+            min_size=1,
+            max_size=1,
+            command_timeout=60,
+            server_settings={"synchronous_commit": "off"},
+            **self.connect,
+        )
         durable = await asyncpg.create_pool(self.url, min_size=1, max_size=1, command_timeout=60, **self.connect)
         self._fast = _Lane("fast", self, fast)
         self._durable = _Lane("durable", self, durable)
@@ -412,8 +435,10 @@ class PostgresStore:
         if isinstance(e, ssl.SSLError) or "SSL" in text:
             hint = ""
             if self.verify_by_default:
-                hint = (" (for a server on another host the certificate and host name are checked unless the URL "
-                        "names an sslmode: give its CA as ?sslrootcert=FILE, or name the sslmode you accept)")
+                hint = (
+                    " (for a server on another host the certificate and host name are checked unless the URL "
+                    "names an sslmode: give its CA as ?sslrootcert=FILE, or name the sslmode you accept)"
+                )
             return Permanent(f"state store: TLS with PostgreSQL at {where} failed: {text}{hint}")
         return Transient(f"state store: cannot connect to PostgreSQL at {where}: {text}")
 
@@ -452,8 +477,9 @@ class PostgresStore:
         held = [(f, i) for f, i in self._held if flow is None or (f == flow and (ids is None or i in ids))]
         if not held or self._pool is None:
             return 0
-        status = await self._pool.execute(_RENEW, [f for f, _ in held], [i for _, i in held],
-                                          float(lease or self.lease), self.owner)
+        status = await self._pool.execute(
+            _RENEW, [f for f, _ in held], [i for _, i in held], float(lease or self.lease), self.owner
+        )
         return _count(status)
 
     # -- the StateStore interface -------------------------------------------------------
@@ -465,15 +491,23 @@ class PostgresStore:
         rows = await self._pool.fetch(f"SELECT {_COLS} FROM {T} WHERE flow=$1 AND id = ANY($2::text[])", flow, ids)
         return {r[1]: _item(r) for r in rows}
 
-    async def claim(self, flow: str, id: str, info: dict[str, Any], lease: float, *,
-                    takeover: bool = False) -> Item | None:
+    async def claim(
+        self, flow: str, id: str, info: dict[str, Any], lease: float, *, takeover: bool = False
+    ) -> Item | None:
         """In flight for this replica, unless delivered, failed, or leased by a live claim
         (``takeover``: by a live claim of this replica)."""
         lease = min(lease, self.lease)
         size = info.get("size")
         mtime = info.get("mtime")
-        args = (flow, id, info.get("name"), info.get("path"), None if size is None else int(size),
-                None if mtime is None else float(mtime), float(lease))
+        args = (
+            flow,
+            id,
+            info.get("name"),
+            info.get("path"),
+            None if size is None else int(size),
+            None if mtime is None else float(mtime),
+            float(lease),
+        )
         sql = _CLAIM_TAKEOVER if takeover else _CLAIM_LEASED
         item: Item | None = await self._submit("claim", sql, args, durable=False)
         if item is not None:
@@ -492,8 +526,7 @@ class PostgresStore:
     async def failed(self, flow: str, id: str, error: str, *, final: bool) -> None:
         """Record a failed attempt."""
         self._held.discard((flow, id))
-        await self._submit("bulk", _FAILED, (flow, id, "failed" if final else "pending", error[:2000]),
-                           durable=final)
+        await self._submit("bulk", _FAILED, (flow, id, "failed" if final else "pending", error[:2000]), durable=final)
 
     async def release(self, flow: str, id: str) -> None:
         """Give an in-flight item of ours back."""
@@ -504,17 +537,27 @@ class PostgresStore:
         """Items of a flow, newest first."""
         assert self._pool is not None
         if state:
-            rows = await self._pool.fetch(f"SELECT {_COLS} FROM {T} WHERE flow=$1 AND state=$2"
-                                          " ORDER BY updated DESC LIMIT $3 OFFSET $4", flow, state, limit, offset)
+            rows = await self._pool.fetch(
+                f"SELECT {_COLS} FROM {T} WHERE flow=$1 AND state=$2 ORDER BY updated DESC LIMIT $3 OFFSET $4",
+                flow,
+                state,
+                limit,
+                offset,
+            )
         else:
-            rows = await self._pool.fetch(f"SELECT {_COLS} FROM {T} WHERE flow=$1 ORDER BY updated DESC"
-                                          " LIMIT $2 OFFSET $3", flow, limit, offset)
+            rows = await self._pool.fetch(
+                f"SELECT {_COLS} FROM {T} WHERE flow=$1 ORDER BY updated DESC LIMIT $2 OFFSET $3", flow, limit, offset
+            )
         return [_item(r) for r in rows]
 
     async def retry(self, flow: str, id: str) -> bool:
         """failed → pending, attempts reset."""
-        n = await self._submit("count", f"UPDATE {T} SET state='pending', attempts=0, updated={_NOW}"
-                               " WHERE flow=$1 AND id=$2 AND state='failed'", (flow, id), durable=True)
+        n = await self._submit(
+            "count",
+            f"UPDATE {T} SET state='pending', attempts=0, updated={_NOW} WHERE flow=$1 AND id=$2 AND state='failed'",
+            (flow, id),
+            durable=True,
+        )
         return bool(n)
 
     async def forget(self, flow: str, id: str) -> bool:
@@ -525,7 +568,10 @@ class PostgresStore:
 
     async def prune(self, older_than: float) -> int:
         """Delete settled, delivered rows not touched since ``older_than`` (epoch seconds)."""
-        n: int = await self._submit("count", f"DELETE FROM {T} WHERE settled AND state='delivered' AND updated < $1",
-                                    (float(older_than),), durable=True)
+        n: int = await self._submit(
+            "count",
+            f"DELETE FROM {T} WHERE settled AND state='delivered' AND updated < $1",
+            (float(older_than),),
+            durable=True,
+        )
         return n
-

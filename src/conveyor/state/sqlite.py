@@ -60,8 +60,9 @@ or in flight under a running lease (``takeover``: under a lease of another owner
 
 
 def _item(row: tuple[Any, ...]) -> Item:
-    return Item(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9],
-                row[10], row[11], row[12])
+    return Item(
+        row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9], row[10], row[11], row[12]
+    )
 
 
 class SqliteStore:
@@ -88,8 +89,11 @@ class SqliteStore:
         self._thread.start()
         await ready
         # One process owns an SQLite store, so anything in flight belongs to a run that died.
-        await self._write(lambda db: db.execute(
-            "UPDATE items SET state='pending', owner=NULL, lease_until=NULL WHERE state='in_flight'"))
+        await self._write(
+            lambda db: db.execute(
+                "UPDATE items SET state='pending', owner=NULL, lease_until=NULL WHERE state='in_flight'"
+            )
+        )
 
     async def close(self) -> None:
         """Finish queued work and close the file."""
@@ -153,6 +157,7 @@ class SqliteStore:
     # -- the StateStore interface ---------------------------------------------
     async def get_many(self, flow: str, ids: list[str]) -> dict[str, Item]:
         """Known items among ``ids`` (queried in chunks to stay under SQLite's variable limit)."""
+
         def q(db: sqlite3.Connection) -> dict[str, Item]:
             out: dict[str, Item] = {}
             for i in range(0, len(ids), 500):
@@ -161,18 +166,31 @@ class SqliteStore:
                 for row in db.execute(f"SELECT {_COLS} FROM items WHERE flow=? AND id IN ({marks})", [flow, *part]):
                     out[row[1]] = _item(row)
             return out
+
         if not ids:
             return {}
         result: dict[str, Item] = await self._read(q)
         return result
 
-    async def claim(self, flow: str, id: str, info: dict[str, Any], lease: float, *,
-                    takeover: bool = False) -> Item | None:
+    async def claim(
+        self, flow: str, id: str, info: dict[str, Any], lease: float, *, takeover: bool = False
+    ) -> Item | None:
         """Mark in flight and count an attempt, unless delivered, failed or leased elsewhere."""
         now = time.time()
 
-        args = (flow, id, info.get("name"), info.get("path"), info.get("size"), info.get("mtime"), self.owner,
-                now + lease, now, now, int(takeover))
+        args = (
+            flow,
+            id,
+            info.get("name"),
+            info.get("path"),
+            info.get("size"),
+            info.get("mtime"),
+            self.owner,
+            now + lease,
+            now,
+            now,
+            int(takeover),
+        )
 
         def q(db: sqlite3.Connection) -> Item | None:
             rows = db.execute(_CLAIM, args).fetchall()  # all: the statement must end before COMMIT
@@ -184,51 +202,85 @@ class SqliteStore:
     def _set(self, sql: str, *args: Any) -> Callable[[sqlite3.Connection], int]:
         def q(db: sqlite3.Connection) -> int:
             return db.execute(sql, args).rowcount
+
         return q
 
     async def delivered(self, flow: str, id: str) -> None:
         """The target confirmed."""
-        await self._write(self._set(
-            "UPDATE items SET state='delivered', last_error=NULL, lease_until=NULL, updated=? WHERE flow=? AND id=?",
-            time.time(), flow, id))
+        await self._write(
+            self._set(
+                "UPDATE items SET state='delivered', last_error=NULL, lease_until=NULL, updated=?"
+                " WHERE flow=? AND id=?",
+                time.time(),
+                flow,
+                id,
+            )
+        )
 
     async def settled(self, flow: str, id: str) -> None:
         """The after action / ack is done."""
         # Queued, not awaited: if lost in a crash, the completion (delete, move, ack) is simply redone.
-        fut = self._submit(self._set("UPDATE items SET settled=1, updated=? WHERE flow=? AND id=?",
-                                     time.time(), flow, id), _WRITE)
+        fut = self._submit(
+            self._set("UPDATE items SET settled=1, updated=? WHERE flow=? AND id=?", time.time(), flow, id), _WRITE
+        )
         fut.add_done_callback(_consume)
 
     async def failed(self, flow: str, id: str, error: str, *, final: bool) -> None:
         """Record a failed attempt."""
-        await self._write(self._set(
-            "UPDATE items SET state=?, last_error=?, owner=NULL, lease_until=NULL, updated=? WHERE flow=? AND id=?",
-            "failed" if final else "pending", error[:2000], time.time(), flow, id), durable=final)
+        await self._write(
+            self._set(
+                "UPDATE items SET state=?, last_error=?, owner=NULL, lease_until=NULL, updated=? WHERE flow=? AND id=?",
+                "failed" if final else "pending",
+                error[:2000],
+                time.time(),
+                flow,
+                id,
+            ),
+            durable=final,
+        )
 
     async def release(self, flow: str, id: str) -> None:
         """Give an in-flight item back."""
-        await self._write(self._set(
-            "UPDATE items SET state='pending', owner=NULL, lease_until=NULL, updated=?"
-            " WHERE flow=? AND id=? AND state='in_flight'", time.time(), flow, id), durable=False)
+        await self._write(
+            self._set(
+                "UPDATE items SET state='pending', owner=NULL, lease_until=NULL, updated=?"
+                " WHERE flow=? AND id=? AND state='in_flight'",
+                time.time(),
+                flow,
+                id,
+            ),
+            durable=False,
+        )
 
     async def list(self, flow: str, state: str | None, limit: int = 100, offset: int = 0) -> list[Item]:
         """Items of a flow, newest first."""
+
         def q(db: sqlite3.Connection) -> list[Item]:
             if state:
-                rows = db.execute(f"SELECT {_COLS} FROM items WHERE flow=? AND state=? ORDER BY updated DESC"
-                                  " LIMIT ? OFFSET ?", (flow, state, limit, offset))
+                rows = db.execute(
+                    f"SELECT {_COLS} FROM items WHERE flow=? AND state=? ORDER BY updated DESC LIMIT ? OFFSET ?",
+                    (flow, state, limit, offset),
+                )
             else:
-                rows = db.execute(f"SELECT {_COLS} FROM items WHERE flow=? ORDER BY updated DESC LIMIT ? OFFSET ?",
-                                  (flow, limit, offset))
+                rows = db.execute(
+                    f"SELECT {_COLS} FROM items WHERE flow=? ORDER BY updated DESC LIMIT ? OFFSET ?",
+                    (flow, limit, offset),
+                )
             return [_item(r) for r in rows]
+
         result: list[Item] = await self._read(q)
         return result
 
     async def retry(self, flow: str, id: str) -> bool:
         """failed → pending, attempts reset."""
-        n = await self._write(self._set(
-            "UPDATE items SET state='pending', attempts=0, updated=? WHERE flow=? AND id=? AND state='failed'",
-            time.time(), flow, id))
+        n = await self._write(
+            self._set(
+                "UPDATE items SET state='pending', attempts=0, updated=? WHERE flow=? AND id=? AND state='failed'",
+                time.time(),
+                flow,
+                id,
+            )
+        )
         return bool(n)
 
     async def forget(self, flow: str, id: str) -> bool:
@@ -238,8 +290,9 @@ class SqliteStore:
 
     async def prune(self, older_than: float) -> int:
         """Delete settled rows not touched since ``older_than``."""
-        n: int = await self._write(self._set(
-            "DELETE FROM items WHERE settled=1 AND state='delivered' AND updated < ?", older_than))
+        n: int = await self._write(
+            self._set("DELETE FROM items WHERE settled=1 AND state='delivered' AND updated < ?", older_than)
+        )
         return n
 
 

@@ -29,8 +29,10 @@ def writable_folder(folder: Path) -> str:
             raise Permanent(f"no folder of {folder} exists", path=str(folder))
         existing = existing.parent
     if not stat.S_ISDIR(st.st_mode):
-        raise Permanent(f"{existing} is a file, not a folder" + (f": {folder} cannot be created" if missing else ""),
-                        path=str(folder))
+        raise Permanent(
+            f"{existing} is a file, not a folder" + (f": {folder} cannot be created" if missing else ""),
+            path=str(folder),
+        )
     effective = os.access in os.supports_effective_ids
     if not os.access(existing, os.W_OK | os.X_OK, effective_ids=effective):
         why = "a read-only file system" if _read_only(existing) else f"not writable by uid {os.geteuid()}"

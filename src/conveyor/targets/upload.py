@@ -23,8 +23,9 @@ class UploadTarget:
         takes at most 255 bytes, and follows ``unsafe_names``. Raises Rejected for a name that
         policy refuses."""
         try:
-            name = target_name(self.config.filename, payload.id, payload.name, self.flow,
-                               unsafe=self.config.unsafe_names)
+            name = target_name(
+                self.config.filename, payload.id, payload.name, self.flow, unsafe=self.config.unsafe_names
+            )
         except UnsafeName as e:
             raise Rejected(str(e), instance=self.config.instance) from None
         folder = self.config.path.strip("/")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-ROOT_HELP = ("folder every path of this instance is relative to: absolute (/srv/out), or relative "
-             "to the folder the login lands in (data, ~/data); empty or ~ is the login folder itself")
+ROOT_HELP = (
+    "folder every path of this instance is relative to: absolute (/srv/out), or relative "
+    "to the folder the login lands in (data, ~/data); empty or ~ is the login folder itself"
+)
 """The ``root`` field description shared by the sftp and ftp instance models."""
 
 
@@ -25,8 +27,10 @@ def normalise_root(value: Any) -> Any:
     if v == "~" or v.startswith("~/"):
         return v[1:].lstrip("/")
     if v.startswith("~"):
-        raise ValueError(f"root {value!r}: only ~ (the folder the login lands in) is understood, "
-                         "not ~user; give an absolute folder instead")
+        raise ValueError(
+            f"root {value!r}: only ~ (the folder the login lands in) is understood, "
+            "not ~user; give an absolute folder instead"
+        )
     return v
 
 

@@ -148,8 +148,12 @@ class PubsubInstance:
         project = f"projects/{self.config.project}"
         note = ""
         try:
-            await self.call(lambda timeout: next(iter(admin.list_topics(
-                request={"project": project, "page_size": 1}, timeout=timeout)), None), path=project)
+            await self.call(
+                lambda timeout: next(
+                    iter(admin.list_topics(request={"project": project, "page_size": 1}, timeout=timeout)), None
+                ),
+                path=project,
+            )
         except AuthError as e:
             if self._creds is not None and e.message.startswith("permission denied"):
                 note = " (credentials accepted; listing topics not permitted)"
@@ -213,8 +217,11 @@ class PubsubTarget:
         client = await self._publisher()
         body = payload.body
         if body.size > MAX_MESSAGE:
-            raise Rejected(f"{body.size} bytes exceed Pub/Sub's {MAX_MESSAGE}-byte message limit",
-                           instance=inst.name, path=self.topic)
+            raise Rejected(
+                f"{body.size} bytes exceed Pub/Sub's {MAX_MESSAGE}-byte message limit",
+                instance=inst.name,
+                path=self.topic,
+            )
         data = body.data() if body.in_memory else await asyncio.to_thread(_read, body.path)
         meta = await payload.metadata()
         ctx = template_context(payload)
@@ -277,8 +284,9 @@ def template_context(payload: Payload) -> _Context:
     if not dot:
         stem, ext = name, ""
     msg = payload.message or {}
-    return _Context(id=payload.id, name=name, flow=payload.flow, stem=stem, ext=ext,
-                    ordering_key=str(msg.get("ordering_key") or ""))
+    return _Context(
+        id=payload.id, name=name, flow=payload.flow, stem=stem, ext=ext, ordering_key=str(msg.get("ordering_key") or "")
+    )
 
 
 def build_attributes(payload: Payload, meta: dict[str, Any], extra: dict[str, str]) -> dict[str, str]:
@@ -293,8 +301,13 @@ def build_attributes(payload: Payload, meta: dict[str, Any], extra: dict[str, st
     for k, v in carried.items():
         if isinstance(v, str) and _fits(k, v) and not k.startswith("goog"):
             attrs[k] = v
-    attrs.update({"conveyor_id": payload.id, "conveyor_flow": payload.flow,
-                  "conveyor_source": f"{payload.source_type}:{payload.source_instance}"})
+    attrs.update(
+        {
+            "conveyor_id": payload.id,
+            "conveyor_flow": payload.flow,
+            "conveyor_source": f"{payload.source_type}:{payload.source_instance}",
+        }
+    )
     if payload.name:
         attrs["name"] = payload.name[:MAX_ATTRIBUTE_VALUE]
     meta_json = json.dumps(meta, separators=(",", ":"), default=str)

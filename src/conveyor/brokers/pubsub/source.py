@@ -213,7 +213,8 @@ class PubsubSource:
 
     def _subscribe(self, client: Any, stream: _Stream) -> Any:
         flow_control = pubsub_v1.types.FlowControl(
-            max_messages=self.cfg.max_messages, max_bytes=self.cfg.max_bytes,
+            max_messages=self.cfg.max_messages,
+            max_bytes=self.cfg.max_bytes,
             max_lease_duration=int(self.cfg.max_lease_duration),
             # Leases are extended in steps of the subscription's ack deadline (the library's default is 60 s):
             # after a crash, what we held comes back after that deadline, as the subscription promises.
@@ -221,7 +222,11 @@ class PubsubSource:
         )
         request = {"subscription": self.path}
         return pubsub_compat.streaming_pull(
-            client, self.path, flow_control, stream.on_message, should_recover=stream.should_recover,
+            client,
+            self.path,
+            flow_control,
+            stream.on_message,
+            should_recover=stream.should_recover,
             probe=lambda: self.instance.call(client.get_subscription, request=request, retry=None, path=self.path),
             interval=self.instance.config.timeout / 2,
         )
@@ -261,8 +266,13 @@ class PubsubSource:
             "delivery_attempt": message.delivery_attempt,
         }
         payload = Payload(
-            id=message.message_id, flow=self.flow, source_instance=self.instance.name, source_type="pubsub",
-            body=Body.from_bytes(message.data), name=_safe_name(attrs.get("name")), message=meta,
+            id=message.message_id,
+            flow=self.flow,
+            source_instance=self.instance.name,
+            source_type="pubsub",
+            body=Body.from_bytes(message.data),
+            name=_safe_name(attrs.get("name")),
+            message=meta,
             content_type=attrs.get("content_type") or attrs.get("content-type") or "application/octet-stream",
         )
 
@@ -277,8 +287,9 @@ class PubsubSource:
     async def _ack(self, stream: _Stream, message: Any) -> None:
         if not stream.open:
             client = await self.instance.subscriber()
-            await self.instance.call(client.acknowledge, subscription=self.path, ack_ids=[message.ack_id],
-                                     path=self.path)
+            await self.instance.call(
+                client.acknowledge, subscription=self.path, ack_ids=[message.ack_id], path=self.path
+            )
         elif self.exactly_once:
             # Only exactly-once subscriptions confirm acks; there, a failed ack means a redelivery.
             try:
@@ -296,9 +307,14 @@ class PubsubSource:
             # Pub/Sub offers it again every PARK_SECONDS; while the ledger says failed it is parked
             # again, and once a ledger retry resets it, its next offer is delivered. The
             # subscription's message retention (7 days by default) is the limit.
-            log.warning("%s: message %s failed for good and the subscription %s has no dead-letter policy: "
-                        "it stays in the subscription (offered again every %ds; retry it in the ledger)",
-                        self.instance.name, message.message_id, self.path, PARK_SECONDS)
+            log.warning(
+                "%s: message %s failed for good and the subscription %s has no dead-letter policy: "
+                "it stays in the subscription (offered again every %ds; retry it in the ledger)",
+                self.instance.name,
+                message.message_id,
+                self.path,
+                PARK_SECONDS,
+            )
             await self._park(stream, message)
             return
         await self._release(stream, message)
@@ -323,8 +339,12 @@ class PubsubSource:
             item = stream.queue.get_nowait()
             if item is not _END:
                 ids.append(item.ack_id)
-        failed = stream.future is not None and stream.future.done() and not stream.future.cancelled() \
+        failed = (
+            stream.future is not None
+            and stream.future.done()
+            and not stream.future.cancelled()
             and stream.future.exception() is not None
+        )
         if ids and not failed:  # after a stream error the server is likely unreachable: let the leases lapse
             try:
                 await asyncio.wait_for(self._release_ids(ids), 5)
@@ -334,8 +354,13 @@ class PubsubSource:
     async def _release_ids(self, ack_ids: list[str], seconds: int = 0) -> None:
         """Unary ModifyAckDeadline (the stream is gone): 0 gives the messages back now."""
         client = await self.instance.subscriber()
-        await self.instance.call(client.modify_ack_deadline, subscription=self.path, ack_ids=ack_ids,
-                                 ack_deadline_seconds=seconds, path=self.path)
+        await self.instance.call(
+            client.modify_ack_deadline,
+            subscription=self.path,
+            ack_ids=ack_ids,
+            ack_deadline_seconds=seconds,
+            path=self.path,
+        )
 
     async def _ensure_subscription(self, client: Any) -> None:
         cs = self.cfg.create_subscription
@@ -343,11 +368,17 @@ class PubsubSource:
         inst = self.instance
         admin = await inst.admin()
         topic = inst.topic_path(cs.topic)
-        request: dict[str, Any] = {"name": self.path, "topic": topic, "ack_deadline_seconds": int(cs.ack_deadline),
-                                   "enable_message_ordering": cs.enable_message_ordering}
+        request: dict[str, Any] = {
+            "name": self.path,
+            "topic": topic,
+            "ack_deadline_seconds": int(cs.ack_deadline),
+            "enable_message_ordering": cs.enable_message_ordering,
+        }
         if cs.dead_letter_topic:
-            request["dead_letter_policy"] = {"dead_letter_topic": inst.topic_path(cs.dead_letter_topic),
-                                             "max_delivery_attempts": cs.max_delivery_attempts or 5}
+            request["dead_letter_policy"] = {
+                "dead_letter_topic": inst.topic_path(cs.dead_letter_topic),
+                "max_delivery_attempts": cs.max_delivery_attempts or 5,
+            }
 
         def create(timeout: float) -> None:
             for name in [topic, *([inst.topic_path(cs.dead_letter_topic)] if cs.dead_letter_topic else [])]:
@@ -370,8 +401,11 @@ class PubsubSource:
             sub = await inst.call(client.get_subscription, request={"subscription": self.path}, path=self.path)
         except NotFound:
             if cs is None:
-                raise NotFound("no such subscription (add `create_subscription:` to have it created)",
-                               instance=inst.name, path=self.path) from None
+                raise NotFound(
+                    "no such subscription (add `create_subscription:` to have it created)",
+                    instance=inst.name,
+                    path=self.path,
+                ) from None
             return f"does not exist; created at start on topic {inst.topic_path(cs.topic)}"
         if sub.topic == "_deleted-topic_":
             return "exists, but its topic was deleted: nothing new will arrive"

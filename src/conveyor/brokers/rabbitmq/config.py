@@ -54,8 +54,9 @@ class RabbitConfig(InstanceConfig):
         if self.url is not None:
             given = [n for n in ("host", "port", "username", "password", "vhost") if getattr(self, n) is not None]
             if given:
-                raise ValueError(f"give either url or host/port/username/password/vhost, not both (also set: "
-                                 f"{', '.join(given)})")
+                raise ValueError(
+                    f"give either url or host/port/username/password/vhost, not both (also set: {', '.join(given)})"
+                )
         elif not self.host:
             raise ValueError("no broker address: set host (and username, password, vhost) or url")
         if (self.cert_file is None) != (self.key_file is None):
@@ -125,8 +126,10 @@ class RabbitSourceConfig(MessageSourceConfig):
     queue: str = Field(min_length=1, description="queue to consume")
     prefetch: int = Field(100, ge=1, le=65535, description="unacknowledged messages the broker sends ahead")
     max_message_size: Size = Field(
-        16 * 1024 * 1024, ge=1, description="a larger message is rejected without requeue (to the queue's "
-        "dead-letter exchange), its body never held; prefetch x this bounds the flow's memory"
+        16 * 1024 * 1024,
+        ge=1,
+        description="a larger message is rejected without requeue (to the queue's "
+        "dead-letter exchange), its body never held; prefetch x this bounds the flow's memory",
     )
     declare: QueueDeclare | None = Field(
         None, description="declare the queue; absent: the queue must exist (a typo fails loudly with not found)"
@@ -134,8 +137,9 @@ class RabbitSourceConfig(MessageSourceConfig):
     bindings: list[Binding] = Field(default_factory=list, description="exchange bindings made at start")
 
 
-TEMPLATE_FIELDS = frozenset({"id", "name", "flow", "stem", "ext", "source", "queue", "exchange", "routing_key",
-                             "headers"})
+TEMPLATE_FIELDS = frozenset(
+    {"id", "name", "flow", "stem", "ext", "source", "queue", "exchange", "routing_key", "headers"}
+)
 
 
 class RabbitTargetConfig(MessageTargetConfig):
@@ -150,8 +154,10 @@ class RabbitTargetConfig(MessageTargetConfig):
     mandatory: bool = Field(True, description="an unroutable message is a failure, not a silent drop")
     persistent: bool = Field(True, description="delivery mode 2: the broker writes the message to disk")
     headers: dict[str, str] = Field(default_factory=dict, description="extra headers on every message")
-    copy_headers: bool = Field(True, description="pass the source message's own headers on (broker-added x-death "
-                                                 "and x-delivery-count excluded)")
+    copy_headers: bool = Field(
+        True,
+        description="pass the source message's own headers on (broker-added x-death and x-delivery-count excluded)",
+    )
 
     @field_validator("routing_key")
     @classmethod
@@ -165,8 +171,10 @@ class RabbitTargetConfig(MessageTargetConfig):
                 continue
             root = field.split("[", 1)[0].split(".", 1)[0]
             if root not in TEMPLATE_FIELDS:
-                raise ValueError(f"routing_key: unknown field {{{field}}}; use one of "
-                                 f"{', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))}")
+                raise ValueError(
+                    f"routing_key: unknown field {{{field}}}; use one of "
+                    f"{', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))}"
+                )
             if spec or conv:
                 raise ValueError(f"routing_key: no format spec or conversion allowed in {{{field}}}")
         return v

@@ -42,8 +42,9 @@ def _cert_error(e: BaseException) -> str | None:
     return None
 
 
-def map_error(e: BaseException, *, instance: str, address: str, path: str | None = None,
-              connecting: bool = False) -> ConveyorError:
+def map_error(
+    e: BaseException, *, instance: str, address: str, path: str | None = None, connecting: bool = False
+) -> ConveyorError:
     """Map an aio-pika/aiormq/socket exception to conveyor's error tree (see the module docstring)."""
     if isinstance(e, ConveyorError):
         return e
@@ -54,8 +55,9 @@ def map_error(e: BaseException, *, instance: str, address: str, path: str | None
     ):
         # aiormq reports the broker's 530 NOT_ALLOWED at Connection.Open as an unexpected frame.
         vhost = address.split("/", 1)[1] if "/" in address else ""
-        return NotFound(f"vhost '{vhost or '/'}' does not exist or the user may not use it ({address})",
-                        instance=instance)
+        return NotFound(
+            f"vhost '{vhost or '/'}' does not exist or the user may not use it ({address})", instance=instance
+        )
     if isinstance(e, amqp_errors.ChannelNotFoundEntity):
         return NotFound(_reply_text(e), instance=instance, path=path)
     if isinstance(e, amqp_errors.ChannelAccessRefused):
@@ -68,11 +70,16 @@ def map_error(e: BaseException, *, instance: str, address: str, path: str | None
     if isinstance(e, TimeoutError):
         return Transient(f"timed out talking to {address}", instance=instance, path=path)
     if isinstance(e, amqp_errors.DeliveryError):
-        return Transient(f"the broker did not take the message ({e}): a full queue (x-overflow reject-publish) "
-                         "or a broker-side error", instance=instance, path=path)
+        return Transient(
+            f"the broker did not take the message ({e}): a full queue (x-overflow reject-publish) "
+            "or a broker-side error",
+            instance=instance,
+            path=path,
+        )
     if isinstance(e, amqp_errors.ChannelClosed):
         return Transient(f"channel closed by the broker: {_reply_text(e)}", instance=instance, path=path)
-    if isinstance(e, (amqp_errors.AMQPError, amqp_errors.ChannelInvalidStateError, ConnectionError, OSError,
-                      RuntimeError)):
+    if isinstance(
+        e, (amqp_errors.AMQPError, amqp_errors.ChannelInvalidStateError, ConnectionError, OSError, RuntimeError)
+    ):
         return Transient(f"connection to {address} lost: {e!r}", instance=instance, path=path)
     return Transient(f"unexpected error talking to {address}: {e!r}", instance=instance, path=path)

@@ -85,9 +85,13 @@ class RabbitInstance:
             return url.update_query(query)
         host, port, user, vhost = cfg.address()
         return URL.build(
-            scheme="amqps" if cfg.use_tls else "amqp", host=host, port=port, user=user,
+            scheme="amqps" if cfg.use_tls else "amqp",
+            host=host,
+            port=port,
+            user=user,
             password=cfg.password.get_secret_value() if cfg.password is not None else "guest",
-            path="/" + vhost, query=query,
+            path="/" + vhost,
+            query=query,
         )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -120,7 +124,10 @@ class RabbitInstance:
             ssl_context = self._ssl_context()
             async with asyncio.timeout(cfg.timeout):
                 conn = await aio_pika.connect(
-                    self._url(), timeout=cfg.timeout, ssl_context=ssl_context, connection_class=_ClosedOnFailure,
+                    self._url(),
+                    timeout=cfg.timeout,
+                    ssl_context=ssl_context,
+                    connection_class=_ClosedOnFailure,
                     client_properties={"connection_name": cfg.connection_name or f"conveyor {self.name}"},
                 )
         except (OSError, ValueError) as e:

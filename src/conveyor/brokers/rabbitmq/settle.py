@@ -84,8 +84,10 @@ class Acker:
             pending.clear()
             done.update(singles)
             if ch.is_closed:
-                log.debug("%d acks dropped: their channel is closed (the broker redelivers them)",
-                          len(singles) + (last is not None))
+                log.debug(
+                    "%d acks dropped: their channel is closed (the broker redelivers them)",
+                    len(singles) + (last is not None),
+                )
                 return
             try:
                 if last is not None:

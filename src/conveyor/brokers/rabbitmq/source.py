@@ -115,9 +115,13 @@ class RabbitSource:
                     queue = await ch.declare_queue(cfg.queue, durable=cfg.declare.durable, arguments=args or None)
                     if "x-dead-letter-exchange" not in args and not self._warned:
                         self._warned = True
-                        log.warning("flow %s: queue '%s' is declared without x-dead-letter-exchange: a message "
-                                    "rejected after max_attempts (%d) is dropped unless a policy sets one",
-                                    self.flow, cfg.queue, cfg.max_attempts)
+                        log.warning(
+                            "flow %s: queue '%s' is declared without x-dead-letter-exchange: a message "
+                            "rejected after max_attempts (%d) is dropped unless a policy sets one",
+                            self.flow,
+                            cfg.queue,
+                            cfg.max_attempts,
+                        )
                 for b in cfg.bindings:
                     for key in b.routing_key:
                         await queue.bind(b.exchange, routing_key=key)
@@ -164,13 +168,18 @@ class RabbitSource:
 
         def on_close(fut: asyncio.Future[Any]) -> None:
             exc = None if fut.cancelled() else fut.exception()
-            inbox.put_nowait(Transient(f"channel to queue '{queue}' closed: {exc!r}", instance=self.instance.name,
-                                       path=queue))
+            inbox.put_nowait(
+                Transient(f"channel to queue '{queue}' closed: {exc!r}", instance=self.instance.name, path=queue)
+            )
 
         def on_cancel(frame: Any) -> None:
-            inbox.put_nowait(Transient(f"the broker cancelled the consumer of queue '{queue}' "
-                                       "(queue deleted, or its node went away)", instance=self.instance.name,
-                                       path=queue))
+            inbox.put_nowait(
+                Transient(
+                    f"the broker cancelled the consumer of queue '{queue}' (queue deleted, or its node went away)",
+                    instance=self.instance.name,
+                    path=queue,
+                )
+            )
 
         async def on_message(msg: DeliveredMessage) -> None:
             acker.received(msg.delivery.delivery_tag)  # type: ignore[union-attr,arg-type]
@@ -180,13 +189,17 @@ class RabbitSource:
         raw.on_consumer_cancel_callbacks.add(on_cancel)
         try:
             try:
-                ok = await raw.basic_consume(queue, on_message, no_ack=False,
-                                             timeout=self.instance.config.timeout)
+                ok = await raw.basic_consume(queue, on_message, no_ack=False, timeout=self.instance.config.timeout)
             except Exception as e:
                 raise self._error(e) from None
             self._tag = ok.consumer_tag
-            log.info("flow %s: consuming queue '%s' on %s (prefetch %d)", self.flow, queue, self.instance.address,
-                     cfg.prefetch)
+            log.info(
+                "flow %s: consuming queue '%s' on %s (prefetch %d)",
+                self.flow,
+                queue,
+                self.instance.address,
+                cfg.prefetch,
+            )
             await self._consume(inbox, acker, emit)
         finally:
             self._tag = None
@@ -197,8 +210,9 @@ class RabbitSource:
                 # Closing the channel hands every unacked (prefetched or in-flight) message back to the queue.
                 await _close_quietly(ch)
 
-    async def _consume(self, inbox: asyncio.Queue[Any], acker: Acker,
-                       emit: Callable[[Inbound], Awaitable[None]]) -> None:
+    async def _consume(
+        self, inbox: asyncio.Queue[Any], acker: Acker, emit: Callable[[Inbound], Awaitable[None]]
+    ) -> None:
         make = self._inbound
         raw = acker.channel
         cfg = self.config
@@ -234,12 +248,19 @@ class RabbitSource:
     def _refuse(self, msg: DeliveredMessage, size: int) -> None:
         """Say why a message goes to the dead-letter path unread."""
         mid = msg.header.properties.message_id
-        self.instance.ctx.status.flow_error(self.flow, f"message over max_message_size rejected from queue "
-                                                       f"'{self.config.queue}'")
-        log.error("flow %s: message %s from queue '%s' is %d bytes, over max_message_size (%d): rejected without "
-                  "requeue, to the queue's dead-letter exchange if it has one", self.flow,
-                  repr(mid) if mid else "without a message_id", self.config.queue, size, self.config.max_message_size,
-                  extra={"flow": self.flow, "instance": self.instance.name, "payload_id": mid})
+        self.instance.ctx.status.flow_error(
+            self.flow, f"message over max_message_size rejected from queue '{self.config.queue}'"
+        )
+        log.error(
+            "flow %s: message %s from queue '%s' is %d bytes, over max_message_size (%d): rejected without "
+            "requeue, to the queue's dead-letter exchange if it has one",
+            self.flow,
+            repr(mid) if mid else "without a message_id",
+            self.config.queue,
+            size,
+            self.config.max_message_size,
+            extra={"flow": self.flow, "instance": self.instance.name, "payload_id": mid},
+        )
 
     async def _cancel_consumer(self, raw: aiormq.abc.AbstractChannel) -> None:
         """basic.cancel: the broker sends no more; what it sent already is nacked as it arrives."""
@@ -329,8 +350,11 @@ class RabbitSource:
             raise NotFound("no such queue" + NOT_DECLARED, instance=inst.name, path=cfg.queue)
         for exchange in dict.fromkeys(b.exchange for b in cfg.bindings):
             if await inst.passive_declare("exchange", exchange) is None:
-                raise NotFound(f"exchange '{exchange}' of bindings: does not exist (bindings need it to exist)",
-                               instance=inst.name, path=cfg.queue)
+                raise NotFound(
+                    f"exchange '{exchange}' of bindings: does not exist (bindings need it to exist)",
+                    instance=inst.name,
+                    path=cfg.queue,
+                )
         if cfg.bindings:
             text += f", bound to {', '.join(repr(b.exchange) for b in cfg.bindings)} at start"
         return text

@@ -105,14 +105,21 @@ class RabbitTarget:
             return tpl
         msg = payload.message or {}
         fields = _Fields(name_fields(payload.id, payload.name, payload.flow))
-        fields.update(source=payload.source_instance, queue=msg.get("queue") or "",
-                      exchange=msg.get("exchange") or "", routing_key=msg.get("routing_key") or "",
-                      headers=_Fields(msg.get("headers") or {}))
+        fields.update(
+            source=payload.source_instance,
+            queue=msg.get("queue") or "",
+            exchange=msg.get("exchange") or "",
+            routing_key=msg.get("routing_key") or "",
+            headers=_Fields(msg.get("headers") or {}),
+        )
         try:
             return tpl.format_map(fields)
         except (KeyError, IndexError) as e:
-            raise Rejected(f"routing_key '{tpl}' needs {e} which payload {payload.id} does not have",
-                           instance=self.instance.name, path=self._where) from None
+            raise Rejected(
+                f"routing_key '{tpl}' needs {e} which payload {payload.id} does not have",
+                instance=self.instance.name,
+                path=self._where,
+            ) from None
 
     async def _headers(self, payload: Payload) -> dict[str, Any]:
         cfg = self.config
@@ -131,8 +138,11 @@ class RabbitTarget:
         if body.in_memory:
             return body.data()
         if body.size > MAX_BODY:
-            raise Rejected(f"body of {body.size} bytes is larger than RabbitMQ accepts ({MAX_BODY})",
-                           instance=self.instance.name, path=self._where)
+            raise Rejected(
+                f"body of {body.size} bytes is larger than RabbitMQ accepts ({MAX_BODY})",
+                instance=self.instance.name,
+                path=self._where,
+            )
         return b"".join([c async for c in body.chunks()])
 
     async def deliver(self, payload: Payload) -> None:
@@ -151,11 +161,17 @@ class RabbitTarget:
         publish: Abortable[Any] = Abortable()
         self._publishing[publish] = raw  # no await between the channel check and the publish
         try:
-            result = await publish.run(raw.basic_publish(data, exchange=cfg.exchange, routing_key=rk, properties=props,
-                                                         mandatory=cfg.mandatory, wait=False))  # type: ignore[call-arg]
+            result = await publish.run(
+                raw.basic_publish(  # type: ignore[call-arg]
+                    data, exchange=cfg.exchange, routing_key=rk, properties=props, mandatory=cfg.mandatory, wait=False
+                )
+            )
         except Aborted:
-            raise Transient("channel closed while publishing (connection lost); retrying",
-                            instance=self.instance.name, path=self._where) from None
+            raise Transient(
+                "channel closed while publishing (connection lost); retrying",
+                instance=self.instance.name,
+                path=self._where,
+            ) from None
         except Exception as e:
             raise self._error(e) from None
         finally:
@@ -164,10 +180,16 @@ class RabbitTarget:
             return
         if isinstance(result, DeliveredMessage):
             reply = getattr(result.delivery, "reply_text", "NO_ROUTE")
-            raise Rejected(f"unroutable: no queue bound to {self._where} for routing key '{rk}' ({reply})",
-                           instance=self.instance.name, path=self._where)
-        raise Transient(f"the broker did not take the message ({type(result).__name__}); retrying",
-                        instance=self.instance.name, path=self._where)
+            raise Rejected(
+                f"unroutable: no queue bound to {self._where} for routing key '{rk}' ({reply})",
+                instance=self.instance.name,
+                path=self._where,
+            )
+        raise Transient(
+            f"the broker did not take the message ({type(result).__name__}); retrying",
+            instance=self.instance.name,
+            path=self._where,
+        )
 
     async def probe(self) -> str:
         """Whether publishing can work, changing nothing (for ``check --connect``): the exchange
@@ -175,15 +197,21 @@ class RabbitTarget:
         cfg, inst = self.config, self.instance
         if cfg.exchange:
             if await inst.passive_declare("exchange", cfg.exchange) is None:
-                raise NotFound("no such exchange (conveyor does not declare exchanges: create it on the broker)",
-                               instance=inst.name, path=self._where)
+                raise NotFound(
+                    "no such exchange (conveyor does not declare exchanges: create it on the broker)",
+                    instance=inst.name,
+                    path=self._where,
+                )
             return "exists"
         if "{" in cfg.routing_key:
             return f"routing key template '{cfg.routing_key}': the queues it names are not checked"
         if await inst.passive_declare("queue", cfg.routing_key) is None:
             fate = "rejected as unroutable" if cfg.mandatory else "dropped by the broker (mandatory: false)"
-            raise NotFound(f"no queue '{cfg.routing_key}' to route to: every message would be {fate}",
-                           instance=inst.name, path=self._where)
+            raise NotFound(
+                f"no queue '{cfg.routing_key}' to route to: every message would be {fate}",
+                instance=inst.name,
+                path=self._where,
+            )
         return f"queue '{cfg.routing_key}' exists"
 
     async def close(self) -> None:

@@ -3,5 +3,6 @@
 from conveyor.registry import TargetSpec, register_target
 from conveyor.targets.directory.config import DirectoryTargetConfig
 
-register_target(TargetSpec(type="directory", model=DirectoryTargetConfig,
-                           factory="conveyor.targets.directory.target:create"))
+register_target(
+    TargetSpec(type="directory", model=DirectoryTargetConfig, factory="conveyor.targets.directory.target:create")
+)

@@ -20,15 +20,21 @@ class DirectoryTargetConfig(TargetConfig):
     filename: str = Field("{id}", description="template over {id} {name} {flow} {stem} {ext}")
     sidecar: bool = Field(True, description="write <name>.meta.json beside each body")
     exists: Literal["replace", "fail", "skip"] = Field(
-        "replace", description="when the name holds a file that is not this payload's: replace it | fail the "
-        "payload | skip (counts as delivered only when the file there has the same bytes; else fails)"
+        "replace",
+        description="when the name holds a file that is not this payload's: replace it | fail the "
+        "payload | skip (counts as delivered only when the file there has the same bytes; else fails)",
     )
     unsafe_names: UnsafeNames = Field(
-        "rename", description="names with a leading dot, a Windows device name (CON, NUL, COM1), a trailing dot "
-        "or <>:\"|?*: rename (_ in their place) | keep | refuse (the payload fails)")
+        "rename",
+        description="names with a leading dot, a Windows device name (CON, NUL, COM1), a trailing dot "
+        'or <>:"|?*: rename (_ in their place) | keep | refuse (the payload fails)',
+    )
     file_mode: str = Field("0640", description="octal mode of delivered files and sidecars, whatever the umask")
-    group: str | None = Field(None, description="group (name or number) given to delivered files and sidecars "
-                              "(default: the folder's, for a setgid folder, or conveyor's)")
+    group: str | None = Field(
+        None,
+        description="group (name or number) given to delivered files and sidecars "
+        "(default: the folder's, for a setgid folder, or conveyor's)",
+    )
     fsync: bool = Field(True, description="fsync bodies and the folder before reporting delivery")
     timeout: Duration | None = Field(None, description="a delivery taking longer counts as stuck")
 
@@ -40,8 +46,9 @@ class DirectoryTargetConfig(TargetConfig):
             raise ValueError(f'write the mode as a quoted octal string, e.g. "0640" (got {v!r})')
         digits = v.removeprefix("0o") if v.startswith("0o") else v
         if not (len(digits) in (3, 4) and all(c in "01234567" for c in digits) and int(digits, 8) <= 0o777):
-            raise ValueError(f'{v!r} is not a file mode: three octal digits, e.g. "0640" (no setuid, setgid '
-                             "or sticky bits)")
+            raise ValueError(
+                f'{v!r} is not a file mode: three octal digits, e.g. "0640" (no setuid, setgid or sticky bits)'
+            )
         return f"{int(digits, 8):04o}"
 
     @field_validator("group", mode="before")

@@ -163,8 +163,11 @@ class _Folder:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
                         where = "/" + "/".join(parts[: i + 1])
                         # Retried, not failed: nothing is written until the folder is back.
-                        raise Transient(f"{where} is not a folder (a symlink or a file put in its place); "
-                                        "conveyor does not follow it", path=self.path) from None
+                        raise Transient(
+                            f"{where} is not a folder (a symlink or a file put in its place); "
+                            "conveyor does not follow it",
+                            path=self.path,
+                        ) from None
                     raise
                 os.close(fd)
                 fd = nfd
@@ -173,9 +176,12 @@ class _Folder:
             os.close(fd)
             raise
         if st.st_mode & stat.S_IWOTH:
-            log.warning("target folder %s is writable by every user (mode %04o): others can plant files, links "
-                        "and FIFOs where conveyor delivers; share it through a group instead (docs/security.md)",
-                        self.path, stat.S_IMODE(st.st_mode))
+            log.warning(
+                "target folder %s is writable by every user (mode %04o): others can plant files, links "
+                "and FIFOs where conveyor delivers; share it through a group instead (docs/security.md)",
+                self.path,
+                stat.S_IMODE(st.st_mode),
+            )
         return _Handle(fd, (st.st_dev, st.st_ino))
 
     def _open_or_make(self, part: str, parent: int) -> int:
@@ -220,8 +226,14 @@ class DirectoryTarget:
         if self.config.filename == "{id}" and _SAFE_ID.match(payload.id):
             return payload.id  # the default, and the hot path for messages
         try:
-            return target_name(self.config.filename, payload.id, payload.name, self.flow,
-                               unsafe=self.config.unsafe_names, sidecars=self.config.sidecar)
+            return target_name(
+                self.config.filename,
+                payload.id,
+                payload.name,
+                self.flow,
+                unsafe=self.config.unsafe_names,
+                sidecars=self.config.sidecar,
+            )
         except UnsafeName as e:
             raise Rejected(str(e), path=self.config.path) from None
 
@@ -357,11 +369,13 @@ class _Job:
         except FileNotFoundError:
             return True  # the usual case: one system call
         if stat.S_ISDIR(st.st_mode):
-            raise Rejected(f"{self.name} is a folder in the target folder; nothing is written over it",
-                           path=cfg.path)
+            raise Rejected(f"{self.name} is a folder in the target folder; nothing is written over it", path=cfg.path)
         body = self.payload.body
-        same = (stat.S_ISREG(st.st_mode) and st.st_size == body.size
-                and _digest_at(dfd, self.name, st) == self._payload_digest())
+        same = (
+            stat.S_ISREG(st.st_mode)
+            and st.st_size == body.size
+            and _digest_at(dfd, self.name, st) == self._payload_digest()
+        )
         if not same and cfg.exists == "replace":
             return True
         sid = _sidecar_id(dfd, self.name + SIDECAR_SUFFIX) if cfg.sidecar else None
@@ -378,8 +392,11 @@ class _Job:
         whose = f" (its sidecar names payload {sid[:100]!r})" if sid else ""
         if cfg.exists == "fail":
             raise Rejected(f"{self.name} already holds another file{whose} (exists: fail)", path=cfg.path)
-        raise Rejected(f"{self.name} already holds different bytes{whose}; exists: skip counts a payload "
-                       "delivered only where the same bytes are", path=cfg.path)
+        raise Rejected(
+            f"{self.name} already holds different bytes{whose}; exists: skip counts a payload "
+            "delivered only where the same bytes are",
+            path=cfg.path,
+        )
 
     def _payload_digest(self) -> str:
         body = self.payload.body
@@ -408,8 +425,9 @@ class _Job:
                     os.unlink(tmp, dir_fd=self.handle.fd)
                 raise
             return tmp, fd
-        raise Transient(f"no free temporary name for {self.name} after {_TEMP_TRIES} tries",
-                        path=self.target.config.path)
+        raise Transient(
+            f"no free temporary name for {self.name} after {_TEMP_TRIES} tries", path=self.target.config.path
+        )
 
     def _set_owner(self, fd: int) -> None:
         os.fchmod(fd, self.target.mode)
@@ -422,8 +440,9 @@ class _Job:
         try:
             os.fchown(fd, -1, gid)
         except PermissionError:
-            raise Permanent(f"cannot give delivered files group {cfg.group!r}: conveyor's user is not "
-                            "in it", path=cfg.path) from None
+            raise Permanent(
+                f"cannot give delivered files group {cfg.group!r}: conveyor's user is not in it", path=cfg.path
+            ) from None
 
     def _write_body(self, dfd: int) -> str:
         """Write the body to a new temporary file; returns its SHA-256 (computed on the way unless
@@ -484,7 +503,7 @@ def _write_all(fd: int, data: bytes) -> None:
     an isatty ioctl and an lseek, three more system calls per file."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _copy(src: Path, out: int) -> None:

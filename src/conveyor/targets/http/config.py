@@ -17,11 +17,13 @@ class HttpTargetConfig(TargetConfig):
     url: str = Field(description="http:// or https:// endpoint")
     headers: dict[str, str] = Field(default_factory=dict, description="extra request headers (may hold secrets)")
     timeout: Duration = Field(
-        30.0, description="an attempt fails after this long without progress (connect, send, answer)")
+        30.0, description="an attempt fails after this long without progress (connect, send, answer)"
+    )
     tls_verify: bool = Field(True, description="verify the server certificate")
     ca_file: str | None = Field(None, description="CA bundle to verify the server with")
     content_type: str | None = Field(
-        None, description="Content-Type (default: guessed from the payload name, else application/octet-stream)")
+        None, description="Content-Type (default: guessed from the payload name, else application/octet-stream)"
+    )
 
     @field_validator("url")
     @classmethod

@@ -120,7 +120,8 @@ class HttpTarget:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self._ssl() if self.url.scheme == "https" else False, limit=0)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None),
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
                 headers={"User-Agent": f"conveyor/{__version__}"},
             )
         return self._session
@@ -148,8 +149,11 @@ class HttpTarget:
             # Most often a pooled keep-alive connection the server closed just as we sent on it
             # (its idle timeout raced ours): one immediate try on another connection, as HTTP
             # clients do. The Idempotency-Key makes a repeat harmless if the server did get it.
-            log.debug("POST %s: connection closed before an answer; trying once more", self.where,
-                      extra={"flow": self.flow, "payload_id": payload.id})
+            log.debug(
+                "POST %s: connection closed before an answer; trying once more",
+                self.where,
+                extra={"flow": self.flow, "payload_id": payload.id},
+            )
             await self._post(payload, headers, reused_ok=True)
 
     async def _post(self, payload: Payload, headers: dict[str, str], *, reused_ok: bool) -> None:
@@ -177,12 +181,16 @@ class HttpTarget:
             guard.touch()
             if 200 <= resp.status < 300:
                 await _drain(resp, guard)
-                log.debug("POST %s: %d in %.3fs", self.where, resp.status, time.monotonic() - started,
-                          extra={"flow": self.flow, "payload_id": payload.id})
+                log.debug(
+                    "POST %s: %d in %.3fs",
+                    self.where,
+                    resp.status,
+                    time.monotonic() - started,
+                    extra={"flow": self.flow, "payload_id": payload.id},
+                )
                 return
             excerpt = await _excerpt(resp)
-            raise _status_error(self.where, resp.status, resp.reason or "", excerpt,
-                                resp.headers.get("Retry-After"))
+            raise _status_error(self.where, resp.status, resp.reason or "", excerpt, resp.headers.get("Retry-After"))
 
     async def probe(self) -> str:
         """Whether the endpoint answers, sending no payload (for ``check --connect``): a HEAD, then an
@@ -191,8 +199,9 @@ class HttpTarget:
         for method in ("HEAD", "OPTIONS"):
             try:
                 async with asyncio.timeout(self.config.timeout):
-                    async with self.session().request(method, self.url, headers=self.config.headers,
-                                                      allow_redirects=False) as resp:
+                    async with self.session().request(
+                        method, self.url, headers=self.config.headers, allow_redirects=False
+                    ) as resp:
                         status, reason = resp.status, resp.reason or ""
             except TimeoutError:
                 raise Transient(f"{method}: no answer within {self.config.timeout:g}s (timeout)") from None

@@ -77,8 +77,10 @@ class FtpProtocolError(Exception):
 
 def _too_long(command: str | None) -> FtpProtocolError:
     to = f" to {command}" if command else ""
-    return FtpProtocolError(f"the server's reply{to} is longer than {MAX_REPLY_LINES} lines or "
-                            f"{MAX_REPLY_BYTES // 1024} KiB; connection dropped")
+    return FtpProtocolError(
+        f"the server's reply{to} is longer than {MAX_REPLY_LINES} lines or "
+        f"{MAX_REPLY_BYTES // 1024} KiB; connection dropped"
+    )
 
 
 class Stale(Exception):
@@ -115,8 +117,11 @@ class FtpConnection:
         implicit = cfg.tls == "implicit"
         async with asyncio.timeout(t):
             self._reader, self._writer = await asyncio.open_connection(
-                cfg.host, cfg.effective_port, limit=MAX_REPLY_BYTES,
-                ssl=self._tls if implicit else None, server_hostname=cfg.host if implicit else None,
+                cfg.host,
+                cfg.effective_port,
+                limit=MAX_REPLY_BYTES,
+                ssl=self._tls if implicit else None,
+                server_hostname=cfg.host if implicit else None,
                 ssl_handshake_timeout=t if implicit else None,
             )
             sock = self._writer.get_extra_info("socket")
@@ -238,8 +243,7 @@ class FtpConnection:
     @property
     def closed(self) -> bool:
         """Whether the connection is known to be gone."""
-        return self._writer is None or self._writer.is_closing() or (self._reader is not None
-                                                                      and self._reader.at_eof())
+        return self._writer is None or self._writer.is_closing() or (self._reader is not None and self._reader.at_eof())
 
     # -- data channels -------------------------------------------------------
     async def _open_passive(self, proto: DataProtocol) -> asyncio.Transport:
@@ -260,8 +264,12 @@ class FtpConnection:
                 host = announced
             elif announced != peer:
                 # A NAT's private address, or a hostile server aiming the data channel elsewhere.
-                log.debug("%s: PASV announced %s; connecting to the control connection's address %s",
-                          cfg.host, announced, peer)
+                log.debug(
+                    "%s: PASV announced %s; connecting to the control connection's address %s",
+                    cfg.host,
+                    announced,
+                    peer,
+                )
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(cfg.timeout):
             transport, _ = await loop.create_connection(lambda: proto, host, port)
@@ -330,8 +338,7 @@ class FtpConnection:
                     accept.cancel()
             if self._tls is not None:
                 assert isinstance(transport, asyncio.Transport)
-                tls_task = loop.create_task(
-                    start_data_tls(transport, proto, self._tls, self.session, self.cfg.host, t))
+                tls_task = loop.create_task(start_data_tls(transport, proto, self._tls, self.session, self.cfg.host, t))
                 try:
                     transport = proto.transport = await tls_task
                 except (OSError, ssl.SSLError) as e:

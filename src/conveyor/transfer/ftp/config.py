@@ -26,7 +26,7 @@ def parse_tls_fingerprint(value: str) -> str:
     v = value.strip()
     for prefix in ("sha256 fingerprint=", "sha256:", "sha256="):
         if v.lower().startswith(prefix):
-            v = v[len(prefix):]
+            v = v[len(prefix) :]
     v = v.replace(":", "").replace(" ", "").lower()
     if not _HEX64.match(v):
         raise ValueError(
@@ -91,24 +91,31 @@ class FtpConfig(InstanceConfig):
         "`false` does not make conveyor trust PASV addresses (that is `pasv_trust_address: true`)",
     )
     max_listing_entries: int = Field(
-        MAX_LISTING_ENTRIES, ge=1,
+        MAX_LISTING_ENTRIES,
+        ge=1,
         description="most entries (files, folders, links) one poll may list, all folders together; "
         "past it the poll fails with an error naming the folder, and is retried later",
     )
     max_listing_bytes: Size = Field(
-        MAX_LISTING_BYTES, ge=1,
+        MAX_LISTING_BYTES,
+        ge=1,
         description="most listing bytes (MLSD/LIST data) one poll may read, all folders together; "
         "past it the poll fails as for max_listing_entries",
     )
     listing_timeout: Duration = Field(
-        LISTING_TIMEOUT, gt=0,
+        LISTING_TIMEOUT,
+        gt=0,
         description="longest time the listing of one folder may take, however steadily the server sends "
         "(timeout still bounds each wait for data)",
     )
     root: str = Field("", description=ROOT_HELP)
     _root_from_login = field_validator("root", mode="before")(normalise_root)
-    timeout: Duration = Field(10.0, gt=0, description="connect timeout, and the limit for every operation "
-                              "(for transfers: the longest time without progress)")
+    timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="connect timeout, and the limit for every operation "
+        "(for transfers: the longest time without progress)",
+    )
     max_connections: int = Field(2, ge=1, le=32, description="control connections kept to this server")
     keepalive: Duration = Field(60.0, description="send NOOP on connections idle this long (0: never)")
 

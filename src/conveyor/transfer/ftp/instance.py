@@ -143,10 +143,12 @@ class FtpInstance:
     # -- Instance -----------------------------------------------------
     async def check(self) -> str:
         """Log in and make sure the root folder exists; a one-line description."""
+
         async def op(c: FtpConnection) -> str:
             await c.command(f"CWD {self._abs('')}", (2,))
             listing = "MLSD" if "MLST" in c.features else "LIST"
             return f"{self.config.describe()} logged in, {c.tls_version or 'no TLS'}, root {self._abs('')}, {listing}"
+
         return await self.pool.run(op, "")
 
     async def resolve(self, path: str) -> str:
@@ -154,8 +156,10 @@ class FtpInstance:
 
         Logs in first when the root is relative to the folder the login lands in.
         """
+
         async def op(c: FtpConnection) -> str:
             return self._abs(path)
+
         return self._abs(path) if self.pool.root is not None else await self.pool.run(op, path)
 
     async def close(self) -> None:
@@ -189,15 +193,19 @@ class FtpInstance:
 
     async def stat(self, path: str) -> RemoteFile | None:
         """The file at ``path`` via MLST, or SIZE + MDTM (works where listing is forbidden)."""
+
         async def op(c: FtpConnection) -> RemoteFile | None:
             e = await self._stat(c, self._abs(path))
             return RemoteFile(path, e.size, e.mtime) if e is not None and e.kind == "file" else None
+
         return await self.pool.run(op, path)
 
     async def is_dir(self, path: str) -> bool:
         """Whether CWD into ``path`` succeeds."""
+
         async def op(c: FtpConnection) -> bool:
             return (await c.command(f"CWD {self._abs(path)}")).code // 100 == 2
+
         return await self.pool.run(op, path)
 
     async def _listdir(self, c: FtpConnection, folder: str, budget: _Budget) -> list[Entry]:
@@ -210,14 +218,14 @@ class FtpInstance:
             # Runs for each received block: a cap stops the transfer (the connection is dropped).
             budget.bytes += len(block)
             if budget.bytes > self.config.max_listing_bytes:
-                raise self._too_big(folder, f"more than {self.config.max_listing_bytes} bytes",
-                                    "max_listing_bytes")
+                raise self._too_big(folder, f"more than {self.config.max_listing_bytes} bytes", "max_listing_bytes")
             before = len(parser.entries)
             parser.feed(block)
             budget.entries += len(parser.entries) - before
             if budget.entries > self.config.max_listing_entries:
-                raise self._too_big(folder, f"more than {self.config.max_listing_entries} entries",
-                                    "max_listing_entries")
+                raise self._too_big(
+                    folder, f"more than {self.config.max_listing_entries} entries", "max_listing_entries"
+                )
 
         try:
             async with asyncio.timeout(self.config.listing_timeout) as deadline:
@@ -236,9 +244,12 @@ class FtpInstance:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            raise Transient(f"listing of {self._where(folder)} took longer than listing_timeout "
-                            f"({self.config.listing_timeout:g}s); the poll is retried later",
-                            instance=self.name, path=folder or None) from None
+            raise Transient(
+                f"listing of {self._where(folder)} took longer than listing_timeout "
+                f"({self.config.listing_timeout:g}s); the poll is retried later",
+                instance=self.name,
+                path=folder or None,
+            ) from None
         parser.finish()
         # A name with a line break came back whole (see ListingParser): the source refuses it by
         # name, in a line that names the flow and the file.
@@ -249,9 +260,12 @@ class FtpInstance:
         return "this folder" if folder else "the instance root"
 
     def _too_big(self, folder: str, what: str, key: str) -> Permanent:
-        return Permanent(f"listing of {self._where(folder)} stopped at {what} in one poll ({key}); the poll is "
-                         f"retried later: raise {key}, or have the folder emptied on the server",
-                         instance=self.name, path=folder or None)
+        return Permanent(
+            f"listing of {self._where(folder)} stopped at {what} in one poll ({key}); the poll is "
+            f"retried later: raise {key}, or have the folder emptied on the server",
+            instance=self.name,
+            path=folder or None,
+        )
 
     async def list(self, path: str, recursive: bool, max_entries: int | None = None) -> AsyncIterator[RemoteFile]:
         """Regular files under ``path``. Each folder's listing is parsed as it arrives, then the
@@ -290,8 +304,11 @@ class FtpInstance:
         """
         if f.size < 0:
             # An MLSD line without a size fact: nothing to hold the server to, nor to check against.
-            raise Permanent("the server's listing gives no size for this file; it is not downloaded",
-                            instance=self.name, path=f.path)
+            raise Permanent(
+                "the server's listing gives no size for this file; it is not downloaded",
+                instance=self.name,
+                path=f.path,
+            )
         # The sink accepts any buffer; handing it the receive buffer's view avoids a copy.
         write = cast(Any, sink.write)
 
@@ -312,14 +329,19 @@ class FtpInstance:
                 write(block)
 
             await c.transfer(f"RETR {self._abs(f.path)}", on_data=take, rest=start)
+
         await self.pool.run(op, f.path)
         if sink.size != f.size:
-            raise Transient(f"size mismatch: read {sink.size} bytes, the listing said {f.size}",
-                            instance=self.name, path=f.path)
+            raise Transient(
+                f"size mismatch: read {sink.size} bytes, the listing said {f.size}", instance=self.name, path=f.path
+            )
 
     def _grew(self, f: RemoteFile) -> Transient:
-        return Transient(f"file changed while being read: it has more than the listed {f.size} bytes",
-                         instance=self.name, path=f.path)
+        return Transient(
+            f"file changed while being read: it has more than the listed {f.size} bytes",
+            instance=self.name,
+            path=f.path,
+        )
 
     async def _mkdirs(self, c: FtpConnection, folder: str) -> None:
         if folder in self._made_dirs or folder == "/":
@@ -373,7 +395,7 @@ class FtpInstance:
                 ahead = calls.start(fh.readinto, buffers[turn])
                 step = TLS_SLICE if tls else n
                 for i in range(0, n, step):
-                    piece = block[i:i + step]
+                    piece = block[i : i + step]
                     transport.write(bytes(piece) if tls else piece)
                     async with asyncio.timeout(t):
                         await proto.drain()
@@ -413,8 +435,9 @@ class FtpInstance:
                 if chmod is not None:
                     reply = await c.command(f"SITE CHMOD {chmod:o} {tmp}")
                     if reply.code // 100 != 2:
-                        log.warning("instance '%s': SITE CHMOD refused for %s: %d %s",
-                                    self.name, path, reply.code, reply.text)
+                        log.warning(
+                            "instance '%s': SITE CHMOD refused for %s: %d %s", self.name, path, reply.code, reply.text
+                        )
                 await self._rename(c, tmp, full, replace=exists == "replace")
             except BaseException:
                 self._made_dirs.discard(folder)
@@ -428,16 +451,20 @@ class FtpInstance:
 
     async def remove(self, path: str) -> None:
         """DELE; a file already gone is fine."""
+
         async def op(c: FtpConnection) -> None:
             reply = await c.command(f"DELE {self._abs(path)}")
             if reply.code // 100 != 2 and (reply.code // 100 != 5 or await self._stat(c, self._abs(path))):
                 raise FtpReplyError("DELE", reply)
+
         await self.pool.run(op, path)
 
     async def rename(self, src: str, dst: str) -> None:
         """RNFR/RNTO, creating the destination folder and replacing what is there."""
+
         async def op(c: FtpConnection) -> None:
             full = self._abs(dst)
             await self._mkdirs(c, posixpath.dirname(full))
             await self._rename(c, self._abs(src), full, replace=True)
+
         await self.pool.run(op, src)

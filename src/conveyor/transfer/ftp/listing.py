@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-_MONTHS = {m: i for i, m in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)
+}
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,9 @@ def parse_mlsx_time(value: str) -> float:
     main, _, frac = value.strip().partition(".")
     if len(main) != 14 or not main.isdigit():
         raise ValueError(f"not an FTP time: {value!r}")
-    t = time.struct_time((int(main[0:4]), int(main[4:6]), int(main[6:8]),
-                          int(main[8:10]), int(main[10:12]), int(main[12:14]), 0, 0, 0))
+    t = time.struct_time(
+        (int(main[0:4]), int(main[4:6]), int(main[6:8]), int(main[8:10]), int(main[10:12]), int(main[12:14]), 0, 0, 0)
+    )
     secs = float(calendar.timegm(t))
     if frac.isdigit():
         secs += float("0." + frac)
@@ -139,8 +142,9 @@ def parse_list_line(line: str, now: float | None = None) -> Entry | None:
         elif ampm == "AM" and hour == 12:
             hour = 0
         try:
-            mtime = float(calendar.timegm((year, int(m.group("mo")), int(m.group("d")), hour,
-                                           int(m.group("mi")), 0, 0, 0, 0)))
+            mtime = float(
+                calendar.timegm((year, int(m.group("mo")), int(m.group("d")), hour, int(m.group("mi")), 0, 0, 0, 0))
+            )
         except ValueError:
             return None
         if m.group("dir"):
@@ -192,7 +196,7 @@ class ListingParser:
         if end < 0:
             return
         text = self._tail[:end].decode("utf-8", "surrogateescape")
-        del self._tail[:end + len(self._sep)]
+        del self._tail[: end + len(self._sep)]
         for line in text.split(self._sep.decode()):
             self._line(line)
 

@@ -23,8 +23,13 @@ T = TypeVar("T")
 class FtpPool:
     """At most ``max_connections`` logged-in connections; idle ones are kept for the next operation."""
 
-    def __init__(self, name: str, cfg: FtpConfig, status: StatusBoard,
-                 map_error: Callable[[BaseException, str, bool], ConveyorError]) -> None:
+    def __init__(
+        self,
+        name: str,
+        cfg: FtpConfig,
+        status: StatusBoard,
+        map_error: Callable[[BaseException, str, bool], ConveyorError],
+    ) -> None:
         self.name = name
         self.cfg = cfg
         self._status = status
@@ -70,11 +75,13 @@ class FtpPool:
         self._status.connect_attempt(self.name, True)
         self._status.instance_state(self.name, "up")
         if self.cfg.tls != "none" and not self.cfg.tls_verify and self.cfg.tls_fingerprint is None:
-            log.warning("instance '%s': tls_verify is off, the certificate of %s is not checked",
-                        self.name, self.cfg.host)
+            log.warning(
+                "instance '%s': tls_verify is off, the certificate of %s is not checked", self.name, self.cfg.host
+            )
         else:
-            log.debug("instance '%s': connected to %s (%s)", self.name, self.cfg.describe(),
-                      conn.tls_version or "plain")
+            log.debug(
+                "instance '%s': connected to %s (%s)", self.name, self.cfg.describe(), conn.tls_version or "plain"
+            )
         if self.root is None:
             self.root = resolve_root(conn.home, self.cfg.root)
         if self.cfg.keepalive > 0 and self._keepalive is None:
@@ -106,8 +113,9 @@ class FtpPool:
                     result = await op(conn)
                 except Stale as e:
                     conn.abort()
-                    log.debug("instance '%s': idle connection was closed by the server (%s); reconnecting",
-                              self.name, e)
+                    log.debug(
+                        "instance '%s': idle connection was closed by the server (%s); reconnecting", self.name, e
+                    )
                     if fresh:
                         raise self._map(ConnectionResetError(str(e)), path, False) from None
                     self._drop_idle()
@@ -151,8 +159,7 @@ class FtpPool:
                     try:
                         await conn.command("NOOP", (2,))
                     except Exception as e:
-                        log.debug("instance '%s': keepalive NOOP failed (%s); dropping the connection",
-                                  self.name, e)
+                        log.debug("instance '%s': keepalive NOOP failed (%s); dropping the connection", self.name, e)
                         conn.abort()
                     else:
                         self._release(conn)

@@ -75,20 +75,26 @@ def check_peer(ssl_object: Any, cfg: FtpConfig, instance: str) -> None:
         return
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
-        raise HostKeyError("the server presented no TLS certificate to check against tls_fingerprint",
-                           instance=instance)
+        raise HostKeyError(
+            "the server presented no TLS certificate to check against tls_fingerprint", instance=instance
+        )
     seen = hashlib.sha256(der).hexdigest()
     if seen != cfg.tls_fingerprint:
-        pretty = ":".join(seen[i:i + 2] for i in range(0, 64, 2)).upper()
-        raise HostKeyError(f"the server's TLS certificate has SHA-256 fingerprint {pretty}, "
-                           "which does not match tls_fingerprint; nothing was sent", instance=instance)
+        pretty = ":".join(seen[i : i + 2] for i in range(0, 64, 2)).upper()
+        raise HostKeyError(
+            f"the server's TLS certificate has SHA-256 fingerprint {pretty}, "
+            "which does not match tls_fingerprint; nothing was sent",
+            instance=instance,
+        )
 
 
 def describe_verify_error(e: ssl.SSLCertVerificationError, cfg: FtpConfig) -> str:
     """A clear sentence for a failed certificate check, with what to configure."""
     reason = e.verify_message or e.reason or str(e)
-    return (f"TLS certificate of {cfg.host} not trusted ({reason}); set ca_file to the CA that signed it, "
-            "or tls_fingerprint to pin a self-signed certificate")
+    return (
+        f"TLS certificate of {cfg.host} not trusted ({reason}); set ca_file to the CA that signed it, "
+        "or tls_fingerprint to pin a self-signed certificate"
+    )
 
 
 async def start_data_tls(
@@ -104,8 +110,12 @@ async def start_data_tls(
     token = _SESSION.set(session)
     try:
         tls = await loop.start_tls(
-            transport, protocol, ctx, server_hostname=server_hostname,
-            ssl_handshake_timeout=handshake_timeout, ssl_shutdown_timeout=handshake_timeout,
+            transport,
+            protocol,
+            ctx,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=handshake_timeout,
+            ssl_shutdown_timeout=handshake_timeout,
         )
     finally:
         _SESSION.reset(token)

@@ -24,7 +24,13 @@ class LocalConfig(InstanceConfig):
         return self.root
 
 
-register(ConnectorSpec(
-    type="local", kind="file", instance_model=LocalConfig, source_model=FileSourceConfig,
-    target_model=FileTargetConfig, factory="conveyor.transfer.local.instance:LocalInstance",
-))
+register(
+    ConnectorSpec(
+        type="local",
+        kind="file",
+        instance_model=LocalConfig,
+        source_model=FileSourceConfig,
+        target_model=FileTargetConfig,
+        factory="conveyor.transfer.local.instance:LocalInstance",
+    )
+)

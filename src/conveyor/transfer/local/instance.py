@@ -81,8 +81,7 @@ class LocalInstance:
         if isinstance(e, Refused):
             return Permanent(str(e), instance=self.name, path=path)
         if isinstance(e, Replaced):
-            return Transient(f"{e}; not taken now, the next listing shows what is there", instance=self.name,
-                             path=path)
+            return Transient(f"{e}; not taken now, the next listing shows what is there", instance=self.name, path=path)
         if isinstance(e, FileNotFoundError):
             return NotFound(f"no such file or folder: {self._abs(path)}", instance=self.name, path=path)
         if isinstance(e, PermissionError):
@@ -247,8 +246,9 @@ class LocalInstance:
             while sink.size < f.size and (chunk := await calls.run(fh.read, min(1 << 20, f.size - sink.size))):
                 sink.write(chunk)
             if sink.size != f.size:
-                raise self._error(Replaced(f"'{f.path}' changed while it was read ({sink.size:,} bytes, listed "
-                                           f"{f.size:,})"), f.path)
+                raise self._error(
+                    Replaced(f"'{f.path}' changed while it was read ({sink.size:,} bytes, listed {f.size:,})"), f.path
+                )
         except OSError as e:
             raise self._error(e, f.path) from None
         finally:
@@ -270,8 +270,7 @@ class LocalInstance:
                     raise Rejected(f"{self._abs(path)} already exists", instance=self.name, path=path)
                 return False
             tmp = f".{cut_bytes(name, 200)}.{uuid.uuid4().hex[:12]}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
-                         dir_fd=parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=parent)
             try:
                 try:
                     if body.in_memory:

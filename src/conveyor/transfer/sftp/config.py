@@ -84,8 +84,9 @@ class SftpConfig(InstanceConfig):
     @classmethod
     def _looks_like_key(cls, v: Any) -> Any:
         if v is not None and "-----BEGIN" not in v.get_secret_value():
-            raise ValueError("private_key must be the key text (-----BEGIN ... PRIVATE KEY-----); "
-                             "for a path use private_key_file")
+            raise ValueError(
+                "private_key must be the key text (-----BEGIN ... PRIVATE KEY-----); for a path use private_key_file"
+            )
         return v
 
     @model_validator(mode="after")

@@ -220,8 +220,10 @@ def fingerprint_main(argv_target: str) -> int:
     try:
         keys = asyncio.run(scan(host, port))
     except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
-        print(f"conveyor fingerprint: cannot read host keys from {hostport(host, port)}: {e or type(e).__name__}",
-              file=sys.stderr)
+        print(
+            f"conveyor fingerprint: cannot read host keys from {hostport(host, port)}: {e or type(e).__name__}",
+            file=sys.stderr,
+        )
         return 1
     if not keys:
         print(f"conveyor fingerprint: {hostport(host, port)} offered no host key conveyor can check", file=sys.stderr)

@@ -192,14 +192,19 @@ class SftpInstance:
                 yield one
             first = False
 
-    async def _descend(self, walk: _Walk | None, rel: str, linked: bool,
-                       parent_real: str | None) -> tuple[str, str | None] | None:
+    async def _descend(
+        self, walk: _Walk | None, rel: str, linked: bool, parent_real: str | None
+    ) -> tuple[str, str | None] | None:
         """The sub-folder ``rel`` to list next as (path, real path), or None to leave it out."""
         if walk is None:
             if not linked:
                 return rel, None
-            self._note(rel, logging.INFO, "not descending into symlinked folder %s (follow_symlinked_folders "
-                       "is off): files under it are not listed")
+            self._note(
+                rel,
+                logging.INFO,
+                "not descending into symlinked folder %s (follow_symlinked_folders "
+                "is off): files under it are not listed",
+            )
             return None
         if not linked:
             assert parent_real is not None
@@ -213,8 +218,14 @@ class SftpInstance:
             return None
         seen = walk.covering(real)
         if seen is not None:
-            self._note(rel, logging.WARNING, "symlinked folder %s not followed: it leads to %s, inside %s, which "
-                       "this listing already covers (a link loop or a second way in)", real, seen)
+            self._note(
+                rel,
+                logging.WARNING,
+                "symlinked folder %s not followed: it leads to %s, inside %s, which "
+                "this listing already covers (a link loop or a second way in)",
+                real,
+                seen,
+            )
             return None
         walk.roots.append(real)
         return rel, real
@@ -300,8 +311,15 @@ class SftpInstance:
         except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
             raise self._map(e, f.path) from None
 
-    async def _read_into(self, fh: asyncssh.SFTPClientFile, f: RemoteFile, offset: int, block: int,
-                         sink: SpoolWriter, deadline: asyncio.Timeout) -> None:
+    async def _read_into(
+        self,
+        fh: asyncssh.SFTPClientFile,
+        f: RemoteFile,
+        offset: int,
+        block: int,
+        sink: SpoolWriter,
+        deadline: asyncio.Timeout,
+    ) -> None:
         loop = asyncio.get_running_loop()
         pending: deque[tuple[int, int, asyncio.Task[bytes]]] = deque()
         nxt = offset
@@ -321,8 +339,11 @@ class SftpInstance:
                 off, n, task = pending.popleft()
                 if n == 0:
                     if await task:
-                        raise Transient(f"file changed while being read: it has more than the listed {f.size} bytes",
-                                        instance=self.name, path=f.path)
+                        raise Transient(
+                            f"file changed while being read: it has more than the listed {f.size} bytes",
+                            instance=self.name,
+                            path=f.path,
+                        )
                     return
                 data = await task
                 while len(data) < n:  # a short read: fetch the rest of this block in order
@@ -339,8 +360,9 @@ class SftpInstance:
                 await asyncio.gather(*(t for _, _, t in pending), return_exceptions=True)
 
     def _changed(self, f: RemoteFile, size: int) -> NoReturn:
-        raise Transient(f"file changed while being read (size {size}, listed {f.size})",
-                        instance=self.name, path=f.path)
+        raise Transient(
+            f"file changed while being read (size {size}, listed {f.size})", instance=self.name, path=f.path
+        )
 
     # -- FileSystem: writing -----------------------------------------------
     async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
@@ -370,8 +392,11 @@ class SftpInstance:
                         await self._put_in_place(s, tmp, dst, exists, path)
                     except asyncssh.SFTPNoSuchFile:
                         # Our temp file vanished: another writer of the same bytes renamed it first.
-                        raise Transient("temporary file was moved by another upload before the rename",
-                                        instance=self.name, path=path) from None
+                        raise Transient(
+                            "temporary file was moved by another upload before the rename",
+                            instance=self.name,
+                            path=path,
+                        ) from None
                 except BaseException:
                     await _remove_quietly(sftp, tmp)
                     raise
@@ -379,8 +404,7 @@ class SftpInstance:
         except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
             raise self._map(e, path) from None
 
-    async def _write_from(self, fh: asyncssh.SFTPClientFile, body: Body, block: int,
-                          deadline: asyncio.Timeout) -> None:
+    async def _write_from(self, fh: asyncssh.SFTPClientFile, body: Body, block: int, deadline: asyncio.Timeout) -> None:
         loop = asyncio.get_running_loop()
         pending: deque[asyncio.Task[int]] = deque()
         offset = 0

@@ -44,8 +44,14 @@ WINDOW = 16 * 1024 * 1024
 MAX_PKTSIZE = 256 * 1024
 # AES-GCM first: cryptography runs it with AES-NI in one call per packet, while asyncssh's
 # chacha20-poly1305 (its default first choice) costs several calls per packet.
-ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-                   "aes256-ctr", "aes192-ctr", "aes128-ctr"]
+ENCRYPTION_ALGS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+]
 NO_SHA1_KEX = "-*-sha1"
 """asyncssh's default key exchanges without the SHA-1 ones (OpenSSH's "-" syntax). Offered first, so
 that a server left with only SHA-1 is known for certain: the handshake fails, and the retry that
@@ -197,8 +203,7 @@ class SftpPool:
             except TimeoutError:
                 error = Transient(f"connection to {self.cfg.describe()} timed out", instance=self.name)
             except (OSError, asyncssh.Error) as e:  # e.g. a reset outside the fingerprint negotiation
-                error = Transient(f"cannot connect to {self.cfg.address}: {e or type(e).__name__}",
-                                  instance=self.name)
+                error = Transient(f"cannot connect to {self.cfg.address}: {e or type(e).__name__}", instance=self.name)
             except Transient as e:
                 error = e
             self._attempt(False)
@@ -244,8 +249,9 @@ class SftpPool:
             try:
                 return await self._login(None, known_hosts=known)
             except _Mismatch as e:
-                raise HostKeyError(f"host key not in known_hosts {cfg.known_hosts}; the server offered: {e}",
-                                   instance=self.name) from None
+                raise HostKeyError(
+                    f"host key not in known_hosts {cfg.known_hosts}; the server offered: {e}", instance=self.name
+                ) from None
         # Pinned fingerprints: try the family that matched last time, else every family the
         # server has, ed25519 first, until one of its keys matches.
         families = [self._family] if self._family else await self._families()
@@ -279,12 +285,14 @@ class SftpPool:
             _, self._host_key_algs = await server_kexinit(self.cfg.host, self.cfg.port, self.cfg.timeout)
             fams: list[str | None] = list(families_in(self._host_key_algs))
         except TimeoutError:
-            raise Transient(f"{self.cfg.address} did not answer within {self.cfg.timeout:g}s",
-                            instance=self.name) from None
+            raise Transient(
+                f"{self.cfg.address} did not answer within {self.cfg.timeout:g}s", instance=self.name
+            ) from None
         except (OSError, asyncio.IncompleteReadError) as e:
             # Worded as a failed login's connect is: the same refusal reads the same either way.
-            raise Transient(f"cannot connect to {self.cfg.address}: {e or type(e).__name__}",
-                            instance=self.name) from None
+            raise Transient(
+                f"cannot connect to {self.cfg.address}: {e or type(e).__name__}", instance=self.name
+            ) from None
         except ValueError as e:
             raise Permanent(f"{self.cfg.address}: {e}", instance=self.name) from None
         return fams or [None]
@@ -301,15 +309,27 @@ class SftpPool:
             opts["server_host_key_algs"] = algs
         try:
             conn, _ = await asyncssh.create_connection(
-                lambda: client, cfg.host, cfg.port,
+                lambda: client,
+                cfg.host,
+                cfg.port,
                 username=cfg.username,
                 password=cfg.password.get_secret_value() if cfg.password else None,
-                client_keys=keys, known_hosts=known_hosts, config=None, agent_path=None,
+                client_keys=keys,
+                known_hosts=known_hosts,
+                config=None,
+                agent_path=None,
                 preferred_auth="publickey" if keys else "password,keyboard-interactive",
-                gss_auth=False, host_based_auth=False, x509_trusted_certs=None,
-                connect_timeout=cfg.timeout, login_timeout=cfg.timeout,
-                keepalive_interval=cfg.keepalive or None, keepalive_count_max=3,
-                window=WINDOW, max_pktsize=MAX_PKTSIZE, encryption_algs=ENCRYPTION_ALGS, **opts,
+                gss_auth=False,
+                host_based_auth=False,
+                x509_trusted_certs=None,
+                connect_timeout=cfg.timeout,
+                login_timeout=cfg.timeout,
+                keepalive_interval=cfg.keepalive or None,
+                keepalive_count_max=3,
+                window=WINDOW,
+                max_pktsize=MAX_PKTSIZE,
+                encryption_algs=ENCRYPTION_ALGS,
+                **opts,
             )
         except asyncssh.HostKeyNotVerifiable as e:
             if client.offered:
@@ -328,8 +348,9 @@ class SftpPool:
         except ConnectionResetError:
             raise
         except TimeoutError:
-            raise Transient(f"{cfg.address} did not complete the SSH handshake within {cfg.timeout:g}s",
-                            instance=self.name) from None
+            raise Transient(
+                f"{cfg.address} did not complete the SSH handshake within {cfg.timeout:g}s", instance=self.name
+            ) from None
         except OSError as e:
             raise Transient(f"cannot connect to {cfg.address}: {e.strerror or e}", instance=self.name) from None
         self.handshakes += 1
@@ -347,8 +368,9 @@ class SftpPool:
                 self.root = resolve_root(await sftp.realpath("."), cfg.root)
             except (asyncssh.Error, OSError) as e:
                 conn.close()
-                raise Transient(f"{cfg.describe()} did not say which folder the login lands in: {e}",
-                                instance=self.name) from None
+                raise Transient(
+                    f"{cfg.describe()} did not say which folder the login lands in: {e}", instance=self.name
+                ) from None
         log.info("sftp %s: connected to %s (%s)", self.name, cfg.describe(), keytype)
         if verified:
             await self._check_sha1(keytype)
@@ -358,16 +380,20 @@ class SftpPool:
         """Warn (once, and in /status) when this connection relies on SHA-1: its key exchange, or
         the signature that proves the host key."""
         if self._sha1_kex:
-            self._warn("key exchange uses SHA-1: the server offers no key exchange without it that conveyor "
-                       "supports (ask its operator for curve25519-sha256 or diffie-hellman-group14-sha256)")
+            self._warn(
+                "key exchange uses SHA-1: the server offers no key exchange without it that conveyor "
+                "supports (ask its operator for curve25519-sha256 or diffie-hellman-group14-sha256)"
+            )
         if keytype in ("ssh-rsa", "ssh-dss") and self._host_key_algs is None:
             try:  # the host-key check did not read the server's KEXINIT: read it now, once
                 _, self._host_key_algs = await server_kexinit(self.cfg.host, self.cfg.port, self.cfg.timeout)
             except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
                 return
         if self._host_key_algs is not None and sha1_signature(keytype, self._host_key_algs):
-            self._warn(f"the server proves its {keytype} host key with a SHA-1 signature: it lists "
-                       "no rsa-sha2-256/512; ask its operator for those or an ed25519 host key")
+            self._warn(
+                f"the server proves its {keytype} host key with a SHA-1 signature: it lists "
+                "no rsa-sha2-256/512; ask its operator for those or an ed25519 host key"
+            )
 
     def _warn(self, message: str) -> None:
         """One warning line per pool and message (every connect would find it again), and /status."""
