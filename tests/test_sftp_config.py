@@ -52,9 +52,9 @@ def test_registered() -> None:
     assert spec.load_factory().__name__ == "SftpInstance"
 
 
-def test_credentials_both_or_neither() -> None:
+def test_credentials_key_password_or_both() -> None:
     assert "no credentials" in error(password=None)
-    assert "either password or private_key_file" in error(private_key_file="/k")
+    check(private_key_file="/k")  # key and password together: both are offered
     assert "either private_key or private_key_file" in error(
         password=None, private_key="-----BEGIN OPENSSH PRIVATE KEY-----\n", private_key_file="/k"
     )

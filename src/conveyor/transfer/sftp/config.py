@@ -31,7 +31,11 @@ class SftpConfig(InstanceConfig):
     host: str = Field(min_length=1, description="server host name or address")
     port: int = Field(22, ge=1, le=65535, description="SSH port")
     username: str = Field(min_length=1, description="login name")
-    password: Secret | None = Field(None, description="password (user/pass auth); or use a private key")
+    password: Secret | None = Field(
+        None,
+        description="password (also answers keyboard-interactive password prompts); with a private key, "
+        "both are offered (servers that require both)",
+    )
     private_key: Secret | None = Field(
         None, description="private key text (RSA PEM or OpenSSH: ed25519, ecdsa, rsa); or private_key_file"
     )
@@ -94,8 +98,6 @@ class SftpConfig(InstanceConfig):
         keys = [n for n in ("private_key", "private_key_file") if getattr(self, n) is not None]
         if len(keys) == 2:
             raise ValueError("give either private_key or private_key_file, not both")
-        if self.password is not None and keys:
-            raise ValueError(f"give either password or {keys[0]}, not both")
         if self.password is None and not keys:
             raise ValueError("no credentials: set password, or private_key / private_key_file")
         if self.passphrase is not None and not keys:

@@ -65,6 +65,23 @@ class _Client(asyncssh.SSHClient):
         self._verify = verify
         self.offered: list[tuple[str, bytes]] = []
         self.lost = False
+        # What the login did, so a refusal can say which credential the server still wanted.
+        self.password_sent = False
+        self.asked: list[str] = []
+
+    def public_key_auth_requested(self) -> None:
+        # asyncssh asks here once the configured keys are used up (or there are none).
+        self.asked.append("publickey")
+        return None
+
+    def password_auth_requested(self) -> None:
+        # asyncssh asks here only when no configured password is left to send.
+        self.asked.append("password")
+        return None
+
+    def kbdint_auth_requested(self) -> Any:
+        self.asked.append("keyboard-interactive")
+        return NotImplemented  # asyncssh then answers password prompts with the configured password
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         blob = key.public_data
@@ -129,6 +146,7 @@ class SftpPool:
         self._family: str | None = None
         """The host-key family that matched last time, so a reconnect is one handshake."""
         self._keys: list[asyncssh.SSHKey] | None = None
+        self._client: _Client | None = None  # the last login's, for the refusal message
         self._fps = config.fingerprints()
         self._sha1_kex = False
         """The server offered no key exchange without SHA-1 last time: offer SHA-1 at once."""
@@ -304,6 +322,13 @@ class SftpPool:
         cfg = self.cfg
         keys = self._load_keys()
         client = _Client(self._verify if self._fps and cfg.host_key_check == "on" else None)
+        self._client = client
+        secret = cfg.password.get_secret_value() if cfg.password else None
+
+        def password() -> str | None:
+            client.password_sent = True
+            return secret
+
         opts: dict[str, Any] = {"kex_algs": "default" if self._sha1_kex else NO_SHA1_KEX}
         if algs is not None:
             opts["server_host_key_algs"] = algs
@@ -313,12 +338,16 @@ class SftpPool:
                 cfg.host,
                 cfg.port,
                 username=cfg.username,
-                password=cfg.password.get_secret_value() if cfg.password else None,
+                password=password if secret is not None else None,
                 client_keys=keys,
                 known_hosts=known_hosts,
                 config=None,
                 agent_path=None,
-                preferred_auth="publickey" if keys else "password,keyboard-interactive",
+                # Every method is allowed, so that a server wanting a second credential (partial
+                # success) gets asked for it and the refusal can say which one was missing.
+                preferred_auth=(
+                    "publickey,password,keyboard-interactive" if keys else "password,keyboard-interactive,publickey"
+                ),
                 gss_auth=False,
                 host_based_auth=False,
                 x509_trusted_certs=None,
@@ -406,11 +435,25 @@ class SftpPool:
 
     def _auth_message(self) -> str:
         cfg = self.cfg
-        if cfg.password is not None:
-            return f"login refused for user '{cfg.username}': wrong username or password"
+        client = self._client
+        head = f"login refused for user '{cfg.username}'"
         keys = self._keys or []
         desc = ", ".join(f"{k.get_algorithm()} {sha256_fp(k.public_data)}" for k in keys)
-        return f"login refused for user '{cfg.username}': the server did not accept the private key ({desc})"
+        asked = client.asked if client is not None else []
+        if cfg.password is not None and (client is None or client.password_sent):
+            return f"{head}: wrong username or password"
+        if not keys and "publickey" in asked:
+            return (
+                f"{head}: the server wants a private key before it takes the password "
+                "(AuthenticationMethods publickey,password): set private_key_file as well"
+            )
+        if keys and cfg.password is None and "password" in asked and "publickey" not in asked:
+            # The key was not asked for again: the server took it and then wanted a password.
+            return (
+                f"{head}: the server accepted the private key but also asks for a password "
+                "(AuthenticationMethods publickey,password): set password as well"
+            )
+        return f"{head}: the server did not accept the private key ({desc})"
 
     def _load_keys(self) -> list[asyncssh.SSHKey] | None:
         cfg = self.cfg
