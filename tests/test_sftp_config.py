@@ -65,7 +65,7 @@ def test_credentials_key_password_or_both() -> None:
 
 def test_no_way_to_verify_host_key() -> None:
     msg = error(host_fingerprint=None)
-    assert "no way to verify the host key: set host_fingerprint or known_hosts (or host_key_check: off)" in msg
+    assert "no way to verify the host key: set host_fingerprint, known_hosts or host_ca (or host_key_check: off)" in msg
     check(host_fingerprint=None, known_hosts="/etc/conveyor/known_hosts")
     assert check(host_fingerprint=None, host_key_check="off").host_key_check == "off"
     assert check(host_fingerprint=None, host_key_check=False).host_key_check == "off"  # YAML `off`

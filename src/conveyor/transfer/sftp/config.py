@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
 from conveyor.config.types import Duration, Secret
@@ -41,12 +41,24 @@ class SftpConfig(InstanceConfig):
     )
     private_key_file: Path | None = Field(None, description="path of the private key file")
     passphrase: Secret | None = Field(None, description="passphrase of an encrypted private key")
+    certificate_file: Path | None = Field(
+        None,
+        description="OpenSSH user certificate of the private key (ssh-keygen -s); default: "
+        "<private_key_file>-cert.pub when that file exists",
+    )
     host_fingerprint: list[FingerprintText] | None = Field(
         None,
         description="the server's host key fingerprint, or a list of them (key rotation): SHA256:<base64>, "
         "MD5 hex (colons and MD5: prefix optional) or SHA512 hex of the key blob",
     )
-    known_hosts: Path | None = Field(None, description="an OpenSSH known_hosts file to check the host key against")
+    known_hosts: Path | None = Field(
+        None, description="an OpenSSH known_hosts file to check the host key against (@cert-authority lines too)"
+    )
+    host_ca: list[str] | None = Field(
+        None,
+        description="certificate authority of the server's host certificate: a CA public key "
+        "(ssh-ed25519 AAAA...) or the path of a file of them, or a list",
+    )
     host_key_check: Literal["on", "off"] = Field(
         "on", description="off skips host key verification (a warning on every connect and in /status)"
     )
@@ -62,18 +74,18 @@ class SftpConfig(InstanceConfig):
     max_connections: int = Field(4, ge=1, le=64, description="SSH connections (SFTP sessions) kept to this server")
     keepalive: Duration = Field(30.0, description="SSH keepalive interval on idle connections (0: none)")
 
-    @field_validator("host_fingerprint", mode="before")
+    @field_validator("host_fingerprint", "host_ca", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         if isinstance(v, str):
             return [v]
         return v
 
-    @field_validator("host_fingerprint")
+    @field_validator("host_fingerprint", "host_ca")
     @classmethod
-    def _not_empty(cls, v: list[str] | None) -> list[str] | None:
+    def _not_empty(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if v is not None and not v:
-            raise ValueError("host_fingerprint is an empty list: give at least one fingerprint")
+            raise ValueError(f"{info.field_name} is an empty list: give at least one")
         return v
 
     @field_validator("host_key_check", mode="before")
@@ -102,10 +114,19 @@ class SftpConfig(InstanceConfig):
             raise ValueError("no credentials: set password, or private_key / private_key_file")
         if self.passphrase is not None and not keys:
             raise ValueError("passphrase is set but there is no private key to decrypt")
-        if self.host_key_check == "on" and not self.host_fingerprint and self.known_hosts is None:
+        if self.certificate_file is not None and not keys:
+            raise ValueError("certificate_file is set but there is no private key it certifies")
+        ways = [n for n in ("host_fingerprint", "known_hosts", "host_ca") if getattr(self, n)]
+        if len(ways) > 1 and "host_ca" in ways:
+            # One rule decides; a CA next to pinned keys belongs in known_hosts as @cert-authority.
             raise ValueError(
-                "no way to verify the host key: set host_fingerprint or known_hosts (or host_key_check: off); "
-                "`conveyor fingerprint HOST[:PORT]` prints the server's fingerprints"
+                f"give one of {' / '.join(ways)}: for a CA and pinned keys together, "
+                "put the CA in known_hosts as a @cert-authority line"
+            )
+        if self.host_key_check == "on" and not ways:
+            raise ValueError(
+                "no way to verify the host key: set host_fingerprint, known_hosts or host_ca (or host_key_check: "
+                "off); `conveyor fingerprint HOST[:PORT]` prints the server's fingerprints"
             )
         return self
 

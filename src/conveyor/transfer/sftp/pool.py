@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -146,6 +147,7 @@ class SftpPool:
         self._family: str | None = None
         """The host-key family that matched last time, so a reconnect is one handshake."""
         self._keys: list[asyncssh.SSHKey] | None = None
+        self._cert: tuple[Path, Any] | None = None  # the user certificate file and its parsed form
         self._client: _Client | None = None  # the last login's, for the refusal message
         self._fps = config.fingerprints()
         self._sha1_kex = False
@@ -259,6 +261,31 @@ class SftpPool:
             if st is not None and msg not in st.warnings:
                 st.warnings.append(msg)
             return await self._login(None, known_hosts=None)
+        if cfg.host_ca:
+            cas = self._host_cas()
+            try:
+                s = await self._login(None, known_hosts=([], cas, []))
+                s.fingerprint += " certified by host_ca"
+                return s
+            except ConnectionResetError:
+                # OpenSSH resets when it has no host key of the asked (certificate) types: see
+                # whether it offers any certificate at all before calling it a network problem.
+                await self._families()
+                if not any(a.endswith("-cert-v01@openssh.com") for a in self._host_key_algs or []):
+                    raise HostKeyError(
+                        f"{cfg.address} offers no host certificate (host_ca needs a server with a "
+                        "HostCertificate); pin its key with host_fingerprint instead",
+                        instance=self.name,
+                    ) from None
+                raise Transient(
+                    f"{cfg.address} reset the connection during the handshake", instance=self.name
+                ) from None
+            except HostKeyError as e:
+                names = ", ".join(sha256_fp(k.public_data) for k in cas)
+                raise HostKeyError(
+                    f"host key of {cfg.address} is not signed by a host_ca key ({names}): {e.message}",
+                    instance=self.name,
+                ) from None
         if cfg.known_hosts is not None:
             try:
                 known = asyncssh.read_known_hosts(str(cfg.known_hosts))
@@ -339,7 +366,7 @@ class SftpPool:
                 cfg.port,
                 username=cfg.username,
                 password=password if secret is not None else None,
-                client_keys=keys,
+                client_keys=[(keys[0], self._cert[1])] if keys and self._cert else keys,
                 known_hosts=known_hosts,
                 config=None,
                 agent_path=None,
@@ -453,6 +480,14 @@ class SftpPool:
                 f"{head}: the server accepted the private key but also asks for a password "
                 "(AuthenticationMethods publickey,password): set password as well"
             )
+        if self._cert is not None:
+            path, cert = self._cert
+            names = ", ".join(p for p in cert.principals) or "any"
+            return (
+                f"{head}: the server did not accept the private key ({desc}) with certificate {path} "
+                f"(principals: {names}; signed by {sha256_fp(cert.signing_key.public_data)}): is it expired, "
+                "for another user, or signed by a CA the server does not trust?"
+            )
         return f"{head}: the server did not accept the private key ({desc})"
 
     def _load_keys(self) -> list[asyncssh.SSHKey] | None:
@@ -480,5 +515,46 @@ class SftpPool:
                 if "passphrase" in str(e).lower():
                     raise AuthError(f"{where} is encrypted: set passphrase", instance=self.name) from None
                 raise AuthError(f"{where} is not a usable private key: {e}", instance=self.name) from None
+            self._cert = self._load_cert(key)
             self._keys = [key]
         return self._keys
+
+    def _load_cert(self, key: asyncssh.SSHKey) -> tuple[Path, Any] | None:
+        """The user certificate of ``key``: certificate_file, else ``<private_key_file>-cert.pub``."""
+        cfg = self.cfg
+        path = cfg.certificate_file
+        if path is None and cfg.private_key_file is not None:
+            path = Path(f"{cfg.private_key_file}-cert.pub")
+            if not path.exists():
+                return None
+        if path is None:
+            return None
+        try:
+            cert = asyncssh.read_certificate(str(path))
+        except OSError as e:
+            raise Permanent(f"cannot read certificate_file {path}: {e.strerror or e}", instance=self.name) from None
+        except (asyncssh.KeyImportError, ValueError) as e:
+            raise Permanent(f"certificate_file {path} is not an OpenSSH certificate: {e}", instance=self.name) from None
+        if cert.key.public_data != key.public_data:
+            raise AuthError(
+                f"certificate_file {path} is not a certificate of the private key "
+                f"({key.get_algorithm()} {sha256_fp(key.public_data)})",
+                instance=self.name,
+            )
+        return path, cert
+
+    def _host_cas(self) -> list[asyncssh.SSHKey]:
+        """The host_ca keys: key text as given, or every key in a file."""
+        out: list[asyncssh.SSHKey] = []
+        for i, entry in enumerate(self.cfg.host_ca or []):
+            text = entry.strip()
+            try:
+                if text.startswith(("ssh-", "ecdsa-", "sk-")):  # key algorithm names; anything else is a path
+                    out.append(asyncssh.import_public_key(text))
+                else:
+                    out.extend(asyncssh.read_public_key_list(text))
+            except OSError as e:
+                raise Permanent(f"host_ca[{i}]: cannot read {text}: {e.strerror or e}", instance=self.name) from None
+            except (asyncssh.KeyImportError, ValueError) as e:
+                raise Permanent(f"host_ca[{i}] is not an SSH public key: {e}", instance=self.name) from None
+        return out
