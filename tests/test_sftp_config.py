@@ -61,6 +61,10 @@ def test_credentials_key_password_or_both() -> None:
     assert "no private key to decrypt" in error(passphrase="x")
     assert "key text" in error(password=None, private_key="/etc/key.pem")
     check(password=None, private_key_file="/k", passphrase="x")
+    check(password=None, agent="/run/user/1000/ssh-agent.sock")
+    assert "agent is empty (is SSH_AUTH_SOCK set?)" in error(password=None, agent="")
+    assert "no private key it certifies" in error(certificate_file="/k-cert.pub")
+    assert "give one of host_fingerprint / host_ca" in error(host_ca="ssh-ed25519 AAAA")
 
 
 def test_no_way_to_verify_host_key() -> None:

@@ -46,6 +46,10 @@ class SftpConfig(InstanceConfig):
         description="OpenSSH user certificate of the private key (ssh-keygen -s); default: "
         "<private_key_file>-cert.pub when that file exists",
     )
+    agent: str | None = Field(
+        None,
+        description="ssh-agent socket whose keys are offered, after private_key (agent: ${SSH_AUTH_SOCK})",
+    )
     host_fingerprint: list[FingerprintText] | None = Field(
         None,
         description="the server's host key fingerprint, or a list of them (key rotation): SHA256:<base64>, "
@@ -110,8 +114,10 @@ class SftpConfig(InstanceConfig):
         keys = [n for n in ("private_key", "private_key_file") if getattr(self, n) is not None]
         if len(keys) == 2:
             raise ValueError("give either private_key or private_key_file, not both")
-        if self.password is None and not keys:
-            raise ValueError("no credentials: set password, or private_key / private_key_file")
+        if self.agent is not None and not self.agent.strip():
+            raise ValueError("agent is empty (is SSH_AUTH_SOCK set?): give the ssh-agent socket path")
+        if self.password is None and not keys and self.agent is None:
+            raise ValueError("no credentials: set password, private_key / private_key_file, or agent")
         if self.passphrase is not None and not keys:
             raise ValueError("passphrase is set but there is no private key to decrypt")
         if self.certificate_file is not None and not keys:

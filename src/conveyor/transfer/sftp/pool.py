@@ -149,6 +149,7 @@ class SftpPool:
         self._keys: list[asyncssh.SSHKey] | None = None
         self._cert: tuple[Path, Any] | None = None  # the user certificate file and its parsed form
         self._client: _Client | None = None  # the last login's, for the refusal message
+        self._agent_keys: list[Any] = []  # the agent's keys at the last login, for the refusal message
         self._fps = config.fingerprints()
         self._sha1_kex = False
         """The server offered no key exchange without SHA-1 last time: offer SHA-1 at once."""
@@ -348,6 +349,11 @@ class SftpPool:
     async def _login(self, algs: list[str] | None, *, known_hosts: Any) -> Session:
         cfg = self.cfg
         keys = self._load_keys()
+        offered: list[Any] = [(keys[0], self._cert[1])] if keys and self._cert else list(keys or [])
+        agent = await self._agent()
+        if agent is not None:
+            self._agent_keys = await self._read_agent(agent)
+            offered += self._agent_keys
         client = _Client(self._verify if self._fps and cfg.host_key_check == "on" else None)
         self._client = client
         secret = cfg.password.get_secret_value() if cfg.password else None
@@ -366,14 +372,14 @@ class SftpPool:
                 cfg.port,
                 username=cfg.username,
                 password=password if secret is not None else None,
-                client_keys=[(keys[0], self._cert[1])] if keys and self._cert else keys,
+                client_keys=offered or None,
                 known_hosts=known_hosts,
                 config=None,
                 agent_path=None,
                 # Every method is allowed, so that a server wanting a second credential (partial
                 # success) gets asked for it and the refusal can say which one was missing.
                 preferred_auth=(
-                    "publickey,password,keyboard-interactive" if keys else "password,keyboard-interactive,publickey"
+                    "publickey,password,keyboard-interactive" if offered else "password,keyboard-interactive,publickey"
                 ),
                 gss_auth=False,
                 host_based_auth=False,
@@ -409,6 +415,9 @@ class SftpPool:
             ) from None
         except OSError as e:
             raise Transient(f"cannot connect to {cfg.address}: {e.strerror or e}", instance=self.name) from None
+        finally:
+            if agent is not None:  # its keys sign only during the login
+                agent.close()
         self.handshakes += 1
         ssh_compat.drop_ignore_padding(conn)
         key = conn.get_server_host_key()
@@ -469,12 +478,12 @@ class SftpPool:
         asked = client.asked if client is not None else []
         if cfg.password is not None and (client is None or client.password_sent):
             return f"{head}: wrong username or password"
-        if not keys and "publickey" in asked:
+        if cfg.password is not None and not keys and not self._agent_keys and "publickey" in asked:
             return (
                 f"{head}: the server wants a private key before it takes the password "
                 "(AuthenticationMethods publickey,password): set private_key_file as well"
             )
-        if keys and cfg.password is None and "password" in asked and "publickey" not in asked:
+        if (keys or self._agent_keys) and cfg.password is None and "password" in asked and "publickey" not in asked:
             # The key was not asked for again: the server took it and then wanted a password.
             return (
                 f"{head}: the server accepted the private key but also asks for a password "
@@ -488,6 +497,10 @@ class SftpPool:
                 f"(principals: {names}; signed by {sha256_fp(cert.signing_key.public_data)}): is it expired, "
                 "for another user, or signed by a CA the server does not trust?"
             )
+        if self._agent_keys:
+            listed = ", ".join(f"{k.get_algorithm()} {sha256_fp(k.public_data)}" for k in self._agent_keys)
+            mine = f"the private key ({desc}) nor " if keys else ""
+            return f"{head}: the server accepted neither {mine}the keys of ssh-agent {cfg.agent} ({listed})"
         return f"{head}: the server did not accept the private key ({desc})"
 
     def _load_keys(self) -> list[asyncssh.SSHKey] | None:
@@ -542,6 +555,29 @@ class SftpPool:
                 instance=self.name,
             )
         return path, cert
+
+    async def _agent(self) -> asyncssh.SSHAgentClient | None:
+        """A connection to the configured ssh-agent, or None when there is none."""
+        path = self.cfg.agent
+        if path is None:
+            return None
+        try:
+            return await asyncssh.connect_agent(path)
+        except (OSError, asyncssh.Error) as e:
+            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise Permanent(f"cannot reach ssh-agent at {path}: {reason}", instance=self.name) from None
+
+    async def _read_agent(self, agent: asyncssh.SSHAgentClient) -> list[Any]:
+        """The agent's keys; an agent without any is a refusal waiting to happen, said now."""
+        try:
+            keys = list(await agent.get_keys())
+        except (OSError, asyncssh.Error) as e:
+            agent.close()
+            raise Permanent(f"ssh-agent {self.cfg.agent} did not list its keys: {e}", instance=self.name) from None
+        if not keys and not self._keys and self.cfg.password is None:
+            agent.close()
+            raise AuthError(f"ssh-agent {self.cfg.agent} holds no keys (ssh-add one)", instance=self.name)
+        return keys
 
     def _host_cas(self) -> list[asyncssh.SSHKey]:
         """The host_ca keys: key text as given, or every key in a file."""
