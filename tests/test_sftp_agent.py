@@ -12,14 +12,9 @@ from typing import Any
 import pytest
 
 from conveyor.errors import AuthError, Permanent
-from conveyor.interfaces import Context
-from conveyor.payload import Spool
-from conveyor.status import StatusBoard
-from conveyor.transfer.sftp.config import SftpConfig
-from conveyor.transfer.sftp.instance import SftpInstance
 from tests.backends.sftp import ssh_client_keys, sshd  # noqa: F401  (the fixtures)
 from tests.servers.ssh_keys import KeySet
-from tests.servers.sshd import Sshd
+from tests.servers.sshd import Sshd, check_sftp
 
 
 class Agent:
@@ -48,14 +43,7 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 
 
 async def check(srv: Sshd, **over: Any) -> str:
-    cfg = SftpConfig.model_validate(srv.instance_config(password=None, **over))
-    board = StatusBoard()
-    board.add_instance("partner", "sftp", cfg.describe())
-    inst = SftpInstance("partner", cfg, Context(spool=Spool(Path("/nonexistent")), status=board))
-    try:
-        return await inst.check()
-    finally:
-        await inst.close()
+    return await check_sftp(srv.instance_config(password=None, **over))
 
 
 async def test_agent_key(sshd: Sshd, agent: Agent, ssh_client_keys: KeySet) -> None:  # noqa: F811

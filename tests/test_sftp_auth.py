@@ -12,14 +12,9 @@ from typing import Any
 import pytest
 
 from conveyor.errors import AuthError
-from conveyor.interfaces import Context
-from conveyor.payload import Spool
-from conveyor.status import StatusBoard
-from conveyor.transfer.sftp.config import SftpConfig
-from conveyor.transfer.sftp.instance import SftpInstance
 from tests.backends.sftp import ssh_client_keys  # noqa: F401  (the fixture)
 from tests.servers.ssh_keys import KeySet
-from tests.servers.sshd import Sshd, sshd_available, start_sshd
+from tests.servers.sshd import Sshd, check_sftp, sshd_available, start_sshd
 
 
 def _server(keys: KeySet, *extra: str) -> Iterator[Sshd]:
@@ -54,19 +49,8 @@ def pam(ssh_client_keys: KeySet) -> Iterator[Sshd]:  # noqa: F811
     )
 
 
-def instance(srv: Sshd, **over: Any) -> SftpInstance:
-    cfg = SftpConfig.model_validate(srv.instance_config(**over))
-    board = StatusBoard()
-    board.add_instance("partner", "sftp", cfg.describe())
-    return SftpInstance("partner", cfg, Context(spool=Spool(Path("/nonexistent")), status=board))
-
-
 async def check(srv: Sshd, **over: Any) -> str:
-    inst = instance(srv, **over)
-    try:
-        return await inst.check()
-    finally:
-        await inst.close()
+    return await check_sftp(srv.instance_config(**over))
 
 
 async def refused(srv: Sshd, **over: Any) -> str:

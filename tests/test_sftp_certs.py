@@ -15,14 +15,9 @@ from typing import Any
 import pytest
 
 from conveyor.errors import AuthError, HostKeyError
-from conveyor.interfaces import Context
-from conveyor.payload import Spool
-from conveyor.status import StatusBoard
-from conveyor.transfer.sftp.config import SftpConfig
-from conveyor.transfer.sftp.instance import SftpInstance
 from tests.backends.sftp import ssh_client_keys, sshd  # noqa: F401  (the fixtures)
 from tests.servers.ssh_keys import KeySet, keygen
-from tests.servers.sshd import USER, Sshd, sshd_available, start_sshd
+from tests.servers.sshd import USER, Sshd, check_sftp, sshd_available, start_sshd
 
 
 def sign(ca: Path, key: Path, *, host: bool = False, principal: str, out: Path | None = None) -> Path:
@@ -84,14 +79,7 @@ def config(c: CertServer, **over: Any) -> dict[str, Any]:
 
 
 async def check(c: CertServer, **over: Any) -> str:
-    cfg = SftpConfig.model_validate(config(c, **over))
-    board = StatusBoard()
-    board.add_instance("partner", "sftp", cfg.describe())
-    inst = SftpInstance("partner", cfg, Context(spool=Spool(Path("/nonexistent")), status=board))
-    try:
-        return await inst.check()
-    finally:
-        await inst.close()
+    return await check_sftp(config(c, **over))
 
 
 def user_key(c: CertServer, name: str, principal: str = USER, *, beside: bool = True) -> tuple[Path, Path]:
@@ -155,11 +143,6 @@ async def test_known_hosts_cert_authority(certs: CertServer) -> None:
 
 
 async def test_host_ca_server_without_certificate(certs: CertServer, sshd: Sshd) -> None:  # noqa: F811
-    cfg = SftpConfig.model_validate(sshd.instance_config(host_fingerprint=None, host_ca=str(certs.host_ca) + ".pub"))
-    inst = SftpInstance("partner", cfg, Context(spool=Spool(Path("/nonexistent")), status=StatusBoard()))
-    try:
-        with pytest.raises(HostKeyError) as ei:
-            await inst.check()
-    finally:
-        await inst.close()
+    with pytest.raises(HostKeyError) as ei:
+        await check_sftp(sshd.instance_config(host_fingerprint=None, host_ca=str(certs.host_ca) + ".pub"))
     assert "offers no host certificate" in str(ei.value)

@@ -196,3 +196,21 @@ def sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:
     finally:
         server.stop()
         shutil.rmtree(server.base, ignore_errors=True)
+
+
+async def check_sftp(config: dict[str, Any]) -> str:
+    """Run ``check`` (connect and log in) on an sftp instance mapping, as instance 'partner'."""
+    from conveyor.interfaces import Context
+    from conveyor.payload import Spool
+    from conveyor.status import StatusBoard
+    from conveyor.transfer.sftp.config import SftpConfig
+    from conveyor.transfer.sftp.instance import SftpInstance
+
+    cfg = SftpConfig.model_validate(config)
+    board = StatusBoard()
+    board.add_instance("partner", "sftp", cfg.describe())
+    inst = SftpInstance("partner", cfg, Context(spool=Spool(Path("/nonexistent")), status=board))
+    try:
+        return await inst.check()
+    finally:
+        await inst.close()
