@@ -115,3 +115,21 @@ def test_limits() -> None:
     assert "max_connections" in error(max_connections=0)
     assert "unit" in error(timeout=10)
     assert "extra" in error(hostname="x").lower()
+
+
+def test_unknown_algorithm_names_are_refused_listing_the_valid_ones() -> None:
+    msg = error(algorithms={"ciphers": ["aes128-ctr", "rot13"]})
+    assert "algorithms.ciphers" in msg and "unknown cipher algorithm rot13" in msg
+    assert "valid: chacha20-poly1305@openssh.com" in msg and "aes128-cbc" in msg
+    assert "unknown key exchange algorithm dh-nope" in error(algorithms={"kex": ["dh-nope"]})
+    assert "algorithms.macs" in error(algorithms={"macs": ["hmac-sha3"]})
+    assert "algorithms.host_keys" in error(algorithms={"host_keys": ["ssh-foo"]})
+    assert "algorithms.compression" in error(algorithms={"compression": ["lz4"]})
+    assert "algorithms.cipher" in error(algorithms={"cipher": ["aes128-ctr"]})  # a misspelt key
+    assert "empty list" in error(algorithms={"kex": []})
+
+
+def test_known_names_load() -> None:
+    c = check(algorithms={"kex": ["diffie-hellman-group14-sha1"], "host_keys": ["ssh-rsa"]})
+    assert c.algorithms is not None and c.algorithms.kex == ["diffie-hellman-group14-sha1"]
+    assert c.algorithms.ciphers is None and c.legacy_algorithms is False

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import ssl
 import subprocess
@@ -29,7 +28,7 @@ from tests.backends.sftp import ssh_client_keys, sshd  # noqa: F401  (the fixtur
 from tests.servers.ops import DaemonProcess, free_port, get_json, wait_for, write_config
 from tests.servers.postgres import create_database, drop_database
 from tests.servers.ssh_keys import KeySet
-from tests.servers.sshd import Sshd, sshd_available, start_sshd
+from tests.servers.sshd import Sshd, own_sshd
 from tests.tcp_proxy import TcpProxy
 
 
@@ -150,18 +149,9 @@ async def _polled(s: aiohttp.ClientSession, url: str) -> bool:
 @pytest.fixture
 def sha1_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:  # noqa: F811
     """An OpenSSH sshd left with SHA-1 only: group14-sha1 key exchange, ssh-rsa signatures, an RSA host key."""
-    why = sshd_available()
-    assert why is None, why
-    server = start_sshd(
-        ssh_client_keys,
-        host_key_types=("rsa",),
-        extra=("KexAlgorithms diffie-hellman-group14-sha1", "HostKeyAlgorithms ssh-rsa"),
+    yield from own_sshd(
+        ssh_client_keys, ("rsa",), ("KexAlgorithms diffie-hellman-group14-sha1", "HostKeyAlgorithms ssh-rsa")
     )
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.base, ignore_errors=True)
 
 
 @pytest.mark.parametrize("check", ["fingerprint", "known_hosts"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from conveyor.config import Config
 from conveyor.targets.http.config import HttpTargetConfig
 from conveyor.transfer.ftp.config import FtpConfig
+from conveyor.transfer.sftp.algorithms import WEAK
 from conveyor.transfer.sftp.config import SftpConfig
 from conveyor.transfer.sftp.hostkeys import parse_fingerprint
 
@@ -68,6 +69,22 @@ def _sftp(key: str, name: str, cfg: SftpConfig) -> list[TransportWarning]:
                 "off: the server's host key is not verified, so anyone on the way can pose as the server",
             )
         )
+    if cfg.legacy_algorithms:
+        out.append(
+            TransportWarning(
+                f"{key}.legacy_algorithms",
+                "true: SHA-1 key exchanges, ssh-rsa signatures and CBC ciphers are offered, which "
+                "weaken what protects the connection; ask the server's operator for modern algorithms",
+                name,
+            )
+        )
+    lists = cfg.algorithms.model_dump() if cfg.algorithms else {}
+    for category, names in lists.items():
+        weak = [n for n in names or [] if n in WEAK.get(category, set())]
+        if weak:
+            out.append(
+                TransportWarning(f"{key}.algorithms.{category}", f"weak: {', '.join(weak)} (SHA-1, MD5 or CBC)", name)
+            )
     for i, text in enumerate(cfg.host_fingerprint or []):
         if parse_fingerprint(text).hash == "md5":
             where = f"{key}.host_fingerprint" + (f"[{i}]" if len(cfg.host_fingerprint or []) > 1 else "")

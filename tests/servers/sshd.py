@@ -175,6 +175,18 @@ def start_sshd(
     return Sshd(base, root, port, host_keys, keys, proc, pw.pw_uid, pw.pw_gid)
 
 
+def own_sshd(keys: KeySet, host_key_types: tuple[str, ...], extra: tuple[str, ...]) -> Iterator[Sshd]:
+    """A fixture body: an sshd of its own for one test (``extra`` config lines), removed after it."""
+    why = sshd_available()
+    assert why is None, why
+    server = start_sshd(keys, host_key_types=host_key_types, extra=extra)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.base, ignore_errors=True)
+
+
 _RUNNING: list[Sshd] = []
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
 from conveyor.config.types import Duration, Secret
@@ -22,6 +22,28 @@ def _valid_fingerprint(text: str) -> str:
 
 FingerprintText = Annotated[str, AfterValidator(_valid_fingerprint)]
 """One host key fingerprint in any accepted form (checked item by item, so errors name the index)."""
+
+
+def _names(category: str) -> Any:
+    from conveyor.transfer.sftp.algorithms import check_names
+
+    return AfterValidator(lambda names: check_names(category, names))
+
+
+class SftpAlgorithms(BaseModel):
+    """SSH algorithms offered to the server, each list in order of preference (unset: the defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kex: Annotated[list[str], _names("kex")] | None = Field(None, description="key exchange algorithms")
+    ciphers: Annotated[list[str], _names("ciphers")] | None = Field(None, description="encryption algorithms")
+    macs: Annotated[list[str], _names("macs")] | None = Field(None, description="MAC algorithms")
+    host_keys: Annotated[list[str], _names("host_keys")] | None = Field(
+        None, description="host key (signature) algorithms accepted from the server"
+    )
+    compression: Annotated[list[str], _names("compression")] | None = Field(
+        None, description="compression algorithms (none, zlib@openssh.com, zlib)"
+    )
 
 
 class SftpConfig(InstanceConfig):
@@ -77,6 +99,16 @@ class SftpConfig(InstanceConfig):
     max_connection_attempts: int = Field(3, ge=1, description="attempts per connect before the instance is down")
     max_connections: int = Field(4, ge=1, le=64, description="SSH connections (SFTP sessions) kept to this server")
     keepalive: Duration = Field(30.0, description="SSH keepalive interval on idle connections (0: none)")
+    algorithms: SftpAlgorithms | None = Field(
+        None,
+        description="SSH algorithm lists offered to the server: kex, ciphers, macs, host_keys, compression "
+        "(each replaces that default; names as OpenSSH spells them)",
+    )
+    legacy_algorithms: bool = Field(
+        False,
+        description="also offer what old servers need: SHA-1 key exchanges, ssh-rsa signatures, CBC ciphers "
+        "(a warning at start and in /status)",
+    )
 
     @field_validator("host_fingerprint", "host_ca", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from conveyor._compat import asyncssh as ssh_compat
 from conveyor.errors import AuthError, ConveyorError, HostKeyError, Permanent, Transient
 from conveyor.supervisor import CONNECT_BACKOFF, retrying
 from conveyor.transfer.remote_root import fixed_root, resolve_root
+from conveyor.transfer.sftp import algorithms
 from conveyor.transfer.sftp.config import SftpConfig
 from conveyor.transfer.sftp.hostkeys import (
     KEY_FAMILIES,
@@ -43,16 +44,6 @@ log = logging.getLogger("conveyor.sftp")
 # SFTP read then travels in few SSH packets, which is where the Python-side time goes.
 WINDOW = 16 * 1024 * 1024
 MAX_PKTSIZE = 256 * 1024
-# AES-GCM first: cryptography runs it with AES-NI in one call per packet, while asyncssh's
-# chacha20-poly1305 (its default first choice) costs several calls per packet.
-ENCRYPTION_ALGS = [
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes256-ctr",
-    "aes192-ctr",
-    "aes128-ctr",
-]
 NO_SHA1_KEX = "-*-sha1"
 """asyncssh's default key exchanges without the SHA-1 ones (OpenSSH's "-" syntax). Offered first, so
 that a server left with only SHA-1 is known for certain: the handshake fails, and the retry that
@@ -153,6 +144,12 @@ class SftpPool:
         self._fps = config.fingerprints()
         self._sha1_kex = False
         """The server offered no key exchange without SHA-1 last time: offer SHA-1 at once."""
+        self._chosen: dict[str, list[str]] | None = None
+        """The configured algorithm lists (``algorithms`` or ``legacy_algorithms``), offered as they are,
+        with no SHA-1 retry; None: the defaults, SHA-1 key exchange only in a retry."""
+        if config.algorithms is not None or config.legacy_algorithms:
+            given = config.algorithms.model_dump() if config.algorithms else {}
+            self._chosen = algorithms.chosen(given, config.legacy_algorithms)
         self._host_key_algs: list[str] | None = None
         """The host-key algorithms the server listed in its KEXINIT, when it was read."""
         self._warned: set[str] = set()
@@ -341,6 +338,9 @@ class SftpPool:
             ) from None
         except ValueError as e:
             raise Permanent(f"{self.cfg.address}: {e}", instance=self.name) from None
+        if self._chosen is not None and not set(self._host_key_algs) & set(self._chosen["host_keys"]):
+            why = algorithms.explain("host key", self.cfg.legacy_algorithms, self._host_key_algs)
+            raise Permanent(f"{self.cfg.address}: key exchange failed: {why}", instance=self.name)
         return fams or [None]
 
     def _verify(self, blob: bytes) -> bool:
@@ -362,7 +362,18 @@ class SftpPool:
             client.password_sent = True
             return secret
 
-        opts: dict[str, Any] = {"kex_algs": "default" if self._sha1_kex else NO_SHA1_KEX}
+        opts: dict[str, Any]
+        if self._chosen is not None:
+            opts = algorithms.connect_options(self._chosen)
+            if algs is not None:  # one host-key family at a time, within the configured list
+                algs = [a for a in algs if a in self._chosen["host_keys"]]
+                if not algs:
+                    raise ConnectionResetError  # as a server lacking the family: the next one is tried
+        else:
+            opts = {
+                "kex_algs": "default" if self._sha1_kex else NO_SHA1_KEX,
+                "encryption_algs": algorithms.ENCRYPTION_ALGS,
+            }
         if algs is not None:
             opts["server_host_key_algs"] = algs
         try:
@@ -390,7 +401,6 @@ class SftpPool:
                 keepalive_count_max=3,
                 window=WINDOW,
                 max_pktsize=MAX_PKTSIZE,
-                encryption_algs=ENCRYPTION_ALGS,
                 **opts,
             )
         except asyncssh.HostKeyNotVerifiable as e:
@@ -400,11 +410,13 @@ class SftpPool:
         except asyncssh.PermissionDenied:
             raise AuthError(self._auth_message(), instance=self.name) from None
         except asyncssh.KeyExchangeFailed as e:
-            if self._sha1_kex:
-                self._sha1_kex = False  # SHA-1 did not help: next time, ask for better first again
-                raise Transient(f"{cfg.address}: key exchange failed: {e.reason}", instance=self.name) from None
-            self._sha1_kex = True  # nothing in common without SHA-1: the one change in the retry
-            return await self._login(algs, known_hosts=known_hosts)
+            if self._chosen is None and not self._sha1_kex and "key exchange" in e.reason:
+                self._sha1_kex = True  # nothing in common without SHA-1: the one change in the retry
+                return await self._login(algs, known_hosts=known_hosts)
+            self._sha1_kex = False  # SHA-1 did not help: next time, ask for better first again
+            why = algorithms.explain(e.reason, cfg.legacy_algorithms, self._host_key_algs)
+            # The server will not change its lists by itself: a retry cannot help.
+            raise Permanent(f"{cfg.address}: key exchange failed: {why or e.reason}", instance=self.name) from None
         except asyncssh.DisconnectError as e:
             raise Transient(f"{cfg.address} closed the connection: {e.reason}", instance=self.name) from None
         except ConnectionResetError:
