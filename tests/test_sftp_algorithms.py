@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.transfer.sftp.hostkeys import sha256_fp
+from conveyor.transfer.sftp.hostkeys import fingerprint_main, sha256_fp
 from tests.backends.sftp import ssh_client_keys  # noqa: F401  (the fixture)
 from tests.harness import write_config
 from tests.servers.ssh_keys import KeySet
@@ -71,3 +71,11 @@ async def test_an_explicit_cipher_list_reaches_the_server(tmp_path: Path, legacy
     _, doc = await run_until_delivered(tmp_path, instance, "in")
     assert delivered(tmp_path) == [b"b"]
     assert any(w.startswith("instances.sftp.algorithms.ciphers: weak: aes128-cbc") for w in doc["warnings"])
+
+
+def test_fingerprint_shows_what_the_server_offers(legacy_sshd: Sshd, capsys: pytest.CaptureFixture[str]) -> None:
+    assert fingerprint_main(f"127.0.0.1:{legacy_sshd.port}") == 0
+    out = capsys.readouterr().out
+    assert f'host_fingerprint: "{sha256_fp(legacy_sshd.host_blob("rsa"))}"' in out
+    assert "#   kex: diffie-hellman-group14-sha1" in out and "#   ciphers: aes128-cbc\n" in out
+    assert "#   host_keys: ssh-rsa\n" in out and "#   macs: " in out

@@ -24,26 +24,23 @@ FingerprintText = Annotated[str, AfterValidator(_valid_fingerprint)]
 """One host key fingerprint in any accepted form (checked item by item, so errors name the index)."""
 
 
-def _names(category: str) -> Any:
-    from conveyor.transfer.sftp.algorithms import check_names
-
-    return AfterValidator(lambda names: check_names(category, names))
-
-
 class SftpAlgorithms(BaseModel):
     """SSH algorithms offered to the server, each list in order of preference (unset: the defaults)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kex: Annotated[list[str], _names("kex")] | None = Field(None, description="key exchange algorithms")
-    ciphers: Annotated[list[str], _names("ciphers")] | None = Field(None, description="encryption algorithms")
-    macs: Annotated[list[str], _names("macs")] | None = Field(None, description="MAC algorithms")
-    host_keys: Annotated[list[str], _names("host_keys")] | None = Field(
-        None, description="host key (signature) algorithms accepted from the server"
-    )
-    compression: Annotated[list[str], _names("compression")] | None = Field(
-        None, description="compression algorithms (none, zlib@openssh.com, zlib)"
-    )
+    kex: list[str] | None = Field(None, description="key exchange algorithms")
+    ciphers: list[str] | None = Field(None, description="encryption algorithms")
+    macs: list[str] | None = Field(None, description="MAC algorithms")
+    host_keys: list[str] | None = Field(None, description="host key (signature) algorithms accepted from the server")
+    compression: list[str] | None = Field(None, description="compression algorithms (none, zlib@openssh.com, zlib)")
+
+    @field_validator("kex", "ciphers", "macs", "host_keys", "compression")
+    @classmethod
+    def _supported(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        from conveyor.transfer.sftp.algorithms import check_names  # asyncssh only when the key is used
+
+        return None if v is None else check_names(str(info.field_name), v)
 
 
 class SftpConfig(InstanceConfig):

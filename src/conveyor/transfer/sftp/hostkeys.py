@@ -25,6 +25,7 @@ import hashlib
 import re
 import struct
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -131,7 +132,17 @@ def families_in(host_key_algs: list[str]) -> list[str]:
 
 
 async def server_kexinit(host: str, port: int, timeout: float) -> tuple[list[str], list[str]]:  # noqa: ASYNC109
-    """The key exchange and host-key algorithms the server lists in its KEXINIT.
+    """The key exchange and host-key algorithms the server lists in its KEXINIT."""
+    lists = await server_algorithms(host, port, timeout)
+    return lists["kex"], lists["host_keys"]
+
+
+KEXINIT_LISTS = ("kex", "host_keys", "ciphers", "ciphers_s2c", "macs", "macs_s2c", "compression", "compression_s2c")
+"""The name-lists of a KEXINIT in order (RFC 4253 7.1); the unsuffixed ones are client to server."""
+
+
+async def server_algorithms(host: str, port: int, timeout: float) -> dict[str, list[str]]:  # noqa: ASYNC109
+    """Every algorithm list the server sends in its KEXINIT, by the names of KEXINIT_LISTS.
 
     Reads the server's first binary packet (sent unencrypted before any key exchange)
     over a plain TCP connection that is closed straight after; no key is negotiated.
@@ -154,12 +165,12 @@ async def server_kexinit(host: str, port: int, timeout: float) -> tuple[list[str
     if not payload or payload[0] != 20:  # SSH_MSG_KEXINIT
         raise ValueError("not an SSH server (no KEXINIT)")
     pos = 17  # message byte + 16-byte cookie
-    lists = []
-    for _ in range(2):
+    lists = {}
+    for name in KEXINIT_LISTS:
         (n,) = struct.unpack(">I", payload[pos : pos + 4])
-        lists.append(payload[pos + 4 : pos + 4 + n].decode("ascii", "replace"))
+        lists[name] = payload[pos + 4 : pos + 4 + n].decode("ascii", "replace").split(",")
         pos += 4 + n
-    return lists[0].split(","), lists[1].split(",")
+    return lists
 
 
 def sha1_signature(keytype: str, host_key_algs: list[str]) -> bool:
@@ -182,14 +193,29 @@ class HostKeyInfo:
 
 async def scan(host: str, port: int = 22, timeout: float = 10.0) -> list[tuple[str, str, str, str]]:  # noqa: ASYNC109
     """Every host key the server offers as ``(keytype, sha256, md5, sha512)``, ed25519 first."""
+    return await _keys(host, port, timeout, await server_key_families(host, port, timeout))
+
+
+async def _keys(host: str, port: int, timeout: float, families: list[str]) -> list[tuple[str, str, str, str]]:  # noqa: ASYNC109
     import asyncssh
 
+    from conveyor.transfer.sftp.algorithms import supported
+
     out: list[tuple[str, str, str, str]] = []
-    for fam in await server_key_families(host, port, timeout):
+    for fam in families:
         try:
             async with asyncio.timeout(timeout):
+                # Every algorithm asyncssh has: this handshake only reads a public key, and an
+                # old server's key is as worth pinning as a new one's.
                 key = await asyncssh.get_server_host_key(
-                    host, port, server_host_key_algs=KEY_FAMILIES[fam], config=None
+                    host,
+                    port,
+                    server_host_key_algs=KEY_FAMILIES[fam],
+                    config=None,
+                    kex_algs=[k for k in supported("kex") if not k.startswith("gss-")],
+                    options=asyncssh.SSHClientConnectionOptions(
+                        config=None, encryption_algs=supported("ciphers"), mac_algs=supported("macs")
+                    ),
                 )
         except (ConnectionResetError, asyncssh.DisconnectError):
             continue  # the server lacks that type after all (OpenSSH resets the connection)
@@ -198,6 +224,15 @@ async def scan(host: str, port: int = 22, timeout: float = 10.0) -> list[tuple[s
         blob = key.public_data
         out.append((key.get_algorithm(), sha256_fp(blob), md5_fp(blob), sha512_fp(blob)))
     return out
+
+
+async def _offer_and_keys(
+    host: str,
+    port: int,
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[dict[str, list[str]], list[tuple[str, str, str, str]]]:
+    offer = await server_algorithms(host, port, timeout)
+    return offer, await _keys(host, port, timeout, families_in(offer["host_keys"]))
 
 
 def _split_target(target: str) -> tuple[str, int]:
@@ -218,7 +253,11 @@ def fingerprint_main(argv_target: str) -> int:
         print(f"conveyor fingerprint: '{argv_target}' is not HOST[:PORT]", file=sys.stderr)
         return 2
     try:
-        keys = asyncio.run(scan(host, port))
+        with warnings.catch_warnings():
+            # An old server's finite-field Diffie-Hellman makes cryptography warn that it will drop
+            # FFDH one day: noise on a command whose output is meant to be pasted.
+            warnings.filterwarnings("ignore", "Diffie-Hellman over finite fields")
+            offer, keys = asyncio.run(_offer_and_keys(host, port, 10.0))
     except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
         print(
             f"conveyor fingerprint: cannot read host keys from {hostport(host, port)}: {e or type(e).__name__}",
@@ -234,4 +273,7 @@ def fingerprint_main(argv_target: str) -> int:
         print(f'host_fingerprint: "{sha256}"')
         print(f'host_fingerprint: "{md5}"')
         print(f'host_fingerprint: "{sha512}"')
+    print(f"\n# algorithms {hostport(host, port)} offers (for algorithms: / legacy_algorithms:)")
+    for name in ("kex", "host_keys", "ciphers", "macs"):
+        print(f"#   {name}: {', '.join(offer[name])}")
     return 0
