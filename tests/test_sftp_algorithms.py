@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
+from conveyor.errors import Permanent
+from conveyor.transfer.sftp.config import SftpConfig
 from conveyor.transfer.sftp.hostkeys import fingerprint_main, sha256_fp
-from tests.backends.sftp import ssh_client_keys  # noqa: F401  (the fixture)
+from conveyor.transfer.sftp.pool import SftpPool
+from tests.backends.sftp import ssh_client_keys, sshd  # noqa: F401  (the fixtures)
 from tests.harness import write_config
 from tests.servers.ssh_keys import KeySet
 from tests.servers.sshd import Sshd, own_sshd
@@ -79,3 +82,29 @@ def test_fingerprint_shows_what_the_server_offers(legacy_sshd: Sshd, capsys: pyt
     assert f'host_fingerprint: "{sha256_fp(legacy_sshd.host_blob("rsa"))}"' in out
     assert "#   kex: diffie-hellman-group14-sha1" in out and "#   ciphers: aes128-cbc\n" in out
     assert "#   host_keys: ssh-rsa\n" in out and "#   macs: " in out
+
+
+@pytest.mark.parametrize(
+    ("lists", "expected"),
+    [
+        (
+            {"kex": ["diffie-hellman-group1-sha1"]},
+            "no common key exchange: the server offers sntrup761x25519-sha512, ",
+        ),
+        ({"host_keys": ["ssh-dss"]}, "no common host key: the server offers "),
+        # An AEAD cipher (GCM, chacha20) carries its own MAC: only a CTR cipher negotiates one.
+        ({"ciphers": ["aes128-ctr"], "macs": ["hmac-md5"]}, "no common MAC: the server offers umac-64-etm@openssh.com"),
+    ],
+)
+async def test_nothing_in_common_names_the_server_list_and_the_key(
+    sshd: Sshd,  # noqa: F811
+    lists: dict[str, list[str]],
+    expected: str,
+) -> None:
+    pool = SftpPool("modern", SftpConfig.model_validate(sshd.instance_config(algorithms=lists)), None)
+    with pytest.raises(Permanent) as ei:
+        await pool.connect()
+    msg = str(ei.value)
+    key = list(lists)[-1]
+    assert expected in msg and f"; set algorithms.{key} to include one of " in msg, msg
+    assert "legacy_algorithms" not in msg and "kex-strict" not in msg, msg

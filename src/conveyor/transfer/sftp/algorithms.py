@@ -17,10 +17,11 @@ CATEGORIES: dict[str, tuple[str, str]] = {
 
 LEGACY: dict[str, list[str]] = {
     "kex": ["diffie-hellman-group14-sha1", "diffie-hellman-group-exchange-sha1", "diffie-hellman-group1-sha1"],
-    "host_keys": ["ssh-rsa"],
     "ciphers": ["aes128-cbc", "aes256-cbc", "3des-cbc"],
 }
-"""What ``legacy_algorithms: true`` adds, last, to the defaults: what servers from before 2015 need."""
+"""What ``legacy_algorithms: true`` adds, last, to the defaults: what servers from before 2015 need.
+``ssh-rsa`` (SHA-1) host-key signatures need no addition: asyncssh accepts them after rsa-sha2-*,
+and the host-key check warns when a server signs with nothing better."""
 
 # AES-GCM first: cryptography runs it with AES-NI in one call per packet, while asyncssh's
 # chacha20-poly1305 (its default first choice) costs several calls per packet.
@@ -75,10 +76,13 @@ def check_names(category: str, names: list[str]) -> list[str]:
 
 
 def chosen(algorithms: dict[str, list[str] | None], legacy: bool) -> dict[str, list[str]]:
-    """The list offered per key: the configured one, else the default plus, with ``legacy``, LEGACY."""
+    """The list offered per key: the configured one, else the default plus, with ``legacy``, LEGACY.
+    ``host_keys`` only when configured: asyncssh's own choice also follows a known_hosts file."""
     out = {}
     for category in CATEGORIES:
         names = algorithms.get(category)
+        if names is None and category == "host_keys":
+            continue
         if names is None:
             names = defaults(category) + [a for a in LEGACY.get(category, []) if legacy]
             names = list(dict.fromkeys(names))
@@ -106,11 +110,13 @@ def explain(reason: str, legacy: bool, server_host_keys: list[str] | None = None
     m = _NO_MATCH.search(reason)
     if m:
         category = _ASYNCSSH_NAMES[m.group(1)]
-        offered = [a for a in m.group(2).split(",") if a and a != "<None>"]
+        offered = m.group(2).split(",")
     elif server_host_keys is not None and "host key" in reason.lower():
         category, offered = "host_keys", server_host_keys
     else:
         return None
+    # Markers in the key exchange list (strict KEX, extension negotiation) are not algorithms.
+    offered = [a for a in offered if a and a != "<None>" and not a.startswith(("kex-strict-", "ext-info-"))]
     what = CATEGORIES[category][1]
     text = f"no common {what}: the server offers {', '.join(offered) or 'none'}"
     ours = set(supported(category))

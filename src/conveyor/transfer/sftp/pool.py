@@ -338,9 +338,12 @@ class SftpPool:
             ) from None
         except ValueError as e:
             raise Permanent(f"{self.cfg.address}: {e}", instance=self.name) from None
-        if self._chosen is not None and not set(self._host_key_algs) & set(self._chosen["host_keys"]):
-            why = algorithms.explain("host key", self.cfg.legacy_algorithms, self._host_key_algs)
-            raise Permanent(f"{self.cfg.address}: key exchange failed: {why}", instance=self.name)
+        wanted = (self._chosen or {}).get("host_keys")
+        if wanted is not None:  # only the families the configured list can verify
+            if not set(self._host_key_algs) & set(wanted):
+                why = algorithms.explain("host key", self.cfg.legacy_algorithms, self._host_key_algs)
+                raise Permanent(f"{self.cfg.address}: key exchange failed: {why}", instance=self.name)
+            fams = [f for f in fams if f is None or set(KEY_FAMILIES[f]) & set(wanted)]
         return fams or [None]
 
     def _verify(self, blob: bytes) -> bool:
@@ -365,10 +368,9 @@ class SftpPool:
         opts: dict[str, Any]
         if self._chosen is not None:
             opts = algorithms.connect_options(self._chosen)
-            if algs is not None:  # one host-key family at a time, within the configured list
-                algs = [a for a in algs if a in self._chosen["host_keys"]]
-                if not algs:
-                    raise ConnectionResetError  # as a server lacking the family: the next one is tried
+            wanted = self._chosen.get("host_keys")
+            if algs is not None and wanted is not None:  # one host-key family, within the configured list
+                algs = [a for a in algs if a in wanted]
         else:
             opts = {
                 "kex_algs": "default" if self._sha1_kex else NO_SHA1_KEX,
