@@ -73,7 +73,7 @@ def _sftp(key: str, name: str, cfg: SftpConfig) -> list[TransportWarning]:
         out.append(
             TransportWarning(
                 f"{key}.legacy_algorithms",
-                "true: SHA-1 key exchanges, ssh-rsa signatures and CBC ciphers are offered, which "
+                "true: SHA-1 key exchanges and CBC ciphers are offered, which "
                 "weaken what protects the connection; ask the server's operator for modern algorithms",
                 name,
             )

@@ -103,7 +103,7 @@ class SftpConfig(InstanceConfig):
     )
     legacy_algorithms: bool = Field(
         False,
-        description="also offer what old servers need: SHA-1 key exchanges, ssh-rsa signatures, CBC ciphers "
+        description="also offer what old servers need: SHA-1 key exchanges and CBC ciphers "
         "(a warning at start and in /status)",
     )
 
