@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from conveyor.config.base import TargetConfig
-from conveyor.config.types import Duration
+from conveyor.config.types import Duration, Secret
+from conveyor.proxy import PROXY_HELP, ProxyUrl, check_proxy_setting, proxy_of
 
 
 class HttpTargetConfig(TargetConfig):
@@ -21,6 +22,8 @@ class HttpTargetConfig(TargetConfig):
     )
     tls_verify: bool = Field(True, description="verify the server certificate")
     ca_file: str | None = Field(None, description="CA bundle to verify the server with")
+    proxy: Secret | None = Field(None, description=PROXY_HELP)
+    _proxy_parses = field_validator("proxy")(check_proxy_setting)
     content_type: str | None = Field(
         None, description="Content-Type (default: guessed from the payload name, else application/octet-stream)"
     )
@@ -31,3 +34,8 @@ class HttpTargetConfig(TargetConfig):
         if not v.lower().startswith(("http://", "https://")) or len(v.split("://", 1)[1]) == 0:
             raise ValueError("url must start with http:// or https://")
         return v
+
+    @property
+    def proxy_url(self) -> ProxyUrl | None:
+        """The parsed ``proxy``, or None to connect directly."""
+        return proxy_of(self.proxy)

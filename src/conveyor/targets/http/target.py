@@ -29,12 +29,14 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+from aiohttp_socks import ProxyConnectionError, ProxyConnector, ProxyError, ProxyTimeoutError
 from yarl import URL
 
 from conveyor import __version__
 from conveyor.errors import Rejected, RetryAfter, Transient
 from conveyor.interfaces import Context
 from conveyor.payload.payload import Payload
+from conveyor.proxy import SCHEMES
 from conveyor.redact import redact
 from conveyor.targets.http.config import HttpTargetConfig
 from conveyor.targets.http.inactivity import Guard, Watchdog
@@ -98,6 +100,10 @@ class HttpRejected(Rejected):
         self.status = status
 
 
+PROXY_ERRORS = (ProxyConnectionError, ProxyError, ProxyTimeoutError)
+"""What aiohttp-socks raises when the proxy is down or refuses (not aiohttp's own errors)."""
+
+
 class HttpTarget:
     """POSTs each payload of one flow to ``config.url``; one pooled client session per target."""
 
@@ -118,7 +124,24 @@ class HttpTarget:
     def session(self) -> aiohttp.ClientSession:
         """The target's client session, created on first use (inside the running loop)."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl() if self.url.scheme == "https" else False, limit=0)
+            tls = self._ssl() if self.url.scheme == "https" else False
+            proxy = self.config.proxy_url
+            connector = (
+                aiohttp.TCPConnector(ssl=tls, limit=0)
+                if proxy is None
+                # Every request tunnels through the proxy (CONNECT or SOCKS5, also for http:// urls);
+                # the proxy resolves the endpoint's name, and TLS to the endpoint runs inside the tunnel.
+                else ProxyConnector(
+                    proxy_type=SCHEMES[proxy.scheme],
+                    host=proxy.host,
+                    port=proxy.port,
+                    username=proxy.username,
+                    password=proxy.password,
+                    rdns=True,
+                    ssl=tls,
+                    limit=0,
+                )
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None),
@@ -165,6 +188,8 @@ class HttpTarget:
             raise
         except TimeoutError:
             raise Transient(f"POST {self.where}: no progress for {limit:g}s (timeout)") from None
+        except PROXY_ERRORS as e:
+            raise self._proxy_error(f"POST {self.where}", e) from None
         except (aiohttp.ClientError, OSError) as e:
             if not reused_ok and not isinstance(e, aiohttp.ClientConnectorError) and _disconnect(e):
                 raise _Disconnected() from None
@@ -205,6 +230,8 @@ class HttpTarget:
                         status, reason = resp.status, resp.reason or ""
             except TimeoutError:
                 raise Transient(f"{method}: no answer within {self.config.timeout:g}s (timeout)") from None
+            except PROXY_ERRORS as e:
+                raise self._proxy_error(method, e) from None
             except (aiohttp.ClientError, OSError) as e:
                 raise _network_error(method, e) from None
             answer = f"{status} {reason}".rstrip()
@@ -213,6 +240,10 @@ class HttpTarget:
                 return f"answered {method} with {answer}{hint}"
             answers.append(f"{method} with {answer}")
         raise Transient(f"answered {' and '.join(answers)}: the server fails")
+
+    def _proxy_error(self, what: str, e: BaseException) -> Transient:
+        """The proxy was down or refused: named without its password; never a direct retry."""
+        return Transient(f"{what}: proxy {self.config.proxy_url}: {redact(str(e))}")
 
     async def close(self) -> None:
         """Close the pooled connections."""

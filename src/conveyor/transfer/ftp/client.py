@@ -116,9 +116,15 @@ class FtpConnection:
         cfg, t = self.cfg, self.cfg.timeout
         implicit = cfg.tls == "implicit"
         async with asyncio.timeout(t):
+            proxy = cfg.proxy_url
+            # Through a proxy, asyncio gets the tunnel's socket: TLS then runs inside the tunnel.
+            where: dict[str, Any] = (
+                {"sock": await proxy.connect(cfg.host, cfg.effective_port, t)}
+                if proxy is not None
+                else {"host": cfg.host, "port": cfg.effective_port}
+            )
             self._reader, self._writer = await asyncio.open_connection(
-                cfg.host,
-                cfg.effective_port,
+                **where,
                 limit=MAX_REPLY_BYTES,
                 ssl=self._tls if implicit else None,
                 server_hostname=cfg.host if implicit else None,
@@ -271,8 +277,16 @@ class FtpConnection:
                     peer,
                 )
         loop = asyncio.get_running_loop()
+        proxy = cfg.proxy_url
         async with asyncio.timeout(cfg.timeout):
-            transport, _ = await loop.create_connection(lambda: proto, host, port)
+            if proxy is not None:
+                # Every data channel goes through the proxy too, to the server's name as the control did.
+                if not cfg.pasv_trust_address:
+                    host = cfg.host
+                sock = await proxy.connect(host, port, cfg.timeout)
+                transport, _ = await loop.create_connection(lambda: proto, sock=sock)
+            else:
+                transport, _ = await loop.create_connection(lambda: proto, host, port)
         return transport
 
     async def _open_active(self) -> socket.socket:

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
 from conveyor.config.types import Duration, Secret, Size
 from conveyor.netloc import hostport
+from conveyor.proxy import PROXY_HELP, ProxyUrl, check_proxy_setting, proxy_of
 from conveyor.registry import ConnectorSpec, register
 from conveyor.transfer.remote_root import ROOT_HELP, normalise_root
 
@@ -90,6 +91,8 @@ class FtpConfig(InstanceConfig):
         description="accepted for Patchworks configs and otherwise ignored: `true` is what happens anyway; "
         "`false` does not make conveyor trust PASV addresses (that is `pasv_trust_address: true`)",
     )
+    proxy: Secret | None = Field(None, description=PROXY_HELP + "; needs passive mode")
+    _proxy_parses = field_validator("proxy")(check_proxy_setting)
     max_listing_entries: int = Field(
         MAX_LISTING_ENTRIES,
         ge=1,
@@ -138,6 +141,11 @@ class FtpConfig(InstanceConfig):
     def _fingerprint_parses(cls, v: str | None) -> str | None:
         return parse_tls_fingerprint(v) if v is not None else None
 
+    @property
+    def proxy_url(self) -> ProxyUrl | None:
+        """The parsed ``proxy``, or None to connect directly."""
+        return proxy_of(self.proxy)
+
     @model_validator(mode="after")
     def _tls_options_need_tls(self) -> FtpConfig:
         if self.tls == "none":
@@ -148,6 +156,9 @@ class FtpConfig(InstanceConfig):
             raise ValueError("give either ca_file or tls_fingerprint, not both")
         if self.pasv_trust_address and self.ignore_passive_address:
             raise ValueError("ignore_passive_address: true contradicts pasv_trust_address: true; give one")
+        if self.proxy is not None and not self.passive:
+            # Active mode has the server connect back to us: a proxy cannot carry that.
+            raise ValueError("proxy needs passive mode: active mode (passive: false) cannot go through a proxy")
         return self
 
     @property

@@ -1,0 +1,109 @@
+"""Outbound proxies: the ``proxy`` setting's parsing, and opening a TCP connection through it.
+
+Two kinds, as corporate networks offer them: ``socks5://[user:pass@]host:port`` (SOCKS5, with or
+without username authentication) and ``http://[user:pass@]host:port`` (HTTP ``CONNECT``). The
+protocol work is python-socks'; this module keeps the rules conveyor adds around it:
+
+* a proxy that is down, refuses, or rejects the credentials or the destination fails as
+  :class:`ProxyFailed`, a ``ConnectionError`` naming the proxy (never its password) — there is
+  no fallback to a direct connection;
+* the password is held as a secret and never appears in reprs, errors, logs or ``/status``.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, urlsplit
+
+from pydantic import SecretStr
+from python_socks import ProxyError, ProxyTimeoutError, ProxyType
+from python_socks.async_.asyncio import Proxy
+
+from conveyor.netloc import hostport
+
+SCHEMES = {"socks5": ProxyType.SOCKS5, "http": ProxyType.HTTP}
+PROXY_HELP = (
+    "proxy to reach the server through: socks5://[user:pass@]host:port (SOCKS5) or "
+    "http://[user:pass@]host:port (HTTP CONNECT); never bypassed"
+)
+
+
+class ProxyFailed(ConnectionError):
+    """The proxy could not be reached, refused, or would not connect to the destination."""
+
+
+@dataclass(frozen=True)
+class ProxyUrl:
+    """A parsed ``proxy`` setting. ``str()`` shows it without the password."""
+
+    scheme: str
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        user = f"{quote(self.username, safe='')}@" if self.username else ""
+        return f"{self.scheme}://{user}{hostport(self.host, self.port)}"
+
+    async def connect(self, host: str, port: int, seconds: float) -> socket.socket:
+        """A connected non-blocking socket to ``host:port`` through the proxy, within ``seconds``.
+
+        Raises :class:`ProxyFailed` naming the proxy and the destination.
+        """
+        proxy = Proxy(
+            SCHEMES[self.scheme],
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            rdns=True,  # the proxy resolves the name: partners' hosts are often only known inside
+        )
+        dest = hostport(host, port)
+        try:
+            sock = await proxy.connect(dest_host=host, dest_port=port, timeout=seconds)
+        except ProxyTimeoutError:
+            raise ProxyFailed(f"proxy {self}: no answer within {seconds:g}s (connecting to {dest})") from None
+        except ProxyError as e:
+            raise ProxyFailed(f"proxy {self}: refused the connection to {dest}: {e}") from None
+        except OSError as e:
+            raise ProxyFailed(f"proxy {self}: cannot connect: {e.strerror or e}") from None
+        sock.setblocking(False)
+        return sock
+
+
+def parse_proxy(value: str) -> ProxyUrl:
+    """Parse and check a ``proxy`` setting; ValueError with a one-line reason otherwise."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError("proxy is not a URL: expected socks5://[user:pass@]host:port or http://...") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        shown = f"{scheme}://" if scheme else "no scheme"
+        raise ValueError(f"proxy has {shown}: expected socks5:// (SOCKS5) or http:// (HTTP CONNECT)")
+    if not parts.hostname:
+        raise ValueError("proxy has no host: expected socks5://[user:pass@]host:port")
+    if port is None:
+        raise ValueError("proxy has no port: give it, e.g. socks5://proxy:1080 or http://proxy:3128")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("proxy takes only scheme, credentials, host and port")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if password is not None and not username:
+        raise ValueError("proxy has a password but no username")
+    return ProxyUrl(scheme, parts.hostname, port, username, password)
+
+
+def check_proxy_setting(value: SecretStr | None) -> SecretStr | None:
+    """Pydantic validator of a ``proxy`` field (kept secret: it may carry a password)."""
+    if value is not None:
+        parse_proxy(value.get_secret_value())
+    return value
+
+
+def proxy_of(value: SecretStr | None) -> ProxyUrl | None:
+    """The parsed ``proxy`` field, or None to connect directly."""
+    return parse_proxy(value.get_secret_value()) if value is not None else None
