@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,20 @@ async def _refused(srv: Any, proxy: Any, tmp_path: Path, reason: str, password: 
         await inst.close()
 
 
+async def test_ftp_through_a_proxy_that_never_answers_times_out_naming_it(vsftpd_factory: Any, tmp_path: Path) -> None:
+    srv = vsftpd_factory("none")
+    with socket.socket() as silent:  # accepts (the kernel's backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"socks5://u:secret@127.0.0.1:{silent.getsockname()[1]}"
+        inst, _, _ = ftp_instance(srv.config(proxy=url, timeout="1s"), tmp_path / "spool")
+        try:
+            with pytest.raises(Transient, match=r"timed out after 1s \(127.0.0.1 through proxy socks5://u@127"):
+                await inst.check()
+        finally:
+            await inst.close()
+
+
 # -- the http target through each proxy -------------------------------------------------------
 def _payload(data: bytes) -> Payload:
     return Payload(
@@ -162,8 +177,8 @@ def _payload(data: bytes) -> Payload:
     )
 
 
-def _http_target(url: str, proxy: str) -> HttpTarget:
-    return HttpTarget("orders", HttpTargetConfig.model_validate({"type": "http", "url": url, "proxy": proxy}))
+def _http_target(url: str, proxy: str, **kw: Any) -> HttpTarget:
+    return HttpTarget("orders", HttpTargetConfig.model_validate({"type": "http", "url": url, "proxy": proxy, **kw}))
 
 
 @pytest.mark.parametrize("kind", ["socks5", "http"])
@@ -196,3 +211,17 @@ async def test_http_target_with_the_proxy_stopped_fails_naming_it(proxy_factory:
         finally:
             await target.close()
         assert sink.received == []  # no direct connection instead
+
+
+async def test_http_target_through_a_proxy_that_never_answers_times_out_naming_it() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://u:secret@127.0.0.1:{silent.getsockname()[1]}"
+        target = _http_target("http://x.invalid/", url, timeout="1s")
+        try:
+            with pytest.raises(Transient, match=r"no progress for 1s \(timeout through proxy http://u@127") as e:
+                await target.deliver(_payload(b"x"))
+            assert "secret" not in str(e.value)
+        finally:
+            await target.close()

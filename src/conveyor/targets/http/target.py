@@ -115,6 +115,8 @@ class HttpTarget:
         self.where = str(self.url.with_user(None).with_password(None).with_query(None).with_fragment(None))
         self._session: aiohttp.ClientSession | None = None
         self._watchdog = Watchdog(config.timeout)
+        proxy = config.proxy_url
+        self._via = f" through proxy {proxy}" if proxy is not None else ""
 
     def _ssl(self) -> ssl.SSLContext | bool:
         if not self.config.tls_verify:
@@ -187,9 +189,9 @@ class HttpTarget:
         except (Transient, Rejected):
             raise
         except TimeoutError:
-            raise Transient(f"POST {self.where}: no progress for {limit:g}s (timeout)") from None
+            raise Transient(f"POST {self.where}: no progress for {limit:g}s (timeout{self._via})") from None
         except PROXY_ERRORS as e:
-            raise self._proxy_error(f"POST {self.where}", e) from None
+            raise Transient(f"POST {self.where}: proxy {self.config.proxy_url}: {redact(str(e))}") from None
         except (aiohttp.ClientError, OSError) as e:
             if not reused_ok and not isinstance(e, aiohttp.ClientConnectorError) and _disconnect(e):
                 raise _Disconnected() from None
@@ -229,9 +231,9 @@ class HttpTarget:
                     ) as resp:
                         status, reason = resp.status, resp.reason or ""
             except TimeoutError:
-                raise Transient(f"{method}: no answer within {self.config.timeout:g}s (timeout)") from None
+                raise Transient(f"{method}: no answer within {self.config.timeout:g}s (timeout{self._via})") from None
             except PROXY_ERRORS as e:
-                raise self._proxy_error(method, e) from None
+                raise Transient(f"{method}: proxy {self.config.proxy_url}: {redact(str(e))}") from None
             except (aiohttp.ClientError, OSError) as e:
                 raise _network_error(method, e) from None
             answer = f"{status} {reason}".rstrip()
@@ -240,10 +242,6 @@ class HttpTarget:
                 return f"answered {method} with {answer}{hint}"
             answers.append(f"{method} with {answer}")
         raise Transient(f"answered {' and '.join(answers)}: the server fails")
-
-    def _proxy_error(self, what: str, e: BaseException) -> Transient:
-        """The proxy was down or refused: named without its password; never a direct retry."""
-        return Transient(f"{what}: proxy {self.config.proxy_url}: {redact(str(e))}")
 
     async def close(self) -> None:
         """Close the pooled connections."""

@@ -127,7 +127,9 @@ class FtpInstance:
         if isinstance(e, FtpProtocolError):
             return Transient(f"{hostport(self.config.host, self.config.effective_port)}: {e}", **kw)
         if isinstance(e, TimeoutError):
-            return Transient(f"timed out after {self.config.timeout:g}s ({self.config.host})", **kw)
+            proxy = self.config.proxy_url
+            via = f" through proxy {proxy}" if proxy is not None else ""
+            return Transient(f"timed out after {self.config.timeout:g}s ({self.config.host}{via})", **kw)
         if isinstance(e, OSError):
             return Transient(f"{hostport(self.config.host, self.config.effective_port)}: {e.strerror or e}", **kw)
         if isinstance(e, ValueError):
