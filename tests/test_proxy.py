@@ -8,10 +8,13 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
+from aiohttp import web
 from pydantic import ValidationError
 
 from conveyor.errors import Transient
@@ -21,7 +24,7 @@ from conveyor.targets.http.config import HttpTargetConfig
 from conveyor.targets.http.target import HttpTarget
 from conveyor.transfer.ftp.config import FtpConfig
 from tests.backends.ftp import ftp_instance
-from tests.servers.ops import http_sink, wait_for
+from tests.servers.ops import http_sink, serve, wait_for
 from tests.servers.proxies import proxy_factory
 from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
 
@@ -194,6 +197,35 @@ async def test_http_target_posts_through_the_proxy(proxy_factory: Any, kind: str
             await target.close()
         assert sink.received[0].body == b"a,b\n1,2\n"
     assert proxy.tunnels() >= 1 and set(proxy.destinations()) == {port}
+
+
+@pytest.mark.parametrize("kind", ["socks5", "http"])
+async def test_https_target_verifies_the_endpoint_inside_the_tunnel(
+    proxy_factory: Any, tmp_path: Path, kind: str
+) -> None:
+    proxy = proxy_factory(kind)
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def ok(_r: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", ok)
+    async with serve(app, ssl_context=server_ctx) as port:
+        trusted = _http_target(f"https://127.0.0.1:{port}/hook", proxy.url(), ca_file=str(ca_file))
+        untrusted = _http_target(f"https://127.0.0.1:{port}/hook", proxy.url())
+        try:
+            await trusted.deliver(_payload(b"over TLS"))
+            with pytest.raises(Transient, match="certificate"):
+                await untrusted.deliver(_payload(b"x"))
+        finally:
+            await trusted.close()
+            await untrusted.close()
+    assert set(proxy.destinations()) == {port}
 
 
 @pytest.mark.parametrize("kind", ["socks5", "http"])

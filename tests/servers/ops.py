@@ -13,6 +13,7 @@ import hashlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -145,12 +146,14 @@ async def small_disk(folder: Path, size: str = "2m") -> AsyncIterator[Path]:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[int]:
-    """Serve ``app`` on a random port of ``host`` (a loopback address) for the duration of the
-    block; yields the port."""
+async def serve(
+    app: web.Application, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
+    """Serve ``app`` on a random port of ``host`` (a loopback address; HTTPS with ``ssl_context``)
+    for the duration of the block; yields the port."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, 0)
+    site = web.TCPSite(runner, host, 0, ssl_context=ssl_context)
     await site.start()
     try:
         yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
