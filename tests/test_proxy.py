@@ -5,6 +5,7 @@ stopped proxy fails naming the proxy, without its password and without a direct 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
@@ -24,9 +25,11 @@ from conveyor.targets.http.config import HttpTargetConfig
 from conveyor.targets.http.target import HttpTarget
 from conveyor.transfer.ftp.config import FtpConfig
 from tests.backends.ftp import ftp_instance
+from tests.harness import write_config
 from tests.servers.ops import http_sink, serve, wait_for
 from tests.servers.proxies import proxy_factory
 from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
+from tests.test_check_connect import check, flow_line
 
 __all__ = ["proxy_factory", "vsftpd_certs", "vsftpd_factory"]
 
@@ -74,6 +77,34 @@ def test_proxy_password_stays_out_of_reprs_and_dumps() -> None:
     assert "hunter2" not in repr(cfg)
     assert "hunter2" not in str(cfg.model_dump(mode="json"))
     assert cfg.proxy_url is not None and cfg.proxy_url.password == "hunter2"
+
+
+async def test_http_proxy_keeps_server_bytes_sent_with_its_answer() -> None:
+    # tinyproxy sometimes passes an FTP server's welcome on in the same segment as its 200; this
+    # in-process proxy does so every time, so the loss it caused shows deterministically.
+    done = asyncio.Event()
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n220 welcome\r\n")
+            await writer.drain()
+            await reader.read()
+        finally:
+            writer.close()
+            done.set()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sock = await parse_proxy(f"http://127.0.0.1:{port}").connect("ftp.example", 21, 5)
+        with sock:
+            async with asyncio.timeout(5):
+                assert await asyncio.get_running_loop().sock_recv(sock, 100) == b"220 welcome\r\n"
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 # -- FTP and FTPS through each proxy ----------------------------------------------------------
@@ -165,6 +196,32 @@ async def test_ftp_through_a_proxy_that_never_answers_times_out_naming_it(vsftpd
                 await inst.check()
         finally:
             await inst.close()
+
+
+async def test_check_connect_goes_through_the_proxy_and_names_it_when_down(
+    vsftpd_factory: Any, proxy_factory: Any, tmp_path: Path
+) -> None:
+    srv = vsftpd_factory("explicit")
+    proxy = proxy_factory("socks5")
+    _put(srv, "out/a.csv", b"a")
+    flows = {
+        "pull": {
+            "source": {"instance": "partner", "path": "out"},
+            "target": {"type": "directory", "path": str(tmp_path / "in")},
+        }
+    }
+    cfg = write_config(tmp_path, {"partner": srv.config(proxy=proxy.url())}, flows)
+    rc, lines = await check(cfg)
+    assert rc == 0, lines
+    assert "folder exists, listed: 1 file" in flow_line(lines, "pull")
+    assert srv.port in proxy.destinations()
+    proxy.stop()
+    rc, lines = await check(cfg)
+    assert rc == 2, lines
+    assert flow_line(lines, "pull").startswith("  FAIL"), lines
+    want = f"FAIL  partner (ftp): instance 'partner': 127.0.0.1:{srv.port}: proxy {proxy.shown}: cannot connect"
+    assert any(want in x for x in lines), lines
+    assert proxy.password not in "\n".join(lines)
 
 
 # -- the http target through each proxy -------------------------------------------------------

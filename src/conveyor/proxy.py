@@ -12,6 +12,8 @@ protocol work is python-socks'; this module keeps the rules conveyor adds around
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import socket
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
@@ -23,6 +25,8 @@ from python_socks.async_.asyncio import Proxy
 from conveyor.netloc import hostport
 
 SCHEMES = {"socks5": ProxyType.SOCKS5, "http": ProxyType.HTTP}
+MAX_ANSWER = 16 * 1024
+"""Longest answer to CONNECT read from an HTTP proxy (a status line and a few headers)."""
 PROXY_HELP = (
     "proxy to reach the server through: socks5://[user:pass@]host:port (SOCKS5) or "
     "http://[user:pass@]host:port (HTTP CONNECT); never bypassed"
@@ -52,6 +56,8 @@ class ProxyUrl:
 
         Raises :class:`ProxyFailed` naming the proxy and the destination.
         """
+        if self.scheme == "http":
+            return await self._http_connect(host, port, seconds)
         proxy = Proxy(
             SCHEMES[self.scheme],
             self.host,
@@ -71,6 +77,64 @@ class ProxyUrl:
             raise ProxyFailed(f"proxy {self}: cannot connect: {e.strerror or e}") from None
         sock.setblocking(False)
         return sock
+
+    async def _http_connect(self, host: str, port: int, seconds: float) -> socket.socket:
+        """HTTP CONNECT, reading the proxy's answer only up to its blank line.
+
+        python-socks reads the answer with one large ``recv``: when the proxy passes on the first
+        bytes of the server (an FTP server speaks first) in the same segment, they are lost, and
+        the client then waits for a welcome that never comes.
+        """
+        dest = hostport(host, port)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(seconds):
+                sock = await self._open_to_proxy(loop)
+                try:
+                    head = f"CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n"
+                    if self.username:
+                        token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
+                        head += f"Proxy-Authorization: Basic {token}\r\n"
+                    await loop.sock_sendall(sock, (head + "\r\n").encode())
+                    answer = bytearray()
+                    while not answer.endswith(b"\r\n\r\n"):
+                        byte = await loop.sock_recv(sock, 1)  # a few hundred bytes, once per connection
+                        if not byte or len(answer) > MAX_ANSWER:
+                            raise ProxyFailed(f"proxy {self}: closed or garbled its answer to CONNECT {dest}")
+                        answer += byte
+                except BaseException:
+                    sock.close()
+                    raise
+        except TimeoutError:
+            raise ProxyFailed(f"proxy {self}: no answer within {seconds:g}s (connecting to {dest})") from None
+        status = answer.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or parts[1] != "200":
+            sock.close()
+            raise ProxyFailed(f"proxy {self}: refused the connection to {dest}: {' '.join(parts[1:])[:200]}")
+        return sock
+
+    async def _open_to_proxy(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        """A TCP connection to the proxy itself (each of its addresses in turn)."""
+        try:
+            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise ProxyFailed(f"proxy {self}: cannot resolve {self.host}: {e.strerror or e}") from None
+        failure: OSError | None = None
+        for family, kind, proto, _, addr in infos:
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, addr)
+                return sock
+            except OSError as e:
+                sock.close()
+                failure = e
+            except BaseException:
+                sock.close()
+                raise
+        reason = (failure.strerror or str(failure)) if failure is not None else "no address"
+        raise ProxyFailed(f"proxy {self}: cannot connect: {reason}")
 
 
 def parse_proxy(value: str) -> ProxyUrl:
