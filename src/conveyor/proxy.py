@@ -1,8 +1,9 @@
 """Outbound proxies: the ``proxy`` setting's parsing, and opening a TCP connection through it.
 
 Two kinds, as corporate networks offer them: ``socks5://[user:pass@]host:port`` (SOCKS5, with or
-without username authentication) and ``http://[user:pass@]host:port`` (HTTP ``CONNECT``). The
-protocol work is python-socks'; this module keeps the rules conveyor adds around it:
+without username authentication) and ``http://[user:pass@]host:port`` (HTTP ``CONNECT``). SOCKS5 is
+python-socks'; HTTP CONNECT is done here (see :meth:`ProxyUrl._http_connect` for why). The rules
+conveyor adds around both:
 
 * a proxy that is down, refuses, or rejects the credentials or the destination fails as
   :class:`ProxyFailed`, a ``ConnectionError`` naming the proxy (never its password) — there is
