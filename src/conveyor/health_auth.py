@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from conveyor.config.loader import default_state_folder
 from conveyor.errors import Permanent
 from conveyor.health_app import json_response
 
@@ -67,9 +68,8 @@ def token_path(state: str | None, env: Mapping[str, str] | None = None, cwd: Pat
     """Where the daemon keeps the token it makes: beside a SQLite state database; for a
     PostgreSQL state (or none given), in the default state folder ($STATE_DIRECTORY, else ./var).
     ``env`` and ``cwd`` are the daemon's (default: this process's)."""
-    env = os.environ if env is None else env
     if state is None or state.startswith(("postgresql://", "postgres://")):
-        folder = Path(env.get("STATE_DIRECTORY", "").split(":")[0] or "var")
+        folder = Path(default_state_folder(env))
     else:
         folder = Path(state).parent
     return (cwd or Path.cwd()) / folder / TOKEN_FILE

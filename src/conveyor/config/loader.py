@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,14 @@ def _message(e: Any, context: str) -> str:
     return str(msg)
 
 
+def default_state_folder(env: Mapping[str, str] | None = None) -> str:
+    """The folder for state when the config names none: $STATE_DIRECTORY (systemd), else ./var."""
+    return (os.environ if env is None else env).get("STATE_DIRECTORY", "").split(":")[0] or "var"
+
+
 def default_paths() -> tuple[str, str]:
-    """Default state file and spool folder: under $STATE_DIRECTORY (systemd) or ./var."""
-    base = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "var"
+    """Default state file and spool folder, in :func:`default_state_folder`."""
+    base = default_state_folder()
     return str(Path(base) / "state.db"), str(Path(base) / "spool")
 
 
