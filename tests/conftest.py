@@ -100,26 +100,19 @@ def record_figures(name: str, figures: dict[str, Any]) -> None:
     import datetime as dt
     import json
     import os
-    import platform
-    import subprocess
+    import sys
 
     folder = os.environ.get("CONVEYOR_FIGURES")
     if not folder:
         return
     root = Path(__file__).resolve().parent.parent
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "unknown",
-    )
+    sys.path.insert(0, str(root / "bench"))
+    from record import commit, machine  # the same commit and machine fields as a benchmark's record
+
     doc = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": sha,
-        "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
+        "commit": commit(root),
+        "machine": machine(),
         **figures,
     }
     out = Path(folder)
