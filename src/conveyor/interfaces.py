@@ -6,8 +6,8 @@ implements :class:`FileSystem`; the core's generic file source and file target d
 (rabbitmq, pubsub) is a :class:`BrokerInstance` that makes a :class:`MessageSource` and a
 :class:`Target` per flow. What only some connectors can do is a ``runtime_checkable``
 protocol of its own (:class:`OpensInPlace`, :class:`ChecksListed`, :class:`Resolves`,
-:class:`Probes`, :class:`Located`), asked with ``isinstance``. Connectors never retry or sleep: they raise
-:class:`~conveyor.errors.Transient` or :class:`~conveyor.errors.Permanent` and the
+:class:`Probes`, :class:`Located`, :class:`Hops`), asked with ``isinstance``. Connectors never
+retry or sleep: they raise :class:`~conveyor.errors.Transient` or :class:`~conveyor.errors.Permanent` and the
 supervisor applies backoff.
 """
 
@@ -103,6 +103,15 @@ def count_entry(n: int, max_entries: int | None) -> int:
     if max_entries is not None and n > max_entries:
         raise ListingCut(max_entries)
     return n
+
+
+@runtime_checkable
+class Hops(Protocol):
+    """An instance reached through several hops (a proxy, jump hosts): ``check --connect`` shows each."""
+
+    def hop_report(self) -> list[str]:
+        """One line per hop of the last connect, in order, saying what was verified there."""
+        ...
 
 
 @runtime_checkable

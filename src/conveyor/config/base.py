@@ -23,25 +23,18 @@ class InstanceConfig(ConfigModel):
 
     def secrets(self) -> list[str]:
         """Every secret value in this instance, so logs can redact them."""
-        out = []
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                out.append(value.get_secret_value())
-            elif isinstance(value, ConfigModel):
-                out.extend(_nested_secrets(value))
-        return [s for s in out if s]
+        return [s for s in _nested_secrets(self) if s]
 
 
-def _nested_secrets(model: ConfigModel) -> list[str]:
-    out = []
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, SecretStr):
-            out.append(value.get_secret_value())
-        elif isinstance(value, ConfigModel):
-            out.extend(_nested_secrets(value))
-    return out
+def _nested_secrets(value: object) -> list[str]:
+    """Secrets in a model, its sub-models and lists of them (an sftp instance's jump hosts)."""
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, list | tuple):
+        return [s for item in value for s in _nested_secrets(item)]
+    if isinstance(value, ConfigModel):
+        return [s for name in type(value).model_fields for s in _nested_secrets(getattr(value, name))]
+    return []
 
 
 class SourceConfig(ConfigModel):

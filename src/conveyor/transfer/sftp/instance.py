@@ -88,6 +88,12 @@ class SftpInstance:
             await s.sftp.stat(self._abs(""))
             return f"{self.config.describe()} ({s.keytype}, {s.fingerprint}), root {self._abs('')}"
 
+    def hop_report(self) -> list[str]:
+        """What the last connect verified at each hop; empty for a server reached directly."""
+        if self.config.proxy is None and not self.config.jump:
+            return []
+        return list(self.pool.hop_lines)
+
     async def resolve(self, path: str) -> str:
         """The absolute server path that ``path`` (relative to the root) stands for.
 
