@@ -73,10 +73,14 @@ class FileSystem(Protocol):
         """Append the file's bytes from offset ``sink.size`` to the end (so a retry resumes)."""
         ...
 
-    async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
+    async def upload(
+        self, body: Body, path: str, *, exists: str, chmod: int | None, mtime: float | None = None
+    ) -> bool:
         """Write ``body`` to ``path`` under a temporary name, then rename into place.
 
         ``exists`` is replace | fail | skip; returns False when skipped. Parent folders are created.
+        ``mtime`` (seconds since the epoch), when given, becomes the file's modification time
+        before the rename, where the server lets it be set.
         """
         ...
 

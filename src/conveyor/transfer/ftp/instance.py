@@ -16,6 +16,7 @@ import logging
 import posixpath
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,7 @@ class FtpInstance:
         self.pool = FtpPool(name, config, ctx.status, self._map)
         self._made_dirs: set[str] = set()
         self._list_a = True
+        self._no_mfmt_said = False
 
     # -- errors and paths ----------------------------------------------------
     def _map(self, e: BaseException, path: str, connecting: bool = False) -> ConveyorError:
@@ -416,7 +418,9 @@ class FtpInstance:
             await c.command(f"RNFR {src}", (3,))
             await c.command(f"RNTO {dst}", (2,))
 
-    async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
+    async def upload(
+        self, body: Body, path: str, *, exists: str, chmod: int | None, mtime: float | None = None
+    ) -> bool:
         """STOR under a temporary name in the target folder, then RNFR/RNTO into place."""
         key = await temp_key(body)
 
@@ -440,6 +444,8 @@ class FtpInstance:
                         log.warning(
                             "instance '%s': SITE CHMOD refused for %s: %d %s", self.name, path, reply.code, reply.text
                         )
+                if mtime is not None:
+                    await self._set_mtime(c, tmp, mtime, path)
                 await self._rename(c, tmp, full, replace=exists == "replace")
             except BaseException:
                 self._made_dirs.discard(folder)
@@ -450,6 +456,22 @@ class FtpInstance:
             return True
 
         return await self.pool.run(op, path)
+
+    async def _set_mtime(self, c: FtpConnection, tmp: str, mtime: float, path: str) -> None:
+        """MFMT where the server lists it in FEAT; else say once that times are not kept."""
+        if "MFMT" not in c.features:
+            if not self._no_mfmt_said:
+                self._no_mfmt_said = True
+                log.warning(
+                    "instance '%s': the server does not offer MFMT; preserve_mtime cannot set "
+                    "modification times there (files keep the upload time)",
+                    self.name,
+                )
+            return
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(mtime))
+        reply = await c.command(f"MFMT {stamp} {tmp}")
+        if reply.code // 100 != 2:
+            raise FtpReplyError("MFMT", reply)
 
     async def remove(self, path: str) -> None:
         """DELE; a file already gone is fine."""

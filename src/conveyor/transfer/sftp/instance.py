@@ -371,7 +371,9 @@ class SftpInstance:
         )
 
     # -- FileSystem: writing -----------------------------------------------
-    async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
+    async def upload(
+        self, body: Body, path: str, *, exists: str, chmod: int | None, mtime: float | None = None
+    ) -> bool:
         """Upload under a hidden temp name in the same folder, then rename into place."""
         key = await temp_key(body)
         try:
@@ -394,6 +396,9 @@ class SftpInstance:
                         await _close_quietly(fh)
                     if chmod is not None:
                         await sftp.chmod(tmp, chmod)
+                    if mtime is not None:
+                        # SFTP carries whole seconds: the source's fraction is dropped.
+                        await sftp.setstat(tmp, asyncssh.SFTPAttrs(atime=int(mtime), mtime=int(mtime)))
                     try:
                         await self._put_in_place(s, tmp, dst, exists, path)
                     except asyncssh.SFTPNoSuchFile:
