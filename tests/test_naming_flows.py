@@ -48,7 +48,7 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Remote:
     return FtpBackend(kind, request.getfixturevalue("pyftpd_factory")("none"))
 
 
-def on(*kinds: str) -> Any:
+def on(*kinds: str) -> pytest.MarkDecorator:
     """The servers (local, sftp-openssh, ftp-vsftpd, ftp-pyftpdlib) ``remote`` is for a test."""
     return pytest.mark.parametrize("remote", kinds, indirect=True)
 
