@@ -445,7 +445,7 @@ class FtpInstance:
                             "instance '%s': SITE CHMOD refused for %s: %d %s", self.name, path, reply.code, reply.text
                         )
                 if mtime is not None:
-                    await self._set_mtime(c, tmp, mtime, path)
+                    await self._set_mtime(c, tmp, mtime)
                 await self._rename(c, tmp, full, replace=exists == "replace")
             except BaseException:
                 self._made_dirs.discard(folder)
@@ -457,7 +457,7 @@ class FtpInstance:
 
         return await self.pool.run(op, path)
 
-    async def _set_mtime(self, c: FtpConnection, tmp: str, mtime: float, path: str) -> None:
+    async def _set_mtime(self, c: FtpConnection, tmp: str, mtime: float) -> None:
         """MFMT where the server lists it in FEAT; else say once that times are not kept."""
         if "MFMT" not in c.features:
             if not self._no_mfmt_said:
