@@ -23,6 +23,13 @@ class InstanceConfig(ConfigModel):
         """A loggable address such as ``user@host:port``, never a secret."""
         return self.type
 
+    def file_problems(self) -> list[tuple[str, str]]:
+        """Local files this instance needs that cannot be used, as (key, what is wrong) pairs.
+
+        ``conveyor check`` reports them; the daemon meets them at connect, as errors of the instance.
+        """
+        return []
+
     def secrets(self) -> list[str]:
         """Every secret value in this instance, so logs can redact them."""
         return [s for s in _nested_secrets(self) if s]

@@ -36,12 +36,17 @@ from conveyor.interfaces import Context, RemoteFile, count_entry
 from conveyor.netloc import hostport
 from conveyor.payload.body import Body
 from conveyor.payload.spool import SpoolWriter
-from conveyor.transfer.ftp.client import FtpConnection, FtpProtocolError, FtpReplyError
+from conveyor.transfer.ftp.client import ClosedAfterHandshake, FtpConnection, FtpProtocolError, FtpReplyError
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.ftp.data import DataProtocol
 from conveyor.transfer.ftp.listing import Entry, ListingParser, parse_mlsd_line, parse_mlsx_time
 from conveyor.transfer.ftp.pool import FtpPool
-from conveyor.transfer.ftp.tls import describe_verify_error
+from conveyor.transfer.ftp.tls import (
+    CERTIFICATE_ALERTS,
+    client_certificate_hint,
+    describe_certificate_alert,
+    describe_verify_error,
+)
 from conveyor.transfer.remote_root import join_root
 from conveyor.transfer.tempname import temp_key, temp_name
 
@@ -119,12 +124,21 @@ class FtpInstance:
             return Transient(f"unexpected reply: {msg}", **kw)
         if isinstance(e, ssl.SSLCertVerificationError):
             return Permanent(describe_verify_error(e, self.config), **kw)
+        if isinstance(e, ssl.SSLError) and e.reason in CERTIFICATE_ALERTS:
+            return AuthError(describe_certificate_alert(e.reason, self.config), **kw)
+        if isinstance(e, ClosedAfterHandshake):
+            # Most likely a refused client certificate, but a close is not proof: retried.
+            return Transient(f"{e.args[0]}: {client_certificate_hint(self.config)}", **kw)
         if isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
             return Transient(f"TLS connection closed: {e.reason or e}", **kw)
         if isinstance(e, ssl.SSLError) and not connecting:
             return Transient(f"TLS connection failed: {e.reason or e}", **kw)
         if isinstance(e, ssl.SSLError):
             hint = " (is this an FTPS port? check tls: explicit or implicit)" if "WRONG_VERSION" in str(e) else ""
+            if e.reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
+                # What vsftpd (TLS 1.2) answers when a certificate it requires is missing, and
+                # also what any server answers when it shares no TLS version or cipher with us.
+                hint = f" ({client_certificate_hint(self.config)}; or it shares no TLS version or cipher with conveyor)"
             return Permanent(f"TLS failed: {e.reason or e}{hint}", **kw)
         if isinstance(e, FtpProtocolError):
             return Transient(f"{hostport(self.config.host, self.config.effective_port)}: {e}", **kw)
@@ -151,7 +165,10 @@ class FtpInstance:
         async def op(c: FtpConnection) -> str:
             await c.command(f"CWD {self._abs('')}", (2,))
             listing = "MLSD" if "MLST" in c.features else "LIST"
-            return f"{self.config.describe()} logged in, {c.tls_version or 'no TLS'}, root {self._abs('')}, {listing}"
+            tls = c.tls_version or "no TLS"
+            if c.client_certificate is not None:
+                tls += f" with client certificate {c.client_certificate}"
+            return f"{self.config.describe()} logged in, {tls}, root {self._abs('')}, {listing}"
 
         return await self.pool.run(op, "")
 
