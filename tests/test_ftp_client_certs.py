@@ -201,7 +201,8 @@ async def test_transfers_through_conveyor_run_with_a_client_certificate(
 ) -> None:
     """Downloads and uploads (each a data channel that must carry the certificate's session)."""
     c = client_certs
-    srv = vsftpd_factory(tls, client_ca=c.ca)
+    # debug_ssl logs, per data channel, whether it presented the control connection's certificate.
+    srv = vsftpd_factory(tls, client_ca=c.ca, extra={"debug_ssl": "YES", "xferlog_enable": "YES"})
     files = {f"d{i}.bin": os.urandom(300_000 + i) for i in range(4)}
     for name, data in files.items():
         put(srv, f"in/{name}", data)
@@ -250,6 +251,9 @@ async def test_transfers_through_conveyor_run_with_a_client_certificate(
     for name, data in up.items():
         assert (srv.root / "up" / name).read_bytes() == data
     assert not any((srv.root / "in").iterdir())
+    server_log = (srv.workdir / "vsftpd.log").read_text()
+    assert server_log.count("Matching cert on data channel.") >= len(files) + len(up), server_log
+    assert "cert on data channel" not in server_log.replace("Matching cert on data channel", ""), server_log
     text = d.text()
     assert "error" not in {r.get("level") for r in d.logs()}, text[-3000:]
     assert PASSPHRASE not in text
