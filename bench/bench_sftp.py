@@ -46,17 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.servers
 
-MIB = 1024 * 1024
-
-
-def _cpu_self() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _cpu_children() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+from common import MIB, cpu_self, random_file, run_worker, sftp_batch, timed_download
 
 
 class _ServerCpu:
@@ -142,13 +132,7 @@ async def _worker(a: argparse.Namespace) -> dict[str, Any]:
         async with inst.pool.session() as s:
             out["cipher"] = s.conn.get_extra_info("send_cipher")
         if a.worker == "download":
-            f = await inst.stat(a.path)
-            t, c = time.perf_counter(), _cpu_self()
-            w = spool.writer()
-            await inst.download(f, w)
-            body = w.finish()
-            out["seconds"], out["cpu"] = time.perf_counter() - t, _cpu_self() - c
-            body.release()
+            out.update(await timed_download(inst, spool, a.path))
         elif a.worker == "asyncssh-get":  # reference: asyncssh's own get with its default settings
             import asyncssh
 
@@ -158,9 +142,9 @@ async def _worker(a: argparse.Namespace) -> dict[str, Any]:
                 ) as conn,
                 conn.start_sftp_client() as sftp,
             ):
-                t, c = time.perf_counter(), _cpu_self()
+                t, c = time.perf_counter(), cpu_self()
                 await sftp.get(f"{a.root}/{a.path}", f"{a.spool}/asyncssh-get.bin")
-                out["seconds"], out["cpu"] = time.perf_counter() - t, _cpu_self() - c
+                out["seconds"], out["cpu"] = time.perf_counter() - t, cpu_self() - c
                 out["cipher"] = conn.get_extra_info("send_cipher")
             Path(f"{a.spool}/asyncssh-get.bin").unlink()  # noqa: ASYNC240 (after the timing)
         elif a.worker in ("upload", "upload-file"):
@@ -168,9 +152,9 @@ async def _worker(a: argparse.Namespace) -> dict[str, Any]:
             # "upload-file": a local file read in place, hash unknown.
             known = hash_file(Path(a.local)) if a.worker == "upload" else None
             body = Body.from_file(Path(a.local), owned=False, sha256=known)
-            t, c = time.perf_counter(), _cpu_self()
+            t, c = time.perf_counter(), cpu_self()
             await inst.upload(body, a.path, exists="replace", chmod=None)
-            out["seconds"], out["cpu"] = time.perf_counter() - t, _cpu_self() - c
+            out["seconds"], out["cpu"] = time.perf_counter() - t, cpu_self() - c
         elif a.worker == "small":
             for conc in (1, 4):
                 sem = asyncio.Semaphore(conc)
@@ -208,10 +192,7 @@ async def _worker(a: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- driver
 def _conveyor(base: list[str], worker: str, **kw: Any) -> dict[str, Any]:
     args = [*base, "--worker", worker] + [x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))]
-    r = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"conveyor worker {worker} failed:\n{r.stderr}")
-    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+    return run_worker(__file__, args)
 
 
 def _openssh(port: int, key: str, user: str, batch: str, cipher: str | None) -> dict[str, Any]:
@@ -219,19 +200,7 @@ def _openssh(port: int, key: str, user: str, batch: str, cipher: str | None) -> 
     opts = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]
     if cipher:
         opts += ["-o", f"Ciphers={cipher}"]
-    t, c = time.perf_counter(), _cpu_children()
-    r = subprocess.run(
-        ["sftp", "-v", "-b", "-", "-i", key, "-P", str(port), *opts, f"{user}@127.0.0.1"],
-        input=batch,
-        text=True,
-        check=True,
-        capture_output=True,
-    )
-    out: dict[str, Any] = {"seconds": time.perf_counter() - t, "cpu": _cpu_children() - c}
-    for line in r.stderr.splitlines():
-        if "kex: client->server cipher:" in line:
-            out["cipher"] = line.split("cipher:")[1].split()[0]
-    return out
+    return sftp_batch(["-i", key, "-P", str(port), *opts, f"{user}@127.0.0.1"], batch)
 
 
 class _DaemonFlows:
@@ -449,11 +418,7 @@ def main() -> None:
             "root": str(srv.root),
         }
         size = a.size_mib * MIB
-        src = work / "local.bin"
-        block = os.urandom(MIB)
-        with open(src, "wb") as f:
-            for _ in range(a.size_mib):
-                f.write(block)
+        src = random_file(work / "local.bin", a.size_mib)
         shutil.copy(src, srv.root / "big.bin")
         srv.chown(srv.root / "big.bin")
         small = srv.root / "small"

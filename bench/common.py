@@ -1,9 +1,12 @@
-"""Helpers shared by the benchmarks: run the daemon as a process, watch its memory."""
+"""Helpers shared by the benchmarks: run the daemon as a process, watch its memory, time OpenSSH's
+``sftp`` and conveyor's SFTP download side by side."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -11,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+MIB = 1024 * 1024
 
 
 def write_config(folder: Path, instances: dict[str, Any], flows: dict[str, Any], **top: Any) -> Path:
@@ -92,3 +97,85 @@ def raw_durable_writes(folder: Path, n: int, batch: int, body: bytes) -> tuple[f
             os.replace(folder / f".m{i}.meta.tmp", folder / f"m{i}.meta.json")
         sync_folder(folder)
     return time.monotonic() - t0, time.process_time() - c0
+
+
+def cpu_self() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_children() -> float:
+    """User + system CPU seconds of the child processes waited for so far (and their own children)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def random_file(path: Path, size_mib: int) -> Path:
+    """A file of ``size_mib`` MiB that no transport can compress (one random MiB repeated)."""
+    block = os.urandom(MIB)
+    with open(path, "wb") as f:
+        for _ in range(size_mib):
+            f.write(block)
+    return path
+
+
+def adopt_orphans() -> None:
+    """Make this process the subreaper of its descendants (Linux ``PR_SET_CHILD_SUBREAPER``): a
+    process its parent leaves unwaited, as `ssh` leaves a ProxyJump's `ssh`, then comes back to
+    this one, which waits for it in :func:`sftp_batch` so its CPU time is counted."""
+    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _wait_orphans(names: tuple[str, ...]) -> None:
+    """Wait for this process's children named ``names`` (adopted orphans: see :func:`adopt_orphans`)."""
+    me = os.getpid()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            head, tail = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if int(tail.split()[1]) == me and head.split("(", 1)[1] in names:
+            os.waitpid(int(d), 0)
+
+
+def sftp_batch(args: list[str], batch: str) -> dict[str, Any]:
+    """One OpenSSH ``sftp -v -b -`` run with ``args`` (options and destination): wall seconds
+    (including the SSH handshakes), CPU of ``sftp`` and every process under it (``ssh``, a
+    ProxyCommand, a ProxyJump's ``ssh`` once adopted), and the ciphers negotiated, one per SSH connection."""
+    t, c = time.perf_counter(), cpu_children()
+    r = subprocess.run(["sftp", "-v", "-b", "-", *args], input=batch, text=True, capture_output=True)
+    if r.returncode:
+        raise SystemExit(f"sftp {' '.join(args)} failed:\n{r.stderr[-3000:]}")
+    _wait_orphans(("ssh", "nc.openbsd", "nc"))
+    out: dict[str, Any] = {"seconds": time.perf_counter() - t, "cpu": cpu_children() - c}
+    said = r.stderr.splitlines()
+    ciphers = [line.split("cipher:")[1].split()[0] for line in said if "client->server cipher:" in line]
+    out["cipher"] = "/".join(dict.fromkeys(ciphers)) or "?"
+    return out
+
+
+def run_worker(script: str, args: list[str]) -> dict[str, Any]:
+    """Run ``script`` with ``args`` in a child Python process; the JSON object it printed last.
+    A child of its own gives conveyor's side its own CPU time and peak RSS."""
+    r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"{Path(script).name} {' '.join(args[:2])} failed:\n{r.stderr[-3000:]}")
+    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+async def timed_download(inst: Any, spool: Any, path: str) -> dict[str, Any]:
+    """``inst.download`` of ``path`` into a ``spool`` body: wall and CPU seconds of the transfer
+    alone (the file's stat and the connection come before the clock starts, as a daemon's pooled
+    session would)."""
+    f = await inst.stat(path)
+    t, c = time.perf_counter(), cpu_self()
+    w = spool.writer()
+    await inst.download(f, w)
+    body = w.finish()
+    out = {"seconds": time.perf_counter() - t, "cpu": cpu_self() - c}
+    body.release()
+    return out
