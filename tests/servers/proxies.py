@@ -33,8 +33,11 @@ _DEST = {"socks5": re.compile(r"connected to \S+?:(\d+)$", re.M), "http": re.com
 class ProxyServer:
     """One running proxy: its URL (with credentials), its log, and the ports it connected to."""
 
-    def __init__(self, kind: str, port: int, work: Path, log: Path, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, kind: str, port: int, work: Path, log: Path, proc: subprocess.Popen[bytes], auth: bool = True
+    ) -> None:
         self.kind = kind
+        self.auth = auth
         self.port = port
         self.work = work
         self.log = log
@@ -46,7 +49,10 @@ class ProxyServer:
         return PASSWORDS[self.kind]
 
     def url(self, password: str | None = None) -> str:
-        """``kind://user:password@127.0.0.1:port`` (the password percent-encoded)."""
+        """``kind://user:password@127.0.0.1:port`` (the password percent-encoded), or
+        ``kind://127.0.0.1:port`` for a proxy started without authentication."""
+        if not self.auth:
+            return f"{self.kind}://127.0.0.1:{self.port}"
         return f"{self.kind}://{USER}:{quote(password or self.password, safe='')}@127.0.0.1:{self.port}"
 
     @property
@@ -75,8 +81,9 @@ class ProxyServer:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def start_proxy(kind: str) -> ProxyServer:
-    """Start ``microsocks`` (socks5) or ``tinyproxy`` (http) on a free loopback port, with auth."""
+def start_proxy(kind: str, auth: bool = True) -> ProxyServer:
+    """Start ``microsocks`` (socks5) or ``tinyproxy`` (http) on a free loopback port, with auth
+    unless ``auth`` is false (SOCKS5 only: for clients such as OpenBSD ``nc`` that have none)."""
     work = Path(tempfile.mkdtemp(prefix=f"conveyor-{kind}-proxy-"))
     port = free_port()
     log = work / "proxy.log"
@@ -84,7 +91,9 @@ def start_proxy(kind: str) -> ProxyServer:
         binary = shutil.which("microsocks")
         if binary is None:
             pytest.skip("microsocks is not installed (scripts/test-setup installs it)")
-        argv = [binary, "-i", "127.0.0.1", "-p", str(port), "-u", USER, "-P", PASSWORDS[kind]]
+        argv = [binary, "-i", "127.0.0.1", "-p", str(port)]
+        if auth:
+            argv += ["-u", USER, "-P", PASSWORDS[kind]]
     else:
         binary = shutil.which("tinyproxy") or ("/usr/bin/tinyproxy" if Path("/usr/bin/tinyproxy").exists() else None)
         if binary is None:
@@ -104,7 +113,7 @@ def start_proxy(kind: str) -> ProxyServer:
         said = out_file.read_text(errors="replace")
         shutil.rmtree(work, ignore_errors=True)
         raise RuntimeError(f"{e}: {said}") from None
-    return ProxyServer(kind, port, work, log, proc)
+    return ProxyServer(kind, port, work, log, proc, auth)
 
 
 @pytest.fixture
