@@ -78,6 +78,15 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("`conveyor run` with 100 idle SFTP flows, % of one core", r"connector only\), ([\d.]+) %"),
         ("100 idle SFTP pollers, connector alone, % of one core", r"idle pollers every 5 s: ([\d.]+) %"),
     ],
+    "reach": [
+        ("SFTP 256 MiB download direct, ratio to OpenSSH `sftp`", r"^direct\s+\d+\s+\d+\s+([\d.]+)"),
+        ("the same through a SOCKS5 proxy", r"^SOCKS5 proxy\s+\d+\s+\d+\s+([\d.]+)"),
+        ("the same through one jump host", r"^one jump host\s+\d+\s+\d+\s+([\d.]+)"),
+        ("direct, conveyor MiB/s", r"^direct\s+\d+\s+(\d+)"),
+        ("through a SOCKS5 proxy, conveyor MiB/s", r"^SOCKS5 proxy\s+\d+\s+(\d+)"),
+        ("through one jump host, conveyor MiB/s", r"^one jump host\s+\d+\s+(\d+)"),
+        ("goal conveyor ≥ 0.9 × OpenSSH on each path", r"^goal: .*?: (pass|FAIL)"),
+    ],
 }
 
 
