@@ -12,8 +12,8 @@ for each round and each path downloads the same file (256 MiB by default) with:
 - conveyor: ``SftpInstance.download`` into a spool file, the instance configured with ``proxy:`` or
   ``jump:`` (key auth at both hops, host keys pinned by fingerprint), in a child process so its CPU
   time is its own. The connection is made before the clock starts, as the daemon's pooled session
-  would be; OpenSSH's time has its connect-only time of the same round (a batch with just ``pwd``)
-  taken off, so both sides time the transfer alone.
+  would be; OpenSSH's batch prints the time just before and just after its `get` (``!date``), so
+  both sides time the transfer alone (OpenSSH's CPU time includes its connect: a few tens of ms).
 
 Every SSH connection on both sides uses aes128-gcm@openssh.com (conveyor's first choice; OpenSSH's
 ``Ciphers``, which also reaches the jump host's `ssh` through ``-F``), so the ratio compares like
@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -47,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.ser
 from common import adopt_orphans, random_file, run_worker, sftp_batch, timed_download
 
 CIPHER = "aes128-gcm@openssh.com"
+STAMP = "!date +%s.%N\n"
+"""A local command in the `sftp` batch: the time just before and just after the `get`."""
 GOAL = 0.9
 PATHS = {"direct": "direct", "socks5": "SOCKS5 proxy", "jump": "one jump host"}
 
@@ -237,11 +240,11 @@ def main() -> None:
                     args += ["--profile-to", str(Path(a.profile) / f"{p}-{rnd}.prof")]
 
                 def openssh(p: str = p) -> None:
-                    r = sftp_batch(openssh_args[p], get)
+                    r = sftp_batch(openssh_args[p], f"{STAMP}{get}{STAMP}")
                     got.unlink()
-                    c = sftp_batch(openssh_args[p], "pwd\n")
-                    rows[p]["connect"].append(c)
-                    rows[p]["openssh"].append({**r, "seconds": r["seconds"] - c["seconds"], "cpu": r["cpu"] - c["cpu"]})
+                    start, end = (float(x) for x in r["output"].split() if re.fullmatch(r"\d+\.\d+", x))
+                    rows[p]["connect"].append({"seconds": r["seconds"] - (end - start)})
+                    rows[p]["openssh"].append({**r, "seconds": end - start})
 
                 def conveyor(args: list[str] = args, p: str = p) -> None:
                     r = run_worker(__file__, args)
@@ -263,7 +266,7 @@ def main() -> None:
             + (f"; NOT SO: {wrong}" if wrong else "")
             + "; SOCKS5 without authentication for both (OpenBSD nc -X 5 has none)"
         )
-        print("ratio = OpenSSH seconds / conveyor seconds of the same round; OpenSSH's connect time taken off")
+        print("ratio = OpenSSH seconds / conveyor seconds of the same round, the transfer alone on both sides")
         print("\n".join(_summary(rows, a.size_mib)))
         print(f"peak RSS, conveyor worker: {max(rss):.0f} MiB")
         print(

@@ -145,13 +145,14 @@ def _wait_orphans(names: tuple[str, ...]) -> None:
 def sftp_batch(args: list[str], batch: str) -> dict[str, Any]:
     """One OpenSSH ``sftp -v -b -`` run with ``args`` (options and destination): wall seconds
     (including the SSH handshakes), CPU of ``sftp`` and every process under it (``ssh``, a
-    ProxyCommand, a ProxyJump's ``ssh`` once adopted), and the ciphers negotiated, one per SSH connection."""
+    ProxyCommand, a ProxyJump's ``ssh`` once adopted), the ciphers negotiated, one per SSH connection,
+    and what the batch printed (``output``)."""
     t, c = time.perf_counter(), cpu_children()
     r = subprocess.run(["sftp", "-v", "-b", "-", *args], input=batch, text=True, capture_output=True)
     if r.returncode:
         raise SystemExit(f"sftp {' '.join(args)} failed:\n{r.stderr[-3000:]}")
     _wait_orphans(("ssh", "nc.openbsd", "nc"))
-    out: dict[str, Any] = {"seconds": time.perf_counter() - t, "cpu": cpu_children() - c}
+    out: dict[str, Any] = {"seconds": time.perf_counter() - t, "cpu": cpu_children() - c, "output": r.stdout}
     said = r.stderr.splitlines()
     ciphers = [line.split("cipher:")[1].split()[0] for line in said if "client->server cipher:" in line]
     out["cipher"] = "/".join(dict.fromkeys(ciphers)) or "?"
