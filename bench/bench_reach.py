@@ -25,7 +25,11 @@ the ProxyCommand's `nc` and the ProxyJump's `ssh` included; or conveyor's proces
 load disturbs less than MiB/s. On this loopback setup the client shares the cores with both sshds
 and the proxy, so a client that needs more CPU per MiB is slower too.
 
-    python bench/bench_reach.py [--size-mib 256] [--rounds 3] [--profile DIR]
+OpenSSH spreads a download over two or three processes (`sftp`, `ssh`, and `nc` or the jump's
+`ssh`), which run at once on two cores; conveyor does its SSH work in one thread. ``--cpu N`` runs
+everything on one CPU, which compares the work each side does per MiB rather than how it spreads.
+
+    python bench/bench_reach.py [--size-mib 256] [--rounds 3] [--cpu N] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -162,6 +166,13 @@ def main() -> None:
     ap.add_argument(
         "--profile", metavar="DIR", help="run conveyor's side under cProfile (CPU time), one .prof per transfer"
     )
+    ap.add_argument(
+        "--cpu",
+        type=int,
+        metavar="N",
+        help="run everything (servers, proxy, both clients) on CPU N only: the same CPU for both sides, "
+        "so the ratio is the cost per MiB, not how many cores each side's processes can spread over",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
@@ -181,6 +192,8 @@ def main() -> None:
     from conveyor.transfer.sftp.hostkeys import sha256_fp
 
     adopt_orphans()  # a ProxyJump's `ssh` is left unwaited by its `ssh`: count its CPU time too
+    if a.cpu is not None:
+        os.sched_setaffinity(0, {a.cpu})  # inherited by every process started from here
     load0 = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-reach-"))
     keys = make_client_keys(work / "keys")
@@ -259,7 +272,8 @@ def main() -> None:
         print(
             f"\nconveyor reach bench: {a.size_mib} MiB SFTP download on loopback (OpenSSH sshd, a second sshd "
             f"as jump host, microsocks), {a.rounds} round(s), interleaved; load avg {load0[0]:.1f} before, "
-            f"{os.getloadavg()[0]:.1f} after"
+            f"{os.getloadavg()[0]:.1f} after; "
+            + (f"everything on CPU {a.cpu} only" if a.cpu is not None else f"{os.cpu_count()} cores shared")
         )
         print(
             f"cipher {CIPHER} on every SSH connection of both sides"
