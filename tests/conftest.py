@@ -64,6 +64,7 @@ UNIT_MODULES = frozenset(
         "test_pubsub_auth",
         "test_secrets_in_logs",
         "test_health_auth",
+        "test_globs",
     }
 )
 
