@@ -62,11 +62,19 @@ class FileSystem(Protocol):
         """Whether ``path`` is an existing folder."""
         ...
 
-    def list(self, path: str, recursive: bool, max_entries: int | None = None) -> AsyncIterator[RemoteFile]:
+    def list(
+        self,
+        path: str,
+        recursive: bool,
+        max_entries: int | None = None,
+        descend: Callable[[str], bool] | None = None,
+    ) -> AsyncIterator[RemoteFile]:
         """Regular files under ``path`` (streamed: a folder of 100,000 files is not built in memory);
         entries that are never taken (a symlink, a FIFO) may come with ``refused`` set. Past
         ``max_entries`` entries read (files, folders and anything else alike) it raises
-        :class:`ListingCut`, so a server that lists without end cannot keep it going."""
+        :class:`ListingCut`, so a server that lists without end cannot keep it going. A recursive
+        listing goes into a sub-folder only when ``descend`` (given its path, relative to the
+        root) is None or says yes, so folders that can hold nothing wanted are never read."""
         ...
 
     async def download(self, f: RemoteFile, sink: SpoolWriter) -> None:

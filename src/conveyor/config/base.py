@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
 from datetime import tzinfo
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from conveyor.config.types import AfterAction, ConfigModel, Duration, MoveAction, Size
+from conveyor.config.types import AfterAction, ConfigModel, Duration, Glob, MoveAction, Size
+from conveyor.globs import reaches_into_folders
 from conveyor.names import UnsafeNames, check_template, normal_path
 
 
@@ -61,7 +63,38 @@ class FileSourceConfig(SourceConfig):
     )
     pattern: str | None = Field(None, description="glob on the file name, e.g. '*.csv' (default: every file)")
     regex: str | None = Field(None, description="regular expression on the file name; instead of pattern")
-    recursive: bool = Field(False, description="also list sub-folders")
+    recursive: bool = Field(
+        False,
+        description="also list sub-folders (implied by an include that reaches into folders, or max_depth over 0)",
+    )
+    include: list[Glob] = Field(
+        default_factory=list,
+        description="globs on the path relative to path: a file is taken only when one matches; anchored at "
+        "path, ** is zero or more folders, * stays within one name (e.g. '**/*.csv', 'in/PAY_*')",
+    )
+    exclude: list[Glob] = Field(
+        default_factory=list,
+        description="globs like include: a file any of them matches is left alone, whatever include says "
+        "(e.g. 'archive/**')",
+    )
+    min_size: Size | None = Field(None, description="smaller files are left alone (not reported)")
+    max_size: Size | None = Field(
+        None, description="larger files are left alone (not reported; unlike max_file_size, which refuses them)"
+    )
+    max_age: Duration | None = Field(
+        None, description="files whose mtime is further back than this are left alone (longer than min_age)"
+    )
+    max_depth: int | None = Field(
+        None,
+        ge=0,
+        description="folders below path to list: 0 is path alone, 1 adds its sub-folders (deeper ones are "
+        "not listed at all)",
+    )
+    order: Literal["oldest", "newest", "name", "size"] | None = Field(
+        None,
+        description="order of the files taken in one poll, before max_files_per_poll: oldest | newest (by "
+        "mtime) | name (relative path) | size (smallest first); default: as listed",
+    )
     poll_interval: Duration = Field(30.0, description="time between listings")
     min_age: Duration = Field(
         10.0, description="a file must keep the same size and mtime for this long before it is taken"
@@ -105,11 +138,44 @@ class FileSourceConfig(SourceConfig):
             raise ValueError("give either pattern or regex, not both")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _implied_recursion(cls, data: Any) -> Any:
+        # An include such as '**/*.csv' or a max_depth over 0 says sub-folders are wanted: list them
+        # unless recursive is set (an explicit false is a contradiction the loader reports by key).
+        if isinstance(data, dict) and "recursive" not in data and _wants_folders(data):
+            return {**data, "recursive": True}
+        return data
+
+    def reaching_into_folders(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """The settings that need sub-folders listed, as (key path, what it is)."""
+        out: list[tuple[tuple[str | int, ...], str]] = [
+            (("include", i), f"'{p}' matches files in sub-folders")
+            for i, p in enumerate(self.include)
+            if reaches_into_folders(p)
+        ]
+        if self.max_depth:
+            out.append((("max_depth",), f"{self.max_depth} lists sub-folders"))
+        return out
+
     def matches(self, name: str) -> bool:
         """Whether a file name is one this source takes."""
         if self.regex is not None:
             return re.search(self.regex, name) is not None
         return fnmatch.fnmatchcase(name, self.pattern or "*")
+
+
+def _wants_folders(data: dict[str, Any]) -> bool:
+    """Whether raw source settings reach into sub-folders (invalid values are reported elsewhere)."""
+    depth = data.get("max_depth")
+    if isinstance(depth, int) and not isinstance(depth, bool) and depth > 0:
+        return True
+    include = data.get("include")
+    for p in include if isinstance(include, list) else ():
+        with contextlib.suppress(ValueError, TypeError):
+            if isinstance(p, str) and reaches_into_folders(p):
+                return True
+    return False
 
 
 class MessageSourceConfig(SourceConfig):

@@ -22,7 +22,7 @@ from conveyor.config.base import FileSourceConfig, InstanceConfig, NamedFiles, S
 from conveyor.config.interpolate import Interpolator, dotted
 from conveyor.config.parse import Lines, line_for, parse_file
 from conveyor.config.schema import NAME_PATTERN, Config, Flow, FlowConfig, raw_model
-from conveyor.config.types import MoveAction
+from conveyor.config.types import MoveAction, format_size
 from conveyor.errors import ConfigError, Problem
 from conveyor.names import Template, normal_path
 from conveyor.registry import INSTANCE_KIND, all_specs, target_specs
@@ -168,6 +168,7 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
     target, kind = _resolve_target(flow.target, instances, col, (*base, "target"))
     if isinstance(source, FileSourceConfig):
         _check_moves(source, col, (*base, "source"))
+        _check_selection(source, col, (*base, "source"))
     if source is None or target is None or kind is None:
         return None
     if isinstance(target, NamedFiles):
@@ -292,6 +293,28 @@ def _check_moves(src: FileSourceConfig, col: _Collector, path: tuple[Any, ...]) 
                 f"folder '{action.move}' is inside the watched path '{src.path or '/'}'"
                 f"{' (recursive)' if src.recursive else ''}: moved files would be taken again",
             )
+
+
+def _check_selection(src: FileSourceConfig, col: _Collector, path: tuple[Any, ...]) -> None:
+    """Selection settings that contradict each other: each is reported at the key to change."""
+    if not src.recursive:
+        for key, what in src.reaching_into_folders():
+            col.add(
+                (*path, *key),
+                f"{what}, but recursive is false: drop 'recursive: false' (sub-folders are then listed) "
+                "or keep to the source folder",
+            )
+    if src.min_size is not None and src.max_size is not None and src.min_size > src.max_size:
+        col.add(
+            (*path, "max_size"),
+            f"{format_size(src.max_size)} is below min_size ({format_size(src.min_size)}): no file could be taken",
+        )
+    if src.max_age is not None and src.max_age <= src.min_age:
+        col.add(
+            (*path, "max_age"),
+            f"{src.max_age:g}s is not longer than min_age ({src.min_age:g}s): a file is taken only once it has "
+            "stayed unchanged for min_age, by which time it is older than max_age",
+        )
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

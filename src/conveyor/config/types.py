@@ -6,7 +6,9 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, SecretStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, SecretStr
+
+from conveyor.globs import check_glob
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -106,6 +108,8 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 """Bytes, written in the config as ``16MiB``."""
 FreeSpace = Annotated[SpaceFloor, BeforeValidator(parse_space_floor), PlainSerializer(str, return_type=str)]
 """Free space to keep, written as ``1GiB`` or ``5%``."""
+Glob = Annotated[str, AfterValidator(check_glob)]
+"""A path glob of a file source's include / exclude (:mod:`conveyor.globs`)."""
 Secret = Annotated[SecretStr, PlainSerializer(lambda s: "**********", return_type=str)]
 """A string that never shows in reprs, logs or /status."""
 

@@ -16,6 +16,7 @@ import logging
 import posixpath
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from conveyor.config.base import FileSourceConfig
@@ -23,6 +24,7 @@ from conveyor.config.types import MoveAction, format_size
 from conveyor.errors import TooLarge, Transient
 from conveyor.flows.delivery import Deliverer
 from conveyor.flows.intake import IntakeGate
+from conveyor.globs import PathSelector
 from conveyor.interfaces import ChecksListed, FileSystem, ListingCut, OpensInPlace, RemoteFile, Submit
 from conveyor.names import listed_path, normal_path, unsafe_path
 from conveyor.payload.body import Body
@@ -113,6 +115,7 @@ class FileSource:
         """The largest file taken, and the setting that says so."""
         skip = [a.move for a in (config.after, config.on_failure) if isinstance(a, MoveAction)]
         self._skip_dirs = [normal_path(s) for s in skip]
+        self._select = Selection(config)
 
     async def run(self, stop: StopSignal) -> None:
         """Poll until the flow stops; the poll cadence wait is here, retries are the supervisor's."""
@@ -136,8 +139,11 @@ class FileSource:
         ready: list[RemoteFile] = []
         taken = 0
         whole = True
+        cap = self.config.max_files_per_poll
+        key = self._select.key
         self._refused = set()
         self._cut = False
+        self._select.clock = time.time()
         async with contextlib.aclosing(self._entries(present)) as entries:
             async for f in entries:
                 done = self._done.get(f.path)
@@ -146,14 +152,23 @@ class FileSource:
                 if not self._stable(f, now):
                     continue
                 ready.append(f)
+                if key is not None:
+                    continue  # all of them first: the order is over the whole listing
                 if len(ready) >= _CHUNK:
-                    taken += await self._take(ready)
+                    taken += await self._take(ready, cap - taken)
                     ready = []
-                if taken >= self.config.max_files_per_poll:
+                if taken >= cap:
                     whole = False
                     break
-        if ready:
-            await self._take(ready)
+        if key is not None:
+            # Sorted before the cap, so the first max_files_per_poll in that order are the ones taken.
+            # The ready files are at most max_listing_entries, the bound the tables here already have.
+            ready.sort(key=key)
+            while ready and taken < cap:
+                taken += await self._take(ready[:_CHUNK], cap - taken)
+                ready = ready[_CHUNK:]
+        elif ready and taken < cap:
+            await self._take(ready, cap - taken)
         # Forget files that disappeared (or lie past the listing cap), so these tables stay as big
         # as the folder, and never bigger than max_listing_entries.
         for table in (self._seen, self._done, self._oversize):
@@ -180,7 +195,11 @@ class FileSource:
                 yield single
             return
         cap = self.config.max_listing_entries
-        listing = self.fs.list(self.root, self.config.recursive, max_entries=cap)
+        prune = self._select.descend(self.root)
+        if prune is None:
+            listing = self.fs.list(self.root, self.config.recursive, max_entries=cap)
+        else:
+            listing = self.fs.list(self.root, self.config.recursive, max_entries=cap, descend=prune)
         try:
             async for f in listing:
                 f = _tidy(f)
@@ -212,7 +231,7 @@ class FileSource:
         name = f.name
         if name.startswith(".") and name.endswith(".tmp"):
             return False  # someone's upload in progress (ours look like this too)
-        if not self.config.matches(name):
+        if not self.config.matches(name) or not self._select.path_matches(self._relative(rel)):
             return False  # checked first, so a pattern that leaves a bad name out silences it
         if f.refused:
             self._refuse(
@@ -243,7 +262,15 @@ class FileSource:
         if self._oversize.get(rel) == (f.size, f.mtime):
             self._refuse(rel, "", "")  # reported when it was read
             return False
-        return True
+        return self._select.file_matches(f)
+
+    def _relative(self, path: str) -> str:
+        """``path`` relative to the source folder (its name when the source is one exact file)."""
+        if not self.root:
+            return path
+        if path.startswith(self.root + "/"):
+            return path[len(self.root) + 1 :]
+        return posixpath.basename(path)
 
     def _refuse(self, rel: str, why: str, advice: str) -> None:
         """Count and log a refused entry once while listings keep showing it."""
@@ -264,14 +291,16 @@ class FileSource:
         """Stable id from instance, path, size and mtime."""
         return stable_id(self.instance, f.path, f.size, round(f.mtime, 3))
 
-    async def _take(self, files: list[RemoteFile]) -> int:
+    async def _take(self, files: list[RemoteFile], limit: int) -> int:
         ids = {self.file_id(f): f for f in files}
         known = await self.store.get_many(self.flow, list(ids))
         order = list(ids.items())
-        if self._shuffle:
+        if self._shuffle and self._select.key is None:
             random.shuffle(order)
         n = 0
         for pid, f in order:
+            if n >= limit:
+                break
             if pid in self._active:
                 continue
             item = known.get(pid)
@@ -444,6 +473,58 @@ class FileSource:
             done,
             extra={"flow": self.flow, "instance": self.instance},
         )
+
+
+class Selection:
+    """A source's include / exclude, size, age and depth limits and order, compiled once."""
+
+    def __init__(self, config: FileSourceConfig) -> None:
+        self.paths = PathSelector(config.include, config.exclude)
+        self.min_size = config.min_size
+        self.max_size = config.max_size
+        self.max_age = config.max_age
+        self.max_depth = config.max_depth
+        self.clock = 0.0
+        """Wall-clock time of the poll in progress, for ``max_age`` (file mtimes are wall-clock too)."""
+        self.key: Callable[[RemoteFile], Any] | None = _ORDERS[config.order] if config.order else None
+        """Sort key of the files taken in one poll, or None to take them as listed."""
+
+    def path_matches(self, rel: str) -> bool:
+        """Whether the path relative to the source folder passes include, exclude and max_depth."""
+        if self.max_depth is not None and rel.count("/") > self.max_depth:
+            return False
+        return not self.paths or self.paths.matches(rel)
+
+    def file_matches(self, f: RemoteFile) -> bool:
+        """Whether a listed file passes the size and age limits (left alone quietly otherwise)."""
+        if self.min_size is not None and f.size < self.min_size:
+            return False
+        if self.max_size is not None and f.size > self.max_size:
+            return False
+        return self.max_age is None or self.clock - f.mtime <= self.max_age
+
+    def descend(self, root: str) -> Callable[[str], bool] | None:
+        """Which sub-folders (paths relative to the instance root) a listing of ``root`` goes into;
+        None when it goes into all of them."""
+        if self.max_depth is None and not self.paths:
+            return None
+        skip = len(root) + 1 if root else 0
+
+        def into(folder: str) -> bool:
+            rel = folder[skip:]
+            if self.max_depth is not None and rel.count("/") + 1 > self.max_depth:
+                return False  # its files would be deeper than max_depth
+            return self.paths.may_hold(rel)
+
+        return into
+
+
+_ORDERS: dict[str, Callable[[RemoteFile], Any]] = {
+    "oldest": lambda f: (f.mtime, f.path),
+    "newest": lambda f: (-f.mtime, f.path),
+    "name": lambda f: f.path,
+    "size": lambda f: (f.size, f.path),
+}
 
 
 def _tidy(f: RemoteFile) -> RemoteFile:

@@ -17,7 +17,7 @@ import posixpath
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -288,7 +288,13 @@ class FtpInstance:
             path=folder or None,
         )
 
-    async def list(self, path: str, recursive: bool, max_entries: int | None = None) -> AsyncIterator[RemoteFile]:
+    async def list(
+        self,
+        path: str,
+        recursive: bool,
+        max_entries: int | None = None,
+        descend: Callable[[str], bool] | None = None,
+    ) -> AsyncIterator[RemoteFile]:
         """Regular files under ``path``. Each folder's listing is parsed as it arrives, then the
         connection is released before entries are yielded, so a caller may download while iterating.
 
@@ -306,7 +312,7 @@ class FtpInstance:
                 n = count_entry(n, max_entries)
                 rel = f"{folder}/{e.name}" if folder else e.name
                 if e.kind == "dir":
-                    if recursive:
+                    if recursive and (descend is None or descend(rel)):
                         pending.append(rel)
                 elif e.kind == "file":
                     yield RemoteFile(rel, e.size, e.mtime)

@@ -18,7 +18,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from conveyor.batched import BatchedThread, ThreadCalls
@@ -142,7 +142,13 @@ class LocalInstance:
         except _FS_ERRORS as e:
             raise self._error(e, path) from None
 
-    async def list(self, path: str, recursive: bool, max_entries: int | None = None) -> AsyncIterator[RemoteFile]:
+    async def list(
+        self,
+        path: str,
+        recursive: bool,
+        max_entries: int | None = None,
+        descend: Callable[[str], bool] | None = None,
+    ) -> AsyncIterator[RemoteFile]:
         """Regular files under ``path`` in batches read on a thread. Symlinks are not followed:
         they, FIFOs, sockets and devices are listed with ``refused`` set, so the source can say why
         they are never taken."""
@@ -167,7 +173,7 @@ class LocalInstance:
                         n = count_entry(n, max_entries)
                         rel = f"{folder}/{name}" if folder else name
                         if st is None:
-                            if recursive:
+                            if recursive and (descend is None or descend(rel)):
                                 pending.append(rel)
                         elif stat.S_ISREG(st.st_mode):
                             yield LocalFile(rel, st.st_size, st.st_mtime, dev=st.st_dev, ino=st.st_ino)

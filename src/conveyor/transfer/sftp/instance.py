@@ -164,7 +164,13 @@ class SftpInstance:
         except NotFound:
             return False
 
-    async def list(self, path: str, recursive: bool, max_entries: int | None = None) -> AsyncIterator[RemoteFile]:
+    async def list(
+        self,
+        path: str,
+        recursive: bool,
+        max_entries: int | None = None,
+        descend: Callable[[str], bool] | None = None,
+    ) -> AsyncIterator[RemoteFile]:
         """Regular files under ``path``, streamed from readdir. When the server refuses to list
         ``path`` but it is a file (servers with "private visibility"), yield just that file.
 
@@ -186,7 +192,7 @@ class SftpInstance:
                     n = count_entry(n, max_entries)  # folders count too: a server may list them without end
                     if f is not None:
                         yield f
-                    elif sub is not None and recursive:
+                    elif sub is not None and recursive and (descend is None or descend(sub[0])):
                         rel, linked = sub
                         nxt = await self._descend(walk, rel, linked, real)
                         if nxt is not None:
