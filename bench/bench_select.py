@@ -11,7 +11,7 @@ selects, hashes and looks up the same 1,000 files:
 - ``select``:  ``include: [PAY_*.csv], exclude: ['*.tmp', 'archive/**'], min_size: 1KiB,
   max_age: 30d, order: oldest``
 
-Printed: the median time per poll and the process's peak RSS for each, side by side, and the
+Printed: the median time and CPU time per poll and the process's peak RSS for each, side by side, and the
 ratio (select / pattern). Runs alternate pattern, select, pattern, select...
 
     python bench/bench_select.py [--files 100000] [--match 1000] [--polls 5] [--rounds 3]
@@ -108,17 +108,19 @@ async def child(variant: str, folder: Path, work: Path, polls: int) -> dict[str,
         return n
 
     src._take = counting_take  # type: ignore[method-assign]
-    times = []
+    times, cpu = [], []
     for i in range(polls + 1):
         taken.append(0)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await src.poll()
         if i:  # the first poll warms the page cache and the ledger
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)  # every thread of the process: the listing's too
     await inst.close()
     await store.close()
     return {
-        "poll_s": statistics.median(times),
+        "poll_s": times,
+        "cpu_s": cpu,
         "taken": taken[-1],
         "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
@@ -165,24 +167,30 @@ def main() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-    def poll_ms(v: str) -> float:
-        return statistics.median(r["poll_s"] for r in runs[v]) * 1000
+    def median_ms(v: str, key: str) -> float:
+        return float(statistics.median(t for r in runs[v] for t in r[key])) * 1000
 
     def rss_mib(v: str) -> float:
-        return max(r["rss_kib"] for r in runs[v]) / 1024
+        return float(max(r["rss_kib"] for r in runs[v])) / 1024
+
+    def poll_ms(v: str) -> float:
+        return median_ms(v, "poll_s")
 
     for v in VARIANTS:
         takes = {r["taken"] for r in runs[v]}
         assert takes == {args.match}, f"{v} took {takes} files per poll, not {args.match}"
-    rows = [("", "ms per poll", "peak RSS MiB", "files taken per poll")]
-    rows += [(v, f"{poll_ms(v):.0f}", f"{rss_mib(v):.1f}", str(args.match)) for v in VARIANTS]
+    rows: list[tuple[str, ...]] = [("", "ms per poll", "CPU ms per poll", "peak RSS MiB", "files taken per poll")]
+    rows += [
+        (v, f"{poll_ms(v):.0f}", f"{median_ms(v, 'cpu_s'):.0f}", f"{rss_mib(v):.1f}", str(args.match)) for v in VARIANTS
+    ]
     print(
         f"one poll of a local folder of {args.files:,} files, {args.match:,} selected; median of "
-        f"{args.rounds} runs x {args.polls} polls (cpus: {os.cpu_count()})"
+        f"{args.rounds * args.polls} polls ({args.rounds} runs x {args.polls}, cpus: {os.cpu_count()})"
     )
     print(table(rows))
     print(
         f"select / pattern: time per poll {poll_ms('select') / poll_ms('pattern'):.2f}x, "
+        f"CPU per poll {median_ms('select', 'cpu_s') / median_ms('pattern', 'cpu_s'):.2f}x, "
         f"peak RSS {rss_mib('select') / rss_mib('pattern'):.2f}x"
     )
 

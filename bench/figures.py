@@ -69,6 +69,13 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("the same, 3 replicas", r"^rabbitmq messages\s+3\s+(\d+)"),
         ("1 replica, CPU ms per message", r"^rabbitmq messages\s+1\s+\d+\s+[\d.]+\s+[\d.]+\s+([\d.]+)"),
     ],
+    "select": [
+        ("poll of 100,000 local files selecting 1,000 by `include` etc., ms", r"^select\s+(\d+)\s"),
+        ("the same with `pattern`, ms", r"^pattern\s+(\d+)\s"),
+        ("selection / `pattern`, time per poll", r"select / pattern: time per poll ([\d.]+)x"),
+        ("selection / `pattern`, CPU per poll", r"CPU per poll ([\d.]+)x"),
+        ("selection / `pattern`, peak RSS", r"peak RSS ([\d.]+)x"),
+    ],
     "sftp": [
         ("SFTP download into the spool, ratio to OpenSSH `sftp`", r"SftpInstance.download -> spool\s+\d+\s+([\d.]+)"),
         ("`conveyor run` SFTP → directory, ratio to OpenSSH `sftp`", r"sftp flow -> directory target\s+\d+\s+([\d.]+)"),
