@@ -233,6 +233,8 @@ class FileSource:
             return False  # someone's upload in progress (ours look like this too)
         if not self.config.matches(name) or not self._select.path_matches(self._relative(rel)):
             return False  # checked first, so a pattern that leaves a bad name out silences it
+        if not self._select.file_matches(f):
+            return False  # left out by size or age: not refused either, so not reported
         if f.refused:
             self._refuse(
                 rel,
@@ -262,7 +264,7 @@ class FileSource:
         if self._oversize.get(rel) == (f.size, f.mtime):
             self._refuse(rel, "", "")  # reported when it was read
             return False
-        return self._select.file_matches(f)
+        return True
 
     def _relative(self, path: str) -> str:
         """``path`` relative to the source folder (its name when the source is one exact file)."""
