@@ -21,6 +21,7 @@ from conveyor.status import StatusBoard
 from conveyor.transfer.local.config import LocalConfig
 from conveyor.transfer.local.instance import LocalInstance
 from tests.backends.base import FileBackend
+from tests.backends.sftp import SftpBackend
 from tests.harness import DaemonProcess, bodies, wait_for, write_config
 from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
 from tests.test_source_paths import fb
@@ -198,3 +199,33 @@ def test_an_include_into_folders_lists_them_unless_told_otherwise() -> None:
     assert FileSourceConfig(instance="i", max_depth=1).recursive
     assert not FileSourceConfig(instance="i", include=["*.csv"]).recursive
     assert not FileSourceConfig(instance="i", max_depth=0).recursive
+
+
+async def test_an_sftp_listing_skips_the_folders_selection_rules_out(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path
+) -> None:
+    """A folder the SFTP user may not read fails a recursive listing that goes into it; excluded
+    (or deeper than max_depth), it is never asked for, and the other files are taken."""
+    fb = sftp_openssh_backend
+    fb.put("drop/a.csv", b"a")
+    fb.put("drop/in/b.csv", b"b")
+    fb.put("drop/locked/c.csv", b"c")
+    fb.mkdir("drop/locked", 0)
+    flows = {
+        "excluded": flow(tmp_path, "excluded", path="drop", include=["**/*.csv"], exclude=["locked/"]),
+        "included": flow(tmp_path, "included", path="drop", include=["*.csv", "in/*.csv"]),
+        "shallow": flow(tmp_path, "shallow", path="drop", recursive=True, max_depth=0),
+        "everything": flow(tmp_path, "everything", path="drop", recursive=True),
+    }
+    d = DaemonProcess(write_config(tmp_path, {"remote": fb.instance_config()}, flows)).start()
+    try:
+        await wait_for(lambda: len(bodies(tmp_path / "out" / "excluded")) >= 2, 30)
+        await wait_for(lambda: len(bodies(tmp_path / "out" / "included")) >= 2, 30)
+        await wait_for(lambda: len(bodies(tmp_path / "out" / "shallow")) >= 1, 30)
+        await wait_for(lambda: any(r.get("flow") == "everything" and "locked" in str(r) for r in d.logs()), 30)
+    finally:
+        d.stop()
+    assert set(bodies(tmp_path / "out" / "excluded")) == {"a.csv", "b.csv"}
+    assert set(bodies(tmp_path / "out" / "included")) == {"a.csv", "b.csv"}
+    assert set(bodies(tmp_path / "out" / "shallow")) == {"a.csv"}
+    assert not [r for r in d.logs() if r.get("flow") != "everything" and r.get("level") in ("warning", "error")]
