@@ -162,7 +162,7 @@ class FileSourceConfig(SourceConfig):
         """Whether a file name is one this source takes."""
         if self.regex is not None:
             return re.search(self.regex, name) is not None
-        return fnmatch.fnmatchcase(name, self.pattern or "*")
+        return not self.pattern or fnmatch.fnmatchcase(name, self.pattern)
 
 
 def _wants_folders(data: dict[str, Any]) -> bool:

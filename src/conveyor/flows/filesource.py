@@ -231,8 +231,10 @@ class FileSource:
         name = f.name
         if name.startswith(".") and name.endswith(".tmp"):
             return False  # someone's upload in progress (ours look like this too)
-        if not self.config.matches(name) or not self._select.path_matches(self._relative(rel)):
+        if not self.config.matches(name):
             return False  # checked first, so a pattern that leaves a bad name out silences it
+        if self._select.by_path and not self._select.path_matches(self._relative(rel)):
+            return False
         if not self._select.file_matches(f):
             return False  # left out by size or age: not refused either, so not reported
         if f.refused:
@@ -482,6 +484,9 @@ class Selection:
 
     def __init__(self, config: FileSourceConfig) -> None:
         self.paths = PathSelector(config.include, config.exclude)
+        self.by_path = bool(self.paths) or config.max_depth is not None
+        """Whether the relative path is checked at all (not when it is only ``pattern`` or ``regex``)."""
+        self._match = self.paths.matches if self.paths else None
         self.min_size = config.min_size
         self.max_size = config.max_size
         self.max_age = config.max_age
@@ -495,7 +500,7 @@ class Selection:
         """Whether the path relative to the source folder passes include, exclude and max_depth."""
         if self.max_depth is not None and rel.count("/") > self.max_depth:
             return False
-        return not self.paths or self.paths.matches(rel)
+        return self._match is None or self._match(rel)
 
     def file_matches(self, f: RemoteFile) -> bool:
         """Whether a listed file passes the size and age limits (left alone quietly otherwise)."""
