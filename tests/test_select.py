@@ -24,6 +24,7 @@ from tests.backends.base import FileBackend
 from tests.backends.sftp import SftpBackend
 from tests.harness import DaemonProcess, bodies, wait_for, write_config
 from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
+from tests.test_check_connect import check, flow_line
 from tests.test_source_paths import fb
 
 __all__ = ["fb", "vsftpd_certs", "vsftpd_factory"]  # fb: local, OpenSSH sshd, vsftpd
@@ -229,3 +230,23 @@ async def test_an_sftp_listing_skips_the_folders_selection_rules_out(
     assert set(bodies(tmp_path / "out" / "included")) == {"a.csv", "b.csv"}
     assert set(bodies(tmp_path / "out" / "shallow")) == {"a.csv"}
     assert not [r for r in d.logs() if r.get("flow") != "everything" and r.get("level") in ("warning", "error")]
+
+
+async def test_check_connect_counts_the_files_the_selection_takes(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path
+) -> None:
+    """``conveyor check --connect`` counts as matching only what the flow would take, and lists
+    no folder the flow leaves out (here one the SFTP user may not read)."""
+    fb = sftp_openssh_backend
+    fb.put("drop/a.csv", b"a" * 200)
+    fb.put("drop/tiny.csv", b"a")
+    fb.put("drop/in/b.csv", b"b" * 200)
+    fb.put("drop/in/b.txt", b"b" * 200)
+    fb.put("drop/locked/c.csv", b"c" * 200)
+    fb.mkdir("drop/locked", 0)
+    source = {"path": "drop", "include": ["**/*.csv"], "exclude": ["locked/**"], "min_size": "100B"}
+    rc, lines = await check(
+        write_config(tmp_path, {"remote": fb.instance_config()}, {"f": flow(tmp_path, "f", **source)})
+    )
+    assert rc == 0, lines
+    assert "folder exists, listed: 4 files, 2 matching" in flow_line(lines, "f")

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from conveyor.config import Config, Flow
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
 from conveyor.errors import ConveyorError, NotFound, Permanent
+from conveyor.flows.filesource import Selection
 from conveyor.interfaces import (
     BrokerInstance,
     Context,
@@ -183,12 +185,16 @@ async def _file_source(fs: FileSystem, icfg: InstanceConfig, cfg: FileSourceConf
             return "folder does not exist; created at the first poll (create: true)"
         raise NotFound("no such folder or file", path=rel or "/")
     files = matching = 0
-    async with contextlib.aclosing(fs.list(rel, cfg.recursive)) as listing:  # type: ignore[type-var]
+    select = Selection(cfg)
+    select.clock = time.time()
+    into = select.descend(rel)  # the folders the flow leaves out are not listed here either
+    listed = fs.list(rel, cfg.recursive) if into is None else fs.list(rel, cfg.recursive, descend=into)
+    async with contextlib.aclosing(listed) as listing:  # type: ignore[type-var]
         async for f in listing:
             if f.refused:
                 continue  # a symlink or special file: the flow reports it, and never takes it
             files += 1
-            matching += cfg.matches(f.name)
+            matching += cfg.matches(f.name) and select.selects(rel, f)
             if files >= COUNT_LIMIT:
                 break
     more = "+" if files >= COUNT_LIMIT else ""

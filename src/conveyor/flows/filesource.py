@@ -231,12 +231,8 @@ class FileSource:
         name = f.name
         if name.startswith(".") and name.endswith(".tmp"):
             return False  # someone's upload in progress (ours look like this too)
-        if not self.config.matches(name):
-            return False  # checked first, so a pattern that leaves a bad name out silences it
-        if self._select.by_path and not self._select.path_matches(self._relative(rel)):
-            return False
-        if not self._select.file_matches(f):
-            return False  # left out by size or age: not refused either, so not reported
+        if not self.config.matches(name) or not self._select.selects(self.root, f):
+            return False  # checked first, so a pattern or rule that leaves a bad entry out silences it
         if f.refused:
             self._refuse(
                 rel,
@@ -267,14 +263,6 @@ class FileSource:
             self._refuse(rel, "", "")  # reported when it was read
             return False
         return True
-
-    def _relative(self, path: str) -> str:
-        """``path`` relative to the source folder (its name when the source is one exact file)."""
-        if not self.root:
-            return path
-        if path.startswith(self.root + "/"):
-            return path[len(self.root) + 1 :]
-        return posixpath.basename(path)
 
     def _refuse(self, rel: str, why: str, advice: str) -> None:
         """Count and log a refused entry once while listings keep showing it."""
@@ -495,6 +483,20 @@ class Selection:
         """Wall-clock time of the poll in progress, for ``max_age`` (file mtimes are wall-clock too)."""
         self.key: Callable[[RemoteFile], Any] | None = _ORDERS[config.order] if config.order else None
         """Sort key of the files taken in one poll, or None to take them as listed."""
+
+    def selects(self, root: str, f: RemoteFile) -> bool:
+        """Whether a file listed under the source folder ``root`` passes every rule here (the
+        name's ``pattern`` / ``regex`` are the config's own)."""
+        if self.by_path:
+            if not root:
+                rel = f.path
+            elif f.path.startswith(root + "/"):
+                rel = f.path[len(root) + 1 :]
+            else:
+                rel = posixpath.basename(f.path)  # the source is this one exact file
+            if not self.path_matches(rel):
+                return False
+        return self.file_matches(f)
 
     def path_matches(self, rel: str) -> bool:
         """Whether the path relative to the source folder passes include, exclude and max_depth."""
