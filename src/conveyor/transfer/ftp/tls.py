@@ -29,10 +29,12 @@ import logging
 import re
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import HostKeyError, Permanent
-from conveyor.transfer.ftp.config import FtpConfig
+
+if TYPE_CHECKING:
+    from conveyor.transfer.ftp.config import FtpConfig
 
 log = logging.getLogger("conveyor.ftp")
 
