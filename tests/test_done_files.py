@@ -151,56 +151,51 @@ def target_flow(target: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def test_targets_write_checksum_and_done_files(sftp_openssh_backend: Any, tmp_path: Path) -> None:
-    """The directory target and an upload to an SFTP server write a checksum file (sha256sum
-    format) and an empty done file beside each file."""
-    sftp = sftp_openssh_backend
+FILES = {f"r{i}.csv": f"row,{i}\n".encode() * (i + 1) for i in range(3)}
+
+
+async def deliver_files(tmp_path: Path, instances: dict[str, Any], target: dict[str, Any], done: Any) -> None:
+    """FILES from a local folder to ``target`` through ``conveyor run``, until ``done()``."""
     disk = tmp_path / "disk"
-    files = {f"r{i}.csv": f"row,{i}\n".encode() * (i + 1) for i in range(3)}
-    for name, data in files.items():
-        (disk / "in").mkdir(parents=True, exist_ok=True)
+    (disk / "in").mkdir(parents=True)
+    for name, data in FILES.items():
         (disk / "in" / name).write_bytes(data)
-    out = tmp_path / "out"
-    directory = {
-        "type": "directory",
-        "path": str(out),
-        "filename": "{name}",
-        "sidecar": False,
-        "done_file": "{name}.done",
-        "checksum": "sha256",
-    }
-    upload = {"instance": "sftp", "path": "drop", "done_file": "{stem}.ok", "checksum": "md5"}
-    cfg = write_config(
-        tmp_path,
-        {"src": {"type": "local", "root": str(disk)}, "sftp": sftp.instance_config()},
-        {"d": target_flow(directory)},
-    )
+    cfg = write_config(tmp_path, {"src": {"type": "local", "root": str(disk)}, **instances}, {"f": target_flow(target)})
     d = DaemonProcess(cfg).start()
     try:
-        await wait_for(lambda: len(list(out.glob("*.done"))) == len(files), 60)
+        await wait_for(done, 60)
     finally:
         d.stop()
-    for name, data in files.items():
+
+
+async def test_the_directory_target_writes_checksum_and_done_files(tmp_path: Path) -> None:
+    """A checksum file (sha256sum format) and an empty done file beside each body."""
+    out = tmp_path / "out"
+    target = {"type": "directory", "path": str(out), "filename": "{name}", "sidecar": False}
+    target.update(done_file="{name}.done", checksum="sha256")
+    await deliver_files(tmp_path, {}, target, lambda: len(list(out.glob("*.done"))) == len(FILES))
+    assert sorted(p.name for p in out.iterdir()) == sorted(n + x for n in FILES for x in ("", ".done", ".sha256"))
+    for name, data in FILES.items():
         assert (out / name).read_bytes() == data
         assert (out / f"{name}.sha256").read_text() == f"{hashlib.sha256(data).hexdigest()}  {name}\n"
         assert (out / f"{name}.done").read_bytes() == b""
-    for name, data in files.items():
-        (disk / "in" / name).write_bytes(data)
-    cfg = write_config(
-        tmp_path,
-        {"src": {"type": "local", "root": str(disk)}, "sftp": sftp.instance_config()},
-        {"u": target_flow(upload)},
-    )
-    d = DaemonProcess(cfg).start()
-    try:
-        await wait_for(lambda: len([n for n in sftp.names("drop") if n.endswith(".ok")]) == len(files), 60)
-    finally:
-        d.stop()
-    for name, data in files.items():
+
+
+@pytest.mark.parametrize("server", ["sftp_openssh_backend", "ftps_explicit_vsftpd_backend"])
+async def test_uploads_write_checksum_and_done_files(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """An upload to an SFTP or FTPS server: an md5 file and a ``{stem}.ok`` beside each file."""
+    fb = request.getfixturevalue(server)
+    target = {"instance": "dst", "path": "drop", "done_file": "{stem}.ok", "checksum": "md5"}
+    done = lambda: len([n for n in fb.names("drop") if n.endswith(".ok")]) == len(FILES)  # noqa: E731
+    await deliver_files(tmp_path, {"dst": fb.instance_config()}, target, done)
+    for name, data in FILES.items():
         stem = name.removesuffix(".csv")
-        assert sftp.read(f"drop/{name}") == data
-        assert sftp.read(f"drop/{name}.md5") == f"{hashlib.md5(data).hexdigest()}  {name}\n".encode()
-        assert sftp.read(f"drop/{stem}.ok") == b""
+        assert fb.read(f"drop/{name}") == data
+        assert fb.read(f"drop/{name}.md5") == f"{hashlib.md5(data).hexdigest()}  {name}\n".encode()
+        assert fb.read(f"drop/{stem}.ok") == b""
+    assert len(fb.names("drop")) == 3 * len(FILES), "no temporary names left behind"
 
 
 @pytest.mark.parametrize("kind", ["directory", "upload"])
@@ -240,3 +235,25 @@ async def test_a_crash_before_the_done_file_still_writes_it(kind: str, tmp_path:
     assert (out / "a.csv").read_bytes() == A1
     assert (out / "a.csv.sha256").read_text() == f"{hashlib.sha256(A1).hexdigest()}  a.csv\n"
     assert states(tmp_path / "state.db", "f")["a.csv"][0] == "delivered"
+
+
+async def test_one_exact_file_with_its_done_and_checksum_files(local_backend: Any, tmp_path: Path) -> None:
+    """A source whose path names one file looks up its done file and checksum file beside it,
+    and deletes them after it."""
+    fb = local_backend
+    fb.put("in/a.csv", A1, mtime=EARLY)
+    fb.put("in/a.csv.sha256", f"{hashlib.sha256(A1).hexdigest()}  a.csv\n".encode())
+    fb.put("in/a.csv.done", b"", mtime=LATER)
+    fb.put("in/other.csv", b"not this one")
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path,
+        {"remote": fb.instance_config()},
+        {"f": flow(out, path="in/a.csv", done_file="{name}.done", checksum="sha256")},
+    )
+    d = DaemonProcess(cfg).start()
+    try:
+        await wait_for(lambda: fb.names("in") == ["other.csv"], 60)
+    finally:
+        d.stop()
+    assert bodies(out) == {"a.csv": A1}
