@@ -11,7 +11,6 @@ data is in place but before the done file still ends with the done file written.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -198,26 +197,29 @@ async def test_uploads_write_checksum_and_done_files(
     assert len(fb.names("drop")) == 3 * len(FILES), "no temporary names left behind"
 
 
-@pytest.mark.parametrize("kind", ["directory", "upload"])
-async def test_a_crash_before_the_done_file_still_writes_it(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["directory", "local", "sftp"])
+async def test_a_crash_before_the_done_file_still_writes_it(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     """The data is in place but its done file cannot be written yet (a folder stands at its
     name); the daemon is killed while retrying, the obstacle removed, and after a restart the
     done file and checksum file are written and the item delivered."""
-    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk = tmp_path / "disk"
     (disk / "in").mkdir(parents=True)
     (disk / "in" / "a.csv").write_bytes(A1)
-    out.mkdir()
-    (out / "a.csv.done").mkdir()  # in the way of the done file
-    if kind == "directory":
-        target: dict[str, Any] = {"type": "directory", "path": str(out), "filename": "{name}"}
+    target: dict[str, Any] = {"instance": "dst", "path": ""}
+    if kind == "sftp":
+        sftp = request.getfixturevalue("sftp_openssh_backend")
+        out, dst = sftp.folder, sftp.instance_config()
+        sftp.mkdir("a.csv.done")  # in the way of the done file
     else:
-        target = {"instance": "dst", "path": ""}
+        out = tmp_path / "out"
+        (out / "a.csv.done").mkdir(parents=True)
+        dst = {"type": "local", "root": str(out)}
+        if kind == "directory":
+            target = {"type": "directory", "path": str(out), "filename": "{name}"}
     target.update(done_file="{name}.done", checksum="sha256")
-    cfg = write_config(
-        tmp_path,
-        {"src": {"type": "local", "root": str(disk)}, "dst": {"type": "local", "root": str(out)}},
-        {"f": target_flow(target)},
-    )
+    cfg = write_config(tmp_path, {"src": {"type": "local", "root": str(disk)}, "dst": dst}, {"f": target_flow(target)})
     d = DaemonProcess(cfg).start()
     try:
         await wait_for(lambda: any("attempt 2 of" in str(r.get("msg")) for r in d.logs()), 60)
@@ -225,7 +227,7 @@ async def test_a_crash_before_the_done_file_still_writes_it(kind: str, tmp_path:
         assert (out / "a.csv.sha256").is_file(), "the checksum file comes before the done file"
     finally:
         d.kill9()
-    shutil.rmtree(out / "a.csv.done")
+    (out / "a.csv.done").rmdir()
     (out / "a.csv.sha256").unlink()
     d = DaemonProcess(cfg).start()
     try:
