@@ -41,11 +41,12 @@ log = logging.getLogger("conveyor.files")
 _CHUNK = 500
 _RESUMES = 5
 _RECHECK = 600.0
+"""Seconds between full checks of the files remembered as done against the ledger (a forget
+made through another replica, or any change not made through this daemon's ledger API)."""
 _CHECKS = 3
 """Downloads of a file whose checksum does not match before it is set aside as failed."""
 _CHECKSUM_MAX = 64 * 1024
-"""Seconds between full checks of the files remembered as done against the ledger (a forget
-made through another replica, or any change not made through this daemon's ledger API)."""
+"""The largest checksum file read (one holds a line per file)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,14 +393,15 @@ class FileSource:
         mismatch is downloaded again (a transfer may have gone wrong, or the partner may still be
         writing the checksum file) before :class:`ChecksumMismatch` ends it."""
         check = self.config.checksum
-        listed = beside.checksum
-        if check is None or listed is None:
+        if check is None:
             return await self._fetch(f)
+        # Where the listing saw it; else (released by an older listing) where it should be.
+        path = beside.checksum.path if beside.checksum is not None else companions.beside(f.path, check.template)
 
         async def once() -> Body:
             body = await self._fetch(f)
             try:
-                problem = await self._verify(f, body, listed.path, check.algorithm)
+                problem = await self._verify(f, body, path, check.algorithm)
             except BaseException:
                 body.release()
                 raise

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import posixpath
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from conveyor import companions
@@ -71,7 +71,7 @@ class PartnerFiles:
 
     async def released(
         self,
-        entries: AsyncIterator[RemoteFile],
+        entries: AsyncGenerator[RemoteFile, None],
         *,
         stable: Callable[[RemoteFile], bool],
         whole: Callable[[], bool],
@@ -84,7 +84,7 @@ class PartnerFiles:
         listing: dict[str, RemoteFile] = {}
         self._listing = listing
         candidates: list[RemoteFile] = []
-        async with contextlib.aclosing(entries) as it:  # type: ignore[type-var]
+        async with contextlib.aclosing(entries) as it:
             async for f in it:
                 if not self.is_companion(f.name):
                     candidates.append(f)
