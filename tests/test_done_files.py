@@ -80,7 +80,7 @@ async def test_a_file_waits_for_its_done_file(fb: Any, tmp_path: Path) -> None:
 
 async def test_a_folder_done_file_releases_its_folder(fb: Any, tmp_path: Path) -> None:
     """``ready.flag``: releases the files of its own folder not newer than itself, then is
-    deleted once they are; a folder without one waits, and a newer file waits for the next."""
+    moved after them; a folder without one waits, and a newer file waits for the next."""
     fb.put("in/x/x1.csv", b"x1", mtime=EARLY)
     fb.put("in/x/x2.csv", b"x2", mtime=EARLY + 60)
     fb.put("in/x/ready.flag", b"", mtime=LATER)
@@ -88,7 +88,9 @@ async def test_a_folder_done_file_releases_its_folder(fb: Any, tmp_path: Path) -
     fb.put("in/y/y1.csv", b"y1", mtime=EARLY)
     out = tmp_path / "out"
     cfg = write_config(
-        tmp_path, {"remote": fb.instance_config()}, {"f": flow(out, done_file="ready.flag", recursive=True)}
+        tmp_path,
+        {"remote": fb.instance_config()},
+        {"f": flow(out, done_file="ready.flag", recursive=True, after={"move": "archive"})},
     )
     d = DaemonProcess(cfg).start()
     try:
@@ -103,6 +105,8 @@ async def test_a_folder_done_file_releases_its_folder(fb: Any, tmp_path: Path) -
     finally:
         d.stop()
     assert sorted(bodies(out)) == ["next.csv", "x1.csv", "x2.csv", "y1.csv"]
+    assert fb.names("archive/x") == ["next.csv", "ready.flag", "x1.csv", "x2.csv"]
+    assert fb.names("archive/y") == ["ready.flag", "y1.csv"]
 
 
 async def test_checksum_files_are_checked(fb: Any, tmp_path: Path) -> None:
