@@ -22,6 +22,8 @@ FILE_BACKENDS = [
     "local_backend",
     "sftp_asyncssh_backend",
     "sftp_openssh_backend",
+    "sftp_socks5_backend",
+    "sftp_jump_backend",
     "ftp_pyftpdlib_backend",
     "ftps_explicit_pyftpdlib_backend",
     "ftps_implicit_pyftpdlib_backend",

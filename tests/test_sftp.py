@@ -174,7 +174,7 @@ async def test_md5_of_rsa_key_then_one_handshake(backend: SftpBackend) -> None:
         await inst.pool.close()
         await inst.check()  # a reconnect: the cached family is asked for first
         assert inst.pool.handshakes == 2
-        assert inst.pool._family == "ssh-rsa"
+        assert inst.pool._server._family == "ssh-rsa"
     finally:
         await inst.close()
 

@@ -86,7 +86,7 @@ async def test_upload_to_a_local_instance(tmp_path: Path) -> None:
         LocalConfig(type="local", root=str(tmp_path)),
         Context(spool=Spool(tmp_path / "spool"), status=StatusBoard()),
     )
-    cfg = FileTargetConfig(instance="dst", path="inbound/today", filename="{stem}-{id}.{ext}", chmod="0640")
+    cfg = FileTargetConfig(instance="dst", path="inbound/today", filename="{stem}-{id}{ext}", chmod="0640")
     t = UploadTarget("f", cfg, inst)
     await t.deliver(payload("p1", b"hello", name="order.csv"))
     dest = tmp_path / "inbound" / "today" / "order-p1.csv"

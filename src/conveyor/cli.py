@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log in to every instance and check each flow's source and target, changing nothing",
     )
+    c.add_argument(
+        "--skip-files",
+        action="store_true",
+        help="do not read the certificate and key files instances name (a config checked away from its machine)",
+    )
     f = sub.add_parser("fingerprint", help="print every host key an SSH server offers, in every accepted form")
     f.add_argument("target", metavar="HOST[:PORT]")
     ls = sub.add_parser("ls", help="list a folder of a file instance as the daemon sees it")
@@ -75,20 +80,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _load(args: argparse.Namespace, *, libraries: bool = False) -> Any:
+def _load(args: argparse.Namespace, *, libraries: bool = False, files: bool = False) -> Any:
     """The config, or None after printing every problem; with ``libraries``, also the client
     libraries its instances and state store need must import (``run`` and ``check`` fail on a
-    missing one at once, not at a flow's first start)."""
+    missing one at once, not at a flow's first start); with ``files``, the local files its
+    instances read (certificates) must be usable (for ``check``: at run time a bad one fails
+    only its instance, when it connects)."""
     from conveyor.config import load_config
     from conveyor.errors import ConfigError
 
     path = args.config or default_config()
     try:
         config = load_config(path)
-        if libraries:
-            from conveyor.libraries import missing_libraries
+        if libraries or files:
+            from conveyor.libraries import missing_libraries, unusable_files
 
-            problems = missing_libraries(config)
+            problems = (missing_libraries(config) if libraries else []) + (unusable_files(config) if files else [])
             if problems:
                 raise ConfigError(problems, str(path))
         return config
@@ -134,7 +141,7 @@ def _leaves(e: BaseException) -> list[BaseException]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """``conveyor check``."""
-    config = _load(args, libraries=True)
+    config = _load(args, libraries=True, files=not args.skip_files)
     if config is None:
         return 2
     print(f"{config.path}: OK ({len(config.instances)} instances, {len(config.flows)} flows)")

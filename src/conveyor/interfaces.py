@@ -6,8 +6,8 @@ implements :class:`FileSystem`; the core's generic file source and file target d
 (rabbitmq, pubsub) is a :class:`BrokerInstance` that makes a :class:`MessageSource` and a
 :class:`Target` per flow. What only some connectors can do is a ``runtime_checkable``
 protocol of its own (:class:`OpensInPlace`, :class:`ChecksListed`, :class:`Resolves`,
-:class:`Probes`, :class:`Located`), asked with ``isinstance``. Connectors never retry or sleep: they raise
-:class:`~conveyor.errors.Transient` or :class:`~conveyor.errors.Permanent` and the
+:class:`Probes`, :class:`Located`, :class:`Hops`), asked with ``isinstance``. Connectors never
+retry or sleep: they raise :class:`~conveyor.errors.Transient` or :class:`~conveyor.errors.Permanent` and the
 supervisor applies backoff.
 """
 
@@ -73,10 +73,14 @@ class FileSystem(Protocol):
         """Append the file's bytes from offset ``sink.size`` to the end (so a retry resumes)."""
         ...
 
-    async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
+    async def upload(
+        self, body: Body, path: str, *, exists: str, chmod: int | None, mtime: float | None = None
+    ) -> bool:
         """Write ``body`` to ``path`` under a temporary name, then rename into place.
 
         ``exists`` is replace | fail | skip; returns False when skipped. Parent folders are created.
+        ``mtime`` (seconds since the epoch), when given, becomes the file's modification time
+        before the rename, where the server lets it be set.
         """
         ...
 
@@ -103,6 +107,15 @@ def count_entry(n: int, max_entries: int | None) -> int:
     if max_entries is not None and n > max_entries:
         raise ListingCut(max_entries)
     return n
+
+
+@runtime_checkable
+class Hops(Protocol):
+    """An instance reached through several hops (a proxy, jump hosts): ``check --connect`` shows each."""
+
+    def hop_report(self) -> list[str]:
+        """One line per hop of the last connect, in order, saying what was verified there."""
+        ...
 
 
 @runtime_checkable

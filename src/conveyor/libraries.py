@@ -3,7 +3,8 @@
 Connector runtimes and the PostgreSQL store import their client libraries lazily (a config
 without Pub/Sub never pays for google-cloud). A missing one must therefore be found when the
 config is checked, as one clear line naming the key that needs it, not as a traceback from a
-flow's first start.
+flow's first start. Local files the instances read when they connect (client certificates and
+their keys) are checked here too, for ``conveyor check``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ FIX = "install conveyor with its dependencies (pip install conveyor; not --no-de
 def _why(e: ImportError) -> str:
     missing = e.name or str(e)
     return f"needs the Python module '{missing}', which is not installed: {FIX}"
+
+
+def unusable_files(config: Config) -> list[Problem]:
+    """A problem for each local file an instance needs and cannot use (a client certificate, say)."""
+    return [
+        Problem(f"instances.{name}.{key}", message)
+        for name, icfg in config.instances.items()
+        for key, message in icfg.file_problems()
+    ]
 
 
 def missing_libraries(config: Config) -> list[Problem]:

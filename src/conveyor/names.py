@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
 from typing import Literal
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -157,13 +160,143 @@ class UnsafeName(ValueError):
     """A name refused under ``unsafe_names: refuse``."""
 
 
+PLAIN_FIELDS = ("path", "name", "stem", "ext", "id", "flow")
+"""Template fields that stand for text: ``{path}`` is the source's folder below its ``path``."""
+DATE_FIELDS = ("received", "mtime")
+"""Template fields that stand for a moment, written with a strftime format: ``{received:%Y/%m/%d}``."""
+KEYED_FIELDS = ("attr", "header")
+"""Template fields that name one key of a message: ``{attr.KEY}`` (Pub/Sub), ``{header.KEY}`` (AMQP)."""
+DEFAULT_DATE = "%Y%m%dT%H%M%S"
+"""How a date field without a format is written: no ``:``, which Windows shares refuse."""
+_KNOWN = "{path} {name} {stem} {ext} {id} {flow} {received:FORMAT} {mtime:FORMAT} {attr.KEY} {header.KEY}"
+
+
+class MissingField(ValueError):
+    """A payload lacks what its target's template names (a message attribute or header)."""
+
+
+@dataclass(frozen=True)
+class _Part:
+    literal: str
+    field: str | None = None
+    key: str = ""
+    spec: str = ""
+
+
+@dataclass(frozen=True)
+class NameValues:
+    """What a payload offers a template: see :func:`Template.render`."""
+
+    id: str
+    flow: str
+    name: str | None = None
+    folder: str = ""
+    """The source's folder of the file, relative to the source's ``path`` ('' for one at its top)."""
+    received: datetime = field(default_factory=lambda: datetime.now(UTC))
+    mtime: datetime | None = None
+    attrs: dict[str, object] | None = None
+    headers: dict[str, object] | None = None
+
+
+class Template:
+    """A ``filename`` or ``path`` template, parsed and checked once (at config load).
+
+    ``{{`` and ``}}`` stand for a brace. Plain fields take a Python format spec (``{id:.8}``),
+    date fields a strftime one; an unknown field, a bad spec or a stray brace raises ValueError.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.parts: tuple[_Part, ...] = tuple(_parse(text))
+        self.fields = frozenset(p.field for p in self.parts if p.field)
+        """The fields used: ``attr``, ``received`` and so on."""
+
+    def render(self, values: NameValues, tz: tzinfo | None, *, raw: frozenset[str] = frozenset()) -> str:
+        """The text for a payload. Every field's value has its separators and control characters
+        made ``_``, except those named in ``raw`` (a path template's ``{path}`` and dates, whose
+        ``/`` are wanted). Raises :class:`MissingField` for an attribute or header the payload lacks."""
+        out = []
+        for p in self.parts:
+            out.append(p.literal)
+            if p.field is None:
+                continue
+            value = _value(p, values, tz or UTC)
+            out.append(value if p.field in raw else _clean(value))
+        return "".join(out)
+
+
+def _parse(text: str) -> list[_Part]:
+    try:
+        pieces = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise ValueError(f"{e} (write {{{{ and }}}} for a literal brace)") from None
+    out = []
+    for literal, name, given, conv in pieces:
+        spec = given or ""
+        if name is None:
+            out.append(_Part(literal))
+            continue
+        if conv is not None:
+            raise ValueError(f"{{{name}!{conv}}}: conversions are not supported; known fields: {_KNOWN}")
+        base, dot, key = name.partition(".")
+        if base in KEYED_FIELDS:
+            if not key:
+                raise ValueError(f"{{{name}}} names no key: write {{{base}.KEY}}")
+        elif dot or base not in (*PLAIN_FIELDS, *DATE_FIELDS):
+            raise ValueError(f"unknown field {{{name}}}; known: {_KNOWN}")
+        if "{" in spec:
+            raise ValueError(f"{{{name}:{spec}}}: a format cannot hold another field")
+        if base in DATE_FIELDS:
+            spec = spec or DEFAULT_DATE
+            if "%" not in spec:
+                raise ValueError(f"{{{name}:{spec}}}: a date format needs strftime codes such as %Y %m %d")
+            try:
+                datetime(2000, 1, 2, 3, 4, 5, tzinfo=UTC).strftime(spec)
+            except ValueError as e:
+                raise ValueError(f"{{{name}:{spec}}}: {e}") from None
+        elif spec:
+            try:
+                format("x", spec)
+            except ValueError as e:
+                raise ValueError(f"{{{name}:{spec}}}: bad format: {e}") from None
+        out.append(_Part(literal, base, key, spec))
+    return out
+
+
+def _value(p: _Part, v: NameValues, tz: tzinfo) -> str:
+    if p.field in DATE_FIELDS:
+        moment = v.received if p.field == "received" else v.mtime
+        if moment is None:
+            raise MissingField(f"{{{p.field}}}: the payload has no {p.field} time")
+        return moment.astimezone(tz).strftime(p.spec)
+    if p.field in KEYED_FIELDS:
+        found = v.attrs if p.field == "attr" else v.headers
+        what = "attribute" if p.field == "attr" else "header"
+        if not found or p.key not in found or found[p.key] is None:
+            raise MissingField(f"{{{p.field}.{p.key}}}: the message has no {what} {p.key!r}")
+        value = found[p.key]
+        if isinstance(value, (dict, list)):
+            raise MissingField(f"{{{p.field}.{p.key}}}: the {what} holds a table or list, not one value")
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        return format(text, p.spec)
+    base = v.name or v.id
+    stem, dot, ext = base.rpartition(".")
+    if not dot or not stem:
+        stem, ext = base, ""
+    plain = {"id": v.id, "name": base, "flow": v.flow, "stem": stem, "ext": f".{ext}" if ext else "", "path": v.folder}
+    return format(plain[p.field or ""], p.spec)
+
+
+def _clean(value: str) -> str:
+    return _CONTROL.sub("_", value.replace("/", "_").replace("\\", "_"))
+
+
 def target_name(
-    template: str,
-    payload_id: str,
-    name: str | None,
-    flow: str,
+    template: str | Template,
+    values: NameValues,
     *,
     unsafe: UnsafeNames,
+    tz: tzinfo | None = None,
     limit: int = NAME_MAX,
     sidecars: bool = False,
 ) -> str:
@@ -174,15 +307,10 @@ def target_name(
     With ``sidecars``, a name that would be a sidecar's (``X.meta.json``) gets a ``_`` after it
     (as does one that already ends in ``.meta.json_``, so two names never become one), and the
     limit leaves room for the sidecar suffix. Cut to ``limit`` bytes by :func:`fit_bytes`.
+    Raises :class:`MissingField` when the payload lacks a field the template names.
     """
-    fields = {k: sanitise(v, payload_id) for k, v in name_fields(payload_id, name, flow).items()}
-    out = sanitise(render(template, fields), payload_id)
-    if unsafe != "keep":
-        why = unsafe_reason(out)
-        if why is not None:
-            if unsafe == "refuse":
-                raise UnsafeName(f"name {cut_bytes(out, 120)!r} {why} (unsafe_names: refuse)")
-            out = make_safe(out)
+    tpl = template if isinstance(template, Template) else Template(template)
+    out = _policy(sanitise(tpl.render(values, tz), values.id), unsafe)
     if sidecars:
         if _SIDECAR_LIKE.search(out):
             out += "_"
@@ -190,13 +318,65 @@ def target_name(
     return fit_bytes(out, limit)
 
 
+def _policy(name: str, unsafe: UnsafeNames) -> str:
+    if unsafe != "keep":
+        why = unsafe_reason(name)
+        if why is not None:
+            if unsafe == "refuse":
+                raise UnsafeName(f"name {cut_bytes(name, 120)!r} {why} (unsafe_names: refuse)")
+            return make_safe(name)
+    return name
+
+
+_PATH_RAW = frozenset({"path", *DATE_FIELDS})
+
+
+def target_folder(template: Template, values: NameValues, *, unsafe: UnsafeNames, tz: tzinfo | None = None) -> str:
+    """The folder a target writes a payload into, from its ``path`` template: '/'-separated,
+    relative, without empty parts (an empty ``{path}`` leaves no stray ``/``). ``{path}`` and
+    dates may add folders; every part is checked as a file name is (``..`` and control
+    characters raise :class:`UnsafeName`, ``unsafe`` decides the rest)."""
+    text = template.render(values, tz, raw=_PATH_RAW)
+    out = []
+    for part in text.split("/"):
+        if part in ("", "."):
+            continue
+        why = unsafe_component(part)
+        if why is not None:
+            raise UnsafeName(f"folder {why.removeprefix('name ')}")
+        out.append(fit_bytes(_policy(part, unsafe)))
+    return "/".join(out)
+
+
+def check_template(text: str, *, folder: bool = False) -> Template:
+    """A template parsed for a config validator: ValueError says what is wrong. For ``folder``
+    (a ``path`` template), a literal ``..`` among the parts made per payload is refused too."""
+    tpl = Template(text)
+    if folder and ".." in split_folder(text)[1].split("/"):
+        raise ValueError(f"{text!r}: '..' would leave the target folder")
+    return tpl
+
+
+def split_folder(text: str) -> tuple[str, str]:
+    """A directory ``path`` as its fixed folder and the template below it:
+    ``/srv/in/{flow}/x`` is ``("/srv/in", "{flow}/x")``; without fields, ``(text, "")``."""
+    if "{" not in text.replace("{{", ""):
+        return text.replace("{{", "{").replace("}}", "}"), ""
+    parts = text.split("/")
+    for i, part in enumerate(parts):
+        if "{" in part.replace("{{", ""):
+            fixed = "/".join(parts[:i]).replace("{{", "{").replace("}}", "}")
+            return fixed or ("/" if text.startswith("/") else "."), "/".join(parts[i:])
+    raise AssertionError("unreachable")
+
+
 def render(template: str, fields: dict[str, str]) -> str:
-    """Fill ``{id}``-style placeholders; unknown placeholders stay as written."""
+    """Fill ``{id}``-style placeholders; unknown placeholders stay as written (broker keys)."""
     return re.sub(r"\{(\w+)\}", lambda m: fields.get(m.group(1), m.group(0)), template)
 
 
 def name_fields(payload_id: str, name: str | None, flow: str) -> dict[str, str]:
-    """Template fields for a payload: id, name, flow, stem, ext."""
+    """Fields of a broker target's key templates: id, name, flow, stem, ext (without its dot)."""
     base = name or payload_id
     stem, dot, ext = base.rpartition(".")
     if not dot or not stem:

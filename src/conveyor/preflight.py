@@ -4,7 +4,8 @@ Nothing is changed on any server or disk: folders are stat'ed and listed, queues
 declared passively, subscriptions and topics looked up, HTTP endpoints asked with HEAD (or
 OPTIONS). Where a flow's setting would create the thing at start (``declare:``,
 ``create_subscription:``, a missing target folder) that is said instead of failing. One line per
-instance, then one per flow; a flow fails when its source or its target would fail on the first try.
+instance (and one per hop of an instance reached through a proxy or jump hosts), then one per
+flow; a flow fails when its source or its target would fail on the first try.
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ from pathlib import Path
 from conveyor.config import Config, Flow
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
 from conveyor.errors import ConveyorError, NotFound, Permanent
-from conveyor.interfaces import BrokerInstance, Context, FileSystem, Instance, Located, Probes, Resolves, Target
+from conveyor.interfaces import (
+    BrokerInstance,
+    Context,
+    FileSystem,
+    Hops,
+    Instance,
+    Located,
+    Probes,
+    Resolves,
+    Target,
+)
 from conveyor.redact import redact
 from conveyor.registry import all_specs, target_specs
 
@@ -38,6 +49,7 @@ async def preflight(config: Config, out: Callable[[str], None] = print) -> int:
     failures = 0
     try:
         for name, icfg in config.instances.items():
+            rt: Instance | None = None
             try:
                 rt = live[name] = all_specs()[icfg.type].load_factory()(name, icfg, ctx)
                 desc = await rt.check()
@@ -46,6 +58,12 @@ async def preflight(config: Config, out: Callable[[str], None] = print) -> int:
                 live.pop(name, None)
                 failures += 1
                 out(f"  FAIL  {name} ({icfg.type}): {redact(str(e))}")
+            if isinstance(rt, Hops):
+                for i, line in enumerate(rt.hop_report(), 1):
+                    out(f"          {i}. {redact(line)}")
+                if rt not in live.values():
+                    with contextlib.suppress(Exception):
+                        await rt.close()
         flows = list(config.flows.values())
         lines = await asyncio.gather(*(_flow_line(config, flow, live, ctx) for flow in flows))
         for ok, line in lines:

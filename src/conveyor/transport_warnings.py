@@ -13,7 +13,7 @@ from conveyor.config import Config
 from conveyor.targets.http.config import HttpTargetConfig
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.sftp.algorithms import WEAK
-from conveyor.transfer.sftp.config import SftpConfig
+from conveyor.transfer.sftp.config import SftpConfig, SshHostConfig
 from conveyor.transfer.sftp.hostkeys import parse_fingerprint
 
 
@@ -69,6 +69,14 @@ def _sftp(key: str, name: str, cfg: SftpConfig) -> list[TransportWarning]:
                 "off: the server's host key is not verified, so anyone on the way can pose as the server",
             )
         )
+    for i, hop in enumerate(cfg.jump or []):
+        out += _ssh(f"{key}.jump[{i}]", name, hop)
+    return out + _ssh(key, name, cfg)
+
+
+def _ssh(key: str, name: str, cfg: SshHostConfig) -> list[TransportWarning]:
+    """What weakens one SSH login: the server's or a jump host's."""
+    out = []
     if cfg.legacy_algorithms:
         out.append(
             TransportWarning(

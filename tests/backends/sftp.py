@@ -2,7 +2,9 @@
 
 Both servers serve a folder on local disk, so the side door (put/exists/read/names) works
 on that folder directly. Fixtures: ``sftp_asyncssh_backend`` (a fresh in-process server per
-test) and ``sftp_openssh_backend`` (a fresh folder on the session's sshd).
+test), ``sftp_openssh_backend`` (a fresh folder on the session's sshd), and the same sshd reached
+the ways partners' servers are: ``sftp_socks5_backend`` (through microsocks) and
+``sftp_jump_backend`` (through a second sshd as the jump host).
 """
 
 from __future__ import annotations
@@ -18,16 +20,31 @@ import pytest
 
 from tests.backends.base import put_file
 from tests.servers.asyncssh_server import AsyncsshSftpServer, asyncssh_server, ssh_client_keys
-from tests.servers.sshd import Sshd, sshd
+from tests.servers.proxies import ProxyServer, start_proxy
+from tests.servers.sshd import Sshd, jump_sshd, sshd
 
-__all__ = ["SftpBackend", "asyncssh_server", "sftp_asyncssh_backend", "sftp_openssh_backend", "ssh_client_keys", "sshd"]
+__all__ = [
+    "SftpBackend",
+    "asyncssh_server",
+    "jump_sshd",
+    "sftp_asyncssh_backend",
+    "sftp_jump_backend",
+    "sftp_openssh_backend",
+    "sftp_socks5_backend",
+    "ssh_client_keys",
+    "sshd",
+]
 
 
 class SftpBackend:
     """A real SFTP server and the local folder behind one instance's root."""
 
-    def __init__(self, name: str, server: AsyncsshSftpServer | Sshd, folder: Path, root: str) -> None:
+    def __init__(
+        self, name: str, server: AsyncsshSftpServer | Sshd, folder: Path, root: str, route: dict[str, Any] | None = None
+    ) -> None:
         self.name = name
+        self.route = route or {}
+        """``proxy`` / ``jump`` settings every instance of this backend gets."""
         self.server = server
         self.folder = folder
         """The local folder the instance's ``root`` points at."""
@@ -46,7 +63,7 @@ class SftpBackend:
     def instance_config(self, **over: Any) -> dict[str, Any]:
         """``instances.<name>`` mapping: password auth, ed25519 SHA256 pinned; ``over`` replaces keys
         (a None value removes one)."""
-        return self.server.instance_config(**{"root": self.root, **over})
+        return self.server.instance_config(**{"root": self.root, **self.route, **over})
 
     def _chown(self, p: Path) -> None:
         if self._owner is not None:
@@ -92,5 +109,31 @@ def sftp_openssh_backend(sshd: Sshd) -> Iterator[SftpBackend]:
     sshd.chown(d)
     try:
         yield SftpBackend("sftp-openssh", sshd, d, str(d))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def sftp_socks5_backend(sshd: Sshd) -> Iterator[SftpBackend]:
+    """The session's sshd reached through a SOCKS5 proxy (microsocks, with username auth)."""
+    proxy: ProxyServer = start_proxy("socks5")
+    d = Path(tempfile.mkdtemp(dir=sshd.root))
+    d.chmod(0o755)
+    sshd.chown(d)
+    try:
+        yield SftpBackend("sftp-socks5", sshd, d, str(d), {"proxy": proxy.url()})
+    finally:
+        proxy.remove()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def sftp_jump_backend(sshd: Sshd, jump_sshd: Sshd) -> Iterator[SftpBackend]:
+    """The session's sshd reached through a second sshd as the jump host."""
+    d = Path(tempfile.mkdtemp(dir=sshd.root))
+    d.chmod(0o755)
+    sshd.chown(d)
+    try:
+        yield SftpBackend("sftp-jump", sshd, d, str(d), {"jump": [jump_sshd.hop_config()]})
     finally:
         shutil.rmtree(d, ignore_errors=True)

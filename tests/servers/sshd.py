@@ -91,6 +91,24 @@ class Sshd:
         cfg.update(over)
         return {k: v for k, v in cfg.items() if v is not None}
 
+    def hop_config(self, **over: Any) -> dict[str, Any]:
+        """A ``jump`` hop mapping for this sshd (password auth, ed25519 fingerprint pinned)."""
+        from conveyor.transfer.sftp.hostkeys import sha256_fp
+
+        cfg: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "username": USER,
+            "password": PASSWORD,
+            "host_fingerprint": sha256_fp(self.host_blob("ed25519")),
+        }
+        cfg.update(over)
+        return {k: v for k, v in cfg.items() if v is not None}
+
+    def logins(self) -> int:
+        """How many logins this sshd accepted (its log says each)."""
+        return (self.base / "sshd.log").read_text(errors="replace").count("Accepted ")
+
     def stop(self) -> None:
         """Stop sshd (the listener and its session children)."""
         if self.proc.poll() is None:
@@ -188,6 +206,22 @@ def own_sshd(keys: KeySet, host_key_types: tuple[str, ...], extra: tuple[str, ..
 
 
 _RUNNING: list[Sshd] = []
+_JUMP: list[Sshd] = []
+
+
+def _session_sshd(slot: list[Sshd], keys: KeySet) -> Iterator[Sshd]:
+    """A fixture body: the sshd kept in ``slot``, started when missing or stopped."""
+    why = sshd_available()
+    if why:
+        pytest.skip(why)
+    if not slot or slot[0].proc.poll() is not None:
+        slot[:] = [start_sshd(keys)]
+    server = slot[0]
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -197,17 +231,13 @@ def sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:
     Shared by every module that imports this fixture (each import is its own session-scoped
     fixture to pytest), stopped when the session ends.
     """
-    why = sshd_available()
-    if why:
-        pytest.skip(why)
-    if not _RUNNING or _RUNNING[0].proc.poll() is not None:
-        _RUNNING[:] = [start_sshd(ssh_client_keys)]
-    server = _RUNNING[0]
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.base, ignore_errors=True)
+    yield from _session_sshd(_RUNNING, ssh_client_keys)
+
+
+@pytest.fixture(scope="session")
+def jump_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:
+    """A second OpenSSH sshd for the test session, used as a jump host in front of ``sshd``."""
+    yield from _session_sshd(_JUMP, ssh_client_keys)
 
 
 async def check_sftp(config: dict[str, Any]) -> str:

@@ -3,7 +3,9 @@
 Needs root (vsftpd drops privileges per session) and ``apt-get install -y vsftpd``. Logins use
 a local system user, ``conveyor-ftp``, created on first use with a known password; the session
 is chrooted into the served folder (``chroot=False``: no chroot, a login lands in the user's home
-and paths are the server's own). FTPS keeps vsftpd's default ``require_ssl_reuse=YES``.
+and paths are the server's own). FTPS keeps vsftpd's default ``require_ssl_reuse=YES``; with
+``client_ca`` it also requires a client certificate signed by that CA (``require_cert=YES``,
+``validate_cert=YES``), on the control connection and on every data connection.
 vsftpd 3.0.3 has no ``ssl_tlsv1_2``/``ssl_tlsv1_3`` switches: it offers TLS 1.2 and 1.3 (its
 ``ssl_tlsv1=YES`` covers every TLS 1.x), so the tests pick the version from the client side.
 """
@@ -118,6 +120,7 @@ def start_vsftpd(
     idle_timeout: int = 300,
     extra: dict[str, str] | None = None,
     chroot: bool = True,
+    client_ca: Path | None = None,
 ) -> Vsftpd:
     """Start vsftpd in the foreground (``background=NO``) on a free loopback port."""
     user = ensure_user()
@@ -182,6 +185,17 @@ def start_vsftpd(
                 "implicit_ssl": "YES" if tls == "implicit" else "NO",
             }
         )
+        if client_ca is not None:
+            shutil.copy(client_ca, work / "client-ca.pem")
+            os.chmod(work / "client-ca.pem", 0o644)
+            conf.update(
+                {
+                    "ssl_request_cert": "YES",
+                    "require_cert": "YES",
+                    "validate_cert": "YES",
+                    "ca_certs_file": str(work / "client-ca.pem"),
+                }
+            )
     conf.update(extra or {})
     conf_file = work / "vsftpd.conf"
     conf_file.write_text("".join(f"{k}={v}\n" for k, v in conf.items()))
@@ -212,7 +226,8 @@ def vsftpd_certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 @pytest.fixture
 def vsftpd_factory(vsftpd_certs: Certs) -> Iterator[Any]:
-    """``make(tls=..., idle_timeout=..., extra=..., chroot=...)`` starts a vsftpd; all are stopped at teardown."""
+    """``make(tls=..., idle_timeout=..., extra=..., chroot=..., client_ca=...)`` starts a vsftpd;
+    all are stopped at teardown."""
     reason = available()
     if reason:
         pytest.skip(reason)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from datetime import tzinfo
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from conveyor import companions
 from conveyor.config.types import AfterAction, ConfigModel, Duration, MoveAction, Size
-from conveyor.names import UnsafeNames, normal_path
+from conveyor.names import UnsafeNames, check_template, normal_path
 
 
 class InstanceConfig(ConfigModel):
@@ -22,27 +24,27 @@ class InstanceConfig(ConfigModel):
         """A loggable address such as ``user@host:port``, never a secret."""
         return self.type
 
+    def file_problems(self) -> list[tuple[str, str]]:
+        """Local files this instance needs that cannot be used, as (key, what is wrong) pairs.
+
+        ``conveyor check`` reports them; the daemon meets them at connect, as errors of the instance.
+        """
+        return []
+
     def secrets(self) -> list[str]:
         """Every secret value in this instance, so logs can redact them."""
-        out = []
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                out.append(value.get_secret_value())
-            elif isinstance(value, ConfigModel):
-                out.extend(_nested_secrets(value))
-        return [s for s in out if s]
+        return [s for s in _nested_secrets(self) if s]
 
 
-def _nested_secrets(model: ConfigModel) -> list[str]:
-    out = []
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, SecretStr):
-            out.append(value.get_secret_value())
-        elif isinstance(value, ConfigModel):
-            out.extend(_nested_secrets(value))
-    return out
+def _nested_secrets(value: object) -> list[str]:
+    """Secrets in a model, its sub-models and lists of them (an sftp instance's jump hosts)."""
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, list | tuple):
+        return [s for item in value for s in _nested_secrets(item)]
+    if isinstance(value, ConfigModel):
+        return [s for name in type(value).model_fields for s in _nested_secrets(getattr(value, name))]
+    return []
 
 
 class SourceConfig(ConfigModel):
@@ -184,12 +186,50 @@ class TargetConfig(ConfigModel):
     type: str
 
 
-class FileTargetConfig(ConfigModel):
+FILENAME_FIELDS = (
+    "template over {name} {stem} {ext} {id} {flow} {path} {received:%Y%m%d} {mtime:%Y%m%d} {attr.KEY} {header.KEY}"
+)
+FOLDER_FIELDS = "; a template over the same fields as filename ({path} keeps the source's subfolders)"
+PRESERVE_MTIME = "give the delivered file the source file's modification time"
+
+
+class NamedFiles(ConfigModel):
+    """A target that names its files from ``filename`` and ``path`` templates: what they share."""
+
+    _timezone: tzinfo | None = PrivateAttr(None)
+
+    @field_validator("filename", check_fields=False)
+    @classmethod
+    def _filename_template(cls, v: str) -> str:
+        check_template(v)
+        return v
+
+    @field_validator("path", check_fields=False)
+    @classmethod
+    def _path_template(cls, v: str) -> str:
+        check_template(v, folder=True)
+        return v
+
+    def set_timezone(self, tz: str | None) -> None:
+        """The flow's ``timezone``, which dates in the templates are written in (default UTC).
+        Set once by the config loader: the target's own keys do not hold it."""
+        self._timezone = ZoneInfo(tz) if tz else None
+
+    @property
+    def timezone(self) -> tzinfo | None:
+        """The zone dates are written in; None is UTC."""
+        return self._timezone
+
+
+class FileTargetConfig(NamedFiles):
     """Upload to a file instance (local, sftp, ftp): temp name, then rename."""
 
     instance: str = Field(description="name of the instance to upload to")
-    path: str = Field("", description="folder relative to the instance root")
-    filename: str = Field("{name}", description="template over {id} {name} {flow} {stem} {ext}")
+    path: str = Field("", description="folder relative to the instance root" + FOLDER_FIELDS)
+    filename: str = Field("{name}", description=FILENAME_FIELDS)
+    preserve_mtime: bool = Field(
+        False, description=PRESERVE_MTIME + " (FTP: where the server offers MFMT; else a warning, once)"
+    )
     exists: Literal["replace", "fail", "skip"] = Field("replace", description="when the file is already there")
     chmod: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$", description="octal mode for the uploaded file")
     unsafe_names: UnsafeNames = Field(

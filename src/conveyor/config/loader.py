@@ -18,13 +18,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from conveyor.config.base import FileSourceConfig, InstanceConfig, SourceConfig
+from conveyor.config.base import FileSourceConfig, InstanceConfig, NamedFiles, SourceConfig
 from conveyor.config.interpolate import Interpolator, dotted
 from conveyor.config.parse import Lines, line_for, parse_file
 from conveyor.config.schema import NAME_PATTERN, Config, Flow, FlowConfig, raw_model
 from conveyor.config.types import MoveAction
 from conveyor.errors import ConfigError, Problem
-from conveyor.names import normal_path
+from conveyor.names import Template, normal_path
 from conveyor.registry import INSTANCE_KIND, all_specs, target_specs
 
 
@@ -170,7 +170,33 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
         _check_moves(source, col, (*base, "source"))
     if source is None or target is None or kind is None:
         return None
-    return Flow(name, source, target, kind, flow.retry, flow.max_in_flight, flow.enabled)
+    if isinstance(target, NamedFiles):
+        _check_templates(target, source, instances, col, (*base, "target"))
+        target.set_timezone(flow.timezone)
+    return Flow(name, source, target, kind, flow.retry, flow.max_in_flight, flow.enabled, flow.timezone)
+
+
+_NEEDS = {"attr": "pubsub", "header": "rabbitmq"}
+"""Template fields only one source type has: Pub/Sub attributes, AMQP headers."""
+
+
+def _check_templates(
+    target: NamedFiles,
+    source: SourceConfig,
+    instances: dict[str, InstanceConfig],
+    col: _Collector,
+    path: tuple[Any, ...],
+) -> None:
+    """Fields a flow's source can never fill are config errors, not a failed item each."""
+    stype = instances[source.instance].type
+    message = all_specs()[stype].kind == "message"
+    for key in ("path", "filename"):
+        fields = Template(getattr(target, key)).fields
+        for field, needs in _NEEDS.items():
+            if field in fields and stype != needs:
+                col.add((*path, key), f"{{{field}.KEY}} needs a {needs} source; this flow reads from {stype}")
+        if "mtime" in fields and message:
+            col.add((*path, key), f"{{mtime}} needs a file source; this flow reads from {stype}")
 
 
 def _lookup(iname: Any, instances: dict[str, InstanceConfig], col: _Collector, path: tuple[Any, ...]) -> str | None:

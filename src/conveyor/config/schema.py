@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, create_model, field_validator
 
@@ -102,6 +103,21 @@ class FlowConfig(ConfigModel):
     max_in_flight: int = Field(16, ge=1, le=10_000, description="payloads in delivery at once (backpressure)")
     enabled: bool = Field(True, description="false keeps the flow in the file but does not run it")
     description: str | None = Field(None, description="free text for operators")
+    timezone: str | None = Field(
+        None,
+        description="IANA zone (e.g. Europe/London) that dates in target filename and path templates "
+        "are written in (default UTC)",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r} (an IANA name such as Europe/London or UTC)") from None
+        return v
 
 
 @cache
@@ -153,6 +169,8 @@ class Flow:
     retry: RetryConfig
     max_in_flight: int
     enabled: bool
+    timezone: str | None = None
+    """The flow's ``timezone``: dates in target name templates are written in it (None: UTC)."""
 
     @property
     def target_instance(self) -> str | None:

@@ -368,6 +368,8 @@ class FileSource:
                 body=body,
                 name=f.name,
                 file={"path": f.path, "mtime": utc_iso(f.mtime)},
+                folder=self._folder_of(f.path),
+                mtime=f.mtime,
             )
             outcome = await self.deliverer.process(
                 payload, info, complete=complete, give_up=give_up, settle_after_complete=settle, claimed=item
@@ -516,6 +518,11 @@ class FileSource:
         except BaseException:
             sink.abort()
             raise
+
+    def _folder_of(self, path: str) -> str:
+        """The folder of a listed file below the source's path: a target's ``{path}``."""
+        under = path[len(self.root) + 1 :] if self.root and path.startswith(self.root + "/") else path
+        return posixpath.dirname(under) if under != self.root else ""
 
     def _moved(self, folder: str, path: str) -> str:
         rel = path[len(self.root) + 1 :] if self.root and path.startswith(self.root + "/") else posixpath.basename(path)

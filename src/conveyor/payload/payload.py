@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from conveyor.names import NameValues
 from conveyor.payload.body import Body
 from conveyor.payload.timestamps import utc_iso
 
@@ -24,6 +26,27 @@ class Payload:
     message: dict[str, Any] | None = None
     received_at: str = field(default_factory=utc_iso)
     content_type: str = "application/octet-stream"
+    folder: str = ""
+    """A file's folder below its source's ``path`` ('' at its top): the ``{path}`` of target templates."""
+    mtime: float | None = None
+    """A file's modification time as listed (seconds since the epoch), for ``{mtime}`` and
+    ``preserve_mtime``; None for messages."""
+
+    def name_values(self) -> NameValues:
+        """What target ``filename`` and ``path`` templates may use of this payload."""
+        msg = self.message or {}
+        attrs = msg.get("attributes") if self.source_type == "pubsub" else None
+        headers = msg.get("headers") if self.source_type == "rabbitmq" else None
+        return NameValues(
+            id=self.id,
+            flow=self.flow,
+            name=self.name,
+            folder=self.folder,
+            received=datetime.fromisoformat(self.received_at),
+            mtime=None if self.mtime is None else datetime.fromtimestamp(self.mtime, UTC),
+            attrs=attrs if isinstance(attrs, dict) else None,
+            headers=headers if isinstance(headers, dict) else None,
+        )
 
     async def metadata(self) -> dict[str, Any]:
         """The metadata document every target delivers beside the body (a file, headers, attributes).

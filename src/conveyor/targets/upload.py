@@ -8,7 +8,16 @@ from conveyor import companions
 from conveyor.config.base import FileTargetConfig
 from conveyor.errors import Rejected
 from conveyor.interfaces import FileSystem
-from conveyor.names import NAME_MAX, UnsafeName, name_bytes, target_name
+from conveyor.names import (
+    NAME_MAX,
+    MissingField,
+    Template,
+    UnsafeName,
+    name_bytes,
+    split_folder,
+    target_folder,
+    target_name,
+)
 from conveyor.payload.body import Body
 from conveyor.payload.payload import Payload
 
@@ -21,19 +30,23 @@ class UploadTarget:
         self.config = config
         self.fs = fs
         self.chmod = int(config.chmod, 8) if config.chmod else None
+        fixed, below = split_folder(config.path)
+        self._fixed = fixed.strip("/").removeprefix("./") if fixed.strip("/") != "." else ""
+        self._below = Template(below) if below else None
+        self._filename = Template(config.filename)
 
     def remote_path(self, payload: Payload) -> str:
         """Where the payload goes, relative to the instance root: the name cannot leave the folder,
-        takes at most 255 bytes, and follows ``unsafe_names``. Raises Rejected for a name that
-        policy refuses."""
+        takes at most 255 bytes, and follows ``unsafe_names``; so does each folder the ``path``
+        template adds. Raises Rejected for a name that policy refuses or a field the payload lacks."""
+        values = payload.name_values()
+        cfg = self.config
         try:
-            name = target_name(
-                self.config.filename, payload.id, payload.name, self.flow, unsafe=self.config.unsafe_names
-            )
-        except UnsafeName as e:
-            raise Rejected(str(e), instance=self.config.instance) from None
-        folder = self.config.path.strip("/")
-        return f"{folder}/{name}" if folder else name
+            name = target_name(self._filename, values, unsafe=cfg.unsafe_names, tz=cfg.timezone)
+            below = target_folder(self._below, values, unsafe=cfg.unsafe_names, tz=cfg.timezone) if self._below else ""
+        except (UnsafeName, MissingField) as e:
+            raise Rejected(str(e), instance=cfg.instance) from None
+        return "/".join(p for p in (self._fixed, below, name) if p)
 
     async def deliver(self, payload: Payload) -> None:
         """Upload; ``exists: skip`` counts as delivered (the far side already has a file there).
@@ -41,7 +54,8 @@ class UploadTarget:
         that sees one finds the data complete. A crash before them leaves the payload undelivered
         in the ledger, so the redo writes them."""
         path = self.remote_path(payload)
-        wrote = await self.fs.upload(payload.body, path, exists=self.config.exists, chmod=self.chmod)
+        mtime = payload.mtime if self.config.preserve_mtime else None
+        wrote = await self.fs.upload(payload.body, path, exists=self.config.exists, chmod=self.chmod, mtime=mtime)
         # Data skipped (already there): its companions are written where missing, never replaced.
         exists = "replace" if wrote else "skip"
         folder, name = posixpath.split(path)

@@ -8,17 +8,27 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from conveyor import companions
-from conveyor.config.base import CHECKSUM_WRITTEN, DONE_FILE_WRITTEN, TargetConfig, written_done_file
+from conveyor.config.base import (
+    CHECKSUM_WRITTEN,
+    DONE_FILE_WRITTEN,
+    FILENAME_FIELDS,
+    FOLDER_FIELDS,
+    PRESERVE_MTIME,
+    NamedFiles,
+    TargetConfig,
+    written_done_file,
+)
 from conveyor.config.types import Duration
 from conveyor.names import SIDECAR_SUFFIX, UnsafeNames
 
 
-class DirectoryTargetConfig(TargetConfig):
+class DirectoryTargetConfig(TargetConfig, NamedFiles):
     """Write each payload into a local folder, with a ``.meta.json`` sidecar."""
 
     type: Literal["directory"]
-    path: str = Field(description="folder to write into (created if missing)")
-    filename: str = Field("{id}", description="template over {id} {name} {flow} {stem} {ext}")
+    path: str = Field(description="folder to write into (created if missing)" + FOLDER_FIELDS)
+    filename: str = Field("{id}", description=FILENAME_FIELDS)
+    preserve_mtime: bool = Field(False, description=PRESERVE_MTIME)
     sidecar: bool = Field(True, description="write <name>.meta.json beside each body")
     exists: Literal["replace", "fail", "skip"] = Field(
         "replace",

@@ -32,7 +32,18 @@ from conveyor import companions
 from conveyor.batched import ThreadCalls
 from conveyor.errors import NoSpace, Permanent, Rejected, Transient
 from conveyor.interfaces import Context
-from conveyor.names import NAME_MAX, SIDECAR_SUFFIX, UnsafeName, cut_bytes, name_bytes, target_name
+from conveyor.names import (
+    NAME_MAX,
+    SIDECAR_SUFFIX,
+    MissingField,
+    Template,
+    UnsafeName,
+    cut_bytes,
+    name_bytes,
+    split_folder,
+    target_folder,
+    target_name,
+)
 from conveyor.payload.body import CHUNK, Body, hash_file
 from conveyor.payload.payload import Payload
 from conveyor.payload.spool import disk_full
@@ -58,6 +69,8 @@ _SIDECAR_MAX = 8 << 20
 _TEMP_TRIES = 8
 
 _SYNCS: dict[str, GroupSync] = {}
+_SUBFOLDERS_OPEN = 64
+"""Folders below a directory target's own that it holds open at once (one descriptor each)."""
 
 log = logging.getLogger("conveyor.directory")
 
@@ -90,8 +103,10 @@ class _Folder:
     for a symlink is refused, not followed; a folder removed is made again.
     """
 
-    def __init__(self, path: str, dir_mode: int, gid: int | None) -> None:
+    def __init__(self, path: str, dir_mode: int, gid: int | None, below: str = "") -> None:
         self.path = path
+        self.below = below
+        """A subfolder (from the ``path`` template) whose parts are never resolved: conveyor makes them."""
         self.real: str | None = None
         self._dir_mode = dir_mode
         self._gid = gid
@@ -153,7 +168,10 @@ class _Folder:
 
     def _open(self) -> _Handle:
         if self.real is None:
-            self.real = os.path.realpath(self.path)
+            # Only the configured folder is resolved; the parts below it were rendered per payload
+            # and are opened without following a symlink planted there.
+            real = os.path.realpath(self.path)
+            self.real = os.path.join(real, self.below) if self.below else real
         parts = [p for p in self.real.split("/") if p]
         fd = os.open("/", _O_DIR)
         try:
@@ -212,13 +230,19 @@ class DirectoryTarget:
     def __init__(self, flow: str, config: DirectoryTargetConfig) -> None:
         self.flow = flow
         self.config = config
-        self.folder = Path(config.path)
         self.where = f"directory {config.path}"
         self.mode = config.mode()
         self.gid = self._group()
         # Folders conveyor creates: searchable where the files are readable (0640 → 0750).
         dir_mode = self.mode | 0o700 | ((self.mode & 0o444) >> 2)
-        self._folder = _Folder(config.path, dir_mode, self.gid)
+        self._dir_mode = dir_mode
+        fixed, below = split_folder(config.path)
+        self.folder = Path(fixed)
+        self._folder = _Folder(fixed, dir_mode, self.gid)
+        self._below = Template(below) if below else None
+        self._subfolders: dict[str, _Folder] = {}
+        """Folders below the fixed one that a ``path`` template made, most recently used last."""
+        self._filename = Template(config.filename)
         self._writer: BatchWriter | None = None
 
     def file_name(self, payload: Payload) -> str:
@@ -228,15 +252,37 @@ class DirectoryTarget:
             return payload.id  # the default, and the hot path for messages
         try:
             return target_name(
-                self.config.filename,
-                payload.id,
-                payload.name,
-                self.flow,
+                self._filename,
+                payload.name_values(),
                 unsafe=self.config.unsafe_names,
+                tz=self.config.timezone,
                 sidecars=self.config.sidecar,
             )
-        except UnsafeName as e:
+        except (UnsafeName, MissingField) as e:
             raise Rejected(str(e), path=self.config.path) from None
+
+    def folder_for(self, payload: Payload) -> _Folder:
+        """The folder a payload goes into: the configured one, or one below it that the ``path``
+        template names for this payload (made if missing)."""
+        if self._below is None:
+            return self._folder
+        try:
+            below = target_folder(
+                self._below, payload.name_values(), unsafe=self.config.unsafe_names, tz=self.config.timezone
+            )
+        except (UnsafeName, MissingField) as e:
+            raise Rejected(str(e), path=self.config.path) from None
+        if not below:
+            return self._folder
+        folder = self._subfolders.pop(below, None)
+        if folder is None:
+            folder = _Folder(self._folder.path, self._dir_mode, self.gid, below)
+            if len(self._subfolders) >= _SUBFOLDERS_OPEN:
+                # Dated folders come and go: hold the recent ones open, not every one ever used.
+                oldest = next(iter(self._subfolders))
+                self._subfolders.pop(oldest).close()
+        self._subfolders[below] = folder
+        return folder
 
     async def deliver(self, payload: Payload) -> None:
         """Write the body and sidecar; returns when both are durable."""
@@ -250,7 +296,7 @@ class DirectoryTarget:
             raise Transient(f"writing into {self.folder} failed: {e.strerror or e}", path=str(self.folder)) from None
 
     async def _deliver(self, payload: Payload) -> None:
-        job = _Job(self, payload, self.file_name(payload))
+        job = _Job(self, payload, self.file_name(payload), self.folder_for(payload))
         if payload.body.in_memory:
             # Small bodies: one batched round trip to the folder's writer thread.
             if self._writer is None:
@@ -263,7 +309,7 @@ class DirectoryTarget:
             staged = await calls.run(job.stage)
             if staged is None:
                 return
-            sync = _group_sync(self._folder.real or self.config.path) if self.config.fsync else None
+            sync = _group_sync(job.folder.real or job.folder.path) if self.config.fsync else None
             if sync:
                 await sync.sync()
             await calls.run(staged.publish)
@@ -289,13 +335,17 @@ class DirectoryTarget:
         if self._writer is not None:
             self._writer.close()
         self._folder.close()
+        for folder in self._subfolders.values():
+            folder.close()
+        self._subfolders.clear()
 
 
 class _Job:
     """One payload's delivery: what was found at its name, its temporary files, its folder handle."""
 
-    def __init__(self, target: DirectoryTarget, payload: Payload, name: str) -> None:
+    def __init__(self, target: DirectoryTarget, payload: Payload, name: str, folder: _Folder) -> None:
         self.target = target
+        self.folder = folder
         self.payload = payload
         self.name = name
         self.stem = cut_bytes(name, 200)
@@ -309,7 +359,7 @@ class _Job:
         """On a worker thread: decide, write the body while hashing it, write the sidecar.
         None when nothing needs writing; else this job, whose :meth:`publish` renames."""
         try:
-            self.handle = self.target._folder.acquire()
+            self.handle = self.folder.acquire()
             if not self._needs_writing(self.handle.fd):
                 # Its bytes are there (a redo after a crash, say): its companions may not be yet.
                 if self._stage_beside(self.handle.fd, only_missing=True):
@@ -319,6 +369,10 @@ class _Job:
             cfg = self.target.config
             sha = self._write_body(self.handle.fd)
             self.payload.body.set_digest(sha)
+            if cfg.preserve_mtime and self.payload.mtime is not None and self.tmp_body is not None:
+                # Before the rename: the name appears with its source's time, never without it.
+                mtime = self.payload.mtime
+                os.utime(self.tmp_body, (mtime, mtime), dir_fd=self.handle.fd, follow_symlinks=False)
             if cfg.sidecar:
                 # One line: json's C encoder does not indent, and its Python one is slow enough to
                 # weigh on a small message's whole delivery.
@@ -395,7 +449,7 @@ class _Job:
 
     def _release(self) -> None:
         if self.handle is not None:
-            self.target._folder.release(self.handle)
+            self.folder.release(self.handle)
             self.handle = None
 
     def _needs_writing(self, dfd: int) -> bool:

@@ -83,6 +83,14 @@ def _too_long(command: str | None) -> FtpProtocolError:
     )
 
 
+class ClosedAfterHandshake(ConnectionError):
+    """The server closed the connection right after the TLS handshake, before its first reply.
+
+    With TLS 1.3 the client's handshake ends before the server has checked the client's
+    certificate: a server that refuses it (or its absence) sends an alert, which a reset of the
+    connection can overtake. That close is the only sign, so it gets its own class."""
+
+
 class Stale(Exception):
     """A pooled connection turned out to have been closed by the server while idle (421 or EOF)."""
 
@@ -103,6 +111,8 @@ class FtpConnection:
         """Taken from the pool: a 421/EOF on its first reply means the server closed it while idle."""
         self.last_used = 0.0
         self.tls_version: str | None = None
+        self.client_certificate = tls.client_certificate if tls is not None else None
+        """Subject of the client certificate this connection presents, if any."""
         self.unix = False
         """SYST says UNIX: LIST takes ``-a``."""
         self._epsv = True
@@ -133,7 +143,9 @@ class FtpConnection:
             sock = self._writer.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            welcome = await self._expect(None, (2,))
+            welcome = (
+                await self._first_tls_reply(self._expect(None, (2,))) if implicit else await self._expect(None, (2,))
+            )
             if cfg.tls == "explicit":
                 await self.command("AUTH TLS", (2,))
                 assert self._tls is not None
@@ -142,7 +154,8 @@ class FtpConnection:
                 ssl_object = self._writer.get_extra_info("ssl_object")
                 check_peer(ssl_object, cfg, "")
                 self.tls_version = ssl_object.version() if ssl_object is not None else None
-            reply = await self.command(f"USER {cfg.username}", (2, 3))
+            user = self.command(f"USER {cfg.username}", (2, 3))
+            reply = await (self._first_tls_reply(user) if cfg.tls == "explicit" else user)
             if reply.code // 100 == 3:
                 await self._send("PASS " + password, shown="PASS ***")
                 await self._expect("PASS", (2,))
@@ -160,6 +173,14 @@ class FtpConnection:
             if pwd.code == 257 and pwd.text.count('"') >= 2:
                 self.home = pwd.text.split('"', 1)[1].rsplit('"', 1)[0].replace('""', '"') or "/"
         return welcome
+
+    @staticmethod
+    async def _first_tls_reply(read: Awaitable[Reply]) -> Reply:
+        """The first reply over a new TLS session; a close instead is :class:`ClosedAfterHandshake`."""
+        try:
+            return await read
+        except (ConnectionError, ssl.SSLEOFError) as e:
+            raise ClosedAfterHandshake(f"connection closed right after the TLS handshake ({e})") from e
 
     async def _send(self, line: str, shown: str | None = None) -> None:
         assert self._writer is not None

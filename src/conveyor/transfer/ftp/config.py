@@ -16,6 +16,7 @@ from conveyor.registry import ConnectorSpec, register
 from conveyor.transfer.remote_root import ROOT_HELP, normalise_root
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CLIENT_CERT_KEYS = ("client_certificate_file", "client_key_file", "client_key_passphrase")
 
 
 def parse_tls_fingerprint(value: str) -> str:
@@ -79,6 +80,16 @@ class FtpConfig(InstanceConfig):
     tls_max_version: Literal["1.2", "1.3"] | None = Field(
         None, description="highest TLS version to offer (1.2 for servers whose TLS 1.3 session reuse is broken)"
     )
+    client_certificate_file: Path | None = Field(
+        None,
+        description="PEM file of the client certificate to present, for servers that require one (mutual "
+        "TLS): the certificate first, then any intermediate CA certificates; may also hold its private key",
+    )
+    client_key_file: Path | None = Field(
+        None,
+        description="PEM file of the client certificate's private key (default: the key in client_certificate_file)",
+    )
+    client_key_passphrase: Secret | None = Field(None, description="passphrase of an encrypted client certificate key")
     passive: bool = Field(True, description="passive mode (EPSV, then PASV); false: active mode (EPRT/PORT)")
     pasv_trust_address: bool = Field(
         False,
@@ -149,9 +160,13 @@ class FtpConfig(InstanceConfig):
     @model_validator(mode="after")
     def _tls_options_need_tls(self) -> FtpConfig:
         if self.tls == "none":
-            for name in ("ca_file", "tls_fingerprint", "tls_max_version"):
+            for name in ("ca_file", "tls_fingerprint", "tls_max_version", *_CLIENT_CERT_KEYS):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name} is set but tls is none: set tls: explicit or implicit")
+        if self.client_certificate_file is None:
+            for name in _CLIENT_CERT_KEYS[1:]:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is set but there is no client_certificate_file")
         if self.tls_fingerprint is not None and self.ca_file is not None:
             raise ValueError("give either ca_file or tls_fingerprint, not both")
         if self.pasv_trust_address and self.ignore_passive_address:
@@ -160,6 +175,16 @@ class FtpConfig(InstanceConfig):
             # Active mode has the server connect back to us: a proxy cannot carry that.
             raise ValueError("proxy needs passive mode: active mode (passive: false) cannot go through a proxy")
         return self
+
+    def file_problems(self) -> list[tuple[str, str]]:
+        """An unreadable, unparsable or mismatched client certificate or key file."""
+        from conveyor.transfer.ftp.tls import ClientCertificateError, load_client_certificate
+
+        try:
+            load_client_certificate(None, self)
+        except ClientCertificateError as e:
+            return [(e.key, str(e))]
+        return []
 
     @property
     def effective_port(self) -> int:

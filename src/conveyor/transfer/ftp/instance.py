@@ -16,6 +16,7 @@ import logging
 import posixpath
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +36,17 @@ from conveyor.interfaces import Context, RemoteFile, count_entry
 from conveyor.netloc import hostport
 from conveyor.payload.body import Body
 from conveyor.payload.spool import SpoolWriter
-from conveyor.transfer.ftp.client import FtpConnection, FtpProtocolError, FtpReplyError
+from conveyor.transfer.ftp.client import ClosedAfterHandshake, FtpConnection, FtpProtocolError, FtpReplyError
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.ftp.data import DataProtocol
 from conveyor.transfer.ftp.listing import Entry, ListingParser, parse_mlsd_line, parse_mlsx_time
 from conveyor.transfer.ftp.pool import FtpPool
-from conveyor.transfer.ftp.tls import describe_verify_error
+from conveyor.transfer.ftp.tls import (
+    CERTIFICATE_ALERTS,
+    client_certificate_hint,
+    describe_certificate_alert,
+    describe_verify_error,
+)
 from conveyor.transfer.remote_root import join_root
 from conveyor.transfer.tempname import temp_key, temp_name
 
@@ -84,6 +90,7 @@ class FtpInstance:
         self.pool = FtpPool(name, config, ctx.status, self._map)
         self._made_dirs: set[str] = set()
         self._list_a = True
+        self._no_mfmt_said = False
 
     # -- errors and paths ----------------------------------------------------
     def _map(self, e: BaseException, path: str, connecting: bool = False) -> ConveyorError:
@@ -117,12 +124,21 @@ class FtpInstance:
             return Transient(f"unexpected reply: {msg}", **kw)
         if isinstance(e, ssl.SSLCertVerificationError):
             return Permanent(describe_verify_error(e, self.config), **kw)
+        if isinstance(e, ssl.SSLError) and e.reason in CERTIFICATE_ALERTS:
+            return AuthError(describe_certificate_alert(e.reason, self.config), **kw)
+        if isinstance(e, ClosedAfterHandshake):
+            # Most likely a refused client certificate, but a close is not proof: retried.
+            return Transient(f"{e.args[0]}: {client_certificate_hint(self.config)}", **kw)
         if isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
             return Transient(f"TLS connection closed: {e.reason or e}", **kw)
         if isinstance(e, ssl.SSLError) and not connecting:
             return Transient(f"TLS connection failed: {e.reason or e}", **kw)
         if isinstance(e, ssl.SSLError):
             hint = " (is this an FTPS port? check tls: explicit or implicit)" if "WRONG_VERSION" in str(e) else ""
+            if e.reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
+                # What vsftpd (TLS 1.2) answers when a certificate it requires is missing, and
+                # also what any server answers when it shares no TLS version or cipher with us.
+                hint = f" ({client_certificate_hint(self.config)}; or it shares no TLS version or cipher with conveyor)"
             return Permanent(f"TLS failed: {e.reason or e}{hint}", **kw)
         if isinstance(e, FtpProtocolError):
             return Transient(f"{hostport(self.config.host, self.config.effective_port)}: {e}", **kw)
@@ -149,7 +165,10 @@ class FtpInstance:
         async def op(c: FtpConnection) -> str:
             await c.command(f"CWD {self._abs('')}", (2,))
             listing = "MLSD" if "MLST" in c.features else "LIST"
-            return f"{self.config.describe()} logged in, {c.tls_version or 'no TLS'}, root {self._abs('')}, {listing}"
+            tls = c.tls_version or "no TLS"
+            if c.client_certificate is not None:
+                tls += f" with client certificate {c.client_certificate}"
+            return f"{self.config.describe()} logged in, {tls}, root {self._abs('')}, {listing}"
 
         return await self.pool.run(op, "")
 
@@ -416,7 +435,9 @@ class FtpInstance:
             await c.command(f"RNFR {src}", (3,))
             await c.command(f"RNTO {dst}", (2,))
 
-    async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
+    async def upload(
+        self, body: Body, path: str, *, exists: str, chmod: int | None, mtime: float | None = None
+    ) -> bool:
         """STOR under a temporary name in the target folder, then RNFR/RNTO into place."""
         key = await temp_key(body)
 
@@ -440,6 +461,8 @@ class FtpInstance:
                         log.warning(
                             "instance '%s': SITE CHMOD refused for %s: %d %s", self.name, path, reply.code, reply.text
                         )
+                if mtime is not None:
+                    await self._set_mtime(c, tmp, mtime)
                 await self._rename(c, tmp, full, replace=exists == "replace")
             except BaseException:
                 self._made_dirs.discard(folder)
@@ -450,6 +473,22 @@ class FtpInstance:
             return True
 
         return await self.pool.run(op, path)
+
+    async def _set_mtime(self, c: FtpConnection, tmp: str, mtime: float) -> None:
+        """MFMT where the server lists it in FEAT; else say once that times are not kept."""
+        if "MFMT" not in c.features:
+            if not self._no_mfmt_said:
+                self._no_mfmt_said = True
+                log.warning(
+                    "instance '%s': the server does not offer MFMT; preserve_mtime cannot set "
+                    "modification times there (files keep the upload time)",
+                    self.name,
+                )
+            return
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(mtime))
+        reply = await c.command(f"MFMT {stamp} {tmp}")
+        if reply.code // 100 != 2:
+            raise FtpReplyError("MFMT", reply)
 
     async def remove(self, path: str) -> None:
         """DELE; a file already gone is fine."""

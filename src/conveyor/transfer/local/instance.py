@@ -254,16 +254,18 @@ class LocalInstance:
         finally:
             calls.after(fh.close)  # not under a read a cancelled download left running
 
-    async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
+    async def upload(
+        self, body: Body, path: str, *, exists: str, chmod: int | None, mtime: float | None = None
+    ) -> bool:
         """Write under a temp name, fsync, rename; folders made and entered without following a
         symlink, the temp file created exclusively (a name planted there is never written through)."""
         self._abs(path)
         try:
-            return await asyncio.to_thread(self._upload, body, path, exists, chmod)
+            return await asyncio.to_thread(self._upload, body, path, exists, chmod, mtime)
         except _FS_ERRORS as e:
             raise self._error(e, path) from None
 
-    def _upload(self, body: Body, path: str, exists: str, chmod: int | None) -> bool:
+    def _upload(self, body: Body, path: str, exists: str, chmod: int | None, mtime: float | None) -> bool:
         with beneath.parent_of(self._base(), path, create=True, readable=True) as (parent, name):
             if exists != "replace" and _entry(parent, name):
                 if exists == "fail":
@@ -281,6 +283,8 @@ class LocalInstance:
                         _copy_file(body.path, fd)
                     if chmod is not None:
                         os.fchmod(fd, chmod)
+                    if mtime is not None:
+                        os.utime(fd, (mtime, mtime))
                     os.fsync(fd)
                 finally:
                     os.close(fd)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
-from conveyor.config.types import Duration, Secret
+from conveyor.config.types import ConfigModel, Duration, Secret
 from conveyor.netloc import hostport
+from conveyor.proxy import PROXY_HELP, ProxyUrl, check_proxy_setting, proxy_of
 from conveyor.registry import ConnectorSpec, register
 from conveyor.transfer.remote_root import ROOT_HELP, normalise_root
 from conveyor.transfer.sftp.hostkeys import Fingerprint, parse_fingerprint
@@ -43,10 +44,12 @@ class SftpAlgorithms(BaseModel):
         return None if v is None else check_names(str(info.field_name), v)
 
 
-class SftpConfig(InstanceConfig):
-    """An SFTP server: the fields a Patchworks SFTP instance has, plus known_hosts and pooling."""
+class SshHostConfig(ConfigModel):
+    """One SSH server to log in to: the address, the credentials, the host-key check and the algorithms.
 
-    type: Literal["sftp"]
+    An sftp instance is one; so is each of its ``jump`` hosts.
+    """
+
     host: str = Field(min_length=1, description="server host name or address")
     port: int = Field(22, ge=1, le=65535, description="SSH port")
     username: str = Field(min_length=1, description="login name")
@@ -82,20 +85,6 @@ class SftpConfig(InstanceConfig):
         description="certificate authority of the server's host certificate: a CA public key "
         "(ssh-ed25519 AAAA...) or the path of a file of them, or a list",
     )
-    host_key_check: Literal["on", "off"] = Field(
-        "on", description="off skips host key verification (a warning on every connect and in /status)"
-    )
-    root: str = Field("", description=ROOT_HELP)
-    _root_from_login = field_validator("root", mode="before")(normalise_root)
-    follow_symlinked_folders: bool = Field(
-        False,
-        description="recursive listings descend into symlinked folders (each real folder listed once; a link "
-        "loop is skipped with a warning); off: they are left out (links to files are taken either way)",
-    )
-    timeout: Duration = Field(10.0, gt=0, description="connect timeout, and the limit for every operation")
-    max_connection_attempts: int = Field(3, ge=1, description="attempts per connect before the instance is down")
-    max_connections: int = Field(4, ge=1, le=64, description="SSH connections (SFTP sessions) kept to this server")
-    keepalive: Duration = Field(30.0, description="SSH keepalive interval on idle connections (0: none)")
     algorithms: SftpAlgorithms | None = Field(
         None,
         description="SSH algorithm lists offered to the server: kex, ciphers, macs, host_keys, compression "
@@ -121,14 +110,6 @@ class SftpConfig(InstanceConfig):
             raise ValueError(f"{info.field_name} is an empty list: give at least one")
         return v
 
-    @field_validator("host_key_check", mode="before")
-    @classmethod
-    def _yaml_bool(cls, v: Any) -> Any:
-        # YAML 1.1 reads a bare `off` as False; accept booleans as on/off.
-        if isinstance(v, bool):
-            return "on" if v else "off"
-        return v
-
     @field_validator("private_key")
     @classmethod
     def _looks_like_key(cls, v: Any) -> Any:
@@ -138,8 +119,13 @@ class SftpConfig(InstanceConfig):
             )
         return v
 
+    @property
+    def verified(self) -> bool:
+        """Whether the host key is checked (a jump host's always is)."""
+        return True
+
     @model_validator(mode="after")
-    def _auth_and_host_key(self) -> SftpConfig:
+    def _auth_and_host_key(self) -> Self:
         keys = [n for n in ("private_key", "private_key_file") if getattr(self, n) is not None]
         if len(keys) == 2:
             raise ValueError("give either private_key or private_key_file, not both")
@@ -158,12 +144,15 @@ class SftpConfig(InstanceConfig):
                 f"give one of {' / '.join(ways)}: for a CA and pinned keys together, "
                 "put the CA in known_hosts as a @cert-authority line"
             )
-        if self.host_key_check == "on" and not ways:
-            raise ValueError(
-                "no way to verify the host key: set host_fingerprint, known_hosts or host_ca (or host_key_check: "
-                "off); `conveyor fingerprint HOST[:PORT]` prints the server's fingerprints"
-            )
+        if self.verified and not ways:
+            raise ValueError(self._no_host_key_check())
         return self
+
+    def _no_host_key_check(self) -> str:
+        return (
+            "no way to verify the host key of a jump host (it is always verified): set host_fingerprint, "
+            "known_hosts or host_ca; `conveyor fingerprint HOST[:PORT]` prints the server's fingerprints"
+        )
 
     def fingerprints(self) -> list[Fingerprint]:
         """The pinned fingerprints, parsed."""
@@ -177,6 +166,73 @@ class SftpConfig(InstanceConfig):
     def describe(self) -> str:
         """``user@host:port``."""
         return f"{self.username}@{self.address}"
+
+
+class JumpHost(SshHostConfig):
+    """An SSH server conveyor logs in to first, and reaches the next hop (or the server) through."""
+
+
+class SftpConfig(SshHostConfig, InstanceConfig):
+    """An SFTP server: the fields a Patchworks SFTP instance has, plus known_hosts and pooling."""
+
+    type: Literal["sftp"]
+    host_key_check: Literal["on", "off"] = Field(
+        "on", description="off skips host key verification (a warning on every connect and in /status)"
+    )
+    jump: list[JumpHost] | None = Field(
+        None,
+        description="jump hosts (bastions) to reach the server through, in order; each takes host, port, "
+        "username, its own credentials and host-key check (never unverified), like the instance",
+    )
+    proxy: Secret | None = Field(None, description=PROXY_HELP + "; with jump, to reach the first jump host")
+    _proxy_parses = field_validator("proxy")(check_proxy_setting)
+    root: str = Field("", description=ROOT_HELP)
+    _root_from_login = field_validator("root", mode="before")(normalise_root)
+    follow_symlinked_folders: bool = Field(
+        False,
+        description="recursive listings descend into symlinked folders (each real folder listed once; a link "
+        "loop is skipped with a warning); off: they are left out (links to files are taken either way)",
+    )
+    timeout: Duration = Field(10.0, gt=0, description="connect timeout, and the limit for every operation")
+    max_connection_attempts: int = Field(3, ge=1, description="attempts per connect before the instance is down")
+    max_connections: int = Field(4, ge=1, le=64, description="SSH connections (SFTP sessions) kept to this server")
+    keepalive: Duration = Field(30.0, description="SSH keepalive interval on idle connections (0: none)")
+
+    @field_validator("host_key_check", mode="before")
+    @classmethod
+    def _yaml_bool(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as False; accept booleans as on/off.
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        return v
+
+    @field_validator("jump", mode="before")
+    @classmethod
+    def _one_hop(cls, v: Any) -> Any:
+        # One jump host is often written as a mapping rather than a list of one.
+        return [v] if isinstance(v, dict) else v
+
+    @field_validator("jump")
+    @classmethod
+    def _some_hops(cls, v: list[JumpHost] | None) -> list[JumpHost] | None:
+        if v is not None and not v:
+            raise ValueError("jump is an empty list: give at least one hop, or leave jump out")
+        return v
+
+    @property
+    def verified(self) -> bool:
+        """Whether the host key is checked (``host_key_check: on``)."""
+        return self.host_key_check == "on"
+
+    def _no_host_key_check(self) -> str:
+        return (
+            "no way to verify the host key: set host_fingerprint, known_hosts or host_ca (or host_key_check: "
+            "off); `conveyor fingerprint HOST[:PORT]` prints the server's fingerprints"
+        )
+
+    def proxy_url(self) -> ProxyUrl | None:
+        """The parsed ``proxy``, or None to connect directly."""
+        return proxy_of(self.proxy)
 
 
 register(

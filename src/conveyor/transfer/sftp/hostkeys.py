@@ -26,8 +26,9 @@ import re
 import struct
 import sys
 import warnings
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from conveyor.netloc import hostport
 
@@ -131,9 +132,19 @@ def families_in(host_key_algs: list[str]) -> list[str]:
     return [fam for fam, algs in KEY_FAMILIES.items() if any(a in host_key_algs for a in algs)]
 
 
-async def server_kexinit(host: str, port: int, timeout: float) -> tuple[list[str], list[str]]:  # noqa: ASYNC109
+Stream = tuple[Any, Any]
+"""A (reader, writer) pair: asyncio's streams, or asyncssh's for a channel through a jump host."""
+Opener = Callable[[str, int, float], Awaitable[Stream]]
+"""Opens a stream to ``host, port`` within a number of seconds (directly, or through a proxy or jump host)."""
+
+
+async def _direct(host: str, port: int, seconds: float) -> Stream:
+    return await asyncio.open_connection(host, port)
+
+
+async def server_kexinit(host: str, port: int, timeout: float, opener: Opener = _direct) -> tuple[list[str], list[str]]:  # noqa: ASYNC109
     """The key exchange and host-key algorithms the server lists in its KEXINIT."""
-    lists = await server_algorithms(host, port, timeout)
+    lists = await server_algorithms(host, port, timeout, opener)
     return lists["kex"], lists["host_keys"]
 
 
@@ -141,14 +152,14 @@ KEXINIT_LISTS = ("kex", "host_keys", "ciphers", "ciphers_s2c", "macs", "macs_s2c
 """The name-lists of a KEXINIT in order (RFC 4253 7.1); the unsuffixed ones are client to server."""
 
 
-async def server_algorithms(host: str, port: int, timeout: float) -> dict[str, list[str]]:  # noqa: ASYNC109
+async def server_algorithms(host: str, port: int, timeout: float, opener: Opener = _direct) -> dict[str, list[str]]:  # noqa: ASYNC109
     """Every algorithm list the server sends in its KEXINIT, by the names of KEXINIT_LISTS.
 
     Reads the server's first binary packet (sent unencrypted before any key exchange)
     over a plain TCP connection that is closed straight after; no key is negotiated.
     """
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await opener(host, port, timeout)
         try:
             writer.write(b"SSH-2.0-conveyor_probe\r\n")
             while True:  # servers may send lines before the version line (RFC 4253 4.2)

@@ -88,6 +88,12 @@ class SftpInstance:
             await s.sftp.stat(self._abs(""))
             return f"{self.config.describe()} ({s.keytype}, {s.fingerprint}), root {self._abs('')}"
 
+    def hop_report(self) -> list[str]:
+        """What the last connect verified at each hop; empty for a server reached directly."""
+        if self.config.proxy is None and not self.config.jump:
+            return []
+        return list(self.pool.hop_lines)
+
     async def resolve(self, path: str) -> str:
         """The absolute server path that ``path`` (relative to the root) stands for.
 
@@ -365,7 +371,9 @@ class SftpInstance:
         )
 
     # -- FileSystem: writing -----------------------------------------------
-    async def upload(self, body: Body, path: str, *, exists: str, chmod: int | None) -> bool:
+    async def upload(
+        self, body: Body, path: str, *, exists: str, chmod: int | None, mtime: float | None = None
+    ) -> bool:
         """Upload under a hidden temp name in the same folder, then rename into place."""
         key = await temp_key(body)
         try:
@@ -388,6 +396,9 @@ class SftpInstance:
                         await _close_quietly(fh)
                     if chmod is not None:
                         await sftp.chmod(tmp, chmod)
+                    if mtime is not None:
+                        # SFTP carries whole seconds: the source's fraction is dropped.
+                        await sftp.setstat(tmp, asyncssh.SFTPAttrs(atime=int(mtime), mtime=int(mtime)))
                     try:
                         await self._put_in_place(s, tmp, dst, exists, path)
                     except asyncssh.SFTPNoSuchFile:
