@@ -11,6 +11,7 @@ data is in place but before the done file still ends with the done file written.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ REMOTE = ["local_backend", "sftp_openssh_backend", "ftps_explicit_vsftpd_backend
 EARLY = time.time() - 3 * 3600
 LATER = EARLY + 600
 A1 = b"a,1\n"
+MTIME_2026 = 1_780_000_000  # 2026-05-28 UTC
 
 
 @pytest.fixture(params=REMOTE)
@@ -163,6 +165,7 @@ async def deliver_files(tmp_path: Path, instances: dict[str, Any], target: dict[
     (disk / "in").mkdir(parents=True)
     for name, data in FILES.items():
         (disk / "in" / name).write_bytes(data)
+        os.utime(disk / "in" / name, (MTIME_2026, MTIME_2026))
     cfg = write_config(tmp_path, {"src": {"type": "local", "root": str(disk)}, **instances}, {"f": target_flow(target)})
     d = DaemonProcess(cfg).start()
     try:
@@ -172,9 +175,10 @@ async def deliver_files(tmp_path: Path, instances: dict[str, Any], target: dict[
 
 
 async def test_the_directory_target_writes_checksum_and_done_files(tmp_path: Path) -> None:
-    """A checksum file (sha256sum format) and an empty done file beside each body."""
-    out = tmp_path / "out"
-    target = {"type": "directory", "path": str(out), "filename": "{name}", "sidecar": False}
+    """A checksum file (sha256sum format) and an empty done file beside each body, in the
+    folder its ``path`` template gives it."""
+    out = tmp_path / "out" / "2026"
+    target = {"type": "directory", "path": str(tmp_path / "out" / "{mtime:%Y}"), "filename": "{name}", "sidecar": False}
     target.update(done_file="{name}.done", checksum="sha256")
     await deliver_files(tmp_path, {}, target, lambda: len(list(out.glob("*.done"))) == len(FILES))
     assert sorted(p.name for p in out.iterdir()) == sorted(n + x for n in FILES for x in ("", ".done", ".sha256"))
