@@ -45,6 +45,7 @@ def local_backend(tmp_path: Path) -> Iterator[LocalBackend]:
 UNIT_MODULES = frozenset(
     {
         "test_batched",
+        "test_companions",
         "test_config",
         "test_docs",
         "test_imports",

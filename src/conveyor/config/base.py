@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from conveyor import companions
 from conveyor.config.types import AfterAction, ConfigModel, Duration, Glob, MoveAction, Size
 from conveyor.globs import reaches_into_folders
 from conveyor.names import UnsafeNames, check_template, normal_path
@@ -52,6 +53,33 @@ class SourceConfig(ConfigModel):
     """What a flow reads from its instance."""
 
     instance: str = Field(description="name of the instance to read from")
+
+
+class ChecksumCheck(ConfigModel):
+    """A checksum file the partner sends beside each data file, checked after download."""
+
+    file: str | None = Field(
+        None,
+        description="its name, a template over {name} {stem} {ext} of the data file "
+        "(default: '{name}.sha256' or '{name}.md5' after the algorithm)",
+    )
+    algorithm: companions.Algorithm = Field("sha256", description="sha256 | md5")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        # `checksum: md5` says it all for the usual '{name}.md5'.
+        return {"algorithm": v} if isinstance(v, str) else v
+
+    @field_validator("file")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        return None if v is None else companions.check_template(v, per_file=True)
+
+    @property
+    def template(self) -> str:
+        """The checksum file's name template."""
+        return self.file or "{name}." + self.algorithm
 
 
 class FileSourceConfig(SourceConfig):
@@ -115,6 +143,19 @@ class FileSourceConfig(SourceConfig):
         description="files read from one listing; the rest of a longer one waits (bounds memory "
         "against a server that lists without end)",
     )
+    done_file: str | None = Field(
+        None,
+        description="take a file only once its done file is there, no older than it: '{name}.done', "
+        "'{stem}.ok' (one per file; fields {name} {stem} {ext}) or a fixed name such as 'batch.ready' "
+        "(one per folder: releases the files of its folder not newer than itself). Done files are "
+        "never payloads; each gets its files' after action, after them",
+    )
+    checksum: ChecksumCheck | None = Field(
+        None,
+        description="a checksum file beside each data file, checked after download: "
+        "{file: '{name}.sha256', algorithm: sha256 | md5}, or just 'sha256' / 'md5'. A file waits "
+        "for its checksum file; a mismatch is fetched again, then fails the file (left in place)",
+    )
 
     @field_validator("path")
     @classmethod
@@ -158,6 +199,11 @@ class FileSourceConfig(SourceConfig):
             out.append((("max_depth",), f"{self.max_depth} lists sub-folders"))
         return out
 
+    @field_validator("done_file")
+    @classmethod
+    def _done_template(cls, v: str | None) -> str | None:
+        return None if v is None else companions.check_template(v)
+
     def matches(self, name: str) -> bool:
         """Whether a file name is one this source takes."""
         if self.regex is not None:
@@ -182,6 +228,21 @@ class MessageSourceConfig(SourceConfig):
     """A queue or subscription on a broker instance."""
 
     max_attempts: int = Field(5, ge=1, description="deliveries of one message before it is rejected (dead-lettered)")
+
+
+def written_done_file(v: str | None) -> str | None:
+    """Check a file target's ``done_file`` (a field validator both file targets use)."""
+    return None if v is None else companions.check_template(v, per_file=True)
+
+
+DONE_FILE_WRITTEN = (
+    "after each file is in place, write this empty marker beside it (temp name, then rename): a "
+    "template over {name} {stem} {ext} of the delivered file's name, e.g. '{name}.done'"
+)
+CHECKSUM_WRITTEN = (
+    "sha256 | md5: write '<name>.sha256' (or .md5) beside each delivered file, in sha256sum format, "
+    "once the file is in place (before the done file)"
+)
 
 
 class TargetConfig(ConfigModel):
@@ -243,6 +304,13 @@ class FileTargetConfig(NamedFiles):
         'or <>:"|?*: rename (_ in their place) | keep | refuse (the payload fails)',
     )
     timeout: Duration | None = Field(None, description="a delivery taking longer counts as stuck")
+    done_file: str | None = Field(None, description=DONE_FILE_WRITTEN)
+    checksum: companions.Algorithm | None = Field(None, description=CHECKSUM_WRITTEN)
+
+    @field_validator("done_file")
+    @classmethod
+    def _done_file(cls, v: str | None) -> str | None:
+        return written_done_file(v)
 
 
 class MessageTargetConfig(ConfigModel):

@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from conveyor import companions
 from conveyor.config.base import FileSourceConfig
 from conveyor.config.types import MoveAction, format_size
 from conveyor.errors import TooLarge, Transient
 from conveyor.flows.delivery import Deliverer
 from conveyor.flows.intake import IntakeGate
+from conveyor.flows.partnerfiles import NOTHING, Beside, PartnerFiles
 from conveyor.globs import PathSelector
 from conveyor.interfaces import ChecksListed, FileSystem, ListingCut, OpensInPlace, RemoteFile, Submit
 from conveyor.names import listed_path, normal_path, unsafe_path
@@ -43,6 +45,10 @@ _RESUMES = 5
 _RECHECK = 600.0
 """Seconds between full checks of the files remembered as done against the ledger (a forget
 made through another replica, or any change not made through this daemon's ledger API)."""
+_CHECKS = 3
+"""Downloads of a file whose checksum does not match before it is set aside as failed."""
+_CHECKSUM_MAX = 64 * 1024
+"""The largest checksum file read (one holds a line per file)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +122,13 @@ class FileSource:
         skip = [a.move for a in (config.after, config.on_failure) if isinstance(a, MoveAction)]
         self._skip_dirs = [normal_path(s) for s in skip]
         self._select = Selection(config)
+        extra = {"flow": flow, "instance": instance}
+        self._partner = (
+            PartnerFiles(config, self.root, self._skip_dirs, extra)
+            if config.done_file is not None or config.checksum is not None
+            else None
+        )
+        """Done files and checksum files, when the source waits for them."""
 
     async def run(self, stop: StopSignal) -> None:
         """Poll until the flow stops; the poll cadence wait is here, retries are the supervisor's."""
@@ -144,7 +157,16 @@ class FileSource:
         self._refused = set()
         self._cut = False
         self._select.clock = time.time()
-        async with contextlib.aclosing(self._entries(present)) as entries:
+        listing = self._entries(present)
+        if self._partner is not None:
+            listing = self._partner.released(
+                listing,
+                stable=lambda c: self._stable(c, now),
+                whole=lambda: not self._cut,
+                stat=self.fs.stat,
+                settle_marker=None if self.config.after == "keep" else self._after,
+            )
+        async with contextlib.aclosing(listing) as entries:
             async for f in entries:
                 done = self._done.get(f.path)
                 if done is not None and done[0] == f.size and done[1] == f.mtime:
@@ -204,6 +226,8 @@ class FileSource:
             async for f in listing:
                 f = _tidy(f)
                 present.add(f.path)
+                if self._partner is not None:
+                    self._partner.listed(f)
                 if self._acceptable(f):
                     yield f
         except ListingCut:
@@ -313,18 +337,23 @@ class FileSource:
     async def _handle(self, f: RemoteFile, pid: str, redo_after: bool) -> None:
         info = {"name": f.name, "path": f.path, "size": f.size, "mtime": f.mtime}
         body: Body | None = None
+        # Taken now: a later listing rebuilds the table, and our own after action empties it.
+        beside = self._partner.of(f.path) if self._partner is not None else NOTHING
         try:
-            if redo_after:
-                await self._after(f)  # delivered before a crash; only the after action was missing
-                await self._settle(pid)
-                return
 
             async def complete() -> None:
-                await self._after(f)
+                for each in (f, *beside.files()):
+                    await self._after(each)
 
             async def give_up(final: bool) -> None:
                 if final and self.config.on_failure is not None:
-                    await self._move(f, self.config.on_failure.move)
+                    for each in (f, *beside.files()):
+                        await self._move(each, self.config.on_failure.move)
+
+            if redo_after:
+                await complete()  # delivered before a crash; only the after action was missing
+                await self._settle(pid)
+                return
 
             # Claim before downloading: with replicas on one store, only the winner fetches the file.
             settle = self.config.after != "keep"
@@ -338,8 +367,11 @@ class FileSource:
                 )
                 return
             try:
-                body = await self._fetch(f)
+                body = await self._fetch_checked(f, beside)
             except BaseException as e:
+                if isinstance(e, ChecksumMismatch):
+                    await self._mismatch(f, pid, e)
+                    return
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.store.release(self.flow, pid))
                 if isinstance(e, TooLarge):
@@ -378,6 +410,86 @@ class FileSource:
     async def _settle(self, pid: str) -> None:
         if self.config.after != "keep":
             await self.store.settled(self.flow, pid)
+
+    async def _fetch_checked(self, f: RemoteFile, beside: Beside) -> Body:
+        """The file's body, checked against its checksum file when the source asks for one: a
+        mismatch is downloaded again (a transfer may have gone wrong, or the partner may still be
+        writing the checksum file) before :class:`ChecksumMismatch` ends it."""
+        check = self.config.checksum
+        if check is None:
+            return await self._fetch(f)
+        # Where the listing saw it; else (released by an older listing) where it should be.
+        path = beside.checksum.path if beside.checksum is not None else companions.beside(f.path, check.template)
+
+        async def once() -> Body:
+            body = await self._fetch(f)
+            try:
+                problem = await self._verify(f, body, path, check.algorithm)
+            except BaseException:
+                body.release()
+                raise
+            if problem is not None:
+                body.release()
+                raise ChecksumMismatch(problem, instance=self.instance, path=f.path)
+            return body
+
+        def again(e: Exception, attempt: int, delay: float) -> None:
+            log.warning(
+                "%s; downloading it again (try %d of %d)",
+                e,
+                attempt + 1,
+                _CHECKS,
+                extra={"flow": self.flow, "instance": self.instance},
+            )
+
+        return await retrying(
+            once,
+            RESUME_BACKOFF,
+            attempts=_CHECKS,
+            what="checksum check",
+            retry_if=lambda e: isinstance(e, ChecksumMismatch),
+            on_retry=again,
+        )
+
+    async def _verify(self, f: RemoteFile, body: Body, path: str, algorithm: companions.Algorithm) -> str | None:
+        """Why ``body`` does not match the checksum file at ``path``, or None when it does."""
+        listed = await self.fs.stat(path)  # afresh: the partner may have corrected it since the listing
+        if listed is None:
+            return f"the checksum file {path} of {f.path} is gone"
+        if listed.size > _CHECKSUM_MAX:
+            return f"{path} is {listed.size} bytes: too large for a checksum file"
+        sink = self.spool.writer(limit=_CHECKSUM_MAX, what="the checksum file limit")
+        try:
+            await self.fs.download(listed, sink)
+            text = sink.finish()
+        except BaseException:
+            sink.abort()
+            raise
+        try:
+            data = text.data() if text.in_memory else await asyncio.to_thread(_read, text)
+        finally:
+            text.release()
+        want = companions.expected_digest(data.decode("utf-8", "replace"), f.name, algorithm)
+        if want is None:
+            return f"{path} holds no {algorithm} checksum of {f.name}"
+        got = await companions.digest(body, algorithm)
+        if got != want:
+            return f"the {algorithm} of {f.path} is {got}, but {path} says {want}"
+        return None
+
+    async def _mismatch(self, f: RemoteFile, pid: str, e: ChecksumMismatch) -> None:
+        """Set a file whose checksum never matched aside as failed; it stays where it is (and so
+        do its companions) for the partner to send again."""
+        msg = (
+            f"{e.message} after {_CHECKS} downloads; the file is left in place and set aside as failed. "
+            "A corrected file (another size or mtime) is taken anew; to take this one again, correct "
+            "its checksum file and retry it (conveyor ledger FLOW --retry ID)"
+        )
+        await self.store.failed(self.flow, pid, msg, final=True)
+        self.status.delivery_started(self.flow, pid)
+        self.status.delivery_ended(self.flow, pid, "failed", f.size)
+        self.status.flow_error(self.flow, msg)
+        log.error(msg, extra={"flow": self.flow, "instance": self.instance, "payload_id": pid})
 
     async def _fetch(self, f: RemoteFile) -> Body:
         limit = self.config.max_file_size
@@ -534,6 +646,16 @@ _ORDERS: dict[str, Callable[[RemoteFile], Any]] = {
     "name": lambda f: f.path,
     "size": lambda f: (f.size, f.path),
 }
+
+
+class ChecksumMismatch(Transient):
+    """A downloaded file does not match its checksum file: worth another download or two (a
+    transfer gone wrong, a partner still writing); then the file fails for good."""
+
+
+def _read(body: Body) -> bytes:
+    assert body.path is not None
+    return body.path.read_bytes()
 
 
 def _tidy(f: RemoteFile) -> RemoteFile:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import posixpath
+
+from conveyor import companions
 from conveyor.config.base import FileTargetConfig
 from conveyor.errors import Rejected
 from conveyor.interfaces import FileSystem
-from conveyor.names import MissingField, Template, UnsafeName, split_folder, target_folder, target_name
+from conveyor.names import (
+    NAME_MAX,
+    MissingField,
+    Template,
+    UnsafeName,
+    name_bytes,
+    split_folder,
+    target_folder,
+    target_name,
+)
+from conveyor.payload.body import Body
 from conveyor.payload.payload import Payload
 
 
@@ -36,11 +49,32 @@ class UploadTarget:
         return "/".join(p for p in (self._fixed, below, name) if p)
 
     async def deliver(self, payload: Payload) -> None:
-        """Upload; ``exists: skip`` counts as delivered (the far side already has a file there)."""
+        """Upload; ``exists: skip`` counts as delivered (the far side already has a file there).
+        Then the checksum file and the done file, each under a temp name and renamed: a reader
+        that sees one finds the data complete. A crash before them leaves the payload undelivered
+        in the ledger, so the redo writes them."""
+        path = self.remote_path(payload)
         mtime = payload.mtime if self.config.preserve_mtime else None
-        await self.fs.upload(
-            payload.body, self.remote_path(payload), exists=self.config.exists, chmod=self.chmod, mtime=mtime
-        )
+        wrote = await self.fs.upload(payload.body, path, exists=self.config.exists, chmod=self.chmod, mtime=mtime)
+        # Data skipped (already there): its companions are written where missing, never replaced.
+        exists = "replace" if wrote else "skip"
+        folder, name = posixpath.split(path)
+        algorithm = self.config.checksum
+        if algorithm is not None:
+            digest = await companions.digest(payload.body, algorithm)
+            line = Body.from_bytes(companions.checksum_line(digest, name))
+            await self.fs.upload(
+                line, self._beside(folder, name, "{name}." + algorithm), exists=exists, chmod=self.chmod
+            )
+        if self.config.done_file is not None:
+            marker = self._beside(folder, name, self.config.done_file)
+            await self.fs.upload(Body.from_bytes(b""), marker, exists=exists, chmod=self.chmod)
+
+    def _beside(self, folder: str, name: str, template: str) -> str:
+        companion = companions.render(template, name)
+        if name_bytes(companion) > NAME_MAX:
+            raise Rejected(f"{companion[:100]!r}...: longer than {NAME_MAX} bytes", instance=self.config.instance)
+        return posixpath.join(folder, companion)
 
     async def close(self) -> None:
         """The instance owns the connections."""

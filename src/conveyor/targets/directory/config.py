@@ -7,9 +7,19 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from conveyor.config.base import FILENAME_FIELDS, FOLDER_FIELDS, PRESERVE_MTIME, NamedFiles, TargetConfig
+from conveyor import companions
+from conveyor.config.base import (
+    CHECKSUM_WRITTEN,
+    DONE_FILE_WRITTEN,
+    FILENAME_FIELDS,
+    FOLDER_FIELDS,
+    PRESERVE_MTIME,
+    NamedFiles,
+    TargetConfig,
+    written_done_file,
+)
 from conveyor.config.types import Duration
-from conveyor.names import UnsafeNames
+from conveyor.names import SIDECAR_SUFFIX, UnsafeNames
 
 
 class DirectoryTargetConfig(TargetConfig, NamedFiles):
@@ -38,6 +48,15 @@ class DirectoryTargetConfig(TargetConfig, NamedFiles):
     )
     fsync: bool = Field(True, description="fsync bodies and the folder before reporting delivery")
     timeout: Duration | None = Field(None, description="a delivery taking longer counts as stuck")
+    done_file: str | None = Field(None, description=DONE_FILE_WRITTEN)
+    checksum: companions.Algorithm | None = Field(None, description=CHECKSUM_WRITTEN)
+
+    @field_validator("done_file")
+    @classmethod
+    def _done_file(cls, v: str | None) -> str | None:
+        if v is not None and v.endswith(SIDECAR_SUFFIX):
+            raise ValueError(f"{v!r} would take the name of a metadata sidecar")
+        return written_done_file(v)
 
     @field_validator("file_mode", mode="before")
     @classmethod

@@ -28,15 +28,18 @@ import stat
 import threading
 from pathlib import Path
 
+from conveyor import companions
 from conveyor.batched import ThreadCalls
 from conveyor.errors import NoSpace, Permanent, Rejected, Transient
 from conveyor.interfaces import Context
 from conveyor.names import (
+    NAME_MAX,
     SIDECAR_SUFFIX,
     MissingField,
     Template,
     UnsafeName,
     cut_bytes,
+    name_bytes,
     split_folder,
     target_folder,
     target_name,
@@ -349,6 +352,8 @@ class _Job:
         self.handle: _Handle | None = None
         self.tmp_body: str | None = None
         self.tmp_meta: str | None = None
+        self.tmp_beside: list[tuple[str, str]] = []
+        """(temporary, final) names of the checksum file and done file, renamed in that order."""
 
     def stage(self) -> _Job | None:
         """On a worker thread: decide, write the body while hashing it, write the sidecar.
@@ -356,6 +361,9 @@ class _Job:
         try:
             self.handle = self.folder.acquire()
             if not self._needs_writing(self.handle.fd):
+                # Its bytes are there (a redo after a crash, say): its companions may not be yet.
+                if self._stage_beside(self.handle.fd, only_missing=True):
+                    return self
                 self._release()
                 return None
             cfg = self.target.config
@@ -374,10 +382,37 @@ class _Job:
                     _write_all(fd, doc)
                 finally:
                     os.close(fd)
+            self._stage_beside(self.handle.fd, only_missing=False)
         except BaseException:
             self.discard()
             raise
         return self
+
+    def _stage_beside(self, dfd: int, *, only_missing: bool) -> bool:
+        """Write the checksum file and the done file under temporary names; True if any was.
+        ``only_missing``: leave those already there alone."""
+        cfg = self.target.config
+        wanted: list[tuple[str, bytes]] = []
+        if cfg.checksum is not None:
+            if cfg.checksum == "sha256":
+                digest = self._payload_digest()
+            else:
+                digest = companions.digest_now(self.payload.body, cfg.checksum)
+            wanted.append((f"{self.name}.{cfg.checksum}", companions.checksum_line(digest, self.name)))
+        if cfg.done_file is not None:
+            wanted.append((companions.render(cfg.done_file, self.name), b""))
+        for final, data in wanted:
+            if name_bytes(final) > NAME_MAX:
+                raise Rejected(f"{final[:100]!r}...: longer than {NAME_MAX} bytes", path=cfg.path)
+            if only_missing and _entry_at(dfd, final):
+                continue
+            tmp, fd = self._create(".tmp")
+            self.tmp_beside.append((tmp, final))
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+        return bool(self.tmp_beside)
 
     def publish(self) -> None:
         """Rename the body, then the sidecar, into place. Renames never follow a symlink: one
@@ -391,6 +426,10 @@ class _Job:
             if self.tmp_meta is not None:
                 os.replace(self.tmp_meta, self.name + SIDECAR_SUFFIX, src_dir_fd=fd, dst_dir_fd=fd)
                 self.tmp_meta = None
+            while self.tmp_beside:
+                tmp, final = self.tmp_beside[0]
+                os.replace(tmp, final, src_dir_fd=fd, dst_dir_fd=fd)
+                del self.tmp_beside[0]
         except BaseException:
             self.discard()
             raise
@@ -400,11 +439,12 @@ class _Job:
         """Remove the temporary files, if any, and let go of the folder."""
         if self.handle is None:
             return
-        for tmp in (self.tmp_body, self.tmp_meta):
+        for tmp in (self.tmp_body, self.tmp_meta, *(t for t, _ in self.tmp_beside)):
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=self.handle.fd)
         self.tmp_body = self.tmp_meta = None
+        self.tmp_beside = []
         self._release()
 
     def _release(self) -> None:
@@ -609,6 +649,15 @@ def _open_regular(dfd: int, name: str, st: os.stat_result | None = None) -> tupl
         os.close(fd)
         return None
     return fd, seen
+
+
+def _entry_at(dfd: int, name: str) -> bool:
+    """Whether a regular file is at ``name`` (anything else there is replaced, or fails the rename)."""
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode)
 
 
 def _digest_at(dfd: int, name: str, st: os.stat_result) -> str | None:
