@@ -267,3 +267,25 @@ async def test_one_exact_file_with_its_done_and_checksum_files(local_backend: An
     finally:
         d.stop()
     assert bodies(out) == {"a.csv": A1}
+
+
+async def test_selection_with_done_and_checksum_files(fb: Any, tmp_path: Path) -> None:
+    """The bank's drop: ``PAY_*.csv`` with ``.sha256`` files and a folder ``ready.flag``, taken by
+    ``include`` (which names neither companion): the companions are still seen and settled."""
+    pay = {f"PAY_{i}.csv": f"pay,{i}\n".encode() for i in range(3)}
+    for name, data in pay.items():
+        fb.put(f"in/{name}", data, mtime=EARLY)
+        fb.put(f"in/{name}.sha256", f"{hashlib.sha256(data).hexdigest()}  {name}\n".encode(), mtime=EARLY)
+    fb.put("in/OTHER.csv", b"not ours", mtime=EARLY)
+    out = tmp_path / "out"
+    source = {"include": ["PAY_*.csv"], "done_file": "ready.flag", "checksum": "sha256"}
+    cfg = write_config(tmp_path, {"remote": fb.instance_config()}, {"f": flow(out, **source)})
+    d = DaemonProcess(cfg).start()
+    try:
+        await wait_for(lambda: fb.exists("in/PAY_0.csv"), 10)
+        assert bodies(out) == {}  # no ready.flag yet
+        fb.put("in/ready.flag", b"", mtime=LATER)
+        await wait_for(lambda: len(bodies(out)) == 3 and fb.names("in") == ["OTHER.csv"], 60)
+    finally:
+        d.stop()
+    assert bodies(out) == pay

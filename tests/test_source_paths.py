@@ -10,6 +10,7 @@ and counted in ``/status`` and ``/metrics``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from collections.abc import Iterator
@@ -245,7 +246,12 @@ async def test_unsafe_name_is_reported_once_per_file_and_counted(tmp_path: Path)
         bad.write_bytes(b"x")
         await deliver("good6.txt")
         await deliver("good7.txt")
-        doc, m = await status_and_metrics(f"http://127.0.0.1:{port}")
+        # The body is in place a moment before the ledger's record counts it as delivered.
+        for _ in range(100):
+            doc, m = await status_and_metrics(f"http://127.0.0.1:{port}")
+            if doc["flows"]["f"]["delivered"] == 8:
+                break
+            await asyncio.sleep(0.1)
     finally:
         assert d.stop() == 0
     assert bad.exists()
