@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from conveyor.state import StateStore, open_store
-from conveyor.state.postgres import PostgresStore
+from conveyor.state.postgres import MIGRATIONS, PostgresStore
 from tests.servers.postgres import create_database, drop_database, pg_url
 
 __all__ = ["pg_url"]
@@ -107,6 +107,39 @@ async def test_list_and_prune(opener: Opener) -> None:
     assert await s.prune(time.time() - 3600) == 0
     assert await s.prune(time.time() + 5) == 2, "only settled, delivered rows go"
     assert {i.id for i in await s.list("f", None)} == {"i2", "i3", "i4"}
+
+
+async def test_each_targets_delivery_is_recorded(opener: Opener) -> None:
+    """A flow with a targets: list records each target's outcome; forget and prune take those
+    records with the item, and an item routed to no target says so."""
+    s = await opener("r1")
+    assert await s.claim("f", "a", INFO, 60)
+    await s.target_failed("f", "a", "sftp", "connection refused")
+    await s.target_delivered("f", "a", "archive")
+    got = (await s.targets("f", ["a", "none"]))["a"]
+    assert list(got) == ["archive", "sftp"]
+    assert (got["archive"].state, got["archive"].attempts, got["archive"].last_error) == ("delivered", 1, None)
+    assert (got["sftp"].state, got["sftp"].attempts, got["sftp"].last_error) == ("failed", 1, "connection refused")
+    await s.target_delivered("f", "a", "sftp")
+    got = (await s.targets("f", ["a"]))["a"]
+    assert (got["sftp"].state, got["sftp"].attempts, got["sftp"].last_error) == ("delivered", 2, None)
+    await s.delivered("f", "a")
+    assert not (await s.get_many("f", ["a"]))["a"].no_target
+    assert await s.targets("g", ["a"]) == {}, "per flow"
+
+    assert await s.claim("f", "b", INFO, 60)
+    await s.delivered("f", "b", no_target=True)
+    b = (await s.get_many("f", ["b"]))["b"]
+    assert (b.state, b.no_target) == ("delivered", True) and b.as_dict()["no_target"] is True
+
+    assert await s.forget("f", "a")
+    assert await s.targets("f", ["a"]) == {}
+    assert await s.claim("f", "c", INFO, 60)
+    await s.target_delivered("f", "c", "archive")
+    await s.delivered("f", "c")
+    await s.settled("f", "c")
+    assert await s.prune(time.time() + 5) == 1
+    assert await s.targets("f", ["c"]) == {}
 
 
 async def test_claim_race_has_exactly_one_winner(opener: Opener, request: pytest.FixtureRequest) -> None:
@@ -216,7 +249,7 @@ async def test_schema_is_versioned_and_refuses_newer(pg_url: str) -> None:
     await s.close()
     conn = await asyncpg.connect(pg_url)
     try:
-        assert await conn.fetchval("SELECT max(version) FROM conveyor_schema_version") == 1
+        assert await conn.fetchval("SELECT max(version) FROM conveyor_schema_version") == len(MIGRATIONS)
         await conn.execute("INSERT INTO conveyor_schema_version (version) VALUES (99)")
     finally:
         await conn.close()
@@ -231,7 +264,8 @@ async def test_concurrent_replicas_create_schema_once(pg_url: str) -> None:
         await s.close()
     conn = await asyncpg.connect(pg_url)
     try:
-        assert await conn.fetch("SELECT version FROM conveyor_schema_version") == [(1,)]
+        got = await conn.fetch("SELECT version FROM conveyor_schema_version ORDER BY version")
+        assert [r[0] for r in got] == list(range(1, len(MIGRATIONS) + 1))
     finally:
         await conn.close()
 
@@ -267,3 +301,29 @@ async def test_bad_statement_in_a_batch_fails_only_its_caller(pg_url: str) -> No
 def test_url_lease_is_stripped() -> None:
     s = PostgresStore("postgresql://u@h:5/db?lease=7&sslmode=disable", "r")
     assert s.lease == 7.0 and s.url == "postgresql://u@h:5/db?sslmode=disable"
+
+
+async def test_a_version_1_ledger_is_migrated_in_place(pg_url: str) -> None:
+    """A ledger written before per-target records: its rows keep their state and open as
+    usual; the new table and column arrive with version 2."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("CREATE TABLE conveyor_schema_version (version integer NOT NULL)")
+        for stmt in MIGRATIONS[0]:
+            await conn.execute(stmt)
+        await conn.execute("INSERT INTO conveyor_schema_version (version) VALUES (1)")
+        await conn.execute(
+            "INSERT INTO conveyor_items (flow, id, state, attempts, settled, first_seen, updated)"
+            " VALUES ('f', 'old', 'delivered', 1, false, 1, 1)"
+        )
+    finally:
+        await conn.close()
+    s = PostgresStore(pg_url, "r")
+    await s.open()
+    try:
+        old = (await s.get_many("f", ["old"]))["old"]
+        assert (old.state, old.settled, old.no_target) == ("delivered", False, False)
+        await s.target_delivered("f", "old", "t")
+        assert list((await s.targets("f", ["old"]))["old"]) == ["t"]
+    finally:
+        await s.close()

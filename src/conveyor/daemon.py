@@ -11,14 +11,15 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 from conveyor.config import Config, Flow, load_config
 from conveyor.config.base import FileSourceConfig, MessageSourceConfig
+from conveyor.config.schema import Route
 from conveyor.errors import ConfigError, ConveyorError, describe
-from conveyor.flows.delivery import Deliverer
+from conveyor.flows.delivery import Deliverer, FanOut, Leg
 from conveyor.flows.filesource import FileSource, FileSourceDeps
 from conveyor.flows.intake import IntakeGate
 from conveyor.flows.runner import FlowRunner
@@ -298,37 +299,64 @@ class Daemon:
             raise TypeError(f"instance '{name}' is no broker: its connector lacks source() and target()")
         return rt
 
-    def _target(self, flow: Flow) -> Target:
-        kind = target_specs().get(flow.target_kind)
+    def _target(self, flow: Flow, route: Route | None = None) -> Target:
+        """The target of ``route`` (default: the flow's one ``target:``)."""
+        route = route or flow.routes[0]
+        kind = target_specs().get(route.kind)
         if kind is not None:
-            return kind.load_factory()(flow.name, flow.target, self.ctx)
-        iname = flow.target.instance
+            return kind.load_factory()(flow.name, route.target, self.ctx)
+        iname = route.target.instance
         if all_specs()[self.config.instances[iname].type].kind == "file":
             from conveyor.targets.upload import UploadTarget
 
-            return UploadTarget(flow.name, flow.target, self._file_system(iname))
-        return self._broker(iname).target(flow.name, flow.target)
+            return UploadTarget(flow.name, route.target, self._file_system(iname))
+        return self._broker(iname).target(flow.name, route.target)
+
+    def _deliverer(self, flow: Flow) -> tuple[Deliverer, Callable[[], Awaitable[None]], float | None]:
+        """A flow's deliverer (to its one target, or to each of its ``targets:``), what closes its
+        targets, and its longest delivery timeout."""
+        legs: list[Leg] = []
+        for route in flow.routes:
+            timeout = getattr(route.target, "timeout", None)
+            kind = target_specs().get(route.kind)
+            own = None if kind is not None and kind.own_timeout else timeout
+            target = self._target(flow, route) if flow.fan_out else self._target(flow)
+            legs.append(Leg(route.name, target, route.when, own))
+        timeouts = [t for r in flow.routes if (t := getattr(r.target, "timeout", None))]
+        longest = max(timeouts) if timeouts else None
+        attempts, backoff = flow.retry.attempts, Backoff.from_config(flow.retry)
+        lease = max(300.0, 2 * (longest or 0))
+
+        async def close() -> None:
+            for leg in legs:
+                await leg.target.close()
+
+        if not flow.fan_out:
+            one = legs[0]
+            deliverer = Deliverer(
+                flow.name,
+                one.target,
+                self.store,
+                self.status,
+                attempts=attempts,
+                backoff=backoff,
+                timeout=one.timeout,
+                lease=lease,
+            )
+        else:
+            deliverer = FanOut(
+                flow.name, legs, self.store, self.status, attempts=attempts, backoff=backoff, lease=lease
+            )
+        return deliverer, close, longest
 
     def build_flow(self, flow: Flow) -> FlowRunner:
-        """Wire a flow's source, deliverer and target."""
+        """Wire a flow's source, deliverer and targets."""
         src = flow.source
         icfg = self.config.instances[src.instance]
         message = all_specs()[icfg.type].kind == "message"
         source_rt = self._broker(src.instance) if message else self._file_system(src.instance)
-        target = self._target(flow)
-        timeout = getattr(flow.target, "timeout", None)
-        kind = target_specs().get(flow.target_kind)
-        deliverer = Deliverer(
-            flow.name,
-            target,
-            self.store,
-            self.status,
-            attempts=flow.retry.attempts,
-            backoff=Backoff.from_config(flow.retry),
-            timeout=None if kind is not None and kind.own_timeout else timeout,
-            lease=max(300.0, 2 * (timeout or 0)),
-        )
         st = self.status.add_flow(flow.name)
+        deliverer, close_targets, timeout = self._deliverer(flow)
         st.delivery_timeout = timeout
         if isinstance(source_rt, BrokerInstance):
             assert isinstance(src, MessageSourceConfig)
@@ -338,7 +366,7 @@ class Daemon:
                 max_in_flight=flow.max_in_flight,
                 status=self.status,
                 deliverer=deliverer,
-                on_close=target.close,
+                on_close=close_targets,
                 messages=(consumer, src),
                 gate=self.gate,
             )
@@ -363,7 +391,7 @@ class Daemon:
             max_in_flight=flow.max_in_flight,
             status=self.status,
             deliverer=deliverer,
-            on_close=target.close,
+            on_close=close_targets,
             files=file_source,
             gate=self.gate,
         )
@@ -440,7 +468,7 @@ class Daemon:
         changed = {n for n, c in old.instances.items() if new.instances.get(n) != c}
 
         def uses_changed(f: Flow) -> bool:
-            return f.source.instance in changed or (f.target_instance or "") in changed
+            return f.source.instance in changed or any((r.instance or "") in changed for r in f.routes)
 
         stop = [
             n

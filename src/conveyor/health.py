@@ -212,7 +212,8 @@ class HealthServer:
         for flow in d.config.flows.values():
             if not flow.enabled:
                 continue
-            for name, is_source in ((flow.source.instance, True), (flow.target_instance, False)):
+            ends = [(flow.source.instance, True), *((r.instance, False) for r in flow.routes)]
+            for name, is_source in ends:
                 st = d.status.instances.get(name) if name else None
                 if st is None or st.state == "up":
                     continue

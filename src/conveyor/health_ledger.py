@@ -60,12 +60,20 @@ def _int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, v))
 
 
-def item_doc(item: Any) -> dict[str, Any]:
-    """An item as the ledger shows it (epoch seconds plus readable UTC times)."""
+def item_doc(item: Any, targets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An item as the ledger shows it (epoch seconds plus readable UTC times), with each target's
+    record of it for a flow with a ``targets:`` list."""
     doc: dict[str, Any] = item.as_dict()
     doc["first_seen_at"] = _iso(item.first_seen)
     doc["updated_at"] = _iso(item.updated)
+    doc["targets"] = {name: {**t.as_dict(), "updated_at": _iso(t.updated)} for name, t in (targets or {}).items()}
     return doc
+
+
+async def _docs(daemon: DaemonView, flow: str, items: list[Any]) -> list[dict[str, Any]]:
+    """Ledger documents of ``items`` (on the daemon loop), their targets' records read in one query."""
+    targets = await daemon.store.targets(flow, [i.id for i in items])
+    return [item_doc(i, targets.get(i.id)) for i in items]
 
 
 async def list_items(request: web.Request) -> web.Response:
@@ -76,10 +84,13 @@ async def list_items(request: web.Request) -> web.Response:
         return _json({"error": f"state must be one of {', '.join(STATES)}"}, 400)
     limit = _int(request, "limit", 100, 1, MAX_LIMIT)
     offset = _int(request, "offset", 0, 0, 1 << 62)
-    items = await _on_daemon_loop(request, _daemon(request).store.list(flow, state, limit, offset))
-    return _json(
-        {"flow": flow, "state": state, "limit": limit, "offset": offset, "items": [item_doc(i) for i in items]}
-    )
+    daemon = _daemon(request)
+
+    async def read() -> list[dict[str, Any]]:
+        return await _docs(daemon, flow, await daemon.store.list(flow, state, limit, offset))
+
+    docs = await _on_daemon_loop(request, read())
+    return _json({"flow": flow, "state": state, "limit": limit, "offset": offset, "items": docs})
 
 
 async def _act(request: web.Request, action: str) -> web.Response:
@@ -107,7 +118,8 @@ async def _apply(daemon: DaemonView, flow: str, pid: str, action: str) -> tuple[
         if entry is not None:  # a file source remembers which files are done: list this one afresh
             entry[0].forgotten(pid)
     after = (await store.get_many(flow, [pid])).get(pid)
-    return 200, {"flow": flow, "id": pid, "action": action, "item": item_doc(after) if after else None}
+    doc = (await _docs(daemon, flow, [after]))[0] if after else None
+    return 200, {"flow": flow, "id": pid, "action": action, "item": doc}
 
 
 async def retry_item(request: web.Request) -> web.Response:

@@ -49,13 +49,14 @@ def missing_libraries(config: Config) -> list[Problem]:
             problems.append(Problem(f"instances.{name}.type", f"the {icfg.type} connector {why}"))
     targets = target_specs()
     for fname, flow in config.flows.items():
-        spec = targets.get(flow.target_kind) if flow.target_kind != INSTANCE_KIND else None
-        if spec is None:
-            continue
-        try:
-            spec.load_factory()
-        except ImportError as e:
-            problems.append(Problem(f"flows.{fname}.target.type", f"the {spec.type} target {_why(e)}"))
+        for route in flow.routes:
+            spec = targets.get(route.kind) if route.kind != INSTANCE_KIND else None
+            if spec is None:
+                continue
+            try:
+                spec.load_factory()
+            except ImportError as e:
+                problems.append(Problem(f"flows.{fname}.{route.key}.type", f"the {spec.type} target {_why(e)}"))
     if config.state.startswith(("postgresql://", "postgres://")):
         try:
             importlib.import_module("conveyor.state.postgres")

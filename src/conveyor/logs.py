@@ -18,7 +18,7 @@ from typing import Any
 
 from conveyor.redact import redact
 
-_FIELDS = ("flow", "instance", "payload_id")
+_FIELDS = ("flow", "instance", "payload_id", "target")
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 """C0 and C1 control characters, DEL and the Unicode line/paragraph separators: whatever a
@@ -46,7 +46,7 @@ C0 controls itself); written as ``\\uXXXX``, which is the same JSON string."""
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"ts", "level", "logger", "msg", "flow", "instance", "payload_id", "error"}`` per line."""
+    """``{"ts", "level", "logger", "msg", "flow", "instance", "payload_id", "target", "error"}`` per line."""
 
     def format(self, record: logging.LogRecord) -> str:
         # Redact each value before encoding: JSON escaping would hide a secret holding '"' or '\\'.

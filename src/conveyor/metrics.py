@@ -30,7 +30,7 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 
 
 class Metrics:
-    """The seven conveyor metrics; an observer of a :class:`StatusBoard` (``on_event``)."""
+    """The eight conveyor metrics; an observer of a :class:`StatusBoard` (``on_event``)."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -40,7 +40,7 @@ class Metrics:
         r = self.registry
         self.payloads = Counter(
             "conveyor_payloads_total",
-            "Payloads that left delivery, by outcome (delivered, failed, skipped, released)",
+            "Payloads that left delivery, by outcome (delivered, failed, skipped, released, no_target)",
             ["flow", "outcome"],
             registry=r,
         )
@@ -64,6 +64,12 @@ class Metrics:
             "their size, or for being a symlink or special file (each counted once, when "
             "first seen)",
             ["flow"],
+            registry=r,
+        )
+        self.targets = Counter(
+            "conveyor_target_deliveries_total",
+            "Deliveries to each target of a flow's targets: list, by outcome (delivered, failed)",
+            ["flow", "target", "outcome"],
             registry=r,
         )
         # Label children are cached: a labels() lookup per payload is the hot path at 1,000/s.
@@ -103,6 +109,8 @@ class Metrics:
             if outcome == "delivered":
                 self._child(self.bytes, flow).inc(f.get("size") or 0)
                 self._child(self.seconds, flow).observe(f.get("seconds") or 0.0)
+        elif kind == "target":
+            self._child(self.targets, f["flow"], f["target"], f["outcome"]).inc()
         elif kind == "connect_attempt":
             self._child(self.connects, f["instance"], f["outcome"]).inc()
         elif kind == "refused":
@@ -118,6 +126,10 @@ class Metrics:
             self._child(self.in_flight, name).set(fl.in_flight)
             for outcome in ("delivered", "failed"):
                 self._child(self.payloads, name, outcome)  # present at 0, so rate() works from the start
+                for target in fl.targets:
+                    self._child(self.targets, name, target, outcome)
+            if fl.targets:
+                self._child(self.payloads, name, "no_target")
             if fl.poll_interval is not None:  # a file source
                 self._child(self.refused, name)
 

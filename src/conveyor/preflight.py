@@ -19,6 +19,7 @@ from pathlib import Path
 
 from conveyor.config import Config, Flow
 from conveyor.config.base import FileSourceConfig, FileTargetConfig, InstanceConfig
+from conveyor.config.schema import Route
 from conveyor.errors import ConveyorError, NotFound, Permanent
 from conveyor.flows.filesource import Selection
 from conveyor.interfaces import (
@@ -82,10 +83,14 @@ async def _flow_line(config: Config, flow: Flow, live: dict[str, Instance], ctx:
     """``(ok, line)`` for one flow: its source's and its target's outcome, each naming what was checked."""
     if not flow.enabled:
         return True, f"  -     flow {flow.name}: disabled, not checked"
-    found = await asyncio.gather(_source(config, flow, live), _target(config, flow, live, ctx), return_exceptions=True)
+    routes = flow.routes
+    found = await asyncio.gather(
+        _source(config, flow, live), *(_target(config, flow, r, live, ctx) for r in routes), return_exceptions=True
+    )
+    roles = ["source", *(f"target {r.name}" if r.name else "target" for r in routes)]
     parts = [
         p if isinstance(p, tuple) else (False, f"{role}: {type(p).__name__}: {redact(str(p))}")
-        for role, p in zip(("source", "target"), found, strict=True)
+        for role, p in zip(roles, found, strict=True)
     ]
     ok = all(p[0] for p in parts)
     return ok, f"  {'ok  ' if ok else 'FAIL'}  flow {flow.name}: {'; '.join(p[1] for p in parts)}"
@@ -123,9 +128,18 @@ async def _source(config: Config, flow: Flow, live: dict[str, Instance]) -> tupl
     return await _outcome(label, src.probe if isinstance(src, Probes) else None)
 
 
-async def _target(config: Config, flow: Flow, live: dict[str, Instance], ctx: Context) -> tuple[bool, str]:
-    cfg = flow.target
-    kind = target_specs().get(flow.target_kind)
+async def _target(
+    config: Config, flow: Flow, route: Route, live: dict[str, Instance], ctx: Context
+) -> tuple[bool, str]:
+    ok, line = await _one_target(config, flow, route, live, ctx)
+    return ok, f"[{route.name}] {line}" if route.name else line
+
+
+async def _one_target(
+    config: Config, flow: Flow, route: Route, live: dict[str, Instance], ctx: Context
+) -> tuple[bool, str]:
+    cfg = route.target
+    kind = target_specs().get(route.kind)
     if kind is not None:
         built = kind.load_factory()(flow.name, cfg, ctx)
         return await _probe_target(f"target {built.where if isinstance(built, Located) else kind.type}", built)

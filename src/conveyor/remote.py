@@ -234,6 +234,26 @@ def render_status(doc: dict[str, Any]) -> str:
             {7: 60},
         )
     )
+    fanned = [(n, f) for n, f in sorted(flows.items()) if f.get("targets")]
+    if fanned:
+        out += ["", "targets:"]
+        rows = [
+            [
+                n,
+                t,
+                ts.get("delivered"),
+                ts.get("failed"),
+                ts.get("retried"),
+                ts.get("last_delivery"),
+                ts.get("last_error"),
+            ]
+            for n, f in fanned
+            for t, ts in sorted(f["targets"].items())
+        ]
+        rows += [[n, "(no target)", f.get("no_target"), "", "", "", ""] for n, f in fanned if f.get("no_target")]
+        out.append(
+            table(["FLOW", "TARGET", "DELIVERED", "FAILED", "RETRIED", "LAST DELIVERY", "LAST ERROR"], rows, {6: 60})
+        )
     reasons = doc.get("not_ready") or {}
     if reasons:
         out += ["", "not ready:"]
@@ -254,6 +274,14 @@ def _when(t: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
 
 
+def _targets(item: dict[str, Any]) -> str:
+    """An item's targets as ``name=state`` pairs, or ``no target``."""
+    if item.get("no_target"):
+        return "no target"
+    targets = item.get("targets") or {}
+    return " ".join(f"{n}={t.get('state')}" for n, t in sorted(targets.items())) if targets else "-"
+
+
 def render_items(doc: dict[str, Any]) -> str:
     """A ledger page as text."""
     items = doc.get("items") or []
@@ -268,7 +296,15 @@ def render_items(doc: dict[str, Any]) -> str:
         ]
         for i in items
     ]
-    text = table(["ID", "STATE", "ATTEMPTS", "UPDATED", "NAME", "LAST ERROR"], rows, {4: 40, 5: 70})
+    headers = ["ID", "STATE", "ATTEMPTS", "UPDATED", "NAME", "LAST ERROR"]
+    widths = {4: 40, 5: 70}
+    if any(i.get("targets") or i.get("no_target") for i in items):
+        # A flow with a targets: list: where each item is, target by target.
+        for row, i in zip(rows, items, strict=True):
+            row.insert(5, _targets(i))
+        headers.insert(5, "TARGETS")
+        widths = {4: 40, 5: 50, 6: 70}
+    text = table(headers, rows, widths)
     return text + f"\n{len(items)} items" + (" (more with --limit)" if len(items) >= doc.get("limit", 1 << 30) else "")
 
 

@@ -30,6 +30,18 @@ class InstanceStatus:
 
 
 @dataclass
+class TargetStatus:
+    """One target of a flow with a ``targets:`` list."""
+
+    delivered: int = 0
+    failed: int = 0
+    retried: int = 0
+    last_delivery: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+@dataclass
 class FlowStatus:
     """One flow's progress."""
 
@@ -52,6 +64,10 @@ class FlowStatus:
     delivery_timeout: float | None = None
     oldest_in_flight: dict[str, float] = field(default_factory=dict)
     """payload id -> time its delivery started, to spot stuck deliveries."""
+    no_target: int = 0
+    """Payloads settled without a delivery: no target of the flow's ``targets:`` list matched them."""
+    targets: dict[str, TargetStatus] = field(default_factory=dict)
+    """Each target of a ``targets:`` list, by name (empty for a flow with one ``target:``)."""
 
 
 def _ts(t: float | None) -> str | None:
@@ -182,7 +198,36 @@ class StatusBoard:
             st.failed += 1
         elif outcome == "skipped":
             st.skipped += 1
+        elif outcome == "no_target":
+            st.no_target += 1
         self._emit("payload", flow=name, outcome=outcome, size=size, seconds=seconds)
+
+    def add_target(self, flow: str, target: str) -> None:
+        """Register a target of a flow's ``targets:`` list."""
+        st = self.flows.get(flow)
+        if st is not None:
+            st.targets.setdefault(target, TargetStatus())
+
+    def target_retried(self, flow: str, target: str) -> None:
+        """A try of one target failed and is retried."""
+        st = self.flows.get(flow)
+        ts = st.targets.get(target) if st is not None else None
+        if ts is not None:
+            ts.retried += 1
+
+    def target_ended(self, flow: str, target: str, delivered: bool, error: str | None = None) -> None:
+        """One target of a ``targets:`` list has a payload (``delivered``) or gave up on it."""
+        st = self.flows.get(flow)
+        ts = st.targets.get(target) if st is not None else None
+        if ts is not None:
+            if delivered:
+                ts.delivered += 1
+                ts.last_delivery = time.time()
+            else:
+                ts.failed += 1
+                ts.last_error = redact(error or "failed")
+                ts.last_error_at = time.time()
+        self._emit("target", flow=flow, target=target, outcome="delivered" if delivered else "failed")
 
     def _emit(self, kind: str, **fields: Any) -> None:
         for obs in self.observers:
@@ -249,6 +294,18 @@ class StatusBoard:
                     "last_poll": _ts(f.last_poll),
                     "last_error": f.last_error,
                     "last_error_at": _ts(f.last_error_at),
+                    "no_target": f.no_target,
+                    "targets": {
+                        t: {
+                            "delivered": ts.delivered,
+                            "failed": ts.failed,
+                            "retried": ts.retried,
+                            "last_delivery": _ts(ts.last_delivery),
+                            "last_error": ts.last_error,
+                            "last_error_at": _ts(ts.last_error_at),
+                        }
+                        for t, ts in f.targets.items()
+                    },
                 }
                 for n, f in self.flows.items()
             },

@@ -41,15 +41,20 @@ def transport_warnings(config: Config) -> list[TransportWarning]:
         elif isinstance(inst, FtpConfig):
             out += _ftp(key, name, inst)
     for name, flow in config.flows.items():
-        target = flow.target
-        if isinstance(target, HttpTargetConfig) and not target.tls_verify and target.url.lower().startswith("https:"):
-            out.append(
-                TransportWarning(
-                    f"flows.{name}.target.tls_verify",
-                    "false: the server's certificate is not checked, so anyone on the way "
-                    "can read and change what is posted",
+        for route in flow.routes:
+            target = route.target
+            if (
+                isinstance(target, HttpTargetConfig)
+                and not target.tls_verify
+                and target.url.lower().startswith("https:")
+            ):
+                out.append(
+                    TransportWarning(
+                        f"flows.{name}.{route.key}.tls_verify",
+                        "false: the server's certificate is not checked, so anyone on the way "
+                        "can read and change what is posted",
+                    )
                 )
-            )
     if config.state.startswith(("postgresql://", "postgres://")):
         from conveyor.state.postgres import weak_tls
 

@@ -6,7 +6,7 @@ import contextlib
 import fnmatch
 import re
 from datetime import tzinfo
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -228,6 +228,9 @@ class MessageSourceConfig(SourceConfig):
     """A queue or subscription on a broker instance."""
 
     max_attempts: int = Field(5, ge=1, description="deliveries of one message before it is rejected (dead-lettered)")
+
+    when_keys: ClassVar[tuple[str, ...]] = ()
+    """The ``when:`` keys on message metadata this source's messages carry (``attr``, ``header``)."""
 
 
 def written_done_file(v: str | None) -> str | None:

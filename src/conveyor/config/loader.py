@@ -18,10 +18,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from conveyor.config.base import FileSourceConfig, InstanceConfig, NamedFiles, SourceConfig
+from conveyor.config.base import FileSourceConfig, InstanceConfig, MessageSourceConfig, NamedFiles, SourceConfig
 from conveyor.config.interpolate import Interpolator, dotted
 from conveyor.config.parse import Lines, line_for, parse_file
-from conveyor.config.schema import NAME_PATTERN, Config, Flow, FlowConfig, raw_model
+from conveyor.config.schema import NAME_PATTERN, Config, Flow, FlowConfig, Route, TargetEntryConfig, raw_model
 from conveyor.config.types import MoveAction, format_size
 from conveyor.errors import ConfigError, Problem
 from conveyor.names import Template, normal_path
@@ -165,10 +165,36 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
         col.pydantic(e, base)
         return None
     source = _resolve_source(flow.source, instances, col, (*base, "source"))
-    target, kind = _resolve_target(flow.target, instances, col, (*base, "target"))
     if isinstance(source, FileSourceConfig):
         _check_moves(source, col, (*base, "source"))
         _check_selection(source, col, (*base, "source"))
+    if flow.targets is not None:
+        if flow.target is not None:
+            col.add((*base, "targets"), "give either target (one) or targets (a list), not both")
+            return None
+        routes = _resolve_routes(flow.targets, source, instances, col, (*base, "targets"))
+        if source is None or routes is None:
+            return None
+        for i, route in enumerate(routes):
+            if isinstance(route.target, NamedFiles):
+                _check_templates(route.target, source, instances, col, (*base, "targets", i))
+                route.target.set_timezone(flow.timezone)
+        first = routes[0]
+        return Flow(
+            name,
+            source,
+            first.target,
+            first.kind,
+            flow.retry,
+            flow.max_in_flight,
+            flow.enabled,
+            flow.timezone,
+            fan_out=tuple(routes),
+        )
+    if flow.target is None:
+        col.add((*base, "target"), "missing required key (or targets: a list of targets)")
+        return None
+    target, kind = _resolve_target(flow.target, instances, col, (*base, "target"))
     if source is None or target is None or kind is None:
         return None
     if isinstance(target, NamedFiles):
@@ -198,6 +224,94 @@ def _check_templates(
                 col.add((*path, key), f"{{{field}.KEY}} needs a {needs} source; this flow reads from {stype}")
         if "mtime" in fields and message:
             col.add((*path, key), f"{{mtime}} needs a file source; this flow reads from {stype}")
+
+
+def _resolve_routes(
+    entries: list[dict[str, Any]],
+    source: SourceConfig | None,
+    instances: dict[str, InstanceConfig],
+    col: _Collector,
+    path: tuple[Any, ...],
+) -> list[Route] | None:
+    """The targets of a ``targets:`` list, each with its ledger name and ``when``; None after a problem."""
+    if not entries:
+        col.add(path, "give at least one target")
+        return None
+    routes: list[Route] = []
+    named: dict[str, int] = {}
+    ok = True
+    for i, entry in enumerate(entries):
+        at = (*path, i)
+        if not isinstance(entry, dict):
+            col.add(at, "must be a mapping (a target, with an optional name and when)")
+            ok = False
+            continue
+        extra = {k: entry[k] for k in ("name", "when") if k in entry}
+        rest = {k: v for k, v in entry.items() if k not in extra}
+        try:
+            meta = TargetEntryConfig.model_validate(extra)
+        except ValidationError as e:
+            col.pydantic(e, at)
+            ok = False
+            meta = None
+        target, kind = _resolve_target(rest, instances, col, at)
+        if meta is None or target is None or kind is None:
+            ok = False
+            continue
+        if meta.when is not None and not _when_fits(meta.when, source, instances, col, (*at, "when")):
+            ok = False
+        name = meta.name or (getattr(target, "instance", None) if kind == INSTANCE_KIND else kind)
+        assert isinstance(name, str)
+        if name in named:
+            col.add(
+                (*at, "name"),
+                f"targets[{named[name]}] is named '{name}' too: give each target its own name "
+                "(name: ...), the ledger keeps track of each by it",
+            )
+            ok = False
+        named.setdefault(name, i)
+        routes.append(Route(name, target, kind, meta.when, dotted((*path[2:], i))))
+    return routes if ok else None
+
+
+_WHEN_KEYS = {"attr": "attributes", "header": "headers"}
+"""``when`` keys on message metadata, and the metadata each reads."""
+
+
+def _when_fits(
+    when: Any, source: SourceConfig | None, instances: dict[str, InstanceConfig], col: _Collector, path: tuple[Any, ...]
+) -> bool:
+    """A ``when`` key that no payload of this source can have is a config error, not a target that
+    silently never matches: attributes and headers are message metadata, each of one broker kind."""
+    if source is None:
+        return True
+    itype = instances[source.instance].type if source.instance in instances else "?"
+    ok = True
+    for key in _WHEN_KEYS:
+        if getattr(when, key) is None:
+            continue
+        carries = _carries(source)
+        if carries is None:
+            col.add((*path, key), f"a {itype} source's payloads are files, which have no message {_WHEN_KEYS[key]}")
+            ok = False
+        elif key not in carries:
+            other = ", ".join(carries) or "nothing"
+            col.add(
+                (*path, key),
+                f"a {itype} source's messages have no {_WHEN_KEYS[key]} (their metadata in when: {other})",
+            )
+            ok = False
+    if when.min_size is not None and when.max_size is not None and when.min_size > when.max_size:
+        col.add((*path, "min_size"), "is larger than max_size: no payload could match")
+        ok = False
+    return ok
+
+
+def _carries(source: SourceConfig) -> tuple[str, ...] | None:
+    """The ``when`` keys on message metadata a source's payloads have; None for a file source."""
+    if not isinstance(source, MessageSourceConfig):
+        return None
+    return tuple(getattr(type(source), "when_keys", ()))
 
 
 def _lookup(iname: Any, instances: dict[str, InstanceConfig], col: _Collector, path: tuple[Any, ...]) -> str | None:

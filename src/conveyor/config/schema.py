@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, create_model, field_validator
@@ -14,6 +15,9 @@ from pydantic import Field, SecretStr, create_model, field_validator
 from conveyor.config.base import InstanceConfig, SourceConfig
 from conveyor.config.types import ConfigModel, Duration, FreeSpace, Secret, Size, SpaceFloor
 from conveyor.registry import INSTANCE_KIND, all_specs
+
+if TYPE_CHECKING:
+    from conveyor.payload.payload import Payload
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -94,11 +98,88 @@ class RetryConfig(ConfigModel):
     max_backoff: Duration = Field(300.0, description="longest wait between tries")
 
 
+class WhenConfig(ConfigModel):
+    """Which payloads one target of a ``targets:`` list takes; every key given must match."""
+
+    name: str | list[str] | None = Field(
+        None, description="glob (or list of globs, any may match) on the payload's name, e.g. '*.csv'"
+    )
+    min_size: Size | None = Field(None, description="taken only when the body is at least this large")
+    max_size: Size | None = Field(None, description="taken only when the body is at most this large")
+    attr: dict[str, str] | None = Field(
+        None, description="message attributes that must be equal (Pub/Sub sources), e.g. {region: eu}"
+    )
+    header: dict[str, str] | None = Field(
+        None, description="message headers that must be equal (RabbitMQ sources), e.g. {type: order}"
+    )
+
+    @field_validator("attr", "header", mode="before")
+    @classmethod
+    def _text_values(cls, v: Any) -> Any:
+        # YAML reads `priority: 5` as a number; a header or attribute is compared as text.
+        if isinstance(v, dict):
+            return {k: _text(x) for k, x in v.items()}
+        return v
+
+    def matches(self, payload: Payload) -> bool:
+        """Whether ``payload`` goes to this target. A key the payload lacks (no name, no such
+        attribute or header) does not match."""
+        if self.name is not None:
+            globs = [self.name] if isinstance(self.name, str) else self.name
+            if payload.name is None or not any(fnmatch.fnmatchcase(payload.name, g) for g in globs):
+                return False
+        size = payload.body.size
+        if self.min_size is not None and size < self.min_size:
+            return False
+        if self.max_size is not None and size > self.max_size:
+            return False
+        message = payload.message or {}
+        for key, wanted in (("attributes", self.attr), ("headers", self.header)):
+            if wanted:
+                have = message.get(key)
+                if not isinstance(have, dict):
+                    return False
+                for k, v in wanted.items():
+                    if k not in have or _text(have[k]) != v:
+                        return False
+        return True
+
+
+def _text(v: Any) -> Any:
+    """A scalar as the text it compares as (``true``, ``5``); anything else as it is."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v
+
+
+class TargetEntryConfig(ConfigModel):
+    """The keys an entry of ``targets:`` has beside its target's own (``type`` or ``instance`` and the rest)."""
+
+    name: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="the target's name in the ledger, /status and metrics (default: its instance or type; "
+        "required when two targets would share one)",
+    )
+    when: WhenConfig | None = Field(None, description="which payloads this target takes (default: every one)")
+
+
 class FlowConfig(ConfigModel):
     """A flow as written; ``source`` and ``target`` are checked against their instance's type."""
 
     source: dict[str, Any] = Field(description="instance + what to read from it")
-    target: dict[str, Any] = Field(description="type: a target type (see below), or instance + where to write")
+    target: dict[str, Any] | None = Field(
+        None, description="type: a target type (see below), or instance + where to write"
+    )
+    targets: list[dict[str, Any]] | None = Field(
+        None,
+        description="instead of target: a list of targets, each with an optional name and when "
+        "(see Fan-out and routing); every payload goes to each target whose when matches",
+    )
     retry: RetryConfig = Field(default_factory=RetryConfig)
     max_in_flight: int = Field(16, ge=1, le=10_000, description="payloads in delivery at once (backpressure)")
     enabled: bool = Field(True, description="false keeps the flow in the file but does not run it")
@@ -158,6 +239,25 @@ def raw_model() -> type[ConfigModel]:
 
 
 @dataclass(frozen=True)
+class Route:
+    """One target of a flow, after validation."""
+
+    name: str
+    """Its name in the ledger (``""`` for a flow's one ``target:``)."""
+    target: Any
+    kind: str
+    """The target type's name (see :func:`conveyor.registry.target_specs`), or ``instance``."""
+    when: WhenConfig | None = None
+    key: str = "target"
+    """Its config key below the flow: ``target``, or ``targets[1]``."""
+
+    @property
+    def instance(self) -> str | None:
+        """The instance the target writes to, if any."""
+        return getattr(self.target, "instance", None) if self.kind == INSTANCE_KIND else None
+
+
+@dataclass(frozen=True)
 class Flow:
     """A flow after both phases of validation."""
 
@@ -171,11 +271,19 @@ class Flow:
     enabled: bool
     timezone: str | None = None
     """The flow's ``timezone``: dates in target name templates are written in it (None: UTC)."""
+    fan_out: tuple[Route, ...] = ()
+    """The targets of a ``targets:`` list (``target`` and ``target_kind`` are then its first's);
+    empty for a flow with one ``target:``."""
 
     @property
     def target_instance(self) -> str | None:
-        """The instance the target writes to, if any."""
+        """The instance the target writes to, if any (the first target's, for a ``targets:`` list)."""
         return getattr(self.target, "instance", None) if self.target_kind == INSTANCE_KIND else None
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        """Every target of the flow: its ``targets:`` list, or its one ``target:``."""
+        return self.fan_out or (Route("", self.target, self.target_kind),)
 
 
 @dataclass(frozen=True)
@@ -206,9 +314,10 @@ class Config:
         if self.health.token is not None:
             out.append(self.health.token.get_secret_value())
         for flow in self.flows.values():
-            headers = getattr(flow.target, "headers", None)
-            if isinstance(headers, dict):
-                out.extend(v for k, v in headers.items() if isinstance(v, str) and _secret_header(k))
+            for route in flow.routes:
+                headers = getattr(route.target, "headers", None)
+                if isinstance(headers, dict):
+                    out.extend(v for k, v in headers.items() if isinstance(v, str) and _secret_header(k))
         return [s for s in out if s]
 
 

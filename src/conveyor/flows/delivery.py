@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor.errors import ConveyorError, Permanent, describe
 from conveyor.flows.slots import target_done
@@ -36,6 +36,27 @@ class Outcome:
     final: bool = False
     """For a failure: no more automatic attempts (permanent error, or attempts used up)."""
     error: str | None = None
+    no_target: bool = False
+    """Delivered to nothing: no target of the flow's ``targets:`` list matched it."""
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One target of a flow with a ``targets:`` list, at run time."""
+
+    name: str
+    target: Target
+    when: Matcher | None = None
+    timeout: float | None = None
+    """The deliverer's own deadline per try (None: the target keeps its own, or there is none)."""
+
+
+class Matcher(Protocol):
+    """A target's ``when:``."""
+
+    def matches(self, payload: Payload) -> bool:
+        """Whether the payload goes to this target."""
+        ...
 
 
 class Deliverer:
@@ -62,37 +83,45 @@ class Deliverer:
         self.timeout = timeout
         self.lease = lease
 
-    async def send(self, payload: Payload) -> Outcome:
-        """Try the target up to ``attempts`` times; Permanent errors end at once."""
-        extra = {"flow": self.flow, "payload_id": payload.id}
+    async def send(self, payload: Payload, leg: Leg | None = None) -> Outcome:
+        """Try the target (``leg``'s, of a ``targets:`` list) up to ``attempts`` times; Permanent
+        errors end at once."""
+        extra: dict[str, Any] = {"flow": self.flow, "payload_id": payload.id}
+        target, timeout, to = self.target, self.timeout, ""
+        if leg is not None:
+            target, timeout, to = leg.target, leg.timeout, f" to {leg.name}"
+            extra["target"] = leg.name
         name = payload.name or payload.id
         if self.attempts < 1:
             return Outcome(False, False, "no attempts configured")
 
         async def once() -> None:
             started = time.monotonic()
-            if self.timeout:
-                async with asyncio.timeout(self.timeout):
-                    await self.target.deliver(payload)
+            if timeout:
+                async with asyncio.timeout(timeout):
+                    await target.deliver(payload)
             else:
-                await self.target.deliver(payload)
-            log.debug("delivered %s in %.3fs", name, time.monotonic() - started, extra=extra)
+                await target.deliver(payload)
+            log.debug("delivered %s%s in %.3fs", name, to, time.monotonic() - started, extra=extra)
 
         def retry(e: Exception, n: int, delay: float) -> None:
             msg = redact(_describe(e))
             log.warning(
-                "delivery of %s failed (attempt %d of %d): %s; retrying in %.1fs",
+                "delivery of %s%s failed (attempt %d of %d): %s; retrying in %.1fs",
                 name,
+                to,
                 n,
                 self.attempts,
                 msg,
                 delay,
                 extra=extra,
             )
-            self.status.flow_error(self.flow, msg)
+            self.status.flow_error(self.flow, f"{leg.name}: {msg}" if leg is not None else msg)
             fs = self.status.flows.get(self.flow)
             if fs is not None:
                 fs.retried += 1
+            if leg is not None:
+                self.status.target_retried(self.flow, leg.name)
 
         try:
             await retrying(
@@ -105,13 +134,24 @@ class Deliverer:
             )
         except Permanent as e:
             msg = redact(str(e))
-            log.error("delivery of %s failed for good: %s", name, msg, extra=extra)
+            log.error("delivery of %s%s failed for good: %s", name, to, msg, extra=extra)
             return Outcome(False, True, msg)
         except Exception as e:
             msg = redact(_describe(e))
-            log.error("delivery of %s failed after %d attempts: %s", name, self.attempts, msg, extra=extra)
+            log.error("delivery of %s%s failed after %d attempts: %s", name, to, self.attempts, msg, extra=extra)
             return Outcome(False, False, msg)
         return Outcome(True)
+
+    async def deliver(self, payload: Payload) -> Outcome:
+        """Send a claimed payload and, once the target confirmed, record it ``delivered``."""
+        result = await self.send(payload)
+        if result.delivered:
+            # The body is no longer needed and the target is free for the next payload; the
+            # durable record and the source-side completion finish beside it.
+            payload.body.release()
+            target_done()
+            await self.store.delivered(self.flow, payload.id)
+        return result
 
     async def process(
         self,
@@ -145,14 +185,9 @@ class Deliverer:
         started = time.monotonic()
         outcome = "released"
         try:
-            result = await self.send(payload)
+            result = await self.deliver(payload)
             if result.delivered:
-                # The body is no longer needed and the target is free for the next payload; the
-                # durable record and the source-side completion finish beside it.
-                payload.body.release()
-                target_done()
-                await self.store.delivered(self.flow, payload.id)
-                outcome = "delivered"
+                outcome = "no_target" if result.no_target else "delivered"
                 await complete()
                 if settle_after_complete:
                     await self.store.settled(self.flow, payload.id)
@@ -213,7 +248,84 @@ class Deliverer:
             )
 
 
+def _logged(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("recording a target's outcome failed: %s", redact(str(task.exception())))
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, TimeoutError) and not isinstance(e, ConveyorError):
         return "timed out"
     return describe(e)
+
+
+class FanOut(Deliverer):
+    """Delivers each payload of a flow with a ``targets:`` list to every target whose ``when``
+    matches it, the targets side by side, each with the flow's retry policy.
+
+    Each target's confirmation is recorded (durably) on its own, so an item that a target
+    failed, or that a crash interrupted, is later sent only to the targets that lack it. The
+    item is ``delivered`` — and its source-side completion runs — only once every matching
+    target has it; a payload no ``when`` matches is ``delivered`` as ``no_target``.
+    """
+
+    def __init__(
+        self,
+        flow: str,
+        legs: list[Leg],
+        store: StateStore,
+        status: StatusBoard,
+        *,
+        attempts: int,
+        backoff: Backoff,
+        lease: float,
+    ) -> None:
+        super().__init__(
+            flow, legs[0].target, store, status, attempts=attempts, backoff=backoff, timeout=None, lease=lease
+        )
+        self.legs = legs
+        for leg in legs:
+            status.add_target(flow, leg.name)
+
+    async def deliver(self, payload: Payload) -> Outcome:
+        """Send to each matching target that does not have it yet; record each, then the item."""
+        legs = [leg for leg in self.legs if leg.when is None or leg.when.matches(payload)]
+        if not legs:
+            payload.body.release()
+            target_done()
+            await self.store.delivered(self.flow, payload.id, no_target=True)
+            log.info(
+                "%s matched no target: settled without a delivery",
+                payload.name or payload.id,
+                extra={"flow": self.flow, "payload_id": payload.id},
+            )
+            return Outcome(True, no_target=True)
+        have = (await self.store.targets(self.flow, [payload.id])).get(payload.id, {})
+        todo = [leg for leg in legs if getattr(have.get(leg.name), "state", None) != "delivered"]
+        records: list[asyncio.Task[None]] = []
+
+        async def one(leg: Leg) -> Outcome:
+            result = await self.send(payload, leg)
+            self.status.target_ended(self.flow, leg.name, result.delivered, result.error)
+            # Recorded at once, not after the others: while a slow target retries, a crash must
+            # not send this one the payload again.
+            if result.delivered:
+                record = self.store.target_delivered(self.flow, payload.id, leg.name)
+            else:
+                record = self.store.target_failed(self.flow, payload.id, leg.name, result.error or "failed")
+            task = asyncio.ensure_future(record)
+            task.add_done_callback(_logged)  # a delivery cancelled meanwhile no longer awaits it
+            records.append(task)
+            return result
+
+        results = await asyncio.gather(*(one(leg) for leg in todo))
+        failed = [(leg, r) for leg, r in zip(todo, results, strict=True) if not r.delivered]
+        if not failed:
+            payload.body.release()
+            target_done()
+        await asyncio.gather(*records)  # every target's record is on disk before the item's
+        if failed:
+            error = "; ".join(f"{leg.name}: {r.error or 'failed'}" for leg, r in failed)
+            return Outcome(False, any(r.final for _, r in failed), error)
+        await self.store.delivered(self.flow, payload.id)
+        return Outcome(True)

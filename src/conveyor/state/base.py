@@ -5,6 +5,11 @@ An item is one file or message a flow has seen, keyed by (flow, payload id). Its
 source-side completion (a file's ``after`` action, a message's ack) was done too, so
 after a crash between "delivered" and "settled" the completion is finished, not the
 delivery repeated.
+
+A flow with a ``targets:`` list also records each target's delivery of an item (a
+:class:`TargetItem`): the item is ``delivered`` only once every target it was routed to has
+it, and a later attempt sends only to the targets that do not. An item routed to no target
+is ``delivered`` with ``no_target`` set.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class Item:
     owner: str | None
     first_seen: float
     updated: float
+    no_target: bool = False
+    """Delivered without a target: no ``when:`` of the flow's targets matched it."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view for the ledger endpoint."""
@@ -46,7 +53,24 @@ class Item:
             "owner": self.owner,
             "first_seen": self.first_seen,
             "updated": self.updated,
+            "no_target": self.no_target,
         }
+
+
+@dataclass(frozen=True)
+class TargetItem:
+    """One target's delivery of one item (flows with a ``targets:`` list)."""
+
+    target: str
+    state: str
+    """delivered, or failed (its last try failed; the item's own state says whether it is tried again)."""
+    attempts: int
+    last_error: str | None
+    updated: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view for the ledger endpoint."""
+        return {"state": self.state, "attempts": self.attempts, "last_error": self.last_error, "updated": self.updated}
 
 
 class StateStore(Protocol):
@@ -81,8 +105,21 @@ class StateStore(Protocol):
         """
         ...
 
-    async def delivered(self, flow: str, id: str) -> None:
-        """The target confirmed the item."""
+    async def delivered(self, flow: str, id: str, *, no_target: bool = False) -> None:
+        """The target confirmed the item (every target it was routed to; ``no_target``: it matched none)."""
+        ...
+
+    async def target_delivered(self, flow: str, id: str, target: str) -> None:
+        """One target of a ``targets:`` list confirmed the item (durable before returning: it is
+        never sent to that target again)."""
+        ...
+
+    async def target_failed(self, flow: str, id: str, target: str, error: str) -> None:
+        """One target of a ``targets:`` list failed the item (the item's own record says what next)."""
+        ...
+
+    async def targets(self, flow: str, ids: list[str]) -> dict[str, dict[str, TargetItem]]:
+        """Each target's record of the items among ``ids`` that have any: id -> target -> record."""
         ...
 
     async def settled(self, flow: str, id: str) -> None:
@@ -106,11 +143,11 @@ class StateStore(Protocol):
         ...
 
     async def forget(self, flow: str, id: str) -> bool:
-        """Drop an item so its file is taken again; False if unknown."""
+        """Drop an item (and its targets' records) so its file is taken again; False if unknown."""
         ...
 
     async def prune(self, older_than: float) -> int:
-        """Delete settled rows last updated before ``older_than`` (epoch seconds)."""
+        """Delete settled rows last updated before ``older_than`` (epoch seconds), with their targets' records."""
         ...
 
 

@@ -52,13 +52,14 @@ import asyncpg
 
 from conveyor.errors import ConveyorError, Permanent, Transient
 from conveyor.redact import redact
-from conveyor.state.base import Item
+from conveyor.state.base import Item, TargetItem
 from conveyor.supervisor import CONFLICT_BACKOFF, retrying
 
 log = logging.getLogger("conveyor.state")
 
 T = "conveyor_items"
-_COLS = "flow, id, state, attempts, last_error, settled, name, path, size, mtime, owner, first_seen, updated"
+TT = "conveyor_item_targets"
+_COLS = "flow, id, state, attempts, last_error, settled, name, path, size, mtime, owner, first_seen, updated, no_target"
 _NOW = "extract(epoch from now())::float8"
 _LOCK_KEY = 0x636F6E76  # "conv": serialises schema creation/migration between replicas
 _RACES = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -77,6 +78,13 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (flow, id))""",
         f"CREATE INDEX conveyor_items_by_state ON {T} (flow, state, updated)",
         f"CREATE INDEX conveyor_items_in_flight ON {T} (owner) WHERE state = 'in_flight'",
+    ],
+    [  # version 2: each target's delivery of an item (flows with a targets: list)
+        f"ALTER TABLE {T} ADD COLUMN no_target boolean NOT NULL DEFAULT false",
+        f"""CREATE TABLE {TT} (
+            flow text NOT NULL, id text NOT NULL, target text NOT NULL, state text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0, last_error text, updated double precision NOT NULL,
+            PRIMARY KEY (flow, id, target))""",
     ],
 ]
 """Each entry migrates from version i to i + 1; append, never edit."""
@@ -109,6 +117,14 @@ def _bulk(set_: str, cols: str, types: str, where: str = "") -> str:
 
 
 _DELIVERED = _bulk("state='delivered', last_error=NULL, lease_until=NULL", "f, i", "text text")
+_NO_TARGET = _bulk("state='delivered', no_target=true, last_error=NULL, lease_until=NULL", "f, i", "text text")
+_TARGET_SET = f"""
+INSERT INTO {TT} AS t (flow, id, target, state, attempts, last_error, updated)
+SELECT u.f, u.i, u.t, u.s, 1, u.e, {_NOW} FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+     AS u(f, i, t, s, e)
+ON CONFLICT (flow, id, target) DO UPDATE SET
+    state = excluded.state, attempts = t.attempts + 1, last_error = excluded.last_error, updated = excluded.updated"""
+"""Targets' outcomes for items: each record made or updated, a try counted."""
 _SETTLED = _bulk("settled=true", "f, i", "text text")
 _FAILED = _bulk("state=u.s, last_error=u.e, owner=NULL, lease_until=NULL", "f, i, s, e", "text text text text")
 _RELEASE = _bulk(
@@ -124,7 +140,7 @@ _RENEW = (
 
 
 def _item(r: Any) -> Item:
-    return Item(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], r[11], r[12])
+    return Item(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], r[11], r[12], bool(r[13]))
 
 
 def _count(status: str) -> int:
@@ -514,10 +530,34 @@ class PostgresStore:
             self._held.add((flow, id))
         return item
 
-    async def delivered(self, flow: str, id: str) -> None:
-        """The target confirmed (durable before returning)."""
+    async def delivered(self, flow: str, id: str, *, no_target: bool = False) -> None:
+        """The target confirmed (durable before returning); ``no_target``: no target was to have it."""
         self._held.discard((flow, id))
-        await self._submit("bulk", _DELIVERED, (flow, id), durable=True)
+        await self._submit("bulk", _NO_TARGET if no_target else _DELIVERED, (flow, id), durable=True)
+
+    async def target_delivered(self, flow: str, id: str, target: str) -> None:
+        """One target of a ``targets:`` list confirmed (durable before returning)."""
+        await self._submit("bulk", _TARGET_SET, (flow, id, target, "delivered", None), durable=True)
+
+    async def target_failed(self, flow: str, id: str, target: str, error: str) -> None:
+        """One target of a ``targets:`` list failed the item."""
+        await self._submit("bulk", _TARGET_SET, (flow, id, target, "failed", error[:2000]), durable=False)
+
+    async def targets(self, flow: str, ids: list[str]) -> dict[str, dict[str, TargetItem]]:
+        """Each target's record of the items among ``ids``."""
+        if not ids:
+            return {}
+        assert self._pool is not None
+        rows = await self._pool.fetch(
+            f"SELECT id, target, state, attempts, last_error, updated FROM {TT}"
+            " WHERE flow=$1 AND id = ANY($2::text[]) ORDER BY target",
+            flow,
+            ids,
+        )
+        out: dict[str, dict[str, TargetItem]] = {}
+        for r in rows:
+            out.setdefault(r[0], {})[r[1]] = TargetItem(r[1], r[2], r[3], r[4], r[5])
+        return out
 
     async def settled(self, flow: str, id: str) -> None:
         """The after action / ack is done (if lost in a crash, the completion is redone)."""
@@ -563,11 +603,19 @@ class PostgresStore:
     async def forget(self, flow: str, id: str) -> bool:
         """Drop the row."""
         self._held.discard((flow, id))
+        await self._submit("count", f"DELETE FROM {TT} WHERE flow=$1 AND id=$2", (flow, id), durable=True)
         n = await self._submit("count", f"DELETE FROM {T} WHERE flow=$1 AND id=$2", (flow, id), durable=True)
         return bool(n)
 
     async def prune(self, older_than: float) -> int:
         """Delete settled, delivered rows not touched since ``older_than`` (epoch seconds)."""
+        await self._submit(
+            "count",
+            f"DELETE FROM {TT} AS t USING {T} AS i WHERE i.flow = t.flow AND i.id = t.id"
+            " AND i.settled AND i.state='delivered' AND i.updated < $1",
+            (float(older_than),),
+            durable=True,
+        )
         n: int = await self._submit(
             "count",
             f"DELETE FROM {T} WHERE settled AND state='delivered' AND updated < $1",

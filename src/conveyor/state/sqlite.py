@@ -9,6 +9,7 @@ its own write is durable (``synchronous=FULL``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 from conveyor.batched import Handoff, resolve_all
 from conveyor.private import private_file, tighten
-from conveyor.state.base import Item
+from conveyor.state.base import Item, TargetItem
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -38,8 +39,28 @@ CREATE INDEX IF NOT EXISTS items_by_state ON items (flow, state, updated);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 """
+"""Version 1, as every state file began; :data:`MIGRATIONS` take it to the current version."""
 
-_COLS = "flow, id, state, attempts, last_error, settled, name, path, size, mtime, owner, first_seen, updated"
+MIGRATIONS: list[list[str]] = [
+    [  # version 2: each target's delivery of an item (flows with a targets: list)
+        "ALTER TABLE items ADD COLUMN no_target INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE IF NOT EXISTS item_targets (
+            flow TEXT NOT NULL,
+            id TEXT NOT NULL,
+            target TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            updated REAL NOT NULL,
+            PRIMARY KEY (flow, id, target)
+        )""",
+    ],
+]
+"""Each entry migrates from version i + 1 to i + 2; append, never edit. A version older than this
+conveyor's still opens here: what it does not know of (a new table, a column with a default) it
+leaves alone."""
+
+_COLS = "flow, id, state, attempts, last_error, settled, name, path, size, mtime, owner, first_seen, updated, no_target"
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], int]
 _READ, _WRITE, _DURABLE = 0, 1, 2
 """A read; a write whose caller may go on before the commit; a write that must be on disk first."""
@@ -59,10 +80,52 @@ RETURNING {_COLS}"""
 or in flight under a running lease (``takeover``: under a lease of another owner is fine)."""
 
 
+_TARGET_SET = """
+INSERT INTO item_targets (flow, id, target, state, attempts, last_error, updated) VALUES (?, ?, ?, ?, 1, ?, ?)
+ON CONFLICT (flow, id, target) DO UPDATE SET
+    state = excluded.state, attempts = attempts + 1, last_error = excluded.last_error, updated = excluded.updated"""
+"""One target's outcome for an item: its record made or updated, a try counted."""
+
+
 def _item(row: tuple[Any, ...]) -> Item:
     return Item(
-        row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9], row[10], row[11], row[12]
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        bool(row[5]),
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+        row[12],
+        bool(row[13]),
     )
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a state file to the current schema version, one version per transaction."""
+    row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    version = int(row[0]) if row else 1
+    latest = 1 + len(MIGRATIONS)
+    if version > latest:
+        raise RuntimeError(
+            f"the state file has schema version {version}, newer than this conveyor knows ({latest}): upgrade conveyor"
+        )
+    for v in range(version, latest):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in MIGRATIONS[v - 1]:
+                db.execute(stmt)
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(v + 1),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        logging.getLogger("conveyor.state").info("state schema migrated to version %d", v + 1)
 
 
 class SqliteStore:
@@ -110,6 +173,7 @@ class SqliteStore:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=10000")
             db.executescript(SCHEMA)
+            migrate(db)
         except Exception as e:  # reported to open()
             self._loop.call_soon_threadsafe(ready.set_exception, e)
             return
@@ -205,17 +269,48 @@ class SqliteStore:
 
         return q
 
-    async def delivered(self, flow: str, id: str) -> None:
-        """The target confirmed."""
+    async def delivered(self, flow: str, id: str, *, no_target: bool = False) -> None:
+        """The target confirmed (every target the item was routed to; ``no_target``: it matched none)."""
         await self._write(
             self._set(
-                "UPDATE items SET state='delivered', last_error=NULL, lease_until=NULL, updated=?"
+                "UPDATE items SET state='delivered', no_target=?, last_error=NULL, lease_until=NULL, updated=?"
                 " WHERE flow=? AND id=?",
+                int(no_target),
                 time.time(),
                 flow,
                 id,
             )
         )
+
+    async def target_delivered(self, flow: str, id: str, target: str) -> None:
+        """One target of a ``targets:`` list confirmed (on disk before this returns)."""
+        await self._write(self._set(_TARGET_SET, flow, id, target, "delivered", None, time.time()))
+
+    async def target_failed(self, flow: str, id: str, target: str, error: str) -> None:
+        """One target of a ``targets:`` list failed the item."""
+        await self._write(self._set(_TARGET_SET, flow, id, target, "failed", error[:2000], time.time()), durable=False)
+
+    async def targets(self, flow: str, ids: list[str]) -> dict[str, dict[str, TargetItem]]:
+        """Each target's record of the items among ``ids``."""
+
+        def q(db: sqlite3.Connection) -> dict[str, dict[str, TargetItem]]:
+            out: dict[str, dict[str, TargetItem]] = {}
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ",".join("?" * len(part))
+                rows = db.execute(
+                    "SELECT id, target, state, attempts, last_error, updated FROM item_targets"
+                    f" WHERE flow=? AND id IN ({marks}) ORDER BY target",
+                    [flow, *part],
+                )
+                for r in rows:
+                    out.setdefault(r[0], {})[r[1]] = TargetItem(r[1], r[2], r[3], r[4], r[5])
+            return out
+
+        if not ids:
+            return {}
+        result: dict[str, dict[str, TargetItem]] = await self._read(q)
+        return result
 
     async def settled(self, flow: str, id: str) -> None:
         """The after action / ack is done."""
@@ -284,15 +379,25 @@ class SqliteStore:
         return bool(n)
 
     async def forget(self, flow: str, id: str) -> bool:
-        """Drop the row."""
-        n = await self._write(self._set("DELETE FROM items WHERE flow=? AND id=?", flow, id))
+        """Drop the row and its targets' records."""
+
+        def q(db: sqlite3.Connection) -> int:
+            db.execute("DELETE FROM item_targets WHERE flow=? AND id=?", (flow, id))
+            return db.execute("DELETE FROM items WHERE flow=? AND id=?", (flow, id)).rowcount
+
+        n = await self._write(q)
         return bool(n)
 
     async def prune(self, older_than: float) -> int:
-        """Delete settled rows not touched since ``older_than``."""
-        n: int = await self._write(
-            self._set("DELETE FROM items WHERE settled=1 AND state='delivered' AND updated < ?", older_than)
-        )
+        """Delete settled rows not touched since ``older_than``, and their targets' records."""
+        done = "SELECT flow, id FROM items WHERE settled=1 AND state='delivered' AND updated < ?"
+
+        def q(db: sqlite3.Connection) -> int:
+            db.execute(f"DELETE FROM item_targets WHERE (flow, id) IN ({done})", (older_than,))
+            sql = "DELETE FROM items WHERE settled=1 AND state='delivered' AND updated < ?"
+            return db.execute(sql, (older_than,)).rowcount
+
+        n: int = await self._write(q)
         return n
 
 

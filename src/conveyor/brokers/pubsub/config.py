@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import string
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -101,6 +101,9 @@ class CreateSubscription(ConfigModel):
 
 class PubsubSourceConfig(MessageSourceConfig):
     """Streaming pull from a subscription, with flow control."""
+
+    when_keys: ClassVar[tuple[str, ...]] = ("attr",)
+    """Pub/Sub messages carry attributes."""
 
     subscription: str = Field(min_length=1, description="subscription id (or projects/P/subscriptions/S)")
     max_messages: int = Field(1000, ge=1, description="flow control: messages outstanding (not yet acked) at once")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -122,6 +122,9 @@ class Binding(ConfigModel):
 
 class RabbitSourceConfig(MessageSourceConfig):
     """Consume a queue with manual acks."""
+
+    when_keys: ClassVar[tuple[str, ...]] = ("header",)
+    """RabbitMQ messages carry headers."""
 
     queue: str = Field(min_length=1, description="queue to consume")
     prefetch: int = Field(100, ge=1, le=65535, description="unacknowledged messages the broker sends ahead")
