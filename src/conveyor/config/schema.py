@@ -173,7 +173,7 @@ class FlowConfig(ConfigModel):
 
     source: dict[str, Any] = Field(description="instance + what to read from it")
     target: dict[str, Any] | None = Field(
-        None, description="type: a target type (see below), or instance + where to write"
+        None, description="type: a target type (see below), or instance + where to write; required unless targets"
     )
     targets: list[dict[str, Any]] | None = Field(
         None,
