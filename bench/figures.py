@@ -18,6 +18,10 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("the same, ratio to `cp` + `sync`", r"MB/s vs cp\+sync.*\)\s+([\d.]+)"),
         ("daemon peak RSS, small files, MB", r"RSS, small files\s+(\d+)"),
     ],
+    "fanout": [
+        ("local → 2 directory targets (fan-out), payloads/s", r"2 directory targets \(fan-out\)\s+([\d,]+)"),
+        ("the same, ratio to 1 target in the same run", r"2 directory targets \(fan-out\)\s+[\d,]+\s+([\d.]+)"),
+    ],
     "store": [
         ("local → directory with SQLite, µs per payload", r"^sqlite\s+(\d+)\s+\d+\s+\d+\s+\d+"),
         ("the same with PostgreSQL, µs per payload", r"^postgres\s+(\d+)\s+\d+\s+\d+\s+\d+"),
