@@ -195,6 +195,53 @@ async def test_status_and_metrics_count_each_target(tmp_path: Path) -> None:
     assert set(bodies(tmp_path / "big")) == {"large.bin"}
 
 
+async def test_a_target_that_failed_for_good_is_retried_alone(tmp_path: Path) -> None:
+    """An HTTP target refuses a file (422, permanent) while the directory takes it: the item is
+    failed, the ledger shows which target has it; a ledger retry sends it to the HTTP target alone."""
+    import aiohttp
+
+    from tests.servers.ops import api_headers, daemon_in_process, get_json, http_sink, status
+
+    async with http_sink(plan=[status(422, "bad row")]) as sink:
+        cfg = write_config(
+            tmp_path,
+            {"box": box(tmp_path)},
+            {
+                "f": {
+                    "source": source(tmp_path, after="keep"),
+                    "targets": [
+                        {"name": "archive", "type": "directory", "path": str(tmp_path / "out")},
+                        {"name": "hook", "type": "http", "url": sink.url},
+                    ],
+                }
+            },
+            health={"listen": "127.0.0.1:0"},
+        )
+        (tmp_path / "in" / "a.csv").write_bytes(b"a,1\n")
+        async with daemon_in_process(cfg) as d, aiohttp.ClientSession(headers=api_headers(cfg)) as s:
+            base = d.health.url + "/flows/f/items"
+            await wait_for(lambda: d.status.flows["f"].failed == 1, 30)
+            _, doc = await get_json(s, base + "?state=failed")
+            [item] = doc["items"]
+            assert item["targets"]["archive"]["state"] == "delivered"
+            assert item["targets"]["hook"]["state"] == "failed" and "422" in item["targets"]["hook"]["last_error"]
+            assert "hook: " in item["last_error"]
+            code, doc = await get_json(s, f"{base}/{item['id']}/retry", method="POST")
+            assert code == 200
+            await wait_for(lambda: d.status.flows["f"].delivered == 1, 30)
+            _, doc = await get_json(s, base)
+            assert doc["items"][0]["state"] == "delivered"
+            assert {n: t["state"] for n, t in doc["items"][0]["targets"].items()} == {
+                "archive": "delivered",
+                "hook": "delivered",
+            }
+            assert doc["items"][0]["targets"]["hook"]["attempts"] == 2
+            assert doc["items"][0]["targets"]["archive"]["attempts"] == 1, "the archive was not sent it again"
+            assert d.status.flows["f"].targets["archive"].delivered == 1
+        assert len(sink.received) == 2
+    assert bodies(tmp_path / "out") != {}
+
+
 # -- a directory and an SFTP server, the SFTP server down for a while ------------------------------
 @pytest.fixture(scope="module")
 def own_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:  # noqa: F811 (the imported fixture)
@@ -250,6 +297,10 @@ async def test_directory_and_sftp_with_the_sftp_server_down(own_sshd: Sshd, tmp_
         # Several failed tries of every file to the SFTP server: the directory's copies stay one each.
         await wait_for(lambda: d.text().count("to partner failed (attempt") >= 2 * n, 60)
         assert sorted(p.name for p in (tmp_path / "in").iterdir()) == sorted(files), "nothing deleted yet"
+        with sqlite3.connect(tmp_path / "state.db") as db:
+            rows = db.execute("SELECT target, state FROM item_targets WHERE flow='f'").fetchall()
+        db.close()
+        assert sorted(rows) == [("archive", "delivered")] * n, "the ledger holds the archive's part of each"
         assert remote.names("drop") == []
         await asyncio.to_thread(restart_sshd, own_sshd)
         # Until every file is gone from the source: each one gone is on both targets already.
