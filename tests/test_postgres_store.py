@@ -136,7 +136,10 @@ async def test_each_targets_delivery_is_recorded(opener: Opener) -> None:
     assert await s.targets("f", ["a"]) == {}
     assert await s.claim("f", "c", INFO, 60)
     await s.target_delivered("f", "c", "archive")
-    await s.delivered("f", "c")
+    await s.delivered("f", "c", targets=["sftp"])  # the last target's record and the item's, in one write
+    got = (await s.targets("f", ["c"]))["c"]
+    assert {t: r.state for t, r in got.items()} == {"archive": "delivered", "sftp": "delivered"}
+    assert (await s.get_many("f", ["c"]))["c"].state == "delivered"
     await s.settled("f", "c")
     assert await s.prune(time.time() + 5) == 1
     assert await s.targets("f", ["c"]) == {}

@@ -21,7 +21,7 @@ from conveyor.flows.slots import target_done
 from conveyor.interfaces import Target
 from conveyor.payload.payload import Payload
 from conveyor.redact import redact
-from conveyor.state.base import Item, StateStore
+from conveyor.state.base import Item, StateStore, TargetItem
 from conveyor.status import StatusBoard
 from conveyor.supervisor import Backoff, retrying
 
@@ -142,8 +142,8 @@ class Deliverer:
             return Outcome(False, False, msg)
         return Outcome(True)
 
-    async def deliver(self, payload: Payload) -> Outcome:
-        """Send a claimed payload and, once the target confirmed, record it ``delivered``."""
+    async def deliver(self, payload: Payload, item: Item) -> Outcome:
+        """Send a claimed payload (``item``: its claim) and, once the target confirmed, record it ``delivered``."""
         result = await self.send(payload)
         if result.delivered:
             # The body is no longer needed and the target is free for the next payload; the
@@ -185,7 +185,7 @@ class Deliverer:
         started = time.monotonic()
         outcome = "released"
         try:
-            result = await self.deliver(payload)
+            result = await self.deliver(payload, item)
             if result.delivered:
                 outcome = "no_target" if result.no_target else "delivered"
                 await complete()
@@ -287,7 +287,7 @@ class FanOut(Deliverer):
         for leg in legs:
             status.add_target(flow, leg.name)
 
-    async def deliver(self, payload: Payload) -> Outcome:
+    async def deliver(self, payload: Payload, item: Item) -> Outcome:
         """Send to each matching target that does not have it yet; record each, then the item."""
         legs = [leg for leg in self.legs if leg.when is None or leg.when.matches(payload)]
         if not legs:
@@ -300,13 +300,25 @@ class FanOut(Deliverer):
                 extra={"flow": self.flow, "payload_id": payload.id},
             )
             return Outcome(True, no_target=True)
-        have = (await self.store.targets(self.flow, [payload.id])).get(payload.id, {})
+        have: dict[str, TargetItem] = {}
+        if item.updated != item.first_seen:
+            # Claimed before (or retried, or taken again after a crash): some targets may have it.
+            # A row this claim inserted has no target records yet, and the read is saved.
+            have = (await self.store.targets(self.flow, [payload.id])).get(payload.id, {})
         todo = [leg for leg in legs if getattr(have.get(leg.name), "state", None) != "delivered"]
         records: list[asyncio.Task[None]] = []
+        remaining, failures = len(todo), 0
+        last: list[str] = []
 
         async def one(leg: Leg) -> Outcome:
+            nonlocal remaining, failures
             result = await self.send(payload, leg)
+            remaining -= 1
+            failures += not result.delivered
             self.status.target_ended(self.flow, leg.name, result.delivered, result.error)
+            if result.delivered and remaining == 0 and failures == 0:
+                last.append(leg.name)  # the last of all to confirm: recorded with the item, in one write
+                return result
             # Recorded at once, not after the others: while a slow target retries, a crash must
             # not send this one the payload again.
             if result.delivered:
@@ -327,5 +339,5 @@ class FanOut(Deliverer):
         if failed:
             error = "; ".join(f"{leg.name}: {r.error or 'failed'}" for leg, r in failed)
             return Outcome(False, any(r.final for _, r in failed), error)
-        await self.store.delivered(self.flow, payload.id)
+        await self.store.delivered(self.flow, payload.id, targets=last)
         return Outcome(True)

@@ -14,6 +14,7 @@ is ``delivered`` with ``no_target`` set.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -105,8 +106,9 @@ class StateStore(Protocol):
         """
         ...
 
-    async def delivered(self, flow: str, id: str, *, no_target: bool = False) -> None:
-        """The target confirmed the item (every target it was routed to; ``no_target``: it matched none)."""
+    async def delivered(self, flow: str, id: str, *, no_target: bool = False, targets: Sequence[str] = ()) -> None:
+        """The target confirmed the item (every target it was routed to; ``no_target``: it matched none).
+        ``targets``: targets of a ``targets:`` list whose confirmation is recorded with it, in one write."""
         ...
 
     async def target_delivered(self, flow: str, id: str, target: str) -> None:

@@ -43,7 +43,7 @@ import ipaddress
 import logging
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -530,10 +530,13 @@ class PostgresStore:
             self._held.add((flow, id))
         return item
 
-    async def delivered(self, flow: str, id: str, *, no_target: bool = False) -> None:
-        """The target confirmed (durable before returning); ``no_target``: no target was to have it."""
+    async def delivered(self, flow: str, id: str, *, no_target: bool = False, targets: Sequence[str] = ()) -> None:
+        """The target confirmed (durable before returning); ``no_target``: no target was to have it;
+        ``targets``: those targets' confirmations, recorded in the same batch."""
         self._held.discard((flow, id))
-        await self._submit("bulk", _NO_TARGET if no_target else _DELIVERED, (flow, id), durable=True)
+        writes = [self._submit("bulk", _TARGET_SET, (flow, id, t, "delivered", None), durable=True) for t in targets]
+        writes.append(self._submit("bulk", _NO_TARGET if no_target else _DELIVERED, (flow, id), durable=True))
+        await asyncio.gather(*writes)
 
     async def target_delivered(self, flow: str, id: str, target: str) -> None:
         """One target of a ``targets:`` list confirmed (durable before returning)."""

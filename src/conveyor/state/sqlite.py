@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,18 +269,28 @@ class SqliteStore:
 
         return q
 
-    async def delivered(self, flow: str, id: str, *, no_target: bool = False) -> None:
-        """The target confirmed (every target the item was routed to; ``no_target``: it matched none)."""
-        await self._write(
-            self._set(
-                "UPDATE items SET state='delivered', no_target=?, last_error=NULL, lease_until=NULL, updated=?"
-                " WHERE flow=? AND id=?",
-                int(no_target),
-                time.time(),
-                flow,
-                id,
-            )
+    async def delivered(self, flow: str, id: str, *, no_target: bool = False, targets: Sequence[str] = ()) -> None:
+        """The target confirmed (every target the item was routed to; ``no_target``: it matched none;
+        ``targets``: the confirmations of those targets recorded in the same commit)."""
+        now = time.time()
+        item = self._set(
+            "UPDATE items SET state='delivered', no_target=?, last_error=NULL, lease_until=NULL, updated=?"
+            " WHERE flow=? AND id=?",
+            int(no_target),
+            now,
+            flow,
+            id,
         )
+        if not targets:
+            await self._write(item)
+            return
+
+        def q(db: sqlite3.Connection) -> int:
+            for target in targets:
+                db.execute(_TARGET_SET, (flow, id, target, "delivered", None, now))
+            return item(db)
+
+        await self._write(q)
 
     async def target_delivered(self, flow: str, id: str, target: str) -> None:
         """One target of a ``targets:`` list confirmed (on disk before this returns)."""
