@@ -41,7 +41,6 @@ def test_parse_proxy_forms_and_hides_the_password() -> None:
     assert str(p) == "socks5://me@proxy.example:1080"
     assert "ret" not in repr(p)
     assert str(parse_proxy("http://[::1]:3128")) == "http://[::1]:3128"
-    assert str(parse_proxy("socks5h://proxy:1080")) == "socks5://proxy:1080"  # curl's spelling
 
 
 @pytest.mark.parametrize(

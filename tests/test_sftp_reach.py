@@ -114,12 +114,6 @@ async def test_a_flow_reaches_sftp_through_a_jump_host(sshd: Sshd, jump_sshd: Ss
     assert 1 <= new_jumps == new_logins <= 3, (new_jumps, new_logins)
 
 
-async def test_one_jump_host_may_be_written_as_a_mapping(sshd: Sshd, jump_sshd: Sshd) -> None:
-    jumped = jump_sshd.logins()
-    await check_sftp(sshd.instance_config(jump=jump_sshd.hop_config()))
-    assert jump_sshd.logins() == jumped + 1
-
-
 async def test_two_jump_hosts_in_a_row(sshd: Sshd, jump_sshd: Sshd) -> None:
     jumped = jump_sshd.logins()
     line = await check_sftp(sshd.instance_config(jump=[jump_sshd.hop_config(), sshd.hop_config()]))

@@ -300,7 +300,15 @@ class Daemon:
         return rt
 
     def _target(self, flow: Flow, route: Route | None = None) -> Target:
-        """The target of ``route`` (default: the flow's one ``target:``)."""
+        """The target of ``route`` (default: the flow's one ``target:``), behind the flow's steps."""
+        target = self._bare_target(flow, route)
+        if not flow.steps:
+            return target
+        from conveyor.steps import StepsTarget
+
+        return StepsTarget(target, flow.steps, self.spool)
+
+    def _bare_target(self, flow: Flow, route: Route | None = None) -> Target:
         route = route or flow.routes[0]
         kind = target_specs().get(route.kind)
         if kind is not None:

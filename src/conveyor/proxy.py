@@ -146,8 +146,6 @@ def parse_proxy(value: str) -> ProxyUrl:
     except ValueError:
         raise ValueError("proxy is not a URL: expected socks5://[user:pass@]host:port or http://...") from None
     scheme = parts.scheme.lower()
-    if scheme == "socks5h":  # curl's spelling for "the proxy resolves the name", which conveyor always does
-        scheme = "socks5"
     if scheme not in SCHEMES:
         shown = f"{scheme}://" if scheme else "no scheme"
         raise ValueError(f"proxy has {shown}: expected socks5:// (SOCKS5) or http:// (HTTP CONNECT)")

@@ -179,6 +179,7 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
             if isinstance(route.target, NamedFiles):
                 _check_templates(route.target, source, instances, col, (*base, "targets", i))
                 route.target.set_timezone(flow.timezone)
+            _check_steps(flow, route.target, route.kind, instances, col, base)
         first = routes[0]
         return Flow(
             name,
@@ -190,6 +191,7 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
             flow.enabled,
             flow.timezone,
             fan_out=tuple(routes),
+            steps=flow.steps,
         )
     if flow.target is None:
         col.add((*base, "target"), "missing required key (or targets: a list of targets)")
@@ -200,7 +202,32 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
     if isinstance(target, NamedFiles):
         _check_templates(target, source, instances, col, (*base, "target"))
         target.set_timezone(flow.timezone)
-    return Flow(name, source, target, kind, flow.retry, flow.max_in_flight, flow.enabled, flow.timezone)
+    _check_steps(flow, target, kind, instances, col, base)
+    return Flow(
+        name, source, target, kind, flow.retry, flow.max_in_flight, flow.enabled, flow.timezone, steps=flow.steps
+    )
+
+
+def _check_steps(
+    flow: FlowConfig,
+    target: Any,
+    kind: str,
+    instances: dict[str, InstanceConfig],
+    col: _Collector,
+    base: tuple[Any, ...],
+) -> None:
+    """An archive unpacked into a broker would publish its first members again after a crash
+    (no per-member progress is kept): only file targets, which overwrite the same names, may take it."""
+    iname = getattr(target, "instance", None) if kind == INSTANCE_KIND else None
+    if iname is None or all_specs()[instances[iname].type].kind != "message":
+        return
+    for i, step in enumerate(flow.steps):
+        if step.kind == "unpack":
+            col.add(
+                (*base, "steps", i, "unpack"),
+                f"unpack needs a file or directory target; a {instances[iname].type} target would get the "
+                "first members twice after a crash",
+            )
 
 
 _NEEDS = {"attr": "pubsub", "header": "rabbitmq"}

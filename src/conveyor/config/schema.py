@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, create_model, field_validator
 
 from conveyor.config.base import InstanceConfig, SourceConfig
+from conveyor.config.steps import StepConfig
 from conveyor.config.types import ConfigModel, Duration, FreeSpace, Secret, Size, SpaceFloor
 from conveyor.registry import INSTANCE_KIND, all_specs
 
@@ -180,6 +181,9 @@ class FlowConfig(ConfigModel):
         description="instead of target: a list of targets, each with an optional name and when "
         "(see Fan-out and routing); every payload goes to each target whose when matches",
     )
+    steps: tuple[StepConfig, ...] = Field(
+        (), description="what is done to each payload on its way, in order (see Steps)"
+    )
     retry: RetryConfig = Field(default_factory=RetryConfig)
     max_in_flight: int = Field(16, ge=1, le=10_000, description="payloads in delivery at once (backpressure)")
     enabled: bool = Field(True, description="false keeps the flow in the file but does not run it")
@@ -274,6 +278,8 @@ class Flow:
     fan_out: tuple[Route, ...] = ()
     """The targets of a ``targets:`` list (``target`` and ``target_kind`` are then its first's);
     empty for a flow with one ``target:``."""
+    steps: tuple[StepConfig, ...] = ()
+    """What is done to each payload between source and target, in order."""
 
     @property
     def target_instance(self) -> str | None:
@@ -318,6 +324,8 @@ class Config:
                 headers = getattr(route.target, "headers", None)
                 if isinstance(headers, dict):
                     out.extend(v for k, v in headers.items() if isinstance(v, str) and _secret_header(k))
+            for step in flow.steps:
+                out.extend(step.secrets())
         return [s for s in out if s]
 
 

@@ -31,6 +31,9 @@ class Payload:
     mtime: float | None = None
     """A file's modification time as listed (seconds since the epoch), for ``{mtime}`` and
     ``preserve_mtime``; None for messages."""
+    lineage: tuple[dict[str, Any], ...] = ()
+    """For a payload a flow's steps derived: one entry per step it went through (parent id,
+    step index and kind, archive member), oldest first; empty for what a source handed over."""
 
     def name_values(self) -> NameValues:
         """What target ``filename`` and ``path`` templates may use of this payload."""
@@ -59,7 +62,7 @@ class Payload:
 
     def metadata_with(self, sha256: str) -> dict[str, Any]:
         """The metadata document, given the body's digest (for callers that hash while copying)."""
-        return {
+        doc: dict[str, Any] = {
             "id": self.id,
             "flow": self.flow,
             "source": {"instance": self.source_instance, "type": self.source_type},
@@ -70,6 +73,9 @@ class Payload:
             "file": self.file,
             "message": self.message,
         }
+        if self.lineage:
+            doc["lineage"] = list(self.lineage)
+        return doc
 
 
 def stable_id(*parts: object) -> str:

@@ -29,6 +29,8 @@ class Spool:
         self.threshold = threshold
         self.max_bytes = max_bytes
         self.used = 0
+        self.lock = threading.Lock()
+        """Guards :attr:`used`: steps write spool files from worker threads."""
 
     def prepare(self) -> None:
         """Create the spool folder and remove what a crashed run left behind.
@@ -49,6 +51,17 @@ class Spool:
     def new_path(self) -> Path:
         """A fresh file name in the spool."""
         return self.directory / f"{uuid.uuid4().hex}.spool"
+
+    def adopt(self, path: Path) -> Body:
+        """A body for a spool file written by another program (gpg), counted in the budget from
+        now on; over :attr:`max_bytes` the file is deleted and :class:`NoSpace` raised."""
+        size = path.stat().st_size
+        with self.lock:
+            if self.max_bytes is not None and self.used + size > self.max_bytes:
+                path.unlink(missing_ok=True)
+                raise NoSpace(f"spool limit reached ({self.used} of {self.max_bytes} bytes in use)")
+            self.used += size
+        return _SpoolBody(self, size, path=path, size=size, sha256=None)
 
 
 class SpoolWriter:
@@ -154,9 +167,10 @@ class SpoolWriter:
 
     def _reserve(self, n: int) -> None:
         sp = self._spool
-        if sp.max_bytes is not None and sp.used + n > sp.max_bytes:
-            raise NoSpace(f"spool limit reached ({sp.used} of {sp.max_bytes} bytes in use)")
-        sp.used += n
+        with sp.lock:
+            if sp.max_bytes is not None and sp.used + n > sp.max_bytes:
+                raise NoSpace(f"spool limit reached ({sp.used} of {sp.max_bytes} bytes in use)")
+            sp.used += n
         self._reserved += n
 
     def finish(self) -> Body:
@@ -178,7 +192,8 @@ class SpoolWriter:
         self._join()
         if self.path is not None:
             self.path.unlink(missing_ok=True)
-        self._spool.used -= self._reserved
+        with self._spool.lock:
+            self._spool.used -= self._reserved
         self._reserved = 0
         self._buf = None
 
@@ -193,7 +208,8 @@ class _SpoolBody(Body):
 
     def release(self) -> None:
         super().release()
-        self._spool_ref.used -= self._reserved
+        with self._spool_ref.lock:
+            self._spool_ref.used -= self._reserved
         self._reserved = 0
 
 

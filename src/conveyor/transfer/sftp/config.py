@@ -206,12 +206,6 @@ class SftpConfig(SshHostConfig, InstanceConfig):
             return "on" if v else "off"
         return v
 
-    @field_validator("jump", mode="before")
-    @classmethod
-    def _one_hop(cls, v: Any) -> Any:
-        # One jump host is often written as a mapping rather than a list of one.
-        return [v] if isinstance(v, dict) else v
-
     @field_validator("jump")
     @classmethod
     def _some_hops(cls, v: list[JumpHost] | None) -> list[JumpHost] | None:

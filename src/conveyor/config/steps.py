@@ -1,0 +1,146 @@
+"""Steps: what a flow does to a payload between its source and its target.
+
+This module holds the config models only (the runtime is :mod:`conveyor.steps`, imported
+when a flow has steps). A step is one of a few declared kinds, never code. Each step takes one
+payload and gives one (``decompress``, ``compress``, ``decrypt``, ``encrypt``) or several
+(``unpack``: one per archive member); a step that gathers several payloads into one would be
+the third shape, and the runtime's interface (an async iterator of payloads per input) leaves
+room for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from conveyor.config.types import ConfigModel, Secret, Size
+
+MAX_MEMBERS = 10_000
+MAX_UNPACKED = 16 * 1024**3
+MAX_RATIO = 200
+RATIO_FLOOR = 64 * 1024**2
+"""Below this many unpacked bytes the ratio is not checked: small text compresses far."""
+
+
+def _readable(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"no file at {path}")
+    return path
+
+
+class Limits(ConfigModel):
+    """Guards against archive and compression bombs."""
+
+    max_size: Size = Field(MAX_UNPACKED, ge=1, description="most bytes unpacked from one input, all members together")
+    max_ratio: float = Field(
+        MAX_RATIO,
+        gt=1,
+        description="most unpacked bytes per byte of input (checked once past 64 MiB unpacked)",
+    )
+
+
+class Decompress(Limits):
+    """``decompress``: gzip'd input becomes its plain bytes (``x.csv.gz`` → ``x.csv``)."""
+
+    format: Literal["gzip", "auto"] = Field(
+        description="gzip: the input must be gzip; auto: gzip'd input is decompressed, anything else passes as it is"
+    )
+
+
+class Compress(ConfigModel):
+    """``compress``: the payload is gzip'd on its way out (``x.csv`` → ``x.csv.gz``)."""
+
+    format: Literal["gzip"] = Field(description="gzip")
+    level: int = Field(6, ge=1, le=9, description="1 (fastest) to 9 (smallest)")
+
+
+class Unpack(Limits):
+    """``unpack``: each regular file of an archive becomes a payload of its own."""
+
+    format: Literal["zip", "tar", "tar.gz"] = Field(description="zip, tar or tar.gz")
+    max_members: int = Field(MAX_MEMBERS, ge=1, description="most members one archive may hold")
+
+
+class Decrypt(ConfigModel):
+    """``decrypt``: an OpenPGP message becomes its plain bytes (``.pgp``, ``.gpg``, ``.asc`` dropped)."""
+
+    private_key_file: str = Field(description="the private key (armored or binary) the input is encrypted for")
+    passphrase: Secret | None = Field(None, description="the private key's passphrase (e.g. ${file:/etc/...})")
+    verify_with: tuple[str, ...] = Field(
+        (),
+        description="public key files: when given, a valid signature by one of them is required",
+    )
+
+    @field_validator("private_key_file")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        return _readable(v)
+
+    @field_validator("verify_with")
+    @classmethod
+    def _each(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_readable(p) for p in v)
+
+
+class Encrypt(ConfigModel):
+    """``encrypt``: the payload is encrypted for the recipients (``.pgp``, or ``.asc`` when armored)."""
+
+    recipients: tuple[str, ...] = Field(min_length=1, description="public key files of who may decrypt")
+    sign_with: str | None = Field(None, description="a private key file to sign with")
+    passphrase: Secret | None = Field(None, description="the signing key's passphrase")
+    armor: bool = Field(False, description="ASCII armor (.asc) instead of binary (.pgp)")
+
+    @field_validator("recipients")
+    @classmethod
+    def _each(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_readable(p) for p in v)
+
+    @field_validator("sign_with")
+    @classmethod
+    def _signer(cls, v: str | None) -> str | None:
+        return None if v is None else _readable(v)
+
+
+KINDS = ("decompress", "compress", "unpack", "decrypt", "encrypt")
+"""Every step kind, in the order the docs list them."""
+
+
+class StepConfig(ConfigModel):
+    """One step of a flow's ``steps``: exactly one of the keys below."""
+
+    decompress: Decompress | None = Field(None, description="gzip | auto, or {format, max_size, max_ratio}")
+    compress: Compress | None = Field(None, description="gzip, or {format, level}")
+    unpack: Unpack | None = Field(None, description="zip | tar | tar.gz, or {format, max_members, max_size, max_ratio}")
+    decrypt: Decrypt | None = Field(None, description="{private_key_file, passphrase, verify_with}")
+    encrypt: Encrypt | None = Field(None, description="{recipients, sign_with, passphrase, armor}")
+
+    @field_validator("decompress", "compress", "unpack", mode="before")
+    @classmethod
+    def _short(cls, v: Any) -> Any:
+        # ``unpack: zip`` stands for ``unpack: {format: zip}``
+        return {"format": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one(self) -> StepConfig:
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(KINDS)} per step (got {len(given) or 'none'})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The step's kind: its one key."""
+        return next(k for k in KINDS if getattr(self, k) is not None)
+
+    @property
+    def options(self) -> Any:
+        """The step's own settings."""
+        return getattr(self, self.kind)
+
+    def secrets(self) -> list[str]:
+        """Passphrases, for redaction."""
+        p = getattr(self.options, "passphrase", None)
+        return [p.get_secret_value()] if p is not None else []
