@@ -24,7 +24,7 @@ from typing import Any
 
 from conveyor.config.steps import Decrypt, Encrypt
 from conveyor.errors import Permanent
-from conveyor.payload.body import CHUNK
+from conveyor.payload.body import CHUNK, Body, hash_file
 from conveyor.payload.payload import Payload
 from conveyor.payload.spool import Spool
 from conveyor.steps.blocking import Produced, StepFailed, open_body, renamed
@@ -117,6 +117,14 @@ def _why(result: Any) -> str:
     return f"{status}: {said}" if said else status
 
 
+def _adopt(spool: Spool, out: Path) -> Body:
+    """gpg's output as a spool body, hashed now while it is in the page cache: a body whose
+    digest is known is hard-linked into a directory target rather than copied."""
+    body = spool.adopt(out)
+    body.set_digest(hash_file(out))
+    return body
+
+
 class Decryptor:
     """``decrypt``: the message decrypted into the spool; with ``verify_with``, refused unless a
     valid signature by one of those keys covers it."""
@@ -137,7 +145,7 @@ class Decryptor:
                 raise StepFailed(f"cannot decrypt: {_why(r)}")
             if self.config.verify_with:
                 self._verified(r)
-            body = self.spool.adopt(out)
+            body = _adopt(self.spool, out)
         except BaseException:
             out.unlink(missing_ok=True)
             raise
@@ -196,7 +204,7 @@ class Encryptor:
                 )
             if not r.ok:
                 raise StepFailed(f"cannot encrypt: {_why(r)}")
-            body = self.spool.adopt(out)
+            body = _adopt(self.spool, out)
         except BaseException:
             out.unlink(missing_ok=True)
             raise
