@@ -1,7 +1,9 @@
 """PGP decrypt of one large file: `conveyor run` (local → decrypt step → directory) against
 `gpg --decrypt` to a file (and to a file then `sync`, as the directory target syncs), with peak RSS.
 
-    python bench/bench_pgp.py [--size-mib 1024] [--dir /var/tmp]
+    python bench/bench_pgp.py [--size-mib 1024] [--rounds 3] [--dir /var/tmp]
+
+Rounds alternate between gpg and conveyor; the medians are printed.
 
 The file is encrypted for a Curve25519 key and signed by another; the step requires that
 signature (``verify_with``), as `gpg` checks it too.
@@ -13,6 +15,7 @@ import argparse
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -47,6 +50,7 @@ def children_rss(pid: int) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where to work (default: a temp folder)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="conveyor-bench-", dir=args.dir))
@@ -67,15 +71,6 @@ def main() -> None:
             "--encrypt", "--compress-algo", "none", "--output", str(enc), str(plain))  # fmt: skip
         plain.unlink()
         mb = args.size_mib * 1.048576
-
-        t0 = time.monotonic()
-        gpg(home, "--output", str(base / "ref.bin"), "--decrypt", str(enc))
-        gpg_s = time.monotonic() - t0
-        subprocess.run(["sync"], check=True)
-        gpg_sync_s = time.monotonic() - t0
-        gpg_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        (base / "ref.bin").unlink()
-
         src, out = base / "disk" / "in", base / "out"
         src.mkdir(parents=True)
         step = {"private_key_file": str(base / "us.sec.asc"), "verify_with": [str(base / "partner.pub.asc")]}
@@ -88,21 +83,37 @@ def main() -> None:
         d = Daemon(cfg)
         time.sleep(1.5)
         peak_child = 0
+        gpg_runs: list[float] = []
+        sync_runs: list[float] = []
+        conveyor_runs: list[float] = []
+        for n in range(args.rounds):  # alternating, so both sides see the same disk and load
+            t0 = time.monotonic()
+            gpg(home, "--output", str(base / "ref.bin"), "--decrypt", str(enc))
+            gpg_runs.append(time.monotonic() - t0)
+            subprocess.run(["sync"], check=True)
+            sync_runs.append(time.monotonic() - t0)
+            (base / "ref.bin").unlink()
+            staged = base / "disk" / f"round-{n}.pgp"
+            shutil.copyfile(enc, staged)
+            subprocess.run(["sync"], check=True)
 
-        def done() -> bool:
-            nonlocal peak_child
-            peak_child = max(peak_child, children_rss(d.proc.pid))
-            return (out / "big.bin.meta.json").exists()
+            def done(name: str = f"big-{n}.bin") -> bool:
+                nonlocal peak_child
+                peak_child = max(peak_child, children_rss(d.proc.pid))
+                return (out / f"{name}.meta.json").exists()
 
-        os.rename(enc, src / "big.bin.pgp")  # appears whole: taken at the next poll
-        t0 = time.monotonic()
-        wait_until(done, 1800, 0.05)
-        conveyor_s = time.monotonic() - t0
+            os.rename(staged, src / f"big-{n}.bin.pgp")  # appears whole: taken at the next poll
+            t0 = time.monotonic()
+            wait_until(done, 1800, 0.05)
+            conveyor_runs.append(time.monotonic() - t0)
+            assert (out / f"big-{n}.bin").stat().st_size == args.size_mib << 20
+            (out / f"big-{n}.bin").unlink()
         rss = d.status("VmHWM")
+        gpg_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # gpg and sync: the daemon is not reaped yet
         d.stop()
-        assert (out / "big.bin").stat().st_size == args.size_mib << 20
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    conveyor_s, gpg_s, gpg_sync_s = (statistics.median(r) for r in (conveyor_runs, gpg_runs, sync_runs))
     print(
         table(
             [

@@ -98,6 +98,11 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("through one jump host, conveyor MiB/s", r"^one jump host\s+\d+\s+(\d+)"),
         ("goal conveyor ≥ 0.9 × OpenSSH on each path", r"^goal: .*?: (pass|FAIL)"),
     ],
+    "pgp": [
+        ("PGP decrypt of 1 GiB local → directory, MB/s", r"MB/s vs gpg\s+([\d,]+)"),
+        ("the same, ratio to `gpg --decrypt` to a file", r"MB/s vs gpg\s+.*\)\s+([\d.]+)"),
+        ("daemon peak RSS, MB", r"daemon peak RSS\s+(\d+)"),
+    ],
 }
 
 
