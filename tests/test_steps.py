@@ -13,12 +13,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from conveyor.config import load_config
 from conveyor.errors import ConfigError
@@ -338,8 +340,8 @@ async def test_bad_input_fails_naming_the_step_and_retry_works_once_fixed(gpg: G
 
 
 def test_config_errors_name_the_step(tmp_path: Path) -> None:
-    """Two kinds in one step, an unknown format, a missing key file, and unpack into a broker are
-    config errors with their key path."""
+    """Two kinds in one step, an unknown format and unpack into a broker are config errors with
+    their key path; a missing key file is one for ``conveyor check``."""
     src = LocalBackend(tmp_path / "src")
     cfg = write_config(
         tmp_path,
@@ -372,7 +374,14 @@ def test_config_errors_name_the_step(tmp_path: Path) -> None:
     for key, message in (
         ("flows.a.steps[0]", "give exactly one of"),
         ("flows.a.steps[1].decompress.format", "must be 'gzip' or 'auto'"),
-        ("flows.b.steps[0].decrypt.private_key_file", f"no file at {tmp_path / 'nope.asc'}"),
         ("flows.c.steps[0].unpack", "unpack needs a file or directory target"),
     ):
         assert re.search(rf"{re.escape(key)} \(line \d+\): {re.escape(message)}", text), (key, text)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["flows"] = {"b": doc["flows"]["b"]}
+    cfg.write_text(yaml.safe_dump(doc))
+    check = subprocess.run(
+        [sys.executable, "-m", "conveyor", "check", "-c", str(cfg)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode != 0
+    assert f"flows.b.steps[0].decrypt.private_key_file: cannot read the key file {tmp_path / 'nope.asc'}" in check.stderr

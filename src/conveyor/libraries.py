@@ -4,12 +4,14 @@ Connector runtimes and the PostgreSQL store import their client libraries lazily
 without Pub/Sub never pays for google-cloud). A missing one must therefore be found when the
 config is checked, as one clear line naming the key that needs it, not as a traceback from a
 flow's first start. Local files the instances read when they connect (client certificates and
-their keys) are checked here too, for ``conveyor check``.
+their keys, and the PGP steps' key files) are checked here too, for ``conveyor check``.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
 
 from conveyor.config import Config
 from conveyor.errors import Problem
@@ -25,11 +27,17 @@ def _why(e: ImportError) -> str:
 
 def unusable_files(config: Config) -> list[Problem]:
     """A problem for each local file an instance needs and cannot use (a client certificate, say)."""
-    return [
+    problems = [
         Problem(f"instances.{name}.{key}", message)
         for name, icfg in config.instances.items()
         for key, message in icfg.file_problems()
     ]
+    for fname, flow in config.flows.items():
+        for i, step in enumerate(flow.steps):
+            for key, path in step.key_files():
+                if not os.access(path, os.R_OK) or not os.path.isfile(path):
+                    problems.append(Problem(f"flows.{fname}.steps[{i}].{key}", f"cannot read the key file {path}"))
+    return problems
 
 
 def missing_libraries(config: Config) -> list[Problem]:
@@ -57,6 +65,20 @@ def missing_libraries(config: Config) -> list[Problem]:
                 spec.load_factory()
             except ImportError as e:
                 problems.append(Problem(f"flows.{fname}.{route.key}.type", f"the {spec.type} target {_why(e)}"))
+    pgp = [
+        f"flows.{n}.steps[{i}].{s.kind}"
+        for n, f in config.flows.items()
+        for i, s in enumerate(f.steps)
+        if s.kind in ("decrypt", "encrypt")
+    ]
+    if pgp:
+        where = pgp[0]
+        try:
+            importlib.import_module("gnupg")
+        except ImportError as e:
+            problems.append(Problem(where, f"PGP steps {_why(e)}"))
+        if shutil.which("gpg") is None:
+            problems.append(Problem(where, "PGP steps run gpg, which is not installed (Debian: apt install gnupg)"))
     if config.state.startswith(("postgresql://", "postgres://")):
         try:
             importlib.import_module("conveyor.state.postgres")

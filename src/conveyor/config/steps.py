@@ -10,7 +10,6 @@ room for it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -22,13 +21,6 @@ MAX_UNPACKED = 16 * 1024**3
 MAX_RATIO = 200
 RATIO_FLOOR = 64 * 1024**2
 """Below this many unpacked bytes the ratio is not checked: small text compresses far."""
-
-
-def _readable(path: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"no file at {path}")
-    return path
 
 
 class Limits(ConfigModel):
@@ -74,16 +66,6 @@ class Decrypt(ConfigModel):
         description="public key files: when given, a valid signature by one of them is required",
     )
 
-    @field_validator("private_key_file")
-    @classmethod
-    def _key(cls, v: str) -> str:
-        return _readable(v)
-
-    @field_validator("verify_with")
-    @classmethod
-    def _each(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_readable(p) for p in v)
-
 
 class Encrypt(ConfigModel):
     """``encrypt``: the payload is encrypted for the recipients (``.pgp``, or ``.asc`` when armored)."""
@@ -92,16 +74,6 @@ class Encrypt(ConfigModel):
     sign_with: str | None = Field(None, description="a private key file to sign with")
     passphrase: Secret | None = Field(None, description="the signing key's passphrase")
     armor: bool = Field(False, description="ASCII armor (.asc) instead of binary (.pgp)")
-
-    @field_validator("recipients")
-    @classmethod
-    def _each(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_readable(p) for p in v)
-
-    @field_validator("sign_with")
-    @classmethod
-    def _signer(cls, v: str | None) -> str | None:
-        return None if v is None else _readable(v)
 
 
 KINDS = ("decompress", "compress", "unpack", "decrypt", "encrypt")
@@ -139,6 +111,19 @@ class StepConfig(ConfigModel):
     def options(self) -> Any:
         """The step's own settings."""
         return getattr(self, self.kind)
+
+    def key_files(self) -> list[tuple[str, str]]:
+        """(key path below the step, file) for each key file the step reads."""
+        o = self.options
+        if isinstance(o, Decrypt):
+            named = [("private_key_file", o.private_key_file)]
+            named += [(f"verify_with[{i}]", p) for i, p in enumerate(o.verify_with)]
+        elif isinstance(o, Encrypt):
+            named = [(f"recipients[{i}]", p) for i, p in enumerate(o.recipients)]
+            named += [("sign_with", o.sign_with)] if o.sign_with else []
+        else:
+            named = []
+        return [(f"{self.kind}.{k}", p) for k, p in named]
 
     def secrets(self) -> list[str]:
         """Passphrases, for redaction."""
