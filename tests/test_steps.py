@@ -384,4 +384,5 @@ def test_config_errors_name_the_step(tmp_path: Path) -> None:
         [sys.executable, "-m", "conveyor", "check", "-c", str(cfg)], capture_output=True, text=True, check=False
     )
     assert check.returncode != 0
-    assert f"flows.b.steps[0].decrypt.private_key_file: cannot read the key file {tmp_path / 'nope.asc'}" in check.stderr
+    missing = tmp_path / "nope.asc"
+    assert f"flows.b.steps[0].decrypt.private_key_file: cannot read the key file {missing}" in check.stderr

@@ -25,12 +25,12 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from conveyor.config.steps import StepConfig
+from conveyor.config.steps import Compress, Decompress, StepConfig, Unpack
 from conveyor.errors import Permanent, TooLarge
 from conveyor.interfaces import Target
 from conveyor.payload.payload import Payload, stable_id
 from conveyor.payload.spool import Spool
-from conveyor.steps.blocking import Produced, StepFailed, Work, work_for
+from conveyor.steps.blocking import Gunzip, Gzip, Produced, StepFailed, Unpacker, Work
 
 T = TypeVar("T")
 
@@ -111,6 +111,20 @@ class _Step:
             folder=parent.folder if item.folder is None else item.folder,
             lineage=(*parent.lineage, entry),
         )
+
+
+def work_for(config: StepConfig, spool: Spool) -> Work:
+    """The work of one configured step."""
+    opts = config.options
+    if isinstance(opts, Decompress):
+        return Gunzip(opts, spool)
+    if isinstance(opts, Compress):
+        return Gzip(opts, spool)
+    if isinstance(opts, Unpack):
+        return Unpacker(opts, spool)
+    from conveyor.steps.pgp import Decryptor, Encryptor
+
+    return Decryptor(opts, spool) if config.kind == "decrypt" else Encryptor(opts, spool)
 
 
 def _close(it: Any) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol
 
-from conveyor.config.steps import RATIO_FLOOR, Compress, Decompress, Limits, StepConfig, Unpack
+from conveyor.config.steps import RATIO_FLOOR, Compress, Decompress, Limits, Unpack
 from conveyor.payload.body import CHUNK, Body
 from conveyor.payload.payload import Payload
 from conveyor.payload.spool import Spool
@@ -52,20 +52,6 @@ class Work(Protocol):
     def close(self) -> None:
         """Release what the step holds (keyrings, agents)."""
         ...
-
-
-def work_for(config: StepConfig, spool: Spool) -> Work:
-    """The work of one configured step."""
-    opts = config.options
-    if isinstance(opts, Decompress):
-        return Gunzip(opts, spool)
-    if isinstance(opts, Compress):
-        return Gzip(opts, spool)
-    if isinstance(opts, Unpack):
-        return Unpacker(opts, spool)
-    from conveyor.steps.pgp import Decryptor, Encryptor
-
-    return Decryptor(opts, spool) if config.kind == "decrypt" else Encryptor(opts, spool)
 
 
 def open_body(body: Body) -> IO[bytes]:
