@@ -27,7 +27,7 @@ from conveyor.errors import ConfigError
 from conveyor.payload.payload import stable_id
 from tests.backends.local import LocalBackend
 from tests.backends.sftp import SftpBackend, sftp_openssh_backend, sshd
-from tests.harness import running, sidecars, wait_for, write_config
+from tests.harness import DaemonProcess, running, sidecars, wait_for, write_config
 
 __all__ = ["sftp_openssh_backend", "sshd"]
 
@@ -386,3 +386,39 @@ def test_config_errors_name_the_step(tmp_path: Path) -> None:
     assert check.returncode != 0
     missing = tmp_path / "nope.asc"
     assert f"flows.b.steps[0].decrypt.private_key_file: cannot read the key file {missing}" in check.stderr
+
+
+async def test_unpack_redone_after_kill9_gives_the_same_files(tmp_path: Path) -> None:
+    """``conveyor run`` killed with SIGKILL while an archive is being unpacked: the restarted
+    daemon unpacks it again, the members already written are replaced under the same names with
+    the same ids, every member arrives, and the archive is deleted only at the end."""
+    src = LocalBackend(tmp_path / "src")
+    members = {f"m{i:02}.bin": os.urandom(1024 * 1024) for i in range(60)}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path,
+        {"in": src.instance_config()},
+        {"f": {"source": source(), "steps": [{"unpack": "zip"}], "target": to_dir(out, sidecar=True)}},
+    )
+    src.put("big.zip", buf.getvalue())
+    first = DaemonProcess(cfg).start()
+    try:
+        await wait_for(lambda: len(files_under(out)) >= 3, 60, 0.01)
+    finally:
+        first.kill9()
+    before = {d["name"]: d["id"] for d in sidecars(out)}
+    assert 0 < len(files_under(out)) < len(members), "the kill came after the last member"
+    assert src.exists("big.zip")
+    second = DaemonProcess(cfg).start()
+    try:
+        await wait_for(lambda: not src.exists("big.zip"), 60)
+    finally:
+        second.stop()
+    assert files_under(out) == members
+    after = {d["name"]: d["id"] for d in sidecars(out)}
+    assert set(after) == set(members)
+    assert all(after[name] == id for name, id in before.items())

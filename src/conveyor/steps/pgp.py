@@ -30,6 +30,7 @@ from conveyor.payload.spool import Spool
 from conveyor.steps.blocking import Produced, StepFailed, open_body, renamed
 
 log = logging.getLogger("conveyor.steps")
+logging.getLogger("gnupg").setLevel(logging.WARNING)  # its debug lines echo every status line gpg writes
 
 GPG = "gpg"
 
@@ -109,6 +110,17 @@ class Keyring:
         self._stamp = None
 
 
+@contextlib.contextmanager
+def _passphrase_checked() -> Iterator[None]:
+    """python-gnupg refuses a passphrase with a line break in it (it is sent on gpg's stdin)."""
+    try:
+        yield
+    except ValueError as e:
+        if "passphrase" not in str(e).lower():
+            raise
+        raise StepFailed("the passphrase has a line break in it, which gpg cannot take") from None
+
+
 def _why(result: Any) -> str:
     """What gpg said went wrong, from its status lines and messages (no key material in them)."""
     lines = [ln.removeprefix("gpg: ") for ln in (result.stderr or "").splitlines() if ln.startswith("gpg: ")]
@@ -139,7 +151,7 @@ class Decryptor:
         gpg = self.keys.ready()
         out = self.spool.new_path()
         try:
-            with open_body(parent.body) as f:
+            with open_body(parent.body) as f, _passphrase_checked():
                 r = gpg.decrypt_file(f, passphrase=self.keys.passphrase, output=str(out), always_trust=True)
             if not r.ok:
                 raise StepFailed(f"cannot decrypt: {_why(r)}")
@@ -192,7 +204,7 @@ class Encryptor:
         signer = sorted(self.keys.secret_fprs)[0] if self.config.sign_with else None
         out = self.spool.new_path()
         try:
-            with open_body(parent.body) as f:
+            with open_body(parent.body) as f, _passphrase_checked():
                 r = gpg.encrypt_file(
                     f,
                     recipients,
