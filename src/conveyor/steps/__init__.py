@@ -82,7 +82,7 @@ class _Step:
         stop = threading.Event()
         produced: Iterator[Produced] = iter(())
         try:
-            produced = await _in_thread(lambda: self.work.start(parent, stop), stop, _close)
+            produced = await _in_thread(lambda: self.work.start(parent, stop), stop, _discard)
             while True:
                 item = await _in_thread(lambda: next(produced, None), stop, _release)
                 if item is None:
@@ -97,7 +97,7 @@ class _Step:
             raise Permanent(f"steps[{self.index}] {self.kind}: {e.message}") from None
         finally:
             stop.set()
-            await asyncio.shield(asyncio.to_thread(_close, produced))
+            await asyncio.shield(asyncio.to_thread(_discard, produced))
 
     def _derive(self, parent: Payload, item: Produced) -> Payload:
         entry: dict[str, Any] = {"parent": parent.id, "step": self.index, "kind": self.kind}
@@ -127,11 +127,16 @@ def work_for(config: StepConfig, spool: Spool) -> Work:
     return Decryptor(opts, spool) if config.kind == "decrypt" else Encryptor(opts, spool)
 
 
-def _close(it: Any) -> None:
+def _discard(it: Iterator[Produced]) -> None:
+    """End an output iterator early: a generator is closed (its files with it); what a ready
+    list still holds is released (its spool files deleted)."""
     close = getattr(it, "close", None)
     if close is not None:
         with contextlib.suppress(ValueError):  # still running on a cancelled step's thread: it ends there
             close()
+        return
+    for item in it:
+        item.body.release()
 
 
 def _release(item: Produced | None) -> None:
