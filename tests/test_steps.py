@@ -7,6 +7,7 @@ delivered by a retry once the cause is fixed."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import os
@@ -28,6 +29,7 @@ from conveyor.payload.payload import stable_id
 from tests.backends.local import LocalBackend
 from tests.backends.sftp import SftpBackend, sftp_openssh_backend, sshd
 from tests.harness import DaemonProcess, running, sidecars, wait_for, write_config
+from tests.servers.ops import CONVEYOR, free_port
 
 __all__ = ["sftp_openssh_backend", "sshd"]
 
@@ -265,6 +267,8 @@ async def test_bad_input_fails_naming_the_step_and_retry_works_once_fixed(gpg: G
     out = tmp_path / "out"
     decrypt = {"private_key_file": str(key_file), "verify_with": [str(partner_pub)]}
 
+    port = free_port()
+
     def config(max_size: str) -> None:
         write_config(
             tmp_path,
@@ -295,6 +299,7 @@ async def test_bad_input_fails_naming_the_step_and_retry_works_once_fixed(gpg: G
                     "retry": {"attempts": 1},
                 },
             },
+            health={"listen": f"127.0.0.1:{port}"},
         )
 
     config("1MiB")
@@ -320,7 +325,11 @@ async def test_bad_input_fails_naming_the_step_and_retry_works_once_fixed(gpg: G
 
         shutil.copy(ours_sec, key_file)  # the key it was encrypted for, now
         for item in pgp_failed:
-            assert await d.store.retry("pgp", item.id)
+            ledger = await asyncio.create_subprocess_exec(
+                *CONVEYOR, "ledger", "-c", str(cfg), "pgp", "--retry", item.id, stdout=asyncio.subprocess.PIPE
+            )
+            said, _ = await ledger.communicate()
+            assert ledger.returncode == 0 and b"delivered again" in said
         await wait_for(lambda: files_under(out / "pgp") == {"for-us": b"for us"}, 30)
         pgp_failed = await failed_items(d, "pgp", 2)
         errors = {i.name: i.last_error for i in pgp_failed}
