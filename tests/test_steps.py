@@ -258,6 +258,7 @@ async def test_bad_input_fails_naming_the_step_and_retry_works_once_fixed(gpg: G
     src.put("zip/corrupt.zip", zipped({"a": b"a" * 1000})[:-30])
     src.put("zip/bomb.zip", zipped({"zeros": bytes(8 * 1024 * 1024)}))
     src.put("zip/good.zip", zipped({"fine.txt": b"fine"}))
+    src.put("zip/slip.zip", zipped({"ok.txt": b"ok", "../../etc/evil": b"x"}))
     src.put("ratio/zeros.zip", zipped({"zeros": bytes(80 * 1024 * 1024)}))  # about 1000:1
     src.put("gz/cut.csv.gz", gzip.compress(os.urandom(100_000))[:-5000])
     src.put("gz/ok.csv.gz", gzip.compress(b"ok"))
@@ -305,7 +306,7 @@ async def test_bad_input_fails_naming_the_step_and_retry_works_once_fixed(gpg: G
     config("1MiB")
     cfg = tmp_path / "conveyor.yaml"
     async with running(cfg) as d:
-        zip_failed = await failed_items(d, "zip", 2)
+        zip_failed = await failed_items(d, "zip", 3)
         gz_failed = await failed_items(d, "gz", 1)
         pgp_failed = await failed_items(d, "pgp", 3)
         await wait_for(lambda: files_under(out / "zip") == {"fine.txt": b"fine"}, 30)
@@ -316,10 +317,14 @@ async def test_bad_input_fails_naming_the_step_and_retry_works_once_fixed(gpg: G
         (ratio,) = await failed_items(d, "ratio", 1)
         assert ratio.last_error.startswith("steps[0] unpack: more than 200 times the input's")
         assert "over max_ratio: an archive bomb?" in ratio.last_error and src.exists("ratio/zeros.zip")
+        assert (
+            errors["slip.zip"]
+            == "steps[0] unpack: member '../../etc/evil' points outside the archive (absolute or '..')"
+        )
         assert "steps[0] decompress: truncated gzip data" in errors["cut.csv.gz"]
         assert "steps[0] decrypt: cannot decrypt" in errors["for-us.pgp"]
         assert "steps[0] decrypt:" in errors["bad-sig.pgp"]
-        for name in ("corrupt.zip", "bomb.zip", "cut.csv.gz", "for-us.pgp", "bad-sig.pgp", "unsigned.pgp"):
+        for name in ("corrupt.zip", "bomb.zip", "slip.zip", "cut.csv.gz", "for-us.pgp", "bad-sig.pgp", "unsigned.pgp"):
             assert src.exists(f"{'zip' if 'zip' in name else 'gz' if 'gz' in name else 'pgp'}/{name}")
         assert files_under(out / "pgp") == {}
 

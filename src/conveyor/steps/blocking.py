@@ -256,10 +256,11 @@ class Unpacker:
         declared = sum(i.file_size for i in infos)
         if declared > self.config.max_size:
             raise StepFailed(f"members declare {declared} bytes, over max_size ({self.config.max_size})")
+        paths = {i.filename: member_path(i.filename) for i in infos if not i.is_dir()}  # all, before any is delivered
         for info in infos:
             if info.is_dir():
                 continue
-            path = member_path(info.filename)
+            path = paths[info.filename]
             if stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG):
                 log.warning("unpack: member %r is not a regular file: skipped", path)
                 continue
