@@ -265,6 +265,7 @@ async def test_bad_input_fails_naming_the_step_and_retry_works_once_fixed(gpg: G
     src.put("pgp/for-us.pgp", gpg.encrypt(b"for us", "us@example.org", sign="partner@example.org"))
     src.put("pgp/bad-sig.pgp", gpg.encrypt(b"forged", "us@example.org", sign="stranger@example.org"))
     src.put("pgp/unsigned.pgp", gpg.encrypt(b"unsigned", "us@example.org"))
+    src.put("bomb/zeros.pgp", gpg.encrypt(bytes(4 * 1024 * 1024), "us@example.org"))  # compressed inside
     out = tmp_path / "out"
     decrypt = {"private_key_file": str(key_file), "verify_with": [str(partner_pub)]}
 
@@ -285,6 +286,12 @@ async def test_bad_input_fails_naming_the_step_and_retry_works_once_fixed(gpg: G
                     "source": source(path="ratio"),
                     "steps": [{"unpack": "zip"}],
                     "target": to_dir(out / "ratio"),
+                    "retry": {"attempts": 1},
+                },
+                "pgp-bomb": {
+                    "source": source(path="bomb"),
+                    "steps": [{"decrypt": {"private_key_file": str(ours_sec), "max_size": "1MiB"}}],
+                    "target": to_dir(out / "bomb"),
                     "retry": {"attempts": 1},
                 },
                 "gz": {
@@ -314,6 +321,11 @@ async def test_bad_input_fails_naming_the_step_and_retry_works_once_fixed(gpg: G
         errors = {i.name: i.last_error for i in zip_failed + gz_failed + pgp_failed}
         assert "steps[0] unpack: corrupt zip archive" in errors["corrupt.zip"]
         assert errors["bomb.zip"] == "steps[0] unpack: members declare 8388608 bytes, over max_size (1048576)"
+        (bomb,) = await failed_items(d, "pgp-bomb", 1)
+        assert (
+            bomb.last_error == "steps[0] decrypt: more than 1048576 bytes decrypted, over max_size: a compression bomb?"
+        )
+        assert src.exists("bomb/zeros.pgp") and files_under(out / "bomb") == {}
         (ratio,) = await failed_items(d, "ratio", 1)
         assert ratio.last_error.startswith("steps[0] unpack: more than 200 times the input's")
         assert "over max_ratio: an archive bomb?" in ratio.last_error and src.exists("ratio/zeros.zip")
@@ -436,3 +448,21 @@ async def test_unpack_redone_after_kill9_gives_the_same_files(tmp_path: Path) ->
     after = {d["name"]: d["id"] for d in sidecars(out)}
     assert set(after) == set(members)
     assert all(after[name] == id for name, id in before.items())
+
+
+async def test_without_verify_with_a_signature_is_not_required(gpg: Gpg, tmp_path: Path) -> None:
+    """Without ``verify_with`` a file signed by a key conveyor does not know (gpg exits 2 for it)
+    and an unsigned one are both decrypted; armored input too."""
+    _, ours_sec = gpg.key("us@example.org")
+    gpg.key("stranger@example.org")
+    src = LocalBackend(tmp_path / "src")
+    src.put("signed.csv.gpg", gpg.encrypt(b"signed", "us@example.org", sign="stranger@example.org"))
+    src.put("plain.csv.asc", gpg.run("--armor", "--trust-model", "always", "-r", "us@example.org", "-e", data=b"p"))
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path,
+        {"in": src.instance_config()},
+        {"f": {"source": source(), "steps": [{"decrypt": {"private_key_file": str(ours_sec)}}], "target": to_dir(out)}},
+    )
+    async with running(cfg):
+        await wait_for(lambda: files_under(out) == {"signed.csv": b"signed", "plain.csv": b"p"}, 30)

@@ -65,6 +65,9 @@ class Decrypt(ConfigModel):
         (),
         description="public key files: when given, a valid signature by one of them is required",
     )
+    max_size: Size = Field(
+        MAX_UNPACKED, ge=1, description="most bytes decrypted from one input (OpenPGP messages may be compressed)"
+    )
 
 
 class Encrypt(ConfigModel):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.config.steps import Decrypt, Encrypt
-from conveyor.errors import Permanent
+from conveyor.errors import NoSpace, Permanent
 from conveyor.payload.body import CHUNK, Body, hash_file
 from conveyor.payload.payload import Payload
 from conveyor.payload.spool import Spool
@@ -75,7 +75,8 @@ class Keyring:
         home = tempfile.mkdtemp(prefix="conveyor-gpg-")  # 0700; short, for the agent's socket
         self._homes.append(home)
         try:
-            gpg = gnupg.GPG(gpgbinary=GPG, gnupghome=home)
+            # gpg's messages in English whatever the host's locale: they are matched below
+            gpg = gnupg.GPG(gpgbinary=GPG, gnupghome=home, env={**os.environ, "LC_ALL": "C", "LANGUAGE": "C"})
         except (OSError, ValueError) as e:
             raise Permanent(f"cannot run {GPG}: {e} (install Debian's gnupg package)") from None
         gpg.buffer_size = CHUNK
@@ -121,6 +122,18 @@ def _passphrase_checked() -> Iterator[None]:
         raise StepFailed("the passphrase has a line break in it, which gpg cannot take") from None
 
 
+def _succeeded(r: Any, what: str) -> None:
+    """Whether gpg did its work. It reports DECRYPTION_OKAY even when writing the output failed
+    (a full disk, ``--max-output``), so a failed exit is looked at too; but it also exits 2 for a
+    signature it cannot check, which only matters when ``verify_with`` asks (checked apart)."""
+    said = r.stderr or ""
+    if "No space left on device" in said or "Disk quota exceeded" in said:
+        raise NoSpace(f"disk full while gpg wrote to the spool: {_why(r)}")
+    wrote_badly = any(w in said for w in ("error writing", "handle plaintext failed", "write error"))
+    if not r.ok or wrote_badly or (r.returncode != 0 and what != "decrypt"):
+        raise StepFailed(f"cannot {what}: {_why(r)}")
+
+
 def _why(result: Any) -> str:
     """What gpg said went wrong, from its status lines and messages (no key material in them)."""
     lines = [ln.removeprefix("gpg: ") for ln in (result.stderr or "").splitlines() if ln.startswith("gpg: ")]
@@ -152,9 +165,18 @@ class Decryptor:
         out = self.spool.new_path()
         try:
             with open_body(parent.body) as f, _passphrase_checked():
-                r = gpg.decrypt_file(f, passphrase=self.keys.passphrase, output=str(out), always_trust=True)
-            if not r.ok:
-                raise StepFailed(f"cannot decrypt: {_why(r)}")
+                r = gpg.decrypt_file(
+                    f,
+                    passphrase=self.keys.passphrase,
+                    output=str(out),
+                    always_trust=True,
+                    extra_args=["--max-output", str(self.config.max_size)],
+                )
+            if "exceeded --max-output limit" in (r.stderr or ""):
+                raise StepFailed(
+                    f"more than {self.config.max_size} bytes decrypted, over max_size: a compression bomb?"
+                )
+            _succeeded(r, "decrypt")
             if self.config.verify_with:
                 self._verified(r)
             body = _adopt(self.spool, out)
@@ -214,8 +236,7 @@ class Encryptor:
                     always_trust=True,
                     output=str(out),
                 )
-            if not r.ok:
-                raise StepFailed(f"cannot encrypt: {_why(r)}")
+            _succeeded(r, "encrypt")
             body = _adopt(self.spool, out)
         except BaseException:
             out.unlink(missing_ok=True)
