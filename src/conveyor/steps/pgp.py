@@ -30,7 +30,7 @@ from conveyor.payload.spool import Spool
 from conveyor.steps.blocking import Produced, StepFailed, open_body, renamed
 
 log = logging.getLogger("conveyor.steps")
-logging.getLogger("gnupg").setLevel(logging.WARNING)  # its debug lines echo every status line gpg writes
+logging.getLogger("gnupg").setLevel(logging.CRITICAL)  # what it would say, the step says with the flow named
 
 GPG = "gpg"
 
