@@ -143,6 +143,24 @@ async def test_each_targets_delivery_is_recorded(opener: Opener) -> None:
     await s.settled("f", "c")
     assert await s.prune(time.time() + 5) == 1
     assert await s.targets("f", ["c"]) == {}
+async def test_arrivals_counts_items_first_seen_since(opener: Opener) -> None:
+    s = await opener("r1")
+    assert await s.claim("f", "old", {}, 60)
+    await s.delivered("f", "old")
+    await asyncio.sleep(0.05)
+    since = time.time()
+    await asyncio.sleep(0.05)
+    assert await s.arrivals("f", since, 10) == 0
+    await s.failed("f", "old", "touched later, but first seen before", final=True)
+    assert await s.arrivals("f", since, 10) == 0, "an older item updated since is no arrival"
+    for i in range(4):
+        assert await s.claim("f", f"new{i}", {}, 60)
+    await s.delivered("f", "new0")
+    await s.failed("f", "new1", "boom", final=True)
+    await s.release("f", "new2")
+    assert await s.arrivals("f", since, 10) == 4, "whatever became of them"
+    assert await s.arrivals("f", since, 2) == 2, "counted no further than the limit"
+    assert await s.arrivals("other", since, 10) == 0
 
 
 async def test_claim_race_has_exactly_one_winner(opener: Opener, request: pytest.FixtureRequest) -> None:

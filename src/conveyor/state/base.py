@@ -140,6 +140,11 @@ class StateStore(Protocol):
         """Items of a flow, newest first."""
         ...
 
+    async def arrivals(self, flow: str, since: float, limit: int) -> int:
+        """How many items the flow first saw at or after ``since`` (epoch seconds), in any
+        state, counting no further than ``limit``."""
+        ...
+
     async def retry(self, flow: str, id: str) -> bool:
         """Make a failed item deliverable again; False if it is not failed."""
         ...

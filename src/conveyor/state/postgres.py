@@ -593,6 +593,21 @@ class PostgresStore:
             )
         return [_item(r) for r in rows]
 
+    async def arrivals(self, flow: str, since: float, limit: int) -> int:
+        """Items first seen at or after ``since``, up to ``limit``."""
+        assert self._pool is not None
+        # A row's updated is never before its first_seen: the bound on updated lets the
+        # (flow, state, updated) index answer without reading the flow's older rows.
+        n = await self._pool.fetchval(
+            f"SELECT count(*) FROM (SELECT 1 FROM {T} WHERE flow=$1 AND state = ANY($2::text[]) "
+            "AND updated >= $3 AND first_seen >= $3 LIMIT $4) AS recent",
+            flow,
+            ["pending", "in_flight", "delivered", "failed"],
+            float(since),
+            limit,
+        )
+        return int(n or 0)
+
     async def retry(self, flow: str, id: str) -> bool:
         """failed → pending, attempts reset."""
         n = await self._submit(

@@ -376,6 +376,22 @@ class SqliteStore:
         result: list[Item] = await self._read(q)
         return result
 
+    async def arrivals(self, flow: str, since: float, limit: int) -> int:
+        """Items first seen at or after ``since``, up to ``limit``."""
+
+        def q(db: sqlite3.Connection) -> int:
+            # A row's updated is never before its first_seen: the bound on updated lets the
+            # (flow, state, updated) index answer without reading the flow's older rows.
+            row = db.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM items WHERE flow=? AND state IN "
+                "('pending', 'in_flight', 'delivered', 'failed') AND updated >= ? AND first_seen >= ? LIMIT ?)",
+                (flow, since, since, limit),
+            ).fetchone()
+            return int(row[0])
+
+        result: int = await self._read(q)
+        return result
+
     async def retry(self, flow: str, id: str) -> bool:
         """failed → pending, attempts reset."""
         n = await self._write(
