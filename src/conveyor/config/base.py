@@ -124,6 +124,11 @@ class FileSourceConfig(SourceConfig):
         "mtime) | name (relative path) | size (smallest first); default: as listed",
     )
     poll_interval: Duration = Field(30.0, description="time between listings")
+    schedule: str | None = Field(
+        None,
+        description="list at these times instead of every poll_interval: a cron expression "
+        "('*/5 8-18 * * MON-FRI'; 6 fields put seconds first) on the clocks of the flow's timezone (default UTC)",
+    )
     min_age: Duration = Field(
         10.0, description="a file must keep the same size and mtime for this long before it is taken"
     )
@@ -162,6 +167,16 @@ class FileSourceConfig(SourceConfig):
     def _normal_path(cls, v: str) -> str:
         # One spelling per folder: file ids hash the listed path, which starts with this one.
         return normal_path(v)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            from conveyor.clock import cron_fields  # croniter only for configs that have a schedule
+
+            cron_fields(v)
+            v = v.strip()
+        return v
 
     @field_validator("regex")
     @classmethod

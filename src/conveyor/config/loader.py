@@ -168,6 +168,8 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
     if isinstance(source, FileSourceConfig):
         _check_moves(source, col, (*base, "source"))
         _check_selection(source, col, (*base, "source"))
+        if source.schedule is not None and "poll_interval" in source.model_fields_set:
+            col.add((*base, "source", "schedule"), "give either schedule or poll_interval, not both")
     if flow.targets is not None:
         if flow.target is not None:
             col.add((*base, "targets"), "give either target (one) or targets (a list), not both")
@@ -192,6 +194,7 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
             flow.timezone,
             fan_out=tuple(routes),
             steps=flow.steps,
+            expect=flow.expect,
         )
     if flow.target is None:
         col.add((*base, "target"), "missing required key (or targets: a list of targets)")
@@ -204,7 +207,16 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
         target.set_timezone(flow.timezone)
     _check_steps(flow, target, kind, instances, col, base)
     return Flow(
-        name, source, target, kind, flow.retry, flow.max_in_flight, flow.enabled, flow.timezone, steps=flow.steps
+        name,
+        source,
+        target,
+        kind,
+        flow.retry,
+        flow.max_in_flight,
+        flow.enabled,
+        flow.timezone,
+        steps=flow.steps,
+        expect=flow.expect,
     )
 
 

@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, create_model, field_validator
+from pydantic import Field, SecretStr, create_model, field_validator, model_validator
 
+from conveyor.clock import parse_clock, parse_days, zone
 from conveyor.config.base import InstanceConfig, SourceConfig
 from conveyor.config.steps import StepConfig
 from conveyor.config.types import ConfigModel, Duration, FreeSpace, Secret, Size, SpaceFloor
@@ -169,6 +169,58 @@ class TargetEntryConfig(ConfigModel):
     when: WhenConfig | None = Field(None, description="which payloads this target takes (default: every one)")
 
 
+class ExpectConfig(ConfigModel):
+    """Files a flow must have taken by a time of day: when they have not, conveyor says so."""
+
+    by: str = Field(description="deadline, a time of day: HH:MM (24-hour) or HH:MM:SS")
+    on: str = Field(
+        "MON-SUN",
+        description="days with a deadline: names (MON, Tuesday), ranges (MON-FRI) or a list of them; "
+        "MON-SUN is every day",
+    )
+    timezone: str | None = Field(
+        None, description="time zone of by and on, e.g. Europe/London (default: the flow's timezone, else UTC)"
+    )
+    min_files: int = Field(1, ge=1, description="files that must arrive in the window before each deadline")
+    alert_url: str | None = Field(
+        None,
+        description="POST a JSON document here when a deadline is missed, and again when the files "
+        "arrive (retried a few times; treated as a secret)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _on_key(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on` key as the boolean true.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+    @field_validator("by")
+    @classmethod
+    def _clock(cls, v: str) -> str:
+        parse_clock(v)
+        return v.strip()
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _days(cls, v: Any) -> str:
+        parse_days(v)
+        return ",".join(v) if isinstance(v, list) else str(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        return None if v is None else zone(v).key
+
+    @field_validator("alert_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/?#\s]+[^\s]*$", v.strip()):
+            raise ValueError("must be an http:// or https:// URL")
+        return None if v is None else v.strip()
+
+
 class FlowConfig(ConfigModel):
     """A flow as written; ``source`` and ``target`` are checked against their instance's type."""
 
@@ -190,18 +242,16 @@ class FlowConfig(ConfigModel):
     description: str | None = Field(None, description="free text for operators")
     timezone: str | None = Field(
         None,
-        description="IANA zone (e.g. Europe/London) that dates in target filename and path templates "
-        "are written in (default UTC)",
+        description="IANA zone (e.g. Europe/London) for the flow's clock times: dates in target filename "
+        "and path templates, its source's schedule and expect (default UTC)",
     )
+    expect: ExpectConfig | None = Field(None, description="files the flow must have taken by a time of day")
 
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, v: str | None) -> str | None:
         if v is not None:
-            try:
-                ZoneInfo(v)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {v!r} (an IANA name such as Europe/London or UTC)") from None
+            zone(v)
         return v
 
 
@@ -274,12 +324,13 @@ class Flow:
     max_in_flight: int
     enabled: bool
     timezone: str | None = None
-    """The flow's ``timezone``: dates in target name templates are written in it (None: UTC)."""
+    """The flow's ``timezone``: dates in target name templates, schedules and deadlines are in it (None: UTC)."""
     fan_out: tuple[Route, ...] = ()
     """The targets of a ``targets:`` list (``target`` and ``target_kind`` are then its first's);
     empty for a flow with one ``target:``."""
     steps: tuple[StepConfig, ...] = ()
     """What is done to each payload between source and target, in order."""
+    expect: ExpectConfig | None = None
 
     @property
     def target_instance(self) -> str | None:
@@ -326,6 +377,8 @@ class Config:
                     out.extend(v for k, v in headers.items() if isinstance(v, str) and _secret_header(k))
             for step in flow.steps:
                 out.extend(step.secrets())
+            if flow.expect is not None and flow.expect.alert_url:
+                out.append(flow.expect.alert_url)  # a chat webhook's URL is its credential
         return [s for s in out if s]
 
 
