@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.config import load_config
+from conveyor.config.base import FileSourceConfig
 from conveyor.errors import ConfigError
 
 
@@ -84,6 +85,6 @@ def test_good_schedule_and_expectation(tmp_path: Path) -> None:
     )
     flow = load_config(p, env={}).flows["f"]
     assert flow.timezone == "Europe/London"
-    assert getattr(flow.source, "schedule") == "*/2 * * * * *"
+    assert isinstance(flow.source, FileSourceConfig) and flow.source.schedule == "*/2 * * * * *"
     assert flow.expect is not None and flow.expect.by == "06:00" and flow.expect.min_files == 1
     assert "https://hooks.example.com/T0/B0/secret" in load_config(p, env={}).secrets()

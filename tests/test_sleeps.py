@@ -21,6 +21,7 @@ ALLOWED = {
     "Daemon._housekeeping": "the daemon's hourly ledger pruning",
     "PostgresStore._renew_loop": "the lease heartbeat of a shared state store",
     "FtpPool._keepalive_loop": "the FTP keepalive ticker for idle connections",
+    "ExpectationWatcher._tick": "the expected-arrivals clock: waits for deadlines, looks for late files",
 }
 """Functions allowed to call asyncio.sleep with a non-zero delay, and why; qualified by class,
 not by module, so a file that moves keeps its entry."""

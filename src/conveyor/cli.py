@@ -67,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--forget", metavar="ID", help="forget a delivered item so its file is taken again")
     lg.add_argument("--limit", type=int, default=100)
     cfg(lg)
+    pl = sub.add_parser("poll", help="have a running daemon's file flow list its folder now")
+    pl.add_argument("flow")
+    pl.add_argument(
+        "--url",
+        default=None,
+        help="health endpoint (default: from the config, else 127.0.0.1:8470); "
+        "the API token is read through -c, or from $CONVEYOR_TOKEN",
+    )
+    cfg(pl)
     return p
 
 
@@ -237,6 +246,13 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return ledger_main(args)
 
 
+def cmd_poll(args: argparse.Namespace) -> int:
+    """``conveyor poll``."""
+    from conveyor.remote import poll_main
+
+    return poll_main(args)
+
+
 _COMMANDS = {
     "run": cmd_run,
     "check": cmd_check,
@@ -244,6 +260,7 @@ _COMMANDS = {
     "fingerprint": cmd_fingerprint,
     "status": cmd_status,
     "ledger": cmd_ledger,
+    "poll": cmd_poll,
 }
 
 if __name__ == "__main__":

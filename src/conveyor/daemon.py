@@ -15,11 +15,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+from conveyor.clock import Schedule, zone
 from conveyor.config import Config, Flow, load_config
 from conveyor.config.base import FileSourceConfig, MessageSourceConfig
 from conveyor.config.schema import Route
 from conveyor.errors import ConfigError, ConveyorError, describe
 from conveyor.flows.delivery import Deliverer, FanOut, Leg
+from conveyor.flows.expect import ExpectationWatcher
 from conveyor.flows.filesource import FileSource, FileSourceDeps
 from conveyor.flows.intake import IntakeGate
 from conveyor.flows.runner import FlowRunner
@@ -168,6 +170,8 @@ class Daemon:
         self.ctx = Context(spool=self.spool, status=self.status)
         self.instances: dict[str, Instance] = {}
         self.flows: dict[str, tuple[FlowRunner, asyncio.Task[None]]] = {}
+        self.watchers: dict[str, asyncio.Task[None]] = {}
+        """Each running flow's expected-arrivals watch (flows with ``expect``)."""
         self.addons: list[Addon] = make_addons(config)
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -379,7 +383,12 @@ class Daemon:
                 gate=self.gate,
             )
         assert isinstance(src, FileSourceConfig)
-        st.poll_interval = src.poll_interval
+        schedule = None
+        if src.schedule is not None:
+            schedule = Schedule(src.schedule, zone(flow.timezone or "UTC"))
+            st.schedule = src.schedule
+        else:
+            st.poll_interval = src.poll_interval
 
         def file_source(submit: Submit) -> FileSource:
             deps = FileSourceDeps(
@@ -391,7 +400,13 @@ class Daemon:
                 gate=self.gate,
             )
             return FileSource(
-                flow=flow.name, instance=src.instance, instance_type=icfg.type, fs=source_rt, config=src, deps=deps
+                flow=flow.name,
+                instance=src.instance,
+                instance_type=icfg.type,
+                fs=source_rt,
+                config=src,
+                deps=deps,
+                schedule=schedule,
             )
 
         return FlowRunner(
@@ -422,7 +437,17 @@ class Daemon:
             return
         task = self._tg.create_task(self._run_flow(runner, flow.name), name=f"flow:{flow.name}")
         self.flows[flow.name] = (runner, task)
+        if flow.expect is not None:
+            watcher = ExpectationWatcher(flow.name, flow.expect, flow.timezone, self.store, self.status)
+            self.watchers[flow.name] = self._tg.create_task(self._watch(watcher), name=f"expect:{flow.name}")
         log.info("flow started", extra={"flow": flow.name})
+
+    async def _watch(self, watcher: ExpectationWatcher) -> None:
+        """A flow's expected-arrivals watch: its trouble is logged, never the daemon's end."""
+        try:
+            await watcher.run()
+        except Exception:
+            log.exception("expected arrivals: the watch ended", extra={"flow": watcher.flow})
 
     async def _run_flow(self, runner: FlowRunner, name: str) -> None:
         """Run a flow in a task of its own; when this is cancelled (the hard stop), cancel that
@@ -438,6 +463,11 @@ class Daemon:
 
     async def _stop_flow(self, name: str) -> None:
         runner, task = self.flows.pop(name)
+        watcher = self.watchers.pop(name, None)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         self._draining.append((runner, task))  # a second stop signal aborts it too
         try:
             if self._signals > 1:

@@ -28,6 +28,11 @@ class FlowView(Protocol):
         """Tells the flow's source that the ledger forgot an item, so that it lists it afresh."""
         ...
 
+    @property
+    def poll_now(self) -> Callable[[], bool]:
+        """Asks the flow's source to list at once; False when it does not poll."""
+        ...
+
 
 class DaemonView(Protocol):
     """What the health server and the ledger routes read of the daemon."""

@@ -1,7 +1,7 @@
-"""The ledger endpoints: list a flow's items, retry a failed one, forget one.
+"""The ledger endpoints: list a flow's items, retry a failed one, forget one; and a poll on demand.
 
-Who may call them is decided before a handler runs (:mod:`conveyor.health_auth`): retry and
-forget always need the bearer token, listings unless ``health.public_listings`` is true.
+Who may call them is decided before a handler runs (:mod:`conveyor.health_auth`): retry,
+forget and poll always need the bearer token, listings unless ``health.public_listings`` is true.
 """
 
 from __future__ import annotations
@@ -132,8 +132,26 @@ async def forget_item(request: web.Request) -> web.Response:
     return await _act(request, "forget")
 
 
+async def poll_flow(request: web.Request) -> web.Response:
+    """POST /flows/{flow}/poll: a file source lists at once (202), whatever its interval or schedule."""
+    flow = _flow(request)
+    status, doc = await _on_daemon_loop(request, _poll(_daemon(request), flow))
+    return _json(doc, status)
+
+
+async def _poll(daemon: DaemonView, flow: str) -> tuple[int, dict[str, Any]]:
+    """Ask a running flow's source to list (on the daemon loop); the HTTP status and answer."""
+    entry = daemon.flows.get(flow)
+    if entry is None:
+        return 409, {"error": f"flow {flow} is not running (disabled, or it could not start: see /status)"}
+    if not entry[0].poll_now():
+        return 409, {"error": f"flow {flow} reads from a broker: messages arrive as they are sent, there is no poll"}
+    return 202, {"flow": flow, "poll": "requested"}
+
+
 def add_ledger_routes(app: web.Application) -> None:
-    """Register the ledger routes."""
+    """Register the ledger routes and the poll on demand."""
     app.router.add_get("/flows/{flow}/items", list_items)
     app.router.add_post("/flows/{flow}/items/{id}/retry", retry_item)
     app.router.add_post("/flows/{flow}/items/{id}/forget", forget_item)
+    app.router.add_post("/flows/{flow}/poll", poll_flow)

@@ -226,6 +226,15 @@ class Forgets(Protocol):
         ...
 
 
+@runtime_checkable
+class PollsOnDemand(Protocol):
+    """A source that lists on a cadence and can be asked to list at once."""
+
+    def poll_now(self) -> None:
+        """List as soon as possible."""
+        ...
+
+
 class MessageSource(Protocol):
     """A queue or subscription. ``run`` consumes until its flow stops, it is cancelled or the connection is lost."""
 

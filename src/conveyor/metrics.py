@@ -72,6 +72,12 @@ class Metrics:
             ["flow", "target", "outcome"],
             registry=r,
         )
+        self.expectation_missed = Gauge(
+            "conveyor_flow_expectation_missed",
+            "1 while a flow's expected files have not arrived by their deadline (flows with expect only)",
+            ["flow"],
+            registry=r,
+        )
         # Label children are cached: a labels() lookup per payload is the hot path at 1,000/s.
         self._children: dict[tuple[int | str, ...], Any] = {}
         self._warned = False
@@ -115,6 +121,8 @@ class Metrics:
             self._child(self.connects, f["instance"], f["outcome"]).inc()
         elif kind == "refused":
             self._child(self.refused, f["flow"]).inc()
+        elif kind == "expectation":
+            self._child(self.expectation_missed, f["flow"]).set(1 if f["missed"] else 0)
         elif kind == "instance_state":
             self._child(self.instance_up, f["instance"]).set(1 if f["state"] == "up" else 0)
 
@@ -130,8 +138,10 @@ class Metrics:
                     self._child(self.targets, name, target, outcome)
             if fl.targets:
                 self._child(self.payloads, name, "no_target")
-            if fl.poll_interval is not None:  # a file source
+            if fl.poll_interval is not None or fl.schedule is not None:  # a file source
                 self._child(self.refused, name)
+            if fl.expectation is not None:
+                self._child(self.expectation_missed, name).set(1 if fl.expectation.get("state") == "missed" else 0)
 
     def exposition(self) -> bytes:
         """The Prometheus text format."""

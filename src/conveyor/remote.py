@@ -1,7 +1,7 @@
-"""``conveyor status`` and ``conveyor ledger``: clients of a running daemon's health endpoint.
+"""``conveyor status``, ``conveyor ledger`` and ``conveyor poll``: clients of a running daemon's health endpoint.
 
 The URL is ``--url``, else ``health.listen`` of the config (``-c``, or the default config
-when it exists), else ``http://127.0.0.1:8470``. The ledger calls need the daemon's bearer
+when it exists), else ``http://127.0.0.1:8470``. The ledger calls and polls need the daemon's bearer
 token; it is taken from ``$CONVEYOR_TOKEN``, else from the config: ``health.token``, or the
 file the daemon made beside its state database (never from the command line, where ``ps``
 would show it). With ``--url`` and no ``-c`` only ``$CONVEYOR_TOKEN`` is sent: a token read
@@ -346,4 +346,21 @@ def ledger_main(args: argparse.Namespace) -> int:
             print(f"conveyor ledger: {e}", file=sys.stderr)
         return 1
     print(render_items(doc))
+    return 0
+
+
+def poll_main(args: argparse.Namespace) -> int:
+    """``conveyor poll FLOW``: the flow's file source lists now; 0 when the daemon took the request."""
+    url = base_url(args)
+    flow = urllib.parse.quote(args.flow, safe="")
+    token = find_token(args)
+    try:
+        request(f"{url}/flows/{flow}/poll", "POST", token.value)
+    except RemoteError as e:
+        if e.status == 401:
+            print(f"conveyor poll: the daemon wants its API token: {token.hint}", file=sys.stderr)
+        else:
+            print(f"conveyor poll: {e}", file=sys.stderr)
+        return 1
+    print(f"{_clean(args.flow)}: poll requested; the source lists its folder now")
     return 0

@@ -61,6 +61,12 @@ class FlowStatus:
     last_error_at: float | None = None
     last_poll: float | None = None
     poll_interval: float | None = None
+    schedule: str | None = None
+    """A file source's cron schedule (then ``poll_interval`` is None)."""
+    next_poll: float | None = None
+    """When a scheduled file source lists next."""
+    expectation: dict[str, Any] | None = None
+    """The flow's expected arrivals as /status shows them (flows with ``expect`` only)."""
     delivery_timeout: float | None = None
     oldest_in_flight: dict[str, float] = field(default_factory=dict)
     """payload id -> time its delivery started, to spot stuck deliveries."""
@@ -68,6 +74,10 @@ class FlowStatus:
     """Payloads settled without a delivery: no target of the flow's ``targets:`` list matched them."""
     targets: dict[str, TargetStatus] = field(default_factory=dict)
     """Each target of a ``targets:`` list, by name (empty for a flow with one ``target:``)."""
+
+
+SCHEDULE_GRACE = 300.0
+"""Seconds a scheduled poll may take past its time before /readyz calls the flow stalled."""
 
 
 def _ts(t: float | None) -> str | None:
@@ -161,6 +171,13 @@ class StatusBoard:
         if st is not None:
             st.last_poll = time.time()
 
+    def expectation(self, name: str, doc: dict[str, Any], missed: bool) -> None:
+        """A flow's expected arrivals were checked: ``doc`` for /status, ``missed`` for the metric."""
+        st = self.flows.get(name)
+        if st is not None:
+            st.expectation = doc
+        self._emit("expectation", flow=name, missed=missed)
+
     def intake_paused(self, reason: str | None) -> None:
         """Intake paused for ``reason`` (the free-space floor), or resumed (None)."""
         if (reason is None) != (self.paused is None):
@@ -251,6 +268,13 @@ class StatusBoard:
                         f"stalled: last completed poll {now - ref:.0f}s ago (poll_interval {f.poll_interval:g}s)"
                     )
                     continue
+            if f.next_poll is not None and now - f.next_poll > SCHEDULE_GRACE:
+                ref = f.last_poll or self.started
+                if ref < f.next_poll:
+                    out[f.name] = (
+                        f"stalled: the poll due at {_ts(f.next_poll)} has not completed (schedule {f.schedule})"
+                    )
+                    continue
             if f.delivery_timeout and f.oldest_in_flight:
                 oldest = min(f.oldest_in_flight.values())
                 if now - oldest > f.delivery_timeout:
@@ -282,6 +306,7 @@ class StatusBoard:
             },
             "flows": {
                 n: {
+                    **self._schedule_doc(f),
                     "state": f.state,
                     "delivered": f.delivered,
                     "failed": f.failed,
@@ -310,3 +335,14 @@ class StatusBoard:
                 for n, f in self.flows.items()
             },
         }
+
+    @staticmethod
+    def _schedule_doc(f: FlowStatus) -> dict[str, Any]:
+        """The keys only flows with a schedule or an expectation have."""
+        doc: dict[str, Any] = {}
+        if f.schedule is not None:
+            doc["schedule"] = f.schedule
+            doc["next_poll"] = _ts(f.next_poll)
+        if f.expectation is not None:
+            doc["expectation"] = f.expectation
+        return doc

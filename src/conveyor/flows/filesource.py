@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from conveyor import companions
+from conveyor.clock import Schedule
 from conveyor.config.base import FileSourceConfig
 from conveyor.config.types import MoveAction, format_size
 from conveyor.errors import TooLarge, Transient
@@ -77,7 +78,9 @@ class FileSource:
         fs: FileSystem,
         config: FileSourceConfig,
         deps: FileSourceDeps,
+        schedule: Schedule | None = None,
     ) -> None:
+        """``schedule``: list at its times instead of every ``poll_interval``."""
         self.flow = flow
         self.instance = instance
         self.instance_type = instance_type
@@ -129,18 +132,64 @@ class FileSource:
             else None
         )
         """Done files and checksum files, when the source waits for them."""
+        self.schedule = schedule
+        self._wake = asyncio.Event()
+        """Set by a poll on demand (and by the stop): ends the wait for the next listing."""
+        self._unstable = 0
+        """Files the last listing saw that were not yet stable."""
 
     async def run(self, stop: StopSignal) -> None:
-        """Poll until the flow stops; the poll cadence wait is here, retries are the supervisor's."""
-        while not stop.is_set():
-            if self.gate is not None and not await self.gate.wait(stop):
-                break  # stopped while intake was paused
-            await self.poll()
-            self.status.polled(self.flow)
-            fs = self.status.flows.get(self.flow)
-            if fs is not None:
-                fs.state = "running"
-            await stop.wait(self.config.poll_interval)
+        """Poll until the flow stops: every ``poll_interval``, or at the schedule's times, and at
+        once when asked (:meth:`poll_now`); the waits are here, retries are the supervisor's."""
+        withdraw = stop.on_set(self._wake.set)
+        try:
+            due = time.time() if self.schedule is None else self._next_time(time.time())
+            while not stop.is_set():
+                demanded = await self._until(due)
+                if stop.is_set():
+                    break
+                if self.gate is not None and not await self.gate.wait(stop):
+                    break  # stopped while intake was paused
+                await self.poll()
+                self.status.polled(self.flow)
+                fs = self.status.flows.get(self.flow)
+                if fs is not None:
+                    fs.state = "running"
+                now = time.time()
+                due = now + self.config.poll_interval if self.schedule is None else self._next_time(now)
+                if (self.schedule is not None or demanded) and self._unstable and self.config.min_age > 0:
+                    # Files seen for the first time are taken once they kept still for min_age: list
+                    # again then, not at the next scheduled time, which may be a day away.
+                    due = min(due, now + self.config.min_age)
+        finally:
+            withdraw()
+
+    def poll_now(self) -> None:
+        """List at once (a poll on demand), whatever the interval or schedule says."""
+        self._wake.set()
+
+    def _next_time(self, now: float) -> float:
+        assert self.schedule is not None
+        due = self.schedule.next_after(now)
+        fs = self.status.flows.get(self.flow)
+        if fs is not None:
+            fs.next_poll = due
+        return due
+
+    async def _until(self, due: float) -> bool:
+        """Wait until the wall clock reaches ``due``; True when a poll on demand (or the stop) came first.
+
+        Waits at most a minute at a time and looks at the clock again, so a scheduled time is kept
+        when the system clock is set or the machine sleeps in between."""
+        while True:
+            if self._wake.is_set():
+                self._wake.clear()
+                return True
+            left = due - time.time()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(left, 60.0))
 
     async def poll(self) -> None:
         """One listing: take every stable, matching file not yet delivered."""
@@ -156,6 +205,7 @@ class FileSource:
         key = self._select.key
         self._refused = set()
         self._cut = False
+        self._unstable = 0
         self._select.clock = time.time()
         listing = self._entries(present)
         if self._partner is not None:
@@ -172,6 +222,7 @@ class FileSource:
                 if done is not None and done[0] == f.size and done[1] == f.mtime:
                     continue  # the same file the ledger said was done (a changed one has a new id)
                 if not self._stable(f, now):
+                    self._unstable += 1
                     continue
                 ready.append(f)
                 if key is not None:

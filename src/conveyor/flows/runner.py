@@ -12,7 +12,7 @@ from conveyor.config.base import MessageSourceConfig
 from conveyor.flows import slots
 from conveyor.flows.delivery import Deliverer
 from conveyor.flows.intake import IntakeGate
-from conveyor.interfaces import Forgets, Inbound, MessageSource, Source, Submit
+from conveyor.interfaces import Forgets, Inbound, MessageSource, PollsOnDemand, Source, Submit
 from conveyor.redact import redact
 from conveyor.status import StatusBoard
 from conveyor.stopping import StopSignal
@@ -98,6 +98,13 @@ class FlowRunner:
         needs no telling: it offers the message again, or it is gone)."""
         if isinstance(self.source, Forgets):
             self.source.forgotten(id)
+
+    def poll_now(self) -> bool:
+        """Ask a file source to list at once; False for a source that does not poll (a broker)."""
+        if isinstance(self.source, PollsOnDemand):
+            self.source.poll_now()
+            return True
+        return False
 
     async def submit(self, key: str, work: Callable[[], Awaitable[None]]) -> bool:
         """Start one delivery when a slot is free; False once the flow is stopping (also when
