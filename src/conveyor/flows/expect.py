@@ -215,7 +215,9 @@ class ExpectationWatcher:
 
     def _alert(self, event: str) -> None:
         if self.expect.alert_url:
-            self._alerts.put_nowait({"flow": self.flow, "event": event, **self.doc(), "at": _iso(time.time())})
+            now = time.time()
+            doc = self.doc(self.deadlines.next(now))
+            self._alerts.put_nowait({"flow": self.flow, "event": event, **doc, "at": _iso(now)})
 
     async def _send_alerts(self) -> None:
         """POST each alert in turn (so ``met`` never overtakes ``missed``); a failure is logged, never raised."""
