@@ -268,16 +268,20 @@ async def test_an_expectation_missed_then_met(
         assert [r.headers.get("Content-Type", "").split(";")[0] for r in sink.received] == ["application/json"] * 2
 
 
-async def test_a_deadline_passed_before_the_start_is_checked_against_the_ledger(
-    tmp_path: Path, session: aiohttp.ClientSession
-) -> None:
+def passed_deadline(tmp_path: Path, sink: Sink) -> tuple[Path, Path, Path, int]:
+    """A local flow whose deadline, every day, passed a minute ago: (config, in, out, port)."""
     instance, folder = source_of("local", tmp_path)
     out = tmp_path / "out"
     port = free_port()
+    f = {**flow(out, poll_interval="200ms"), "expect": expect(deadline_in(-60), "MON-SUN", sink)}
+    return config(tmp_path, instance, {"f": f}, port), folder, out, port
+
+
+async def test_a_deadline_passed_before_the_start_is_checked_against_the_ledger(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
     async with http_sink() as sink:
-        by = deadline_in(-60)
-        f = {**flow(out, poll_interval="200ms"), "expect": expect(by, "MON-SUN", sink)}
-        cfg = config(tmp_path, instance, {"f": f}, port)
+        cfg, folder, _out, port = passed_deadline(tmp_path, sink)
 
         # Nothing arrived since the window opened: missed as soon as the daemon starts.
         d = DaemonProcess(cfg, port).start()
@@ -313,12 +317,9 @@ async def _expectation(session: aiohttp.ClientSession, d: DaemonProcess, state: 
 async def test_a_failing_alert_url_is_retried_and_blocks_nothing(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    instance, folder = source_of("local", tmp_path)
-    out = tmp_path / "out"
-    port = free_port()
     async with http_sink(default=status(500, "down")) as sink:
-        f = {**flow(out, poll_interval="200ms"), "expect": expect(deadline_in(-60), "MON-SUN", sink)}
-        d = DaemonProcess(config(tmp_path, instance, {"f": f}, port), port).start()
+        cfg, folder, out, port = passed_deadline(tmp_path, sink)
+        d = DaemonProcess(cfg, port).start()
         try:
             await d.wait_listening()
             await wait_for(lambda: _expectation(session, d, "missed"), 20)

@@ -30,6 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     def cfg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-c", "--config", type=Path, help="config file (.yaml, .yml or .toml)")
 
+    def api_url(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--url",
+            default=None,
+            help="health endpoint (default: from the config, else 127.0.0.1:8470); "
+            "the API token is read through -c, or from $CONVEYOR_TOKEN",
+        )
+
     r = sub.add_parser("run", help="run the daemon (stops cleanly on SIGTERM/SIGINT, reloads on SIGHUP)")
     cfg(r)
     c = sub.add_parser("check", help="validate a config; with --connect also log in and check every flow")
@@ -56,12 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     cfg(st)
     lg = sub.add_parser("ledger", help="list or act on a flow's items in a running daemon")
     lg.add_argument("flow")
-    lg.add_argument(
-        "--url",
-        default=None,
-        help="health endpoint (default: from the config, else 127.0.0.1:8470); "
-        "the API token is read through -c, or from $CONVEYOR_TOKEN",
-    )
+    api_url(lg)
     lg.add_argument("--state", choices=["pending", "in_flight", "delivered", "failed"])
     lg.add_argument("--retry", metavar="ID", help="deliver a failed item again")
     lg.add_argument("--forget", metavar="ID", help="forget a delivered item so its file is taken again")
@@ -69,12 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     cfg(lg)
     pl = sub.add_parser("poll", help="have a running daemon's file flow list its folder now")
     pl.add_argument("flow")
-    pl.add_argument(
-        "--url",
-        default=None,
-        help="health endpoint (default: from the config, else 127.0.0.1:8470); "
-        "the API token is read through -c, or from $CONVEYOR_TOKEN",
-    )
+    api_url(pl)
     cfg(pl)
     return p
 
