@@ -37,6 +37,7 @@ flows:
     source: {instance: box}
     target: {type: directory, path: /y}
     expect: {on: [MON, 3]}
+  h: {source: {instance: box, schedule: "0 0 30 2 *"}, target: {type: directory, path: /y}}
 """
 
 
@@ -58,6 +59,7 @@ def test_bad_schedules_and_expectations_name_their_keys(tmp_path: Path) -> None:
         "flows.c.source.schedule (line 6): '* * *' has 3 fields: a schedule has 5 (minute hour day month weekday) "
         "or 6 (second first)",
         "flows.d.source.schedule (line 7): give either schedule or poll_interval, not both",
+        "flows.h.source.schedule (line 17): '0 0 30 2 *' never comes (no such date, like 30 February)",
     ]
 
 

@@ -329,3 +329,24 @@ async def test_a_failing_alert_url_is_retried_and_blocks_nothing(
             assert len(sink.received) >= 4
         finally:
             d.stop()
+
+
+async def test_a_flow_that_cannot_start_is_still_watched_and_the_daemon_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.daemon import Daemon
+    from tests.harness import running
+
+    def cannot_build(self: Daemon, flow: Any) -> Any:
+        raise RuntimeError("no such library")
+
+    monkeypatch.setattr(Daemon, "build_flow", cannot_build)
+    async with http_sink() as sink:
+        cfg, _folder, _out, _port = passed_deadline(tmp_path, sink)
+        async with running(cfg) as d:
+            await wait_for(lambda: alerts(sink), 20)
+            assert d.status.flows["f"].state == "failed"
+            assert d.status.flows["f"].expectation["state"] == "missed"  # type: ignore[index]
+            assert await d.reload()  # the watch of a flow that failed is started again, not doubled
+            assert list(d.watchers) == ["f"]
+        assert d.watchers == {}

@@ -73,7 +73,7 @@ def parse_days(value: Any) -> frozenset[int]:
 def cron_fields(expr: str) -> int:
     """Check a cron expression: 5 fields (minute hour day month weekday), 6 with seconds
     first, or an ``@daily``-style nickname; its field count, or ValueError with croniter's reason."""
-    from croniter import croniter
+    from croniter import CroniterBadDateError, croniter
 
     if not isinstance(expr, str) or not expr.strip():
         raise ValueError("expected a cron expression such as '*/5 8-18 * * MON-FRI'")
@@ -83,9 +83,13 @@ def cron_fields(expr: str) -> int:
             f"{expr!r} has {fields} fields: a schedule has 5 (minute hour day month weekday) or 6 (second first)"
         )
     try:
-        croniter(expr, dt.datetime(2000, 1, 1, tzinfo=UTC), second_at_beginning=fields == 6)
+        it = croniter(expr, dt.datetime(2000, 1, 1, tzinfo=UTC), second_at_beginning=fields == 6)
     except (ValueError, KeyError) as e:
         raise ValueError(f"not a valid cron expression: {e}") from None
+    try:
+        it.get_next(dt.datetime)
+    except CroniterBadDateError:
+        raise ValueError(f"{expr!r} never comes (no such date, like 30 February)") from None
     return fields
 
 

@@ -276,6 +276,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         log.info("stopping: draining %d flows (up to %.0fs)", len(self.flows), self.config.shutdown_timeout)
         await asyncio.gather(*(self._stop_flow(name) for name in list(self.flows)))
+        for name in list(self.watchers):
+            self._unwatch(name)  # the watches of flows that could not start
 
     # -- instances and flows --------------------------------------------------------
     def instance(self, name: str) -> Instance:
@@ -421,6 +423,11 @@ class Daemon:
 
     def _start_flow(self, flow: Flow) -> None:
         assert self._tg is not None
+        self._unwatch(flow.name)
+        if flow.expect is not None:
+            # Watched even when the flow cannot start below: its files will not come then either.
+            watcher = ExpectationWatcher(flow.name, flow.expect, flow.timezone, self.store, self.status)
+            self.watchers[flow.name] = self._tg.create_task(self._watch(watcher), name=f"expect:{flow.name}")
         try:
             runner = self.build_flow(flow)
         except Exception as e:
@@ -437,10 +444,13 @@ class Daemon:
             return
         task = self._tg.create_task(self._run_flow(runner, flow.name), name=f"flow:{flow.name}")
         self.flows[flow.name] = (runner, task)
-        if flow.expect is not None:
-            watcher = ExpectationWatcher(flow.name, flow.expect, flow.timezone, self.store, self.status)
-            self.watchers[flow.name] = self._tg.create_task(self._watch(watcher), name=f"expect:{flow.name}")
         log.info("flow started", extra={"flow": flow.name})
+
+    def _unwatch(self, name: str) -> None:
+        """End a flow's expected-arrivals watch (it ends at its next await)."""
+        task = self.watchers.pop(name, None)
+        if task is not None:
+            task.cancel()
 
     async def _watch(self, watcher: ExpectationWatcher) -> None:
         """A flow's expected-arrivals watch: its trouble is logged, never the daemon's end."""
@@ -517,6 +527,8 @@ class Daemon:
         for n in stop:
             if n not in new.flows:
                 self.status.remove_flow(n)
+        for n in [n for n in self.watchers if n not in self.flows]:
+            self._unwatch(n)  # a flow that could not start: started again below, or gone
         await self._close_instances([n for n in changed if n in self.instances])
         self.config = new
         self.gate.set_floor(new.min_free_space)
