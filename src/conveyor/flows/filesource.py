@@ -137,20 +137,27 @@ class FileSource:
         """Set by a poll on demand (and by the stop): ends the wait for the next listing."""
         self._unstable = 0
         """Files the last listing saw that were not yet stable."""
+        self._failed = False
+        """The last listing ended in an error (the supervisor runs :meth:`run` again)."""
 
     async def run(self, stop: StopSignal) -> None:
         """Poll until the flow stops: every ``poll_interval``, or at the schedule's times, and at
         once when asked (:meth:`poll_now`); the waits are here, retries are the supervisor's."""
         withdraw = stop.on_set(self._wake.set)
         try:
-            due = time.time() if self.schedule is None else self._next_time(time.time())
+            # A listing that failed is tried again as soon as the supervisor restarts this, not
+            # left for the next scheduled time (which may be tomorrow's).
+            now = time.time()
+            due = now if self.schedule is None or self._failed else self._next_time(now)
             while not stop.is_set():
                 demanded = await self._until(due)
                 if stop.is_set():
                     break
                 if self.gate is not None and not await self.gate.wait(stop):
                     break  # stopped while intake was paused
+                self._failed = True
                 await self.poll()
+                self._failed = False
                 self.status.polled(self.flow)
                 fs = self.status.flows.get(self.flow)
                 if fs is not None:
