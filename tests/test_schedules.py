@@ -250,6 +250,8 @@ async def test_an_expectation_missed_then_met(
             status = (await flows(session, d))["f"]["expectation"]
             assert status["state"] == "missed" and status["missed_since"]
             assert await gauge(session, d, "f") == 1
+            code, printed, err = await cli("status", "--url", d.url)
+            assert code == 0 and f"expected files missed:\n  f: 1 of 2 by {missed['deadline']}" in printed, err
             (line,) = logged(d, "error", "expected files missed")
             assert line["flow"] == "f" and "1 of 2 arrived" in line["msg"]
             # A late partner is not conveyor being unready.

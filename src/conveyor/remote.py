@@ -262,6 +262,15 @@ def render_status(doc: dict[str, Any]) -> str:
         for kind in ("flows", "instances"):
             for name, why in sorted((reasons.get(kind) or {}).items()):
                 out.append(f"  {kind[:-1]} {_clean(name)}: {_clean(why)}")
+    late = [
+        (n, f["expectation"]) for n, f in sorted(flows.items()) if (f.get("expectation") or {}).get("state") == "missed"
+    ]
+    if late:
+        out += ["", "expected files missed:"]
+        out += [
+            f"  {_clean(n)}: {_clean(e.get('arrived'))} of {_clean(e.get('min_files'))} by {_clean(e.get('deadline'))}"
+            for n, e in late
+        ]
     warnings = doc.get("warnings") or []
     if warnings:
         out += ["", "weak transport:"] + [f"  {_clean(w)}" for w in warnings]
