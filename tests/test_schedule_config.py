@@ -38,6 +38,7 @@ flows:
     target: {type: directory, path: /y}
     expect: {on: [MON, 3]}
   h: {source: {instance: box, schedule: "0 0 30 2 *"}, target: {type: directory, path: /y}}
+  i: {source: {instance: box}, target: {type: directory, path: /y}, expect: {by: "06:00", on: []}}
 """
 
 
@@ -54,6 +55,7 @@ def test_bad_schedules_and_expectations_name_their_keys(tmp_path: Path) -> None:
         "flows.f.expect.alert_url (line 12): must be an http:// or https:// URL",
         "flows.g.expect.by (line 16): missing required key",
         "flows.g.expect.on (line 16): expected day names, ranges or a list of them, e.g. MON-FRI",
+        "flows.i.expect.on (line 18): expected day names, ranges or a list of them, e.g. MON-FRI",
         "flows.a.source.schedule (line 4): not a valid cron expression: [*/5 8-18 * * mon-frx] is not acceptable",
         "flows.b.source.schedule (line 5): not a valid cron expression: [61 * * * *] is not acceptable, out of range",
         "flows.c.source.schedule (line 6): '* * *' has 3 fields: a schedule has 5 (minute hour day month weekday) "

@@ -67,6 +67,8 @@ def parse_days(value: Any) -> frozenset[int]:
         start = _day(first)
         end = _day(last) if sep else start
         days.update((start + i) % 7 for i in range((end - start) % 7 + 1))
+    if not days:
+        raise ValueError("expected day names, ranges or a list of them, e.g. MON-FRI")
     return frozenset(days)
 
 

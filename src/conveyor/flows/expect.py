@@ -81,22 +81,22 @@ class ExpectationWatcher:
         now = time.time()
         last = self.deadlines.last(now)
         if last is not None and now - last <= STARTUP_LOOKBACK:
-            await self._guarded(self._check, last)
+            await self._check_until_counted(last)
         else:
             self._publish()
         while True:
             nxt = self.deadlines.next(time.time())
-            if nxt is None:  # no days: never (the config refuses an empty list)
+            if nxt is None:  # no days (the config refuses that): nothing to watch
                 return
             self._publish(nxt)
             await self._until(nxt)
-            await self._guarded(self._check, nxt)
+            await self._check_until_counted(nxt)
 
-    async def _guarded(self, check: Any, deadline: float) -> None:
-        """A check that failed (the store unreachable) is tried again, never ends the watch."""
+    async def _check_until_counted(self, deadline: float) -> None:
+        """Check a deadline; a check that failed (the store unreachable) is tried again, never ends the watch."""
         while True:
             try:
-                await check(deadline)
+                await self._check(deadline)
                 return
             except Exception as e:
                 log.warning(
