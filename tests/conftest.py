@@ -66,6 +66,8 @@ UNIT_MODULES = frozenset(
         "test_secrets_in_logs",
         "test_health_auth",
         "test_globs",
+        "test_clock",
+        "test_schedule_config",
     }
 )
 
