@@ -89,6 +89,19 @@ def test_missing_postgres_library_is_one_line_and_exit_2(tmp_path: Path, command
     assert "Traceback" not in r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_missing_cron_library_is_one_line_and_exit_2(tmp_path: Path, command: str) -> None:
+    cfg = write_config(
+        tmp_path,
+        {"disk": {"type": "local", "root": str(tmp_path), "create": True}},
+        {"f": {"source": {"instance": "disk", "schedule": "0 6 * * *"}, "target": {"type": "directory", "path": "/o"}}},
+    )
+    r = child(tmp_path, "croniter", "-m", "conveyor", command, "-c", str(cfg))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "flows.f.source.schedule (line 18): a schedule needs the Python module 'croniter'" in r.stderr, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
 def test_default_install_has_the_pubsub_and_postgres_clients(tmp_path: Path) -> None:
     """The clients are dependencies of conveyor itself, so ``check`` passes on a plain install."""
     cfg = pubsub_config(tmp_path, state="postgresql://postgres@127.0.0.1:5432/test")

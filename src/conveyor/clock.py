@@ -75,7 +75,14 @@ def parse_days(value: Any) -> frozenset[int]:
 def cron_fields(expr: str) -> int:
     """Check a cron expression: 5 fields (minute hour day month weekday), 6 with seconds
     first, or an ``@daily``-style nickname; its field count, or ValueError with croniter's reason."""
-    from croniter import CroniterBadDateError, croniter
+    try:
+        from croniter import CroniterBadDateError, croniter
+    except ImportError as e:
+        # An incomplete install: one line naming the key, as for a connector's missing library.
+        raise ValueError(
+            f"a schedule needs the Python module '{e.name or 'croniter'}', which is not installed: "
+            "install conveyor with its dependencies (pip install conveyor; not --no-deps)"
+        ) from None
 
     if not isinstance(expr, str) or not expr.strip():
         raise ValueError("expected a cron expression such as '*/5 8-18 * * MON-FRI'")
