@@ -207,3 +207,17 @@ def test_check_connect_fails_fast_on_bad_login(rabbit_vhost: Vhost, tmp_path: Pa
     novhost = write_config(tmp_path, {"mq": rabbit_vhost.instance_config(vhost="nope")}, flows)
     r = _check(novhost)
     assert r.returncode == 2 and "vhost 'nope' does not exist" in r.stdout + r.stderr
+
+
+async def test_a_poll_on_demand_of_a_queue_flow_says_there_is_none(rabbit_vhost: Vhost, tmp_path: Path) -> None:
+    import aiohttp
+
+    from tests.servers.ops import api_headers, daemon_in_process, get_json
+
+    v = rabbit_vhost
+    q = v.q("no-poll")
+    flows = {"mq": {"source": {"instance": "mq", "queue": q}, "target": {"type": "directory", "path": str(tmp_path)}}}
+    cfg = write_config(tmp_path, {"mq": v.instance_config()}, flows, health={"listen": "127.0.0.1:0"})
+    async with daemon_in_process(cfg) as d, aiohttp.ClientSession() as s:
+        code, doc = await get_json(s, f"{d.health.url}/flows/mq/poll", method="POST", headers=api_headers(cfg))
+    assert code == 409 and "reads from a broker" in doc["error"], doc
