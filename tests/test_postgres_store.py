@@ -143,6 +143,8 @@ async def test_each_targets_delivery_is_recorded(opener: Opener) -> None:
     await s.settled("f", "c")
     assert await s.prune(time.time() + 5) == 1
     assert await s.targets("f", ["c"]) == {}
+
+
 async def test_arrivals_counts_items_first_seen_since(opener: Opener) -> None:
     s = await opener("r1")
     assert await s.claim("f", "old", {}, 60)
