@@ -40,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the daemon (stops cleanly on SIGTERM/SIGINT, reloads on SIGHUP)")
     cfg(r)
+    r.add_argument(
+        "--once",
+        action="store_true",
+        help="poll every file flow once and drain every queue or subscription, deliver everything, then exit: "
+        "0 all delivered, 1 an item failed, 2 invalid config",
+    )
+    r.add_argument(
+        "--idle",
+        default=None,
+        metavar="DURATION",
+        help="with --once: a queue or subscription is done once nothing came for this long (default 5s)",
+    )
     c = sub.add_parser("check", help="validate a config; with --connect also log in and check every flow")
     cfg(c)
     c.add_argument(
@@ -113,6 +125,9 @@ def _load(args: argparse.Namespace, *, libraries: bool = False, files: bool = Fa
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``conveyor run``."""
+    once = _once(args)
+    if once is False:
+        return 2
     config = _load(args, libraries=True)
     if config is None:
         return 2
@@ -124,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     faulthandler.enable(all_threads=True)  # a crash writes every thread's stack to stderr (the journal)
     try:
-        return run_daemon(config)
+        return run_daemon(config, once=once)
     except Exception as e:
         import logging
 
@@ -137,6 +152,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         text = "; ".join(describe(x) for x in leaves)
         logging.getLogger("conveyor").critical("fatal: %s", redact(text), exc_info=not expected)
         return 1
+
+
+def _once(args: argparse.Namespace) -> float | bool | None:
+    """``--once``'s idle seconds, None without it, False (after saying why) for a bad ``--idle``."""
+    if args.idle is not None and not args.once:
+        print("--idle is for --once", file=sys.stderr)
+        return False
+    if not args.once:
+        return None
+    from conveyor.config.types import parse_duration
+
+    try:
+        return parse_duration(args.idle if args.idle is not None else "5s")
+    except ValueError as e:
+        print(f"--idle: {e}", file=sys.stderr)
+        return False
 
 
 def _leaves(e: BaseException) -> list[BaseException]:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from conveyor.clock import Schedule, zone
 from conveyor.config import Config, Flow, load_config
@@ -73,15 +73,16 @@ def waiting_in(task: asyncio.Task[None]) -> str:
     return "waiting in asyncio"
 
 
-def run_daemon(config: Config) -> int:
-    """Run the daemon in a new event loop until it stops; the exit code.
+def run_daemon(config: Config, once: float | None = None) -> int:
+    """Run the daemon in a new event loop until it stops; the exit code. With ``once`` (idle
+    seconds), run every flow once (see :class:`Daemon`) and exit 0 when all was delivered, else 1.
 
     When a flow task was left behind, the process exits as soon as the daemon is done:
     ``asyncio.run`` would cancel that task again and wait for it without a limit.
     """
 
     async def main() -> int:
-        daemon = Daemon(config)
+        daemon = Daemon(config, once=once)
         code = await daemon.run()
         if daemon.left_behind:
             for handler in logging.getLogger().handlers:
@@ -158,10 +159,19 @@ def intake_folders(config: Config) -> list[Path]:
 
 
 class Daemon:
-    """Runs every enabled flow of a config until SIGTERM/SIGINT; SIGHUP reloads."""
+    """Runs every enabled flow of a config until SIGTERM/SIGINT; SIGHUP reloads.
 
-    def __init__(self, config: Config) -> None:
+    With ``once`` (``run --once``, idle seconds) each file flow lists its folder once, each
+    message flow consumes until nothing came for ``once`` seconds; the daemon stops when every
+    flow delivered what it took. The guarantees are the daemon's: the ledger records each step,
+    so a run killed half-way leaves nothing lost and the next run finishes the work.
+    """
+
+    def __init__(self, config: Config, *, once: float | None = None) -> None:
         self.config = config
+        self.once = once
+        self.unfinished: list[str] = []
+        """After a ``once`` run: why not everything was delivered (empty when all was)."""
         self.status = StatusBoard()
         self.spool = Spool(Path(config.spool_dir), config.spool_threshold, config.spool_max)
         self.owner = config.replica or f"{socket.gethostname()}:{os.getpid()}"
@@ -214,11 +224,16 @@ class Daemon:
                 for addon in self.addons:
                     await addon.ready()
                 with fewer_gc_passes():
-                    await self._wait_for_stop()
+                    if self.once is None:
+                        await self._wait_for_stop()
+                    else:
+                        await self._wait_for_flows()
                 for addon in self.addons:
                     await addon.stop()
                 await self._shutdown()
                 housekeeping.cancel()
+                if self.once is not None:
+                    await self._check_once()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -227,6 +242,10 @@ class Daemon:
                 await addon.close()
             await self.store.close()
         log.info("conveyor stopped")
+        if self.once is not None:
+            for why in self.unfinished:
+                log.error("not everything was delivered: %s", why)
+            return 1 if self.unfinished else 0
         return 0
 
     def _report_weak_transport(self) -> None:
@@ -262,6 +281,34 @@ class Daemon:
             if self._reload.is_set() and not self._stop.is_set():
                 self._reload.clear()
                 await self.reload()
+
+    async def _wait_for_flows(self) -> None:
+        """``once``: until every flow's task ended, or a stop signal came."""
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        try:
+            tasks: set[asyncio.Future[Any]] = {task for _, task in self.flows.values()}
+            while tasks and not self._stop.is_set():
+                _, tasks = await asyncio.wait(tasks | {stop}, return_when=asyncio.FIRST_COMPLETED)
+                tasks.discard(stop)
+        finally:
+            stop.cancel()
+
+    async def _check_once(self) -> None:
+        """``once``: note each flow that did not deliver everything (for the exit code)."""
+        if self._stop.is_set():
+            self.unfinished.append("stopped by a signal before the work was done")
+        for name, flow in self.config.flows.items():
+            if not flow.enabled:
+                continue
+            st = self.status.flows.get(name)
+            if st is not None and st.state == "failed":
+                self.unfinished.append(f"flow {name}: {st.last_error or 'failed'}")
+                continue
+            failed = await self.store.list(name, "failed", 1)
+            if failed:
+                self.unfinished.append(f"flow {name}: items failed (see conveyor ledger {name} --state failed)")
+            elif st is not None and st.failed:
+                self.unfinished.append(f"flow {name}: {st.failed} items failed")
 
     async def _housekeeping(self) -> None:
         while True:
@@ -383,6 +430,7 @@ class Daemon:
                 on_close=close_targets,
                 messages=(consumer, src),
                 gate=self.gate,
+                once=self.once,
             )
         assert isinstance(src, FileSourceConfig)
         schedule = None
@@ -419,6 +467,7 @@ class Daemon:
             on_close=close_targets,
             files=file_source,
             gate=self.gate,
+            once=self.once,
         )
 
     def _start_flow(self, flow: Flow) -> None:
@@ -478,6 +527,8 @@ class Daemon:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        if self.once is not None and runner.errors:
+            self.unfinished.append(f"flow {name}: {runner.errors} items or listings ended in an error")
         self._draining.append((runner, task))  # a second stop signal aborts it too
         try:
             if self._signals > 1:

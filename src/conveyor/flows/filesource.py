@@ -198,8 +198,22 @@ class FileSource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(left, 60.0))
 
-    async def poll(self) -> None:
-        """One listing: take every stable, matching file not yet delivered."""
+    async def run_once(self, stop: StopSignal) -> None:
+        """``run --once``: list until every file there was taken, then return (deliveries may
+        still be under way). A file seen changing, or first seen under ``min_age``, is listed
+        again once it had time to settle; a listing cut short is followed by another."""
+        while not stop.is_set():
+            if self.gate is not None and not await self.gate.wait(stop):
+                break
+            more = await self.poll()
+            self.status.polled(self.flow)
+            if not more:
+                break
+            await stop.wait(max(self.config.min_age, 0.05) if self._unstable else 0.05)
+
+    async def poll(self) -> bool:
+        """One listing: take every stable, matching file not yet delivered. True when files were
+        left for a later listing (not yet stable, or past ``max_files_per_poll`` or the listing cap)."""
         now = time.monotonic()
         if now - self._done_since >= _RECHECK:
             self._done.clear()
@@ -259,6 +273,7 @@ class FileSource:
             self._reported &= self._refused
         elif self._cut:
             self._reported &= present  # a listing without end must not grow it either
+        return bool(self._unstable) or not whole or self._cut
 
     def forgotten(self, id: str) -> None:
         """The ledger dropped ``id`` (``forget``): the next listing takes its file again."""

@@ -43,11 +43,18 @@ class FlowRunner:
         files: Callable[[Submit], Source] | None = None,
         messages: tuple[MessageSource, MessageSourceConfig] | None = None,
         gate: IntakeGate | None = None,
+        once: float | None = None,
     ) -> None:
         """Give ``files`` (the file source, built around this runner's :meth:`submit`) or
         ``messages`` (a broker consumer and its flow's source config), not both. While ``gate``
-        is shut (low disk space), :meth:`submit` waits."""
+        is shut (low disk space), :meth:`submit` waits. With ``once`` (idle seconds, ``run --once``)
+        the flow polls its folder once, or consumes until nothing came for that long, delivers what
+        it took and ends (see :meth:`run`)."""
         self.name = name
+        self.once = once
+        self.errors = 0
+        """Deliveries that ended in an error, and source errors (``run --once``'s exit code)."""
+        self._last_activity = 0.0
         self.gate = gate
         self.status = status
         self.deliverer = deliverer
@@ -72,6 +79,9 @@ class FlowRunner:
         """Run the source under the supervisor until it returns after the soft stop, or is cancelled."""
         st = self.status.flows[self.name]
         st.state = "running"
+        if self.once is not None:
+            await self._run_once(self.once)
+            return
 
         def on_error(e: BaseException, delay: float) -> None:
             st.state = "backoff"
@@ -92,6 +102,51 @@ class FlowRunner:
             )
         finally:
             st.state = "stopped"
+
+    async def _run_once(self, idle: float) -> None:
+        """``run --once``: take what there is, deliver it, end. No restarts: a source error is
+        counted and ends the flow (the next run starts over; the ledger keeps what was done)."""
+        st = self.status.flows[self.name]
+        try:
+            if self.message_source is not None:
+                watcher = asyncio.create_task(self._stop_when_idle(idle), name=f"{self.name}:idle")
+                try:
+                    await self.source.run(self.stop)
+                finally:
+                    watcher.cancel()
+            else:
+                run_once = getattr(self.source, "run_once", None)
+                await (run_once(self.stop) if run_once is not None else self.source.run(self.stop))
+            await self.finish()
+            st.state = "done"
+        except asyncio.CancelledError:
+            st.state = "stopped"
+            raise
+        except Exception as e:
+            self.errors += 1
+            st.state = "failed"
+            self.status.flow_error(self.name, e)
+            log.error("%s", redact(str(e) or type(e).__name__), extra={"flow": self.name})
+            self.stop_intake()
+            await self.finish()
+
+    async def _stop_when_idle(self, idle: float) -> None:
+        """Stop intake once no message came and none was in delivery for ``idle`` seconds."""
+        loop = asyncio.get_running_loop()
+        self._last_activity = loop.time()
+        while True:
+            await asyncio.sleep(min(0.25, idle / 4) if idle > 0 else 0.05)
+            if self._tasks:
+                self._last_activity = loop.time()
+            elif loop.time() - self._last_activity >= idle:
+                log.info("nothing came for %gs: done", idle, extra={"flow": self.name})
+                self.stop_intake()
+                return
+
+    async def finish(self) -> None:
+        """Wait for every delivery under way, however long its retries take."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
 
     def forgotten(self, id: str) -> None:
         """Told of an id the ledger API forgot: a file source then lists that file afresh (a broker
@@ -138,6 +193,7 @@ class FlowRunner:
             raise
         except Exception as e:
             # The item stays as the store has it; the source offers it again later.
+            self.errors += 1
             log.warning("%s: %s", key, redact(str(e)), extra={"flow": self.name, "payload_id": key})
             self.status.flow_error(self.name, e)
         finally:
@@ -148,6 +204,7 @@ class FlowRunner:
         """The emit callback for broker sources."""
         assert self.message_config is not None
         cfg = self.message_config
+        self._last_activity = asyncio.get_running_loop().time()
 
         async def give_up(final: bool) -> None:
             await inbound.nack(not final)
