@@ -1,4 +1,4 @@
-"""The health HTTP server: /healthz, /readyz, /status, /metrics and the ledger.
+"""The health HTTP server: /healthz, /readyz, /status, /metrics, the ledger and the status page.
 
 The server has a thread and an event loop of its own, so a daemon loop that is busy moving
 a thousand payloads a second (or stuck) does not delay /healthz. Everything that reads
@@ -27,6 +27,7 @@ from conveyor import __version__
 from conveyor.health_app import DAEMON_KEY, SERVER_KEY, DaemonView, json_response
 from conveyor.health_auth import ApiGuard
 from conveyor.health_ledger import add_ledger_routes
+from conveyor.health_page import Throughput, add_page_routes
 from conveyor.metrics import Metrics
 from conveyor.netloc import hostport
 
@@ -73,6 +74,8 @@ class HealthServer:
         self._worst_lag_at = 0.0
         self._dead: tuple[str, ...] = ()
         self.guard: ApiGuard | None = None
+        self.throughput = Throughput()
+        """Each flow's deliveries over the last minutes, for the status page."""
 
     @property
     def url(self) -> str:
@@ -90,6 +93,7 @@ class HealthServer:
         app.router.add_get("/status", self.status)
         app.router.add_get("/metrics", self.metrics_text)
         add_ledger_routes(app)
+        add_page_routes(app, self)
         return app
 
     async def start(self, daemon: DaemonView) -> None:
@@ -176,6 +180,7 @@ class HealthServer:
             if lag > self.stall_after:
                 log.warning("the event loop was blocked for %.1fs", lag)
             self._dead = tuple(n for n, (_r, task) in self.daemon.flows.items() if task.done())
+            self.throughput.sample(self.daemon.status.flows, now)
 
     def loop_lag(self) -> float:
         """The worst recent loop stall in seconds (including one still under way)."""
@@ -224,6 +229,11 @@ class HealthServer:
         if down:
             reasons["instances"] = down
         return reasons
+
+    def api_token(self) -> str:
+        """The token the API and the status page's sign-in take now."""
+        assert self.guard is not None
+        return self.guard.token()
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while the daemon loop is responsive and no flow died; else 503. Answered by the

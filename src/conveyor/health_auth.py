@@ -13,6 +13,9 @@ header (kubelet, systemd and Prometheus name the target as they like). Every oth
 4. it carries ``Authorization: Bearer <token>`` (compared in constant time), unless it only
    reads ``/status``, or a ledger listing while ``health.public_listings`` is true; else ``401``.
 
+The status page (``/`` and ``/page/…``) passes checks 1 and 2 (a plain link from elsewhere to
+``/`` is let through, without cookies) and then checks its own session and CSRF tokens.
+
 The token is ``health.token``, else the one the daemon made at first start in the file
 ``health-token`` beside the state database (mode 0600), where ``conveyor ledger`` reads it.
 """
@@ -49,6 +52,9 @@ PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 OPEN_READS = frozenset({"/status"})
 """Read without the token (still Host- and Origin-checked): counters and states, no item ids."""
 READS = frozenset({"GET", "HEAD"})
+PAGE_PREFIX = "/page/"
+"""The status page (``/`` and ``/page/…``): Host- and cross-site-checked here, signed in by a
+session cookie and a CSRF token on each form (:mod:`conveyor.health_page`)."""
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 """What an HTML form, or a page's request that needs no CORS preflight, can send."""
 TOKEN_FILE = "health-token"
@@ -217,12 +223,19 @@ def check(
         return 421, (
             f"Host '{_shown(host)}' is not a name of this server; if it is one, add it to health.allowed_hosts"
         )
+    page = path == "/" or path.startswith(PAGE_PREFIX)
+    if page and method in READS and path == "/" and headers.get("Sec-Fetch-Mode", "").lower() == "navigate":
+        # A link to the page from elsewhere opens it; the session cookie (SameSite=Strict) is not
+        # sent along, so what it shows is what /status shows.
+        return None
     fetch_site = headers.get("Sec-Fetch-Site", "").strip().lower()
     if fetch_site and fetch_site not in ("same-origin", "none"):
         return 403, f"cross-site request refused (Sec-Fetch-Site: {_shown(fetch_site)})"
     origin = headers.get("Origin")
     if origin is not None and not _same_origin(origin, host):
         return 403, f"cross-origin request refused (Origin: {_shown(origin)}); this API answers its own origin only"
+    if page:
+        return None  # the page checks its own session cookie and each form's CSRF token
     changes = method not in READS
     if changes:
         ctype = headers.get("Content-Type") or ""

@@ -96,11 +96,11 @@ async def list_items(request: web.Request) -> web.Response:
 async def _act(request: web.Request, action: str) -> web.Response:
     flow = _flow(request)
     pid = request.match_info["id"]
-    status, doc = await _on_daemon_loop(request, _apply(_daemon(request), flow, pid, action))
+    status, doc = await _on_daemon_loop(request, apply(_daemon(request), flow, pid, action))
     return _json(doc, status)
 
 
-async def _apply(daemon: DaemonView, flow: str, pid: str, action: str) -> tuple[int, dict[str, Any]]:
+async def apply(daemon: DaemonView, flow: str, pid: str, action: str) -> tuple[int, dict[str, Any]]:
     """Retry or forget one item (on the daemon loop); the HTTP status and answer."""
     store = daemon.store
     item = (await store.get_many(flow, [pid])).get(pid)

@@ -27,6 +27,8 @@ class InstanceStatus:
     permanent: bool = False
     """The last error was permanent (auth, host key): retried only after a long backoff."""
     warnings: list[str] = field(default_factory=list)
+    identity: str | None = None
+    """What the server proved itself with on the last connection (an SSH host key's fingerprint)."""
 
 
 @dataclass
@@ -60,6 +62,8 @@ class FlowStatus:
     last_error: str | None = None
     last_error_at: float | None = None
     last_poll: float | None = None
+    retry_at: float | None = None
+    """While backing off: when the source is started again."""
     poll_interval: float | None = None
     schedule: str | None = None
     """A file source's cron schedule (then ``poll_interval`` is None)."""
@@ -130,10 +134,19 @@ class StatusBoard:
         return st
 
     def instance_state(
-        self, name: str, state: InstanceState, error: BaseException | str | None = None, *, permanent: bool = False
+        self,
+        name: str,
+        state: InstanceState,
+        error: BaseException | str | None = None,
+        *,
+        permanent: bool = False,
+        identity: str | None = None,
     ) -> None:
-        """Record a connection state change (``up`` clears the last error)."""
+        """Record a connection state change (``up`` clears the last error); ``identity`` is the
+        server's proof of who it is on this connection (a host key fingerprint)."""
         st = self.instances.get(name) or self.add_instance(name, "?", "")
+        if identity is not None:
+            st.identity = identity
         if st.state != state:
             st.since = time.time()
         st.state = state
@@ -301,6 +314,7 @@ class StatusBoard:
                     "last_error": i.last_error,
                     "permanent_error": i.permanent,
                     "warnings": i.warnings,
+                    "identity": i.identity,
                 }
                 for n, i in self.instances.items()
             },
@@ -317,6 +331,7 @@ class StatusBoard:
                     "in_flight": f.in_flight,
                     "last_delivery": _ts(f.last_delivery),
                     "last_poll": _ts(f.last_poll),
+                    "retry_at": _ts(f.retry_at) if f.state == "backoff" else None,
                     "last_error": f.last_error,
                     "last_error_at": _ts(f.last_error_at),
                     "no_target": f.no_target,

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from conveyor.config.base import MessageSourceConfig
@@ -85,6 +86,7 @@ class FlowRunner:
 
         def on_error(e: BaseException, delay: float) -> None:
             st.state = "backoff"
+            st.retry_at = time.time() + delay
             self.status.flow_error(self.name, e)
 
         def on_recover() -> None:

@@ -136,6 +136,15 @@ class StateStore(Protocol):
         """Give an in-flight item back (shutdown, or the source will hand it over again)."""
         ...
 
+    async def search(self, flows: list[str], text: str | None, state: str | None, limit: int) -> list[Item]:
+        """Items of ``flows`` whose id is ``text`` or whose name or path contains it (any case),
+        in ``state`` if given: failed items first, then newest first."""
+        ...
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """How many items each flow has in each state: {flow: {state: n}}."""
+        ...
+
     async def list(self, flow: str, state: str | None, limit: int = 100, offset: int = 0) -> list[Item]:
         """Items of a flow, newest first."""
         ...

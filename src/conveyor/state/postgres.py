@@ -576,6 +576,36 @@ class PostgresStore:
         self._held.discard((flow, id))
         await self._submit("bulk", _RELEASE, (flow, id, self.owner), durable=False)
 
+    async def search(self, flows: list[str], text: str | None, state: str | None, limit: int) -> list[Item]:
+        """Items of ``flows`` matching ``text`` (id, or part of name or path), failed first."""
+        assert self._pool is not None
+        if not flows:
+            return []
+        where = ["flow = ANY($1::text[])"]
+        args: tuple[Any, ...] = (flows,)
+        if state:
+            args += (state,)
+            where.append(f"state=${len(args)}")
+        if text:
+            args += (text,)
+            n = len(args)
+            where.append(f"(id=${n} OR strpos(lower(name), lower(${n})) > 0 OR strpos(lower(path), lower(${n})) > 0)")
+        args += (limit,)
+        rows = await self._pool.fetch(
+            f"SELECT {_COLS} FROM {T} WHERE {' AND '.join(where)}"
+            f" ORDER BY (state='failed') DESC, updated DESC LIMIT ${len(args)}",
+            *args,
+        )
+        return [_item(r) for r in rows]
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """{flow: {state: n}} over the whole ledger."""
+        assert self._pool is not None
+        out: dict[str, dict[str, int]] = {}
+        for r in await self._pool.fetch(f"SELECT flow, state, count(*) AS n FROM {T} GROUP BY flow, state"):
+            out.setdefault(r["flow"], {})[r["state"]] = r["n"]
+        return out
+
     async def list(self, flow: str, state: str | None, limit: int = 100, offset: int = 0) -> list[Item]:
         """Items of a flow, newest first."""
         assert self._pool is not None

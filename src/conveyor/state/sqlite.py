@@ -357,6 +357,40 @@ class SqliteStore:
             durable=False,
         )
 
+    async def search(self, flows: list[str], text: str | None, state: str | None, limit: int) -> list[Item]:
+        """Items of ``flows`` matching ``text`` (id, or part of name or path), failed first."""
+        if not flows:
+            return []
+        where = [f"flow IN ({','.join('?' * len(flows))})"]
+        args: tuple[Any, ...] = tuple(flows)
+        if state:
+            where.append("state=?")
+            args += (state,)
+        if text:
+            where.append("(id=? OR instr(lower(name), ?) > 0 OR instr(lower(path), ?) > 0)")
+            args += (text, text.lower(), text.lower())
+        sql = (
+            f"SELECT {_COLS} FROM items WHERE {' AND '.join(where)} ORDER BY state='failed' DESC, updated DESC LIMIT ?"
+        )
+
+        def q(db: sqlite3.Connection) -> list[Item]:
+            return [_item(r) for r in db.execute(sql, (*args, limit))]
+
+        result: list[Item] = await self._read(q)
+        return result
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """{flow: {state: n}} over the whole ledger."""
+
+        def q(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for flow, state, n in db.execute("SELECT flow, state, count(*) FROM items GROUP BY flow, state"):
+                out.setdefault(flow, {})[state] = n
+            return out
+
+        result: dict[str, dict[str, int]] = await self._read(q)
+        return result
+
     async def list(self, flow: str, state: str | None, limit: int = 100, offset: int = 0) -> list[Item]:
         """Items of a flow, newest first."""
 

@@ -198,7 +198,7 @@ class SftpPool:
             raise
         self._attempt(True)
         if self.status is not None:
-            self.status.instance_state(self.name, "up")
+            self.status.instance_state(self.name, "up", identity=f"{s.keytype} {s.fingerprint}")
         return s
 
     def _attempt(self, ok: bool) -> None:
