@@ -166,7 +166,7 @@ async def gather(server: PageServer, daemon: DaemonView, query: Query | None) ->
     """Everything a view shows (run on the daemon loop); ``query`` only when signed in."""
     doc = server.status_doc()
     now = time.time()
-    counts = await daemon.store.counts()
+    counts = await daemon.store.counts(sorted(doc["flows"]), ["pending", "in_flight", "failed"])
     flows: dict[str, Any] = doc["flows"]
     for name, f in flows.items():
         st = daemon.status.flows.get(name)

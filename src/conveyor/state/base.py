@@ -141,8 +141,8 @@ class StateStore(Protocol):
         in ``state`` if given: failed items first, then newest first."""
         ...
 
-    async def counts(self) -> dict[str, dict[str, int]]:
-        """How many items each flow has in each state: {flow: {state: n}}."""
+    async def counts(self, flows: list[str], states: list[str]) -> dict[str, dict[str, int]]:
+        """How many items each of ``flows`` has in each of ``states``: {flow: {state: n}}."""
         ...
 
     async def list(self, flow: str, state: str | None, limit: int = 100, offset: int = 0) -> list[Item]:

@@ -598,11 +598,17 @@ class PostgresStore:
         )
         return [_item(r) for r in rows]
 
-    async def counts(self) -> dict[str, dict[str, int]]:
-        """{flow: {state: n}} over the whole ledger."""
+    async def counts(self, flows: list[str], states: list[str]) -> dict[str, dict[str, int]]:
+        """{flow: {state: n}} for those flows and states."""
         assert self._pool is not None
         out: dict[str, dict[str, int]] = {}
-        for r in await self._pool.fetch(f"SELECT flow, state, count(*) AS n FROM {T} GROUP BY flow, state"):
+        rows = await self._pool.fetch(
+            f"SELECT flow, state, count(*) AS n FROM {T} WHERE flow = ANY($1::text[]) AND state = ANY($2::text[])"
+            " GROUP BY flow, state",
+            flows,
+            states,
+        )
+        for r in rows:
             out.setdefault(r["flow"], {})[r["state"]] = r["n"]
         return out
 

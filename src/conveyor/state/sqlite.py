@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from conveyor.batched import Handoff, resolve_all
 from conveyor.private import private_file, tighten
@@ -358,34 +358,49 @@ class SqliteStore:
         )
 
     async def search(self, flows: list[str], text: str | None, state: str | None, limit: int) -> list[Item]:
-        """Items of ``flows`` matching ``text`` (id, or part of name or path), failed first."""
+        """Items of ``flows`` matching ``text`` (id, or part of name or path), failed first.
+
+        One query per state, in the order shown: each picks rowids from the (flow, state, updated)
+        index, so a page of the newest items costs milliseconds however long the ledger is."""
         if not flows:
             return []
-        where = [f"flow IN ({','.join('?' * len(flows))})"]
-        args: tuple[Any, ...] = tuple(flows)
-        if state:
-            where.append("state=?")
-            args += (state,)
+        marks = ",".join("?" * len(flows))
+        match, extra = "", cast(tuple[str, ...], ())
         if text:
-            where.append("(id=? OR instr(lower(name), ?) > 0 OR instr(lower(path), ?) > 0)")
-            args += (text, text.lower(), text.lower())
-        sql = (
-            f"SELECT {_COLS} FROM items WHERE {' AND '.join(where)} ORDER BY state='failed' DESC, updated DESC LIMIT ?"
-        )
+            like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            match = " AND (id=? OR name LIKE ? ESCAPE '\\' OR path LIKE ? ESCAPE '\\')"
+            extra = (text, like, like)
+        order = [state] if state else ["failed", "in_flight", "pending", "delivered"]
 
         def q(db: sqlite3.Connection) -> list[Item]:
-            return [_item(r) for r in db.execute(sql, (*args, limit))]
+            out: list[Item] = []
+            for st in order:
+                rows = db.execute(
+                    f"SELECT {_COLS} FROM items WHERE rowid IN (SELECT rowid FROM items WHERE flow IN ({marks})"
+                    f" AND state=?{match} ORDER BY updated DESC LIMIT ?) ORDER BY updated DESC",
+                    (*flows, st, *extra, limit - len(out)),
+                )
+                out += [_item(r) for r in rows]
+                if len(out) >= limit:
+                    break
+            return out
 
         result: list[Item] = await self._read(q)
         return result
 
-    async def counts(self) -> dict[str, dict[str, int]]:
-        """{flow: {state: n}} over the whole ledger."""
+    async def counts(self, flows: list[str], states: list[str]) -> dict[str, dict[str, int]]:
+        """{flow: {state: n}} for those flows and states (read from the state index)."""
+        if not flows or not states:
+            return {}
+        sql = (
+            f"SELECT flow, state, count(*) FROM items WHERE flow IN ({','.join('?' * len(flows))})"
+            f" AND state IN ({','.join('?' * len(states))}) GROUP BY flow, state"
+        )
 
         def q(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
             out: dict[str, dict[str, int]] = {}
-            for flow, state, n in db.execute("SELECT flow, state, count(*) FROM items GROUP BY flow, state"):
-                out.setdefault(flow, {})[state] = n
+            for flow, st, n in db.execute(sql, (*flows, *states)):
+                out.setdefault(flow, {})[st] = n
             return out
 
         result: dict[str, dict[str, int]] = await self._read(q)
