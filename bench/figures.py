@@ -38,6 +38,17 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("`/healthz` median ms while a local flow moves payloads", r"while moving.*\(local\)\s+([\d.]+)"),
         ("`/healthz` median ms while a RabbitMQ flow moves messages", r"while moving.*\(rabbitmq\)\s+([\d.]+)"),
     ],
+    "page": [
+        (
+            "daemon CPU per payload with the status page open, ratio to without",
+            r"with the page / without\s+([\d.]+)x",
+        ),
+        ("status page HTML, 100 flows and 100,000 ledger items, median ms", r"GET / signed in, HTML.*?\)\s+([\d.]+)"),
+        (
+            "the same page in Chromium to its load event, median ms",
+            r"Chromium: the page to the load event.*?\)\s+([\d.]+)",
+        ),
+    ],
     "rabbitmq": [
         ("RabbitMQ → directory, msgs/s", r"c\. conveyor -> directory:\s+([\d,]+)"),
         ("RabbitMQ → directory, CPU s per 1,000 msgs", r"c\. conveyor -> directory:.*\(([\d.]+) CPU"),
