@@ -165,6 +165,33 @@ async def test_arrivals_counts_items_first_seen_since(opener: Opener) -> None:
     assert await s.arrivals("other", since, 10) == 0
 
 
+async def test_search_and_counts(opener: Opener) -> None:
+    """What the status page asks: failed items first, text in names, paths or a whole id, per flow
+    and state; counts by flow and state. A name with LIKE wildcards is matched as text."""
+    s = await opener("r1")
+    names = ["Orders_1.csv", "orders-2.csv", "100%.csv", "other.txt", "ORDERS-3.csv"]
+    for i, name in enumerate(names):
+        assert await s.claim("f", f"id{i}", {"name": name, "path": f"in/{name}"}, 60)
+        await asyncio.sleep(0.01)
+    await s.delivered("f", "id0")
+    await s.delivered("f", "id1")
+    await s.failed("f", "id2", "no", final=True)
+    await s.failed("f", "id4", "no", final=True)
+    assert await s.claim("g", "id9", {"name": "orders-9.csv"}, 60)
+    everything = await s.search(["f"], None, None, 50)
+    assert [i.id for i in everything][:2] == ["id4", "id2"], "failed first, newest first"
+    assert {i.id for i in everything} == {f"id{i}" for i in range(5)}
+    assert [i.id for i in await s.search(["f"], "orders", None, 50)] == ["id4", "id1", "id0"]
+    assert [i.id for i in await s.search(["f", "g"], "ORDERS", "delivered", 50)] == ["id1", "id0"]
+    assert [i.id for i in await s.search(["f"], "%", None, 50)] == ["id2"]
+    assert [i.id for i in await s.search(["f"], "_1", None, 50)] == ["id0"]
+    assert [i.id for i in await s.search(["f"], "id3", None, 50)] == ["id3"]
+    assert [i.id for i in await s.search(["f", "g"], "orders", None, 2)] == ["id4", "id9"]
+    assert await s.search([], None, None, 50) == []
+    counts = await s.counts(["f", "g"], ["failed", "in_flight", "pending"])
+    assert counts == {"f": {"failed": 2, "in_flight": 1}, "g": {"in_flight": 1}}
+
+
 async def test_claim_race_has_exactly_one_winner(opener: Opener, request: pytest.FixtureRequest) -> None:
     a = await opener("replica-a")
     # SQLite is one process's store: concurrent claimers share one store object there.
