@@ -29,11 +29,11 @@ TOKEN = "page-test-token-0123456789abcdef"
 HOSTILE = '<img src=x onerror="window.pwned=1">zq-order<script>window.pwned=2<.csv'
 """A file name a partner could choose: HTML that runs script if the page does not escape it."""
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
-
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test-setup installs Debian's chromium")
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
