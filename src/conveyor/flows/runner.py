@@ -136,9 +136,12 @@ class FlowRunner:
         """Stop intake once no message came and none was in delivery for ``idle`` seconds."""
         loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
+        instance = self.message_config.instance if self.message_config is not None else None
         while True:
             await asyncio.sleep(min(0.25, idle / 4) if idle > 0 else 0.05)
-            if self._tasks:
+            connected = self.status.instances.get(instance) if instance else None
+            # The idle time counts from the connection: a slow login must not pass for an empty queue.
+            if self._tasks or connected is None or connected.state != "up":
                 self._last_activity = loop.time()
             elif loop.time() - self._last_activity >= idle:
                 log.info("nothing came for %gs: done", idle, extra={"flow": self.name})
