@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,12 @@ async def test_roundtrip(pyftpd_factory: Any, tmp_path: Path, tls: str) -> None:
         line = await inst.check()
         assert ("no TLS" in line) == (tls == "none")
         assert status.instances["ftp-test"].state == "up"
+        identity = status.instances["ftp-test"].identity  # what the status page shows
+        assert (
+            (identity is None)
+            if tls == "none"
+            else re.fullmatch(r"TLSv1\.[23], certificate sha256:[0-9a-f]{64}", identity or "")
+        )
         flat = sorted(f.path for f in [f async for f in inst.list("in", False)])
         assert flat == ["in/ORD 1001.csv"]
         files = {f.path: f async for f in inst.list("in", True)}

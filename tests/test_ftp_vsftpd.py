@@ -15,6 +15,7 @@ import pytest
 
 from conveyor.errors import AuthError, Permanent, Rejected, Transient
 from conveyor.payload import Body, SpoolWriter
+from conveyor.transfer.ftp.config import parse_tls_fingerprint
 from tests.backends.ftp import ftp_instance
 from tests.servers.pyftpd import make_certs
 from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
@@ -112,11 +113,14 @@ async def test_untrusted_certificate_and_pinning(vsftpd_factory: Any, tmp_path: 
         await inst.check()
     await inst.close()
     put(srv, "f.txt", b"pinned")
-    inst, _, spool = ftp_instance(
+    inst, status, spool = ftp_instance(
         srv.config(ca_file=None, tls_fingerprint=vsftpd_certs.fingerprint), tmp_path / "spool"
     )
     try:
         f = await inst.stat("f.txt")
+        # The status page shows the certificate in the form tls_fingerprint takes.
+        shown = status.instances["ftp-test"].identity or ""
+        assert shown.endswith("sha256:" + parse_tls_fingerprint(vsftpd_certs.fingerprint))
         w = spool.writer()
         await inst.download(f, w)
         assert w.finish().data() == b"pinned"

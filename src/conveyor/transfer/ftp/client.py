@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import socket
 import ssl
@@ -52,6 +53,15 @@ MAX_REPLY_LINES = 1000
 few dozen; a server sending more is misbehaving, and its reply is not kept growing in memory."""
 MAX_REPLY_BYTES = 64 * 1024
 """Most bytes of one control-channel reply (and of one reply line), for the same reason."""
+
+
+def certificate_identity(ssl_object: ssl.SSLObject | None) -> str | None:
+    """``TLSv1.3, certificate sha256:<hex>``: the SHA-256 of the server certificate (DER), in the
+    form ``tls_fingerprint`` takes, so a certificate seen on the status page can be pinned."""
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der or ssl_object is None:
+        return None
+    return f"{ssl_object.version()}, certificate sha256:{hashlib.sha256(der).hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,8 @@ class FtpConnection:
         self.tls_version: str | None = None
         self.client_certificate = tls.client_certificate if tls is not None else None
         """Subject of the client certificate this connection presents, if any."""
+        self.certificate: str | None = None
+        """The server certificate of the control connection, as the status page shows it."""
         self.unix = False
         """SYST says UNIX: LIST takes ``-a``."""
         self._epsv = True
@@ -154,6 +166,7 @@ class FtpConnection:
                 ssl_object = self._writer.get_extra_info("ssl_object")
                 check_peer(ssl_object, cfg, "")
                 self.tls_version = ssl_object.version() if ssl_object is not None else None
+                self.certificate = certificate_identity(ssl_object)
             user = self.command(f"USER {cfg.username}", (2, 3))
             reply = await (self._first_tls_reply(user) if cfg.tls == "explicit" else user)
             if reply.code // 100 == 3:

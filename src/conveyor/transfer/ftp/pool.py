@@ -73,7 +73,7 @@ class FtpPool:
             raise
         self.connects += 1
         self._status.connect_attempt(self.name, True)
-        self._status.instance_state(self.name, "up")
+        self._status.instance_state(self.name, "up", identity=conn.certificate)
         if self.cfg.tls != "none" and not self.cfg.tls_verify and self.cfg.tls_fingerprint is None:
             log.warning(
                 "instance '%s': tls_verify is off, the certificate of %s is not checked", self.name, self.cfg.host
