@@ -80,6 +80,8 @@ async def test_cut_mid_download_resumes(backend: SftpBackend, tmp_path: Path) ->
         finally:
             await inst.close()
     assert board.instances["partner"].state == "up"
+    # The host key of the last connection, as the status page shows it.
+    assert "SHA256:" in (board.instances["partner"].identity or "")
 
 
 async def test_stall_times_out(sftp_asyncssh_backend: SftpBackend, tmp_path: Path) -> None:
