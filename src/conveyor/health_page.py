@@ -48,6 +48,7 @@ SAMPLES = 120
 RATE_WINDOW = 60.0
 """The rate column is deliveries per second over this many seconds."""
 POLL_MS = 2000
+FLASH_SECONDS = 15.0
 
 
 class PageServer(DaemonLoop, Protocol):
@@ -102,8 +103,8 @@ class Session:
     token_hash: bytes
     """The token it signed in with: a changed token ends every session."""
     expires: float
-    flash: list[str] = field(default_factory=list)
-    """Outcomes of the last actions, shown once."""
+    flash: list[tuple[float, str]] = field(default_factory=list)
+    """Outcomes of the last actions and when: shown for ``FLASH_SECONDS``, refreshes included."""
 
 
 def _hash(token: str) -> bytes:
@@ -323,7 +324,9 @@ def render_ledger(doc: dict[str, Any], session: Session | None, query: Query) ->
     if session is None:
         return '<p class="muted">Sign in with the API token to see the items in the ledger and act on them.</p>'
     items: list[Item] = doc.get("items", [])
-    flash = "".join(f'<p class="note" role="status">{e(m)}</p>' for m in session.flash)
+    now = time.time()
+    session.flash = [(t, m) for t, m in session.flash if now - t < FLASH_SECONDS]
+    flash = "".join(f'<p class="note" role="status">{e(m)}</p>' for _, m in session.flash)
     if not items:
         return flash + '<p class="muted">No item matches.</p>'
     back = e(query.params())
@@ -510,8 +513,6 @@ class StatusPage:
         if session is None:
             sign_in_csrf = request.cookies.get(SIGN_IN_COOKIE) or secrets.token_urlsafe(32)
         body = redact(render_page(doc, session, query, sign_in_csrf, error))
-        if session is not None:
-            session.flash = []
         response = web.Response(text=body, status=status, content_type="text/html", headers=HEADERS)
         if sign_in_csrf is not None and request.cookies.get(SIGN_IN_COOKIE) != sign_in_csrf:
             self._cookie(request, response, SIGN_IN_COOKIE, sign_in_csrf, 3600)
@@ -580,15 +581,15 @@ class StatusPage:
         daemon = request.app[DAEMON_KEY]
         flow, pid = form.get("flow", ""), form.get("id", "")
         if flow not in daemon.config.flows:
-            session.flash.append(f"No flow named {flow}.")
+            session.flash.append((time.time(), f"No flow named {flow}."))
         else:
             code, doc = await self.server.on_daemon_loop(apply(daemon, flow, pid, action))
             if code == 200:
                 item = doc.get("item") or {}
                 done = "will be delivered again" if action == "retry" else "was forgotten"
-                session.flash.append(f"{item.get('name') or pid} {done}.")
+                session.flash.append((time.time(), f"{item.get('name') or pid} {done}."))
             else:
-                session.flash.append(str(doc.get("error", code)))
+                session.flash.append((time.time(), str(doc.get("error", code))))
         back = Query.of(dict(_parse_qs(form.get("back", ""))), daemon.config.flows).params()
         raise web.HTTPSeeOther("/" + ("?" + back if back else "") + "#ledger-title")
 
