@@ -114,6 +114,14 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("the same, ratio to `gpg --decrypt` to a file", r"MB/s vs gpg\s+.*\)\s+([\d.]+)"),
         ("daemon peak RSS, MB", r"daemon peak RSS\s+(\d+)"),
     ],
+    "wan": [
+        ("SFTP download at 50 ms round trip, MiB/s", r"download, streams unset\s+([\d.]+)"),
+        ("the same, OpenSSH `sftp`, MiB/s", r"^OpenSSH sftp get.*?\)\s+([\d.]+)"),
+        ("the same, ratio to OpenSSH `sftp`", r"^50 ms: conveyor / OpenSSH sftp: ([\d.]+)x"),
+        ("the same, ratio to rclone with 4 streams", r"^50 ms: conveyor / rclone 4 streams: ([\d.]+)x"),
+        ("at 100 ms, ratio to OpenSSH `sftp`", r"^100 ms: conveyor / OpenSSH sftp: ([\d.]+)x"),
+        ("at 100 ms, ratio to rclone with 4 streams", r"^100 ms: conveyor / rclone 4 streams: ([\d.]+)x"),
+    ],
 }
 
 
