@@ -67,17 +67,21 @@ async def _worker(a: argparse.Namespace) -> dict[str, Any]:
     spool = Spool(Path(a.spool))
     spool.prepare()
     try:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         f = await inst.stat(a.path)  # the first login
         assert f is not None
+        login = time.perf_counter() - t
         w = spool.writer()
         await inst.download(f, w)
         body = w.finish()
         seconds = time.perf_counter() - t
+        cpu = time.process_time() - c  # all threads: the event loop and the spool's writer
         body.release()
         rtt = next((s.rtt for s in inst.pool._sessions if s.rtt is not None), None)
         return {
             "seconds": seconds,
+            "login": login,
+            "cpu": cpu,
             "sessions": inst.pool.handshakes,
             "rtt_ms": None if rtt is None else round(rtt * 1000, 1),
             "depth": read_depth(rtt),
@@ -176,7 +180,8 @@ def main() -> None:
         ]
         print(
             f"conveyor WAN bench — OpenSSH sshd behind a delay line, {a.size_mib} MiB, {a.rounds} round(s), "
-            f"{os.cpu_count()} cores; MiB/s per client, timed from its start (logins included)"
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; MiB/s per client, timed from its "
+            "start (logins included)"
         )
         for rtt in rtts:
             with delay_process("127.0.0.1", srv.port, rtt / 2) as port:
@@ -228,7 +233,11 @@ def _report(rtt: float, rows: dict[str, list[dict[str, Any]]], size: int) -> Non
             extra = ""
             if k.startswith("conveyor"):
                 r0 = rows[k][0]
-                extra = f"   ({r0['sessions']} session(s), rtt {r0['rtt_ms']} ms, {r0['depth']} reads in flight)"
+                extra = (
+                    f"   ({r0['sessions']} session(s), rtt {r0['rtt_ms']} ms, {r0['depth']} reads in flight; "
+                    f"first login {statistics.median(r['login'] for r in rows[k]):.2f} s, "
+                    f"CPU {statistics.median(r['cpu'] for r in rows[k]):.2f} s)"
+                )
             print(f"{name:<46}{statistics.median(rs):>7.1f}   {' '.join(f'{x:.1f}' for x in rs)}{extra}")
     oss = statistics.median(map(rate, rows["oss"]))
     print(
