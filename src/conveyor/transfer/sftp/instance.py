@@ -433,18 +433,10 @@ class SftpInstance:
                     if data:
                         self._grew(f)
                     continue
-                while len(data) < n:  # a short read: fetch the rest of this block
-                    more: bytes = await fh.read(n - len(data), off + len(data))
-                    if not more:
-                        self._changed(f, off + len(data))
-                    data += more
-                sink.write_at(off, data)
+                sink.write_at(off, await self._whole(fh, f, off, n, data))
                 deadline.reschedule(loop.time() + self.config.timeout)  # the timeout is for no progress
         finally:
-            for _, _, t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*(t for _, _, t in pending), return_exceptions=True)
+            await _drop(pending)
 
     async def _read_into(
         self,
@@ -477,19 +469,19 @@ class SftpInstance:
                     if await task:
                         self._grew(f)
                     return
-                data = await task
-                while len(data) < n:  # a short read: fetch the rest of this block in order
-                    more: bytes = await fh.read(n - len(data), off + len(data))
-                    if not more:
-                        self._changed(f, off + len(data))
-                    data += more
-                sink.write(data)
+                sink.write(await self._whole(fh, f, off, n, await task))
                 deadline.reschedule(loop.time() + self.config.timeout)  # the timeout is for no progress
         finally:
-            for _, _, t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*(t for _, _, t in pending), return_exceptions=True)
+            await _drop(pending)
+
+    async def _whole(self, fh: asyncssh.SFTPClientFile, f: RemoteFile, off: int, n: int, data: bytes) -> bytes:
+        """The ``n`` bytes at ``off``: ``data`` as read, completed when the server answered short."""
+        while len(data) < n:
+            more: bytes = await fh.read(n - len(data), off + len(data))
+            if not more:
+                self._changed(f, off + len(data))
+            data += more
+        return data
 
     def _grew(self, f: RemoteFile) -> NoReturn:
         raise Transient(
@@ -614,6 +606,14 @@ def read_depth(rtt: float | None) -> int:
     if rtt is None:
         return WINDOW
     return max(WINDOW, min(MAX_WINDOW, math.ceil(rtt * PER_STREAM / BLOCK)))
+
+
+async def _drop(pending: deque[tuple[int, int, asyncio.Task[bytes]]]) -> None:
+    """Cancel the reads still outstanding and wait for them (their answers are not wanted)."""
+    for _, _, t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.gather(*(t for _, _, t in pending), return_exceptions=True)
 
 
 class _Probe:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -89,6 +89,9 @@ class SftpPool:
         self._sessions: list[Session] = []
         self._connect_lock = asyncio.Lock()
         self._opening = 0
+        self._stray: set[asyncio.Task[Session]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        """Closes of sessions that :meth:`grow` opened for a transfer that had ended meanwhile."""
         """Extra sessions being opened by :meth:`grow`, counted against ``max_connections``."""
         self._logins = [
             SshLogin(
@@ -162,8 +165,17 @@ class SftpPool:
         if n <= 0 or not self._sessions:
             return
         self._opening += n
+        logins = [asyncio.ensure_future(self._connect_once()) for _ in range(n)]
         try:
-            opened = await asyncio.gather(*(self._connect_once() for _ in range(n)), return_exceptions=True)
+            # Shielded: a login cut short by cancelling would leave its socket open; one that the
+            # transfer no longer waits for finishes and is closed.
+            opened = await asyncio.shield(asyncio.gather(*logins, return_exceptions=True))
+        except asyncio.CancelledError:
+            for t in logins:
+                if not t.done():
+                    self._stray.add(t)
+                t.add_done_callback(self._close_unwanted)
+            raise
         finally:
             self._opening -= n
         for s in opened:
@@ -173,6 +185,14 @@ class SftpPool:
                 log.info("sftp %s: an extra session did not open: %s", self.name, s)
             else:
                 raise s
+
+    def _close_unwanted(self, login: asyncio.Task[Session]) -> None:
+        self._stray.discard(login)
+        if login.cancelled() or login.exception() is not None:
+            return
+        closing = asyncio.ensure_future(login.result().close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def _acquire(self) -> Session:
         s = self._pick()
@@ -191,6 +211,13 @@ class SftpPool:
         sessions, self._sessions = self._sessions, []
         for s in sessions:
             await s.close()
+        if self._stray:  # logins that a finished transfer left running: let them end, then close them
+            with suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.timeout):
+                    await asyncio.gather(*self._stray, return_exceptions=True)
+            await asyncio.sleep(0)  # their done-callbacks start the closes
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     # -- connecting --------------------------------------------------------
     async def connect(self) -> Session:
