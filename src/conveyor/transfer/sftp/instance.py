@@ -50,8 +50,9 @@ PART = 8 * 1024 * 1024
 order, so the spool can hash the front of the file while the rest is still arriving."""
 SEGMENT_FROM = 64 * 1024 * 1024
 """Files from this size are read over several sessions when ``streams`` is unset."""
-NEAR = 0.005
-"""A server answering within this many seconds is near: one session already outruns the CPU."""
+NEAR = 0.01
+"""A server answering within this many seconds is near: one session already outruns the CPU. Well
+above loopback and LAN round trips, since one request timed on a busy machine can take a few ms."""
 AUTO_STREAMS = 4
 """Sessions a large file from a distant server is read over when ``streams`` is unset (one per
 32 MiB of file up to this): enough to pass OpenSSH's single stream by far at 50-100 ms, few
