@@ -138,7 +138,9 @@ class FlowRunner:
         self._last_activity = loop.time()
         instance = self.message_config.instance if self.message_config is not None else None
         while True:
-            await asyncio.sleep(min(0.25, idle / 4) if idle > 0 else 0.05)
+            # Waits on the flow's stop signal, so a stop ends the watch at once.
+            if await self.stop.wait(min(0.25, idle / 4) if idle > 0 else 0.05):
+                return
             connected = self.status.instances.get(instance) if instance else None
             # The idle time counts from the connection: a slow login must not pass for an empty queue.
             if self._tasks or connected is None or connected.state != "up":
