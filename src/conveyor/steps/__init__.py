@@ -25,6 +25,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from conveyor import traces
 from conveyor.config.steps import Compress, Decompress, StepConfig, Unpack
 from conveyor.errors import Permanent, TooLarge
 from conveyor.interfaces import Target
@@ -54,13 +55,16 @@ class StepsTarget:
         if index == len(self._steps):
             await self.inner.deliver(payload)
             return
-        async with contextlib.aclosing(self._steps[index].apply(payload)) as children:
-            async for child in children:
-                try:
-                    await self._through(child, index + 1)
-                finally:
-                    if child.body is not payload.body:  # a pass-through keeps the parent's body
-                        child.body.release()
+        step = self._steps[index]
+        with traces.span(f"step {step.kind}", payload, "step", f"steps[{index}]") as span:
+            async with contextlib.aclosing(step.apply(payload)) as children:
+                async for child in children:
+                    try:
+                        await self._through(child, index + 1)
+                    finally:
+                        if child.body is not payload.body:  # a pass-through keeps the parent's body
+                            child.body.release()
+            span.outcome("done")
 
     async def close(self) -> None:
         """Close the steps (gpg's keyrings), then the target."""
