@@ -3,6 +3,7 @@ and a message's W3C ``traceparent`` is carried from RabbitMQ to the HTTP target.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import sys
@@ -17,9 +18,13 @@ from aiohttp import web
 from conveyor.config import load_config
 from conveyor.errors import ConfigError
 from conveyor.libraries import missing_libraries
-from tests.harness import bodies
+from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
+from tests.harness import bodies, running
+from tests.harness import write_config as harness_config
 from tests.servers.ops import daemon_in_process, http_sink, local_flow, serve, wait_for, write_config
 from tests.servers.rabbitmq import Vhost, declare, publish, rabbit_vhost_fixture  # noqa: F401 (fixture)
+
+__all__ = ["pubsub_backend", "pubsub_emulator"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,3 +230,42 @@ def test_collector_headers_are_secrets(tmp_path: Path) -> None:
     loaded = load_config(config)
     assert "Bearer t0k" in loaded.secrets()
     assert "t0k" not in repr(loaded.traces)
+
+
+async def test_a_message_keeps_its_trace_from_pubsub_to_pubsub(pubsub_backend: PubsubBackend, tmp_path: Path) -> None:
+    emu = pubsub_backend.emu
+    out_topic, out_sub = f"{pubsub_backend.topic}-out", f"{pubsub_backend.topic}-out-sub"
+    emu.create(out_topic, out_sub)
+    trace, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    async with receiver() as otlp:
+        cfg = harness_config(
+            tmp_path,
+            {"gcp": pubsub_backend.instance_config()},
+            {
+                "r": {
+                    "source": {"instance": "gcp", **pubsub_backend.source_config()},
+                    "target": {"instance": "gcp", "topic": out_topic},
+                }
+            },
+            traces=traces_section(otlp.url),
+        )
+        got: dict[bytes, Any] = {}
+        async with running(cfg):
+            publisher = pubsub_backend._publisher
+            await asyncio.to_thread(
+                lambda: publisher.publish(
+                    pubsub_backend.topic_path, b"relayed", traceparent=f"00-{trace}-{parent}-01"
+                ).result(timeout=60)
+            )
+
+            async def relayed() -> bool:
+                await asyncio.to_thread(emu.pull_into, out_sub, got)
+                return bool(got)
+
+            await wait_for(relayed, 60)
+            await wait_for(lambda: otlp.named("deliver"), 20)
+    sent = got[b"relayed"].attributes["traceparent"]
+    [deliver] = otlp.named("deliver")
+    [root] = otlp.named("payload")
+    assert sent.split("-")[1:3] == [trace, deliver["id"]]
+    assert root["trace"] == trace and root["parent"] == parent and deliver["parent"] == root["id"]
