@@ -21,7 +21,7 @@ from conveyor.libraries import missing_libraries
 from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
 from tests.harness import bodies, running
 from tests.harness import write_config as harness_config
-from tests.servers.ops import daemon_in_process, http_sink, local_flow, serve, wait_for, write_config
+from tests.servers.ops import daemon_in_process, http_sink, local_flow, serve, status, wait_for, write_config
 from tests.servers.rabbitmq import Vhost, declare, publish, rabbit_vhost_fixture  # noqa: F401 (fixture)
 
 __all__ = ["pubsub_backend", "pubsub_emulator"]
@@ -55,6 +55,7 @@ class Spans:
                             "attrs": attrs,
                             "service": service,
                             "error": s.status.code == 2,
+                            "message": s.status.message,
                         }
                     )
         return web.Response(status=200, content_type="application/x-protobuf", body=b"")
@@ -269,3 +270,25 @@ async def test_a_message_keeps_its_trace_from_pubsub_to_pubsub(pubsub_backend: P
     [root] = otlp.named("payload")
     assert sent.split("-")[1:3] == [trace, deliver["id"]]
     assert root["trace"] == trace and root["parent"] == parent and deliver["parent"] == root["id"]
+
+
+async def test_a_refused_delivery_is_an_error_span_without_secrets(tmp_path: Path) -> None:
+    secret = "s3cr3t-t0ken-value"
+    async with receiver() as otlp, http_sink(default=status(422, f"bad credentials: Bearer {secret}")) as sink:
+        inst, flow = local_flow(
+            tmp_path / "box",
+            {"type": "http", "url": sink.url, "headers": {"Authorization": f"Bearer {secret}"}},
+            after="keep",
+        )
+        config = write_config(
+            tmp_path / "c.yaml",
+            {"traces": traces_section(otlp.url), "instances": {"box": inst}, "flows": {"files": flow}},
+        )
+        (tmp_path / "box" / "in" / "a.csv").write_bytes(b"a")
+        async with daemon_in_process(config):
+            await wait_for(lambda: otlp.named("payload"), 20)
+    [root] = otlp.named("payload")
+    [deliver] = otlp.named("deliver")
+    assert root["attrs"]["outcome"] == "failed" and root["error"]
+    assert deliver["attrs"]["outcome"] == "failed" and deliver["error"] and deliver["parent"] == root["id"]
+    assert "422" in deliver["message"] and secret not in deliver["message"]

@@ -54,14 +54,9 @@ class Span:
 
     def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
         if error is not None and isinstance(error, Exception):
-            # Said here rather than by the SDK: its own message would not be redacted.
-            self.outcome("failed", redact(describe(error)))
+            # Said here rather than by the SDK: its own message would not be redacted (outcome does).
+            self.outcome("failed", describe(error))
         self._cm.__exit__(kind, error, tb)
-
-    def set(self, key: str, value: str | int | float | bool | None) -> None:
-        """Set an attribute (None: left out)."""
-        if value is not None:
-            self._span.set_attribute(key, value)
 
     def outcome(self, outcome: str, error: str | None = None) -> None:
         """Set the ``outcome`` attribute, and the span's status to error for a failure."""
@@ -69,7 +64,7 @@ class Span:
         if error is not None or outcome == "failed":
             from opentelemetry.trace import Status, StatusCode
 
-            self._span.set_status(Status(StatusCode.ERROR, error or outcome))
+            self._span.set_status(Status(StatusCode.ERROR, redact(error or outcome)))
 
 
 class _Off:
@@ -82,9 +77,6 @@ class _Off:
 
     def __exit__(self, *exc: Any) -> None:
         return None
-
-    def set(self, key: str, value: str | int | float | bool | None) -> None:
-        """Nothing to set."""
 
     def outcome(self, outcome: str, error: str | None = None) -> None:
         """Nothing to set."""

@@ -446,11 +446,13 @@ class FileSource:
                         fetch.outcome("fetched")
                 except BaseException as e:
                     if isinstance(e, ChecksumMismatch):
+                        root.outcome("failed", e.message)
                         await self._mismatch(f, pid, e)
                         return
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self.store.release(self.flow, pid))
                     if isinstance(e, TooLarge):
+                        root.outcome("failed", e.message)
                         # Longer than listed, and past the limit: set aside like one listed too large.
                         self._oversize[f.path] = (f.size, f.mtime)
                         self._reported.discard(f.path)
