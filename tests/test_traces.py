@@ -208,6 +208,18 @@ def test_traces_without_the_extra_is_a_config_error(tmp_path: Path, monkeypatch:
     assert "pip install 'conveyor[traces]'" in problem.message
 
 
+def test_run_without_the_extra_stops_with_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", {"traces": {"endpoint": "http://127.0.0.1:4318"}})
+    code = (
+        "import sys; sys.modules['opentelemetry.exporter.otlp.proto.http.trace_exporter'] = None; "
+        f"from conveyor.cli import main; sys.exit(main(['run', '-c', {str(config)!r}]))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "traces" in r.stderr and "pip install 'conveyor[traces]'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize(
     ("section", "key"),
     [
