@@ -37,6 +37,8 @@ _PROPAGATED = ("traceparent", "tracestate")
 
 _tracer: Any = None
 _provider: Any = None
+_propagator: Any = None
+"""W3C Trace Context only, whatever ``OTEL_PROPAGATORS`` says: what the docs promise."""
 
 
 class Span:
@@ -92,12 +94,13 @@ def enabled() -> bool:
 
 def start(config: TracesConfig) -> None:
     """Set up the tracer and its OTLP/HTTP exporter (spans are sent in batches, off the loop)."""
-    global _tracer, _provider
+    global _tracer, _provider, _propagator
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     from conveyor import __version__
 
@@ -115,6 +118,7 @@ def start(config: TracesConfig) -> None:
     )
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=config.interval * 1000))
     _provider, _tracer = provider, provider.get_tracer("conveyor", __version__)
+    _propagator = TraceContextTextMapPropagator()
     log.info("traces go to %s as %s", endpoint, config.service_name)
 
 
@@ -137,9 +141,7 @@ def payload_span(
     if parent is not None:
         carrier = carrier_of(parent)
         if carrier:
-            from opentelemetry.propagate import extract
-
-            context = extract(carrier)
+            context = _propagator.extract(carrier)
     return _span("payload", context, _about(flow, payload_id, name, size))
 
 
@@ -176,11 +178,9 @@ def inject(headers: MutableMapping[str, Any]) -> None:
     """Write the current span's ``traceparent`` (and ``tracestate``) into outgoing headers."""
     if _tracer is None:
         return
-    from opentelemetry.propagate import inject as otel_inject
-
     for key in _PROPAGATED:
         headers.pop(key, None)  # copied from the incoming message: this delivery's own replaces it
-    otel_inject(headers)
+    _propagator.inject(headers)
 
 
 def carrier_of(payload: Payload) -> dict[str, str]:
