@@ -49,6 +49,10 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
             r"Chromium: the page to the load event.*?\)\s+([\d.]+)",
         ),
     ],
+    "traces": [
+        ("daemon CPU per file with traces on, ratio to off", r"daemon CPU s per 1,000 files\s+[\d.]+\s+[\d.]+\s+([\d.]+)"),
+        ("local → directory with traces on, files/s ratio to off", r"local->directory, files/s\s+[\d,]+\s+[\d,]+\s+([\d.]+)"),
+    ],
     "rabbitmq": [
         ("RabbitMQ → directory, msgs/s", r"c\. conveyor -> directory:\s+([\d,]+)"),
         ("RabbitMQ → directory, CPU s per 1,000 msgs", r"c\. conveyor -> directory:.*\(([\d.]+) CPU"),
