@@ -50,8 +50,14 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ),
     ],
     "traces": [
-        ("daemon CPU per file with traces on, ratio to off", r"daemon CPU s per 1,000 files\s+[\d.]+\s+[\d.]+\s+([\d.]+)"),
-        ("local → directory with traces on, files/s ratio to off", r"local->directory, files/s\s+[\d,]+\s+[\d,]+\s+([\d.]+)"),
+        (
+            "daemon CPU per file with traces on, ratio to off",
+            r"daemon CPU s per 1,000 files\s+[\d.]+\s+[\d.]+\s+([\d.]+)",
+        ),
+        (
+            "local → directory with traces on, files/s ratio to off",
+            r"local->directory, files/s\s+[\d,]+\s+[\d,]+\s+([\d.]+)",
+        ),
     ],
     "rabbitmq": [
         ("RabbitMQ → directory, msgs/s", r"c\. conveyor -> directory:\s+([\d,]+)"),
