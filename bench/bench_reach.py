@@ -173,6 +173,11 @@ def main() -> None:
         help="run everything (servers, proxy, both clients) on CPU N only: the same CPU for both sides, "
         "so the ratio is the cost per MiB, not how many cores each side's processes can spread over",
     )
+    ap.add_argument(
+        "--streams",
+        type=int,
+        help="conveyor's `streams` setting (default: unset, which reads over one connection on loopback)",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
@@ -215,6 +220,8 @@ def main() -> None:
             "root": str(srv.root),
             "timeout": "30s",
         }
+        if a.streams:
+            server["streams"] = a.streams
         jump = {
             "host": "127.0.0.1",
             "port": hop.port,

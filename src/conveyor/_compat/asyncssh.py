@@ -4,12 +4,17 @@ Why: once encrypted, asyncssh sends an empty SSH_MSG_IGNORE ahead of every packe
 9.3.1 countermeasure for CBC ciphers); with the AEAD/CTR ciphers conveyor offers it protects nothing
 and doubles the packets an upload encrypts and writes. Nothing public turns it off, so the
 connection's undocumented ``send_packet`` is wrapped to drop exactly those.
+Second: asyncssh formats a log line for every SSH packet it sends or receives (the packet type's
+name, a byte count) before its logger finds packet logging off, about 8 % of the event loop's time
+in a download. Where asyncssh's logger is not at DEBUG (packet logs need DEBUG and a debug level
+of 3), the connection's ``log_received_packet`` / ``log_sent_packet`` are replaced by no-ops.
 Fallback: the connection is left as asyncssh made it: correct, with more CPU per MiB uploaded
-(docs/performance-notes.md).
+and downloaded (docs/performance-notes.md).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any
@@ -55,6 +60,21 @@ def feature_problem(conn_class: type = asyncssh.SSHClientConnection) -> str | No
         return "the source of send_packet is not readable, so how it pads cannot be checked"
     if _PADDING_CALL not in source:
         return "send_packet no longer sends its padding through self.send_packet"
+    try:
+        from asyncssh.channel import SSHClientChannel
+        from asyncssh.packet import SSHPacketHandler
+    except ImportError as e:
+        return f"cannot import its packet handler ({e})"
+    for name in ("log_received_packet", "log_sent_packet"):
+        method = getattr(SSHPacketHandler, name, None)
+        if not inspect.isfunction(method):
+            return f"SSHPacketHandler.{name} is missing"
+        names = list(inspect.signature(method).parameters)
+        if names != ["self", "pkttype", "pktid", "packet", "note"]:
+            return f"SSHPacketHandler.{name}{inspect.signature(method)} has an unknown signature"
+        for cls in (conn_class, SSHClientChannel):
+            if getattr(cls, name, None) is not method:
+                return f"{cls.__name__}.{name} is no longer SSHPacketHandler's"
     return None
 
 
@@ -65,15 +85,17 @@ def select(conn_class: type = asyncssh.SSHClientConnection, version: str = async
         version,
         TESTED,
         feature_problem(conn_class),
-        "its connection's send_packet is wrapped to drop the empty SSH_MSG_IGNORE before each packet",
+        "its connection's send_packet is wrapped to drop the empty SSH_MSG_IGNORE before each packet, "
+        "and its per-packet log calls skipped while packet logging is off",
     )
 
 
 CHOICE = select()
 
 
-def drop_ignore_padding(conn: asyncssh.SSHClientConnection) -> None:
-    """Stop ``conn`` from sending an empty SSH_MSG_IGNORE ahead of every packet, where that is safe.
+def lighten(conn: asyncssh.SSHClientConnection) -> None:
+    """Stop ``conn`` from sending an empty SSH_MSG_IGNORE ahead of every packet, and from formatting
+    a log line per packet that nothing logs.
 
     Dropping an empty ignore message is always safe: the peer must discard it anyway.
     """
@@ -92,3 +114,27 @@ def drop_ignore_padding(conn: asyncssh.SSHClientConnection) -> None:
         send(pkttype, *args, handler=handler)
 
     conn.send_packet = send_packet  # type: ignore[method-assign]
+    _quiet_packet_logs()
+
+
+_QUIETED: list[bool] = []
+
+
+def _quiet_packet_logs() -> None:
+    """Skip asyncssh's per-packet log calls (connections and channels alike) while its logger is
+    not at DEBUG; once per process."""
+    if _QUIETED:
+        return
+    _QUIETED.append(True)
+    from asyncssh.packet import SSHPacketHandler
+
+    logger = logging.getLogger("asyncssh")
+    for name in ("log_received_packet", "log_sent_packet"):
+        original = getattr(SSHPacketHandler, name)
+
+        @functools.wraps(original)  # its signature stays the original's, for feature_problem
+        def quiet(self: Any, pkttype: int, pktid: Any, packet: Any, note: str = "", _orig: Any = original) -> None:
+            if logger.isEnabledFor(logging.DEBUG):  # cached by logging: a dict lookup per packet
+                _orig(self, pkttype, pktid, packet, note)
+
+        setattr(SSHPacketHandler, name, quiet)

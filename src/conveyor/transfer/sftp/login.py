@@ -393,7 +393,7 @@ class SshLogin:
             if agent is not None:  # its keys sign only during the login
                 agent.close()
         self.handshakes += 1
-        ssh_compat.drop_ignore_padding(conn)
+        ssh_compat.lighten(conn)
         key = conn.get_server_host_key()
         keytype, blob = (key.get_algorithm(), key.public_data) if key is not None else ("?", b"")
         verified = cfg.verified
