@@ -219,3 +219,18 @@ def test_cli_check_exit_codes(tmp_path: Path) -> None:
     assert run.returncode == 2
     v = subprocess.run([sys.executable, "-m", "conveyor", "--version"], capture_output=True, text=True)
     assert v.returncode == 0 and v.stdout.startswith("conveyor ")
+
+
+def test_natural_spellings_of_one_glob_and_one_step(tmp_path: Path) -> None:
+    """One include glob without a list, and one step as a mapping, read as lists of one."""
+    from tests.harness import write_config
+
+    flow = {
+        "source": {"instance": "disk", "path": "in", "include": "PAY_*.csv", "exclude": "**/tmp/**"},
+        "steps": {"decompress": "auto"},
+        "target": {"type": "directory", "path": str(tmp_path / "out")},
+    }
+    cfg = load_config(write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path)}}, {"f": flow}))
+    f = cfg.flows["f"]
+    assert f.source.include == ["PAY_*.csv"] and f.source.exclude == ["**/tmp/**"]
+    assert [s.kind for s in f.steps] == ["decompress"]

@@ -199,8 +199,11 @@ class FileSourceConfig(SourceConfig):
     def _implied_recursion(cls, data: Any) -> Any:
         # An include such as '**/*.csv' or a max_depth over 0 says sub-folders are wanted: list them
         # unless recursive is set (an explicit false is a contradiction the loader reports by key).
-        if isinstance(data, dict) and "recursive" not in data and _wants_folders(data):
-            return {**data, "recursive": True}
+        if isinstance(data, dict):
+            # One glob is often written without the list around it.
+            data = {**data, **{k: [data[k]] for k in ("include", "exclude") if isinstance(data.get(k), str)}}
+            if "recursive" not in data and _wants_folders(data):
+                return {**data, "recursive": True}
         return data
 
     def reaching_into_folders(self) -> list[tuple[tuple[str | int, ...], str]]:

@@ -254,6 +254,12 @@ class FlowConfig(ConfigModel):
             zone(v)
         return v
 
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _one_step(cls, v: Any) -> Any:
+        # One step is often written as a mapping rather than a list of one.
+        return [v] if isinstance(v, dict) else v
+
 
 class TracesConfig(ConfigModel):
     """OpenTelemetry traces, exported over OTLP/HTTP (needs ``pip install 'conveyor[traces]'``)."""
