@@ -26,6 +26,7 @@ A step that cannot do its work raises :class:`Permanent` naming the step (``step
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -54,6 +55,8 @@ PROGRESS_SECONDS = 1.0
 """... or once this long has passed since the last record, whichever comes first."""
 SPLIT_AHEAD = 64
 """Messages a split reads ahead per trip to its thread (held in memory until delivered)."""
+SPLIT_WINDOW = 32
+"""Messages of a split in delivery at once: a redo after a crash may also re-send these."""
 
 CONTENT_TYPES = {
     "lines": "text/plain",
@@ -115,14 +118,33 @@ class StepsTarget:
             if p is not None and p.mark == parent.id:  # else: progress through another input of the item
                 done = p.position
         recorder = _Recorder(book, item, parent.id, done)
+        # Up to SPLIT_WINDOW messages are in delivery at once (their confirms pipelined, as the
+        # target allows for its max_in_flight); they are counted done in order, so the recorded
+        # position only ever covers messages that are all confirmed.
+        sending: collections.deque[tuple[asyncio.Task[None], int]] = collections.deque()
         try:
             async with contextlib.aclosing(self._steps[index].apply(parent, skip=done)) as children:
                 async for child in children:
-                    await self._through(child, index + 1, item)
                     entry = child.lineage[-1]
-                    await recorder.advance(entry["record"] + entry["records"])
+                    task = asyncio.create_task(self._through(child, index + 1, item))
+                    sending.append((task, entry["record"] + entry["records"]))
+                    while sending and (len(sending) >= SPLIT_WINDOW or sending[0][0].done()):
+                        await self._confirmed(sending, recorder)
+            while sending:
+                await self._confirmed(sending, recorder)
         finally:
+            for task, _ in sending:
+                task.cancel()
+            await asyncio.gather(*(t for t, _ in sending), return_exceptions=True)
             await asyncio.shield(recorder.flush())
+
+    @staticmethod
+    async def _confirmed(sending: collections.deque[tuple[asyncio.Task[None], int]], recorder: _Recorder) -> None:
+        """Wait for the oldest message in delivery and count it done."""
+        task, end = sending[0]
+        await task
+        sending.popleft()
+        await recorder.advance(end)
 
     async def close(self) -> None:
         """Close the steps (gpg's keyrings), then the target."""
