@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 
 from conveyor.state import StateStore, open_store
-from conveyor.state.postgres import MIGRATIONS, PostgresStore
 from conveyor.state.base import Progress
+from conveyor.state.postgres import MIGRATIONS, PostgresStore
 from tests.servers.postgres import create_database, drop_database, pg_url
 
 __all__ = ["pg_url"]
