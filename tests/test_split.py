@@ -3,6 +3,7 @@ a kill -9 from the progress in the state store; bad input fails naming the step 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import io
@@ -18,6 +19,7 @@ import pytest
 from conveyor.payload.payload import stable_id
 from conveyor.steps import PROGRESS_EVERY, SPLIT_WINDOW
 from tests.backends.local import LocalBackend
+from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
 from tests.harness import DaemonProcess, running, wait_for, write_config
 from tests.servers.rabbitmq import (
     Vhost,
@@ -28,7 +30,7 @@ from tests.servers.rabbitmq import (
 )
 from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
 
-__all__ = ["vsftpd_certs", "vsftpd_factory"]
+__all__ = ["pubsub_backend", "pubsub_emulator", "vsftpd_certs", "vsftpd_factory"]
 
 
 def source(instance: str = "in", **over: Any) -> dict[str, Any]:
@@ -191,6 +193,43 @@ async def test_gzip_csv_on_vsftpd_split_into_rabbitmq_survives_kill9(
         assert header == ["n", "name", "note"] and len(rows) == size
         seen += [int(r[0]) for r in rows]
     assert sorted(seen) == list(range(n))
+
+
+async def test_ndjson_split_into_pubsub(pubsub_backend: PubsubBackend, tmp_path: Path) -> None:
+    """An ndjson file into a Pub/Sub topic, three records a message: each message's id (derived
+    from the file's and the first record's index) is its conveyor_id attribute."""
+    emu = pubsub_backend.emu
+    topic, sub = f"{pubsub_backend.topic}-split", f"{pubsub_backend.topic}-split-sub"
+    emu.create(topic, sub)
+    src = LocalBackend(tmp_path / "src")
+    cfg = write_config(
+        tmp_path,
+        {"in": src.instance_config(), "gcp": pubsub_backend.instance_config()},
+        {
+            "f": {
+                "source": source(),
+                "steps": [{"split": {"format": "ndjson", "batch_size": 3}}],
+                "target": {"instance": "gcp", "topic": topic},
+            }
+        },
+    )
+    src.put("events.ndjson", b"".join(json.dumps({"n": i}).encode() + b"\n" for i in range(10)))
+    got: dict[bytes, Any] = {}
+    async with running(cfg):
+        await wait_for(lambda: not src.exists("events.ndjson"), 30)
+
+        async def all_in() -> bool:
+            await asyncio.to_thread(emu.pull_into, sub, got)
+            return len(got) >= 4
+
+        await wait_for(all_in, 30, 0.2)
+    numbers = sorted(json.loads(line)["n"] for body in got for line in body.splitlines())
+    assert numbers == list(range(10))
+    m = got[b'{"n": 9}\n']
+    meta = json.loads(m.attributes["conveyor_meta"])
+    parent = meta["lineage"][0]["parent"]
+    assert meta["lineage"] == [{"parent": parent, "step": 0, "kind": "split", "record": 9, "records": 1}]
+    assert m.attributes["conveyor_id"] == meta["id"] == stable_id(parent, 0, ("record", 9))
 
 
 def _at_least(v: Vhost, q: str, n: int) -> Any:
