@@ -49,6 +49,16 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
             r"Chromium: the page to the load event.*?\)\s+([\d.]+)",
         ),
     ],
+    "traces": [
+        (
+            "daemon CPU per file with traces on, ratio to off",
+            r"daemon CPU s per 1,000 files\s+[\d.]+\s+[\d.]+\s+([\d.]+)",
+        ),
+        (
+            "local → directory with traces on, files/s ratio to off",
+            r"local->directory, files/s\s+[\d,]+\s+[\d,]+\s+([\d.]+)",
+        ),
+    ],
     "rabbitmq": [
         ("RabbitMQ → directory, msgs/s", r"c\. conveyor -> directory:\s+([\d,]+)"),
         ("RabbitMQ → directory, CPU s per 1,000 msgs", r"c\. conveyor -> directory:.*\(([\d.]+) CPU"),
@@ -113,6 +123,14 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("PGP decrypt of 1 GiB local → directory, MB/s", r"MB/s vs gpg\s+([\d,]+)"),
         ("the same, ratio to `gpg --decrypt` to a file", r"MB/s vs gpg\s+.*\)\s+([\d.]+)"),
         ("daemon peak RSS, MB", r"daemon peak RSS\s+(\d+)"),
+    ],
+    "wan": [
+        ("SFTP download at 50 ms round trip, MiB/s", r"download, streams unset\s+([\d.]+)"),
+        ("the same, OpenSSH `sftp`, MiB/s", r"^OpenSSH sftp get.*?\)\s+([\d.]+)"),
+        ("the same, ratio to OpenSSH `sftp`", r"^50 ms: conveyor / OpenSSH sftp: ([\d.]+)x"),
+        ("the same, ratio to rclone with 4 streams", r"^50 ms: conveyor / rclone 4 streams: ([\d.]+)x"),
+        ("at 100 ms, ratio to OpenSSH `sftp`", r"^100 ms: conveyor / OpenSSH sftp: ([\d.]+)x"),
+        ("at 100 ms, ratio to rclone with 4 streams", r"^100 ms: conveyor / rclone 4 streams: ([\d.]+)x"),
     ],
 }
 

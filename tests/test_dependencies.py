@@ -23,7 +23,7 @@ from tests.servers.ops import free_port
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 RUNTIME = [Requirement(r) for r in PROJECT["dependencies"]]
-EXTRAS = [Requirement(r) for extra in ("test", "docs") for r in PROJECT["optional-dependencies"][extra]]
+EXTRAS = [Requirement(r) for extra in ("test", "docs", "traces") for r in PROJECT["optional-dependencies"][extra]]
 
 
 def pins() -> dict[str, Version]:

@@ -359,7 +359,14 @@ async def test_broker_restart_mid_consume(rabbit_node: RabbitNode, tmp_path: Pat
         boot = await asyncio.to_thread(node.start)
         outage = time.monotonic() - t_stop
         # The durable queue must come back with the node; a broker that lost it after a SIGKILL
-        # leaves conveyor waiting on NOT_FOUND, so fail here, with the node's log.
+        # leaves conveyor waiting on NOT_FOUND, so fail here, with the node's log. A node recovers
+        # its queues a moment after it answers, more slowly after a SIGKILL: give it 30 s.
+        for _ in range(60):
+            try:
+                await asyncio.to_thread(node.queue, q)
+                break
+            except AssertionError:
+                await asyncio.sleep(0.5)
         await asyncio.to_thread(node.queue, q)
         await wait_for(lambda: count_bodies(out) == n, 120, 0.2)
         await wait_for(lambda: node.queue(q) == (0, 0), 60, 0.5)

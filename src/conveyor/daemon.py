@@ -117,7 +117,7 @@ class Addon(Protocol):
 
 def make_addons(config: Config) -> list[Addon]:
     """The add-ons a config asks for: the health server (unless ``health.listen`` is null) and
-    the systemd notifier (a no-op without ``$NOTIFY_SOCKET``)."""
+    the systemd notifier (a no-op without ``$NOTIFY_SOCKET``), and traces (with ``traces:``)."""
     from conveyor.systemd import SystemdNotifier
 
     addons: list[Addon] = []
@@ -126,6 +126,10 @@ def make_addons(config: Config) -> list[Addon]:
 
         addons.append(HealthServer(config.health.listen))
     addons.append(SystemdNotifier())
+    if config.traces is not None:
+        from conveyor.traces import Tracing
+
+        addons.append(Tracing(config.traces))
     return addons
 
 
@@ -584,6 +588,9 @@ class Daemon:
         await self._close_instances([n for n in changed if n in self.instances])
         self.config = new
         self.gate.set_floor(new.min_free_space)
+        if new.traces != old.traces:
+            # The exporter lives as long as the daemon (an add-on, like the health server).
+            log.warning("traces: the changed settings take effect at the next start")
         register_secrets(new.secrets())
         self._report_weak_transport()
         started = []

@@ -16,6 +16,7 @@ import shutil
 from conveyor.config import Config
 from conveyor.errors import Problem
 from conveyor.registry import INSTANCE_KIND, all_specs, target_specs
+from conveyor.traces import EXTRA, MODULES
 
 FIX = "install conveyor with its dependencies (pip install conveyor; not --no-deps)"
 
@@ -79,6 +80,15 @@ def missing_libraries(config: Config) -> list[Problem]:
             problems.append(Problem(where, f"PGP steps {_why(e)}"))
         if shutil.which("gpg") is None:
             problems.append(Problem(where, "PGP steps run gpg, which is not installed (Debian: apt install gnupg)"))
+    if config.traces is not None:
+        try:
+            for module in MODULES:
+                importlib.import_module(module)
+        except ImportError as e:
+            missing = e.name or str(e)
+            problems.append(
+                Problem("traces", f"traces need the Python module '{missing}', which is not installed: {EXTRA}")
+            )
     if config.state.startswith(("postgresql://", "postgres://")):
         try:
             importlib.import_module("conveyor.state.postgres")

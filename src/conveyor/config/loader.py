@@ -131,6 +131,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         instances=instances,
         flows=flows,
         min_free_space=raw.min_free_space,
+        traces=raw.traces,
         sensitive=tuple(interp.sensitive),
     )
 

@@ -264,6 +264,33 @@ class FlowConfig(ConfigModel):
         return v
 
 
+class TracesConfig(ConfigModel):
+    """OpenTelemetry traces, exported over OTLP/HTTP (needs ``pip install 'conveyor[traces]'``)."""
+
+    endpoint: str = Field(
+        description="the OTLP/HTTP collector, e.g. http://collector:4318 (spans are POSTed to its /v1/traces)"
+    )
+    service_name: str = Field("conveyor", min_length=1, description="the `service.name` the spans carry")
+    sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="share of payloads traced (0 to 1); a message that arrives with a trace follows its sampling",
+    )
+    headers: dict[str, Secret] = Field(
+        default_factory=dict, description="request headers for the collector (e.g. its credentials; kept secret)"
+    )
+    timeout: Duration = Field(10.0, gt=0, description="how long one export may take")
+    interval: Duration = Field(5.0, gt=0, description="how often buffered spans are sent")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"'{v}' is not an http:// or https:// URL (e.g. http://collector:4318)")
+        return v
+
+
 @cache
 def raw_model() -> type[ConfigModel]:
     """The top-level model, with ``instances`` a discriminated union of every registered type."""
@@ -295,6 +322,7 @@ def raw_model() -> type[ConfigModel]:
         retention=(Duration, Field(30 * 86400.0, description="settled ledger rows are pruned after this")),
         health=(HealthConfig, Field(default_factory=HealthConfig)),
         log=(LogConfig, Field(default_factory=LogConfig)),
+        traces=(TracesConfig | None, Field(None, description="OpenTelemetry traces (see `traces`); off when absent")),
         instances=(dict[str, union], Field(default_factory=dict)),
         flows=(dict[str, FlowConfig], Field(default_factory=dict)),
     )
@@ -369,6 +397,7 @@ class Config:
     instances: dict[str, InstanceConfig]
     flows: dict[str, Flow]
     min_free_space: SpaceFloor = MIN_FREE_SPACE
+    traces: TracesConfig | None = None
     sensitive: tuple[str, ...] = ()
     """Values read through ${file:...}: redacted wherever they might show."""
 
@@ -379,6 +408,8 @@ class Config:
             out.extend(inst.secrets())
         if self.health.token is not None:
             out.append(self.health.token.get_secret_value())
+        if self.traces is not None:
+            out.extend(v.get_secret_value() for v in self.traces.headers.values())
         for flow in self.flows.values():
             for route in flow.routes:
                 headers = getattr(route.target, "headers", None)

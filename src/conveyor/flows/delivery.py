@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from conveyor import traces
 from conveyor.errors import ConveyorError, Permanent, describe
 from conveyor.flows.slots import target_done
 from conveyor.interfaces import Target
@@ -123,23 +124,27 @@ class Deliverer:
             if leg is not None:
                 self.status.target_retried(self.flow, leg.name)
 
-        try:
-            await retrying(
-                once,
-                self.backoff,
-                attempts=self.attempts,
-                what="delivery",
-                retry_if=lambda e: not isinstance(e, Permanent),
-                on_retry=retry,
-            )
-        except Permanent as e:
-            msg = redact(str(e))
-            log.error("delivery of %s%s failed for good: %s", name, to, msg, extra=extra)
-            return Outcome(False, True, msg)
-        except Exception as e:
-            msg = redact(_describe(e))
-            log.error("delivery of %s%s failed after %d attempts: %s", name, to, self.attempts, msg, extra=extra)
-            return Outcome(False, False, msg)
+        with traces.span("deliver", payload, "target", leg.name if leg is not None else None) as span:
+            try:
+                await retrying(
+                    once,
+                    self.backoff,
+                    attempts=self.attempts,
+                    what="delivery",
+                    retry_if=lambda e: not isinstance(e, Permanent),
+                    on_retry=retry,
+                )
+            except Permanent as e:
+                msg = redact(str(e))
+                log.error("delivery of %s%s failed for good: %s", name, to, msg, extra=extra)
+                span.outcome("failed", msg)
+                return Outcome(False, True, msg)
+            except Exception as e:
+                msg = redact(_describe(e))
+                log.error("delivery of %s%s failed after %d attempts: %s", name, to, self.attempts, msg, extra=extra)
+                span.outcome("failed", msg)
+                return Outcome(False, False, msg)
+            span.outcome("delivered")
         return Outcome(True)
 
     async def deliver(self, payload: Payload, item: Item) -> Outcome:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conveyor import companions
+from conveyor import companions, traces
 from conveyor.clock import Schedule
 from conveyor.config.base import FileSourceConfig
 from conveyor.config.types import MoveAction, format_size
@@ -439,35 +439,41 @@ class FileSource:
                     pid, complete=complete, give_up=give_up, settle_after_complete=settle, known=known
                 )
                 return
-            try:
-                body = await self._fetch_checked(f, beside)
-            except BaseException as e:
-                if isinstance(e, ChecksumMismatch):
-                    await self._mismatch(f, pid, e)
-                    return
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.store.release(self.flow, pid))
-                if isinstance(e, TooLarge):
-                    # Longer than listed, and past the limit: set aside like one listed too large.
-                    self._oversize[f.path] = (f.size, f.mtime)
-                    self._reported.discard(f.path)
-                    self._refuse(f.path, e.message, "it is not fetched again while listed unchanged")
-                    return
-                raise
-            payload = Payload(
-                id=pid,
-                flow=self.flow,
-                source_instance=self.instance,
-                source_type=self.instance_type,
-                body=body,
-                name=f.name,
-                file={"path": f.path, "mtime": utc_iso(f.mtime)},
-                folder=self._folder_of(f.path),
-                mtime=f.mtime,
-            )
-            outcome = await self.deliverer.process(
-                payload, info, complete=complete, give_up=give_up, settle_after_complete=settle, claimed=item
-            )
+            with traces.payload_span(pid, self.flow, f.name, f.size) as root:
+                try:
+                    with traces.fetch(self.flow, pid, f.name, f.size) as fetch:
+                        body = await self._fetch_checked(f, beside)
+                        fetch.outcome("fetched")
+                except BaseException as e:
+                    if isinstance(e, ChecksumMismatch):
+                        root.outcome("failed", e.message)
+                        await self._mismatch(f, pid, e)
+                        return
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self.store.release(self.flow, pid))
+                    if isinstance(e, TooLarge):
+                        root.outcome("failed", e.message)
+                        # Longer than listed, and past the limit: set aside like one listed too large.
+                        self._oversize[f.path] = (f.size, f.mtime)
+                        self._reported.discard(f.path)
+                        self._refuse(f.path, e.message, "it is not fetched again while listed unchanged")
+                        return
+                    raise
+                payload = Payload(
+                    id=pid,
+                    flow=self.flow,
+                    source_instance=self.instance,
+                    source_type=self.instance_type,
+                    body=body,
+                    name=f.name,
+                    file={"path": f.path, "mtime": utc_iso(f.mtime)},
+                    folder=self._folder_of(f.path),
+                    mtime=f.mtime,
+                )
+                outcome = await self.deliverer.process(
+                    payload, info, complete=complete, give_up=give_up, settle_after_complete=settle, claimed=item
+                )
+                root.outcome(outcome)
             if outcome == "delivered":
                 log.info(
                     "delivered %s (%d bytes)",

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from conveyor import traces
 from conveyor.config.base import MessageSourceConfig
 from conveyor.flows import slots
 from conveyor.flows.delivery import Deliverer
@@ -138,7 +139,9 @@ class FlowRunner:
         self._last_activity = loop.time()
         instance = self.message_config.instance if self.message_config is not None else None
         while True:
-            await asyncio.sleep(min(0.25, idle / 4) if idle > 0 else 0.05)
+            # Waits on the flow's stop signal, so a stop ends the watch at once.
+            if await self.stop.wait(min(0.25, idle / 4) if idle > 0 else 0.05):
+                return
             connected = self.status.instances.get(instance) if instance else None
             # The idle time counts from the connection: a slow login must not pass for an empty queue.
             if self._tasks or connected is None or connected.state != "up":
@@ -214,18 +217,24 @@ class FlowRunner:
         async def give_up(final: bool) -> None:
             await inbound.nack(not final)
 
+        payload = inbound.payload
+        arrived = time.time() if traces.enabled() else 0.0
+
         async def work() -> None:
             try:
-                await self.deliverer.process(
-                    inbound.payload,
-                    {"name": inbound.payload.name},
-                    complete=inbound.ack,
-                    give_up=give_up,
-                    max_attempts=cfg.max_attempts,
-                    broker_count=inbound.delivery_count,
-                )
+                with traces.payload_span(payload.id, self.name, payload.name, payload.body.size, payload) as root:
+                    traces.received(payload, arrived)
+                    outcome = await self.deliverer.process(
+                        payload,
+                        {"name": payload.name},
+                        complete=inbound.ack,
+                        give_up=give_up,
+                        max_attempts=cfg.max_attempts,
+                        broker_count=inbound.delivery_count,
+                    )
+                    root.outcome(outcome)
             finally:
-                inbound.payload.body.release()
+                payload.body.release()
 
         if not await self.submit(inbound.payload.id, work):
             await inbound.nack(True)  # stopping: hand it straight back to the broker

@@ -73,6 +73,13 @@ class SpoolWriter:
     that decrypts the download does not also pay for SHA-256; at most ``_BACKLOG`` bytes wait
     for that thread. A write error there poisons the writer (:attr:`failed`): the body must
     then be fetched again from the start, never resumed, since the count ran ahead of the disk.
+
+    A download over several connections at once calls :meth:`positional` first and then
+    :meth:`write_at`: each piece lands at its offset, :attr:`size` counts the bytes held and
+    :meth:`missing` says which ranges a resume still has to fetch. SHA-256 is sequential, so
+    the writer's thread hashes the file back from the page cache as far as it is complete from
+    the start; with the pieces handed out in file order that frontier trails the fastest
+    connection by a few parts, and little is left to hash at :meth:`finish`.
     """
 
     _BACKLOG = 16 * 1024 * 1024
@@ -87,7 +94,11 @@ class SpoolWriter:
         self._hash = hashlib.sha256()
         self.size = 0
         self._reserved = 0
-        self._queue: queue.SimpleQueue[tuple[bytes, bool] | None] | None = None
+        self._queue: queue.SimpleQueue[tuple[bytes, bool, int, int] | None] | None = None
+        self._ranges: list[tuple[int, int]] | None = None
+        """Positional mode: the byte ranges written, sorted and disjoint (None: appending)."""
+        self._fd = -1
+        self._hashed = 0
         self._thread: threading.Thread | None = None
         self._cond = threading.Condition()
         self._queued = 0
@@ -127,13 +138,91 @@ class SpoolWriter:
                 self._cond.wait()
             self._queued += len(data)
         assert self._queue is not None
-        self._queue.put((data, hashed))
+        self._queue.put((data, hashed, -1, -1))
 
-    def _spill(self) -> None:
+    def positional(self, total: int) -> None:
+        """Take the body's ``total`` bytes as pieces at offsets (:meth:`write_at`) from now on.
+
+        Only before the first write; calling it again is a no-op (a resumed download).
+        """
+        if self._ranges is not None:
+            return
+        if self.size or self._buf is None:
+            raise RuntimeError("positional() after bytes were appended")
+        if self._limit is not None and total > self._limit:
+            raise TooLarge(f"{total} bytes listed, over {self._what}: not read")
+        self._buf = None
+        self._ranges = []
+        self._spill(positional=True)
+
+    @property
+    def segmented(self) -> bool:
+        """True once :meth:`positional` was called."""
+        return self._ranges is not None
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` (positional mode); raises like :meth:`write`."""
+        if self._error is not None:
+            raise self._error
+        assert self._ranges is not None, "write_at() needs positional() first"
+        if not data:
+            return
+        end = offset + len(data)
+        if self._limit is not None and end > self._limit:
+            raise TooLarge(f"more than {self._limit} bytes arrived, over {self._what}: the rest is not read")
+        new = self._cover(offset, end)
+        self._reserve(new)
+        self.size += new
+        if type(data) is not bytes:
+            data = bytes(data)
+        first = self._ranges[0]
+        frontier = first[1] if first[0] == 0 else 0
+        with self._cond:
+            while self._queued > self._BACKLOG and self._error is None:
+                self._cond.wait()
+            self._queued += len(data)
+        assert self._queue is not None
+        self._queue.put((data, True, offset, frontier))
+
+    def _cover(self, start: int, end: int) -> int:
+        """Add [start, end) to the written ranges; the bytes it newly covers."""
+        assert self._ranges is not None
+        new = end - start
+        s0, e0 = start, end
+        keep: list[tuple[int, int]] = []
+        for s, e in self._ranges:
+            if e < s0 or s > e0:
+                keep.append((s, e))
+                continue
+            new -= max(0, min(e, e0) - max(s, s0))  # ranges are disjoint: overlaps add up
+            start, end = min(s, start), max(e, end)
+        keep.append((start, end))
+        keep.sort()
+        self._ranges = keep
+        return new
+
+    def missing(self, total: int) -> list[tuple[int, int]]:
+        """The ranges of [0, total) not written yet, in order (positional mode)."""
+        assert self._ranges is not None
+        gaps: list[tuple[int, int]] = []
+        at = 0
+        for s, e in self._ranges:
+            if s > at:
+                gaps.append((at, min(s, total)))
+            at = max(at, e)
+        if at < total:
+            gaps.append((at, total))
+        return [(s, e) for s, e in gaps if e > s]
+
+    def _spill(self, positional: bool = False) -> None:
         self.path = self._spool.new_path()
         # 0600 whatever the umask; O_EXCL: the name is fresh, so anything already there was planted.
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        self._file = os.fdopen(fd, "wb")
+        mode = os.O_RDWR if positional else os.O_WRONLY
+        fd = os.open(self.path, mode | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        if positional:
+            self._fd = fd  # pwrite and pread, no buffering: the hash reads back what was written
+        else:
+            self._file = os.fdopen(fd, "wb")
         self._queue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="conveyor-spool", daemon=True)
         self._thread.start()
@@ -141,12 +230,16 @@ class SpoolWriter:
     def _work(self) -> None:
         assert self._queue is not None
         while (job := self._queue.get()) is not None:
-            data, hashed = job
+            data, hashed, offset, frontier = job
             if self._error is None:
                 try:
                     if not hashed:
                         self._hash.update(data)
-                    self._file.write(data)
+                    if offset < 0:
+                        self._file.write(data)
+                    else:
+                        _pwrite_all(self._fd, data, offset)
+                        self._hash_to(frontier)
                 except OSError as e:
                     self._error = (
                         NoSpace(f"spool disk full at {self._spool.directory}")
@@ -156,7 +249,20 @@ class SpoolWriter:
             with self._cond:
                 self._queued -= len(data)
                 self._cond.notify_all()
-        self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        else:
+            self._file.close()
+
+    def _hash_to(self, frontier: int) -> None:
+        """Hash the file from where the hash stands to ``frontier`` (written, from the start)."""
+        while self._hashed < frontier:
+            chunk = os.pread(self._fd, min(1 << 20, frontier - self._hashed), self._hashed)
+            if not chunk:
+                raise OSError(errno.EIO, "spool file shorter than written")
+            self._hash.update(chunk)
+            self._hashed += len(chunk)
 
     def _join(self) -> None:
         if self._thread is not None:
@@ -179,6 +285,8 @@ class SpoolWriter:
             body = Body(data=bytes(self._buf), size=self.size, sha256=self._hash.hexdigest(), owned=False)
             self._buf = None
             return body
+        if self._ranges is not None and self._ranges != [(0, self.size)] and self.size:
+            raise RuntimeError(f"finish() with ranges still missing: {self._ranges}")
         self._join()
         if self._error is not None:
             raise self._error
@@ -196,6 +304,13 @@ class SpoolWriter:
             self._spool.used -= self._reserved
         self._reserved = 0
         self._buf = None
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 class _SpoolBody(Body):

@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from conveyor import traces
 from conveyor.config.steps import Compress, Decompress, Split, StepConfig, Unpack
 from conveyor.errors import Permanent, TooLarge
 from conveyor.interfaces import Target
@@ -98,16 +99,19 @@ class StepsTarget:
         if index == len(self._steps):
             await self.inner.deliver(payload)
             return
-        if self._steps[index].kind == "split":
-            await self._split(payload, index, item)
-            return
-        async with contextlib.aclosing(self._steps[index].apply(payload)) as children:
-            async for child in children:
-                try:
-                    await self._through(child, index + 1, item)
-                finally:
-                    if child.body is not payload.body:  # a pass-through keeps the parent's body
-                        child.body.release()
+        step = self._steps[index]
+        with traces.span(f"step {step.kind}", payload, "step", f"steps[{index}]") as span:
+            if step.kind == "split":
+                await self._split(payload, index, item)
+            else:
+                async with contextlib.aclosing(step.apply(payload)) as children:
+                    async for child in children:
+                        try:
+                            await self._through(child, index + 1, item)
+                        finally:
+                            if child.body is not payload.body:  # a pass-through keeps the parent's body
+                                child.body.release()
+            span.outcome("done")
 
     async def _split(self, parent: Payload, index: int, item: str) -> None:
         """Deliver ``parent``'s messages from the last recorded position on, recording progress."""

@@ -20,6 +20,7 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
+from conveyor import traces
 from conveyor.brokers.pubsub.auth import build_credentials, refresh
 from conveyor.brokers.pubsub.config import PubsubConfig, PubsubSourceConfig, PubsubTargetConfig
 from conveyor.brokers.pubsub.errors import map_error, short_error
@@ -226,7 +227,9 @@ class PubsubTarget:
         meta = await payload.metadata()
         ctx = template_context(payload)
         key = self.cfg.ordering_key.format_map(ctx) if self.cfg.ordering_key is not None else ""
-        attrs = build_attributes(payload, meta, {k: v.format_map(ctx) for k, v in self.cfg.attributes.items()})
+        extra = {k: v.format_map(ctx) for k, v in self.cfg.attributes.items()}
+        traces.inject(extra)  # this delivery's traceparent, in place of one the message came with
+        attrs = build_attributes(payload, meta, extra)
         timeout = self.cfg.timeout or inst.config.timeout
         try:
             future = client.publish(self.topic, data, ordering_key=key, timeout=timeout, **attrs)

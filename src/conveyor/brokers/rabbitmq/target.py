@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
+from conveyor import traces
 from conveyor.brokers.rabbitmq.config import RabbitTargetConfig
 from conveyor.brokers.rabbitmq.errors import map_error
 from conveyor.brokers.rabbitmq.source import broker_added
@@ -131,6 +132,7 @@ class RabbitTarget:
         headers["x-conveyor-flow"] = payload.flow
         headers["x-conveyor-source"] = payload.source_instance
         headers["x-conveyor-meta"] = json.dumps(await payload.metadata(), separators=(",", ":"))
+        traces.inject(headers)
         return headers
 
     async def _body(self, payload: Payload) -> bytes:

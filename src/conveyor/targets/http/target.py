@@ -32,7 +32,7 @@ import aiohttp
 from aiohttp_socks import ProxyConnectionError, ProxyConnector, ProxyError, ProxyTimeoutError
 from yarl import URL
 
-from conveyor import __version__
+from conveyor import __version__, traces
 from conveyor.errors import Rejected, RetryAfter, Transient
 from conveyor.interfaces import Context
 from conveyor.payload.payload import Payload
@@ -163,6 +163,7 @@ class HttpTarget:
         h["X-Conveyor-Flow"] = self.flow
         h["X-Conveyor-Meta"] = base64.urlsafe_b64encode(_META_JSON(meta).encode()).decode("ascii")
         h["Content-Length"] = str(payload.body.size)
+        traces.inject(h)
         return h
 
     async def deliver(self, payload: Payload) -> None:

@@ -4,14 +4,17 @@ Paths are relative to the instance's ``root``, which may itself be relative to t
 login lands in: absolute paths are built only on a logged-in session (see ``SftpPool.root``).
 Every operation runs under ``timeout`` (for transfers: no progress for ``timeout``) and maps
 asyncssh errors once, here, onto conveyor's error tree. Transfers keep several SFTP requests
-outstanding, as OpenSSH's ``sftp`` does, and write them in order, so a resumed download
-continues at ``sink.size``.
+outstanding, as OpenSSH's ``sftp`` does (more the longer the round trip), and write them in
+order, so a resumed download continues at ``sink.size``. A large file from a distant server is
+read over several sessions at once instead, each part written at its offset, and a resumed
+download fetches only the ranges the sink is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import posixpath
 import stat as stat_mod
 from collections import deque
@@ -35,8 +38,25 @@ log = logging.getLogger("conveyor.sftp")
 BLOCK = 256 * 1024
 """Bytes per SFTP read/write request (capped by the server's advertised limits)."""
 WINDOW = 16
-"""SFTP read requests kept outstanding per download: 4 MiB in flight. More makes the server spend
-more CPU per MiB (its buffers grow); 4 MiB per round trip is still twice OpenSSH's own window."""
+"""SFTP read requests kept outstanding per session on a near server: 4 MiB in flight. More makes
+the server spend more CPU per MiB (its buffers grow); 4 MiB per round trip is still twice
+OpenSSH's own window. Further away, :func:`read_depth` keeps more in flight."""
+MAX_WINDOW = 48
+"""The deepest read pipeline: 12 MiB, within the 16 MiB SSH channel window conveyor grants."""
+PER_STREAM = 128 * 1024 * 1024
+"""Bytes per second one session's pipeline is sized to carry at the measured round trip."""
+PART = 8 * 1024 * 1024
+"""Bytes of a file one session of a segmented download takes at a time. Parts go out in file
+order, so the spool can hash the front of the file while the rest is still arriving."""
+SEGMENT_FROM = 64 * 1024 * 1024
+"""Files from this size are read over several sessions when ``streams`` is unset."""
+NEAR = 0.01
+"""A server answering within this many seconds is near: one session already outruns the CPU. Well
+above loopback and LAN round trips, since one request timed on a busy machine can take a few ms."""
+AUTO_STREAMS = 4
+"""Sessions a large file from a distant server is read over when ``streams`` is unset (one per
+32 MiB of file up to this): enough to pass OpenSSH's single stream by far at 50-100 ms, few
+enough to leave the server's other users their share."""
 WRITE_WINDOW = 16
 """SFTP write requests kept outstanding per upload: 4 MiB already exceeds the SSH window OpenSSH
 grants (2 MiB); more would only queue, in memory, in asyncssh's send buffer."""
@@ -308,20 +328,121 @@ class SftpInstance:
     async def download(self, f: RemoteFile, sink: SpoolWriter) -> None:
         """Stream the file from ``sink.size`` to its listed size with pipelined reads.
 
-        A size different from the listing means the file changed: Transient, so it is
-        listed and checked for stability again.
+        A large file is read over several sessions at once (``streams``), each taking parts
+        in file order and writing them at their offsets; after a cut, only the missing ranges
+        are fetched again. A size different from the listing means the file changed:
+        Transient, so it is listed and checked for stability again.
         """
+        if sink.segmented or (sink.size == 0 and f.size >= 2 * PART and await self._streams(f.size) > 1):
+            await self._download_parts(f, sink)
+            return
         offset = sink.size
         try:
             async with self.pool.session() as s, asyncio.timeout(self.config.timeout) as deadline:
                 fh = await s.sftp.open(self._abs(f.path), "rb", block_size=0)
                 try:
                     block = min(BLOCK, s.sftp.limits.max_read_len or BLOCK)
-                    await self._read_into(fh, f, offset, block, sink, deadline)
+                    await self._read_into(fh, f, offset, block, sink, deadline, read_depth(s.rtt))
                 finally:
                     await _close_quietly(fh)
         except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
             raise self._map(e, f.path) from None
+
+    async def _streams(self, size: int) -> int:
+        """How many sessions read a file of ``size`` bytes: ``streams``, or chosen by size and
+        by the round trip of a pooled session (logging in first if there is none)."""
+        cap = self.config.max_connections
+        if self.config.streams is not None:
+            return min(self.config.streams, cap)
+        if size < SEGMENT_FROM:
+            return 1
+        async with self._op("") as s:
+            rtt = s.rtt
+        if rtt is None or rtt < NEAR:
+            return 1
+        return max(1, min(AUTO_STREAMS, size // (SEGMENT_FROM // 2), cap))
+
+    async def _download_parts(self, f: RemoteFile, sink: SpoolWriter) -> None:
+        """The missing ranges of ``f`` over up to ``streams`` sessions, parts in file order."""
+        sink.positional(f.size)
+        todo: deque[tuple[int, int]] = deque()
+        for start, end in sink.missing(f.size):
+            todo.extend((p, min(p + PART, end)) for p in range(start, end, PART))
+        n = max(1, min(await self._streams(f.size), len(todo)))
+        probe = _Probe()
+        # Sessions for all n streams, counting the idle one the first stream starts on at once.
+        grown = asyncio.ensure_future(self.pool.grow(n))
+
+        async def later() -> None:
+            await asyncio.shield(grown)  # the others start once their sessions are open
+            await self._stream(f, sink, todo, probe)
+
+        tasks = [asyncio.ensure_future(self._stream(f, sink, todo, probe))]
+        tasks += [asyncio.ensure_future(later()) for _ in range(n - 1)]
+        try:
+            await asyncio.gather(*tasks)
+            if not probe.sent:  # the end was fetched before a cut: ask once more whether it grew
+                await self._stream(f, sink, deque([(f.size, f.size)]), probe)
+        finally:
+            for t in [*tasks, grown]:
+                t.cancel()
+            await asyncio.gather(*tasks, grown, return_exceptions=True)
+
+    async def _stream(self, f: RemoteFile, sink: SpoolWriter, todo: deque[tuple[int, int]], probe: _Probe) -> None:
+        """One session of a segmented download: takes parts from ``todo`` until none are left."""
+        try:
+            async with self.pool.session() as s, asyncio.timeout(self.config.timeout) as deadline:
+                fh = await s.sftp.open(self._abs(f.path), "rb", block_size=0)
+                try:
+                    block = min(BLOCK, s.sftp.limits.max_read_len or BLOCK)
+                    await self._read_parts(fh, f, block, sink, deadline, read_depth(s.rtt), todo, probe)
+                finally:
+                    await _close_quietly(fh)
+        except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
+            raise self._map(e, f.path) from None
+
+    async def _read_parts(
+        self,
+        fh: asyncssh.SFTPClientFile,
+        f: RemoteFile,
+        block: int,
+        sink: SpoolWriter,
+        deadline: asyncio.Timeout,
+        depth: int,
+        todo: deque[tuple[int, int]],
+        probe: _Probe,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        pending: deque[tuple[int, int, asyncio.Task[bytes]]] = deque()
+        pos = end = 0
+        try:
+            while True:
+                # Requests run on across parts: taking the next one costs no round trip.
+                while len(pending) < depth:
+                    if pos >= end:
+                        if not todo:
+                            break
+                        pos, end = todo.popleft()
+                    n = min(block, end - pos)
+                    if n:
+                        pending.append((pos, n, asyncio.ensure_future(fh.read(n, pos))))
+                        pos += n
+                    if pos == f.size and not probe.sent:
+                        # One byte past the listed size must be EOF, else the file grew.
+                        probe.sent = True
+                        pending.append((pos, 0, asyncio.ensure_future(fh.read(1, pos))))
+                if not pending:
+                    return
+                off, n, task = pending.popleft()
+                data = await task
+                if n == 0:
+                    if data:
+                        self._grew(f)
+                    continue
+                sink.write_at(off, await self._whole(fh, f, off, n, data))
+                deadline.reschedule(loop.time() + self.config.timeout)  # the timeout is for no progress
+        finally:
+            await _drop(pending)
 
     async def _read_into(
         self,
@@ -331,6 +452,7 @@ class SftpInstance:
         block: int,
         sink: SpoolWriter,
         deadline: asyncio.Timeout,
+        depth: int,
     ) -> None:
         loop = asyncio.get_running_loop()
         pending: deque[tuple[int, int, asyncio.Task[bytes]]] = deque()
@@ -339,7 +461,7 @@ class SftpInstance:
             self._changed(f, offset)
         try:
             while True:
-                while len(pending) < WINDOW and nxt < f.size:
+                while len(pending) < depth and nxt < f.size:
                     n = min(block, f.size - nxt)
                     pending.append((nxt, n, asyncio.ensure_future(fh.read(n, nxt))))
                     nxt += n
@@ -351,25 +473,28 @@ class SftpInstance:
                 off, n, task = pending.popleft()
                 if n == 0:
                     if await task:
-                        raise Transient(
-                            f"file changed while being read: it has more than the listed {f.size} bytes",
-                            instance=self.name,
-                            path=f.path,
-                        )
+                        self._grew(f)
                     return
-                data = await task
-                while len(data) < n:  # a short read: fetch the rest of this block in order
-                    more: bytes = await fh.read(n - len(data), off + len(data))
-                    if not more:
-                        self._changed(f, off + len(data))
-                    data += more
-                sink.write(data)
+                sink.write(await self._whole(fh, f, off, n, await task))
                 deadline.reschedule(loop.time() + self.config.timeout)  # the timeout is for no progress
         finally:
-            for _, _, t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*(t for _, _, t in pending), return_exceptions=True)
+            await _drop(pending)
+
+    async def _whole(self, fh: asyncssh.SFTPClientFile, f: RemoteFile, off: int, n: int, data: bytes) -> bytes:
+        """The ``n`` bytes at ``off``: ``data`` as read, completed when the server answered short."""
+        while len(data) < n:
+            more: bytes = await fh.read(n - len(data), off + len(data))
+            if not more:
+                self._changed(f, off + len(data))
+            data += more
+        return data
+
+    def _grew(self, f: RemoteFile) -> NoReturn:
+        raise Transient(
+            f"file changed while being read: it has more than the listed {f.size} bytes",
+            instance=self.name,
+            path=f.path,
+        )
 
     def _changed(self, f: RemoteFile, size: int) -> NoReturn:
         raise Transient(
@@ -478,6 +603,29 @@ class SftpInstance:
         async with self._op(src) as s:
             await s.sftp.makedirs(posixpath.dirname(self._abs(dst)), exist_ok=True)
             await self._replace(s, self._abs(src), self._abs(dst))
+
+
+def read_depth(rtt: float | None) -> int:
+    """SFTP read requests to keep outstanding on a session whose round trip is ``rtt`` seconds:
+    enough for :data:`PER_STREAM` bytes/s, never fewer than :data:`WINDOW` nor more than
+    :data:`MAX_WINDOW` (unknown: :data:`WINDOW`)."""
+    if rtt is None:
+        return WINDOW
+    return max(WINDOW, min(MAX_WINDOW, math.ceil(rtt * PER_STREAM / BLOCK)))
+
+
+async def _drop(pending: deque[tuple[int, int, asyncio.Task[bytes]]]) -> None:
+    """Cancel the reads still outstanding and wait for them (their answers are not wanted)."""
+    for _, _, t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.gather(*(t for _, _, t in pending), return_exceptions=True)
+
+
+class _Probe:
+    """Whether a segmented download has sent its read past the listed end (sent once)."""
+
+    sent = False
 
 
 async def _close_quietly(fh: asyncssh.SFTPClientFile) -> None:

@@ -484,7 +484,9 @@ class SshLogin:
                     raise Permanent(f"cannot decrypt {where}: {e} (pip install bcrypt)", instance=self.name) from None
                 raise AuthError(f"cannot decrypt {where}: wrong passphrase", instance=self.name) from None
             except asyncssh.KeyImportError as e:
-                if "decrypt" in str(e).lower() and passphrase is not None:  # PKCS#1/#8 with a wrong passphrase
+                if passphrase is not None and ("decrypt" in str(e).lower() or self._encrypted_pem()):
+                    # PKCS#1/#8 with a wrong passphrase. About one wrong passphrase in 256 decrypts to
+                    # bytes whose padding checks out, and then fails as "Invalid PEM" instead.
                     raise AuthError(f"cannot decrypt {where}: wrong passphrase", instance=self.name) from None
                 if "passphrase" in str(e).lower():
                     raise AuthError(f"{where} is encrypted: set passphrase", instance=self.name) from None
@@ -492,6 +494,19 @@ class SshLogin:
             self._cert = self._load_cert(key)
             self._keys = [key]
         return self._keys
+
+    def _encrypted_pem(self) -> bool:
+        """Whether the configured key is a passphrase-protected PEM (PKCS#1 or PKCS#8)."""
+        cfg = self.cfg
+        try:
+            text = (
+                cfg.private_key.get_secret_value()
+                if cfg.private_key is not None
+                else Path(str(cfg.private_key_file)).read_text(errors="replace")
+            )
+        except OSError:
+            return False
+        return "Proc-Type: 4,ENCRYPTED" in text or "BEGIN ENCRYPTED PRIVATE KEY" in text
 
     def _load_cert(self, key: asyncssh.SSHKey) -> tuple[Path, Any] | None:
         """The user certificate of ``key``: certificate_file, else ``<private_key_file>-cert.pub``."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,8 @@ class Session:
     posix_rename: bool = field(default=True)
     hops: list[asyncssh.SSHClientConnection] = field(default_factory=list)
     """The jump hosts' connections this one runs through, first hop first (owned by the session)."""
+    rtt: float | None = None
+    """Seconds one SFTP request took at login (a round trip to the server), None if not measured."""
 
     @property
     def alive(self) -> bool:
@@ -86,6 +88,11 @@ class SftpPool:
         """SSH handshakes completed (tests use it to check sessions are reused)."""
         self._sessions: list[Session] = []
         self._connect_lock = asyncio.Lock()
+        self._opening = 0
+        self._stray: set[asyncio.Task[Session]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        """Closes of sessions that :meth:`grow` opened for a transfer that had ended meanwhile."""
+        """Extra sessions being opened by :meth:`grow`, counted against ``max_connections``."""
         self._logins = [
             SshLogin(
                 name,
@@ -139,9 +146,53 @@ class SftpPool:
         idle = [s for s in self._sessions if s.users == 0]
         if idle:
             return idle[0]
-        if len(self._sessions) >= self.cfg.max_connections:
+        if self._sessions and len(self._sessions) + self._opening >= self.cfg.max_connections:
             return min(self._sessions, key=lambda s: s.users)
         return None
+
+    async def grow(self, idle: int) -> None:
+        """Open sessions at once until ``idle`` are free, within ``max_connections``.
+
+        For a transfer split over several sessions: opened side by side rather than one after
+        another (each login is several round trips), and only next to a live session, so the
+        instance's up/down state and retrying stay with the ordinary connect. A session that
+        fails to open is left out: the transfer shares the sessions it has.
+        """
+        self._sessions = [s for s in self._sessions if s.alive]
+        free = sum(1 for s in self._sessions if s.users == 0)
+        room = self.cfg.max_connections - len(self._sessions) - self._opening
+        n = min(idle - free, room)
+        if n <= 0 or not self._sessions:
+            return
+        self._opening += n
+        logins = [asyncio.ensure_future(self._connect_once()) for _ in range(n)]
+        try:
+            # Shielded: a login cut short by cancelling would leave its socket open; one that the
+            # transfer no longer waits for finishes and is closed.
+            opened = await asyncio.shield(asyncio.gather(*logins, return_exceptions=True))
+        except asyncio.CancelledError:
+            for t in logins:
+                if not t.done():
+                    self._stray.add(t)
+                t.add_done_callback(self._close_unwanted)
+            raise
+        finally:
+            self._opening -= n
+        for s in opened:
+            if isinstance(s, Session):
+                self._sessions.append(s)
+            elif isinstance(s, Exception):
+                log.info("sftp %s: an extra session did not open: %s", self.name, s)
+            else:
+                raise s
+
+    def _close_unwanted(self, login: asyncio.Task[Session]) -> None:
+        self._stray.discard(login)
+        if login.cancelled() or login.exception() is not None:
+            return
+        closing = asyncio.ensure_future(login.result().close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def _acquire(self) -> Session:
         s = self._pick()
@@ -160,6 +211,13 @@ class SftpPool:
         sessions, self._sessions = self._sessions, []
         for s in sessions:
             await s.close()
+        if self._stray:  # logins that a finished transfer left running: let them end, then close them
+            with suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.timeout):
+                    await asyncio.gather(*self._stray, return_exceptions=True)
+            await asyncio.sleep(0)  # their done-callbacks start the closes
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     # -- connecting --------------------------------------------------------
     async def connect(self) -> Session:
@@ -245,17 +303,25 @@ class SftpPool:
             except (asyncssh.Error, OSError) as e:
                 conn.close()
                 raise Transient(f"SFTP subsystem refused on {cfg.describe()}: {e}", instance=self.name) from None
-            if self.root is None:
-                try:
-                    self.root = resolve_root(await sftp.realpath("."), cfg.root)
-                except (asyncssh.Error, OSError) as e:
+            # One small request, timed: the round trip that the read pipeline's depth follows.
+            # Needed anyway when the root is relative to the login folder.
+            t0 = asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout(cfg.timeout):
+                    home = await sftp.realpath(".")
+                rtt: float | None = asyncio.get_running_loop().time() - t0
+            except (asyncssh.Error, OSError, TimeoutError) as e:
+                if self.root is None:
                     conn.close()
                     raise Transient(
                         f"{cfg.describe()} did not say which folder the login lands in: {e}", instance=self.name
                     ) from None
+                rtt = None  # a server that will not say: the default depth
+            if self.root is None:
+                self.root = resolve_root(home, cfg.root)
         except BaseException:
             for hop in reversed(hops):
                 hop.close()
             raise
         log.info("sftp %s: connected to %s (%s)", self.name, cfg.describe(), done.keytype)
-        return Session(conn, sftp, done.client, done.keytype, done.fingerprint, hops=hops)
+        return Session(conn, sftp, done.client, done.keytype, done.fingerprint, hops=hops, rtt=rtt)
