@@ -506,7 +506,7 @@ async def test_a_state_file_from_before_targets_still_works(tmp_path: Path) -> N
         await wait_for(lambda: list((tmp_path / "in").iterdir()) == [], 30)
     assert bodies(out) == {"new.csv": b"new"} and bodies(tmp_path / "copy") == {"new.csv": b"new"}
     with sqlite3.connect(tmp_path / "state.db") as db:
-        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
         assert db.execute("SELECT settled FROM items WHERE id=?", (pid,)).fetchone() == (1,)
     db.close()
 

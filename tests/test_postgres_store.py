@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from conveyor.state import StateStore, open_store
+from conveyor.state.base import Progress
 from conveyor.state.postgres import MIGRATIONS, PostgresStore
 from tests.servers.postgres import create_database, drop_database, pg_url
 
@@ -143,6 +144,27 @@ async def test_each_targets_delivery_is_recorded(opener: Opener) -> None:
     await s.settled("f", "c")
     assert await s.prune(time.time() + 5) == 1
     assert await s.targets("f", ["c"]) == {}
+
+
+async def test_split_progress_is_recorded_per_target_and_goes_with_the_item(opener: Opener) -> None:
+    """A split's progress: per item and target, replaced as it moves on; forget and prune take it."""
+    s = await opener("r1")
+    assert await s.progress("f", "a", "") is None
+    assert await s.claim("f", "a", INFO, 60)
+    await s.set_progress("f", "a", "", Progress("in1", 100))
+    await s.set_progress("f", "a", "", Progress("in1", 2_000_000_000_000))
+    await s.set_progress("f", "a", "copy", Progress("in2", 7))
+    assert await s.progress("f", "a", "") == Progress("in1", 2_000_000_000_000)
+    assert await s.progress("f", "a", "copy") == Progress("in2", 7)
+    assert await s.progress("g", "a", "") is None, "per flow"
+    assert await s.forget("f", "a")
+    assert await s.progress("f", "a", "") is None and await s.progress("f", "a", "copy") is None
+    assert await s.claim("f", "b", INFO, 60)
+    await s.set_progress("f", "b", "", Progress("in1", 5))
+    await s.delivered("f", "b")
+    await s.settled("f", "b")
+    assert await s.prune(time.time() + 5) == 1
+    assert await s.progress("f", "b", "") is None
 
 
 async def test_arrivals_counts_items_first_seen_since(opener: Opener) -> None:
@@ -375,5 +397,7 @@ async def test_a_version_1_ledger_is_migrated_in_place(pg_url: str) -> None:
         assert (old.state, old.settled, old.no_target) == ("delivered", False, False)
         await s.target_delivered("f", "old", "t")
         assert list((await s.targets("f", ["old"]))["old"]) == ["t"]
+        await s.set_progress("f", "old", "", Progress("m", 3))
+        assert await s.progress("f", "old", "") == Progress("m", 3)
     finally:
         await s.close()

@@ -361,9 +361,10 @@ class Daemon:
         target = self._bare_target(flow, route)
         if not flow.steps:
             return target
-        from conveyor.steps import StepsTarget
+        from conveyor.steps import ProgressBook, StepsTarget
 
-        return StepsTarget(target, flow.steps, self.spool)
+        book = ProgressBook(self.store, flow.name, route.name if route is not None else "")
+        return StepsTarget(target, flow.steps, self.spool, book)
 
     def _bare_target(self, flow: Flow, route: Route | None = None) -> Target:
         route = route or flow.routes[0]

@@ -236,6 +236,15 @@ class FlowConfig(ConfigModel):
     steps: tuple[StepConfig, ...] = Field(
         (), description="what is done to each payload on its way, in order (see Steps)"
     )
+
+    @field_validator("steps")
+    @classmethod
+    def _one_split(cls, v: tuple[StepConfig, ...]) -> tuple[StepConfig, ...]:
+        # progress is recorded for one split per item: a split of a split's messages would have none
+        if sum(s.kind == "split" for s in v) > 1:
+            raise ValueError("a flow may have one split step")
+        return v
+
     retry: RetryConfig = Field(default_factory=RetryConfig)
     max_in_flight: int = Field(16, ge=1, le=10_000, description="payloads in delivery at once (backpressure)")
     enabled: bool = Field(True, description="false keeps the flow in the file but does not run it")

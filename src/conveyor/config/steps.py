@@ -3,9 +3,9 @@
 This module holds the config models only (the runtime is :mod:`conveyor.steps`, imported
 when a flow has steps). A step is one of a few declared kinds, never code. Each step takes one
 payload and gives one (``decompress``, ``compress``, ``decrypt``, ``encrypt``) or several
-(``unpack``: one per archive member); a step that gathers several payloads into one would be
-the third shape, and the runtime's interface (an async iterator of payloads per input) leaves
-room for it.
+(``unpack``: one per archive member, ``split``: one per record or batch of records); a step that
+gathers several payloads into one would be the third shape, and the runtime's interface (an
+async iterator of payloads per input) leaves room for it.
 """
 
 from __future__ import annotations
@@ -79,7 +79,22 @@ class Encrypt(ConfigModel):
     armor: bool = Field(False, description="ASCII armor (.asc) instead of binary (.pgp)")
 
 
-KINDS = ("decompress", "compress", "unpack", "decrypt", "encrypt")
+class Split(ConfigModel):
+    """``split``: a file becomes one message per record, or per batch of records."""
+
+    format: Literal["lines", "ndjson", "csv", "json_array"] = Field(
+        description="lines: each line a record; ndjson: each line a JSON value; csv: each CSV record "
+        "(quoted fields may hold line breaks); json_array: each element of a top-level JSON array"
+    )
+    batch_size: int = Field(1, ge=1, le=1_000_000, description="records per message")
+    header: Literal["keep", "drop", "none"] = Field(
+        "keep",
+        description="csv only: keep: the first line is a header, repeated at the top of each message; "
+        "drop: it is a header, left out; none: there is no header line",
+    )
+
+
+KINDS = ("decompress", "compress", "unpack", "decrypt", "encrypt", "split")
 """Every step kind, in the order the docs list them."""
 
 
@@ -91,8 +106,9 @@ class StepConfig(ConfigModel):
     unpack: Unpack | None = Field(None, description="zip | tar | tar.gz, or {format, max_members, max_size, max_ratio}")
     decrypt: Decrypt | None = Field(None, description="{private_key_file, passphrase, verify_with}")
     encrypt: Encrypt | None = Field(None, description="{recipients, sign_with, passphrase, armor}")
+    split: Split | None = Field(None, description="lines | ndjson | csv | json_array, or {format, batch_size, header}")
 
-    @field_validator("decompress", "compress", "unpack", mode="before")
+    @field_validator("decompress", "compress", "unpack", "split", mode="before")
     @classmethod
     def _short(cls, v: Any) -> Any:
         # ``unpack: zip`` stands for ``unpack: {format: zip}``

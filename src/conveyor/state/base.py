@@ -10,6 +10,9 @@ A flow with a ``targets:`` list also records each target's delivery of an item (
 :class:`TargetItem`): the item is ``delivered`` only once every target it was routed to has
 it, and a later attempt sends only to the targets that do not. An item routed to no target
 is ``delivered`` with ``no_target`` set.
+
+A flow whose steps split a file into messages records how far the split got (a
+:class:`Progress`), so a redo after a crash goes on from there rather than from the start.
 """
 
 from __future__ import annotations
@@ -72,6 +75,15 @@ class TargetItem:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view for the ledger endpoint."""
         return {"state": self.state, "attempts": self.attempts, "last_error": self.last_error, "updated": self.updated}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a ``split`` step got through one item: ``position`` records confirmed of the
+    input whose derived id is ``mark`` (an item's steps may split several inputs, one at a time)."""
+
+    mark: str
+    position: int
 
 
 class StateStore(Protocol):
@@ -159,11 +171,20 @@ class StateStore(Protocol):
         ...
 
     async def forget(self, flow: str, id: str) -> bool:
-        """Drop an item (and its targets' records) so its file is taken again; False if unknown."""
+        """Drop an item (and its targets' and progress records) so its file is taken again; False if unknown."""
         ...
 
     async def prune(self, older_than: float) -> int:
-        """Delete settled rows last updated before ``older_than`` (epoch seconds), with their targets' records."""
+        """Delete settled rows last updated before ``older_than`` (epoch seconds), with their targets'
+        and progress records."""
+        ...
+
+    async def progress(self, flow: str, id: str, target: str) -> Progress | None:
+        """How far a split of the item got for ``target`` ('' for a flow's one target), if recorded."""
+        ...
+
+    async def set_progress(self, flow: str, id: str, target: str, progress: Progress) -> None:
+        """Record how far a split of the item got (durable before returning)."""
         ...
 
 

@@ -52,13 +52,14 @@ import asyncpg
 
 from conveyor.errors import ConveyorError, Permanent, Transient
 from conveyor.redact import redact
-from conveyor.state.base import Item, TargetItem
+from conveyor.state.base import Item, Progress, TargetItem
 from conveyor.supervisor import CONFLICT_BACKOFF, retrying
 
 log = logging.getLogger("conveyor.state")
 
 T = "conveyor_items"
 TT = "conveyor_item_targets"
+TP = "conveyor_item_progress"
 _COLS = "flow, id, state, attempts, last_error, settled, name, path, size, mtime, owner, first_seen, updated, no_target"
 _NOW = "extract(epoch from now())::float8"
 _LOCK_KEY = 0x636F6E76  # "conv": serialises schema creation/migration between replicas
@@ -84,6 +85,12 @@ MIGRATIONS: list[list[str]] = [
         f"""CREATE TABLE {TT} (
             flow text NOT NULL, id text NOT NULL, target text NOT NULL, state text NOT NULL,
             attempts integer NOT NULL DEFAULT 0, last_error text, updated double precision NOT NULL,
+            PRIMARY KEY (flow, id, target))""",
+    ],
+    [  # version 3: how far a split step got through an item, per target ('' for a flow's one target)
+        f"""CREATE TABLE {TP} (
+            flow text NOT NULL, id text NOT NULL, target text NOT NULL, mark text NOT NULL,
+            position bigint NOT NULL, updated double precision NOT NULL,
             PRIMARY KEY (flow, id, target))""",
     ],
 ]
@@ -658,18 +665,20 @@ class PostgresStore:
         """Drop the row."""
         self._held.discard((flow, id))
         await self._submit("count", f"DELETE FROM {TT} WHERE flow=$1 AND id=$2", (flow, id), durable=True)
+        await self._submit("count", f"DELETE FROM {TP} WHERE flow=$1 AND id=$2", (flow, id), durable=True)
         n = await self._submit("count", f"DELETE FROM {T} WHERE flow=$1 AND id=$2", (flow, id), durable=True)
         return bool(n)
 
     async def prune(self, older_than: float) -> int:
         """Delete settled, delivered rows not touched since ``older_than`` (epoch seconds)."""
-        await self._submit(
-            "count",
-            f"DELETE FROM {TT} AS t USING {T} AS i WHERE i.flow = t.flow AND i.id = t.id"
-            " AND i.settled AND i.state='delivered' AND i.updated < $1",
-            (float(older_than),),
-            durable=True,
-        )
+        for side in (TT, TP):
+            await self._submit(
+                "count",
+                f"DELETE FROM {side} AS t USING {T} AS i WHERE i.flow = t.flow AND i.id = t.id"
+                " AND i.settled AND i.state='delivered' AND i.updated < $1",
+                (float(older_than),),
+                durable=True,
+            )
         n: int = await self._submit(
             "count",
             f"DELETE FROM {T} WHERE settled AND state='delivered' AND updated < $1",
@@ -677,3 +686,22 @@ class PostgresStore:
             durable=True,
         )
         return n
+
+    async def progress(self, flow: str, id: str, target: str) -> Progress | None:
+        """The recorded progress of a split, if any."""
+        assert self._pool is not None
+        row = await self._pool.fetchrow(
+            f"SELECT mark, position FROM {TP} WHERE flow=$1 AND id=$2 AND target=$3", flow, id, target
+        )
+        return None if row is None else Progress(row["mark"], int(row["position"]))
+
+    async def set_progress(self, flow: str, id: str, target: str, progress: Progress) -> None:
+        """Record a split's progress, durably."""
+        await self._submit(
+            "count",
+            f"INSERT INTO {TP} (flow, id, target, mark, position, updated) VALUES ($1, $2, $3, $4, $5, {_NOW}) "
+            "ON CONFLICT (flow, id, target) DO UPDATE SET mark=excluded.mark, position=excluded.position, "
+            "updated=excluded.updated",
+            (flow, id, target, progress.mark, progress.position),
+            durable=True,
+        )

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from conveyor.batched import Handoff, resolve_all
 from conveyor.private import private_file, tighten
-from conveyor.state.base import Item, TargetItem
+from conveyor.state.base import Item, Progress, TargetItem
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -51,6 +51,17 @@ MIGRATIONS: list[list[str]] = [
             state TEXT NOT NULL,
             attempts INTEGER NOT NULL DEFAULT 0,
             last_error TEXT,
+            updated REAL NOT NULL,
+            PRIMARY KEY (flow, id, target)
+        )""",
+    ],
+    [  # version 3: how far a split step got through an item, per target ('' for a flow's one target)
+        """CREATE TABLE IF NOT EXISTS item_progress (
+            flow TEXT NOT NULL,
+            id TEXT NOT NULL,
+            target TEXT NOT NULL,
+            mark TEXT NOT NULL,
+            position INTEGER NOT NULL,
             updated REAL NOT NULL,
             PRIMARY KEY (flow, id, target)
         )""",
@@ -458,6 +469,7 @@ class SqliteStore:
 
         def q(db: sqlite3.Connection) -> int:
             db.execute("DELETE FROM item_targets WHERE flow=? AND id=?", (flow, id))
+            db.execute("DELETE FROM item_progress WHERE flow=? AND id=?", (flow, id))
             return db.execute("DELETE FROM items WHERE flow=? AND id=?", (flow, id)).rowcount
 
         n = await self._write(q)
@@ -469,11 +481,39 @@ class SqliteStore:
 
         def q(db: sqlite3.Connection) -> int:
             db.execute(f"DELETE FROM item_targets WHERE (flow, id) IN ({done})", (older_than,))
+            db.execute(f"DELETE FROM item_progress WHERE (flow, id) IN ({done})", (older_than,))
             sql = "DELETE FROM items WHERE settled=1 AND state='delivered' AND updated < ?"
             return db.execute(sql, (older_than,)).rowcount
 
         n: int = await self._write(q)
         return n
+
+    async def progress(self, flow: str, id: str, target: str) -> Progress | None:
+        """The recorded progress of a split, if any."""
+
+        def q(db: sqlite3.Connection) -> Progress | None:
+            sql = "SELECT mark, position FROM item_progress WHERE flow=? AND id=? AND target=?"
+            row = db.execute(sql, (flow, id, target)).fetchone()
+            return None if row is None else Progress(row[0], row[1])
+
+        result: Progress | None = await self._read(q)
+        return result
+
+    async def set_progress(self, flow: str, id: str, target: str, progress: Progress) -> None:
+        """Record a split's progress, durably."""
+        await self._write(
+            self._set(
+                "INSERT INTO item_progress (flow, id, target, mark, position, updated) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (flow, id, target) DO UPDATE SET mark=excluded.mark, position=excluded.position, "
+                "updated=excluded.updated",
+                flow,
+                id,
+                target,
+                progress.mark,
+                progress.position,
+                time.time(),
+            )
+        )
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
