@@ -232,5 +232,6 @@ def test_natural_spellings_of_one_glob_and_one_step(tmp_path: Path) -> None:
     }
     cfg = load_config(write_config(tmp_path, {"disk": {"type": "local", "root": str(tmp_path)}}, {"f": flow}))
     f = cfg.flows["f"]
+    assert isinstance(f.source, FileSourceConfig)
     assert f.source.include == ["PAY_*.csv"] and f.source.exclude == ["**/tmp/**"]
     assert [s.kind for s in f.steps] == ["decompress"]
