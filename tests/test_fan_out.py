@@ -23,7 +23,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ import pytest
 
 from conveyor.payload.payload import stable_id
 from conveyor.state.sqlite import SCHEMA
-from tests.backends.sftp import SftpBackend
+from tests.backends.sftp import sftp_folder
 from tests.counting_sink import CountingSink, classify, counting_sink, kill_points
 from tests.faultlog import COUNTING_DIRECTORY, count_bodies, record
 from tests.harness import DaemonProcess, bodies, running, wait_for, write_config
@@ -255,13 +254,6 @@ def own_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:  # noqa: F811 (the impo
     finally:
         kill_tree(server.proc)
         shutil.rmtree(server.base, ignore_errors=True)
-
-
-def sftp_folder(server: Sshd) -> SftpBackend:
-    d = Path(tempfile.mkdtemp(dir=server.root))
-    d.chmod(0o755)
-    server.chown(d)
-    return SftpBackend("sftp-openssh", server, d, str(d))
 
 
 @pytest.mark.fault

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.backends.ftp import FtpBackend
-from tests.backends.sftp import SftpBackend
+from tests.backends.sftp import SftpBackend, sftp_folder
 from tests.faultlog import count_bodies, record
 from tests.harness import DaemonProcess, sidecars, wait_for, write_config
 from tests.servers.asyncssh_server import ssh_client_keys  # noqa: F401  (fixture)
@@ -65,14 +64,6 @@ def own_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:  # noqa: F811 (the impo
     finally:
         kill_tree(server.proc)
         shutil.rmtree(server.base, ignore_errors=True)
-
-
-def sftp_folder(server: Sshd) -> SftpBackend:
-    """A fresh folder on the sshd as an instance root (as the sftp_openssh_backend fixture makes)."""
-    d = Path(tempfile.mkdtemp(dir=server.root))
-    d.chmod(0o755)
-    server.chown(d)
-    return SftpBackend("sftp-openssh", server, d, str(d))
 
 
 def file_sha256(path: Path) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "asyncssh_server",
     "jump_sshd",
     "sftp_asyncssh_backend",
+    "sftp_folder",
     "sftp_jump_backend",
     "sftp_openssh_backend",
     "sftp_socks5_backend",
@@ -101,39 +102,42 @@ async def sftp_asyncssh_backend(asyncssh_server: AsyncsshSftpServer) -> AsyncIte
     yield SftpBackend("sftp-asyncssh", asyncssh_server, asyncssh_server.root, "/")
 
 
+def sftp_folder(server: Sshd, name: str = "sftp-openssh", route: dict[str, Any] | None = None) -> SftpBackend:
+    """A fresh folder on an OpenSSH sshd, owned by its user, as an instance root; ``route``: the
+    ``proxy`` / ``jump`` settings to reach it by."""
+    d = Path(tempfile.mkdtemp(dir=server.root))
+    d.chmod(0o755)
+    server.chown(d)
+    return SftpBackend(name, server, d, str(d), route)
+
+
 @pytest.fixture
 def sftp_openssh_backend(sshd: Sshd) -> Iterator[SftpBackend]:
     """A fresh folder on the session's OpenSSH sshd, used as the instance root."""
-    d = Path(tempfile.mkdtemp(dir=sshd.root))
-    d.chmod(0o755)
-    sshd.chown(d)
+    b = sftp_folder(sshd)
     try:
-        yield SftpBackend("sftp-openssh", sshd, d, str(d))
+        yield b
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(b.folder, ignore_errors=True)
 
 
 @pytest.fixture
 def sftp_socks5_backend(sshd: Sshd) -> Iterator[SftpBackend]:
     """The session's sshd reached through a SOCKS5 proxy (microsocks, with username auth)."""
     proxy: ProxyServer = start_proxy("socks5")
-    d = Path(tempfile.mkdtemp(dir=sshd.root))
-    d.chmod(0o755)
-    sshd.chown(d)
+    b = sftp_folder(sshd, "sftp-socks5", {"proxy": proxy.url()})
     try:
-        yield SftpBackend("sftp-socks5", sshd, d, str(d), {"proxy": proxy.url()})
+        yield b
     finally:
         proxy.remove()
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(b.folder, ignore_errors=True)
 
 
 @pytest.fixture
 def sftp_jump_backend(sshd: Sshd, jump_sshd: Sshd) -> Iterator[SftpBackend]:
     """The session's sshd reached through a second sshd as the jump host."""
-    d = Path(tempfile.mkdtemp(dir=sshd.root))
-    d.chmod(0o755)
-    sshd.chown(d)
+    b = sftp_folder(sshd, "sftp-jump", {"jump": [jump_sshd.hop_config()]})
     try:
-        yield SftpBackend("sftp-jump", sshd, d, str(d), {"jump": [jump_sshd.hop_config()]})
+        yield b
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(b.folder, ignore_errors=True)
