@@ -25,7 +25,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,8 @@ from tests.harness import DaemonProcess, bodies, running, wait_for, write_config
 from tests.servers.asyncssh_server import ssh_client_keys  # noqa: F401  (fixture)
 from tests.servers.ops import free_port
 from tests.servers.rabbitmq import Vhost
-from tests.servers.restartable import kill_tree, restart_sshd
-from tests.servers.ssh_keys import KeySet
-from tests.servers.sshd import Sshd, sshd_available, start_sshd
+from tests.servers.restartable import kill_tree, killable_sshd, restart_sshd  # noqa: F401  (fixture)
+from tests.servers.sshd import Sshd
 from tests.test_faults import PATIENT
 
 CONVEYOR = [sys.executable, "-m", "conveyor"]
@@ -242,26 +241,12 @@ async def test_a_target_that_failed_for_good_is_retried_alone(tmp_path: Path) ->
 
 
 # -- a directory and an SFTP server, the SFTP server down for a while ------------------------------
-@pytest.fixture(scope="module")
-def own_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:  # noqa: F811 (the imported fixture)
-    """A private sshd for this module: it is killed and restarted."""
-    why = sshd_available()
-    if why:
-        pytest.fail(why)
-    server = start_sshd(ssh_client_keys)
-    try:
-        yield server
-    finally:
-        kill_tree(server.proc)
-        shutil.rmtree(server.base, ignore_errors=True)
-
-
 @pytest.mark.fault
 @pytest.mark.timeout(300)
-async def test_directory_and_sftp_with_the_sftp_server_down(own_sshd: Sshd, tmp_path: Path) -> None:
+async def test_directory_and_sftp_with_the_sftp_server_down(killable_sshd: Sshd, tmp_path: Path) -> None:  # noqa: F811
     """The directory gets each file once while the SFTP server is down; the SFTP server gets each
     once after it is back; a source file is deleted only once both have it."""
-    remote = sftp_folder(own_sshd)
+    remote = sftp_folder(killable_sshd)
     out = tmp_path / "out"
     n = 12
     files = {f"f{i:02}.csv": os.urandom(2000 + i) for i in range(n)}
@@ -280,7 +265,7 @@ async def test_directory_and_sftp_with_the_sftp_server_down(own_sshd: Sshd, tmp_
             }
         },
     )
-    kill_tree(own_sshd.proc)  # down before the first file
+    kill_tree(killable_sshd.proc)  # down before the first file
     d = DaemonProcess(cfg).start()
     try:
         for name, data in files.items():
@@ -294,7 +279,7 @@ async def test_directory_and_sftp_with_the_sftp_server_down(own_sshd: Sshd, tmp_
         db.close()
         assert sorted(rows) == [("archive", "delivered")] * n, "the ledger holds the archive's part of each"
         assert remote.names("drop") == []
-        await asyncio.to_thread(restart_sshd, own_sshd)
+        await asyncio.to_thread(restart_sshd, killable_sshd)
         # Until every file is gone from the source: each one gone is on both targets already.
         while True:
             left = {p.name for p in (tmp_path / "in").iterdir()}

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from subprocess import Popen
 from typing import Any
@@ -37,9 +37,8 @@ from tests.harness import DaemonProcess, sidecars, wait_for, write_config
 from tests.servers.asyncssh_server import ssh_client_keys  # noqa: F401  (fixture)
 from tests.servers.rabbitmq import declare, drain
 from tests.servers.rabbitmq_node import NodeVhost, RabbitNode, rabbit_node  # noqa: F401  (fixture)
-from tests.servers.restartable import kill_tree, restart_sshd, restart_vsftpd
-from tests.servers.ssh_keys import KeySet
-from tests.servers.sshd import Sshd, sshd_available, start_sshd
+from tests.servers.restartable import kill_tree, killable_sshd, restart_sshd, restart_vsftpd  # noqa: F401  (fixture)
+from tests.servers.sshd import Sshd
 from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory  # noqa: F401  (fixtures)
 from tests.test_faults import PATIENT, once_each, spool_bytes
 from tests.test_sftp_faults import pattern_file
@@ -50,20 +49,6 @@ BIG = 256 * 1024 * 1024
 """Large enough that the kill lands mid-transfer (a few seconds on loopback), small enough to stay quick."""
 SMALL = 10
 """Small files waiting beside the big one before the kill, and as many more added while the server is down."""
-
-
-@pytest.fixture(scope="module")
-def own_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:  # noqa: F811 (the imported fixture)
-    """A private sshd for this module: killing the session-wide one would hurt other modules."""
-    why = sshd_available()
-    if why:
-        pytest.fail(why)
-    server = start_sshd(ssh_client_keys)
-    try:
-        yield server
-    finally:
-        kill_tree(server.proc)
-        shutil.rmtree(server.base, ignore_errors=True)
 
 
 def file_sha256(path: Path) -> str:
@@ -167,17 +152,17 @@ async def download_through_restart(
 
 
 @pytest.mark.timeout(600)
-async def test_sshd_killed_mid_download(own_sshd: Sshd, tmp_path: Path) -> None:
+async def test_sshd_killed_mid_download(killable_sshd: Sshd, tmp_path: Path) -> None:  # noqa: F811
     """sshd and its sessions SIGKILLed a quarter into a 256 MiB download, 20 small files pending:
     the download resumes after the restart, every file arrives once, whole, and is deleted."""
-    b = sftp_folder(own_sshd)
+    b = sftp_folder(killable_sshd)
     try:
         figures = await download_through_restart(
             tmp_path,
             b,
             b.instance_config(max_connection_attempts=2),
-            lambda: own_sshd.proc,
-            lambda: restart_sshd(own_sshd),
+            lambda: killable_sshd.proc,
+            lambda: restart_sshd(killable_sshd),
         )
     finally:
         shutil.rmtree(b.folder, ignore_errors=True)
@@ -255,18 +240,18 @@ async def upload_through_restart(
     }
 
 
-async def test_sshd_killed_mid_upload(own_sshd: Sshd, tmp_path: Path) -> None:
+async def test_sshd_killed_mid_upload(killable_sshd: Sshd, tmp_path: Path) -> None:  # noqa: F811
     """sshd killed a quarter into a 256 MiB upload (local -> sftp): the retry rewrites the same
     temp file and renames it; the target folder ends with every file once and no temp file."""
-    b = sftp_folder(own_sshd)
+    b = sftp_folder(killable_sshd)
     try:
         figures = await upload_through_restart(
             tmp_path,
             b.instance_config(max_connection_attempts=2),
             b.mkdir("out"),
             "cannot connect to",
-            lambda: own_sshd.proc,
-            lambda: restart_sshd(own_sshd),
+            lambda: killable_sshd.proc,
+            lambda: restart_sshd(killable_sshd),
         )
     finally:
         shutil.rmtree(b.folder, ignore_errors=True)

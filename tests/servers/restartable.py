@@ -11,15 +11,35 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.servers.procs import descendants
-from tests.servers.sshd import SSHD, Sshd
+from tests.servers.ssh_keys import KeySet
+from tests.servers.sshd import SSHD, Sshd, sshd_available, start_sshd
 from tests.servers.vsftpd import VSFTPD, Vsftpd
+
+
+@pytest.fixture(scope="module")
+def killable_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:
+    """A private sshd for one module, whose tests kill and restart it (killing the session-wide
+    one would hurt other modules). Needs the ``ssh_client_keys`` fixture in the module."""
+    why = sshd_available()
+    if why:
+        pytest.fail(why)
+    server = start_sshd(ssh_client_keys)
+    try:
+        yield server
+    finally:
+        kill_tree(server.proc)
+        shutil.rmtree(server.base, ignore_errors=True)
 
 
 def kill_tree(proc: subprocess.Popen[bytes]) -> int:
