@@ -37,9 +37,11 @@ def write_config(folder: Path, instances: dict[str, Any], flows: dict[str, Any],
 class Daemon:
     """``conveyor run`` as a child process."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, profile: Path | None = None) -> None:
+        """``profile``: run it under cProfile, whose statistics go to that file when it stops."""
+        python = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor", "run", "-c", str(config)],
+            [*python, "-m", "conveyor", "run", "-c", str(config)],
             stderr=open(config.parent / "daemon.log", "wb"),  # noqa: SIM115
         )
 

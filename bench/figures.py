@@ -132,6 +132,12 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("at 100 ms, ratio to OpenSSH `sftp`", r"^100 ms: conveyor / OpenSSH sftp: ([\d.]+)x"),
         ("at 100 ms, ratio to rclone with 4 streams", r"^100 ms: conveyor / rclone 4 streams: ([\d.]+)x"),
     ],
+    "flows": [
+        ("1,000 sftp flows (200 instances): start to all listed, s", r"start to all flows polled, s\s+([\d.]+)"),
+        ("the same, idle CPU, % of one core", r"idle CPU, % of one core\s+([\d.]+)"),
+        ("the same, idle RSS, MB", r"RSS idle, MB\s+(\d+)"),
+        ("a file in each of the 1,000 folders, all delivered, s", r"files delivered after the drop, s\s+([\d.]+)"),
+    ],
 }
 
 

@@ -136,7 +136,8 @@ def start_sshd(
     extra: tuple[str, ...] = (),
 ) -> Sshd:
     """Start sshd with fresh host keys, letting ``users`` log in; raise if it does not come up.
-    ``extra``: more sshd_config lines (``KexAlgorithms ...``, say)."""
+    ``extra``: more sshd_config lines (``KexAlgorithms ...``, say); a ``MaxStartups`` or
+    ``MaxSessions`` line there replaces the default (sshd keeps the first value it reads)."""
     pw = ensure_user()
     base = Path(tempfile.mkdtemp(prefix="conveyor-sshd-"))
     base.chmod(0o755)  # the sftp user must traverse it to reach root/
@@ -149,6 +150,7 @@ def start_sshd(
     auth.chmod(0o644)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
     port = free_port()
+    said = {line.split()[0] for line in extra if line.strip()}
     config = base / "sshd_config"
     config.write_text(
         "\n".join(
@@ -167,8 +169,7 @@ def start_sshd(
                 "StrictModes no",
                 "Subsystem sftp internal-sftp",
                 "LogLevel INFO",
-                "MaxStartups 100:30:200",
-                "MaxSessions 50",
+                *[limit for limit in ("MaxStartups 100:30:200", "MaxSessions 50") if limit.split()[0] not in said],
                 "UseDNS no",
                 *extra,
                 "",

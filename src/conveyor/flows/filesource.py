@@ -150,7 +150,7 @@ class FileSource:
             now = time.time()
             due = now if self.schedule is None or self._failed else self._next_time(now)
             while not stop.is_set():
-                demanded = await self._until(due)
+                await self._until(due)
                 if stop.is_set():
                     break
                 if self.gate is not None and not await self.gate.wait(stop):
@@ -164,9 +164,10 @@ class FileSource:
                     fs.state = "running"
                 now = time.time()
                 due = now + self.config.poll_interval if self.schedule is None else self._next_time(now)
-                if (self.schedule is not None or demanded) and self._unstable and self.config.min_age > 0:
+                if self._unstable and self.config.min_age > 0:
                     # Files seen for the first time are taken once they kept still for min_age: list
-                    # again then, not at the next scheduled time, which may be a day away.
+                    # again then, not at the next scheduled time or interval, which may be far away
+                    # (a file would otherwise wait a whole extra poll_interval to be taken).
                     due = min(due, now + self.config.min_age)
         finally:
             withdraw()

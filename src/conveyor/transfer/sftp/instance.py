@@ -153,24 +153,25 @@ class SftpInstance:
         return Transient(f"connection lost: {reason}", **kw)
 
     @asynccontextmanager
-    async def _op(self, path: str) -> AsyncIterator[Session]:
-        """A pooled session for one operation under ``timeout``, with errors mapped."""
+    async def _op(self, path: str, share: bool = False) -> AsyncIterator[Session]:
+        """A pooled session for one operation under ``timeout``, with errors mapped (``share``:
+        a short one, see :meth:`SftpPool.session`)."""
         try:
-            async with self.pool.session() as s:
+            async with self.pool.session(share) as s:
                 async with asyncio.timeout(self.config.timeout):
                     yield s
         except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
             raise self._map(e, path) from None
 
-    async def _call(self, path: str, fn: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
-        async with self._op(path) as s:
+    async def _call(self, path: str, fn: Callable[[asyncssh.SFTPClient], Awaitable[T]], share: bool = False) -> T:
+        async with self._op(path, share) as s:
             return await fn(s.sftp)
 
     # -- FileSystem: reading -----------------------------------------------
     async def stat(self, path: str) -> RemoteFile | None:
         """The regular file at ``path``, or None (missing, or a folder)."""
         try:
-            attrs = await self._call(path, lambda sftp: sftp.stat(self._abs(path)))
+            attrs = await self._call(path, lambda sftp: sftp.stat(self._abs(path)), share=True)
         except NotFound:
             return None
         if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR and not stat_mod.S_ISREG(attrs.permissions or 0):
@@ -180,7 +181,7 @@ class SftpInstance:
     async def is_dir(self, path: str) -> bool:
         """Whether ``path`` is an existing folder."""
         try:
-            return await self._call(path, lambda sftp: sftp.isdir(self._abs(path)))
+            return await self._call(path, lambda sftp: sftp.isdir(self._abs(path)), share=True)
         except NotFound:
             return False
 
@@ -281,7 +282,7 @@ class SftpInstance:
         or (None, None) for anything else (a device, a dangling link)."""
         started = False
         try:
-            async with self.pool.session() as s:
+            async with self.pool.session(share=True) as s:
                 folder = self._abs(rel)
                 it = s.sftp.scandir(folder).__aiter__()
                 while True:

@@ -123,9 +123,14 @@ class SftpPool:
 
     # -- pool --------------------------------------------------------------
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[Session]:
-        """A session for one operation; a connection error drops it from the pool."""
-        s = await self._acquire()
+    async def session(self, share: bool = False) -> AsyncIterator[Session]:
+        """A session for one operation; a connection error drops it from the pool.
+
+        ``share``: for a short operation (a stat, a listing), which takes the least busy live
+        session rather than opening another: SFTP multiplexes requests, and a login costs both
+        sides far more than the operation (flows that poll together would each open one).
+        """
+        s = await self._acquire(share)
         s.users += 1
         try:
             yield s
@@ -141,12 +146,12 @@ class SftpPool:
                 if s.users == 0:
                     await s.close()
 
-    def _pick(self) -> Session | None:
+    def _pick(self, share: bool = False) -> Session | None:
         self._sessions = [s for s in self._sessions if s.alive]
         idle = [s for s in self._sessions if s.users == 0]
         if idle:
             return idle[0]
-        if self._sessions and len(self._sessions) + self._opening >= self.cfg.max_connections:
+        if self._sessions and (share or len(self._sessions) + self._opening >= self.cfg.max_connections):
             return min(self._sessions, key=lambda s: s.users)
         return None
 
@@ -194,12 +199,12 @@ class SftpPool:
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
 
-    async def _acquire(self) -> Session:
-        s = self._pick()
+    async def _acquire(self, share: bool = False) -> Session:
+        s = self._pick(share)
         if s is not None:
             return s
         async with self._connect_lock:
-            s = self._pick()  # another task may have connected while we waited
+            s = self._pick(share)  # another task may have connected while we waited
             if s is not None:
                 return s
             s = await self.connect()
