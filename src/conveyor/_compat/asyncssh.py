@@ -86,6 +86,7 @@ def feature_problem(conn_class: type = asyncssh.SSHClientConnection) -> str | No
 
 _SPLIT_SOURCES = {
     "data_received": ("self._inpbuf += data", "self._recv_data()"),
+    "_recv_data": ("self._reset_keepalive_timer()",),
     "_recv_pkthdr": (
         "self._packet = self._inpbuf[:self._recv_blocksize]",
         "self._pktlen = int.from_bytes(pktlen, 'big')",
@@ -189,17 +190,27 @@ def _split_packets(conn: asyncssh.SSHClientConnection) -> None:
             received(data, datatype)
             return
         view, pos, end = memoryview(data), 0, len(data)
-        while pos < end:
-            n = rest_of_packet(c._inpbuf, view[pos:])
-            if n <= 0 or pos + n >= end:
-                received(data if pos == 0 else bytes(view[pos:]), datatype)
-                return
-            received(bytes(view[pos : pos + n]), datatype)
-            pos += n
-            if c._transport is None:  # closed by what it just parsed: the rest is not for anyone
-                return
+        try:
+            while pos < end:
+                n = rest_of_packet(c._inpbuf, view[pos:])
+                if n <= 0 or pos + n >= end:
+                    received(data if pos == 0 else bytes(view[pos:]), datatype)
+                    return
+                received(bytes(view[pos : pos + n]), datatype)
+                pos += n
+                if c._transport is None:  # closed by what it just parsed: the rest is not for anyone
+                    return
+                # The keepalive timer is restarted once per socket read, as asyncssh does (a
+                # cancelled and a new timer each time: a twentieth of the loop's CPU per packet).
+                c._reset_keepalive_timer = _nothing
+        finally:
+            c.__dict__.pop("_reset_keepalive_timer", None)
 
     c.data_received = data_received
+
+
+def _nothing() -> None:
+    """Stands in for a connection method whose work was already done."""
 
 
 _QUIETED: list[bool] = []
