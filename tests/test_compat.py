@@ -93,6 +93,13 @@ def test_asyncssh_check_rejects_shapes_it_was_not_written_for(monkeypatch: pytes
     too_new = ssh_compat.select(version="2.25.0")
     assert not too_new.private and "outside the tested range" in too_new.why
     assert not ssh_compat.select(version="2.23.0").private
+
+    class SlicesElsewise(asyncssh.SSHClientConnection):  # a receive path that takes packets some other way
+        def _recv_packet(self) -> bool:
+            return False
+
+    choice = ssh_compat.select(conn_class=SlicesElsewise)
+    assert not choice.private and "_recv_packet no longer parses packets" in choice.why, choice.why
     assert ssh_compat.select(conn_class=asyncssh.SSHClientConnection, version="2.24.1").private
 
 
@@ -156,6 +163,55 @@ async def test_sftp_on_the_public_path(
     assert sent > 70, f"{sent} packets for 1 MiB: the empty ignores should still go out on the public path"
     said = [r.getMessage() for r in caplog.records if "asyncssh" in r.getMessage()]
     assert said == [f"asyncssh: using its public API only: {ENV}=public"]
+
+
+@pytest.mark.parametrize(
+    ("cipher", "path"),
+    [
+        ("aes128-gcm@openssh.com", "private"),
+        ("chacha20-poly1305@openssh.com", "private"),
+        ("aes128-gcm@openssh.com", "public"),
+    ],
+)
+async def test_sftp_receive_buffer_holds_one_packet(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cipher: str, path: str
+) -> None:
+    """8 MiB downloaded intact whichever way asyncssh is fed; with AES-GCM on the private path, its
+    receive buffer never holds more than the packet it is parsing, where a socket read of several
+    packets (OpenSSH sends 32 KiB ones) would otherwise sit in it whole."""
+    if path == "public":
+        public(monkeypatch, ssh_compat)
+    else:
+        monkeypatch.delenv(ENV, raising=False)
+        monkeypatch.setattr(ssh_compat, "CHOICE", ssh_compat.select())
+    backend = sftp_openssh_backend
+    data = os.urandom(8 << 20)
+    backend.put("in/w.bin", data)
+    inst = instance(backend, algorithms={"ciphers": [cipher]})
+    beyond: list[int] = []
+    try:
+        await inst.check()
+        conn: Any = inst.pool._sessions[0].conn
+        assert conn.get_extra_info("recv_cipher") == cipher
+        parse = conn._recv_data
+
+        def recv_data() -> None:  # private: the tests' own look at what asyncssh is given
+            buf, gcm = conn._inpbuf, cipher.startswith("aes")
+            if gcm and conn._recv_handler == conn._recv_pkthdr and len(buf) >= 4:
+                beyond.append(len(buf) - (4 + int.from_bytes(buf[:4], "big") + 16))
+            elif gcm and conn._recv_handler == conn._recv_packet:
+                beyond.append(len(buf) - (4 + conn._pktlen))
+            parse()
+
+        conn._recv_data = recv_data
+        got = await download(inst, "in/w.bin", tmp_path)
+    finally:
+        await inst.close()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    if path == "private" and cipher.startswith("aes"):
+        assert max(beyond) <= 0, f"asyncssh was given {max(beyond)} bytes beyond a packet"
+    elif path == "public":  # what it is otherwise given: several packets per socket read
+        assert max(beyond) > 0, beyond
 
 
 async def test_sftp_shape_rejected_at_runtime_falls_back(

@@ -8,6 +8,12 @@ Second: asyncssh formats a log line for every SSH packet it sends or receives (t
 name, a byte count) before its logger finds packet logging off, about 8 % of the event loop's time
 in a download. Where asyncssh's logger is not at DEBUG (packet logs need DEBUG and a debug level
 of 3), the connection's ``log_received_packet`` / ``log_sent_packet`` are replaced by no-ops.
+Third: asyncssh keeps what it received in one bytes buffer and slices it twice per SSH packet,
+copying all that follows each time. A 256 KiB read from the socket holds eight 32 KiB packets
+(OpenSSH's size), so every byte was copied about eight times before decryption, some 10 % of
+the event loop's CPU in a download. With AES-GCM the packet length travels in clear, so the
+received data is handed to asyncssh one packet at a time, cut at the packet boundaries
+(the wrapped ``data_received``), and the buffer it slices never holds more than one packet.
 Fallback: the connection is left as asyncssh made it: correct, with more CPU per MiB uploaded
 and downloaded (docs/performance-notes.md).
 """
@@ -75,6 +81,45 @@ def feature_problem(conn_class: type = asyncssh.SSHClientConnection) -> str | No
         for cls in (conn_class, SSHClientChannel):
             if getattr(cls, name, None) is not method:
                 return f"{cls.__name__}.{name} is no longer SSHPacketHandler's"
+    return _split_problem(conn_class)
+
+
+_SPLIT_SOURCES = {
+    "data_received": ("self._inpbuf += data", "self._recv_data()"),
+    "_recv_data": ("self._reset_keepalive_timer()",),
+    "_recv_pkthdr": (
+        "self._packet = self._inpbuf[:self._recv_blocksize]",
+        "self._pktlen = int.from_bytes(pktlen, 'big')",
+        "self._recv_handler = self._recv_packet",
+    ),
+    "_recv_packet": (
+        "rem = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize",
+        "self._inpbuf = self._inpbuf[rem:]",
+    ),
+    "_finish_recv_packet": ("self._recv_handler = self._recv_pkthdr",),
+}
+"""What :func:`_split_packets` relies on in the connection's receive path: the buffer it appends
+to, how a packet's length is read and how much of the buffer the packet then takes."""
+
+
+def _split_problem(conn_class: type) -> str | None:
+    """What no longer fits :func:`_split_packets` in ``conn_class`` and asyncssh's GCM shim."""
+    try:
+        from asyncssh.encryption import GCMEncryption
+    except ImportError as e:
+        return f"cannot import its GCM shim ({e})"
+    checks = [(conn_class, name, calls) for name, calls in _SPLIT_SOURCES.items()]
+    checks.append((GCMEncryption, "decrypt_header", ("return first_block, first_block[:header_len]",)))
+    for cls, name, calls in checks:
+        method = getattr(cls, name, None)
+        if not inspect.isfunction(method):
+            return f"{cls.__name__}.{name} is missing"
+        try:
+            source = inspect.getsource(method)
+        except (OSError, TypeError):
+            return f"the source of {cls.__name__}.{name} is not readable"
+        if any(call not in source for call in calls):
+            return f"{cls.__name__}.{name} no longer parses packets as expected"
     return None
 
 
@@ -86,7 +131,8 @@ def select(conn_class: type = asyncssh.SSHClientConnection, version: str = async
         TESTED,
         feature_problem(conn_class),
         "its connection's send_packet is wrapped to drop the empty SSH_MSG_IGNORE before each packet, "
-        "and its per-packet log calls skipped while packet logging is off",
+        "its per-packet log calls skipped while packet logging is off, and received data handed to it "
+        "one AES-GCM packet at a time",
     )
 
 
@@ -114,7 +160,57 @@ def lighten(conn: asyncssh.SSHClientConnection) -> None:
         send(pkttype, *args, handler=handler)
 
     conn.send_packet = send_packet  # type: ignore[method-assign]
+    _split_packets(conn)
     _quiet_packet_logs()
+
+
+def _split_packets(conn: asyncssh.SSHClientConnection) -> None:
+    """Hand what ``conn`` receives to asyncssh one packet at a time while the cipher is AES-GCM
+    (the packet length in clear); any other cipher, and anything unexpected, gets it whole."""
+    from asyncssh.encryption import GCMEncryption
+
+    c: Any = conn
+    received = c.data_received
+    pkthdr, packet = c._recv_pkthdr, c._recv_packet
+
+    def rest_of_packet(buf: bytes, more: memoryview) -> int:
+        """Bytes of ``more`` that complete the packet asyncssh is parsing (0: not known)."""
+        handler, have = c._recv_handler, len(buf)
+        if handler == pkthdr:  # nothing of the packet taken yet: its length is in the first 4 bytes
+            head = buf[:4] if have >= 4 else buf + more[: 4 - have]
+            if len(head) < 4:
+                return 0
+            return 4 + int.from_bytes(head, "big") + int(c._recv_macsize) - have
+        if handler == packet:  # the first block taken: buf holds the part of the rest that came
+            return 4 + int(c._pktlen) + int(c._recv_macsize) - int(c._recv_blocksize) - have
+        return 0  # a packet handled asynchronously holds the buffer: asyncssh queues the rest
+
+    def data_received(data: bytes, datatype: Any = None) -> None:
+        if type(c._recv_encryption) is not GCMEncryption:
+            received(data, datatype)
+            return
+        view, pos, end = memoryview(data), 0, len(data)
+        try:
+            while pos < end:
+                n = rest_of_packet(c._inpbuf, view[pos:])
+                if n <= 0 or pos + n >= end:
+                    received(data if pos == 0 else bytes(view[pos:]), datatype)
+                    return
+                received(bytes(view[pos : pos + n]), datatype)
+                pos += n
+                if c._transport is None:  # closed by what it just parsed: the rest is not for anyone
+                    return
+                # The keepalive timer is restarted once per socket read, as asyncssh does (a
+                # cancelled and a new timer each time: a twentieth of the loop's CPU per packet).
+                c._reset_keepalive_timer = _nothing
+        finally:
+            c.__dict__.pop("_reset_keepalive_timer", None)
+
+    c.data_received = data_received
+
+
+def _nothing() -> None:
+    """Stands in for a connection method whose work was already done."""
 
 
 _QUIETED: list[bool] = []
