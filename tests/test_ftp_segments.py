@@ -64,7 +64,7 @@ async def test_segmented_download_right_bytes_and_sha256(
     vsftpd_factory: Any, tmp_path: Path, tls: str, over: dict[str, int], connections: int
 ) -> None:
     srv = vsftpd_factory(tls)
-    digest = served(srv, "big.bin", 70 * MIB + 4321)  # parts of 16 MiB and a short last one
+    digest = served(srv, "big.bin", 70 * MIB + 4321)  # four parts, the last one short
     inst, _, spool = ftp_instance(srv.config(**over), tmp_path / "spool")
     try:
         assert (await fetch(inst, spool, digest)).segmented

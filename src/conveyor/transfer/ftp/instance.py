@@ -72,12 +72,7 @@ TLS_SLICE = 256 * 1024
 
 MIN_PART = 16 * 1024 * 1024
 """Smallest part of a segmented download: each part costs a few round trips (a new data channel,
-REST, RETR, its TLS handshake) that must stay small next to its transfer time."""
-
-PART_ROUNDS = 4
-"""Parts per connection of a segmented download (while parts stay above :data:`MIN_PART`): the
-spool hashes each round of parts while the next one arrives, leaving about a quarter of the
-file to hash at the end rather than three quarters with one segment per connection."""
+REST, RETR, its TLS handshake) and a TCP slow start that must stay small next to its transfer."""
 
 _NOT_FOUND_COMMANDS = {"RETR", "SIZE", "MDTM", "MLST", "MLSD", "LIST", "NLST", "CWD", "DELE", "RNFR"}
 _FULL = re.compile(r"no space|disk full|quota|insufficient storage|exceeded storage", re.IGNORECASE)
@@ -402,16 +397,17 @@ class FtpInstance:
     async def _download_parts(self, f: RemoteFile, sink: SpoolWriter) -> None:
         """The ranges of ``f`` the sink is missing, over up to ``streams`` connections at once.
 
-        Each connection takes parts in file order, and reads each with REST at its start and a
-        RETR it cuts at the part's end (see :class:`EnoughData`). A few parts per connection, not
-        one segment each as lftp's ``pget``: the spool hashes the file as far as it is complete
-        from the start, so what arrives in file order is hashed during the download, not after.
+        As lftp's ``pget``: one part per connection, read with REST at its start and a RETR cut
+        at its end (see :class:`EnoughData`). Not SFTP's many small parts in file order, although
+        the spool can hash only as far as the file is complete from the start (the rest is hashed
+        at the end, from the page cache): each FTP part is a new data connection, whose TCP slow
+        start at 50 ms costs more than the hashing (measured: docs/performance-notes.md).
         """
         sink.positional(f.size)
         gaps = sink.missing(f.size)
         n = await self._streams(f.size)
         left = sum(e - s for s, e in gaps)
-        part = max(MIN_PART, -(-left // (n * PART_ROUNDS)))
+        part = max(MIN_PART, -(-left // n))
         todo: deque[tuple[int, int]] = deque()
         for start, end in gaps:
             todo.extend((p, min(p + part, end)) for p in range(start, end, part))
