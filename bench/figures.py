@@ -132,6 +132,14 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("at 100 ms, ratio to OpenSSH `sftp`", r"^100 ms: conveyor / OpenSSH sftp: ([\d.]+)x"),
         ("at 100 ms, ratio to rclone with 4 streams", r"^100 ms: conveyor / rclone 4 streams: ([\d.]+)x"),
     ],
+    "wan_ftp": [
+        ("FTP download at 50 ms round trip, MiB/s", r"download, streams unset\s+([\d.]+)"),
+        ("the same, curl, MiB/s", r"^curl \(one connection\)\s+([\d.]+)"),
+        ("the same, ratio to curl", r"^50 ms: conveyor / curl: ([\d.]+)x"),
+        ("the same, ratio to lftp `pget -n 4`", r"^50 ms: conveyor / lftp pget -n 4: ([\d.]+)x"),
+        ("at 100 ms, ratio to curl", r"^100 ms: conveyor / curl: ([\d.]+)x"),
+        ("at 100 ms, ratio to lftp `pget -n 4`", r"^100 ms: conveyor / lftp pget -n 4: ([\d.]+)x"),
+    ],
 }
 
 
