@@ -39,6 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.servers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import random_file, run_worker
+
 MIB = 1024 * 1024
 GOALS = {"oss": 2.0, "rclone4": 1.0}
 """The download goals: conveyor at least this many times the reference's rate."""
@@ -68,7 +70,7 @@ async def _worker(a: argparse.Namespace) -> dict[str, Any]:
     spool = Spool(Path(a.spool))
     spool.prepare()
     try:
-        out = await timed_download(inst, spool, a.path)
+        out = await download_from_login(inst, spool, a.path)
         rtt = next((s.rtt for s in inst.pool._sessions if s.rtt is not None), None)
         return {
             **out,
@@ -80,7 +82,7 @@ async def _worker(a: argparse.Namespace) -> dict[str, Any]:
         await inst.close()
 
 
-async def timed_download(inst: Any, spool: Any, path: str) -> dict[str, float]:
+async def download_from_login(inst: Any, spool: Any, path: str) -> dict[str, float]:
     """Stat ``path`` (the first login) and download it into a spool body, with its SHA-256: the
     seconds from the start, those of the login, and the CPU seconds of all threads."""
     t, c = time.perf_counter(), time.process_time()
@@ -98,7 +100,7 @@ async def timed_download(inst: Any, spool: Any, path: str) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- the clients
 def _conveyor(base: list[str], port: int, streams: str) -> dict[str, Any]:
-    return child(__file__, [*base, "--port", str(port), "--streams", streams])
+    return run_worker(__file__, ["--worker", *base, "--port", str(port), "--streams", streams])
 
 
 def _openssh(port: int, key: str, user: str, src: str, dst: Path) -> dict[str, Any]:
@@ -129,22 +131,6 @@ def parser(doc: str, worker_options: tuple[str, ...]) -> argparse.ArgumentParser
     for opt in worker_options:
         ap.add_argument(f"--{opt}")
     return ap
-
-
-def random_file(path: Path, size_mib: int) -> None:
-    """A file of ``size_mib`` MiB of random bytes."""
-    block = os.urandom(MIB)
-    with open(path, "wb") as f:
-        for _ in range(size_mib):
-            f.write(block)
-
-
-def child(script: str, args: list[str]) -> dict[str, Any]:
-    """Run ``script --worker ARGS`` in a fresh interpreter; the JSON it printed last."""
-    r = subprocess.run([sys.executable, script, "--worker", *args], capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"conveyor worker failed:\n{r.stderr}")
-    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
 def timed(cmd: list[str], **kw: Any) -> dict[str, Any]:

@@ -34,7 +34,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.servers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_wan import MIB, child, parser, random_file, report, timed, timed_download
+from bench_wan import MIB, download_from_login, parser, report, timed
+from common import random_file, run_worker
 
 GOALS = {"curl": 2.0, "lftp4": 1.0}
 """The download goals: conveyor at least this many times the reference's rate."""
@@ -55,7 +56,7 @@ async def _worker(config: dict[str, Any], spool_dir: str) -> dict[str, Any]:
 
     inst, _, spool = ftp_instance(config, Path(spool_dir))
     try:
-        out = await timed_download(inst, spool, "big.bin")
+        out = await download_from_login(inst, spool, "big.bin")
         rtt = next((c.rtt for c in inst.pool._idle if c.rtt is not None), None)
         return {
             **out,
@@ -118,7 +119,7 @@ def main() -> None:
             # The certificate names 127.0.0.1: pinned instead, as a partner's self-signed one would be.
             pin = {"ca_file": None, "tls_fingerprint": certs.fingerprint} if certs is not None else {}
             cfg = srv.config(host=FAR, timeout="30s", max_connections=4, streams=streams, **pin)
-            return child(__file__, ["--config", json.dumps(cfg), "--spool", spool])
+            return run_worker(__file__, ["--worker", "--config", json.dumps(cfg), "--spool", spool])
 
         print(
             f"conveyor FTP WAN bench — vsftpd (tls: {a.tls}) behind delay lines, {a.size_mib} MiB, "
