@@ -32,11 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.servers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import random_file, run_worker
 
 MIB = 1024 * 1024
 GOALS = {"oss": 2.0, "rclone4": 1.0}
@@ -67,21 +70,10 @@ async def _worker(a: argparse.Namespace) -> dict[str, Any]:
     spool = Spool(Path(a.spool))
     spool.prepare()
     try:
-        t, c = time.perf_counter(), time.process_time()
-        f = await inst.stat(a.path)  # the first login
-        assert f is not None
-        login = time.perf_counter() - t
-        w = spool.writer()
-        await inst.download(f, w)
-        body = w.finish()
-        seconds = time.perf_counter() - t
-        cpu = time.process_time() - c  # all threads: the event loop and the spool's writer
-        body.release()
+        out = await download_from_login(inst, spool, a.path)
         rtt = next((s.rtt for s in inst.pool._sessions if s.rtt is not None), None)
         return {
-            "seconds": seconds,
-            "login": login,
-            "cpu": cpu,
+            **out,
             "sessions": inst.pool.handshakes,
             "rtt_ms": None if rtt is None else round(rtt * 1000, 1),
             "depth": read_depth(rtt),
@@ -90,55 +82,69 @@ async def _worker(a: argparse.Namespace) -> dict[str, Any]:
         await inst.close()
 
 
+async def download_from_login(inst: Any, spool: Any, path: str) -> dict[str, float]:
+    """Stat ``path`` (the first login) and download it into a spool body, with its SHA-256: the
+    seconds from the start, those of the login, and the CPU seconds of all threads."""
+    t, c = time.perf_counter(), time.process_time()
+    f = await inst.stat(path)
+    assert f is not None
+    login = time.perf_counter() - t
+    w = spool.writer()
+    await inst.download(f, w)
+    body = w.finish()
+    seconds = time.perf_counter() - t
+    cpu = time.process_time() - c  # all threads: the event loop and the spool's writer
+    body.release()
+    return {"seconds": seconds, "login": login, "cpu": cpu}
+
+
 # --------------------------------------------------------------------------- the clients
 def _conveyor(base: list[str], port: int, streams: str) -> dict[str, Any]:
-    args = [*base, "--worker", "--port", str(port), "--streams", streams]
-    r = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"conveyor worker failed:\n{r.stderr}")
-    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+    return run_worker(__file__, ["--worker", *base, "--port", str(port), "--streams", streams])
 
 
 def _openssh(port: int, key: str, user: str, src: str, dst: Path) -> dict[str, Any]:
     opts = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]
-    t = time.perf_counter()
-    subprocess.run(
-        ["sftp", "-q", "-b", "-", "-i", key, "-P", str(port), *opts, f"{user}@127.0.0.1"],
-        input=f"get {src} {dst}\n",
-        text=True,
-        check=True,
-        capture_output=True,
+    r = timed(
+        ["sftp", "-q", "-b", "-", "-i", key, "-P", str(port), *opts, f"{user}@127.0.0.1"], input=f"get {src} {dst}\n"
     )
-    r = {"seconds": time.perf_counter() - t}
     dst.unlink()
     return r
 
 
 def _rclone(port: int, key: str, user: str, known_hosts: Path, src: str, dst: Path, streams: int) -> dict[str, Any]:
     remote = f":sftp,host=127.0.0.1,port={port},user={user},key_file={key},known_hosts_file={known_hosts}:{src}"
-    t = time.perf_counter()
-    r = subprocess.run(
-        ["rclone", "copyto", remote, str(dst), "--multi-thread-streams", str(streams), "--config", "/dev/null"],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode:
-        raise SystemExit(f"rclone failed:\n{r.stderr}")
-    out = {"seconds": time.perf_counter() - t}
+    out = timed(["rclone", "copyto", remote, str(dst), "--multi-thread-streams", str(streams), "--config", "/dev/null"])
     dst.unlink()
     return out
 
 
 # --------------------------------------------------------------------------- driver
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(doc: str, worker_options: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The options of a WAN bench: --rtt (repeatable), --size-mib, --rounds, and --worker with
+    ``worker_options`` (strings) for the conveyor child it starts."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rtt", type=float, action="append", help="round trip in ms (repeatable; default 50)")
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--no-rclone-single", action="store_true", help="skip rclone with one stream")
     ap.add_argument("--worker", action="store_true")
-    for opt in ("port", "user", "key", "fingerprint", "root", "path", "spool", "streams"):
+    for opt in worker_options:
         ap.add_argument(f"--{opt}")
+    return ap
+
+
+def timed(cmd: list[str], **kw: Any) -> dict[str, Any]:
+    """Seconds a reference client takes from its start; its stderr on failure."""
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode:
+        raise SystemExit(f"{cmd[0]} failed:\n{r.stderr}")
+    return {"seconds": time.perf_counter() - t}
+
+
+def main() -> None:
+    ap = parser(__doc__ or "", ("port", "user", "key", "fingerprint", "root", "path", "spool", "streams"))
+    ap.add_argument("--no-rclone-single", action="store_true", help="skip rclone with one stream")
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(asyncio.run(_worker(a))))
@@ -157,10 +163,7 @@ def main() -> None:
     try:
         key = str(keys.keys["ed25519"])
         size = a.size_mib * MIB
-        block = os.urandom(MIB)
-        with open(srv.root / "big.bin", "wb") as f:
-            for _ in range(a.size_mib):
-                f.write(block)
+        random_file(srv.root / "big.bin", a.size_mib)
         srv.chown(srv.root / "big.bin")
         src = f"{srv.root}/big.bin"
         host_keys = [" ".join(Path(f"{p}.pub").read_text().split()[:2]) for p in srv.host_keys.values()]
@@ -219,36 +222,52 @@ REFS = {"oss": "OpenSSH sftp", "rclone4": "rclone 4 streams"}
 
 
 def _report(rtt: float, rows: dict[str, list[dict[str, Any]]], size: int) -> None:
+    def detail(r: dict[str, Any]) -> str:
+        return f"{r['sessions']} session(s), rtt {r['rtt_ms']} ms, {r['depth']} reads in flight"
+
+    ceiling = 64 * 32 * 1024 / (rtt / 1000) / MIB
+    print(f"\nround trip {rtt:g} ms (OpenSSH's window-bound ceiling: {ceiling:.1f} MiB/s)")
+    report(rtt, rows, size, NAMES, REFS, GOALS, detail)
+    oss = statistics.median(size / MIB / float(r["seconds"]) for r in rows["oss"])
+    print(
+        f"delay line check: OpenSSH sftp at {oss:.1f} MiB/s, "
+        f"{'within' if oss <= ceiling * 1.05 else 'ABOVE'} its {ceiling:.1f} MiB/s ceiling"
+    )
+
+
+def report(
+    rtt: float,
+    rows: dict[str, list[dict[str, Any]]],
+    size: int,
+    names: dict[str, str],
+    refs: dict[str, str],
+    goals: dict[str, float],
+    detail: Callable[[dict[str, Any]], str],
+) -> None:
+    """One round trip's table (MiB/s per client: median, then each round; for conveyor's rows
+    ``detail`` of the first run, the median login and CPU), and conveyor's ratio to each
+    reference in ``goals`` against its goal."""
     mib = size / MIB
 
     def rate(r: dict[str, Any]) -> float:
         return mib / float(r["seconds"])
 
-    ceiling = 64 * 32 * 1024 / (rtt / 1000) / MIB
-    print(f"\nround trip {rtt:g} ms (OpenSSH's window-bound ceiling: {ceiling:.1f} MiB/s)")
     print(f"{'client':<46}{'MiB/s':>7}   rounds")
-    for k, name in NAMES.items():
+    for k, name in names.items():
         if k in rows:
             rs = [rate(r) for r in rows[k]]
             extra = ""
             if k.startswith("conveyor"):
-                r0 = rows[k][0]
                 extra = (
-                    f"   ({r0['sessions']} session(s), rtt {r0['rtt_ms']} ms, {r0['depth']} reads in flight; "
-                    f"first login {statistics.median(r['login'] for r in rows[k]):.2f} s, "
+                    f"   ({detail(rows[k][0])}; first login {statistics.median(r['login'] for r in rows[k]):.2f} s, "
                     f"CPU {statistics.median(r['cpu'] for r in rows[k]):.2f} s)"
                 )
             print(f"{name:<46}{statistics.median(rs):>7.1f}   {' '.join(f'{x:.1f}' for x in rs)}{extra}")
-    oss = statistics.median(map(rate, rows["oss"]))
-    print(
-        f"delay line check: OpenSSH sftp at {oss:.1f} MiB/s, "
-        f"{'within' if oss <= ceiling * 1.05 else 'ABOVE'} its {ceiling:.1f} MiB/s ceiling"
-    )
-    for ref, goal in GOALS.items():
+    for ref, goal in goals.items():
         ratios = [rate(c) / rate(r) for c, r in zip(rows["conveyor"], rows[ref], strict=True)]
         med = statistics.median(ratios)
         print(
-            f"{rtt:g} ms: conveyor / {REFS[ref]}: {med:.2f}x (rounds {' '.join(f'{x:.2f}' for x in ratios)}); "
+            f"{rtt:g} ms: conveyor / {refs[ref]}: {med:.2f}x (rounds {' '.join(f'{x:.2f}' for x in ratios)}); "
             f"goal >= {goal:g}x: {'met' if med >= goal else 'NOT met'}"
         )
 

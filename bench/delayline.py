@@ -7,6 +7,7 @@ how much the protocol keeps in flight per round trip (SSH channel window, SFTP r
 outstanding, TCP windows). The kernel's netem would do the same; this runs where it is missing.
 
     python bench/delayline.py --listen 2222 --to 127.0.0.1:22 --delay-ms 25
+    python bench/delayline.py --listen-host 127.0.0.2 --same-ports 2121,40000,40001 --to 127.0.0.1
 
 As a module: ``async with DelayLine(host, port, delay=0.025) as d: ... d.port`` in the bench's
 own loop, or ``with delay_process(host, port, 25) as port: ...`` to run it in a child process,
@@ -139,35 +140,57 @@ class DelayLine:
 
 
 @contextlib.contextmanager
-def delay_process(host: str, port: int, delay_ms: float) -> Iterator[int]:
-    """Run a delay line in a child process for the ``with`` block; yields its listening port."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--listen", "0", "--to", f"{host}:{port}", "--delay-ms", str(delay_ms)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def _child(args: list[str]) -> Iterator[str]:
+    """This script as a child process for the ``with`` block; yields its ``listening ...`` line."""
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("listening "):
             raise RuntimeError(f"delay line did not start: {line!r}")
-        yield int(line.split()[1])
+        yield line
     finally:
         proc.terminate()
         proc.wait(10)
 
 
+@contextlib.contextmanager
+def delay_process(host: str, port: int, delay_ms: float) -> Iterator[int]:
+    """Run a delay line in a child process for the ``with`` block; yields its listening port."""
+    with _child(["--listen", "0", "--to", f"{host}:{port}", "--delay-ms", str(delay_ms)]) as line:
+        yield int(line.split()[1])
+
+
+@contextlib.contextmanager
+def delay_ports(host: str, ports: list[int], delay_ms: float, listen_host: str) -> Iterator[None]:
+    """Delay lines on ``listen_host`` at each of ``ports``, each to the same port on ``host``, in
+    one child process for the ``with`` block: an FTP server's control port and its passive data
+    ports, so that data channels cross the same long link as the control connection."""
+    spec = ",".join(map(str, ports))
+    with _child(["--listen-host", listen_host, "--same-ports", spec, "--to", host, "--delay-ms", str(delay_ms)]):
+        yield
+
+
 async def _serve(a: argparse.Namespace) -> None:
-    host, _, port = a.to.rpartition(":")
-    d = await DelayLine(host.strip("[]"), int(port), delay=a.delay_ms / 1000, listen_port=a.listen).start()
-    print(f"listening {d.port}", flush=True)
+    delay = a.delay_ms / 1000
+    if a.same_ports:
+        for p in map(int, a.same_ports.split(",")):
+            await DelayLine(a.to.strip("[]"), p, delay=delay, listen_host=a.listen_host, listen_port=p).start()
+        print(f"listening {a.same_ports}", flush=True)
+    else:
+        host, _, port = a.to.rpartition(":")
+        d = DelayLine(host.strip("[]"), int(port), delay=delay, listen_host=a.listen_host, listen_port=a.listen)
+        await d.start()
+        print(f"listening {d.port}", flush=True)
     await asyncio.Event().wait()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--listen", type=int, required=True, help="port to listen on, on 127.0.0.1 (0: any free port)")
-    ap.add_argument("--to", required=True, help="HOST:PORT to forward to")
+    ap.add_argument("--listen", type=int, default=0, help="port to listen on (0: any free port)")
+    ap.add_argument("--listen-host", default="127.0.0.1", help="address to listen on")
+    ap.add_argument("--same-ports", help="P1,P2,...: listen on each of these ports, forward each to the same port")
+    ap.add_argument("--to", required=True, help="HOST:PORT to forward to (HOST alone with --same-ports)")
     ap.add_argument("--delay-ms", type=float, default=25.0, help="one-way delay in ms (round trip: twice this)")
     a = ap.parse_args()
     with contextlib.suppress(KeyboardInterrupt):

@@ -138,6 +138,14 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("the same, idle RSS, MB", r"RSS idle, MB\s+(\d+)"),
         ("a file in each of the 1,000 folders, all delivered, s", r"files delivered after the drop, s\s+([\d.]+)"),
     ],
+    "wan_ftp": [
+        ("FTP download at 50 ms round trip, MiB/s", r"download, streams unset\s+([\d.]+)"),
+        ("the same, curl, MiB/s", r"^curl \(one connection\)\s+([\d.]+)"),
+        ("the same, ratio to curl", r"^50 ms: conveyor / curl: ([\d.]+)x"),
+        ("the same, ratio to lftp `pget -n 4`", r"^50 ms: conveyor / lftp pget -n 4: ([\d.]+)x"),
+        ("at 100 ms, ratio to curl", r"^100 ms: conveyor / curl: ([\d.]+)x"),
+        ("at 100 ms, ratio to lftp `pget -n 4`", r"^100 ms: conveyor / lftp pget -n 4: ([\d.]+)x"),
+    ],
 }
 
 

@@ -128,8 +128,9 @@ async def test_untrusted_certificate_and_pinning(vsftpd_factory: Any, tmp_path: 
         await inst.close()
 
 
-class _KillingSink(SpoolWriter):
-    """Kills the vsftpd session process once ``after`` bytes have arrived: a dropped connection."""
+class KillingSink(SpoolWriter):
+    """Kills every vsftpd session process once ``after`` bytes have arrived: dropped connections
+    (in the middle of their parts, for a download over several)."""
 
     def __init__(self, spool: Any, srv: Any, after: int) -> None:
         super().__init__(spool)
@@ -137,6 +138,13 @@ class _KillingSink(SpoolWriter):
 
     def write(self, data: bytes) -> None:
         super().write(data)
+        self._kill()
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        super().write_at(offset, data)
+        self._kill()
+
+    def _kill(self) -> None:
         if not self.killed and self.size >= self._after:
             self.killed = True
             for pid in self._srv.session_pids():
@@ -152,7 +160,7 @@ async def test_resume_after_dropped_session(vsftpd_factory: Any, tmp_path: Path,
     inst, _, spool = ftp_instance(srv.config(), tmp_path / "spool")
     try:
         f = await inst.stat("big.bin")
-        w = _KillingSink(spool, srv, after=8 * 1024 * 1024)
+        w = KillingSink(spool, srv, after=8 * 1024 * 1024)
         with pytest.raises(Transient):
             await inst.download(f, w)
         assert w.killed and 0 < w.size < len(data)

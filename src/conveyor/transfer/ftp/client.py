@@ -101,6 +101,12 @@ class ClosedAfterHandshake(ConnectionError):
     connection can overtake. That close is the only sign, so it gets its own class."""
 
 
+class EnoughData(Exception):
+    """Raised by a download's ``on_data`` once it holds the bytes it wanted (a segment of the file):
+    the data channel is closed and the transfer's final reply read (426 for the cut transfer, or
+    226 had it ended), so the control connection stays usable for the next command."""
+
+
 class Stale(Exception):
     """A pooled connection turned out to have been closed by the server while idle (421 or EOF)."""
 
@@ -128,6 +134,8 @@ class FtpConnection:
         self.unix = False
         """SYST says UNIX: LIST takes ``-a``."""
         self._epsv = True
+        self.rtt: float | None = None
+        """Seconds of one command's round trip during login (``TYPE I``): how far the server is."""
         self._rx: memoryview | None = None
         """The receive buffer, reused by every transfer of this connection: allocating 1 MiB per
         transfer fragments the heap, and the process's memory grows with each small download."""
@@ -180,7 +188,9 @@ class FtpConnection:
                 self.features = {ln.strip().split(" ")[0].upper() for ln in feat.text.splitlines()[1:-1]}
             if "UTF8" in self.features:
                 await self.command("OPTS UTF8 ON")
+            t0 = asyncio.get_running_loop().time()
             await self.command("TYPE I", (2,))
+            self.rtt = asyncio.get_running_loop().time() - t0
             self.unix = "UNIX" in (await self.command("SYST")).text.upper()
             pwd = await self.command("PWD")
             if pwd.code == 257 and pwd.text.count('"') >= 2:
@@ -409,7 +419,11 @@ class FtpConnection:
                     raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
                 await send(proto)
             else:
-                await self._wait_done(proto)
+                try:
+                    await self._wait_done(proto)
+                except EnoughData:
+                    abort_transport(proto.transport or transport)
+                    return await self._expect(command.split(" ", 1)[0], (2, 4))
             final = await self._expect(command.split(" ", 1)[0], (2,))
             if send is None:
                 proto.done.result()  # a reset data channel is an error even after a 226

@@ -14,6 +14,7 @@ from conveyor.netloc import hostport
 from conveyor.proxy import PROXY_HELP, ProxyUrl, check_proxy_setting, proxy_of
 from conveyor.registry import ConnectorSpec, register
 from conveyor.transfer.remote_root import ROOT_HELP, normalise_root
+from conveyor.transfer.segments import streams_field
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CLIENT_CERT_KEYS = ("client_certificate_file", "client_key_file", "client_key_passphrase")
@@ -132,6 +133,9 @@ class FtpConfig(InstanceConfig):
     )
     max_connections: int = Field(2, ge=1, le=32, description="control connections kept to this server")
     keepalive: Duration = Field(60.0, description="send NOOP on connections idle this long (0: never)")
+    streams: int | None = streams_field(
+        "fetching parts of the file from their offsets (REST) on its own control and data connection"
+    )
 
     @model_validator(mode="before")
     @classmethod

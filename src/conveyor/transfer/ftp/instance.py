@@ -17,6 +17,7 @@ import posixpath
 import re
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,13 @@ from conveyor.interfaces import Context, RemoteFile, count_entry
 from conveyor.netloc import hostport
 from conveyor.payload.body import Body
 from conveyor.payload.spool import SpoolWriter
-from conveyor.transfer.ftp.client import ClosedAfterHandshake, FtpConnection, FtpProtocolError, FtpReplyError
+from conveyor.transfer.ftp.client import (
+    ClosedAfterHandshake,
+    EnoughData,
+    FtpConnection,
+    FtpProtocolError,
+    FtpReplyError,
+)
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.ftp.data import DataProtocol
 from conveyor.transfer.ftp.listing import Entry, ListingParser, parse_mlsd_line, parse_mlsx_time
@@ -48,6 +55,7 @@ from conveyor.transfer.ftp.tls import (
     describe_verify_error,
 )
 from conveyor.transfer.remote_root import join_root
+from conveyor.transfer.segments import SEGMENT_FROM, auto_streams
 from conveyor.transfer.tempname import temp_key, temp_name
 
 log = logging.getLogger("conveyor.ftp")
@@ -61,6 +69,10 @@ TLS_BLOCK = 2 * 1024 * 1024
 
 TLS_SLICE = 256 * 1024
 """FTPS upload piece: each is copied, encrypted and must leave within ``timeout``."""
+
+MIN_PART = 16 * 1024 * 1024
+"""Smallest part of a segmented download: each part costs a few round trips (a new data channel,
+REST, RETR, its TLS handshake) and a TCP slow start that must stay small next to its transfer."""
 
 _NOT_FOUND_COMMANDS = {"RETR", "SIZE", "MDTM", "MLST", "MLSD", "LIST", "NLST", "CWD", "DELE", "RNFR"}
 _FULL = re.compile(r"no space|disk full|quota|insufficient storage|exceeded storage", re.IGNORECASE)
@@ -327,7 +339,9 @@ class FtpInstance:
         As on SFTP, a byte past the listed size means the file grew while being read: Transient,
         with the listed bytes in ``sink``, so it is listed and checked for stability again rather
         than delivered cut short. A resumed download that already has the listed size still asks
-        for what follows, to see that nothing does.
+        for what follows, to see that nothing does. A large file may be read over several
+        connections at once instead (``streams``), each part written at its offset; after a cut,
+        only the ranges the sink is missing are fetched again.
         """
         if f.size < 0:
             # An MLSD line without a size fact: nothing to hold the server to, nor to check against.
@@ -336,6 +350,9 @@ class FtpInstance:
                 instance=self.name,
                 path=f.path,
             )
+        if sink.segmented or (sink.size == 0 and f.size >= 2 * MIN_PART and await self._streams(f.size) > 1):
+            await self._download_parts(f, sink)
+            return
         # The sink accepts any buffer; handing it the receive buffer's view avoids a copy.
         write = cast(Any, sink.write)
 
@@ -361,6 +378,85 @@ class FtpInstance:
         if sink.size != f.size:
             raise Transient(
                 f"size mismatch: read {sink.size} bytes, the listing said {f.size}", instance=self.name, path=f.path
+            )
+
+    async def _streams(self, size: int) -> int:
+        """How many connections read a file of ``size`` bytes: ``streams``, or chosen by size and
+        by the round trip a login measured (logging in first if no connection is pooled)."""
+        cap = self.config.max_connections
+        if self.config.streams is not None:
+            return min(self.config.streams, cap)
+        if size < SEGMENT_FROM:
+            return 1
+
+        async def rtt(c: FtpConnection) -> float | None:
+            return c.rtt
+
+        return auto_streams(size, await self.pool.run(rtt, ""), cap)
+
+    async def _download_parts(self, f: RemoteFile, sink: SpoolWriter) -> None:
+        """The ranges of ``f`` the sink is missing, over up to ``streams`` connections at once.
+
+        As lftp's ``pget``: one part per connection, read with REST at its start and a RETR cut
+        at its end (see :class:`EnoughData`). Not SFTP's many small parts in file order, although
+        the spool can hash only as far as the file is complete from the start (the rest is hashed
+        at the end, from the page cache): each FTP part is a new data connection, whose TCP slow
+        start at 50 ms costs more than the hashing (measured: docs/performance-notes.md).
+        """
+        sink.positional(f.size)
+        gaps = sink.missing(f.size)
+        n = await self._streams(f.size)
+        left = sum(e - s for s, e in gaps)
+        part = max(MIN_PART, -(-left // n))
+        todo: deque[tuple[int, int]] = deque()
+        for start, end in gaps:
+            todo.extend((p, min(p + part, end)) for p in range(start, end, part))
+        if not todo or todo[-1][1] < f.size:
+            todo.append((f.size, f.size))  # the end was fetched before a cut: ask once more whether it grew
+        path = self._abs(f.path)
+
+        async def op(c: FtpConnection) -> None:
+            while todo:
+                start, end = todo.popleft()
+                await self._read_part(c, path, f, sink, start, end)
+
+        tasks = [asyncio.ensure_future(self.pool.run(op, f.path)) for _ in range(max(1, min(n, len(todo))))]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read_part(
+        self, c: FtpConnection, path: str, f: RemoteFile, sink: SpoolWriter, start: int, end: int
+    ) -> None:
+        """Bytes ``start`` to ``end`` of the file into the sink at their offsets; the part that
+        ends the file reads on to the server's end of file, to see that nothing follows."""
+        pos = start
+        last = end == f.size
+        write_at = cast(Any, sink.write_at)  # copies what it keeps: the receive buffer is reused
+
+        def take(block: memoryview) -> None:
+            nonlocal pos
+            if pos + len(block) > end:
+                if pos < end:
+                    write_at(pos, block[: end - pos])
+                    pos = end
+                if last:
+                    raise self._grew(f)  # the transfer stops and the connection is dropped
+                raise EnoughData
+            write_at(pos, block)
+            pos += len(block)
+            if pos == end and not last:
+                raise EnoughData
+
+        await c.transfer(f"RETR {path}", on_data=take, rest=start)
+        if pos != end:
+            raise Transient(
+                f"file changed while being read: the server ended it at {pos} bytes, listed {f.size}",
+                instance=self.name,
+                path=f.path,
             )
 
     def _grew(self, f: RemoteFile) -> Transient:

@@ -13,6 +13,7 @@ from conveyor.netloc import hostport
 from conveyor.proxy import PROXY_HELP, ProxyUrl, check_proxy_setting, proxy_of
 from conveyor.registry import ConnectorSpec, register
 from conveyor.transfer.remote_root import ROOT_HELP, normalise_root
+from conveyor.transfer.segments import streams_field
 from conveyor.transfer.sftp.hostkeys import Fingerprint, parse_fingerprint
 
 
@@ -197,14 +198,7 @@ class SftpConfig(SshHostConfig, InstanceConfig):
     max_connection_attempts: int = Field(3, ge=1, description="attempts per connect before the instance is down")
     max_connections: int = Field(4, ge=1, le=64, description="SSH connections (SFTP sessions) kept to this server")
     keepalive: Duration = Field(30.0, description="SSH keepalive interval on idle connections (0: none)")
-    streams: int | None = Field(
-        None,
-        ge=1,
-        le=16,
-        description="connections one large download is read over at once, each fetching parts of the file "
-        "(at most max_connections); unset: by size and distance, 1 below 64 MiB or on a server under 10 ms round trip, "
-        "else up to 4",
-    )
+    streams: int | None = streams_field("fetching parts of the file")
 
     @field_validator("host_key_check", mode="before")
     @classmethod

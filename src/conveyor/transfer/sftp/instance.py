@@ -29,6 +29,7 @@ from conveyor.interfaces import Context, RemoteFile, count_entry
 from conveyor.payload.body import Body
 from conveyor.payload.spool import SpoolWriter
 from conveyor.transfer.remote_root import join_root
+from conveyor.transfer.segments import SEGMENT_FROM, auto_streams
 from conveyor.transfer.sftp.config import SftpConfig
 from conveyor.transfer.sftp.pool import Session, SftpPool, is_connection_error
 from conveyor.transfer.tempname import temp_key, temp_name
@@ -48,15 +49,6 @@ PER_STREAM = 128 * 1024 * 1024
 PART = 8 * 1024 * 1024
 """Bytes of a file one session of a segmented download takes at a time. Parts go out in file
 order, so the spool can hash the front of the file while the rest is still arriving."""
-SEGMENT_FROM = 64 * 1024 * 1024
-"""Files from this size are read over several sessions when ``streams`` is unset."""
-NEAR = 0.01
-"""A server answering within this many seconds is near: one session already outruns the CPU. Well
-above loopback and LAN round trips, since one request timed on a busy machine can take a few ms."""
-AUTO_STREAMS = 4
-"""Sessions a large file from a distant server is read over when ``streams`` is unset (one per
-32 MiB of file up to this): enough to pass OpenSSH's single stream by far at 50-100 ms, few
-enough to leave the server's other users their share."""
 WRITE_WINDOW = 16
 """SFTP write requests kept outstanding per upload: 4 MiB already exceeds the SSH window OpenSSH
 grants (2 MiB); more would only queue, in memory, in asyncssh's send buffer."""
@@ -359,9 +351,7 @@ class SftpInstance:
             return 1
         async with self._op("") as s:
             rtt = s.rtt
-        if rtt is None or rtt < NEAR:
-            return 1
-        return max(1, min(AUTO_STREAMS, size // (SEGMENT_FROM // 2), cap))
+        return auto_streams(size, rtt, cap)
 
     async def _download_parts(self, f: RemoteFile, sink: SpoolWriter) -> None:
         """The missing ranges of ``f`` over up to ``streams`` sessions, parts in file order."""

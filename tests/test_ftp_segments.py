@@ -1,0 +1,160 @@
+"""Segmented FTP/FTPS downloads from vsftpd: one large file read over several control and data
+connections at once (REST at each part's offset, RETR cut at its end), written at its offsets into
+the spool with the right SHA-256, resumed after a cut; TLS sessions reused on every data channel
+(vsftpd's ``require_ssl_reuse=YES``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.errors import Transient
+from conveyor.payload import SpoolWriter
+from tests.backends.ftp import ftp_instance
+from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
+from tests.test_ftp_vsftpd import KillingSink
+
+__all__ = ["vsftpd_certs", "vsftpd_factory"]
+
+MIB = 1024 * 1024
+
+
+def served(srv: Any, rel: str, size: int) -> str:
+    """A file of ``size`` bytes no two MiB alike at ``rel`` on the server; its SHA-256."""
+    p: Path = srv.root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    srv.own(p.parent)
+    block = os.urandom(MIB)
+    h = hashlib.sha256()
+    with open(p, "wb") as out:
+        for i in range(0, size, MIB):
+            chunk = (i.to_bytes(8, "big") + block[8:])[: size - i]
+            h.update(chunk)
+            out.write(chunk)
+    srv.own(p)
+    return h.hexdigest()
+
+
+async def fetch(inst: Any, spool: Any, digest: str, w: SpoolWriter | None = None) -> SpoolWriter:
+    """Download big.bin and check its bytes on disk and its SHA-256; the writer it went through."""
+    f = await inst.stat("big.bin")
+    assert f is not None
+    w = w or spool.writer()
+    await inst.download(f, w)
+    body = w.finish()
+    assert body.size == f.size and await body.digest() == digest
+    assert hashlib.sha256(Path(str(body.path)).read_bytes()).hexdigest() == digest
+    body.release()
+    return w
+
+
+@pytest.mark.parametrize(
+    ("tls", "over", "connections"),
+    [
+        ("none", {"streams": 4, "max_connections": 4}, 4),
+        ("explicit", {"streams": 4, "max_connections": 4}, 4),
+        ("explicit", {"streams": 8}, 2),  # bounded by max_connections (2)
+    ],
+)
+async def test_segmented_download_right_bytes_and_sha256(
+    vsftpd_factory: Any, tmp_path: Path, tls: str, over: dict[str, int], connections: int
+) -> None:
+    srv = vsftpd_factory(tls)
+    digest = served(srv, "big.bin", 70 * MIB + 4321)  # four parts, the last one short
+    inst, _, spool = ftp_instance(srv.config(**over), tmp_path / "spool")
+    try:
+        assert (await fetch(inst, spool, digest)).segmented
+        assert inst.pool.connects == connections
+        # Every part ended with the connection still usable: the next download reuses them all.
+        assert (await fetch(inst, spool, digest)).segmented
+        assert inst.pool.connects == connections
+    finally:
+        await inst.close()
+
+
+@pytest.mark.parametrize(
+    ("tls", "streams"),
+    [("none", 1), ("explicit", 1), ("none", None)],  # unset: loopback is near, one stream
+)
+async def test_one_stream_reads_in_order_as_before(
+    vsftpd_factory: Any, tmp_path: Path, tls: str, streams: int | None
+) -> None:
+    srv = vsftpd_factory(tls)
+    digest = served(srv, "big.bin", 80 * MIB)
+    inst, _, spool = ftp_instance(srv.config(streams=streams, max_connections=4), tmp_path / "spool")
+    try:
+        assert not (await fetch(inst, spool, digest)).segmented
+        assert inst.pool.connects == 1
+    finally:
+        await inst.close()
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("tls", ["none", "explicit"])
+async def test_cut_mid_segment_resumes_the_missing_parts(vsftpd_factory: Any, tmp_path: Path, tls: str) -> None:
+    srv = vsftpd_factory(tls)
+    size = 100 * MIB
+    digest = served(srv, "big.bin", size)
+    inst, status, spool = ftp_instance(srv.config(streams=4, max_connections=4), tmp_path / "spool")
+    try:
+        # Once over, so that all four connections are logged in when the sessions are killed (a
+        # vsftpd session killed during its login may answer in plain text inside TLS).
+        await fetch(inst, spool, digest)
+        f = await inst.stat("big.bin")
+        w = KillingSink(spool, srv, after=24 * MIB)
+        with pytest.raises(Transient):
+            await inst.download(f, w)
+        assert w.killed and w.segmented and 0 < w.size < size
+        gaps = w.missing(size)  # several, or one where the sockets' buffers completed the earlier parts
+        assert sum(e - s for s, e in gaps) == size - w.size
+        await fetch(inst, spool, digest, w)  # only the missing ranges, on new connections
+        assert inst.pool.connects > 4, "the killed connections were replaced"
+        assert status.instances["ftp-test"].state == "up"
+    finally:
+        await inst.close()
+
+
+@pytest.mark.parametrize(("change", "said"), [("grew", "more than the listed"), ("shrank", "ended it at")])
+async def test_segmented_file_changed_is_transient(vsftpd_factory: Any, tmp_path: Path, change: str, said: str) -> None:
+    srv = vsftpd_factory("none")
+    served(srv, "big.bin", 40 * MIB)
+    inst, _, spool = ftp_instance(srv.config(streams=3, max_connections=3), tmp_path / "spool")
+    try:
+        f = await inst.stat("big.bin")
+        if change == "grew":
+            with open(srv.root / "big.bin", "ab") as out:  # noqa: ASYNC230 (a test's few bytes)
+                out.write(b"more")
+        else:
+            os.truncate(srv.root / "big.bin", 30 * MIB)
+        w = spool.writer()
+        with pytest.raises(Transient, match=said):
+            await inst.download(f, w)
+        w.abort()
+    finally:
+        await inst.close()
+
+
+@pytest.mark.parametrize("tls", ["none", "explicit"])
+async def test_daemon_segmented_download(vsftpd_factory: Any, tmp_path: Path, tls: str) -> None:
+    """End to end: `conveyor run` reads a 40 MiB file over three connections into a folder, once,
+    whole, with its SHA-256 in the sidecar."""
+    from tests.harness import bodies, running, sidecars, wait_for, write_config
+
+    srv = vsftpd_factory(tls)
+    digest = served(srv, "in/big.bin", 40 * MIB)
+    out = tmp_path / "out"
+    flow = {
+        "source": {"instance": "remote", "path": "in", "poll_interval": "200ms", "min_age": "0s", "after": "delete"},
+        "target": {"type": "directory", "path": str(out)},
+    }
+    cfg = write_config(tmp_path, {"remote": srv.config(streams=3, max_connections=3)}, {"f": flow})
+    async with running(cfg):
+        await wait_for(lambda: len(bodies(out)) == 1, 60)
+        await wait_for(lambda: not (srv.root / "in/big.bin").exists(), 20)
+    got = bodies(out)
+    assert [hashlib.sha256(v).hexdigest() for v in got.values()] == [digest]
+    assert [s["sha256"] for s in sidecars(out)] == [digest]
