@@ -25,4 +25,6 @@ def redact(text: str) -> str:
     """The text with every known secret and URL credential replaced by ***."""
     if _pattern is not None:
         text = _pattern.sub(_MASK, text)
+    if "://" not in text:  # the pattern tries every letter: skip texts it cannot match
+        return text
     return _URL_CREDS.sub(lambda m: m.group("scheme") + _MASK + "@", text)
