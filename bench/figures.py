@@ -43,6 +43,14 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
             "daemon CPU per payload with the status page open, ratio to without",
             r"with the page / without\s+([\d.]+)x",
         ),
+        (
+            "the same, ratio to Chromium open on a blank page (the page's own cost)",
+            r"with the page / Chromium on a blank page\s+([\d.]+)x",
+        ),
+        (
+            "daemon CPU per refresh of the page, 100 flows and 100,000 ledger items, ms",
+            r"daemon CPU per /page/live refresh.*?\)\s+([\d.]+)",
+        ),
         ("status page HTML, 100 flows and 100,000 ledger items, median ms", r"GET / signed in, HTML.*?\)\s+([\d.]+)"),
         (
             "the same page in Chromium to its load event, median ms",

@@ -11,7 +11,9 @@ put the file there or published the message.
 from __future__ import annotations
 
 import base64
+import calendar
 import collections
+import functools
 import hashlib
 import hmac
 import html
@@ -205,11 +207,16 @@ def e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+@functools.lru_cache(maxsize=1024)
+def _epoch(iso: str) -> float:
+    # strptime is slow, and a refresh shows the same few hundred times again and again.
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+
+
 def _ago(iso: str | None, now: float) -> str:
     if not iso:
         return "—"
-    t = time.mktime(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-    secs = max(0, int(now - t))
+    secs = max(0, int(now - _epoch(iso)))
     rel = f"{secs}s" if secs < 120 else f"{secs // 60}m" if secs < 7200 else f"{secs // 3600}h"
     return f'<time datetime="{e(iso)}" title="{e(iso)}">{rel} ago</time>'
 
@@ -233,6 +240,12 @@ def _badge(state: str) -> str:
 
 def sparkline(series: list[int]) -> str:
     """An inline SVG of deliveries per sample interval (width: one point per interval)."""
+    return _sparkline(tuple(series))
+
+
+@functools.lru_cache(maxsize=512)
+def _sparkline(series: tuple[int, ...]) -> str:
+    # A flow's series changes once per sample interval, not at each refresh: draw it once.
     if len(series) < 2:
         return '<span class="muted">—</span>'
     top = max(series) or 1
@@ -397,11 +410,14 @@ border-color:var(--btn);cursor:pointer}button.quiet{background:transparent;color
 
 SCRIPT = """
 (function(){
-  var sections=["head","instances","flows","ledger"], status=document.getElementById("live-state");
+  var sections=["head","instances","flows","ledger"], status=document.getElementById("live-state"), tag="";
   function tick(){
     if(document.hidden){return;}
-    fetch("/page/live"+location.search,{credentials:"same-origin",cache:"no-store"}).then(function(r){
+    var headers=tag?{"If-None-Match":tag}:{};
+    fetch("/page/live"+location.search,{credentials:"same-origin",cache:"no-store",headers:headers}).then(function(r){
+      if(r.status===304){return {};}
       if(!r.ok){throw new Error("HTTP "+r.status);}
+      tag=r.headers.get("ETag")||"";
       return r.json();
     }).then(function(doc){
       sections.forEach(function(id){
@@ -519,12 +535,23 @@ class StatusPage:
         return response
 
     async def live(self, request: web.Request) -> web.Response:
-        """GET /page/live: the sections as JSON, for the script's refresh."""
+        """GET /page/live: the sections as JSON, for the script's refresh.
+
+        The ETag names each section's content; given back in ``If-None-Match``, the answer leaves
+        out the sections the browser has already (``304`` when that is all of them)."""
         session = self._session(request)
         query = Query.of(request.query, request.app[DAEMON_KEY].config.flows)
         doc = await self._doc(request, session, query)
-        body = redact(json.dumps(render_sections(doc, session, query)))
-        return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-store"})
+        # Redacted one by one: a section without a URL skips the credentials pattern entirely.
+        sections = {k: redact(v) for k, v in render_sections(doc, session, query).items()}
+        tags = {k: _tag(v) for k, v in sections.items()}
+        etag = '"' + ".".join(tags.values()) + '"'
+        have = _tags_given(request.headers.get("If-None-Match", ""), list(tags))
+        headers = {"Cache-Control": "no-store", "ETag": etag}
+        changed = {k: v for k, v in sections.items() if have.get(k) != tags[k]}
+        if not changed:
+            return web.Response(status=304, headers=headers)
+        return web.Response(text=json.dumps(changed), content_type="application/json", headers=headers)
 
     @staticmethod
     def _cookie(request: web.Request, response: web.StreamResponse, name: str, value: str, max_age: int) -> None:
@@ -592,6 +619,19 @@ class StatusPage:
                 session.flash.append((time.time(), str(doc.get("error", code))))
         back = Query.of(dict(_parse_qs(form.get("back", ""))), daemon.config.flows).params()
         raise web.HTTPSeeOther("/" + ("?" + back if back else "") + "#ledger-title")
+
+
+def _tag(text: str) -> str:
+    """A short name of a section's content."""
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _tags_given(header: str, names: list[str]) -> dict[str, str]:
+    """The section tags of an ``If-None-Match`` this page's ETag came back in ({} for any other)."""
+    parts = header.strip().removeprefix("W/").strip('"').split(".")
+    if len(parts) != len(names):
+        return {}
+    return dict(zip(names, parts, strict=True))
 
 
 def _see_other(location: str) -> web.Response:
