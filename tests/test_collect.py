@@ -262,6 +262,11 @@ def test_config_errors_at_their_key_path(tmp_path: Path) -> None:
                 "steps": [{"collect": {"format": "ndjson", "header": "a,b", "max_messages": 10}}],
                 "target": to_dir,
             },
+            "timeout": {
+                "source": {"instance": "mq", "queue": "q"},
+                "steps": [{"collect": {"format": "csv", "max_messages": 10, "max_wait": "1m"}}],
+                "target": {**to_dir, "timeout": "30s"},
+            },
             "name": {
                 "source": {"instance": "mq", "queue": "q"},
                 "steps": [{"collect": {"format": "csv", "filename": "{mtime}.csv", "max_messages": 10}}],
@@ -278,4 +283,5 @@ def test_config_errors_at_their_key_path(tmp_path: Path) -> None:
     assert "flows.prefetch.steps[0].collect.max_messages: 500 messages per file" in text
     assert "raise source.prefetch to at least 500" in text
     assert "flows.header.steps[0].collect" in text and "header is for format: csv only" in text
+    assert "flows.timeout.steps[0].collect.max_wait: a message waits up to max_wait (60s)" in text
     assert "flows.name.steps[0].collect.filename" in text and "unknown field {mtime}" in text

@@ -236,7 +236,7 @@ def _check_steps(
     hands over a whole batch's messages before any is acked."""
     iname = getattr(target, "instance", None) if kind == INSTANCE_KIND else None
     if flow.steps and flow.steps[0].collect is not None:
-        _check_collect(flow, source, iname, kind, instances, col, (*base, "steps", 0, "collect"))
+        _check_collect(flow, source, target, iname, kind, instances, col, (*base, "steps", 0, "collect"))
     if iname is None or all_specs()[instances[iname].type].kind != "message":
         return
     for i, step in enumerate(flow.steps):
@@ -251,6 +251,7 @@ def _check_steps(
 def _check_collect(
     flow: FlowConfig,
     source: SourceConfig,
+    target: Any,
     iname: str | None,
     kind: str,
     instances: dict[str, InstanceConfig],
@@ -271,6 +272,13 @@ def _check_collect(
             f"collect writes files: it needs a file target (directory, or a local, sftp or ftp instance), not {what}",
         )
         return
+    timeout = getattr(target, "timeout", None)
+    if isinstance(timeout, float | int) and timeout <= collect.max_wait:
+        col.add(
+            (*path, "max_wait"),
+            f"a message waits up to max_wait ({collect.max_wait:g}s) in its batch, within the target's timeout "
+            f"({timeout:g}s): make the timeout longer than max_wait and a file's upload",
+        )
     # Every message of a batch is unacked until its file is written: the broker must hand over
     # that many at once, or a batch never fills and waits for max_wait each time.
     window = getattr(source, "prefetch", None) or getattr(source, "max_messages", None)
