@@ -4,6 +4,7 @@ flush into a folder; Pub/Sub messages into a folder; config errors at their key 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -27,6 +28,7 @@ from tests.servers.rabbitmq import (
     rabbit_vhost_fixture,  # noqa: F401  (the rabbit_vhost fixture)
     ready_count,
 )
+from tests.tcp_proxy import TcpProxy
 
 __all__ = ["pubsub_backend", "pubsub_emulator", "sftp_openssh_backend", "sshd"]
 
@@ -79,59 +81,72 @@ def manifests(db_path: Path, flow: str) -> list[tuple[str, str, int]]:
 async def test_rabbitmq_into_ndjson_files_on_sftp_survives_kill9(
     rabbit_vhost: Vhost, sftp_openssh_backend: SftpBackend, tmp_path: Path
 ) -> None:
-    """RabbitMQ → collect (ndjson, 1,000 a file) → SFTP on OpenSSH. ``conveyor run`` is killed
-    with SIGKILL as soon as a batch's manifest is recorded (its file not yet in place); after
-    the restart every message is in exactly one file, the interrupted batch's file exists once
-    under its recorded name with its recorded members, no temp file is left, and the queue is empty."""
+    """RabbitMQ → collect (ndjson, 1,000 a file) → SFTP on OpenSSH, through a proxy. Once two files
+    are in place the proxy stops forwarding, so the next batch's upload hangs after its manifest
+    was recorded, and ``conveyor run`` is killed with SIGKILL. After the restart every message is
+    in exactly one file, the interrupted batch's file exists once under its recorded name with its
+    recorded members, no temp file is left, and the queue is empty."""
     n, per_file = 6000, 1000
     q = rabbit_vhost.q(f"collect-{uuid.uuid4().hex[:6]}")
     await declare(rabbit_vhost, q)
     await publish_numbered(rabbit_vhost, q, 0, n)
-    cfg = write_config(
-        tmp_path,
-        {"mq": rabbit_vhost.instance_config(), "partner": sftp_openssh_backend.instance_config()},
-        {
-            "f": {
-                "source": rabbit_source(q),
-                "steps": [{"collect": {"format": "ndjson", "max_messages": per_file, "max_wait": "2s"}}],
-                "target": {"instance": "partner", "path": "inbox", "filename": "{name}"},
-            }
-        },
-    )
     db = tmp_path / "state.db"
-    first = DaemonProcess(cfg).start()
-    try:
 
-        def open_batch() -> bool:
-            try:
-                return any(state == 0 for _, _, state in manifests(db, "f"))
-            except sqlite3.Error:
-                return False  # not made yet
+    def done_files() -> list[str]:
+        return [x for x in sftp_openssh_backend.names("inbox") if not x.startswith(".")]
 
-        await wait_for(open_batch, 60, 0.001)
-    finally:
-        first.kill9()
-    interrupted = {key: json.loads(mark) for key, mark, state in manifests(db, "f") if state == 0}
-    assert interrupted, "the kill came after the batch was written"
-    second = DaemonProcess(cfg).start()
-    try:
+    def open_batch() -> bool:
+        """A batch recorded, its file not in place (the one whose upload the proxy holds up)."""
+        try:
+            recorded = manifests(db, "f")
+        except sqlite3.Error:
+            return False  # not made yet
+        return any(state == 0 and json.loads(mark)["name"] not in done_files() for _, mark, state in recorded)
 
-        def lines() -> list[bytes]:
-            names = [x for x in sftp_openssh_backend.names("inbox") if not x.startswith(".")]
-            return [ln for x in names for ln in sftp_openssh_backend.read(f"inbox/{x}").splitlines()]
+    async with TcpProxy("127.0.0.1", sftp_openssh_backend.port) as proxy:
+        cfg = write_config(
+            tmp_path,
+            {"mq": rabbit_vhost.instance_config(), "partner": sftp_openssh_backend.instance_config(port=proxy.port)},
+            {
+                "f": {
+                    "source": rabbit_source(q),
+                    "steps": [{"collect": {"format": "ndjson", "max_messages": per_file, "max_wait": "2s"}}],
+                    "target": {"instance": "partner", "path": "inbox", "filename": "{name}"},
+                }
+            },
+        )
+        first = DaemonProcess(cfg).start()
+        try:
+            await wait_for(lambda: len(done_files()) >= 2, 60, 0.01)
+            proxy.pause()
+            await wait_for(open_batch, 60, 0.01)
+            await asyncio.sleep(0.5)  # the upload is stuck, not merely slow
+        finally:
+            first.kill9()
+        proxy.cut()
+        proxy.resume()
+        interrupted = {key: json.loads(mark) for key, mark, state in manifests(db, "f") if state == 0}
+        assert len(interrupted) == 1
+        ((key, doc),) = interrupted.items()
+        assert doc["name"] not in done_files()
+        second = DaemonProcess(cfg).start()
+        try:
 
-        await wait_for(lambda: len(lines()) >= n, 120, 0.2)
-    finally:
-        second.stop()
+            def lines() -> list[bytes]:
+                return [ln for x in done_files() for ln in sftp_openssh_backend.read(f"inbox/{x}").splitlines()]
+
+            await wait_for(lambda: len(lines()) >= n, 120, 0.2)
+        finally:
+            second.stop()
     names = sftp_openssh_backend.names("inbox")
     assert not [x for x in names if x.startswith(".") or x.endswith(".tmp")], f"a temp file was left: {names}"
     numbers = sorted(json.loads(line)["n"] for line in lines())
     assert numbers == list(range(n)), "every message exactly once across the files"
     assert len(names) == n // per_file
-    for doc in interrupted.values():
-        body = sftp_openssh_backend.read(f"inbox/{doc['name']}")
-        assert [json.loads(x)["n"] for x in body.splitlines()] == [int(m.removeprefix("m")) for m in doc["members"]]
+    body = sftp_openssh_backend.read(f"inbox/{doc['name']}")
+    assert [json.loads(x)["n"] for x in body.splitlines()] == [int(m.removeprefix("m")) for m in doc["members"]]
     assert await ready_count(rabbit_vhost, q) == 0
+    assert key not in {k for k, _, _ in manifests(db, "f")}, "a written batch's manifest is dropped"
     async with running(cfg) as d:
         assert await d.store.counts(["f"], ["delivered"]) == {"f": {"delivered": n}}
 

@@ -396,7 +396,7 @@ def test_config_errors_name_the_step(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(cfg)
     text = str(e.value)
-    assert "give exactly one of decompress, compress, unpack, decrypt, encrypt, split per step (got 2)" in text
+    assert "give exactly one of decompress, compress, unpack, decrypt, encrypt, split, collect per step (got 2)" in text
     for key, message in (
         ("flows.a.steps[0]", "give exactly one of"),
         ("flows.a.steps[1].decompress.format", "must be 'gzip' or 'auto'"),

@@ -117,9 +117,12 @@ class Collector:
     # -- intake -------------------------------------------------------------------
     async def add(self, payload: Payload) -> None:
         """Put the message in a batch; return once that batch's file is delivered."""
-        if self._loaded is None:
-            self._loaded = asyncio.ensure_future(self._load())
-        await asyncio.shield(self._loaded)
+        loaded = self._loaded
+        if loaded is None or (loaded.done() and (loaded.cancelled() or loaded.exception() is not None)):
+            loaded = self._loaded = asyncio.ensure_future(self._load())  # first use, or the last try failed
+        if not loaded.done():
+            await asyncio.shield(loaded)
+        loaded.result()
         self._origin = (payload.source_instance, payload.source_type)
         known = self._member.get(payload.id)
         if known is not None and known[1] == WRITTEN:
