@@ -72,7 +72,7 @@ def durable_write(folder: Path, name: str, data: bytes, dir_fd: int) -> None:
     os.fsync(dir_fd)
 
 
-async def plain_loop(v: Vhost, queue: str, out: Path, n: int, per_file: int) -> list[float]:
+async def plain_loop(v: Vhost, queue: str, out: Path, n: int, per_file: int, window: int) -> list[float]:
     """Consume, write each ``per_file`` messages as one ndjson file, then ack them; the time each
     file was in place."""
     os.makedirs(out, exist_ok=True)
@@ -81,7 +81,7 @@ async def plain_loop(v: Vhost, queue: str, out: Path, n: int, per_file: int) -> 
     try:
         async with await aio_pika.connect(v.url) as conn:
             ch = await conn.channel()
-            await ch.set_qos(prefetch_count=2 * per_file)
+            await ch.set_qos(prefetch_count=window * per_file)
             q = await ch.declare_queue(queue, durable=True, passive=True)
             got = 0
             batch: list[aio_pika.abc.AbstractIncomingMessage] = []
@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--per-file", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--window", type=int, default=2, help="prefetch, in files' worth of messages (both sides)")
     ap.add_argument("--dir", default=None, help="where to work (default: a temp folder)")
     args = ap.parse_args()
     n, per = args.messages, args.per_file
@@ -141,10 +142,11 @@ def main() -> None:
             q_ref, q_conv = f"{v.prefix}ref-{r}", f"{v.prefix}conveyor-{r}"
             asyncio.run(fill(v, [q_ref, q_conv], n))
             ref_out, conv_out = base / f"ref-{r}", base / f"conveyor-{r}"
-            ref_rates.append(rate(asyncio.run(plain_loop(v, q_ref, ref_out, n, per)), n, per))
+            ref_rates.append(rate(asyncio.run(plain_loop(v, q_ref, ref_out, n, per, args.window)), n, per))
 
             flow = {
-                "source": {"instance": "mq", "queue": q_conv, "prefetch": 2 * per},
+                "source": {"instance": "mq", "queue": q_conv, "prefetch": args.window * per},
+                "max_in_flight": args.window * per,
                 "steps": [{"collect": {"format": "ndjson", "max_messages": per, "max_wait": "1s"}}],
                 "target": {"type": "directory", "path": str(conv_out), "filename": "{name}", "sidecar": False},
             }
