@@ -132,6 +132,11 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("the same, ratio to `gpg --decrypt` to a file", r"MB/s vs gpg\s+.*\)\s+([\d.]+)"),
         ("daemon peak RSS, MB", r"daemon peak RSS\s+(\d+)"),
     ],
+    "collect": [
+        ("RabbitMQ → collect (ndjson, 1,000 a file) → directory, msgs/s", r"ndjson files of .*?\(median\)\s+([\d,]+)"),
+        ("the same, ratio to a plain aio-pika loop", r"ndjson files of .*?\(median\)\s+[\d,]+\s+[\d,]+\s+([\d.]+)"),
+        ("daemon peak RSS, MB", r"daemon peak RSS \(max of rounds\)\s+(\d+)"),
+    ],
     "wan": [
         ("SFTP download at 50 ms round trip, MiB/s", r"download, streams unset\s+([\d.]+)"),
         ("the same, OpenSSH `sftp`, MiB/s", r"^OpenSSH sftp get.*?\)\s+([\d.]+)"),

@@ -167,6 +167,23 @@ async def test_split_progress_is_recorded_per_target_and_goes_with_the_item(open
     assert await s.progress("f", "b", "") is None
 
 
+async def test_progress_records_of_a_target_are_listed_and_dropped(opener: Opener) -> None:
+    """A collect step's batch records: all of a flow's for one target key, each dropped on its own."""
+    s = await opener("r1")
+    assert await s.progress_of("f", "collect:") == {}
+    await s.set_progress("f", "b1", "collect:", Progress('{"name": "x"}', 0))
+    await s.set_progress("f", "b2", "collect:", Progress('{"name": "y"}', 1))
+    await s.set_progress("f", "b3", "collect:other", Progress("z", 0))
+    await s.set_progress("g", "b4", "collect:", Progress("w", 0))
+    assert await s.progress_of("f", "collect:") == {
+        "b1": Progress('{"name": "x"}', 0),
+        "b2": Progress('{"name": "y"}', 1),
+    }
+    await s.drop_progress("f", "b1", "collect:")
+    assert list(await s.progress_of("f", "collect:")) == ["b2"]
+    assert list(await s.progress_of("g", "collect:")) == ["b4"]
+
+
 async def test_arrivals_counts_items_first_seen_since(opener: Opener) -> None:
     s = await opener("r1")
     assert await s.claim("f", "old", {}, 60)

@@ -396,7 +396,7 @@ def test_config_errors_name_the_step(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(cfg)
     text = str(e.value)
-    assert "give exactly one of decompress, compress, unpack, decrypt, encrypt, split per step (got 2)" in text
+    assert "give exactly one of decompress, compress, unpack, decrypt, encrypt, split, collect per step (got 2)" in text
     for key, message in (
         ("flows.a.steps[0]", "give exactly one of"),
         ("flows.a.steps[1].decompress.format", "must be 'gzip' or 'auto'"),
@@ -466,3 +466,45 @@ async def test_without_verify_with_a_signature_is_not_required(gpg: Gpg, tmp_pat
     )
     async with running(cfg):
         await wait_for(lambda: files_under(out) == {"signed.csv": b"signed", "plain.csv": b"p"}, 30)
+
+
+async def test_tampered_signed_data_is_a_bad_signature(gpg: Gpg, tmp_path: Path) -> None:
+    """A file whose signed data was changed after signing (gpg reports BADSIG for it) is a failed
+    item naming the step and the bad signature; the source file stays where it was, and a good
+    file beside it is delivered."""
+    _, ours_sec = gpg.key("us@example.org")
+    partner_pub, _ = gpg.key("partner@example.org")
+    signed = bytearray(
+        gpg.run("--compress-algo", "none", "--local-user", "partner@example.org", "--sign", data=b"amount,100\n")
+    )
+    signed[signed.index(b"100")] = ord("9")  # the literal data changed: amount,900
+    # --no-literal encrypts the (tampered) signed packets as they are, rather than as a file's bytes
+    forged = gpg.run(
+        "--trust-model",
+        "always",
+        "--no-literal",
+        "--compress-algo",
+        "none",
+        "-r",
+        "us@example.org",
+        "-e",
+        data=bytes(signed),
+    )
+    src = LocalBackend(tmp_path / "src")
+    src.put("forged.csv.pgp", forged)
+    src.put("good.csv.pgp", gpg.encrypt(b"amount,100\n", "us@example.org", sign="partner@example.org"))
+    out = tmp_path / "out"
+    decrypt = {"private_key_file": str(ours_sec), "verify_with": [str(partner_pub)]}
+    cfg = write_config(
+        tmp_path,
+        {"in": src.instance_config()},
+        {"f": {"source": source(), "steps": [{"decrypt": decrypt}], "target": to_dir(out), "retry": {"attempts": 1}}},
+    )
+    async with running(cfg) as d:
+        (item,) = await failed_items(d, "f", 1)
+        await wait_for(lambda: files_under(out) == {"good.csv": b"amount,100\n"}, 30)
+    assert item.name == "forged.csv.pgp"
+    assert item.last_error == (
+        "steps[0] decrypt: bad signature: the file was changed after it was signed, or the signature is forged"
+    )
+    assert src.exists("forged.csv.pgp") and not src.exists("good.csv.pgp")

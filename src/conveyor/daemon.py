@@ -427,9 +427,12 @@ class Daemon:
         if isinstance(source_rt, BrokerInstance):
             assert isinstance(src, MessageSourceConfig)
             consumer = source_rt.source(flow.name, src)
+            collect = flow.steps[0].collect if flow.steps else None
             return FlowRunner(
                 flow.name,
-                max_in_flight=flow.max_in_flight,
+                # a collect step's messages wait in their batch, each one in delivery meanwhile: room for
+                # two batches, one filling while the other is written
+                max_in_flight=max(flow.max_in_flight, 2 * collect.max_messages if collect else 0),
                 status=self.status,
                 deliverer=deliverer,
                 on_close=close_targets,

@@ -182,7 +182,7 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
             if isinstance(route.target, NamedFiles):
                 _check_templates(route.target, source, instances, col, (*base, "targets", i))
                 route.target.set_timezone(flow.timezone)
-            _check_steps(flow, route.target, route.kind, instances, col, base)
+            _check_steps(flow, source, route.target, route.kind, instances, col, base)
         first = routes[0]
         return Flow(
             name,
@@ -206,7 +206,7 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
     if isinstance(target, NamedFiles):
         _check_templates(target, source, instances, col, (*base, "target"))
         target.set_timezone(flow.timezone)
-    _check_steps(flow, target, kind, instances, col, base)
+    _check_steps(flow, source, target, kind, instances, col, base)
     return Flow(
         name,
         source,
@@ -223,6 +223,7 @@ def _resolve_flow(name: str, fdata: Any, instances: dict[str, InstanceConfig], c
 
 def _check_steps(
     flow: FlowConfig,
+    source: SourceConfig,
     target: Any,
     kind: str,
     instances: dict[str, InstanceConfig],
@@ -230,8 +231,12 @@ def _check_steps(
     base: tuple[Any, ...],
 ) -> None:
     """An archive unpacked into a broker would publish its first members again after a crash
-    (no per-member progress is kept): only file targets, which overwrite the same names, may take it."""
+    (no per-member progress is kept): only file targets, which overwrite the same names, may take it.
+    ``collect`` gathers messages into files: a broker source, a file target, and a source that
+    hands over a whole batch's messages before any is acked."""
     iname = getattr(target, "instance", None) if kind == INSTANCE_KIND else None
+    if flow.steps and flow.steps[0].collect is not None:
+        _check_collect(flow, source, target, iname, kind, instances, col, (*base, "steps", 0, "collect"))
     if iname is None or all_specs()[instances[iname].type].kind != "message":
         return
     for i, step in enumerate(flow.steps):
@@ -241,6 +246,49 @@ def _check_steps(
                 f"unpack needs a file or directory target; a {instances[iname].type} target would get the "
                 "first members twice after a crash",
             )
+
+
+def _check_collect(
+    flow: FlowConfig,
+    source: SourceConfig,
+    target: Any,
+    iname: str | None,
+    kind: str,
+    instances: dict[str, InstanceConfig],
+    col: _Collector,
+    path: tuple[Any, ...],
+) -> None:
+    collect = flow.steps[0].collect
+    assert collect is not None
+    stype = instances[source.instance].type
+    if all_specs()[stype].kind != "message":
+        col.add(path, f"collect gathers messages: it needs a broker source (rabbitmq, pubsub), not {stype}")
+        return
+    file_target = kind == "directory" or (iname is not None and all_specs()[instances[iname].type].kind == "file")
+    if not file_target:
+        what = instances[iname].type if iname is not None else kind
+        col.add(
+            path,
+            f"collect writes files: it needs a file target (directory, or a local, sftp or ftp instance), not {what}",
+        )
+        return
+    timeout = getattr(target, "timeout", None)
+    if isinstance(timeout, float | int) and timeout <= collect.max_wait:
+        col.add(
+            (*path, "max_wait"),
+            f"a message waits up to max_wait ({collect.max_wait:g}s) in its batch, within the target's timeout "
+            f"({timeout:g}s): make the timeout longer than max_wait and a file's upload",
+        )
+    # Every message of a batch is unacked until its file is written: the broker must hand over
+    # that many at once, or a batch never fills and waits for max_wait each time.
+    window = getattr(source, "prefetch", None) or getattr(source, "max_messages", None)
+    if isinstance(window, int) and window < collect.max_messages:
+        key = "prefetch" if hasattr(source, "prefetch") else "max_messages"
+        col.add(
+            (*path, "max_messages"),
+            f"{collect.max_messages} messages per file, but the source's {key} lets only {window} be "
+            f"unacked at once: raise source.{key} to at least {collect.max_messages} or lower max_messages",
+        )
 
 
 _NEEDS = {"attr": "pubsub", "header": "rabbitmq"}

@@ -243,6 +243,9 @@ class FlowConfig(ConfigModel):
         # progress is recorded for one split per item: a split of a split's messages would have none
         if sum(s.kind == "split" for s in v) > 1:
             raise ValueError("a flow may have one split step")
+        # a batch's members are the flow's messages as they came: nothing may stand before it
+        if any(s.kind == "collect" for s in v[1:]):
+            raise ValueError("collect must be the first step (it gathers the messages as they came)")
         return v
 
     retry: RetryConfig = Field(default_factory=RetryConfig)

@@ -3,18 +3,18 @@
 This module holds the config models only (the runtime is :mod:`conveyor.steps`, imported
 when a flow has steps). A step is one of a few declared kinds, never code. Each step takes one
 payload and gives one (``decompress``, ``compress``, ``decrypt``, ``encrypt``) or several
-(``unpack``: one per archive member, ``split``: one per record or batch of records); a step that
-gathers several payloads into one would be the third shape, and the runtime's interface (an
-async iterator of payloads per input) leaves room for it.
+(``unpack``: one per archive member, ``split``: one per record or batch of records);
+``collect`` gathers many messages into one file.
 """
 
 from __future__ import annotations
 
+import string
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from conveyor.config.types import ConfigModel, Secret, Size
+from conveyor.config.types import ConfigModel, Duration, Secret, Size
 
 MAX_MEMBERS = 10_000
 MAX_UNPACKED = 16 * 1024**3
@@ -94,7 +94,85 @@ class Split(ConfigModel):
     )
 
 
-KINDS = ("decompress", "compress", "unpack", "decrypt", "encrypt", "split")
+COLLECT_FIELDS = ("batch_start", "count", "id", "flow")
+"""What a ``collect`` filename template may use."""
+
+
+class Collect(ConfigModel):
+    """``collect``: messages gathered into one file per batch (broker sources into file targets)."""
+
+    format: Literal["ndjson", "csv", "concat"] = Field(
+        description="ndjson: each message one JSON value on a line of its own; csv: each message CSV "
+        "records, a line break added where one is missing; concat: the bodies one after another"
+    )
+    max_messages: int = Field(1000, ge=1, le=100_000, description="messages per file at most")
+    max_bytes: Size = Field(
+        64 * 1024**2, ge=1, description="bytes per file at most (one bigger message makes a file alone)"
+    )
+    max_wait: Duration = Field(
+        60.0, gt=0, description="a batch not full after this long (from its first message) is written as it is"
+    )
+    header: str | None = Field(None, description="csv only: a header line written at the top of each file")
+    filename: str | None = Field(
+        None,
+        description="the file's name, a template over {batch_start:FORMAT} (when its first message came), "
+        "{count} (messages in it), {id} (the batch's id) and {flow}; "
+        "default {flow}-{batch_start:%Y%m%dT%H%M%S}-{id:.8} and .ndjson, .csv or .bin",
+    )
+
+    @field_validator("filename")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_collect_name(v)
+        return v
+
+    @model_validator(mode="after")
+    def _header_for_csv(self) -> Collect:
+        if self.header is not None and self.format != "csv":
+            raise ValueError("header is for format: csv only")
+        if self.header is not None and ("\n" in self.header or "\r" in self.header):
+            raise ValueError("header is one line, without a line break")
+        return self
+
+    @property
+    def name_template(self) -> str:
+        """The filename template, the default when none is given."""
+        ext = {"ndjson": ".ndjson", "csv": ".csv", "concat": ".bin"}[self.format]
+        return self.filename or "{flow}-{batch_start:%Y%m%dT%H%M%S}-{id:.8}" + ext
+
+
+def check_collect_name(text: str) -> list[tuple[str, str, str]]:
+    """The (literal, field, spec) parts of a ``collect`` filename; ValueError naming what is wrong."""
+    try:
+        pieces = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise ValueError(f"{e} (write {{{{ and }}}} for a literal brace)") from None
+    out = []
+    known = " ".join("{" + f + "}" for f in COLLECT_FIELDS)
+    for literal, field, spec, conv in pieces:
+        if field is None:
+            out.append((literal, "", ""))
+            continue
+        if conv is not None or field not in COLLECT_FIELDS:
+            raise ValueError(f"unknown field {{{field}}}; known: {known}")
+        spec = spec or ""
+        if field == "batch_start":
+            spec = spec or "%Y%m%dT%H%M%S"
+            if "%" not in spec:
+                raise ValueError(f"{{batch_start:{spec}}}: a date format needs strftime codes such as %Y %m %d")
+        else:
+            try:
+                format(1 if field == "count" else "x", spec)
+            except ValueError as e:
+                raise ValueError(f"{{{field}:{spec}}}: bad format: {e}") from None
+        out.append((literal, field, spec))
+    if "/" in text or "\\" in text:
+        raise ValueError("a file name, without / (the target's path says where it goes)")
+    return out
+
+
+KINDS = ("decompress", "compress", "unpack", "decrypt", "encrypt", "split", "collect")
 """Every step kind, in the order the docs list them."""
 
 
@@ -107,8 +185,11 @@ class StepConfig(ConfigModel):
     decrypt: Decrypt | None = Field(None, description="{private_key_file, passphrase, verify_with}")
     encrypt: Encrypt | None = Field(None, description="{recipients, sign_with, passphrase, armor}")
     split: Split | None = Field(None, description="lines | ndjson | csv | json_array, or {format, batch_size, header}")
+    collect: Collect | None = Field(
+        None, description="ndjson | csv | concat, or {format, max_messages, max_bytes, max_wait, header, filename}"
+    )
 
-    @field_validator("decompress", "compress", "unpack", "split", mode="before")
+    @field_validator("decompress", "compress", "unpack", "split", "collect", mode="before")
     @classmethod
     def _short(cls, v: Any) -> Any:
         # ``unpack: zip`` stands for ``unpack: {format: zip}``

@@ -84,6 +84,10 @@ class Deliverer:
         self.timeout = timeout
         self.lease = lease
 
+    def all_targets(self) -> list[Target]:
+        """Every target this deliverer sends to."""
+        return [self.target]
+
     async def send(self, payload: Payload, leg: Leg | None = None) -> Outcome:
         """Try the target (``leg``'s, of a ``targets:`` list) up to ``attempts`` times; Permanent
         errors end at once."""
@@ -291,6 +295,10 @@ class FanOut(Deliverer):
         self.legs = legs
         for leg in legs:
             status.add_target(flow, leg.name)
+
+    def all_targets(self) -> list[Target]:
+        """Every target of the flow's ``targets:`` list."""
+        return [leg.target for leg in self.legs]
 
     async def deliver(self, payload: Payload, item: Item) -> Outcome:
         """Send to each matching target that does not have it yet; record each, then the item."""

@@ -245,6 +245,10 @@ class FlowRunner:
         self._tail.close()
         self._slots.close()
         self.stop.set()
+        for target in self.deliverer.all_targets():
+            stopping = getattr(target, "stopping", None)
+            if stopping is not None:
+                stopping()  # a collect step writes its partial batch now rather than after max_wait
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (a deadline, not a cancel scope)
         """Two-phase stop: take no new work and let deliveries finish for ``timeout`` seconds,

@@ -13,6 +13,8 @@ is ``delivered`` with ``no_target`` set.
 
 A flow whose steps split a file into messages records how far the split got (a
 :class:`Progress`), so a redo after a crash goes on from there rather than from the start.
+A ``collect`` step keeps each batch it writes in the same records (its file name and member ids,
+under a target key of its own) until its messages are all delivered.
 """
 
 from __future__ import annotations
@@ -185,6 +187,14 @@ class StateStore(Protocol):
 
     async def set_progress(self, flow: str, id: str, target: str, progress: Progress) -> None:
         """Record how far a split of the item got (durable before returning)."""
+        ...
+
+    async def progress_of(self, flow: str, target: str) -> dict[str, Progress]:
+        """Every progress record of ``flow`` for ``target``: id -> record (a collect step's batches)."""
+        ...
+
+    async def drop_progress(self, flow: str, id: str, target: str) -> None:
+        """Forget one progress record (durable before returning)."""
         ...
 
 

@@ -705,3 +705,15 @@ class PostgresStore:
             (flow, id, target, progress.mark, progress.position),
             durable=True,
         )
+
+    async def progress_of(self, flow: str, target: str) -> dict[str, Progress]:
+        """Every progress record of ``flow`` for ``target``."""
+        assert self._pool is not None
+        rows = await self._pool.fetch(f"SELECT id, mark, position FROM {TP} WHERE flow=$1 AND target=$2", flow, target)
+        return {r["id"]: Progress(r["mark"], int(r["position"])) for r in rows}
+
+    async def drop_progress(self, flow: str, id: str, target: str) -> None:
+        """Forget one progress record, durably."""
+        await self._submit(
+            "count", f"DELETE FROM {TP} WHERE flow=$1 AND id=$2 AND target=$3", (flow, id, target), durable=True
+        )

@@ -515,6 +515,20 @@ class SqliteStore:
             )
         )
 
+    async def progress_of(self, flow: str, target: str) -> dict[str, Progress]:
+        """Every progress record of ``flow`` for ``target``."""
+
+        def q(db: sqlite3.Connection) -> dict[str, Progress]:
+            sql = "SELECT id, mark, position FROM item_progress WHERE flow=? AND target=?"
+            return {r[0]: Progress(r[1], r[2]) for r in db.execute(sql, (flow, target))}
+
+        result: dict[str, Progress] = await self._read(q)
+        return result
+
+    async def drop_progress(self, flow: str, id: str, target: str) -> None:
+        """Forget one progress record, durably."""
+        await self._write(self._set("DELETE FROM item_progress WHERE flow=? AND id=? AND target=?", flow, id, target))
+
 
 def _consume(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:

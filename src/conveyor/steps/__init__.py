@@ -37,7 +37,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from conveyor import traces
-from conveyor.config.steps import Compress, Decompress, Split, StepConfig, Unpack
+from conveyor.config.steps import Collect, Compress, Decompress, Split, StepConfig, Unpack
 from conveyor.errors import Permanent, TooLarge
 from conveyor.interfaces import Target
 from conveyor.payload.payload import Payload, stable_id
@@ -84,16 +84,32 @@ class StepsTarget:
         self, inner: Target, steps: Sequence[StepConfig], spool: Spool, book: ProgressBook | None = None
     ) -> None:
         self.inner = inner
-        self._steps = [_Step(i, s, work_for(s, spool)) for i, s in enumerate(steps)]
         self._book = book
+        self._collector: Collector | None = None
+        first = steps[0].options if steps else None
+        if isinstance(first, Collect):
+            from conveyor.steps.collect import TARGET_KEY, Collector, Manifests
+
+            manifests = None if book is None else Manifests(book.store, book.flow, TARGET_KEY + book.target)
+            self._collector = Collector(first, 0, spool, manifests, lambda p: self._through(p, 1, p.id))
+        self._steps = [_Step(i, s, work_for(s, spool)) for i, s in enumerate(steps)]
 
     def __getattr__(self, name: str) -> Any:
         # probe(), where, and whatever else the daemon asks of the real target
         return getattr(self.inner, name)
 
     async def deliver(self, payload: Payload) -> None:
-        """Run ``payload`` through the steps and deliver what comes out."""
+        """Run ``payload`` through the steps and deliver what comes out (a collect step: once the
+        file of the batch it joined is delivered)."""
+        if self._collector is not None:
+            await self._collector.add(payload)
+            return
         await self._through(payload, 0, payload.id)
+
+    def stopping(self) -> None:
+        """The flow takes no more work: a collect step writes its partial batches now."""
+        if self._collector is not None:
+            self._collector.stopping()
 
     async def _through(self, payload: Payload, index: int, item: str) -> None:
         if index == len(self._steps):
@@ -153,6 +169,8 @@ class StepsTarget:
     async def close(self) -> None:
         """Close the steps (gpg's keyrings), then the target."""
         try:
+            if self._collector is not None:
+                await self._collector.close()
             for s in self._steps:
                 await asyncio.to_thread(s.work.close)
         finally:
@@ -266,9 +284,21 @@ def work_for(config: StepConfig, spool: Spool) -> Work:
         return Unpacker(opts, spool)
     if isinstance(opts, Split):
         return Splitter(opts)
+    if isinstance(opts, Collect):
+        return _Passing()
     from conveyor.steps.pgp import Decryptor, Encryptor
 
     return Decryptor(opts, spool) if config.kind == "decrypt" else Encryptor(opts, spool)
+
+
+class _Passing:
+    """The work of a collect step in the list of steps: the collector does it, before them."""
+
+    def start(self, parent: Payload, stop: threading.Event) -> Iterator[Produced]:
+        return iter([Produced(parent.body, parent.name)])
+
+    def close(self) -> None:
+        pass
 
 
 def _discard(it: Iterator[Produced]) -> None:

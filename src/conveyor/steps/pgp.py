@@ -33,6 +33,7 @@ log = logging.getLogger("conveyor.steps")
 logging.getLogger("gnupg").setLevel(logging.CRITICAL)  # what it would say, the step says with the flow named
 
 GPG = "gpg"
+BADSIG = "bad signature: the file was changed after it was signed, or the signature is forged"
 
 
 class Keyring:
@@ -176,6 +177,8 @@ class Decryptor:
                 raise StepFailed(
                     f"more than {self.config.max_size} bytes decrypted, over max_size: a compression bomb?"
                 )
+            if "[GNUPG:] BADSIG " in (r.stderr or ""):  # gpg then fails the decryption too: say why
+                raise StepFailed(BADSIG)
             _succeeded(r, "decrypt")
             if self.config.verify_with:
                 self._verified(r)
@@ -201,7 +204,7 @@ class Decryptor:
         if not any(w in ("NEWSIG", "GOODSIG", "BADSIG", "ERRSIG", "EXPSIG", "REVKEYSIG") for w, _ in seen):
             raise StepFailed("no signature, and verify_with requires one")
         if any(w == "BADSIG" for w, _ in seen):
-            raise StepFailed("bad signature: the file was changed after it was signed, or the signature is forged")
+            raise StepFailed(BADSIG)
         unknown = sorted(k for w, k in seen if w in ("ERRSIG", "NO_PUBKEY"))
         if unknown:
             raise StepFailed(f"signed by key {unknown[0]}, which is in no verify_with file")

@@ -1,0 +1,302 @@
+"""``collect`` through ``conveyor run``: RabbitMQ messages gathered into ndjson files on OpenSSH's
+SFTP, with a kill -9 while a batch is being written; csv with a header, concat and a max_wait
+flush into a folder; Pub/Sub messages into a folder; config errors at their key path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from conveyor.config import load_config
+from conveyor.errors import ConfigError
+from conveyor.steps.collect import TARGET_KEY
+from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
+from tests.backends.sftp import SftpBackend, sftp_openssh_backend, sshd
+from tests.harness import DaemonProcess, running, wait_for, write_config
+from tests.servers.rabbitmq import (
+    Vhost,
+    declare,
+    publish,
+    rabbit_vhost_fixture,  # noqa: F401  (the rabbit_vhost fixture)
+    ready_count,
+)
+from tests.tcp_proxy import TcpProxy
+
+__all__ = ["pubsub_backend", "pubsub_emulator", "sftp_openssh_backend", "sshd"]
+
+
+def rabbit_source(queue: str, prefetch: int = 1000) -> dict[str, Any]:
+    return {"instance": "mq", "queue": queue, "prefetch": prefetch}
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    """The delivered files of a folder (no sidecars, no temp files being written)."""
+    if not folder.exists():
+        return {}
+    return {
+        p.name: p.read_bytes()
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.endswith(".meta.json") and not p.name.startswith(".")
+    }
+
+
+async def publish_numbered(v: Vhost, queue: str, first: int, n: int) -> None:
+    """``{"n": i}`` for i in first..first+n-1, each with its own message_id, confirms pipelined."""
+    async with await aio_pika.connect(v.url) as conn:
+        ch = await conn.channel()
+        batch = []
+        for i in range(first, first + n):
+            m = aio_pika.Message(
+                json.dumps({"n": i}).encode(), message_id=f"m{i}", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+            )
+            batch.append(ch.default_exchange.publish(m, routing_key=queue))
+            if len(batch) == 500:
+                for p in batch:
+                    await p
+                batch = []
+        for p in batch:
+            await p
+
+
+def manifests(db_path: Path, flow: str) -> list[tuple[str, str, int]]:
+    """The collect step's recorded batches: (id, manifest, state)."""
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute(
+            "SELECT id, mark, position FROM item_progress WHERE flow=? AND target LIKE ?", (flow, TARGET_KEY + "%")
+        ).fetchall()
+    db.close()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(300)
+async def test_rabbitmq_into_ndjson_files_on_sftp_survives_kill9(
+    rabbit_vhost: Vhost, sftp_openssh_backend: SftpBackend, tmp_path: Path
+) -> None:
+    """RabbitMQ → collect (ndjson, 1,000 a file) → SFTP on OpenSSH, through a proxy. Once two files
+    are in place the proxy stops forwarding, so the next batch's upload hangs after its manifest
+    was recorded, and ``conveyor run`` is killed with SIGKILL. After the restart every message is
+    in exactly one file, the interrupted batch's file exists once under its recorded name with its
+    recorded members, no temp file is left, and the queue is empty."""
+    n, per_file = 6000, 1000
+    q = rabbit_vhost.q(f"collect-{uuid.uuid4().hex[:6]}")
+    await declare(rabbit_vhost, q)
+    await publish_numbered(rabbit_vhost, q, 0, n)
+    db = tmp_path / "state.db"
+
+    def done_files() -> list[str]:
+        return [x for x in sftp_openssh_backend.names("inbox") if not x.startswith(".")]
+
+    def open_batch() -> bool:
+        """A batch recorded, its file not in place (the one whose upload the proxy holds up)."""
+        try:
+            recorded = manifests(db, "f")
+        except sqlite3.Error:
+            return False  # not made yet
+        return any(state == 0 and json.loads(mark)["name"] not in done_files() for _, mark, state in recorded)
+
+    async with TcpProxy("127.0.0.1", sftp_openssh_backend.port) as proxy:
+        cfg = write_config(
+            tmp_path,
+            {"mq": rabbit_vhost.instance_config(), "partner": sftp_openssh_backend.instance_config(port=proxy.port)},
+            {
+                "f": {
+                    "source": rabbit_source(q),
+                    "steps": [{"collect": {"format": "ndjson", "max_messages": per_file, "max_wait": "2s"}}],
+                    "target": {"instance": "partner", "path": "inbox", "filename": "{name}"},
+                }
+            },
+        )
+        first = DaemonProcess(cfg).start()
+        try:
+            await wait_for(lambda: len(done_files()) >= 2, 60, 0.01)
+            proxy.pause()
+            await wait_for(open_batch, 60, 0.01)
+            await asyncio.sleep(0.5)  # the upload is stuck, not merely slow
+        finally:
+            first.kill9()
+        proxy.cut()
+        proxy.resume()
+        interrupted = {key: json.loads(mark) for key, mark, state in manifests(db, "f") if state == 0}
+        assert len(interrupted) == 1
+        ((key, doc),) = interrupted.items()
+        assert doc["name"] not in done_files()
+        second = DaemonProcess(cfg).start()
+        try:
+
+            def lines() -> list[bytes]:
+                return [ln for x in done_files() for ln in sftp_openssh_backend.read(f"inbox/{x}").splitlines()]
+
+            await wait_for(lambda: len(lines()) >= n, 120, 0.2)
+        finally:
+            second.stop()
+    names = sftp_openssh_backend.names("inbox")
+    assert not [x for x in names if x.startswith(".") or x.endswith(".tmp")], f"a temp file was left: {names}"
+    numbers = sorted(json.loads(line)["n"] for line in lines())
+    assert numbers == list(range(n)), "every message exactly once across the files"
+    assert len(names) == n // per_file
+    body = sftp_openssh_backend.read(f"inbox/{doc['name']}")
+    assert [json.loads(x)["n"] for x in body.splitlines()] == [int(m.removeprefix("m")) for m in doc["members"]]
+    assert await ready_count(rabbit_vhost, q) == 0
+    assert key not in {k for k, _, _ in manifests(db, "f")}, "a written batch's manifest is dropped"
+    async with running(cfg) as d:
+        assert await d.store.counts(["f"], ["delivered"]) == {"f": {"delivered": n}}
+
+
+async def test_csv_with_header_concat_and_max_wait_into_a_folder(rabbit_vhost: Vhost, tmp_path: Path) -> None:
+    """csv: the header line on top, a line break added where a message lacks one; concat: the
+    bodies as they are; a batch that does not fill is written max_wait after its first message,
+    its name from the template; a message that is not JSON fails alone in an ndjson flow."""
+    queues = {k: rabbit_vhost.q(f"{k}-{uuid.uuid4().hex[:6]}") for k in ("csv", "concat", "ndjson")}
+    for q in queues.values():
+        await declare(rabbit_vhost, q)
+    out = tmp_path / "out"
+    flows = {
+        "csv": {
+            "source": rabbit_source(queues["csv"], 100),
+            "steps": [
+                {
+                    "collect": {
+                        "format": "csv",
+                        "header": "n,name",
+                        "max_messages": 100,
+                        "max_wait": "500ms",
+                        "filename": "orders-{batch_start:%Y%m%d}-{count}.csv",
+                    }
+                }
+            ],
+            "target": {"type": "directory", "path": str(out / "csv"), "filename": "{name}"},
+        },
+        "concat": {
+            "source": rabbit_source(queues["concat"], 100),
+            "steps": {"collect": {"format": "concat", "max_messages": 3, "max_wait": "30s"}},
+            "target": {"type": "directory", "path": str(out / "concat"), "filename": "{name}"},
+        },
+        "ndjson": {
+            "source": {**rabbit_source(queues["ndjson"], 100), "max_attempts": 1},
+            "steps": [{"collect": {"format": "ndjson", "max_messages": 100, "max_wait": "500ms"}}],
+            "target": {"type": "directory", "path": str(out / "ndjson"), "filename": "{name}"},
+        },
+    }
+    cfg = write_config(tmp_path, {"mq": rabbit_vhost.instance_config()}, flows)
+    await publish(rabbit_vhost, queues["csv"], [b"1,a", b"2,b\n", b'3,"c\nd"\r\n'])
+    await publish(rabbit_vhost, queues["concat"], [b"AB", b"CD", b"EF"])
+    await publish(rabbit_vhost, queues["ndjson"], [b'{\n  "pretty": true\n}', b"not json", b"[1, 2]"])
+    async with running(cfg) as d:
+        csv_files = await wait_for(lambda: files_in(out / "csv") or None, 30)
+        concat = await wait_for(lambda: files_in(out / "concat") or None, 30)
+        ndjson = await wait_for(lambda: files_in(out / "ndjson") or None, 30)
+
+        async def failed() -> list[Any] | None:
+            return await d.store.list("ndjson", "failed") or None
+
+        (bad,) = await wait_for(failed, 30)
+    ((name, body),) = csv_files.items()
+    assert name.startswith("orders-") and name.endswith("-3.csv")
+    assert body == b'n,name\n1,a\n2,b\n3,"c\nd"\r\n'
+    ((name, body),) = concat.items()
+    assert body == b"ABCDEF" and name.startswith("concat-") and name.endswith(".bin")
+    ((name, body),) = ndjson.items()
+    assert body == b'{"pretty":true}\n[1, 2]\n'
+    assert bad.last_error.startswith("steps[0] collect: the message is not one JSON value")
+    meta = json.loads((out / "ndjson" / f"{name}.meta.json").read_text())
+    assert meta["lineage"][0]["kind"] == "collect" and meta["lineage"][0]["count"] == 2
+    for q in queues.values():
+        assert await ready_count(rabbit_vhost, q) == 0
+
+
+async def test_pubsub_into_a_folder(pubsub_backend: PubsubBackend, tmp_path: Path) -> None:
+    """Pub/Sub emulator → collect (ndjson, 10 a file) → a folder: every message once, all acked."""
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path,
+        {"gcp": pubsub_backend.instance_config()},
+        {
+            "f": {
+                "source": {"instance": "gcp", **pubsub_backend.source_config()},
+                "steps": [{"collect": {"format": "ndjson", "max_messages": 10, "max_wait": "1s"}}],
+                "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+            }
+        },
+    )
+    await pubsub_backend.publish([json.dumps({"n": i}).encode() for i in range(25)])
+    async with running(cfg):
+
+        def numbers() -> list[int]:
+            return sorted(json.loads(x)["n"] for body in files_in(out).values() for x in body.splitlines())
+
+        await wait_for(lambda: len(numbers()) >= 25, 60, 0.2)
+        await wait_for(lambda: _none_pending(pubsub_backend), 60, 0.5)
+    assert numbers() == list(range(25))
+    assert sorted(len(b.splitlines()) for b in files_in(out).values())[-1] <= 10
+
+
+async def _none_pending(b: PubsubBackend) -> bool:
+    return await b.pending() == 0
+
+
+def test_config_errors_at_their_key_path(tmp_path: Path) -> None:
+    """collect from a file source, into a broker, after another step, past the source's prefetch,
+    with a header for ndjson or an unknown name field: each an error naming its key."""
+    mq = {"type": "rabbitmq", "url": "amqp://guest:guest@127.0.0.1:5672/"}
+    to_dir = {"type": "directory", "path": str(tmp_path / "out"), "filename": "{name}"}
+    cfg = write_config(
+        tmp_path,
+        {"in": {"type": "local", "root": str(tmp_path)}, "mq": mq},
+        {
+            "files": {
+                "source": {"instance": "in", "path": ""},
+                "steps": [{"collect": "ndjson"}],
+                "target": to_dir,
+            },
+            "broker": {
+                "source": {"instance": "mq", "queue": "q", "prefetch": 1000},
+                "steps": [{"collect": "ndjson"}],
+                "target": {"instance": "mq", "routing_key": "x"},
+            },
+            "second": {
+                "source": {"instance": "mq", "queue": "q"},
+                "steps": [{"compress": "gzip"}, {"collect": "ndjson"}],
+                "target": to_dir,
+            },
+            "prefetch": {
+                "source": {"instance": "mq", "queue": "q", "prefetch": 50},
+                "steps": [{"collect": {"format": "ndjson", "max_messages": 500}}],
+                "target": to_dir,
+            },
+            "header": {
+                "source": {"instance": "mq", "queue": "q"},
+                "steps": [{"collect": {"format": "ndjson", "header": "a,b", "max_messages": 10}}],
+                "target": to_dir,
+            },
+            "timeout": {
+                "source": {"instance": "mq", "queue": "q"},
+                "steps": [{"collect": {"format": "csv", "max_messages": 10, "max_wait": "1m"}}],
+                "target": {**to_dir, "timeout": "30s"},
+            },
+            "name": {
+                "source": {"instance": "mq", "queue": "q"},
+                "steps": [{"collect": {"format": "csv", "filename": "{mtime}.csv", "max_messages": 10}}],
+                "target": to_dir,
+            },
+        },
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    text = re.sub(r" \(line \d+\)", "", str(e.value))
+    assert "flows.files.steps[0].collect: collect gathers messages: it needs a broker source" in text
+    assert "flows.broker.steps[0].collect: collect writes files: it needs a file target" in text
+    assert "flows.second.steps: " in text and "collect must be the first step" in text
+    assert "flows.prefetch.steps[0].collect.max_messages: 500 messages per file" in text
+    assert "raise source.prefetch to at least 500" in text
+    assert "flows.header.steps[0].collect" in text and "header is for format: csv only" in text
+    assert "flows.timeout.steps[0].collect.max_wait: a message waits up to max_wait (60s)" in text
+    assert "flows.name.steps[0].collect.filename" in text and "unknown field {mtime}" in text
