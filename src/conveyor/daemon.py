@@ -25,7 +25,16 @@ from conveyor.flows.expect import ExpectationWatcher
 from conveyor.flows.filesource import FileSource, FileSourceDeps
 from conveyor.flows.intake import IntakeGate
 from conveyor.flows.runner import FlowRunner
-from conveyor.interfaces import BrokerInstance, Context, FileSystem, Instance, Submit, Target
+from conveyor.interfaces import (
+    BrokerInstance,
+    Context,
+    FileSystem,
+    Instance,
+    MessageSource,
+    Source,
+    Submit,
+    Target,
+)
 from conveyor.payload.spool import Spool
 from conveyor.redact import redact, register_secrets
 from conveyor.registry import all_specs, target_specs
@@ -424,22 +433,33 @@ class Daemon:
         st = self.status.add_flow(flow.name)
         deliverer, close_targets, timeout = self._deliverer(flow)
         st.delivery_timeout = timeout
+
+        def runner(
+            max_in_flight: int,
+            files: Callable[[Submit], Source] | None = None,
+            messages: tuple[MessageSource, MessageSourceConfig] | None = None,
+        ) -> FlowRunner:
+            """The flow's runner over its file source or its broker consumer; the rest is shared."""
+            return FlowRunner(
+                flow.name,
+                max_in_flight=max_in_flight,
+                status=self.status,
+                deliverer=deliverer,
+                on_close=close_targets,
+                files=files,
+                messages=messages,
+                gate=self.gate,
+                once=self.once,
+            )
+
         if isinstance(source_rt, BrokerInstance):
             assert isinstance(src, MessageSourceConfig)
             consumer = source_rt.source(flow.name, src)
             collect = flow.steps[0].collect if flow.steps else None
-            return FlowRunner(
-                flow.name,
-                # a collect step's messages wait in their batch, each one in delivery meanwhile: room for
-                # two batches, one filling while the other is written
-                max_in_flight=max(flow.max_in_flight, 2 * collect.max_messages if collect else 0),
-                status=self.status,
-                deliverer=deliverer,
-                on_close=close_targets,
-                messages=(consumer, src),
-                gate=self.gate,
-                once=self.once,
-            )
+            # a collect step's messages wait in their batch, each one in delivery meanwhile: room for
+            # two batches, one filling while the other is written
+            in_flight = max(flow.max_in_flight, 2 * collect.max_messages if collect else 0)
+            return runner(in_flight, messages=(consumer, src))
         assert isinstance(src, FileSourceConfig)
         schedule = None
         if src.schedule is not None:
@@ -467,16 +487,7 @@ class Daemon:
                 schedule=schedule,
             )
 
-        return FlowRunner(
-            flow.name,
-            max_in_flight=flow.max_in_flight,
-            status=self.status,
-            deliverer=deliverer,
-            on_close=close_targets,
-            files=file_source,
-            gate=self.gate,
-            once=self.once,
-        )
+        return runner(flow.max_in_flight, files=file_source)
 
     def _start_flow(self, flow: Flow) -> None:
         assert self._tg is not None
