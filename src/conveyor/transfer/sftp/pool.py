@@ -2,7 +2,8 @@
 
 One SSH connection carries one SFTP session; SFTP multiplexes requests, so a session may be
 shared when all ``max_connections`` are busy (a listing and a download never deadlock each
-other). Broken sessions are dropped and the next use reconnects. Only the
+other), and is shared at once while another opens beside it: an operation waits for a login
+only when there is no session at all. Broken sessions are dropped and the next use reconnects. Only the
 ``max_connection_attempts`` loop of one connect lives here; all other retrying is the
 supervisor's.
 """
@@ -186,6 +187,30 @@ class SftpPool:
             else:
                 raise s
 
+    def _open_beside(self) -> None:
+        """Start opening one more session in the background (counted against ``max_connections``
+        until it is open); one that fails is left out, the work goes on with the sessions there are."""
+        self._opening += 1
+
+        async def login() -> Session:
+            async with asyncio.timeout(self.cfg.timeout * 3 * len(self._logins)):
+                return await self._connect_once()
+
+        t = asyncio.ensure_future(login())
+        self._stray.add(t)
+        t.add_done_callback(self._opened)
+
+    def _opened(self, login: asyncio.Task[Session]) -> None:
+        self._opening -= 1
+        self._stray.discard(login)
+        if login.cancelled():
+            return
+        e = login.exception()
+        if e is not None:
+            log.info("sftp %s: an extra session did not open: %s", self.name, e)
+        else:
+            self._sessions.append(login.result())
+
     def _close_unwanted(self, login: asyncio.Task[Session]) -> None:
         self._stray.discard(login)
         if login.cancelled() or login.exception() is not None:
@@ -198,6 +223,11 @@ class SftpPool:
         s = self._pick()
         if s is not None:
             return s
+        if self._sessions:
+            # All busy, with room for more: open one beside them and share the least busy now,
+            # so that many small operations overlap instead of waiting for logins one by one.
+            self._open_beside()
+            return min(self._sessions, key=lambda s: s.users)
         async with self._connect_lock:
             s = self._pick()  # another task may have connected while we waited
             if s is not None:
@@ -218,6 +248,9 @@ class SftpPool:
             await asyncio.sleep(0)  # their done-callbacks start the closes
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        late, self._sessions = self._sessions, []  # opened in the background meanwhile
+        for s in late:
+            await s.close()
 
     # -- connecting --------------------------------------------------------
     async def connect(self) -> Session:
