@@ -201,7 +201,7 @@ class SftpConfig(SshHostConfig, InstanceConfig):
         None,
         ge=1,
         le=16,
-        description="connections one large download is read over at once, each fetching parts of the file "
+        description="connections one large download or upload is moved over at once, each taking parts of the file "
         "(at most max_connections); unset: by size and distance, 1 below 64 MiB or on a server under 10 ms round trip, "
         "else up to 4",
     )
