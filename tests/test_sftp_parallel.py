@@ -154,6 +154,33 @@ async def test_busy_pool_shares_a_session_while_another_opens(sftp_openssh_backe
     assert inst.pool._sessions == []
 
 
+async def test_failed_extra_session_is_not_retried_at_once(
+    sftp_openssh_backend: SftpBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that refuses more connections than it has: busy sessions are shared and the
+    pool does not try another login beside them on every operation."""
+    from conveyor.errors import Transient
+
+    inst, _ = make(sftp_openssh_backend, max_connections=3)
+    tries = 0
+
+    async def refused() -> None:
+        nonlocal tries
+        tries += 1
+        raise Transient("too many connections", instance="partner")
+
+    try:
+        async with inst.pool.session() as first:
+            monkeypatch.setattr(inst.pool, "_connect_once", refused)
+            for _ in range(5):
+                async with inst.pool.session() as s:
+                    assert s is first
+                await asyncio.sleep(0.02)
+        assert tries == 1
+    finally:
+        await inst.close()
+
+
 async def test_daemon_many_small_files(sftp_openssh_backend: SftpBackend, tmp_path: Path) -> None:
     """End to end: 200 small files from an sftp folder into a directory target, each delivered
     once with its SHA-256 in the sidecar, over at most max_connections sessions."""

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.sftp")
 
+BESIDE_PAUSE = 30.0
+"""Seconds after a session failed to open beside busy ones before another is tried that way."""
+
 
 @dataclass
 class Session:
@@ -91,6 +94,8 @@ class SftpPool:
         self._connect_lock = asyncio.Lock()
         self._opening = 0
         self._stray: set[asyncio.Task[Session]] = set()
+        self._beside_after = 0.0
+        """Loop time before which no session is opened beside busy ones (one failed lately)."""
         self._closing: set[asyncio.Task[None]] = set()
         """Closes of sessions that :meth:`grow` opened for a transfer that had ended meanwhile."""
         """Extra sessions being opened by :meth:`grow`, counted against ``max_connections``."""
@@ -207,6 +212,8 @@ class SftpPool:
             return
         e = login.exception()
         if e is not None:
+            # A server that allows fewer connections than max_connections: not asked again at once.
+            self._beside_after = asyncio.get_running_loop().time() + BESIDE_PAUSE
             log.info("sftp %s: an extra session did not open: %s", self.name, e)
         else:
             self._sessions.append(login.result())
@@ -226,7 +233,8 @@ class SftpPool:
         if self._sessions:
             # All busy, with room for more: open one beside them and share the least busy now,
             # so that many small operations overlap instead of waiting for logins one by one.
-            self._open_beside()
+            if asyncio.get_running_loop().time() >= self._beside_after:
+                self._open_beside()
             return min(self._sessions, key=lambda s: s.users)
         async with self._connect_lock:
             s = self._pick()  # another task may have connected while we waited
