@@ -1,4 +1,4 @@
-"""SFTP download at WAN latency: conveyor next to OpenSSH `sftp` and rclone, through a delay line.
+"""SFTP at WAN latency: conveyor next to OpenSSH `sftp` and rclone, through a delay line.
 
 Starts a private OpenSSH sshd on loopback (needs root and openssh-server, like the tests) and,
 for each round trip asked for, a delay-line proxy in front of it (``bench/delayline.py``: each
@@ -13,11 +13,25 @@ through the same proxy to the same server and file, interleaved round by round:
 - conveyor's ``SftpInstance.download`` into a spool file with the SHA-256 computed, ``streams``
   unset (chosen by size and round trip) and ``streams: 1``
 
+Rows (``--rows``, comma-separated; default ``download``):
+
+- ``download``: the one large file, as above
+- ``small``: ``--files`` files of ``--file-kib`` KiB in one folder, listed and downloaded:
+  OpenSSH `sftp` ``get -r``, rclone ``copy --transfers 8``, conveyor's ``SftpInstance.list`` then
+  ``download`` of each file into the spool with ``--in-flight`` at once (a flow's
+  ``max_in_flight``), and ``conveyor run --once`` with a flow from that folder to a directory target
+- ``upload``: the large file put on the server: OpenSSH `sftp` ``put``, rclone ``copyto`` (4
+  streams), conveyor's ``SftpInstance.upload`` of a spooled body (temp name, then rename)
+- ``run``: ``conveyor run --once``, a flow from the server's folder holding the large file to a
+  directory target (durable: written, flushed, renamed, with its sidecar), next to OpenSSH `sftp`
+  and rclone 4 streams each followed by a flush of the file they wrote
+
 Each client is timed from its start, so its logins are included (conveyor's in a child
-process, from connecting to the finished spool body; Python's own start-up is not counted).
+process, from connecting to the finished spool body; Python's own start-up is not counted,
+except in the ``conveyor run`` rows, timed from process start to exit like the references).
 Ratios are per round (conveyor / reference of the same round), median over rounds.
 
-    python bench/bench_wan.py [--rtt 50 [--rtt 100]] [--size-mib 256] [--rounds 2]
+    python bench/bench_wan.py [--rtt 50 [--rtt 100]] [--size-mib 256] [--rounds 2] [--rows download,small]
 """
 
 from __future__ import annotations
@@ -32,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,107 +57,174 @@ from common import random_file, run_worker
 MIB = 1024 * 1024
 GOALS = {"oss": 2.0, "rclone4": 1.0}
 """The download goals: conveyor at least this many times the reference's rate."""
+ROW_GOALS: dict[str, dict[str, float]] = {
+    "download": GOALS,
+    "small": {"oss": 3.0, "rclone": 1.0},
+    "upload": {"oss": 1.5, "rclone": 1.0},
+    "run": {"oss": 2.0, "rclone": 1.0},
+}
+"""Per row: reference -> the least ratio of conveyor's rate to it."""
+OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]
 
 
 # --------------------------------------------------------------------------- conveyor side (child)
+def _instance_config(a: argparse.Namespace) -> dict[str, Any]:
+    over: dict[str, Any] = {} if a.streams in (None, "auto") else {"streams": int(a.streams)}
+    return {
+        "type": "sftp",
+        "host": "127.0.0.1",
+        "port": int(a.port),
+        "username": a.user,
+        "private_key_file": a.key,
+        "host_fingerprint": a.fingerprint,
+        "root": a.root,
+        "timeout": "30s",
+        **over,
+    }
+
+
 async def _worker(a: argparse.Namespace) -> dict[str, Any]:
-    from conveyor.payload import Spool
+    from conveyor.payload import Body, Spool, hash_file
     from conveyor.transfer.sftp.config import SftpConfig
     from conveyor.transfer.sftp.instance import SftpInstance, read_depth
 
-    over: dict[str, Any] = {} if a.streams == "auto" else {"streams": int(a.streams)}
-    cfg = SftpConfig.model_validate(
-        {
-            "type": "sftp",
-            "host": "127.0.0.1",
-            "port": int(a.port),
-            "username": a.user,
-            "private_key_file": a.key,
-            "host_fingerprint": a.fingerprint,
-            "root": a.root,
-            "timeout": "30s",
-            **over,
-        }
-    )
-    inst = SftpInstance("bench", cfg, None)
+    inst = SftpInstance("bench", SftpConfig.model_validate(_instance_config(a)), None)
     spool = Spool(Path(a.spool))
     spool.prepare()
+    out: dict[str, Any] = {}
     try:
-        out = await download_from_login(inst, spool, a.path)
+        t, c = time.perf_counter(), time.process_time()
+        if a.worker == "small":
+            sem = asyncio.Semaphore(int(a.in_flight))
+
+            async def one(f: Any) -> None:
+                async with sem:
+                    w = spool.writer()
+                    await inst.download(f, w)
+                    w.finish().release()
+
+            files = [f async for f in inst.list(a.path, False)]
+            await asyncio.gather(*(one(f) for f in files))
+            out["files"] = len(files)
+        elif a.worker == "upload":
+            body = Body.from_file(Path(a.local), owned=False, sha256=hash_file(Path(a.local)))  # as spooled
+            t, c = time.perf_counter(), time.process_time()
+            await inst.upload(body, a.path, exists="replace", chmod=None)
+        else:
+            f = await inst.stat(a.path)  # the first login
+            assert f is not None
+            out["login"] = time.perf_counter() - t
+            w = spool.writer()
+            await inst.download(f, w)
+            w.finish().release()
+        out["seconds"] = time.perf_counter() - t
+        out["cpu"] = time.process_time() - c  # all threads: the event loop and the spool's writer
         rtt = next((s.rtt for s in inst.pool._sessions if s.rtt is not None), None)
-        return {
-            **out,
-            "sessions": inst.pool.handshakes,
-            "rtt_ms": None if rtt is None else round(rtt * 1000, 1),
-            "depth": read_depth(rtt),
-        }
+        out.update(
+            sessions=inst.pool.handshakes,
+            rtt_ms=None if rtt is None else round(rtt * 1000, 1),
+            depth=read_depth(rtt),
+        )
+        return out
     finally:
         await inst.close()
 
 
-async def download_from_login(inst: Any, spool: Any, path: str) -> dict[str, float]:
-    """Stat ``path`` (the first login) and download it into a spool body, with its SHA-256: the
-    seconds from the start, those of the login, and the CPU seconds of all threads."""
-    t, c = time.perf_counter(), time.process_time()
-    f = await inst.stat(path)
-    assert f is not None
-    login = time.perf_counter() - t
-    w = spool.writer()
-    await inst.download(f, w)
-    body = w.finish()
-    seconds = time.perf_counter() - t
-    cpu = time.process_time() - c  # all threads: the event loop and the spool's writer
-    body.release()
-    return {"seconds": seconds, "login": login, "cpu": cpu}
-
-
 # --------------------------------------------------------------------------- the clients
-def _conveyor(base: list[str], port: int, streams: str) -> dict[str, Any]:
-    return run_worker(__file__, ["--worker", *base, "--port", str(port), "--streams", streams])
+def _conveyor(base: list[str], port: int, worker: str, **kw: Any) -> dict[str, Any]:
+    args = [*base, "--worker", worker, "--port", str(port)]
+    args += [x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    return run_worker(__file__, args)
 
 
-def _openssh(port: int, key: str, user: str, src: str, dst: Path) -> dict[str, Any]:
-    opts = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]
-    r = timed(
-        ["sftp", "-q", "-b", "-", "-i", key, "-P", str(port), *opts, f"{user}@127.0.0.1"], input=f"get {src} {dst}\n"
+def _flush(path: Path) -> None:
+    """The durability a directory target gives: the file's bytes on disk (every file of a folder)."""
+    for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _done(dst: Path) -> None:
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    else:
+        dst.unlink()
+
+
+def _openssh(port: int, key: str, user: str, batch: str, dst: Path, flush: bool = False) -> dict[str, Any]:
+    t = time.perf_counter()
+    subprocess.run(
+        ["sftp", "-q", "-b", "-", "-i", key, "-P", str(port), *OPTS, f"{user}@127.0.0.1"],
+        input=batch,
+        text=True,
+        check=True,
+        capture_output=True,
     )
-    dst.unlink()
+    if flush:
+        _flush(dst)
+    r = {"seconds": time.perf_counter() - t}
+    if dst.exists():
+        _done(dst)
     return r
 
 
-def _rclone(port: int, key: str, user: str, known_hosts: Path, src: str, dst: Path, streams: int) -> dict[str, Any]:
-    remote = f":sftp,host=127.0.0.1,port={port},user={user},key_file={key},known_hosts_file={known_hosts}:{src}"
-    out = timed(["rclone", "copyto", remote, str(dst), "--multi-thread-streams", str(streams), "--config", "/dev/null"])
-    dst.unlink()
+def _rclone(args: list[str], dst: Path | None, flush: bool = False) -> dict[str, Any]:
+    t = time.perf_counter()
+    r = subprocess.run(["rclone", *args, "--config", "/dev/null"], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"rclone failed:\n{r.stderr}")
+    if flush and dst is not None:
+        _flush(dst)
+    out = {"seconds": time.perf_counter() - t}
+    if dst is not None:
+        _done(dst)
     return out
 
 
+def _conveyor_run(work: Path, instance: dict[str, Any], folder: str, expect: int) -> dict[str, Any]:
+    """``conveyor run --once``: a flow from ``folder`` on the server to a directory target, timed
+    from process start to exit; ``expect`` files must have arrived."""
+    from common import write_config
+
+    run = work / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    out = run / "out"
+    out.mkdir(parents=True)
+    flows = {
+        "wan": {
+            "source": {"instance": "partner", "path": folder, "min_age": "0s", "after": "keep"},
+            "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+        }
+    }
+    cfg = write_config(run, {"partner": instance}, flows)
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "conveyor", "run", "--once", "-c", str(cfg)], capture_output=True)
+    seconds = time.perf_counter() - t
+    got = sum(1 for p in out.iterdir() if not p.name.endswith(".meta.json"))
+    if r.returncode or got != expect:
+        raise SystemExit(f"conveyor run --once: exit {r.returncode}, {got} of {expect} files:\n{r.stderr[-3000:]!r}")
+    shutil.rmtree(run)
+    return {"seconds": seconds}
+
+
 # --------------------------------------------------------------------------- driver
-def parser(doc: str, worker_options: tuple[str, ...]) -> argparse.ArgumentParser:
-    """The options of a WAN bench: --rtt (repeatable), --size-mib, --rounds, and --worker with
-    ``worker_options`` (strings) for the conveyor child it starts."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rtt", type=float, action="append", help="round trip in ms (repeatable; default 50)")
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--worker", action="store_true")
-    for opt in worker_options:
-        ap.add_argument(f"--{opt}")
-    return ap
-
-
-def timed(cmd: list[str], **kw: Any) -> dict[str, Any]:
-    """Seconds a reference client takes from its start; its stderr on failure."""
-    t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if r.returncode:
-        raise SystemExit(f"{cmd[0]} failed:\n{r.stderr}")
-    return {"seconds": time.perf_counter() - t}
-
-
-def main() -> None:
-    ap = parser(__doc__ or "", ("port", "user", "key", "fingerprint", "root", "path", "spool", "streams"))
+    ap.add_argument("--rows", default="download", help="comma-separated: download, small, upload, run")
+    ap.add_argument("--files", type=int, default=1000, help="files of the small row")
+    ap.add_argument("--file-kib", type=int, default=16, help="size of each file of the small row")
+    ap.add_argument("--in-flight", type=int, default=16, help="small row: files conveyor fetches at once")
     ap.add_argument("--no-rclone-single", action="store_true", help="skip rclone with one stream")
+    ap.add_argument("--worker")
+    for opt in ("port", "user", "key", "fingerprint", "root", "path", "spool", "streams", "local"):
+        ap.add_argument(f"--{opt}")
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(asyncio.run(_worker(a))))
@@ -157,30 +237,32 @@ def main() -> None:
     from delayline import delay_process
 
     rtts = a.rtt or [50.0]
+    rows_asked = a.rows.split(",")
+    unknown = set(rows_asked) - set(ROW_GOALS)
+    if unknown:
+        ap.error(f"unknown rows: {', '.join(sorted(unknown))}")
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-wan-"))
     keys = make_client_keys(work / "keys")
     srv = start_sshd(keys)
     try:
         key = str(keys.keys["ed25519"])
         size = a.size_mib * MIB
-        random_file(srv.root / "big.bin", a.size_mib)
-        srv.chown(srv.root / "big.bin")
-        src = f"{srv.root}/big.bin"
+        big = srv.root / "big" / "big.bin"
+        big.parent.mkdir()
+        random_file(big, a.size_mib)
+        local = random_file(work / "local.bin", a.size_mib) if "upload" in rows_asked else None
+        srv.chown(big.parent)
+        srv.chown(big)
+        for d in ("small", "up"):
+            (srv.root / d).mkdir()
+            srv.chown(srv.root / d)
+        if "small" in rows_asked:
+            for i in range(a.files):
+                srv.put(f"small/f{i:05d}.bin", os.urandom(a.file_kib * 1024))
         host_keys = [" ".join(Path(f"{p}.pub").read_text().split()[:2]) for p in srv.host_keys.values()]
-        base = [
-            "--user",
-            USER,
-            "--key",
-            key,
-            "--root",
-            str(srv.root),
-            "--fingerprint",
-            sha256_fp(srv.host_blob("ed25519")),
-            "--spool",
-            str(work / "spool"),
-            "--path",
-            "big.bin",
-        ]
+        fingerprint = sha256_fp(srv.host_blob("ed25519"))
+        base = ["--user", USER, "--key", key, "--root", str(srv.root), "--fingerprint", fingerprint]
+        base += ["--spool", str(work / "spool")]
         print(
             f"conveyor WAN bench — OpenSSH sshd behind a delay line, {a.size_mib} MiB, {a.rounds} round(s), "
             f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; MiB/s per client, timed from its "
@@ -190,86 +272,170 @@ def main() -> None:
             with delay_process("127.0.0.1", srv.port, rtt / 2) as port:
                 known = work / f"known_hosts_{port}"
                 known.write_text("".join(f"[127.0.0.1]:{port} {k}\n" for k in host_keys))
-                clients: dict[str, Any] = {
-                    "oss": lambda p=port: _openssh(p, key, USER, src, work / "o.bin"),
-                    "rclone4": lambda p=port, k=known: _rclone(p, key, USER, k, src, work / "r.bin", 4),
-                    "conveyor": lambda p=port: _conveyor(base, p, "auto"),
-                    "conveyor1": lambda p=port: _conveyor(base, p, "1"),
-                }
-                if not a.no_rclone_single:
-                    clients["rclone1"] = lambda p=port, k=known: _rclone(p, key, USER, k, src, work / "r.bin", 1)
-                rows: dict[str, list[dict[str, Any]]] = {k: [] for k in clients}
-                for _ in range(a.rounds):
-                    for k, run in clients.items():
-                        rows[k].append(run())
-                _report(rtt, rows, size)
+                remote = f":sftp,host=127.0.0.1,port={port},user={USER},key_file={key},known_hosts_file={known}:"
+                ns = argparse.Namespace(port=port, user=USER, key=key, fingerprint=fingerprint, root=str(srv.root))
+                instance = _instance_config(argparse.Namespace(**vars(ns), streams=None))
+                clients = _clients(a, rows_asked, base, port, key, remote, work, big, local, instance)
+                for row, cs in clients.items():
+                    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in cs}
+                    for _ in range(a.rounds):
+                        for k, run in cs.items():
+                            rows[k].append(run())
+                    _report(rtt, row, rows, size, a)
     finally:
         srv.stop()
         shutil.rmtree(srv.base, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _clients(
+    a: argparse.Namespace,
+    rows: list[str],
+    base: list[str],
+    port: int,
+    key: str,
+    remote: str,
+    work: Path,
+    big: Path,
+    local: Path | None,
+    instance: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Per row asked for: client name -> a call that runs it once and returns its timing."""
+    from tests.servers.sshd import USER
+
+    src = str(big)
+    root = big.parent.parent
+    o, r, d = work / "o.bin", work / "r.bin", work / "dir"
+    out: dict[str, dict[str, Any]] = {}
+    if "download" in rows:
+        dl = {"path": "big/big.bin"}
+        out["download"] = {
+            "oss": lambda: _openssh(port, key, USER, f"get {src} {o}\n", o),
+            "rclone4": lambda: _rclone(["copyto", remote + src, str(r), "--multi-thread-streams", "4"], r),
+            "conveyor": lambda: _conveyor(base, port, "download", streams="auto", **dl),
+            "conveyor1": lambda: _conveyor(base, port, "download", streams="1", **dl),
+        }
+        if not a.no_rclone_single:
+            out["download"]["rclone1"] = lambda: _rclone(
+                ["copyto", remote + src, str(r), "--multi-thread-streams", "1"], r
+            )
+    if "small" in rows:
+        small = f"{root}/small"
+        out["small"] = {
+            "oss": lambda: _openssh(port, key, USER, f"get -r {small} {d}\n", d),
+            "rclone": lambda: _rclone(["copy", remote + small, str(d), "--transfers", "8"], d),
+            "conveyor": lambda: _conveyor(base, port, "small", path="small", in_flight=a.in_flight),
+            "conveyor_run": lambda: _conveyor_run(work, instance, "small", a.files),
+        }
+    if "upload" in rows:
+        assert local is not None
+        up = f"{root}/up/big.bin"
+
+        def removed(run: Any) -> dict[str, Any]:
+            res = run()
+            Path(up).unlink()
+            return dict(res)
+
+        out["upload"] = {
+            "oss": lambda: removed(lambda: _openssh(port, key, USER, f"put {local} {up}\n", o)),
+            "rclone": lambda: removed(
+                lambda: _rclone(["copyto", str(local), remote + up, "--multi-thread-streams", "4"], None)
+            ),
+            "conveyor": lambda: removed(lambda: _conveyor(base, port, "upload", path="up/big.bin", local=local)),
+            "conveyor1": lambda: removed(
+                lambda: _conveyor(base, port, "upload", path="up/big.bin", local=local, streams=1)
+            ),
+        }
+    if "run" in rows:
+        out["run"] = {
+            "oss": lambda: _openssh(port, key, USER, f"get {src} {o}\n", o, flush=True),
+            "rclone": lambda: _rclone(["copyto", remote + src, str(r), "--multi-thread-streams", "4"], r, True),
+            "conveyor_run": lambda: _conveyor_run(work, instance, "big", 1),
+        }
+    return out
+
+
 NAMES = {
-    "oss": "OpenSSH sftp get (64 x 32 KiB in flight)",
-    "rclone1": "rclone copyto, --multi-thread-streams 1",
-    "rclone4": "rclone copyto, --multi-thread-streams 4",
-    "conveyor1": "conveyor SftpInstance.download, streams: 1",
-    "conveyor": "conveyor SftpInstance.download, streams unset",
+    "download": {
+        "oss": "OpenSSH sftp get (64 x 32 KiB in flight)",
+        "rclone1": "rclone copyto, --multi-thread-streams 1",
+        "rclone4": "rclone copyto, --multi-thread-streams 4",
+        "conveyor1": "conveyor SftpInstance.download, streams: 1",
+        "conveyor": "conveyor SftpInstance.download, streams unset",
+    },
+    "small": {
+        "oss": "OpenSSH sftp get -r",
+        "rclone": "rclone copy --transfers 8",
+        "conveyor": "conveyor SftpInstance list + download",
+        "conveyor_run": "conveyor run --once, sftp -> directory",
+    },
+    "upload": {
+        "oss": "OpenSSH sftp put",
+        "rclone": "rclone copyto, --multi-thread-streams 4",
+        "conveyor1": "conveyor SftpInstance.upload, streams: 1",
+        "conveyor": "conveyor SftpInstance.upload, streams unset",
+    },
+    "run": {
+        "oss": "OpenSSH sftp get + flush",
+        "rclone": "rclone copyto, 4 streams + flush",
+        "conveyor_run": "conveyor run --once, sftp -> directory",
+    },
+}
+REFS = {"oss": "OpenSSH sftp", "rclone4": "rclone 4 streams", "rclone": "rclone"}
+TITLES = {
+    "download": "download of one file",
+    "small": "small files, list + download",
+    "upload": "upload of one file",
+    "run": "conveyor run, sftp -> directory, one file, durable",
 }
 
 
-REFS = {"oss": "OpenSSH sftp", "rclone4": "rclone 4 streams"}
+def _report(rtt: float, row: str, rows: dict[str, list[dict[str, Any]]], size: int, a: argparse.Namespace) -> None:
+    if row == "small":
+        mib = a.files * a.file_kib / 1024
+        unit = "files/s"
 
+        def rate(r: dict[str, Any]) -> float:
+            return int(a.files) / float(r["seconds"])
+    else:
+        mib = size / MIB
+        unit = "MiB/s"
 
-def _report(rtt: float, rows: dict[str, list[dict[str, Any]]], size: int) -> None:
-    def detail(r: dict[str, Any]) -> str:
-        return f"{r['sessions']} session(s), rtt {r['rtt_ms']} ms, {r['depth']} reads in flight"
+        def rate(r: dict[str, Any]) -> float:
+            return mib / float(r["seconds"])
 
     ceiling = 64 * 32 * 1024 / (rtt / 1000) / MIB
-    print(f"\nround trip {rtt:g} ms (OpenSSH's window-bound ceiling: {ceiling:.1f} MiB/s)")
-    report(rtt, rows, size, NAMES, REFS, GOALS, detail)
-    oss = statistics.median(size / MIB / float(r["seconds"]) for r in rows["oss"])
-    print(
-        f"delay line check: OpenSSH sftp at {oss:.1f} MiB/s, "
-        f"{'within' if oss <= ceiling * 1.05 else 'ABOVE'} its {ceiling:.1f} MiB/s ceiling"
-    )
-
-
-def report(
-    rtt: float,
-    rows: dict[str, list[dict[str, Any]]],
-    size: int,
-    names: dict[str, str],
-    refs: dict[str, str],
-    goals: dict[str, float],
-    detail: Callable[[dict[str, Any]], str],
-) -> None:
-    """One round trip's table (MiB/s per client: median, then each round; for conveyor's rows
-    ``detail`` of the first run, the median login and CPU), and conveyor's ratio to each
-    reference in ``goals`` against its goal."""
-    mib = size / MIB
-
-    def rate(r: dict[str, Any]) -> float:
-        return mib / float(r["seconds"])
-
-    print(f"{'client':<46}{'MiB/s':>7}   rounds")
-    for k, name in names.items():
+    what = f"{a.files} x {a.file_kib} KiB" if row == "small" else f"{a.size_mib} MiB"
+    print(f"\nround trip {rtt:g} ms, {TITLES[row]} ({what}; OpenSSH's window-bound ceiling: {ceiling:.1f} MiB/s)")
+    print(f"{'client':<46}{unit:>7}   rounds")
+    for k, name in NAMES[row].items():
         if k in rows:
             rs = [rate(r) for r in rows[k]]
             extra = ""
-            if k.startswith("conveyor"):
+            if k.startswith("conveyor") and "sessions" in rows[k][0]:
+                r0 = rows[k][0]
                 extra = (
-                    f"   ({detail(rows[k][0])}; first login {statistics.median(r['login'] for r in rows[k]):.2f} s, "
+                    f"   ({r0['sessions']} session(s), rtt {r0['rtt_ms']} ms, {r0['depth']} reads in flight; "
                     f"CPU {statistics.median(r['cpu'] for r in rows[k]):.2f} s)"
                 )
             print(f"{name:<46}{statistics.median(rs):>7.1f}   {' '.join(f'{x:.1f}' for x in rs)}{extra}")
-    for ref, goal in goals.items():
-        ratios = [rate(c) / rate(r) for c, r in zip(rows["conveyor"], rows[ref], strict=True)]
-        med = statistics.median(ratios)
+    if row == "download":
+        oss = statistics.median(map(rate, rows["oss"]))
         print(
-            f"{rtt:g} ms: conveyor / {refs[ref]}: {med:.2f}x (rounds {' '.join(f'{x:.2f}' for x in ratios)}); "
-            f"goal >= {goal:g}x: {'met' if med >= goal else 'NOT met'}"
+            f"delay line check: OpenSSH sftp at {oss:.1f} MiB/s, "
+            f"{'within' if oss <= ceiling * 1.05 else 'ABOVE'} its {ceiling:.1f} MiB/s ceiling"
         )
+    for mine in ("conveyor", "conveyor_run"):
+        if mine not in rows:
+            continue
+        for ref, goal in ROW_GOALS[row].items():
+            ratios = [rate(c) / rate(r) for c, r in zip(rows[mine], rows[ref], strict=True)]
+            med = statistics.median(ratios)
+            verdict = "met" if med >= goal else "NOT met"
+            print(
+                f"{rtt:g} ms {row}: {NAMES[row][mine]} / {REFS[ref]}: {med:.2f}x "
+                f"(rounds {' '.join(f'{x:.2f}' for x in ratios)}); goal >= {goal:g}x: {verdict}"
+            )
 
 
 if __name__ == "__main__":

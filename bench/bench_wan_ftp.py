@@ -22,19 +22,24 @@ the same over FTPS (vsftpd with ``require_ssl_reuse=YES``; curl ``--ssl-reqd``, 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.servers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_wan import MIB, download_from_login, parser, report, timed
+from bench_wan import MIB
 from common import random_file, run_worker
 
 GOALS = {"curl": 2.0, "lftp4": 1.0}
@@ -143,6 +148,81 @@ def main() -> None:
     finally:
         srv.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+async def download_from_login(inst: Any, spool: Any, path: str) -> dict[str, float]:
+    """Stat ``path`` (the first login) and download it into a spool body, with its SHA-256: the
+    seconds from the start, those of the login, and the CPU seconds of all threads."""
+    t, c = time.perf_counter(), time.process_time()
+    f = await inst.stat(path)
+    assert f is not None
+    login = time.perf_counter() - t
+    w = spool.writer()
+    await inst.download(f, w)
+    body = w.finish()
+    seconds = time.perf_counter() - t
+    cpu = time.process_time() - c  # all threads: the event loop and the spool's writer
+    body.release()
+    return {"seconds": seconds, "login": login, "cpu": cpu}
+
+
+def parser(doc: str, worker_options: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The options of a WAN bench: --rtt (repeatable), --size-mib, --rounds, and --worker with
+    ``worker_options`` (strings) for the conveyor child it starts."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rtt", type=float, action="append", help="round trip in ms (repeatable; default 50)")
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--worker", action="store_true")
+    for opt in worker_options:
+        ap.add_argument(f"--{opt}")
+    return ap
+
+
+def timed(cmd: list[str], **kw: Any) -> dict[str, Any]:
+    """Seconds a reference client takes from its start; its stderr on failure."""
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode:
+        raise SystemExit(f"{cmd[0]} failed:\n{r.stderr}")
+    return {"seconds": time.perf_counter() - t}
+
+
+def report(
+    rtt: float,
+    rows: dict[str, list[dict[str, Any]]],
+    size: int,
+    names: dict[str, str],
+    refs: dict[str, str],
+    goals: dict[str, float],
+    detail: Callable[[dict[str, Any]], str],
+) -> None:
+    """One round trip's table (MiB/s per client: median, then each round; for conveyor's rows
+    ``detail`` of the first run, the median login and CPU), and conveyor's ratio to each
+    reference in ``goals`` against its goal."""
+    mib = size / MIB
+
+    def rate(r: dict[str, Any]) -> float:
+        return mib / float(r["seconds"])
+
+    print(f"{'client':<46}{'MiB/s':>7}   rounds")
+    for k, name in names.items():
+        if k in rows:
+            rs = [rate(r) for r in rows[k]]
+            extra = ""
+            if k.startswith("conveyor"):
+                extra = (
+                    f"   ({detail(rows[k][0])}; first login {statistics.median(r['login'] for r in rows[k]):.2f} s, "
+                    f"CPU {statistics.median(r['cpu'] for r in rows[k]):.2f} s)"
+                )
+            print(f"{name:<46}{statistics.median(rs):>7.1f}   {' '.join(f'{x:.1f}' for x in rs)}{extra}")
+    for ref, goal in goals.items():
+        ratios = [rate(c) / rate(r) for c, r in zip(rows["conveyor"], rows[ref], strict=True)]
+        med = statistics.median(ratios)
+        print(
+            f"{rtt:g} ms: conveyor / {refs[ref]}: {med:.2f}x (rounds {' '.join(f'{x:.2f}' for x in ratios)}); "
+            f"goal >= {goal:g}x: {'met' if med >= goal else 'NOT met'}"
+        )
 
 
 if __name__ == "__main__":

@@ -140,10 +140,33 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
     "wan": [
         ("SFTP download at 50 ms round trip, MiB/s", r"download, streams unset\s+([\d.]+)"),
         ("the same, OpenSSH `sftp`, MiB/s", r"^OpenSSH sftp get.*?\)\s+([\d.]+)"),
-        ("the same, ratio to OpenSSH `sftp`", r"^50 ms: conveyor / OpenSSH sftp: ([\d.]+)x"),
-        ("the same, ratio to rclone with 4 streams", r"^50 ms: conveyor / rclone 4 streams: ([\d.]+)x"),
-        ("at 100 ms, ratio to OpenSSH `sftp`", r"^100 ms: conveyor / OpenSSH sftp: ([\d.]+)x"),
-        ("at 100 ms, ratio to rclone with 4 streams", r"^100 ms: conveyor / rclone 4 streams: ([\d.]+)x"),
+        ("the same, ratio to OpenSSH `sftp`", r"^50 ms(?: download)?: conveyor.*? / OpenSSH sftp: ([\d.]+)x"),
+        (
+            "the same, ratio to rclone with 4 streams",
+            r"^50 ms(?: download)?: conveyor.*? / rclone 4 streams: ([\d.]+)x",
+        ),
+        ("at 100 ms, ratio to OpenSSH `sftp`", r"^100 ms(?: download)?: conveyor.*? / OpenSSH sftp: ([\d.]+)x"),
+        (
+            "at 100 ms, ratio to rclone with 4 streams",
+            r"^100 ms(?: download)?: conveyor.*? / rclone 4 streams: ([\d.]+)x",
+        ),
+        (
+            "1,000 × 16 KiB list + download at 50 ms, ratio to `sftp get -r`",
+            r"^50 ms small: conveyor Sftp.*? / OpenSSH sftp: ([\d.]+)x",
+        ),
+        ("the same, ratio to rclone `--transfers 8`", r"^50 ms small: conveyor Sftp.*? / rclone: ([\d.]+)x"),
+        (
+            "the same through `conveyor run`, ratio to `sftp get -r`",
+            r"^50 ms small: conveyor run.*? / OpenSSH sftp: ([\d.]+)x",
+        ),
+        ("the same through `conveyor run`, ratio to rclone", r"^50 ms small: conveyor run.*? / rclone: ([\d.]+)x"),
+        ("SFTP upload at 50 ms, ratio to OpenSSH `sftp`", r"^50 ms upload: .*? / OpenSSH sftp: ([\d.]+)x"),
+        ("the same, ratio to rclone", r"^50 ms upload: .*? / rclone: ([\d.]+)x"),
+        (
+            "`conveyor run` SFTP → directory at 50 ms, ratio to `sftp` + flush",
+            r"^50 ms run: .*? / OpenSSH sftp: ([\d.]+)x",
+        ),
+        ("the same, ratio to rclone 4 streams + flush", r"^50 ms run: .*? / rclone: ([\d.]+)x"),
     ],
     "flows": [
         ("1,000 sftp flows (200 instances): start to all listed, s", r"start to all flows polled, s\s+([\d.]+)"),

@@ -210,14 +210,17 @@ async def test_daemon_survives_cuts_mid_download(sftp_asyncssh_backend: SftpBack
     assert hashlib.sha256(big).hexdigest() == digest
 
 
-async def test_cut_mid_upload_then_retry_leaves_no_temp(backend: SftpBackend, tmp_path: Path) -> None:
+@pytest.mark.parametrize("streams", [1, 4])
+async def test_cut_mid_upload_then_retry_leaves_no_temp(backend: SftpBackend, tmp_path: Path, streams: int) -> None:
+    """With ``streams: 4`` the cut hits one of the sessions writing parts side by side: the try
+    fails as a whole and the next writes the whole temp file again."""
     from conveyor.payload import Body
 
     src = tmp_path / "body.bin"
-    src.write_bytes(os.urandom(12 * 1024 * 1024))
+    src.write_bytes(os.urandom(20 * 1024 * 1024))  # past 2 parts: written over several sessions
     backend.mkdir("out")
     async with TcpProxy("127.0.0.1", backend.port) as proxy:
-        inst, _ = make(backend, port=proxy.port)
+        inst, _ = make(backend, port=proxy.port, streams=streams)
         try:
             await inst.check()
             proxy.cut_after(4 * 1024 * 1024, up=True)

@@ -18,13 +18,14 @@ AUTO_STREAMS = 4
 leave the server's other users their share."""
 
 
-def streams_field(each: str) -> Any:
-    """The ``streams`` setting of a connector whose connections each do ``each``."""
+def streams_field(each: str, moved: str = "one large download is read over") -> Any:
+    """The ``streams`` setting of a connector whose connections each do ``each``; ``moved`` says
+    which transfers use it."""
     return Field(
         None,
         ge=1,
         le=16,
-        description=f"connections one large download is read over at once, each {each} (at most "
+        description=f"connections {moved} at once, each {each} (at most "
         "max_connections); unset: by size and distance, 1 below 64 MiB or on a server under 10 ms round trip, "
         "else up to 4",
     )

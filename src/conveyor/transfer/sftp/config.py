@@ -198,7 +198,7 @@ class SftpConfig(SshHostConfig, InstanceConfig):
     max_connection_attempts: int = Field(3, ge=1, description="attempts per connect before the instance is down")
     max_connections: int = Field(4, ge=1, le=64, description="SSH connections (SFTP sessions) kept to this server")
     keepalive: Duration = Field(30.0, description="SSH keepalive interval on idle connections (0: none)")
-    streams: int | None = streams_field("fetching parts of the file")
+    streams: int | None = streams_field("taking parts of the file", "one large download or upload is moved over")
 
     @field_validator("host_key_check", mode="before")
     @classmethod

@@ -7,7 +7,10 @@ asyncssh errors once, here, onto conveyor's error tree. Transfers keep several S
 outstanding, as OpenSSH's ``sftp`` does (more the longer the round trip), and write them in
 order, so a resumed download continues at ``sink.size``. A large file from a distant server is
 read over several sessions at once instead, each part written at its offset, and a resumed
-download fetches only the ranges the sink is missing.
+download fetches only the ranges the sink is missing. A large upload to a distant
+server is written the same way: parts over several sessions at their offsets into the temp
+name, then the rename. A downloaded file's handle is closed without waiting for the answer, so
+that many small files cost two round trips each (open, read) rather than three.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ class SftpInstance:
         self.pool = SftpPool(name, config, ctx.status if ctx is not None else None)
         self._noted: set[str] = set()
         """Folder links already logged about (one line per link, not one per poll)."""
+        self._closing: dict[str, asyncio.Task[None]] = {}
+        """Closes of downloaded files still awaiting the server's answer, by path."""
 
     # -- Instance ---------------------------------------------------
     async def check(self) -> str:
@@ -118,7 +123,21 @@ class SftpInstance:
 
     async def close(self) -> None:
         """Close every session."""
+        await asyncio.gather(*self._closing.values(), return_exceptions=True)
         await self.pool.close()
+
+    def _close_later(self, path: str, fh: asyncssh.SFTPClientFile) -> None:
+        """Close a downloaded file's handle without waiting for the answer: with many small files,
+        the next one need not wait a round trip for it. A remove or rename of ``path`` waits first."""
+        t = asyncio.ensure_future(_close_quietly(fh))
+        self._closing[path] = t
+        t.add_done_callback(lambda _: self._closing.get(path) is t and self._closing.pop(path))
+
+    async def _closed(self, path: str) -> None:
+        """Wait until no handle of ``path`` is open any more (servers that refuse to remove open files)."""
+        t = self._closing.get(path)
+        if t is not None:
+            await asyncio.shield(t)
 
     # -- paths and errors --------------------------------------------------
     def _abs(self, path: str) -> str:
@@ -337,20 +356,21 @@ class SftpInstance:
                     block = min(BLOCK, s.sftp.limits.max_read_len or BLOCK)
                     await self._read_into(fh, f, offset, block, sink, deadline, read_depth(s.rtt))
                 finally:
-                    await _close_quietly(fh)
+                    self._close_later(f.path, fh)
         except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
             raise self._map(e, f.path) from None
 
-    async def _streams(self, size: int) -> int:
-        """How many sessions read a file of ``size`` bytes: ``streams``, or chosen by size and
-        by the round trip of a pooled session (logging in first if there is none)."""
+    async def _streams(self, size: int, rtt: float | None = None) -> int:
+        """How many sessions move a file of ``size`` bytes: ``streams``, or chosen by size and
+        by the round trip ``rtt`` or that of a pooled session (logging in first if there is none)."""
         cap = self.config.max_connections
         if self.config.streams is not None:
             return min(self.config.streams, cap)
         if size < SEGMENT_FROM:
             return 1
-        async with self._op("") as s:
-            rtt = s.rtt
+        if rtt is None:
+            async with self._op("") as s:
+                rtt = s.rtt
         return auto_streams(size, rtt, cap)
 
     async def _download_parts(self, f: RemoteFile, sink: SpoolWriter) -> None:
@@ -496,7 +516,10 @@ class SftpInstance:
     async def upload(
         self, body: Body, path: str, *, exists: str, chmod: int | None, mtime: float | None = None
     ) -> bool:
-        """Upload under a hidden temp name in the same folder, then rename into place."""
+        """Upload under a hidden temp name in the same folder, then rename into place.
+
+        A large body for a distant server is written over several sessions at once
+        (``streams``, as for downloads), each part at its offset in the temp file."""
         key = await temp_key(body)
         try:
             async with self.pool.session() as s, asyncio.timeout(self.config.timeout) as deadline:
@@ -513,7 +536,8 @@ class SftpInstance:
                     fh = await sftp.open(tmp, "wb", block_size=0)
                     try:
                         block = min(BLOCK, sftp.limits.max_write_len or BLOCK)
-                        await self._write_from(fh, body, block, deadline)
+                        n = await self._streams(body.size, s.rtt) if body.size >= 2 * PART else 1
+                        await self._write_parts(fh, tmp, body, block, deadline, n)
                     finally:
                         await _close_quietly(fh)
                     if chmod is not None:
@@ -537,17 +561,70 @@ class SftpInstance:
         except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
             raise self._map(e, path) from None
 
-    async def _write_from(self, fh: asyncssh.SFTPClientFile, body: Body, block: int, deadline: asyncio.Timeout) -> None:
+    async def _write_parts(
+        self, fh: asyncssh.SFTPClientFile, tmp: str, body: Body, block: int, deadline: asyncio.Timeout, n: int
+    ) -> None:
+        """Write ``body`` into the open temp file ``fh`` with pipelined requests, over ``n``
+        sessions at once when ``n`` > 1: each writes whole parts at their offsets (the first on
+        ``fh``, the others on handles of their own), so that one SSH channel window per session
+        is in flight instead of one in all. Parts are read once, in order, and at most one per
+        session waits in memory."""
+        parts: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(maxsize=n)
+
+        async def feed() -> None:
+            offset = 0
+            async for chunk in body.chunks(PART if n > 1 else block * 8):
+                await parts.put((offset, chunk))
+                offset += len(chunk)
+            for _ in range(n):
+                await parts.put(None)
+
+        async def extra() -> None:
+            async with self.pool.session() as s, asyncio.timeout(self.config.timeout) as mine:
+                try:
+                    other = await s.sftp.open(tmp, asyncssh.FXF_WRITE, encoding=None, block_size=0)
+                except asyncssh.SFTPError as e:
+                    if isinstance(e, asyncssh.SFTPConnectionLost):
+                        raise
+                    # A server that lets one writer at a time have the file: the others write it all.
+                    log.info("sftp %s: a second writer was refused (%s); fewer streams", self.name, e.reason)
+                    return
+                try:
+                    await self._write_queued(other, parts, block, mine)
+                finally:
+                    await _close_quietly(other)
+
+        grown = asyncio.ensure_future(self.pool.grow(n - 1) if n > 1 else asyncio.sleep(0))
+
+        async def later() -> None:
+            await asyncio.shield(grown)  # each extra writer starts once its session is open
+            await extra()
+
+        tasks = [asyncio.ensure_future(feed()), asyncio.ensure_future(self._write_queued(fh, parts, block, deadline))]
+        tasks += [asyncio.ensure_future(later()) for _ in range(n - 1)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in [*tasks, grown]:
+                t.cancel()
+            await asyncio.gather(*tasks, grown, return_exceptions=True)
+
+    async def _write_queued(
+        self,
+        fh: asyncssh.SFTPClientFile,
+        parts: asyncio.Queue[tuple[int, bytes] | None],
+        block: int,
+        deadline: asyncio.Timeout,
+    ) -> None:
+        """One writer of :meth:`_write_parts`: parts from the queue until its end mark, pipelined."""
         loop = asyncio.get_running_loop()
         pending: deque[asyncio.Task[int]] = deque()
-        offset = 0
         try:
-            async for chunk in body.chunks(block * 8):
+            while (part := await parts.get()) is not None:
+                offset, chunk = part
                 view = memoryview(chunk)
                 for i in range(0, len(view), block):
-                    piece = bytes(view[i : i + block])
-                    pending.append(asyncio.ensure_future(fh.write(piece, offset)))
-                    offset += len(piece)
+                    pending.append(asyncio.ensure_future(fh.write(bytes(view[i : i + block]), offset + i)))
                     while len(pending) >= WRITE_WINDOW:
                         await pending.popleft()
                         deadline.reschedule(loop.time() + self.config.timeout)
@@ -586,11 +663,13 @@ class SftpInstance:
 
     async def remove(self, path: str) -> None:
         """Delete a file; one already gone is fine."""
+        await self._closed(path)
         with suppress(NotFound):
             await self._call(path, lambda sftp: sftp.remove(self._abs(path)))
 
     async def rename(self, src: str, dst: str) -> None:
         """Move a file, creating the destination folder and replacing what is there."""
+        await self._closed(src)
         async with self._op(src) as s:
             await s.sftp.makedirs(posixpath.dirname(self._abs(dst)), exist_ok=True)
             await self._replace(s, self._abs(src), self._abs(dst))

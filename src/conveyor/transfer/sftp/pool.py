@@ -2,7 +2,8 @@
 
 One SSH connection carries one SFTP session; SFTP multiplexes requests, so a session may be
 shared when all ``max_connections`` are busy (a listing and a download never deadlock each
-other). Broken sessions are dropped and the next use reconnects. Only the
+other), and is shared at once while another opens beside it: an operation waits for a login
+only when there is no session at all. Broken sessions are dropped and the next use reconnects. Only the
 ``max_connection_attempts`` loop of one connect lives here; all other retrying is the
 supervisor's.
 """
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from conveyor.status import StatusBoard
 
 log = logging.getLogger("conveyor.sftp")
+
+BESIDE_PAUSE = 30.0
+"""Seconds after a session failed to open beside busy ones before another is tried that way."""
 
 
 @dataclass
@@ -90,6 +94,8 @@ class SftpPool:
         self._connect_lock = asyncio.Lock()
         self._opening = 0
         self._stray: set[asyncio.Task[Session]] = set()
+        self._beside_after = 0.0
+        """Loop time before which no session is opened beside busy ones (one failed lately)."""
         self._closing: set[asyncio.Task[None]] = set()
         """Closes of sessions that :meth:`grow` opened for a transfer that had ended meanwhile."""
         """Extra sessions being opened by :meth:`grow`, counted against ``max_connections``."""
@@ -191,6 +197,32 @@ class SftpPool:
             else:
                 raise s
 
+    def _open_beside(self) -> None:
+        """Start opening one more session in the background (counted against ``max_connections``
+        until it is open); one that fails is left out, the work goes on with the sessions there are."""
+        self._opening += 1
+
+        async def login() -> Session:
+            async with asyncio.timeout(self.cfg.timeout * 3 * len(self._logins)):
+                return await self._connect_once()
+
+        t = asyncio.ensure_future(login())
+        self._stray.add(t)
+        t.add_done_callback(self._opened)
+
+    def _opened(self, login: asyncio.Task[Session]) -> None:
+        self._opening -= 1
+        self._stray.discard(login)
+        if login.cancelled():
+            return
+        e = login.exception()
+        if e is not None:
+            # A server that allows fewer connections than max_connections: not asked again at once.
+            self._beside_after = asyncio.get_running_loop().time() + BESIDE_PAUSE
+            log.info("sftp %s: an extra session did not open: %s", self.name, e)
+        else:
+            self._sessions.append(login.result())
+
     def _close_unwanted(self, login: asyncio.Task[Session]) -> None:
         self._stray.discard(login)
         if login.cancelled() or login.exception() is not None:
@@ -203,6 +235,12 @@ class SftpPool:
         s = self._pick(share)
         if s is not None:
             return s
+        if self._sessions:
+            # All busy, with room for more: open one beside them and share the least busy now,
+            # so that many small operations overlap instead of waiting for logins one by one.
+            if asyncio.get_running_loop().time() >= self._beside_after:
+                self._open_beside()
+            return min(self._sessions, key=lambda s: s.users)
         async with self._connect_lock:
             s = self._pick(share)  # another task may have connected while we waited
             if s is not None:
@@ -214,8 +252,8 @@ class SftpPool:
     async def close(self) -> None:
         """Close every session."""
         sessions, self._sessions = self._sessions, []
-        for s in sessions:
-            await s.close()
+        # Side by side: each close waits a round trip for the server, far away that adds up.
+        await asyncio.gather(*(s.close() for s in sessions))
         if self._stray:  # logins that a finished transfer left running: let them end, then close them
             with suppress(TimeoutError):
                 async with asyncio.timeout(self.cfg.timeout):
@@ -223,6 +261,8 @@ class SftpPool:
             await asyncio.sleep(0)  # their done-callbacks start the closes
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        late, self._sessions = self._sessions, []  # opened in the background meanwhile
+        await asyncio.gather(*(s.close() for s in late))
 
     # -- connecting --------------------------------------------------------
     async def connect(self) -> Session:
