@@ -124,10 +124,11 @@ def test_a_hundred_sftp_flows_each_get_their_file(sshd: Sshd, folders: list[Sftp
         _until(everything, 90, "every flow's file")
         for name, body in sent.items():
             assert list(bodies(out / name).values()) == [body], name
+        # A login opened beside busy sessions may still be finishing: sshd's count and the metric meet.
+        _until(lambda: sshd.logins() - logins_before == sum(_connects(port).values()), 15, "sshd's logins to match")
         connects = _connects(port)
         assert set(connects) == set(instances)
         assert max(connects.values()) <= MAX_CONNECTIONS, connects
-        assert sshd.logins() - logins_before == sum(connects.values())
     finally:
         d.stop()
 

@@ -191,8 +191,10 @@ class SftpPool:
             self._opening -= n
         for s in opened:
             if isinstance(s, Session):
+                self._attempt(True)
                 self._sessions.append(s)
             elif isinstance(s, Exception):
+                self._attempt(False)
                 log.info("sftp %s: an extra session did not open: %s", self.name, s)
             else:
                 raise s
@@ -216,6 +218,7 @@ class SftpPool:
         if login.cancelled():
             return
         e = login.exception()
+        self._attempt(e is None)
         if e is not None:
             # A server that allows fewer connections than max_connections: not asked again at once.
             self._beside_after = asyncio.get_running_loop().time() + BESIDE_PAUSE
