@@ -20,7 +20,8 @@ seconds per 1,000 messages of the consuming process, and the daemon's RSS sample
 the run (flat or growing). The daemon's rate is timed from its first delivery (interpreter
 start-up and connecting are excluded; they are printed apart). Two cores are shared with
 the broker and with other work on this machine: figures are noisy, so use ``--rounds`` to
-alternate and keep each side's best.
+alternate and keep each side's best; c against f is also printed per round (both run
+in the same round) with the median of those ratios, the steadier figure.
 
     python bench/bench_rabbitmq.py [--messages 100000] [--prefetch 100] [--max-in-flight 100] [--rounds 1]
         [--no-relay]
@@ -33,6 +34,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -282,8 +284,12 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-rabbitmq-"))
     best: dict[str, dict[str, Any]] = {}
 
+    rounds: dict[str, list[tuple[float, float]]] = {}
+    """Each side's (rate, CPU ms per message) in every round, for the per-round ratios."""
+
     def keep(name: str, seconds: float, cpu: float, extra: dict[str, Any] | None = None, msgs: int = n) -> None:
         rate = msgs / seconds
+        rounds.setdefault(name, []).append((rate, cpu / msgs * 1000))
         print(f"  {name}: {rate:,.0f} msgs/s ({cpu / msgs * 1000:.2f} CPU s per 1k msgs)", flush=True)
         if name not in best or rate > best[name]["rate"]:
             best[name] = {"rate": rate, "cpu": cpu / msgs * 1000, **(extra or {})}
@@ -374,6 +380,14 @@ async def main() -> None:
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows))
     starts = [f"{k[:1]}: {v_['startup']:.1f}s" for k, v_ in best.items() if "startup" in v_]
     print("daemon start-up to first delivery (not in the rates):", ", ".join(starts))
+    # The disk's sync time swings with other work on it: c against f of the same round, then the median.
+    c, f = rounds["c. conveyor -> directory"], rounds[PLAIN_DIR]
+    rate = [x[0] / y[0] for x, y in zip(c, f, strict=True)]
+    cpu = [x[1] / y[1] for x, y in zip(c, f, strict=True)]
+    print(f"c / f per round, msgs/s: {' '.join(f'{r:.2f}' for r in rate)}; median {statistics.median(rate):.2f}x")
+    print(
+        f"c / f per round, CPU per message: {' '.join(f'{r:.2f}' for r in cpu)}; median {statistics.median(cpu):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -63,9 +63,10 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("RabbitMQ → directory, msgs/s", r"c\. conveyor -> directory:\s+([\d,]+)"),
         ("RabbitMQ → directory, CPU s per 1,000 msgs", r"c\. conveyor -> directory:.*\(([\d.]+) CPU"),
         (
-            "RabbitMQ → directory, ratio to plain aio-pika with the same durable writes",
-            r"c\. conveyor -> directory\s+[\d,]+\s+([\d.]+)x of f",
+            "RabbitMQ → directory, ratio to plain aio-pika with the same durable writes, median of rounds",
+            r"c / f per round, msgs/s: .*median ([\d.]+)x",
         ),
+        ("the same, CPU per message, median of rounds", r"c / f per round, CPU per message: .*median ([\d.]+)x"),
         (
             "the plain consumer with those writes, CPU s per 1,000 msgs",
             r"f\. plain aio-pika consumer.*?:.*\(([\d.]+) CPU",
