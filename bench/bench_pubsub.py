@@ -1,6 +1,10 @@
 """Pub/Sub on the emulator, side by side in one run: N messages of 1 KiB pulled by
 
 1. a plain google-cloud-pubsub subscriber whose callback acks (a child process),
+1b. a plain google-cloud-pubsub subscriber that writes the files the directory target writes
+   (body and sidecar per message, temporary names, ``syncfs``, renames, ``syncfs``, a batch of
+   whatever arrived meanwhile, on one writer thread) and acks each message once its batch is
+   durable (a child process): the fair reference for 3's CPU per message,
 2. conveyor's PubsubSource alone, with an emit that acks at once (a child process): the connector's
    own cost, without the flow runtime, state store or target,
 3. conveyor's daemon (``conveyor run``) into a directory target,
@@ -24,7 +28,7 @@ inodes when it creates a file (ext4 without a journal, as on the VM the README's
 from), creating files is then several times slower for minutes: leave a few minutes between
 runs, and compare row 3 with row 5 of the same run.
 
-    python bench/bench_pubsub.py [--messages 50000] [--max-in-flight 256]
+    python bench/bench_pubsub.py [--messages 50000] [--max-in-flight 256] [--directory-only]
 """
 
 from __future__ import annotations
@@ -45,9 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers
 from tests.servers.ops import free_port
 from tests.servers.pubsub_emulator import PubsubEmulator
 
-from common import Daemon, raw_durable_writes, table, wait_until, write_config
+from common import Daemon, durable_batch, raw_durable_writes, sidecar, table, wait_until, write_config
 
 PLAIN = "plain google-cloud-pubsub subscriber (callback acks)"
+PLAIN_DIR = "plain subscriber, the same durable files, then acks"
 RAW = "no emulator: the directory target's file writes in a plain loop"
 
 
@@ -97,6 +102,60 @@ def plain_child(host: str, project: str, subscription: str, n: int) -> None:
     end = time.monotonic()
     future.cancel()
     print(json.dumps({"count": count, "first": first, "end": end, **own_usage()}))
+
+
+def plain_dir_child(host: str, project: str, subscription: str, n: int, folder: str) -> None:
+    """The fair reference for the directory target: callbacks hand messages to one writer thread,
+    which writes each batch durably and then acks its messages; prints a JSON result."""
+    import threading
+
+    os.environ["PUBSUB_EMULATOR_HOST"] = host
+    from google.cloud import pubsub_v1
+
+    out = Path(folder)
+    out.mkdir(parents=True)
+    client = pubsub_v1.SubscriberClient()
+    path = client.subscription_path(project, subscription)
+    cond = threading.Condition()
+    arrived: list[Any] = []
+    first = 0.0
+
+    def callback(message: Any) -> None:
+        nonlocal first
+        with cond:
+            if not first:
+                first = time.monotonic()
+            arrived.append(message)
+            cond.notify()
+
+    def files(batch: list[Any]) -> list[tuple[str, bytes, bytes]]:
+        made = []
+        for m in batch:
+            message = {
+                "id": m.message_id,
+                "subscription": path,
+                "attributes": dict(m.attributes),
+                "ordering_key": m.ordering_key or None,
+                "publish_time": m.publish_time.isoformat(),
+                "delivery_attempt": m.delivery_attempt,
+            }
+            made.append((m.message_id, m.data, sidecar(m.message_id, "pubsub", m.data, message)))
+        return made
+
+    future = client.subscribe(path, callback)
+    done = 0
+    while done < n:
+        with cond:
+            while not arrived:
+                cond.wait()
+            batch, arrived[:] = arrived[:], []
+        durable_batch(out, files(batch))
+        for m in batch:
+            m.ack()
+        done += len(batch)
+    end = time.monotonic()
+    future.cancel()
+    print(json.dumps({"count": done, "first": first, "end": end, **own_usage()}))
 
 
 def own_usage() -> dict[str, float]:
@@ -152,12 +211,12 @@ def source_child(host: str, project: str, subscription: str, n: int) -> None:
     print(json.dumps(asyncio.run(main())))
 
 
-def run_child(mode: str, emu: PubsubEmulator, subscription: str, n: int) -> dict[str, Any]:
+def run_child(mode: str, emu: PubsubEmulator, subscription: str, n: int, folder: str = "-") -> dict[str, Any]:
     """A child process's run; its times (CLOCK_MONOTONIC is one clock for all processes) made
     relative to the spawn."""
     spawn = time.monotonic()
     out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, emu.host, emu.project, subscription, str(n)],
+        [sys.executable, __file__, "--child", mode, emu.host, emu.project, subscription, str(n), folder],
         capture_output=True,
         text=True,
         check=True,
@@ -222,11 +281,15 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--max-in-flight", type=int, default=256)
-    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--directory-only", action="store_true", help="skip 2 and 4")
+    ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        mode, host, project, sub, n = args.child
-        (plain_child if mode == "plain" else source_child)(host, project, sub, int(n))
+        mode, host, project, sub, n, folder = args.child
+        if mode == "plain-dir":
+            plain_dir_child(host, project, sub, int(n), folder)
+        else:
+            (plain_child if mode == "plain" else source_child)(host, project, sub, int(n))
         return
     n = args.messages
     with tempfile.TemporaryDirectory(prefix="bench-pubsub-") as tmp:
@@ -234,7 +297,13 @@ def main() -> None:
         emu = PubsubEmulator(base)
         emu.start()
         try:
-            subs = {"plain": "bench-plain", "source": "bench-source", "dir": "bench-dir", "pubsub": "bench-pubsub"}
+            subs = {
+                "plain": "bench-plain",
+                "plain-dir": "bench-plain-dir",
+                "source": "bench-source",
+                "dir": "bench-dir",
+                "pubsub": "bench-pubsub",
+            }
             emu.create("bench-in")
             emu.create("bench-out")
             for s in subs.values():
@@ -253,24 +322,39 @@ def main() -> None:
             )
             results = {PLAIN: run_child("plain", emu, subs["plain"], n)}
             print("plain done", flush=True)
-            results["conveyor PubsubSource alone (emit acks)"] = run_child("source", emu, subs["source"], n)
-            print("source done", flush=True)
+            results[PLAIN_DIR] = run_child("plain-dir", emu, subs["plain-dir"], n, str(base / "plain-out"))
+            print("plain with files done", flush=True)
+            if not args.directory_only:
+                results["conveyor PubsubSource alone (emit acks)"] = run_child("source", emu, subs["source"], n)
+                print("source done", flush=True)
             results["conveyor -> directory"] = run_daemon(
                 base / "dir", emu, subs["dir"], {"type": "directory", "path": str(base / "out")}, n, args.max_in_flight
             )
             print("directory done", flush=True)
-            results["conveyor -> pubsub topic"] = run_daemon(
-                base / "ps", emu, subs["pubsub"], {"instance": "gcp", "topic": "bench-out"}, n, args.max_in_flight
-            )
-            print("pubsub done", flush=True)
+            if not args.directory_only:
+                results["conveyor -> pubsub topic"] = run_daemon(
+                    base / "ps", emu, subs["pubsub"], {"instance": "gcp", "topic": "bench-out"}, n, args.max_in_flight
+                )
+                print("pubsub done", flush=True)
             seconds, cpu = raw_durable_writes(base / "raw", n, args.max_in_flight, os.urandom(args.size))
             results[RAW] = {"count": n, "seconds": seconds, "steady": seconds, "cpu": cpu, "hwm_kib": 0}
         finally:
             emu.stop()
     ref = results[PLAIN]["count"] / results[PLAIN]["steady"]
     ref_start = results[PLAIN]["count"] / results[PLAIN]["seconds"]
+    ref_cpu = results[PLAIN_DIR]["cpu"] / results[PLAIN_DIR]["count"]
     rows: list[tuple[str, ...]] = [
-        ("run", "msgs", "steady msgs/s", "vs plain", "from start msgs/s", "vs plain", "CPU ms/msg", "peak RSS MiB")
+        (
+            "run",
+            "msgs",
+            "steady msgs/s",
+            "vs plain",
+            "from start msgs/s",
+            "vs plain",
+            "CPU ms/msg",
+            "CPU vs plain with files",
+            "peak RSS MiB",
+        )
     ]
     for name, r in results.items():
         steady, start = r["count"] / r["steady"], r["count"] / r["seconds"]
@@ -283,13 +367,15 @@ def main() -> None:
                 f"{start:.0f}",
                 f"{start / ref_start:.2f}x",
                 f"{1000 * r['cpu'] / r['count']:.2f}",
+                f"{r['cpu'] / r['count'] / ref_cpu:.2f}x",
                 f"{r['hwm_kib'] / 1024:.0f}" if r["hwm_kib"] else "-",
             )
         )
     print(table(rows))
     print(
         f"({n} messages of {args.size} B; conveyor: max_messages 1000, max_in_flight {args.max_in_flight}, "
-        "directory target with fsync; steady: first to last message; from start: from the process's spawn)"
+        "directory target with fsync; steady: first to last message; from start: from the process's spawn; "
+        "CPU: each process's own, from its spawn)"
     )
 
 

@@ -9,16 +9,22 @@ d. conveyor's daemon into a ``rabbitmq`` target (relay to another queue, confirm
 e. no broker at all: a plain Python loop writing the same files the directory target writes
    (1 KiB body and a ~600 B sidecar per message, each under a temporary name, then renamed;
    ``syncfs`` before and after the renames, batches of ``prefetch``) — the ceiling this
-   machine's disk puts on any durable directory target, printed beside c.
+   machine's disk puts on any durable directory target, printed beside c;
+f. a plain aio-pika consumer that does the directory target's durable writes (body and
+   sidecar per message, temporary names, ``syncfs``, renames, ``syncfs``, on a worker thread,
+   a batch of whatever arrived meanwhile) and acks each message after its batch is durable:
+   the fair reference for c.
 
-Each pass gets a freshly filled queue. Reported: msgs/s (c is compared with a, d with b), CPU
+Each pass gets a freshly filled queue. Reported: msgs/s (c is compared with f and a, d with b), CPU
 seconds per 1,000 messages of the consuming process, and the daemon's RSS sampled through
 the run (flat or growing). The daemon's rate is timed from its first delivery (interpreter
 start-up and connecting are excluded; they are printed apart). Two cores are shared with
 the broker and with other work on this machine: figures are noisy, so use ``--rounds`` to
-alternate and keep each side's best.
+alternate and keep each side's best; c against f is also printed per round (both run
+in the same round) with the median of those ratios, the steadier figure.
 
     python bench/bench_rabbitmq.py [--messages 100000] [--prefetch 100] [--max-in-flight 100] [--rounds 1]
+        [--no-relay]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,10 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers
 from tests.servers.ops import free_port
 from tests.servers.rabbitmq import Vhost, create_vhost, delete_vhost
 
-from common import raw_durable_writes
+from common import durable_batch, raw_durable_writes, sidecar
 
 BODY = os.urandom(1024)
 RAW = "e. no broker: the same durable file writes in a plain loop"
+PLAIN_DIR = "f. plain aio-pika consumer, durable writes, then acks"
 
 
 async def fill(v: Vhost, queue: str, n: int) -> float:
@@ -128,6 +136,55 @@ async def plain_relay(v: Vhost, queue: str, out: str, n: int, prefetch: int) -> 
         start, cpu = time.monotonic(), time.process_time()
         tag = await q.consume(relay)
         await done.wait()
+        elapsed, used = time.monotonic() - start, time.process_time() - cpu
+        await q.cancel(tag)
+        return elapsed, used
+
+
+async def plain_durable(v: Vhost, queue: str, n: int, prefetch: int, folder: Path) -> tuple[float, float]:
+    """(f) consume; write each batch durably on a worker thread; ack its messages; returns (seconds, cpu seconds)."""
+    await asyncio.to_thread(folder.mkdir, parents=True)
+    async with await aio_pika.connect(v.url) as conn:
+        ch = await conn.channel()
+        await ch.set_qos(prefetch_count=prefetch)
+        q = await ch.declare_queue(queue, passive=True)
+        arrived: list[aio_pika.abc.AbstractIncomingMessage] = []
+        wake = asyncio.Event()
+
+        async def on_message(m: aio_pika.abc.AbstractIncomingMessage) -> None:
+            arrived.append(m)
+            wake.set()
+
+        def files(batch: list[aio_pika.abc.AbstractIncomingMessage]) -> list[tuple[str, bytes, bytes]]:
+            out = []
+            for m in batch:
+                message = {
+                    "id": m.message_id,
+                    "queue": queue,
+                    "headers": m.headers,
+                    "exchange": m.exchange,
+                    "routing_key": m.routing_key,
+                    "redelivered": m.redelivered,
+                    "publish_time": None,
+                    "delivery_attempt": 1,
+                    "correlation_id": m.correlation_id,
+                    "type": m.type,
+                    "app_id": m.app_id,
+                }
+                out.append((str(m.message_id), m.body, sidecar(str(m.message_id), "rabbitmq", m.body, message)))
+            return out
+
+        got = 0
+        start, cpu = time.monotonic(), time.process_time()
+        tag = await q.consume(on_message)
+        while got < n:
+            await wake.wait()
+            wake.clear()
+            batch, arrived[:] = arrived[:], []
+            await asyncio.to_thread(durable_batch, folder, files(batch))
+            for m in batch:
+                await m.ack()
+            got += len(batch)
         elapsed, used = time.monotonic() - start, time.process_time() - cpu
         await q.cancel(tag)
         return elapsed, used
@@ -220,14 +277,19 @@ async def main() -> None:
     ap.add_argument("--prefetch", type=int, default=100)
     ap.add_argument("--max-in-flight", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--no-relay", action="store_true", help="skip b and d (the relays)")
     args = ap.parse_args()
     n, p = args.messages, args.prefetch
     v = create_vhost()
     tmp = Path(tempfile.mkdtemp(prefix="bench-rabbitmq-"))
     best: dict[str, dict[str, Any]] = {}
 
+    rounds: dict[str, list[tuple[float, float]]] = {}
+    """Each side's (rate, CPU ms per message) in every round, for the per-round ratios."""
+
     def keep(name: str, seconds: float, cpu: float, extra: dict[str, Any] | None = None, msgs: int = n) -> None:
         rate = msgs / seconds
+        rounds.setdefault(name, []).append((rate, cpu / msgs * 1000))
         print(f"  {name}: {rate:,.0f} msgs/s ({cpu / msgs * 1000:.2f} CPU s per 1k msgs)", flush=True)
         if name not in best or rate > best[name]["rate"]:
             best[name] = {"rate": rate, "cpu": cpu / msgs * 1000, **(extra or {})}
@@ -241,9 +303,16 @@ async def main() -> None:
             keep("a. plain aio-pika consume+ack", *await plain_consume(v, src, n, p))
 
             await fill(v, src, n)
-            await purge(v, out)
-            keep("b. plain aio-pika relay with confirms", *await plain_relay(v, src, out, n, p))
-            assert await count(v, out) == n
+            keep(PLAIN_DIR, *await plain_durable(v, src, n, p, tmp / "plain"))
+            files = sum(1 for e in os.scandir(tmp / "plain") if not e.name.endswith(".meta.json"))
+            assert files == n, f"{files} files written by f, expected {n}"
+            shutil.rmtree(tmp / "plain")
+
+            if not args.no_relay:
+                await fill(v, src, n)
+                await purge(v, out)
+                keep("b. plain aio-pika relay with confirms", *await plain_relay(v, src, out, n, p))
+                assert await count(v, out) == n
 
             await fill(v, src, n)
             res = run_daemon(
@@ -268,6 +337,8 @@ async def main() -> None:
             shutil.rmtree(tmp / "dir")
             keep(RAW, *raw_durable_writes(tmp / "raw", n, p, BODY))
             shutil.rmtree(tmp / "raw")
+            if args.no_relay:
+                continue
 
             await fill(v, src, n)
             await purge(v, out)
@@ -294,19 +365,29 @@ async def main() -> None:
         delete_vhost(v)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    a, b = best["a. plain aio-pika consume+ack"]["rate"], best["b. plain aio-pika relay with confirms"]["rate"]
+    a = best["a. plain aio-pika consume+ack"]["rate"]
+    b = best.get("b. plain aio-pika relay with confirms", {}).get("rate", 0.0)
     print("\nbest of", args.rounds, "round(s):")
     rows = [("side", "msgs/s", "ratio", "CPU s/1k msgs", "daemon RSS at 20% / 60% / 100%")]
-    for name, res in best.items():
-        ref = "a" if name[0] in "ce" else "b"
+    for name, res in sorted(best.items()):
+        ref = "a" if name[0] in "cef" else "b"
         ratio = "" if name[0] in "ab" else f"{res['rate'] / (a if ref == 'a' else b):.2f}x of {ref}"
-        if name[0] == "c" and RAW in best:
+        if name[0] == "c":
+            ratio = f"{res['rate'] / best[PLAIN_DIR]['rate']:.2f}x of f, " + ratio
             ratio += f", {res['rate'] / best[RAW]['rate']:.2f}x of e"
         rows.append((name, f"{res['rate']:,.0f}", ratio, f"{res['cpu']:.2f}", res.get("rss", "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows))
     starts = [f"{k[:1]}: {v_['startup']:.1f}s" for k, v_ in best.items() if "startup" in v_]
     print("daemon start-up to first delivery (not in the rates):", ", ".join(starts))
+    # The disk's sync time swings with other work on it: c against f of the same round, then the median.
+    c, f = rounds["c. conveyor -> directory"], rounds[PLAIN_DIR]
+    rate = [x[0] / y[0] for x, y in zip(c, f, strict=True)]
+    cpu = [x[1] / y[1] for x, y in zip(c, f, strict=True)]
+    print(f"c / f per round, msgs/s: {' '.join(f'{r:.2f}' for r in rate)}; median {statistics.median(rate):.2f}x")
+    print(
+        f"c / f per round, CPU per message: {' '.join(f'{r:.2f}' for r in cpu)}; median {statistics.median(cpu):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import resource
@@ -83,22 +84,45 @@ def raw_durable_writes(folder: Path, n: int, batch: int, body: bytes) -> tuple[f
     """The disk's ceiling for a directory target: the files it writes for ``n`` messages (body,
     ~600 B sidecar, temporary names, renames, ``syncfs`` before and after each batch) with
     nothing else; (seconds, CPU seconds)."""
-    from conveyor.targets.fsync import sync_folder
-
     folder.mkdir(parents=True)
     meta = json.dumps({"id": "m" * 16, "pad": "x" * 560}, indent=2).encode()
     c0, t0 = time.process_time(), time.monotonic()
     for start in range(0, n, batch):
-        ids = range(start, min(n, start + batch))
-        for i in ids:
-            (folder / f".m{i}.tmp").write_bytes(body)
-            (folder / f".m{i}.meta.tmp").write_bytes(meta)
-        sync_folder(folder)
-        for i in ids:
-            os.replace(folder / f".m{i}.tmp", folder / f"m{i}")
-            os.replace(folder / f".m{i}.meta.tmp", folder / f"m{i}.meta.json")
-        sync_folder(folder)
+        durable_batch(folder, [(f"m{i}", body, meta) for i in range(start, min(n, start + batch))])
     return time.monotonic() - t0, time.process_time() - c0
+
+
+def durable_batch(folder: Path, files: list[tuple[str, bytes, bytes]]) -> None:
+    """The directory target's flush policy for a batch of ``(name, body, sidecar)``: each file
+    written under a temporary name, ``syncfs``, the renames (body, then sidecar), ``syncfs``.
+    What a plain consumer that writes durable files does before it acks the batch."""
+    from conveyor.targets.fsync import sync_folder
+
+    for name, body, meta in files:
+        (folder / f".{name}.tmp").write_bytes(body)
+        (folder / f".{name}.meta.tmp").write_bytes(meta)
+    sync_folder(folder)
+    for name, _, _ in files:
+        os.replace(folder / f".{name}.tmp", folder / name)
+        os.replace(folder / f".{name}.meta.tmp", folder / f"{name}.meta.json")
+    sync_folder(folder)
+
+
+def sidecar(id: str, source: str, body: bytes, message: dict[str, Any]) -> bytes:
+    """A sidecar as the directory target writes one for a message (the same fields, one line of
+    JSON), built the way a plain consumer would: for the plain sides of the broker benchmarks."""
+    doc = {
+        "id": id,
+        "flow": "plain",
+        "source": {"instance": "plain", "type": source},
+        "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "size": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "name": None,
+        "file": None,
+        "message": message,
+    }
+    return json.dumps(doc).encode() + b"\n"
 
 
 def cpu_self() -> float:

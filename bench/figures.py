@@ -71,6 +71,15 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("RabbitMQ → directory, msgs/s", r"c\. conveyor -> directory:\s+([\d,]+)"),
         ("RabbitMQ → directory, CPU s per 1,000 msgs", r"c\. conveyor -> directory:.*\(([\d.]+) CPU"),
         (
+            "RabbitMQ → directory, ratio to plain aio-pika with the same durable writes, median of rounds",
+            r"c / f per round, msgs/s: .*median ([\d.]+)x",
+        ),
+        ("the same, CPU per message, median of rounds", r"c / f per round, CPU per message: .*median ([\d.]+)x"),
+        (
+            "the plain consumer with those writes, CPU s per 1,000 msgs",
+            r"f\. plain aio-pika consumer.*?:.*\(([\d.]+) CPU",
+        ),
+        (
             "RabbitMQ → RabbitMQ relay, ratio to plain aio-pika",
             r"d\. conveyor -> rabbitmq \(relay\)\s+[\d,]+\s+([\d.]+)x",
         ),
@@ -81,6 +90,14 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         (
             "Pub/Sub → directory, CPU ms per message",
             r"conveyor -> directory\s+\d+\s+\d+\s+[\d.]+x\s+\d+\s+[\d.]+x\s+([\d.]+)",
+        ),
+        (
+            "Pub/Sub → directory, CPU per message, ratio to a plain subscriber writing the same files",
+            r"conveyor -> directory\s+\d+\s+\d+\s+[\d.]+x\s+\d+\s+[\d.]+x\s+[\d.]+\s+([\d.]+)x",
+        ),
+        (
+            "that plain subscriber, CPU ms per message",
+            r"plain subscriber, the same durable files.*?\s+\d+\s+\d+\s+[\d.]+x\s+\d+\s+[\d.]+x\s+([\d.]+)",
         ),
         (
             "Pub/Sub → Pub/Sub topic, CPU ms per message",

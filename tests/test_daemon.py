@@ -6,13 +6,15 @@ import asyncio
 import hashlib
 import os
 import signal
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from conveyor.config import load_config
-from conveyor.daemon import Daemon
+from conveyor.daemon import Daemon, loop_factory
 from conveyor.flows.runner import TAIL
 from conveyor.payload import Payload
 from tests.harness import DaemonProcess, bodies, running, wait_for, write_config
@@ -351,3 +353,17 @@ async def test_sigterm_ends_the_daemon_even_when_a_flow_never_ends(tmp_path: Pat
     assert took < 10, text  # shutdown_timeout 1 s, STOP_GRACE 5 s, and room
     assert text.count("swallowed a cancellation") == 1, text  # cancelled once, not again at exit
     assert text.count("still running") == 1 and "waiting in run()" in text, text
+
+
+def test_the_daemon_runs_on_uvloop_when_installed_unless_told_not_to(monkeypatch: Any) -> None:
+    def new_event_loop() -> asyncio.AbstractEventLoop:
+        raise AssertionError("only named, not called")
+
+    monkeypatch.delenv("CONVEYOR_EVENT_LOOP", raising=False)
+    monkeypatch.setitem(sys.modules, "uvloop", types.SimpleNamespace(new_event_loop=new_event_loop))
+    assert loop_factory() is new_event_loop
+    monkeypatch.setenv("CONVEYOR_EVENT_LOOP", "asyncio")
+    assert loop_factory() is None
+    monkeypatch.delenv("CONVEYOR_EVENT_LOOP")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed: importing it fails
+    assert loop_factory() is None

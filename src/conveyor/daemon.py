@@ -101,7 +101,22 @@ def run_daemon(config: Config, once: float | None = None) -> int:
             os._exit(code)
         return code
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main())
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (``pip install 'conveyor[uvloop]'``) and the
+    environment does not say ``CONVEYOR_EVENT_LOOP=asyncio``; None for asyncio's own. Each
+    message costs the loop several wake-ups and callbacks: uvloop's are cheaper."""
+    if os.environ.get("CONVEYOR_EVENT_LOOP", "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 class Addon(Protocol):

@@ -3,7 +3,9 @@
 All SQL runs on one worker thread that owns the connection. Writes that arrive while a
 commit is under way are gathered and committed together, so a burst of 1,000 deliveries
 costs a handful of fsyncs rather than 1,000, while every caller still returns only after
-its own write is durable (``synchronous=FULL``).
+its own write is durable (``synchronous=FULL``). A batch with no durable write in it (claims,
+``settled``, releases) commits without an fsync (``synchronous=NORMAL``): the next durable
+commit's fsync of the log covers it, and a crash before that loses only what such writes may lose.
 """
 
 from __future__ import annotations
@@ -190,12 +192,19 @@ class SqliteStore:
             return
         self._loop.call_soon_threadsafe(ready.set_result, None)
         stop = False
+        synced = True  # the connection's synchronous setting is FULL
         while not stop:
             batch, stop = self._jobs.take()  # everything queued: that is the group commit
             early: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             durable: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             writes = any(j[2] != _READ for j in batch)
             if writes:
+                must_sync = any(j[2] == _DURABLE for j in batch)
+                if must_sync != synced:
+                    # Set between transactions; the log is appended in order, so a FULL commit's
+                    # fsync makes the NORMAL commits before it durable too.
+                    db.execute(f"PRAGMA synchronous={'FULL' if must_sync else 'NORMAL'}")
+                    synced = must_sync
                 db.execute("BEGIN IMMEDIATE")  # take the write lock up front: no deadlock with another writer
             for fn, fut, kind in batch:
                 try:
