@@ -10,6 +10,10 @@ meets the first one's dirty pages being flushed), and the ratio is taken per rou
 machine whole rounds are disturbed together, so the median of the per-round ratios (with its
 spread) is steadier than comparing the best of each side. CPU time per MiB (user + sys of the
 client process: curl's whole run, conveyor's transfer) is shown as a steadier secondary figure.
+
+``--cold-run`` measures instead ``conveyor run`` from its process start (fresh state, the file already
+on the server) to the durable file and its sidecar in a directory target, against curl from its
+process start through its download and an fsync of the file (``--ssl-reqd`` with the test CA for FTPS).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "bench"))
 
 MiB = 1024 * 1024
 SIZE = 1024 * MiB
@@ -110,6 +115,53 @@ def run_curl(args: list[str]) -> tuple[float, float]:
 def _spread(values: list[float], fmt: str) -> str:
     """``median [min-max]`` of ``values``."""
     return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
+def cold(rounds: int, kinds: list[str], size_mib: int, profile: bool) -> None:
+    """Cold ``conveyor run`` against curl + fsync for each of ``kinds``, interleaved rounds."""
+    from tests.servers.pyftpd import make_certs
+    from tests.servers.vsftpd import PASSWORD, USER, start_vsftpd
+
+    from common import cold_run, cold_summary, flush_seconds, print_profile, random_file
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ftp-cold-"))
+    certs = make_certs(work / "certs")
+    servers = {k: start_vsftpd("none") if k == "ftp" else start_vsftpd("explicit", certs) for k in kinds}
+    try:
+        src = random_file(work / "src.bin", size_mib)
+        for srv in servers.values():
+            (srv.root / "cold").mkdir()
+            shutil.copy(src, srv.root / "cold" / "cold.bin")
+            srv.own(srv.root / "cold")
+            srv.own(srv.root / "cold" / "cold.bin")
+        refs: dict[str, list[float]] = {k: [] for k in kinds}
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+        for rnd in range(rounds):
+            for kind, srv in servers.items():
+                tls = ["--ssl-reqd", "--cacert", str(certs.ca_file)] if kind == "ftps" else []
+                url = f"ftp://{USER}:{PASSWORD}@127.0.0.1:{srv.port}/cold/cold.bin"
+                for side in ("curl", "conveyor") if rnd % 2 == 0 else ("conveyor", "curl"):
+                    if side == "curl":
+                        out = work / "curl.out"
+                        refs[kind].append(run_curl([*tls, "-o", str(out), url])[0] + flush_seconds(out))
+                        out.unlink()
+                    else:
+                        d = work / f"cold-{kind}-{rnd}"
+                        runs[kind].append(cold_run(d, srv.config(timeout="30s"), "cold", "cold.bin", size_mib * MiB))
+                        shutil.rmtree(d)
+        print(f"load average {os.getloadavg()}; {rounds} interleaved rounds, medians")
+        for kind in kinds:
+            print("\n".join(cold_summary(kind, "curl + fsync", refs[kind], runs[kind], size_mib)))
+        if profile:
+            for kind, srv in servers.items():
+                prof = work / f"{kind}.prof"
+                cold_run(work / f"profile-{kind}", srv.config(timeout="30s"), "cold", "cold.bin", size_mib * MiB, prof)
+                print(f"--- cProfile of conveyor run, {kind}")
+                print_profile(prof)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(rounds: int, kinds: list[str], small: bool) -> None:
@@ -203,8 +255,13 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=3, help="repetitions; medians and spreads are shown")
     ap.add_argument("--only", choices=("ftp", "ftps"), help="plain FTP or FTPS alone")
     ap.add_argument("--no-small", action="store_true", help="skip the poll of small files")
+    ap.add_argument("--cold-run", action="store_true", help="time `conveyor run` from its start instead")
+    ap.add_argument("--size-mib", type=int, default=SIZE // MiB, help="with --cold-run: the file's size")
+    ap.add_argument("--profile", action="store_true", help="with --cold-run: one more run under cProfile")
     a = ap.parse_args()
-    if a.worker:
+    if a.cold_run:
+        cold(a.rounds, [a.only] if a.only else ["ftp", "ftps"], a.size_mib, a.profile)
+    elif a.worker:
         print(json.dumps(asyncio.run(_worker(a.worker, json.loads(a.config), Path(a.work)))))
     else:
         main(a.rounds, [a.only] if a.only else ["ftp", "ftps"], not a.no_small)

@@ -25,6 +25,10 @@ negotiated are printed (OpenSSH picks chacha20-poly1305 by default, conveyor aes
 in a child process so its peak RSS (ru_maxrss) is its own.
 
     python bench/bench_sftp.py [--size-mib 1024] [--rounds 3] [--idle-seconds 30] [--no-daemon]
+
+``--cold-run`` measures instead ``conveyor run`` from its process start (fresh state, the file already
+on the server) to the durable file and its sidecar in a directory target, against OpenSSH ``sftp``
+(aes128-gcm, as conveyor) from its process start through its ``get`` and an fsync of the file.
 """
 
 from __future__ import annotations
@@ -46,7 +50,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.servers
 
-from common import MIB, cpu_self, random_file, run_worker, sftp_batch, timed_download
+from common import (
+    MIB,
+    cold_run,
+    cold_summary,
+    cpu_self,
+    flush_seconds,
+    print_profile,
+    random_file,
+    run_worker,
+    sftp_batch,
+    timed_download,
+)
+
+COLD_CIPHER = "aes128-gcm@openssh.com"  # conveyor's, so both sides do the same crypto
 
 
 class _ServerCpu:
@@ -365,6 +382,42 @@ MEASURES = {
 }
 
 
+def _cold(a: argparse.Namespace, work: Path, srv: Any, key: str, inst_cfg: dict[str, Any]) -> None:
+    """Cold ``conveyor run`` against ``sftp`` + fsync, interleaved rounds (order alternating)."""
+    from tests.servers.sshd import USER
+
+    (srv.root / "cold").mkdir()
+    srv.chown(srv.root / "cold")
+    os.link(srv.root / "big.bin", srv.root / "cold" / "big.bin")
+    size = a.size_mib * MIB
+    refs: list[float] = []
+    runs: list[dict[str, Any]] = []
+    cipher = ""
+
+    def reference() -> None:
+        nonlocal cipher
+        out = work / "o.bin"
+        r = _openssh(srv.port, key, USER, f"get {srv.root}/cold/big.bin {out}\n", COLD_CIPHER)
+        refs.append(r["seconds"] + flush_seconds(out))
+        cipher = r["cipher"]
+        out.unlink()
+
+    for rnd in range(a.rounds):
+        for side in ("ref", "conveyor") if rnd % 2 == 0 else ("conveyor", "ref"):
+            if side == "ref":
+                reference()
+            else:
+                d = work / f"cold-{rnd}"
+                runs.append(cold_run(d, inst_cfg, "cold", "big.bin", size))
+                shutil.rmtree(d)
+    print(f"load average {os.getloadavg()}; OpenSSH cipher {cipher}; {a.rounds} interleaved rounds, medians")
+    print("\n".join(cold_summary("sftp", "OpenSSH sftp + fsync", refs, runs, a.size_mib)))
+    if a.profile:
+        prof = work / "cold.prof"
+        cold_run(work / "cold-profile", inst_cfg, "cold", "big.bin", size, profile=prof)
+        print_profile(prof)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -373,6 +426,8 @@ def main() -> None:
     ap.add_argument("--openssh-cipher", help="force OpenSSH's cipher (e.g. aes128-gcm@openssh.com, as conveyor's)")
     ap.add_argument("--no-daemon", action="store_true", help="skip the `conveyor run` transfer rows")
     ap.add_argument("--no-small", action="store_true", help="skip the small-file and idle measures")
+    ap.add_argument("--cold-run", action="store_true", help="time `conveyor run` from its start instead")
+    ap.add_argument("--profile", action="store_true", help="with --cold-run: one more run under cProfile")
     ap.add_argument("--worker")
     for opt in ("port", "user", "key", "fingerprint", "root", "path", "spool", "local"):
         ap.add_argument(f"--{opt}")
@@ -421,6 +476,9 @@ def main() -> None:
         src = random_file(work / "local.bin", a.size_mib)
         shutil.copy(src, srv.root / "big.bin")
         srv.chown(srv.root / "big.bin")
+        if a.cold_run:
+            _cold(a, work, srv, key, inst_cfg)
+            return
         small = srv.root / "small"
         small.mkdir()
         srv.chown(small)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -206,3 +207,76 @@ async def timed_download(inst: Any, spool: Any, path: str) -> dict[str, Any]:
     out = {"seconds": time.perf_counter() - t, "cpu": cpu_self() - c}
     body.release()
     return out
+
+
+# -- cold `conveyor run`: from the daemon's process start to the delivered file ----------------------
+COLD_GOAL = 0.9
+
+
+def flush_seconds(path: Path) -> float:
+    """Time to fsync ``path``: what a reference tool's download owes to match a durable delivery."""
+    t = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t
+
+
+def cold_run(
+    folder: Path, instance: dict[str, Any], path: str, name: str, size: int, profile: Path | None = None
+) -> dict[str, Any]:
+    """One ``conveyor run`` from a cold start (fresh state, new process) with one flow from ``path`` on
+    ``instance`` into a directory target; wall seconds from the process start until ``name`` and its
+    sidecar are in the target folder (the sidecar is renamed in after the durable body), the daemon's
+    CPU seconds and peak RSS. ``min_age: 0s``: the file is there before the daemon starts."""
+    folder.mkdir(parents=True)
+    out = folder / "out"
+    flows = {
+        "cold": {
+            "source": {"instance": "partner", "path": path, "min_age": "0s"},
+            "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+        }
+    }
+    config = write_config(folder, {"partner": instance}, flows)
+    sidecar = out / f"{name}.meta.json"
+    t = time.perf_counter()
+    daemon = Daemon(config, profile)
+    try:
+        try:
+            wait_until(lambda: sidecar.exists() or daemon.proc.poll() is not None, 30 + size / MIB, 0.002)
+        except TimeoutError:
+            sidecar = folder / "daemon.log"  # not delivered: show why below
+        seconds = time.perf_counter() - t
+        if not sidecar.name.endswith(".meta.json") or (out / name).stat().st_size != size:
+            raise SystemExit(f"conveyor run did not deliver {name}: {(folder / 'daemon.log').read_text()[-3000:]}")
+        r = {"seconds": seconds, "cpu": daemon.cpu_seconds(), "rss_mib": daemon.status("VmHWM") / 1024}
+    finally:
+        daemon.stop()
+    return r
+
+
+def cold_summary(label: str, reference: str, refs: list[float], runs: list[dict[str, Any]], mib: int) -> list[str]:
+    """Lines for one cold-run row: medians of both sides, the per-round ratio (reference time over
+    conveyor's) with its range, and the verdict against the goal."""
+    ratios = [r / c["seconds"] for r, c in zip(refs, runs, strict=True)]
+    ratio = statistics.median(ratios)
+    verdict = "met" if ratio >= COLD_GOAL else "not met"
+    conv = statistics.median(c["seconds"] for c in runs)
+    return [
+        f"cold run {label} -> directory {mib} MiB: conveyor {conv:.2f} s, {reference} {statistics.median(refs):.2f} s, "
+        f"ratio {ratio:.2f} [{min(ratios):.2f}-{max(ratios):.2f}] (goal {COLD_GOAL}: {verdict}); "
+        f"daemon CPU {statistics.median(c['cpu'] for c in runs):.2f} s, "
+        f"peak RSS {max(c['rss_mib'] for c in runs):.0f} MiB",
+        f"  rounds, s: conveyor {[round(c['seconds'], 2) for c in runs]}, {reference} {[round(r, 2) for r in refs]}",
+    ]
+
+
+def print_profile(path: Path, lines: int = 30) -> None:
+    """The functions of a cProfile run with the most cumulative time, then the most own time."""
+    import pstats
+
+    stats = pstats.Stats(str(path), stream=sys.stdout)
+    stats.sort_stats("cumulative").print_stats(lines)
+    stats.sort_stats("tottime").print_stats(lines)

@@ -135,6 +135,23 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("`conveyor run` with 100 idle SFTP flows, % of one core", r"connector only\), ([\d.]+) %"),
         ("100 idle SFTP pollers, connector alone, % of one core", r"idle pollers every 5 s: ([\d.]+) %"),
     ],
+    "sftp_cold": [
+        (
+            "`conveyor run` SFTP → directory from the daemon's start, ratio to OpenSSH `sftp` + fsync",
+            r"cold run sftp -> directory.* ratio ([\d.]+)",
+        ),
+        ("the same, conveyor's seconds (median)", r"cold run sftp -> directory.*: conveyor ([\d.]+) s"),
+    ],
+    "ftp_cold": [
+        (
+            "`conveyor run` FTP → directory from the daemon's start, ratio to curl + fsync",
+            r"cold run ftp -> directory.* ratio ([\d.]+)",
+        ),
+        (
+            "`conveyor run` FTPS → directory from the daemon's start, ratio to curl + fsync",
+            r"cold run ftps -> directory.* ratio ([\d.]+)",
+        ),
+    ],
     "reach": [
         ("SFTP 256 MiB download direct, ratio to OpenSSH `sftp`", r"^direct\s+\d+\s+\d+\s+([\d.]+)"),
         ("the same through a SOCKS5 proxy", r"^SOCKS5 proxy\s+\d+\s+\d+\s+([\d.]+)"),
