@@ -410,9 +410,13 @@ border-color:var(--btn);cursor:pointer}button.quiet{background:transparent;color
 
 SCRIPT = """
 (function(){
-  var sections=["head","instances","flows","ledger"], status=document.getElementById("live-state"), tag="";
+  var sections=["head","instances","flows","ledger"], status=document.getElementById("live-state"), tag="", busy=0;
+  // No swap right after a click or key press: it could replace the button or form being used.
+  ["pointerdown","keydown","submit"].forEach(function(t){
+    document.addEventListener(t,function(){busy=Date.now()+POLL_MS;},true);
+  });
   function tick(){
-    if(document.hidden){return;}
+    if(document.hidden||Date.now()<busy){return;}
     var headers=tag?{"If-None-Match":tag}:{};
     fetch("/page/live"+location.search,{credentials:"same-origin",cache:"no-store",headers:headers}).then(function(r){
       if(r.status===304){return {};}
@@ -420,6 +424,7 @@ SCRIPT = """
       tag=r.headers.get("ETag")||"";
       return r.json();
     }).then(function(doc){
+      if(Date.now()<busy){return;}
       sections.forEach(function(id){
         var el=document.getElementById(id);
         if(el&&doc[id]!==undefined&&el.innerHTML!==doc[id]){el.innerHTML=doc[id];}
