@@ -45,6 +45,7 @@ def write_config(path: Path, doc: dict[str, Any]) -> Path:
     doc.setdefault("state", str(base / "state.db"))
     doc.setdefault("spool_dir", str(base / "spool"))
     doc.setdefault("log", {"level": "debug", "format": "json"})
+    doc.setdefault("health", {"listen": "127.0.0.1:0"})  # a free port: a daemon on the default one may run here
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
