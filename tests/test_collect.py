@@ -84,7 +84,7 @@ async def test_rabbitmq_into_ndjson_files_on_sftp_survives_kill9(
     """RabbitMQ → collect (ndjson, 1,000 a file) → SFTP on OpenSSH, through a proxy. Once two files
     are in place the proxy stops forwarding, so the next batch's upload hangs after its manifest
     was recorded, and ``conveyor run`` is killed with SIGKILL. After the restart every message is
-    in exactly one file, the interrupted batch's file exists once under its recorded name with its
+    in exactly one file, each interrupted batch's file exists once under its recorded name with its
     recorded members, no temp file is left, and the queue is empty."""
     n, per_file = 6000, 1000
     q = rabbit_vhost.q(f"collect-{uuid.uuid4().hex[:6]}")
@@ -126,9 +126,9 @@ async def test_rabbitmq_into_ndjson_files_on_sftp_survives_kill9(
         proxy.cut()
         proxy.resume()
         interrupted = {key: json.loads(mark) for key, mark, state in manifests(db, "f") if state == 0}
-        assert len(interrupted) == 1
-        ((key, doc),) = interrupted.items()
-        assert doc["name"] not in done_files()
+        # One batch, or two: the next one fills while one is written, and may be recorded too.
+        assert 1 <= len(interrupted) <= 2, interrupted
+        assert not {doc["name"] for doc in interrupted.values()} & set(done_files())
         second = DaemonProcess(cfg).start()
         try:
 
@@ -143,10 +143,11 @@ async def test_rabbitmq_into_ndjson_files_on_sftp_survives_kill9(
     numbers = sorted(json.loads(line)["n"] for line in lines())
     assert numbers == list(range(n)), "every message exactly once across the files"
     assert len(names) == n // per_file
-    body = sftp_openssh_backend.read(f"inbox/{doc['name']}")
-    assert [json.loads(x)["n"] for x in body.splitlines()] == [int(m.removeprefix("m")) for m in doc["members"]]
+    for key, doc in interrupted.items():
+        body = sftp_openssh_backend.read(f"inbox/{doc['name']}")
+        assert [json.loads(x)["n"] for x in body.splitlines()] == [int(m.removeprefix("m")) for m in doc["members"]]
+        assert key not in {k for k, _, _ in manifests(db, "f")}, "a written batch's manifest is dropped"
     assert await ready_count(rabbit_vhost, q) == 0
-    assert key not in {k for k, _, _ in manifests(db, "f")}, "a written batch's manifest is dropped"
     async with running(cfg) as d:
         assert await d.store.counts(["f"], ["delivered"]) == {"f": {"delivered": n}}
 
