@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from conveyor.errors import Transient
-from conveyor.payload import SpoolWriter
 from tests.backends.ftp import ftp_instance
+from tests.segments import fetch
 from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
 from tests.test_ftp_vsftpd import KillingSink
 
@@ -39,19 +39,6 @@ def served(srv: Any, rel: str, size: int) -> str:
     return h.hexdigest()
 
 
-async def fetch(inst: Any, spool: Any, digest: str, w: SpoolWriter | None = None) -> SpoolWriter:
-    """Download big.bin and check its bytes on disk and its SHA-256; the writer it went through."""
-    f = await inst.stat("big.bin")
-    assert f is not None
-    w = w or spool.writer()
-    await inst.download(f, w)
-    body = w.finish()
-    assert body.size == f.size and await body.digest() == digest
-    assert hashlib.sha256(Path(str(body.path)).read_bytes()).hexdigest() == digest
-    body.release()
-    return w
-
-
 @pytest.mark.parametrize(
     ("tls", "over", "connections"),
     [
@@ -67,10 +54,10 @@ async def test_segmented_download_right_bytes_and_sha256(
     digest = served(srv, "big.bin", 70 * MIB + 4321)  # four parts, the last one short
     inst, _, spool = ftp_instance(srv.config(**over), tmp_path / "spool")
     try:
-        assert (await fetch(inst, spool, digest)).segmented
+        assert (await fetch(inst, spool.writer(), digest)).segmented
         assert inst.pool.connects == connections
         # Every part ended with the connection still usable: the next download reuses them all.
-        assert (await fetch(inst, spool, digest)).segmented
+        assert (await fetch(inst, spool.writer(), digest)).segmented
         assert inst.pool.connects == connections
     finally:
         await inst.close()
@@ -87,7 +74,7 @@ async def test_one_stream_reads_in_order_as_before(
     digest = served(srv, "big.bin", 80 * MIB)
     inst, _, spool = ftp_instance(srv.config(streams=streams, max_connections=4), tmp_path / "spool")
     try:
-        assert not (await fetch(inst, spool, digest)).segmented
+        assert not (await fetch(inst, spool.writer(), digest)).segmented
         assert inst.pool.connects == 1
     finally:
         await inst.close()
@@ -103,7 +90,7 @@ async def test_cut_mid_segment_resumes_the_missing_parts(vsftpd_factory: Any, tm
     try:
         # Once over, so that all four connections are logged in when the sessions are killed (a
         # vsftpd session killed during its login may answer in plain text inside TLS).
-        await fetch(inst, spool, digest)
+        await fetch(inst, spool.writer(), digest)
         f = await inst.stat("big.bin")
         w = KillingSink(spool, srv, after=24 * MIB)
         with pytest.raises(Transient):
@@ -111,7 +98,7 @@ async def test_cut_mid_segment_resumes_the_missing_parts(vsftpd_factory: Any, tm
         assert w.killed and w.segmented and 0 < w.size < size
         gaps = w.missing(size)  # several, or one where the sockets' buffers completed the earlier parts
         assert sum(e - s for s, e in gaps) == size - w.size
-        await fetch(inst, spool, digest, w)  # only the missing ranges, on new connections
+        await fetch(inst, w, digest)  # only the missing ranges, on new connections
         assert inst.pool.connects > 4, "the killed connections were replaced"
         assert status.instances["ftp-test"].state == "up"
     finally:

@@ -11,9 +11,10 @@ import pytest
 
 from conveyor.errors import Transient
 from conveyor.payload import Spool, SpoolWriter
-from conveyor.transfer.sftp.instance import BLOCK, MAX_WINDOW, WINDOW, SftpInstance, read_depth
+from conveyor.transfer.sftp.instance import BLOCK, MAX_WINDOW, WINDOW, read_depth
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
 from tests.backends.sftp import SftpBackend
+from tests.segments import fetch, finished
 from tests.tcp_proxy import TcpProxy
 from tests.test_sftp_faults import make, pattern_file
 
@@ -31,19 +32,6 @@ def writer(tmp_path: Path) -> SpoolWriter:
     spool = Spool(tmp_path / "spool", threshold=MIB)
     spool.prepare()
     return spool.writer()
-
-
-async def fetch(inst: SftpInstance, tmp_path: Path, digest: str) -> SpoolWriter:
-    """Download big.bin; check its bytes on disk and its SHA-256; the writer it went through."""
-    f = await inst.stat("big.bin")
-    assert f is not None
-    w = writer(tmp_path)
-    await inst.download(f, w)
-    body = w.finish()
-    assert body.size == f.size and await body.digest() == digest
-    assert hashlib.sha256(Path(str(body.path)).read_bytes()).hexdigest() == digest
-    body.release()
-    return w
 
 
 # --------------------------------------------------------------------------- the spool's positional writes
@@ -95,7 +83,7 @@ async def test_segmented_download_right_bytes_and_sha256(backend: SftpBackend, t
     digest = pattern_file(backend, "big.bin", 37 * MIB + 4321)  # parts of 8 MiB and a short last one
     inst, _ = make(backend, streams=4)
     try:
-        assert (await fetch(inst, tmp_path, digest)).segmented
+        assert (await fetch(inst, writer(tmp_path), digest)).segmented
         assert inst.pool.handshakes == 4, "read over four sessions"
     finally:
         await inst.close()
@@ -106,7 +94,7 @@ async def test_streams_bounded_by_max_connections(sftp_openssh_backend: SftpBack
     digest = pattern_file(b, "big.bin", 30 * MIB)
     inst, _ = make(b, streams=8, max_connections=2)
     try:
-        assert (await fetch(inst, tmp_path, digest)).segmented
+        assert (await fetch(inst, writer(tmp_path), digest)).segmented
         assert inst.pool.handshakes == 2
     finally:
         await inst.close()
@@ -116,7 +104,7 @@ async def test_one_stream_reads_in_order_as_before(backend: SftpBackend, tmp_pat
     digest = pattern_file(backend, "big.bin", 30 * MIB)
     inst, _ = make(backend, streams=1)
     try:
-        assert not (await fetch(inst, tmp_path, digest)).segmented
+        assert not (await fetch(inst, writer(tmp_path), digest)).segmented
         assert inst.pool.handshakes == 1
     finally:
         await inst.close()
@@ -140,10 +128,7 @@ async def test_cut_mid_segment_resumes_the_missing_parts(backend: SftpBackend, t
             before = proxy.bytes_down
             await inst.download(f, w)  # only the missing ranges, on new sessions
             assert proxy.bytes_down - before < missing + 2 * MIB, "only the rest was fetched"
-            body = w.finish()
-            assert body.size == size and await body.digest() == digest
-            assert hashlib.sha256(Path(str(body.path)).read_bytes()).hexdigest() == digest
-            body.release()
+            await finished(w, size, digest)
         finally:
             await inst.close()
     assert board.instances["partner"].state == "up"
