@@ -80,6 +80,21 @@ async def test_one_stream_reads_in_order_as_before(
         await inst.close()
 
 
+@pytest.mark.parametrize("tls", ["none", "explicit"])
+async def test_segmented_download_in_active_mode(vsftpd_factory: Any, tmp_path: Path, tls: str) -> None:
+    """Active mode (``passive: false``): every part's data channel is one the server opens back to
+    a port of its own (PORT, then REST and RETR); passive mode is off at the server, so only active
+    transfers can work."""
+    srv = vsftpd_factory(tls, extra={"pasv_enable": "NO"})
+    digest = served(srv, "big.bin", 50 * MIB + 77)
+    inst, _, spool = ftp_instance(srv.config(passive=False, streams=4, max_connections=4), tmp_path / "spool")
+    try:
+        assert (await fetch(inst, spool.writer(), digest)).segmented
+        assert inst.pool.connects == 4
+    finally:
+        await inst.close()
+
+
 @pytest.mark.fault
 @pytest.mark.parametrize("tls", ["none", "explicit"])
 async def test_cut_mid_segment_resumes_the_missing_parts(vsftpd_factory: Any, tmp_path: Path, tls: str) -> None:
