@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from conveyor.payload import Body, Payload, Spool
 from conveyor.status import StatusBoard
 from conveyor.targets.directory.config import DirectoryTargetConfig
 from conveyor.targets.directory.target import DirectoryTarget
+from conveyor.targets.directory.writer import THREADS
 from conveyor.targets.upload import UploadTarget
 from conveyor.transfer.local.config import LocalConfig
 from conveyor.transfer.local.instance import LocalInstance
@@ -64,6 +67,31 @@ async def test_exists_policy_for_a_different_payload(tmp_path: Path) -> None:
     replace = DirectoryTarget("f", cfg.model_copy(update={"exists": "replace"}))
     await replace.deliver(payload("two", b"2"))
     assert (tmp_path / "x.csv").read_bytes() == b"2"
+
+
+async def test_many_folders_share_a_bounded_pool_of_writer_threads(tmp_path: Path) -> None:
+    """200 directory targets, three small bodies each under one name: all delivered, the last one
+    given to each folder is the one left there (its jobs kept their order), and the writer threads
+    number no more than the pool's, not one per folder; they end once the targets are closed."""
+    before = threading.active_count()
+    cfg = DirectoryTargetConfig(type="directory", path=str(tmp_path), filename="{name}", exists="replace")
+    targets = [DirectoryTarget(f"f{i}", cfg.model_copy(update={"path": str(tmp_path / f"d{i}")})) for i in range(200)]
+    try:
+        await asyncio.gather(
+            *(t.deliver(payload(f"p{j}", f"{i}-{j}".encode())) for j in range(3) for i, t in enumerate(targets))
+        )
+        assert threading.active_count() - before <= THREADS
+    finally:
+        for t in targets:
+            await t.close()
+    for i in range(200):
+        assert (tmp_path / f"d{i}" / "x.csv").read_bytes() == f"{i}-2".encode()
+        assert json.loads((tmp_path / f"d{i}" / "x.csv.meta.json").read_text())["id"] == "p2"
+    for _ in range(200):
+        if threading.active_count() <= before:
+            break
+        await asyncio.sleep(0.01)
+    assert threading.active_count() <= before, "the writer threads ended"
 
 
 async def test_spooled_body_is_linked_not_copied(tmp_path: Path) -> None:

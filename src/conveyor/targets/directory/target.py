@@ -298,7 +298,7 @@ class DirectoryTarget:
     async def _deliver(self, payload: Payload) -> None:
         job = _Job(self, payload, self.file_name(payload), self.folder_for(payload))
         if payload.body.in_memory:
-            # Small bodies: one batched round trip to the folder's writer thread.
+            # Small bodies: one batched round trip to the folder's thread of the shared writer pool.
             if self._writer is None:
                 self._writer = BatchWriter(self.folder.name, self._folder.sync if self.config.fsync else None)
             await self._writer.run(job.stage)
@@ -331,7 +331,7 @@ class DirectoryTarget:
         return await asyncio.to_thread(writable_folder, self.folder)
 
     async def close(self) -> None:
-        """Stop the writer thread; the folder's descriptor closes once nothing uses it."""
+        """Leave the writer pool; the folder's descriptor closes once nothing uses it."""
         if self._writer is not None:
             self._writer.close()
         self._folder.close()
