@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conveyor.brokers.pubsub.config import PubsubConfig, PubsubTargetConfig
-from conveyor.brokers.pubsub.instance import PubsubInstance
+from conveyor.brokers.pubsub.instance import MAX_MESSAGE, PubsubInstance, build_attributes, fits
 from conveyor.errors import NotFound, Rejected
 from conveyor.interfaces import Context
 from conveyor.payload import Body, Payload, Spool
@@ -110,6 +110,54 @@ async def test_too_big_is_rejected(pubsub_emulator: PubsubEmulator, tmp_path: Pa
     os.truncate(big, 10_000_001)  # sparse: no 10 MB written
     with pytest.raises(Rejected, match="message limit"):
         await target.deliver(payload(1, body=Body.from_file(big, owned=False)))
+    await inst.close()
+
+
+@pytest.mark.parametrize("ordering_key", [None, "{stem}"])
+async def test_over_the_limit_with_its_attributes_is_rejected(
+    pubsub_emulator: PubsubEmulator, tmp_path: Path, ordering_key: str | None
+) -> None:
+    """Pub/Sub's limit is on the whole publish (body, attributes, ordering key): a body just under
+    it whose attributes take it over fails that payload, naming the limit, and is not retried;
+    the next payload goes through, and so does a body that fits with its attributes."""
+    emu = pubsub_emulator
+    topic, sub = unique("topic"), unique("sub")
+    emu.create(topic, sub)
+    inst = instance(emu, tmp_path)
+    target = inst.target("relay", PubsubTargetConfig(instance="out", topic=topic, ordering_key=ordering_key))
+    with pytest.raises(Rejected, match="with their attributes exceed Pub/Sub's 10000000-byte message limit"):
+        await target.deliver(payload(1, body=Body.from_bytes(b"x" * (MAX_MESSAGE - 100))))
+    await target.deliver(payload(2))
+    await target.deliver(payload(3, body=Body.from_bytes(b"y" * (MAX_MESSAGE - 10_000))))
+    msgs = {m.attributes["conveyor_id"]: m for m in pull_all(emu, sub, 2)}
+    assert sorted(msgs) == ["id-2", "id-3"]
+    assert msgs["id-2"].data == b"payload 2" and len(msgs["id-3"].data) == MAX_MESSAGE - 10_000
+    assert inst.ctx.status.instances["out"].state == "up"
+    await target.close()
+    await inst.close()
+
+
+async def test_a_body_right_at_the_limit_is_delivered(pubsub_emulator: PubsubEmulator, tmp_path: Path) -> None:
+    """The largest body whose publish is counted at the limit goes through the client and the
+    emulator whole; one byte more is refused before it is sent."""
+    emu = pubsub_emulator
+    topic, sub = unique("topic"), unique("sub")
+    emu.create(topic, sub, enable_message_ordering=True)
+    inst = instance(emu, tmp_path)
+    target = inst.target("relay", PubsubTargetConfig(instance="out", topic=topic, ordering_key="{stem}"))
+    probe = payload(4, body=Body.from_bytes(b"z" * (MAX_MESSAGE - 5000)))
+    attrs = build_attributes(probe, await probe.metadata(), {})  # as long for every size below
+    low, high = MAX_MESSAGE - 5000, MAX_MESSAGE
+    while high - low > 1:  # the largest body that fits: low
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(target.topic, b"z" * mid, "ORD_4", attrs) else (low, mid)
+    assert MAX_MESSAGE - 5000 < low < MAX_MESSAGE - len("".join([*attrs, *attrs.values()]))
+    await target.deliver(payload(4, body=Body.from_bytes(b"z" * low)))
+    with pytest.raises(Rejected, match="exceed Pub/Sub's 10000000-byte message limit"):
+        await target.deliver(payload(4, body=Body.from_bytes(b"z" * (low + 1))))
+    [m] = pull_all(emu, sub, 1)
+    assert len(m.data) == low and m.attributes["conveyor_id"] == "id-4"
+    await target.close()
     await inst.close()
 
 

@@ -152,12 +152,12 @@ class PubsubEmulator:
         return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel), **kw)
 
     def subscriber(self) -> Any:
-        """A plain ``SubscriberClient`` on this emulator."""
+        """A plain ``SubscriberClient`` on this emulator (it reads messages up to Pub/Sub's limit)."""
         import grpc
         from google.cloud import pubsub_v1
         from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
-        channel = grpc.insecure_channel(self.host)
+        channel = grpc.insecure_channel(self.host, options=[("grpc.max_receive_message_length", -1)])
         return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
 
     def create(self, topic: str, subscription: str | None = None, **sub_fields: Any) -> None:

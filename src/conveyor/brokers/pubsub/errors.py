@@ -7,6 +7,7 @@ import concurrent.futures
 
 import google.auth.exceptions
 from google.api_core import exceptions as gexc
+from google.cloud.pubsub_v1.publisher.exceptions import MessageTooLargeError
 
 from conveyor.errors import AuthError, ConveyorError, NotFound, Permanent, Rejected, Transient
 from conveyor.redact import redact
@@ -27,6 +28,9 @@ def map_error(name: str, e: BaseException, *, path: str | None = None, publishin
         return AuthError(f"permission denied: {msg}", instance=name, path=path)
     if isinstance(e, gexc.Unauthenticated | gexc.Unauthorized):
         return AuthError(f"credentials refused: {msg}", instance=name, path=path)
+    if isinstance(e, MessageTooLargeError):
+        # The client refuses a publish over Pub/Sub's request limit before sending: no retry helps.
+        return Rejected(f"too large: {msg}", instance=name, path=path)
     if isinstance(e, gexc.InvalidArgument | gexc.FailedPrecondition):
         cls = Rejected if publishing else Permanent
         return cls(f"refused: {msg}", instance=name, path=path)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped]
 from google.cloud import pubsub_v1
+from google.pubsub_v1 import types as gapic_types
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
@@ -230,6 +231,12 @@ class PubsubTarget:
         extra = {k: v.format_map(ctx) for k, v in self.cfg.attributes.items()}
         traces.inject(extra)  # this delivery's traceparent, in place of one the message came with
         attrs = build_attributes(payload, meta, extra)
+        if not fits(self.topic, data, key, attrs):
+            raise Rejected(
+                f"{len(data)} bytes with their attributes exceed Pub/Sub's {MAX_MESSAGE}-byte message limit",
+                instance=inst.name,
+                path=self.topic,
+            )
         timeout = self.cfg.timeout or inst.config.timeout
         try:
             future = client.publish(self.topic, data, ordering_key=key, timeout=timeout, **attrs)
@@ -266,6 +273,20 @@ class PubsubTarget:
             if client in self.instance._publishers:
                 self.instance._publishers.remove(client)
             await asyncio.to_thread(_stop_publisher, client)
+
+
+def fits(topic: str, data: bytes, key: str, attrs: dict[str, str]) -> bool:
+    """Whether a publish of this one message stays within :data:`MAX_MESSAGE`: Pub/Sub (and its
+    client, which refuses it before sending) counts the whole request, the body with its
+    attributes, ordering key and topic."""
+    texts = [topic, key, *attrs, *attrs.values()]
+    # Each field adds its bytes and at most 8 of tag and length; the exact size (which builds the
+    # request, copying the body) is worked out only for a message that may be near the limit.
+    if len(data) + sum(len(t.encode()) for t in texts) + 8 * (len(texts) + 4) <= MAX_MESSAGE:
+        return True
+    msg = gapic_types.PubsubMessage(data=data, ordering_key=key, attributes=attrs)
+    request = gapic_types.PublishRequest(topic=topic, messages=[msg])
+    return int(gapic_types.PublishRequest.pb(request).ByteSize()) <= MAX_MESSAGE
 
 
 def _read(path: Any) -> bytes:
@@ -328,4 +349,4 @@ def _fits(key: str, value: str) -> bool:
     return 0 < len(key.encode()) <= 256 and len(value.encode()) <= MAX_ATTRIBUTE_VALUE
 
 
-__all__ = ["PubsubInstance", "PubsubTarget", "build_attributes", "template_context"]
+__all__ = ["PubsubInstance", "PubsubTarget", "build_attributes", "fits", "template_context"]
