@@ -187,6 +187,24 @@ async def test_check_connect_prints_every_hop(sshd: Sshd, jump_sshd: Sshd, proxy
     assert f"3. conveyor-test@127.0.0.1:{sshd.port}: FAILED (above)" in text
 
 
+async def test_check_connect_says_which_side_of_the_proxy_failed(
+    sshd: Sshd, proxy_factory: Any, tmp_path: Path
+) -> None:
+    proxy = proxy_factory("socks5")
+    inst = sshd.instance_config(proxy=proxy.url(), host_fingerprint=WRONG)
+    rc, lines = await check(write_config(tmp_path, {"partner": inst}, {}))
+    text = "\n".join(lines)
+    assert rc == 2, lines
+    assert f"1. proxy {proxy.shown}: reached 127.0.0.1:{sshd.port} through it" in text  # the server said no
+    assert f"2. conveyor-test@127.0.0.1:{sshd.port}: FAILED (above)" in text
+
+    proxy.stop()  # now the proxy itself: nothing was reached through it
+    rc, lines = await check(write_config(tmp_path, {"partner": inst}, {}))
+    text = "\n".join(lines)
+    assert rc == 2, lines
+    assert f"1. proxy {proxy.shown}: FAILED (above)" in text and "through it" not in text, text
+
+
 # -- config ---------------------------------------------------------------------------------
 def _load(tmp_path: Path, instance: dict[str, Any]) -> list[str]:
     try:

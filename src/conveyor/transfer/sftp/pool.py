@@ -176,7 +176,7 @@ class SftpPool:
         if n <= 0 or not self._sessions:
             return
         self._opening += n
-        logins = [asyncio.ensure_future(self._connect_once()) for _ in range(n)]
+        logins = [asyncio.ensure_future(self._beside_login()) for _ in range(n)]
         try:
             # Shielded: a login cut short by cancelling would leave its socket open; one that the
             # transfer no longer waits for finishes and is closed.
@@ -191,24 +191,15 @@ class SftpPool:
             self._opening -= n
         for s in opened:
             if isinstance(s, Session):
-                self._attempt(True)
                 self._sessions.append(s)
-            elif isinstance(s, Exception):
-                self._attempt(False)
-                log.info("sftp %s: an extra session did not open: %s", self.name, s)
-            else:
+            elif not isinstance(s, Exception):
                 raise s
 
     def _open_beside(self) -> None:
         """Start opening one more session in the background (counted against ``max_connections``
         until it is open); one that fails is left out, the work goes on with the sessions there are."""
         self._opening += 1
-
-        async def login() -> Session:
-            async with asyncio.timeout(self.cfg.timeout * 3 * len(self._logins)):
-                return await self._connect_once()
-
-        t = asyncio.ensure_future(login())
+        t = asyncio.ensure_future(self._beside_login())
         self._stray.add(t)
         t.add_done_callback(self._opened)
 
@@ -217,14 +208,25 @@ class SftpPool:
         self._stray.discard(login)
         if login.cancelled():
             return
-        e = login.exception()
-        self._attempt(e is None)
-        if e is not None:
+        if login.exception() is not None:
             # A server that allows fewer connections than max_connections: not asked again at once.
             self._beside_after = asyncio.get_running_loop().time() + BESIDE_PAUSE
-            log.info("sftp %s: an extra session did not open: %s", self.name, e)
         else:
             self._sessions.append(login.result())
+
+    async def _beside_login(self) -> Session:
+        """One login beside live sessions (for :meth:`grow` and :meth:`_open_beside`), outside the
+        retrying :meth:`connect`: bounded like one of its attempts and counted as a connect
+        attempt; a failure is logged and raised, and leaves the instance's up/down state alone."""
+        try:
+            async with asyncio.timeout(self._login_limit):
+                s = await self._connect_once()
+        except Exception as e:
+            self._attempt(False)
+            log.info("sftp %s: an extra session did not open: %s", self.name, e)
+            raise
+        self._attempt(True)
+        return s
 
     def _close_unwanted(self, login: asyncio.Task[Session]) -> None:
         self._stray.discard(login)
@@ -279,9 +281,7 @@ class SftpPool:
             nonlocal tried
             tried += 1
             try:
-                async with asyncio.timeout(
-                    self.cfg.timeout * 3 * len(self._logins)
-                ):  # probe, handshakes, login per hop
+                async with asyncio.timeout(self._login_limit):
                     return await self._connect_once()
             except TimeoutError:
                 error = Transient(f"connection to {self.cfg.describe()} timed out", instance=self.name)
@@ -307,6 +307,11 @@ class SftpPool:
             self.status.instance_state(self.name, "up", identity=f"{s.keytype} {s.fingerprint}")
         return s
 
+    @property
+    def _login_limit(self) -> float:
+        """Seconds one connect may take: a probe, a handshake and a login per hop."""
+        return self.cfg.timeout * 3 * len(self._logins)
+
     def _attempt(self, ok: bool) -> None:
         if self.status is not None:
             self.status.connect_attempt(self.name, ok)
@@ -324,19 +329,21 @@ class SftpPool:
         self.hop_lines = []
         try:
             for login in self._logins:
+                error: BaseException | None = None
                 try:
                     done = await login.login(route)
                 except BaseException as e:
-                    said = e.message if isinstance(e, ConveyorError) else str(e)
-                    if route.proxy is not None and not said.startswith(f"proxy {route.proxy}"):
-                        self.hop_lines.append(f"proxy {route.proxy}: reached {login.cfg.address} through it")
+                    error = e
+                said = "" if error is None else error.message if isinstance(error, ConveyorError) else str(error)
+                if route.proxy is not None and not said.startswith(f"proxy {route.proxy}"):
+                    # The proxy carried the connection, unless it is the proxy that said no.
+                    self.hop_lines.append(f"proxy {route.proxy}: reached {login.cfg.address} through it")
+                if error is not None:
                     failed = (
                         f"proxy {route.proxy}" if route.proxy is not None and not self.hop_lines else login.describe()
                     )
                     self.hop_lines.append(f"{failed}: FAILED (above)")
-                    raise
-                if route.proxy is not None:
-                    self.hop_lines.append(f"proxy {route.proxy}: reached {login.cfg.address} through it")
+                    raise error
                 self.hop_lines.append(
                     f"{login.describe()}: host key {done.keytype} {done.fingerprint} {login.verified_by()}; logged in"
                 )
