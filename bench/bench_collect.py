@@ -9,8 +9,8 @@ Each round fills two queues with the same messages (about 120 bytes of JSON each
 side drains its own queue into a folder of its own, both with a prefetch of two files' worth
 (one file filling while the other is written). The rate is taken from the first file's rename
 to the last one's (the daemon's start-up and login are not in it): messages in the files after
-the first, per second. The plain loop acks a file's messages with one multiple-ack (conveyor
-acks each message); conveyor writes no sidecar here, the loop none. Rounds alternate; the
+the first, per second. Both sides ack a file's messages with one multiple-ack; conveyor writes
+no sidecar here, the loop none. Rounds alternate; the
 medians are printed, with the daemon's CPU seconds per 1,000 messages.
 """
 

@@ -214,6 +214,62 @@ async def test_csv_with_header_concat_and_max_wait_into_a_folder(rabbit_vhost: V
         assert await ready_count(rabbit_vhost, q) == 0
 
 
+async def test_a_batch_the_target_refuses_is_retried_then_written_once(rabbit_vhost: Vhost, tmp_path: Path) -> None:
+    """A batch whose file cannot be written: each try is recorded against every message, the
+    messages go back to the queue and come again as one batch, written once the target takes it;
+    where max_attempts is used up, every message of the batch fails (rejected)."""
+    q, once = rabbit_vhost.q(f"retry-{uuid.uuid4().hex[:6]}"), rabbit_vhost.q(f"once-{uuid.uuid4().hex[:6]}")
+    await declare(rabbit_vhost, q)
+    await declare(rabbit_vhost, once)
+    blocked = tmp_path / "out"
+    blocked.write_text("a file where the folder should be")
+    collect = {"collect": {"format": "ndjson", "max_messages": 5, "max_wait": "300ms"}}
+    retry = {"attempts": 2, "backoff": "50ms", "max_backoff": "50ms"}
+    flows = {
+        "retry": {
+            "source": {**rabbit_source(q, 100), "max_attempts": 100},
+            "retry": retry,
+            "steps": [collect],
+            "target": {"type": "directory", "path": str(blocked / "a"), "filename": "{name}"},
+        },
+        "once": {
+            "source": {**rabbit_source(once, 100), "max_attempts": 1},
+            "retry": retry,
+            "steps": [collect],
+            "target": {"type": "directory", "path": str(blocked / "b"), "filename": "{name}"},
+        },
+    }
+    cfg = write_config(tmp_path, {"mq": rabbit_vhost.instance_config()}, flows)
+    await publish_numbered(rabbit_vhost, q, 0, 5)
+    await publish_numbered(rabbit_vhost, once, 100, 3)
+    async with running(cfg) as d:
+
+        async def tried_twice() -> bool:
+            items = await d.store.get_many("retry", [f"m{i}" for i in range(5)])
+            return len(items) == 5 and all(i.attempts >= 2 and i.last_error for i in items.values())
+
+        await wait_for(tried_twice, 30)
+
+        async def failed() -> list[Any] | None:
+            rows = await d.store.list("once", "failed")
+            return rows if len(rows) == 3 else None
+
+        assert {r.id for r in await wait_for(failed, 30)} == {"m100", "m101", "m102"}
+        blocked.unlink()
+        got = await wait_for(lambda: files_in(blocked / "a") or None, 30)
+
+        async def settled() -> bool:
+            items = await d.store.get_many("retry", [f"m{i}" for i in range(5)])
+            return all(i.state == "delivered" and i.settled for i in items.values())
+
+        await wait_for(settled, 30)
+    ((_, body),) = got.items()
+    assert sorted(json.loads(line)["n"] for line in body.splitlines()) == [0, 1, 2, 3, 4]
+    assert manifests(tmp_path / "state.db", "retry") == [], "a written batch's manifest is dropped"
+    assert await ready_count(rabbit_vhost, q) == 0 and await ready_count(rabbit_vhost, once) == 0
+    assert not files_in(blocked / "b")
+
+
 async def test_pubsub_into_a_folder(pubsub_backend: PubsubBackend, tmp_path: Path) -> None:
     """Pub/Sub emulator → collect (ndjson, 10 a file) → a folder: every message once, all acked."""
     out = tmp_path / "out"
