@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from conveyor.config.steps import Collect, check_collect_name
-from conveyor.errors import Permanent
+from conveyor.errors import Permanent, Transient
 from conveyor.payload.body import Body
 from conveyor.payload.payload import Payload, stable_id
 from conveyor.payload.spool import Spool
@@ -207,6 +207,10 @@ class Collector:
         if self.written(payload.id):
             return  # its batch's file is in place already: only its ack was lost
         record = await self._record(payload)
+        if self._hooks is not None:
+            # Taken in batches, a message comes this way only when its file is in place; one whose
+            # manifest went meanwhile goes back to the broker and joins a batch when it comes again.
+            raise Transient(f"steps[{self.index}] collect: the message is taken again in a batch")
         batch = self._join(payload, record)
         if self._full(batch):
             self._write(batch)
@@ -327,7 +331,7 @@ class Collector:
                 claimed = await hooks.claim(batch.members)
                 for id in [i for i in batch.records if i not in claimed]:  # settled without the file
                     batch.size -= len(batch.records.pop(id))
-                    del batch.members[id]
+                    batch.members.pop(id, None)
                 if not batch.records:
                     return
             members = tuple(m for m in batch.expected if m in batch.records) if batch.expected else tuple(batch.records)
