@@ -17,6 +17,8 @@ import pytest
 
 from conveyor.config import load_config
 from conveyor.errors import ConfigError
+from conveyor.state import open_store
+from conveyor.state.base import Progress
 from conveyor.steps.collect import TARGET_KEY
 from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
 from tests.backends.sftp import SftpBackend, sftp_openssh_backend, sshd
@@ -268,6 +270,43 @@ async def test_a_batch_the_target_refuses_is_retried_then_written_once(rabbit_vh
     assert manifests(tmp_path / "state.db", "retry") == [], "a written batch's manifest is dropped"
     assert await ready_count(rabbit_vhost, q) == 0 and await ready_count(rabbit_vhost, once) == 0
     assert not files_in(blocked / "b")
+
+
+async def test_messages_of_a_written_batch_are_acked_without_a_second_file(rabbit_vhost: Vhost, tmp_path: Path) -> None:
+    """The state a crash leaves between a batch's manifest marked written and its messages'
+    acks: when they come back they are recorded delivered and acked, no file written for them;
+    the manifest goes once the ledger has them all, and new messages form batches as usual."""
+    q = rabbit_vhost.q(f"written-{uuid.uuid4().hex[:6]}")
+    await declare(rabbit_vhost, q)
+    out = tmp_path / "out"
+    flow = {
+        "source": rabbit_source(q, 100),
+        "steps": [{"collect": {"format": "ndjson", "max_messages": 5, "max_wait": "300ms"}}],
+        "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+    }
+    cfg = write_config(tmp_path, {"mq": rabbit_vhost.instance_config()}, {"f": flow})
+    store = open_store(str(tmp_path / "state.db"), "earlier")
+    await store.open()
+    members = [f"m{i}" for i in range(5)]
+    mark = json.dumps({"name": "f-earlier.ndjson", "members": members})
+    await store.set_progress("f", "earlier-batch", TARGET_KEY, Progress(mark, 1))
+    await store.close()
+    await publish_numbered(rabbit_vhost, q, 0, 5)
+    async with running(cfg) as d:
+
+        async def delivered(ids: list[str]) -> bool:
+            items = await d.store.get_many("f", ids)
+            return len(items) == len(ids) and all(i.state == "delivered" and i.settled for i in items.values())
+
+        await wait_for(lambda: delivered(members), 30)
+        assert await ready_count(rabbit_vhost, q) == 0
+        assert not files_in(out), "no file for a batch whose file is in place"
+        await publish_numbered(rabbit_vhost, q, 5, 5)
+        got = await wait_for(lambda: files_in(out) or None, 30)
+        await wait_for(lambda: delivered([f"m{i}" for i in range(5, 10)]), 30)
+    ((_, body),) = got.items()
+    assert [json.loads(line)["n"] for line in body.splitlines()] == [5, 6, 7, 8, 9]
+    assert manifests(tmp_path / "state.db", "f") == []
 
 
 async def test_pubsub_into_a_folder(pubsub_backend: PubsubBackend, tmp_path: Path) -> None:
