@@ -23,6 +23,7 @@ from conveyor.steps.collect import TARGET_KEY
 from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
 from tests.backends.sftp import SftpBackend, sftp_openssh_backend, sshd
 from tests.harness import DaemonProcess, running, wait_for, write_config
+from tests.servers.postgres import pg_url
 from tests.servers.rabbitmq import (
     Vhost,
     declare,
@@ -32,7 +33,7 @@ from tests.servers.rabbitmq import (
 )
 from tests.tcp_proxy import TcpProxy
 
-__all__ = ["pubsub_backend", "pubsub_emulator", "sftp_openssh_backend", "sshd"]
+__all__ = ["pg_url", "pubsub_backend", "pubsub_emulator", "sftp_openssh_backend", "sshd"]
 
 
 def rabbit_source(queue: str, prefetch: int = 1000) -> dict[str, Any]:
@@ -272,19 +273,30 @@ async def test_a_batch_the_target_refuses_is_retried_then_written_once(rabbit_vh
     assert not files_in(blocked / "b")
 
 
+async def folder_flow(v: Vhost, tmp_path: Path, prefix: str, max_messages: int, **top: Any) -> tuple[str, Path, Path]:
+    """A fresh queue, collected as ndjson into a folder by flow "f": (queue, folder, config)."""
+    q = v.q(f"{prefix}-{uuid.uuid4().hex[:6]}")
+    await declare(v, q)
+    out = tmp_path / "out"
+    flow = {
+        "source": rabbit_source(q, 2 * max_messages),
+        "steps": [{"collect": {"format": "ndjson", "max_messages": max_messages, "max_wait": "500ms"}}],
+        "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+    }
+    return q, out, write_config(tmp_path, {"mq": v.instance_config()}, {"f": flow}, **top)
+
+
+async def all_settled(store: Any, ids: list[str]) -> bool:
+    """Whether flow "f" has each of ``ids`` delivered and settled."""
+    items = await store.get_many("f", ids)
+    return len(items) == len(ids) and all(i.state == "delivered" and i.settled for i in items.values())
+
+
 async def test_messages_of_a_written_batch_are_acked_without_a_second_file(rabbit_vhost: Vhost, tmp_path: Path) -> None:
     """The state a crash leaves between a batch's manifest marked written and its messages'
     acks: when they come back they are recorded delivered and acked, no file written for them;
     the manifest goes once the ledger has them all, and new messages form batches as usual."""
-    q = rabbit_vhost.q(f"written-{uuid.uuid4().hex[:6]}")
-    await declare(rabbit_vhost, q)
-    out = tmp_path / "out"
-    flow = {
-        "source": rabbit_source(q, 100),
-        "steps": [{"collect": {"format": "ndjson", "max_messages": 5, "max_wait": "300ms"}}],
-        "target": {"type": "directory", "path": str(out), "filename": "{name}"},
-    }
-    cfg = write_config(tmp_path, {"mq": rabbit_vhost.instance_config()}, {"f": flow})
+    q, out, cfg = await folder_flow(rabbit_vhost, tmp_path, "written", 5)
     store = open_store(str(tmp_path / "state.db"), "earlier")
     await store.open()
     members = [f"m{i}" for i in range(5)]
@@ -293,20 +305,29 @@ async def test_messages_of_a_written_batch_are_acked_without_a_second_file(rabbi
     await store.close()
     await publish_numbered(rabbit_vhost, q, 0, 5)
     async with running(cfg) as d:
-
-        async def delivered(ids: list[str]) -> bool:
-            items = await d.store.get_many("f", ids)
-            return len(items) == len(ids) and all(i.state == "delivered" and i.settled for i in items.values())
-
-        await wait_for(lambda: delivered(members), 30)
+        await wait_for(lambda: all_settled(d.store, members), 30)
         assert await ready_count(rabbit_vhost, q) == 0
         assert not files_in(out), "no file for a batch whose file is in place"
         await publish_numbered(rabbit_vhost, q, 5, 5)
         got = await wait_for(lambda: files_in(out) or None, 30)
-        await wait_for(lambda: delivered([f"m{i}" for i in range(5, 10)]), 30)
+        await wait_for(lambda: all_settled(d.store, [f"m{i}" for i in range(5, 10)]), 30)
     ((_, body),) = got.items()
     assert [json.loads(line)["n"] for line in body.splitlines()] == [5, 6, 7, 8, 9]
     assert manifests(tmp_path / "state.db", "f") == []
+
+
+async def test_batches_with_the_postgresql_ledger(rabbit_vhost: Vhost, pg_url: str, tmp_path: Path) -> None:
+    """The batch path on the shared store: each batch claimed, recorded and settled as a whole."""
+    q, out, cfg = await folder_flow(rabbit_vhost, tmp_path, "pg", 1000, state=pg_url)
+    n = 2500
+    await publish_numbered(rabbit_vhost, q, 0, n)
+    async with running(cfg) as d:
+        await wait_for(lambda: all_settled(d.store, [f"m{i}" for i in range(n)]), 60)
+        assert await d.store.progress_of("f", TARGET_KEY) == {}, "written batches' manifests are dropped"
+    bodies = files_in(out).values()
+    assert len(bodies) >= 3 and all(len(b.splitlines()) <= 1000 for b in bodies)
+    assert sorted(json.loads(x)["n"] for b in bodies for x in b.splitlines()) == list(range(n))
+    assert await ready_count(rabbit_vhost, q) == 0
 
 
 async def test_pubsub_into_a_folder(pubsub_backend: PubsubBackend, tmp_path: Path) -> None:
