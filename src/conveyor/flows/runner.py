@@ -220,16 +220,16 @@ class FlowRunner:
         assert self.message_config is not None
         cfg = self.message_config
         self._last_activity = asyncio.get_running_loop().time()
-
-        async def give_up(final: bool) -> None:
-            await inbound.nack(not final)
-
         if not self._batches_checked:
             self._batches_checked = True
             self._batches = self._batch_intake()
         batches = self._batches
         if batches is not None and await batches.add(inbound):
             return
+
+        async def give_up(final: bool) -> None:
+            await inbound.nack(not final)
+
         payload = inbound.payload
         arrived = time.time() if traces.enabled() else 0.0
 
