@@ -32,6 +32,7 @@ from tests.servers.rabbitmq import (
     ready_count,
 )
 from tests.tcp_proxy import TcpProxy
+from tests.test_run_once import run_once
 
 __all__ = ["pg_url", "pubsub_backend", "pubsub_emulator", "sftp_openssh_backend", "sshd"]
 
@@ -327,6 +328,19 @@ async def test_batches_with_the_postgresql_ledger(rabbit_vhost: Vhost, pg_url: s
     bodies = files_in(out).values()
     assert len(bodies) >= 3 and all(len(b.splitlines()) <= 1000 for b in bodies)
     assert sorted(json.loads(x)["n"] for b in bodies for x in b.splitlines()) == list(range(n))
+    assert await ready_count(rabbit_vhost, q) == 0
+
+
+async def test_run_once_writes_the_partial_batch_and_ends(rabbit_vhost: Vhost, tmp_path: Path) -> None:
+    """``run --once``: the queue drained into files, the batch that did not fill written at the
+    end, then the run exits 0 with every message acked."""
+    q, out, cfg = await folder_flow(rabbit_vhost, tmp_path, "once", 1000)
+    await publish_numbered(rabbit_vhost, q, 0, 1500)
+    rc, log = await run_once(cfg, "--idle", "1s")
+    assert rc == 0, log
+    bodies = files_in(out).values()
+    assert all(len(b.splitlines()) <= 1000 for b in bodies)
+    assert sorted(json.loads(x)["n"] for b in bodies for x in b.splitlines()) == list(range(1500))
     assert await ready_count(rabbit_vhost, q) == 0
 
 
