@@ -3,14 +3,14 @@ against a plain aio-pika loop that writes each 1,000 messages to a file (fsync, 
 the folder) and only then acks them, side by side on the same broker (a fresh vhost), with the
 daemon's peak RSS.
 
-    python bench/bench_collect.py [--messages 100000] [--per-file 1000] [--rounds 3]
+    python bench/bench_collect.py [--messages 100000] [--per-file 1000] [--rounds 3] [--profile FILE]
 
 Each round fills two queues with the same messages (about 120 bytes of JSON each), then each
 side drains its own queue into a folder of its own, both with a prefetch of two files' worth
 (one file filling while the other is written). The rate is taken from the first file's rename
 to the last one's (the daemon's start-up and login are not in it): messages in the files after
-the first, per second. The plain loop acks a file's messages with one multiple-ack (conveyor
-acks each message); conveyor writes no sidecar here, the loop none. Rounds alternate; the
+the first, per second. Both sides ack a file's messages with one multiple-ack; conveyor writes
+no sidecar here, the loop none. Rounds alternate; the
 medians are printed, with the daemon's CPU seconds per 1,000 messages.
 """
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers
 
 from tests.servers.rabbitmq import HOST, PASSWORD, PORT, USER, Vhost, create_vhost, delete_vhost
 
-from common import Daemon, table, wait_until, write_config
+from common import Daemon, print_profile, table, wait_until, write_config
 
 
 def body(i: int) -> bytes:
@@ -128,6 +128,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--window", type=int, default=2, help="prefetch, in files' worth of messages (both sides)")
     ap.add_argument("--dir", default=None, help="where to work (default: a temp folder)")
+    ap.add_argument(
+        "--profile", type=Path, help="run the daemon under cProfile (statistics to this file) and print them"
+    )
     args = ap.parse_args()
     n, per = args.messages, args.per_file
     base = Path(tempfile.mkdtemp(prefix="conveyor-bench-", dir=args.dir))
@@ -153,7 +156,7 @@ def main() -> None:
             run_dir = base / f"run-{r}"
             run_dir.mkdir()
             cfg = write_config(run_dir, {"mq": mq}, {"collect": flow})
-            d = Daemon(cfg)
+            d = Daemon(cfg, args.profile)
             try:
                 wait_until(lambda out=conv_out: out.exists() and lines_in(out) >= n, 3600, 0.05)
                 rss.append(d.status("VmHWM"))
@@ -189,6 +192,8 @@ def main() -> None:
         )
     )
     print(f"rounds: {json.dumps(runs)}")
+    if args.profile:
+        print_profile(args.profile)
 
 
 if __name__ == "__main__":

@@ -170,6 +170,7 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
         ("RabbitMQ → collect (ndjson, 1,000 a file) → directory, msgs/s", r"ndjson files of .*?\(median\)\s+([\d,]+)"),
         ("the same, ratio to a plain aio-pika loop", r"ndjson files of .*?\(median\)\s+[\d,]+\s+[\d,]+\s+([\d.]+)"),
         ("daemon peak RSS, MB", r"daemon peak RSS \(max of rounds\)\s+(\d+)"),
+        ("daemon CPU seconds per 1,000 messages", r"daemon CPU seconds per 1,000 messages \(median\)\s+([\d.]+)"),
     ],
     "wan": [
         ("SFTP download at 50 ms round trip, MiB/s", r"download, streams unset\s+([\d.]+)"),

@@ -17,10 +17,13 @@ import pytest
 
 from conveyor.config import load_config
 from conveyor.errors import ConfigError
+from conveyor.state import open_store
+from conveyor.state.base import Progress
 from conveyor.steps.collect import TARGET_KEY
 from tests.backends.pubsub import PubsubBackend, pubsub_backend, pubsub_emulator
 from tests.backends.sftp import SftpBackend, sftp_openssh_backend, sshd
 from tests.harness import DaemonProcess, running, wait_for, write_config
+from tests.servers.postgres import pg_url
 from tests.servers.rabbitmq import (
     Vhost,
     declare,
@@ -29,8 +32,9 @@ from tests.servers.rabbitmq import (
     ready_count,
 )
 from tests.tcp_proxy import TcpProxy
+from tests.test_run_once import run_once
 
-__all__ = ["pubsub_backend", "pubsub_emulator", "sftp_openssh_backend", "sshd"]
+__all__ = ["pg_url", "pubsub_backend", "pubsub_emulator", "sftp_openssh_backend", "sshd"]
 
 
 def rabbit_source(queue: str, prefetch: int = 1000) -> dict[str, Any]:
@@ -212,6 +216,132 @@ async def test_csv_with_header_concat_and_max_wait_into_a_folder(rabbit_vhost: V
     assert meta["lineage"][0]["kind"] == "collect" and meta["lineage"][0]["count"] == 2
     for q in queues.values():
         assert await ready_count(rabbit_vhost, q) == 0
+
+
+async def test_a_batch_the_target_refuses_is_retried_then_written_once(rabbit_vhost: Vhost, tmp_path: Path) -> None:
+    """A batch whose file cannot be written: each try is recorded against every message, the
+    messages go back to the queue and come again as one batch, written once the target takes it;
+    where max_attempts is used up, every message of the batch fails (rejected)."""
+    q, once = rabbit_vhost.q(f"retry-{uuid.uuid4().hex[:6]}"), rabbit_vhost.q(f"once-{uuid.uuid4().hex[:6]}")
+    await declare(rabbit_vhost, q)
+    await declare(rabbit_vhost, once)
+    blocked = tmp_path / "out"
+    blocked.write_text("a file where the folder should be")
+    collect = {"collect": {"format": "ndjson", "max_messages": 5, "max_wait": "300ms"}}
+    retry = {"attempts": 2, "backoff": "50ms", "max_backoff": "50ms"}
+    flows = {
+        "retry": {
+            "source": {**rabbit_source(q, 100), "max_attempts": 100},
+            "retry": retry,
+            "steps": [collect],
+            "target": {"type": "directory", "path": str(blocked / "a"), "filename": "{name}"},
+        },
+        "once": {
+            "source": {**rabbit_source(once, 100), "max_attempts": 1},
+            "retry": retry,
+            "steps": [collect],
+            "target": {"type": "directory", "path": str(blocked / "b"), "filename": "{name}"},
+        },
+    }
+    cfg = write_config(tmp_path, {"mq": rabbit_vhost.instance_config()}, flows)
+    await publish_numbered(rabbit_vhost, q, 0, 5)
+    await publish_numbered(rabbit_vhost, once, 100, 3)
+    async with running(cfg) as d:
+
+        async def tried_twice() -> bool:
+            items = await d.store.get_many("retry", [f"m{i}" for i in range(5)])
+            return len(items) == 5 and all(i.attempts >= 2 and i.last_error for i in items.values())
+
+        await wait_for(tried_twice, 30)
+
+        async def failed() -> list[Any] | None:
+            rows = await d.store.list("once", "failed")
+            return rows if len(rows) == 3 else None
+
+        assert {r.id for r in await wait_for(failed, 30)} == {"m100", "m101", "m102"}
+        blocked.unlink()
+        got = await wait_for(lambda: files_in(blocked / "a") or None, 30)
+
+        async def settled() -> bool:
+            items = await d.store.get_many("retry", [f"m{i}" for i in range(5)])
+            return all(i.state == "delivered" and i.settled for i in items.values())
+
+        await wait_for(settled, 30)
+    ((_, body),) = got.items()
+    assert sorted(json.loads(line)["n"] for line in body.splitlines()) == [0, 1, 2, 3, 4]
+    assert manifests(tmp_path / "state.db", "retry") == [], "a written batch's manifest is dropped"
+    assert await ready_count(rabbit_vhost, q) == 0 and await ready_count(rabbit_vhost, once) == 0
+    assert not files_in(blocked / "b")
+
+
+async def folder_flow(v: Vhost, tmp_path: Path, prefix: str, max_messages: int, **top: Any) -> tuple[str, Path, Path]:
+    """A fresh queue, collected as ndjson into a folder by flow "f": (queue, folder, config)."""
+    q = v.q(f"{prefix}-{uuid.uuid4().hex[:6]}")
+    await declare(v, q)
+    out = tmp_path / "out"
+    flow = {
+        "source": rabbit_source(q, 2 * max_messages),
+        "steps": [{"collect": {"format": "ndjson", "max_messages": max_messages, "max_wait": "500ms"}}],
+        "target": {"type": "directory", "path": str(out), "filename": "{name}"},
+    }
+    return q, out, write_config(tmp_path, {"mq": v.instance_config()}, {"f": flow}, **top)
+
+
+async def all_settled(store: Any, ids: list[str]) -> bool:
+    """Whether flow "f" has each of ``ids`` delivered and settled."""
+    items = await store.get_many("f", ids)
+    return len(items) == len(ids) and all(i.state == "delivered" and i.settled for i in items.values())
+
+
+async def test_messages_of_a_written_batch_are_acked_without_a_second_file(rabbit_vhost: Vhost, tmp_path: Path) -> None:
+    """The state a crash leaves between a batch's manifest marked written and its messages'
+    acks: when they come back they are recorded delivered and acked, no file written for them;
+    the manifest goes once the ledger has them all, and new messages form batches as usual."""
+    q, out, cfg = await folder_flow(rabbit_vhost, tmp_path, "written", 5)
+    store = open_store(str(tmp_path / "state.db"), "earlier")
+    await store.open()
+    members = [f"m{i}" for i in range(5)]
+    mark = json.dumps({"name": "f-earlier.ndjson", "members": members})
+    await store.set_progress("f", "earlier-batch", TARGET_KEY, Progress(mark, 1))
+    await store.close()
+    await publish_numbered(rabbit_vhost, q, 0, 5)
+    async with running(cfg) as d:
+        await wait_for(lambda: all_settled(d.store, members), 30)
+        assert await ready_count(rabbit_vhost, q) == 0
+        assert not files_in(out), "no file for a batch whose file is in place"
+        await publish_numbered(rabbit_vhost, q, 5, 5)
+        got = await wait_for(lambda: files_in(out) or None, 30)
+        await wait_for(lambda: all_settled(d.store, [f"m{i}" for i in range(5, 10)]), 30)
+    ((_, body),) = got.items()
+    assert [json.loads(line)["n"] for line in body.splitlines()] == [5, 6, 7, 8, 9]
+    assert manifests(tmp_path / "state.db", "f") == []
+
+
+async def test_batches_with_the_postgresql_ledger(rabbit_vhost: Vhost, pg_url: str, tmp_path: Path) -> None:
+    """The batch path on the shared store: each batch claimed, recorded and settled as a whole."""
+    q, out, cfg = await folder_flow(rabbit_vhost, tmp_path, "pg", 1000, state=pg_url)
+    n = 2500
+    await publish_numbered(rabbit_vhost, q, 0, n)
+    async with running(cfg) as d:
+        await wait_for(lambda: all_settled(d.store, [f"m{i}" for i in range(n)]), 60)
+        assert await d.store.progress_of("f", TARGET_KEY) == {}, "written batches' manifests are dropped"
+    bodies = files_in(out).values()
+    assert len(bodies) >= 3 and all(len(b.splitlines()) <= 1000 for b in bodies)
+    assert sorted(json.loads(x)["n"] for b in bodies for x in b.splitlines()) == list(range(n))
+    assert await ready_count(rabbit_vhost, q) == 0
+
+
+async def test_run_once_writes_the_partial_batch_and_ends(rabbit_vhost: Vhost, tmp_path: Path) -> None:
+    """``run --once``: the queue drained into files, the batch that did not fill written at the
+    end, then the run exits 0 with every message acked."""
+    q, out, cfg = await folder_flow(rabbit_vhost, tmp_path, "once", 1000)
+    await publish_numbered(rabbit_vhost, q, 0, 1500)
+    rc, log = await run_once(cfg, "--idle", "1s")
+    assert rc == 0, log
+    bodies = files_in(out).values()
+    assert all(len(b.splitlines()) <= 1000 for b in bodies)
+    assert sorted(json.loads(x)["n"] for b in bodies for x in b.splitlines()) == list(range(1500))
+    assert await ready_count(rabbit_vhost, q) == 0
 
 
 async def test_pubsub_into_a_folder(pubsub_backend: PubsubBackend, tmp_path: Path) -> None:

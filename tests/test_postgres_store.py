@@ -63,6 +63,36 @@ async def test_claim_deliver_settle(opener: Opener) -> None:
     assert (await s.get_many("other-flow", ["id1"])) == {}
 
 
+async def test_a_batch_is_claimed_delivered_and_settled_in_one_write_each(opener: Opener) -> None:
+    s = await opener("r1")
+    other = await opener("r2")
+    assert await other.claim("f", "held", INFO, 60) is not None, "another replica's live lease"
+    assert await s.claim("f", "done", INFO, 60) is not None
+    await s.delivered("f", "done")
+    assert await s.claim("f", "bad", INFO, 60) is not None
+    await s.failed("f", "bad", "boom", final=True)
+    ids = [f"m{i}" for i in range(1200)]  # past SQLite's variable limit, in one call
+    got = await s.claim_many("f", [*ids, "m0", "done", "bad", "held"], 60)
+    assert list(got) == [*ids, "done", "bad", "held"], "each id once, in order"
+    assert got["done"] is None and got["bad"] is None and got["held"] is None
+    first = got["m0"]
+    assert first is not None and (first.state, first.attempts, first.owner) == ("in_flight", 1, "r1")
+    assert (await s.claim_many("f", ids[:2], 60)) == {"m0": None, "m1": None}, "in flight under our lease"
+    taken = await s.claim_many("f", ["held"], 60, takeover=True)
+    assert taken["held"] is not None and taken["held"].owner == "r1", "a broker's message is taken over"
+    await s.delivered_many("f", [*ids, "held"])
+    rows = await s.get_many("f", [*ids, "held"])
+    assert len(rows) == 1201 and all(r.state == "delivered" and not r.settled for r in rows.values())
+    await s.settled_many("f", [*ids, "held"])
+    # settled is not awaited to disk: a read after a durable write sees it
+    await s.set_progress("f", "x", "t", Progress("m", 1))
+    rows = await s.get_many("f", [*ids, "held"])
+    assert all(r.settled for r in rows.values())
+    assert await s.claim_many("f", [], 60) == {}
+    await s.delivered_many("f", [])
+    await s.settled_many("f", [])
+
+
 async def test_failed_release_retry_forget(opener: Opener) -> None:
     s = await opener("r1")
     assert await s.claim("f", "x", {}, 60)

@@ -308,24 +308,54 @@ async def test_reject_without_dead_letter_parks(
         await inst.close()
 
 
-async def test_stop_then_settle(pubsub_emulator: PubsubEmulator, tmp_path: Path) -> None:
-    """Messages emitted before the stop still ack afterwards (unary ack: the stream is gone)."""
-    emu = pubsub_emulator
+async def held_after_stop(
+    emu: PubsubEmulator, tmp_path: Path, bodies: list[bytes]
+) -> tuple[PubsubInstance, str, list[Inbound]]:
+    """The messages consumed, unsettled, by a source that has stopped: (instance, subscription, them)."""
     topic, sub = unique("topic"), unique("sub")
     emu.create(topic, sub)
-    publish(emu, topic, [b"one", b"two", b"three"])
+    publish(emu, topic, bodies)
     inst = instance(emu, tmp_path)
-    source = inst.source("flow-x", source_cfg(sub))
     held: list[Inbound] = []
 
     async def emit(item: Inbound) -> None:
         held.append(item)
 
-    await consume(source, emit, lambda: len(held) >= 3)
+    await consume(inst.source("flow-x", source_cfg(sub)), emit, lambda: len(held) >= len(bodies))
+    return inst, sub, held
+
+
+async def test_stop_then_settle(pubsub_emulator: PubsubEmulator, tmp_path: Path) -> None:
+    """Messages emitted before the stop still ack afterwards (unary ack: the stream is gone)."""
+    emu = pubsub_emulator
+    inst, sub, held = await held_after_stop(emu, tmp_path, [b"one", b"two", b"three"])
     for item in held:
         await item.ack()
     await asyncio.sleep(1)  # acks go out in the background, unseen: a lost one would show in a pull
     assert pull_now(emu, sub) == 0
+    await inst.close()
+
+
+async def test_a_batch_is_acked_in_one_call_once_the_stream_is_gone(
+    pubsub_emulator: PubsubEmulator, tmp_path: Path
+) -> None:
+    emu = pubsub_emulator
+    inst, sub, held = await held_after_stop(emu, tmp_path, [f"{i}".encode() for i in range(5)])
+    calls: list[int] = []
+    call = inst.call
+
+    async def counting(fn: Any, **kw: Any) -> Any:
+        if "ack_ids" in kw and "ack_deadline_seconds" not in kw:
+            calls.append(len(kw["ack_ids"]))  # one Acknowledge request, with this many ids
+        return await call(fn, **kw)
+
+    inst.call = counting  # type: ignore[method-assign,assignment]
+    acks = held[0].acks
+    assert acks is not None and all(h.acks is acks for h in held)
+    await acks.ack_many([h.token for h in held])
+    assert calls == [5]
+    await asyncio.sleep(1)
+    assert pull_now(emu, sub) == 0, "every message was acked"
     await inst.close()
 
 

@@ -338,6 +338,43 @@ async def test_out_of_order_acks_and_rejects_coalesce_safely(rabbit_vhost: Vhost
     await inst.close()
 
 
+async def test_a_batch_is_acked_with_one_multiple_ack(rabbit_vhost: Vhost, tmp_path: Any) -> None:
+    v = rabbit_vhost
+    q = v.q("batch")
+    await declare(v, q)
+    await publish(v, q, [f"{i}".encode() for i in range(60)])
+    inst = make_instance(v, tmp_path)
+    col = Collector(60)  # held, not settled
+    source = inst.source("f", src_cfg(q, prefetch=100))
+    task = await run_until(source, col)
+    raw = source._raw
+    sent: list[tuple[int, bool]] = []
+    basic_ack = raw.basic_ack
+
+    async def counting(tag: int, multiple: bool = False, **kw: Any) -> Any:
+        sent.append((tag, multiple))  # every ack frame the source writes on its channel
+        return await basic_ack(tag, multiple=multiple, **kw)
+
+    raw.basic_ack = counting
+    acks = col.items[0].acks
+    assert acks is not None and all(i.acks is acks for i in col.items)
+    # A batch behind unsettled older deliveries cannot be covered by a multiple ack: one ack each.
+    await acks.ack_many([i.token for i in col.items[50:]])
+    assert sent == [(i.token._tag, False) for i in col.items[50:]]
+    sent.clear()
+    # The oldest 50, with every older delivery in it: one basic.ack multiple, up to its highest tag.
+    await acks.ack_many([i.token for i in col.items[:50]])
+    assert sent == [(col.items[49].token._tag, True)]
+    await col.items[0].ack()  # settled already: ignored, no second ack of the tag
+    await acks.ack_many([col.items[1].token])
+    assert len(sent) == 1
+    await asyncio.sleep(0.2)  # a double or unknown ack would close the channel by now
+    assert not task.done()
+    await stop(task)
+    assert v.counts().get(q) == 0, "acked, not handed back when the channel closed"
+    await inst.close()
+
+
 async def test_url_form_of_the_instance(rabbit_vhost: Vhost, tmp_path: Any) -> None:
     from conveyor.brokers.rabbitmq.config import RabbitConfig
     from conveyor.brokers.rabbitmq.instance import RabbitInstance

@@ -13,7 +13,7 @@ supervisor applies backoff.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -187,6 +187,16 @@ class Target(Protocol):
         ...
 
 
+@runtime_checkable
+class AcksMany(Protocol):
+    """A source that acks several of its deliveries at once."""
+
+    async def ack_many(self, tokens: Sequence[Any]) -> None:
+        """Ack the deliveries of these tokens (of :class:`Inbound` whose ``acks`` is this object)
+        together: as few frames or calls as the broker allows; each at most once, as ``ack``."""
+        ...
+
+
 @dataclass
 class Inbound:
     """One message handed over by a broker source, with its settle callbacks.
@@ -201,6 +211,9 @@ class Inbound:
     delivery_count: int | None = None
     """The broker's own count of deliveries when it keeps one (quorum x-delivery-count, Pub/Sub)."""
     extra: dict[str, Any] = field(default_factory=dict)
+    acks: AcksMany | None = None
+    """Where this delivery may be acked together with others (``token`` names it there)."""
+    token: Any = None
 
 
 Submit = Callable[[str, Callable[[], Awaitable[None]]], Awaitable[bool]]

@@ -88,9 +88,12 @@ class Deliverer:
         """Every target this deliverer sends to."""
         return [self.target]
 
-    async def send(self, payload: Payload, leg: Leg | None = None) -> Outcome:
+    async def send(
+        self, payload: Payload, leg: Leg | None = None, *, through: Callable[[Payload], Awaitable[None]] | None = None
+    ) -> Outcome:
         """Try the target (``leg``'s, of a ``targets:`` list) up to ``attempts`` times; Permanent
-        errors end at once."""
+        errors end at once. ``through``: deliver by this call rather than the target's ``deliver``
+        (a collect step's file, past the step)."""
         extra: dict[str, Any] = {"flow": self.flow, "payload_id": payload.id}
         target, timeout, to = self.target, self.timeout, ""
         if leg is not None:
@@ -104,9 +107,9 @@ class Deliverer:
             started = time.monotonic()
             if timeout:
                 async with asyncio.timeout(timeout):
-                    await target.deliver(payload)
+                    await (through or target.deliver)(payload)
             else:
-                await target.deliver(payload)
+                await (through or target.deliver)(payload)
             log.debug("delivered %s%s in %.3fs", name, to, time.monotonic() - started, extra=extra)
 
         def retry(e: Exception, n: int, delay: float) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from conveyor import traces
 from conveyor.config.base import MessageSourceConfig
@@ -19,6 +20,9 @@ from conveyor.redact import redact
 from conveyor.status import StatusBoard
 from conveyor.stopping import StopSignal
 from conveyor.supervisor import SOURCE_BACKOFF, supervise
+
+if TYPE_CHECKING:
+    from conveyor.flows.collecting import BatchIntake
 
 log = logging.getLogger("conveyor.flow")
 
@@ -68,6 +72,9 @@ class FlowRunner:
         self._on_close = on_close
         self.message_source: MessageSource | None = None
         self.message_config: MessageSourceConfig | None = None
+        self._batches: BatchIntake | None = None
+        """A collect flow's batch path (set up at the first message)."""
+        self._batches_checked = False
         self.source: Source
         if messages is not None and files is None:
             self.message_source, self.message_config = messages
@@ -213,6 +220,12 @@ class FlowRunner:
         assert self.message_config is not None
         cfg = self.message_config
         self._last_activity = asyncio.get_running_loop().time()
+        if not self._batches_checked:
+            self._batches_checked = True
+            self._batches = self._batch_intake()
+        batches = self._batches
+        if batches is not None and await batches.add(inbound):
+            return
 
         async def give_up(final: bool) -> None:
             await inbound.nack(not final)
@@ -238,6 +251,21 @@ class FlowRunner:
 
         if not await self.submit(inbound.payload.id, work):
             await inbound.nack(True)  # stopping: hand it straight back to the broker
+
+    def _batch_intake(self) -> BatchIntake | None:
+        """The batch path, for a collect flow with one target (traces record each message on
+        the per-message path, so a flow that sends them keeps it)."""
+        from conveyor.steps import StepsTarget
+
+        d = self.deliverer
+        if type(d) is not Deliverer or not isinstance(d.target, StepsTarget) or traces.enabled():
+            return None
+        collector = d.target.collector
+        if collector is None or self.message_config is None:
+            return None
+        from conveyor.flows.collecting import BatchIntake
+
+        return BatchIntake(self, d.target, collector, self.message_config)
 
     def stop_intake(self) -> None:
         """The soft stop: the source takes nothing new and ``submit`` refuses (a source blocked

@@ -120,6 +120,21 @@ class StateStore(Protocol):
         """
         ...
 
+    async def claim_many(
+        self, flow: str, ids: Sequence[str], lease: float, *, takeover: bool = False
+    ) -> dict[str, Item | None]:
+        """:meth:`claim` for a batch of items (no ``info``), in one write: id -> its claim, or None
+        where :meth:`claim` would have refused it. An id given twice is claimed once."""
+        ...
+
+    async def delivered_many(self, flow: str, ids: Sequence[str]) -> None:
+        """:meth:`delivered` for a batch of items (one target each), in one durable write."""
+        ...
+
+    async def settled_many(self, flow: str, ids: Sequence[str]) -> None:
+        """:meth:`settled` for a batch of items, in one write."""
+        ...
+
     async def delivered(self, flow: str, id: str, *, no_target: bool = False, targets: Sequence[str] = ()) -> None:
         """The target confirmed the item (every target it was routed to; ``no_target``: it matched none).
         ``targets``: targets of a ``targets:`` list whose confirmation is recorded with it, in one write."""

@@ -265,7 +265,9 @@ def weak_tls(url: str, env: Mapping[str, str] | None = None) -> str | None:
 @dataclass
 class _Job:
     kind: str
-    """'claim'; 'bulk' (one of the array UPDATEs above, no result); 'count' (rows affected)."""
+    """'claim'; 'claims' (``args``: many claims' rows; the result: id -> item or None); 'bulk' (one
+    of the array UPDATEs above, no result); 'rows' (``args``: many rows of one such UPDATE);
+    'count' (rows affected)."""
     sql: str
     args: tuple[Any, ...]
     fut: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -348,11 +350,13 @@ class _Lane:
         """Each statement commits on its own (every job is independent): one round trip per kind
         of write in the batch, whatever the number of items."""
         results: list[Any] = [None] * len(batch)
-        claims = [(i, j) for i, j in enumerate(batch) if j.kind == "claim"]
+        claims = [(i, j) for i, j in enumerate(batch) if j.kind in ("claim", "claims")]
         groups: dict[str, list[tuple[Any, ...]]] = {}
         for i, j in enumerate(batch):
             if j.kind == "bulk":
                 groups.setdefault(j.sql, []).append(j.args)
+            elif j.kind == "rows":
+                groups.setdefault(j.sql, []).extend(j.args)
             elif j.kind == "count":
                 results[i] = _count(await conn.execute(j.sql, *j.args))
         for sql, rows in groups.items():
@@ -368,20 +372,22 @@ class _Lane:
         self, conn: asyncpg.Connection, sql: str, claims: list[tuple[int, _Job]], results: list[Any]
     ) -> None:
         first: dict[tuple[str, str], tuple[Any, ...]] = {}
-        winner: dict[int, tuple[str, str]] = {}
-        for i, j in claims:
-            key = (j.args[0], j.args[1])
-            if key not in first:  # a second claim of the same item in one batch loses
-                first[key] = j.args
-                winner[i] = key
+        wins: list[list[tuple[tuple[Any, ...], bool]]] = []
+        for _, j in claims:
+            mine = []
+            for a in j.args if j.kind == "claims" else (j.args,):
+                key = (a[0], a[1])
+                mine.append((a, key not in first))  # a second claim of the same item in one batch loses
+                first.setdefault(key, a)
+            wins.append(mine)
         # Sorted, so concurrent replicas lock the rows in the same order.
         rows_in = [first[k] for k in sorted(first)]
         cols = [[a[c] for a in rows_in] for c in range(7)]
         rows = await conn.fetch(sql, *cols, self.store.owner)
         won = {(r[0], r[1]): _item(r) for r in rows}
-        for i, _ in claims:
-            key_won = winner.get(i)
-            results[i] = won.get(key_won) if key_won is not None else None
+        for (i, j), mine in zip(claims, wins, strict=True):
+            got = {a[1]: won.get((a[0], a[1])) if first_ else None for a, first_ in mine}
+            results[i] = got if j.kind == "claims" else got[j.args[1]]
 
 
 class PostgresStore:
@@ -536,6 +542,30 @@ class PostgresStore:
         if item is not None:
             self._held.add((flow, id))
         return item
+
+    async def claim_many(
+        self, flow: str, ids: Sequence[str], lease: float, *, takeover: bool = False
+    ) -> dict[str, Item | None]:
+        """Claim each of ``ids`` as :meth:`claim` does, in one statement."""
+        lease = float(min(lease, self.lease))
+        rows = tuple((flow, id, None, None, None, None, lease) for id in dict.fromkeys(ids))
+        if not rows:
+            return {}
+        sql = _CLAIM_TAKEOVER if takeover else _CLAIM_LEASED
+        items: dict[str, Item | None] = await self._submit("claims", sql, rows, durable=False)
+        self._held.update((flow, id) for id, item in items.items() if item is not None)
+        return items
+
+    async def delivered_many(self, flow: str, ids: Sequence[str]) -> None:
+        """Record each of ``ids`` delivered (durable before returning), in one statement."""
+        self._held.difference_update((flow, id) for id in ids)
+        if ids:
+            await self._submit("rows", _DELIVERED, tuple((flow, id) for id in ids), durable=True)
+
+    async def settled_many(self, flow: str, ids: Sequence[str]) -> None:
+        """Record each of ``ids`` settled (if lost in a crash, the completion is redone)."""
+        if ids:
+            await self._submit("rows", _SETTLED, tuple((flow, id) for id in ids), durable=False)
 
     async def delivered(self, flow: str, id: str, *, no_target: bool = False, targets: Sequence[str] = ()) -> None:
         """The target confirmed (durable before returning); ``no_target``: no target was to have it;

@@ -283,6 +283,26 @@ class SqliteStore:
         result: Item | None = await self._write(q, durable=False)
         return result
 
+    async def claim_many(
+        self, flow: str, ids: Sequence[str], lease: float, *, takeover: bool = False
+    ) -> dict[str, Item | None]:
+        """Claim each of ``ids`` as :meth:`claim` does, in one transaction."""
+        now = time.time()
+        keys = list(dict.fromkeys(ids))
+
+        def q(db: sqlite3.Connection) -> dict[str, Item | None]:
+            out: dict[str, Item | None] = {}
+            for id in keys:
+                args = (flow, id, None, None, None, None, self.owner, now + lease, now, now, int(takeover))
+                rows = db.execute(_CLAIM, args).fetchall()
+                out[id] = _item(rows[0]) if rows else None
+            return out
+
+        if not keys:
+            return {}
+        result: dict[str, Item | None] = await self._write(q, durable=False)
+        return result
+
     def _set(self, sql: str, *args: Any) -> Callable[[sqlite3.Connection], int]:
         def q(db: sqlite3.Connection) -> int:
             return db.execute(sql, args).rowcount
@@ -311,6 +331,18 @@ class SqliteStore:
             return item(db)
 
         await self._write(q)
+
+    async def delivered_many(self, flow: str, ids: Sequence[str]) -> None:
+        """Record each of ``ids`` delivered, in one durable commit."""
+        now = time.time()
+        rows = [(now, flow, id) for id in ids]
+
+        def q(db: sqlite3.Connection) -> int:
+            sql = "UPDATE items SET state='delivered', no_target=0, last_error=NULL, lease_until=NULL, updated=?"
+            return db.executemany(sql + " WHERE flow=? AND id=?", rows).rowcount
+
+        if rows:
+            await self._write(q)
 
     async def target_delivered(self, flow: str, id: str, target: str) -> None:
         """One target of a ``targets:`` list confirmed (on disk before this returns)."""
@@ -349,6 +381,17 @@ class SqliteStore:
             self._set("UPDATE items SET settled=1, updated=? WHERE flow=? AND id=?", time.time(), flow, id), _WRITE
         )
         fut.add_done_callback(_consume)
+
+    async def settled_many(self, flow: str, ids: Sequence[str]) -> None:
+        """Record each of ``ids`` settled (queued, not awaited, as :meth:`settled`)."""
+        now = time.time()
+        rows = [(now, flow, id) for id in ids]
+
+        def q(db: sqlite3.Connection) -> int:
+            return db.executemany("UPDATE items SET settled=1, updated=? WHERE flow=? AND id=?", rows).rowcount
+
+        if rows:
+            self._submit(q, _WRITE).add_done_callback(_consume)
 
     async def failed(self, flow: str, id: str, error: str, *, final: bool) -> None:
         """Record a failed attempt."""

@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor import traces
 from conveyor.config.steps import Collect, Compress, Decompress, Split, StepConfig, Unpack
@@ -45,6 +45,9 @@ from conveyor.payload.spool import Spool
 from conveyor.state.base import Progress, StateStore
 from conveyor.steps.blocking import Gunzip, Gzip, Produced, StepFailed, Unpacker, Work
 from conveyor.steps.split import Batch, Splitter
+
+if TYPE_CHECKING:
+    from conveyor.steps.collect import Collector
 
 T = TypeVar("T")
 
@@ -91,7 +94,7 @@ class StepsTarget:
             from conveyor.steps.collect import TARGET_KEY, Collector, Manifests
 
             manifests = None if book is None else Manifests(book.store, book.flow, TARGET_KEY + book.target)
-            self._collector = Collector(first, 0, spool, manifests, lambda p: self._through(p, 1, p.id))
+            self._collector = Collector(first, 0, spool, manifests, self.after_collect)
         self._steps = [_Step(i, s, work_for(s, spool)) for i, s in enumerate(steps)]
 
     def __getattr__(self, name: str) -> Any:
@@ -105,6 +108,15 @@ class StepsTarget:
             await self._collector.add(payload)
             return
         await self._through(payload, 0, payload.id)
+
+    @property
+    def collector(self) -> Collector | None:
+        """The collect step that gathers the flow's messages, if its first step is one."""
+        return self._collector
+
+    async def after_collect(self, payload: Payload) -> None:
+        """Deliver a collect step's file through the steps after it."""
+        await self._through(payload, 1, payload.id)
 
     def stopping(self) -> None:
         """The flow takes no more work: a collect step writes its partial batches now."""

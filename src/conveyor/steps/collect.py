@@ -19,6 +19,13 @@ the ledger has each of their messages ``delivered``.
 
 A batch is held in memory (each message's bytes, as the broker's unacked messages are) and its
 file is built in the spool, on disk past the spool threshold.
+
+A flow with one target takes its messages in batches (:meth:`Collector.batched`): a message joins
+its batch unclaimed, and the batch's messages are claimed in the state store together once the
+batch is complete (one write), recorded ``delivered`` together once the file is in place and the
+manifest marked written (one durable write), then acked together (one multiple-ack where the
+broker allows) — the same order as above, one write per step instead of one per message. The
+batch's manifest is dropped right after, its messages being ``delivered`` in the ledger.
 """
 
 from __future__ import annotations
@@ -28,19 +35,19 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor.config.steps import Collect, check_collect_name
-from conveyor.errors import Permanent
+from conveyor.errors import Permanent, Transient
 from conveyor.payload.body import Body
 from conveyor.payload.payload import Payload, stable_id
 from conveyor.payload.spool import Spool
 from conveyor.payload.timestamps import utc_iso
-from conveyor.state.base import Progress, StateStore
+from conveyor.state.base import Item, Progress, StateStore
 
 log = logging.getLogger("conveyor.steps")
 
@@ -66,6 +73,41 @@ class Manifests:
     target: str
 
 
+class NotWritten(Exception):
+    """A batch's file could not be delivered (``final``: no more automatic attempts)."""
+
+    def __init__(self, message: str, final: bool) -> None:
+        super().__init__(message)
+        self.final = final
+
+
+class BatchHooks(Protocol):
+    """What a flow that takes its messages in batches does around each batch's file (see the
+    module docstring). ``members``: message id -> the flow's handles of its deliveries."""
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a batch's work as one of the flow's deliveries (from its first message on)."""
+        ...
+
+    async def claim(self, members: dict[str, list[Any]]) -> dict[str, Item]:
+        """Claim the members; settle those the ledger refuses. Returns the claimed ones."""
+        ...
+
+    async def send(self, payload: Payload) -> None:
+        """Deliver the batch's file to the target, with the flow's retries; NotWritten if it failed."""
+        ...
+
+    async def written(self, members: dict[str, list[Any]], claimed: dict[str, Item]) -> None:
+        """The file is in place, its manifest marked written: record the members delivered, ack them."""
+        ...
+
+    async def failed(
+        self, members: dict[str, list[Any]], claimed: dict[str, Item] | None, error: BaseException
+    ) -> None:
+        """The file is not in place (``claimed`` None: not claimed yet): give the messages back."""
+        ...
+
+
 @dataclass
 class _Batch:
     start: float
@@ -82,6 +124,10 @@ class _Batch:
     """A recorded batch's file name."""
     key: str | None = None
     """A recorded batch's manifest id."""
+    members: dict[str, list[Any]] = field(default_factory=dict)
+    """Taken in batches: member id -> the flow's handles of its deliveries (a copy may come twice)."""
+    ready: asyncio.Future[None] | None = None
+    """Taken in batches: set once the batch is to be written (its work waits on it)."""
 
 
 class Collector:
@@ -113,26 +159,59 @@ class Collector:
         self._hurry = False
         self._origin = ("", "")
         """The source's instance and type, named in the files' metadata."""
+        self._hooks: BatchHooks | None = None
+
+    def batched(self, hooks: BatchHooks) -> None:
+        """Take messages in batches through :meth:`put` (see the module docstring)."""
+        self._hooks = hooks
 
     # -- intake -------------------------------------------------------------------
-    async def add(self, payload: Payload) -> None:
-        """Put the message in a batch; return once that batch's file is delivered."""
+    async def ready(self) -> None:
+        """Load the recorded manifests (first use, or after a failed try)."""
         loaded = self._loaded
         if loaded is None or (loaded.done() and (loaded.cancelled() or loaded.exception() is not None)):
             loaded = self._loaded = asyncio.ensure_future(self._load())  # first use, or the last try failed
         if not loaded.done():
             await asyncio.shield(loaded)
         loaded.result()
+
+    def written(self, id: str) -> bool:
+        """Whether a manifest marked written names the message (its file is in place already)."""
+        known = self._member.get(id)
+        return known is not None and known[1] == WRITTEN
+
+    async def record(self, payload: Payload) -> bytes:
+        """The message's bytes as they go into the file; Permanent for one that cannot."""
+        return await self._record(payload)
+
+    def put(self, payload: Payload, record: bytes, member: Any) -> None:
+        """Taken in batches (after :meth:`ready`, for a message not :meth:`written`): put the
+        message, as ``record``, in a batch; the hooks settle ``member`` once the batch is done."""
+        batch = self._join(payload, record)
+        batch.members.setdefault(payload.id, []).append(member)
+        if self._full(batch):
+            self._write(batch)
+
+    def _join(self, payload: Payload, record: bytes) -> _Batch:
         self._origin = (payload.source_instance, payload.source_type)
-        known = self._member.get(payload.id)
-        if known is not None and known[1] == WRITTEN:
-            return  # its batch's file is in place already: only its ack was lost
-        record = await self._record(payload)
-        batch = self._batch_for(payload.id, known, len(record))
+        batch = self._batch_for(payload.id, self._member.get(payload.id), len(record))
         if payload.id in batch.records:  # the same message twice in one batch (a broker's copy)
             batch.size -= len(batch.records[payload.id])
         batch.records[payload.id] = record
         batch.size += len(record)
+        return batch
+
+    async def add(self, payload: Payload) -> None:
+        """Put the message in a batch; return once that batch's file is delivered."""
+        await self.ready()
+        if self.written(payload.id):
+            return  # its batch's file is in place already: only its ack was lost
+        record = await self._record(payload)
+        if self._hooks is not None:
+            # Taken in batches, a message comes this way only when its file is in place; one whose
+            # manifest went meanwhile goes back to the broker and joins a batch when it comes again.
+            raise Transient(f"steps[{self.index}] collect: the message is taken again in a batch")
+        batch = self._join(payload, record)
         if self._full(batch):
             self._write(batch)
         done = batch.done
@@ -154,7 +233,7 @@ class Collector:
             if batch is None or batch.writing:
                 name, members, _ = self._recorded[key]
                 batch = self._again[key] = _Batch(time.time(), expected=members, name=name, key=key)
-                self._arm(batch)
+                self._start(batch)
             return batch
         batch = self._open
         limit = self.config.max_bytes
@@ -163,8 +242,14 @@ class Collector:
             batch = None
         if batch is None:
             batch = self._open = _Batch(time.time())
-            self._arm(batch)
+            self._start(batch)
         return batch
+
+    def _start(self, batch: _Batch) -> None:
+        self._arm(batch)
+        if self._hooks is not None:  # its work starts now, so a drain waits for it
+            batch.ready = asyncio.get_running_loop().create_future()
+            self._hooks.spawn(self._deliver(batch))
 
     def _full(self, batch: _Batch) -> bool:
         if batch.expected:  # only the manifest's messages join it
@@ -192,6 +277,8 @@ class Collector:
         self._detach(batch)
         if not batch.done.done():
             batch.done.cancel()
+        if batch.ready is not None and not batch.ready.done():
+            batch.ready.cancel()
 
     def stopping(self) -> None:
         """The flow takes no more messages: write partial batches soon, not after ``max_wait``."""
@@ -224,13 +311,29 @@ class Collector:
     def _write(self, batch: _Batch) -> None:
         batch.writing = True
         self._detach(batch)
+        if batch.ready is not None:
+            if not batch.ready.done():
+                batch.ready.set_result(None)
+            return
         task = asyncio.create_task(self._deliver(batch), name="collect")
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
     async def _deliver(self, batch: _Batch) -> None:
         key = batch.key
+        hooks = self._hooks if batch.ready is not None else None
+        claimed: dict[str, Item] | None = None
+        written = False
         try:
+            if hooks is not None:
+                assert batch.ready is not None
+                await batch.ready
+                claimed = await hooks.claim(batch.members)
+                for id in [i for i in batch.records if i not in claimed]:  # settled without the file
+                    batch.size -= len(batch.records.pop(id))
+                    batch.members.pop(id, None)
+                if not batch.records:
+                    return
             members = tuple(m for m in batch.expected if m in batch.records) if batch.expected else tuple(batch.records)
             key = key or stable_id(self.manifests.flow if self.manifests else "", "collect", members)
             name = batch.name or self._name(batch, key, len(members))
@@ -245,15 +348,26 @@ class Collector:
                 await self._manifest(key, name, members, OPEN)
             payload = await self._payload(batch, members, key, name)
             try:
-                await self._send(payload)
+                await (hooks.send(payload) if hooks is not None else self._send(payload))
             finally:
                 payload.body.release()
             await self._manifest(key, name, members, WRITTEN)
+            written = True
+            if hooks is not None:
+                assert claimed is not None
+                await hooks.written(batch.members, claimed)
+                await self._forget(key)  # its messages are all delivered in the ledger now
             batch.done.set_result(None)
         except BaseException as e:
-            if isinstance(e, Permanent) and key is not None:
+            if (isinstance(e, Permanent) or getattr(e, "final", False)) and key is not None:
                 with contextlib.suppress(Exception):  # the batch is given up: its messages may form new ones
                     await self._forget(key)
+            if hooks is not None:
+                if not batch.writing:  # stopped before it was due: it takes no more messages
+                    batch.writing = True
+                    self._detach(batch)
+                if not written:
+                    await asyncio.shield(hooks.failed(batch.members, claimed, e))
             if not batch.done.done():
                 batch.done.set_exception(e)
                 batch.done.exception()  # retrieved: every member may have left already

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped]
@@ -58,6 +58,8 @@ _END = object()
 PARK_SECONDS = 600
 """How long a message that failed for good stays away, on a subscription without a dead-letter
 policy, before Pub/Sub offers it again (Pub/Sub's longest ack deadline)."""
+ACK_CHUNK = 1000
+"""Ack ids per unary Acknowledge call (a request stays well under Pub/Sub's 512 KB limit)."""
 
 
 class _Handoff:
@@ -282,7 +284,37 @@ class PubsubSource:
         async def nack(requeue: bool) -> None:
             await self._nack(stream, message, requeue)
 
-        return Inbound(payload=payload, ack=ack, nack=nack, delivery_count=message.delivery_attempt)
+        return Inbound(
+            payload=payload,
+            ack=ack,
+            nack=nack,
+            delivery_count=message.delivery_attempt,
+            acks=self,
+            token=(stream, message),
+        )
+
+    async def ack_many(self, tokens: Sequence[Any]) -> None:
+        """Ack several deliveries together: on the stream, the library sends the acks of a moment
+        in one request (exactly-once: their confirmations awaited together); once the stream is
+        gone, one Acknowledge call per ACK_CHUNK messages."""
+        gone = [m.ack_id for s, m in tokens if not s.open]
+        live = [m for s, m in tokens if s.open]
+        if self.exactly_once and live:
+            results = await asyncio.gather(
+                *(asyncio.wrap_future(m.ack_with_response()) for m in live), return_exceptions=True
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise map_error(self.instance.name, errors[0], path=self.path) from None
+        else:
+            for m in live:
+                m.ack()
+        if gone:
+            client = await self.instance.subscriber()
+            for i in range(0, len(gone), ACK_CHUNK):
+                await self.instance.call(
+                    client.acknowledge, subscription=self.path, ack_ids=gone[i : i + ACK_CHUNK], path=self.path
+                )
 
     async def _ack(self, stream: _Stream, message: Any) -> None:
         if not stream.open:

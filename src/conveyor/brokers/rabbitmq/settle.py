@@ -12,6 +12,9 @@ Rules this module keeps:
   covering the oldest run of settled deliveries, plus single acks for any settled out of order.
   Rejects go out at once, and a delivery counts as settled for the multiple-ack only after its
   reject frame is queued, so a multiple ack can never cover a message that is being rejected.
+* A batch acked together (:meth:`Acker.ack_many`) goes out the same way at once: one
+  ``basic.ack multiple`` up to its highest tag when every older unsettled delivery of the channel
+  is in it, single acks for the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiormq
 import aiormq.abc
@@ -62,6 +66,14 @@ class Acker:
             await self.flush()
         finally:
             self._flushing = False
+
+    async def ack_many(self, tokens: Sequence[Any]) -> None:
+        """Ack these deliveries (their :class:`Delivery` objects) together; each at most once."""
+        for d in tokens:
+            if d._settle("ack"):
+                self._pending.add(d._tag)
+        if self._pending:
+            await self.flush()
 
     async def flush(self) -> None:
         """Queue ack frames for every pending ack (run before the channel is closed on purpose)."""

@@ -317,7 +317,7 @@ class RabbitSource:
             content_type=props.content_type or "application/octet-stream",
         )
         d = acker.delivery(tag)
-        return Inbound(payload, d.ack, d.nack, delivery_count)
+        return Inbound(payload, d.ack, d.nack, delivery_count, acks=acker, token=d)
 
     def _body(self, data: bytes, digest: str) -> Body:
         spool = self.instance.ctx.spool
