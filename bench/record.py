@@ -44,6 +44,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def event_loop(python: str) -> str:
+    """The event loop the daemon runs on in this benchmark: uvloop when ``python`` can import it
+    and ``CONVEYOR_EVENT_LOOP`` does not say asyncio (see docs/cli.md)."""
+    if os.environ.get("CONVEYOR_EVENT_LOOP", "").lower() == "asyncio":
+        return "asyncio"
+    found = subprocess.run([python, "-c", "import uvloop"], capture_output=True).returncode == 0
+    return "uvloop" if found else "asyncio"
+
+
 def commit(cwd: Path) -> str:
     """The commit checked out in ``cwd``, with ``+dirty`` when the tree has changes."""
     sha = subprocess.run(
@@ -79,7 +88,13 @@ def main() -> int:
         "date": started.isoformat(timespec="seconds"),
         "commit": sha,
         "machine": machine(),
-        "command": shlex.join(["python", *cmd]),
+        "command": " ".join(
+            [
+                *(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("CONVEYOR_")),
+                shlex.join(["python", *cmd]),
+            ]
+        ),
+        "event_loop": event_loop(a.python),
         "exit_code": proc.returncode,
         "seconds": round(took, 1),
         "load_average": {"before": [round(x, 2) for x in load0], "after": [round(x, 2) for x in os.getloadavg()]},
