@@ -431,3 +431,32 @@ def test_config_errors_at_their_key_path(tmp_path: Path) -> None:
     assert "flows.header.steps[0].collect" in text and "header is for format: csv only" in text
     assert "flows.timeout.steps[0].collect.max_wait: a message waits up to max_wait (60s)" in text
     assert "flows.name.steps[0].collect.filename" in text and "unknown field {mtime}" in text
+
+
+async def test_batch_start_in_the_flows_timezone(rabbit_vhost: Vhost, tmp_path: Path) -> None:
+    """``{batch_start}`` in a file name is written in the flow's ``timezone`` (UTC without one)."""
+    out = tmp_path / "out"
+    flows = {}
+    for name, zone in (("zoned", "Pacific/Kiritimati"), ("plain", None)):
+        q = rabbit_vhost.q(f"{name}-{uuid.uuid4().hex[:6]}")
+        await declare(rabbit_vhost, q)
+        await publish(rabbit_vhost, q, [b'{"n": 1}'])
+        flows[name] = {
+            "source": rabbit_source(q, 10),
+            "steps": {
+                "collect": {
+                    "format": "ndjson",
+                    "max_messages": 10,
+                    "max_wait": "300ms",
+                    "filename": "b-{batch_start:%z}.ndjson",
+                }
+            },
+            "target": {"type": "directory", "path": str(out / name), "filename": "{name}"},
+            **({"timezone": zone} if zone else {}),
+        }
+    cfg = write_config(tmp_path, {"mq": rabbit_vhost.instance_config()}, flows)
+    async with running(cfg):
+        zoned = await wait_for(lambda: files_in(out / "zoned") or None, 30)
+        plain = await wait_for(lambda: files_in(out / "plain") or None, 30)
+    assert list(zoned) == ["b-+1400.ndjson"]  # Kiritimati is UTC+14 all year
+    assert list(plain) == ["b-+0000.ndjson"]

@@ -388,7 +388,7 @@ class Daemon:
         from conveyor.steps import ProgressBook, StepsTarget
 
         book = ProgressBook(self.store, flow.name, route.name if route is not None else "")
-        return StepsTarget(target, flow.steps, self.spool, book)
+        return StepsTarget(target, flow.steps, self.spool, book, flow.timezone)
 
     def _bare_target(self, flow: Flow, route: Route | None = None) -> Target:
         route = route or flow.routes[0]

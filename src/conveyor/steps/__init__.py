@@ -84,8 +84,14 @@ class StepsTarget:
     """The flow's target behind its steps: ``deliver`` returns once every derived payload is delivered."""
 
     def __init__(
-        self, inner: Target, steps: Sequence[StepConfig], spool: Spool, book: ProgressBook | None = None
+        self,
+        inner: Target,
+        steps: Sequence[StepConfig],
+        spool: Spool,
+        book: ProgressBook | None = None,
+        timezone: str | None = None,
     ) -> None:
+        """``timezone``: the flow's zone, in which a collect step's ``{batch_start}`` is written."""
         self.inner = inner
         self._book = book
         self._collector: Collector | None = None
@@ -94,7 +100,7 @@ class StepsTarget:
             from conveyor.steps.collect import TARGET_KEY, Collector, Manifests
 
             manifests = None if book is None else Manifests(book.store, book.flow, TARGET_KEY + book.target)
-            self._collector = Collector(first, 0, spool, manifests, self.after_collect)
+            self._collector = Collector(first, 0, spool, manifests, self.after_collect, timezone)
         self._steps = [_Step(i, s, work_for(s, spool)) for i, s in enumerate(steps)]
 
     def __getattr__(self, name: str) -> Any:

@@ -46,6 +46,7 @@ from conveyor.errors import Permanent, Transient
 from conveyor.payload.body import Body
 from conveyor.payload.payload import Payload, stable_id
 from conveyor.payload.spool import Spool
+from conveyor.clock import zone
 from conveyor.payload.timestamps import utc_iso
 from conveyor.state.base import Item, Progress, StateStore
 
@@ -140,8 +141,11 @@ class Collector:
         spool: Spool,
         manifests: Manifests | None,
         send: Callable[[Payload], Awaitable[None]],
+        timezone: str | None = None,
     ) -> None:
+        """``timezone``: the IANA zone of ``{batch_start}`` in file names (the flow's; default UTC)."""
         self.config = config
+        self.zone = zone(timezone) if timezone else UTC
         self.index = index
         self.spool = spool
         self.manifests = manifests
@@ -380,7 +384,7 @@ class Collector:
             log.warning("dropping written batch manifests failed: %s", e)
 
     def _name(self, batch: _Batch, key: str, count: int) -> str:
-        start = datetime.fromtimestamp(batch.start, UTC)
+        start = datetime.fromtimestamp(batch.start, self.zone)
         flow = self.manifests.flow if self.manifests else ""
         out = []
         for literal, fld, spec in self._parts:
