@@ -100,6 +100,18 @@ def test_asyncssh_check_rejects_shapes_it_was_not_written_for(monkeypatch: pytes
 
     choice = ssh_compat.select(conn_class=SlicesElsewise)
     assert not choice.private and "_recv_packet no longer parses packets" in choice.why, choice.why
+
+    from asyncssh.channel import SSHClientChannel
+
+    def take_data(self: Any, pkttype: int, pktid: int, packet: Any) -> None:
+        pass
+
+    handlers = {**SSHClientChannel._packet_handlers, 94: take_data}  # channel data handled elsewise
+    monkeypatch.setattr(SSHClientChannel, "_packet_handlers", handlers)
+    choice = ssh_compat.select()
+    assert not choice.private and "channel data" in choice.why, choice.why
+    monkeypatch.undo()
+    monkeypatch.delenv(ENV, raising=False)
     assert ssh_compat.select(conn_class=asyncssh.SSHClientConnection, version="2.24.1").private
 
 
@@ -212,6 +224,67 @@ async def test_sftp_receive_buffer_holds_one_packet(
         assert max(beyond) <= 0, f"asyncssh was given {max(beyond)} bytes beyond a packet"
     elif path == "public":  # what it is otherwise given: several packets per socket read
         assert max(beyond) > 0, beyond
+
+
+async def test_sftp_channel_data_skips_asyncssh_packet_parser(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the private path with AES-GCM, most of a download's packets (channel data, whole in a
+    socket read) are decrypted and delivered without asyncssh's per-packet parser, and the file
+    arrives intact."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(ssh_compat, "CHOICE", ssh_compat.select())
+    backend = sftp_openssh_backend
+    data = os.urandom(8 << 20)
+    backend.put("in/f.bin", data)
+    inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+    parsed: list[int] = []
+    try:
+        await inst.check()
+        conn: Any = inst.pool._sessions[0].conn
+        finish = conn._finish_recv_packet
+
+        def finish_recv_packet(pkttype: int, seq: int, *args: Any, **kw: Any) -> None:  # private: a count
+            parsed.append(pkttype)
+            finish(pkttype, seq, *args, **kw)
+
+        conn._finish_recv_packet = finish_recv_packet
+        seq0 = conn._recv_seq
+        got = await download(inst, "in/f.bin", tmp_path)
+        received = (conn._recv_seq - seq0) & 0xFFFFFFFF
+    finally:
+        await inst.close()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert received > 200, received  # OpenSSH sends 32 KiB packets: about 260 for 8 MiB
+    assert len(parsed) < received / 2, f"asyncssh parsed {len(parsed)} of {received} packets"
+
+
+async def test_sftp_tampered_packet_is_refused(sftp_openssh_backend: SftpBackend, tmp_path: Path) -> None:
+    """A flipped bit in a received packet fails its AES-GCM tag: the download fails, nothing of
+    it is taken as data (asyncssh refuses the packet as it would without conveyor's receive path)."""
+    backend = sftp_openssh_backend
+    backend.put("in/t.bin", os.urandom(4 << 20))
+    inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]}, max_connection_attempts=1)
+    reads = 0
+    try:
+        await inst.check()
+        conn: Any = inst.pool._sessions[0].conn
+        receive = conn.data_received  # conveyor's wrapper, as installed on the connection
+
+        def data_received(data: bytes, datatype: Any = None) -> None:
+            nonlocal reads
+            reads += 1
+            if reads == 20 and len(data) > 200:  # inside the first packet of a read, past its length
+                data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+            receive(data, datatype)
+
+        conn.data_received = data_received
+        with pytest.raises(Transient):
+            await download(inst, "in/t.bin", tmp_path)
+        assert reads >= 20
+        assert conn.is_closed()
+    finally:
+        await inst.close()
 
 
 async def test_sftp_shape_rejected_at_runtime_falls_back(
