@@ -226,34 +226,43 @@ async def test_sftp_receive_buffer_holds_one_packet(
         assert max(beyond) > 0, beyond
 
 
-async def test_sftp_channel_data_skips_asyncssh_packet_parser(
-    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_sftp_channel_data_skips_asyncssh_packet_parser(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str
 ) -> None:
     """On the private path with AES-GCM, most of a download's packets (channel data, whole in a
     socket read) are decrypted and delivered without asyncssh's per-packet parser, and the file
-    arrives intact."""
+    arrives intact: on asyncio's event loop and on uvloop's (the daemon's when installed)."""
+    factory = None
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
     monkeypatch.delenv(ENV, raising=False)
     monkeypatch.setattr(ssh_compat, "CHOICE", ssh_compat.select())
     backend = sftp_openssh_backend
     data = os.urandom(8 << 20)
     backend.put("in/f.bin", data)
-    inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
     parsed: list[int] = []
-    try:
-        await inst.check()
-        conn: Any = inst.pool._sessions[0].conn
-        finish = conn._finish_recv_packet
 
-        def finish_recv_packet(pkttype: int, seq: int, *args: Any, **kw: Any) -> None:  # private: a count
-            parsed.append(pkttype)
-            finish(pkttype, seq, *args, **kw)
+    async def fetch() -> tuple[bytes, int]:
+        inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+        try:
+            await inst.check()
+            conn: Any = inst.pool._sessions[0].conn
+            finish = conn._finish_recv_packet
 
-        conn._finish_recv_packet = finish_recv_packet
-        seq0 = conn._recv_seq
-        got = await download(inst, "in/f.bin", tmp_path)
-        received = (conn._recv_seq - seq0) & 0xFFFFFFFF
-    finally:
-        await inst.close()
+            def finish_recv_packet(pkttype: int, seq: int, *args: Any, **kw: Any) -> None:  # private: a count
+                parsed.append(pkttype)
+                finish(pkttype, seq, *args, **kw)
+
+            conn._finish_recv_packet = finish_recv_packet
+            seq0 = conn._recv_seq
+            got = await download(inst, "in/f.bin", tmp_path)
+            return got, (conn._recv_seq - seq0) & 0xFFFFFFFF
+        finally:
+            await inst.close()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        got, received = runner.run(fetch())
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     assert received > 200, received  # OpenSSH sends 32 KiB packets: about 260 for 8 MiB
     assert len(parsed) < received / 2, f"asyncssh parsed {len(parsed)} of {received} packets"

@@ -266,6 +266,12 @@ def _split_packets(conn: asyncssh.SSHClientConnection) -> None:
             c.__dict__.pop("_reset_keepalive_timer", None)
 
     c.data_received = data_received
+    transport = c._transport
+    get_protocol = getattr(transport, "get_protocol", None)  # a jump host's tunnel has none
+    if get_protocol is not None and get_protocol() is c and hasattr(transport, "set_protocol"):
+        # uvloop's transports keep the protocol's data_received they were given at connect time:
+        # setting the protocol again has them take the wrapper (asyncio's look it up each read).
+        transport.set_protocol(c)
 
 
 def _channel_data(c: Any) -> Callable[[memoryview], bool]:
