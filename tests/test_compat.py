@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from conveyor.interfaces import Inbound
 from conveyor.payload import Body
 from conveyor.stopping import StopSignal
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
-from tests.backends.sftp import SftpBackend
+from tests.backends.sftp import SftpBackend, sftp_folder
 from tests.harness import wait_for
 from tests.servers.pubsub_emulator import PubsubEmulator, pubsub_emulator
+from tests.servers.ssh_keys import KeySet
+from tests.servers.sshd import Sshd, own_sshd
 from tests.test_sftp import download, instance
 
 __all__ = ["pubsub_emulator"]
@@ -266,6 +269,38 @@ def test_sftp_channel_data_skips_asyncssh_packet_parser(
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     assert received > 200, received  # OpenSSH sends 32 KiB packets: about 260 for 8 MiB
     assert len(parsed) < received / 2, f"asyncssh parsed {len(parsed)} of {received} packets"
+
+
+@pytest.fixture
+def rekeying_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:
+    """An sshd that renews its keys after every MiB it sends."""
+    yield from own_sshd(ssh_client_keys, ("ed25519",), ("RekeyLimit 1M",))
+
+
+async def test_sftp_channel_data_across_new_keys(rekeying_sshd: Sshd, tmp_path: Path) -> None:
+    """A download through several key renewals by the server: conveyor's receive path follows each
+    new key as asyncssh does, and the file arrives intact."""
+    backend = sftp_folder(rekeying_sshd)
+    data = os.urandom(6 << 20)
+    backend.put("in/r.bin", data)
+    inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+    try:
+        await inst.check()
+        conn: Any = inst.pool._sessions[0].conn
+        first, finish, parsed = conn._recv_encryption, conn._finish_recv_packet, []
+
+        def finish_recv_packet(pkttype: int, seq: int, *args: Any, **kw: Any) -> None:  # private: a count
+            parsed.append(pkttype)
+            finish(pkttype, seq, *args, **kw)
+
+        conn._finish_recv_packet = finish_recv_packet
+        got = await download(inst, "in/r.bin", tmp_path)
+        assert conn._recv_encryption is not first, "the server renewed no keys"
+    finally:
+        await inst.close()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    data_packets = len(data) // (32 << 10)
+    assert parsed.count(94) < data_packets / 2, f"asyncssh parsed {parsed.count(94)} of about {data_packets}"
 
 
 async def test_sftp_tampered_packet_is_refused(sftp_openssh_backend: SftpBackend, tmp_path: Path) -> None:
