@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from conveyor.interfaces import Inbound
 from conveyor.payload import Body
 from conveyor.stopping import StopSignal
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
-from tests.backends.sftp import SftpBackend
+from tests.backends.sftp import SftpBackend, sftp_folder
 from tests.harness import wait_for
 from tests.servers.pubsub_emulator import PubsubEmulator, pubsub_emulator
+from tests.servers.ssh_keys import KeySet
+from tests.servers.sshd import Sshd, own_sshd
 from tests.test_sftp import download, instance
 
 __all__ = ["pubsub_emulator"]
@@ -100,6 +103,18 @@ def test_asyncssh_check_rejects_shapes_it_was_not_written_for(monkeypatch: pytes
 
     choice = ssh_compat.select(conn_class=SlicesElsewise)
     assert not choice.private and "_recv_packet no longer parses packets" in choice.why, choice.why
+
+    from asyncssh.channel import SSHClientChannel
+
+    def take_data(self: Any, pkttype: int, pktid: int, packet: Any) -> None:
+        pass
+
+    handlers = {**SSHClientChannel._packet_handlers, 94: take_data}  # channel data handled elsewise
+    monkeypatch.setattr(SSHClientChannel, "_packet_handlers", handlers)
+    choice = ssh_compat.select()
+    assert not choice.private and "channel data" in choice.why, choice.why
+    monkeypatch.undo()
+    monkeypatch.delenv(ENV, raising=False)
     assert ssh_compat.select(conn_class=asyncssh.SSHClientConnection, version="2.24.1").private
 
 
@@ -212,6 +227,108 @@ async def test_sftp_receive_buffer_holds_one_packet(
         assert max(beyond) <= 0, f"asyncssh was given {max(beyond)} bytes beyond a packet"
     elif path == "public":  # what it is otherwise given: several packets per socket read
         assert max(beyond) > 0, beyond
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_sftp_channel_data_skips_asyncssh_packet_parser(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """On the private path with AES-GCM, most of a download's packets (channel data, whole in a
+    socket read) are decrypted and delivered without asyncssh's per-packet parser, and the file
+    arrives intact: on asyncio's event loop and on uvloop's (the daemon's when installed)."""
+    factory = None
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(ssh_compat, "CHOICE", ssh_compat.select())
+    backend = sftp_openssh_backend
+    data = os.urandom(8 << 20)
+    backend.put("in/f.bin", data)
+    parsed: list[int] = []
+
+    async def fetch() -> tuple[bytes, int]:
+        inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+        try:
+            await inst.check()
+            conn: Any = inst.pool._sessions[0].conn
+            finish = conn._finish_recv_packet
+
+            def finish_recv_packet(pkttype: int, seq: int, *args: Any, **kw: Any) -> None:  # private: a count
+                parsed.append(pkttype)
+                finish(pkttype, seq, *args, **kw)
+
+            conn._finish_recv_packet = finish_recv_packet
+            seq0 = conn._recv_seq
+            got = await download(inst, "in/f.bin", tmp_path)
+            return got, (conn._recv_seq - seq0) & 0xFFFFFFFF
+        finally:
+            await inst.close()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        got, received = runner.run(fetch())
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert received > 200, received  # OpenSSH sends 32 KiB packets: about 260 for 8 MiB
+    assert len(parsed) < received / 2, f"asyncssh parsed {len(parsed)} of {received} packets"
+
+
+@pytest.fixture
+def rekeying_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:
+    """An sshd that renews its keys after every MiB it sends."""
+    yield from own_sshd(ssh_client_keys, ("ed25519",), ("RekeyLimit 1M",))
+
+
+async def test_sftp_channel_data_across_new_keys(rekeying_sshd: Sshd, tmp_path: Path) -> None:
+    """A download through several key renewals by the server: conveyor's receive path follows each
+    new key as asyncssh does, and the file arrives intact."""
+    backend = sftp_folder(rekeying_sshd)
+    data = os.urandom(6 << 20)
+    backend.put("in/r.bin", data)
+    inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+    try:
+        await inst.check()
+        conn: Any = inst.pool._sessions[0].conn
+        first, finish, parsed = conn._recv_encryption, conn._finish_recv_packet, []
+
+        def finish_recv_packet(pkttype: int, seq: int, *args: Any, **kw: Any) -> None:  # private: a count
+            parsed.append(pkttype)
+            finish(pkttype, seq, *args, **kw)
+
+        conn._finish_recv_packet = finish_recv_packet
+        got = await download(inst, "in/r.bin", tmp_path)
+        assert conn._recv_encryption is not first, "the server renewed no keys"
+    finally:
+        await inst.close()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    data_packets = len(data) // (32 << 10)
+    assert parsed.count(94) < data_packets / 2, f"asyncssh parsed {parsed.count(94)} of about {data_packets}"
+
+
+async def test_sftp_tampered_packet_is_refused(sftp_openssh_backend: SftpBackend, tmp_path: Path) -> None:
+    """A flipped bit in a received packet fails its AES-GCM tag: the download fails, nothing of
+    it is taken as data (asyncssh refuses the packet as it would without conveyor's receive path)."""
+    backend = sftp_openssh_backend
+    backend.put("in/t.bin", os.urandom(4 << 20))
+    inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]}, max_connection_attempts=1)
+    reads = 0
+    try:
+        await inst.check()
+        conn: Any = inst.pool._sessions[0].conn
+        receive = conn.data_received  # conveyor's wrapper, as installed on the connection
+
+        def data_received(data: bytes, datatype: Any = None) -> None:
+            nonlocal reads
+            reads += 1
+            if reads == 20 and len(data) > 200:  # inside the first packet of a read, past its length
+                data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+            receive(data, datatype)
+
+        conn.data_received = data_received
+        with pytest.raises(Transient):
+            await download(inst, "in/t.bin", tmp_path)
+        assert reads >= 20
+        assert conn.is_closed()
+    finally:
+        await inst.close()
 
 
 async def test_sftp_shape_rejected_at_runtime_falls_back(

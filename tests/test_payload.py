@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import builtins
 import hashlib
 import importlib
 import json
 import mimetypes
 import random
+import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import conveyor.payload
 from conveyor.errors import NotFound, Permanent
 from conveyor.interfaces import Context, RemoteFile
-from conveyor.payload import utc_iso
+from conveyor.payload import Spool, utc_iso
 from conveyor.status import StatusBoard
 from conveyor.transfer.local.config import LocalConfig
 from conveyor.transfer.local.instance import LocalInstance
@@ -175,3 +179,40 @@ def test_meta_header_json_is_json_dumps() -> None:
     ]
     for doc in docs:
         assert _META_JSON(doc) == json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
+
+
+class _StuckFile:
+    """A spool file whose writes wait until ``go`` is set: a disk that stalls."""
+
+    def __init__(self, real: Any, go: threading.Event) -> None:
+        self.real, self.go = real, go
+
+    def write(self, data: bytes) -> int:
+        self.go.wait(10)
+        return int(self.real.write(data))
+
+    def close(self) -> None:
+        self.real.close()
+
+
+async def test_the_spool_hashes_while_a_file_write_is_stuck(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", threshold=1024)
+    spool.prepare()
+    w = spool.writer()
+    chunks = [random.randbytes(2000) for _ in range(4)]
+    w.write(chunks[0])  # past the threshold: spilled, the file and hashing threads started
+    go = threading.Event()
+    w._file = _StuckFile(w._file, go)
+    for c in chunks[1:]:
+        w.write(c)
+    want = hashlib.sha256(b"".join(chunks)).hexdigest()
+    deadline = time.monotonic() + 10
+    while w._hash.copy().hexdigest() != want and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert w._hash.copy().hexdigest() == want, "SHA-256 waited for the stuck file write"
+    go.set()
+    body = w.finish()
+    assert await body.digest() == want and body.path is not None
+    assert body.path.read_bytes() == b"".join(chunks)
+    body.release()
+    assert spool.used == 0

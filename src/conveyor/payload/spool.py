@@ -68,11 +68,12 @@ class SpoolWriter:
     """Collects a body as it arrives, hashing on the way; spills to the spool past the threshold.
 
     Writes append, so a download that resumes after a dropped connection continues at
-    :attr:`size` and the hash stays correct. Once spilled, hashing and file writes run on a
-    thread of the writer's own (hashlib and file writes release the GIL), so the event loop
-    that decrypts the download does not also pay for SHA-256; at most ``_BACKLOG`` bytes wait
-    for that thread. A write error there poisons the writer (:attr:`failed`): the body must
-    then be fetched again from the start, never resumed, since the count ran ahead of the disk.
+    :attr:`size` and the hash stays correct. Once spilled, file writes run on a thread of the
+    writer's own and SHA-256 on a second one beside it (hashlib and file writes release the GIL),
+    so the event loop that decrypts the download pays for neither, and a chunk costs the larger
+    of the two rather than their sum; at most ``_BACKLOG`` bytes wait for either thread. A write
+    error poisons the writer (:attr:`failed`): the body must then be fetched again from the
+    start, never resumed, since the count ran ahead of the disk.
 
     A download over several connections at once calls :meth:`positional` first and then
     :meth:`write_at`: each piece lands at its offset, :attr:`size` counts the bytes held and
@@ -94,14 +95,20 @@ class SpoolWriter:
         self._hash = hashlib.sha256()
         self.size = 0
         self._reserved = 0
-        self._queue: queue.SimpleQueue[tuple[bytes, bool, int, int] | None] | None = None
+        self._queue: queue.SimpleQueue[tuple[bytes, int, int] | None] | None = None
+        """Chunks for the file thread: data, offset (-1: append) and how far the file is complete."""
+        self._hash_queue: queue.SimpleQueue[bytes | None] | None = None
+        """Appended chunks for the hashing thread."""
         self._ranges: list[tuple[int, int]] | None = None
         """Positional mode: the byte ranges written, sorted and disjoint (None: appending)."""
         self._fd = -1
         self._hashed = 0
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._cond = threading.Condition()
         self._queued = 0
+        """Bytes handed to the file thread and not written yet."""
+        self._unhashed = 0
+        """Bytes handed to the hashing thread and not hashed yet (appending)."""
         self._error: ConveyorError | None = None
 
     @property
@@ -132,13 +139,17 @@ class SpoolWriter:
             self._reserve(len(data))  # before counting: a refused chunk is fetched again on resume
             self.size += len(data)
             if type(data) is not bytes:
-                data = bytes(data)  # the caller may reuse its buffer before the thread writes it
+                data = bytes(data)  # the caller may reuse its buffer before the threads read it
         with self._cond:
-            while self._queued > self._BACKLOG and self._error is None:
+            while max(self._queued, self._unhashed) > self._BACKLOG and self._error is None:
                 self._cond.wait()
             self._queued += len(data)
-        assert self._queue is not None
-        self._queue.put((data, hashed, -1, -1))
+            if not hashed:
+                self._unhashed += len(data)
+        assert self._queue is not None and self._hash_queue is not None
+        if not hashed:
+            self._hash_queue.put(data)
+        self._queue.put((data, -1, -1))
 
     def positional(self, total: int) -> None:
         """Take the body's ``total`` bytes as pieces at offsets (:meth:`write_at`) from now on.
@@ -182,7 +193,7 @@ class SpoolWriter:
                 self._cond.wait()
             self._queued += len(data)
         assert self._queue is not None
-        self._queue.put((data, True, offset, frontier))
+        self._queue.put((data, offset, frontier))
 
     def _cover(self, start: int, end: int) -> int:
         """Add [start, end) to the written ranges; the bytes it newly covers."""
@@ -224,17 +235,27 @@ class SpoolWriter:
         else:
             self._file = os.fdopen(fd, "wb")
         self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="conveyor-spool", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, name="conveyor-spool", daemon=True)]
+        if not positional:  # positional pieces are hashed back from the file, in the file thread
+            self._hash_queue = queue.SimpleQueue()
+            self._threads.append(threading.Thread(target=self._hash_work, name="conveyor-spool-hash", daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def _hash_work(self) -> None:
+        assert self._hash_queue is not None
+        while (data := self._hash_queue.get()) is not None:
+            self._hash.update(data)
+            with self._cond:
+                self._unhashed -= len(data)
+                self._cond.notify_all()
 
     def _work(self) -> None:
         assert self._queue is not None
         while (job := self._queue.get()) is not None:
-            data, hashed, offset, frontier = job
+            data, offset, frontier = job
             if self._error is None:
                 try:
-                    if not hashed:
-                        self._hash.update(data)
                     if offset < 0:
                         self._file.write(data)
                     else:
@@ -265,11 +286,12 @@ class SpoolWriter:
             self._hashed += len(chunk)
 
     def _join(self) -> None:
-        if self._thread is not None:
-            assert self._queue is not None
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        for q in (self._queue, self._hash_queue):
+            if q is not None and self._threads:
+                q.put(None)
+        for t in self._threads:
+            t.join()
+        self._threads = []
 
     def _reserve(self, n: int) -> None:
         sp = self._spool
