@@ -41,12 +41,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from conveyor.clock import zone
 from conveyor.config.steps import Collect, check_collect_name
 from conveyor.errors import Permanent, Transient
 from conveyor.payload.body import Body
 from conveyor.payload.payload import Payload, stable_id
 from conveyor.payload.spool import Spool
-from conveyor.clock import zone
 from conveyor.payload.timestamps import utc_iso
 from conveyor.state.base import Item, Progress, StateStore
 
