@@ -6,6 +6,7 @@ tests/servers/*.py); importing them here makes them visible to every test module
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ from tests.backends.local import LocalBackend
 from tests.backends.pubsub import *  # noqa: F403 (fixtures)
 from tests.backends.rabbitmq import *  # noqa: F403 (fixtures)
 from tests.backends.sftp import *  # noqa: F403 (fixtures)
+
+# The suite's daemons run on asyncio's own loop, what a plain install gets; uvloop (the
+# ``conveyor[uvloop]`` extra, also in ``test``) is what tests/test_event_loops.py asks for.
+os.environ.setdefault("CONVEYOR_EVENT_LOOP", "asyncio")
 
 FILE_BACKENDS = [
     "local_backend",

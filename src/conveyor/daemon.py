@@ -244,10 +244,12 @@ class Daemon:
                         self._start_flow(flow)
                 housekeeping = tg.create_task(self._housekeeping(), name="housekeeping")
                 log.info(
-                    "conveyor started: %d flows, %d instances, state %s",
+                    "conveyor started: %d flows, %d instances, state %s, event loop %s",
                     len(self.flows),
                     len(self.config.instances),
                     redact(self.config.state),
+                    # uvloop or asyncio (see loop_factory): what an operator asks first about a loop fault
+                    type(asyncio.get_running_loop()).__module__.partition(".")[0],
                 )
                 for addon in self.addons:
                     await addon.ready()
