@@ -45,8 +45,9 @@ def machine() -> dict[str, Any]:
 
 
 def event_loop(python: str) -> str:
-    """The event loop the daemon runs on in this benchmark: uvloop when ``python`` can import it
-    and ``CONVEYOR_EVENT_LOOP`` does not say asyncio (see docs/cli.md)."""
+    """The event loop of the benchmark's `conveyor run` daemons: uvloop when ``python`` can import it
+    and ``CONVEYOR_EVENT_LOOP`` does not say asyncio (see docs/cli.md). Rows that drive a connector
+    in a script of their own run on asyncio's loop."""
     if os.environ.get("CONVEYOR_EVENT_LOOP", "").lower() == "asyncio":
         return "asyncio"
     found = subprocess.run([python, "-c", "import uvloop"], capture_output=True).returncode == 0
@@ -94,7 +95,7 @@ def main() -> int:
                 shlex.join(["python", *cmd]),
             ]
         ),
-        "event_loop": event_loop(a.python),
+        "daemon_event_loop": event_loop(a.python),
         "exit_code": proc.returncode,
         "seconds": round(took, 1),
         "load_average": {"before": [round(x, 2) for x in load0], "after": [round(x, 2) for x in os.getloadavg()]},
