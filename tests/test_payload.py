@@ -175,3 +175,30 @@ def test_meta_header_json_is_json_dumps() -> None:
     ]
     for doc in docs:
         assert _META_JSON(doc) == json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
+
+
+def test_the_spool_writer_keeps_each_piece_as_handed_over(tmp_path: Path) -> None:
+    """Pieces of any size and type, from a buffer the caller refills at once (as the FTP client
+    does), past the in-memory threshold: the file and its SHA-256 are the bytes handed over."""
+    from conveyor.payload import Spool
+
+    spool = Spool(tmp_path / "spool", threshold=64 * 1024)
+    spool.prepare()
+    rng = random.Random(7)
+    data = rng.randbytes(5 * 1024 * 1024 + 11)
+    buf = bytearray(1024 * 1024)
+    w = spool.writer()
+    at = 0
+    while at < len(data):
+        n = min(rng.choice([1, 100, 4096, 65536, 1024 * 1024, 1024 * 1024 + 1]), len(data) - at)
+        if n > len(buf) or rng.random() < 0.3:
+            w.write(data[at : at + n])  # bytes, kept as they are
+        else:
+            buf[:n] = data[at : at + n]
+            w.write(memoryview(buf)[:n])
+            buf[:n] = bytes(n)  # refilled before the spool's threads are done
+        at += n
+    body = w.finish()
+    assert body.size == len(data) and body.known_digest == hashlib.sha256(data).hexdigest()
+    assert body.path is not None and body.path.read_bytes() == data
+    body.release()
