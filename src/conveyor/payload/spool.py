@@ -79,9 +79,11 @@ class SpoolWriter:
     A download over several connections at once calls :meth:`positional` first and then
     :meth:`write_at`: each piece lands at its offset, :attr:`size` counts the bytes held and
     :meth:`missing` says which ranges a resume still has to fetch. SHA-256 is sequential, so
-    the writing thread hashes the file back from the page cache as far as it is complete from
-    the start; with the pieces handed out in file order that frontier trails the fastest
-    connection by a few parts, and little is left to hash at :meth:`finish`.
+    the hashing thread reads the file back from the page cache as far as it is complete from
+    the start, told by the writing thread after each write; with the pieces handed out in file
+    order that frontier trails the fastest connection by a few parts, and little is left to
+    hash at :meth:`finish`. When the frontier leaps (a first part done, the later ones already
+    in), the writes go on meanwhile: the other connections are not held up by the hashing.
     """
 
     _BACKLOG = 16 * 1024 * 1024
@@ -97,7 +99,8 @@ class SpoolWriter:
         self.size = 0
         self._reserved = 0
         self._queue: queue.SimpleQueue[tuple[list[bytes], int, int, int] | None] | None = None
-        self._hash_queue: queue.SimpleQueue[tuple[list[bytes], int, bool] | None] | None = None
+        self._hash_queue: queue.SimpleQueue[tuple[list[bytes], int, bool, int] | None] | None = None
+        """Blocks to hash (appending), or how far the file is complete from the start (positional)."""
         self._block: list[bytes] = []
         """Appended pieces not yet handed to the threads, ``_blocked`` bytes (under ``_BLOCK``)."""
         self._blocked = 0
@@ -159,7 +162,7 @@ class SpoolWriter:
             self._queued += n
             self._hash_queued += n
         assert self._queue is not None and self._hash_queue is not None
-        self._hash_queue.put((block, n, hashed))
+        self._hash_queue.put((block, n, hashed, -1))
         self._queue.put((block, n, -1, -1))
 
     def positional(self, total: int) -> None:
@@ -242,16 +245,15 @@ class SpoolWriter:
         mode = os.O_RDWR if positional else os.O_WRONLY
         fd = os.open(self.path, mode | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         self._fd = fd  # no buffering; in positional mode the hash reads back what was written
-        self._queue = queue.SimpleQueue()
-        if not positional:
-            self._hash_queue = queue.SimpleQueue()
-            self._hasher = threading.Thread(target=self._hash_work, name="conveyor-hash", daemon=True)
-            self._hasher.start()
+        self._queue, self._hash_queue = queue.SimpleQueue(), queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="conveyor-spool", daemon=True)
         self._thread.start()
+        self._hasher = threading.Thread(target=self._hash_work, name="conveyor-hash", daemon=True)
+        self._hasher.start()
 
     def _work(self) -> None:
-        assert self._queue is not None
+        assert self._queue is not None and self._hash_queue is not None
+        told = 0
         while (job := self._queue.get()) is not None:
             block, n, offset, frontier = job
             if self._error is None:
@@ -260,7 +262,9 @@ class SpoolWriter:
                         _writev_all(self._fd, block, n)
                     else:
                         _pwrite_all(self._fd, block[0], offset)
-                        self._hash_to(frontier)
+                        if frontier > told:
+                            told = frontier
+                            self._hash_queue.put(([], 0, True, frontier))
                 except OSError as e:
                     self._error = (
                         NoSpace(f"spool disk full at {self._spool.directory}")
@@ -272,11 +276,19 @@ class SpoolWriter:
                 self._cond.notify_all()
 
     def _hash_work(self) -> None:
-        """Appending mode: SHA-256 of each block, in order, beside the writing thread."""
+        """SHA-256 beside the writing thread: of each appended block, or of the file read back
+        up to each frontier the writing thread reports (positional mode)."""
         assert self._hash_queue is not None
         while (job := self._hash_queue.get()) is not None:
-            block, n, hashed = job
-            if not hashed and self._error is None:
+            block, n, hashed, frontier = job
+            if self._error is not None:
+                pass
+            elif frontier >= 0:
+                try:
+                    self._hash_to(frontier)
+                except OSError as e:
+                    self._error = Transient(f"spool read failed: {e.strerror or e}")
+            elif not hashed:
                 for piece in block:
                     self._hash.update(piece)
             with self._cond:
@@ -294,7 +306,7 @@ class SpoolWriter:
 
     def _join(self) -> None:
         self._flush_block()
-        if self._thread is not None:
+        if self._thread is not None:  # the writer first: in positional mode it feeds the hasher
             assert self._queue is not None
             self._queue.put(None)
             self._thread.join()
