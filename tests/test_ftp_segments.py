@@ -194,7 +194,8 @@ async def test_hashing_the_prefix_does_not_hold_up_the_other_parts(
     digest = served(srv, "big.bin", size)
     inst, _, spool = ftp_instance(srv.config(streams=2, max_connections=2), tmp_path / "spool")
     try:
-        w = await fetch(inst, spool, digest, SlowHashSink(spool, size))
-        assert w.segmented and not w.ran_out, "the writes waited for the hash"
+        sink = SlowHashSink(spool, size)
+        await fetch(inst, spool, digest, sink)
+        assert sink.segmented and not sink.ran_out, "the writes waited for the hash"
     finally:
         await inst.close()
