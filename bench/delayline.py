@@ -101,6 +101,12 @@ class DelayLine:
         room.set()
 
         async def release() -> None:
+            try:
+                await releasing()
+            finally:
+                room.set()  # a reader waiting for room sees that nothing will be released any more
+
+        async def releasing() -> None:
             nonlocal held
             while True:
                 while not line:
@@ -124,7 +130,7 @@ class DelayLine:
 
         sender = asyncio.ensure_future(release())
         try:
-            while True:
+            while not sender.done():  # the far side closed: stop reading, the error comes below
                 data = await r.read(CHUNK)
                 line.append((loop.time() + self.delay, data))
                 held += len(data)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,43 @@ async def test_daemon_segmented_download(vsftpd_factory: Any, tmp_path: Path, tl
     got = bodies(out)
     assert [hashlib.sha256(v).hexdigest() for v in got.values()] == [digest]
     assert [s["sha256"] for s in sidecars(out)] == [digest]
+
+
+class SlowHashSink(SpoolWriter):
+    """Holds the hashing back until every byte of the file has been received (at most
+    ``patience`` seconds): the writes, and so the connections, must go on meanwhile."""
+
+    def __init__(self, spool: Any, total: int, patience: float = 10.0) -> None:
+        super().__init__(spool)
+        self._total, self._patience = total, patience
+        self.all_in = threading.Event()
+        self.ran_out = False
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        super().write_at(offset, data)
+        if self.size == self._total:
+            self.all_in.set()
+
+    def _hash_to(self, frontier: int) -> None:
+        if not self.all_in.wait(self._patience):
+            self.ran_out = True
+            self.all_in.set()  # once is enough to tell
+        super()._hash_to(frontier)
+
+
+@pytest.mark.parametrize("tls", ["none", "explicit"])
+async def test_hashing_the_prefix_does_not_hold_up_the_other_parts(
+    vsftpd_factory: Any, tmp_path: Path, tls: str
+) -> None:
+    """The hash follows the part of the file complete from its start; while it catches up (a
+    first part done, the later ones already in), the writes of the other connections go on."""
+    srv = vsftpd_factory(tls)
+    size = 64 * MIB  # well past what may wait for the spool's threads
+    digest = served(srv, "big.bin", size)
+    inst, _, spool = ftp_instance(srv.config(streams=2, max_connections=2), tmp_path / "spool")
+    try:
+        sink = SlowHashSink(spool, size)
+        await fetch(inst, spool, digest, sink)
+        assert sink.segmented and not sink.ran_out, "the writes waited for the hash"
+    finally:
+        await inst.close()

@@ -243,3 +243,32 @@ async def test_server_disk_full(vsftpd_factory: Any, tmp_path: Path, tls: str) -
             assert status.instances["ftp-test"].state == "up"
         finally:
             await inst.close()
+
+
+@pytest.mark.parametrize("passive", [True, False])
+def test_explicit_tls_data_channels_on_uvloop(vsftpd_factory: Any, tmp_path: Path, passive: bool) -> None:
+    """The daemon runs on uvloop when installed: vsftpd must see the control channel's session
+    resumed on each data channel there too, for a listing, one download and one in two parts."""
+    uvloop = pytest.importorskip("uvloop")
+    srv = vsftpd_factory("explicit")
+    small, large = os.urandom(3 * 1024 * 1024 + 5), os.urandom(32 * 1024 * 1024 + 7)
+    put(srv, "in/small.bin", small)
+    put(srv, "in/large.bin", large)
+
+    async def run() -> None:
+        config = srv.config(passive=passive, streams=2, max_connections=2)
+        inst, _, spool = ftp_instance(config, tmp_path / "spool")
+        try:
+            files = {f.path: f async for f in inst.list("in", True)}
+            for name, data in (("in/small.bin", small), ("in/large.bin", large)):
+                w = spool.writer()
+                await inst.download(files[name], w)
+                assert w.segmented == (name == "in/large.bin")
+                body = w.finish()
+                assert await body.digest() == hashlib.sha256(data).hexdigest()
+                body.release()
+        finally:
+            await inst.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())

@@ -14,7 +14,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -22,6 +22,7 @@ import conveyor.payload
 from conveyor.errors import NotFound, Permanent
 from conveyor.interfaces import Context, RemoteFile
 from conveyor.payload import Spool, utc_iso
+from conveyor.payload.spool import SpoolWriter
 from conveyor.status import StatusBoard
 from conveyor.transfer.local.config import LocalConfig
 from conveyor.transfer.local.instance import LocalInstance
@@ -181,29 +182,23 @@ def test_meta_header_json_is_json_dumps() -> None:
         assert _META_JSON(doc) == json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
 
 
-class _StuckFile:
-    """A spool file whose writes wait until ``go`` is set: a disk that stalls."""
+async def test_the_spool_hashes_while_a_file_write_is_stuck(tmp_path: Path, monkeypatch: Any) -> None:
+    """A disk that stalls holds up the file writes, not the SHA-256 of what already came."""
+    import conveyor.payload.spool as spool_module
 
-    def __init__(self, real: Any, go: threading.Event) -> None:
-        self.real, self.go = real, go
+    go = threading.Event()
+    real = spool_module._writev_all
 
-    def write(self, data: bytes) -> int:
-        self.go.wait(10)
-        return int(self.real.write(data))
+    def stuck(fd: int, block: list[bytes], n: int) -> None:
+        go.wait(10)
+        real(fd, block, n)
 
-    def close(self) -> None:
-        self.real.close()
-
-
-async def test_the_spool_hashes_while_a_file_write_is_stuck(tmp_path: Path) -> None:
+    monkeypatch.setattr(spool_module, "_writev_all", stuck)
     spool = Spool(tmp_path / "spool", threshold=1024)
     spool.prepare()
     w = spool.writer()
-    chunks = [random.randbytes(2000) for _ in range(4)]
-    w.write(chunks[0])  # past the threshold: spilled, the file and hashing threads started
-    go = threading.Event()
-    w._file = _StuckFile(w._file, go)
-    for c in chunks[1:]:
+    chunks = [random.randbytes(SpoolWriter._BLOCK) for _ in range(4)]
+    for c in chunks:
         w.write(c)
     want = hashlib.sha256(b"".join(chunks)).hexdigest()
     deadline = time.monotonic() + 10
@@ -216,3 +211,30 @@ async def test_the_spool_hashes_while_a_file_write_is_stuck(tmp_path: Path) -> N
     assert body.path.read_bytes() == b"".join(chunks)
     body.release()
     assert spool.used == 0
+
+
+def test_the_spool_writer_keeps_each_piece_as_handed_over(tmp_path: Path) -> None:
+    """Pieces of any size and type, from a buffer the caller refills at once (as the FTP client
+    does), past the in-memory threshold: the file and its SHA-256 are the bytes handed over."""
+    from conveyor.payload import Spool
+
+    spool = Spool(tmp_path / "spool", threshold=64 * 1024)
+    spool.prepare()
+    rng = random.Random(7)
+    data = rng.randbytes(5 * 1024 * 1024 + 11)
+    buf = bytearray(1024 * 1024)
+    w = spool.writer()
+    at = 0
+    while at < len(data):
+        n = min(rng.choice([1, 100, 4096, 65536, 1024 * 1024, 1024 * 1024 + 1]), len(data) - at)
+        if n > len(buf) or rng.random() < 0.3:
+            w.write(data[at : at + n])  # bytes, kept as they are
+        else:
+            buf[:n] = data[at : at + n]
+            cast(Any, w.write)(memoryview(buf)[:n])  # as the FTP client hands its receive buffer
+            buf[:n] = bytes(n)  # refilled before the spool's threads are done
+        at += n
+    body = w.finish()
+    assert body.size == len(data) and body.known_digest == hashlib.sha256(data).hexdigest()
+    assert body.path is not None and body.path.read_bytes() == data
+    body.release()

@@ -68,47 +68,51 @@ class SpoolWriter:
     """Collects a body as it arrives, hashing on the way; spills to the spool past the threshold.
 
     Writes append, so a download that resumes after a dropped connection continues at
-    :attr:`size` and the hash stays correct. Once spilled, file writes run on a thread of the
-    writer's own and SHA-256 on a second one beside it (hashlib and file writes release the GIL),
-    so the event loop that decrypts the download pays for neither, and a chunk costs the larger
-    of the two rather than their sum; at most ``_BACKLOG`` bytes wait for either thread. A write
-    error poisons the writer (:attr:`failed`): the body must then be fetched again from the
-    start, never resumed, since the count ran ahead of the disk.
+    :attr:`size` and the hash stays correct. Once spilled, the pieces are gathered into blocks
+    of ``_BLOCK`` bytes, each hashed on one thread and written (one ``writev``) on another;
+    hashlib and file writes release the GIL. The event loop that receives the download pays for
+    neither, and SHA-256 runs while the page cache takes the previous block rather than before
+    it. At most ``_BACKLOG`` bytes wait for the slower of the two. A write error poisons the
+    writer (:attr:`failed`): the body must then be fetched again from the start, never resumed,
+    since the count ran ahead of the disk.
 
     A download over several connections at once calls :meth:`positional` first and then
     :meth:`write_at`: each piece lands at its offset, :attr:`size` counts the bytes held and
     :meth:`missing` says which ranges a resume still has to fetch. SHA-256 is sequential, so
-    the writer's thread hashes the file back from the page cache as far as it is complete from
-    the start; with the pieces handed out in file order that frontier trails the fastest
-    connection by a few parts, and little is left to hash at :meth:`finish`.
+    the hashing thread reads the file back from the page cache as far as it is complete from
+    the start, told by the writing thread after each write; with the pieces handed out in file
+    order that frontier trails the fastest connection by a few parts, and little is left to
+    hash at :meth:`finish`. When the frontier leaps (a first part done, the later ones already
+    in), the writes go on meanwhile: the other connections are not held up by the hashing.
     """
 
     _BACKLOG = 16 * 1024 * 1024
+    _BLOCK = 1024 * 1024
 
     def __init__(self, spool: Spool, limit: int | None = None, what: str = "the size limit") -> None:
         self._spool = spool
         self._limit = limit
         self._what = what
         self._buf: bytearray | None = bytearray()
-        self._file: Any = None
         self.path: Path | None = None
         self._hash = hashlib.sha256()
         self.size = 0
         self._reserved = 0
-        self._queue: queue.SimpleQueue[tuple[bytes, int, int] | None] | None = None
-        """Chunks for the file thread: data, offset (-1: append) and how far the file is complete."""
-        self._hash_queue: queue.SimpleQueue[bytes | None] | None = None
-        """Appended chunks for the hashing thread."""
+        self._queue: queue.SimpleQueue[tuple[list[bytes], int, int, int] | None] | None = None
+        self._hash_queue: queue.SimpleQueue[tuple[list[bytes], int, bool, int] | None] | None = None
+        """Blocks to hash (appending), or how far the file is complete from the start (positional)."""
+        self._block: list[bytes] = []
+        """Appended pieces not yet handed to the threads, ``_blocked`` bytes (under ``_BLOCK``)."""
+        self._blocked = 0
         self._ranges: list[tuple[int, int]] | None = None
         """Positional mode: the byte ranges written, sorted and disjoint (None: appending)."""
         self._fd = -1
         self._hashed = 0
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
+        self._hasher: threading.Thread | None = None
         self._cond = threading.Condition()
         self._queued = 0
-        """Bytes handed to the file thread and not written yet."""
-        self._unhashed = 0
-        """Bytes handed to the hashing thread and not hashed yet (appending)."""
+        self._hash_queued = 0
         self._error: ConveyorError | None = None
 
     @property
@@ -133,23 +137,33 @@ class SpoolWriter:
             data, self._buf = bytes(self._buf), None
             self._reserve(len(data))
             self._spill()
-            hashed = True  # the buffered bytes were hashed as they arrived
-        else:
-            hashed = False
-            self._reserve(len(data))  # before counting: a refused chunk is fetched again on resume
-            self.size += len(data)
-            if type(data) is not bytes:
-                data = bytes(data)  # the caller may reuse its buffer before the threads read it
+            self._push([data], len(data), True)  # the buffered bytes were hashed as they arrived
+            return
+        self._reserve(len(data))  # before counting: a refused chunk is fetched again on resume
+        self.size += len(data)
+        if type(data) is not bytes:
+            data = bytes(data)  # the caller may reuse its buffer before the threads are done with it
+        self._block.append(data)
+        self._blocked += len(data)
+        if self._blocked >= self._BLOCK or len(self._block) >= 256:  # 256: well under writev's IOV_MAX
+            self._flush_block()
+
+    def _flush_block(self) -> None:
+        if self._block:
+            block, n = self._block, self._blocked
+            self._block, self._blocked = [], 0
+            self._push(block, n, False)
+
+    def _push(self, block: list[bytes], n: int, hashed: bool) -> None:
+        """Hand ``n`` appended bytes to the hashing and writing threads."""
         with self._cond:
-            while max(self._queued, self._unhashed) > self._BACKLOG and self._error is None:
+            while max(self._queued, self._hash_queued) > self._BACKLOG and self._error is None:
                 self._cond.wait()
-            self._queued += len(data)
-            if not hashed:
-                self._unhashed += len(data)
+            self._queued += n
+            self._hash_queued += n
         assert self._queue is not None and self._hash_queue is not None
-        if not hashed:
-            self._hash_queue.put(data)
-        self._queue.put((data, -1, -1))
+        self._hash_queue.put((block, n, hashed, -1))
+        self._queue.put((block, n, -1, -1))
 
     def positional(self, total: int) -> None:
         """Take the body's ``total`` bytes as pieces at offsets (:meth:`write_at`) from now on.
@@ -193,7 +207,7 @@ class SpoolWriter:
                 self._cond.wait()
             self._queued += len(data)
         assert self._queue is not None
-        self._queue.put((data, offset, frontier))
+        self._queue.put(([data], len(data), offset, frontier))
 
     def _cover(self, start: int, end: int) -> int:
         """Add [start, end) to the written ranges; the bytes it newly covers."""
@@ -230,37 +244,27 @@ class SpoolWriter:
         # 0600 whatever the umask; O_EXCL: the name is fresh, so anything already there was planted.
         mode = os.O_RDWR if positional else os.O_WRONLY
         fd = os.open(self.path, mode | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        if positional:
-            self._fd = fd  # pwrite and pread, no buffering: the hash reads back what was written
-        else:
-            self._file = os.fdopen(fd, "wb")
-        self._queue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name="conveyor-spool", daemon=True)]
-        if not positional:  # positional pieces are hashed back from the file, in the file thread
-            self._hash_queue = queue.SimpleQueue()
-            self._threads.append(threading.Thread(target=self._hash_work, name="conveyor-spool-hash", daemon=True))
-        for t in self._threads:
-            t.start()
-
-    def _hash_work(self) -> None:
-        assert self._hash_queue is not None
-        while (data := self._hash_queue.get()) is not None:
-            self._hash.update(data)
-            with self._cond:
-                self._unhashed -= len(data)
-                self._cond.notify_all()
+        self._fd = fd  # no buffering; in positional mode the hash reads back what was written
+        self._queue, self._hash_queue = queue.SimpleQueue(), queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="conveyor-spool", daemon=True)
+        self._thread.start()
+        self._hasher = threading.Thread(target=self._hash_work, name="conveyor-hash", daemon=True)
+        self._hasher.start()
 
     def _work(self) -> None:
-        assert self._queue is not None
+        assert self._queue is not None and self._hash_queue is not None
+        told = 0
         while (job := self._queue.get()) is not None:
-            data, offset, frontier = job
+            block, n, offset, frontier = job
             if self._error is None:
                 try:
                     if offset < 0:
-                        self._file.write(data)
+                        _writev_all(self._fd, block, n)
                     else:
-                        _pwrite_all(self._fd, data, offset)
-                        self._hash_to(frontier)
+                        _pwrite_all(self._fd, block[0], offset)
+                        if frontier > told:
+                            told = frontier
+                            self._hash_queue.put(([], 0, True, frontier))
                 except OSError as e:
                     self._error = (
                         NoSpace(f"spool disk full at {self._spool.directory}")
@@ -268,13 +272,28 @@ class SpoolWriter:
                         else Transient(f"spool write failed: {e.strerror or e}")
                     )
             with self._cond:
-                self._queued -= len(data)
+                self._queued -= n
                 self._cond.notify_all()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        else:
-            self._file.close()
+
+    def _hash_work(self) -> None:
+        """SHA-256 beside the writing thread: of each appended block, or of the file read back
+        up to each frontier the writing thread reports (positional mode)."""
+        assert self._hash_queue is not None
+        while (job := self._hash_queue.get()) is not None:
+            block, n, hashed, frontier = job
+            if self._error is not None:
+                pass
+            elif frontier >= 0:
+                try:
+                    self._hash_to(frontier)
+                except OSError as e:
+                    self._error = Transient(f"spool read failed: {e.strerror or e}")
+            elif not hashed:
+                for piece in block:
+                    self._hash.update(piece)
+            with self._cond:
+                self._hash_queued -= n
+                self._cond.notify_all()
 
     def _hash_to(self, frontier: int) -> None:
         """Hash the file from where the hash stands to ``frontier`` (written, from the start)."""
@@ -286,12 +305,20 @@ class SpoolWriter:
             self._hashed += len(chunk)
 
     def _join(self) -> None:
-        for q in (self._queue, self._hash_queue):
-            if q is not None and self._threads:
-                q.put(None)
-        for t in self._threads:
-            t.join()
-        self._threads = []
+        self._flush_block()
+        if self._thread is not None:  # the writer first: in positional mode it feeds the hasher
+            assert self._queue is not None
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._hasher is not None:
+            assert self._hash_queue is not None
+            self._hash_queue.put(None)
+            self._hasher.join()
+            self._hasher = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _reserve(self, n: int) -> None:
         sp = self._spool
@@ -319,6 +346,7 @@ class SpoolWriter:
 
     def abort(self) -> None:
         """Drop what was written (download failed for good)."""
+        self._block, self._blocked = [], 0
         self._join()
         if self.path is not None:
             self.path.unlink(missing_ok=True)
@@ -326,6 +354,21 @@ class SpoolWriter:
             self._spool.used -= self._reserved
         self._reserved = 0
         self._buf = None
+
+
+def _writev_all(fd: int, block: list[bytes], n: int) -> None:
+    """Write the pieces in one call; a short write (rare on a file) finishes piece by piece."""
+    done = os.writev(fd, block)
+    if done == n:
+        return
+    for piece in block:
+        if done >= len(piece):
+            done -= len(piece)
+            continue
+        view = memoryview(piece)[done:]
+        done = 0
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

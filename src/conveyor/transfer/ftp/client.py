@@ -37,7 +37,13 @@ from typing import Any
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.ftp.data import DataProtocol, abort_transport
 from conveyor.transfer.ftp.listing import parse_epsv, parse_pasv
-from conveyor.transfer.ftp.tls import SessionReusingContext, check_peer, start_data_tls
+from conveyor.transfer.ftp.tls import (
+    SessionReusingContext,
+    check_peer,
+    offer_session,
+    start_data_tls,
+    withdraw_session,
+)
 
 log = logging.getLogger("conveyor.ftp")
 
@@ -372,6 +378,8 @@ class FtpConnection:
         transport: Any = None
         listener: socket.socket | None = None
         tls_task: asyncio.Task[asyncio.Transport] | None = None
+        # Before the data connection opens: uvloop starts its TLS in the context it was opened in.
+        offered = offer_session(self.session) if self._tls is not None else None
         try:
             if self.cfg.passive:
                 transport = await self._open_passive(proto)
@@ -395,7 +403,7 @@ class FtpConnection:
                 if accept is not None and not accept.done():
                     accept.cancel()
             if self._tls is not None:
-                assert isinstance(transport, asyncio.Transport)
+                # No isinstance check: uvloop's transports do not derive from asyncio.Transport.
                 tls_task = loop.create_task(start_data_tls(transport, proto, self._tls, self.session, self.cfg.host, t))
                 try:
                     transport = proto.transport = await tls_task
@@ -441,6 +449,8 @@ class FtpConnection:
             if listener is not None:
                 listener.close()
             abort_transport(proto.transport or transport)
+            if offered is not None:
+                withdraw_session(offered)
 
     async def _reply_if_any(self, wait: float) -> Reply | None:
         """A reply that arrives within ``wait`` seconds, or None."""

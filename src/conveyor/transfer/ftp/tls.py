@@ -12,6 +12,8 @@ in a :data:`contextvars.ContextVar`. :func:`start_data_tls` sets the variable ar
 ``loop.start_tls``; asyncio creates the SSL object synchronously inside that call, in the
 calling task, so the variable is seen by exactly that handshake and no other (concurrent
 transfers on other connections each set their own value in their own task context).
+uvloop creates it later, in a callback run in the context the data connection's transport was
+made in: :func:`offer_session` sets the variable before the data connection is opened, for both.
 This uses only public API (``SSLContext`` subclassing and ``wrap_bio``'s documented
 ``session`` parameter), works with TLS 1.2 and 1.3, and keeps asyncio's fast SSL transport.
 
@@ -59,6 +61,17 @@ class SessionReusingContext(ssl.SSLContext):
         if session is None and not server_side:
             session = _SESSION.get()
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session=session)
+
+
+def offer_session(session: ssl.SSLSession | None) -> contextvars.Token[ssl.SSLSession | None]:
+    """Offer ``session`` on the TLS handshakes this task starts from now on (and on those of the
+    transports it opens); hand the token to :func:`withdraw_session` when done."""
+    return _SESSION.set(session)
+
+
+def withdraw_session(token: contextvars.Token[ssl.SSLSession | None]) -> None:
+    """Undo an :func:`offer_session`."""
+    _SESSION.reset(token)
 
 
 def make_context(cfg: FtpConfig) -> SessionReusingContext:
