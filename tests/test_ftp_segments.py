@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from conveyor.errors import Transient
+from conveyor.payload import SpoolWriter
 from tests.backends.ftp import ftp_instance
 from tests.segments import fetch
 from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
@@ -197,7 +198,7 @@ async def test_hashing_the_prefix_does_not_hold_up_the_other_parts(
     inst, _, spool = ftp_instance(srv.config(streams=2, max_connections=2), tmp_path / "spool")
     try:
         sink = SlowHashSink(spool, size)
-        await fetch(inst, spool, digest, sink)
+        await fetch(inst, sink, digest)
         assert sink.segmented and not sink.ran_out, "the writes waited for the hash"
     finally:
         await inst.close()
