@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import filecmp
 import json
 import os
 import shutil
@@ -185,9 +186,10 @@ def _rclone(args: list[str], dst: Path | None, flush: bool = False) -> dict[str,
     return out
 
 
-def _conveyor_run(work: Path, instance: dict[str, Any], folder: str, expect: int) -> dict[str, Any]:
+def _conveyor_run(work: Path, instance: dict[str, Any], folder: str, expect: int, source: Path) -> dict[str, Any]:
     """``conveyor run --once``: a flow from ``folder`` on the server to a directory target, timed
-    from process start to exit; ``expect`` files must have arrived."""
+    from process start to exit; ``expect`` files must have arrived, each the same bytes as its
+    original in ``source`` (compared after the clock stopped)."""
     from common import write_config
 
     run = work / "run"
@@ -207,6 +209,9 @@ def _conveyor_run(work: Path, instance: dict[str, Any], folder: str, expect: int
     got = sum(1 for p in out.iterdir() if not p.name.endswith(".meta.json"))
     if r.returncode or got != expect:
         raise SystemExit(f"conveyor run --once: exit {r.returncode}, {got} of {expect} files:\n{r.stderr[-3000:]!r}")
+    for p in out.iterdir():
+        if not p.name.endswith(".meta.json") and not filecmp.cmp(p, source / p.name, shallow=False):
+            raise SystemExit(f"conveyor run --once delivered {p.name} with other bytes than the server's")
     shutil.rmtree(run)
     return {"seconds": seconds}
 
@@ -325,7 +330,7 @@ def _clients(
             "oss": lambda: _openssh(port, key, USER, f"get -r {small} {d}\n", d),
             "rclone": lambda: _rclone(["copy", remote + small, str(d), "--transfers", "8"], d),
             "conveyor": lambda: _conveyor(base, port, "small", path="small", in_flight=a.in_flight),
-            "conveyor_run": lambda: _conveyor_run(work, instance, "small", a.files),
+            "conveyor_run": lambda: _conveyor_run(work, instance, "small", a.files, root / "small"),
         }
     if "upload" in rows:
         assert local is not None
@@ -350,7 +355,7 @@ def _clients(
         out["run"] = {
             "oss": lambda: _openssh(port, key, USER, f"get {src} {o}\n", o, flush=True),
             "rclone": lambda: _rclone(["copyto", remote + src, str(r), "--multi-thread-streams", "4"], r, True),
-            "conveyor_run": lambda: _conveyor_run(work, instance, "big", 1),
+            "conveyor_run": lambda: _conveyor_run(work, instance, "big", 1, big.parent),
         }
     return out
 
