@@ -174,7 +174,7 @@ async def test_csv_with_header_concat_and_max_wait_into_a_folder(rabbit_vhost: V
                         "header": "n,name",
                         "max_messages": 100,
                         "max_wait": "500ms",
-                        "filename": "orders-{batch_start:%Y%m%d}-{count}.csv",
+                        "filename": "orders-{batch_start:%Y%m%d}-{id:.8}-{count}.csv",
                     }
                 }
             ],
@@ -418,6 +418,14 @@ def test_config_errors_at_their_key_path(tmp_path: Path) -> None:
                 "steps": [{"collect": {"format": "csv", "filename": "{mtime}.csv", "max_messages": 10}}],
                 "target": to_dir,
             },
+            # a name without the batch's id: two batches in one second would share it
+            "same": {
+                "source": {"instance": "mq", "queue": "q"},
+                "steps": [
+                    {"collect": {"format": "csv", "filename": "o-{batch_start}-{id:.4}.csv", "max_messages": 10}}
+                ],
+                "target": to_dir,
+            },
         },
     )
     with pytest.raises(ConfigError) as e:
@@ -431,10 +439,12 @@ def test_config_errors_at_their_key_path(tmp_path: Path) -> None:
     assert "flows.header.steps[0].collect" in text and "header is for format: csv only" in text
     assert "flows.timeout.steps[0].collect.max_wait: a message waits up to max_wait (60s)" in text
     assert "flows.name.steps[0].collect.filename" in text and "unknown field {mtime}" in text
+    assert "flows.same.steps[0].collect.filename" in text and "put at least 8 characters of {id}" in text
 
 
 async def test_batch_start_in_the_flows_timezone(rabbit_vhost: Vhost, tmp_path: Path) -> None:
-    """``{batch_start}`` in a file name is written in the flow's ``timezone`` (UTC without one)."""
+    """``{batch_start}`` in a file name is written in the flow's ``timezone`` (UTC without one);
+    a directory target without a ``filename`` of its own writes the name collect gave."""
     out = tmp_path / "out"
     flows = {}
     for name, zone in (("zoned", "Pacific/Kiritimati"), ("plain", None)):
@@ -448,15 +458,18 @@ async def test_batch_start_in_the_flows_timezone(rabbit_vhost: Vhost, tmp_path: 
                     "format": "ndjson",
                     "max_messages": 10,
                     "max_wait": "300ms",
-                    "filename": "b-{batch_start:%z}.ndjson",
+                    "filename": "b-{batch_start:%z}-{id:.8}.ndjson",
                 }
             },
-            "target": {"type": "directory", "path": str(out / name), "filename": "{name}"},
+            # the plain flow's target leaves filename out: collect's own name is kept all the same
+            "target": {"type": "directory", "path": str(out / name), **({"filename": "{name}"} if zone else {})},
             **({"timezone": zone} if zone else {}),
         }
     cfg = write_config(tmp_path, {"mq": rabbit_vhost.instance_config()}, flows)
     async with running(cfg):
         zoned = await wait_for(lambda: files_in(out / "zoned") or None, 30)
         plain = await wait_for(lambda: files_in(out / "plain") or None, 30)
-    assert list(zoned) == ["b-+1400.ndjson"]  # Kiritimati is UTC+14 all year
-    assert list(plain) == ["b-+0000.ndjson"]
+    ((zname, _),) = zoned.items()
+    ((pname, _),) = plain.items()
+    assert zname.startswith("b-+1400-")  # Kiritimati is UTC+14 all year
+    assert pname.startswith("b-+0000-")

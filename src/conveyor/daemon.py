@@ -396,7 +396,12 @@ class Daemon:
         route = route or flow.routes[0]
         kind = target_specs().get(route.kind)
         if kind is not None:
-            return kind.load_factory()(flow.name, route.target, self.ctx)
+            config = route.target
+            if flow.steps and flow.steps[0].collect is not None and "filename" not in config.model_fields_set:
+                # collect names each file by its own template: the directory target's default
+                # ({id}) would drop that name, which nobody setting it expects
+                config = config.model_copy(update={"filename": "{name}"})
+            return kind.load_factory()(flow.name, config, self.ctx)
         iname = route.target.instance
         if all_specs()[self.config.instances[iname].type].kind == "file":
             from conveyor.targets.upload import UploadTarget

@@ -116,7 +116,7 @@ class Collect(ConfigModel):
     filename: str | None = Field(
         None,
         description="the file's name, a template over {batch_start:FORMAT} (when its first message came), "
-        "{count} (messages in it), {id} (the batch's id) and {flow}; "
+        "{count} (messages in it), {id} (the batch's id, at least 8 characters of it required) and {flow}; "
         "default {flow}-{batch_start:%Y%m%dT%H%M%S}-{id:.8} and .ndjson, .csv or .bin",
     )
 
@@ -124,7 +124,14 @@ class Collect(ConfigModel):
     @classmethod
     def _template(cls, v: str | None) -> str | None:
         if v is not None:
-            check_collect_name(v)
+            ids = [spec for _, field, spec in check_collect_name(v) if field == "id"]
+            # A batch's file is replaced, not added to, when a later batch gets its name: without
+            # enough of the batch's id in it, two batches in the same second would lose the first.
+            if not any(len(format("f" * 32, spec).strip()) >= 8 for spec in ids):
+                raise ValueError(
+                    "two batches could get the same name, and the later file would replace the earlier: "
+                    "put at least 8 characters of {id} in it, e.g. orders-{batch_start:%Y%m%d}-{id:.8}.ndjson"
+                )
         return v
 
     @model_validator(mode="after")
