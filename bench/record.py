@@ -99,7 +99,8 @@ def main() -> int:
         "exit_code": proc.returncode,
         "seconds": round(took, 1),
         "load_average": {"before": [round(x, 2) for x in load0], "after": [round(x, 2) for x in os.getloadavg()]},
-        "output": proc.stdout.splitlines(),
+        # paths in profiles are written from the checkout, wherever it was on the machine
+        "output": proc.stdout.replace(f"{cwd}/", "").splitlines(),
     }
     name = Path(cmd[0]).stem.removeprefix("bench_")
     label = f"-{a.label}" if a.label else ""
