@@ -92,11 +92,8 @@ async def test_vsftpd(vsftpd_factory: Any, tmp_path: Path, tls: str, passive: bo
     # Active mode with passive mode switched off at the server: only active transfers can work.
     srv = vsftpd_factory(tls, extra=None if passive else {"pasv_enable": "NO"})
     files = {f"k{i}.bin": os.urandom(20_000 + i) for i in range(5)}
-    (srv.root / "in").mkdir()
-    srv.own(srv.root / "in")
     for name, data in files.items():
-        (srv.root / "in" / name).write_bytes(data)
-        srv.own(srv.root / "in" / name)
+        srv.put(f"in/{name}", data)
     out = tmp_path / "out"
     cfg = write_config(
         tmp_path,

@@ -69,11 +69,8 @@ async def test_explicit_ftps_with_session_reuse_on_vsftpd(vsftpd_factory: Any, t
     srv = vsftpd_factory("explicit")
     assert "require_ssl_reuse=YES" in (srv.workdir / "vsftpd.conf").read_text()
     files = {"large.bin": os.urandom(40 * 1024 * 1024 + 1), "small.bin": os.urandom(7000)}
-    (srv.root / "in").mkdir()
-    srv.own(srv.root / "in")
     for name, data in files.items():
-        (srv.root / "in" / name).write_bytes(data)
-        srv.own(srv.root / "in" / name)
+        srv.put(f"in/{name}", data)
     out = tmp_path / "out"
     cfg = write_config(
         tmp_path,

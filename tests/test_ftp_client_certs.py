@@ -81,15 +81,6 @@ def client_certs(tmp_path_factory: pytest.TempPathFactory) -> ClientCerts:
     return files
 
 
-def put(srv: Any, rel: str, data: bytes) -> None:
-    p: Path = srv.root / rel
-    if not p.parent.exists():
-        p.parent.mkdir(parents=True)
-        srv.own(p.parent)
-    p.write_bytes(data)
-    srv.own(p)
-
-
 # -- the config --------------------------------------------------------------------------------
 def test_client_certificate_needs_tls() -> None:
     base = {"type": "ftp", "host": "ftp.example"}
@@ -205,7 +196,7 @@ async def test_transfers_through_conveyor_run_with_a_client_certificate(
     srv = vsftpd_factory(tls, client_ca=c.ca, extra={"debug_ssl": "YES", "xferlog_enable": "YES"})
     files = {f"d{i}.bin": os.urandom(300_000 + i) for i in range(4)}
     for name, data in files.items():
-        put(srv, f"in/{name}", data)
+        srv.put(f"in/{name}", data)
     up = {f"u{i}.bin": os.urandom(200_000 + i) for i in range(3)}
     drop = tmp_path / "drop"
     drop.mkdir()
@@ -305,7 +296,7 @@ async def test_check_connect_with_a_client_certificate(
     vsftpd_factory: Any, client_certs: ClientCerts, tmp_path: Path
 ) -> None:
     srv = vsftpd_factory("explicit", client_ca=client_certs.ca)
-    put(srv, "in/a.csv", b"a")
+    srv.put("in/a.csv", b"a")
     flows = {
         "pull": {
             "source": {"instance": "partner", "path": "in"},

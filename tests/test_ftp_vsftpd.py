@@ -23,17 +23,6 @@ from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
 __all__ = ["vsftpd_certs", "vsftpd_factory"]
 
 
-def put(srv: Any, rel: str, data: bytes) -> Path:
-    p: Path = srv.root / rel
-    for d in reversed([*p.parents]):
-        if d.is_relative_to(srv.root) and not d.exists():
-            d.mkdir()
-            srv.own(d)
-    p.write_bytes(data)
-    srv.own(p)
-    return p
-
-
 @pytest.mark.parametrize(
     ("tls", "version", "passive"),
     [
@@ -49,8 +38,8 @@ def put(srv: Any, rel: str, data: bytes) -> Path:
 async def test_roundtrip(vsftpd_factory: Any, tmp_path: Path, tls: str, version: str | None, passive: bool) -> None:
     srv = vsftpd_factory(tls)
     data = os.urandom(2 * 1024 * 1024 + 3)
-    put(srv, "in/sub dir/ORD 1.csv", b"a,b\n")
-    put(srv, "in/big.bin", data)
+    srv.put("in/sub dir/ORD 1.csv", b"a,b\n")
+    srv.put("in/big.bin", data)
     over: dict[str, Any] = {"passive": passive}
     if version == "1.2":
         over["tls_max_version"] = "1.2"
@@ -112,7 +101,7 @@ async def test_untrusted_certificate_and_pinning(vsftpd_factory: Any, tmp_path: 
     with pytest.raises(Permanent, match="not trusted"):
         await inst.check()
     await inst.close()
-    put(srv, "f.txt", b"pinned")
+    srv.put("f.txt", b"pinned")
     inst, status, spool = ftp_instance(
         srv.config(ca_file=None, tls_fingerprint=vsftpd_certs.fingerprint), tmp_path / "spool"
     )
@@ -156,7 +145,7 @@ class KillingSink(SpoolWriter):
 async def test_resume_after_dropped_session(vsftpd_factory: Any, tmp_path: Path, tls: str) -> None:
     srv = vsftpd_factory(tls)
     data = os.urandom(64 * 1024 * 1024)
-    put(srv, "big.bin", data)
+    srv.put("big.bin", data)
     inst, _, spool = ftp_instance(srv.config(), tmp_path / "spool")
     try:
         f = await inst.stat("big.bin")
@@ -175,7 +164,7 @@ async def test_resume_after_dropped_session(vsftpd_factory: Any, tmp_path: Path,
 
 async def test_idle_close_421(vsftpd_factory: Any, tmp_path: Path) -> None:
     srv = vsftpd_factory("explicit", idle_timeout=1)
-    put(srv, "f.txt", b"x")
+    srv.put("f.txt", b"x")
     inst, status, _ = ftp_instance(srv.config(keepalive="0s"), tmp_path / "spool")
     try:
         assert await inst.stat("f.txt") is not None
@@ -252,8 +241,8 @@ def test_explicit_tls_data_channels_on_uvloop(vsftpd_factory: Any, tmp_path: Pat
     uvloop = pytest.importorskip("uvloop")
     srv = vsftpd_factory("explicit")
     small, large = os.urandom(3 * 1024 * 1024 + 5), os.urandom(32 * 1024 * 1024 + 7)
-    put(srv, "in/small.bin", small)
-    put(srv, "in/large.bin", large)
+    srv.put("in/small.bin", small)
+    srv.put("in/large.bin", large)
 
     async def run() -> None:
         config = srv.config(passive=passive, streams=2, max_connections=2)

@@ -94,6 +94,18 @@ class Vsftpd:
         """Give a file or folder the FTP user (files made by the test as root)."""
         os.chown(path, self.uid, self.gid)
 
+    def put(self, rel: str, data: bytes) -> Path:
+        """Write ``data`` at ``rel`` below the server's root, the file and any folder made for it
+        owned by the FTP user."""
+        p = self.root / rel
+        for d in reversed([*p.parents]):
+            if d.is_relative_to(self.root) and not d.exists():
+                d.mkdir()
+                self.own(d)
+        p.write_bytes(data)
+        self.own(p)
+        return p
+
     def session_pids(self) -> list[int]:
         """vsftpd's per-session processes: every descendant of the listener we started."""
         return descendants(self.proc.pid)
