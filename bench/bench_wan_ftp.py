@@ -9,7 +9,7 @@ and every client goes through the same lines to the same server and file, round 
 - curl (one connection, EPSV)
 - lftp ``pget -n 4``: four connections, each reading one quarter of the file with REST
 - conveyor's ``FtpInstance.download`` into a spool file with the SHA-256 computed,
-  ``max_connections: 4``, ``streams`` unset (chosen by size and round trip) and ``streams: 1``
+  ``max_connections: 8``, ``streams`` unset (chosen by size and round trip) and ``streams: 1``
 
 Each client is timed from its start, so its logins are included (conveyor's in a child process,
 from connecting to the finished spool body; Python's own start-up is not counted). Ratios are
@@ -123,7 +123,7 @@ def main() -> None:
         def conveyor(streams: int | None) -> dict[str, Any]:
             # The certificate names 127.0.0.1: pinned instead, as a partner's self-signed one would be.
             pin = {"ca_file": None, "tls_fingerprint": certs.fingerprint} if certs is not None else {}
-            cfg = srv.config(host=FAR, timeout="30s", max_connections=4, streams=streams, **pin)
+            cfg = srv.config(host=FAR, timeout="30s", max_connections=8, streams=streams, **pin)
             return run_worker(__file__, ["--worker", "--config", json.dumps(cfg), "--spool", spool])
 
         print(

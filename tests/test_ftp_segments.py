@@ -15,6 +15,7 @@ import pytest
 
 from conveyor.errors import Transient
 from conveyor.payload import SpoolWriter
+from conveyor.transfer.segments import PartPlan
 from tests.backends.ftp import ftp_instance
 from tests.segments import fetch
 from tests.servers.vsftpd import vsftpd_certs, vsftpd_factory
@@ -39,6 +40,43 @@ def served(srv: Any, rel: str, size: int) -> str:
             out.write(chunk)
     srv.own(p)
     return h.hexdigest()
+
+
+def test_a_connection_done_early_takes_half_of_the_largest_part_left() -> None:
+    """One part per connection, as lftp's ``pget``; a connection whose part is done while another
+    still has a lot to read takes the back half of it, so that none sits idle to the end. A part
+    left too small to halve is not split, nor the empty one that checks the end."""
+    plan = PartPlan([(0, 96 * MIB)], 3, 96 * MIB, min_part=16 * MIB)
+    a, b, c = plan.take(), plan.take(), plan.take()
+    assert a is not None and b is not None and c is not None
+    assert [(x.start, x.end) for x in (a, b, c)] == [(0, 32 * MIB), (32 * MIB, 64 * MIB), (64 * MIB, 96 * MIB)]
+    plan = PartPlan([(0, 96 * MIB)], 3, 96 * MIB, min_part=16 * MIB)
+    a, b, c = plan.take(), plan.take(), plan.take()
+    assert a is not None and b is not None and c is not None
+    a.pos, b.pos, c.pos = a.end, 40 * MIB, 64 * MIB  # a done; c, started late, has the most left
+    plan.done(a)
+    d = plan.take()
+    assert d is not None and (d.start, d.end) == (80 * MIB, 96 * MIB) and c.end == 80 * MIB
+    assert d.last and not c.last  # the new part is the one that reads on to see the end
+    b.pos, c.pos = 62 * MIB, 78 * MIB
+    assert plan.take() is None  # what is left is under two minimum parts: not worth a new connection
+
+
+def test_a_resumed_download_plans_only_the_missing_ranges() -> None:
+    plan = PartPlan([(0, 8 * MIB), (40 * MIB, 64 * MIB)], 4, 64 * MIB, min_part=16 * MIB)
+    parts = []
+    while (p := plan.take()) is not None:
+        parts.append((p.start, p.end))
+        p.pos = p.end
+        plan.done(p)
+    assert parts == [(0, 8 * MIB), (40 * MIB, 56 * MIB), (56 * MIB, 64 * MIB)]
+    plan = PartPlan([(0, 8 * MIB)], 4, 64 * MIB, min_part=16 * MIB)  # the end was fetched before a cut
+    ranges = []
+    while (p := plan.take()) is not None:
+        ranges.append((p.start, p.end))
+        p.pos = p.end
+        plan.done(p)
+    assert ranges == [(0, 8 * MIB), (64 * MIB, 64 * MIB)]  # asked once more whether it grew
 
 
 @pytest.mark.parametrize(

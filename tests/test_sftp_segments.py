@@ -11,6 +11,7 @@ import pytest
 
 from conveyor.errors import Transient
 from conveyor.payload import Spool, SpoolWriter
+from conveyor.transfer.segments import AUTO_STREAMS, SEGMENT_FROM, auto_streams
 from conveyor.transfer.sftp.instance import BLOCK, MAX_WINDOW, WINDOW, read_depth
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
 from tests.backends.sftp import SftpBackend
@@ -76,6 +77,21 @@ def test_read_depth_follows_the_round_trip() -> None:
     assert WINDOW < read_depth(0.05) < MAX_WINDOW  # 50 ms: deeper
     assert read_depth(0.05) * BLOCK >= 6 * MIB
     assert read_depth(2.0) == MAX_WINDOW  # bounded whatever the distance
+
+
+def test_auto_streams_follow_the_round_trip() -> None:
+    """More connections as the server is farther: each carries about one TCP (or SSH) window per
+    round trip, so the count grows with the round trip, up to AUTO_STREAMS and max_connections."""
+    gib = 1024 * MIB
+    assert auto_streams(gib, None, 8) == 1  # not known
+    assert auto_streams(gib, 0.0002, 8) == 1  # loopback: one connection outruns the CPU
+    assert auto_streams(SEGMENT_FROM - 1, 0.1, 8) == 1  # small
+    assert auto_streams(gib, 0.012, 8) == 2
+    assert auto_streams(gib, 0.05, 8) > auto_streams(gib, 0.025, 8) > 2
+    assert auto_streams(gib, 0.05, 8) >= 5  # more than lftp's `pget -n 4` at 50 ms
+    assert auto_streams(gib, 0.1, 8) == AUTO_STREAMS == 8
+    assert auto_streams(gib, 0.1, 3) == 3  # never past max_connections
+    assert auto_streams(2 * SEGMENT_FROM, 0.1, 8) == 4  # a part of at least 32 MiB each
 
 
 # --------------------------------------------------------------------------- against real servers

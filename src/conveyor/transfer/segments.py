@@ -3,6 +3,8 @@ segments (sftp, ftp): ``streams`` when set, else chosen by size and by the serve
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from typing import Any
 
 from pydantic import Field
@@ -12,10 +14,13 @@ SEGMENT_FROM = 64 * 1024 * 1024
 NEAR = 0.01
 """A server answering within this many seconds is near: one connection already outruns the CPU.
 Well above loopback and LAN round trips, since one request timed on a busy machine can take a few ms."""
-AUTO_STREAMS = 4
-"""Connections a large file from a distant server is read over when ``streams`` is unset (one per
-32 MiB of file up to this): enough to pass a single stream by far at 50-100 ms, few enough to
-leave the server's other users their share."""
+STREAM_RTT = 0.01
+"""Round trip per connection when ``streams`` is unset: one connection carries about one window
+per round trip (TCP's, 4 MiB with Linux's default buffers; an SSH channel's, 2 MiB for OpenSSH),
+so a connection per 10 ms keeps some 200-400 MiB/s in flight whatever the distance."""
+AUTO_STREAMS = 8
+"""At most this many connections when ``streams`` is unset (and one per 32 MiB of file): few enough
+to leave the server's other users their share."""
 
 
 def streams_field(each: str, moved: str = "one large download is read over") -> Any:
@@ -27,7 +32,7 @@ def streams_field(each: str, moved: str = "one large download is read over") -> 
         le=16,
         description=f"connections {moved} at once, each {each} (at most "
         "max_connections); unset: by size and distance, 1 below 64 MiB or on a server under 10 ms round trip, "
-        "else up to 4",
+        "else one per 10 ms of round trip, at least 2 and at most 8",
     )
 
 
@@ -36,4 +41,68 @@ def auto_streams(size: int, rtt: float | None, cap: int) -> int:
     at most ``cap``, when ``streams`` is unset."""
     if size < SEGMENT_FROM or rtt is None or rtt < NEAR:
         return 1
-    return max(1, min(AUTO_STREAMS, size // (SEGMENT_FROM // 2), cap))
+    by_rtt = max(2, math.ceil(rtt / STREAM_RTT))
+    return max(1, min(by_rtt, AUTO_STREAMS, size // (SEGMENT_FROM // 2), cap))
+
+
+class Part:
+    """A byte range being read: from ``start``, read up to ``pos``, to ``end`` (which another
+    connection may move back, taking what follows: see :meth:`PartPlan.take`)."""
+
+    __slots__ = ("end", "pos", "size", "start")
+
+    def __init__(self, start: int, end: int, size: int) -> None:
+        self.start = start
+        self.pos = start
+        self.end = end
+        self.size = size
+
+    @property
+    def last(self) -> bool:
+        """Whether this part ends the file: it reads on past the end, to see that nothing follows."""
+        return self.end == self.size
+
+
+class PartPlan:
+    """The parts of a segmented download over ``streams`` connections, each a connection's own.
+
+    As lftp's ``pget``: the ``gaps`` still missing are cut into about one part per connection
+    (each at least ``min_part``), since every part costs a new data connection and its TCP slow
+    start. Unlike ``pget``, a connection whose part is done takes the back half of the part with
+    the most left, while that is at least two ``min_part``: connections that logged in later, or
+    run slower, would otherwise leave the first ones idle to the end.
+    """
+
+    def __init__(self, gaps: list[tuple[int, int]], streams: int, size: int, *, min_part: int) -> None:
+        self.size = size
+        self.min_part = min_part
+        left = sum(e - s for s, e in gaps)
+        part = max(min_part, -(-left // max(1, streams)))
+        self._todo: deque[Part] = deque()
+        for start, end in gaps:
+            self._todo.extend(Part(p, min(p + part, end), size) for p in range(start, end, part))
+        if not self._todo or self._todo[-1].end < size:
+            self._todo.append(Part(size, size, size))  # the end was fetched before: does it still end there?
+        self._active: list[Part] = []
+
+    def __len__(self) -> int:
+        """Parts not handed out yet."""
+        return len(self._todo)
+
+    def take(self) -> Part | None:
+        """The next part to read, the back half of the largest one being read, or None."""
+        if self._todo:
+            p = self._todo.popleft()
+        else:
+            big = max(self._active, key=lambda a: a.end - a.pos, default=None)
+            if big is None or big.end - big.pos < 2 * self.min_part:
+                return None
+            mid = big.pos + (big.end - big.pos) // 2
+            p = Part(mid, big.end, self.size)
+            big.end = mid
+        self._active.append(p)
+        return p
+
+    def done(self, p: Part) -> None:
+        """``p`` is read (or failed): not to be split any more."""
+        self._active.remove(p)

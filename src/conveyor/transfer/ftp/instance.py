@@ -17,7 +17,6 @@ import posixpath
 import re
 import ssl
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ from conveyor.transfer.ftp.tls import (
     describe_verify_error,
 )
 from conveyor.transfer.remote_root import join_root
-from conveyor.transfer.segments import SEGMENT_FROM, auto_streams
+from conveyor.transfer.segments import SEGMENT_FROM, Part, PartPlan, auto_streams
 from conveyor.transfer.tempname import temp_key, temp_name
 
 log = logging.getLogger("conveyor.ftp")
@@ -398,29 +397,25 @@ class FtpInstance:
         """The ranges of ``f`` the sink is missing, over up to ``streams`` connections at once.
 
         As lftp's ``pget``: one part per connection, read with REST at its start and a RETR cut
-        at its end (see :class:`EnoughData`). Not SFTP's many small parts in file order, although
+        at its end (see :class:`EnoughData`), and a connection done early takes half of the
+        largest part left (:class:`PartPlan`). Not SFTP's many small parts in file order, although
         the spool can hash only as far as the file is complete from the start (the rest is hashed
         at the end, from the page cache): each FTP part is a new data connection, whose TCP slow
         start at 50 ms costs more than the hashing (measured: docs/performance-notes.md).
         """
         sink.positional(f.size)
-        gaps = sink.missing(f.size)
         n = await self._streams(f.size)
-        left = sum(e - s for s, e in gaps)
-        part = max(MIN_PART, -(-left // n))
-        todo: deque[tuple[int, int]] = deque()
-        for start, end in gaps:
-            todo.extend((p, min(p + part, end)) for p in range(start, end, part))
-        if not todo or todo[-1][1] < f.size:
-            todo.append((f.size, f.size))  # the end was fetched before a cut: ask once more whether it grew
+        plan = PartPlan(sink.missing(f.size), n, f.size, min_part=MIN_PART)
         path = self._abs(f.path)
 
         async def op(c: FtpConnection) -> None:
-            while todo:
-                start, end = todo.popleft()
-                await self._read_part(c, path, f, sink, start, end)
+            while (part := plan.take()) is not None:
+                try:
+                    await self._read_part(c, path, f, sink, part)
+                finally:
+                    plan.done(part)
 
-        tasks = [asyncio.ensure_future(self.pool.run(op, f.path)) for _ in range(max(1, min(n, len(todo))))]
+        tasks = [asyncio.ensure_future(self.pool.run(op, f.path)) for _ in range(max(1, min(n, len(plan))))]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -428,33 +423,30 @@ class FtpInstance:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _read_part(
-        self, c: FtpConnection, path: str, f: RemoteFile, sink: SpoolWriter, start: int, end: int
-    ) -> None:
-        """Bytes ``start`` to ``end`` of the file into the sink at their offsets; the part that
-        ends the file reads on to the server's end of file, to see that nothing follows."""
-        pos = start
-        last = end == f.size
+    async def _read_part(self, c: FtpConnection, path: str, f: RemoteFile, sink: SpoolWriter, part: Part) -> None:
+        """The bytes of ``part`` into the sink at their offsets, up to its end as it is when they
+        arrive (another connection may take its back half); the part that ends the file reads on
+        to the server's end of file, to see that nothing follows."""
         write_at = cast(Any, sink.write_at)  # copies what it keeps: the receive buffer is reused
 
         def take(block: memoryview) -> None:
-            nonlocal pos
+            pos, end = part.pos, part.end
             if pos + len(block) > end:
                 if pos < end:
                     write_at(pos, block[: end - pos])
-                    pos = end
-                if last:
+                    part.pos = end
+                if part.last:
                     raise self._grew(f)  # the transfer stops and the connection is dropped
                 raise EnoughData
             write_at(pos, block)
-            pos += len(block)
-            if pos == end and not last:
+            part.pos = pos + len(block)
+            if part.pos == end and not part.last:
                 raise EnoughData
 
-        await c.transfer(f"RETR {path}", on_data=take, rest=start)
-        if pos != end:
+        await c.transfer(f"RETR {path}", on_data=take, rest=part.start)
+        if part.pos != part.end:
             raise Transient(
-                f"file changed while being read: the server ended it at {pos} bytes, listed {f.size}",
+                f"file changed while being read: the server ended it at {part.pos} bytes, listed {f.size}",
                 instance=self.name,
                 path=f.path,
             )
