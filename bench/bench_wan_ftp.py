@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -180,12 +181,18 @@ def parser(doc: str, worker_options: tuple[str, ...]) -> argparse.ArgumentParser
 
 
 def timed(cmd: list[str], **kw: Any) -> dict[str, Any]:
-    """Seconds a reference client takes from its start; its stderr on failure."""
-    t = time.perf_counter()
+    """Seconds a reference client takes from its start, and its CPU seconds; its stderr on failure."""
+    t, c = time.perf_counter(), _children_cpu()
     r = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if r.returncode:
         raise SystemExit(f"{cmd[0]} failed:\n{r.stderr}")
-    return {"seconds": time.perf_counter() - t}
+    return {"seconds": time.perf_counter() - t, "cpu": _children_cpu() - c}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the children waited for so far (the delay line's are counted only at its end)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def report(
@@ -210,6 +217,8 @@ def report(
         if k in rows:
             rs = [rate(r) for r in rows[k]]
             extra = ""
+            if "cpu" in rows[k][0]:
+                extra = f"   (CPU {statistics.median(r['cpu'] for r in rows[k]):.2f} s)"
             if k.startswith("conveyor"):
                 extra = (
                     f"   ({detail(rows[k][0])}; first login {statistics.median(r['login'] for r in rows[k]):.2f} s, "
