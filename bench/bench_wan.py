@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.ser
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import random_file, run_worker
+from delayline import model_options
 
 MIB = 1024 * 1024
 GOALS = {"oss": 2.0, "rclone4": 1.0}
@@ -227,6 +228,7 @@ def main() -> None:
     ap.add_argument("--file-kib", type=int, default=16, help="size of each file of the small row")
     ap.add_argument("--in-flight", type=int, default=16, help="small row: files conveyor fetches at once")
     ap.add_argument("--no-rclone-single", action="store_true", help="skip rclone with one stream")
+    model_options(ap)
     ap.add_argument("--worker")
     for opt in ("port", "user", "key", "fingerprint", "root", "path", "spool", "streams", "local"):
         ap.add_argument(f"--{opt}")
@@ -274,7 +276,8 @@ def main() -> None:
             "start (logins included)"
         )
         for rtt in rtts:
-            with delay_process("127.0.0.1", srv.port, rtt / 2) as port:
+            model = {"window_kib": a.window_kib, "slow_start": not a.no_slow_start}
+            with delay_process("127.0.0.1", srv.port, rtt / 2, **model) as port:
                 known = work / f"known_hosts_{port}"
                 known.write_text("".join(f"[127.0.0.1]:{port} {k}\n" for k in host_keys))
                 remote = f":sftp,host=127.0.0.1,port={port},user={USER},key_file={key},known_hosts_file={known}:"

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_wan import MIB
 from common import random_file, run_worker
+from delayline import model_options
 
 GOALS = {"curl": 2.0, "lftp4": 1.0}
 """The download goals: conveyor at least this many times the reference's rate."""
@@ -139,7 +140,8 @@ def main() -> None:
             "conveyor1": lambda: conveyor(1),
         }
         for rtt in rtts:
-            with delay_ports("127.0.0.1", [srv.port, *pasv_ports], rtt / 2, FAR):
+            model = {"window_kib": a.window_kib, "slow_start": not a.no_slow_start}
+            with delay_ports("127.0.0.1", [srv.port, *pasv_ports], rtt / 2, FAR, **model):
                 rows: dict[str, list[dict[str, Any]]] = {k: [] for k in clients}
                 for _ in range(a.rounds):
                     for k, run in clients.items():
@@ -175,6 +177,7 @@ def parser(doc: str, worker_options: tuple[str, ...]) -> argparse.ArgumentParser
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--worker", action="store_true")
+    model_options(ap)
     for opt in worker_options:
         ap.add_argument(f"--{opt}")
     return ap

@@ -312,6 +312,16 @@ async def _serve(a: argparse.Namespace) -> None:
     await asyncio.Event().wait()
 
 
+def model_options(ap: argparse.ArgumentParser) -> None:
+    """The delay line's model options (``--window-kib``, ``--no-slow-start``), for it and the benches."""
+    ap.add_argument(
+        "--window-kib",
+        type=int,
+        help="delay line: bytes in flight per connection and direction, KiB (default: the kernel's; 0: unbounded)",
+    )
+    ap.add_argument("--no-slow-start", action="store_true", help="delay line: each connection's window open at once")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--listen", type=int, default=0, help="port to listen on (0: any free port)")
@@ -319,12 +329,7 @@ def main() -> None:
     ap.add_argument("--same-ports", help="P1,P2,...: listen on each of these ports, forward each to the same port")
     ap.add_argument("--to", required=True, help="HOST:PORT to forward to (HOST alone with --same-ports)")
     ap.add_argument("--delay-ms", type=float, default=25.0, help="one-way delay in ms (round trip: twice this)")
-    ap.add_argument(
-        "--window-kib",
-        type=int,
-        help="bytes in flight per connection and direction, KiB (default: the kernel's; 0: unbounded)",
-    )
-    ap.add_argument("--no-slow-start", action="store_true", help="start each connection with its whole window open")
+    model_options(ap)
     a = ap.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(a))
