@@ -59,9 +59,10 @@ def kernel_window() -> tuple[int, str]:
     The receiver advertises a share of its receive buffer (autotuned up to ``tcp_rmem`` max): the
     buffer is charged the kernel's whole memory per packet, not only the payload. Linux up to 6.5
     advertised ``1 - 2**-tcp_adv_win_scale`` of it (default 1: a half); later kernels measure the
-    payload share of the packets received instead, starting from a half, so a half either way.
-    The sender keeps unacknowledged bytes in its send buffer (autotuned up to ``tcp_wmem`` max),
-    charged per queued buffer of up to 64 KiB, whose overhead is a few per cent: counted whole.
+    payload share of the packets received instead, starting from a half (more once large packets
+    arrive): a half is taken. The sender keeps unacknowledged bytes in its send buffer (autotuned
+    up to ``tcp_wmem`` max), charged per queued buffer of up to 64 KiB, whose overhead is a few
+    per cent: counted whole. With Linux's defaults (32 MiB and 4 MiB) the sender's buffer binds.
     """
     rmem, wmem = _sysctl("tcp_rmem")[2], _sysctl("tcp_wmem")[2]
     try:
