@@ -62,6 +62,22 @@ def test_a_connection_done_early_takes_half_of_the_largest_part_left() -> None:
     assert plan.take() is None  # what is left is under two minimum parts: not worth a new connection
 
 
+def test_a_split_leaves_the_reader_what_it_reads_while_a_new_connection_gets_going() -> None:
+    """A new part needs a data connection and a TCP slow start (``ramp`` seconds) before it goes
+    at full speed; meanwhile the part it was cut from goes on at its measured rate. The cut leaves
+    that part those bytes, and there is no cut when what would be left to take is under a part."""
+    plan = PartPlan([(0, 128 * MIB)], 2, 128 * MIB, min_part=16 * MIB, ramp=1.0)
+    a, b = plan.take(now=0.0), plan.take(now=0.0)
+    assert a is not None and b is not None
+    a.pos, b.pos = a.end, 64 * MIB + 16 * MIB  # b read 16 MiB in 1 s: 48 MiB left, 16 of them during a ramp
+    plan.done(a)
+    c = plan.take(now=1.0)
+    assert c is not None and (c.start, c.end) == (112 * MIB, 128 * MIB) and b.end == 112 * MIB
+    plan.done(c)
+    b.pos = 96 * MIB  # 16 MiB left at 16 MiB/s: a new connection would not be faster
+    assert plan.take(now=2.0) is None
+
+
 def test_a_resumed_download_plans_only_the_missing_ranges() -> None:
     plan = PartPlan([(0, 8 * MIB), (40 * MIB, 64 * MIB)], 4, 64 * MIB, min_part=16 * MIB)
     parts = []

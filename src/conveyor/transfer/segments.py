@@ -4,6 +4,7 @@ segments (sftp, ftp): ``streams`` when set, else chosen by size and by the serve
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from typing import Any
 
@@ -47,15 +48,17 @@ def auto_streams(size: int, rtt: float | None, cap: int) -> int:
 
 class Part:
     """A byte range being read: from ``start``, read up to ``pos``, to ``end`` (which another
-    connection may move back, taking what follows: see :meth:`PartPlan.take`)."""
+    connection may move back, taking what follows: see :meth:`PartPlan.take`); handed out at
+    ``began`` (monotonic seconds)."""
 
-    __slots__ = ("end", "pos", "size", "start")
+    __slots__ = ("began", "end", "pos", "size", "start")
 
     def __init__(self, start: int, end: int, size: int) -> None:
         self.start = start
         self.pos = start
         self.end = end
         self.size = size
+        self.began = 0.0
 
     @property
     def last(self) -> bool:
@@ -68,14 +71,19 @@ class PartPlan:
 
     As lftp's ``pget``: the ``gaps`` still missing are cut into about one part per connection
     (each at least ``min_part``), since every part costs a new data connection and its TCP slow
-    start. Unlike ``pget``, a connection whose part is done takes the back half of the part with
-    the most left, while that is at least two ``min_part``: connections that logged in later, or
-    run slower, would otherwise leave the first ones idle to the end.
+    start. Unlike ``pget``, a connection whose part is done takes the back of the part that has
+    the most to give: connections that logged in later, or run slower, would otherwise leave the
+    first ones idle to the end. A new part needs ``ramp`` seconds (its data connection and slow
+    start) before it goes at full speed, so the part it is cut from keeps what it reads meanwhile
+    at its rate so far, and the rest is shared in halves; no cut gives less than ``min_part``.
     """
 
-    def __init__(self, gaps: list[tuple[int, int]], streams: int, size: int, *, min_part: int) -> None:
+    def __init__(
+        self, gaps: list[tuple[int, int]], streams: int, size: int, *, min_part: int, ramp: float = 0.0
+    ) -> None:
         self.size = size
         self.min_part = min_part
+        self.ramp = ramp
         left = sum(e - s for s, e in gaps)
         part = max(min_part, -(-left // max(1, streams)))
         self._todo: deque[Part] = deque()
@@ -89,17 +97,24 @@ class PartPlan:
         """Parts not handed out yet."""
         return len(self._todo)
 
-    def take(self) -> Part | None:
-        """The next part to read, the back half of the largest one being read, or None."""
+    def take(self, now: float | None = None) -> Part | None:
+        """The next part to read, the back of one being read (see above), or None."""
+        now = time.monotonic() if now is None else now
         if self._todo:
             p = self._todo.popleft()
         else:
-            big = max(self._active, key=lambda a: a.end - a.pos, default=None)
-            if big is None or big.end - big.pos < 2 * self.min_part:
+            best, most = None, 0
+            for a in self._active:
+                spent = now - a.began
+                rate = (a.pos - a.start) / spent if spent > 0 else 0.0
+                give = int(a.end - a.pos - rate * self.ramp) // 2
+                if give >= self.min_part and give > most:
+                    best, most = a, give
+            if best is None:
                 return None
-            mid = big.pos + (big.end - big.pos) // 2
-            p = Part(mid, big.end, self.size)
-            big.end = mid
+            p = Part(best.end - most, best.end, self.size)
+            best.end = p.start
+        p.began = now
         self._active.append(p)
         return p
 

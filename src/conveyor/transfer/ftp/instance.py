@@ -73,6 +73,11 @@ MIN_PART = 16 * 1024 * 1024
 """Smallest part of a segmented download: each part costs a few round trips (a new data channel,
 REST, RETR, its TLS handshake) and a TCP slow start that must stay small next to its transfer."""
 
+RAMP_RTTS = 12
+"""Round trips before a new part goes at full speed: EPSV, REST and RETR (three), then TCP's slow
+start from 10 segments to a 4 MiB window (about eight). A part cut for another connection keeps
+what it reads meanwhile (see :class:`PartPlan`)."""
+
 _NOT_FOUND_COMMANDS = {"RETR", "SIZE", "MDTM", "MLST", "MLSD", "LIST", "NLST", "CWD", "DELE", "RNFR"}
 _FULL = re.compile(r"no space|disk full|quota|insufficient storage|exceeded storage", re.IGNORECASE)
 """Reply texts of a full disk or quota, whatever the code (pyftpdlib: 426 No space left on device)."""
@@ -387,25 +392,30 @@ class FtpInstance:
             return min(self.config.streams, cap)
         if size < SEGMENT_FROM:
             return 1
+        return auto_streams(size, await self._rtt(), cap)
+
+    async def _rtt(self) -> float | None:
+        """The round trip a login measured (logging in first if no connection is pooled)."""
 
         async def rtt(c: FtpConnection) -> float | None:
             return c.rtt
 
-        return auto_streams(size, await self.pool.run(rtt, ""), cap)
+        return await self.pool.run(rtt, "")
 
     async def _download_parts(self, f: RemoteFile, sink: SpoolWriter) -> None:
         """The ranges of ``f`` the sink is missing, over up to ``streams`` connections at once.
 
         As lftp's ``pget``: one part per connection, read with REST at its start and a RETR cut
-        at its end (see :class:`EnoughData`), and a connection done early takes half of the
-        largest part left (:class:`PartPlan`). Not SFTP's many small parts in file order, although
+        at its end (see :class:`EnoughData`), and a connection done early takes the back of the
+        part with the most to give (:class:`PartPlan`). Not SFTP's many small parts in file order, although
         the spool can hash only as far as the file is complete from the start (the rest is hashed
         at the end, from the page cache): each FTP part is a new data connection, whose TCP slow
         start at 50 ms costs more than the hashing (measured: docs/performance-notes.md).
         """
         sink.positional(f.size)
         n = await self._streams(f.size)
-        plan = PartPlan(sink.missing(f.size), n, f.size, min_part=MIN_PART)
+        ramp = RAMP_RTTS * (await self._rtt() or 0.0)
+        plan = PartPlan(sink.missing(f.size), n, f.size, min_part=MIN_PART, ramp=ramp)
         path = self._abs(f.path)
 
         async def op(c: FtpConnection) -> None:
