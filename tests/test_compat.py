@@ -359,6 +359,45 @@ async def test_sftp_read_requests_share_packets(
         assert sent > requests, f"{sent} packets sent for {requests} read requests"
 
 
+@pytest.mark.parametrize("path", ["private", "public"])
+async def test_sftp_answers_taken_off_the_channel(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """On the private path, once a download starts on a session with nothing outstanding, its SFTP
+    answers are cut from the channel's data directly (asyncssh's SFTP stream is not read again),
+    for that download and for what the session does next; on the public path the stream reads
+    each. Files, listings and a missing file's error come out the same either way."""
+    take_path(monkeypatch, path)
+    backend = sftp_openssh_backend
+    data = os.urandom(3 << 20)
+    backend.put("in/m.bin", data)
+    backend.put("in/small.txt", b"small")
+    inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+    reads: list[int] = []
+    try:
+        await inst.check()
+        handler: Any = inst.pool._sessions[0].sftp._handler  # private: the tests' own look
+        readexactly = handler._reader.readexactly
+
+        async def counted(n: int) -> bytes:
+            reads.append(n)
+            got: bytes = await readexactly(n)
+            return got
+
+        handler._reader.readexactly = counted
+        assert hashlib.sha256(await download(inst, "in/m.bin", tmp_path)).digest() == hashlib.sha256(data).digest()
+        first = len(reads)  # the stat and the open before the download's reads: a length and a body each
+        assert await download(inst, "in/small.txt", tmp_path) == b"small"
+        assert sorted([f.path async for f in inst.list("in", recursive=True)]) == ["in/m.bin", "in/small.txt"]
+        assert await inst.stat("in/nothing.bin") is None
+    finally:
+        await inst.close()
+    if path == "private":
+        assert first <= 4 and reads[first:] == [], f"asyncssh's SFTP stream was read: {reads}"
+    else:
+        assert len(reads) - first > 10 and first > 20, reads
+
+
 @pytest.fixture
 def rekeying_sshd(ssh_client_keys: KeySet) -> Iterator[Sshd]:
     """An sshd that renews its keys after every MiB it sends."""

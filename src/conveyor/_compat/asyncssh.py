@@ -28,7 +28,11 @@ decrypted packet rather than a copy (that stream joins whole SFTP packets into n
 Fifth: :func:`read_sender` writes a download's SFTP read requests several to one channel write
 (one SSH packet and one system call instead of one each) and parses each answer when it
 arrives, in the waiter asyncssh resolves, instead of in the task it would wake; the data is a
-view of the answer, the bytes asyncssh's SFTP stream joined, which the spool keeps as it is.
+view of the answer, which the spool keeps as it is. From then on that session's SFTP answers are
+cut from the channel's data and handed to their waiters directly (:func:`_frame_answers`), without
+asyncssh's SFTP stream, its reader task and its ``readexactly`` (a lock, a wake-up and a buffer
+of pieces per answer): only from a moment when no request is outstanding and the stream holds
+nothing, so that no answer is split between the two ways.
 Fallback: the connection is left as asyncssh made it: correct, with more CPU per MiB uploaded
 and downloaded (docs/performance-notes.md).
 """
@@ -580,6 +584,7 @@ def read_sender(fh: asyncssh.SFTPClientFile) -> ReadSender:
     loop = asyncio.get_running_loop()
     if handler._writer:
         _VIEW_CHANNELS.add(handler._writer.channel)
+        _frame_answers(handler)
     head = (1 + 4 + len(String(handle)) + 8 + 4).to_bytes(4, "big") + b"\x05"  # length, FXP_READ
     hstr = String(handle)
 
@@ -602,3 +607,95 @@ def read_sender(fh: asyncssh.SFTPClientFile) -> ReadSender:
         return futs
 
     return send
+
+
+_FRAMED: weakref.WeakSet[Any] = weakref.WeakSet()
+"""SFTP client handlers whose answers :func:`_frame_answers` takes off their channel."""
+
+
+def _frame_answers(handler: Any) -> None:
+    """Take the SFTP answers of ``handler``'s session straight from its channel: cut them at their
+    length, join each into one bytes and hand it to the request's waiter, as asyncssh's
+    ``recv_packets`` task does after the stream's ``readexactly`` (its lock, its wake-ups, its
+    buffer of pieces). Only from a moment when no request is outstanding and the stream holds
+    nothing, so no answer is ever split between the two ways; once framed, always framed. The
+    end of the channel still reaches the stream, and through it ``recv_packets``' clean-up."""
+    from asyncssh.packet import SSHPacket
+    from asyncssh.sftp import MAX_SFTP_PACKET_LEN
+
+    reader, writer = handler._reader, handler._writer
+    if handler in _FRAMED or not reader or not writer or handler._requests:
+        return
+    session = reader._session
+    if session is not writer.channel._session or any(session._recv_buf.values()) or session._recv_buf_len:
+        return
+    _FRAMED.add(handler)
+    debug = logging.getLogger("asyncssh")
+    received = session.data_received
+    pieces: list[Any] = []
+    have = 0
+    need = 0  # bytes of the answer being cut, its 4-byte length included (0: not known yet)
+
+    def fail(exc: Exception) -> None:
+        handler._loop.create_task(handler._cleanup(exc))
+
+    def data_received(data: Any, datatype: Any) -> None:
+        nonlocal have, need
+        if datatype is not None:  # not SFTP's (it has no extended data): as asyncssh would
+            received(data, datatype)
+            return
+        pieces.append(data)
+        have += len(data)
+        while True:
+            if not need:
+                if have < 4:
+                    return
+                head = bytes(pieces[0][:4]) if len(pieces[0]) >= 4 else b"".join(pieces)[:4]
+                pktlen = int.from_bytes(head, "big")
+                if pktlen > MAX_SFTP_PACKET_LEN:
+                    pieces.clear()
+                    fail(asyncssh.SFTPBadMessage("Max packet size exceeded"))
+                    return
+                need = 4 + pktlen
+            if have < need:
+                return
+            # The answer's pieces, the last one cut where the answer ends.
+            n, taken = 0, 0
+            while n + len(pieces[taken]) <= need:
+                n += len(pieces[taken])
+                taken += 1
+                if n == need:
+                    break
+            parts = pieces[:taken]
+            if n < need:
+                last = pieces[taken]
+                parts.append(last[: need - n])
+                pieces[taken] = last[need - n :]
+            del pieces[:taken]
+            have -= need
+            need = 0
+            skip = 4  # the length, off the front without a copy
+            while skip and parts:
+                first = parts[0]
+                if len(first) <= skip:
+                    skip -= len(first)
+                    del parts[0]
+                else:
+                    parts[0] = memoryview(first)[skip:]
+                    skip = 0
+            packet = SSHPacket(b"".join(parts))
+            try:
+                pkttype, pktid = packet.get_byte(), packet.get_uint32()
+            except Exception as e:
+                fail(asyncssh.SFTPBadMessage(str(e)))
+                return
+            if debug.isEnabledFor(logging.DEBUG):
+                handler.log_received_packet(pkttype, pktid, packet)
+            waiter = handler._requests.pop(pktid, None)
+            if waiter is None:
+                fail(asyncssh.SFTPBadMessage("Invalid response id"))
+                return
+            if not waiter.cancelled():
+                waiter.set_result((pkttype, packet))
+
+    session.data_received = data_received
