@@ -53,6 +53,17 @@ def take_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
         assert ssh_compat.CHOICE.private, ssh_compat.CHOICE.why
 
 
+def gcm_file(
+    monkeypatch: pytest.MonkeyPatch, backend: SftpBackend, path: str, name: str, size: int
+) -> tuple[bytes, Any]:
+    """On asyncssh's ``path``: ``size`` random bytes put at ``name`` on the server, and an instance
+    that reaches it with AES-GCM (the cipher conveyor's receive path takes)."""
+    take_path(monkeypatch, path)
+    data = os.urandom(size)
+    backend.put(name, data)
+    return data, instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+
+
 # --------------------------------------------------------------------------- the checks
 def test_version_tuple() -> None:
     assert version_tuple("2.24.1") == (2, 24, 1)
@@ -302,11 +313,7 @@ async def test_sftp_packets_cut_across_reads_skip_asyncssh_packet_parser(
     """Socket reads that end inside a packet, or inside its length: the start is kept until the
     rest arrives, and the whole packet then takes conveyor's receive path like any other. The
     file arrives intact and asyncssh parses few of its packets."""
-    take_path(monkeypatch, "private")
-    backend = sftp_openssh_backend
-    data = os.urandom(4 << 20)
-    backend.put("in/s.bin", data)
-    inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+    data, inst = gcm_file(monkeypatch, sftp_openssh_backend, "private", "in/s.bin", 4 << 20)
     parsed: list[int] = []
     try:
         await inst.check()
@@ -339,11 +346,7 @@ async def test_sftp_read_requests_share_packets(
     """On the private path a download's read requests go out several to one SSH packet (fewer
     packets to encrypt, one system call for them); the public path sends one packet each. The
     file arrives intact either way, its end checked (one byte past it must be the end)."""
-    take_path(monkeypatch, path)
-    backend = sftp_openssh_backend
-    data = os.urandom(8 << 20)
-    backend.put("in/q.bin", data)
-    inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+    data, inst = gcm_file(monkeypatch, sftp_openssh_backend, path, "in/q.bin", 8 << 20)
     try:
         await inst.check()
         before = packets_sent(inst)
@@ -367,12 +370,8 @@ async def test_sftp_answers_taken_off_the_channel(
     answers are cut from the channel's data directly (asyncssh's SFTP stream is not read again),
     for that download and for what the session does next; on the public path the stream reads
     each. Files, listings and a missing file's error come out the same either way."""
-    take_path(monkeypatch, path)
-    backend = sftp_openssh_backend
-    data = os.urandom(3 << 20)
-    backend.put("in/m.bin", data)
-    backend.put("in/small.txt", b"small")
-    inst = instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+    data, inst = gcm_file(monkeypatch, sftp_openssh_backend, path, "in/m.bin", 3 << 20)
+    sftp_openssh_backend.put("in/small.txt", b"small")
     reads: list[int] = []
     try:
         await inst.check()
@@ -396,6 +395,28 @@ async def test_sftp_answers_taken_off_the_channel(
         assert first <= 4 and reads[first:] == [], f"asyncssh's SFTP stream was read: {reads}"
     else:
         assert len(reads) - first > 10 and first > 20, reads
+
+
+async def test_sftp_framed_answer_with_unknown_id_ends_the_session(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer cut from the channel whose id no request has ends the SFTP session as asyncssh's
+    own reader would (its clean-up); the next operation gets a fresh session and works."""
+    data, inst = gcm_file(monkeypatch, sftp_openssh_backend, "private", "in/u.bin", 1 << 20)
+    try:
+        await inst.check()
+        assert await download(inst, "in/u.bin", tmp_path) == data
+        handler: Any = inst.pool._sessions[0].sftp._handler  # private: the tests' own look
+        assert handler in ssh_compat._FRAMED
+        stray = (9).to_bytes(4, "big") + bytes([101]) + (0xFFFF_FFF0).to_bytes(4, "big") + bytes(4)
+        handler._reader._session.data_received(memoryview(stray)[:6], None)  # cut, as packets may be
+        handler._reader._session.data_received(memoryview(stray)[6:], None)
+        await wait_for(lambda: handler._writer is None, 5)
+        with pytest.raises(Transient):  # as after asyncssh's own reader ends: an error, never a hang
+            await download(inst, "in/u.bin", tmp_path)
+        assert await download(inst, "in/u.bin", tmp_path) == data
+    finally:
+        await inst.close()
 
 
 @pytest.fixture

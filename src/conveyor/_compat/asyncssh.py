@@ -636,13 +636,20 @@ def _frame_answers(handler: Any) -> None:
     have = 0
     need = 0  # bytes of the answer being cut, its 4-byte length included (0: not known yet)
 
+    failed: list[Exception] = []
+
     def fail(exc: Exception) -> None:
+        """As ``recv_packets`` ends on a bad answer: the session is cleaned up, nothing more is read."""
+        failed.append(exc)
+        pieces.clear()
         handler._loop.create_task(handler._cleanup(exc))
 
     def data_received(data: Any, datatype: Any) -> None:
         nonlocal have, need
         if datatype is not None:  # not SFTP's (it has no extended data): as asyncssh would
             received(data, datatype)
+            return
+        if failed:
             return
         pieces.append(data)
         have += len(data)
@@ -653,7 +660,6 @@ def _frame_answers(handler: Any) -> None:
                 head = bytes(pieces[0][:4]) if len(pieces[0]) >= 4 else b"".join(pieces)[:4]
                 pktlen = int.from_bytes(head, "big")
                 if pktlen > MAX_SFTP_PACKET_LEN:
-                    pieces.clear()
                     fail(asyncssh.SFTPBadMessage("Max packet size exceeded"))
                     return
                 need = 4 + pktlen
