@@ -50,8 +50,9 @@ DEADLINE_SLACK = 1.0
 """Seconds a transfer's no-progress deadline may lag behind: moved at most this often instead of
 at every answer (each move cancels a timer and makes a new one)."""
 SEND_BATCH = 4
-"""Read requests sent together, once that many answers are in: one SSH packet and one system
-call for them instead of one each (docs/performance-notes.md)."""
+"""Read requests sent together, once that many answers are in, where the round trip is not known:
+one SSH packet and one system call for them instead of one each (docs/performance-notes.md).
+:func:`send_batch` chooses from the round trip otherwise."""
 MAX_WINDOW = 48
 """The deepest read pipeline: 12 MiB, within the 16 MiB SSH channel window conveyor grants."""
 PER_STREAM = 128 * 1024 * 1024
@@ -361,7 +362,8 @@ class SftpInstance:
                 fh = await s.sftp.open(self._abs(f.path), "rb", block_size=0)
                 try:
                     block = min(BLOCK, s.sftp.limits.max_read_len or BLOCK)
-                    await self._read_into(fh, f, offset, block, sink, deadline, read_depth(s.rtt))
+                    depth = read_depth(s.rtt)
+                    await self._read_into(fh, f, offset, block, sink, deadline, depth, send_batch(s.rtt, depth))
                 finally:
                     self._close_later(f.path, fh)
         except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
@@ -413,7 +415,9 @@ class SftpInstance:
                 fh = await s.sftp.open(self._abs(f.path), "rb", block_size=0)
                 try:
                     block = min(BLOCK, s.sftp.limits.max_read_len or BLOCK)
-                    await self._read_parts(fh, f, block, sink, deadline, read_depth(s.rtt), todo, probe)
+                    depth = read_depth(s.rtt)
+                    batch = send_batch(s.rtt, depth)
+                    await self._read_parts(fh, f, block, sink, deadline, depth, batch, todo, probe)
                 finally:
                     await _close_quietly(fh)
         except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
@@ -427,6 +431,7 @@ class SftpInstance:
         sink: SpoolWriter,
         deadline: asyncio.Timeout,
         depth: int,
+        batch: int,
         todo: deque[tuple[int, int]],
         probe: _Probe,
     ) -> None:
@@ -435,7 +440,7 @@ class SftpInstance:
         pos = end = 0
         try:
             while True:
-                if len(pending) <= depth - SEND_BATCH or not pending:
+                if len(pending) <= depth - batch or not pending:
                     # Requests run on across parts: taking the next one costs no round trip.
                     reqs: list[tuple[int, int]] = []
                     while len(pending) + len(reqs) < depth:
@@ -476,6 +481,7 @@ class SftpInstance:
         sink: SpoolWriter,
         deadline: asyncio.Timeout,
         depth: int,
+        batch: int,
     ) -> None:
         send = read_sender(fh)
         pending: deque[tuple[int, int, asyncio.Future[bytes | memoryview]]] = deque()
@@ -484,7 +490,7 @@ class SftpInstance:
             self._changed(f, offset)
         try:
             while True:
-                if nxt <= f.size and (len(pending) <= depth - SEND_BATCH or not pending):
+                if nxt <= f.size and (len(pending) <= depth - batch or not pending):
                     reqs: list[tuple[int, int]] = []
                     while len(pending) + len(reqs) < depth and nxt < f.size:
                         n = min(block, f.size - nxt)
@@ -707,6 +713,16 @@ def read_depth(rtt: float | None) -> int:
     if rtt is None:
         return WINDOW
     return max(WINDOW, min(MAX_WINDOW, math.ceil(rtt * PER_STREAM / BLOCK)))
+
+
+def send_batch(rtt: float | None, depth: int) -> int:
+    """Read requests to send together on a session whose round trip is ``rtt`` seconds, with
+    ``depth`` outstanding: as many as leave enough in flight for :data:`PER_STREAM` bytes/s, at
+    most half of ``depth`` (unknown: :data:`SEND_BATCH`). Larger batches cost less CPU per MiB
+    near the server; far from it, every request is sent as soon as an answer is in."""
+    if rtt is None:
+        return SEND_BATCH
+    return max(1, min(depth // 2, depth - math.ceil(rtt * PER_STREAM / BLOCK)))
 
 
 async def _drop(pending: deque[tuple[int, int, asyncio.Future[bytes | memoryview]]]) -> None:
