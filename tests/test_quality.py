@@ -85,3 +85,23 @@ def test_the_health_server_loads_aiohttp_only_in_its_thread() -> None:
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_the_collector_is_off_only_while_a_config_loads(tmp_path: Path) -> None:
+    """``main`` turns the cyclic collector off while a config loads and back on: before ``run``
+    starts the daemon, and on return for every command (in a child: ``run`` sets up logging)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({"instances": {"box": {"type": "local", "root": str(tmp_path)}}}))
+    code = (
+        "import gc, sys, conveyor.config, conveyor.daemon\n"
+        "from conveyor import cli\n"
+        "seen = []\n"
+        "load = conveyor.config.load_config\n"
+        "conveyor.config.load_config = lambda path: seen.append(gc.isenabled()) or load(path)\n"
+        "conveyor.daemon.run_daemon = lambda config, once=None: seen.append(gc.isenabled()) or 0\n"
+        "codes = [cli.main(['check', '-c', sys.argv[1]]), gc.isenabled(), cli.main(['run', '-c', sys.argv[1]])]\n"
+        "print(codes, seen, gc.isenabled())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "[0, True, 0] [False, False, True] True"
