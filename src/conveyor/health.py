@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import socket
 import threading
@@ -266,18 +267,31 @@ def listen(host: str, port: int) -> list[socket.socket]:
     """Listening sockets on ``host``'s addresses (all of a name's, as asyncio binds them), bound
     at once on the daemon's thread, so the URL is known and a busy port fails the start."""
     sockets: list[socket.socket] = []
+    unavailable: OSError | None = None
     try:
         for family, kind, proto, _, address in dict.fromkeys(
             socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         ):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue  # a family this host does not have (no IPv6, say)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # a v4 address binds on its own
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as e:
+                if e.errno != errno.EADDRNOTAVAIL:
+                    raise
+                unavailable = e  # a name's address of a family that is off: the others serve
+                sockets.pop().close()
+                continue
             sock.listen(BACKLOG)
             sock.setblocking(False)
+        if not sockets:
+            raise unavailable or OSError(errno.EADDRNOTAVAIL, "no address to listen on")
     except OSError:
         for sock in sockets:
             sock.close()
