@@ -105,3 +105,11 @@ def test_the_collector_is_off_only_while_a_config_loads(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "[0, True, 0] [False, False, True] True"
+
+
+def test_each_built_in_connector_type_names_its_own_config_module() -> None:
+    """``registry.BUILT_IN_TYPES`` lets a config load one connector's models without the others:
+    it must name every connector ``connectors.py`` registers, by the module that defines it."""
+    from conveyor.registry import BUILT_IN_TYPES, all_specs
+
+    assert {t: s.instance_model.__module__ for t, s in all_specs().items()} == BUILT_IN_TYPES
