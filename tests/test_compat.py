@@ -43,6 +43,27 @@ def public(monkeypatch: pytest.MonkeyPatch, module: Any) -> None:
     assert not module.CHOICE.private
 
 
+def take_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """asyncssh's ``path``: "public" as :func:`public` forces it, "private" as the checks find it."""
+    if path == "public":
+        public(monkeypatch, ssh_compat)
+    else:
+        monkeypatch.delenv(ENV, raising=False)
+        monkeypatch.setattr(ssh_compat, "CHOICE", ssh_compat.select())
+        assert ssh_compat.CHOICE.private, ssh_compat.CHOICE.why
+
+
+def gcm_file(
+    monkeypatch: pytest.MonkeyPatch, backend: SftpBackend, path: str, name: str, size: int
+) -> tuple[bytes, Any]:
+    """On asyncssh's ``path``: ``size`` random bytes put at ``name`` on the server, and an instance
+    that reaches it with AES-GCM (the cipher conveyor's receive path takes)."""
+    take_path(monkeypatch, path)
+    data = os.urandom(size)
+    backend.put(name, data)
+    return data, instance(backend, algorithms={"ciphers": ["aes128-gcm@openssh.com"]})
+
+
 # --------------------------------------------------------------------------- the checks
 def test_version_tuple() -> None:
     assert version_tuple("2.24.1") == (2, 24, 1)
@@ -113,6 +134,16 @@ def test_asyncssh_check_rejects_shapes_it_was_not_written_for(monkeypatch: pytes
     monkeypatch.setattr(SSHClientChannel, "_packet_handlers", handlers)
     choice = ssh_compat.select()
     assert not choice.private and "channel data" in choice.why, choice.why
+    monkeypatch.undo()
+
+    from asyncssh.sftp import SFTPClientHandler
+
+    def send_request(self: Any, pkttype: Any, args: Any, waiter: Any) -> None:  # requests kept some other way
+        pass
+
+    monkeypatch.setattr(SFTPClientHandler, "_send_request", send_request)
+    choice = ssh_compat.select()
+    assert not choice.private and "_send_request no longer works" in choice.why, choice.why
     monkeypatch.undo()
     monkeypatch.delenv(ENV, raising=False)
     assert ssh_compat.select(conn_class=asyncssh.SSHClientConnection, version="2.24.1").private
@@ -194,11 +225,7 @@ async def test_sftp_receive_buffer_holds_one_packet(
     """8 MiB downloaded intact whichever way asyncssh is fed; with AES-GCM on the private path, its
     receive buffer never holds more than the packet it is parsing, where a socket read of several
     packets (OpenSSH sends 32 KiB ones) would otherwise sit in it whole."""
-    if path == "public":
-        public(monkeypatch, ssh_compat)
-    else:
-        monkeypatch.delenv(ENV, raising=False)
-        monkeypatch.setattr(ssh_compat, "CHOICE", ssh_compat.select())
+    take_path(monkeypatch, path)
     backend = sftp_openssh_backend
     data = os.urandom(8 << 20)
     backend.put("in/w.bin", data)
@@ -224,7 +251,8 @@ async def test_sftp_receive_buffer_holds_one_packet(
         await inst.close()
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     if path == "private" and cipher.startswith("aes"):
-        assert max(beyond) <= 0, f"asyncssh was given {max(beyond)} bytes beyond a packet"
+        # (a download's packets may all bypass asyncssh's parser, and give it nothing at all)
+        assert max(beyond, default=0) <= 0, f"asyncssh was given {max(beyond)} bytes beyond a packet"
     elif path == "public":  # what it is otherwise given: several packets per socket read
         assert max(beyond) > 0, beyond
 
@@ -269,6 +297,126 @@ def test_sftp_channel_data_skips_asyncssh_packet_parser(
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     assert received > 200, received  # OpenSSH sends 32 KiB packets: about 260 for 8 MiB
     assert len(parsed) < received / 2, f"asyncssh parsed {len(parsed)} of {received} packets"
+
+
+def _pieces(read: bytes, how: str) -> list[bytes]:
+    """One socket read cut the way ``how`` says."""
+    if how == "small":  # packets and their lengths cut at every offset, across many reads
+        return [read[i : i + 4099] for i in range(0, len(read), 4099)]
+    return [read[i : i + 1] for i in range(5)] + [read[5:]]  # "bytes": single bytes, then the rest
+
+
+@pytest.mark.parametrize("how", ["small", "bytes"])
+async def test_sftp_packets_cut_across_reads_skip_asyncssh_packet_parser(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Socket reads that end inside a packet, or inside its length: the start is kept until the
+    rest arrives, and the whole packet then takes conveyor's receive path like any other. The
+    file arrives intact and asyncssh parses few of its packets."""
+    data, inst = gcm_file(monkeypatch, sftp_openssh_backend, "private", "in/s.bin", 4 << 20)
+    parsed: list[int] = []
+    try:
+        await inst.check()
+        conn: Any = inst.pool._sessions[0].conn
+        receive, finish = conn.data_received, conn._finish_recv_packet  # conveyor's wrapper; private: a count
+
+        def data_received(read: bytes, datatype: Any = None) -> None:
+            for piece in _pieces(read, how):
+                receive(piece, datatype)
+
+        def finish_recv_packet(pkttype: int, seq: int, *args: Any, **kw: Any) -> None:
+            parsed.append(pkttype)
+            finish(pkttype, seq, *args, **kw)
+
+        conn.data_received, conn._finish_recv_packet = data_received, finish_recv_packet
+        seq0 = conn._recv_seq
+        got = await download(inst, "in/s.bin", tmp_path)
+        received = (conn._recv_seq - seq0) & 0xFFFFFFFF
+    finally:
+        await inst.close()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert received > 100, received  # OpenSSH sends 32 KiB packets: about 130 for 4 MiB
+    assert parsed.count(94) <= 2, f"asyncssh parsed {parsed.count(94)} channel data packets of {received}"
+
+
+@pytest.mark.parametrize("path", ["private", "public"])
+async def test_sftp_read_requests_share_packets(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """On the private path a download's read requests go out several to one SSH packet (fewer
+    packets to encrypt, one system call for them); the public path sends one packet each. The
+    file arrives intact either way, its end checked (one byte past it must be the end)."""
+    data, inst = gcm_file(monkeypatch, sftp_openssh_backend, path, "in/q.bin", 8 << 20)
+    try:
+        await inst.check()
+        before = packets_sent(inst)
+        got = await download(inst, "in/q.bin", tmp_path)
+        sent = packets_sent(inst) - before
+    finally:
+        await inst.close()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    requests = len(data) // (255 << 10) + 2  # 255 KiB reads (the server's limit), and the one past the end
+    if path == "private":
+        assert sent < requests / 2, f"{sent} packets sent for {requests} read requests"
+    else:
+        assert sent > requests, f"{sent} packets sent for {requests} read requests"
+
+
+@pytest.mark.parametrize("path", ["private", "public"])
+async def test_sftp_answers_taken_off_the_channel(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """On the private path, once a download starts on a session with nothing outstanding, its SFTP
+    answers are cut from the channel's data directly (asyncssh's SFTP stream is not read again),
+    for that download and for what the session does next; on the public path the stream reads
+    each. Files, listings and a missing file's error come out the same either way."""
+    data, inst = gcm_file(monkeypatch, sftp_openssh_backend, path, "in/m.bin", 3 << 20)
+    sftp_openssh_backend.put("in/small.txt", b"small")
+    reads: list[int] = []
+    try:
+        await inst.check()
+        handler: Any = inst.pool._sessions[0].sftp._handler  # private: the tests' own look
+        readexactly = handler._reader.readexactly
+
+        async def counted(n: int) -> bytes:
+            reads.append(n)
+            got: bytes = await readexactly(n)
+            return got
+
+        handler._reader.readexactly = counted
+        assert hashlib.sha256(await download(inst, "in/m.bin", tmp_path)).digest() == hashlib.sha256(data).digest()
+        first = len(reads)  # the stat and the open before the download's reads: a length and a body each
+        assert await download(inst, "in/small.txt", tmp_path) == b"small"
+        assert sorted([f.path async for f in inst.list("in", recursive=True)]) == ["in/m.bin", "in/small.txt"]
+        assert await inst.stat("in/nothing.bin") is None
+    finally:
+        await inst.close()
+    if path == "private":
+        assert first <= 4 and reads[first:] == [], f"asyncssh's SFTP stream was read: {reads}"
+    else:
+        assert len(reads) - first > 10 and first > 20, reads
+
+
+async def test_sftp_framed_answer_with_unknown_id_ends_the_session(
+    sftp_openssh_backend: SftpBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer cut from the channel whose id no request has ends the SFTP session as asyncssh's
+    own reader would (its clean-up); the next operation gets a fresh session and works."""
+    data, inst = gcm_file(monkeypatch, sftp_openssh_backend, "private", "in/u.bin", 1 << 20)
+    try:
+        await inst.check()
+        assert await download(inst, "in/u.bin", tmp_path) == data
+        handler: Any = inst.pool._sessions[0].sftp._handler  # private: the tests' own look
+        assert handler in ssh_compat._FRAMED
+        stray = (9).to_bytes(4, "big") + bytes([101]) + (0xFFFF_FFF0).to_bytes(4, "big") + bytes(4)
+        handler._reader._session.data_received(memoryview(stray)[:6], None)  # cut, as packets may be
+        handler._reader._session.data_received(memoryview(stray)[6:], None)
+        await wait_for(lambda: handler._writer is None, 5)
+        with pytest.raises(Transient):  # as after asyncssh's own reader ends: an error, never a hang
+            await download(inst, "in/u.bin", tmp_path)
+        assert await download(inst, "in/u.bin", tmp_path) == data
+    finally:
+        await inst.close()
 
 
 @pytest.fixture

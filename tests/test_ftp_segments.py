@@ -228,7 +228,7 @@ class SlowHashSink(SpoolWriter):
         self.all_in = threading.Event()
         self.ran_out = False
 
-    def write_at(self, offset: int, data: bytes) -> None:
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
         super().write_at(offset, data)
         if self.size == self._total:
             self.all_in.set()

@@ -125,11 +125,11 @@ class KillingSink(SpoolWriter):
         super().__init__(spool)
         self._srv, self._after, self.killed = srv, after, False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         super().write(data)
         self._kill()
 
-    def write_at(self, offset: int, data: bytes) -> None:
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
         super().write_at(offset, data)
         self._kill()
 

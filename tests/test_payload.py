@@ -189,7 +189,7 @@ async def test_the_spool_hashes_while_a_file_write_is_stuck(tmp_path: Path, monk
     go = threading.Event()
     real = spool_module._writev_all
 
-    def stuck(fd: int, block: list[bytes], n: int) -> None:
+    def stuck(fd: int, block: list[bytes | memoryview], n: int) -> None:
         go.wait(10)
         real(fd, block, n)
 

@@ -24,6 +24,7 @@ from conveyor.transfer.sftp.instance import SftpInstance
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
 from tests.backends.sftp import SftpBackend
 from tests.servers.ssh_keys import KeySet
+from tests.tcp_proxy import TcpProxy
 
 
 @pytest.fixture(params=["asyncssh", "openssh"])
@@ -177,6 +178,18 @@ async def test_md5_of_rsa_key_then_one_handshake(backend: SftpBackend) -> None:
         assert inst.pool._server._family == "ssh-rsa"
     finally:
         await inst.close()
+
+
+async def test_pinned_preferred_key_logs_in_on_one_connection(backend: SftpBackend) -> None:
+    """The first login with the server's ed25519 key pinned is one connection: no separate read of
+    the server's host-key algorithms first (a round trip or two on a distant server)."""
+    async with TcpProxy("127.0.0.1", backend.port) as proxy:
+        inst = instance(backend, port=proxy.port, host_fingerprint=sha256_fp(backend.host_blob("ed25519")))
+        try:
+            assert "(ssh-ed25519," in await inst.check()
+            assert proxy.connections == 1
+        finally:
+            await inst.close()
 
 
 async def test_wrong_fingerprint_names_offered_keys(backend: SftpBackend) -> None:

@@ -12,7 +12,7 @@ import pytest
 from conveyor.errors import Transient
 from conveyor.payload import Spool, SpoolWriter
 from conveyor.transfer.segments import AUTO_STREAMS, SEGMENT_FROM, auto_streams
-from conveyor.transfer.sftp.instance import BLOCK, MAX_WINDOW, WINDOW, read_depth
+from conveyor.transfer.sftp.instance import BLOCK, MAX_WINDOW, SEND_BATCH, WINDOW, read_depth, send_batch
 from tests.backends.sftp import *  # noqa: F403  (the server fixtures)
 from tests.backends.sftp import SftpBackend
 from tests.segments import fetch, finished
@@ -69,6 +69,15 @@ def test_spool_positional_gaps_and_limit(tmp_path: Path) -> None:
 
     with pytest.raises(TooLarge, match="max_file_size"):
         spool.writer(limit=MIB, what="max_file_size").positional(2 * MIB)
+
+
+def test_send_batch_follows_the_round_trip() -> None:
+    """Near the server, read requests go out half the pipeline at a time; further away fewer,
+    so that the requests still in flight carry the stream's rate; far away, one at a time."""
+    assert send_batch(None, WINDOW) == SEND_BATCH
+    assert send_batch(0.0002, WINDOW) == WINDOW // 2  # loopback
+    assert 1 < send_batch(0.02, read_depth(0.02)) < WINDOW // 2  # 20 ms
+    assert send_batch(0.05, read_depth(0.05)) == 1  # 50 ms: the pipeline is sized to the round trip
 
 
 def test_read_depth_follows_the_round_trip() -> None:

@@ -37,7 +37,8 @@ from conveyor.interfaces import (
 )
 from conveyor.payload.spool import Spool
 from conveyor.redact import redact, register_secrets
-from conveyor.registry import all_specs, target_specs
+from conveyor.registry import get as spec_of
+from conveyor.registry import target_specs
 from conveyor.state import StateStore, open_store
 from conveyor.status import StatusBoard
 from conveyor.supervisor import Backoff
@@ -362,7 +363,7 @@ class Daemon:
         rt = self.instances.get(name)
         if rt is None:
             cfg = self.config.instances[name]
-            spec = all_specs()[cfg.type]
+            spec = spec_of(cfg.type)
             self.status.add_instance(name, cfg.type, cfg.describe())
             for w in self.weak:
                 if w.instance == name:
@@ -403,7 +404,7 @@ class Daemon:
                 config = config.model_copy(update={"filename": "{name}"})
             return kind.load_factory()(flow.name, config, self.ctx)
         iname = route.target.instance
-        if all_specs()[self.config.instances[iname].type].kind == "file":
+        if spec_of(self.config.instances[iname].type).kind == "file":
             from conveyor.targets.upload import UploadTarget
 
             return UploadTarget(flow.name, route.target, self._file_system(iname))
@@ -450,7 +451,7 @@ class Daemon:
         """Wire a flow's source, deliverer and targets."""
         src = flow.source
         icfg = self.config.instances[src.instance]
-        message = all_specs()[icfg.type].kind == "message"
+        message = spec_of(icfg.type).kind == "message"
         source_rt = self._broker(src.instance) if message else self._file_system(src.instance)
         st = self.status.add_flow(flow.name)
         deliverer, close_targets, timeout = self._deliverer(flow)

@@ -14,22 +14,26 @@ rest is Host- and Origin-checked and, for the ledger, needs the bearer token.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import errno
 import logging
+import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
-
-from aiohttp import web
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor import __version__
-from conveyor.health_app import DAEMON_KEY, SERVER_KEY, DaemonView, json_response
 from conveyor.health_auth import ApiGuard
-from conveyor.health_ledger import add_ledger_routes
-from conveyor.health_page import Throughput, add_page_routes
 from conveyor.metrics import Metrics
 from conveyor.netloc import hostport
+from conveyor.throughput import Throughput
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from conveyor.health_app import DaemonView
 
 log = logging.getLogger("conveyor.health")
 
@@ -39,6 +43,8 @@ STALL_AFTER = 10.0
 """A loop that was blocked this long makes /healthz answer 503."""
 LAG_MEMORY = 30.0
 """How long a measured loop stall keeps /healthz unhealthy after the loop recovered."""
+BACKLOG = 128
+"""Connections the kernel queues for the server, aiohttp's default (and while it loads)."""
 
 T = TypeVar("T")
 
@@ -63,6 +69,9 @@ class HealthServer:
         self.started = False
         self.stopping = False
         self._runner: web.AppRunner | None = None
+        self._sockets: list[socket.socket] = []
+        self._serving: concurrent.futures.Future[web.AppRunner] | None = None
+        """The server thread's start: importing aiohttp and serving on the bound sockets."""
         self._ticker: asyncio.Task[None] | None = None
         self._main: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -82,22 +91,9 @@ class HealthServer:
         """Base URL the server answers on (the real port when ``:0`` was configured)."""
         return f"http://{hostport(self.host, self.port)}"
 
-    def app(self) -> web.Application:
-        """The aiohttp application."""
-        assert self.daemon is not None and self.guard is not None
-        app = web.Application(middlewares=[self.guard.middleware])
-        app[DAEMON_KEY] = self.daemon
-        app[SERVER_KEY] = self
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/status", self.status)
-        app.router.add_get("/metrics", self.metrics_text)
-        add_ledger_routes(app)
-        add_page_routes(app, self)
-        return app
-
     async def start(self, daemon: DaemonView) -> None:
-        """Start the server thread and bind the port (a busy port is a fatal start error)."""
+        """Bind the port (a busy port is a fatal start error) and start the server thread, which
+        serves once it has loaded the HTTP side; :meth:`ready` waits for that."""
         self.daemon = daemon
         # Reads the config at each request: a reload that changes health.token or
         # allowed_hosts applies at once.
@@ -108,34 +104,31 @@ class HealthServer:
         self.metrics.attach()
         self._last_tick = time.monotonic()
         self._ticker = asyncio.create_task(self._tick(), name="health-ticker")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="conveyor-health", daemon=True)
-        self._thread.start()
         try:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._serve(), self._loop))
-        except BaseException:
-            await self.close()
-            raise
-        log.info("health endpoint on %s", self.url)
-
-    async def _serve(self) -> None:
-        """In the server thread: bind and serve."""
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-        try:
-            await site.start()
+            self._sockets = listen(self.host, self.port)
         except OSError as e:
-            await runner.cleanup()
+            await self.close()
             raise OSError(
                 e.errno, f"health endpoint cannot listen on {hostport(self.host, self.port)}: {e.strerror}"
             ) from None
-        if runner.addresses:
-            self.port = int(runner.addresses[0][1])  # the real port when :0 was asked for
-        self._runner = runner
+        self.port = int(self._sockets[0].getsockname()[1])  # the real port when :0 was asked for
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="conveyor-health", daemon=True)
+        self._thread.start()
+        self._serving = asyncio.run_coroutine_threadsafe(self._serve(), self._loop)
+        log.info("health endpoint on %s", self.url)
+
+    async def _serve(self) -> web.AppRunner:
+        """In the server thread: load the HTTP side and serve on the bound sockets."""
+        from conveyor.health_http import serve
+
+        self._runner = await serve(self, self._sockets)
+        return self._runner
 
     async def ready(self) -> None:
-        """Every flow has started."""
+        """Every flow has started: once the server serves, report ready."""
+        if self._serving is not None:
+            await asyncio.wrap_future(self._serving)
         self.started = True
 
     async def stop(self) -> None:
@@ -149,6 +142,10 @@ class HealthServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
+        if self._serving is not None:
+            with contextlib.suppress(Exception):  # a failed start was reported by ready()
+                await asyncio.wrap_future(self._serving)
+            self._serving = None
         if self._loop is not None and self._thread is not None:
             if self._runner is not None:
                 runner, self._runner = self._runner, None
@@ -159,6 +156,9 @@ class HealthServer:
             if not self._thread.is_alive():
                 self._loop.close()
             self._loop = self._thread = None
+        for sock in self._sockets:
+            sock.close()  # the sites' servers closed them already, unless the start failed
+        self._sockets = []
         if self.metrics is not None:
             self.metrics.detach()
 
@@ -235,25 +235,14 @@ class HealthServer:
         assert self.guard is not None
         return self.guard.token()
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        """200 while the daemon loop is responsive and no flow died; else 503. Answered by the
-        server thread alone, so it stays fast (and truthful) when the daemon loop is not."""
+    def health_doc(self) -> dict[str, Any]:
+        """The /healthz document; safe to call from any thread."""
         problems = self.health_problems()
-        doc = {
+        return {
             "status": "unhealthy" if problems else "ok",
             "problems": problems,
             "loop_lag_ms": round(self.loop_lag() * 1000, 1),
         }
-        return json_response(doc, 503 if problems else 200)
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        """200 when every enabled flow's source and target are connected and progressing."""
-        reasons = await self.on_daemon_loop(_call(self.ready_reasons))
-        return json_response({"ready": not reasons, "reasons": reasons}, 503 if reasons else 200)
-
-    async def status(self, request: web.Request) -> web.Response:
-        """The status board plus who and what is running."""
-        return json_response(await self.on_daemon_loop(_call(self.status_doc)))
 
     def status_doc(self) -> dict[str, Any]:
         """The /status document (on the daemon loop)."""
@@ -273,13 +262,38 @@ class HealthServer:
         )
         return doc
 
-    async def metrics_text(self, request: web.Request) -> web.Response:
-        """Prometheus text exposition."""
-        assert self.metrics is not None
-        body = await self.on_daemon_loop(_call(self.metrics.exposition))
-        return web.Response(body=body, headers={"Content-Type": self.metrics.content_type})
 
-
-async def _call(fn: Callable[[], T]) -> T:
-    """A coroutine that calls ``fn`` (to run a plain function on the daemon loop)."""
-    return fn()
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on ``host``'s addresses (all of a name's, as asyncio binds them), bound
+    at once on the daemon's thread, so the URL is known and a busy port fails the start."""
+    sockets: list[socket.socket] = []
+    unavailable: OSError | None = None
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        ):
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue  # a family this host does not have (no IPv6, say)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # a v4 address binds on its own
+            try:
+                sock.bind(address)
+            except OSError as e:
+                if e.errno != errno.EADDRNOTAVAIL:
+                    raise
+                unavailable = e  # a name's address of a family that is off: the others serve
+                sockets.pop().close()
+                continue
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+        if not sockets:
+            raise unavailable or OSError(errno.EADDRNOTAVAIL, "no address to listen on")
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

@@ -30,17 +30,14 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
 from conveyor.config.loader import default_state_folder
 from conveyor.errors import Permanent
-from conveyor.health_app import json_response
 
 if TYPE_CHECKING:
     from conveyor.config.schema import HealthConfig
@@ -321,24 +318,7 @@ class ApiGuard:
             cached = self._policy = (health, Policy.of(self.listen_host, health))
         return cached[1]
 
-    @web.middleware
-    async def middleware(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        """Refuse what :func:`check` refuses, with a JSON body naming what is missing."""
-        if request.match_info.http_exception is not None:
-            return await handler(request)  # no such route (404, 405): nothing to guard
-        try:
-            refusal = check(
-                self.policy(), request.method, request.path, request.headers, request.body_exists, self.token
-            )
-        except TokenFileError as e:
-            log.error("ledger API: %s", e)
-            return json_response({"error": str(e)}, 500)
-        if refusal is None:
-            return await handler(request)
-        status, message = refusal
-        response = json_response({"error": message}, status)
-        if status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="conveyor"'
-        return response
+    def refusal(self, method: str, path: str, headers: Mapping[str, str], has_body: bool) -> Refusal | None:
+        """What :func:`check` refuses of a request, as (status, message); None to let it through.
+        Raises :class:`TokenFileError` when the token file cannot be read."""
+        return check(self.policy(), method, path, headers, has_body, self.token)

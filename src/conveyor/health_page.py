@@ -17,7 +17,6 @@ import functools
 import hashlib
 import hmac
 import html
-import itertools
 import json
 import secrets
 import time
@@ -31,10 +30,10 @@ from aiohttp import web
 from conveyor.health_app import DAEMON_KEY, DaemonLoop, DaemonView
 from conveyor.health_ledger import STATES
 from conveyor.redact import redact
+from conveyor.throughput import SAMPLE_EVERY, Throughput
 
 if TYPE_CHECKING:
     from conveyor.state.base import Item
-    from conveyor.status import FlowStatus
 
 SESSION_COOKIE = "conveyor_session"
 SIGN_IN_COOKIE = "conveyor_sign_in"
@@ -43,12 +42,6 @@ SESSION_SECONDS = 12 * 3600
 MAX_SESSIONS = 256
 """Signed-in browsers remembered at once; the oldest session ends first."""
 LEDGER_ROWS = 50
-SAMPLE_EVERY = 5.0
-"""Seconds between throughput samples (one sparkline bar)."""
-SAMPLES = 120
-"""Samples kept: ten minutes of sparkline."""
-RATE_WINDOW = 60.0
-"""The rate column is deliveries per second over this many seconds."""
 POLL_MS = 2000
 FLASH_SECONDS = 15.0
 
@@ -65,35 +58,6 @@ class PageServer(DaemonLoop, Protocol):
     def api_token(self) -> str:
         """The API token requests must carry now."""
         ...
-
-
-# -- throughput history (on the daemon loop) -------------------------------------------------
-class Throughput:
-    """Each flow's delivered count every ``SAMPLE_EVERY`` seconds, for the rate and the sparkline.
-    Sampled by the health server's ticker on the daemon loop; read there too."""
-
-    def __init__(self) -> None:
-        self.samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque(maxlen=SAMPLES + 1)
-        self._next = 0.0
-
-    def sample(self, flows: Mapping[str, FlowStatus], now: float) -> None:
-        """Take a sample when one is due (cheap otherwise: called four times a second)."""
-        if now < self._next:
-            return
-        self._next = now + SAMPLE_EVERY
-        self.samples.append((now, {n: f.delivered for n, f in flows.items()}))
-
-    def series(self, flow: str) -> list[int]:
-        """Deliveries in each sample interval, oldest first."""
-        counts = [s.get(flow) for _, s in self.samples]
-        return [b - a if a is not None and b is not None and b >= a else 0 for a, b in itertools.pairwise(counts)]
-
-    def rate(self, flow: str, delivered: int, now: float) -> float | None:
-        """Deliveries per second over about the last minute; None before the first sample."""
-        for t, s in self.samples:
-            if now - t <= RATE_WINDOW + SAMPLE_EVERY and flow in s and now - t >= 1.0:
-                return max(0, delivered - s[flow]) / (now - t)
-        return None
 
 
 # -- sessions (on the server thread) ---------------------------------------------------------

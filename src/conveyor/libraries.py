@@ -15,7 +15,8 @@ import shutil
 
 from conveyor.config import Config
 from conveyor.errors import Problem
-from conveyor.registry import INSTANCE_KIND, all_specs, target_specs
+from conveyor.registry import INSTANCE_KIND, target_specs
+from conveyor.registry import get as spec_of
 from conveyor.traces import EXTRA, MODULES
 
 FIX = "install conveyor with its dependencies (pip install conveyor; not --no-deps)"
@@ -44,12 +45,11 @@ def unusable_files(config: Config) -> list[Problem]:
 def missing_libraries(config: Config) -> list[Problem]:
     """A problem for each instance type, target type and state store whose library cannot be imported."""
     problems: list[Problem] = []
-    specs = all_specs()
     tried: dict[str, str | None] = {}
     for name, icfg in config.instances.items():
         if icfg.type not in tried:
             try:
-                specs[icfg.type].load_factory()
+                spec_of(icfg.type).load_factory()
                 tried[icfg.type] = None
             except ImportError as e:
                 tried[icfg.type] = _why(e)

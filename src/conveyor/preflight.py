@@ -34,7 +34,8 @@ from conveyor.interfaces import (
     Target,
 )
 from conveyor.redact import redact
-from conveyor.registry import all_specs, target_specs
+from conveyor.registry import get as spec_of
+from conveyor.registry import target_specs
 
 COUNT_LIMIT = 1000
 """A source folder is listed this far to count its files: enough to show it works, not a full scan."""
@@ -54,7 +55,7 @@ async def preflight(config: Config, out: Callable[[str], None] = print) -> int:
         for name, icfg in config.instances.items():
             rt: Instance | None = None
             try:
-                rt = live[name] = all_specs()[icfg.type].load_factory()(name, icfg, ctx)
+                rt = live[name] = spec_of(icfg.type).load_factory()(name, icfg, ctx)
                 desc = await rt.check()
                 out(f"  ok    {name} ({icfg.type}): {desc}")
             except Exception as e:

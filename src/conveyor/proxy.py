@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import SecretStr
-from python_socks import ProxyError, ProxyTimeoutError, ProxyType
-from python_socks.async_.asyncio import Proxy
 
 from conveyor.netloc import hostport
 
-SCHEMES = {"socks5": ProxyType.SOCKS5, "http": ProxyType.HTTP}
+SCHEMES = {"socks5": "SOCKS5", "http": "HTTP"}
+"""The schemes a ``proxy`` takes, each with the name of its python-socks ``ProxyType`` (loaded
+only by a connection through a proxy: the config modules import this one)."""
 MAX_ANSWER = 16 * 1024
 """Longest answer to CONNECT read from an HTTP proxy (a status line and a few headers)."""
 PROXY_HELP = (
@@ -59,8 +59,11 @@ class ProxyUrl:
         """
         if self.scheme == "http":
             return await self._http_connect(host, port, seconds)
+        from python_socks import ProxyError, ProxyTimeoutError, ProxyType
+        from python_socks.async_.asyncio import Proxy
+
         proxy = Proxy(
-            SCHEMES[self.scheme],
+            ProxyType[SCHEMES[self.scheme]],
             self.host,
             self.port,
             username=self.username,

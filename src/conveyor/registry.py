@@ -1,9 +1,10 @@
 """The connector registry: each instance type and each target type names its config model(s) and
 a lazily imported factory.
 
-Connector config modules are light (pydantic only) and register themselves on import; the
-runtime module named by ``factory`` is imported only when a config uses that type, so a
-config without Pub/Sub never pays for importing google-cloud. Target types (``target: {type:
+Connector config modules are light (pydantic only) and register themselves on import; a
+config loads only the config modules of the types it names (:func:`get`), and the runtime
+module named by ``factory`` is imported only when a config uses that type, so a config without
+Pub/Sub never pays for importing google-cloud, nor for building its models. Target types (``target: {type:
 ...}`` in a flow) are the packages under ``conveyor.targets``, each registering itself when
 imported; more can be registered before a config is loaded.
 """
@@ -59,7 +60,10 @@ def register(spec: ConnectorSpec) -> ConnectorSpec:
 
 
 def get(type_name: str) -> ConnectorSpec:
-    """The spec for an instance type."""
+    """The spec for an instance type, loading only its own config module when it is a built-in
+    one (:data:`BUILT_IN_TYPES`); KeyError for a type nobody registered."""
+    if type_name not in _REGISTRY and type_name in BUILT_IN_TYPES:
+        importlib.import_module(BUILT_IN_TYPES[type_name])
     return _REGISTRY[type_name]
 
 
@@ -68,10 +72,26 @@ BUILT_IN_CONNECTORS = "conveyor.connectors"
 factory: the connectors' config modules import the registry, so it must not import them."""
 
 
+BUILT_IN_TYPES = {
+    "ftp": "conveyor.transfer.ftp.config",
+    "local": "conveyor.transfer.local.config",
+    "pubsub": "conveyor.brokers.pubsub.config",
+    "rabbitmq": "conveyor.brokers.rabbitmq.config",
+    "sftp": "conveyor.transfer.sftp.config",
+}
+"""Each built-in instance type's config module (what :data:`BUILT_IN_CONNECTORS` imports), so
+that one type can be loaded without the others."""
+
+
 def all_specs() -> dict[str, ConnectorSpec]:
     """Every registered connector, loading the built-in ones first."""
     importlib.import_module(BUILT_IN_CONNECTORS)
     return dict(_REGISTRY)
+
+
+def type_names() -> list[str]:
+    """Every instance type's name, sorted, without loading any connector."""
+    return sorted({*BUILT_IN_TYPES, *_REGISTRY})
 
 
 @dataclass(frozen=True)

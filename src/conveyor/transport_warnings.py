@@ -8,13 +8,14 @@ offers nothing better than SHA-1) is reported by the connector when it connects,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from conveyor.config import Config
 from conveyor.targets.http.config import HttpTargetConfig
-from conveyor.transfer.ftp.config import FtpConfig
-from conveyor.transfer.sftp.algorithms import WEAK
-from conveyor.transfer.sftp.config import SftpConfig, SshHostConfig
-from conveyor.transfer.sftp.hostkeys import parse_fingerprint
+
+if TYPE_CHECKING:
+    from conveyor.transfer.ftp.config import FtpConfig
+    from conveyor.transfer.sftp.config import SftpConfig, SshHostConfig
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,11 @@ def transport_warnings(config: Config) -> list[TransportWarning]:
     out: list[TransportWarning] = []
     for name, inst in config.instances.items():
         key = f"instances.{name}"
-        if isinstance(inst, SftpConfig):
-            out += _sftp(key, name, inst)
-        elif isinstance(inst, FtpConfig):
-            out += _ftp(key, name, inst)
+        # By type name: a config without sftp instances does not load the sftp modules.
+        if inst.type == "sftp":
+            out += _sftp(key, name, inst)  # type: ignore[arg-type]  # the sftp type's model
+        elif inst.type == "ftp":
+            out += _ftp(key, name, inst)  # type: ignore[arg-type]  # the ftp type's model
     for name, flow in config.flows.items():
         for route in flow.routes:
             target = route.target
@@ -81,6 +83,9 @@ def _sftp(key: str, name: str, cfg: SftpConfig) -> list[TransportWarning]:
 
 def _ssh(key: str, name: str, cfg: SshHostConfig) -> list[TransportWarning]:
     """What weakens one SSH login: the server's or a jump host's."""
+    from conveyor.transfer.sftp.algorithms import WEAK
+    from conveyor.transfer.sftp.hostkeys import parse_fingerprint
+
     out = []
     if cfg.legacy_algorithms:
         out.append(

@@ -21,17 +21,31 @@ AES-GCM, the same nonce sequence, its tag checked) and handed to the channel's `
 here, as asyncssh's ``_recv_packet`` and ``_process_data`` would do; any other packet, and any
 packet that does not check out (a bad tag, a wrong length, a closed channel, an exceeded window),
 goes to asyncssh untouched, which then decides as it always does.
+A packet that a socket read ends inside is kept (its start) until the next read completes it,
+and then takes the same way, where asyncssh used to get it cut in two; for an SFTP channel
+whose reads :func:`read_sender` sends, the data goes to the SFTP stream as a view of the
+decrypted packet rather than a copy (that stream joins whole SFTP packets into new bytes).
+Fifth: :func:`read_sender` writes a download's SFTP read requests several to one channel write
+(one SSH packet and one system call instead of one each) and parses each answer when it
+arrives, in the waiter asyncssh resolves, instead of in the task it would wake; the data is a
+view of the answer, which the spool keeps as it is. From then on that session's SFTP answers are
+cut from the channel's data and handed to their waiters directly (:func:`_frame_answers`), without
+asyncssh's SFTP stream, its reader task and its ``readexactly`` (a lock, a wake-up and a buffer
+of pieces per answer): only from a moment when no request is outstanding and the stream holds
+nothing, so that no answer is split between the two ways.
 Fallback: the connection is left as asyncssh made it: correct, with more CPU per MiB uploaded
 and downloaded (docs/performance-notes.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import Callable
-from typing import Any
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import asyncssh
 
@@ -89,7 +103,7 @@ def feature_problem(conn_class: type = asyncssh.SSHClientConnection) -> str | No
         for cls in (conn_class, SSHClientChannel):
             if getattr(cls, name, None) is not method:
                 return f"{cls.__name__}.{name} is no longer SSHPacketHandler's"
-    return _split_problem(conn_class)
+    return _split_problem(conn_class) or _read_problem()
 
 
 _SPLIT_SOURCES = {
@@ -160,15 +174,69 @@ def _split_problem(conn_class: type) -> str | None:
         )
     )
     for cls, name, calls in checks:
-        method = getattr(cls, name, None)
-        if not inspect.isfunction(method):
-            return f"{cls.__name__}.{name} is missing"
-        try:
-            source = inspect.getsource(method)
-        except (OSError, TypeError):
-            return f"the source of {cls.__name__}.{name} is not readable"
-        if any(call not in source for call in calls):
-            return f"{cls.__name__}.{name} no longer parses packets as expected"
+        problem = _source_problem(cls, name, calls, "parses packets as expected")
+        if problem:
+            return problem
+    return None
+
+
+def _source_problem(cls: type, name: str, calls: tuple[str, ...], does: str) -> str | None:
+    """What is wrong with method ``name`` of ``cls``: missing, unreadable, or without one of ``calls``."""
+    method = getattr(cls, name, None)
+    if not inspect.isfunction(method):
+        return f"{cls.__name__}.{name} is missing"
+    try:
+        source = inspect.getsource(method)
+    except (OSError, TypeError):
+        return f"the source of {cls.__name__}.{name} is not readable"
+    if any(call not in source for call in calls):
+        return f"{cls.__name__}.{name} no longer {does}"
+    return None
+
+
+# -- SFTP read requests --------------------------------------------------------------------------
+_READ_SOURCES = {
+    "_send_request": (
+        "pktid = self._next_pktid",
+        "self._next_pktid = (self._next_pktid + 1) & 0xffffffff",
+        "self._requests[pktid] = waiter",
+        "self.send_packet(pkttype, pktid, hdr, *args)",
+    ),
+    "send_packet": (
+        "if not self._writer:",
+        "elif self._writer.channel.is_closing():",
+        "payload = Byte(pkttype) + b''.join(args)",
+        "self._writer.write(UInt32(len(payload)) + payload)",
+    ),
+    "_process_packet": ("waiter = self._requests.pop(pktid)", "waiter.set_result((pkttype, packet))"),
+    "_cleanup": ("if not waiter.cancelled():", "waiter.set_exception(req_exc)"),
+    "read": ("FXP_READ, String(handle), UInt64(offset), UInt32(length)))",),
+    "_process_data": ("data = packet.get_string()", "packet.check_end()"),
+    "_process_status": ("exc = SFTPError.construct(packet, self._utf8_decode_errors)",),
+}
+"""What :func:`read_sender` relies on in asyncssh's SFTP client: how a request gets its id and
+its waiter, how the answer reaches the waiter, and how a read's answer is parsed."""
+
+
+def _read_problem() -> str | None:
+    """What no longer fits :func:`read_sender` in asyncssh's SFTP client; None when all does."""
+    try:
+        from asyncssh.constants import FXP_DATA, FXP_READ, FXP_STATUS
+        from asyncssh.sftp import SFTPClientFile, SFTPClientHandler, SFTPEOFError
+    except ImportError as e:
+        return f"cannot import its SFTP client ({e})"
+    if (FXP_READ, FXP_DATA, FXP_STATUS) != (5, 103, 101) or not issubclass(SFTPEOFError, asyncssh.SFTPError):
+        return "its SFTP constants changed"
+    try:
+        init = inspect.getsource(SFTPClientFile.__init__)
+    except (OSError, TypeError):
+        return "the source of SFTPClientFile.__init__ is not readable"
+    if "self._handler = handler" not in init or "self._handle: Optional[bytes] = handle" not in init:
+        return "SFTPClientFile no longer keeps its _handler and _handle"
+    for name, calls in _READ_SOURCES.items():
+        problem = _source_problem(SFTPClientHandler, name, calls, "works as expected")
+        if problem:
+            return problem
     return None
 
 
@@ -180,8 +248,8 @@ def select(conn_class: type = asyncssh.SSHClientConnection, version: str = async
         TESTED,
         feature_problem(conn_class),
         "its connection's send_packet is wrapped to drop the empty SSH_MSG_IGNORE before each packet, "
-        "its per-packet log calls skipped while packet logging is off, and received data handed to it "
-        "one AES-GCM packet at a time",
+        "its per-packet log calls skipped while packet logging is off, received data handed to it "
+        "one AES-GCM packet at a time, and SFTP read requests sent several to a channel write",
     )
 
 
@@ -213,6 +281,15 @@ def lighten(conn: asyncssh.SSHClientConnection) -> None:
     _quiet_packet_logs()
 
 
+_VIEW_CHANNELS: weakref.WeakSet[Any] = weakref.WeakSet()
+"""SFTP channels whose reader takes channel data as memoryviews: only :func:`read_sender`'s,
+whose stream reads whole SFTP packets (joined into new bytes), never lines."""
+KEEPALIVE_RESET_EVERY = 1.0
+"""Seconds between restarts of the keepalive timer while data flows. asyncssh restarts it on every
+socket read (a cancelled and a new timer each); restarted at most this often, a keepalive that is
+due can only come this much early."""
+
+
 def _split_packets(conn: asyncssh.SSHClientConnection) -> None:
     """Hand what ``conn`` receives to asyncssh one packet at a time while the cipher is AES-GCM
     (the packet length in clear); any other cipher, and anything unexpected, gets it whole."""
@@ -235,29 +312,80 @@ def _split_packets(conn: asyncssh.SSHClientConnection) -> None:
             return 4 + int(c._pktlen) + int(c._recv_macsize) - int(c._recv_blocksize) - have
         return 0  # a packet handled asynchronously holds the buffer: asyncssh queues the rest
 
+    held = bytearray()
+    """The start of a packet whose rest is still to come, kept here between socket reads (only at
+    a packet boundary, asyncssh's buffer empty) so that the whole packet can take the fast way."""
+
+    def clean() -> bool:
+        """Whether asyncssh holds nothing of a packet: the next bytes start one."""
+        return not c._inpbuf and c._recv_handler == pkthdr and type(c._recv_encryption) is GCMEncryption
+
+    last_reset = [0.0]
+
+    def one(pkt: memoryview, datatype: Any) -> None:
+        """A whole packet, asyncssh's state clean: the fast way if it is channel data, else asyncssh's."""
+        if "_reset_keepalive_timer" not in c.__dict__:
+            # The keepalive timer is restarted once per socket read at most (asyncssh's own parser
+            # then finds it done), and no more than once per KEEPALIVE_RESET_EVERY.
+            now = c._loop.time()
+            if now - last_reset[0] >= KEEPALIVE_RESET_EVERY:
+                last_reset[0] = now
+                c._reset_keepalive_timer()
+            c._reset_keepalive_timer = _nothing
+        if not channel_data(pkt):
+            received(bytes(pkt), datatype)
+
     def data_received(data: bytes, datatype: Any = None) -> None:
-        if type(c._recv_encryption) is not GCMEncryption:
-            received(data, datatype)
-            return
         view, pos, end = memoryview(data), 0, len(data)
         try:
+            if held:
+                if not clean():  # not expected: asyncssh gets everything, in order
+                    whole = bytes(held) + data
+                    held.clear()
+                    received(whole, datatype)
+                    return
+                if len(held) < 4:  # not even its length yet
+                    pos = min(4 - len(held), end)
+                    held.extend(view[:pos])
+                    if len(held) < 4:
+                        return
+                need = 4 + int.from_bytes(held[:4], "big") + int(c._recv_macsize) - len(held)
+                if need > end - pos:
+                    held.extend(view[pos:])
+                    return
+                held.extend(view[pos : pos + need])
+                pos += need
+                pkt = memoryview(bytes(held))
+                held.clear()
+                one(pkt, datatype)
+                if c._transport is None:
+                    return
+            if type(c._recv_encryption) is not GCMEncryption:
+                received(data if pos == 0 else bytes(view[pos:]), datatype)
+                return
             while pos < end:
                 n = rest_of_packet(c._inpbuf, view[pos:])
-                if 0 < n <= end - pos and not c._inpbuf and c._recv_handler == pkthdr:
-                    if "_reset_keepalive_timer" not in c.__dict__:  # once per read, as asyncssh does
-                        c._reset_keepalive_timer()
-                        c._reset_keepalive_timer = _nothing
-                    if channel_data(view[pos : pos + n]):
-                        pos += n
-                        if c._transport is None:
-                            return
-                        continue
+                state_clean = not c._inpbuf and c._recv_handler == pkthdr
+                if 0 < n <= end - pos and state_clean:
+                    one(view[pos : pos + n], datatype)
+                    pos += n
+                    if c._transport is None:  # closed by what it just parsed: the rest is not for anyone
+                        return
+                    continue
+                if (
+                    state_clean
+                    and (n > end - pos or (n <= 0 and end - pos < 4))
+                    and n <= 4 + c._max_recv_pktlen + 64
+                    and type(c._recv_encryption) is GCMEncryption
+                ):
+                    held.extend(view[pos:])  # the rest of this packet comes with the next read
+                    return
                 if n <= 0 or pos + n >= end:
                     received(data if pos == 0 else bytes(view[pos:]), datatype)
                     return
                 received(bytes(view[pos : pos + n]), datatype)
                 pos += n
-                if c._transport is None:  # closed by what it just parsed: the rest is not for anyone
+                if c._transport is None:
                     return
                 # The keepalive timer is restarted once per socket read, as asyncssh does (a
                 # cancelled and a new timer each time: a twentieth of the loop's CPU per packet).
@@ -325,7 +453,7 @@ def _channel_data(c: Any) -> Callable[[memoryview], bool]:
         cipher._update_iv()
         seq = c._recv_seq
         try:
-            chan._accept_data(plain[10:end])
+            chan._accept_data(memoryview(plain)[10:end] if chan in _VIEW_CHANNELS else plain[10:end])
         except DisconnectError as exc:  # as asyncssh's _recv_data handles what a packet raised
             c._send_disconnect(exc.code, exc.reason, exc.lang)
             c._force_close(exc)
@@ -366,3 +494,214 @@ def _quiet_packet_logs() -> None:
                 _orig(self, pkttype, pktid, packet, note)
 
         setattr(SSHPacketHandler, name, quiet)
+
+
+class _Reply:
+    """Stands in for asyncssh's waiter of one read request: the answer is parsed as it arrives
+    (what ``SFTPClientHandler._make_request`` and ``_process_data`` do after the wake-up) and
+    ``fut`` gets the data, b"" at the end of the file, or the error."""
+
+    __slots__ = ("fut", "handler")
+
+    def __init__(self, fut: asyncio.Future[bytes | memoryview], handler: Any) -> None:
+        self.fut = fut
+        self.handler = handler
+
+    def cancelled(self) -> bool:
+        return self.fut.cancelled()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.fut.set_exception(exc)
+
+    def set_result(self, answer: tuple[int, Any]) -> None:
+        from asyncssh.constants import FXP_DATA, FXP_STATUS
+        from asyncssh.packet import PacketDecodeError
+        from asyncssh.sftp import SFTPEOFError
+
+        pkttype, packet = answer
+        fut = self.fut
+        try:
+            if pkttype == FXP_DATA:
+                if self.handler.version < 6:
+                    # The data as a view into the packet (one copy of it less); type and id
+                    # (5 bytes) were read, its length follows, and nothing may come after it.
+                    raw = packet.get_full_payload()
+                    n = int.from_bytes(raw[5:9], "big")
+                    if len(raw) != 9 + n:
+                        raise asyncssh.SFTPBadMessage("Invalid SFTP data response")
+                    fut.set_result(memoryview(raw)[9:])
+                    return
+                data = packet.get_string()
+                if self.handler.version >= 6:
+                    if packet:
+                        packet.get_boolean()
+                else:
+                    packet.check_end()
+                fut.set_result(data)
+                return
+            if pkttype != FXP_STATUS:
+                raise asyncssh.SFTPBadMessage(f"Unexpected response type: {pkttype}")
+            try:
+                self.handler._process_status(packet)
+            except SFTPEOFError:
+                fut.set_result(b"")
+                return
+            raise asyncssh.SFTPBadMessage("Unexpected FX_OK response")
+        except PacketDecodeError as e:
+            fut.set_exception(asyncssh.SFTPBadMessage(str(e)))
+        except Exception as e:
+            fut.set_exception(e)
+
+
+ReadSender = Callable[[list[tuple[int, int]]], list["asyncio.Future[bytes | memoryview]"]]
+"""Sends SFTP reads of (offset, length) and returns one future of the data per read (a view of
+immutable bytes, or bytes)."""
+
+
+def read_sender(fh: asyncssh.SFTPClientFile) -> ReadSender:
+    """A function that sends SFTP reads of ``(offset, length)`` on the open file ``fh`` and
+    returns one future per read, which gets the data (b"" past the end of the file).
+
+    Private path: the requests of one call go out in one channel write (one SSH packet, one
+    system call, rather than one each), asyncssh's per-request debug logging is skipped, and an
+    answer is parsed when it arrives rather than in a task woken for it. Public path: one
+    ``fh.read`` task per request.
+    """
+    CHOICE.announce(log)
+    if not CHOICE.private:
+
+        def public(reqs: list[tuple[int, int]]) -> list[asyncio.Future[bytes | memoryview]]:
+            return [asyncio.ensure_future(cast("Awaitable[bytes]", fh.read(n, off))) for off, n in reqs]
+
+        return public
+
+    from asyncssh.packet import String
+
+    f: Any = fh
+    handler, handle = f._handler, f._handle
+    if handle is None:
+        raise ValueError("I/O operation on closed file")
+    loop = asyncio.get_running_loop()
+    if handler._writer:
+        _VIEW_CHANNELS.add(handler._writer.channel)
+        _frame_answers(handler)
+    head = (1 + 4 + len(String(handle)) + 8 + 4).to_bytes(4, "big") + b"\x05"  # length, FXP_READ
+    hstr = String(handle)
+
+    def send(reqs: list[tuple[int, int]]) -> list[asyncio.Future[bytes | memoryview]]:
+        writer = handler._writer
+        if not writer:
+            raise asyncssh.SFTPNoConnection("Connection not open")
+        futs: list[asyncio.Future[bytes | memoryview]] = []
+        parts: list[bytes] = []
+        requests = handler._requests
+        for off, n in reqs:
+            pktid = handler._next_pktid
+            handler._next_pktid = (pktid + 1) & 0xFFFFFFFF
+            fut: asyncio.Future[bytes | memoryview] = loop.create_future()
+            requests[pktid] = _Reply(fut, handler)
+            parts += (head, pktid.to_bytes(4, "big"), hstr, off.to_bytes(8, "big"), n.to_bytes(4, "big"))
+            futs.append(fut)
+        if not writer.channel.is_closing():  # else, as asyncssh does, the waiters hear of the close
+            writer.write(b"".join(parts))
+        return futs
+
+    return send
+
+
+_FRAMED: weakref.WeakSet[Any] = weakref.WeakSet()
+"""SFTP client handlers whose answers :func:`_frame_answers` takes off their channel."""
+
+
+def _frame_answers(handler: Any) -> None:
+    """Take the SFTP answers of ``handler``'s session straight from its channel: cut them at their
+    length, join each into one bytes and hand it to the request's waiter, as asyncssh's
+    ``recv_packets`` task does after the stream's ``readexactly`` (its lock, its wake-ups, its
+    buffer of pieces). Only from a moment when no request is outstanding and the stream holds
+    nothing, so no answer is ever split between the two ways; once framed, always framed. The
+    end of the channel still reaches the stream, and through it ``recv_packets``' clean-up."""
+    from asyncssh.packet import SSHPacket
+    from asyncssh.sftp import MAX_SFTP_PACKET_LEN
+
+    reader, writer = handler._reader, handler._writer
+    if handler in _FRAMED or not reader or not writer or handler._requests:
+        return
+    session = reader._session
+    if session is not writer.channel._session or any(session._recv_buf.values()) or session._recv_buf_len:
+        return
+    _FRAMED.add(handler)
+    debug = logging.getLogger("asyncssh")
+    received = session.data_received
+    pieces: list[Any] = []
+    have = 0
+    need = 0  # bytes of the answer being cut, its 4-byte length included (0: not known yet)
+
+    failed: list[Exception] = []
+
+    def fail(exc: Exception) -> None:
+        """As ``recv_packets`` ends on a bad answer: the session is cleaned up, nothing more is read."""
+        failed.append(exc)
+        pieces.clear()
+        handler._loop.create_task(handler._cleanup(exc))
+
+    def data_received(data: Any, datatype: Any) -> None:
+        nonlocal have, need
+        if datatype is not None:  # not SFTP's (it has no extended data): as asyncssh would
+            received(data, datatype)
+            return
+        if failed:
+            return
+        pieces.append(data)
+        have += len(data)
+        while True:
+            if not need:
+                if have < 4:
+                    return
+                head = bytes(pieces[0][:4]) if len(pieces[0]) >= 4 else b"".join(pieces)[:4]
+                pktlen = int.from_bytes(head, "big")
+                if pktlen > MAX_SFTP_PACKET_LEN:
+                    fail(asyncssh.SFTPBadMessage("Max packet size exceeded"))
+                    return
+                need = 4 + pktlen
+            if have < need:
+                return
+            # The answer's pieces, the last one cut where the answer ends.
+            n, taken = 0, 0
+            while n + len(pieces[taken]) <= need:
+                n += len(pieces[taken])
+                taken += 1
+                if n == need:
+                    break
+            parts = pieces[:taken]
+            if n < need:
+                last = pieces[taken]
+                parts.append(last[: need - n])
+                pieces[taken] = last[need - n :]
+            del pieces[:taken]
+            have -= need
+            need = 0
+            skip = 4  # the length, off the front without a copy
+            while skip and parts:
+                first = parts[0]
+                if len(first) <= skip:
+                    skip -= len(first)
+                    del parts[0]
+                else:
+                    parts[0] = memoryview(first)[skip:]
+                    skip = 0
+            packet = SSHPacket(b"".join(parts))
+            try:
+                pkttype, pktid = packet.get_byte(), packet.get_uint32()
+            except Exception as e:
+                fail(asyncssh.SFTPBadMessage(str(e)))
+                return
+            if debug.isEnabledFor(logging.DEBUG):
+                handler.log_received_packet(pkttype, pktid, packet)
+            waiter = handler._requests.pop(pktid, None)
+            if waiter is None:
+                fail(asyncssh.SFTPBadMessage("Invalid response id"))
+                return
+            if not waiter.cancelled():
+                waiter.set_result((pkttype, packet))
+
+    session.data_received = data_received

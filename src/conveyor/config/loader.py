@@ -25,7 +25,8 @@ from conveyor.config.schema import NAME_PATTERN, Config, Flow, FlowConfig, Route
 from conveyor.config.types import MoveAction, format_size
 from conveyor.errors import ConfigError, Problem
 from conveyor.names import Template, normal_path
-from conveyor.registry import INSTANCE_KIND, all_specs, target_specs
+from conveyor.registry import INSTANCE_KIND, target_specs, type_names
+from conveyor.registry import get as spec_of
 
 
 class _Collector:
@@ -46,7 +47,7 @@ class _Collector:
 
 def _clean_loc(prefix: tuple[Any, ...], loc: tuple[Any, ...]) -> tuple[Any, ...]:
     # Discriminated unions put the tag in the location ('instances', 'x', 'sftp', 'host'): drop it.
-    if len(loc) >= 3 and loc[0] == "instances" and isinstance(loc[2], str) and loc[2] in all_specs():
+    if len(loc) >= 3 and loc[0] == "instances" and isinstance(loc[2], str) and loc[2] in type_names():
         loc = loc[:2] + loc[3:]
     # Validators on a union member name the member ('function-after[...]'): drop those too.
     loc = tuple(p for p in loc if not (isinstance(p, str) and (("[" in p and "]" in p) or p in ("str", "int"))))
@@ -60,10 +61,10 @@ def _message(e: Any, context: str) -> str:
     if kind == "missing":
         return "missing required key"
     if kind == "union_tag_invalid":
-        tags = ", ".join(sorted(all_specs()))
+        tags = ", ".join(type_names())
         return f"unknown instance type {e['ctx']['tag']!r} (expected one of: {tags})"
     if kind == "union_tag_not_found":
-        return f"missing 'type' (one of: {', '.join(sorted(all_specs()))})"
+        return f"missing 'type' (one of: {', '.join(type_names())})"
     if kind == "value_error":
         return str(msg).removeprefix("Value error, ")
     if kind == "literal_error":
@@ -98,7 +99,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         col.add(p, msg)
     raw: Any = None
     try:
-        raw = raw_model().model_validate(data)
+        raw = raw_model(_instance_types(data)).model_validate(data)
     except ValidationError as e:
         col.pydantic(e, ())
     instances: dict[str, InstanceConfig] = dict(raw.instances) if raw is not None else _salvage_instances(data)
@@ -136,17 +137,27 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
     )
 
 
+def _instance_types(data: dict[str, Any]) -> tuple[str, ...]:
+    """The known instance types a config names (sorted): the top-level model is built with
+    only these, so a config pays for the models of the connectors it uses."""
+    raw = data.get("instances")
+    named = {i.get("type") for i in raw.values() if isinstance(i, dict)} if isinstance(raw, dict) else set()
+    # The union needs a member: local's model is the lightest (and an unknown type is
+    # reported against every type's name regardless).
+    return tuple(t for t in type_names() if t in named) or ("local",)
+
+
 def _salvage_instances(data: dict[str, Any]) -> dict[str, InstanceConfig]:
     """Instances that validate on their own, so flow checks still run when something else is wrong."""
     out: dict[str, InstanceConfig] = {}
-    specs = all_specs()
     raw = data.get("instances")
     if not isinstance(raw, dict):
         return out
+    known = type_names()
     for name, idata in raw.items():
-        if isinstance(idata, dict) and idata.get("type") in specs:
+        if isinstance(idata, dict) and idata.get("type") in known:
             try:
-                out[name] = specs[idata["type"]].instance_model.model_validate(idata)
+                out[name] = spec_of(idata["type"]).instance_model.model_validate(idata)
             except ValidationError:
                 out[name] = _Unvalidated(type=idata["type"])
     return out
@@ -237,7 +248,7 @@ def _check_steps(
     iname = getattr(target, "instance", None) if kind == INSTANCE_KIND else None
     if flow.steps and flow.steps[0].collect is not None:
         _check_collect(flow, source, target, iname, kind, instances, col, (*base, "steps", 0, "collect"))
-    if iname is None or all_specs()[instances[iname].type].kind != "message":
+    if iname is None or spec_of(instances[iname].type).kind != "message":
         return
     for i, step in enumerate(flow.steps):
         if step.kind == "unpack":
@@ -261,10 +272,10 @@ def _check_collect(
     collect = flow.steps[0].collect
     assert collect is not None
     stype = instances[source.instance].type
-    if all_specs()[stype].kind != "message":
+    if spec_of(stype).kind != "message":
         col.add(path, f"collect gathers messages: it needs a broker source (rabbitmq, pubsub), not {stype}")
         return
-    file_target = kind == "directory" or (iname is not None and all_specs()[instances[iname].type].kind == "file")
+    file_target = kind == "directory" or (iname is not None and spec_of(instances[iname].type).kind == "file")
     if not file_target:
         what = instances[iname].type if iname is not None else kind
         col.add(
@@ -304,7 +315,7 @@ def _check_templates(
 ) -> None:
     """Fields a flow's source can never fill are config errors, not a failed item each."""
     stype = instances[source.instance].type
-    message = all_specs()[stype].kind == "message"
+    message = spec_of(stype).kind == "message"
     for key in ("path", "filename"):
         fields = Template(getattr(target, key)).fields
         for field, needs in _NEEDS.items():
@@ -420,7 +431,7 @@ def _resolve_source(
     itype = _lookup(data.get("instance"), instances, col, (*path, "instance"))
     if itype is None:
         return None
-    spec = all_specs()[itype]
+    spec = spec_of(itype)
     if spec.source_model is None:
         col.add(path, f"a {itype} instance cannot be a source")
         return None
@@ -457,7 +468,7 @@ def _resolve_target(
     itype = _lookup(data.get("instance"), instances, col, (*path, "instance"))
     if itype is None:
         return None, None
-    spec = all_specs()[itype]
+    spec = spec_of(itype)
     if spec.target_model is None:
         col.add(path, f"a {itype} instance cannot be a target")
         return None, None

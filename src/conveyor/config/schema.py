@@ -16,6 +16,7 @@ from conveyor.config.base import InstanceConfig, SourceConfig
 from conveyor.config.steps import StepConfig
 from conveyor.config.types import ConfigModel, Duration, FreeSpace, Secret, Size, SpaceFloor
 from conveyor.registry import INSTANCE_KIND, all_specs
+from conveyor.registry import get as spec_of
 
 if TYPE_CHECKING:
     from conveyor.payload.payload import Payload
@@ -301,9 +302,14 @@ class TracesConfig(ConfigModel):
 
 
 @cache
-def raw_model() -> type[ConfigModel]:
-    """The top-level model, with ``instances`` a discriminated union of every registered type."""
-    models = tuple(s.instance_model for s in all_specs().values())
+def raw_model(types: tuple[str, ...] = ()) -> type[ConfigModel]:
+    """The top-level model, with ``instances`` a discriminated union of the instance ``types``
+    (registered names), or of every registered type when none is given. An unknown ``type`` is
+    reported the same either way (see the loader), and only the models used are built."""
+    if types:
+        models = tuple(spec_of(t).instance_model for t in types)
+    else:
+        models = tuple(s.instance_model for s in all_specs().values())
     union = Annotated[Union[models], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
     model: type[ConfigModel] = create_model(
         "ConveyorConfig",

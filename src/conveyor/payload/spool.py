@@ -64,6 +64,10 @@ class Spool:
         return _SpoolBody(self, size, path=path, size=size, sha256=None)
 
 
+Piece = bytes | memoryview
+"""A piece of a body handed to the spool's threads: bytes, or a view of bytes (immutable too)."""
+
+
 class SpoolWriter:
     """Collects a body as it arrives, hashing on the way; spills to the spool past the threshold.
 
@@ -98,10 +102,10 @@ class SpoolWriter:
         self._hash = hashlib.sha256()
         self.size = 0
         self._reserved = 0
-        self._queue: queue.SimpleQueue[tuple[list[bytes], int, int, int] | None] | None = None
-        self._hash_queue: queue.SimpleQueue[tuple[list[bytes], int, bool, int] | None] | None = None
+        self._queue: queue.SimpleQueue[tuple[list[Piece], int, int, int] | None] | None = None
+        self._hash_queue: queue.SimpleQueue[tuple[list[Piece], int, bool, int] | None] | None = None
         """Blocks to hash (appending), or how far the file is complete from the start (positional)."""
-        self._block: list[bytes] = []
+        self._block: list[Piece] = []
         """Appended pieces not yet handed to the threads, ``_blocked`` bytes (under ``_BLOCK``)."""
         self._blocked = 0
         self._ranges: list[tuple[int, int]] | None = None
@@ -120,7 +124,7 @@ class SpoolWriter:
         """True when a spool write failed: the writer cannot be resumed."""
         return self._error is not None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append bytes; raises NoSpace when the spool is full or its limit is reached."""
         if self._error is not None:
             raise self._error
@@ -141,7 +145,7 @@ class SpoolWriter:
             return
         self._reserve(len(data))  # before counting: a refused chunk is fetched again on resume
         self.size += len(data)
-        if type(data) is not bytes:
+        if type(data) is not bytes and not (type(data) is memoryview and type(data.obj) is bytes):
             data = bytes(data)  # the caller may reuse its buffer before the threads are done with it
         self._block.append(data)
         self._blocked += len(data)
@@ -154,7 +158,7 @@ class SpoolWriter:
             self._block, self._blocked = [], 0
             self._push(block, n, False)
 
-    def _push(self, block: list[bytes], n: int, hashed: bool) -> None:
+    def _push(self, block: list[Piece], n: int, hashed: bool) -> None:
         """Hand ``n`` appended bytes to the hashing and writing threads."""
         with self._cond:
             while max(self._queued, self._hash_queued) > self._BACKLOG and self._error is None:
@@ -185,7 +189,7 @@ class SpoolWriter:
         """True once :meth:`positional` was called."""
         return self._ranges is not None
 
-    def write_at(self, offset: int, data: bytes) -> None:
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
         """Write ``data`` at ``offset`` (positional mode); raises like :meth:`write`."""
         if self._error is not None:
             raise self._error
@@ -198,8 +202,8 @@ class SpoolWriter:
         new = self._cover(offset, end)
         self._reserve(new)
         self.size += new
-        if type(data) is not bytes:
-            data = bytes(data)
+        if type(data) is not bytes and not (type(data) is memoryview and type(data.obj) is bytes):
+            data = bytes(data)  # as in write(): a view of immutable bytes needs no copy
         first = self._ranges[0]
         frontier = first[1] if first[0] == 0 else 0
         with self._cond:
@@ -356,7 +360,7 @@ class SpoolWriter:
         self._buf = None
 
 
-def _writev_all(fd: int, block: list[bytes], n: int) -> None:
+def _writev_all(fd: int, block: list[Piece], n: int) -> None:
     """Write the pieces in one call; a short write (rare on a file) finishes piece by piece."""
     done = os.writev(fd, block)
     if done == n:
@@ -371,7 +375,7 @@ def _writev_all(fd: int, block: list[bytes], n: int) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: Piece, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)

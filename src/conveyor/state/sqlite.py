@@ -182,11 +182,16 @@ class SqliteStore:
         assert self._loop is not None and self._jobs is not None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # Making the schema (a new file) or migrating it need not be durable at once: a crash
+            # before the first durable commit, whose fsync covers the log written before it, has
+            # the next start do it again. A new file then costs the syncs of making its log, not
+            # one more per statement, each as slow as the disk is busy.
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=10000")
             db.executescript(SCHEMA)
             migrate(db)
+            db.execute("PRAGMA synchronous=FULL")
         except Exception as e:  # reported to open()
             self._loop.call_soon_threadsafe(ready.set_exception, e)
             return

@@ -29,7 +29,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
-from aiohttp_socks import ProxyConnectionError, ProxyConnector, ProxyError, ProxyTimeoutError
+from aiohttp_socks import ProxyConnectionError, ProxyConnector, ProxyError, ProxyTimeoutError, ProxyType
 from yarl import URL
 
 from conveyor import __version__, traces
@@ -134,7 +134,7 @@ class HttpTarget:
                 # Every request tunnels through the proxy (CONNECT or SOCKS5, also for http:// urls);
                 # the proxy resolves the endpoint's name, and TLS to the endpoint runs inside the tunnel.
                 else ProxyConnector(
-                    proxy_type=SCHEMES[proxy.scheme],
+                    proxy_type=ProxyType[SCHEMES[proxy.scheme]],
                     host=proxy.host,
                     port=proxy.port,
                     username=proxy.username,

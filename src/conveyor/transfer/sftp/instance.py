@@ -27,6 +27,7 @@ from typing import Any, NoReturn, TypeVar
 
 import asyncssh
 
+from conveyor._compat.asyncssh import read_sender
 from conveyor.errors import ConveyorError, NoSpace, NotFound, Permanent, Rejected, Transient
 from conveyor.interfaces import Context, RemoteFile, count_entry
 from conveyor.payload.body import Body
@@ -45,6 +46,13 @@ WINDOW = 16
 """SFTP read requests kept outstanding per session on a near server: 4 MiB in flight. More makes
 the server spend more CPU per MiB (its buffers grow); 4 MiB per round trip is still twice
 OpenSSH's own window. Further away, :func:`read_depth` keeps more in flight."""
+DEADLINE_SLACK = 1.0
+"""Seconds a transfer's no-progress deadline may lag behind: moved at most this often instead of
+at every answer (each move cancels a timer and makes a new one)."""
+SEND_BATCH = 4
+"""Read requests sent together, once that many answers are in, where the round trip is not known:
+one SSH packet and one system call for them instead of one each (docs/performance-notes.md).
+:func:`send_batch` chooses from the round trip otherwise."""
 MAX_WINDOW = 48
 """The deepest read pipeline: 12 MiB, within the 16 MiB SSH channel window conveyor grants."""
 PER_STREAM = 128 * 1024 * 1024
@@ -354,7 +362,8 @@ class SftpInstance:
                 fh = await s.sftp.open(self._abs(f.path), "rb", block_size=0)
                 try:
                     block = min(BLOCK, s.sftp.limits.max_read_len or BLOCK)
-                    await self._read_into(fh, f, offset, block, sink, deadline, read_depth(s.rtt))
+                    depth = read_depth(s.rtt)
+                    await self._read_into(fh, f, offset, block, sink, deadline, depth, send_batch(s.rtt, depth))
                 finally:
                     self._close_later(f.path, fh)
         except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
@@ -406,7 +415,9 @@ class SftpInstance:
                 fh = await s.sftp.open(self._abs(f.path), "rb", block_size=0)
                 try:
                     block = min(BLOCK, s.sftp.limits.max_read_len or BLOCK)
-                    await self._read_parts(fh, f, block, sink, deadline, read_depth(s.rtt), todo, probe)
+                    depth = read_depth(s.rtt)
+                    batch = send_batch(s.rtt, depth)
+                    await self._read_parts(fh, f, block, sink, deadline, depth, batch, todo, probe)
                 finally:
                     await _close_quietly(fh)
         except (asyncssh.Error, OSError, TimeoutError, EOFError) as e:
@@ -420,28 +431,34 @@ class SftpInstance:
         sink: SpoolWriter,
         deadline: asyncio.Timeout,
         depth: int,
+        batch: int,
         todo: deque[tuple[int, int]],
         probe: _Probe,
     ) -> None:
-        loop = asyncio.get_running_loop()
-        pending: deque[tuple[int, int, asyncio.Task[bytes]]] = deque()
+        send = read_sender(fh)
+        pending: deque[tuple[int, int, asyncio.Future[bytes | memoryview]]] = deque()
         pos = end = 0
         try:
             while True:
-                # Requests run on across parts: taking the next one costs no round trip.
-                while len(pending) < depth:
-                    if pos >= end:
-                        if not todo:
-                            break
-                        pos, end = todo.popleft()
-                    n = min(block, end - pos)
-                    if n:
-                        pending.append((pos, n, asyncio.ensure_future(fh.read(n, pos))))
-                        pos += n
-                    if pos == f.size and not probe.sent:
-                        # One byte past the listed size must be EOF, else the file grew.
-                        probe.sent = True
-                        pending.append((pos, 0, asyncio.ensure_future(fh.read(1, pos))))
+                if len(pending) <= depth - batch or not pending:
+                    # Requests run on across parts: taking the next one costs no round trip.
+                    reqs: list[tuple[int, int]] = []
+                    while len(pending) + len(reqs) < depth:
+                        if pos >= end:
+                            if not todo:
+                                break
+                            pos, end = todo.popleft()
+                        n = min(block, end - pos)
+                        if n:
+                            reqs.append((pos, n))
+                            pos += n
+                        if pos == f.size and not probe.sent:
+                            # One byte past the listed size must be EOF, else the file grew.
+                            probe.sent = True
+                            reqs.append((pos, 1))
+                    if reqs:
+                        futs = send(reqs)
+                        pending.extend((o, 0 if o == f.size else n, t) for (o, n), t in zip(reqs, futs, strict=True))
                 if not pending:
                     return
                 off, n, task = pending.popleft()
@@ -451,7 +468,7 @@ class SftpInstance:
                         self._grew(f)
                     continue
                 sink.write_at(off, await self._whole(fh, f, off, n, data))
-                deadline.reschedule(loop.time() + self.config.timeout)  # the timeout is for no progress
+                self._progress(deadline)
         finally:
             await _drop(pending)
 
@@ -464,40 +481,54 @@ class SftpInstance:
         sink: SpoolWriter,
         deadline: asyncio.Timeout,
         depth: int,
+        batch: int,
     ) -> None:
-        loop = asyncio.get_running_loop()
-        pending: deque[tuple[int, int, asyncio.Task[bytes]]] = deque()
+        send = read_sender(fh)
+        pending: deque[tuple[int, int, asyncio.Future[bytes | memoryview]]] = deque()
         nxt = offset
         if offset > f.size:
             self._changed(f, offset)
         try:
             while True:
-                while len(pending) < depth and nxt < f.size:
-                    n = min(block, f.size - nxt)
-                    pending.append((nxt, n, asyncio.ensure_future(fh.read(n, nxt))))
-                    nxt += n
-                if nxt == f.size:
-                    # One byte past the listed size must be EOF, else the file grew. Sent with the
-                    # last blocks, it costs no extra round trip (an fstat first would).
-                    pending.append((nxt, 0, asyncio.ensure_future(fh.read(1, nxt))))
-                    nxt += 1
+                if nxt <= f.size and (len(pending) <= depth - batch or not pending):
+                    reqs: list[tuple[int, int]] = []
+                    while len(pending) + len(reqs) < depth and nxt < f.size:
+                        n = min(block, f.size - nxt)
+                        reqs.append((nxt, n))
+                        nxt += n
+                    if nxt == f.size:
+                        # One byte past the listed size must be EOF, else the file grew. Sent with the
+                        # last blocks, it costs no extra round trip (an fstat first would).
+                        reqs.append((nxt, 1))
+                        nxt += 1
+                    futs = send(reqs)
+                    pending.extend((o, 0 if o == f.size else n, t) for (o, n), t in zip(reqs, futs, strict=True))
                 off, n, task = pending.popleft()
                 if n == 0:
                     if await task:
                         self._grew(f)
                     return
                 sink.write(await self._whole(fh, f, off, n, await task))
-                deadline.reschedule(loop.time() + self.config.timeout)  # the timeout is for no progress
+                self._progress(deadline)
         finally:
             await _drop(pending)
 
-    async def _whole(self, fh: asyncssh.SFTPClientFile, f: RemoteFile, off: int, n: int, data: bytes) -> bytes:
+    def _progress(self, deadline: asyncio.Timeout) -> None:
+        """Data arrived: the no-progress ``deadline`` is ``timeout`` from now, within DEADLINE_SLACK."""
+        due = asyncio.get_running_loop().time() + self.config.timeout
+        when = deadline.when()
+        if when is None or due - when >= DEADLINE_SLACK:
+            deadline.reschedule(due)
+
+    async def _whole(
+        self, fh: asyncssh.SFTPClientFile, f: RemoteFile, off: int, n: int, data: bytes | memoryview
+    ) -> bytes | memoryview:
         """The ``n`` bytes at ``off``: ``data`` as read, completed when the server answered short."""
         while len(data) < n:
             more: bytes = await fh.read(n - len(data), off + len(data))
             if not more:
                 self._changed(f, off + len(data))
-            data += more
+            data = bytes(data) + more
         return data
 
     def _grew(self, f: RemoteFile) -> NoReturn:
@@ -684,7 +715,17 @@ def read_depth(rtt: float | None) -> int:
     return max(WINDOW, min(MAX_WINDOW, math.ceil(rtt * PER_STREAM / BLOCK)))
 
 
-async def _drop(pending: deque[tuple[int, int, asyncio.Task[bytes]]]) -> None:
+def send_batch(rtt: float | None, depth: int) -> int:
+    """Read requests to send together on a session whose round trip is ``rtt`` seconds, with
+    ``depth`` outstanding: as many as leave enough in flight for :data:`PER_STREAM` bytes/s, at
+    most half of ``depth`` (unknown: :data:`SEND_BATCH`). Larger batches cost less CPU per MiB
+    near the server; far from it, every request is sent as soon as an answer is in."""
+    if rtt is None:
+        return SEND_BATCH
+    return max(1, min(depth // 2, depth - math.ceil(rtt * PER_STREAM / BLOCK)))
+
+
+async def _drop(pending: deque[tuple[int, int, asyncio.Future[bytes | memoryview]]]) -> None:
     """Cancel the reads still outstanding and wait for them (their answers are not wanted)."""
     for _, _, t in pending:
         t.cancel()

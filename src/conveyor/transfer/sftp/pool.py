@@ -77,7 +77,8 @@ class Session:
 def is_connection_error(e: BaseException) -> bool:
     """Errors after which a session cannot be trusted any more (vs an SFTP status reply)."""
     if isinstance(e, asyncssh.SFTPError):
-        return isinstance(e, asyncssh.SFTPConnectionLost)
+        # No connection: the SFTP session ended (its reader cleaned up) while SSH stayed up.
+        return isinstance(e, (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection))
     return isinstance(e, (OSError, TimeoutError, asyncssh.Error, asyncio.CancelledError, EOFError))
 
 
