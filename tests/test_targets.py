@@ -108,6 +108,43 @@ async def test_spooled_body_is_linked_not_copied(tmp_path: Path) -> None:
     assert not list((tmp_path / "spool").iterdir())
 
 
+async def test_large_body_syncs_its_own_files_not_the_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spooled body is made durable by fsyncs of its own files and then of the folder, never by
+    a syncfs that would wait for every other writer's dirty pages on the file system."""
+    from conveyor.targets import fsync as fsync_module
+
+    spool = Spool(tmp_path / "spool", threshold=10)
+    spool.prepare()
+    w = spool.writer()
+    w.write(b"z" * 5000)
+    body = w.finish()
+    out = tmp_path / "out"
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def syncfs(fd: int) -> None:
+        synced.append("syncfs")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(fsync_module, "_sync_fs", syncfs)
+    p = Payload(id="big", flow="f", source_instance="i", source_type="sftp", body=body, name="big.bin")
+    t = DirectoryTarget("f", DirectoryTargetConfig(type="directory", path=str(out)))
+    await t.deliver(p)
+    body.release()
+    assert "syncfs" not in synced
+    # the body and its sidecar under their temporary names, then the folder after the renames
+    assert len(synced) == 3 and synced[-1] == str(out)
+    assert {Path(s).name.endswith(".tmp") for s in synced[:2]} == {True}
+    assert (out / "big").read_bytes() == b"z" * 5000
+    assert json.loads((out / "big.meta.json").read_text())["id"] == "big"
+
+
 async def test_upload_to_a_local_instance(tmp_path: Path) -> None:
     inst = LocalInstance(
         "dst",

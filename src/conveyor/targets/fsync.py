@@ -1,12 +1,8 @@
-"""Group fsync: many concurrent deliveries share one ``syncfs`` instead of one fsync each.
-
-Durability still holds for every caller: ``await sync()`` returns only after a sync that
-*started after the call* finished, so everything the caller wrote before calling is on disk.
-"""
+"""``syncfs``: one flush of a whole file system, shared by the batch of small files a directory
+target's writer thread has staged there, instead of one fsync per file."""
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import os
@@ -38,28 +34,3 @@ def sync_folder(folder: str | os.PathLike[str]) -> None:
         _sync_fs(fd)
     finally:
         os.close(fd)
-
-
-class GroupSync:
-    """Coalesces sync requests for one file system (named by a folder on it)."""
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-        self._lock = asyncio.Lock()
-        self._started = 0
-        self._done = 0
-
-    async def sync(self) -> None:
-        """Return once everything written before this call is durable.
-
-        Syncs are numbered; a caller needs one numbered above the count started when it
-        called. Callers queued behind a running sync are all served by the next one.
-        """
-        ticket = self._started + 1
-        async with self._lock:
-            if self._done >= ticket:
-                return
-            self._started += 1
-            number = self._started
-            await asyncio.to_thread(sync_folder, self.folder)
-            self._done = number

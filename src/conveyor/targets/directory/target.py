@@ -50,7 +50,7 @@ from conveyor.payload.spool import disk_full
 from conveyor.targets.directory.config import DirectoryTargetConfig
 from conveyor.targets.directory.writer import BatchWriter
 from conveyor.targets.folders import writable_folder
-from conveyor.targets.fsync import GroupSync, sync_fd
+from conveyor.targets.fsync import sync_fd
 
 _SAFE_ID = re.compile(
     r"(?!(?i:con|prn|aux|nul|com[1-9]|lpt[1-9])(?:\.|\Z))"  # not a Windows device name
@@ -68,18 +68,10 @@ _SIDECAR_MAX = 8 << 20
 """A sidecar larger than this is not one conveyor wrote (its metadata is a few KiB)."""
 _TEMP_TRIES = 8
 
-_SYNCS: dict[str, GroupSync] = {}
 _SUBFOLDERS_OPEN = 64
 """Folders below a directory target's own that it holds open at once (one descriptor each)."""
 
 log = logging.getLogger("conveyor.directory")
-
-
-def _group_sync(folder: str) -> GroupSync:
-    gs = _SYNCS.get(folder)
-    if gs is None:
-        gs = _SYNCS[folder] = GroupSync(folder)
-    return gs
 
 
 class _Handle:
@@ -303,18 +295,17 @@ class DirectoryTarget:
                 self._writer = BatchWriter(self.folder.name, self._folder.sync if self.config.fsync else None)
             await self._writer.run(job.stage)
             return
-        # Large bodies stream on their own thread so they do not hold up the small ones.
+        # Large bodies stream on their own thread so they do not hold up the small ones. Each is
+        # made durable by its own fsyncs, not a syncfs: flushing the whole file system would make
+        # the delivery wait for every other writer's dirty pages (other downloads in the spool).
         calls = ThreadCalls()
         try:
             staged = await calls.run(job.stage)
             if staged is None:
                 return
-            sync = _group_sync(job.folder.real or job.folder.path) if self.config.fsync else None
-            if sync:
-                await sync.sync()
-            await calls.run(staged.publish)
-            if sync:
-                await sync.sync()
+            if self.config.fsync:
+                await calls.run(staged.sync_files)
+            await calls.run(staged.publish, self.config.fsync)
         except BaseException:
             # After the thread: a cancelled delivery's thread may still be writing them.
             calls.after(job.discard)
@@ -414,9 +405,21 @@ class _Job:
                 os.close(fd)
         return bool(self.tmp_beside)
 
-    def publish(self) -> None:
-        """Rename the body, then the sidecar, into place. Renames never follow a symlink: one
-        planted at either name is replaced, not written through."""
+    def sync_files(self) -> None:
+        """fsync each temporary file staged (their bytes durable before any is renamed)."""
+        assert self.handle is not None
+        for tmp in (self.tmp_body, self.tmp_meta, *(t for t, _ in self.tmp_beside)):
+            if tmp is not None:
+                fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.handle.fd)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def publish(self, sync: bool = False) -> None:
+        """Rename the body, then the sidecar, into place; with ``sync``, then fsync the folder so
+        the names are durable. Renames never follow a symlink: one planted at either name is
+        replaced, not written through."""
         assert self.handle is not None
         fd = self.handle.fd
         try:
@@ -430,6 +433,8 @@ class _Job:
                 tmp, final = self.tmp_beside[0]
                 os.replace(tmp, final, src_dir_fd=fd, dst_dir_fd=fd)
                 del self.tmp_beside[0]
+            if sync:
+                os.fsync(fd)
         except BaseException:
             self.discard()
             raise
