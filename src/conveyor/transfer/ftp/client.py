@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import socket
@@ -37,6 +38,7 @@ from typing import Any
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.ftp.data import DataProtocol, abort_transport
 from conveyor.transfer.ftp.listing import parse_epsv, parse_pasv
+from conveyor.transfer.ftp.reader import DataReader
 from conveyor.transfer.ftp.tls import (
     SessionReusingContext,
     check_peer,
@@ -48,7 +50,8 @@ from conveyor.transfer.ftp.tls import (
 log = logging.getLogger("conveyor.ftp")
 
 BUFFER = 1024 * 1024
-"""Receive buffer of a data channel: big reads keep the per-block Python overhead negligible."""
+"""Receive buffers of a data channel, two halves the reading thread fills in turn: big blocks keep
+the per-block overhead (a hand-over to the event loop, a sink write) negligible."""
 WRITE_HIGH = 1024 * 1024
 """Write buffer high-water mark of an FTPS upload's data channel: enough to encrypt the next piece
 while the kernel sends the last; a larger one only adds copies of the transport's buffer."""
@@ -302,7 +305,8 @@ class FtpConnection:
         return self._writer is None or self._writer.is_closing() or (self._reader is not None and self._reader.at_eof())
 
     # -- data channels -------------------------------------------------------
-    async def _open_passive(self, proto: DataProtocol) -> asyncio.Transport:
+    async def _passive_address(self) -> tuple[str, int]:
+        """EPSV (or PASV): where to open the data connection."""
         cfg = self.cfg
         assert self._writer is not None
         peer = self._writer.get_extra_info("peername")[0]
@@ -326,18 +330,43 @@ class FtpConnection:
                     announced,
                     peer,
                 )
+        if cfg.proxy_url is not None and not cfg.pasv_trust_address:
+            host = cfg.host  # every data channel goes through the proxy, to the server's name as the control did
+        return host, port
+
+    async def _open_passive(self, proto: DataProtocol) -> asyncio.Transport:
+        """A passive data connection as an asyncio transport (uploads)."""
+        host, port = await self._passive_address()
         loop = asyncio.get_running_loop()
-        proxy = cfg.proxy_url
-        async with asyncio.timeout(cfg.timeout):
+        proxy = self.cfg.proxy_url
+        async with asyncio.timeout(self.cfg.timeout):
             if proxy is not None:
-                # Every data channel goes through the proxy too, to the server's name as the control did.
-                if not cfg.pasv_trust_address:
-                    host = cfg.host
-                sock = await proxy.connect(host, port, cfg.timeout)
+                sock = await proxy.connect(host, port, self.cfg.timeout)
                 transport, _ = await loop.create_connection(lambda: proto, sock=sock)
             else:
                 transport, _ = await loop.create_connection(lambda: proto, host, port)
         return transport
+
+    async def _connect_data(self, host: str, port: int) -> socket.socket:
+        """A connected non-blocking socket to a passive data port, through the proxy if there is one."""
+        proxy = self.cfg.proxy_url
+        if proxy is not None:
+            return await proxy.connect(host, port, self.cfg.timeout)
+        loop = asyncio.get_running_loop()
+        error: OSError | None = None
+        for family, kind, proto, _, address in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+                return sock
+            except OSError as e:
+                sock.close()
+                error = e
+            except BaseException:
+                sock.close()
+                raise
+        raise error or OSError(f"no address for {host}")
 
     async def _open_active(self) -> socket.socket:
         assert self._writer is not None
@@ -368,13 +397,97 @@ class FtpConnection:
     ) -> Reply:
         """Run ``command`` (RETR, STOR, MLSD, LIST) over a new data channel; returns the final reply.
 
-        Received bytes go to ``on_data``; ``send`` writes the upload and closes the channel.
+        Received bytes go to ``on_data``, on the event loop, from offset ``rest`` (REST) of a download;
+        ``send`` writes the upload and closes the channel.
         """
-        loop = asyncio.get_running_loop()
-        t = self.cfg.timeout
         if self._rx is None:
             self._rx = memoryview(bytearray(BUFFER))
-        proto = DataProtocol(on_data, self._rx)
+        try:
+            return await (self._receive(command, on_data, rest) if send is None else self._upload(command, send))
+        except FtpReplyError as e:
+            if e.reply.code // 100 != 4 and e.reply.code // 100 != 5:
+                self.broken = True
+            raise
+        except BaseException:
+            self.broken = True
+            raise
+
+    async def _accepted(self, accept: asyncio.Task[tuple[socket.socket, Any]]) -> socket.socket:
+        """The active data connection, once it came from the server's address."""
+        async with asyncio.timeout(self.cfg.timeout):
+            conn, addr = await accept
+        assert self._writer is not None
+        if addr[0] != self._writer.get_extra_info("peername")[0]:  # port theft (RFC 2577)
+            conn.close()
+            raise ConnectionError(f"active data connection came from {addr[0]}, not the server")
+        return conn
+
+    async def _receive(self, command: str, on_data: Callable[[memoryview], None] | None, rest: int) -> Reply:
+        """A download or listing, its data channel read on a thread (:mod:`conveyor.transfer.ftp.reader`)."""
+        loop = asyncio.get_running_loop()
+        t = self.cfg.timeout
+        name = command.split(" ", 1)[0]
+        assert self._rx is not None
+        reader = DataReader(on_data, self._rx, t)
+        listener: socket.socket | None = None
+        start = functools.partial(
+            reader.start,
+            self._tls,
+            self.session if self._tls is not None else None,
+            self.cfg.host,
+            functools.partial(check_peer, cfg=self.cfg, instance=""),
+        )
+        try:
+            if self.cfg.passive:
+                host, port = await self._passive_address()
+                async with asyncio.timeout(t):
+                    reader.attach(await self._connect_data(host, port))
+                # TLS's first flight leaves now and waits for the server, which answers it once it
+                # has the command, in whichever order it sends its 1xx reply: one round trip less.
+                start()
+            else:
+                listener = await self._open_active()
+            if rest:
+                await self.command(f"REST {rest}", (3,))
+            await self._send(command)
+            accept = loop.create_task(loop.sock_accept(listener)) if listener is not None else None
+            try:
+                await self._expect(name, (1,))
+                if accept is not None:
+                    reader.attach(await self._accepted(accept))
+                    start()
+            finally:
+                if accept is not None and not accept.done():
+                    accept.cancel()
+            if self._tls is not None:
+                try:
+                    async with asyncio.timeout(t):
+                        await reader.ready
+                except (OSError, ssl.SSLError) as e:
+                    # The server usually says why on the control channel (522 session reuse required).
+                    why = await self._reply_if_any(1.0)
+                    if why is not None and why.code >= 400:
+                        raise FtpReplyError(name, why) from e
+                    raise
+            try:
+                await self._wait_done(reader)
+            except EnoughData:
+                reader.abort()
+                return await self._expect(name, (2, 4))
+            final = await self._expect(name, (2,))
+            reader.done.result()  # a reset data channel is an error even after a 226
+            return final
+        finally:
+            if listener is not None:
+                listener.close()
+            reader.abort()
+
+    async def _upload(self, command: str, send: Callable[[DataProtocol], Awaitable[None]]) -> Reply:
+        """An upload over an asyncio transport: ``send`` writes the data and closes the channel."""
+        loop = asyncio.get_running_loop()
+        t = self.cfg.timeout
+        assert self._rx is not None
+        proto = DataProtocol(self._rx)
         transport: Any = None
         listener: socket.socket | None = None
         tls_task: asyncio.Task[asyncio.Transport] | None = None
@@ -385,20 +498,12 @@ class FtpConnection:
                 transport = await self._open_passive(proto)
             else:
                 listener = await self._open_active()
-            if rest:
-                await self.command(f"REST {rest}", (3,))
             await self._send(command)
             accept = loop.create_task(loop.sock_accept(listener)) if listener is not None else None
             try:
                 await self._expect(command.split(" ", 1)[0], (1,))
                 if accept is not None:
-                    async with asyncio.timeout(t):
-                        conn, addr = await accept
-                    assert self._writer is not None
-                    if addr[0] != self._writer.get_extra_info("peername")[0]:  # port theft (RFC 2577)
-                        conn.close()
-                        raise ConnectionError(f"active data connection came from {addr[0]}, not the server")
-                    transport, _ = await loop.connect_accepted_socket(lambda: proto, conn)
+                    transport, _ = await loop.connect_accepted_socket(lambda: proto, await self._accepted(accept))
             finally:
                 if accept is not None and not accept.done():
                     accept.cancel()
@@ -414,35 +519,18 @@ class FtpConnection:
                         raise FtpReplyError(command.split(" ", 1)[0], why) from e
                     raise
                 check_peer(transport.get_extra_info("ssl_object"), self.cfg, "")
-            if send is not None:
-                raw = transport.get_extra_info("socket")
-                if self._tls is not None:
-                    # Some buffering: the next piece is encrypted while the kernel still sends the last.
-                    transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
-                else:
-                    # Plain: the sender waits until all it wrote has reached the socket, so the
-                    # transport copies only what the socket could not take at once.
-                    transport.set_write_buffer_limits(high=0)
-                if raw is not None:
-                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-                await send(proto)
+            raw = transport.get_extra_info("socket")
+            if self._tls is not None:
+                # Some buffering: the next piece is encrypted while the kernel still sends the last.
+                transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
             else:
-                try:
-                    await self._wait_done(proto)
-                except EnoughData:
-                    abort_transport(proto.transport or transport)
-                    return await self._expect(command.split(" ", 1)[0], (2, 4))
-            final = await self._expect(command.split(" ", 1)[0], (2,))
-            if send is None:
-                proto.done.result()  # a reset data channel is an error even after a 226
-            return final
-        except FtpReplyError as e:
-            if e.reply.code // 100 != 4 and e.reply.code // 100 != 5:
-                self.broken = True
-            raise
-        except BaseException:
-            self.broken = True
-            raise
+                # Plain: the sender waits until all it wrote has reached the socket, so the
+                # transport copies only what the socket could not take at once.
+                transport.set_write_buffer_limits(high=0)
+            if raw is not None:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+            await send(proto)
+            return await self._expect(command.split(" ", 1)[0], (2,))
         finally:
             if tls_task is not None and not tls_task.done():
                 tls_task.cancel()
@@ -460,12 +548,11 @@ class FtpConnection:
         except (OSError, TimeoutError, ConnectionError):
             return None
 
-    async def _wait_done(self, proto: DataProtocol) -> None:
+    async def _wait_done(self, reader: DataReader) -> None:
         """Wait for the end of a download; fail after ``timeout`` seconds without a byte."""
-        loop = asyncio.get_running_loop()
         t = self.cfg.timeout
-        while not proto.done.done():
-            await asyncio.wait({proto.done}, timeout=t)
-            if not proto.done.done() and loop.time() - proto.last_activity >= t:
+        while not reader.done.done():
+            await asyncio.wait({reader.done}, timeout=t)
+            if not reader.done.done() and reader.idle() >= t:
                 raise TimeoutError(f"no data for {t:g}s")
-        proto.done.result()
+        reader.done.result()
