@@ -10,11 +10,14 @@ stream wrapper (``ThrottleStreamIO`` over ``StreamReader``) adds copies per bloc
 The FTP we need — a line protocol with a dozen commands — fits in this module, so conveyor owns it:
 
 * control channel: asyncio streams; explicit TLS via ``StreamWriter.start_tls``, implicit from the first byte;
-* data channels: a :class:`asyncio.BufferedProtocol` that hands each received block (up to 1 MiB, read
-  straight from the socket, or decrypted straight into our buffer by asyncio's SSL transport) to a
-  synchronous sink, so a download costs no extra copies and holds at most one buffer in memory;
-* TLS on data channels resumes the control session (:mod:`conveyor.transfer.ftp.tls`) and is started
-  *concurrently* with reading the 1xx reply, whichever order the server does things in;
+* download data channels: connected by asyncio (directly or through the proxy), then read on a thread
+  of their own (:mod:`conveyor.transfer.ftp.reader`) that decrypts into two 512 KiB buffers in turn
+  and hands each to a synchronous sink on the event loop: TLS decryption runs beside the loop, and a
+  download holds at most those two buffers in memory;
+* TLS on data channels resumes the control session (:mod:`conveyor.transfer.ftp.tls`); a download's
+  handshake starts as soon as its data connection is open, *concurrently* with sending the command
+  and reading the 1xx reply, whichever order the server does things in;
+* upload data channels: a :class:`asyncio.BufferedProtocol` with write flow control;
 * uploads read the file in a thread into two reused buffers, one block ahead of the one being sent
   (why not ``loop.sendfile`` for plain FTP is explained at ``FtpInstance._send_file``).
 
@@ -57,6 +60,9 @@ WRITE_HIGH = 1024 * 1024
 while the kernel sends the last; a larger one only adds copies of the transport's buffer."""
 SNDBUF = 4 * 1024 * 1024
 """SO_SNDBUF of an upload's data channel (capped at net.core.wmem_max, then doubled by the kernel)."""
+THREAD_FROM = 4 * 1024 * 1024
+"""Downloads of at least this many bytes are read on a thread (:mod:`conveyor.transfer.ftp.reader`);
+for smaller ones starting the thread and handing buffers over cost more than reading on the loop."""
 MAX_REPLY_LINES = 1000
 """Most lines of one control-channel reply: the longest a client of ours asks for (FEAT, MLST) has a
 few dozen; a server sending more is misbehaving, and its reply is not kept growing in memory."""
@@ -353,8 +359,14 @@ class FtpConnection:
         if proxy is not None:
             return await proxy.connect(host, port, self.cfg.timeout)
         loop = asyncio.get_running_loop()
+        try:
+            # An address (the control connection's peer, as a rule) needs no lookup: uvloop's
+            # getaddrinfo would still go through its thread pool, a wake-up per data channel.
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         error: OSError | None = None
-        for family, kind, proto, _, address in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        for family, kind, proto, _, address in addresses:
             sock = socket.socket(family, kind, proto)
             try:
                 sock.setblocking(False)
@@ -394,16 +406,21 @@ class FtpConnection:
         on_data: Callable[[memoryview], None] | None = None,
         send: Callable[[DataProtocol], Awaitable[None]] | None = None,
         rest: int = 0,
+        size: int | None = None,
     ) -> Reply:
         """Run ``command`` (RETR, STOR, MLSD, LIST) over a new data channel; returns the final reply.
 
         Received bytes go to ``on_data``, on the event loop, from offset ``rest`` (REST) of a download;
-        ``send`` writes the upload and closes the channel.
+        ``send`` writes the upload and closes the channel. A RETR is read on a thread of its own
+        unless ``size`` says it brings fewer than :data:`THREAD_FROM` bytes; listings are read on the loop.
         """
         if self._rx is None:
             self._rx = memoryview(bytearray(BUFFER))
+        threaded = send is None and command.startswith("RETR ") and (size is None or size >= THREAD_FROM)
         try:
-            return await (self._receive(command, on_data, rest) if send is None else self._upload(command, send))
+            if threaded:
+                return await self._receive(command, on_data, rest)
+            return await self._on_loop(command, on_data, send, rest)
         except FtpReplyError as e:
             if e.reply.code // 100 != 4 and e.reply.code // 100 != 5:
                 self.broken = True
@@ -482,15 +499,22 @@ class FtpConnection:
                 listener.close()
             reader.abort()
 
-    async def _upload(self, command: str, send: Callable[[DataProtocol], Awaitable[None]]) -> Reply:
-        """An upload over an asyncio transport: ``send`` writes the data and closes the channel."""
+    async def _on_loop(
+        self,
+        command: str,
+        on_data: Callable[[memoryview], None] | None,
+        send: Callable[[DataProtocol], Awaitable[None]] | None,
+        rest: int,
+    ) -> Reply:
+        """A transfer whose data channel is an asyncio transport: uploads, listings, small downloads."""
         loop = asyncio.get_running_loop()
         t = self.cfg.timeout
         assert self._rx is not None
-        proto = DataProtocol(self._rx)
+        proto = DataProtocol(on_data, self._rx)
         transport: Any = None
         listener: socket.socket | None = None
         tls_task: asyncio.Task[asyncio.Transport] | None = None
+        name = command.split(" ", 1)[0]
         # Before the data connection opens: uvloop starts its TLS in the context it was opened in.
         offered = offer_session(self.session) if self._tls is not None else None
         try:
@@ -498,10 +522,12 @@ class FtpConnection:
                 transport = await self._open_passive(proto)
             else:
                 listener = await self._open_active()
+            if rest:
+                await self.command(f"REST {rest}", (3,))
             await self._send(command)
             accept = loop.create_task(loop.sock_accept(listener)) if listener is not None else None
             try:
-                await self._expect(command.split(" ", 1)[0], (1,))
+                await self._expect(name, (1,))
                 if accept is not None:
                     transport, _ = await loop.connect_accepted_socket(lambda: proto, await self._accepted(accept))
             finally:
@@ -516,21 +542,31 @@ class FtpConnection:
                     # The server usually says why on the control channel (522 session reuse required).
                     why = await self._reply_if_any(1.0)
                     if why is not None and why.code >= 400:
-                        raise FtpReplyError(command.split(" ", 1)[0], why) from e
+                        raise FtpReplyError(name, why) from e
                     raise
                 check_peer(transport.get_extra_info("ssl_object"), self.cfg, "")
-            raw = transport.get_extra_info("socket")
-            if self._tls is not None:
-                # Some buffering: the next piece is encrypted while the kernel still sends the last.
-                transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
+            if send is not None:
+                raw = transport.get_extra_info("socket")
+                if self._tls is not None:
+                    # Some buffering: the next piece is encrypted while the kernel still sends the last.
+                    transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
+                else:
+                    # Plain: the sender waits until all it wrote has reached the socket, so the
+                    # transport copies only what the socket could not take at once.
+                    transport.set_write_buffer_limits(high=0)
+                if raw is not None:
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+                await send(proto)
             else:
-                # Plain: the sender waits until all it wrote has reached the socket, so the
-                # transport copies only what the socket could not take at once.
-                transport.set_write_buffer_limits(high=0)
-            if raw is not None:
-                raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-            await send(proto)
-            return await self._expect(command.split(" ", 1)[0], (2,))
+                try:
+                    await self._wait_done(proto)
+                except EnoughData:
+                    abort_transport(proto.transport or transport)
+                    return await self._expect(name, (2, 4))
+            final = await self._expect(name, (2,))
+            if send is None:
+                proto.done.result()  # a reset data channel is an error even after a 226
+            return final
         finally:
             if tls_task is not None and not tls_task.done():
                 tls_task.cancel()
@@ -548,7 +584,7 @@ class FtpConnection:
         except (OSError, TimeoutError, ConnectionError):
             return None
 
-    async def _wait_done(self, reader: DataReader) -> None:
+    async def _wait_done(self, reader: DataReader | DataProtocol) -> None:
         """Wait for the end of a download; fail after ``timeout`` seconds without a byte."""
         t = self.cfg.timeout
         while not reader.done.done():

@@ -1,11 +1,11 @@
-"""The data channel of an FTP upload: an :class:`asyncio.BufferedProtocol` with write flow control.
-
-Downloads read their data channel on a thread instead (:mod:`conveyor.transfer.ftp.reader`)."""
+"""The data channel of an FTP transfer on the event loop: an :class:`asyncio.BufferedProtocol` feeding a
+synchronous sink (uploads, listings and small downloads; large downloads: :mod:`conveyor.transfer.ftp.reader`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 
@@ -22,13 +22,15 @@ def abort_transport(transport: Any) -> None:
 
 
 class DataProtocol(asyncio.BufferedProtocol):
-    """One upload's data channel: :meth:`drain` waits for the transport's buffer; ``done`` resolves
-    when the server closes it. Whatever the server sends on it is read and dropped."""
+    """One data channel. Received blocks go to ``on_data`` as they arrive; ``done`` resolves at EOF."""
 
-    def __init__(self, buffer: memoryview) -> None:
+    def __init__(self, on_data: Callable[[memoryview], None] | None, buffer: memoryview) -> None:
+        self._on_data = on_data
         self._view = buffer
         self.transport: Any = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.received = 0
+        self.last_activity = asyncio.get_running_loop().time()
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
 
@@ -39,7 +41,19 @@ class DataProtocol(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        pass
+        self.received += nbytes
+        self.last_activity = asyncio.get_running_loop().time()
+        if self._on_data is None:
+            return
+        try:
+            self._on_data(self._view[:nbytes])
+        except BaseException as e:  # the sink failed (spool full): stop this transfer
+            self._finish(e)
+            abort_transport(self.transport)
+
+    def idle(self) -> float:
+        """Seconds since the last byte arrived."""
+        return asyncio.get_running_loop().time() - self.last_activity
 
     def eof_received(self) -> bool:
         self._finish(None)
