@@ -1,4 +1,4 @@
-"""Downloads read their data channel on a thread of their own (vsftpd, ``require_ssl_reuse=YES``):
+"""FTPS downloads read their data channel on a thread of their own (vsftpd, ``require_ssl_reuse=YES``):
 TLS decryption leaves the event loop, the data channel still resumes the control channel's
 session, and a cancelled download leaves no reading thread behind."""
 
@@ -53,14 +53,14 @@ async def test_ftps_decryption_runs_off_the_event_loop(vsftpd_factory: Any, tmp_
 
 
 class SlowSink(SpoolWriter):
-    """A sink whose every write stalls the event loop a little, as a busy disk would."""
+    """A sink whose every write takes a while, as a busy disk would."""
 
     def write(self, data: bytes) -> None:
         time.sleep(0.02)
         super().write(data)
 
 
-@pytest.mark.parametrize("tls", ["none", "explicit"])
+@pytest.mark.parametrize("tls", ["explicit", "implicit"])
 async def test_cancelled_download_leaves_no_reading_thread(vsftpd_factory: Any, tmp_path: Path, tls: str) -> None:
     """Cancelling a download mid-way ends its reading thread, and the instance downloads again."""
     srv = vsftpd_factory(tls)

@@ -10,14 +10,15 @@ stream wrapper (``ThrottleStreamIO`` over ``StreamReader``) adds copies per bloc
 The FTP we need — a line protocol with a dozen commands — fits in this module, so conveyor owns it:
 
 * control channel: asyncio streams; explicit TLS via ``StreamWriter.start_tls``, implicit from the first byte;
-* download data channels: connected by asyncio (directly or through the proxy), then read on a thread
-  of their own (:mod:`conveyor.transfer.ftp.reader`) that decrypts into two 512 KiB buffers in turn
-  and hands each to a synchronous sink on the event loop: TLS decryption runs beside the loop, and a
-  download holds at most those two buffers in memory;
+* data channels of FTPS downloads from :data:`THREAD_FROM` bytes: connected by asyncio (directly or
+  through the proxy), then read on a thread of their own (:mod:`conveyor.transfer.ftp.reader`) that
+  decrypts into a 1 MiB buffer and hands it to the download's synchronous sink: TLS decryption runs
+  beside the event loop, and a download holds at most that buffer in memory;
 * TLS on data channels resumes the control session (:mod:`conveyor.transfer.ftp.tls`); a download's
   handshake starts as soon as its data connection is open, *concurrently* with sending the command
   and reading the 1xx reply, whichever order the server does things in;
-* upload data channels: a :class:`asyncio.BufferedProtocol` with write flow control;
+* other data channels (uploads, listings, small files): an :class:`asyncio.BufferedProtocol` that
+  hands each received block to the sink on the event loop, with write flow control for uploads;
 * uploads read the file in a thread into two reused buffers, one block ahead of the one being sent
   (why not ``loop.sendfile`` for plain FTP is explained at ``FtpInstance._send_file``).
 
@@ -53,16 +54,16 @@ from conveyor.transfer.ftp.tls import (
 log = logging.getLogger("conveyor.ftp")
 
 BUFFER = 1024 * 1024
-"""Receive buffers of a data channel, two halves the reading thread fills in turn: big blocks keep
-the per-block overhead (a hand-over to the event loop, a sink write) negligible."""
+"""Receive buffer of a data channel: big reads keep the per-block Python overhead negligible."""
 WRITE_HIGH = 1024 * 1024
 """Write buffer high-water mark of an FTPS upload's data channel: enough to encrypt the next piece
 while the kernel sends the last; a larger one only adds copies of the transport's buffer."""
 SNDBUF = 4 * 1024 * 1024
 """SO_SNDBUF of an upload's data channel (capped at net.core.wmem_max, then doubled by the kernel)."""
 THREAD_FROM = 4 * 1024 * 1024
-"""Downloads of at least this many bytes are read on a thread (:mod:`conveyor.transfer.ftp.reader`);
-for smaller ones starting the thread and handing buffers over cost more than reading on the loop."""
+"""FTPS downloads of at least this many bytes are read on a thread (:mod:`conveyor.transfer.ftp.reader`);
+for smaller ones starting the thread costs more than decrypting on the loop. Plain FTP stays on the
+loop: it reads 1 MiB per call there, and a thread made cold runs slower (docs/performance-notes.md)."""
 MAX_REPLY_LINES = 1000
 """Most lines of one control-channel reply: the longest a client of ours asks for (FEAT, MLST) has a
 few dozen; a server sending more is misbehaving, and its reply is not kept growing in memory."""
@@ -410,13 +411,19 @@ class FtpConnection:
     ) -> Reply:
         """Run ``command`` (RETR, STOR, MLSD, LIST) over a new data channel; returns the final reply.
 
-        Received bytes go to ``on_data``, on the event loop, from offset ``rest`` (REST) of a download;
-        ``send`` writes the upload and closes the channel. A RETR is read on a thread of its own
-        unless ``size`` says it brings fewer than :data:`THREAD_FROM` bytes; listings are read on the loop.
+        Received bytes go to ``on_data``, from offset ``rest`` (REST) of a download; ``send`` writes
+        the upload and closes the channel. An FTPS RETR is read on a thread of its own, which also
+        calls ``on_data``, unless ``size`` says it brings fewer than :data:`THREAD_FROM` bytes;
+        everything else is read on the event loop.
         """
         if self._rx is None:
             self._rx = memoryview(bytearray(BUFFER))
-        threaded = send is None and command.startswith("RETR ") and (size is None or size >= THREAD_FROM)
+        threaded = (
+            self._tls is not None
+            and send is None
+            and command.startswith("RETR ")
+            and (size is None or size >= THREAD_FROM)
+        )
         try:
             if threaded:
                 return await self._receive(command, on_data, rest)

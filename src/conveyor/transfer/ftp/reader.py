@@ -1,27 +1,26 @@
-"""The receiving side of an FTP data channel, read by a thread of its own.
+"""The receiving side of an FTP download's data channel, read by a thread of its own.
 
 asyncio's TLS transport decrypts on the event loop, one 16 KiB record per ``SSLObject.read``
 through memory BIOs: for an FTPS download that is most of the loop's work, and it cannot run
 beside the spool's hashing and writing threads. Here the connected socket is handed to a thread
-that wraps it with :mod:`ssl` (blocking, with the timeout as the socket's) and fills large buffers
-with ``recv_into``; the ssl module releases the GIL while OpenSSL decrypts, so decryption runs on
-another core than the event loop. A plain FTP channel takes the same path: the kernel's copies
-then leave the loop too.
+that wraps it with :mod:`ssl` (blocking, with the timeout as the socket's) and fills a large
+buffer with ``recv_into``; the ssl module releases the GIL while OpenSSL decrypts, so decryption
+runs on another core than the event loop. Plain FTP does not take this path (see
+``client.THREAD_FROM``).
 
-Each filled buffer is handed to the event loop (``call_soon_threadsafe``), which gives it to the
-download's synchronous ``on_data`` there, as before: the sink, its checks (a file longer than
-listed, :class:`~conveyor.transfer.ftp.client.EnoughData`) and their exceptions stay on the loop.
-Two buffers alternate, so the thread reads the next one while the loop hands on the last, and it
-waits when both are with the loop: memory stays bounded. A failure on the thread (reset, timeout,
-TLS error) reaches the loop after the bytes that came before it, so a resumed download starts
-where the data stopped.
+The thread hands each filled buffer to the download's synchronous ``on_data`` itself (the spool
+writer copies it and passes it on to its own threads): the event loop takes no part in the data
+path, and a busy loop, or one waiting for its turn on a loaded machine, does not stall it. Its
+exceptions (a file longer than listed, :class:`~conveyor.transfer.ftp.client.EnoughData`, a full
+spool) end the transfer as on the loop. ``on_data`` is never called once :meth:`DataReader.abort`
+has returned, so the caller owns its sink again. A failure on the thread (reset, timeout, TLS
+error) comes after the bytes received before it, so a resumed download starts where the data stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import socket
 import ssl
 import threading
@@ -30,23 +29,23 @@ from collections.abc import Callable
 
 
 class DataReader:
-    """One download's data channel: a socket read on a thread, its blocks handed to ``on_data`` on
-    the event loop; ``done`` resolves at the end of the data (or with the error that ended it)."""
+    """One download's data channel: a socket read on a thread that feeds ``on_data``; ``done``
+    resolves (on the event loop) at the end of the data or with the error that ended it."""
 
     def __init__(self, on_data: Callable[[memoryview], None] | None, buffer: memoryview, timeout: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_data = on_data
-        half = len(buffer) // 2
-        self._views = (buffer[:half], buffer[half:])
-        self._free: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        self._free.put(0)
-        self._free.put(1)
+        self._view = buffer
         self._timeout = timeout
         self._lock = threading.Lock()
         """Guards :attr:`_sock` and :attr:`_stopped`: the loop shuts the socket down while the thread
         may be closing it (a closed descriptor's number can be reused by another connection)."""
         self._sock: socket.socket | None = None
         self._stopped = False
+        self._feeding = threading.Lock()
+        """Held by the thread while ``on_data`` runs: :meth:`abort` waits for it."""
+        self._fed = True
+        """False once :meth:`abort` ran: ``on_data`` is not called again (under :attr:`_feeding`)."""
         self._thread: threading.Thread | None = None
         self._last = time.monotonic()
         self.done: asyncio.Future[None] = self._loop.create_future()
@@ -78,11 +77,12 @@ class DataReader:
         self._thread.start()
 
     def idle(self) -> float:
-        """Seconds since the last byte arrived (or since the loop last took a buffer)."""
+        """Seconds since the last byte arrived (or since ``on_data`` last returned)."""
         return time.monotonic() - self._last
 
     def abort(self) -> None:
-        """Stop reading and close the connection at once; the thread ends by itself. Never raises."""
+        """Stop reading and close the connection (on the event loop). The thread ends by itself;
+        a call of ``on_data`` in progress is waited for, and none follows. Never raises."""
         with self._lock:
             self._stopped = True
             sock = self._sock
@@ -94,7 +94,8 @@ class DataReader:
                     # socket.socket's own shutdown: SSLSocket.shutdown drops the SSL object under the thread.
                     with contextlib.suppress(OSError):
                         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        self._free.put(None)
+        with self._feeding:
+            self._fed = False
         self._finish(ConnectionAbortedError("data channel closed"))
 
     # -- on the thread ---------------------------------------------------------
@@ -134,13 +135,12 @@ class DataReader:
                     self._sock.close()
 
     def _read(self, sock: socket.socket) -> None:
-        """Fill the free buffers in turn and hand each to the loop; the end of data, or an error
-        after the bytes before it."""
-        while (turn := self._free.get()) is not None:
-            view = self._views[turn]
-            size = len(view)
+        """Fill the buffer and feed it to ``on_data``, to the end of the data; an error comes after
+        the bytes before it."""
+        view = self._view
+        size = len(view)
+        while True:
             n = 0
-            self._last = time.monotonic()
             try:
                 while n < size:
                     got = sock.recv_into(view[n:])
@@ -150,30 +150,28 @@ class DataReader:
                     self._last = time.monotonic()
             except BaseException:
                 if n:
-                    self._post(self._deliver, turn, n)
+                    self._feed(n)
                 raise
-            if n:
-                self._post(self._deliver, turn, n)
+            if n and not self._feed(n):
+                return
             if n < size:
                 self._post(self._finish, None)
                 return
+
+    def _feed(self, n: int) -> bool:
+        """``on_data`` with the first ``n`` bytes of the buffer; False once aborted."""
+        with self._feeding:
+            if not self._fed:
+                return False
+            if self._on_data is not None:
+                self._on_data(self._view[:n])
+        self._last = time.monotonic()
+        return True
 
     # -- on the event loop -----------------------------------------------------
     def _set_ready(self) -> None:
         if not self.ready.done():
             self.ready.set_result(None)
-
-    def _deliver(self, turn: int, n: int) -> None:
-        if self.done.done():  # stopped: the thread is told to end by abort()
-            return
-        try:
-            if self._on_data is not None:
-                self._on_data(self._views[turn][:n])
-        except BaseException as e:  # the sink failed or has enough: stop this transfer
-            self._finish(e)
-            self.abort()
-            return
-        self._free.put(turn)
 
     def _finish(self, exc: BaseException | None) -> None:
         if not self.ready.done():
