@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from conveyor.proxy import connect_first
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.ftp.data import DataProtocol, abort_transport
 from conveyor.transfer.ftp.listing import parse_epsv, parse_pasv
@@ -366,20 +367,7 @@ class FtpConnection:
             addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
         except socket.gaierror:
             addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        error: OSError | None = None
-        for family, kind, proto, _, address in addresses:
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setblocking(False)
-                await loop.sock_connect(sock, address)
-                return sock
-            except OSError as e:
-                sock.close()
-                error = e
-            except BaseException:
-                sock.close()
-                raise
-        raise error or OSError(f"no address for {host}")
+        return await connect_first(addresses)
 
     async def _open_active(self) -> socket.socket:
         assert self._writer is not None
@@ -436,10 +424,24 @@ class FtpConnection:
             self.broken = True
             raise
 
-    async def _accepted(self, accept: asyncio.Task[tuple[socket.socket, Any]]) -> socket.socket:
-        """The active data connection, once it came from the server's address."""
-        async with asyncio.timeout(self.cfg.timeout):
-            conn, addr = await accept
+    async def _command(self, command: str, rest: int, listener: socket.socket | None) -> socket.socket | None:
+        """REST (when ``rest``), then ``command`` and its 1xx reply; in active mode (``listener``),
+        the data connection the server opened, once it came from the server's address."""
+        loop = asyncio.get_running_loop()
+        if rest:
+            await self.command(f"REST {rest}", (3,))
+        await self._send(command)
+        if listener is None:
+            await self._expect(command.split(" ", 1)[0], (1,))
+            return None
+        accept = loop.create_task(loop.sock_accept(listener))
+        try:
+            await self._expect(command.split(" ", 1)[0], (1,))
+            async with asyncio.timeout(self.cfg.timeout):
+                conn, addr = await accept
+        finally:
+            if not accept.done():
+                accept.cancel()
         assert self._writer is not None
         if addr[0] != self._writer.get_extra_info("peername")[0]:  # port theft (RFC 2577)
             conn.close()
@@ -447,8 +449,7 @@ class FtpConnection:
         return conn
 
     async def _receive(self, command: str, on_data: Callable[[memoryview], None] | None, rest: int) -> Reply:
-        """A download or listing, its data channel read on a thread (:mod:`conveyor.transfer.ftp.reader`)."""
-        loop = asyncio.get_running_loop()
+        """A large FTPS download, its data channel read on a thread (:mod:`conveyor.transfer.ftp.reader`)."""
         t = self.cfg.timeout
         name = command.split(" ", 1)[0]
         assert self._rx is not None
@@ -471,18 +472,10 @@ class FtpConnection:
                 start()
             else:
                 listener = await self._open_active()
-            if rest:
-                await self.command(f"REST {rest}", (3,))
-            await self._send(command)
-            accept = loop.create_task(loop.sock_accept(listener)) if listener is not None else None
-            try:
-                await self._expect(name, (1,))
-                if accept is not None:
-                    reader.attach(await self._accepted(accept))
-                    start()
-            finally:
-                if accept is not None and not accept.done():
-                    accept.cancel()
+            accepted = await self._command(command, rest, listener)
+            if accepted is not None:
+                reader.attach(accepted)
+                start()
             if self._tls is not None:
                 try:
                     async with asyncio.timeout(t):
@@ -529,17 +522,9 @@ class FtpConnection:
                 transport = await self._open_passive(proto)
             else:
                 listener = await self._open_active()
-            if rest:
-                await self.command(f"REST {rest}", (3,))
-            await self._send(command)
-            accept = loop.create_task(loop.sock_accept(listener)) if listener is not None else None
-            try:
-                await self._expect(name, (1,))
-                if accept is not None:
-                    transport, _ = await loop.connect_accepted_socket(lambda: proto, await self._accepted(accept))
-            finally:
-                if accept is not None and not accept.done():
-                    accept.cancel()
+            accepted = await self._command(command, rest, listener)
+            if accepted is not None:
+                transport, _ = await loop.connect_accepted_socket(lambda: proto, accepted)
             if self._tls is not None:
                 # No isinstance check: uvloop's transports do not derive from asyncio.Transport.
                 tls_task = loop.create_task(start_data_tls(transport, proto, self._tls, self.session, self.cfg.host, t))

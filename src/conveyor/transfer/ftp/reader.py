@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
+
+from conveyor.transfer.ftp.data import settle
 
 
 class DataReader:
@@ -71,9 +74,12 @@ class DataReader:
         and a ``check`` of the server's certificate (both on that thread, before any data)."""
         if tls is None:
             self.ready.set_result(None)
-        self._thread = threading.Thread(
-            target=self._run, args=(tls, session, server_hostname, check), name="conveyor-ftp-data", daemon=True
+        secure = (
+            None
+            if tls is None
+            else functools.partial(tls.wrap_socket, server_hostname=server_hostname, session=session)
         )
+        self._thread = threading.Thread(target=self._run, args=(secure, check), name="conveyor-ftp-data", daemon=True)
         self._thread.start()
 
     def idle(self) -> float:
@@ -103,25 +109,19 @@ class DataReader:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for this transfer
             self._loop.call_soon_threadsafe(fn, *args)
 
-    def _run(
-        self,
-        tls: ssl.SSLContext | None,
-        session: ssl.SSLSession | None,
-        server_hostname: str,
-        check: Callable[[ssl.SSLSocket], None],
-    ) -> None:
+    def _run(self, secure: Callable[..., ssl.SSLSocket] | None, check: Callable[[ssl.SSLSocket], None]) -> None:
+        """``secure``: the context's ``wrap_socket`` with the server's name and the session to resume."""
         try:
             sock = self._sock
             assert sock is not None
             sock.settimeout(self._timeout)
-            if tls is not None:
+            if secure is not None:
                 with self._lock:
                     if self._stopped:
                         return
                     # The handshake outside the lock, on a socket abort() can already shut down.
-                    sock = self._sock = tls.wrap_socket(
-                        sock, server_hostname=server_hostname, session=session, do_handshake_on_connect=False
-                    )
+                    sock = self._sock = secure(sock, do_handshake_on_connect=False)
+                assert isinstance(sock, ssl.SSLSocket)
                 sock.do_handshake()
                 check(sock)
                 self._post(self._set_ready)
@@ -170,20 +170,8 @@ class DataReader:
 
     # -- on the event loop -----------------------------------------------------
     def _set_ready(self) -> None:
-        if not self.ready.done():
-            self.ready.set_result(None)
+        settle(self.ready, None)
 
     def _finish(self, exc: BaseException | None) -> None:
-        if not self.ready.done():
-            if exc is None:
-                self.ready.set_result(None)
-            else:
-                self.ready.set_exception(exc)
-            self.ready.exception()  # retrieved: the caller may be waiting on the control channel instead
-        if not self.done.done():
-            if exc is None:
-                self.done.set_result(None)
-            else:
-                self.done.set_exception(exc)
-            # Retrieve the exception now so a transfer abandoned for another reason logs no warning.
-            self.done.exception()
+        settle(self.ready, exc)  # the caller may be waiting on the control channel instead
+        settle(self.done, exc)
