@@ -17,6 +17,7 @@ import asyncio
 import base64
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import SecretStr
@@ -124,21 +125,30 @@ class ProxyUrl:
             infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except OSError as e:
             raise ProxyFailed(f"proxy {self}: cannot resolve {self.host}: {e.strerror or e}") from None
-        failure: OSError | None = None
-        for family, kind, proto, _, addr in infos:
-            sock = socket.socket(family, kind, proto)
-            sock.setblocking(False)
-            try:
-                await loop.sock_connect(sock, addr)
-                return sock
-            except OSError as e:
-                sock.close()
-                failure = e
-            except BaseException:
-                sock.close()
-                raise
-        reason = (failure.strerror or str(failure)) if failure is not None else "no address"
-        raise ProxyFailed(f"proxy {self}: cannot connect: {reason}")
+        try:
+            return await connect_first(infos)
+        except OSError as e:
+            raise ProxyFailed(f"proxy {self}: cannot connect: {e.strerror or e}") from None
+
+
+async def connect_first(addresses: list[tuple[Any, ...]]) -> socket.socket:
+    """A non-blocking socket connected to the first of ``addresses`` (``getaddrinfo`` entries)
+    that accepts; the last failure otherwise."""
+    loop = asyncio.get_running_loop()
+    failure = OSError("no address")
+    for family, kind, proto, _, addr in addresses:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, addr)
+            return sock
+        except OSError as e:
+            sock.close()
+            failure = e
+        except BaseException:
+            sock.close()
+            raise
+    raise failure
 
 
 def parse_proxy(value: str) -> ProxyUrl:

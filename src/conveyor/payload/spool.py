@@ -118,6 +118,8 @@ class SpoolWriter:
         self._queued = 0
         self._hash_queued = 0
         self._error: ConveyorError | None = None
+        self._writing = threading.Lock()
+        """Serializes writes: the parts of an FTP download arrive on a thread per data channel."""
 
     @property
     def failed(self) -> bool:
@@ -126,6 +128,10 @@ class SpoolWriter:
 
     def write(self, data: bytes | memoryview) -> None:
         """Append bytes; raises NoSpace when the spool is full or its limit is reached."""
+        with self._writing:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         if self._error is not None:
             raise self._error
         if not data:
@@ -191,6 +197,10 @@ class SpoolWriter:
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         """Write ``data`` at ``offset`` (positional mode); raises like :meth:`write`."""
+        with self._writing:
+            self._write_at(offset, data)
+
+    def _write_at(self, offset: int, data: bytes) -> None:
         if self._error is not None:
             raise self._error
         assert self._ranges is not None, "write_at() needs positional() first"

@@ -10,11 +10,15 @@ stream wrapper (``ThrottleStreamIO`` over ``StreamReader``) adds copies per bloc
 The FTP we need — a line protocol with a dozen commands — fits in this module, so conveyor owns it:
 
 * control channel: asyncio streams; explicit TLS via ``StreamWriter.start_tls``, implicit from the first byte;
-* data channels: a :class:`asyncio.BufferedProtocol` that hands each received block (up to 1 MiB, read
-  straight from the socket, or decrypted straight into our buffer by asyncio's SSL transport) to a
-  synchronous sink, so a download costs no extra copies and holds at most one buffer in memory;
-* TLS on data channels resumes the control session (:mod:`conveyor.transfer.ftp.tls`) and is started
-  *concurrently* with reading the 1xx reply, whichever order the server does things in;
+* data channels of FTPS downloads from :data:`THREAD_FROM` bytes: connected by asyncio (directly or
+  through the proxy), then read on a thread of their own (:mod:`conveyor.transfer.ftp.reader`) that
+  decrypts into a 1 MiB buffer and hands it to the download's synchronous sink: TLS decryption runs
+  beside the event loop, and a download holds at most that buffer in memory;
+* TLS on data channels resumes the control session (:mod:`conveyor.transfer.ftp.tls`); a download's
+  handshake starts as soon as its data connection is open, *concurrently* with sending the command
+  and reading the 1xx reply, whichever order the server does things in;
+* other data channels (uploads, listings, small files): an :class:`asyncio.BufferedProtocol` that
+  hands each received block to the sink on the event loop, with write flow control for uploads;
 * uploads read the file in a thread into two reused buffers, one block ahead of the one being sent
   (why not ``loop.sendfile`` for plain FTP is explained at ``FtpInstance._send_file``).
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import socket
@@ -34,9 +39,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from conveyor.proxy import connect_first
 from conveyor.transfer.ftp.config import FtpConfig
 from conveyor.transfer.ftp.data import DataProtocol, abort_transport
 from conveyor.transfer.ftp.listing import parse_epsv, parse_pasv
+from conveyor.transfer.ftp.reader import DataReader
 from conveyor.transfer.ftp.tls import (
     SessionReusingContext,
     check_peer,
@@ -54,6 +61,10 @@ WRITE_HIGH = 1024 * 1024
 while the kernel sends the last; a larger one only adds copies of the transport's buffer."""
 SNDBUF = 4 * 1024 * 1024
 """SO_SNDBUF of an upload's data channel (capped at net.core.wmem_max, then doubled by the kernel)."""
+THREAD_FROM = 4 * 1024 * 1024
+"""FTPS downloads of at least this many bytes are read on a thread (:mod:`conveyor.transfer.ftp.reader`);
+for smaller ones starting the thread costs more than decrypting on the loop. Plain FTP stays on the
+loop: it reads 1 MiB per call there, and a thread made cold runs slower (docs/performance-notes.md)."""
 MAX_REPLY_LINES = 1000
 """Most lines of one control-channel reply: the longest a client of ours asks for (FEAT, MLST) has a
 few dozen; a server sending more is misbehaving, and its reply is not kept growing in memory."""
@@ -302,7 +313,8 @@ class FtpConnection:
         return self._writer is None or self._writer.is_closing() or (self._reader is not None and self._reader.at_eof())
 
     # -- data channels -------------------------------------------------------
-    async def _open_passive(self, proto: DataProtocol) -> asyncio.Transport:
+    async def _passive_address(self) -> tuple[str, int]:
+        """EPSV (or PASV): where to open the data connection."""
         cfg = self.cfg
         assert self._writer is not None
         peer = self._writer.get_extra_info("peername")[0]
@@ -326,18 +338,36 @@ class FtpConnection:
                     announced,
                     peer,
                 )
+        if cfg.proxy_url is not None and not cfg.pasv_trust_address:
+            host = cfg.host  # every data channel goes through the proxy, to the server's name as the control did
+        return host, port
+
+    async def _open_passive(self, proto: DataProtocol) -> asyncio.Transport:
+        """A passive data connection as an asyncio transport (uploads)."""
+        host, port = await self._passive_address()
         loop = asyncio.get_running_loop()
-        proxy = cfg.proxy_url
-        async with asyncio.timeout(cfg.timeout):
+        proxy = self.cfg.proxy_url
+        async with asyncio.timeout(self.cfg.timeout):
             if proxy is not None:
-                # Every data channel goes through the proxy too, to the server's name as the control did.
-                if not cfg.pasv_trust_address:
-                    host = cfg.host
-                sock = await proxy.connect(host, port, cfg.timeout)
+                sock = await proxy.connect(host, port, self.cfg.timeout)
                 transport, _ = await loop.create_connection(lambda: proto, sock=sock)
             else:
                 transport, _ = await loop.create_connection(lambda: proto, host, port)
         return transport
+
+    async def _connect_data(self, host: str, port: int) -> socket.socket:
+        """A connected non-blocking socket to a passive data port, through the proxy if there is one."""
+        proxy = self.cfg.proxy_url
+        if proxy is not None:
+            return await proxy.connect(host, port, self.cfg.timeout)
+        loop = asyncio.get_running_loop()
+        try:
+            # An address (the control connection's peer, as a rule) needs no lookup: uvloop's
+            # getaddrinfo would still go through its thread pool, a wake-up per data channel.
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return await connect_first(addresses)
 
     async def _open_active(self) -> socket.socket:
         assert self._writer is not None
@@ -365,19 +395,126 @@ class FtpConnection:
         on_data: Callable[[memoryview], None] | None = None,
         send: Callable[[DataProtocol], Awaitable[None]] | None = None,
         rest: int = 0,
+        size: int | None = None,
     ) -> Reply:
         """Run ``command`` (RETR, STOR, MLSD, LIST) over a new data channel; returns the final reply.
 
-        Received bytes go to ``on_data``; ``send`` writes the upload and closes the channel.
+        Received bytes go to ``on_data``, from offset ``rest`` (REST) of a download; ``send`` writes
+        the upload and closes the channel. An FTPS RETR is read on a thread of its own, which also
+        calls ``on_data``, unless ``size`` says it brings fewer than :data:`THREAD_FROM` bytes;
+        everything else is read on the event loop.
         """
-        loop = asyncio.get_running_loop()
-        t = self.cfg.timeout
         if self._rx is None:
             self._rx = memoryview(bytearray(BUFFER))
+        threaded = (
+            self._tls is not None
+            and send is None
+            and command.startswith("RETR ")
+            and (size is None or size >= THREAD_FROM)
+        )
+        try:
+            if threaded:
+                return await self._receive(command, on_data, rest)
+            return await self._on_loop(command, on_data, send, rest)
+        except FtpReplyError as e:
+            if e.reply.code // 100 != 4 and e.reply.code // 100 != 5:
+                self.broken = True
+            raise
+        except BaseException:
+            self.broken = True
+            raise
+
+    async def _command(self, command: str, rest: int, listener: socket.socket | None) -> socket.socket | None:
+        """REST (when ``rest``), then ``command`` and its 1xx reply; in active mode (``listener``),
+        the data connection the server opened, once it came from the server's address."""
+        loop = asyncio.get_running_loop()
+        if rest:
+            await self.command(f"REST {rest}", (3,))
+        await self._send(command)
+        if listener is None:
+            await self._expect(command.split(" ", 1)[0], (1,))
+            return None
+        accept = loop.create_task(loop.sock_accept(listener))
+        try:
+            await self._expect(command.split(" ", 1)[0], (1,))
+            async with asyncio.timeout(self.cfg.timeout):
+                conn, addr = await accept
+        finally:
+            if not accept.done():
+                accept.cancel()
+        assert self._writer is not None
+        if addr[0] != self._writer.get_extra_info("peername")[0]:  # port theft (RFC 2577)
+            conn.close()
+            raise ConnectionError(f"active data connection came from {addr[0]}, not the server")
+        return conn
+
+    async def _receive(self, command: str, on_data: Callable[[memoryview], None] | None, rest: int) -> Reply:
+        """A large FTPS download, its data channel read on a thread (:mod:`conveyor.transfer.ftp.reader`)."""
+        t = self.cfg.timeout
+        name = command.split(" ", 1)[0]
+        assert self._rx is not None
+        reader = DataReader(on_data, self._rx, t)
+        listener: socket.socket | None = None
+        start = functools.partial(
+            reader.start,
+            self._tls,
+            self.session if self._tls is not None else None,
+            self.cfg.host,
+            functools.partial(check_peer, cfg=self.cfg, instance=""),
+        )
+        try:
+            if self.cfg.passive:
+                host, port = await self._passive_address()
+                async with asyncio.timeout(t):
+                    reader.attach(await self._connect_data(host, port))
+                # TLS's first flight leaves now and waits for the server, which answers it once it
+                # has the command, in whichever order it sends its 1xx reply: one round trip less.
+                start()
+            else:
+                listener = await self._open_active()
+            accepted = await self._command(command, rest, listener)
+            if accepted is not None:
+                reader.attach(accepted)
+                start()
+            if self._tls is not None:
+                try:
+                    async with asyncio.timeout(t):
+                        await reader.ready
+                except (OSError, ssl.SSLError) as e:
+                    # The server usually says why on the control channel (522 session reuse required).
+                    why = await self._reply_if_any(1.0)
+                    if why is not None and why.code >= 400:
+                        raise FtpReplyError(name, why) from e
+                    raise
+            try:
+                await self._wait_done(reader)
+            except EnoughData:
+                reader.abort()
+                return await self._expect(name, (2, 4))
+            final = await self._expect(name, (2,))
+            reader.done.result()  # a reset data channel is an error even after a 226
+            return final
+        finally:
+            if listener is not None:
+                listener.close()
+            reader.abort()
+
+    async def _on_loop(
+        self,
+        command: str,
+        on_data: Callable[[memoryview], None] | None,
+        send: Callable[[DataProtocol], Awaitable[None]] | None,
+        rest: int,
+    ) -> Reply:
+        """A transfer whose data channel is an asyncio transport: uploads, listings, small downloads."""
+        loop = asyncio.get_running_loop()
+        t = self.cfg.timeout
+        assert self._rx is not None
         proto = DataProtocol(on_data, self._rx)
         transport: Any = None
         listener: socket.socket | None = None
         tls_task: asyncio.Task[asyncio.Transport] | None = None
+        name = command.split(" ", 1)[0]
         # Before the data connection opens: uvloop starts its TLS in the context it was opened in.
         offered = offer_session(self.session) if self._tls is not None else None
         try:
@@ -385,23 +522,9 @@ class FtpConnection:
                 transport = await self._open_passive(proto)
             else:
                 listener = await self._open_active()
-            if rest:
-                await self.command(f"REST {rest}", (3,))
-            await self._send(command)
-            accept = loop.create_task(loop.sock_accept(listener)) if listener is not None else None
-            try:
-                await self._expect(command.split(" ", 1)[0], (1,))
-                if accept is not None:
-                    async with asyncio.timeout(t):
-                        conn, addr = await accept
-                    assert self._writer is not None
-                    if addr[0] != self._writer.get_extra_info("peername")[0]:  # port theft (RFC 2577)
-                        conn.close()
-                        raise ConnectionError(f"active data connection came from {addr[0]}, not the server")
-                    transport, _ = await loop.connect_accepted_socket(lambda: proto, conn)
-            finally:
-                if accept is not None and not accept.done():
-                    accept.cancel()
+            accepted = await self._command(command, rest, listener)
+            if accepted is not None:
+                transport, _ = await loop.connect_accepted_socket(lambda: proto, accepted)
             if self._tls is not None:
                 # No isinstance check: uvloop's transports do not derive from asyncio.Transport.
                 tls_task = loop.create_task(start_data_tls(transport, proto, self._tls, self.session, self.cfg.host, t))
@@ -411,7 +534,7 @@ class FtpConnection:
                     # The server usually says why on the control channel (522 session reuse required).
                     why = await self._reply_if_any(1.0)
                     if why is not None and why.code >= 400:
-                        raise FtpReplyError(command.split(" ", 1)[0], why) from e
+                        raise FtpReplyError(name, why) from e
                     raise
                 check_peer(transport.get_extra_info("ssl_object"), self.cfg, "")
             if send is not None:
@@ -431,18 +554,11 @@ class FtpConnection:
                     await self._wait_done(proto)
                 except EnoughData:
                     abort_transport(proto.transport or transport)
-                    return await self._expect(command.split(" ", 1)[0], (2, 4))
-            final = await self._expect(command.split(" ", 1)[0], (2,))
+                    return await self._expect(name, (2, 4))
+            final = await self._expect(name, (2,))
             if send is None:
                 proto.done.result()  # a reset data channel is an error even after a 226
             return final
-        except FtpReplyError as e:
-            if e.reply.code // 100 != 4 and e.reply.code // 100 != 5:
-                self.broken = True
-            raise
-        except BaseException:
-            self.broken = True
-            raise
         finally:
             if tls_task is not None and not tls_task.done():
                 tls_task.cancel()
@@ -460,12 +576,11 @@ class FtpConnection:
         except (OSError, TimeoutError, ConnectionError):
             return None
 
-    async def _wait_done(self, proto: DataProtocol) -> None:
+    async def _wait_done(self, reader: DataReader | DataProtocol) -> None:
         """Wait for the end of a download; fail after ``timeout`` seconds without a byte."""
-        loop = asyncio.get_running_loop()
         t = self.cfg.timeout
-        while not proto.done.done():
-            await asyncio.wait({proto.done}, timeout=t)
-            if not proto.done.done() and loop.time() - proto.last_activity >= t:
+        while not reader.done.done():
+            await asyncio.wait({reader.done}, timeout=t)
+            if not reader.done.done() and reader.idle() >= t:
                 raise TimeoutError(f"no data for {t:g}s")
-        proto.done.result()
+        reader.done.result()

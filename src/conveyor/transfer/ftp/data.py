@@ -1,4 +1,5 @@
-"""The data channel of an FTP transfer: an :class:`asyncio.BufferedProtocol` feeding a synchronous sink."""
+"""The data channel of an FTP transfer on the event loop: an :class:`asyncio.BufferedProtocol` feeding a
+synchronous sink (uploads, listings and small downloads; large downloads: :mod:`conveyor.transfer.ftp.reader`)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ class DataProtocol(asyncio.BufferedProtocol):
             self._finish(e)
             abort_transport(self.transport)
 
+    def idle(self) -> float:
+        """Seconds since the last byte arrived."""
+        return asyncio.get_running_loop().time() - self.last_activity
+
     def eof_received(self) -> bool:
         self._finish(None)
         return False
@@ -76,10 +81,16 @@ class DataProtocol(asyncio.BufferedProtocol):
             await self._drain
 
     def _finish(self, exc: BaseException | None) -> None:
-        if not self.done.done():
-            if exc is None:
-                self.done.set_result(None)
-            else:
-                self.done.set_exception(exc)
-            # Retrieve the exception now so a transfer abandoned for another reason logs no warning.
-            self.done.exception()
+        settle(self.done, exc)
+
+
+def settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    """Resolve ``future`` with ``exc`` (None: success) unless it is done already.
+
+    The exception is retrieved at once, so a transfer abandoned for another reason logs no warning."""
+    if not future.done():
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
+            future.exception()

@@ -376,7 +376,7 @@ class FtpInstance:
                 left -= len(block)
                 write(block)
 
-            await c.transfer(f"RETR {self._abs(f.path)}", on_data=take, rest=start)
+            await c.transfer(f"RETR {self._abs(f.path)}", on_data=take, rest=start, size=left)
 
         await self.pool.run(op, f.path)
         if sink.size != f.size:

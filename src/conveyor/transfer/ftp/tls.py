@@ -16,6 +16,9 @@ uvloop creates it later, in a callback run in the context the data connection's 
 made in: :func:`offer_session` sets the variable before the data connection is opened, for both.
 This uses only public API (``SSLContext`` subclassing and ``wrap_bio``'s documented
 ``session`` parameter), works with TLS 1.2 and 1.3, and keeps asyncio's fast SSL transport.
+It serves the control connection and uploads; a download's data channel is wrapped on its
+reading thread (:mod:`conveyor.transfer.ftp.reader`) by ``wrap_socket``, which takes the
+session as an argument, with the same context, so the same checks and client certificate.
 
 A client certificate (``client_certificate_file``) is loaded into that one context, so the
 control connection and every data connection present it; resumed data connections carry it
