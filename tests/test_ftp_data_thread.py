@@ -55,7 +55,7 @@ async def test_ftps_decryption_runs_off_the_event_loop(vsftpd_factory: Any, tmp_
 class SlowSink(SpoolWriter):
     """A sink whose every write takes a while, as a busy disk would."""
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         time.sleep(0.02)
         super().write(data)
 

@@ -131,7 +131,7 @@ class SpoolWriter:
         with self._writing:
             self._write(data)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         if self._error is not None:
             raise self._error
         if not data:
@@ -200,7 +200,7 @@ class SpoolWriter:
         with self._writing:
             self._write_at(offset, data)
 
-    def _write_at(self, offset: int, data: bytes) -> None:
+    def _write_at(self, offset: int, data: bytes | memoryview) -> None:
         if self._error is not None:
             raise self._error
         assert self._ranges is not None, "write_at() needs positional() first"
