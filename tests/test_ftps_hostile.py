@@ -20,7 +20,7 @@ import pytest
 
 from conveyor.errors import Transient
 from tests.backends.ftp import ftp_instance
-from tests.harness import wait_for
+from tests.harness import DaemonProcess, bodies, wait_for, write_config
 from tests.servers.hostile_ftp import hostile_ftp
 from tests.servers.pyftpd import Certs
 from tests.servers.vsftpd import vsftpd_certs
@@ -145,3 +145,41 @@ async def test_data_channel_cut_without_close_notify_is_not_a_complete_file(ftps
         body.release()
     finally:
         await inst.close()
+
+
+async def test_daemon_delivers_a_stalled_file_once_the_server_behaves(ftps: Any, tmp_path: Path) -> None:
+    """``conveyor run``: a download stalled mid-file logs the timeout and is retried; once the
+    server sends the whole file it is delivered, once and complete (a second delivery would fail
+    on the file already there: ``exists: fail``)."""
+    srv = ftps(stall_after=MIB)
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path,
+        {"stalls": srv.config(timeout="2s", **srv.base)},
+        {
+            "f-stalls": {
+                "source": {"instance": "stalls", "path": "", "poll_interval": "200ms", "min_age": "0s"},
+                "target": {"type": "directory", "path": str(out), "filename": "{name}", "exists": "fail"},
+            }
+        },
+    )
+    d = DaemonProcess(cfg).start()
+    try:
+        await wait_for(
+            lambda: any(
+                r.get("flow") == "f-stalls" and "path 'big.bin': timed out after 2s" in str(r.get("msg"))
+                for r in d.logs()
+            ),
+            30,
+        )
+        assert bodies(out) == {}
+        srv.stall_after = None
+        await wait_for(lambda: "big.bin" in bodies(out), 30)
+        await asyncio.sleep(1)
+        assert d.proc is not None and d.proc.poll() is None, d.text()[-3000:]
+    finally:
+        d.stop()
+    assert bodies(out) == {"big.bin": content(srv)}
+    errors = [str(r.get("msg")) for r in d.logs() if r.get("level") in ("error", "warning")]
+    assert errors and all("timed out after 2s" in m for m in errors), errors
+    assert "Traceback" not in d.text()
