@@ -8,7 +8,13 @@ STOR, renames) over one flat folder held in memory, and can, per server:
 * ``endless_reply="greeting"`` or a command (``"FEAT"``): a multi-line reply without end;
 * list a file with one size and send another (``files={"a": (10, b"30 bytes...")}``; content
   ``None`` is an endless file);
-* refuse EPSV and announce another address in PASV (``pasv_to=("127.0.0.2", port)``).
+* refuse EPSV and announce another address in PASV (``pasv_to=("127.0.0.2", port)``);
+* speak explicit FTPS (``tls=``, a server :class:`ssl.SSLContext`) and misbehave on its data
+  channels: ``data_tls="reply_after_handshake"`` sends the 1xx reply only once the data channel's
+  TLS handshake is done, ``"no_handshake"`` sends it and never answers the handshake,
+  ``"silent"`` does neither; ``stall_after=N`` sends N bytes of a file, then nothing with the
+  connection open; ``cut_after=N`` sends N bytes, then drops the connection without TLS's
+  close_notify and replies 226 all the same.
 
 Counters (``listing_bytes``, ``reply_bytes``, ``file_bytes``) show how much was sent before the
 client hung up; an endless stream gives up after :data:`GIVE_UP` bytes.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +53,10 @@ class HostileFtp:
     uploads: dict[str, bytes] = field(default_factory=dict)
     long_line: bool = False
     """An endless reply is one line without end rather than lines without end."""
+    tls: ssl.SSLContext | None = None
+    data_tls: str = "normal"
+    stall_after: int | None = None
+    cut_after: int | None = None
     listing_bytes: int = 0
     reply_bytes: int = 0
     file_bytes: int = 0
@@ -66,6 +77,8 @@ class HostileFtp:
             "root": "/",
             "timeout": "5s",
         }
+        if self.tls is not None:
+            cfg["tls"] = "explicit"
         cfg.update(overrides)
         return cfg
 
@@ -89,6 +102,8 @@ class HostileFtp:
                 for task in tasks:
                     task.cancel()
                 loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                # One more turn: transports closed just now finish closing (their connection_lost).
+                loop.run_until_complete(asyncio.sleep(0))
                 loop.close()
 
         self._thread = threading.Thread(target=run, name="hostile-ftp", daemon=True)
@@ -136,7 +151,10 @@ class HostileFtp:
                 elif cmd == "FEAT":
                     feats = (["MLST type*;size*;modify*;"] if self.mlsd else []) + (["EPSV"] if self.epsv else [])
                     await say("\r\n".join(["211-Features:", *(" " + f for f in feats), "211 End"]))
-                elif cmd in ("OPTS", "TYPE", "NOOP"):
+                elif cmd == "AUTH" and self.tls is not None:
+                    await say("234 go ahead")
+                    await writer.start_tls(self.tls)
+                elif cmd in ("OPTS", "TYPE", "NOOP", "PBSZ", "PROT"):
                     await say("200 ok")
                 elif cmd == "SYST":
                     await say("215 UNIX Type: L8")
@@ -169,7 +187,9 @@ class HostileFtp:
                     if data_server is not None:
                         data_server.close()
                     data = asyncio.get_running_loop().create_future()
-                    data_server = await asyncio.start_server(_first_connection(data), self.host, 0)
+                    data_server = await asyncio.start_server(
+                        _first_connection(data), self.host, 0, ssl=self._data_tls()
+                    )
                     port = data_server.sockets[0].getsockname()[1]
                     if cmd == "EPSV":
                         await say(f"229 Entering Extended Passive Mode (|||{port}|)")
@@ -180,7 +200,9 @@ class HostileFtp:
                     if cmd == "RETR" and name not in self.files:
                         await say("550 no such file")
                         continue
-                    await say("150 here it comes")
+                    early = self.tls is None or self.data_tls in ("normal", "no_handshake")
+                    if early:
+                        await say("150 here it comes")
                     channel = None
                     if data is not None:
                         with contextlib.suppress(TimeoutError):
@@ -193,6 +215,11 @@ class HostileFtp:
                         # Nobody came (the client went where PASV pointed): claim success all the same.
                         await say("226 done" if cmd == "STOR" else "425 no data connection")
                         continue
+                    if self.tls is not None and self._data_tls() is None:
+                        await self._hold(*channel)
+                        return
+                    if not early:
+                        await say("150 here it comes")
                     await self._transfer(cmd, name, rest, *channel)
                     rest = 0
                     await say("226 done")
@@ -220,6 +247,21 @@ class HostileFtp:
             await writer.drain()
 
     # -- data channel ----------------------------------------------------
+    def _data_tls(self) -> ssl.SSLContext | None:
+        """The data listener's TLS: its handshake runs on accept, before the connection is handed
+        on (a ``start_tls`` later could miss a ClientHello the stream had already buffered)."""
+        return None if self.data_tls in ("no_handshake", "silent") else self.tls
+
+    @staticmethod
+    async def _hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Keep a data connection open, its handshake unanswered, until the client drops it."""
+        try:
+            await reader.read()
+        except OSError:
+            pass
+        finally:  # also when the server stops first
+            writer.close()
+
     async def _transfer(
         self, cmd: str, name: str, rest: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -233,6 +275,16 @@ class HostileFtp:
                         writer.write(b"\0" * 65536)
                         self.file_bytes += 65536
                         await writer.drain()
+                elif self.stall_after is not None or self.cut_after is not None:
+                    part = content[rest : rest + (self.stall_after or self.cut_after or 0)]
+                    writer.write(part)
+                    self.file_bytes += len(part)
+                    await writer.drain()
+                    if self.cut_after is not None:
+                        # abort(): no close_notify, as a server (or a middlebox) that cuts the connection.
+                        writer.transport.abort()
+                        return
+                    await reader.read()  # nothing more, the connection open until the client drops it
                 else:
                     writer.write(content[rest:])
                     self.file_bytes += len(content) - rest
