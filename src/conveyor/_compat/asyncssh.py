@@ -585,8 +585,8 @@ def read_sender(fh: asyncssh.SFTPClientFile) -> ReadSender:
     if handler._writer:
         _VIEW_CHANNELS.add(handler._writer.channel)
         _frame_answers(handler)
-    head = (1 + 4 + len(String(handle)) + 8 + 4).to_bytes(4, "big") + b"\x05"  # length, FXP_READ
     hstr = String(handle)
+    head = (1 + 4 + len(hstr) + 8 + 4).to_bytes(4, "big") + b"\x05"  # length, FXP_READ
 
     def send(reqs: list[tuple[int, int]]) -> list[asyncio.Future[bytes | memoryview]]:
         writer = handler._writer
