@@ -14,6 +14,7 @@ from typing import Any
 
 from conveyor.errors import ConveyorError, NoSpace, TooLarge, Transient
 from conveyor.payload.body import Body
+from conveyor.payload.writeback import start_writeback
 from conveyor.private import private_dirs
 
 
@@ -92,6 +93,9 @@ class SpoolWriter:
 
     _BACKLOG = 16 * 1024 * 1024
     _BLOCK = 1024 * 1024
+    _WRITEBACK = 16 * 1024 * 1024
+    """Start the disk writing what the spool holds each time this many more bytes were written:
+    the delivery's fsync then finds little left to write (see :mod:`conveyor.payload.writeback`)."""
 
     def __init__(self, spool: Spool, limit: int | None = None, what: str = "the size limit") -> None:
         self._spool = spool
@@ -268,6 +272,7 @@ class SpoolWriter:
     def _work(self) -> None:
         assert self._queue is not None and self._hash_queue is not None
         told = 0
+        unsynced = 0
         while (job := self._queue.get()) is not None:
             block, n, offset, frontier = job
             if self._error is None:
@@ -279,6 +284,10 @@ class SpoolWriter:
                         if frontier > told:
                             told = frontier
                             self._hash_queue.put(([], 0, True, frontier))
+                    unsynced += n
+                    if unsynced >= self._WRITEBACK:
+                        unsynced = 0
+                        start_writeback(self._fd)
                 except OSError as e:
                     self._error = (
                         NoSpace(f"spool disk full at {self._spool.directory}")

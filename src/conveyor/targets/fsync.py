@@ -3,18 +3,16 @@ target's writer thread has staged there, instead of one fsync per file."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_syncfs = getattr(_libc, "syncfs", None)
+from conveyor import libc
 
 
 def _sync_fs(fd: int) -> None:
-    if _syncfs is not None:
-        if _syncfs(fd) != 0:
-            err = ctypes.get_errno()
+    syncfs = libc.function("syncfs", "c_int")
+    if syncfs is not None:
+        if syncfs(fd) != 0:
+            err = libc.errno()
             raise OSError(err, os.strerror(err))
     else:  # not Linux: flush everything
         os.sync()
