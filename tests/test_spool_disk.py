@@ -45,7 +45,7 @@ def cached(path: Path) -> _Stat:
 
 def dirty_mib(path: Path) -> float:
     """The MiB of ``path`` in the page cache not yet handed to the disk."""
-    return cached(path).dirty * os.sysconf("SC_PAGE_SIZE") / MIB
+    return float(cached(path).dirty * os.sysconf("SC_PAGE_SIZE")) / MIB
 
 
 @pytest.mark.parametrize("mode", ["append", "positional"])
@@ -145,7 +145,7 @@ def test_a_direct_write_refused_midway_goes_on_through_the_page_cache(
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_write(fd, data)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(spool_module.os, "write", write)
+    monkeypatch.setattr(os, "write", write)  # the os module the spool uses
     spool = Spool(tmp_path / "spool", threshold=MIB)
     spool.prepare()
     data = os.urandom(6 * MIB + 99)
