@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import conveyor.payload.spool as spool_module
 from conveyor.payload import Spool
-from conveyor.payload import spool as spool_module
 
 MIB = 1024 * 1024
 _CACHESTAT = 451  # the same number on every architecture (added after the tables were unified)
@@ -165,3 +165,26 @@ def fcntl_flags(fd: int) -> int:
     import fcntl
 
     return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+def test_aligned_blocks_go_back_and_few_stay_mapped(tmp_path: Path) -> None:
+    """Each writer holds at most its backlog's worth of aligned blocks and gives every one back
+    when it finishes or aborts; of all given back, at most a few stay mapped for the next body."""
+    spool = Spool(tmp_path / "spool", threshold=MIB)
+    spool.prepare()
+    writers = [spool.writer() for _ in range(3)]
+    chunk = os.urandom(MIB // 2)
+    for _ in range(60):  # 30 MiB each, interleaved: 3 x 18 blocks may be out at once
+        for w in writers:
+            w.write(chunk)
+            assert w._held <= w._POOL
+    bodies = [w.finish() for w in writers[:2]]
+    writers[2].abort()
+    try:
+        assert [w._held for w in writers] == [0, 0, 0]
+        assert len(spool_module._BLOCKS._free) <= spool_module._Blocks.KEEP
+        for body in bodies:
+            assert body.path is not None and Path(body.path).stat().st_size == 30 * MIB
+    finally:
+        for body in bodies:
+            body.release()

@@ -70,6 +70,37 @@ class Spool:
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 """Linux's flag for writes that go from the process's memory to the disk, bypassing the page cache."""
 
+BLOCK = 1024 * 1024
+"""What the spool's threads take at a time: gathered pieces, or one aligned block."""
+
+
+class _Blocks:
+    """Page-aligned blocks for ``O_DIRECT`` writes (an anonymous mapping is page-aligned), shared
+    by every writer. A few are kept between downloads; the rest are unmapped, so a quiet daemon
+    does not hold what a burst of large downloads needed."""
+
+    KEEP = 32
+
+    def __init__(self) -> None:
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> mmap.mmap:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return mmap.mmap(-1, BLOCK)
+
+    def give(self, block: mmap.mmap) -> None:
+        with self._lock:
+            if len(self._free) < self.KEEP:
+                self._free.append(block)
+                return
+        block.close()
+
+
+_BLOCKS = _Blocks()
+
 Piece = bytes | memoryview
 """A piece of a body handed to the spool's threads: bytes, or a view of bytes (immutable too)."""
 
@@ -104,12 +135,13 @@ class SpoolWriter:
     """
 
     _BACKLOG = 16 * 1024 * 1024
-    _BLOCK = 1024 * 1024
+    _BLOCK = BLOCK
     _WRITEBACK = 16 * 1024 * 1024
     """Start the disk writing what the spool holds each time this many more bytes were written:
     the delivery's fsync then finds little left to write (see :mod:`conveyor.payload.writeback`)."""
     _POOL = _BACKLOG // _BLOCK + 2
-    """Aligned blocks one writer may hold: the backlog, plus the one filling and one being written."""
+    """Aligned blocks one writer may hold at once: the backlog, plus the one filling and one being
+    written. A writer that stalls holds only those not yet written."""
 
     def __init__(self, spool: Spool, limit: int | None = None, what: str = "the size limit") -> None:
         self._spool = spool
@@ -149,8 +181,8 @@ class SpoolWriter:
         """The block being filled, ``_filled`` bytes, of which the first ``_prehashed`` were hashed."""
         self._filled = 0
         self._prehashed = 0
-        self._free: list[mmap.mmap] = []
-        self._made = 0
+        self._held = 0
+        """Aligned blocks taken from the shared ones and not given back (under :attr:`_cond`)."""
         self._users: dict[int, int] = {}
         """Blocks handed to the threads: how many of the two still use each (by id)."""
 
@@ -216,17 +248,20 @@ class SpoolWriter:
                     self._push_aligned()
 
     def _take_block(self) -> mmap.mmap:
-        """A free aligned block (an anonymous mapping is page-aligned); waits while the threads
-        hold all of them."""
+        """An aligned block; waits while this writer holds ``_POOL`` of them."""
         with self._cond:
-            while not self._free and self._made >= self._POOL and self._error is None:
+            while self._held >= self._POOL and self._error is None:
                 self._cond.wait()
             if self._error is not None:
                 raise self._error
-            if self._free:
-                return self._free.pop()
-            self._made += 1
-        return mmap.mmap(-1, self._BLOCK)
+            self._held += 1
+        return _BLOCKS.take()
+
+    def _give_block(self, block: mmap.mmap) -> None:
+        _BLOCKS.give(block)
+        with self._cond:
+            self._held -= 1
+            self._cond.notify_all()
 
     def _push_aligned(self) -> None:
         """Hand the block being filled to the writing and hashing threads (the last one partial)."""
@@ -246,16 +281,15 @@ class SpoolWriter:
                 self._users[id(block)] = left
             else:
                 del self._users[id(block)]
-                self._free.append(block)
-                self._cond.notify_all()
+        if not left:
+            self._give_block(block)
 
     def _flush_block(self) -> None:
         if self._aligned is not None:
             if self._filled:
                 self._push_aligned()
             else:
-                with self._cond:
-                    self._free.append(self._aligned)
+                self._give_block(self._aligned)
                 self._aligned = None
         if self._block:
             block, n = self._block, self._blocked
@@ -478,9 +512,6 @@ class SpoolWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        for block in self._free:
-            block.close()
-        self._free = []
 
     def _reserve(self, n: int) -> None:
         sp = self._spool
@@ -510,7 +541,7 @@ class SpoolWriter:
         """Drop what was written (download failed for good)."""
         self._block, self._blocked = [], 0
         if self._aligned is not None:
-            self._free.append(self._aligned)
+            self._give_block(self._aligned)
             self._aligned = None
         self._join()
         if self.path is not None:
