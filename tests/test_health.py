@@ -264,6 +264,8 @@ def test_busy_health_port_is_a_fatal_start_error(tmp_path: Path) -> None:
         p = subprocess.run([*CONVEYOR, "run", "-c", str(config)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 1
     assert f"health endpoint cannot listen on 127.0.0.1:{port}" in p.stderr
+    assert "set health.listen to another port" in p.stderr
+    assert "Traceback" not in p.stderr  # a start error that says what to do, not a crash
 
 
 async def test_endpoints_follow_a_reload(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor import __version__
+from conveyor.errors import Permanent
 from conveyor.health_auth import ApiGuard
 from conveyor.metrics import Metrics
 from conveyor.netloc import hostport
@@ -108,9 +109,15 @@ class HealthServer:
             self._sockets = listen(self.host, self.port)
         except OSError as e:
             await self.close()
-            raise OSError(
-                e.errno, f"health endpoint cannot listen on {hostport(self.host, self.port)}: {e.strerror}"
-            ) from None
+            where = hostport(self.host, self.port)
+            hint = (
+                ": another process listens there (another conveyor?); stop it, or set health.listen to"
+                " another port, or to null to turn the endpoint off"
+                if e.errno == errno.EADDRINUSE
+                else ""
+            )
+            # A start error that says what to do, not a crash: no traceback (Permanent).
+            raise Permanent(f"health endpoint cannot listen on {where}: {e.strerror}{hint}") from None
         self.port = int(self._sockets[0].getsockname()[1])  # the real port when :0 was asked for
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="conveyor-health", daemon=True)
