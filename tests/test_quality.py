@@ -109,7 +109,7 @@ def test_the_collector_is_off_only_while_a_config_loads(tmp_path: Path) -> None:
 
 def test_each_built_in_connector_type_names_its_own_config_module() -> None:
     """``registry.BUILT_IN_TYPES`` lets a config load one connector's models without the others:
-    it must name every connector ``connectors.py`` registers, by the module that defines it."""
+    each type is registered by the module it names, the one that defines the type's model."""
     from conveyor.registry import BUILT_IN_TYPES, all_specs
 
     assert {t: s.instance_model.__module__ for t, s in all_specs().items()} == BUILT_IN_TYPES

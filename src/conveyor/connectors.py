@@ -1,11 +1,10 @@
-"""Imports every built-in connector's config module so each registers its type.
+"""Imports every built-in connector's config module so each registers its type (the modules
+are listed once, in :data:`conveyor.registry.BUILT_IN_TYPES`).
 
 These modules hold pydantic models only; protocol libraries are imported by the
 runtime modules, when a config uses them.
 """
 
-import conveyor.brokers.pubsub.config
-import conveyor.brokers.rabbitmq.config
-import conveyor.transfer.ftp.config
-import conveyor.transfer.local.config
-import conveyor.transfer.sftp.config  # noqa: F401
+from conveyor.registry import all_specs
+
+all_specs()

@@ -67,11 +67,6 @@ def get(type_name: str) -> ConnectorSpec:
     return _REGISTRY[type_name]
 
 
-BUILT_IN_CONNECTORS = "conveyor.connectors"
-"""The module whose import registers the built-in instance types. Loaded by name, like a
-factory: the connectors' config modules import the registry, so it must not import them."""
-
-
 BUILT_IN_TYPES = {
     "ftp": "conveyor.transfer.ftp.config",
     "local": "conveyor.transfer.local.config",
@@ -79,13 +74,15 @@ BUILT_IN_TYPES = {
     "rabbitmq": "conveyor.brokers.rabbitmq.config",
     "sftp": "conveyor.transfer.sftp.config",
 }
-"""Each built-in instance type's config module (what :data:`BUILT_IN_CONNECTORS` imports), so
-that one type can be loaded without the others."""
+"""Each built-in instance type's config module, whose import registers the type, so that one
+type can be loaded without the others. Loaded by name, like a factory: those modules import the
+registry, so it must not import them."""
 
 
 def all_specs() -> dict[str, ConnectorSpec]:
     """Every registered connector, loading the built-in ones first."""
-    importlib.import_module(BUILT_IN_CONNECTORS)
+    for module in BUILT_IN_TYPES.values():
+        importlib.import_module(module)
     return dict(_REGISTRY)
 
 
