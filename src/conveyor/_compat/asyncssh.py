@@ -531,12 +531,9 @@ class _Reply:
                         raise asyncssh.SFTPBadMessage("Invalid SFTP data response")
                     fut.set_result(memoryview(raw)[9:])
                     return
-                data = packet.get_string()
-                if self.handler.version >= 6:
-                    if packet:
-                        packet.get_boolean()
-                else:
-                    packet.check_end()
+                data = packet.get_string()  # version 6: an end-of-file flag may follow
+                if packet:
+                    packet.get_boolean()
                 fut.set_result(data)
                 return
             if pkttype != FXP_STATUS:
