@@ -27,7 +27,7 @@ from typing import Any, NoReturn, TypeVar
 
 import asyncssh
 
-from conveyor._compat.asyncssh import read_sender
+from conveyor._compat.asyncssh import ReadSender, read_sender
 from conveyor.errors import ConveyorError, NoSpace, NotFound, Permanent, Rejected, Transient
 from conveyor.interfaces import Context, RemoteFile, count_entry
 from conveyor.payload.body import Body
@@ -457,8 +457,7 @@ class SftpInstance:
                             probe.sent = True
                             reqs.append((pos, 1))
                     if reqs:
-                        futs = send(reqs)
-                        pending.extend((o, 0 if o == f.size else n, t) for (o, n), t in zip(reqs, futs, strict=True))
+                        _queue(send, reqs, f.size, pending)
                 if not pending:
                     return
                 off, n, task = pending.popleft()
@@ -501,8 +500,7 @@ class SftpInstance:
                         # last blocks, it costs no extra round trip (an fstat first would).
                         reqs.append((nxt, 1))
                         nxt += 1
-                    futs = send(reqs)
-                    pending.extend((o, 0 if o == f.size else n, t) for (o, n), t in zip(reqs, futs, strict=True))
+                    _queue(send, reqs, f.size, pending)
                 off, n, task = pending.popleft()
                 if n == 0:
                     if await task:
@@ -723,6 +721,18 @@ def send_batch(rtt: float | None, depth: int) -> int:
     if rtt is None:
         return SEND_BATCH
     return max(1, min(depth // 2, depth - math.ceil(rtt * PER_STREAM / BLOCK)))
+
+
+def _queue(
+    send: ReadSender,
+    reqs: list[tuple[int, int]],
+    size: int,
+    pending: deque[tuple[int, int, asyncio.Future[bytes | memoryview]]],
+) -> None:
+    """Send the reads ``reqs`` and queue each with its future; the probe one byte past the
+    listed ``size`` is queued with length 0 (its answer must be the end of the file)."""
+    futs = send(reqs)
+    pending.extend((o, 0 if o == size else n, t) for (o, n), t in zip(reqs, futs, strict=True))
 
 
 async def _drop(pending: deque[tuple[int, int, asyncio.Future[bytes | memoryview]]]) -> None:
