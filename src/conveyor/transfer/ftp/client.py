@@ -345,14 +345,9 @@ class FtpConnection:
     async def _open_passive(self, proto: DataProtocol) -> asyncio.Transport:
         """A passive data connection as an asyncio transport (uploads)."""
         host, port = await self._passive_address()
-        loop = asyncio.get_running_loop()
-        proxy = self.cfg.proxy_url
         async with asyncio.timeout(self.cfg.timeout):
-            if proxy is not None:
-                sock = await proxy.connect(host, port, self.cfg.timeout)
-                transport, _ = await loop.create_connection(lambda: proto, sock=sock)
-            else:
-                transport, _ = await loop.create_connection(lambda: proto, host, port)
+            sock = await self._connect_data(host, port)
+            transport, _ = await asyncio.get_running_loop().create_connection(lambda: proto, sock=sock)
         return transport
 
     async def _connect_data(self, host: str, port: int) -> socket.socket:
